@@ -1,0 +1,420 @@
+//! The resolver: playlists + target + horizon → timeline.
+//!
+//! Rules: the highest active tier replaces every lower one for as long as it is active (no
+//! alternating); playlists of the same tier share airtime by weight; stretches with nothing
+//! scheduled are kept as empty segments, so a timeline always covers its whole horizon.
+
+use chrono::{DateTime, Utc};
+
+use super::calendar::{Span, active_windows};
+use super::playlist::Playlist;
+use crate::wire::{Item, Segment, Target, Tier, Timeline};
+
+/// Longest loop built for a segment; beyond it the loop is cut at the last point where every
+/// playlist had shown all of its items.
+const MAX_LOOP: usize = 512;
+
+/// Whom to resolve for.
+#[derive(Debug, Clone, Copy)]
+pub enum TargetRef<'a> {
+    /// A channel.
+    Channel(&'a str),
+    /// A display, with the channel it belongs to.
+    Display {
+        /// Display id.
+        id: &'a str,
+        /// Its channel.
+        channel: &'a str,
+    },
+}
+
+impl TargetRef<'_> {
+    fn matches(&self, p: &Playlist) -> bool {
+        match *self {
+            TargetRef::Channel(c) => p.channels.iter().any(|x| x == c),
+            TargetRef::Display { id, channel } => {
+                p.displays.iter().any(|x| x == id) || p.channels.iter().any(|x| x == channel)
+            }
+        }
+    }
+
+    fn wire(&self) -> Target {
+        match *self {
+            TargetRef::Channel(c) => Target::Channel(c.to_owned()),
+            TargetRef::Display { id, .. } => Target::Display(id.to_owned()),
+        }
+    }
+}
+
+/// A resolved stretch, with the reasons (for previews): which playlists won and which active
+/// playlists of lower tiers they replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stretch {
+    /// Start, inclusive.
+    pub from: DateTime<Utc>,
+    /// End, exclusive.
+    pub until: DateTime<Utc>,
+    /// Winning tier; `None` when nothing is scheduled.
+    pub tier: Option<Tier>,
+    /// Winning playlists (ids, sorted) with their weights.
+    pub playlists: Vec<(String, u32)>,
+    /// Active playlists of lower tiers that the winners replace.
+    pub replaced: Vec<String>,
+    /// The loop.
+    pub items: Vec<Item>,
+}
+
+/// Resolves `target` over `[from, until)`, with explanations.
+pub fn explain(
+    playlists: &[Playlist],
+    target: TargetRef<'_>,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Vec<Stretch> {
+    let candidates: Vec<(&Playlist, Vec<Span>)> = playlists
+        .iter()
+        .filter(|p| target.matches(p))
+        .map(|p| (p, active_windows(p, from, until)))
+        .filter(|(_, w)| !w.is_empty())
+        .collect();
+    let mut cuts: Vec<DateTime<Utc>> = vec![from, until];
+    for (_, windows) in &candidates {
+        for (a, b) in windows {
+            cuts.push(*a);
+            cuts.push(*b);
+        }
+    }
+    cuts.sort();
+    cuts.dedup();
+
+    let mut out: Vec<Stretch> = Vec::new();
+    for pair in cuts.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let mut active: Vec<&Playlist> = candidates
+            .iter()
+            .filter(|(_, w)| w.iter().any(|(x, y)| *x <= a && a < *y))
+            .map(|(p, _)| *p)
+            .collect();
+        active.sort_by(|x, y| x.id.cmp(&y.id));
+        let tier = active.iter().map(|p| p.tier).max();
+        let (winners, losers): (Vec<&Playlist>, Vec<&Playlist>) =
+            active.into_iter().partition(|p| Some(p.tier) == tier);
+        let ids: Vec<(String, u32)> = winners.iter().map(|p| (p.id.clone(), p.weight)).collect();
+        let replaced: Vec<String> = losers.iter().map(|p| p.id.clone()).collect();
+        match out.last_mut() {
+            Some(last)
+                if last.until == a
+                    && last.tier == tier
+                    && last.playlists == ids
+                    && last.replaced == replaced =>
+            {
+                last.until = b;
+            }
+            _ => out.push(Stretch {
+                from: a,
+                until: b,
+                tier,
+                items: build_loop(&winners),
+                playlists: ids,
+                replaced,
+            }),
+        }
+    }
+    out
+}
+
+/// Resolves `target` over `[from, until)` into a wire timeline. `timezone` is the zone's name,
+/// carried for display.
+pub fn resolve(
+    playlists: &[Playlist],
+    target: TargetRef<'_>,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+    timezone: &str,
+) -> Timeline {
+    let segments = explain(playlists, target, from, until)
+        .into_iter()
+        .map(|s| Segment {
+            from: s.from,
+            until: s.until,
+            tier: s.tier,
+            playlists: s.playlists.into_iter().map(|(id, _)| id).collect(),
+            items: s.items,
+        })
+        .collect();
+    Timeline {
+        target: target.wire(),
+        timezone: timezone.to_owned(),
+        from,
+        until,
+        segments,
+    }
+}
+
+/// Interleaves the playlists' items so that each playlist's airtime is proportional to its
+/// weight: the next item always comes from the playlist with the least airtime per weight.
+/// The loop ends when every playlist has shown all its items a whole number of times and
+/// airtime is exactly in proportion (or at [`MAX_LOOP`], cut at the last whole cycle).
+fn build_loop(playlists: &[&Playlist]) -> Vec<Item> {
+    if playlists.is_empty() {
+        return Vec::new();
+    }
+    let n = playlists.len();
+    let mut cursor = vec![0usize; n];
+    let mut airtime = vec![0u64; n];
+    let mut cycled = vec![false; n];
+    let total_weight: u64 = playlists.iter().map(|p| u64::from(p.weight)).sum();
+    let mut out = Vec::new();
+    let mut last_whole = None;
+    while out.len() < MAX_LOOP {
+        let i = (0..n)
+            .min_by(|&a, &b| {
+                let wa = u64::from(playlists[a].weight);
+                let wb = u64::from(playlists[b].weight);
+                (airtime[a] * wb).cmp(&(airtime[b] * wa)).then(a.cmp(&b))
+            })
+            .expect("n > 0");
+        let p = playlists[i];
+        let item = &p.items[cursor[i]];
+        out.push(Item {
+            id: item.id.clone(),
+            playlist: p.id.clone(),
+            seconds: item.seconds,
+            text: item.text.clone(),
+        });
+        airtime[i] += u64::from(item.seconds);
+        cursor[i] = (cursor[i] + 1) % p.items.len();
+        if cursor[i] == 0 {
+            cycled[i] = true;
+        }
+        if cycled.iter().all(|c| *c) && cursor.iter().all(|c| *c == 0) {
+            last_whole = Some(out.len());
+            let total: u64 = airtime.iter().sum();
+            let balanced =
+                (0..n).all(|k| airtime[k] * total_weight == total * u64::from(playlists[k].weight));
+            if balanced {
+                return out;
+            }
+        }
+    }
+    if let Some(len) = last_whole {
+        out.truncate(len);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::playlist::tests_support::custom;
+    use proptest::prelude::*;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    const DAY: &str = r#"{"from": "2021-05-15T00:00", "until": "2021-05-16T00:00"}"#;
+
+    fn lobby(ps: &[Playlist], from: &str, until: &str) -> Vec<Stretch> {
+        explain(ps, TargetRef::Channel("lobby"), utc(from), utc(until))
+    }
+
+    #[test]
+    fn higher_tier_replaces_lower_without_alternating() {
+        let normal = custom("normal", "normal", 1, "UTC", DAY, &[("n1", 10)]);
+        let interrupt = custom(
+            "notice",
+            "interrupt",
+            1,
+            "UTC",
+            r#"{"from": "2021-05-15T10:00", "until": "2021-05-15T11:00"}"#,
+            &[("i1", 10)],
+        );
+        let s = lobby(
+            &[normal, interrupt],
+            "2021-05-15T09:00:00Z",
+            "2021-05-15T12:00:00Z",
+        );
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[1].tier, Some(Tier::Interrupt));
+        assert_eq!(s[1].from, utc("2021-05-15T10:00:00Z"));
+        assert_eq!(s[1].replaced, vec!["normal".to_string()]);
+        assert!(s[1].items.iter().all(|i| i.playlist == "notice"));
+        assert_eq!(s[0].tier, Some(Tier::Normal));
+        assert_eq!(s[2].tier, Some(Tier::Normal));
+    }
+
+    #[test]
+    fn fallback_only_when_nothing_else() {
+        let fb = custom(
+            "fb",
+            "fallback",
+            1,
+            "UTC",
+            r#"{"start": "00:00", "end": "00:00"}"#,
+            &[("f", 10)],
+        );
+        let day = custom(
+            "day",
+            "normal",
+            1,
+            "UTC",
+            r#"{"start": "08:00", "end": "18:00"}"#,
+            &[("d", 10)],
+        );
+        let s = lobby(&[fb, day], "2021-05-15T00:00:00Z", "2021-05-16T00:00:00Z");
+        let tiers: Vec<_> = s.iter().map(|s| s.tier).collect();
+        assert_eq!(
+            tiers,
+            vec![
+                Some(Tier::Fallback),
+                Some(Tier::Normal),
+                Some(Tier::Fallback)
+            ]
+        );
+    }
+
+    #[test]
+    fn equal_tier_shares_airtime_by_weight() {
+        let a = custom("a", "normal", 2, "UTC", DAY, &[("a1", 10), ("a2", 10)]);
+        let b = custom("b", "normal", 1, "UTC", DAY, &[("b1", 10)]);
+        let s = lobby(&[a, b], "2021-05-15T01:00:00Z", "2021-05-15T02:00:00Z");
+        assert_eq!(s.len(), 1);
+        let air = |p: &str| {
+            s[0].items
+                .iter()
+                .filter(|i| i.playlist == p)
+                .map(|i| i.seconds)
+                .sum::<u32>()
+        };
+        assert_eq!(air("a"), 2 * air("b"));
+        // every item of every playlist appears
+        for id in ["a1", "a2", "b1"] {
+            assert!(s[0].items.iter().any(|i| i.id == id), "{id}");
+        }
+    }
+
+    #[test]
+    fn unequal_durations_share_by_time_not_count() {
+        let a = custom("a", "normal", 1, "UTC", DAY, &[("a1", 30)]);
+        let b = custom("b", "normal", 1, "UTC", DAY, &[("b1", 10)]);
+        let s = lobby(&[a, b], "2021-05-15T01:00:00Z", "2021-05-15T02:00:00Z");
+        let count = |p: &str| s[0].items.iter().filter(|i| i.playlist == p).count();
+        assert_eq!((count("a"), count("b")), (1, 3));
+    }
+
+    #[test]
+    fn empty_stretches_keep_coverage() {
+        let day = custom(
+            "day",
+            "normal",
+            1,
+            "UTC",
+            r#"{"start": "08:00", "end": "18:00"}"#,
+            &[("d", 10)],
+        );
+        let s = lobby(&[day], "2021-05-15T00:00:00Z", "2021-05-16T00:00:00Z");
+        assert_eq!(s.len(), 3);
+        assert_eq!(s[0].tier, None);
+        assert!(s[0].items.is_empty());
+    }
+
+    #[test]
+    fn display_gets_its_own_and_its_channel_playlists() {
+        let mut own = custom("own", "interrupt", 1, "UTC", DAY, &[("o", 10)]);
+        own.channels.clear();
+        own.displays = vec!["lobby-1".into()];
+        let chan = custom("chan", "normal", 1, "UTC", DAY, &[("c", 10)]);
+        let ps = [own, chan];
+        let t = TargetRef::Display {
+            id: "lobby-1",
+            channel: "lobby",
+        };
+        let s = explain(
+            &ps,
+            t,
+            utc("2021-05-15T01:00:00Z"),
+            utc("2021-05-15T02:00:00Z"),
+        );
+        assert_eq!(s[0].playlists, vec![("own".to_string(), 1)]);
+        assert_eq!(s[0].replaced, vec!["chan".to_string()]);
+        let s = lobby(&ps, "2021-05-15T01:00:00Z", "2021-05-15T02:00:00Z");
+        assert_eq!(s[0].playlists, vec![("chan".to_string(), 1)]);
+    }
+
+    fn arb_entry() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (0u32..24, 0u32..60, 1u32..600)
+                .prop_map(|(h, m, len)| format!(r#"{{"cron": "{m} {h} * * *", "for": "{len}m"}}"#)),
+            (0u32..24, 0u32..24, 0usize..7).prop_map(|(a, b, d)| format!(
+                r#"{{"days": ["{}"], "start": "{a:02}:00", "end": "{b:02}:30"}}"#,
+                ["mon", "tue", "wed", "thu", "fri", "sat", "sun"][d]
+            )),
+            (0i64..72, 1i64..40).prop_map(|(a, len)| {
+                let from = utc("2021-03-26T00:00:00Z") + chrono::Duration::hours(a);
+                let until = from + chrono::Duration::hours(len);
+                format!(
+                    r#"{{"from": "{}", "until": "{}"}}"#,
+                    from.to_rfc3339(),
+                    until.to_rfc3339()
+                )
+            }),
+        ]
+    }
+
+    fn arb_playlist(i: usize) -> impl Strategy<Value = Playlist> {
+        (
+            prop::collection::vec(arb_entry(), 1..3),
+            0usize..4,
+            1u32..4,
+            prop::sample::select(vec![
+                "UTC",
+                "Europe/Berlin",
+                "America/New_York",
+                "Asia/Shanghai",
+            ]),
+        )
+            .prop_map(move |(entries, tier, weight, tz)| {
+                custom(
+                    &format!("p{i}"),
+                    ["fallback", "normal", "interrupt", "emergency"][tier],
+                    weight,
+                    tz,
+                    &entries.join(","),
+                    &[("x", 7), ("y", 13)],
+                )
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+        /// Over the 2021 DST weekend in Europe, segments never overlap, leave no hole, cover the
+        /// horizon exactly, and the winners are always of the highest active tier.
+        #[test]
+        fn segments_tile_the_horizon(
+            ps in (arb_playlist(0), arb_playlist(1), arb_playlist(2)).prop_map(|(a, b, c)| vec![a, b, c]),
+            start_h in 0i64..60,
+        ) {
+            let from = utc("2021-03-26T00:00:00Z") + chrono::Duration::hours(start_h);
+            let until = from + chrono::Duration::hours(48);
+            let tl = resolve(&ps, TargetRef::Channel("lobby"), from, until, "UTC");
+            prop_assert_eq!(tl.segments.first().unwrap().from, from);
+            prop_assert_eq!(tl.segments.last().unwrap().until, until);
+            for w in tl.segments.windows(2) {
+                prop_assert_eq!(w[0].until, w[1].from);
+                prop_assert!(w[0] != w[1]);
+            }
+            for s in &tl.segments {
+                prop_assert!(s.from < s.until);
+                prop_assert_eq!(s.items.is_empty(), s.tier.is_none());
+                let mid = s.from;
+                let top = ps.iter()
+                        .filter(|p| !active_windows(p, mid, mid + chrono::Duration::seconds(1))
+                        .is_empty())
+                    .map(|p| p.tier)
+                    .max();
+                prop_assert_eq!(s.tier, top);
+            }
+        }
+    }
+}
