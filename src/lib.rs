@@ -5,15 +5,17 @@
 //! pure protocol code in [`wire`], pure scheduling logic in [`domain`], and the runtime shells
 //! ([`scheduler`], [`mqtt`], [`store`], [`http`], [`daemon`]) that feed `now` in and perform what comes out.
 
-// pub mod cli;
-// pub mod config;
-// pub mod daemon;
+pub mod catalog;
+pub mod cli;
+pub mod config;
+pub mod daemon;
 pub mod domain;
-// pub mod http;
-// pub mod keys;
-// pub mod logging;
-// pub mod metrics;
-// pub mod mqtt;
-// pub mod scheduler;
-// pub mod store;
+pub mod http;
+pub mod keys;
+pub mod logging;
+pub mod metrics;
+pub mod mqtt;
+pub mod preview;
+pub mod scheduler;
+pub mod store;
 pub mod wire;

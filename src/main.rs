@@ -1,1 +1,203 @@
-fn main() {}
+//! The `marquee` binary: parses the command line and makes one call into the library per
+//! subcommand. Exit codes: 0 success, 1 failure, 2 usage error, 78 bad configuration.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use marquee::config::{Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "marquee",
+    version,
+    about = "Publicity scheduler: signed slogan timelines over MQTT to display agents"
+)]
+struct Cli {
+    /// Log format (overrides log.format in the config).
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: scheduler, publisher, HTTP API, embedded MQTT broker unless configured otherwise.
+    Serve {
+        /// Configuration file.
+        #[arg(
+            short,
+            long,
+            default_value = "config/marquee.toml",
+            env = "MARQUEE_CONFIG"
+        )]
+        config: PathBuf,
+        /// Data directory (overrides server.data_dir).
+        #[arg(long, env = "MARQUEE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
+    /// Validate the configuration and every playlist; print each problem as file:line:col: message.
+    Check {
+        /// Configuration file.
+        #[arg(
+            short,
+            long,
+            default_value = "config/marquee.toml",
+            env = "MARQUEE_CONFIG"
+        )]
+        config: PathBuf,
+    },
+    /// Show what a channel or display shows at a time, from the files (no daemon needed).
+    Preview {
+        /// Configuration file.
+        #[arg(
+            short,
+            long,
+            default_value = "config/marquee.toml",
+            env = "MARQUEE_CONFIG"
+        )]
+        config: PathBuf,
+        /// Channel to preview.
+        #[arg(long, required_unless_present = "display")]
+        channel: Option<String>,
+        /// Display to preview (declared under [[schedule.displays]]).
+        #[arg(long)]
+        display: Option<String>,
+        /// Start: RFC 3339 (2021-05-15T09:00:00+08:00), local 2021-05-15T09:00, or "now".
+        #[arg(long, default_value = "now")]
+        at: String,
+        /// Length, e.g. 2h, 90m, 2days.
+        #[arg(long = "for", default_value = "2h")]
+        length: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make an Ed25519 signing key pair (signing.key mode 0600, signing.pub).
+    Keygen {
+        /// Directory to write into.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Replace an existing key pair.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Print a JSON Schema.
+    Schema {
+        #[arg(value_enum)]
+        what: SchemaKind,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SchemaKind {
+    /// Playlist files.
+    Playlist,
+}
+
+const EX_CONFIG: u8 = 78;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let log_format = cli.log_format.map(|f| match f {
+        LogFormatArg::Text => LogFormat::Text,
+        LogFormatArg::Json => LogFormat::Json,
+    });
+    match cli.command {
+        Command::Serve { config, data_dir } => {
+            let mut cfg = match Config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    eprintln!("marquee: configuration has errors; not starting");
+                    return ExitCode::from(EX_CONFIG);
+                }
+            };
+            if let Some(d) = data_dir {
+                cfg.data_dir = d;
+            }
+            marquee::logging::init(log_format.unwrap_or(cfg.log_format), &cfg.log_filter);
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("marquee: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(marquee::daemon::serve(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "marquee stopped on an error");
+                    eprintln!("marquee: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { config } => {
+            let problems = marquee::cli::check(&config);
+            if problems == 0 {
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("{problems} problem(s) found");
+                ExitCode::FAILURE
+            }
+        }
+        Command::Preview {
+            config,
+            channel,
+            display,
+            at,
+            length,
+            json,
+        } => match marquee::cli::preview(
+            &config,
+            channel.as_deref(),
+            display.as_deref(),
+            &at,
+            &length,
+            json,
+        ) {
+            Ok(out) => print_out(&out),
+            Err(e) => {
+                eprintln!("marquee preview: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Keygen { out, force } => match marquee::keys::keygen(&out, force) {
+            Ok((secret, public, key)) => {
+                println!("secret key: {} (mode 0600)", secret.display());
+                println!("public key: {} (id {})", public.display(), key.id());
+                println!("{}", key.to_hex());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("marquee keygen: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Schema {
+            what: SchemaKind::Playlist,
+        } => print_out(&marquee::cli::schema()),
+    }
+}
+
+/// Prints to stdout; a closed pipe (`| head`) is not an error worth a panic.
+fn print_out(s: &str) -> ExitCode {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(s.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("marquee: cannot write output: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -12,7 +12,11 @@ use crate::wire::{Item, Segment, Target, Tier, Timeline};
 
 /// Longest loop built for a segment; beyond it the loop is cut at the last point where every
 /// playlist had shown all of its items.
-const MAX_LOOP: usize = 512;
+const MAX_LOOP: usize = 256;
+
+/// A loop is accepted once each playlist's share of airtime is within this many percentage
+/// points of its share of weight (exact balance can need very long loops when durations differ).
+const SHARE_TOLERANCE_PCT: u64 = 5;
 
 /// Whom to resolve for.
 #[derive(Debug, Clone, Copy)]
@@ -153,8 +157,9 @@ pub fn resolve(
 
 /// Interleaves the playlists' items so that each playlist's airtime is proportional to its
 /// weight: the next item always comes from the playlist with the least airtime per weight.
-/// The loop ends when every playlist has shown all its items a whole number of times and
-/// airtime is exactly in proportion (or at [`MAX_LOOP`], cut at the last whole cycle).
+/// The loop ends when every playlist has shown all its items a whole number of times and each
+/// playlist's airtime share is within [`SHARE_TOLERANCE_PCT`] points of its weight share (or at
+/// [`MAX_LOOP`], cut at the last whole cycle).
 fn build_loop(playlists: &[&Playlist]) -> Vec<Item> {
     if playlists.is_empty() {
         return Vec::new();
@@ -190,8 +195,12 @@ fn build_loop(playlists: &[&Playlist]) -> Vec<Item> {
         if cycled.iter().all(|c| *c) && cursor.iter().all(|c| *c == 0) {
             last_whole = Some(out.len());
             let total: u64 = airtime.iter().sum();
-            let balanced =
-                (0..n).all(|k| airtime[k] * total_weight == total * u64::from(playlists[k].weight));
+            // |airtime_k / total - w_k / W| <= tolerance, in integers.
+            let balanced = (0..n).all(|k| {
+                let have = airtime[k] * total_weight * 100;
+                let want = total * u64::from(playlists[k].weight) * 100;
+                have.abs_diff(want) <= SHARE_TOLERANCE_PCT * total * total_weight
+            });
             if balanced {
                 return out;
             }

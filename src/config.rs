@@ -1,0 +1,689 @@
+//! Configuration: the raw TOML shape ([`RawConfig`], unknown keys refused) and the validated
+//! [`Config`] the daemon runs on. Every problem is reported at once, each with its place
+//! (`file:line:col` for syntax and unknown keys, `file: section.key` for meaning), and secrets are
+//! read from environment variables or files (`*_env` / `*_file`), never from the TOML itself.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use serde::Deserialize;
+
+use crate::domain::ValidationContext;
+use crate::domain::locate::line_col;
+use crate::wire::valid_name;
+
+/// API roles, each including the rights of the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything.
+    Viewer,
+    /// Edits playlists.
+    Editor,
+    /// Runs campaigns and alerts.
+    Operator,
+    /// Everything.
+    Admin,
+}
+
+/// Every problem found in one configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file as named by the user.
+    pub file: String,
+    /// One line per problem, each already prefixed with its location.
+    pub problems: Vec<String>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The file as written. See `config/marquee.toml` for every key with its meaning.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    mqtt: RawMqtt,
+    #[serde(default)]
+    schedule: RawSchedule,
+    #[serde(default)]
+    auth: RawAuth,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    listen: String,
+    data_dir: PathBuf,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: "data".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    format: String,
+    filter: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: "text".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMqtt {
+    embedded: bool,
+    listen: String,
+    url: Option<String>,
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    topic_prefix: String,
+    client_id: String,
+    keep_alive: String,
+    max_payload: usize,
+    users: Vec<RawUser>,
+}
+
+impl Default for RawMqtt {
+    fn default() -> Self {
+        RawMqtt {
+            embedded: true,
+            listen: "127.0.0.1:1883".into(),
+            url: None,
+            username: None,
+            password_env: None,
+            password_file: None,
+            topic_prefix: "marquee".into(),
+            client_id: "marquee-daemon".into(),
+            keep_alive: "15s".into(),
+            max_payload: 4 << 20,
+            users: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    username: String,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSchedule {
+    timezone: String,
+    playlists_dir: PathBuf,
+    horizon: String,
+    debounce: String,
+    channels: Vec<String>,
+    displays: Vec<RawDisplay>,
+}
+
+impl Default for RawSchedule {
+    fn default() -> Self {
+        RawSchedule {
+            timezone: "Asia/Shanghai".into(),
+            playlists_dir: "playlists".into(),
+            horizon: "48h".into(),
+            debounce: "150ms".into(),
+            channels: ["lobby", "subway", "bus", "public"]
+                .map(String::from)
+                .to_vec(),
+            displays: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDisplay {
+    id: String,
+    channel: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    tokens: Vec<RawToken>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToken {
+    name: String,
+    role: Role,
+    token_env: Option<String>,
+    token_file: Option<PathBuf>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub file: String,
+    /// HTTP API + console address.
+    pub listen: SocketAddr,
+    /// SQLite, keys and the generated admin token live here.
+    pub data_dir: PathBuf,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// `tracing` filter directives.
+    pub log_filter: String,
+    /// The broker.
+    pub mqtt: MqttConfig,
+    /// The scheduler.
+    pub schedule: ScheduleConfig,
+    /// Configured API tokens (the generated admin token is added at start).
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// Where the MQTT broker is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BrokerConfig {
+    /// In-process rumqttd on `listen`; `users` empty means anonymous (loopback only).
+    Embedded {
+        /// Listen address.
+        listen: SocketAddr,
+        /// username → password.
+        users: BTreeMap<String, String>,
+    },
+    /// An external broker (Mosquitto, EMQX, …).
+    External {
+        /// Host name or address.
+        host: String,
+        /// Port.
+        port: u16,
+        /// `mqtts://`.
+        tls: bool,
+    },
+}
+
+/// MQTT settings.
+#[derive(Debug, Clone)]
+pub struct MqttConfig {
+    /// The broker.
+    pub broker: BrokerConfig,
+    /// Credentials the daemon connects with.
+    pub credentials: Option<(String, String)>,
+    /// Topic prefix (default `marquee`).
+    pub topic_prefix: String,
+    /// The daemon's client id.
+    pub client_id: String,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// Largest packet sent or accepted.
+    pub max_payload: usize,
+}
+
+/// Scheduler settings.
+#[derive(Debug, Clone)]
+pub struct ScheduleConfig {
+    /// Default zone.
+    pub timezone: Tz,
+    /// Where playlist files are.
+    pub playlists_dir: PathBuf,
+    /// How far ahead timelines reach.
+    pub horizon: chrono::Duration,
+    /// Quiet time after a file change before reloading.
+    pub debounce: Duration,
+    /// Known channels.
+    pub channels: Vec<String>,
+    /// Known displays → their channel.
+    pub displays: BTreeMap<String, String>,
+}
+
+impl ScheduleConfig {
+    /// What playlist validation needs.
+    pub fn validation_context(&self) -> ValidationContext {
+        ValidationContext {
+            channels: self.channels.clone(),
+            displays: self.displays.clone(),
+            timezone: self.timezone,
+        }
+    }
+}
+
+/// One API token.
+#[derive(Clone)]
+pub struct TokenConfig {
+    /// Who it is (shown in logs and audit).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The secret.
+    pub secret: String,
+}
+
+impl fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// Reads a secret from `env` or `file` (exactly one must be given); trailing newlines are dropped.
+fn secret(
+    problems: &mut Vec<String>,
+    place: &str,
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Option<String> {
+    let value = match (env, file) {
+        (Some(var), None) => match std::env::var(var) {
+            Ok(v) if !v.trim().is_empty() => Some(v),
+            _ => {
+                problems.push(format!(
+                    "{place}_env: environment variable {var} is not set or empty"
+                ));
+                None
+            }
+        },
+        (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(v) if !v.trim().is_empty() => Some(v),
+            Ok(_) => {
+                problems.push(format!("{place}_file: {} is empty", path.display()));
+                None
+            }
+            Err(e) => {
+                problems.push(format!("{place}_file: cannot read {}: {e}", path.display()));
+                None
+            }
+        },
+        (Some(_), Some(_)) => {
+            problems.push(format!(
+                "{place}: give {place}_env or {place}_file, not both"
+            ));
+            None
+        }
+        (None, None) => {
+            problems.push(format!(
+                "{place}: missing; give {place}_env or {place}_file"
+            ));
+            None
+        }
+    };
+    value.map(|v| v.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+fn duration(problems: &mut Vec<String>, key: &str, s: &str) -> Duration {
+    humantime::parse_duration(s).unwrap_or_else(|_| {
+        problems.push(format!("{key}: bad duration {s:?} (e.g. 48h, 150ms)"));
+        Duration::from_secs(1)
+    })
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            problems: vec![format!("{file}: cannot read: {e}")],
+        })?;
+        Config::parse(&file, &src)
+    }
+
+    /// Validates configuration text; `file` names it in messages.
+    pub fn parse(file: &str, src: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(src).map_err(|e| {
+            let (line, col) = e.span().map(|s| line_col(src, s.start)).unwrap_or((1, 1));
+            ConfigError {
+                file: file.to_owned(),
+                problems: vec![format!("{file}:{line}:{col}: {}", e.message().trim())],
+            }
+        })?;
+        let mut problems = Vec::new();
+        let config = Config::validate(file, raw, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                file: file.to_owned(),
+                problems: problems
+                    .into_iter()
+                    .map(|p| format!("{file}: {p}"))
+                    .collect(),
+            })
+        }
+    }
+
+    fn validate(file: &str, raw: RawConfig, problems: &mut Vec<String>) -> Config {
+        let listen = raw.server.listen.parse().unwrap_or_else(|_| {
+            problems.push(format!(
+                "server.listen: {:?} is not an address like 127.0.0.1:8080",
+                raw.server.listen
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        let log_format = match raw.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                problems.push(format!("log.format: {other:?} is not \"text\" or \"json\""));
+                LogFormat::Text
+            }
+        };
+        let mqtt = Config::mqtt(raw.mqtt, problems);
+        let schedule = Config::schedule(raw.schedule, problems);
+        let mut tokens = Vec::new();
+        for (i, t) in raw.auth.tokens.iter().enumerate() {
+            let place = format!("auth.tokens[{i}] ({}): token", t.name);
+            if let Some(secret) = secret(problems, &place, &t.token_env, &t.token_file) {
+                if secret.len() < 16 {
+                    problems.push(format!("{place}: shorter than 16 characters"));
+                }
+                tokens.push(TokenConfig {
+                    name: t.name.clone(),
+                    role: t.role,
+                    secret,
+                });
+            }
+        }
+        Config {
+            file: file.to_owned(),
+            listen,
+            data_dir: raw.server.data_dir,
+            log_format,
+            log_filter: raw.log.filter,
+            mqtt,
+            schedule,
+            tokens,
+        }
+    }
+
+    fn mqtt(m: RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
+        let mut users = BTreeMap::new();
+        for (i, u) in m.users.iter().enumerate() {
+            let place = format!("mqtt.users[{i}] ({}): password", u.username);
+            if let Some(p) = secret(problems, &place, &u.password_env, &u.password_file) {
+                users.insert(u.username.clone(), p);
+            }
+        }
+        let credentials = match &m.username {
+            Some(user) => secret(problems, "mqtt.password", &m.password_env, &m.password_file)
+                .map(|p| (user.clone(), p)),
+            None => None,
+        };
+        let broker = if m.embedded {
+            if m.url.is_some() {
+                problems.push("mqtt.url: set embedded = false to use an external broker".into());
+            }
+            let listen: SocketAddr = m.listen.parse().unwrap_or_else(|_| {
+                problems.push(format!(
+                    "mqtt.listen: {:?} is not an address like 127.0.0.1:1883",
+                    m.listen
+                ));
+                SocketAddr::from(([127, 0, 0, 1], 1883))
+            });
+            if !listen.ip().is_loopback() && users.is_empty() {
+                problems.push(format!(
+                    "mqtt.listen: {listen} is reachable from other machines, so anonymous clients are refused: \
+                     add [[mqtt.users]] with password_env or password_file, or listen on 127.0.0.1"
+                ));
+            }
+            BrokerConfig::Embedded { listen, users }
+        } else {
+            let url = m.url.as_deref().unwrap_or("");
+            match url::Url::parse(url) {
+                Ok(u) if matches!(u.scheme(), "mqtt" | "tcp" | "mqtts" | "ssl") => {
+                    let host = u.host_str().unwrap_or("").to_owned();
+                    let tls = matches!(u.scheme(), "mqtts" | "ssl");
+                    if tls {
+                        problems.push("mqtt.url: mqtts:// is not supported by this build yet; terminate TLS in front of the broker or use mqtt:// on a trusted network".into());
+                    }
+                    if !is_loopback_host(&host) && credentials.is_none() {
+                        problems.push(format!(
+                            "mqtt.url: broker {host} is not on loopback, so credentials are required: set mqtt.username and mqtt.password_env or mqtt.password_file"
+                        ));
+                    }
+                    BrokerConfig::External {
+                        port: u.port().unwrap_or(if tls { 8883 } else { 1883 }),
+                        host,
+                        tls,
+                    }
+                }
+                _ => {
+                    problems.push(format!(
+                        "mqtt.url: {url:?} is not a broker URL like mqtt://127.0.0.1:1883 (needed when embedded = false)"
+                    ));
+                    BrokerConfig::External {
+                        host: String::new(),
+                        port: 1883,
+                        tls: false,
+                    }
+                }
+            }
+        };
+        if m.topic_prefix.is_empty()
+            || m.topic_prefix.contains(['+', '#'])
+            || m.topic_prefix.starts_with('/')
+            || m.topic_prefix.ends_with('/')
+        {
+            problems.push(format!(
+                "mqtt.topic_prefix: {:?} must be non-empty, without + or #, and not start or end with /",
+                m.topic_prefix
+            ));
+        }
+        if m.max_payload < 64 << 10 {
+            problems.push("mqtt.max_payload: at least 65536 bytes".into());
+        }
+        MqttConfig {
+            broker,
+            credentials,
+            topic_prefix: m.topic_prefix,
+            client_id: m.client_id,
+            keep_alive: duration(problems, "mqtt.keep_alive", &m.keep_alive),
+            max_payload: m.max_payload,
+        }
+    }
+
+    fn schedule(s: RawSchedule, problems: &mut Vec<String>) -> ScheduleConfig {
+        let timezone = Tz::from_str(&s.timezone).unwrap_or_else(|_| {
+            problems.push(format!(
+                "schedule.timezone: unknown IANA zone {:?} (e.g. \"Asia/Shanghai\")",
+                s.timezone
+            ));
+            Tz::UTC
+        });
+        let horizon = duration(problems, "schedule.horizon", &s.horizon);
+        if !(Duration::from_secs(2 * 3600)..=Duration::from_secs(14 * 86400)).contains(&horizon) {
+            problems.push("schedule.horizon: between 2h and 14days".into());
+        }
+        if s.channels.is_empty() {
+            problems.push("schedule.channels: name at least one channel".into());
+        }
+        for c in &s.channels {
+            if !valid_name(c) {
+                problems.push(format!(
+                    "schedule.channels: {c:?} must be 1-64 letters, digits, '_', '-' or '.'"
+                ));
+            }
+        }
+        let mut displays = BTreeMap::new();
+        for (i, d) in s.displays.iter().enumerate() {
+            if !valid_name(&d.id) {
+                problems.push(format!(
+                    "schedule.displays[{i}].id: {:?} must be 1-64 letters, digits, '_', '-' or '.'",
+                    d.id
+                ));
+            }
+            if !s.channels.contains(&d.channel) {
+                problems.push(format!(
+                    "schedule.displays[{i}].channel: unknown channel {:?}",
+                    d.channel
+                ));
+            }
+            if displays.insert(d.id.clone(), d.channel.clone()).is_some() {
+                problems.push(format!(
+                    "schedule.displays[{i}].id: {:?} declared twice",
+                    d.id
+                ));
+            }
+        }
+        ScheduleConfig {
+            timezone,
+            playlists_dir: s.playlists_dir,
+            horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::hours(48)),
+            debounce: duration(problems, "schedule.debounce", &s.debounce),
+            channels: s.channels,
+            displays,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_safe_defaults() {
+        let c = Config::parse("m.toml", "").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.mqtt.broker,
+            BrokerConfig::Embedded {
+                listen: "127.0.0.1:1883".parse().unwrap(),
+                users: BTreeMap::new()
+            }
+        );
+        assert_eq!(c.schedule.horizon, chrono::Duration::hours(48));
+        assert_eq!(c.schedule.channels.len(), 4);
+        assert!(c.tokens.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = Config::parse("m.toml", "[server]\nlisten = \"127.0.0.1:1\"\ncolour = 1\n")
+            .unwrap_err();
+        assert_eq!(e.problems.len(), 1);
+        assert!(
+            e.problems[0].starts_with("m.toml:3:1: unknown field `colour`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn embedded_broker_off_loopback_needs_users() {
+        let e = Config::parse("m.toml", "[mqtt]\nlisten = \"0.0.0.0:1883\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("anonymous clients are refused"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn external_broker_off_loopback_needs_credentials() {
+        let e = Config::parse(
+            "m.toml",
+            "[mqtt]\nembedded = false\nurl = \"mqtt://broker.example:1883\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("credentials are required"), "{e}");
+        let c = Config::parse(
+            "m.toml",
+            "[mqtt]\nembedded = false\nurl = \"mqtt://127.0.0.1:18830\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.mqtt.broker,
+            BrokerConfig::External {
+                host: "127.0.0.1".into(),
+                port: 18830,
+                tls: false
+            }
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_file_and_are_checked() {
+        let e = Config::parse(
+            "m.toml",
+            "[[auth.tokens]]\nname = \"office\"\nrole = \"editor\"\ntoken_env = \"MARQUEE_TEST_SURELY_UNSET\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("auth.tokens[0] (office): token_env: environment variable MARQUEE_TEST_SURELY_UNSET is not set"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tok");
+        std::fs::write(&f, "0123456789abcdef0123\n").unwrap();
+        let c = Config::parse(
+            "m.toml",
+            &format!(
+                "[[auth.tokens]]\nname = \"office\"\nrole = \"editor\"\ntoken_file = {:?}\n",
+                f.display().to_string()
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.tokens[0].secret, "0123456789abcdef0123");
+        assert!(!format!("{:?}", c.tokens[0]).contains("0123456789"));
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let e = Config::parse(
+            "m.toml",
+            "[schedule]\ntimezone = \"Mars/Base\"\nhorizon = \"1h\"\nchannels = [\"a b\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 3, "{e}");
+    }
+}

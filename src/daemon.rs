@@ -1,0 +1,222 @@
+//! `marquee serve`: wires the parts together and runs them until SIGTERM/SIGINT.
+//!
+//! Start order: data directory and secrets → store → embedded broker (if configured) → HTTP
+//! listener → MQTT connection → scheduler. `READY=1` goes to systemd only once the broker is
+//! connected and every timeline is published. Shutdown: one cancellation token stops every task;
+//! they drain within a grace period.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{BrokerConfig, Config, Role};
+use crate::http::{self, AppState, auth::Tokens};
+use crate::keys;
+use crate::metrics::Metrics;
+use crate::mqtt::{self, ClientOptions};
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+use crate::wire::topic::Filter;
+
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Runs the daemon until a termination signal.
+pub async fn serve(cfg: Config) -> anyhow::Result<()> {
+    let cfg = Arc::new(cfg);
+    keys::ensure_data_dir(&cfg.data_dir)?;
+    let (signing, created) = keys::load_or_create_signing_key(&cfg.data_dir)?;
+    let pub_path = cfg.data_dir.join(keys::SIGNING_PUB);
+    if created {
+        tracing::info!(public_key = %pub_path.display(), key_id = signing.public().id(), "created a new signing key pair; point agents' public_key_file at the public key");
+    } else {
+        tracing::info!(public_key = %pub_path.display(), key_id = signing.public().id(), "signing key loaded");
+    }
+    let (admin_token, created) = keys::load_or_create_admin_token(&cfg.data_dir)?;
+    let token_path = cfg.data_dir.join(keys::ADMIN_TOKEN);
+    if created {
+        tracing::info!(file = %token_path.display(), "created the admin API token (mode 0600); use it as MARQUEE_TOKEN");
+    }
+    let mut tokens = Tokens::default();
+    tokens.add("admin", Role::Admin, &admin_token);
+    for t in &cfg.tokens {
+        tokens.add(&t.name, t.role, &t.secret);
+    }
+
+    let db = cfg.data_dir.join("marquee.db");
+    let store =
+        Arc::new(Store::open(&db).with_context(|| format!("cannot open {}", db.display()))?);
+    let metrics = Metrics::default();
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    // The broker.
+    let (host, port, credentials, _broker) = match &cfg.mqtt.broker {
+        BrokerConfig::Embedded { listen, users } => start_embedded(&cfg, *listen, users).await?,
+        BrokerConfig::External { host, port, .. } => {
+            (host.clone(), *port, cfg.mqtt.credentials.clone(), None)
+        }
+    };
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (server.listen)", cfg.listen))?;
+    let http_addr = listener.local_addr()?;
+
+    let prefix = &cfg.mqtt.topic_prefix;
+    let (mqtt, events) = mqtt::connect(
+        ClientOptions {
+            client_id: cfg.mqtt.client_id.clone(),
+            host: host.clone(),
+            port,
+            credentials,
+            keep_alive: cfg.mqtt.keep_alive,
+            max_packet: cfg.mqtt.max_payload,
+            subscriptions: vec![
+                Filter::ChannelTimelines.render(prefix),
+                Filter::DisplayTimelines.render(prefix),
+            ],
+            last_will: None,
+        },
+        cancel.child_token(),
+    );
+
+    let (scheduler, catalog) = Scheduler::new(
+        cfg.clone(),
+        Arc::new(signing),
+        store.clone(),
+        mqtt.clone(),
+        metrics.clone(),
+    )?;
+    let state = Arc::new(AppState {
+        cfg: cfg.clone(),
+        catalog,
+        metrics: metrics.clone(),
+        tokens,
+    });
+    {
+        let cancel = cancel.clone();
+        tracker.spawn(async move {
+            if let Err(e) = http::serve(listener, state, cancel.clone()).await {
+                tracing::error!(error = %e, "HTTP server failed");
+                cancel.cancel();
+            }
+        });
+    }
+
+    let (reload_tx, reload_rx) = mpsc::channel(1);
+    let _watcher = watch_playlists(&cfg, reload_tx.clone());
+    let (ready_tx, mut ready_rx) = oneshot::channel();
+    let watchdog = sd_notify::watchdog_enabled();
+    tracker.spawn(scheduler.run(events, reload_rx, Some(ready_tx), watchdog, cancel.clone()));
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let broker = format!("{host}:{port}");
+    let mut waiting = tokio::time::interval(Duration::from_secs(5));
+    waiting.tick().await;
+    let mut ready = false;
+    loop {
+        tokio::select! {
+            r = &mut ready_rx, if !ready => {
+                ready = true;
+                if r.is_ok() {
+                    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+                    tracing::info!(http = %http_addr, mqtt = %broker, playlists = %cfg.schedule.playlists_dir.display(), "marquee ready");
+                }
+            }
+            _ = waiting.tick(), if !ready => {
+                tracing::warn!(mqtt = %broker, "still waiting for the MQTT broker");
+            }
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading playlists");
+                let _ = reload_tx.try_send(());
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = cancel.cancelled() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    cancel.cancel();
+    tracker.close();
+    if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
+        tracing::warn!("tasks did not finish within {GRACE:?}; exiting anyway");
+    }
+    mqtt.disconnect().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+#[cfg(feature = "embedded-broker")]
+type Broker = Option<mqtt::broker::EmbeddedBroker>;
+#[cfg(not(feature = "embedded-broker"))]
+type Broker = Option<()>;
+
+type Connection = (String, u16, Option<(String, String)>, Broker);
+
+#[cfg(feature = "embedded-broker")]
+async fn start_embedded(
+    cfg: &Config,
+    listen: std::net::SocketAddr,
+    users: &BTreeMap<String, String>,
+) -> anyhow::Result<Connection> {
+    let mut users = users.clone();
+    // With authentication on, the daemon gets an account of its own for this run.
+    let credentials = if users.is_empty() {
+        None
+    } else {
+        let mut b = [0u8; 24];
+        getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        let pair = ("marquee-daemon".to_owned(), hex::encode(b));
+        users.insert(pair.0.clone(), pair.1.clone());
+        Some(pair)
+    };
+    let broker = mqtt::broker::start(listen, &users, cfg.mqtt.max_payload).await?;
+    let addr = broker.addr();
+    tracing::info!(listen = %addr, auth = !users.is_empty(), "embedded MQTT broker listening");
+    Ok((
+        addr.ip().to_string(),
+        addr.port(),
+        credentials,
+        Some(broker),
+    ))
+}
+
+#[cfg(not(feature = "embedded-broker"))]
+async fn start_embedded(
+    _: &Config,
+    _: std::net::SocketAddr,
+    _: &BTreeMap<String, String>,
+) -> anyhow::Result<Connection> {
+    anyhow::bail!("this build has no embedded broker: set mqtt.embedded = false and mqtt.url")
+}
+
+/// Watches the playlists directory; every change pokes `reload` (the scheduler debounces).
+fn watch_playlists(cfg: &Config, reload: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let dir = cfg.schedule.playlists_dir.clone();
+    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok_and(|e| !e.kind.is_access()) {
+            let _ = reload.try_send(());
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch playlist files; reload with SIGHUP");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::error!(dir = %dir.display(), error = %e, "cannot watch the playlists directory; reload with SIGHUP");
+        return None;
+    }
+    Some(watcher)
+}

@@ -1,0 +1,143 @@
+//! Route handlers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::header;
+use axum::response::IntoResponse;
+use chrono::Utc;
+use serde_json::{Value, json};
+
+use super::AppState;
+use super::auth::Viewer;
+use super::error::ApiError;
+use crate::preview::{Preview, PreviewRequest};
+
+/// `GET /healthz`: open, for load balancers and systemd checks.
+pub async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// `GET /metrics`: Prometheus text.
+pub async fn metrics(_: Viewer, State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        s.metrics.render(),
+    )
+}
+
+/// Fallback: JSON 404.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// `GET /api/v1/playlists`: every playlist file, live or broken.
+pub async fn list_playlists(_: Viewer, State(s): State<Arc<AppState>>) -> Json<Value> {
+    let catalog = s.catalog.borrow().clone();
+    let list: Vec<Value> = catalog
+        .files
+        .iter()
+        .map(|(path, st)| {
+            let errors: Vec<String> = st.errors.iter().map(ToString::to_string).collect();
+            match &st.good {
+                Some((p, _)) => json!({
+                    "id": p.id, "file": path.display().to_string(), "title": p.title,
+                    "tier": p.tier, "weight": p.weight, "timezone": p.timezone.name(),
+                    "targets": {"channels": p.channels, "displays": p.displays},
+                    "live": true, "errors": errors,
+                }),
+                None => json!({
+                    "id": Value::Null, "file": path.display().to_string(),
+                    "live": false, "errors": errors,
+                }),
+            }
+        })
+        .collect();
+    Json(json!({ "playlists": list }))
+}
+
+/// `GET /api/v1/playlists/{id}`: the live version as written, and any errors of the file on disk.
+pub async fn get_playlist(
+    _: Viewer,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let catalog = s.catalog.borrow().clone();
+    let (path, _, src, errors) = catalog
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no live playlist {id:?}")))?;
+    let playlist: Value = serde_json::from_str(src).unwrap_or(Value::Null);
+    Ok(Json(json!({
+        "id": id,
+        "file": path.display().to_string(),
+        "playlist": playlist,
+        "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })))
+}
+
+/// `GET /api/v1/preview?channel=&display=&at=&for=`.
+pub async fn preview(
+    _: Viewer,
+    State(s): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let req = preview_request(&s, &q)?;
+    let playlists = s.catalog.borrow().playlists();
+    Ok(Json(
+        Preview::compute(&playlists, req, s.cfg.schedule.timezone).to_json(),
+    ))
+}
+
+fn preview_request(s: &AppState, q: &HashMap<String, String>) -> Result<PreviewRequest, ApiError> {
+    let sched = &s.cfg.schedule;
+    let display = q.get("display").filter(|d| !d.is_empty()).cloned();
+    let channel = match (&display, q.get("channel").filter(|c| !c.is_empty())) {
+        (Some(d), _) => sched
+            .displays
+            .get(d)
+            .cloned()
+            .ok_or_else(|| ApiError::bad_field("display", format!("unknown display {d:?}")))?,
+        (None, Some(c)) if sched.channels.contains(c) => c.clone(),
+        (None, Some(c)) => {
+            return Err(ApiError::bad_field(
+                "channel",
+                format!(
+                    "unknown channel {c:?} (configured: {})",
+                    sched.channels.join(", ")
+                ),
+            ));
+        }
+        (None, None) => return Err(ApiError::bad_field("channel", "give channel or display")),
+    };
+    let at = match q.get("at") {
+        None => Utc::now(),
+        Some(t) => crate::domain::playlist::parse_instant(t, sched.timezone).ok_or_else(|| {
+            ApiError::bad_field(
+                "at",
+                format!("bad time {t:?}: use RFC 3339, e.g. 2021-05-15T09:00:00+08:00"),
+            )
+        })?,
+    };
+    let length = parse_length(q.get("for").map(String::as_str).unwrap_or("2h"))
+        .map_err(|m| ApiError::bad_field("for", m))?;
+    Ok(PreviewRequest {
+        channel,
+        display,
+        at,
+        length,
+    })
+}
+
+/// A preview length: a duration between 1 minute and 14 days.
+pub fn parse_length(s: &str) -> Result<chrono::Duration, String> {
+    humantime::parse_duration(s)
+        .ok()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .filter(|d| *d >= chrono::Duration::minutes(1) && *d <= chrono::Duration::days(14))
+        .ok_or_else(|| format!("bad length {s:?}: a duration like 2h or 90m, from 1m to 14days"))
+}

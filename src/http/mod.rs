@@ -1,0 +1,54 @@
+//! The HTTP API (`/api/v1`, JSON) with `/healthz` and `/metrics`. Handlers validate, read or
+//! enqueue; they never wait on the broker or a gateway. Every route but `/healthz` needs a bearer
+//! token ([`auth`]); errors have one shape ([`error`]).
+
+pub mod api;
+pub mod auth;
+pub mod error;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::routing::get;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// What handlers share.
+pub struct AppState {
+    /// Configuration.
+    pub cfg: Arc<Config>,
+    /// The live playlist catalog.
+    pub catalog: watch::Receiver<Arc<Catalog>>,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// Accepted tokens.
+    pub tokens: auth::Tokens,
+}
+
+/// The router.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/healthz", get(api::healthz))
+        .route("/metrics", get(api::metrics))
+        .route("/api/v1/playlists", get(api::list_playlists))
+        .route("/api/v1/playlists/{id}", get(api::get_playlist))
+        .route("/api/v1/preview", get(api::preview))
+        .fallback(api::not_found)
+        .with_state(state)
+}
+
+/// Serves until `cancel`, then finishes in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AppState>,
+    cancel: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(cancel.cancelled_owned())
+        .await
+}

@@ -1,0 +1,168 @@
+//! Secrets on disk: the signing key pair and the generated admin token. Secret files are written
+//! atomically with mode 0600 in a data directory of mode 0700; nothing secret is ever logged.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use crate::wire::{KeyPair, PublicKey};
+
+/// File name of the secret signing key (hex seed) inside the data directory.
+pub const SIGNING_KEY: &str = "signing.key";
+/// File name of the public key (hex) inside the data directory; agents pin it.
+pub const SIGNING_PUB: &str = "signing.pub";
+/// File name of the generated admin API token.
+pub const ADMIN_TOKEN: &str = "admin.token";
+
+fn random_bytes<const N: usize>() -> anyhow::Result<[u8; N]> {
+    let mut b = [0u8; N];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness from the OS: {e}"))?;
+    Ok(b)
+}
+
+/// Writes `content` to `path` atomically (temp file + rename) with the given mode.
+pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> anyhow::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(content)?;
+    f.sync_all()?;
+    drop(f);
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// Creates the data directory (mode 0700) if missing.
+pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data directory {}", dir.display()))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+fn read_secret(path: &Path) -> anyhow::Result<String> {
+    let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(file = %path.display(), "secret file is readable by group or others; chmod 600 it");
+    }
+    fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+/// Loads the signing key from the data directory, creating a new pair on first start.
+/// Returns the key pair and whether it was created.
+pub fn load_or_create_signing_key(data_dir: &Path) -> anyhow::Result<(KeyPair, bool)> {
+    let secret = data_dir.join(SIGNING_KEY);
+    if secret.exists() {
+        let keys = KeyPair::from_hex(&read_secret(&secret)?)
+            .with_context(|| format!("{}: not a signing key", secret.display()))?;
+        // Keep the public file in step with the secret (it may have been deleted).
+        let public = data_dir.join(SIGNING_PUB);
+        if fs::read_to_string(&public)
+            .map(|s| s.trim().to_owned())
+            .ok()
+            != Some(keys.public().to_hex())
+        {
+            write_atomic(
+                &public,
+                format!("{}\n", keys.public().to_hex()).as_bytes(),
+                0o644,
+            )?;
+        }
+        return Ok((keys, false));
+    }
+    let keys = KeyPair::from_seed(random_bytes()?);
+    write_key_pair(data_dir, &keys)?;
+    Ok((keys, true))
+}
+
+fn write_key_pair(dir: &Path, keys: &KeyPair) -> anyhow::Result<()> {
+    write_atomic(
+        &dir.join(SIGNING_KEY),
+        format!("{}\n", keys.secret_hex()).as_bytes(),
+        0o600,
+    )?;
+    write_atomic(
+        &dir.join(SIGNING_PUB),
+        format!("{}\n", keys.public().to_hex()).as_bytes(),
+        0o644,
+    )
+}
+
+/// `marquee keygen`: writes a new pair into `dir`; refuses to overwrite unless `force`.
+pub fn keygen(dir: &Path, force: bool) -> anyhow::Result<(PathBuf, PathBuf, PublicKey)> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let secret = dir.join(SIGNING_KEY);
+    if secret.exists() && !force {
+        bail!(
+            "{} exists; pass --force to replace it (agents pinned to the old public key will refuse new payloads)",
+            secret.display()
+        );
+    }
+    let keys = KeyPair::from_seed(random_bytes()?);
+    write_key_pair(dir, &keys)?;
+    Ok((secret, dir.join(SIGNING_PUB), keys.public().clone()))
+}
+
+/// Loads the admin token, creating one on first start. Returns it and whether it was created.
+pub fn load_or_create_admin_token(data_dir: &Path) -> anyhow::Result<(String, bool)> {
+    let path = data_dir.join(ADMIN_TOKEN);
+    if path.exists() {
+        let t = read_secret(&path)?.trim().to_owned();
+        if t.len() < 16 {
+            bail!("{}: token shorter than 16 characters", path.display());
+        }
+        return Ok((t, false));
+    }
+    let token = format!("mq_{}", hex::encode(random_bytes::<24>()?));
+    write_atomic(&path, format!("{token}\n").as_bytes(), 0o600)?;
+    Ok((token, true))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_start_creates_private_files_and_second_reuses_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        ensure_data_dir(&data).unwrap();
+        let (k1, created) = load_or_create_signing_key(&data).unwrap();
+        assert!(created);
+        let (k2, created) = load_or_create_signing_key(&data).unwrap();
+        assert!(!created);
+        assert_eq!(k1.public(), k2.public());
+        let (t1, _) = load_or_create_admin_token(&data).unwrap();
+        let (t2, again) = load_or_create_admin_token(&data).unwrap();
+        assert_eq!((t1, again), (t2, false));
+        for f in [SIGNING_KEY, ADMIN_TOKEN] {
+            let mode = fs::metadata(data.join(f)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{f}");
+        }
+        let pubhex = fs::read_to_string(data.join(SIGNING_PUB)).unwrap();
+        assert_eq!(PublicKey::from_hex(&pubhex).unwrap(), *k1.public());
+    }
+
+    #[test]
+    fn keygen_refuses_to_overwrite() {
+        let dir = tempfile::tempdir().unwrap();
+        keygen(dir.path(), false).unwrap();
+        assert!(keygen(dir.path(), false).is_err());
+        keygen(dir.path(), true).unwrap();
+    }
+}

@@ -1,0 +1,70 @@
+//! Prometheus metrics, served as text at `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// The daemon's metrics. Cheap to clone: every field is a shared handle.
+#[derive(Clone, Default)]
+pub struct Metrics {
+    /// New timeline versions published.
+    pub timelines_published: Counter,
+    /// Retained payloads put back after another client overwrote them.
+    pub retained_restored: Counter,
+    /// Playlist reloads.
+    pub reloads: Counter,
+    /// Live playlists.
+    pub playlists_live: Gauge,
+    /// Playlist files with errors.
+    pub playlist_errors: Gauge,
+    /// 1 when connected to the broker.
+    pub mqtt_connected: Gauge,
+    /// Broker (re)connections.
+    pub mqtt_connects: Counter,
+}
+
+impl Metrics {
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut r = Registry::with_prefix("marquee");
+        r.register(
+            "timelines_published",
+            "New timeline versions published",
+            self.timelines_published.clone(),
+        );
+        r.register(
+            "retained_restored",
+            "Retained payloads restored after being overwritten by another client",
+            self.retained_restored.clone(),
+        );
+        r.register(
+            "playlist_reloads",
+            "Playlist directory reloads",
+            self.reloads.clone(),
+        );
+        r.register(
+            "playlists_live",
+            "Live playlists",
+            self.playlists_live.clone(),
+        );
+        r.register(
+            "playlist_files_with_errors",
+            "Playlist files that currently fail validation",
+            self.playlist_errors.clone(),
+        );
+        r.register(
+            "mqtt_connected",
+            "1 while connected to the MQTT broker",
+            self.mqtt_connected.clone(),
+        );
+        r.register(
+            "mqtt_connects",
+            "Connections made to the MQTT broker",
+            self.mqtt_connects.clone(),
+        );
+        let mut out = String::new();
+        encode(&mut out, &r).expect("writing to a String cannot fail");
+        out
+    }
+}

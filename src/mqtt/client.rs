@@ -1,0 +1,194 @@
+//! One MQTT connection kept alive. rumqttc's event loop runs in its own task; it reconnects
+//! with jittered exponential backoff after any error, resubscribes on every ConnAck, and reports
+//! [`MqttEvent`]s on a bounded channel. Publishing never blocks the caller: while disconnected a
+//! publish is dropped and the caller re-asserts its state on the next [`MqttEvent::Connected`].
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How to connect.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    /// Client id.
+    pub client_id: String,
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Username and password.
+    pub credentials: Option<(String, String)>,
+    /// Keep-alive interval.
+    pub keep_alive: Duration,
+    /// Largest packet in either direction.
+    pub max_packet: usize,
+    /// Filters to (re)subscribe on every connection, at QoS 1.
+    pub subscriptions: Vec<String>,
+    /// Last will, if any.
+    pub last_will: Option<LastWill>,
+}
+
+/// A retained last-will message.
+#[derive(Debug, Clone)]
+pub struct LastWill {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: Vec<u8>,
+}
+
+/// What happened on the connection.
+#[derive(Debug, Clone)]
+pub enum MqttEvent {
+    /// Connected (again) and subscribed: re-assert retained state now.
+    Connected,
+    /// Lost the connection; reconnecting.
+    Disconnected(String),
+    /// A message on a subscribed topic.
+    Message {
+        /// Topic.
+        topic: String,
+        /// Payload bytes.
+        payload: Bytes,
+        /// Delivered as a retained message (sent on subscribe).
+        retained: bool,
+    },
+}
+
+/// Publishes on the connection.
+#[derive(Clone)]
+pub struct MqttHandle {
+    client: AsyncClient,
+}
+
+/// Publish refused: the outgoing queue is full (typically while disconnected).
+#[derive(Debug, thiserror::Error)]
+#[error("MQTT outgoing queue full or closed: {0}")]
+pub struct PublishError(String);
+
+impl MqttHandle {
+    /// Queues a QoS 1 publish. An empty retained payload clears the retained message.
+    pub fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), PublishError> {
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .map_err(|e| PublishError(e.to_string()))
+    }
+
+    /// Sends DISCONNECT (the broker then drops the last will).
+    pub async fn disconnect(&self) {
+        let _ = self.client.disconnect().await;
+    }
+}
+
+fn jitter(max: Duration) -> Duration {
+    let mut b = [0u8; 2];
+    let _ = getrandom::fill(&mut b);
+    let frac = f64::from(u16::from_le_bytes(b)) / f64::from(u16::MAX);
+    max.mul_f64(0.5 + frac / 2.0)
+}
+
+/// Opens the connection and starts its task. The task ends when `cancel` fires (after sending
+/// DISCONNECT) and the event channel then closes.
+pub fn connect(
+    opts: ClientOptions,
+    cancel: CancellationToken,
+) -> (MqttHandle, mpsc::Receiver<MqttEvent>) {
+    let mut o = MqttOptions::new(opts.client_id.clone(), opts.host.clone(), opts.port);
+    o.set_keep_alive(opts.keep_alive);
+    o.set_max_packet_size(opts.max_packet, opts.max_packet);
+    o.set_clean_session(true);
+    if let Some((u, p)) = &opts.credentials {
+        o.set_credentials(u.clone(), p.clone());
+    }
+    if let Some(w) = &opts.last_will {
+        o.set_last_will(rumqttc::LastWill::new(
+            w.topic.clone(),
+            w.payload.clone(),
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
+    let (client, eventloop) = AsyncClient::new(o, 1024);
+    let (tx, rx) = mpsc::channel(1024);
+    let handle = MqttHandle {
+        client: client.clone(),
+    };
+    tokio::spawn(run(client, eventloop, opts, tx, cancel));
+    (handle, rx)
+}
+
+async fn run(
+    client: AsyncClient,
+    mut eventloop: EventLoop,
+    opts: ClientOptions,
+    tx: mpsc::Sender<MqttEvent>,
+    cancel: CancellationToken,
+) {
+    let mut backoff = Duration::from_millis(100);
+    let mut connected = false;
+    loop {
+        let polled = tokio::select! {
+            _ = cancel.cancelled() => break,
+            p = eventloop.poll() => p,
+        };
+        match polled {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(100);
+                connected = true;
+                for f in &opts.subscriptions {
+                    if let Err(e) = client.try_subscribe(f, QoS::AtLeastOnce) {
+                        tracing::warn!(filter = %f, error = %e, "MQTT subscribe not queued");
+                    }
+                }
+                if tx.send(MqttEvent::Connected).await.is_err() {
+                    break;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let ev = MqttEvent::Message {
+                    topic: p.topic,
+                    payload: p.payload,
+                    retained: p.retain,
+                };
+                if tx.send(ev).await.is_err() {
+                    break;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let reason = e.to_string();
+                if connected {
+                    connected = false;
+                    tracing::warn!(broker = %format!("{}:{}", opts.host, opts.port), error = %reason, "MQTT connection lost; reconnecting");
+                    if tx.send(MqttEvent::Disconnected(reason)).await.is_err() {
+                        break;
+                    }
+                } else {
+                    tracing::debug!(error = %reason, "MQTT connect failed; retrying");
+                }
+                let wait = jitter(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+    // Say goodbye properly (the will is not sent on a clean DISCONNECT), then stop polling: a
+    // further poll would silently reconnect.
+    if connected {
+        let _ = client.try_disconnect();
+        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Ok(ev) = eventloop.poll().await {
+                if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+}

@@ -1,0 +1,182 @@
+//! Previews: what a channel or display shows over a stretch of time, with why (which playlists
+//! won, which they replaced). Shared by `marquee preview` (offline, from files) and
+//! `GET /api/v1/preview`.
+
+use std::fmt::Write;
+
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+use serde_json::{Value, json};
+
+use crate::domain::{Playlist, Stretch, TargetRef, explain};
+
+/// A preview request, validated.
+#[derive(Debug, Clone)]
+pub struct PreviewRequest {
+    /// Channel (always set; for a display, its channel).
+    pub channel: String,
+    /// Display, when previewing one display.
+    pub display: Option<String>,
+    /// Start.
+    pub at: DateTime<Utc>,
+    /// Length.
+    pub length: Duration,
+}
+
+/// A computed preview.
+pub struct Preview {
+    req: PreviewRequest,
+    tz: Tz,
+    stretches: Vec<Stretch>,
+}
+
+impl Preview {
+    /// Resolves `req` over `playlists`, showing times in `tz`.
+    pub fn compute(playlists: &[Playlist], req: PreviewRequest, tz: Tz) -> Preview {
+        let target = match &req.display {
+            Some(id) => TargetRef::Display {
+                id,
+                channel: &req.channel,
+            },
+            None => TargetRef::Channel(&req.channel),
+        };
+        let stretches = explain(playlists, target, req.at, req.at + req.length);
+        Preview { req, tz, stretches }
+    }
+
+    fn t(&self, t: DateTime<Utc>) -> String {
+        t.with_timezone(&self.tz).to_rfc3339()
+    }
+
+    /// `{"channel", "display", "timezone", "from", "until", "segments": [{"from", "until", "tier",
+    /// "playlists", "weights", "replaced", "items"}]}` with RFC 3339 times in the configured zone.
+    pub fn to_json(&self) -> Value {
+        let segments: Vec<Value> = self
+            .stretches
+            .iter()
+            .map(|s| {
+                json!({
+                    "from": self.t(s.from),
+                    "until": self.t(s.until),
+                    "tier": s.tier,
+                    "playlists": s.playlists.iter().map(|(id, _)| id).collect::<Vec<_>>(),
+                    "weights": s.playlists.iter().map(|(_, w)| w).collect::<Vec<_>>(),
+                    "replaced": s.replaced,
+                    "items": s.items,
+                })
+            })
+            .collect();
+        json!({
+            "channel": self.req.channel,
+            "display": self.req.display,
+            "timezone": self.tz.name(),
+            "from": self.t(self.req.at),
+            "until": self.t(self.req.at + self.req.length),
+            "segments": segments,
+        })
+    }
+
+    /// A human-readable rendering.
+    pub fn to_text(&self) -> String {
+        let long = self.req.length > Duration::hours(20);
+        let fmt = |t: DateTime<Utc>| {
+            let local = t.with_timezone(&self.tz);
+            if long {
+                local.format("%m-%d %H:%M").to_string()
+            } else {
+                local.format("%H:%M").to_string()
+            }
+        };
+        let mut out = String::new();
+        let who = match &self.req.display {
+            Some(d) => format!("display {d} (channel {})", self.req.channel),
+            None => format!("channel {}", self.req.channel),
+        };
+        let _ = writeln!(
+            out,
+            "{who} · {} · {} → {}",
+            self.tz.name(),
+            self.req.at.with_timezone(&self.tz).format("%Y-%m-%d %H:%M"),
+            (self.req.at + self.req.length)
+                .with_timezone(&self.tz)
+                .format("%Y-%m-%d %H:%M")
+        );
+        for s in &self.stretches {
+            let _ = write!(out, "\n{} → {}  ", fmt(s.from), fmt(s.until));
+            match s.tier {
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "(nothing scheduled: displays show their local fallback)"
+                    );
+                    continue;
+                }
+                Some(tier) => {
+                    let names: Vec<String> = s
+                        .playlists
+                        .iter()
+                        .map(|(id, w)| {
+                            if s.playlists.len() > 1 {
+                                format!("{id} (weight {w})")
+                            } else {
+                                id.clone()
+                            }
+                        })
+                        .collect();
+                    let _ = write!(out, "{:<9} {}", tier.as_str(), names.join(", "));
+                    if !s.replaced.is_empty() {
+                        let _ = write!(
+                            out,
+                            "   — {} tier wins, replacing {}",
+                            tier.as_str(),
+                            s.replaced.join(", ")
+                        );
+                    }
+                    out.push('\n');
+                }
+            }
+            let loop_secs: u32 = s.items.iter().map(|i| i.seconds).sum();
+            let share: Vec<String> = s
+                .playlists
+                .iter()
+                .map(|(id, _)| {
+                    let secs: u32 = s
+                        .items
+                        .iter()
+                        .filter(|i| &i.playlist == id)
+                        .map(|i| i.seconds)
+                        .sum();
+                    format!("{id} {}%", (secs * 100).checked_div(loop_secs).unwrap_or(0))
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "  loop of {} items, {}m{:02}s; airtime: {}",
+                s.items.len(),
+                loop_secs / 60,
+                loop_secs % 60,
+                share.join(", ")
+            );
+            let mut seen = std::collections::BTreeSet::new();
+            for item in &s.items {
+                if !seen.insert((&item.playlist, &item.id)) {
+                    continue;
+                }
+                let texts: Vec<String> = item
+                    .text
+                    .iter()
+                    .map(|(lang, text)| format!("{lang}: {text}"))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  {:>4}s  {}/{}  {}",
+                    item.seconds,
+                    item.playlist,
+                    item.id,
+                    texts.join("  |  ")
+                );
+            }
+        }
+        out
+    }
+}

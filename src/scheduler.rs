@@ -1,0 +1,403 @@
+//! The scheduler: the runtime shell around [`crate::domain::resolve`]. It owns the playlist
+//! catalog and the retained timeline topics, and
+//!
+//! - reloads the playlists directory when told (debounced file watch, SIGHUP), keeping each broken
+//!   file's last good version live and logging its errors as `file:line:col: message`;
+//! - resolves every channel (and every individually targeted display) over the horizon and
+//!   publishes a new signed version only when what the screens will show has changed (content
+//!   compared over the window the previous version covers, not timestamps), or when the previous
+//!   version's horizon is half used up;
+//! - records each version in the store before publishing it, so versions only grow across restarts;
+//! - re-asserts every retained payload on each (re)connection, and restores a topic at once when
+//!   another client overwrites it.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, SubsecRound, Utc};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::domain::{Playlist, TargetRef, resolve};
+use crate::metrics::Metrics;
+use crate::mqtt::{MqttEvent, MqttHandle};
+use crate::store::{Published, Store};
+use crate::wire::{KeyPair, Signed, SignedBody, Timeline, Topic, sign};
+
+/// How long a payload we published counts as "ours" when it echoes back to our subscription.
+const ECHO_WINDOW: Duration = Duration::from_secs(10);
+
+/// The scheduler's state. Built by [`Scheduler::new`], driven by [`Scheduler::run`].
+pub struct Scheduler {
+    cfg: Arc<Config>,
+    keys: Arc<KeyPair>,
+    store: Arc<Store>,
+    mqtt: MqttHandle,
+    metrics: Metrics,
+    catalog_tx: watch::Sender<Arc<Catalog>>,
+    published: BTreeMap<String, Published>,
+    recent: HashMap<String, VecDeque<(Instant, [u8; 32])>>,
+    connected: bool,
+}
+
+/// A target with its topic.
+struct Target {
+    topic: Topic,
+    channel: String,
+}
+
+impl Scheduler {
+    /// Loads what was published before (from the store) and the playlists directory.
+    pub fn new(
+        cfg: Arc<Config>,
+        keys: Arc<KeyPair>,
+        store: Arc<Store>,
+        mqtt: MqttHandle,
+        metrics: Metrics,
+    ) -> anyhow::Result<(Scheduler, watch::Receiver<Arc<Catalog>>)> {
+        let published = store
+            .published()?
+            .into_iter()
+            .map(|p| (p.topic.clone(), p))
+            .collect();
+        let (catalog_tx, catalog_rx) = watch::channel(Arc::new(Catalog::default()));
+        let mut s = Scheduler {
+            cfg,
+            keys,
+            store,
+            mqtt,
+            metrics,
+            catalog_tx,
+            published,
+            recent: HashMap::new(),
+            connected: false,
+        };
+        s.reload();
+        Ok((s, catalog_rx))
+    }
+
+    fn playlists_dir(&self) -> &PathBuf {
+        &self.cfg.schedule.playlists_dir
+    }
+
+    /// Re-reads the playlists directory.
+    pub fn reload(&mut self) {
+        let previous = self.catalog_tx.borrow().clone();
+        let ctx = self.cfg.schedule.validation_context();
+        match Catalog::load(self.playlists_dir(), &ctx, Some(&previous)) {
+            Ok(catalog) => {
+                let mut broken = 0;
+                for (path, state) in &catalog.files {
+                    for e in &state.errors {
+                        tracing::error!("{e}");
+                    }
+                    if !state.errors.is_empty() {
+                        broken += 1;
+                        if state.good.is_some() {
+                            tracing::warn!(file = %path.display(), "keeping the last good version of this playlist live");
+                        }
+                    }
+                }
+                let live = catalog.playlists().len();
+                self.metrics.reloads.inc();
+                self.metrics.playlists_live.set(live as i64);
+                self.metrics.playlist_errors.set(broken);
+                tracing::info!(live, broken, dir = %self.playlists_dir().display(), "playlists loaded");
+                self.catalog_tx.send_replace(Arc::new(catalog));
+            }
+            Err(e) => tracing::error!(
+                dir = %self.playlists_dir().display(),
+                error = %e,
+                "cannot read the playlists directory; keeping every playlist as it was"
+            ),
+        }
+    }
+
+    fn targets(&self, playlists: &[Playlist]) -> Vec<Target> {
+        let mut out: Vec<Target> = self
+            .cfg
+            .schedule
+            .channels
+            .iter()
+            .map(|c| Target {
+                topic: Topic::ChannelTimeline(c.clone()),
+                channel: c.clone(),
+            })
+            .collect();
+        for (display, channel) in &self.cfg.schedule.displays {
+            if playlists.iter().any(|p| p.displays.contains(display)) {
+                out.push(Target {
+                    topic: Topic::DisplayTimeline(display.clone()),
+                    channel: channel.clone(),
+                });
+            }
+        }
+        out
+    }
+
+    /// Resolves every target at `now` and publishes what changed. Returns how many new versions
+    /// were published.
+    pub async fn publish_due(&mut self, now: DateTime<Utc>) -> anyhow::Result<usize> {
+        let now = now.trunc_subsecs(0);
+        let playlists = self.catalog_tx.borrow().playlists();
+        let horizon = self.cfg.schedule.horizon;
+        let prefix = self.cfg.mqtt.topic_prefix.clone();
+        let mut count = 0;
+        let targets = self.targets(&playlists);
+        for t in &targets {
+            let target = match &t.topic {
+                Topic::DisplayTimeline(d) => TargetRef::Display {
+                    id: d,
+                    channel: &t.channel,
+                },
+                _ => TargetRef::Channel(&t.channel),
+            };
+            let tl = resolve(
+                &playlists,
+                target,
+                now,
+                now + horizon,
+                self.cfg.schedule.timezone.name(),
+            );
+            let topic = t.topic.render(&prefix);
+            if !self.needs_publish(&topic, &tl, now) {
+                continue;
+            }
+            self.publish_timeline(topic, tl, now).await?;
+            count += 1;
+        }
+        // Display timelines no longer targeted are cleared, so those displays follow their channel.
+        let wanted: Vec<String> = targets.iter().map(|t| t.topic.render(&prefix)).collect();
+        let stale: Vec<String> = self
+            .published
+            .iter()
+            .filter(|(topic, p)| !p.payload.is_empty() && !wanted.contains(topic))
+            .filter(|(topic, _)| {
+                matches!(
+                    Topic::parse(&prefix, topic),
+                    Some(Topic::DisplayTimeline(_) | Topic::ChannelTimeline(_))
+                )
+            })
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in stale {
+            self.clear(topic, now).await?;
+        }
+        Ok(count)
+    }
+
+    fn needs_publish(&self, topic: &str, tl: &Timeline, now: DateTime<Utc>) -> bool {
+        let Some(prev) = self.published.get(topic) else {
+            return true;
+        };
+        let Some(old) = prev
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_str::<Timeline>(b).ok())
+        else {
+            return true;
+        };
+        let half_used = now >= prev.issued_at + self.cfg.schedule.horizon / 2;
+        half_used || old.until <= now || old.clipped(now, old.until) != tl.clipped(now, old.until)
+    }
+
+    async fn record(&mut self, p: Published) -> anyhow::Result<()> {
+        let store = self.store.clone();
+        let row = p.clone();
+        let stored = tokio::task::spawn_blocking(move || store.record_published(&row)).await??;
+        if !stored {
+            anyhow::bail!(
+                "store refused version {} of {} (a newer one is stored: is another marquee using this data directory?)",
+                p.version,
+                p.topic
+            );
+        }
+        if self.connected {
+            self.send(&p.topic, p.payload.clone());
+        }
+        self.published.insert(p.topic.clone(), p);
+        Ok(())
+    }
+
+    async fn publish_timeline(
+        &mut self,
+        topic: String,
+        tl: Timeline,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<()> {
+        let version = self.published.get(&topic).map_or(0, |p| p.version) + 1;
+        let body = SignedBody {
+            topic: topic.clone(),
+            version,
+            issued_at: now,
+            expires_at: tl.until,
+            payload: Signed::Timeline(tl.clone()),
+        };
+        let payload = sign(&self.keys, &body);
+        tracing::info!(
+            topic = %topic,
+            version,
+            segments = tl.segments.len(),
+            bytes = payload.len(),
+            "publishing timeline"
+        );
+        self.record(Published {
+            topic,
+            version,
+            payload,
+            body: Some(serde_json::to_string(&tl)?),
+            issued_at: now,
+        })
+        .await?;
+        self.metrics.timelines_published.inc();
+        Ok(())
+    }
+
+    async fn clear(&mut self, topic: String, now: DateTime<Utc>) -> anyhow::Result<()> {
+        let version = self.published.get(&topic).map_or(0, |p| p.version);
+        tracing::info!(topic = %topic, "clearing retained timeline (no longer targeted)");
+        self.record(Published {
+            topic,
+            version,
+            payload: Vec::new(),
+            body: None,
+            issued_at: now,
+        })
+        .await
+    }
+
+    fn send(&mut self, topic: &str, payload: Vec<u8>) {
+        let digest: [u8; 32] = Sha256::digest(&payload).into();
+        let recent = self.recent.entry(topic.to_owned()).or_default();
+        recent.push_back((Instant::now(), digest));
+        while recent.len() > 8 {
+            recent.pop_front();
+        }
+        if let Err(e) = self.mqtt.publish(topic, payload, true) {
+            tracing::warn!(topic, error = %e, "publish not queued; it will be re-asserted on reconnect");
+        }
+    }
+
+    /// Publishes every retained payload again (after a (re)connection).
+    pub fn reassert(&mut self) {
+        let all: Vec<(String, Vec<u8>)> = self
+            .published
+            .values()
+            .map(|p| (p.topic.clone(), p.payload.clone()))
+            .collect();
+        tracing::info!(topics = all.len(), "re-asserting retained timelines");
+        for (topic, payload) in all {
+            self.send(&topic, payload);
+        }
+    }
+
+    /// Handles a message on one of our own topics: anything other than what we published (or a
+    /// fresh echo of it) is overwritten at once with our payload.
+    pub fn on_message(&mut self, topic: &str, payload: &[u8]) {
+        let prefix = &self.cfg.mqtt.topic_prefix;
+        let ours = match self.published.get(topic) {
+            Some(p) => p.payload.clone(),
+            None => {
+                // A timeline topic we never published (left by an older configuration or
+                // written by someone else): clear it, so no screen takes it for ours.
+                if !payload.is_empty() && Topic::parse(prefix, topic).is_some() {
+                    tracing::warn!(
+                        topic,
+                        "unexpected retained payload on a Marquee topic; clearing it"
+                    );
+                    self.send(topic, Vec::new());
+                }
+                return;
+            }
+        };
+        if payload == ours.as_slice() {
+            return;
+        }
+        let digest: [u8; 32] = Sha256::digest(payload).into();
+        if let Some(recent) = self.recent.get_mut(topic) {
+            recent.retain(|(at, _)| at.elapsed() < ECHO_WINDOW);
+            if recent.iter().any(|(_, d)| *d == digest) {
+                return; // an echo of one of our own recent publishes
+            }
+        }
+        tracing::warn!(
+            topic,
+            bytes = payload.len(),
+            "retained topic overwritten by another client; restoring it"
+        );
+        self.metrics.retained_restored.inc();
+        self.send(topic, ours);
+    }
+
+    fn next_due(&self) -> DateTime<Utc> {
+        let half = self.cfg.schedule.horizon / 2;
+        self.published
+            .values()
+            .filter(|p| !p.payload.is_empty())
+            .map(|p| p.issued_at + half)
+            .min()
+            .unwrap_or_else(|| Utc::now() + half)
+    }
+
+    /// Runs until `cancel`: reloads on `reloads` (debounced), republishes when due, re-asserts on
+    /// reconnection, restores overwritten topics. `ready` fires after the first connection, once
+    /// every timeline is published. `watchdog` is systemd's interval, if any.
+    pub async fn run(
+        mut self,
+        mut events: mpsc::Receiver<MqttEvent>,
+        mut reloads: mpsc::Receiver<()>,
+        mut ready: Option<oneshot::Sender<()>>,
+        watchdog: Option<Duration>,
+        cancel: CancellationToken,
+    ) {
+        let tick = watchdog.map_or(Duration::from_secs(30), |w| w / 2);
+        loop {
+            let due = (self.next_due() - Utc::now())
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(tick);
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                ev = events.recv() => match ev {
+                    Some(MqttEvent::Connected) => {
+                        self.connected = true;
+                        self.metrics.mqtt_connected.set(1);
+                        self.metrics.mqtt_connects.inc();
+                        self.reassert();
+                        self.step().await;
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Some(MqttEvent::Disconnected(_)) => {
+                        self.connected = false;
+                        self.metrics.mqtt_connected.set(0);
+                    }
+                    Some(MqttEvent::Message { topic, payload, .. }) => self.on_message(&topic, &payload),
+                    None => break,
+                },
+                Some(()) = reloads.recv() => {
+                    let quiet = self.cfg.schedule.debounce;
+                    while let Ok(Some(())) = tokio::time::timeout(quiet, reloads.recv()).await {}
+                    self.reload();
+                    self.step().await;
+                }
+                _ = tokio::time::sleep(due) => self.step().await,
+            }
+            if watchdog.is_some() {
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    }
+
+    async fn step(&mut self) {
+        if let Err(e) = self.publish_due(Utc::now()).await {
+            tracing::error!(error = %format!("{e:#}"), "publishing timelines failed; will retry");
+        }
+    }
+}

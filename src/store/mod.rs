@@ -1,0 +1,181 @@
+//! The store: the only place that writes SQL. SQLite in WAL mode under the data directory.
+//! Schema changes are numbered migrations applied in order (tracked in `PRAGMA user_version`).
+//!
+//! Calls are synchronous; async callers run them on the blocking pool (`spawn_blocking`).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, params};
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite said no.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The database is newer than this binary.
+    #[error(
+        "database schema version {0} is newer than this marquee understands ({1}); upgrade marquee"
+    )]
+    TooNew(i64, i64),
+}
+
+const MIGRATIONS: &[&str] = &[
+    // 1: what was last published on each retained topic. Versions only grow, across restarts.
+    "CREATE TABLE published (
+        topic      TEXT PRIMARY KEY,
+        version    INTEGER NOT NULL,
+        payload    BLOB NOT NULL,
+        body       TEXT,
+        issued_at  TEXT NOT NULL
+    );",
+];
+
+/// The last payload published on a retained topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Published {
+    /// Full topic.
+    pub topic: String,
+    /// Version of the payload (kept when a topic is cleared, so it keeps growing).
+    pub version: u64,
+    /// The exact bytes published; empty when the retained topic was cleared.
+    pub payload: Vec<u8>,
+    /// The unsigned content as JSON (used to compare content), `None` when cleared.
+    pub body: Option<String>,
+    /// When it was signed.
+    pub issued_at: DateTime<Utc>,
+}
+
+/// A SQLite database.
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+impl Store {
+    /// Opens (creating if needed) and migrates the database at `path`.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path)?;
+        Store::init(conn)
+    }
+
+    /// An in-memory database (tests).
+    pub fn memory() -> Result<Store, StoreError> {
+        Store::init(Connection::open_in_memory()?)
+    }
+
+    fn init(mut conn: Connection) -> Result<Store, StoreError> {
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        let latest = MIGRATIONS.len() as i64;
+        if current > latest {
+            return Err(StoreError::TooNew(current, latest));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let tx = conn.transaction()?;
+            tx.execute_batch(sql)?;
+            tx.pragma_update(None, "user_version", i as i64 + 1)?;
+            tx.commit()?;
+        }
+        Ok(Store {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave SQLite half-written (transactions roll back).
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Everything last published.
+    pub fn published(&self) -> Result<Vec<Published>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT topic, version, payload, body, issued_at FROM published ORDER BY topic",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let issued: String = r.get(4)?;
+            Ok(Published {
+                topic: r.get(0)?,
+                version: r.get::<_, i64>(1)? as u64,
+                payload: r.get(2)?,
+                body: r.get(3)?,
+                issued_at: DateTime::parse_from_rfc3339(&issued)
+                    .map(|t| t.with_timezone(&Utc))
+                    .unwrap_or_default(),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Records a publication. Refuses (returns `false`) a version not above the stored one, so
+    /// versions can only grow.
+    pub fn record_published(&self, p: &Published) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let held: Option<i64> = conn
+            .query_row(
+                "SELECT version FROM published WHERE topic = ?1",
+                [&p.topic],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if held.is_some_and(|h| h as u64 >= p.version) && !p.payload.is_empty() {
+            return Ok(false);
+        }
+        conn.execute(
+            "INSERT INTO published (topic, version, payload, body, issued_at) VALUES (?1, ?2, ?3, ?4, ?5)
+             ON CONFLICT(topic) DO UPDATE SET version = excluded.version, payload = excluded.payload,
+                 body = excluded.body, issued_at = excluded.issued_at",
+            params![
+                p.topic,
+                p.version as i64,
+                p.payload,
+                p.body,
+                p.issued_at.to_rfc3339()
+            ],
+        )?;
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(version: u64, payload: &[u8]) -> Published {
+        Published {
+            topic: "marquee/v1/channel/lobby/timeline".into(),
+            version,
+            payload: payload.to_vec(),
+            body: Some("{}".into()),
+            issued_at: DateTime::parse_from_rfc3339("2021-05-15T00:00:00Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        }
+    }
+
+    #[test]
+    fn versions_only_grow() {
+        let s = Store::memory().unwrap();
+        assert!(s.record_published(&p(1, b"a")).unwrap());
+        assert!(s.record_published(&p(2, b"b")).unwrap());
+        assert!(!s.record_published(&p(2, b"c")).unwrap());
+        assert!(!s.record_published(&p(1, b"d")).unwrap());
+        assert_eq!(s.published().unwrap(), vec![p(2, b"b")]);
+    }
+
+    #[test]
+    fn reopening_keeps_rows_and_does_not_remigrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        Store::open(&path)
+            .unwrap()
+            .record_published(&p(5, b"x"))
+            .unwrap();
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.published().unwrap()[0].version, 5);
+    }
+}
