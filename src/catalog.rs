@@ -65,6 +65,38 @@ impl Catalog {
         Ok(Catalog { files })
     }
 
+    /// A catalog of known-good sources (as stored by the daemon), re-validated against `ctx`;
+    /// sources that no longer validate (the configuration changed) are left out.
+    pub fn from_sources(sources: &[(String, String)], ctx: &ValidationContext) -> Catalog {
+        let files = sources
+            .iter()
+            .filter_map(|(path, src)| {
+                let path = PathBuf::from(path);
+                let stem = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned);
+                let p =
+                    Playlist::parse(&path.display().to_string(), stem.as_deref(), src, ctx).ok()?;
+                let state = FileState {
+                    good: Some((p, src.clone())),
+                    errors: Vec::new(),
+                };
+                Some((path, state))
+            })
+            .collect();
+        Catalog { files }
+    }
+
+    /// The good sources, by path (what [`Catalog::from_sources`] takes back).
+    pub fn good_sources(&self) -> Vec<(String, String)> {
+        self.files
+            .iter()
+            .filter_map(|(path, s)| {
+                s.good
+                    .as_ref()
+                    .map(|(_, src)| (path.display().to_string(), src.clone()))
+            })
+            .collect()
+    }
+
     /// The live playlists.
     pub fn playlists(&self) -> Vec<Playlist> {
         self.files

@@ -151,6 +151,7 @@ struct RawSchedule {
     playlists_dir: PathBuf,
     horizon: String,
     debounce: String,
+    watch: bool,
     channels: Vec<String>,
     displays: Vec<RawDisplay>,
 }
@@ -162,6 +163,7 @@ impl Default for RawSchedule {
             playlists_dir: "playlists".into(),
             horizon: "48h".into(),
             debounce: "150ms".into(),
+            watch: true,
             channels: ["lobby", "subway", "bus", "public"]
                 .map(String::from)
                 .to_vec(),
@@ -271,6 +273,8 @@ pub struct ScheduleConfig {
     pub horizon: chrono::Duration,
     /// Quiet time after a file change before reloading.
     pub debounce: Duration,
+    /// Watch the playlists directory (otherwise reload on SIGHUP only).
+    pub watch: bool,
     /// Known channels.
     pub channels: Vec<String>,
     /// Known displays → their channel.
@@ -581,6 +585,7 @@ impl Config {
             playlists_dir: s.playlists_dir,
             horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::hours(48)),
             debounce: duration(problems, "schedule.debounce", &s.debounce),
+            watch: s.watch,
             channels: s.channels,
             displays,
         }

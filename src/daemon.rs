@@ -110,7 +110,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
 
     let (reload_tx, reload_rx) = mpsc::channel(1);
-    let _watcher = watch_playlists(&cfg, reload_tx.clone());
+    let _watcher = if cfg.schedule.watch {
+        watch_playlists(&cfg, reload_tx.clone())
+    } else {
+        None
+    };
     let (ready_tx, mut ready_rx) = oneshot::channel();
     let watchdog = sd_notify::watchdog_enabled();
     tracker.spawn(scheduler.run(events, reload_rx, Some(ready_tx), watchdog, cancel.clone()));

@@ -65,7 +65,11 @@ impl Scheduler {
             .into_iter()
             .map(|p| (p.topic.clone(), p))
             .collect();
-        let (catalog_tx, catalog_rx) = watch::channel(Arc::new(Catalog::default()));
+        // Seed with the last good sources from before a restart, so a file that is broken now
+        // keeps the version that was live.
+        let ctx = cfg.schedule.validation_context();
+        let seed = Catalog::from_sources(&store.good_playlists()?, &ctx);
+        let (catalog_tx, catalog_rx) = watch::channel(Arc::new(seed));
         let mut s = Scheduler {
             cfg,
             keys,
@@ -78,6 +82,7 @@ impl Scheduler {
             connected: false,
         };
         s.reload();
+        s.persist_good()?;
         Ok((s, catalog_rx))
     }
 
@@ -116,6 +121,15 @@ impl Scheduler {
                 "cannot read the playlists directory; keeping every playlist as it was"
             ),
         }
+    }
+
+    /// Stores the live sources (if they changed) for the next start.
+    fn persist_good(&self) -> anyhow::Result<()> {
+        let good = self.catalog_tx.borrow().good_sources();
+        if self.store.good_playlists()? != good {
+            self.store.set_good_playlists(&good)?;
+        }
+        Ok(())
     }
 
     fn targets(&self, playlists: &[Playlist]) -> Vec<Target> {
@@ -192,18 +206,12 @@ impl Scheduler {
     }
 
     fn needs_publish(&self, topic: &str, tl: &Timeline, now: DateTime<Utc>) -> bool {
-        let Some(prev) = self.published.get(topic) else {
-            return true;
-        };
-        let Some(old) = prev
-            .body
-            .as_deref()
-            .and_then(|b| serde_json::from_str::<Timeline>(b).ok())
-        else {
-            return true;
-        };
-        let half_used = now >= prev.issued_at + self.cfg.schedule.horizon / 2;
-        half_used || old.until <= now || old.clipped(now, old.until) != tl.clipped(now, old.until)
+        needs_publish(
+            self.published.get(topic),
+            tl,
+            now,
+            self.cfg.schedule.horizon,
+        )
     }
 
     async fn record(&mut self, p: Published) -> anyhow::Result<()> {
@@ -369,7 +377,7 @@ impl Scheduler {
                         self.metrics.mqtt_connected.set(1);
                         self.metrics.mqtt_connects.inc();
                         self.reassert();
-                        self.step().await;
+                        let _ = self.step().await;
                         if let Some(r) = ready.take() {
                             let _ = r.send(());
                         }
@@ -385,9 +393,15 @@ impl Scheduler {
                     let quiet = self.cfg.schedule.debounce;
                     while let Ok(Some(())) = tokio::time::timeout(quiet, reloads.recv()).await {}
                     self.reload();
-                    self.step().await;
+                    if let Err(e) = tokio::task::block_in_place(|| self.persist_good()) {
+                        tracing::error!(error = %format!("{e:#}"), "cannot store the live playlists");
+                    }
+                    let published = self.step().await;
+                    tracing::info!(published, "reload applied");
                 }
-                _ = tokio::time::sleep(due) => self.step().await,
+                _ = tokio::time::sleep(due) => {
+                    let _ = self.step().await;
+                }
             }
             if watchdog.is_some() {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
@@ -395,9 +409,143 @@ impl Scheduler {
         }
     }
 
-    async fn step(&mut self) {
-        if let Err(e) = self.publish_due(Utc::now()).await {
-            tracing::error!(error = %format!("{e:#}"), "publishing timelines failed; will retry");
+    /// Publishes what is due; returns how many new versions went out.
+    async fn step(&mut self) -> usize {
+        match self.publish_due(Utc::now()).await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "publishing timelines failed; will retry");
+                0
+            }
         }
+    }
+}
+
+/// Whether `tl` (resolved at `now`) must be published over `prev`: when nothing was published,
+/// when `prev` was cleared or is unreadable, when half its horizon is used up, or when what it
+/// shows from `now` to its end differs from what `tl` shows over the same window.
+pub fn needs_publish(
+    prev: Option<&Published>,
+    tl: &Timeline,
+    now: DateTime<Utc>,
+    horizon: chrono::Duration,
+) -> bool {
+    let Some(prev) = prev else {
+        return true;
+    };
+    let Some(old) = prev
+        .body
+        .as_deref()
+        .and_then(|b| serde_json::from_str::<Timeline>(b).ok())
+    else {
+        return true;
+    };
+    let half_used = now >= prev.issued_at + horizon / 2;
+    half_used || old.until <= now || old.clipped(now, old.until) != tl.clipped(now, old.until)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::playlist::{Playlist, ValidationContext};
+    use chrono::Duration as D;
+
+    fn playlist(text: &str) -> Playlist {
+        let src = format!(
+            r#"{{"id": "p", "targets": {{"channels": ["lobby"]}},
+                "schedule": [{{"start": "08:00", "end": "18:00"}}],
+                "items": [{{"id": "a", "text": {{"en": "{text}"}}}}]}}"#
+        );
+        let ctx = ValidationContext {
+            channels: vec!["lobby".into()],
+            displays: Default::default(),
+            timezone: chrono_tz::UTC,
+        };
+        Playlist::parse("p.json", None, &src, &ctx).unwrap()
+    }
+
+    fn at(h: i64) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339("2021-05-15T00:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc)
+            + D::hours(h)
+    }
+
+    fn tl(text: &str, now: DateTime<Utc>) -> Timeline {
+        resolve(
+            &[playlist(text)],
+            TargetRef::Channel("lobby"),
+            now,
+            now + D::hours(48),
+            "UTC",
+        )
+    }
+
+    fn published(tl: &Timeline, issued: DateTime<Utc>) -> Published {
+        Published {
+            topic: "t".into(),
+            version: 1,
+            payload: b"x".to_vec(),
+            body: Some(serde_json::to_string(tl).unwrap()),
+            issued_at: issued,
+        }
+    }
+
+    #[test]
+    fn same_content_later_is_not_republished() {
+        let prev = published(&tl("hello", at(0)), at(0));
+        // Three hours on, the window has moved but the content over the old window is the same.
+        assert!(!needs_publish(
+            Some(&prev),
+            &tl("hello", at(3)),
+            at(3),
+            D::hours(48)
+        ));
+    }
+
+    #[test]
+    fn changed_content_is_republished() {
+        let prev = published(&tl("hello", at(0)), at(0));
+        assert!(needs_publish(
+            Some(&prev),
+            &tl("changed", at(3)),
+            at(3),
+            D::hours(48)
+        ));
+    }
+
+    #[test]
+    fn republished_when_half_the_horizon_is_used() {
+        let prev = published(&tl("hello", at(0)), at(0));
+        assert!(!needs_publish(
+            Some(&prev),
+            &tl("hello", at(23)),
+            at(23),
+            D::hours(48)
+        ));
+        assert!(needs_publish(
+            Some(&prev),
+            &tl("hello", at(24)),
+            at(24),
+            D::hours(48)
+        ));
+    }
+
+    #[test]
+    fn first_and_cleared_topics_are_published() {
+        assert!(needs_publish(
+            None,
+            &tl("hello", at(0)),
+            at(0),
+            D::hours(48)
+        ));
+        let mut cleared = published(&tl("hello", at(0)), at(0));
+        cleared.body = None;
+        assert!(needs_publish(
+            Some(&cleared),
+            &tl("hello", at(1)),
+            at(1),
+            D::hours(48)
+        ));
     }
 }

@@ -31,6 +31,12 @@ const MIGRATIONS: &[&str] = &[
         body       TEXT,
         issued_at  TEXT NOT NULL
     );",
+    // 2: the last good source of every playlist file, so a file that is broken when the daemon
+    // starts keeps its last good version live across restarts.
+    "CREATE TABLE good_playlists (
+        path    TEXT PRIMARY KEY,
+        source  TEXT NOT NULL
+    );",
 ];
 
 /// The last payload published on a retained topic.
@@ -141,6 +147,31 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The last good playlist sources, by file path.
+    pub fn good_playlists(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT path, source FROM good_playlists ORDER BY path")?;
+        let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Replaces the stored good playlist sources.
+    pub fn set_good_playlists(&self, good: &[(String, String)]) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM good_playlists", [])?;
+        for (path, source) in good {
+            tx.execute(
+                "INSERT INTO good_playlists (path, source) VALUES (?1, ?2)",
+                params![path, source],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,6 +196,15 @@ mod tests {
         assert!(!s.record_published(&p(2, b"c")).unwrap());
         assert!(!s.record_published(&p(1, b"d")).unwrap());
         assert_eq!(s.published().unwrap(), vec![p(2, b"b")]);
+    }
+
+    #[test]
+    fn good_playlists_are_replaced_as_a_whole() {
+        let s = Store::memory().unwrap();
+        s.set_good_playlists(&[("a".into(), "1".into()), ("b".into(), "2".into())])
+            .unwrap();
+        s.set_good_playlists(&[("b".into(), "3".into())]).unwrap();
+        assert_eq!(s.good_playlists().unwrap(), vec![("b".into(), "3".into())]);
     }
 
     #[test]

@@ -1,0 +1,401 @@
+//! Test harness: free ports, a temp site (config + playlists + data dir), the daemon process with
+//! its JSON log, a verifying MQTT subscriber, and a Mosquitto process. Everything binds 127.0.0.1.
+//! Nothing sleeps to wait: every wait polls with a deadline and fails with what it was waiting for.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use marquee::wire::{PublicKey, Signed, SignedBody, Timeline, verify};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_marquee")
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A port that was free a moment ago (bind :0, read, release).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it returns `Some`, or panics after `DEADLINE` saying `what`.
+pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A temp directory laid out like a site: `marquee.toml`, `playlists/`, `data/`.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+}
+
+impl Site {
+    /// A site with the shipped example playlists and a config for the given broker section.
+    pub fn new(mqtt_section: &str, extra: &str) -> Site {
+        let dir = tempfile::tempdir().unwrap();
+        let pl = dir.path().join("playlists");
+        std::fs::create_dir(&pl).unwrap();
+        for e in std::fs::read_dir(repo().join("playlists")).unwrap() {
+            let e = e.unwrap();
+            std::fs::copy(e.path(), pl.join(e.file_name())).unwrap();
+        }
+        let site = Site { dir };
+        site.write_config(mqtt_section, extra);
+        site
+    }
+
+    pub fn write_config(&self, mqtt_section: &str, extra: &str) {
+        let d = self.dir.path();
+        let cfg = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[mqtt]\n{mqtt_section}\n\n[schedule]\nplaylists_dir = {:?}\n{extra}\n\
+             [[schedule.displays]]\nid = \"lobby-east-1\"\nchannel = \"lobby\"\n",
+            d.join("data").display().to_string(),
+            d.join("playlists").display().to_string(),
+        );
+        std::fs::write(self.config(), cfg).unwrap();
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("marquee.toml")
+    }
+
+    pub fn playlist(&self, id: &str) -> PathBuf {
+        self.dir.path().join("playlists").join(format!("{id}.json"))
+    }
+
+    pub fn public_key(&self) -> PublicKey {
+        let hex = std::fs::read_to_string(self.dir.path().join("data/signing.pub")).unwrap();
+        PublicKey::from_hex(&hex).unwrap()
+    }
+
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("data/admin.token"))
+            .unwrap()
+            .trim()
+            .to_owned()
+    }
+
+    /// Rewrites a playlist file atomically (as editors do), replacing `from` with `to`.
+    pub fn edit(&self, id: &str, from: &str, to: &str) {
+        let path = self.playlist(id);
+        let src = std::fs::read_to_string(&path).unwrap();
+        assert!(src.contains(from), "{from:?} not in {id}");
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, src.replace(from, to)).unwrap();
+        std::fs::rename(tmp, path).unwrap();
+    }
+}
+
+/// The daemon process with its JSON log lines.
+pub struct Daemon {
+    child: Child,
+    pub log: Arc<Mutex<Vec<Value>>>,
+    pub http: String,
+}
+
+impl Daemon {
+    /// Starts `marquee serve` and waits for "marquee ready".
+    pub async fn start(site: &Site) -> Daemon {
+        let mut child = Command::new(bin())
+            .args(["--log-format", "json", "serve", "-c"])
+            .arg(site.config())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
+                sink.lock().unwrap().push(v);
+            }
+        });
+        let mut d = Daemon {
+            child,
+            log,
+            http: String::new(),
+        };
+        let ready = d
+            .wait_log("marquee ready", |v| v["message"] == "marquee ready")
+            .await;
+        d.http = format!("http://{}", ready["http"].as_str().unwrap());
+        d
+    }
+
+    /// Waits for a log line matching `pred`.
+    pub async fn wait_log(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let log = self.log.clone();
+        let child = &mut self.child;
+        eventually(what, || {
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "daemon exited ({status}) while waiting for {what}; log:\n{}",
+                    dump(&log)
+                );
+            }
+            log.lock().unwrap().iter().find(|v| pred(v)).cloned()
+        })
+        .await
+    }
+
+    /// Waits for the `n`-th (1-based) "reload applied" line and returns how many versions it published.
+    pub async fn reload_applied(&mut self, n: usize) -> u64 {
+        let log = self.log.clone();
+        eventually(&format!("reload #{n} to be applied"), || {
+            log.lock()
+                .unwrap()
+                .iter()
+                .filter(|v| v["message"] == "reload applied")
+                .nth(n - 1)
+                .map(|v| v["published"].as_u64().unwrap())
+        })
+        .await
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([format!("-{sig}"), self.pid().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// SIGTERM and wait for exit; returns the exit code.
+    pub async fn stop(mut self) -> Option<i32> {
+        self.signal("TERM");
+        let child = &mut self.child;
+        let status = eventually("daemon to exit after SIGTERM", || child.try_wait().unwrap()).await;
+        status.code()
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
+        let mut req = reqwest::Client::new().get(format!("{}{path}", self.http));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Value of a Prometheus counter or gauge.
+    pub async fn metric(&self, token: &str, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics", Some(token)).await;
+        let text = body.as_str().unwrap().to_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} not in metrics:\n{text}"))
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn dump(log: &Arc<Mutex<Vec<Value>>>) -> String {
+    log.lock()
+        .unwrap()
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A message received by [`Sub`].
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+impl Msg {
+    /// Verifies the payload as a daemon would have signed it (no rollback check).
+    pub fn verified(&self, key: &PublicKey) -> Result<SignedBody, marquee::wire::WireError> {
+        verify(key, &self.topic, &self.payload, None, Utc::now())
+    }
+
+    pub fn timeline(&self, key: &PublicKey) -> (u64, Timeline) {
+        let body = self
+            .verified(key)
+            .unwrap_or_else(|e| panic!("{}: {e}", self.topic));
+        let Signed::Timeline(tl) = body.payload;
+        (body.version, tl)
+    }
+}
+
+/// An MQTT subscriber that records everything it receives.
+pub struct Sub {
+    pub client: AsyncClient,
+    rx: mpsc::Receiver<Msg>,
+    pub seen: Vec<Msg>,
+}
+
+impl Sub {
+    pub async fn connect(port: u16, filter: &str) -> Sub {
+        let mut o = MqttOptions::new(format!("test-{}", free_port()), "127.0.0.1", port);
+        o.set_max_packet_size(8 << 20, 8 << 20);
+        o.set_keep_alive(Duration::from_secs(5));
+        let (client, mut el) = AsyncClient::new(o, 100);
+        let (tx, rx) = mpsc::channel(10_000);
+        client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+        tokio::spawn(async move {
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let m = Msg {
+                            topic: p.topic.clone(),
+                            payload: p.payload.to_vec(),
+                        };
+                        if tx.send(m).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        Sub {
+            client,
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a message (received from now on, or already seen and not yet taken) matching `pred`.
+    pub async fn wait(&mut self, what: &str, pred: impl Fn(&Msg) -> bool) -> Msg {
+        let start = Instant::now();
+        loop {
+            while let Ok(m) = self.rx.try_recv() {
+                self.seen.push(m);
+            }
+            if let Some(i) = self.seen.iter().position(&pred) {
+                return self.seen.remove(i);
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}; saw: {:?}",
+                self.seen.iter().map(|m| &m.topic).collect::<Vec<_>>()
+            );
+            if let Ok(Some(m)) =
+                tokio::time::timeout(Duration::from_millis(100), self.rx.recv()).await
+            {
+                self.seen.push(m);
+            }
+        }
+    }
+
+    /// Waits for the timeline of `channel` with version ≥ `min_version`, verified with `key`.
+    pub async fn timeline(
+        &mut self,
+        key: &PublicKey,
+        topic: &str,
+        min_version: u64,
+    ) -> (u64, Timeline) {
+        let m = self
+            .wait(&format!("{topic} version >= {min_version}"), |m| {
+                m.topic == topic && m.verified(key).is_ok_and(|b| b.version >= min_version)
+            })
+            .await;
+        m.timeline(key)
+    }
+}
+
+/// A real Mosquitto on a free loopback port (no persistence, anonymous allowed).
+pub struct Mosquitto {
+    child: Child,
+    pub port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    pub async fn start() -> Mosquitto {
+        Mosquitto::start_on(free_port(), tempfile::tempdir().unwrap()).await
+    }
+
+    async fn start_on(port: u16, dir: tempfile::TempDir) -> Mosquitto {
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let mut child = Command::new(mosquitto_bin())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is not installed: run the README's test command (scripts/test), which installs it");
+        eventually("mosquitto to accept connections", || {
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!("mosquitto exited: {s}");
+            }
+            std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+        })
+        .await;
+        Mosquitto { child, port, dir }
+    }
+
+    /// Kills it (SIGKILL) and starts a fresh one on the same port: retained messages are gone.
+    pub async fn restart(mut self) -> Mosquitto {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.port;
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
+        Mosquitto::start_on(port, dir).await
+    }
+}
+
+fn mosquitto_bin() -> &'static str {
+    ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("mosquitto")
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
