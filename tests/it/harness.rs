@@ -117,10 +117,16 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `marquee serve` and waits for "marquee ready".
     pub async fn start(site: &Site) -> Daemon {
+        Daemon::start_with_env(site, &[]).await
+    }
+
+    /// Same, with extra environment variables.
+    pub async fn start_with_env(site: &Site, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(bin())
             .args(["--log-format", "json", "serve", "-c"])
             .arg(site.config())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

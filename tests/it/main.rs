@@ -4,3 +4,4 @@
 mod cli;
 mod core;
 mod harness;
+mod systemd;
