@@ -104,3 +104,122 @@ pub fn preview(
 pub fn schema() -> String {
     json_schema()
 }
+
+/// Where the API is and how to authenticate, for the API-client subcommands.
+pub struct ApiClient {
+    /// Base URL, e.g. `http://127.0.0.1:8080`.
+    pub url: String,
+    /// Bearer token.
+    pub token: String,
+}
+
+impl ApiClient {
+    /// `url` and `token` as given (flags or `MARQUEE_URL` / `MARQUEE_TOKEN`); without a token,
+    /// the admin token the daemon generated in the data directory of `config`.
+    pub fn resolve(url: String, token: Option<String>, config: &Path) -> anyhow::Result<ApiClient> {
+        let token = match token.filter(|t| !t.trim().is_empty()) {
+            Some(t) => t.trim().to_owned(),
+            None => {
+                let cfg = Config::load(config)?;
+                let path = cfg.data_dir.join(crate::keys::ADMIN_TOKEN);
+                std::fs::read_to_string(&path)
+                    .with_context(|| {
+                        format!(
+                            "no token: set MARQUEE_TOKEN or --token (or run where {} is readable)",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+        };
+        Ok(ApiClient {
+            url: url.trim_end_matches('/').to_owned(),
+            token,
+        })
+    }
+
+    /// GET `path` as JSON; API errors become their message.
+    pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
+        let resp = reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the daemon at {}", self.url))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        if !status.is_success() {
+            anyhow::bail!(
+                "{status}: {}",
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap_or("request failed")
+            );
+        }
+        Ok(body)
+    }
+}
+
+/// `marquee displays`: the fleet as a table.
+pub async fn displays(api: &ApiClient) -> anyhow::Result<String> {
+    let body = api.get("/api/v1/displays").await?;
+    let mut rows = vec![[
+        "DISPLAY".to_string(),
+        "CHANNEL".into(),
+        "STATE".into(),
+        "TIMELINE (applied/current)".into(),
+        "LAST ALERT ACK".into(),
+    ]];
+    for d in body["displays"].as_array().into_iter().flatten() {
+        let s = |k: &str| d[k].as_str().unwrap_or("-").to_owned();
+        let state = format!(
+            "{} since {}",
+            if d["online"].as_bool() == Some(true) {
+                "online"
+            } else {
+                "OFFLINE"
+            },
+            s("since")
+        );
+        let applied = d["timeline_version"]
+            .as_u64()
+            .map_or("-".into(), |v| format!("v{v}"));
+        let current = d["expected_timeline"]["version"]
+            .as_u64()
+            .map_or("-".into(), |v| format!("v{v}"));
+        let mark = if d["up_to_date"].as_bool() == Some(true) {
+            ""
+        } else {
+            "  (behind)"
+        };
+        let ack = match d["last_alert_ack"].as_str() {
+            Some(a) => format!(
+                "{a} ({} ms)",
+                d["last_alert_latency_ms"].as_i64().unwrap_or(0)
+            ),
+            None => "-".into(),
+        };
+        rows.push([
+            s("id"),
+            s("channel"),
+            state,
+            format!("{applied}/{current}{mark}"),
+            ack,
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    Ok(out)
+}

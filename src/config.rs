@@ -372,26 +372,40 @@ fn is_loopback_host(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
+/// Reads a TOML file into `T`; syntax errors and unknown keys come back as `file:line:col: …`.
+pub fn read_toml<T: serde::de::DeserializeOwned>(path: &Path) -> Result<(String, T), ConfigError> {
+    let file = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: file.clone(),
+        problems: vec![format!("{file}: cannot read: {e}")],
+    })?;
+    let raw = parse_toml(&file, &src)?;
+    Ok((file, raw))
+}
+
+fn parse_toml<T: serde::de::DeserializeOwned>(file: &str, src: &str) -> Result<T, ConfigError> {
+    toml::from_str(src).map_err(|e| {
+        let (line, col) = e.span().map(|s| line_col(src, s.start)).unwrap_or((1, 1));
+        ConfigError {
+            file: file.to_owned(),
+            problems: vec![format!("{file}:{line}:{col}: {}", e.message().trim())],
+        }
+    })
+}
+
 impl Config {
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
-        let src = std::fs::read_to_string(path).map_err(|e| ConfigError {
-            file: file.clone(),
-            problems: vec![format!("{file}: cannot read: {e}")],
-        })?;
-        Config::parse(&file, &src)
+        let (file, raw) = read_toml(path)?;
+        Config::validated(&file, raw)
     }
 
     /// Validates configuration text; `file` names it in messages.
     pub fn parse(file: &str, src: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(src).map_err(|e| {
-            let (line, col) = e.span().map(|s| line_col(src, s.start)).unwrap_or((1, 1));
-            ConfigError {
-                file: file.to_owned(),
-                problems: vec![format!("{file}:{line}:{col}: {}", e.message().trim())],
-            }
-        })?;
+        Config::validated(file, parse_toml(file, src)?)
+    }
+
+    fn validated(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
         let mut problems = Vec::new();
         let config = Config::validate(file, raw, &mut problems);
         if problems.is_empty() {

@@ -19,9 +19,10 @@ use crate::config::{BrokerConfig, Config, Role};
 use crate::http::{self, AppState, auth::Tokens};
 use crate::keys;
 use crate::metrics::Metrics;
-use crate::mqtt::{self, ClientOptions};
+use crate::mqtt::{self, ClientOptions, MqttEvent};
 use crate::scheduler::Scheduler;
 use crate::store::Store;
+use crate::wire::Topic;
 use crate::wire::topic::Filter;
 
 const GRACE: Duration = Duration::from_secs(10);
@@ -80,6 +81,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             subscriptions: vec![
                 Filter::ChannelTimelines.render(prefix),
                 Filter::DisplayTimelines.render(prefix),
+                Filter::AgentStatus.render(prefix),
+                Filter::AgentEvents.render(prefix),
             ],
             last_will: None,
         },
@@ -98,7 +101,24 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         catalog,
         metrics: metrics.clone(),
         tokens,
+        store: store.clone(),
     });
+    // Agents' reports go to the fleet intake; everything else to the scheduler.
+    let (sched_tx, sched_rx) = mpsc::channel(1024);
+    let (fleet_tx, fleet_rx) = mpsc::channel(4096);
+    tracker.spawn(route_events(
+        events,
+        cfg.mqtt.topic_prefix.clone(),
+        sched_tx,
+        fleet_tx,
+    ));
+    tracker.spawn(crate::fleet::run(
+        store.clone(),
+        cfg.mqtt.topic_prefix.clone(),
+        fleet_rx,
+        metrics.clone(),
+        cancel.clone(),
+    ));
     {
         let cancel = cancel.clone();
         tracker.spawn(async move {
@@ -117,7 +137,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let (ready_tx, mut ready_rx) = oneshot::channel();
     let watchdog = sd_notify::watchdog_enabled();
-    tracker.spawn(scheduler.run(events, reload_rx, Some(ready_tx), watchdog, cancel.clone()));
+    tracker.spawn(scheduler.run(
+        sched_rx,
+        reload_rx,
+        Some(ready_tx),
+        watchdog,
+        cancel.clone(),
+    ));
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -157,6 +183,31 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     mqtt.disconnect().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Splits the connection's events between the scheduler and the fleet intake.
+async fn route_events(
+    mut events: mpsc::Receiver<MqttEvent>,
+    prefix: String,
+    scheduler: mpsc::Sender<MqttEvent>,
+    fleet: mpsc::Sender<(String, bytes::Bytes)>,
+) {
+    while let Some(ev) = events.recv().await {
+        let sent = match ev {
+            MqttEvent::Message { topic, payload, .. }
+                if matches!(
+                    Topic::parse(&prefix, &topic),
+                    Some(Topic::AgentStatus(_) | Topic::AgentEvents(_))
+                ) =>
+            {
+                fleet.send((topic, payload)).await.is_ok()
+            }
+            other => scheduler.send(other).await.is_ok(),
+        };
+        if !sent {
+            return;
+        }
+    }
 }
 
 #[cfg(feature = "embedded-broker")]

@@ -5,11 +5,13 @@
 //! pure protocol code in [`wire`], pure scheduling logic in [`domain`], and the runtime shells
 //! ([`scheduler`], [`mqtt`], [`store`], [`http`], [`daemon`]) that feed `now` in and perform what comes out.
 
+pub mod agent;
 pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod domain;
+pub mod fleet;
 pub mod http;
 pub mod keys;
 pub mod logging;

@@ -80,6 +80,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run a display agent: verify, cache and play timelines; report status and proof of play.
+    Agent {
+        /// Agent configuration file.
+        #[arg(short, long, default_value = "config/agent-lobby.toml")]
+        config: PathBuf,
+        /// Renderer (overrides `render` in the config).
+        #[arg(long, value_enum)]
+        render: Option<marquee::agent::config::RenderKind>,
+    },
+    /// List the displays: online/offline since when, timeline applied vs current, last alert ack.
+    Displays {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Make an Ed25519 signing key pair (signing.key mode 0600, signing.pub).
     Keygen {
         /// Directory to write into.
@@ -94,6 +108,25 @@ enum Command {
         #[arg(value_enum)]
         what: SchemaKind,
     },
+}
+
+/// How API-client subcommands reach the daemon.
+#[derive(clap::Args)]
+struct ApiArgs {
+    /// Daemon URL.
+    #[arg(long, env = "MARQUEE_URL", default_value = "http://127.0.0.1:8080")]
+    url: String,
+    /// API token (default: the generated admin token in the config's data directory).
+    #[arg(long, env = "MARQUEE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Daemon configuration (to find the generated admin token).
+    #[arg(
+        short,
+        long,
+        default_value = "config/marquee.toml",
+        env = "MARQUEE_CONFIG"
+    )]
+    config: PathBuf,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -114,31 +147,13 @@ fn main() -> ExitCode {
         Command::Serve { config, data_dir } => {
             let mut cfg = match Config::load(&config) {
                 Ok(c) => c,
-                Err(e) => {
-                    eprintln!("{e}");
-                    eprintln!("marquee: configuration has errors; not starting");
-                    return ExitCode::from(EX_CONFIG);
-                }
+                Err(e) => return bad_config("marquee", &e),
             };
             if let Some(d) = data_dir {
                 cfg.data_dir = d;
             }
             marquee::logging::init(log_format.unwrap_or(cfg.log_format), &cfg.log_filter);
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("marquee: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(marquee::daemon::serve(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "marquee stopped on an error");
-                    eprintln!("marquee: {e:#}");
-                    ExitCode::FAILURE
-                }
-            }
+            run_async(marquee::daemon::serve(cfg))
         }
         Command::Check { config } => {
             let problems = marquee::cli::check(&config);
@@ -170,6 +185,36 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Agent { config, render } => {
+            let mut cfg = match marquee::agent::config::AgentConfig::load(&config) {
+                Ok(c) => c,
+                Err(e) => return bad_config("marquee agent", &e),
+            };
+            if let Some(r) = render {
+                cfg.render = r;
+            }
+            marquee::logging::init(log_format.unwrap_or(LogFormat::Text), "info");
+            run_async(marquee::agent::run(cfg))
+        }
+        Command::Displays { api } => {
+            let client = match marquee::cli::ApiClient::resolve(api.url, api.token, &api.config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("marquee displays: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)
+                .and_then(|rt| rt.block_on(marquee::cli::displays(&client)))
+            {
+                Ok(out) => print_out(&out),
+                Err(e) => {
+                    eprintln!("marquee displays: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Keygen { out, force } => match marquee::keys::keygen(&out, force) {
             Ok((secret, public, key)) => {
                 println!("secret key: {} (mode 0600)", secret.display());
@@ -200,4 +245,30 @@ fn print_out(s: &str) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Runs a long-lived async command on a multi-threaded runtime.
+fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> ExitCode {
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("marquee: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %format!("{e:#}"), "stopped on an error");
+            eprintln!("marquee: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints every configuration problem and exits with EX_CONFIG.
+fn bad_config(cmd: &str, e: &marquee::config::ConfigError) -> ExitCode {
+    eprintln!("{e}");
+    eprintln!("{cmd}: configuration has errors; not starting");
+    ExitCode::from(EX_CONFIG)
 }

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub mqtt_connected: Gauge,
     /// Broker (re)connections.
     pub mqtt_connects: Counter,
+    /// Agent events stored (redeliveries not counted).
+    pub events_ingested: Counter,
 }
 
 impl Metrics {
@@ -62,6 +64,11 @@ impl Metrics {
             "mqtt_connects",
             "Connections made to the MQTT broker",
             self.mqtt_connects.clone(),
+        );
+        r.register(
+            "agent_events_ingested",
+            "Agent events stored (acks, proof of play); redeliveries not counted",
+            self.events_ingested.clone(),
         );
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::header;
+use axum::http::{HeaderMap, header};
 use axum::response::IntoResponse;
 use chrono::Utc;
 use serde_json::{Value, json};
@@ -14,6 +14,9 @@ use super::AppState;
 use super::auth::Viewer;
 use super::error::ApiError;
 use crate::preview::{Preview, PreviewRequest};
+use crate::store::Published;
+use crate::store::fleet::DisplayRow;
+use crate::wire::Topic;
 
 /// `GET /healthz`: open, for load balancers and systemd checks.
 pub async fn healthz() -> Json<Value> {
@@ -140,4 +143,114 @@ pub fn parse_length(s: &str) -> Result<chrono::Duration, String> {
         .and_then(|d| chrono::Duration::from_std(d).ok())
         .filter(|d| *d >= chrono::Duration::minutes(1) && *d <= chrono::Duration::days(14))
         .ok_or_else(|| format!("bad length {s:?}: a duration like 2h or 90m, from 1m to 14days"))
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// A display with the timeline it should hold (its own if published, else its channel's).
+fn display_json(d: &DisplayRow, published: &[Published], prefix: &str) -> Value {
+    let own = Topic::DisplayTimeline(d.id.clone()).render(prefix);
+    let channel = Topic::ChannelTimeline(d.channel.clone()).render(prefix);
+    let expected = published
+        .iter()
+        .find(|p| p.topic == own && !p.payload.is_empty())
+        .or_else(|| published.iter().find(|p| p.topic == channel));
+    let up_to_date = expected.is_some_and(|e| {
+        d.timeline_topic.as_deref() == Some(e.topic.as_str())
+            && d.timeline_version == Some(e.version)
+    });
+    let mut v = serde_json::to_value(d).unwrap_or_default();
+    v["expected_timeline"] = expected.map_or(
+        Value::Null,
+        |e| json!({"topic": e.topic, "version": e.version}),
+    );
+    v["up_to_date"] = Value::Bool(up_to_date);
+    v
+}
+
+/// `GET /api/v1/displays`: the fleet.
+pub async fn list_displays(
+    _: Viewer,
+    State(s): State<Arc<AppState>>,
+) -> Result<Json<Value>, ApiError> {
+    let store = s.store.clone();
+    let (rows, published) = blocking(move || Ok((store.displays()?, store.published()?))).await?;
+    let prefix = &s.cfg.mqtt.topic_prefix;
+    let list: Vec<Value> = rows
+        .iter()
+        .map(|d| display_json(d, &published, prefix))
+        .collect();
+    Ok(Json(json!({ "displays": list })))
+}
+
+/// `GET /api/v1/displays/{id}`.
+pub async fn get_display(
+    _: Viewer,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let store = s.store.clone();
+    let key = id.clone();
+    let (row, published) = blocking(move || Ok((store.display(&key)?, store.published()?))).await?;
+    let row = row.ok_or_else(|| ApiError::not_found(format!("no display {id:?} has reported")))?;
+    Ok(Json(display_json(
+        &row,
+        &published,
+        &s.cfg.mqtt.topic_prefix,
+    )))
+}
+
+/// Most rows one plays request returns.
+const MAX_PLAYS: usize = 100_000;
+
+/// `GET /api/v1/plays?display=&from=&until=`: proof of play; CSV with `Accept: text/csv`.
+pub async fn plays(
+    _: Viewer,
+    State(s): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<axum::response::Response, ApiError> {
+    let tz = s.cfg.schedule.timezone;
+    let time = |key: &str, default: chrono::DateTime<Utc>| match q.get(key) {
+        None => Ok(default),
+        Some(t) => crate::domain::playlist::parse_instant(t, tz)
+            .ok_or_else(|| ApiError::bad_field(key, format!("bad time {t:?}: use RFC 3339"))),
+    };
+    let until = time("until", Utc::now())?;
+    let from = time("from", until - chrono::Duration::hours(24))?;
+    if from >= until {
+        return Err(ApiError::bad_field("from", "from must be before until"));
+    }
+    let display = q.get("display").filter(|d| !d.is_empty()).cloned();
+    let store = s.store.clone();
+    let rows = blocking(move || store.plays(display.as_deref(), from, until, MAX_PLAYS)).await?;
+    let wants_csv = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/csv"));
+    if !wants_csv {
+        return Ok(Json(json!({ "plays": rows })).into_response());
+    }
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in &rows {
+        w.serialize(r)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    if rows.is_empty() {
+        w.write_record([
+            "event_id", "display", "item", "playlist", "lang", "start", "end",
+        ])
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    let body = w
+        .into_inner()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
 }

@@ -39,6 +39,18 @@ impl ApiError {
         }
     }
 
+    /// 500, for failures of the daemon itself (logged).
+    pub fn internal(message: impl Into<String>) -> ApiError {
+        let message = message.into();
+        tracing::error!(error = %message, "request failed");
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            code: "internal",
+            message,
+            field: None,
+        }
+    }
+
     /// 401.
     pub fn unauthenticated(message: impl Into<String>) -> ApiError {
         ApiError {

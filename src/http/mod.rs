@@ -28,6 +28,8 @@ pub struct AppState {
     pub metrics: Metrics,
     /// Accepted tokens.
     pub tokens: auth::Tokens,
+    /// The database.
+    pub store: Arc<crate::store::Store>,
 }
 
 /// The router.
@@ -38,6 +40,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/playlists", get(api::list_playlists))
         .route("/api/v1/playlists/{id}", get(api::get_playlist))
         .route("/api/v1/preview", get(api::preview))
+        .route("/api/v1/displays", get(api::list_displays))
+        .route("/api/v1/displays/{id}", get(api::get_display))
+        .route("/api/v1/plays", get(api::plays))
         .fallback(api::not_found)
         .with_state(state)
 }

@@ -3,6 +3,9 @@
 //!
 //! Calls are synchronous; async callers run them on the blocking pool (`spawn_blocking`).
 
+pub mod agent;
+pub mod fleet;
+
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -37,6 +40,41 @@ const MIGRATIONS: &[&str] = &[
         path    TEXT PRIMARY KEY,
         source  TEXT NOT NULL
     );",
+    // 3: the fleet: each display's last status, every event once (by id), proof of play.
+    "CREATE TABLE displays (
+        id                TEXT PRIMARY KEY,
+        online            INTEGER NOT NULL,
+        channel           TEXT NOT NULL,
+        timeline_topic    TEXT,
+        timeline_version  INTEGER,
+        alert             TEXT,
+        agent_version     TEXT NOT NULL,
+        started_at        TEXT NOT NULL,
+        since             TEXT NOT NULL,
+        last_seen         TEXT NOT NULL,
+        last_alert_ack    TEXT,
+        last_alert_ack_at TEXT,
+        last_alert_latency_ms INTEGER
+    );
+    CREATE TABLE events (
+        id           TEXT PRIMARY KEY,
+        display      TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        at           TEXT NOT NULL,
+        body         TEXT NOT NULL,
+        received_at  TEXT NOT NULL
+    );
+    CREATE TABLE plays (
+        event_id  TEXT PRIMARY KEY,
+        display   TEXT NOT NULL,
+        item      TEXT NOT NULL,
+        playlist  TEXT NOT NULL,
+        lang      TEXT NOT NULL,
+        start     TEXT NOT NULL,
+        end       TEXT NOT NULL
+    );
+    CREATE INDEX plays_by_display_start ON plays (display, start);
+    CREATE INDEX plays_by_start ON plays (start);",
 ];
 
 /// The last payload published on a retained topic.
@@ -54,7 +92,26 @@ pub struct Published {
     pub issued_at: DateTime<Utc>,
 }
 
-/// A SQLite database.
+/// Sets WAL mode and applies the migrations not yet applied (tracked in `user_version`).
+fn migrate(mut conn: Connection, migrations: &[&str]) -> Result<Connection, StoreError> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let latest = migrations.len() as i64;
+    if current > latest {
+        return Err(StoreError::TooNew(current, latest));
+    }
+    for (i, sql) in migrations.iter().enumerate().skip(current as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as i64 + 1)?;
+        tx.commit()?;
+    }
+    Ok(conn)
+}
+
+/// The daemon's SQLite database.
 pub struct Store {
     conn: Mutex<Connection>,
 }
@@ -71,23 +128,9 @@ impl Store {
         Store::init(Connection::open_in_memory()?)
     }
 
-    fn init(mut conn: Connection) -> Result<Store, StoreError> {
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
-        let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
-        let latest = MIGRATIONS.len() as i64;
-        if current > latest {
-            return Err(StoreError::TooNew(current, latest));
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let tx = conn.transaction()?;
-            tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", i as i64 + 1)?;
-            tx.commit()?;
-        }
+    fn init(conn: Connection) -> Result<Store, StoreError> {
         Ok(Store {
-            conn: Mutex::new(conn),
+            conn: Mutex::new(migrate(conn, MIGRATIONS)?),
         })
     }
 

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
+use super::alert::{Alert, AlertClear};
 use super::timeline::Timeline;
 
 /// Why a payload was refused. Agents log these verbatim.
@@ -57,10 +58,14 @@ pub enum WireError {
 
 /// What a signed body carries.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", content = "data", rename_all = "lowercase")]
+#[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum Signed {
     /// A channel or display timeline.
     Timeline(Timeline),
+    /// An emergency alert for the topic's scope.
+    Alert(Alert),
+    /// The end of an alert.
+    AlertClear(AlertClear),
 }
 
 /// The signed part of an envelope.
@@ -347,7 +352,9 @@ mod tests {
     fn chinese_text_is_not_escaped() {
         let k = keys(1);
         let mut b = body(T, 1);
-        let Signed::Timeline(tl) = &mut b.payload;
+        let Signed::Timeline(tl) = &mut b.payload else {
+            unreachable!()
+        };
         tl.timezone = "深化政务公开".into();
         let s = String::from_utf8(sign(&k, &b)).unwrap();
         assert!(s.contains("深化政务公开"), "{s}");

@@ -4,6 +4,8 @@
 //! No I/O, no async runtime, no MQTT crate: a display vendor can read this module alone
 //! (with `docs/protocol.md`) and implement a compatible agent.
 
+pub mod agent;
+pub mod alert;
 pub mod envelope;
 pub mod timeline;
 pub mod topic;

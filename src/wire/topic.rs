@@ -27,6 +27,10 @@ pub enum Filter {
     DisplayTimelines,
     /// Every alert scope.
     Alerts,
+    /// Every agent's status.
+    AgentStatus,
+    /// Every agent's events.
+    AgentEvents,
 }
 
 impl Filter {
@@ -36,6 +40,8 @@ impl Filter {
             Filter::ChannelTimelines => format!("{prefix}/v1/channel/+/timeline"),
             Filter::DisplayTimelines => format!("{prefix}/v1/display/+/timeline"),
             Filter::Alerts => format!("{prefix}/v1/alert/+"),
+            Filter::AgentStatus => format!("{prefix}/v1/agent/+/status"),
+            Filter::AgentEvents => format!("{prefix}/v1/agent/+/events"),
         }
     }
 }

@@ -135,3 +135,30 @@ fn keygen_writes_a_private_key_and_refuses_to_overwrite() {
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again.stderr).contains("--force"));
 }
+
+#[test]
+fn shipped_agent_configs_are_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = run(&["keygen", "--out", dir.path().to_str().unwrap()]);
+    assert!(keys.status.success());
+    let public = dir.path().join("signing.pub");
+    for ch in ["lobby", "subway", "bus", "public"] {
+        let src = std::fs::read_to_string(repo().join(format!("config/agent-{ch}.toml"))).unwrap();
+        assert!(
+            src.contains("public_key_file = \"data/signing.pub\""),
+            "agent-{ch} pins the daemon's key"
+        );
+        let path = dir.path().join(format!("agent-{ch}.toml"));
+        std::fs::write(
+            &path,
+            src.replace(
+                "\"data/signing.pub\"",
+                &format!("{:?}", public.display().to_string()),
+            ),
+        )
+        .unwrap();
+        let cfg = marquee::agent::config::AgentConfig::load(&path)
+            .unwrap_or_else(|e| panic!("agent-{ch}: {e}"));
+        assert_eq!(cfg.channel, ch);
+    }
+}

@@ -263,7 +263,9 @@ impl Msg {
         let body = self
             .verified(key)
             .unwrap_or_else(|e| panic!("{}: {e}", self.topic));
-        let Signed::Timeline(tl) = body.payload;
+        let Signed::Timeline(tl) = body.payload else {
+            panic!("{}: not a timeline", self.topic)
+        };
         (body.version, tl)
     }
 }
@@ -383,9 +385,18 @@ impl Mosquitto {
     }
 
     /// Kills it (SIGKILL) and starts a fresh one on the same port: retained messages are gone.
-    pub async fn restart(mut self) -> Mosquitto {
+    pub async fn restart(self) -> Mosquitto {
+        self.restart_after(|| async {}).await
+    }
+
+    /// Kills it, runs `while_down`, then starts a fresh one on the same port.
+    pub async fn restart_after<F: std::future::Future<Output = ()>>(
+        mut self,
+        while_down: impl FnOnce() -> F,
+    ) -> Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        while_down().await;
         let port = self.port;
         let dir = std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap());
         Mosquitto::start_on(port, dir).await
@@ -404,4 +415,113 @@ impl Drop for Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Writes an agent config into the site and returns its path.
+pub fn agent_config(site: &Site, id: &str, channel: &str, broker_port: u16) -> PathBuf {
+    let d = site.dir.path();
+    let path = d.join(format!("agent-{id}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "id = \"{id}\"\nchannel = \"{channel}\"\npublic_key_file = {:?}\ncache_dir = {:?}\nrender = \"jsonl\"\n\
+             [mqtt]\nurl = \"mqtt://127.0.0.1:{broker_port}\"\nkeep_alive = \"1s\"\n\
+             [web]\nlisten = \"127.0.0.1:0\"\n\
+             [fallback]\nseconds = 5\ntext = {{ zh = \"本地备用\", en = \"local fallback\" }}\n\
+             [report]\nflush_interval = \"100ms\"\n",
+            d.join("data/signing.pub").display().to_string(),
+            d.join(format!("cache-{id}")).display().to_string(),
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A running `marquee agent` with its frames (stdout, jsonl) and log (stderr, JSON).
+pub struct AgentProc {
+    child: Child,
+    pub frames: Arc<Mutex<Vec<Value>>>,
+    pub log: Arc<Mutex<Vec<Value>>>,
+}
+
+fn collect(reader: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<Value>>> {
+    let sink = Arc::new(Mutex::new(Vec::new()));
+    let s = sink.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(reader).lines().map_while(Result::ok) {
+            let v = serde_json::from_str(&line).unwrap_or(Value::String(line));
+            s.lock().unwrap().push(v);
+        }
+    });
+    sink
+}
+
+impl AgentProc {
+    pub fn start(config: &Path, extra: &[&str]) -> AgentProc {
+        let mut child = Command::new(bin())
+            .args(["--log-format", "json", "agent", "-c"])
+            .arg(config)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let frames = collect(child.stdout.take().unwrap());
+        let log = collect(child.stderr.take().unwrap());
+        AgentProc { child, frames, log }
+    }
+
+    /// Waits for a frame matching `pred` and returns it.
+    pub async fn frame(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let frames = self.frames.clone();
+        let log = self.log.clone();
+        let child = &mut self.child;
+        eventually(what, || {
+            if let Ok(Some(s)) = child.try_wait() {
+                panic!(
+                    "agent exited ({s}) waiting for {what}; log:\n{}",
+                    dump(&log)
+                );
+            }
+            frames.lock().unwrap().iter().find(|v| pred(v)).cloned()
+        })
+        .await
+    }
+
+    pub async fn wait_log(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let log = self.log.clone();
+        eventually(what, || {
+            log.lock().unwrap().iter().find(|v| pred(v)).cloned()
+        })
+        .await
+    }
+
+    pub fn shown(&self, pred: impl Fn(&Value) -> bool) -> bool {
+        self.frames.lock().unwrap().iter().any(pred)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub async fn stop(mut self) -> Option<i32> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        let child = &mut self.child;
+        let status = eventually("agent to exit", || child.try_wait().unwrap()).await;
+        status.code()
+    }
+}
+
+impl Drop for AgentProc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The text of a jsonl frame.
+pub fn text_of(v: &Value) -> &str {
+    v["text"].as_str().unwrap_or("")
 }

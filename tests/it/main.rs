@@ -1,6 +1,7 @@
 //! Integration tests against real processes: the `marquee` binary, its embedded broker, and a
 //! real Mosquitto started on a free loopback port. One test binary (faster to link).
 
+mod agent;
 mod cli;
 mod core;
 mod harness;

@@ -1,0 +1,329 @@
+//! Agent configuration (`config/agent-*.toml`): raw TOML with unknown keys refused → validated
+//! [`AgentConfig`]; all problems reported at once with their place.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::player::{Fallback, LanguagePolicy};
+use crate::config::{ConfigError, read_toml};
+use crate::wire::{PublicKey, valid_name};
+
+/// How frames are shown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum RenderKind {
+    /// A local web page for a kiosk browser, updated over server-sent events.
+    Web,
+    /// Full-screen text on the terminal (LED and console displays).
+    Terminal,
+    /// One JSON line per frame on stdout (integration, tests).
+    Jsonl,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAgent {
+    id: String,
+    channel: String,
+    public_key_file: PathBuf,
+    cache_dir: PathBuf,
+    #[serde(default = "default_render")]
+    render: RenderKind,
+    #[serde(default)]
+    mqtt: RawMqtt,
+    #[serde(default)]
+    language: RawLanguage,
+    #[serde(default)]
+    web: RawWeb,
+    fallback: RawFallback,
+    #[serde(default)]
+    report: RawReport,
+}
+
+fn default_render() -> RenderKind {
+    RenderKind::Web
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMqtt {
+    url: String,
+    username: Option<String>,
+    password_env: Option<String>,
+    password_file: Option<PathBuf>,
+    topic_prefix: String,
+    keep_alive: String,
+    max_payload: usize,
+}
+
+impl Default for RawMqtt {
+    fn default() -> Self {
+        RawMqtt {
+            url: "mqtt://127.0.0.1:1883".into(),
+            username: None,
+            password_env: None,
+            password_file: None,
+            topic_prefix: "marquee".into(),
+            keep_alive: "10s".into(),
+            max_payload: 4 << 20,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLanguage {
+    policy: String,
+    languages: Vec<String>,
+}
+
+impl Default for RawLanguage {
+    fn default() -> Self {
+        RawLanguage {
+            policy: "alternate".into(),
+            languages: vec!["zh".into(), "en".into()],
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawWeb {
+    listen: String,
+}
+
+impl Default for RawWeb {
+    fn default() -> Self {
+        RawWeb {
+            listen: "127.0.0.1:8090".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFallback {
+    #[serde(default = "default_fallback_seconds")]
+    seconds: u32,
+    text: BTreeMap<String, String>,
+}
+
+fn default_fallback_seconds() -> u32 {
+    15
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawReport {
+    flush_interval: String,
+    max_buffered_events: usize,
+    proof_of_play: bool,
+}
+
+impl Default for RawReport {
+    fn default() -> Self {
+        RawReport {
+            flush_interval: "1s".into(),
+            max_buffered_events: 100_000,
+            proof_of_play: true,
+        }
+    }
+}
+
+/// A validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Display id.
+    pub id: String,
+    /// Channel.
+    pub channel: String,
+    /// The daemon's public key.
+    pub public_key: PublicKey,
+    /// Where the verified payloads and the event outbox live.
+    pub cache_dir: PathBuf,
+    /// Renderer.
+    pub render: RenderKind,
+    /// Broker host.
+    pub host: String,
+    /// Broker port.
+    pub port: u16,
+    /// Broker credentials.
+    pub credentials: Option<(String, String)>,
+    /// Topic prefix.
+    pub topic_prefix: String,
+    /// MQTT keep-alive (the broker sends the offline will after 1.5× this of silence).
+    pub keep_alive: Duration,
+    /// Largest MQTT packet.
+    pub max_payload: usize,
+    /// Language policy.
+    pub language: LanguagePolicy,
+    /// Web renderer address.
+    pub web_listen: std::net::SocketAddr,
+    /// Local fallback content.
+    pub fallback: Fallback,
+    /// How often buffered events are sent.
+    pub flush_interval: Duration,
+    /// Outbox bound; the oldest events are dropped beyond it.
+    pub max_buffered_events: usize,
+    /// Whether to report proof of play.
+    pub proof_of_play: bool,
+}
+
+impl AgentConfig {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
+        let (file, raw): (String, RawAgent) = read_toml(path)?;
+        let mut p = Vec::new();
+        let cfg = validate(raw, &mut p);
+        if p.is_empty() {
+            Ok(cfg.expect("no problems means a config"))
+        } else {
+            Err(ConfigError {
+                problems: p.into_iter().map(|m| format!("{file}: {m}")).collect(),
+                file,
+            })
+        }
+    }
+}
+
+fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
+    for (key, v) in [("id", &raw.id), ("channel", &raw.channel)] {
+        if !valid_name(v) {
+            p.push(format!(
+                "{key}: {v:?} must be 1-64 letters, digits, '_', '-' or '.'"
+            ));
+        }
+    }
+    let public_key = match std::fs::read_to_string(&raw.public_key_file) {
+        Ok(s) => PublicKey::from_hex(&s)
+            .map_err(|e| {
+                p.push(format!(
+                    "public_key_file: {}: {e}",
+                    raw.public_key_file.display()
+                ))
+            })
+            .ok(),
+        Err(e) => {
+            p.push(format!(
+                "public_key_file: cannot read {}: {e} (it is the daemon's data/signing.pub)",
+                raw.public_key_file.display()
+            ));
+            None
+        }
+    };
+    let (host, port) = match url::Url::parse(&raw.mqtt.url) {
+        Ok(u) if matches!(u.scheme(), "mqtt" | "tcp") && u.host_str().is_some() => (
+            u.host_str().unwrap_or_default().to_owned(),
+            u.port().unwrap_or(1883),
+        ),
+        _ => {
+            p.push(format!(
+                "mqtt.url: {:?} is not a broker URL like mqtt://127.0.0.1:1883",
+                raw.mqtt.url
+            ));
+            (String::new(), 0)
+        }
+    };
+    let credentials = match (
+        &raw.mqtt.username,
+        &raw.mqtt.password_env,
+        &raw.mqtt.password_file,
+    ) {
+        (None, _, _) => None,
+        (Some(u), Some(var), None) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some((u.clone(), v)),
+            _ => {
+                p.push(format!(
+                    "mqtt.password_env: environment variable {var} is not set or empty"
+                ));
+                None
+            }
+        },
+        (Some(u), None, Some(f)) => match std::fs::read_to_string(f) {
+            Ok(v) => Some((u.clone(), v.trim_end_matches(['\n', '\r']).to_owned())),
+            Err(e) => {
+                p.push(format!(
+                    "mqtt.password_file: cannot read {}: {e}",
+                    f.display()
+                ));
+                None
+            }
+        },
+        _ => {
+            p.push("mqtt.password: give password_env or password_file (one of them)".into());
+            None
+        }
+    };
+    let duration = |p: &mut Vec<String>, key: &str, s: &str| {
+        humantime::parse_duration(s).unwrap_or_else(|_| {
+            p.push(format!("{key}: bad duration {s:?}"));
+            Duration::from_secs(1)
+        })
+    };
+    let keep_alive = duration(p, "mqtt.keep_alive", &raw.mqtt.keep_alive);
+    let flush_interval = duration(p, "report.flush_interval", &raw.report.flush_interval);
+    let language = match raw.language.policy.as_str() {
+        "alternate" if !raw.language.languages.is_empty() => {
+            LanguagePolicy::Alternate(raw.language.languages)
+        }
+        "fixed" if raw.language.languages.len() == 1 => {
+            LanguagePolicy::Fixed(raw.language.languages[0].clone())
+        }
+        "alternate" => {
+            p.push("language.languages: name at least one language".into());
+            LanguagePolicy::Fixed("zh".into())
+        }
+        "fixed" => {
+            p.push("language.languages: \"fixed\" takes exactly one language".into());
+            LanguagePolicy::Fixed("zh".into())
+        }
+        other => {
+            p.push(format!(
+                "language.policy: {other:?} is not \"alternate\" or \"fixed\""
+            ));
+            LanguagePolicy::Fixed("zh".into())
+        }
+    };
+    let web_listen = std::net::SocketAddr::from_str(&raw.web.listen).unwrap_or_else(|_| {
+        p.push(format!(
+            "web.listen: {:?} is not an address like 127.0.0.1:8090",
+            raw.web.listen
+        ));
+        std::net::SocketAddr::from(([127, 0, 0, 1], 8090))
+    });
+    if raw.fallback.text.is_empty() || raw.fallback.text.values().any(|t| t.trim().is_empty()) {
+        p.push(
+            "fallback.text: give at least one non-empty text, e.g. { zh = \"…\", en = \"…\" }"
+                .into(),
+        );
+    }
+    if raw.report.max_buffered_events == 0 {
+        p.push("report.max_buffered_events: at least 1".into());
+    }
+    Some(AgentConfig {
+        id: raw.id,
+        channel: raw.channel,
+        public_key: public_key?,
+        cache_dir: raw.cache_dir,
+        render: raw.render,
+        host,
+        port,
+        credentials,
+        topic_prefix: raw.mqtt.topic_prefix,
+        keep_alive,
+        max_payload: raw.mqtt.max_payload,
+        language,
+        web_listen,
+        fallback: Fallback {
+            text: raw.fallback.text,
+            seconds: raw.fallback.seconds.max(1),
+        },
+        flush_interval,
+        max_buffered_events: raw.report.max_buffered_events,
+        proof_of_play: raw.report.proof_of_play,
+    })
+}

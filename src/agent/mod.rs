@@ -1,0 +1,495 @@
+//! The display agent (`marquee agent`): subscribes to its channel's and its own timeline and to
+//! the alert scopes that reach it; verifies every payload with the daemon's pinned public key;
+//! keeps the last verified payloads on disk; plays by its own clock ([`player`]); renders
+//! ([`render`], [`web`]); and reports status (retained, offline last-will) and events (timeline
+//! applied, alert displayed, proof of play) from a durable outbox that survives being offline.
+
+pub mod config;
+pub mod player;
+pub mod render;
+pub mod web;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use self::config::{AgentConfig, RenderKind};
+use self::player::{Frame, FrameKind, effective, frame_at};
+use self::render::Renderer;
+use crate::mqtt::{self, ClientOptions, LastWill, MqttEvent, MqttHandle};
+use crate::store::agent::AgentStore;
+use crate::wire::agent::{Applied, Event, EventBatch, EventKind, Status};
+use crate::wire::alert::Alert;
+use crate::wire::{Signed, Timeline, Topic, WireError, verify};
+
+/// Events sent per batch.
+const BATCH: usize = 500;
+
+/// The topics an agent listens to.
+struct Topics {
+    channel: String,
+    display: String,
+    alerts: Vec<String>,
+    status: String,
+    events: String,
+}
+
+struct Agent {
+    cfg: AgentConfig,
+    topics: Topics,
+    store: Arc<AgentStore>,
+    mqtt: MqttHandle,
+    renderer: Box<dyn Renderer>,
+    /// Per topic: the version and exact bytes last applied (rollback protection, re-assert detection).
+    held: HashMap<String, (u64, Vec<u8>)>,
+    channel_tl: Option<(u64, Timeline)>,
+    display_tl: Option<(u64, Timeline)>,
+    /// Per alert topic: the alert in force.
+    alerts: BTreeMap<String, Alert>,
+    current: Option<Frame>,
+    acked_alerts: Vec<String>,
+    started_at: DateTime<Utc>,
+    connected: bool,
+    in_flight: Option<(u64, oneshot::Receiver<()>)>,
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&cfg.cache_dir)
+        .with_context(|| format!("cannot create cache_dir {}", cfg.cache_dir.display()))?;
+    let db = cfg.cache_dir.join("agent.db");
+    let store =
+        Arc::new(AgentStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?);
+    let p = &cfg.topic_prefix;
+    let topics = Topics {
+        channel: Topic::ChannelTimeline(cfg.channel.clone()).render(p),
+        display: Topic::DisplayTimeline(cfg.id.clone()).render(p),
+        alerts: ["all", cfg.channel.as_str(), cfg.id.as_str()]
+            .iter()
+            .map(|s| Topic::Alert((*s).to_owned()).render(p))
+            .collect(),
+        status: Topic::AgentStatus(cfg.id.clone()).render(p),
+        events: Topic::AgentEvents(cfg.id.clone()).render(p),
+    };
+    let cancel = CancellationToken::new();
+    let renderer: Box<dyn Renderer> = match cfg.render {
+        RenderKind::Jsonl => Box::new(render::Jsonl {
+            display: cfg.id.clone(),
+        }),
+        RenderKind::Terminal => Box::new(render::Terminal),
+        RenderKind::Web => {
+            let (web, addr) = web::start(&cfg.id, cfg.web_listen, cancel.clone()).await?;
+            tracing::info!(url = %format!("http://{addr}/"), "web renderer listening; point the kiosk browser at it");
+            Box::new(web)
+        }
+    };
+    let started_at = Utc::now();
+    let offline = Status {
+        display: cfg.id.clone(),
+        online: false,
+        channel: cfg.channel.clone(),
+        timeline: None,
+        alert: None,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        started_at,
+        at: started_at,
+    };
+    let mut subscriptions = vec![topics.channel.clone(), topics.display.clone()];
+    subscriptions.extend(topics.alerts.iter().cloned());
+    let (mqtt, mut events) = mqtt::connect(
+        ClientOptions {
+            client_id: format!("marquee-agent-{}", cfg.id),
+            host: cfg.host.clone(),
+            port: cfg.port,
+            credentials: cfg.credentials.clone(),
+            keep_alive: cfg.keep_alive,
+            max_packet: cfg.max_payload,
+            subscriptions,
+            last_will: Some(LastWill {
+                topic: topics.status.clone(),
+                payload: serde_json::to_vec(&offline)?,
+            }),
+        },
+        cancel.child_token(),
+    );
+    let mut agent = Agent {
+        cfg,
+        topics,
+        store,
+        mqtt,
+        renderer,
+        held: HashMap::new(),
+        channel_tl: None,
+        display_tl: None,
+        alerts: BTreeMap::new(),
+        current: None,
+        acked_alerts: Vec::new(),
+        started_at,
+        connected: false,
+        in_flight: None,
+    };
+    agent.restore_cache()?;
+    tracing::info!(display = %agent.cfg.id, channel = %agent.cfg.channel, broker = %format!("{}:{}", agent.cfg.host, agent.cfg.port), "agent started");
+
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut flush = tokio::time::interval(agent.cfg.flush_interval);
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let now = Utc::now();
+        agent.render(now);
+        let until = agent.current.as_ref().map_or(now, |f| f.until);
+        let wait = (until - now)
+            .to_std()
+            .unwrap_or(Duration::ZERO)
+            .min(Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            ev = events.recv() => match ev {
+                Some(MqttEvent::Connected) => {
+                    agent.connected = true;
+                    agent.publish_status();
+                    agent.flush();
+                }
+                Some(MqttEvent::Disconnected(_)) => {
+                    agent.connected = false;
+                    agent.in_flight = None;
+                }
+                Some(MqttEvent::Message { topic, payload, .. }) => agent.on_message(&topic, &payload),
+                None => break,
+            },
+            ack = async { (&mut agent.in_flight.as_mut().expect("guarded").1).await }, if agent.in_flight.is_some() => {
+                let (seq, _) = agent.in_flight.take().expect("guarded");
+                if ack.is_ok() {
+                    if let Err(e) = agent.store.confirm_events(seq) {
+                        tracing::error!(error = %e, "cannot update the event outbox");
+                    }
+                    agent.flush();
+                }
+            }
+            _ = flush.tick() => agent.flush(),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    // Leave the last frame on screen; record its play; hand over what is buffered; say goodbye.
+    agent.finish_frame(Utc::now());
+    agent.drain(&mut events, Duration::from_secs(3)).await;
+    if agent.connected {
+        let mut status = agent.status();
+        status.online = false;
+        let _ = agent
+            .mqtt
+            .publish(&agent.topics.status, serde_json::to_vec(&status)?, true);
+    }
+    cancel.cancel();
+    tracing::info!("agent stopped");
+    Ok(())
+}
+
+impl Agent {
+    /// Loads the verified payloads from the cache: the agent plays at once, broker or not.
+    fn restore_cache(&mut self) -> anyhow::Result<()> {
+        let now = Utc::now();
+        for (topic, version, bytes) in self.store.payloads()? {
+            // Held versions survive even when the payload has expired: no rollback after a restart.
+            self.held.insert(topic.clone(), (version, bytes.clone()));
+            match verify(&self.cfg.public_key, &topic, &bytes, None, now) {
+                Ok(body) => {
+                    tracing::info!(topic = %topic, version, "playing cached payload");
+                    self.apply(&topic, body.version, body.payload);
+                }
+                Err(WireError::Expired(at)) => {
+                    tracing::info!(topic = %topic, expired = %at, "cached payload has expired");
+                }
+                Err(e) => {
+                    tracing::warn!(topic = %topic, error = %e, "cached payload no longer verifies; ignoring it")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn on_message(&mut self, topic: &str, bytes: &[u8]) {
+        if bytes.is_empty() {
+            if topic == self.topics.display {
+                tracing::info!(
+                    topic,
+                    "display timeline cleared; following the channel timeline"
+                );
+                self.display_tl = None;
+                let _ = self.store.remove_payload(topic);
+            } else if self.topics.alerts.iter().any(|t| t == topic)
+                && self.alerts.contains_key(topic)
+            {
+                tracing::warn!(
+                    topic,
+                    "alert topic emptied on the broker; the alert ends only by a signed clear or its expiry"
+                );
+            }
+            return;
+        }
+        let held = self.held.get(topic);
+        if held.is_some_and(|(_, b)| b == bytes) {
+            return; // the same payload again (re-asserted after a broker restart)
+        }
+        let now = Utc::now();
+        match verify(
+            &self.cfg.public_key,
+            topic,
+            bytes,
+            held.map(|(v, _)| *v),
+            now,
+        ) {
+            Ok(body) => {
+                let latency_ms = (now - body.issued_at).num_milliseconds();
+                self.held
+                    .insert(topic.to_owned(), (body.version, bytes.to_vec()));
+                if let Err(e) = self.store.put_payload(topic, body.version, bytes) {
+                    tracing::error!(error = %e, "cannot cache the payload");
+                }
+                let is_timeline = matches!(body.payload, Signed::Timeline(_));
+                tracing::info!(topic, version = body.version, latency_ms, "applied");
+                self.apply(topic, body.version, body.payload);
+                if is_timeline {
+                    self.event(EventKind::TimelineApplied {
+                        topic: topic.to_owned(),
+                        version: body.version,
+                        latency_ms,
+                    });
+                }
+                self.publish_status();
+            }
+            Err(e) => {
+                tracing::warn!(topic, reason = %e, "refused payload; nothing shown from it");
+                self.event(EventKind::Refused {
+                    topic: topic.to_owned(),
+                    reason: e.to_string(),
+                });
+            }
+        }
+    }
+
+    fn apply(&mut self, topic: &str, version: u64, payload: Signed) {
+        match payload {
+            Signed::Timeline(tl) if topic == self.topics.display => {
+                self.display_tl = Some((version, tl))
+            }
+            Signed::Timeline(tl) if topic == self.topics.channel => {
+                self.channel_tl = Some((version, tl))
+            }
+            Signed::Timeline(_) => {
+                tracing::warn!(topic, "timeline on an unexpected topic; ignored")
+            }
+            Signed::Alert(a) => {
+                self.alerts.insert(topic.to_owned(), a);
+            }
+            Signed::AlertClear(c) => {
+                self.alerts.retain(|_, a| a.id != c.id);
+            }
+        }
+    }
+
+    fn timeline(&self, now: DateTime<Utc>) -> (Option<&Timeline>, Option<u64>) {
+        let display = self.display_tl.as_ref().map(|(_, t)| t);
+        let channel = self.channel_tl.as_ref().map(|(_, t)| t);
+        let tl = effective(display, channel, now);
+        let version = match tl {
+            Some(t) if display.is_some_and(|d| std::ptr::eq(d, t)) => {
+                self.display_tl.as_ref().map(|(v, _)| *v)
+            }
+            Some(_) => self.channel_tl.as_ref().map(|(v, _)| *v),
+            None => None,
+        };
+        (tl, version)
+    }
+
+    /// The most severe, most recent unexpired alert.
+    fn alert(&self, now: DateTime<Utc>) -> Option<&Alert> {
+        self.alerts
+            .values()
+            .filter(|a| now < a.expires_at)
+            .max_by_key(|a| (severity_rank(&a.severity), a.issued_at))
+    }
+
+    fn render(&mut self, now: DateTime<Utc>) {
+        let (tl, version) = self.timeline(now);
+        let frame = frame_at(
+            tl,
+            self.alert(now),
+            &self.cfg.fallback,
+            &self.cfg.language,
+            now,
+        );
+        if self.current.as_ref() == Some(&frame) {
+            return;
+        }
+        self.finish_frame(now);
+        self.renderer.show(&frame, version);
+        if frame.kind == FrameKind::Alert && !self.acked_alerts.contains(&frame.item) {
+            let issued = self.alert(now).map_or(now, |a| a.issued_at);
+            self.acked_alerts.push(frame.item.clone());
+            self.event(EventKind::AlertDisplayed {
+                alert: frame.item.clone(),
+                latency_ms: (now - issued).num_milliseconds(),
+            });
+            self.publish_status();
+        }
+        self.current = Some(frame);
+    }
+
+    /// Records proof of play for the frame leaving the screen.
+    fn finish_frame(&mut self, now: DateTime<Utc>) {
+        let Some(f) = self.current.take() else { return };
+        if !self.cfg.proof_of_play || now <= f.start {
+            return;
+        }
+        self.event(EventKind::Play {
+            item: f.item,
+            playlist: f.playlist,
+            lang: f.lang,
+            start: f.start,
+            end: now.min(f.until),
+        });
+    }
+
+    fn event(&mut self, kind: EventKind) {
+        let id = &self.cfg.id;
+        let res = self.store.push_event(
+            |seq| {
+                serde_json::to_string(&Event {
+                    id: format!("{id}:{seq}"),
+                    at: Utc::now(),
+                    kind,
+                })
+                .unwrap_or_default()
+            },
+            self.cfg.max_buffered_events,
+        );
+        match res {
+            Ok((_, dropped)) if dropped > 0 => {
+                tracing::warn!(dropped, "event outbox full; dropped the oldest events")
+            }
+            Ok(_) => {}
+            Err(e) => tracing::error!(error = %e, "cannot buffer an event"),
+        }
+    }
+
+    /// Sends the oldest buffered events if connected and nothing is awaiting its PUBACK.
+    fn flush(&mut self) {
+        if !self.connected || self.in_flight.is_some() {
+            return;
+        }
+        let pending = match self.store.pending_events(BATCH) {
+            Ok(p) if !p.is_empty() => p,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the event outbox");
+                return;
+            }
+        };
+        let last = pending.last().map_or(0, |(s, _)| *s);
+        let events: Vec<Event> = pending
+            .iter()
+            .filter_map(|(_, b)| serde_json::from_str(b).ok())
+            .collect();
+        let batch = EventBatch {
+            display: self.cfg.id.clone(),
+            events,
+        };
+        let Ok(bytes) = serde_json::to_vec(&batch) else {
+            return;
+        };
+        match self
+            .mqtt
+            .publish_confirmed(&self.topics.events, bytes, false)
+        {
+            Ok(rx) => self.in_flight = Some((last, rx)),
+            Err(e) => tracing::debug!(error = %e, "events not sent; will retry"),
+        }
+    }
+
+    /// On shutdown: sends buffered events until the outbox is empty, the connection is gone, or
+    /// `limit` passes. What is left stays on disk for the next start.
+    async fn drain(
+        &mut self,
+        events: &mut tokio::sync::mpsc::Receiver<MqttEvent>,
+        limit: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            self.flush();
+            let Some((seq, rx)) = self.in_flight.take() else {
+                return;
+            };
+            let acked = tokio::select! {
+                r = rx => r.is_ok(),
+                _ = tokio::time::sleep_until(deadline) => false,
+                // Keep the connection's events flowing (and notice a disconnect).
+                ev = events.recv() => {
+                    if matches!(ev, Some(MqttEvent::Disconnected(_)) | None) {
+                        self.connected = false;
+                    }
+                    false
+                }
+            };
+            if acked {
+                if let Err(e) = self.store.confirm_events(seq) {
+                    tracing::error!(error = %e, "cannot update the event outbox");
+                    return;
+                }
+            } else if !self.connected || tokio::time::Instant::now() >= deadline {
+                tracing::info!("events left in the outbox are sent on the next start");
+                return;
+            }
+        }
+    }
+
+    fn status(&self) -> Status {
+        let now = Utc::now();
+        let (tl, version) = self.timeline(now);
+        let topic = tl.map(|t| match t.target {
+            crate::wire::Target::Display(_) => self.topics.display.clone(),
+            crate::wire::Target::Channel(_) => self.topics.channel.clone(),
+        });
+        Status {
+            display: self.cfg.id.clone(),
+            online: true,
+            channel: self.cfg.channel.clone(),
+            timeline: topic
+                .zip(version)
+                .map(|(topic, version)| Applied { topic, version }),
+            alert: self.alert(now).map(|a| a.id.clone()),
+            agent_version: env!("CARGO_PKG_VERSION").into(),
+            started_at: self.started_at,
+            at: now,
+        }
+    }
+
+    fn publish_status(&mut self) {
+        if !self.connected {
+            return;
+        }
+        if let Ok(bytes) = serde_json::to_vec(&self.status())
+            && let Err(e) = self.mqtt.publish(&self.topics.status, bytes, true)
+        {
+            tracing::debug!(error = %e, "status not sent; will resend on reconnect");
+        }
+    }
+}
+
+fn severity_rank(s: &str) -> u8 {
+    match s {
+        "extreme" => 4,
+        "severe" => 3,
+        "moderate" => 2,
+        "minor" => 1,
+        _ => 0,
+    }
+}

@@ -1,0 +1,121 @@
+//! The web renderer: a local page for a kiosk browser (`chromium --kiosk http://127.0.0.1:8090/`).
+//! The page loads the current frame from `/frame` and then follows `/events` (server-sent
+//! events): no reloads, and it keeps the last frame if the agent goes away.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse};
+use axum::routing::get;
+use futures_util::stream::{self, Stream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use super::player::Frame;
+use super::render::{Renderer, frame_json};
+
+/// Publishes frames to connected pages.
+pub struct Web {
+    display: String,
+    tx: watch::Sender<serde_json::Value>,
+}
+
+impl Renderer for Web {
+    fn show(&mut self, frame: &Frame, version: Option<u64>) {
+        self.tx
+            .send_replace(frame_json(&self.display, frame, version));
+    }
+}
+
+/// Binds `listen` and serves the page until `cancel`. Returns the renderer and the bound address.
+pub async fn start(
+    display: &str,
+    listen: SocketAddr,
+    cancel: CancellationToken,
+) -> anyhow::Result<(Web, SocketAddr)> {
+    let (tx, rx) = watch::channel(serde_json::Value::Null);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("web renderer cannot listen on {listen} (web.listen): {e}"))?;
+    let addr = listener.local_addr()?;
+    let frame_rx = rx.clone();
+    let app = Router::new()
+        .route("/", get(|| async { Html(PAGE) }))
+        .route(
+            "/frame",
+            get(move || {
+                let v = frame_rx.borrow().clone();
+                async move { axum::Json(v).into_response() }
+            }),
+        )
+        .route("/events", get(move || events(rx.clone())));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(cancel.cancelled_owned())
+            .await;
+    });
+    Ok((
+        Web {
+            display: display.to_owned(),
+            tx,
+        },
+        addr,
+    ))
+}
+
+async fn events(
+    rx: watch::Receiver<serde_json::Value>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let s = stream::unfold((rx, true), |(mut rx, first)| async move {
+        if !first && rx.changed().await.is_err() {
+            return None;
+        }
+        let v = rx.borrow_and_update().clone();
+        Some((
+            Ok(Event::default().event("frame").data(v.to_string())),
+            (rx, false),
+        ))
+    });
+    Sse::new(s).keep_alive(KeepAlive::default())
+}
+
+const PAGE: &str = r#"<!doctype html>
+<html lang="zh">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>Marquee</title>
+<style>
+  html, body { margin: 0; height: 100%; background: #0b1f3a; color: #fff; overflow: hidden; }
+  body { display: flex; align-items: center; justify-content: center; text-align: center;
+         font-family: "Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Micro Hei", "PingFang SC",
+                      "Microsoft YaHei", "Noto Sans", "Helvetica Neue", Arial, sans-serif; }
+  #text { font-size: 7vw; line-height: 1.25; font-weight: 700; padding: 4vw; }
+  body.alert { background: #b00020; }
+  body.alert #text::before { content: "⚠ "; }
+  body.fallback { background: #1d2b3a; color: #cfd8e3; }
+  body.interrupt { background: #7a4b00; }
+  #meta { position: fixed; bottom: 1vh; right: 2vw; font-size: 1.2vw; opacity: .45; }
+</style>
+</head>
+<body class="timeline">
+<div id="text"></div>
+<div id="meta"></div>
+<script>
+function show(f) {
+  if (!f || !f.text) return;
+  document.getElementById('text').textContent = f.text;
+  document.documentElement.lang = f.lang || 'zh';
+  document.body.className = f.kind + (f.tier === 'interrupt' ? ' interrupt' : '');
+  document.body.dataset.item = f.item;
+  document.getElementById('meta').textContent = f.display + (f.timeline_version ? ' · v' + f.timeline_version : '');
+}
+fetch('/frame').then(r => r.json()).then(show).catch(() => {});
+const es = new EventSource('/events');
+es.addEventListener('frame', e => show(JSON.parse(e.data)));
+</script>
+</body>
+</html>
+"#;

@@ -1,0 +1,80 @@
+//! Fleet intake: agents' retained status and event batches, read from the broker and written to
+//! the store. Reports are checked against their topic (an agent cannot report for another display)
+//! and stored once per event id, so redeliveries after reconnects do not count twice.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use chrono::Utc;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::Metrics;
+use crate::store::Store;
+use crate::wire::Topic;
+use crate::wire::agent::{EventBatch, Status};
+
+/// Runs until `cancel` or until `rx` closes.
+pub async fn run(
+    store: Arc<Store>,
+    prefix: String,
+    mut rx: mpsc::Receiver<(String, Bytes)>,
+    metrics: Metrics,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (topic, payload) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            m = rx.recv() => match m { Some(m) => m, None => return },
+        };
+        if payload.is_empty() {
+            continue;
+        }
+        let store = store.clone();
+        let res = match Topic::parse(&prefix, &topic) {
+            Some(Topic::AgentStatus(display)) => match serde_json::from_slice::<Status>(&payload) {
+                Ok(s) if s.display == display => {
+                    tracing::info!(display = %s.display, online = s.online, "display status");
+                    tokio::task::spawn_blocking(move || {
+                        store.record_status(&s, Utc::now()).map(|()| 0)
+                    })
+                    .await
+                }
+                Ok(s) => {
+                    tracing::warn!(topic, claimed = %s.display, "status names another display; ignored");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(topic, error = %e, "unreadable status; ignored");
+                    continue;
+                }
+            },
+            Some(Topic::AgentEvents(display)) => {
+                match serde_json::from_slice::<EventBatch>(&payload) {
+                    Ok(b) if b.display == display => {
+                        tokio::task::spawn_blocking(move || {
+                            store.record_events(&display, &b.events, Utc::now())
+                        })
+                        .await
+                    }
+                    Ok(_) => {
+                        tracing::warn!(topic, "event batch names another display; ignored");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(topic, error = %e, "unreadable event batch; ignored");
+                        continue;
+                    }
+                }
+            }
+            _ => continue,
+        };
+        match res {
+            Ok(Ok(new)) => {
+                metrics.events_ingested.inc_by(new as u64);
+            }
+            Ok(Err(e)) => tracing::error!(topic, error = %e, "cannot store an agent report"),
+            Err(e) => tracing::error!(topic, error = %e, "agent report task failed"),
+        };
+    }
+}

@@ -1,0 +1,326 @@
+//! The fleet in the daemon's database: each display's last status, its events (stored once per
+//! event id, however often an agent redelivers them) and proof of play.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use rusqlite::{OptionalExtension, Row, params};
+use serde::Serialize;
+
+use super::{Store, StoreError};
+use crate::wire::agent::{Event, EventKind, Status};
+
+/// Fixed-width UTC times, so that text order is time order.
+pub fn ts(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// A display as the daemon knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DisplayRow {
+    /// Display id.
+    pub id: String,
+    /// Connected now.
+    pub online: bool,
+    /// Since when online/offline.
+    pub since: String,
+    /// Its channel.
+    pub channel: String,
+    /// Applied timeline topic.
+    pub timeline_topic: Option<String>,
+    /// Applied timeline version.
+    pub timeline_version: Option<u64>,
+    /// Alert on screen.
+    pub alert: Option<String>,
+    /// Agent version.
+    pub agent_version: String,
+    /// Agent start.
+    pub started_at: String,
+    /// Last status or event.
+    pub last_seen: String,
+    /// Last alert acknowledged as displayed.
+    pub last_alert_ack: Option<String>,
+    /// When.
+    pub last_alert_ack_at: Option<String>,
+    /// Its latency.
+    pub last_alert_latency_ms: Option<i64>,
+}
+
+/// One proof-of-play record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlayRow {
+    /// Event id.
+    pub event_id: String,
+    /// Display.
+    pub display: String,
+    /// Item id.
+    pub item: String,
+    /// Playlist id.
+    pub playlist: String,
+    /// Language.
+    pub lang: String,
+    /// Start (UTC).
+    pub start: String,
+    /// End (UTC).
+    pub end: String,
+}
+
+fn display_row(r: &Row<'_>) -> rusqlite::Result<DisplayRow> {
+    Ok(DisplayRow {
+        id: r.get(0)?,
+        online: r.get(1)?,
+        since: r.get(2)?,
+        channel: r.get(3)?,
+        timeline_topic: r.get(4)?,
+        timeline_version: r.get::<_, Option<i64>>(5)?.map(|v| v as u64),
+        alert: r.get(6)?,
+        agent_version: r.get(7)?,
+        started_at: r.get(8)?,
+        last_seen: r.get(9)?,
+        last_alert_ack: r.get(10)?,
+        last_alert_ack_at: r.get(11)?,
+        last_alert_latency_ms: r.get(12)?,
+    })
+}
+
+const DISPLAY_COLUMNS: &str = "id, online, since, channel, timeline_topic, timeline_version, alert, agent_version, \
+     started_at, last_seen, last_alert_ack, last_alert_ack_at, last_alert_latency_ms";
+
+impl Store {
+    /// Records a status report received at `now`.
+    pub fn record_status(&self, s: &Status, now: DateTime<Utc>) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let was: Option<bool> = conn
+            .query_row(
+                "SELECT online FROM displays WHERE id = ?1",
+                [&s.display],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let since_changes = was != Some(s.online);
+        conn.execute(
+            "INSERT INTO displays (id, online, channel, timeline_topic, timeline_version, alert, agent_version,
+                                   started_at, since, last_seen)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+             ON CONFLICT(id) DO UPDATE SET online = excluded.online, channel = excluded.channel,
+                 timeline_topic = COALESCE(excluded.timeline_topic, timeline_topic),
+                 timeline_version = COALESCE(excluded.timeline_version, timeline_version),
+                 alert = excluded.alert, agent_version = excluded.agent_version,
+                 started_at = excluded.started_at,
+                 since = CASE WHEN ?10 THEN excluded.since ELSE since END,
+                 last_seen = excluded.last_seen",
+            params![
+                s.display,
+                s.online,
+                s.channel,
+                s.timeline.as_ref().map(|t| &t.topic),
+                s.timeline.as_ref().map(|t| t.version as i64),
+                s.alert,
+                s.agent_version,
+                ts(s.started_at),
+                ts(now),
+                since_changes,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Stores a batch of events from `display`; returns how many were new.
+    pub fn record_events(
+        &self,
+        display: &str,
+        events: &[Event],
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let mut new = 0;
+        for e in events {
+            let kind = match &e.kind {
+                EventKind::TimelineApplied { .. } => "timeline_applied",
+                EventKind::AlertDisplayed { .. } => "alert_displayed",
+                EventKind::Play { .. } => "play",
+                EventKind::Refused { .. } => "refused",
+            };
+            let body = serde_json::to_string(e).unwrap_or_default();
+            let inserted = tx.execute(
+                "INSERT OR IGNORE INTO events (id, display, kind, at, body, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![e.id, display, kind, ts(e.at), body, ts(now)],
+            )?;
+            if inserted == 0 {
+                continue;
+            }
+            new += 1;
+            match &e.kind {
+                EventKind::Play {
+                    item,
+                    playlist,
+                    lang,
+                    start,
+                    end,
+                } => {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO plays (event_id, display, item, playlist, lang, start, end)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        params![e.id, display, item, playlist, lang, ts(*start), ts(*end)],
+                    )?;
+                }
+                EventKind::AlertDisplayed { alert, latency_ms } => {
+                    tx.execute(
+                        "UPDATE displays SET last_alert_ack = ?2, last_alert_ack_at = ?3, last_alert_latency_ms = ?4
+                         WHERE id = ?1",
+                        params![display, alert, ts(e.at), latency_ms],
+                    )?;
+                }
+                _ => {}
+            }
+        }
+        tx.execute(
+            "UPDATE displays SET last_seen = ?2 WHERE id = ?1",
+            params![display, ts(now)],
+        )?;
+        tx.commit()?;
+        Ok(new)
+    }
+
+    /// Every known display, by id.
+    pub fn displays(&self) -> Result<Vec<DisplayRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {DISPLAY_COLUMNS} FROM displays ORDER BY id"
+        ))?;
+        let rows = stmt.query_map([], display_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One display.
+    pub fn display(&self, id: &str) -> Result<Option<DisplayRow>, StoreError> {
+        let conn = self.conn();
+        Ok(conn
+            .query_row(
+                &format!("SELECT {DISPLAY_COLUMNS} FROM displays WHERE id = ?1"),
+                [id],
+                display_row,
+            )
+            .optional()?)
+    }
+
+    /// Plays that overlap `[from, until)`, optionally of one display, oldest first (at most `limit`).
+    pub fn plays(
+        &self,
+        display: Option<&str>,
+        from: DateTime<Utc>,
+        until: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<PlayRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT event_id, display, item, playlist, lang, start, end FROM plays
+             WHERE (?1 IS NULL OR display = ?1) AND start < ?3 AND end > ?2
+             ORDER BY start, display LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![display, ts(from), ts(until), limit as i64], |r| {
+            Ok(PlayRow {
+                event_id: r.get(0)?,
+                display: r.get(1)?,
+                item: r.get(2)?,
+                playlist: r.get(3)?,
+                lang: r.get(4)?,
+                start: r.get(5)?,
+                end: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::agent::Applied;
+
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    fn status(online: bool) -> Status {
+        Status {
+            display: "d1".into(),
+            online,
+            channel: "lobby".into(),
+            timeline: Some(Applied {
+                topic: "x".into(),
+                version: 3,
+            }),
+            alert: None,
+            agent_version: "0.1.0".into(),
+            started_at: t("2021-05-15T00:00:00Z"),
+            at: t("2021-05-15T00:00:00Z"),
+        }
+    }
+
+    fn play(id: &str, start: &str, end: &str) -> Event {
+        Event {
+            id: id.into(),
+            at: t(end),
+            kind: EventKind::Play {
+                item: "a".into(),
+                playlist: "p".into(),
+                lang: "zh".into(),
+                start: t(start),
+                end: t(end),
+            },
+        }
+    }
+
+    #[test]
+    fn events_are_stored_once_and_plays_are_queryable() {
+        let s = Store::memory().unwrap();
+        s.record_status(&status(true), t("2021-05-15T01:00:00Z"))
+            .unwrap();
+        let batch = vec![
+            play("d1:1", "2021-05-15T01:00:00Z", "2021-05-15T01:00:10Z"),
+            play("d1:2", "2021-05-15T01:00:10Z", "2021-05-15T01:00:20Z"),
+        ];
+        assert_eq!(
+            s.record_events("d1", &batch, t("2021-05-15T01:01:00Z"))
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            s.record_events("d1", &batch, t("2021-05-15T01:02:00Z"))
+                .unwrap(),
+            0
+        );
+        let plays = s
+            .plays(
+                Some("d1"),
+                t("2021-05-15T01:00:15Z"),
+                t("2021-05-15T02:00:00Z"),
+                100,
+            )
+            .unwrap();
+        assert_eq!(plays.len(), 1);
+        assert_eq!(plays[0].event_id, "d1:2");
+    }
+
+    #[test]
+    fn since_moves_only_when_online_changes() {
+        let s = Store::memory().unwrap();
+        s.record_status(&status(true), t("2021-05-15T01:00:00Z"))
+            .unwrap();
+        s.record_status(&status(true), t("2021-05-15T02:00:00Z"))
+            .unwrap();
+        let d = s.display("d1").unwrap().unwrap();
+        assert_eq!(
+            (d.online, d.since.as_str()),
+            (true, "2021-05-15T01:00:00.000Z")
+        );
+        assert_eq!(d.timeline_version, Some(3));
+        s.record_status(&status(false), t("2021-05-15T03:00:00Z"))
+            .unwrap();
+        let d = s.display("d1").unwrap().unwrap();
+        assert_eq!(
+            (d.online, d.since.as_str()),
+            (false, "2021-05-15T03:00:00.000Z")
+        );
+    }
+}

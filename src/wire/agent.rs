@@ -1,0 +1,99 @@
+//! What agents publish: a retained status (with an offline last-will) and event batches (acks
+//! and proof of play). Agents are not trusted signers; the daemon treats these as reports.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// `marquee/v1/agent/{display}/status`, retained. The last-will carries `online: false`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    /// Display id.
+    pub display: String,
+    /// Whether the agent is connected.
+    pub online: bool,
+    /// The agent's channel.
+    pub channel: String,
+    /// Applied timeline: topic and version (`None` before any).
+    pub timeline: Option<Applied>,
+    /// Alert on screen now, if any (id).
+    pub alert: Option<String>,
+    /// Agent software version.
+    pub agent_version: String,
+    /// When the agent process started.
+    pub started_at: DateTime<Utc>,
+    /// When this status was written.
+    pub at: DateTime<Utc>,
+}
+
+/// A payload the agent applied.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Applied {
+    /// Topic it came on.
+    pub topic: String,
+    /// Its version.
+    pub version: u64,
+}
+
+/// One report. `id` is unique per agent for ever (`{display}:{sequence}`), so the daemon stores
+/// each event once however often it is redelivered.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unique id.
+    pub id: String,
+    /// When it happened (agent clock).
+    pub at: DateTime<Utc>,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// Kinds of report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    /// A new timeline was verified and applied.
+    TimelineApplied {
+        /// Topic.
+        topic: String,
+        /// Version.
+        version: u64,
+        /// Milliseconds from the daemon signing it to the agent applying it.
+        latency_ms: i64,
+    },
+    /// An alert went on screen.
+    AlertDisplayed {
+        /// Alert id.
+        alert: String,
+        /// Milliseconds from signing to display.
+        latency_ms: i64,
+    },
+    /// Proof of play: an item was on screen from `start` to `end`.
+    Play {
+        /// Item id.
+        item: String,
+        /// Playlist id (or `fallback` for the agent's local fallback).
+        playlist: String,
+        /// Language shown.
+        lang: String,
+        /// Start.
+        start: DateTime<Utc>,
+        /// End.
+        end: DateTime<Utc>,
+    },
+    /// A payload was refused (forged, replayed, rolled back, expired).
+    Refused {
+        /// Topic.
+        topic: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// `marquee/v1/agent/{display}/events`: a batch, oldest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventBatch {
+    /// Display id.
+    pub display: String,
+    /// Events.
+    pub events: Vec<Event>,
+}

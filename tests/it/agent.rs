@@ -1,0 +1,356 @@
+//! The display agent against a real daemon and broker: playback, verification, reporting,
+//! broker restarts and offline start-up.
+
+use chrono::{Duration, SecondsFormat, Utc};
+use serde_json::Value;
+
+use crate::harness::*;
+
+const LOBBY: &str = "marquee/v1/channel/lobby/timeline";
+
+/// An interrupt playlist on the lobby channel, live from a minute ago until `until`, with
+/// one-second items so frames (and proof of play) come quickly.
+fn interrupt(text: &str, until: chrono::DateTime<Utc>) -> String {
+    let from = (Utc::now() - Duration::minutes(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let until = until.to_rfc3339_opts(SecondsFormat::Secs, true);
+    format!(
+        r#"{{"id": "test-lobby", "tier": "interrupt", "targets": {{"channels": ["lobby"]}},
+  "schedule": [{{"from": "{from}", "until": "{until}"}}],
+  "items": [{{"id": "one", "text": {{"zh": "{text} 一", "en": "{text} one"}}, "seconds": 1}},
+            {{"id": "two", "text": {{"zh": "{text} 二", "en": "{text} two"}}, "seconds": 1}}]}}"#
+    )
+}
+
+fn later() -> chrono::DateTime<Utc> {
+    Utc::now() + Duration::hours(6)
+}
+
+fn shows(text: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| text_of(v).starts_with(text)
+}
+
+async fn display(d: &Daemon, token: &str, id: &str) -> Option<Value> {
+    let (status, body) = d.get(&format!("/api/v1/displays/{id}"), Some(token)).await;
+    (status == 200).then_some(body)
+}
+
+async fn wait_display(
+    d: &Daemon,
+    token: &str,
+    id: &str,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = display(d, token, id).await
+            && pred(&v)
+        {
+            return v;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {what}; last: {:?}",
+            display(d, token, id).await
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn agent_plays_edits_reports_and_goes_offline_when_killed() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    let mut agent = AgentProc::start(&agent_config(&site, "lobby-test-1", "lobby", port), &[]);
+
+    // It plays the lobby timeline (the hotline daytime playlist or the fallback playlist).
+    agent
+        .frame("a timeline frame", |v| v["kind"] == "timeline")
+        .await;
+
+    // An edit reaches the screen.
+    std::fs::write(site.playlist("test-lobby"), interrupt("edited", later())).unwrap();
+    let f = agent.frame("the edited slogan", shows("edited")).await;
+    assert_eq!(f["timeline_version"], 2);
+    assert_eq!(f["tier"], "interrupt");
+    // Both languages alternate.
+    agent
+        .frame("the zh text", |v| {
+            text_of(v).starts_with("edited") && v["lang"] == "zh"
+        })
+        .await;
+    agent
+        .frame("the en text", |v| {
+            text_of(v).starts_with("edited") && v["lang"] == "en"
+        })
+        .await;
+
+    // The daemon knows the display: online, on the current version.
+    let v = wait_display(&d, &token, "lobby-test-1", "applied version 2", |v| {
+        v["online"] == true && v["timeline_version"] == 2 && v["up_to_date"] == true
+    })
+    .await;
+    assert_eq!(v["channel"], "lobby");
+    assert_eq!(v["expected_timeline"]["topic"], LOBBY);
+
+    // Proof of play arrives (JSON and CSV).
+    let plays = eventually_plays(&d, &token, "lobby-test-1", 3).await;
+    assert!(
+        plays.iter().any(|p| p["playlist"] == "test-lobby"),
+        "{plays:?}"
+    );
+    let resp = reqwest::Client::new()
+        .get(format!("{}/api/v1/plays?display=lobby-test-1", d.http))
+        .bearer_auth(&token)
+        .header("Accept", "text/csv")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/csv; charset=utf-8");
+    let csv = resp.text().await.unwrap();
+    assert!(
+        csv.starts_with("event_id,display,item,playlist,lang,start,end\n"),
+        "{csv}"
+    );
+    assert!(csv.contains(",test-lobby,"), "{csv}");
+
+    // The CLI shows the fleet.
+    let out = std::process::Command::new(bin())
+        .args(["displays", "--url", &d.http, "--token", &token])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains("lobby-test-1") && table.contains("online since") && table.contains("v2/v2"),
+        "{table}"
+    );
+
+    // kill -9: the broker's last-will marks it offline.
+    agent.kill();
+    wait_display(&d, &token, "lobby-test-1", "offline after kill -9", |v| {
+        v["online"] == false
+    })
+    .await;
+}
+
+async fn eventually_plays(d: &Daemon, token: &str, display: &str, n: usize) -> Vec<Value> {
+    let start = std::time::Instant::now();
+    loop {
+        let (_, body) = d
+            .get(&format!("/api/v1/plays?display={display}"), Some(token))
+            .await;
+        let plays = body["plays"].as_array().cloned().unwrap_or_default();
+        if plays.len() >= n {
+            return plays;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {n} plays of {display}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn agent_refuses_forged_replayed_and_rolled_back_payloads() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    let _d = Daemon::start(&site).await;
+    let key = site.public_key();
+    let mut sub = Sub::connect(port, "marquee/v1/channel/+/timeline").await;
+    let v1 = sub.wait("lobby v1", |m| m.topic == LOBBY).await;
+    let subway = sub
+        .wait("subway v1", |m| {
+            m.topic == "marquee/v1/channel/subway/timeline"
+        })
+        .await;
+    std::fs::write(site.playlist("test-lobby"), interrupt("genuine", later())).unwrap();
+    let (v, _) = sub.timeline(&key, LOBBY, 2).await;
+    assert_eq!(v, 2);
+    let mut agent = AgentProc::start(&agent_config(&site, "lobby-test-2", "lobby", port), &[]);
+    agent.frame("the genuine slogan", shows("genuine")).await;
+
+    // Sign with another key a timeline that would show "FORGED".
+    let other = marquee::wire::KeyPair::from_seed([9; 32]);
+    let forged_body = {
+        let (_, mut tl) = v1.timeline(&key);
+        for s in &mut tl.segments {
+            for i in &mut s.items {
+                i.text.insert("en".into(), "FORGED".into());
+                i.text.insert("zh".into(), "FORGED".into());
+            }
+        }
+        marquee::wire::SignedBody {
+            topic: LOBBY.into(),
+            version: 99,
+            issued_at: Utc::now(),
+            expires_at: Utc::now() + Duration::hours(1),
+            payload: marquee::wire::Signed::Timeline(tl),
+        }
+    };
+    let forged = marquee::wire::sign(&other, &forged_body);
+    let tampered = String::from_utf8(v1.payload.clone()).unwrap().replacen(
+        "\"version\":1",
+        "\"version\":98",
+        1,
+    );
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        ("wrong key", forged, "bad signature"),
+        ("tampered", tampered.into_bytes(), "bad signature"),
+        (
+            "other topic",
+            subway.payload.clone(),
+            "signed for topic marquee/v1/channel/subway/timeline",
+        ),
+        (
+            "rollback",
+            v1.payload.clone(),
+            "version 1 is not newer than the version 2",
+        ),
+    ];
+    for (what, bytes, reason) in cases {
+        sub.client
+            .publish(LOBBY, rumqttc::QoS::AtLeastOnce, false, bytes)
+            .await
+            .unwrap();
+        agent
+            .wait_log(what, |v| {
+                v["message"] == "refused payload; nothing shown from it"
+                    && v["reason"].as_str().is_some_and(|r| r.contains(reason))
+            })
+            .await;
+    }
+    // Still the genuine content, never the forged one.
+    agent
+        .frame("genuine after the attacks", shows("genuine"))
+        .await;
+    assert!(!agent.shown(|v| text_of(v).contains("FORGED")));
+    assert!(agent.shown(|v| v["timeline_version"] == 2));
+    assert!(!agent.shown(|v| v["timeline_version"].as_u64().is_some_and(|n| n > 2)));
+}
+
+#[tokio::test]
+async fn broker_restart_agent_catches_up_and_no_event_is_lost_or_doubled() {
+    let mq = Mosquitto::start().await;
+    let site = Site::new(
+        &format!("embedded = false\nurl = \"mqtt://127.0.0.1:{}\"", mq.port),
+        "",
+    );
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    std::fs::write(site.playlist("test-lobby"), interrupt("before", later())).unwrap();
+    let mut agent = AgentProc::start(&agent_config(&site, "lobby-test-3", "lobby", mq.port), &[]);
+    agent.frame("before", shows("before")).await;
+
+    // Broker down: the agent keeps playing (and buffering proof of play).
+    let n = agent.frames.lock().unwrap().len();
+    let frames = agent.frames.clone();
+    let _mq = mq
+        .restart_after(|| async move {
+            eventually("frames while the broker is down", || {
+                (frames.lock().unwrap().len() >= n + 3).then_some(())
+            })
+            .await;
+        })
+        .await;
+    // Back up: the daemon re-asserts, an edit flows through, and the agent follows.
+    std::fs::write(site.playlist("test-lobby"), interrupt("after", later())).unwrap();
+    agent
+        .frame("after the broker restart", shows("after"))
+        .await;
+
+    // Stop the agent cleanly: every frame it ended is a play the daemon stored exactly once.
+    let frames = agent.frames.clone();
+    assert_eq!(agent.stop().await, Some(0));
+    let shown: Vec<(String, String)> = frames
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["item"].as_str().unwrap().to_owned(),
+                f["start"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    let stored = loop {
+        let (_, body) = d
+            .get(
+                "/api/v1/plays?display=lobby-test-3&from=2000-01-01T00:00:00Z",
+                Some(&token),
+            )
+            .await;
+        let plays = body["plays"].as_array().cloned().unwrap_or_default();
+        if plays.len() >= shown.len() || start.elapsed() > DEADLINE {
+            break plays;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let mut got: Vec<(String, String)> = stored
+        .iter()
+        .map(|p| {
+            let start = chrono::DateTime::parse_from_rfc3339(p["start"].as_str().unwrap()).unwrap();
+            (
+                p["item"].as_str().unwrap().to_owned(),
+                start.with_timezone(&Utc).to_rfc3339(),
+            )
+        })
+        .collect();
+    let mut want: Vec<(String, String)> = shown
+        .iter()
+        .map(|(i, s)| {
+            (
+                i.clone(),
+                chrono::DateTime::parse_from_rfc3339(s)
+                    .unwrap()
+                    .with_timezone(&Utc)
+                    .to_rfc3339(),
+            )
+        })
+        .collect();
+    got.sort();
+    want.sort();
+    assert_eq!(got, want, "every frame shown is stored once as a play");
+}
+
+#[tokio::test]
+async fn agent_started_without_a_broker_plays_its_cache_and_switches_on_time() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    let d = Daemon::start(&site).await;
+    // The interrupt ends 4 s from now; after it the lobby shows what was scheduled under it.
+    let end = Utc::now() + Duration::seconds(4);
+    std::fs::write(site.playlist("test-lobby"), interrupt("cached", end)).unwrap();
+    let config = agent_config(&site, "lobby-test-4", "lobby", port);
+    let mut agent = AgentProc::start(&config, &[]);
+    agent.frame("the cached slogan", shows("cached")).await;
+    assert_eq!(agent.stop().await, Some(0));
+    assert_eq!(d.stop().await, Some(0));
+
+    // No daemon, no broker: the agent plays from its cache and switches at the boundary.
+    let mut offline = AgentProc::start(&config, &[]);
+    let f = offline
+        .frame("the cached slogan, offline", shows("cached"))
+        .await;
+    assert_eq!(f["kind"], "timeline");
+    let after = offline
+        .frame("the segment after the interrupt", |v| {
+            v["kind"] == "timeline" && !text_of(v).starts_with("cached")
+        })
+        .await;
+    let switched = chrono::DateTime::parse_from_rfc3339(after["start"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        switched.timestamp(),
+        end.timestamp(),
+        "switched exactly at the boundary"
+    );
+    assert_ne!(after["tier"], "interrupt");
+}
