@@ -23,6 +23,7 @@ use crate::mqtt::{self, ClientOptions, MqttEvent};
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 use crate::wire::Topic;
+use crate::wire::agent::DaemonStatus;
 use crate::wire::topic::Filter;
 
 const GRACE: Duration = Duration::from_secs(10);
@@ -84,14 +85,18 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 Filter::AgentStatus.render(prefix),
                 Filter::AgentEvents.render(prefix),
             ],
-            last_will: None,
+            last_will: Some(mqtt::LastWill {
+                topic: Topic::DaemonStatus.render(prefix),
+                payload: serde_json::to_vec(&DaemonStatus { online: false })?,
+            }),
         },
         cancel.child_token(),
     );
 
+    let signing = Arc::new(signing);
     let (scheduler, catalog) = Scheduler::new(
         cfg.clone(),
-        Arc::new(signing),
+        signing.clone(),
         store.clone(),
         mqtt.clone(),
         metrics.clone(),
@@ -109,6 +114,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracker.spawn(route_events(
         events,
         cfg.mqtt.topic_prefix.clone(),
+        mqtt.clone(),
         sched_tx,
         fleet_tx,
     ));
@@ -117,6 +123,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         cfg.mqtt.topic_prefix.clone(),
         fleet_rx,
         metrics.clone(),
+        crate::fleet::Receipts {
+            keys: signing.clone(),
+            mqtt: mqtt.clone(),
+        },
         cancel.clone(),
     ));
     {
@@ -185,14 +195,22 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Splits the connection's events between the scheduler and the fleet intake.
+/// Splits the connection's events between the scheduler and the fleet intake, and announces the
+/// daemon on every connection (after the subscriptions, which the broker handles first).
 async fn route_events(
     mut events: mpsc::Receiver<MqttEvent>,
     prefix: String,
+    mqtt: mqtt::MqttHandle,
     scheduler: mpsc::Sender<MqttEvent>,
     fleet: mpsc::Sender<(String, bytes::Bytes)>,
 ) {
+    let online = serde_json::to_vec(&DaemonStatus { online: true }).unwrap_or_default();
     while let Some(ev) = events.recv().await {
+        if matches!(ev, MqttEvent::Connected)
+            && let Err(e) = mqtt.publish(&Topic::DaemonStatus.render(&prefix), online.clone(), true)
+        {
+            tracing::warn!(error = %e, "daemon status not published");
+        }
         let sent = match ev {
             MqttEvent::Message { topic, payload, .. }
                 if matches!(

@@ -1,6 +1,8 @@
 //! Fleet intake: agents' retained status and event batches, read from the broker and written to
 //! the store. Reports are checked against their topic (an agent cannot report for another display)
-//! and stored once per event id, so redeliveries after reconnects do not count twice.
+//! and stored once per event id, so redeliveries after reconnects do not count twice. After each
+//! stored batch the agent gets a signed receipt (`agent/{display}/ack`); only that lets it drop
+//! the events from its outbox.
 
 use std::sync::Arc;
 
@@ -10,9 +12,21 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
+use crate::mqtt::MqttHandle;
 use crate::store::Store;
-use crate::wire::Topic;
-use crate::wire::agent::{EventBatch, Status};
+use crate::wire::agent::{EventAck, EventBatch, Status};
+use crate::wire::{KeyPair, Signed, SignedBody, Topic, sign};
+
+/// How long a receipt stays valid.
+const ACK_LIFETIME: chrono::Duration = chrono::Duration::hours(1);
+
+/// What the intake needs to answer agents.
+pub struct Receipts {
+    /// The daemon's signing key.
+    pub keys: Arc<KeyPair>,
+    /// Where to publish.
+    pub mqtt: MqttHandle,
+}
 
 /// Runs until `cancel` or until `rx` closes.
 pub async fn run(
@@ -20,6 +34,7 @@ pub async fn run(
     prefix: String,
     mut rx: mpsc::Receiver<(String, Bytes)>,
     metrics: Metrics,
+    receipts: Receipts,
     cancel: CancellationToken,
 ) {
     loop {
@@ -52,10 +67,20 @@ pub async fn run(
             Some(Topic::AgentEvents(display)) => {
                 match serde_json::from_slice::<EventBatch>(&payload) {
                     Ok(b) if b.display == display => {
-                        tokio::task::spawn_blocking(move || {
-                            store.record_events(&display, &b.events, Utc::now())
+                        let upto = b.upto;
+                        let res = tokio::task::spawn_blocking(move || {
+                            store
+                                .record_events(&display, &b.events, Utc::now())
+                                .map(|n| (n, display))
                         })
-                        .await
+                        .await;
+                        // Receipt only after the commit.
+                        res.map(|r| {
+                            r.map(|(new, display)| {
+                                receipt(&receipts, &prefix, display, upto);
+                                new
+                            })
+                        })
                     }
                     Ok(_) => {
                         tracing::warn!(topic, "event batch names another display; ignored");
@@ -76,5 +101,21 @@ pub async fn run(
             Ok(Err(e)) => tracing::error!(topic, error = %e, "cannot store an agent report"),
             Err(e) => tracing::error!(topic, error = %e, "agent report task failed"),
         };
+    }
+}
+
+/// Publishes the signed receipt for events up to `upto` of `display`.
+fn receipt(r: &Receipts, prefix: &str, display: String, upto: u64) {
+    let topic = Topic::AgentAck(display.clone()).render(prefix);
+    let now = Utc::now();
+    let body = SignedBody {
+        topic: topic.clone(),
+        version: upto,
+        issued_at: now,
+        expires_at: now + ACK_LIFETIME,
+        payload: Signed::EventAck(EventAck { display, upto }),
+    };
+    if let Err(e) = r.mqtt.publish(&topic, sign(&r.keys, &body), false) {
+        tracing::warn!(topic, error = %e, "receipt not sent; the agent will resend its events");
     }
 }

@@ -3,6 +3,7 @@
 //! keeps the last verified payloads on disk; plays by its own clock ([`player`]); renders
 //! ([`render`], [`web`]); and reports status (retained, offline last-will) and events (timeline
 //! applied, alert displayed, proof of play) from a durable outbox that survives being offline.
+//! Events leave the outbox only when the daemon's signed receipt says it stored them.
 
 pub mod config;
 pub mod player;
@@ -16,7 +17,6 @@ use std::time::Duration;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use self::config::{AgentConfig, RenderKind};
@@ -30,6 +30,12 @@ use crate::wire::{Signed, Timeline, Topic, WireError, verify};
 
 /// Events sent per batch.
 const BATCH: usize = 500;
+/// A batch not receipted by the daemon within this is sent again (the daemon stores each event id
+/// once, so a resend never counts twice); the wait doubles up to [`MAX_ACK_WAIT`] while receipts
+/// stay away, so a fleet does not flood the broker while the daemon is down.
+const ACK_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait between resends.
+const MAX_ACK_WAIT: Duration = Duration::from_secs(60);
 
 /// The topics an agent listens to.
 struct Topics {
@@ -38,6 +44,8 @@ struct Topics {
     alerts: Vec<String>,
     status: String,
     events: String,
+    ack: String,
+    daemon: String,
 }
 
 struct Agent {
@@ -56,7 +64,12 @@ struct Agent {
     acked_alerts: Vec<String>,
     started_at: DateTime<Utc>,
     connected: bool,
-    in_flight: Option<(u64, oneshot::Receiver<()>)>,
+    /// The batch awaiting the daemon's receipt: its last sequence number and when it was sent.
+    in_flight: Option<(u64, tokio::time::Instant)>,
+    /// Current wait for a receipt before resending.
+    ack_wait: Duration,
+    /// Random id of the outbox database, part of every event id.
+    instance: String,
 }
 
 /// Runs the agent until SIGTERM/SIGINT.
@@ -76,6 +89,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             .collect(),
         status: Topic::AgentStatus(cfg.id.clone()).render(p),
         events: Topic::AgentEvents(cfg.id.clone()).render(p),
+        ack: Topic::AgentAck(cfg.id.clone()).render(p),
+        daemon: Topic::DaemonStatus.render(p),
     };
     let cancel = CancellationToken::new();
     let renderer: Box<dyn Renderer> = match cfg.render {
@@ -100,7 +115,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         started_at,
         at: started_at,
     };
-    let mut subscriptions = vec![topics.channel.clone(), topics.display.clone()];
+    let mut subscriptions = vec![
+        topics.channel.clone(),
+        topics.display.clone(),
+        topics.ack.clone(),
+    ];
     subscriptions.extend(topics.alerts.iter().cloned());
     let (mqtt, mut events) = mqtt::connect(
         ClientOptions {
@@ -121,7 +140,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut agent = Agent {
         cfg,
         topics,
-        store,
+        store: store.clone(),
         mqtt,
         renderer,
         held: HashMap::new(),
@@ -133,6 +152,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         started_at,
         connected: false,
         in_flight: None,
+        ack_wait: ACK_WAIT,
+        instance: store.instance()?,
     };
     agent.restore_cache()?;
     tracing::info!(display = %agent.cfg.id, channel = %agent.cfg.channel, broker = %format!("{}:{}", agent.cfg.host, agent.cfg.port), "agent started");
@@ -164,15 +185,6 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 Some(MqttEvent::Message { topic, payload, .. }) => agent.on_message(&topic, &payload),
                 None => break,
             },
-            ack = async { (&mut agent.in_flight.as_mut().expect("guarded").1).await }, if agent.in_flight.is_some() => {
-                let (seq, _) = agent.in_flight.take().expect("guarded");
-                if ack.is_ok() {
-                    if let Err(e) = agent.store.confirm_events(seq) {
-                        tracing::error!(error = %e, "cannot update the event outbox");
-                    }
-                    agent.flush();
-                }
-            }
             _ = flush.tick() => agent.flush(),
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -217,6 +229,21 @@ impl Agent {
     }
 
     fn on_message(&mut self, topic: &str, bytes: &[u8]) {
+        if topic == self.topics.ack {
+            self.on_ack(bytes);
+            return;
+        }
+        if topic == self.topics.daemon {
+            let online = serde_json::from_slice::<crate::wire::agent::DaemonStatus>(bytes)
+                .is_ok_and(|s| s.online);
+            if online {
+                // The daemon (re)subscribed: whatever was sent before may have gone nowhere.
+                self.in_flight = None;
+                self.ack_wait = ACK_WAIT;
+                self.flush();
+            }
+            return;
+        }
         if bytes.is_empty() {
             if topic == self.topics.display {
                 tracing::info!(
@@ -276,6 +303,35 @@ impl Agent {
         }
     }
 
+    /// The daemon's signed receipt: events up to `upto` are stored and leave the outbox.
+    fn on_ack(&mut self, bytes: &[u8]) {
+        let upto = match verify(
+            &self.cfg.public_key,
+            &self.topics.ack,
+            bytes,
+            None,
+            Utc::now(),
+        ) {
+            Ok(body) => match body.payload {
+                Signed::EventAck(a) if a.display == self.cfg.id => a.upto,
+                _ => return,
+            },
+            Err(e) => {
+                tracing::warn!(topic = %self.topics.ack, reason = %e, "refused event receipt");
+                return;
+            }
+        };
+        if let Err(e) = self.store.confirm_events(upto) {
+            tracing::error!(error = %e, "cannot update the event outbox");
+            return;
+        }
+        self.ack_wait = ACK_WAIT;
+        if self.in_flight.is_some_and(|(seq, _)| seq <= upto) {
+            self.in_flight = None;
+            self.flush();
+        }
+    }
+
     fn apply(&mut self, topic: &str, version: u64, payload: Signed) {
         match payload {
             Signed::Timeline(tl) if topic == self.topics.display => {
@@ -293,6 +349,7 @@ impl Agent {
             Signed::AlertClear(c) => {
                 self.alerts.retain(|_, a| a.id != c.id);
             }
+            Signed::EventAck(_) => {}
         }
     }
 
@@ -360,11 +417,11 @@ impl Agent {
     }
 
     fn event(&mut self, kind: EventKind) {
-        let id = &self.cfg.id;
+        let (id, instance) = (&self.cfg.id, &self.instance);
         let res = self.store.push_event(
             |seq| {
                 serde_json::to_string(&Event {
-                    id: format!("{id}:{seq}"),
+                    id: format!("{id}:{instance}:{seq}"),
                     at: Utc::now(),
                     kind,
                 })
@@ -381,10 +438,17 @@ impl Agent {
         }
     }
 
-    /// Sends the oldest buffered events if connected and nothing is awaiting its PUBACK.
+    /// Sends the oldest buffered events if connected and no batch is awaiting its receipt (or the
+    /// receipt is overdue: then the batch goes again).
     fn flush(&mut self) {
-        if !self.connected || self.in_flight.is_some() {
+        if !self.connected {
             return;
+        }
+        if let Some((_, at)) = self.in_flight {
+            if at.elapsed() < self.ack_wait {
+                return;
+            }
+            self.ack_wait = (self.ack_wait * 2).min(MAX_ACK_WAIT);
         }
         let pending = match self.store.pending_events(BATCH) {
             Ok(p) if !p.is_empty() => p,
@@ -401,22 +465,20 @@ impl Agent {
             .collect();
         let batch = EventBatch {
             display: self.cfg.id.clone(),
+            upto: last,
             events,
         };
         let Ok(bytes) = serde_json::to_vec(&batch) else {
             return;
         };
-        match self
-            .mqtt
-            .publish_confirmed(&self.topics.events, bytes, false)
-        {
-            Ok(rx) => self.in_flight = Some((last, rx)),
+        match self.mqtt.publish(&self.topics.events, bytes, false) {
+            Ok(()) => self.in_flight = Some((last, tokio::time::Instant::now())),
             Err(e) => tracing::debug!(error = %e, "events not sent; will retry"),
         }
     }
 
-    /// On shutdown: sends buffered events until the outbox is empty, the connection is gone, or
-    /// `limit` passes. What is left stays on disk for the next start.
+    /// On shutdown: sends buffered events until the daemon has receipted them all, the connection
+    /// is gone, or `limit` passes. What is left stays on disk for the next start.
     async fn drain(
         &mut self,
         events: &mut tokio::sync::mpsc::Receiver<MqttEvent>,
@@ -424,29 +486,20 @@ impl Agent {
     ) {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            self.flush();
-            let Some((seq, rx)) = self.in_flight.take() else {
+            if !self.connected || self.store.pending_events(1).map_or(true, |p| p.is_empty()) {
                 return;
-            };
-            let acked = tokio::select! {
-                r = rx => r.is_ok(),
-                _ = tokio::time::sleep_until(deadline) => false,
-                // Keep the connection's events flowing (and notice a disconnect).
-                ev = events.recv() => {
-                    if matches!(ev, Some(MqttEvent::Disconnected(_)) | None) {
-                        self.connected = false;
-                    }
-                    false
-                }
-            };
-            if acked {
-                if let Err(e) = self.store.confirm_events(seq) {
-                    tracing::error!(error = %e, "cannot update the event outbox");
+            }
+            self.flush();
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(MqttEvent::Message { topic, payload, .. }) => self.on_message(&topic, &payload),
+                    Some(MqttEvent::Connected) => {}
+                    Some(MqttEvent::Disconnected(_)) | None => self.connected = false,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    tracing::info!("events left in the outbox are sent on the next start");
                     return;
                 }
-            } else if !self.connected || tokio::time::Instant::now() >= deadline {
-                tracing::info!("events left in the outbox are sent on the next start");
-                return;
             }
         }
     }

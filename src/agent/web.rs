@@ -100,7 +100,7 @@ const PAGE: &str = r#"<!doctype html>
   #meta { position: fixed; bottom: 1vh; right: 2vw; font-size: 1.2vw; opacity: .45; }
 </style>
 </head>
-<body class="timeline">
+<body class="timeline" data-updates="0">
 <div id="text"></div>
 <div id="meta"></div>
 <script>
@@ -114,7 +114,10 @@ function show(f) {
 }
 fetch('/frame').then(r => r.json()).then(show).catch(() => {});
 const es = new EventSource('/events');
-es.addEventListener('frame', e => show(JSON.parse(e.data)));
+es.addEventListener('frame', e => {
+  document.body.dataset.updates = String(Number(document.body.dataset.updates) + 1);
+  show(JSON.parse(e.data));
+});
 </script>
 </body>
 </html>

@@ -3,21 +3,15 @@
 //! [`MqttEvent`]s on a bounded channel. Publishing never blocks the caller: while disconnected a
 //! publish is dropped (clean sessions: rumqttc discards what was queued) and the caller re-asserts
 //! its state on the next [`MqttEvent::Connected`].
-//!
-//! [`MqttHandle::publish_confirmed`] reports the broker's PUBACK for one publish. rumqttc does not
-//! expose that per message, so the wrapper matches them itself: QoS 1 publishes leave in the
-//! order they were queued (each shows up as `Outgoing::Publish(pkid)`), so a FIFO of waiters turns
-//! into a map from packet id to waiter, and the PUBACK with that id fires it. A lost connection
-//! drops every waiter unfired: the caller keeps the data and sends it again.
-
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+//! Delivery that must not be lost is acknowledged end to end by the application (see the agent's
+//! outbox), never by a broker PUBACK: a broker acknowledges, then drops, messages that nobody is
+//! subscribed to yet.
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Outgoing, Packet, QoS};
-use tokio::sync::{mpsc, oneshot};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 /// How to connect.
@@ -72,21 +66,6 @@ pub enum MqttEvent {
 #[derive(Clone)]
 pub struct MqttHandle {
     client: AsyncClient,
-    waiters: Arc<Mutex<Waiters>>,
-}
-
-/// PUBACK waiters: queued in publish order until their packet id is known.
-#[derive(Default)]
-struct Waiters {
-    queued: VecDeque<Option<oneshot::Sender<()>>>,
-    by_pkid: HashMap<u16, oneshot::Sender<()>>,
-}
-
-impl Waiters {
-    fn clear(&mut self) {
-        self.queued.clear();
-        self.by_pkid.clear();
-    }
 }
 
 /// Publish refused: the outgoing queue is full (typically while disconnected).
@@ -97,40 +76,9 @@ pub struct PublishError(String);
 impl MqttHandle {
     /// Queues a QoS 1 publish. An empty retained payload clears the retained message.
     pub fn publish(&self, topic: &str, payload: Vec<u8>, retain: bool) -> Result<(), PublishError> {
-        self.queue(topic, payload, retain, None)
-    }
-
-    /// Queues a QoS 1 publish; the receiver fires when the broker acknowledges it, and is dropped
-    /// unfired if the connection is lost first.
-    pub fn publish_confirmed(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-        retain: bool,
-    ) -> Result<oneshot::Receiver<()>, PublishError> {
-        let (tx, rx) = oneshot::channel();
-        self.queue(topic, payload, retain, Some(tx))?;
-        Ok(rx)
-    }
-
-    fn queue(
-        &self,
-        topic: &str,
-        payload: Vec<u8>,
-        retain: bool,
-        waiter: Option<oneshot::Sender<()>>,
-    ) -> Result<(), PublishError> {
-        // Held across try_publish so the FIFO order is the order rumqttc sends in.
-        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
-        w.queued.push_back(waiter);
-        let res = self
-            .client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload);
-        if let Err(e) = res {
-            w.queued.pop_back();
-            return Err(PublishError(e.to_string()));
-        }
-        Ok(())
+        self.client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .map_err(|e| PublishError(e.to_string()))
     }
 
     /// Sends DISCONNECT (the broker then drops the last will).
@@ -169,12 +117,10 @@ pub fn connect(
     }
     let (client, eventloop) = AsyncClient::new(o, 1024);
     let (tx, rx) = mpsc::channel(1024);
-    let waiters = Arc::new(Mutex::new(Waiters::default()));
     let handle = MqttHandle {
         client: client.clone(),
-        waiters: waiters.clone(),
     };
-    tokio::spawn(run(client, eventloop, opts, tx, waiters, cancel));
+    tokio::spawn(run(client, eventloop, opts, tx, cancel));
     (handle, rx)
 }
 
@@ -183,10 +129,8 @@ async fn run(
     mut eventloop: EventLoop,
     opts: ClientOptions,
     tx: mpsc::Sender<MqttEvent>,
-    waiters: Arc<Mutex<Waiters>>,
     cancel: CancellationToken,
 ) {
-    let lock = || waiters.lock().unwrap_or_else(|e| e.into_inner());
     let mut backoff = Duration::from_millis(100);
     let mut connected = false;
     loop {
@@ -217,20 +161,8 @@ async fn run(
                     break;
                 }
             }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                let mut w = lock();
-                if let Some(Some(waiter)) = w.queued.pop_front() {
-                    w.by_pkid.insert(pkid, waiter);
-                }
-            }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                if let Some(waiter) = lock().by_pkid.remove(&ack.pkid) {
-                    let _ = waiter.send(());
-                }
-            }
             Ok(_) => {}
             Err(e) => {
-                lock().clear();
                 let reason = e.to_string();
                 if connected {
                     connected = false;

@@ -1,15 +1,16 @@
 //! The display agent's own small database (in its cache directory): the last verified payload of
-//! every topic (so a restarted agent plays without a broker) and the outbox of events not yet
-//! confirmed by the broker (so none is lost while offline; bounded).
+//! every topic (so a restarted agent plays without a broker) and the outbox of events the daemon
+//! has not yet receipted (so none is lost while offline; bounded).
 
 use std::path::Path;
 use std::sync::Mutex;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use super::StoreError;
 
-const MIGRATIONS: &[&str] = &["CREATE TABLE payloads (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE payloads (
         topic    TEXT PRIMARY KEY,
         version  INTEGER NOT NULL,
         bytes    BLOB NOT NULL
@@ -17,7 +18,14 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE payloads (
     CREATE TABLE outbox (
         seq   INTEGER PRIMARY KEY AUTOINCREMENT,
         body  TEXT NOT NULL
-    );"];
+    );",
+    // A random id of this database, part of every event id: an agent whose cache was wiped starts
+    // its sequence again, and must not collide with the ids the daemon already stored.
+    "CREATE TABLE meta (
+        key    TEXT PRIMARY KEY,
+        value  TEXT NOT NULL
+    );",
+];
 
 /// The agent's database.
 pub struct AgentStore {
@@ -35,6 +43,28 @@ impl AgentStore {
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// This database's random id (created on first use).
+    pub fn instance(&self) -> Result<String, StoreError> {
+        let conn = self.conn();
+        let have: Option<String> = conn
+            .query_row("SELECT value FROM meta WHERE key = 'instance'", [], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(id) = have {
+            return Ok(id);
+        }
+        let mut b = [0u8; 6];
+        getrandom::fill(&mut b)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        let id = hex::encode(b);
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES ('instance', ?1)",
+            [&id],
+        )?;
+        Ok(id)
     }
 
     /// Every stored payload: (topic, version, bytes).
@@ -141,6 +171,25 @@ mod tests {
             .map(|(q, _)| q)
             .collect();
         assert_eq!(left, vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn instance_id_is_stable_per_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = AgentStore::open(&dir.path().join("a.db"))
+            .unwrap()
+            .instance()
+            .unwrap();
+        let again = AgentStore::open(&dir.path().join("a.db"))
+            .unwrap()
+            .instance()
+            .unwrap();
+        let other = AgentStore::open(&dir.path().join("b.db"))
+            .unwrap()
+            .instance()
+            .unwrap();
+        assert_eq!(a, again);
+        assert_ne!(a, other);
     }
 
     #[test]

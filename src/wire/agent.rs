@@ -94,6 +94,28 @@ pub enum EventKind {
 pub struct EventBatch {
     /// Display id.
     pub display: String,
+    /// The agent's sequence number of the last event in the batch (echoed in the ack).
+    pub upto: u64,
     /// Events.
     pub events: Vec<Event>,
+}
+
+/// The daemon's receipt (signed, on `marquee/v1/agent/{display}/ack`): every event of the agent
+/// up to sequence `upto` is stored. Only then does the agent delete them from its outbox; a PUBACK
+/// from the broker is not enough (a broker drops messages nobody is subscribed to yet).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventAck {
+    /// Display id.
+    pub display: String,
+    /// Last stored sequence number.
+    pub upto: u64,
+}
+
+/// `marquee/v1/daemon/status`, retained: published on every connection of the daemon, after its
+/// subscriptions; the last-will says `online: false`. Agents send their buffered events as soon as
+/// it says online (a hint only: receipts are what counts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    /// Whether the daemon is connected.
+    pub online: bool,
 }

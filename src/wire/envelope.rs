@@ -66,6 +66,8 @@ pub enum Signed {
     Alert(Alert),
     /// The end of an alert.
     AlertClear(AlertClear),
+    /// The daemon's receipt for an agent's events.
+    EventAck(super::agent::EventAck),
 }
 
 /// The signed part of an envelope.

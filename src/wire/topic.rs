@@ -16,6 +16,10 @@ pub enum Topic {
     AgentStatus(String),
     /// `{prefix}/v1/agent/{display}/events`: acks and proof of play.
     AgentEvents(String),
+    /// `{prefix}/v1/agent/{display}/ack`: the daemon's signed receipt for stored events.
+    AgentAck(String),
+    /// `{prefix}/v1/daemon/status`: retained; whether the daemon is connected (last-will offline).
+    DaemonStatus,
 }
 
 /// Subscription filters the daemon and agents use.
@@ -65,6 +69,8 @@ impl Topic {
             Topic::Alert(s) => format!("{prefix}/v1/alert/{s}"),
             Topic::AgentStatus(d) => format!("{prefix}/v1/agent/{d}/status"),
             Topic::AgentEvents(d) => format!("{prefix}/v1/agent/{d}/events"),
+            Topic::AgentAck(d) => format!("{prefix}/v1/agent/{d}/ack"),
+            Topic::DaemonStatus => format!("{prefix}/v1/daemon/status"),
         }
     }
 
@@ -78,19 +84,23 @@ impl Topic {
             ["alert", s] => Topic::Alert((*s).to_owned()),
             ["agent", d, "status"] => Topic::AgentStatus((*d).to_owned()),
             ["agent", d, "events"] => Topic::AgentEvents((*d).to_owned()),
+            ["agent", d, "ack"] => Topic::AgentAck((*d).to_owned()),
+            ["daemon", "status"] => return Some(Topic::DaemonStatus),
             _ => return None,
         };
         valid_name(topic.name()).then_some(topic)
     }
 
-    /// The channel, display or scope name inside the topic.
+    /// The channel, display or scope name inside the topic (empty for the daemon's own topic).
     pub fn name(&self) -> &str {
         match self {
+            Topic::DaemonStatus => "",
             Topic::ChannelTimeline(n)
             | Topic::DisplayTimeline(n)
             | Topic::Alert(n)
             | Topic::AgentStatus(n)
-            | Topic::AgentEvents(n) => n,
+            | Topic::AgentEvents(n)
+            | Topic::AgentAck(n) => n,
         }
     }
 }
@@ -114,6 +124,8 @@ mod tests {
             Topic::Alert("all".into()),
             Topic::AgentStatus("bus.42".into()),
             Topic::AgentEvents("x_1".into()),
+            Topic::AgentAck("x_1".into()),
+            Topic::DaemonStatus,
         ] {
             let s = t.render("city/marquee");
             assert_eq!(Topic::parse("city/marquee", &s), Some(t));

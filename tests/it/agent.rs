@@ -266,59 +266,77 @@ async fn broker_restart_agent_catches_up_and_no_event_is_lost_or_doubled() {
         .frame("after the broker restart", shows("after"))
         .await;
 
-    // Stop the agent cleanly: every frame it ended is a play the daemon stored exactly once.
+    // Everything played so far, across the outage, reaches the daemon (the agent resends as soon
+    // as the daemon is back; the daemon may reconnect after the agent).
     let frames = agent.frames.clone();
-    assert_eq!(agent.stop().await, Some(0));
-    let shown: Vec<(String, String)> = frames
-        .lock()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["item"].as_str().unwrap().to_owned(),
-                f["start"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect();
+    let ended = frames.lock().unwrap().len() - 1;
+    let shown = |upto: usize| -> Vec<(String, String)> {
+        let mut v: Vec<(String, String)> = frames.lock().unwrap()[..upto]
+            .iter()
+            .map(play_key)
+            .collect();
+        v.sort();
+        v
+    };
+    let want = shown(ended);
     let start = std::time::Instant::now();
-    let stored = loop {
-        let (_, body) = d
-            .get(
-                "/api/v1/plays?display=lobby-test-3&from=2000-01-01T00:00:00Z",
-                Some(&token),
-            )
-            .await;
-        let plays = body["plays"].as_array().cloned().unwrap_or_default();
-        if plays.len() >= shown.len() || start.elapsed() > DEADLINE {
-            break plays;
+    while !contains_all(&stored_plays(&d, &token).await, &want) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "plays of the outage never reached the daemon"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    // A clean stop hands over the last one too; every frame shown is stored exactly once.
+    let agent_log = agent.log.clone();
+    assert_eq!(agent.stop().await, Some(0));
+    let all = frames.lock().unwrap().len();
+    let want = shown(all);
+    let start = std::time::Instant::now();
+    let got = loop {
+        let got = stored_plays(&d, &token).await;
+        if got.len() >= want.len() || start.elapsed() > DEADLINE {
+            break got;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    let mut got: Vec<(String, String)> = stored
-        .iter()
-        .map(|p| {
-            let start = chrono::DateTime::parse_from_rfc3339(p["start"].as_str().unwrap()).unwrap();
-            (
-                p["item"].as_str().unwrap().to_owned(),
-                start.with_timezone(&Utc).to_rfc3339(),
-            )
-        })
+    assert_eq!(
+        got,
+        want,
+        "every frame shown is stored once as a play; agent log:\n{}",
+        dump(&agent_log)
+    );
+}
+
+/// (item, start) of a frame or a stored play, with the time normalised.
+fn play_key(v: &Value) -> (String, String) {
+    let start = chrono::DateTime::parse_from_rfc3339(v["start"].as_str().unwrap()).unwrap();
+    (
+        v["item"].as_str().unwrap().to_owned(),
+        start.with_timezone(&Utc).to_rfc3339(),
+    )
+}
+
+async fn stored_plays(d: &Daemon, token: &str) -> Vec<(String, String)> {
+    let (_, body) = d
+        .get(
+            "/api/v1/plays?display=lobby-test-3&from=2000-01-01T00:00:00Z",
+            Some(token),
+        )
+        .await;
+    let mut v: Vec<(String, String)> = body["plays"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(play_key)
         .collect();
-    let mut want: Vec<(String, String)> = shown
-        .iter()
-        .map(|(i, s)| {
-            (
-                i.clone(),
-                chrono::DateTime::parse_from_rfc3339(s)
-                    .unwrap()
-                    .with_timezone(&Utc)
-                    .to_rfc3339(),
-            )
-        })
-        .collect();
-    got.sort();
-    want.sort();
-    assert_eq!(got, want, "every frame shown is stored once as a play");
+    v.sort();
+    v
+}
+
+fn contains_all(have: &[(String, String)], want: &[(String, String)]) -> bool {
+    want.iter().all(|w| have.contains(w))
 }
 
 #[tokio::test]
@@ -353,4 +371,119 @@ async fn agent_started_without_a_broker_plays_its_cache_and_switches_on_time() {
         "switched exactly at the boundary"
     );
     assert_ne!(after["tier"], "interrupt");
+}
+
+#[tokio::test]
+async fn alert_preempts_at_once_and_ends_on_clear_or_expiry() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    std::fs::write(site.playlist("test-lobby"), interrupt("normal", later())).unwrap();
+    let mut agent = AgentProc::start(&agent_config(&site, "lobby-test-5", "lobby", port), &[]);
+    agent.frame("normal content", shows("normal")).await;
+    let sub = Sub::connect(port, "marquee/v1/alert/#").await;
+    let topic = "marquee/v1/alert/all";
+
+    // Raised: on screen at once, acknowledged to the daemon with its latency.
+    let raised = alert(
+        &site,
+        topic,
+        1,
+        "typhoon-1",
+        "TYPHOON: stay indoors",
+        Duration::minutes(10),
+    );
+    sub.client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, true, raised)
+        .await
+        .unwrap();
+    let f = agent.frame("the alert", |v| v["kind"] == "alert").await;
+    assert_eq!(text_of(&f), "TYPHOON: stay indoors");
+    let v = wait_display(&d, &token, "lobby-test-5", "the alert ack", |v| {
+        v["last_alert_ack"] == "typhoon-1"
+    })
+    .await;
+    assert!(v["last_alert_latency_ms"].as_i64().unwrap() >= 0);
+
+    // Cleared by a signed clear: normal content resumes.
+    let n = agent.frames.lock().unwrap().len();
+    let clear = sign_as_daemon(
+        &site,
+        topic,
+        2,
+        Duration::minutes(10),
+        marquee::wire::Signed::AlertClear(marquee::wire::alert::AlertClear {
+            id: "typhoon-1".into(),
+        }),
+    );
+    sub.client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, true, clear)
+        .await
+        .unwrap();
+    let frames = agent.frames.clone();
+    eventually("normal content after the clear", || {
+        frames.lock().unwrap()[n..]
+            .iter()
+            .any(|v| text_of(v).starts_with("normal"))
+            .then_some(())
+    })
+    .await;
+
+    // An unsigned "clear" (an empty retained payload) ends nothing; expiry does.
+    let short = alert(
+        &site,
+        topic,
+        3,
+        "flood-2",
+        "FLOOD WARNING",
+        Duration::seconds(2),
+    );
+    sub.client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, true, short)
+        .await
+        .unwrap();
+    agent
+        .frame("the second alert", |v| text_of(v) == "FLOOD WARNING")
+        .await;
+    sub.client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, true, Vec::<u8>::new())
+        .await
+        .unwrap();
+    agent
+        .wait_log("the ignored empty payload", |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("alert topic emptied"))
+        })
+        .await;
+    let n = agent.frames.lock().unwrap().len();
+    let frames = agent.frames.clone();
+    eventually("normal content after expiry", || {
+        frames.lock().unwrap()[n..]
+            .iter()
+            .any(|v| text_of(v).starts_with("normal"))
+            .then_some(())
+    })
+    .await;
+    let last_alert = agent
+        .frames
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| text_of(v) == "FLOOD WARNING")
+        .filter_map(|v| v["until"].as_str().map(str::to_owned))
+        .next_back()
+        .unwrap();
+    let resumed = agent.frames.lock().unwrap()[n..]
+        .iter()
+        .find(|v| text_of(v).starts_with("normal"))
+        .cloned()
+        .unwrap();
+    let ended = chrono::DateTime::parse_from_rfc3339(&last_alert).unwrap();
+    let shown = chrono::DateTime::parse_from_rfc3339(resumed["start"].as_str().unwrap()).unwrap();
+    assert!(
+        shown >= ended - Duration::seconds(1),
+        "resumed after the alert expired"
+    );
 }

@@ -204,7 +204,11 @@ impl Daemon {
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut req = reqwest::Client::new().get(format!("{}{path}", self.http));
+        let mut req = reqwest::Client::builder()
+            .timeout(DEADLINE)
+            .build()
+            .unwrap()
+            .get(format!("{}{path}", self.http));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -524,4 +528,49 @@ impl Drop for AgentProc {
 /// The text of a jsonl frame.
 pub fn text_of(v: &Value) -> &str {
     v["text"].as_str().unwrap_or("")
+}
+
+/// Signs `payload` for `topic` with the site daemon's own key (as the daemon would).
+pub fn sign_as_daemon(
+    site: &Site,
+    topic: &str,
+    version: u64,
+    expires_in: chrono::Duration,
+    payload: Signed,
+) -> Vec<u8> {
+    let secret = std::fs::read_to_string(site.dir.path().join("data/signing.key")).unwrap();
+    let keys = marquee::wire::KeyPair::from_hex(&secret).unwrap();
+    marquee::wire::sign(
+        &keys,
+        &SignedBody {
+            topic: topic.into(),
+            version,
+            issued_at: Utc::now(),
+            expires_at: Utc::now() + expires_in,
+            payload,
+        },
+    )
+}
+
+/// A signed alert payload.
+pub fn alert(
+    site: &Site,
+    topic: &str,
+    version: u64,
+    id: &str,
+    text: &str,
+    lasts: chrono::Duration,
+) -> Vec<u8> {
+    let a = marquee::wire::alert::Alert {
+        id: id.into(),
+        severity: "extreme".into(),
+        text: [
+            ("en".to_string(), text.to_string()),
+            ("zh".to_string(), text.to_string()),
+        ]
+        .into(),
+        issued_at: Utc::now(),
+        expires_at: Utc::now() + lasts,
+    };
+    sign_as_daemon(site, topic, version, lasts, Signed::Alert(a))
 }

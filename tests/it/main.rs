@@ -6,3 +6,4 @@ mod cli;
 mod core;
 mod harness;
 mod systemd;
+mod web;

@@ -1,0 +1,217 @@
+//! The web renderer in a real headless Chromium (Debian's chromium + chromium-driver), driven
+//! over the WebDriver HTTP protocol: the page shows the current slogan and follows the agent
+//! (server-sent events, no reload), and an alert restyles it.
+
+use std::process::{Child, Command, Stdio};
+
+use chrono::Duration;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+struct Driver {
+    child: Child,
+    base: String,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+impl Driver {
+    async fn start() -> Driver {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver is missing: run the README's test command (scripts/test), which installs chromium and chromium-driver");
+        let base = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        let start = std::time::Instant::now();
+        while http.get(format!("{base}/status")).send().await.is_err() {
+            assert!(start.elapsed() < DEADLINE, "chromedriver did not start");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let profile = tempfile::tempdir().unwrap();
+        let caps = json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": {
+            "binary": "/usr/bin/chromium",
+            "args": ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                     "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                     "--window-size=1280,720", format!("--user-data-dir={}", profile.path().display())]
+        }}}});
+        let v: Value = http
+            .post(format!("{base}/session"))
+            .json(&caps)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let session = v["value"]["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no WebDriver session: {v}"))
+            .to_owned();
+        Driver {
+            child,
+            base,
+            session,
+            _profile: profile,
+        }
+    }
+
+    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+        let url = format!("{}/session/{}{path}", self.base, self.session);
+        let mut req = reqwest::Client::new().request(method.clone(), url);
+        if method != reqwest::Method::GET {
+            req = req.json(&body);
+        }
+        let v: Value = req.send().await.unwrap().json().await.unwrap();
+        v["value"].clone()
+    }
+
+    async fn go(&self, url: &str) {
+        self.call(reqwest::Method::POST, "/url", json!({"url": url}))
+            .await;
+    }
+
+    async fn eval(&self, script: &str) -> Value {
+        self.call(
+            reqwest::Method::POST,
+            "/execute/sync",
+            json!({"script": script, "args": []}),
+        )
+        .await
+    }
+
+    /// Polls the page state until `pred` holds.
+    async fn wait(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = std::time::Instant::now();
+        loop {
+            let v = self
+                .eval("return {text: document.getElementById('text').textContent, cls: document.body.className, item: document.body.dataset.item, updates: Number(document.body.dataset.updates), loaded: window.performance.timeOrigin};")
+                .await;
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}; page: {v}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Saves a screenshot as a test artifact under target/test-artifacts/.
+    async fn screenshot(&self, name: &str) {
+        let b64 = self
+            .call(reqwest::Method::GET, "/screenshot", Value::Null)
+            .await;
+        let dir = repo().join("target/test-artifacts");
+        std::fs::create_dir_all(&dir).unwrap();
+        let png = decode_base64(
+            b64.as_str()
+                .unwrap_or_else(|| panic!("no screenshot: {b64}")),
+        );
+        assert!(png.starts_with(b"\x89PNG"), "screenshot is not a PNG");
+        std::fs::write(dir.join(name), png).unwrap();
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn decode_base64(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'+' => Some(62),
+        b'/' => Some(63),
+        _ => None,
+    };
+    let digits: Vec<u8> = s.bytes().filter_map(val).collect();
+    digits
+        .chunks(4)
+        .flat_map(|c| {
+            let n = c.iter().fold(0u32, |acc, d| (acc << 6) | u32::from(*d)) << (6 * (4 - c.len()));
+            let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
+            bytes.into_iter().take(c.len().saturating_sub(1))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn web_renderer_in_chromium_follows_the_agent_and_shows_alerts() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    let _d = Daemon::start(&site).await;
+    let from = (chrono::Utc::now() - Duration::minutes(1)).to_rfc3339();
+    let until = (chrono::Utc::now() + Duration::hours(1)).to_rfc3339();
+    std::fs::write(
+        site.playlist("test-lobby"),
+        format!(
+            r#"{{"id": "test-lobby", "tier": "interrupt", "targets": {{"channels": ["lobby"]}},
+               "schedule": [{{"from": "{from}", "until": "{until}"}}],
+               "items": [{{"id": "w1", "text": {{"zh": "网页一", "en": "web one"}}, "seconds": 1}},
+                         {{"id": "w2", "text": {{"zh": "网页二", "en": "web two"}}, "seconds": 1}}]}}"#
+        ),
+    )
+    .unwrap();
+    let mut agent = AgentProc::start(
+        &agent_config(&site, "lobby-web-1", "lobby", port),
+        &["--render", "web"],
+    );
+    let url = agent
+        .wait_log("the web renderer address", |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("web renderer listening"))
+        })
+        .await["url"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let driver = Driver::start().await;
+    driver.go(&url).await;
+    let first = driver
+        .wait("a slogan of the test playlist", |v| {
+            v["text"]
+                .as_str()
+                .is_some_and(|t| t.contains("网页") || t.contains("web"))
+        })
+        .await;
+    driver.screenshot("web-renderer-slogan.png").await;
+    // It advances by itself: another item, pushed over SSE into the same page (no reload).
+    let next = driver
+        .wait("the page to advance", |v| {
+            v["item"] != first["item"] && v["updates"].as_u64() > first["updates"].as_u64()
+        })
+        .await;
+    assert_eq!(next["loaded"], first["loaded"], "the page was not reloaded");
+
+    // An alert restyles the page at once.
+    let sub = Sub::connect(port, "marquee/v1/alert/#").await;
+    let topic = "marquee/v1/alert/all";
+    let raised = alert(
+        &site,
+        topic,
+        1,
+        "t-1",
+        "台风预警 TYPHOON",
+        Duration::minutes(5),
+    );
+    sub.client
+        .publish(topic, rumqttc::QoS::AtLeastOnce, true, raised)
+        .await
+        .unwrap();
+    let v = driver
+        .wait("the alert on the page", |v| v["cls"] == "alert")
+        .await;
+    assert_eq!(v["text"], "台风预警 TYPHOON");
+    driver.screenshot("web-renderer-alert.png").await;
+}
