@@ -115,7 +115,64 @@ struct RawMqtt {
     client_id: String,
     keep_alive: String,
     max_payload: usize,
+    ca_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
     users: Vec<RawUser>,
+}
+
+/// TLS files for `mqtts://` (`mqtt.ca_file`, `client_cert_file`, `client_key_file` of the daemon
+/// and the agents): all optional.
+#[derive(Debug, Default, Clone)]
+pub struct RawTls {
+    /// CA certificates to trust (default: the system's).
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate chain, for mutual TLS.
+    pub client_cert_file: Option<PathBuf>,
+    /// Client private key, for mutual TLS.
+    pub client_key_file: Option<PathBuf>,
+}
+
+/// Where the system's trusted CA certificates are (Debian's ca-certificates).
+const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+impl RawTls {
+    /// Reads the files for a `mqtts://` connection (`tls` true) or checks none is set.
+    pub fn load(&self, tls: bool, problems: &mut Vec<String>) -> Option<crate::mqtt::Tls> {
+        let read = |p: &mut Vec<String>, key: &str, path: &Path| match std::fs::read(path) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                p.push(format!("mqtt.{key}: cannot read {}: {e}", path.display()));
+                None
+            }
+        };
+        if !tls {
+            if self.ca_file.is_some()
+                || self.client_cert_file.is_some()
+                || self.client_key_file.is_some()
+            {
+                problems.push("mqtt.ca_file / client_cert_file / client_key_file: only used with an mqtts:// url".into());
+            }
+            return None;
+        }
+        let ca_path = self
+            .ca_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(SYSTEM_CA));
+        let ca = read(problems, "ca_file", &ca_path)?;
+        let client_auth = match (&self.client_cert_file, &self.client_key_file) {
+            (None, None) => None,
+            (Some(c), Some(k)) => Some((
+                read(problems, "client_cert_file", c)?,
+                read(problems, "client_key_file", k)?,
+            )),
+            _ => {
+                problems.push("mqtt.client_cert_file and mqtt.client_key_file go together".into());
+                return None;
+            }
+        };
+        Some(crate::mqtt::Tls { ca, client_auth })
+    }
 }
 
 impl Default for RawMqtt {
@@ -131,6 +188,9 @@ impl Default for RawMqtt {
             client_id: "marquee-daemon".into(),
             keep_alive: "15s".into(),
             max_payload: 4 << 20,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
             users: Vec::new(),
         }
     }
@@ -260,6 +320,8 @@ pub struct MqttConfig {
     pub keep_alive: Duration,
     /// Largest packet sent or accepted.
     pub max_payload: usize,
+    /// TLS to an external broker (`mqtts://`).
+    pub tls: Option<crate::mqtt::Tls>,
 }
 
 /// Scheduler settings.
@@ -502,9 +564,6 @@ impl Config {
                 Ok(u) if matches!(u.scheme(), "mqtt" | "tcp" | "mqtts" | "ssl") => {
                     let host = u.host_str().unwrap_or("").to_owned();
                     let tls = matches!(u.scheme(), "mqtts" | "ssl");
-                    if tls {
-                        problems.push("mqtt.url: mqtts:// is not supported by this build yet; terminate TLS in front of the broker or use mqtt:// on a trusted network".into());
-                    }
                     if !is_loopback_host(&host) && credentials.is_none() {
                         problems.push(format!(
                             "mqtt.url: broker {host} is not on loopback, so credentials are required: set mqtt.username and mqtt.password_env or mqtt.password_file"
@@ -541,8 +600,18 @@ impl Config {
         if m.max_payload < 64 << 10 {
             problems.push("mqtt.max_payload: at least 65536 bytes".into());
         }
+        let tls = RawTls {
+            ca_file: m.ca_file.clone(),
+            client_cert_file: m.client_cert_file.clone(),
+            client_key_file: m.client_key_file.clone(),
+        }
+        .load(
+            matches!(broker, BrokerConfig::External { tls: true, .. }),
+            problems,
+        );
         MqttConfig {
             broker,
+            tls,
             credentials,
             topic_prefix: m.topic_prefix,
             client_id: m.client_id,
@@ -635,6 +704,54 @@ mod tests {
             e.problems[0].starts_with("m.toml:3:1: unknown field `colour`"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn tls_files_are_read_for_mqtts_only() {
+        let e = Config::parse("m.toml", "[mqtt]\ncolour = 1\n").unwrap_err();
+        assert!(
+            e.problems[0].starts_with("m.toml:2:1: unknown field `colour`"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "m.toml",
+            "[mqtt]\nembedded = false\nurl = \"mqtt://127.0.0.1:1\"\nca_file = \"/x\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("only used with an mqtts:// url"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "m.toml",
+            "[mqtt]\nembedded = false\nurl = \"mqtts://127.0.0.1:1\"\nca_file = \"/nonexistent/ca.pem\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("mqtt.ca_file: cannot read /nonexistent/ca.pem"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let c = Config::parse(
+            "m.toml",
+            &format!(
+                "[mqtt]\nembedded = false\nurl = \"mqtts://127.0.0.1\"\nca_file = {:?}\n",
+                ca.display().to_string()
+            ),
+        )
+        .unwrap();
+        assert!(c.mqtt.tls.is_some());
+        assert!(matches!(
+            c.mqtt.broker,
+            BrokerConfig::External {
+                port: 8883,
+                tls: true,
+                ..
+            }
+        ));
     }
 
     #[test]

@@ -85,6 +85,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 Filter::AgentStatus.render(prefix),
                 Filter::AgentEvents.render(prefix),
             ],
+            tls: cfg.mqtt.tls.clone(),
             last_will: Some(mqtt::LastWill {
                 topic: Topic::DaemonStatus.render(prefix),
                 payload: serde_json::to_vec(&DaemonStatus { online: false })?,

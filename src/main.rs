@@ -138,6 +138,8 @@ enum SchemaKind {
 const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
+    // One crypto library (ring) for every TLS connection; must precede any TLS use.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     let log_format = cli.log_format.map(|f| match f {
         LogFormatArg::Text => LogFormat::Text,

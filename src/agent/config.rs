@@ -58,6 +58,9 @@ struct RawMqtt {
     topic_prefix: String,
     keep_alive: String,
     max_payload: usize,
+    ca_file: Option<PathBuf>,
+    client_cert_file: Option<PathBuf>,
+    client_key_file: Option<PathBuf>,
 }
 
 impl Default for RawMqtt {
@@ -70,6 +73,9 @@ impl Default for RawMqtt {
             topic_prefix: "marquee".into(),
             keep_alive: "10s".into(),
             max_payload: 4 << 20,
+            ca_file: None,
+            client_cert_file: None,
+            client_key_file: None,
         }
     }
 }
@@ -159,6 +165,8 @@ pub struct AgentConfig {
     pub keep_alive: Duration,
     /// Largest MQTT packet.
     pub max_payload: usize,
+    /// TLS to the broker (`mqtts://`).
+    pub tls: Option<crate::mqtt::Tls>,
     /// Language policy.
     pub language: LanguagePolicy,
     /// Web renderer address.
@@ -215,19 +223,28 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
             None
         }
     };
-    let (host, port) = match url::Url::parse(&raw.mqtt.url) {
-        Ok(u) if matches!(u.scheme(), "mqtt" | "tcp") && u.host_str().is_some() => (
-            u.host_str().unwrap_or_default().to_owned(),
-            u.port().unwrap_or(1883),
-        ),
+    let (host, port, tls) = match url::Url::parse(&raw.mqtt.url) {
+        Ok(u)
+            if matches!(u.scheme(), "mqtt" | "tcp" | "mqtts" | "ssl") && u.host_str().is_some() =>
+        {
+            let tls = matches!(u.scheme(), "mqtts" | "ssl");
+            let port = u.port().unwrap_or(if tls { 8883 } else { 1883 });
+            (u.host_str().unwrap_or_default().to_owned(), port, tls)
+        }
         _ => {
             p.push(format!(
                 "mqtt.url: {:?} is not a broker URL like mqtt://127.0.0.1:1883",
                 raw.mqtt.url
             ));
-            (String::new(), 0)
+            (String::new(), 0, false)
         }
     };
+    let tls = crate::config::RawTls {
+        ca_file: raw.mqtt.ca_file.clone(),
+        client_cert_file: raw.mqtt.client_cert_file.clone(),
+        client_key_file: raw.mqtt.client_key_file.clone(),
+    }
+    .load(tls, p);
     let credentials = match (
         &raw.mqtt.username,
         &raw.mqtt.password_env,
@@ -316,6 +333,7 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
         topic_prefix: raw.mqtt.topic_prefix,
         keep_alive,
         max_payload: raw.mqtt.max_payload,
+        tls,
         language,
         web_listen,
         fallback: Fallback {

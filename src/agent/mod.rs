@@ -130,6 +130,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             keep_alive: cfg.keep_alive,
             max_packet: cfg.max_payload,
             subscriptions,
+            tls: cfg.tls.clone(),
             last_will: Some(LastWill {
                 topic: topics.status.clone(),
                 payload: serde_json::to_vec(&offline)?,

@@ -33,6 +33,27 @@ pub struct ClientOptions {
     pub subscriptions: Vec<String>,
     /// Last will, if any.
     pub last_will: Option<LastWill>,
+    /// TLS (`mqtts://`), if any.
+    pub tls: Option<Tls>,
+}
+
+/// TLS to the broker: the CA certificates to trust (PEM) and, for mutual TLS, a client
+/// certificate chain and key (PEM).
+#[derive(Clone)]
+pub struct Tls {
+    /// Trusted CA certificates, PEM.
+    pub ca: Vec<u8>,
+    /// Client certificate chain and private key, PEM.
+    pub client_auth: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tls")
+            .field("ca_bytes", &self.ca.len())
+            .field("client_auth", &self.client_auth.is_some())
+            .finish()
+    }
 }
 
 /// A retained last-will message.
@@ -106,6 +127,15 @@ pub fn connect(
     o.set_clean_session(true);
     if let Some((u, p)) = &opts.credentials {
         o.set_credentials(u.clone(), p.clone());
+    }
+    if let Some(tls) = &opts.tls {
+        o.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Simple {
+                ca: tls.ca.clone(),
+                alpn: None,
+                client_auth: tls.client_auth.clone(),
+            },
+        ));
     }
     if let Some(w) = &opts.last_will {
         o.set_last_will(rumqttc::LastWill::new(

@@ -327,3 +327,41 @@ async fn anonymous_can_connect(port: u16) -> bool {
         _ => false,
     }
 }
+
+#[tokio::test]
+async fn daemon_and_agent_reach_mosquitto_over_tls() {
+    let (mq, tls_port, ca) = Mosquitto::start_tls().await;
+    let site = Site::new(
+        &format!(
+            "embedded = false\nurl = \"mqtts://127.0.0.1:{tls_port}\"\nca_file = {:?}",
+            ca.display().to_string()
+        ),
+        "",
+    );
+    let _d = Daemon::start(&site).await;
+    let key = site.public_key();
+    // Read back over the plain listener of the same broker.
+    let mut sub = Sub::connect(mq.port, LOBBY).await;
+    let (v, _) = sub.timeline(&key, LOBBY, 1).await;
+    assert_eq!(v, 1);
+
+    // An agent over TLS too.
+    let config = agent_config(&site, "lobby-tls-1", "lobby", tls_port);
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        &format!("url = \"mqtt://127.0.0.1:{tls_port}\""),
+        &format!(
+            "url = \"mqtts://127.0.0.1:{tls_port}\"\nca_file = {:?}",
+            ca.display().to_string()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    let interrupt = lobby_now("over tls").replace(
+        "\"id\": \"test-lobby\",",
+        "\"id\": \"test-lobby\", \"tier\": \"interrupt\",",
+    );
+    std::fs::write(site.playlist("test-lobby"), interrupt).unwrap();
+    let mut agent = AgentProc::start(&config, &[]);
+    agent
+        .frame("the slogan over TLS", |v| text_of(v) == "over tls")
+        .await;
+}

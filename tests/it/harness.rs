@@ -365,12 +365,86 @@ impl Mosquitto {
     }
 
     async fn start_on(port: u16, dir: tempfile::TempDir) -> Mosquitto {
+        let conf = format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n");
+        Mosquitto::start_with(port, dir, &conf).await
+    }
+
+    /// A Mosquitto with a plain listener on `port` and a TLS listener on `tls_port`, whose
+    /// certificate (for IP 127.0.0.1) is signed by a fresh test CA written to `{dir}/ca.pem`.
+    pub async fn start_tls() -> (Mosquitto, u16, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl is missing");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=marquee-test-ca",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        let (port, tls_port) = (free_port(), free_port());
+        let conf = format!(
+            "user root\nallow_anonymous true\npersistence false\nlistener {port} 127.0.0.1\nlistener {tls_port} 127.0.0.1\n\
+             cafile {0}/ca.pem\ncertfile {0}/server.pem\nkeyfile {0}/server.key\n",
+            d.display()
+        );
+        let ca = d.join("ca.pem");
+        let mq = Mosquitto::start_with(port, dir, &conf).await;
+        (mq, tls_port, ca)
+    }
+
+    async fn start_with(port: u16, dir: tempfile::TempDir, conf_text: &str) -> Mosquitto {
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-        )
-        .unwrap();
+        std::fs::write(&conf, conf_text).unwrap();
         let mut child = Command::new(mosquitto_bin())
             .arg("-c")
             .arg(&conf)
