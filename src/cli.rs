@@ -141,21 +141,37 @@ impl ApiClient {
 
     /// GET `path` as JSON; API errors become their message.
     pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
-        let resp = reqwest::Client::new()
-            .get(format!("{}{path}", self.url))
-            .bearer_auth(&self.token)
+        self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// Any request with an optional JSON body; API errors become their message.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let mut req = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req
             .send()
             .await
             .with_context(|| format!("cannot reach the daemon at {}", self.url))?;
         let status = resp.status();
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         if !status.is_success() {
-            anyhow::bail!(
-                "{status}: {}",
-                body["error"]["message"]
-                    .as_str()
-                    .unwrap_or("request failed")
-            );
+            let field = body["error"]["field"]
+                .as_str()
+                .map(|f| format!(" (field {f})"))
+                .unwrap_or_default();
+            let message = body["error"]["message"]
+                .as_str()
+                .unwrap_or("request failed");
+            anyhow::bail!("{status}: {message}{field}");
         }
         Ok(body)
     }
@@ -222,4 +238,42 @@ pub async fn displays(api: &ApiClient) -> anyhow::Result<String> {
         out.push('\n');
     }
     Ok(out)
+}
+
+/// `marquee alert raise`: returns what to print.
+pub async fn alert_raise(
+    api: &ApiClient,
+    text: &[(String, String)],
+    channels: &[String],
+    displays: &[String],
+    severity: &str,
+    expires_in: &str,
+) -> anyhow::Result<String> {
+    let scope = match (channels.is_empty(), displays.is_empty()) {
+        (true, true) => serde_json::json!("all"),
+        (false, true) => serde_json::json!({ "channels": channels }),
+        (true, false) => serde_json::json!({ "displays": displays }),
+        (false, false) => anyhow::bail!("give --channel or --display, not both"),
+    };
+    let text: std::collections::BTreeMap<&str, &str> =
+        text.iter().map(|(l, t)| (l.as_str(), t.as_str())).collect();
+    let v = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/alerts",
+            Some(serde_json::json!({"text": text, "scope": scope, "severity": severity, "expires_in": expires_in})),
+        )
+        .await?;
+    let topics: Vec<&str> = v["published"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["topic"].as_str())
+        .collect();
+    Ok(format!(
+        "{}\nraised on {} until {}\n",
+        v["id"].as_str().unwrap_or("?"),
+        topics.join(", "),
+        v["expires_at"].as_str().unwrap_or("?")
+    ))
 }

@@ -636,6 +636,12 @@ impl Config {
             problems.push("schedule.channels: name at least one channel".into());
         }
         for c in &s.channels {
+            if c == "all" {
+                problems.push(
+                    "schedule.channels: \"all\" is reserved (the alert scope of every display)"
+                        .into(),
+                );
+            }
             if !valid_name(c) {
                 problems.push(format!(
                     "schedule.channels: {c:?} must be 1-64 letters, digits, '_', '-' or '.'"

@@ -84,6 +84,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 Filter::DisplayTimelines.render(prefix),
                 Filter::AgentStatus.render(prefix),
                 Filter::AgentEvents.render(prefix),
+                Filter::Alerts.render(prefix),
             ],
             tls: cfg.mqtt.tls.clone(),
             last_will: Some(mqtt::LastWill {
@@ -102,12 +103,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         mqtt.clone(),
         metrics.clone(),
     )?;
+    let (publish_tx, publish_rx) = mpsc::channel(64);
     let state = Arc::new(AppState {
         cfg: cfg.clone(),
         catalog,
         metrics: metrics.clone(),
         tokens,
         store: store.clone(),
+        publisher: publish_tx,
     });
     // Agents' reports go to the fleet intake; everything else to the scheduler.
     let (sched_tx, sched_rx) = mpsc::channel(1024);
@@ -151,6 +154,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracker.spawn(scheduler.run(
         sched_rx,
         reload_rx,
+        publish_rx,
         Some(ready_tx),
         watchdog,
         cancel.clone(),

@@ -94,6 +94,13 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Emergency alerts: raise, clear, show (with acknowledgements), list.
+    Alert {
+        #[command(subcommand)]
+        action: AlertAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Make an Ed25519 signing key pair (signing.key mode 0600, signing.pub).
     Keygen {
         /// Directory to write into.
@@ -114,10 +121,15 @@ enum Command {
 #[derive(clap::Args)]
 struct ApiArgs {
     /// Daemon URL.
-    #[arg(long, env = "MARQUEE_URL", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        global = true,
+        env = "MARQUEE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
     url: String,
     /// API token (default: the generated admin token in the config's data directory).
-    #[arg(long, env = "MARQUEE_TOKEN", hide_env_values = true)]
+    #[arg(long, global = true, env = "MARQUEE_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Daemon configuration (to find the generated admin token).
     #[arg(
@@ -127,6 +139,43 @@ struct ApiArgs {
         env = "MARQUEE_CONFIG"
     )]
     config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum AlertAction {
+    /// Put an alert on every display in scope now (operator role).
+    Raise {
+        /// Chinese text.
+        #[arg(long)]
+        zh: Option<String>,
+        /// English text.
+        #[arg(long)]
+        en: Option<String>,
+        /// Limit to channels (repeatable); default: every display.
+        #[arg(long = "channel")]
+        channels: Vec<String>,
+        /// Limit to displays (repeatable).
+        #[arg(long = "display")]
+        displays: Vec<String>,
+        /// minor, moderate, severe or extreme.
+        #[arg(long, default_value = "severe")]
+        severity: String,
+        /// How long it lasts unless cleared.
+        #[arg(long = "expires-in", default_value = "1h")]
+        expires_in: String,
+    },
+    /// End an alert.
+    Clear {
+        /// Alert id.
+        id: String,
+    },
+    /// An alert with the displays that showed it and those that did not.
+    Show {
+        /// Alert id.
+        id: String,
+    },
+    /// Every alert, newest first.
+    List,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -198,25 +247,53 @@ fn main() -> ExitCode {
             marquee::logging::init(log_format.unwrap_or(LogFormat::Text), "info");
             run_async(marquee::agent::run(cfg))
         }
-        Command::Displays { api } => {
-            let client = match marquee::cli::ApiClient::resolve(api.url, api.token, &api.config) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("marquee displays: {e:#}");
-                    return ExitCode::FAILURE;
+        Command::Displays { api } => run_api("marquee displays", api, |client| async move {
+            marquee::cli::displays(&client).await
+        }),
+        Command::Alert { action, api } => run_api("marquee alert", api, |client| async move {
+            let pretty =
+                |v: serde_json::Value| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n";
+            match action {
+                AlertAction::Raise {
+                    zh,
+                    en,
+                    channels,
+                    displays,
+                    severity,
+                    expires_in,
+                } => {
+                    let text: Vec<(String, String)> = [("zh", zh), ("en", en)]
+                        .into_iter()
+                        .filter_map(|(l, t)| t.map(|t| (l.to_owned(), t)))
+                        .collect();
+                    if text.is_empty() {
+                        anyhow::bail!("give --zh and/or --en");
+                    }
+                    marquee::cli::alert_raise(
+                        &client,
+                        &text,
+                        &channels,
+                        &displays,
+                        &severity,
+                        &expires_in,
+                    )
+                    .await
                 }
-            };
-            match tokio::runtime::Runtime::new()
-                .map_err(anyhow::Error::from)
-                .and_then(|rt| rt.block_on(marquee::cli::displays(&client)))
-            {
-                Ok(out) => print_out(&out),
-                Err(e) => {
-                    eprintln!("marquee displays: {e:#}");
-                    ExitCode::FAILURE
-                }
+                AlertAction::Clear { id } => client
+                    .call(
+                        reqwest::Method::DELETE,
+                        &format!("/api/v1/alerts/{id}"),
+                        None,
+                    )
+                    .await
+                    .map(pretty),
+                AlertAction::Show { id } => client
+                    .get(&format!("/api/v1/alerts/{id}"))
+                    .await
+                    .map(pretty),
+                AlertAction::List => client.get("/api/v1/alerts").await.map(pretty),
             }
-        }
+        }),
         Command::Keygen { out, force } => match marquee::keys::keygen(&out, force) {
             Ok((secret, public, key)) => {
                 println!("secret key: {} (mode 0600)", secret.display());
@@ -273,4 +350,25 @@ fn bad_config(cmd: &str, e: &marquee::config::ConfigError) -> ExitCode {
     eprintln!("{e}");
     eprintln!("{cmd}: configuration has errors; not starting");
     ExitCode::from(EX_CONFIG)
+}
+
+/// Runs an API-client subcommand: resolves URL and token, runs `f`, prints its output.
+fn run_api<F, Fut>(cmd: &str, api: ApiArgs, f: F) -> ExitCode
+where
+    F: FnOnce(marquee::cli::ApiClient) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<String>>,
+{
+    let result =
+        marquee::cli::ApiClient::resolve(api.url, api.token, &api.config).and_then(|client| {
+            tokio::runtime::Runtime::new()
+                .map_err(anyhow::Error::from)?
+                .block_on(f(client))
+        });
+    match result {
+        Ok(out) => print_out(&out),
+        Err(e) => {
+            eprintln!("{cmd}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -29,6 +29,22 @@ use crate::mqtt::{MqttEvent, MqttHandle};
 use crate::store::{Published, Store};
 use crate::wire::{KeyPair, Signed, SignedBody, Timeline, Topic, sign};
 
+/// A signed payload to put on a retained topic through the scheduler, so that it is versioned,
+/// stored, re-asserted and restored exactly like timelines (used for alerts).
+pub struct PublishRequest {
+    /// The topic.
+    pub topic: Topic,
+    /// The content.
+    pub payload: Signed,
+    /// When receivers must stop honouring it.
+    pub expires_at: DateTime<Utc>,
+    /// Publish only if the topic currently holds the alert with this id (for clears, so that
+    /// clearing an old alert cannot remove a newer one).
+    pub if_current_alert: Option<String>,
+    /// The version published, `None` if skipped.
+    pub reply: oneshot::Sender<anyhow::Result<Option<u64>>>,
+}
+
 /// How long a payload we published counts as "ours" when it echoes back to our subscription.
 const ECHO_WINDOW: Duration = Duration::from_secs(10);
 
@@ -291,12 +307,68 @@ impl Scheduler {
         }
     }
 
-    /// Publishes every retained payload again (after a (re)connection).
+    /// Publishes a signed payload on a retained topic (see [`PublishRequest`]).
+    pub async fn publish_signed(&mut self, req: &PublishRequest) -> anyhow::Result<Option<u64>> {
+        let topic = req.topic.render(&self.cfg.mqtt.topic_prefix);
+        let now = Utc::now().trunc_subsecs(0);
+        if let Some(id) = &req.if_current_alert {
+            let current = self.published.get(&topic).and_then(|p| {
+                crate::wire::verify(self.keys.public(), &topic, &p.payload, None, now).ok()
+            });
+            if !matches!(current.map(|b| b.payload), Some(Signed::Alert(a)) if &a.id == id) {
+                return Ok(None);
+            }
+        }
+        let version = self.published.get(&topic).map_or(0, |p| p.version) + 1;
+        let body = SignedBody {
+            topic: topic.clone(),
+            version,
+            issued_at: now,
+            expires_at: req.expires_at,
+            payload: req.payload.clone(),
+        };
+        let payload = sign(&self.keys, &body);
+        tracing::info!(topic = %topic, version, "publishing signed payload");
+        self.record(Published {
+            topic,
+            version,
+            payload,
+            body: None,
+            issued_at: now,
+        })
+        .await?;
+        Ok(Some(version))
+    }
+
+    /// Publishes every retained payload again (after a (re)connection). Alerts that expired in
+    /// the meantime are cleared instead (receivers would refuse them anyway).
     pub fn reassert(&mut self) {
+        let now = Utc::now();
+        let prefix = self.cfg.mqtt.topic_prefix.clone();
         let all: Vec<(String, Vec<u8>)> = self
             .published
             .values()
-            .map(|p| (p.topic.clone(), p.payload.clone()))
+            .map(|p| {
+                let expired_alert =
+                    matches!(Topic::parse(&prefix, &p.topic), Some(Topic::Alert(_)))
+                        && !p.payload.is_empty()
+                        && matches!(
+                            crate::wire::verify(
+                                self.keys.public(),
+                                &p.topic,
+                                &p.payload,
+                                None,
+                                now
+                            ),
+                            Err(crate::wire::WireError::Expired(_))
+                        );
+                let payload = if expired_alert {
+                    Vec::new()
+                } else {
+                    p.payload.clone()
+                };
+                (p.topic.clone(), payload)
+            })
             .collect();
         tracing::info!(topics = all.len(), "re-asserting retained timelines");
         for (topic, payload) in all {
@@ -352,13 +424,14 @@ impl Scheduler {
             .unwrap_or_else(|| Utc::now() + half)
     }
 
-    /// Runs until `cancel`: reloads on `reloads` (debounced), republishes when due, re-asserts on
-    /// reconnection, restores overwritten topics. `ready` fires after the first connection, once
+    /// Runs until `cancel`: reloads on `reloads` (debounced), publishes `publishes`, republishes
+    /// when due, re-asserts on reconnection, restores overwritten topics. `ready` fires after the first connection, once
     /// every timeline is published. `watchdog` is systemd's interval, if any.
     pub async fn run(
         mut self,
         mut events: mpsc::Receiver<MqttEvent>,
         mut reloads: mpsc::Receiver<()>,
+        mut publishes: mpsc::Receiver<PublishRequest>,
         mut ready: Option<oneshot::Sender<()>>,
         watchdog: Option<Duration>,
         cancel: CancellationToken,
@@ -389,6 +462,10 @@ impl Scheduler {
                     Some(MqttEvent::Message { topic, payload, .. }) => self.on_message(&topic, &payload),
                     None => break,
                 },
+                Some(req) = publishes.recv() => {
+                    let res = self.publish_signed(&req).await;
+                    let _ = req.reply.send(res);
+                }
                 Some(()) = reloads.recv() => {
                     let quiet = self.cfg.schedule.debounce;
                     while let Ok(Some(())) = tokio::time::timeout(quiet, reloads.recv()).await {}

@@ -57,6 +57,8 @@ pub struct Auth<const MIN: u8>(pub Principal);
 
 /// Any valid token.
 pub type Viewer = Auth<0>;
+/// Operators and admins (alerts, campaigns).
+pub type Operator = Auth<2>;
 
 fn role_of(n: u8) -> Role {
     match n {
@@ -94,5 +96,12 @@ impl<const MIN: u8> FromRequestParts<Arc<AppState>> for Auth<MIN> {
             )));
         }
         Ok(Auth(who))
+    }
+}
+
+impl<const A: u8> From<Principal> for Auth<A> {
+    /// For handlers that call each other after authentication already happened.
+    fn from(p: Principal) -> Self {
+        Auth(p)
     }
 }

@@ -2,6 +2,7 @@
 //! enqueue; they never wait on the broker or a gateway. Every route but `/healthz` needs a bearer
 //! token ([`auth`]); errors have one shape ([`error`]).
 
+pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod error;
@@ -30,6 +31,8 @@ pub struct AppState {
     pub tokens: auth::Tokens,
     /// The database.
     pub store: Arc<crate::store::Store>,
+    /// Signed retained publications (alerts) go through the scheduler.
+    pub publisher: tokio::sync::mpsc::Sender<crate::scheduler::PublishRequest>,
 }
 
 /// The router.
@@ -43,6 +46,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/displays", get(api::list_displays))
         .route("/api/v1/displays/{id}", get(api::get_display))
         .route("/api/v1/plays", get(api::plays))
+        .route("/api/v1/alerts", get(alerts::list).post(alerts::raise))
+        .route(
+            "/api/v1/alerts/{id}",
+            get(alerts::show).delete(alerts::clear),
+        )
         .fallback(api::not_found)
         .with_state(state)
 }

@@ -4,6 +4,7 @@
 //! Calls are synchronous; async callers run them on the blocking pool (`spawn_blocking`).
 
 pub mod agent;
+pub mod alerts;
 pub mod fleet;
 
 use std::path::Path;
@@ -75,6 +76,19 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX plays_by_display_start ON plays (display, start);
     CREATE INDEX plays_by_start ON plays (start);",
+    // 4: emergency alerts as raised through the API.
+    "CREATE TABLE alerts (
+        id          TEXT PRIMARY KEY,
+        scope       TEXT NOT NULL,
+        severity    TEXT NOT NULL,
+        text        TEXT NOT NULL,
+        issued_at   TEXT NOT NULL,
+        expires_at  TEXT NOT NULL,
+        raised_by   TEXT NOT NULL,
+        cleared_at  TEXT,
+        cleared_by  TEXT
+    );
+    CREATE INDEX events_alert_acks ON events (kind, display);",
 ];
 
 /// The last payload published on a retained topic.

@@ -76,6 +76,14 @@ impl Site {
         std::fs::write(self.config(), cfg).unwrap();
     }
 
+    /// Appends sections (e.g. `[[auth.tokens]]`) at the end of the config.
+    pub fn append_config(&self, text: &str) {
+        let mut cfg = std::fs::read_to_string(self.config()).unwrap();
+        cfg.push('\n');
+        cfg.push_str(text);
+        std::fs::write(self.config(), cfg).unwrap();
+    }
+
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("marquee.toml")
     }
@@ -211,6 +219,34 @@ impl Daemon {
             .get(format!("{}{path}", self.http));
         if let Some(t) = token {
             req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// Sends `method path` with an optional JSON body.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::builder()
+            .timeout(DEADLINE)
+            .build()
+            .unwrap()
+            .request(method, format!("{}{path}", self.http));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
         }
         let resp = req.send().await.unwrap();
         let status = resp.status().as_u16();

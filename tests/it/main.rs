@@ -2,6 +2,7 @@
 //! real Mosquitto started on a free loopback port. One test binary (faster to link).
 
 mod agent;
+mod alerts;
 mod cli;
 mod core;
 mod harness;

@@ -1,0 +1,263 @@
+//! Emergency alerts: raise (`POST /api/v1/alerts`), clear (`DELETE /api/v1/alerts/{id}`), list,
+//! and show with per-display acknowledgements (`GET /api/v1/alerts/{id}`). Raising and clearing
+//! need the operator role; both are recorded with the token's name.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use chrono::{DateTime, Utc};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+
+use super::AppState;
+use super::auth::{Auth, Operator, Viewer};
+use super::error::ApiError;
+use crate::scheduler::PublishRequest;
+use crate::store::alerts::{AlertRow, Scope};
+use crate::wire::alert::{Alert, AlertClear};
+use crate::wire::{Signed, Topic, valid_name};
+
+const SEVERITIES: [&str; 4] = ["minor", "moderate", "severe", "extreme"];
+
+/// `POST /api/v1/alerts` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RaiseRequest {
+    /// Text per language.
+    pub text: BTreeMap<String, String>,
+    /// `"all"`, `{"channels": […]}` or `{"displays": […]}`.
+    #[serde(default = "all")]
+    pub scope: Scope,
+    /// `minor`, `moderate`, `severe` (default) or `extreme`.
+    #[serde(default = "severe")]
+    pub severity: String,
+    /// How long it lasts unless cleared (default 1h, at most 7 days).
+    #[serde(default = "one_hour")]
+    pub expires_in: String,
+}
+
+fn all() -> Scope {
+    Scope::All
+}
+fn severe() -> String {
+    "severe".into()
+}
+fn one_hour() -> String {
+    "1h".into()
+}
+
+fn topics(scope: &Scope) -> Vec<Topic> {
+    match scope {
+        Scope::All => vec![Topic::Alert("all".into())],
+        Scope::Channels(cs) => cs.iter().map(|c| Topic::Alert(c.clone())).collect(),
+        Scope::Displays(ds) => ds.iter().map(|d| Topic::Alert(d.clone())).collect(),
+    }
+}
+
+async fn publish(
+    s: &AppState,
+    topic: Topic,
+    payload: Signed,
+    expires_at: DateTime<Utc>,
+    if_current_alert: Option<String>,
+) -> Result<Option<u64>, ApiError> {
+    let (reply, rx) = oneshot::channel();
+    s.publisher
+        .send(PublishRequest {
+            topic,
+            payload,
+            expires_at,
+            if_current_alert,
+            reply,
+        })
+        .await
+        .map_err(|_| ApiError::internal("the scheduler is not running"))?;
+    rx.await
+        .map_err(|_| ApiError::internal("the scheduler dropped the request"))?
+        .map_err(|e| ApiError::internal(format!("{e:#}")))
+}
+
+fn validate(s: &AppState, r: &RaiseRequest) -> Result<chrono::Duration, ApiError> {
+    if r.text.is_empty() || r.text.values().any(|t| t.trim().is_empty()) {
+        return Err(ApiError::bad_field(
+            "text",
+            "give at least one non-empty text, e.g. {\"zh\": \"…\", \"en\": \"…\"}",
+        ));
+    }
+    if !SEVERITIES.contains(&r.severity.as_str()) {
+        return Err(ApiError::bad_field(
+            "severity",
+            format!("one of {}", SEVERITIES.join(", ")),
+        ));
+    }
+    match &r.scope {
+        Scope::All => {}
+        Scope::Channels(cs) if !cs.is_empty() => {
+            if let Some(c) = cs.iter().find(|c| !s.cfg.schedule.channels.contains(c)) {
+                return Err(ApiError::bad_field(
+                    "scope",
+                    format!("unknown channel {c:?}"),
+                ));
+            }
+        }
+        Scope::Displays(ds) if !ds.is_empty() => {
+            if let Some(d) = ds.iter().find(|d| !valid_name(d) || *d == "all") {
+                return Err(ApiError::bad_field(
+                    "scope",
+                    format!("bad display id {d:?}"),
+                ));
+            }
+        }
+        _ => {
+            return Err(ApiError::bad_field(
+                "scope",
+                "name at least one channel or display",
+            ));
+        }
+    }
+    humantime::parse_duration(&r.expires_in)
+        .ok()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .filter(|d| *d >= chrono::Duration::seconds(1) && *d <= chrono::Duration::days(7))
+        .ok_or_else(|| ApiError::bad_field("expires_in", "a duration from 1s to 7days, e.g. 30m"))
+}
+
+/// `POST /api/v1/alerts`: published at once on the scope's retained alert topics.
+pub async fn raise(
+    Auth(who): Operator,
+    State(s): State<Arc<AppState>>,
+    body: Result<Json<RaiseRequest>, axum::extract::rejection::JsonRejection>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let Json(r) = body.map_err(|e| ApiError::bad_field("body", e.body_text()))?;
+    let lasts = validate(&s, &r)?;
+    let now = Utc::now();
+    let mut b = [0u8; 6];
+    getrandom::fill(&mut b).map_err(|e| ApiError::internal(e.to_string()))?;
+    let id = format!("alert-{}", hex::encode(b));
+    let alert = Alert {
+        id: id.clone(),
+        severity: r.severity.clone(),
+        text: r.text.clone(),
+        issued_at: now,
+        expires_at: now + lasts,
+    };
+    let store = s.store.clone();
+    let (aid, scope, text, sev, by) = (
+        id.clone(),
+        r.scope.clone(),
+        r.text.clone(),
+        r.severity.clone(),
+        who.name.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        store.insert_alert(&aid, &scope, &sev, &text, now, now + lasts, &by)
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut published = Vec::new();
+    for topic in topics(&r.scope) {
+        let version = publish(
+            &s,
+            topic.clone(),
+            Signed::Alert(alert.clone()),
+            alert.expires_at,
+            None,
+        )
+        .await?;
+        published
+            .push(json!({"topic": topic.render(&s.cfg.mqtt.topic_prefix), "version": version}));
+    }
+    tracing::warn!(id = %id, by = %who.name, severity = %r.severity, "alert raised");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({"id": id, "expires_at": alert.expires_at, "published": published})),
+    ))
+}
+
+async fn load(s: &AppState, id: &str) -> Result<AlertRow, ApiError> {
+    let store = s.store.clone();
+    let key = id.to_owned();
+    tokio::task::spawn_blocking(move || store.alert(&key))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| ApiError::not_found(format!("no alert {id:?}")))
+}
+
+/// `DELETE /api/v1/alerts/{id}`: a signed clear on each of its topics (where it is still the
+/// current alert); idempotent.
+pub async fn clear(
+    Auth(who): Operator,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = load(&s, &id).await?;
+    let expires = DateTime::parse_from_rfc3339(&row.expires_at)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|_| Utc::now())
+        .max(Utc::now() + chrono::Duration::minutes(1));
+    for topic in topics(&row.scope) {
+        publish(
+            &s,
+            topic,
+            Signed::AlertClear(AlertClear { id: id.clone() }),
+            expires,
+            Some(id.clone()),
+        )
+        .await?;
+    }
+    let store = s.store.clone();
+    let (key, by) = (id.clone(), who.name.clone());
+    tokio::task::spawn_blocking(move || store.clear_alert(&key, Utc::now(), &by))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    tracing::warn!(id = %id, by = %who.name, "alert cleared");
+    show(Viewer::from(who), State(s), Path(id)).await
+}
+
+/// `GET /api/v1/alerts`.
+pub async fn list(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let store = s.store.clone();
+    let rows = tokio::task::spawn_blocking(move || store.alerts())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(Json(json!({ "alerts": rows })))
+}
+
+/// `GET /api/v1/alerts/{id}`: the alert, which displays showed it (with latency), and which
+/// displays in its scope have not acknowledged it.
+pub async fn show(
+    _: Viewer,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = load(&s, &id).await?;
+    let store = s.store.clone();
+    let key = id.clone();
+    let (acks, displays) = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::store::StoreError>((store.alert_acks(&key)?, store.displays()?))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let in_scope = |d: &crate::store::fleet::DisplayRow| match &row.scope {
+        Scope::All => true,
+        Scope::Channels(cs) => cs.contains(&d.channel),
+        Scope::Displays(ds) => ds.contains(&d.id),
+    };
+    let missing: Vec<&str> = displays
+        .iter()
+        .filter(|d| in_scope(d) && !acks.iter().any(|a| a.display == d.id))
+        .map(|d| d.id.as_str())
+        .collect();
+    Ok(Json(
+        json!({"alert": row, "acks": acks, "not_acknowledged": missing}),
+    ))
+}

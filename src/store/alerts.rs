@@ -1,0 +1,153 @@
+//! Emergency alerts raised through the API, and which displays acknowledged them.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, Row, params};
+use serde::{Deserialize, Serialize};
+
+use super::fleet::ts;
+use super::{Store, StoreError};
+
+/// Where an alert goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Scope {
+    /// Every display.
+    All,
+    /// These channels.
+    Channels(Vec<String>),
+    /// These displays.
+    Displays(Vec<String>),
+}
+
+/// A stored alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertRow {
+    /// Id.
+    pub id: String,
+    /// Scope.
+    pub scope: Scope,
+    /// Severity.
+    pub severity: String,
+    /// Text per language.
+    pub text: std::collections::BTreeMap<String, String>,
+    /// Raised at.
+    pub issued_at: String,
+    /// Ends by itself at.
+    pub expires_at: String,
+    /// Token name that raised it.
+    pub raised_by: String,
+    /// Cleared at, if cleared.
+    pub cleared_at: Option<String>,
+    /// Token name that cleared it.
+    pub cleared_by: Option<String>,
+}
+
+/// One display's acknowledgement of an alert.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AlertAck {
+    /// Display.
+    pub display: String,
+    /// When the agent put it on screen (agent clock).
+    pub displayed_at: String,
+    /// From signing to screen.
+    pub latency_ms: Option<i64>,
+}
+
+fn alert_row(r: &Row<'_>) -> rusqlite::Result<AlertRow> {
+    let scope: String = r.get(1)?;
+    let text: String = r.get(3)?;
+    Ok(AlertRow {
+        id: r.get(0)?,
+        scope: serde_json::from_str(&scope).unwrap_or(Scope::All),
+        severity: r.get(2)?,
+        text: serde_json::from_str(&text).unwrap_or_default(),
+        issued_at: r.get(4)?,
+        expires_at: r.get(5)?,
+        raised_by: r.get(6)?,
+        cleared_at: r.get(7)?,
+        cleared_by: r.get(8)?,
+    })
+}
+
+const COLUMNS: &str =
+    "id, scope, severity, text, issued_at, expires_at, raised_by, cleared_at, cleared_by";
+
+impl Store {
+    /// Records a raised alert.
+    #[allow(clippy::too_many_arguments)]
+    pub fn insert_alert(
+        &self,
+        id: &str,
+        scope: &Scope,
+        severity: &str,
+        text: &std::collections::BTreeMap<String, String>,
+        issued_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        raised_by: &str,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            &format!(
+                "INSERT INTO alerts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL)"
+            ),
+            params![
+                id,
+                serde_json::to_string(scope).unwrap_or_default(),
+                severity,
+                serde_json::to_string(text).unwrap_or_default(),
+                ts(issued_at),
+                ts(expires_at),
+                raised_by
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Marks an alert cleared (once: later calls change nothing). Returns whether it changed.
+    pub fn clear_alert(&self, id: &str, at: DateTime<Utc>, by: &str) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE alerts SET cleared_at = ?2, cleared_by = ?3 WHERE id = ?1 AND cleared_at IS NULL",
+            params![id, ts(at), by],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// One alert.
+    pub fn alert(&self, id: &str) -> Result<Option<AlertRow>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                &format!("SELECT {COLUMNS} FROM alerts WHERE id = ?1"),
+                [id],
+                alert_row,
+            )
+            .optional()?)
+    }
+
+    /// Every alert, newest first.
+    pub fn alerts(&self) -> Result<Vec<AlertRow>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM alerts ORDER BY issued_at DESC LIMIT 1000"
+        ))?;
+        let rows = stmt.query_map([], alert_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The displays that reported showing alert `id`, first report per display.
+    pub fn alert_acks(&self, id: &str) -> Result<Vec<AlertAck>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT display, MIN(at), json_extract(body, '$.latency_ms') FROM events
+             WHERE kind = 'alert_displayed' AND json_extract(body, '$.alert') = ?1
+             GROUP BY display ORDER BY display",
+        )?;
+        let rows = stmt.query_map([id], |r| {
+            Ok(AlertAck {
+                display: r.get(0)?,
+                displayed_at: r.get(1)?,
+                latency_ms: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}

@@ -1,0 +1,233 @@
+//! Emergency alerts through the API, shown by a real agent.
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+
+const VIEWER: &str = "viewer-token-0123456789";
+
+fn frames_since(agent: &AgentProc, n: usize, pred: impl Fn(&Value) -> bool) -> bool {
+    agent.frames.lock().unwrap()[n..].iter().any(pred)
+}
+
+#[tokio::test]
+async fn alert_raised_by_api_preempts_is_acknowledged_and_ends() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    site.append_config("[[auth.tokens]]\nname = \"watcher\"\nrole = \"viewer\"\ntoken_env = \"MARQUEE_IT_VIEWER\"\n");
+    let d = Daemon::start_with_env(&site, &[("MARQUEE_IT_VIEWER", VIEWER)]).await;
+    let admin = site.admin_token();
+    let mut agent = AgentProc::start(&agent_config(&site, "lobby-alert-1", "lobby", port), &[]);
+    agent
+        .frame("normal content", |v| v["kind"] == "timeline")
+        .await;
+    // The daemon knows the display before the alert (for "not acknowledged").
+    let start = std::time::Instant::now();
+    while d
+        .get("/api/v1/displays/lobby-alert-1", Some(&admin))
+        .await
+        .0
+        != 200
+    {
+        assert!(start.elapsed() < DEADLINE, "display never reported");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    let body = json!({"text": {"zh": "台风红色预警 请留在室内", "en": "Typhoon red warning: stay indoors"},
+                      "scope": {"channels": ["lobby"]}, "severity": "extreme", "expires_in": "10m"});
+    // Authentication and roles.
+    let (s, _) = d
+        .send(Method::POST, "/api/v1/alerts", None, Some(body.clone()))
+        .await;
+    assert_eq!(s, 401);
+    let (s, e) = d
+        .send(
+            Method::POST,
+            "/api/v1/alerts",
+            Some(VIEWER),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!((s, e["error"]["code"].as_str()), (403, Some("forbidden")));
+    let (s, e) = d
+        .send(
+            Method::POST,
+            "/api/v1/alerts",
+            Some(&admin),
+            Some(json!({"text": {"en": "x"}, "scope": {"channels": ["tram"]}})),
+        )
+        .await;
+    assert_eq!((s, e["error"]["field"].as_str()), (400, Some("scope")));
+    let (s, e) = d
+        .send(
+            Method::POST,
+            "/api/v1/alerts",
+            Some(&admin),
+            Some(json!({"text": {}})),
+        )
+        .await;
+    assert_eq!((s, e["error"]["field"].as_str()), (400, Some("text")));
+
+    // Raised: on screen at once.
+    let (s, raised) = d
+        .send(Method::POST, "/api/v1/alerts", Some(&admin), Some(body))
+        .await;
+    assert_eq!(s, 201, "{raised}");
+    let id = raised["id"].as_str().unwrap().to_owned();
+    assert_eq!(raised["published"][0]["topic"], "marquee/v1/alert/lobby");
+    let f = agent.frame("the alert", |v| v["kind"] == "alert").await;
+    assert!(text_of(&f).contains("Typhoon") || text_of(&f).contains("台风"));
+
+    // Acknowledged, with latency; nobody in scope is missing.
+    let start = std::time::Instant::now();
+    let shown = loop {
+        let (_, v) = d.get(&format!("/api/v1/alerts/{id}"), Some(VIEWER)).await;
+        if v["acks"].as_array().is_some_and(|a| !a.is_empty()) {
+            break v;
+        }
+        assert!(start.elapsed() < DEADLINE, "no ack: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(shown["acks"][0]["display"], "lobby-alert-1");
+    assert!(shown["acks"][0]["latency_ms"].as_i64().unwrap() >= 0);
+    assert_eq!(shown["not_acknowledged"], json!([]));
+    assert_eq!(shown["alert"]["raised_by"], "admin");
+
+    // A newer alert on the same scope, then clearing the old one: the newer stays.
+    let (_, newer) = d
+        .send(Method::POST, "/api/v1/alerts", Some(&admin),
+              Some(json!({"text": {"en": "Flood warning"}, "scope": {"channels": ["lobby"]}, "expires_in": "10m"})))
+        .await;
+    agent
+        .frame("the newer alert", |v| text_of(v) == "Flood warning")
+        .await;
+    let (s, cleared) = d
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/alerts/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(cleared["alert"]["cleared_by"], "admin");
+    let mut fresh = Sub::connect(port, "marquee/v1/alert/lobby").await;
+    let m = fresh
+        .wait("retained lobby alert", |m| !m.payload.is_empty())
+        .await;
+    let body = m.verified(&site.public_key()).unwrap();
+    assert!(
+        matches!(body.payload, marquee::wire::Signed::Alert(a) if a.text["en"] == "Flood warning")
+    );
+
+    // Clearing the current one: normal content resumes.
+    let n = agent.frames.lock().unwrap().len();
+    let newer_id = newer["id"].as_str().unwrap();
+    let (s, _) = d
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/alerts/{newer_id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200);
+    let frames = agent.frames.clone();
+    eventually("normal content after the clear", || {
+        frames.lock().unwrap()[n..]
+            .iter()
+            .any(|v| v["kind"] == "timeline")
+            .then_some(())
+    })
+    .await;
+
+    // Expiry: an alert of 2 s ends by itself.
+    let n = agent.frames.lock().unwrap().len();
+    let (s, _) = d
+        .send(
+            Method::POST,
+            "/api/v1/alerts",
+            Some(&admin),
+            Some(json!({"text": {"en": "Short drill"}, "expires_in": "2s"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    agent
+        .frame("the drill", |v| text_of(v) == "Short drill")
+        .await;
+    eventually("normal content after expiry", || {
+        let fs = frames.lock().unwrap();
+        let drill = fs[n..].iter().position(|v| text_of(v) == "Short drill")?;
+        fs[n + drill..]
+            .iter()
+            .any(|v| v["kind"] == "timeline")
+            .then_some(())
+    })
+    .await;
+    assert!(frames_since(&agent, n, |v| text_of(v) == "Short drill"));
+    let (_, list) = d.get("/api/v1/alerts", Some(VIEWER)).await;
+    assert_eq!(list["alerts"].as_array().unwrap().len(), 3);
+
+    // The CLI: raise, show, clear.
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .args(args)
+            .args(["--url", &d.http, "--token", &admin])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = cli(&[
+        "alert",
+        "raise",
+        "--zh",
+        "演练",
+        "--en",
+        "CLI drill",
+        "--channel",
+        "lobby",
+        "--expires-in",
+        "5m",
+    ]);
+    let id = out.lines().next().unwrap().to_owned();
+    assert!(
+        id.starts_with("alert-") && out.contains("marquee/v1/alert/lobby"),
+        "{out}"
+    );
+    agent
+        .frame("the CLI alert", |v| {
+            text_of(v) == "CLI drill" || text_of(v) == "演练"
+        })
+        .await;
+    let shown: Value = serde_json::from_str(&cli(&["alert", "show", &id])).unwrap();
+    assert_eq!(shown["alert"]["severity"], "severe");
+    let cleared: Value = serde_json::from_str(&cli(&["alert", "clear", &id])).unwrap();
+    assert!(cleared["alert"]["cleared_at"].is_string());
+    let out = std::process::Command::new(bin())
+        .args([
+            "alert",
+            "raise",
+            "--en",
+            "x",
+            "--channel",
+            "tram",
+            "--url",
+            &d.http,
+            "--token",
+            &admin,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("unknown channel \"tram\" (field scope)"),
+        "{err}"
+    );
+}
