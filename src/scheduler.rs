@@ -172,8 +172,10 @@ impl Scheduler {
 
     /// Resolves every target at `now` and publishes what changed. Returns how many new versions
     /// were published.
-    pub async fn publish_due(&mut self, now: DateTime<Utc>) -> anyhow::Result<usize> {
-        let now = now.trunc_subsecs(0);
+    pub async fn publish_due(&mut self, issued: DateTime<Utc>) -> anyhow::Result<usize> {
+        // Timelines start on a whole second (readable); the signing time stays precise, since
+        // agents measure their apply latency from it.
+        let now = issued.trunc_subsecs(0);
         let playlists = self.catalog_tx.borrow().playlists();
         let horizon = self.cfg.schedule.horizon;
         let prefix = self.cfg.mqtt.topic_prefix.clone();
@@ -198,7 +200,7 @@ impl Scheduler {
             if !self.needs_publish(&topic, &tl, now) {
                 continue;
             }
-            self.publish_timeline(topic, tl, now).await?;
+            self.publish_timeline(topic, tl, issued).await?;
             count += 1;
         }
         // Display timelines no longer targeted are cleared, so those displays follow their channel.
@@ -310,7 +312,7 @@ impl Scheduler {
     /// Publishes a signed payload on a retained topic (see [`PublishRequest`]).
     pub async fn publish_signed(&mut self, req: &PublishRequest) -> anyhow::Result<Option<u64>> {
         let topic = req.topic.render(&self.cfg.mqtt.topic_prefix);
-        let now = Utc::now().trunc_subsecs(0);
+        let now = Utc::now();
         if let Some(id) = &req.if_current_alert {
             let current = self.published.get(&topic).and_then(|p| {
                 crate::wire::verify(self.keys.public(), &topic, &p.payload, None, now).ok()
