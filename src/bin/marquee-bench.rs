@@ -1,0 +1,684 @@
+//! `marquee-bench`: reruns Marquee's speed and footprint claims on this machine, against the real
+//! daemon binary, a real Mosquitto (or the embedded broker) and N simulated agents in one process
+//! (light MQTT subscribers that verify every signature, as real agents do). Loopback only; every
+//! wait is bounded. Prints the figures; never part of the test suite's pass/fail.
+//!
+//! ```text
+//! cargo build --release --bins
+//! target/release/marquee-bench fanout --agents 2000 --runs 5
+//! target/release/marquee-bench fanout --agents 300 --embedded
+//! target/release/marquee-bench emergency --agents 2000 --runs 5
+//! target/release/marquee-bench footprint --runs 5
+//! ```
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use clap::{Parser, Subcommand};
+use marquee::mqtt::{self, ClientOptions, MqttEvent};
+use marquee::wire::{PublicKey, Signed, verify};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "marquee-bench",
+    about = "Rerunnable Marquee benchmarks (loopback only)"
+)]
+struct Args {
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand)]
+enum Scenario {
+    /// Playlist edit → every simulated agent holds the new signed timeline; baseline: one
+    /// same-size retained publish to the same subscribers.
+    Fanout {
+        /// Simulated agents.
+        #[arg(long, default_value_t = 2000)]
+        agents: usize,
+        /// Measured runs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// Use the daemon's embedded broker instead of Mosquitto.
+        #[arg(long)]
+        embedded: bool,
+    },
+    /// `POST /api/v1/alerts` → every simulated agent holds the verified alert.
+    Emergency {
+        /// Simulated agents.
+        #[arg(long, default_value_t = 2000)]
+        agents: usize,
+        /// Measured runs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// Start-up to READY, idle daemon RSS with the example set, one agent's RSS.
+    Footprint {
+        /// Measured runs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+}
+
+const LOBBY: &str = "marquee/v1/channel/lobby/timeline";
+const ALERT_ALL: &str = "marquee/v1/alert/all";
+const BASELINE: &str = "bench/baseline";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn main() -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let args = Args::parse();
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        match args.scenario {
+            Scenario::Fanout {
+                agents,
+                runs,
+                embedded,
+            } => fanout(agents, runs, embedded).await,
+            Scenario::Emergency { agents, runs } => emergency(agents, runs).await,
+            Scenario::Footprint { runs } => footprint(runs).await,
+        }
+    })
+}
+
+fn machine() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .map(|l| l.split_whitespace().nth(1).unwrap_or("0").to_owned())
+        })
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb / 1024 / 1024);
+    format!("{cores} cores, {mem} GiB")
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// A scratch directory, removed on drop.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new() -> anyhow::Result<Scratch> {
+        let mut b = [0u8; 6];
+        getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let dir = std::env::temp_dir().join(format!("marquee-bench-{}", hex::encode(b)));
+        std::fs::create_dir_all(dir.join("playlists"))?;
+        Ok(Scratch(dir))
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn repo_playlists() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("playlists")
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+fn mosquitto(dir: &Path) -> anyhow::Result<(Proc, u16)> {
+    let port = free_port()?;
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 10000\n"
+        ),
+    )?;
+    let bin = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .unwrap_or("mosquitto");
+    let child = Command::new(bin)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("mosquitto is not installed (apt-get install mosquitto)")?;
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("mosquitto did not start");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok((Proc(child), port))
+}
+
+/// The daemon with its readiness time and HTTP address.
+struct Daemon {
+    proc: Proc,
+    ready_after: Duration,
+    http: String,
+    data: PathBuf,
+}
+
+fn daemon(dir: &Path, mqtt_section: &str) -> anyhow::Result<Daemon> {
+    let cfg = dir.join("marquee.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[mqtt]\n{mqtt_section}\n[schedule]\nplaylists_dir = {:?}\n\
+             [[schedule.displays]]\nid = \"lobby-east-1\"\nchannel = \"lobby\"\n",
+            dir.join("data").display().to_string(),
+            dir.join("playlists").display().to_string()
+        ),
+    )?;
+    let bin = std::env::current_exe()?.with_file_name("marquee");
+    if !bin.exists() {
+        bail!(
+            "{} is missing: run `cargo build --release --bins` first",
+            bin.display()
+        );
+    }
+    let t0 = Instant::now();
+    let mut child = Command::new(&bin)
+        .args(["--log-format", "json", "serve", "-c"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().context("no stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
+                && v["message"] == "marquee ready"
+            {
+                let _ = tx.send(v["http"].as_str().unwrap_or_default().to_owned());
+            }
+        }
+    });
+    let http = rx
+        .recv_timeout(Duration::from_secs(30))
+        .context("the daemon did not become ready")?;
+    Ok(Daemon {
+        proc: Proc(child),
+        ready_after: t0.elapsed(),
+        http: format!("http://{http}"),
+        data: dir.join("data"),
+    })
+}
+
+/// What a simulated agent saw.
+struct Seen {
+    agent: usize,
+    kind: Kind,
+    at: Instant,
+    at_utc: DateTime<Utc>,
+}
+
+enum Kind {
+    Connected,
+    Timeline { version: u64, issued: DateTime<Utc> },
+    Alert { id: String },
+    Baseline { seq: u64 },
+}
+
+/// Connects `n` simulated agents (in waves, as a fleet coming up does).
+async fn fleet(
+    n: usize,
+    port: u16,
+    key: PublicKey,
+    cancel: &CancellationToken,
+) -> anyhow::Result<mpsc::Receiver<Seen>> {
+    let (tx, mut rx) = mpsc::channel::<Seen>(1 << 20);
+    let (out_tx, out_rx) = mpsc::channel::<Seen>(1 << 20);
+    for i in 0..n {
+        let (_handle, mut events) = mqtt::connect(
+            ClientOptions {
+                client_id: format!("bench-agent-{i}"),
+                host: "127.0.0.1".into(),
+                port,
+                credentials: None,
+                keep_alive: Duration::from_secs(60),
+                max_packet: 4 << 20,
+                subscriptions: vec![LOBBY.into(), ALERT_ALL.into(), BASELINE.into()],
+                last_will: None,
+                tls: None,
+            },
+            cancel.child_token(),
+        );
+        let tx = tx.clone();
+        let key = key.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                let at = Instant::now();
+                let at_utc = Utc::now();
+                let kind = match ev {
+                    MqttEvent::Connected => Kind::Connected,
+                    MqttEvent::Message { topic, payload, .. } if topic == BASELINE => {
+                        Kind::Baseline {
+                            seq: payload.get(..8).map_or(0, |b| {
+                                u64::from_le_bytes(b.try_into().unwrap_or_default())
+                            }),
+                        }
+                    }
+                    MqttEvent::Message { topic, payload, .. } if !payload.is_empty() => {
+                        match verify(&key, &topic, &payload, None, at_utc) {
+                            Ok(b) => match b.payload {
+                                Signed::Timeline(_) => Kind::Timeline {
+                                    version: b.version,
+                                    issued: b.issued_at,
+                                },
+                                Signed::Alert(a) => Kind::Alert { id: a.id },
+                                _ => continue,
+                            },
+                            Err(_) => continue,
+                        }
+                    }
+                    _ => continue,
+                };
+                if tx
+                    .send(Seen {
+                        agent: i,
+                        kind,
+                        at,
+                        at_utc,
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        if i % 200 == 199 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+    drop(tx);
+    // Wait for every agent to connect, then pass everything else through.
+    let mut connected = vec![false; n];
+    let mut up = 0;
+    let deadline = Instant::now() + DEADLINE;
+    let mut early = Vec::new();
+    while up < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, rx.recv()).await {
+            Ok(Some(s)) => {
+                if matches!(s.kind, Kind::Connected) {
+                    if !connected[s.agent] {
+                        connected[s.agent] = true;
+                        up += 1;
+                    }
+                } else {
+                    early.push(s);
+                }
+            }
+            _ => bail!("only {up} of {n} simulated agents connected within {DEADLINE:?}"),
+        }
+    }
+    for s in early {
+        out_tx.send(s).await?;
+    }
+    tokio::spawn(async move {
+        while let Some(s) = rx.recv().await {
+            if out_tx.send(s).await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(out_rx)
+}
+
+/// Latency figures in milliseconds.
+struct Stats {
+    p50: f64,
+    p99: f64,
+    max: f64,
+}
+
+fn stats(mut v: Vec<f64>) -> Stats {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let at = |q: f64| {
+        v[(((v.len() as f64) * q).ceil() as usize)
+            .saturating_sub(1)
+            .min(v.len() - 1)]
+    };
+    Stats {
+        p50: at(0.50),
+        p99: at(0.99),
+        max: *v.last().unwrap_or(&0.0),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// When one agent got something: monotonic instant, wall clock, and the payload's signing time
+/// (for timelines).
+type Receipt = (Instant, DateTime<Utc>, Option<DateTime<Utc>>);
+
+/// Waits until every agent reported something `matches` accepts; returns each agent's first
+/// such report.
+async fn until_all(
+    rx: &mut mpsc::Receiver<Seen>,
+    n: usize,
+    matches: impl Fn(&Kind) -> bool,
+) -> anyhow::Result<Vec<Receipt>> {
+    let mut got: Vec<Option<Receipt>> = vec![None; n];
+    let mut count = 0;
+    let deadline = Instant::now() + DEADLINE;
+    while count < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(Some(s)) = tokio::time::timeout(left, rx.recv()).await else {
+            bail!("only {count} of {n} agents got it within {DEADLINE:?}");
+        };
+        if matches(&s.kind) && got[s.agent].is_none() {
+            let issued = match s.kind {
+                Kind::Timeline { issued, .. } => Some(issued),
+                _ => None,
+            };
+            got[s.agent] = Some((s.at, s.at_utc, issued));
+            count += 1;
+        }
+    }
+    Ok(got.into_iter().flatten().collect())
+}
+
+const BENCH_PLAYLIST: &str = r#"{"id": "bench", "tier": "interrupt", "targets": {"channels": ["lobby"]},
+ "schedule": [{"start": "00:00", "end": "00:00"}],
+ "items": [{"id": "b", "text": {"zh": "基准测试 RUN", "en": "benchmark RUN"}, "seconds": 10}]}"#;
+
+fn write_playlist(dir: &Path, run: usize) -> anyhow::Result<()> {
+    let path = dir.join("playlists/bench.json");
+    let tmp = dir.join("playlists/.bench.json.tmp");
+    std::fs::write(&tmp, BENCH_PLAYLIST.replace("RUN", &run.to_string()))?;
+    std::fs::rename(tmp, path)?;
+    Ok(())
+}
+
+fn setup_site(dir: &Path) -> anyhow::Result<()> {
+    for e in std::fs::read_dir(repo_playlists())? {
+        let e = e?;
+        std::fs::copy(e.path(), dir.join("playlists").join(e.file_name()))?;
+    }
+    write_playlist(dir, 0)
+}
+
+async fn fanout(agents: usize, runs: usize, embedded: bool) -> anyhow::Result<()> {
+    let scratch = Scratch::new()?;
+    let dir = &scratch.0;
+    setup_site(dir)?;
+    let (_mq, port) = if embedded {
+        let p = free_port()?;
+        (None, p)
+    } else {
+        let (m, p) = mosquitto(dir)?;
+        (Some(m), p)
+    };
+    let section = if embedded {
+        format!("embedded = true\nlisten = \"127.0.0.1:{port}\"")
+    } else {
+        format!("embedded = false\nurl = \"mqtt://127.0.0.1:{port}\"")
+    };
+    let d = daemon(dir, &section)?;
+    let key = PublicKey::from_hex(&std::fs::read_to_string(d.data.join("signing.pub"))?)?;
+    let cancel = CancellationToken::new();
+    let t = Instant::now();
+    let mut rx = fleet(agents, port, key, &cancel).await?;
+    println!(
+        "# fanout: {} broker, {agents} simulated agents (connected in {:.2} s), {runs} runs, {}",
+        if embedded {
+            "embedded (rumqttd)"
+        } else {
+            "Mosquitto"
+        },
+        t.elapsed().as_secs_f64(),
+        machine()
+    );
+    until_all(&mut rx, agents, |k| matches!(k, Kind::Timeline { .. })).await?;
+    // Publisher for the baseline.
+    let (publisher, _pub_events) = mqtt::connect(
+        ClientOptions {
+            client_id: "bench-baseline".into(),
+            host: "127.0.0.1".into(),
+            port,
+            credentials: None,
+            keep_alive: Duration::from_secs(60),
+            max_packet: 4 << 20,
+            subscriptions: vec![],
+            last_will: None,
+            tls: None,
+        },
+        cancel.child_token(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (mut edit_p99, mut pub_p99, mut base_p99) = (Vec::new(), Vec::new(), Vec::new());
+    println!(
+        "run | edit→all agents p50/p99/max ms | publish→all agents p50/p99/max ms | baseline publish→all p50/p99/max ms"
+    );
+    for run in 1..=runs {
+        // Edit → new signed timeline at every agent.
+        let (held, _) = lobby_published(&d);
+        let t0 = Instant::now();
+        write_playlist(dir, run)?;
+        let got = until_all(
+            &mut rx,
+            agents,
+            |k| matches!(k, Kind::Timeline { version: v, .. } if *v > held),
+        )
+        .await?;
+        let edit = stats(
+            got.iter()
+                .map(|(at, _, _)| at.duration_since(t0).as_secs_f64() * 1000.0)
+                .collect(),
+        );
+        let publ = stats(
+            got.iter()
+                .filter_map(|(_, utc, issued)| {
+                    issued.map(|i| (*utc - i).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+                })
+                .collect(),
+        );
+        // Baseline: the same-size retained message, published once.
+        let mut payload = vec![b'x'; lobby_published(&d).1];
+        payload[..8].copy_from_slice(&(run as u64).to_le_bytes());
+        let t1 = Instant::now();
+        publisher.publish(BASELINE, payload, true)?;
+        let got = until_all(
+            &mut rx,
+            agents,
+            |k| matches!(k, Kind::Baseline { seq } if *seq == run as u64),
+        )
+        .await?;
+        let base = stats(
+            got.iter()
+                .map(|(at, _, _)| at.duration_since(t1).as_secs_f64() * 1000.0)
+                .collect(),
+        );
+        println!(
+            "{run} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1}",
+            edit.p50,
+            edit.p99,
+            edit.max,
+            publ.p50,
+            publ.p99,
+            publ.max,
+            base.p50,
+            base.p99,
+            base.max
+        );
+        edit_p99.push(edit.p99);
+        pub_p99.push(publ.p99);
+        base_p99.push(base.p99);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (e, p, b) = (median(edit_p99), median(pub_p99), median(base_p99));
+    println!(
+        "median p99: edit→all {e:.1} ms (target < 250) | publish→all {p:.1} ms vs baseline {b:.1} ms = {:.2}× (target ≤ 1.5×) | daemon RSS {} MB",
+        p / b.max(0.001),
+        rss_kb(d.proc.0.id()) / 1024
+    );
+    cancel.cancel();
+    Ok(())
+}
+
+/// The lobby timeline as last published: (version, payload size).
+fn lobby_published(d: &Daemon) -> (u64, usize) {
+    marquee::store::Store::open(&d.data.join("marquee.db"))
+        .and_then(|s| s.published())
+        .ok()
+        .and_then(|p| {
+            p.into_iter()
+                .find(|p| p.topic == LOBBY)
+                .map(|p| (p.version, p.payload.len()))
+        })
+        .unwrap_or((0, 4096))
+}
+
+async fn emergency(agents: usize, runs: usize) -> anyhow::Result<()> {
+    let scratch = Scratch::new()?;
+    let dir = &scratch.0;
+    setup_site(dir)?;
+    let (_mq, port) = mosquitto(dir)?;
+    let d = daemon(
+        dir,
+        &format!("embedded = false\nurl = \"mqtt://127.0.0.1:{port}\""),
+    )?;
+    let key = PublicKey::from_hex(&std::fs::read_to_string(d.data.join("signing.pub"))?)?;
+    let token = std::fs::read_to_string(d.data.join("admin.token"))?
+        .trim()
+        .to_owned();
+    let cancel = CancellationToken::new();
+    let mut rx = fleet(agents, port, key, &cancel).await?;
+    println!(
+        "# emergency: Mosquitto, {agents} simulated agents, {runs} runs, {}",
+        machine()
+    );
+    println!("run | POST /api/v1/alerts → every agent holds the verified alert: p50/p99/max ms");
+    let http = reqwest::Client::new();
+    let mut p99s = Vec::new();
+    for run in 1..=runs {
+        let t0 = Instant::now();
+        let resp: serde_json::Value = http
+            .post(format!("{}/api/v1/alerts", d.http))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"text": {"en": format!("bench alert {run}")}, "expires_in": "5m"}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let id = resp["id"].as_str().context("no alert id")?.to_owned();
+        let got = until_all(
+            &mut rx,
+            agents,
+            |k| matches!(k, Kind::Alert { id: a } if *a == id),
+        )
+        .await?;
+        let s = stats(
+            got.iter()
+                .map(|(at, _, _)| at.duration_since(t0).as_secs_f64() * 1000.0)
+                .collect(),
+        );
+        println!("{run} | {:.1} / {:.1} / {:.1}", s.p50, s.p99, s.max);
+        p99s.push(s.p99);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    println!("median p99: {:.1} ms (target < 500)", median(p99s));
+    cancel.cancel();
+    Ok(())
+}
+
+async fn footprint(runs: usize) -> anyhow::Result<()> {
+    println!(
+        "# footprint: embedded broker, example playlists, {runs} runs, {}",
+        machine()
+    );
+    println!(
+        "run | start→READY ms (first start: keys generated) | restart→READY ms | daemon RSS idle MB | agent RSS MB"
+    );
+    let (mut first, mut again, mut drss, mut arss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 1..=runs {
+        let scratch = Scratch::new()?;
+        let dir = &scratch.0;
+        setup_site(dir)?;
+        let port = free_port()?;
+        let section = format!("embedded = true\nlisten = \"127.0.0.1:{port}\"");
+        let d = daemon(dir, &section)?;
+        let f = d.ready_after;
+        drop(d);
+        let d = daemon(dir, &section)?;
+        let r = d.ready_after;
+        let agent_cfg = dir.join("agent.toml");
+        std::fs::write(
+            &agent_cfg,
+            format!(
+                "id = \"bench-1\"\nchannel = \"lobby\"\npublic_key_file = {:?}\ncache_dir = {:?}\nrender = \"jsonl\"\n\
+                 [mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n[fallback]\ntext = {{ en = \"x\" }}\n",
+                d.data.join("signing.pub").display().to_string(),
+                dir.join("agent-cache").display().to_string()
+            ),
+        )?;
+        let agent = Proc(
+            Command::new(std::env::current_exe()?.with_file_name("marquee"))
+                .args(["agent", "-c"])
+                .arg(&agent_cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (dr, ar) = (rss_kb(d.proc.0.id()), rss_kb(agent.0.id()));
+        println!(
+            "{run} | {:.1} | {:.1} | {:.1} | {:.1}",
+            f.as_secs_f64() * 1000.0,
+            r.as_secs_f64() * 1000.0,
+            dr as f64 / 1024.0,
+            ar as f64 / 1024.0
+        );
+        first.push(f.as_secs_f64() * 1000.0);
+        again.push(r.as_secs_f64() * 1000.0);
+        drss.push(dr as f64 / 1024.0);
+        arss.push(ar as f64 / 1024.0);
+    }
+    println!(
+        "median: first start→READY {:.1} ms, restart→READY {:.1} ms (target < 200) | daemon RSS {:.1} MB (target < 20) | agent RSS {:.1} MB (target < 10)",
+        median(first),
+        median(again),
+        median(drss),
+        median(arss)
+    );
+    Ok(())
+}
