@@ -245,7 +245,17 @@ fn main() -> ExitCode {
                 cfg.render = r;
             }
             marquee::logging::init(log_format.unwrap_or(LogFormat::Text), "info");
-            run_async(marquee::agent::run(cfg))
+            // One screen needs no thread pool: a single-threaded runtime keeps the agent small.
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => finish(rt.block_on(marquee::agent::run(cfg))),
+                Err(e) => {
+                    eprintln!("marquee: cannot start the async runtime: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Displays { api } => run_api("marquee displays", api, |client| async move {
             marquee::cli::displays(&client).await
@@ -335,7 +345,12 @@ fn run_async(fut: impl std::future::Future<Output = anyhow::Result<()>>) -> Exit
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(fut) {
+    finish(rt.block_on(fut))
+}
+
+/// The exit code of a long-lived command, logging its error.
+fn finish(res: anyhow::Result<()>) -> ExitCode {
+    match res {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %format!("{e:#}"), "stopped on an error");
