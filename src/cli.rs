@@ -277,3 +277,132 @@ pub async fn alert_raise(
         v["expires_at"].as_str().unwrap_or("?")
     ))
 }
+
+/// `marquee audit verify`: checks the hash chain in the daemon's database (offline). Returns the
+/// message and whether the chain is intact.
+pub fn audit_verify(config: &Path, data_dir: Option<&Path>) -> anyhow::Result<(String, bool)> {
+    let cfg = Config::load(config)?;
+    let db = data_dir.unwrap_or(&cfg.data_dir).join("marquee.db");
+    if !db.exists() {
+        anyhow::bail!(
+            "{} does not exist (has the daemon run with this config?)",
+            db.display()
+        );
+    }
+    let store =
+        crate::store::Store::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    Ok(match store.verify_audit()? {
+        Ok(n) => (
+            format!(
+                "ok: the audit log of {} is intact ({n} entries)\n",
+                db.display()
+            ),
+            true,
+        ),
+        Err(b) => (
+            format!(
+                "TAMPERED: {}: audit entry {}: {}\n",
+                db.display(),
+                b.seq,
+                b.reason
+            ),
+            false,
+        ),
+    })
+}
+
+fn playlist_id(file: &Path) -> anyhow::Result<String> {
+    file.file_stem()
+        .and_then(|s| s.to_str())
+        .map(str::to_owned)
+        .with_context(|| format!("{}: the file name is the playlist id", file.display()))
+}
+
+/// `marquee playlist push FILE`: uploads it (validated like a file on disk); prints the impact.
+pub async fn playlist_push(api: &ApiClient, file: &Path) -> anyhow::Result<String> {
+    let id = playlist_id(file)?;
+    let body =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let resp = reqwest::Client::new()
+        .put(format!("{}/api/v1/playlists/{id}", api.url))
+        .bearer_auth(&api.token)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .with_context(|| format!("cannot reach the daemon at {}", api.url))?;
+    let status = resp.status();
+    let v: serde_json::Value = resp.json().await.unwrap_or_default();
+    if status == reqwest::StatusCode::BAD_REQUEST && v["errors"].is_array() {
+        let lines: Vec<String> = v["errors"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| {
+                format!(
+                    "{}:{}:{}: {}",
+                    file.display(),
+                    e["line"],
+                    e["column"],
+                    e["message"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        anyhow::bail!("rejected, nothing changed:\n{}", lines.join("\n"));
+    }
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {}",
+            v["error"]["message"].as_str().unwrap_or("request failed")
+        );
+    }
+    let impact = v["impact"].as_array().cloned().unwrap_or_default();
+    Ok(format!(
+        "pushed {id} → {}\n{}",
+        v["file"].as_str().unwrap_or("?"),
+        crate::preview::impact_text(&impact, chrono::Duration::hours(48))
+    ))
+}
+
+/// `marquee playlist pull ID`: the live version as written.
+pub async fn playlist_pull(api: &ApiClient, id: &str) -> anyhow::Result<String> {
+    let v = api.get(&format!("/api/v1/playlists/{id}")).await?;
+    let src = v["source"].as_str().context("the daemon sent no source")?;
+    Ok(if src.ends_with('\n') {
+        src.to_owned()
+    } else {
+        format!("{src}\n")
+    })
+}
+
+/// `marquee playlist diff FILE`: what replacing the live playlist with FILE would change, from
+/// the files (no daemon needed).
+pub fn playlist_diff(config: &Path, file: &Path) -> anyhow::Result<String> {
+    let cfg = Config::load(config)?;
+    let sched = &cfg.schedule;
+    let ctx = sched.validation_context();
+    let id = playlist_id(file)?;
+    let src =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let new = crate::domain::Playlist::parse(&file.display().to_string(), Some(&id), &src, &ctx)
+        .map_err(|errors| {
+            anyhow::anyhow!(
+                "{}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        })?;
+    let catalog = Catalog::load(&sched.playlists_dir, &ctx, None)
+        .with_context(|| format!("cannot read {}", sched.playlists_dir.display()))?;
+    let impact = crate::preview::change_impact(
+        sched,
+        &catalog.playlists(),
+        &id,
+        Some(new),
+        chrono::Utc::now(),
+    );
+    Ok(crate::preview::impact_text(&impact, sched.horizon))
+}

@@ -104,6 +104,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         metrics.clone(),
     )?;
     let (publish_tx, publish_rx) = mpsc::channel(64);
+    let (reload_tx, reload_rx) = mpsc::channel(1);
     let state = Arc::new(AppState {
         cfg: cfg.clone(),
         catalog,
@@ -111,6 +112,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         tokens,
         store: store.clone(),
         publisher: publish_tx,
+        reload: reload_tx.clone(),
     });
     // Agents' reports go to the fleet intake; everything else to the scheduler.
     let (sched_tx, sched_rx) = mpsc::channel(1024);
@@ -143,7 +145,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         });
     }
 
-    let (reload_tx, reload_rx) = mpsc::channel(1);
     let _watcher = if cfg.schedule.watch {
         watch_playlists(&cfg, reload_tx.clone())
     } else {

@@ -101,6 +101,18 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Playlists through the API: push a file, pull the live version, diff a file against it.
+    Playlist {
+        #[command(subcommand)]
+        action: PlaylistAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Make an Ed25519 signing key pair (signing.key mode 0600, signing.pub).
     Keygen {
         /// Directory to write into.
@@ -135,10 +147,48 @@ struct ApiArgs {
     #[arg(
         short,
         long,
+        global = true,
         default_value = "config/marquee.toml",
         env = "MARQUEE_CONFIG"
     )]
     config: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum PlaylistAction {
+    /// Upload FILE (its name is the id); validated like a file on disk; prints the change impact.
+    Push {
+        /// Playlist file.
+        file: PathBuf,
+    },
+    /// Print the live version of playlist ID as written.
+    Pull {
+        /// Playlist id.
+        id: String,
+    },
+    /// Which screens FILE would change, and from when (offline, from the config's playlists).
+    Diff {
+        /// Playlist file.
+        file: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditAction {
+    /// Check the hash chain of the audit log in the daemon's database (offline); exit 1 if broken.
+    Verify {
+        /// Daemon configuration (to find the data directory).
+        #[arg(
+            short,
+            long,
+            default_value = "config/marquee.toml",
+            env = "MARQUEE_CONFIG"
+        )]
+        config: PathBuf,
+        /// Data directory (overrides server.data_dir).
+        #[arg(long, env = "MARQUEE_DATA_DIR")]
+        data_dir: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -304,6 +354,40 @@ fn main() -> ExitCode {
                 AlertAction::List => client.get("/api/v1/alerts").await.map(pretty),
             }
         }),
+        Command::Playlist { action, api } => match action {
+            PlaylistAction::Diff { file } => {
+                match marquee::cli::playlist_diff(&api.config, &file) {
+                    Ok(out) => print_out(&out),
+                    Err(e) => {
+                        eprintln!("marquee playlist diff: {e:#}");
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+            PlaylistAction::Push { file } => {
+                run_api("marquee playlist push", api, |client| async move {
+                    marquee::cli::playlist_push(&client, &file).await
+                })
+            }
+            PlaylistAction::Pull { id } => {
+                run_api("marquee playlist pull", api, |client| async move {
+                    marquee::cli::playlist_pull(&client, &id).await
+                })
+            }
+        },
+        Command::Audit {
+            action: AuditAction::Verify { config, data_dir },
+        } => match marquee::cli::audit_verify(&config, data_dir.as_deref()) {
+            Ok((msg, true)) => print_out(&msg),
+            Ok((msg, false)) => {
+                eprint!("{msg}");
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("marquee audit verify: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Keygen { out, force } => match marquee::keys::keygen(&out, force) {
             Ok((secret, public, key)) => {
                 println!("secret key: {} (mode 0600)", secret.display());

@@ -180,3 +180,62 @@ impl Preview {
         out
     }
 }
+
+/// Every channel and configured display as resolver targets.
+pub fn all_targets(sched: &crate::config::ScheduleConfig) -> Vec<TargetRef<'_>> {
+    sched
+        .channels
+        .iter()
+        .map(|c| TargetRef::Channel(c))
+        .chain(
+            sched
+                .displays
+                .iter()
+                .map(|(id, channel)| TargetRef::Display { id, channel }),
+        )
+        .collect()
+}
+
+/// The change impact of replacing (or, with `None`, removing) playlist `id`, over the horizon
+/// from `now`, as JSON: `[{"target": "channel lobby", "from": "…"}]` (times in `tz`).
+pub fn change_impact(
+    sched: &crate::config::ScheduleConfig,
+    current: &[Playlist],
+    id: &str,
+    replacement: Option<Playlist>,
+    now: DateTime<Utc>,
+) -> Vec<Value> {
+    let now = chrono::SubsecRound::trunc_subsecs(now, 0);
+    let mut new: Vec<Playlist> = current.iter().filter(|p| p.id != id).cloned().collect();
+    new.extend(replacement);
+    crate::domain::impact(current, &new, &all_targets(sched), now, now + sched.horizon)
+        .into_iter()
+        .map(|(t, at)| {
+            let target = match t {
+                crate::wire::Target::Channel(c) => format!("channel {c}"),
+                crate::wire::Target::Display(d) => format!("display {d}"),
+            };
+            json!({"target": target, "from": at.with_timezone(&sched.timezone).to_rfc3339()})
+        })
+        .collect()
+}
+
+/// One line per changed target, or a line saying nothing changes.
+pub fn impact_text(impact: &[Value], horizon: Duration) -> String {
+    if impact.is_empty() {
+        return format!(
+            "no change on any screen in the next {}h\n",
+            horizon.num_hours()
+        );
+    }
+    impact
+        .iter()
+        .map(|i| {
+            format!(
+                "changes {} from {}\n",
+                i["target"].as_str().unwrap_or("?"),
+                i["from"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}

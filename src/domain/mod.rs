@@ -17,4 +17,4 @@ pub mod resolve;
 pub mod segments;
 
 pub use playlist::{Playlist, PlaylistError, PlaylistFile, ValidationContext};
-pub use resolve::{Stretch, TargetRef, explain, resolve};
+pub use resolve::{Stretch, TargetRef, explain, impact, resolve};

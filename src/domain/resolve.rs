@@ -427,3 +427,95 @@ mod tests {
         }
     }
 }
+
+/// Where and from when `new` shows something different from `old` within `[from, until)`:
+/// for each target that changes, the first instant that differs.
+pub fn impact(
+    old: &[Playlist],
+    new: &[Playlist],
+    targets: &[TargetRef<'_>],
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Vec<(Target, DateTime<Utc>)> {
+    let mut out = Vec::new();
+    for t in targets {
+        let a = resolve(old, *t, from, until, "");
+        let b = resolve(new, *t, from, until, "");
+        let mut cuts: Vec<DateTime<Utc>> = a
+            .segments
+            .iter()
+            .chain(&b.segments)
+            .map(|s| s.from)
+            .collect();
+        cuts.sort();
+        cuts.dedup();
+        let same = |x: Option<&Segment>, y: Option<&Segment>| match (x, y) {
+            (Some(x), Some(y)) => {
+                x.tier == y.tier && x.playlists == y.playlists && x.items == y.items
+            }
+            (None, None) => true,
+            _ => false,
+        };
+        if let Some(first) = cuts
+            .into_iter()
+            .find(|c| !same(a.segment_at(*c), b.segment_at(*c)))
+        {
+            out.push((t.wire(), first));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod impact_tests {
+    use super::*;
+    use crate::domain::playlist::tests_support::custom;
+
+    fn utc(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn impact_names_the_changed_targets_and_when() {
+        let base = custom(
+            "base",
+            "normal",
+            1,
+            "UTC",
+            r#"{"start": "00:00", "end": "00:00"}"#,
+            &[("a", 10)],
+        );
+        let evening = custom(
+            "evening",
+            "interrupt",
+            1,
+            "UTC",
+            r#"{"start": "18:00", "end": "19:00"}"#,
+            &[("e", 10)],
+        );
+        let old = vec![base.clone()];
+        let new = vec![base, evening];
+        let targets = [TargetRef::Channel("lobby"), TargetRef::Channel("subway")];
+        let got = impact(
+            &old,
+            &new,
+            &targets,
+            utc("2021-05-15T09:00:00Z"),
+            utc("2021-05-17T09:00:00Z"),
+        );
+        assert_eq!(
+            got,
+            vec![(Target::Channel("lobby".into()), utc("2021-05-15T18:00:00Z"))]
+        );
+        assert!(
+            impact(
+                &old,
+                &old,
+                &targets,
+                utc("2021-05-15T09:00:00Z"),
+                utc("2021-05-17T09:00:00Z")
+            )
+            .is_empty()
+        );
+    }
+}

@@ -145,6 +145,14 @@ pub async fn raise(
         issued_at: now,
         expires_at: now + lasts,
     };
+    super::audit(
+        &s,
+        &who.name,
+        "alert.raise",
+        &id,
+        json!({"scope": r.scope, "severity": r.severity, "text": r.text, "expires_at": alert.expires_at}),
+    )
+    .await?;
     let store = s.store.clone();
     let (aid, scope, text, sev, by) = (
         id.clone(),
@@ -197,6 +205,7 @@ pub async fn clear(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let row = load(&s, &id).await?;
+    super::audit(&s, &who.name, "alert.clear", &id, json!({})).await?;
     let expires = DateTime::parse_from_rfc3339(&row.expires_at)
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or_else(|_| Utc::now())

@@ -78,6 +78,7 @@ pub async fn get_playlist(
     Ok(Json(json!({
         "id": id,
         "file": path.display().to_string(),
+        "source": src,
         "playlist": playlist,
         "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
     })))
@@ -253,4 +254,26 @@ pub async fn plays(
         .into_inner()
         .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
+}
+
+/// `GET /api/v1/audit?after=&limit=`: the audit log, oldest first, with the chain's state.
+pub async fn audit_log(
+    _: super::auth::Operator,
+    State(s): State<Arc<AppState>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let after = q.get("after").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let limit = q
+        .get("limit")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        .min(10_000);
+    let store = s.store.clone();
+    let (entries, verified) =
+        blocking(move || Ok((store.audit_entries(after, limit)?, store.verify_audit()?))).await?;
+    let chain = match verified {
+        Ok(n) => json!({"intact": true, "entries": n}),
+        Err(b) => json!({"intact": false, "broken_at": b.seq, "reason": b.reason}),
+    };
+    Ok(Json(json!({"entries": entries, "chain": chain})))
 }

@@ -57,6 +57,8 @@ pub struct Auth<const MIN: u8>(pub Principal);
 
 /// Any valid token.
 pub type Viewer = Auth<0>;
+/// Editors and above (playlists).
+pub type Editor = Auth<1>;
 /// Operators and admins (alerts, campaigns).
 pub type Operator = Auth<2>;
 

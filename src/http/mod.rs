@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod error;
+pub mod playlists;
 
 use std::sync::Arc;
 
@@ -33,6 +34,8 @@ pub struct AppState {
     pub store: Arc<crate::store::Store>,
     /// Signed retained publications (alerts) go through the scheduler.
     pub publisher: tokio::sync::mpsc::Sender<crate::scheduler::PublishRequest>,
+    /// Asks the scheduler to reload the playlists directory.
+    pub reload: tokio::sync::mpsc::Sender<()>,
 }
 
 /// The router.
@@ -41,18 +44,43 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
         .route("/api/v1/playlists", get(api::list_playlists))
-        .route("/api/v1/playlists/{id}", get(api::get_playlist))
+        .route(
+            "/api/v1/playlists/{id}",
+            get(api::get_playlist)
+                .put(playlists::put)
+                .delete(playlists::delete),
+        )
         .route("/api/v1/preview", get(api::preview))
         .route("/api/v1/displays", get(api::list_displays))
         .route("/api/v1/displays/{id}", get(api::get_display))
         .route("/api/v1/plays", get(api::plays))
         .route("/api/v1/alerts", get(alerts::list).post(alerts::raise))
+        .route("/api/v1/audit", get(api::audit_log))
         .route(
             "/api/v1/alerts/{id}",
             get(alerts::show).delete(alerts::clear),
         )
         .fallback(api::not_found)
         .with_state(state)
+}
+
+/// Records a change in the audit log (before it takes effect: no audit, no change).
+pub async fn audit(
+    s: &AppState,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> Result<(), error::ApiError> {
+    let store = s.store.clone();
+    let (actor, action, target) = (actor.to_owned(), action.to_owned(), target.to_owned());
+    tokio::task::spawn_blocking(move || {
+        store.audit(chrono::Utc::now(), &actor, &action, &target, &detail)
+    })
+    .await
+    .map_err(|e| error::ApiError::internal(e.to_string()))?
+    .map_err(|e| error::ApiError::internal(format!("audit log: {e}")))?;
+    Ok(())
 }
 
 /// Serves until `cancel`, then finishes in-flight requests.

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod alerts;
+pub mod audit;
 pub mod fleet;
 
 use std::path::Path;
@@ -89,6 +90,22 @@ const MIGRATIONS: &[&str] = &[
         cleared_by  TEXT
     );
     CREATE INDEX events_alert_acks ON events (kind, display);",
+    // 5: the audit log: append-only (enforced here) and hash-chained (so editing the file
+    // behind SQLite's back is detected by `marquee audit verify`).
+    "CREATE TABLE audit (
+        seq        INTEGER PRIMARY KEY,
+        at         TEXT NOT NULL,
+        actor      TEXT NOT NULL,
+        action     TEXT NOT NULL,
+        target     TEXT NOT NULL,
+        detail     TEXT NOT NULL,
+        prev_hash  TEXT NOT NULL,
+        hash       TEXT NOT NULL
+    );
+    CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+    CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
+        BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
 ];
 
 /// The last payload published on a retained topic.

@@ -168,6 +168,24 @@ async fn alert_raised_by_api_preempts_is_acknowledged_and_ends() {
     assert!(frames_since(&agent, n, |v| text_of(v) == "Short drill"));
     let (_, list) = d.get("/api/v1/alerts", Some(VIEWER)).await;
     assert_eq!(list["alerts"].as_array().unwrap().len(), 3);
+    let (_, audit) = d.get("/api/v1/audit", Some(&admin)).await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            "alert.raise",
+            "alert.raise",
+            "alert.clear",
+            "alert.clear",
+            "alert.raise"
+        ]
+    );
+    assert_eq!(audit["chain"]["intact"], true);
 
     // The CLI: raise, show, clear.
     let cli = |args: &[&str]| {

@@ -5,6 +5,7 @@ mod agent;
 mod alerts;
 mod cli;
 mod core;
+mod editing;
 mod harness;
 mod systemd;
 mod web;

@@ -1,0 +1,115 @@
+//! Playlist editing over the API. Files stay the source of truth: `PUT` validates exactly like
+//! a file on disk, then writes `{playlists_dir}/{id}.json` atomically (a git-managed folder sees an
+//! ordinary file change) and the scheduler reloads; `DELETE` removes the file. Both are audited
+//! before they happen and answer with the change impact (which screens change, from when).
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::AppState;
+use super::auth::{Auth, Editor};
+use super::error::ApiError;
+use crate::domain::Playlist;
+use crate::preview::change_impact;
+use crate::wire::valid_name;
+
+fn file_of(s: &AppState, id: &str) -> Result<std::path::PathBuf, ApiError> {
+    if !valid_name(id) {
+        return Err(ApiError::bad_field(
+            "id",
+            "1-64 letters, digits, '_', '-' or '.'",
+        ));
+    }
+    Ok(s.cfg.schedule.playlists_dir.join(format!("{id}.json")))
+}
+
+/// `PUT /api/v1/playlists/{id}` with the playlist JSON as the body (editor role).
+pub async fn put(
+    Auth(who): Editor,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: String,
+) -> Result<Response, ApiError> {
+    let path = file_of(&s, &id)?;
+    let label = format!("{id}.json");
+    let playlist = match Playlist::parse(
+        &label,
+        Some(&id),
+        &body,
+        &s.cfg.schedule.validation_context(),
+    ) {
+        Ok(p) => p,
+        Err(errors) => {
+            let list: Vec<_> = errors
+                .iter()
+                .map(|e| json!({"line": e.line, "column": e.column, "message": e.message}))
+                .collect();
+            let first = errors.first().map(ToString::to_string).unwrap_or_default();
+            let body = json!({"error": {"code": "invalid", "message": first, "field": "body"}, "errors": list});
+            return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
+        }
+    };
+    let current = s.catalog.borrow().playlists();
+    let impact = change_impact(&s.cfg.schedule, &current, &id, Some(playlist), Utc::now());
+    let sha = hex::encode(Sha256::digest(body.as_bytes()));
+    super::audit(
+        &s,
+        &who.name,
+        "playlist.put",
+        &id,
+        json!({"sha256": sha, "impact": impact}),
+    )
+    .await?;
+    let bytes = body.into_bytes();
+    let target = path.clone();
+    tokio::task::spawn_blocking(move || crate::keys::write_atomic(&target, &bytes, 0o644))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+    let _ = s.reload.try_send(());
+    tracing::info!(id = %id, by = %who.name, "playlist written through the API");
+    Ok(
+        Json(
+            json!({"id": id, "file": path.display().to_string(), "sha256": sha, "impact": impact}),
+        )
+        .into_response(),
+    )
+}
+
+/// `DELETE /api/v1/playlists/{id}` (editor role).
+pub async fn delete(
+    Auth(who): Editor,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let path = file_of(&s, &id)?;
+    if !path.exists() {
+        return Err(ApiError::not_found(format!(
+            "no playlist file {}",
+            path.display()
+        )));
+    }
+    let current = s.catalog.borrow().playlists();
+    let impact = change_impact(&s.cfg.schedule, &current, &id, None, Utc::now());
+    super::audit(
+        &s,
+        &who.name,
+        "playlist.delete",
+        &id,
+        json!({"impact": impact}),
+    )
+    .await?;
+    tokio::fs::remove_file(&path)
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot remove {}: {e}", path.display())))?;
+    let _ = s.reload.try_send(());
+    tracing::info!(id = %id, by = %who.name, "playlist deleted through the API");
+    Ok(Json(json!({"id": id, "deleted": true, "impact": impact})))
+}
