@@ -68,6 +68,28 @@ pub struct RawConfig {
     schedule: RawSchedule,
     #[serde(default)]
     auth: RawAuth,
+    #[serde(default)]
+    cap: RawCap,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCap {
+    accept_test: bool,
+    default_scope: String,
+    policy: Vec<crate::domain::cap::PolicyRule>,
+    areas: Vec<crate::domain::cap::AreaRule>,
+}
+
+impl Default for RawCap {
+    fn default() -> Self {
+        RawCap {
+            accept_test: false,
+            default_scope: "all".into(),
+            policy: Vec::new(),
+            areas: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,6 +304,8 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     /// Configured API tokens (the generated admin token is added at start).
     pub tokens: Vec<TokenConfig>,
+    /// How CAP 1.2 alerts are applied.
+    pub cap: crate::domain::cap::CapRules,
 }
 
 /// Where the MQTT broker is.
@@ -515,7 +539,9 @@ impl Config {
                 });
             }
         }
+        let cap = Config::cap(raw.cap, &schedule, problems);
         Config {
+            cap,
             file: file.to_owned(),
             listen,
             data_dir: raw.server.data_dir,
@@ -617,6 +643,52 @@ impl Config {
             client_id: m.client_id,
             keep_alive: duration(problems, "mqtt.keep_alive", &m.keep_alive),
             max_payload: m.max_payload,
+        }
+    }
+
+    fn cap(
+        c: RawCap,
+        sched: &ScheduleConfig,
+        problems: &mut Vec<String>,
+    ) -> crate::domain::cap::CapRules {
+        use crate::domain::cap::Scope;
+        let default_scope = match c.default_scope.as_str() {
+            "all" => Some(Scope::All),
+            "none" => None,
+            other => {
+                problems.push(format!(
+                    "cap.default_scope: {other:?} is not \"all\" or \"none\""
+                ));
+                None
+            }
+        };
+        for (i, r) in c.policy.iter().enumerate() {
+            if !matches!(r.action.as_str(), "takeover" | "ignore") {
+                problems.push(format!(
+                    "cap.policy[{i}].action: {:?} is not \"takeover\" or \"ignore\"",
+                    r.action
+                ));
+            }
+        }
+        for (i, a) in c.areas.iter().enumerate() {
+            if a.area_desc.is_none() && a.geocode.is_none() {
+                problems.push(format!(
+                    "cap.areas[{i}]: give area_desc or geocode (NAME=VALUE)"
+                ));
+            }
+            for ch in a.channels.iter().filter(|ch| !sched.channels.contains(ch)) {
+                problems.push(format!("cap.areas[{i}].channels: unknown channel {ch:?}"));
+            }
+        }
+        crate::domain::cap::CapRules {
+            policy: if c.policy.is_empty() {
+                crate::domain::cap::default_policy()
+            } else {
+                c.policy
+            },
+            areas: c.areas,
+            default_scope,
+            accept_test: c.accept_test,
         }
     }
 

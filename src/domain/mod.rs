@@ -8,6 +8,7 @@
 //! rules be tested exhaustively.
 
 pub mod calendar;
+pub mod cap;
 pub mod delivery;
 pub mod locate;
 pub mod phone;

@@ -126,6 +126,81 @@ fn validate(s: &AppState, r: &RaiseRequest) -> Result<chrono::Duration, ApiError
         .ok_or_else(|| ApiError::bad_field("expires_in", "a duration from 1s to 7days, e.g. 30m"))
 }
 
+/// Records, audits and publishes an alert; returns what was published.
+async fn raise_alert(
+    s: &AppState,
+    by: &str,
+    alert: Alert,
+    scope: &Scope,
+) -> Result<Vec<Value>, ApiError> {
+    super::audit(
+        s,
+        by,
+        "alert.raise",
+        &alert.id,
+        json!({"scope": scope, "severity": alert.severity, "text": alert.text, "expires_at": alert.expires_at}),
+    )
+    .await?;
+    let store = s.store.clone();
+    let (a, sc, who) = (alert.clone(), scope.clone(), by.to_owned());
+    tokio::task::spawn_blocking(move || {
+        store.insert_alert(
+            &a.id,
+            &sc,
+            &a.severity,
+            &a.text,
+            a.issued_at,
+            a.expires_at,
+            &who,
+        )
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    let mut published = Vec::new();
+    for topic in topics(scope) {
+        let version = publish(
+            s,
+            topic.clone(),
+            Signed::Alert(alert.clone()),
+            alert.expires_at,
+            None,
+        )
+        .await?;
+        published
+            .push(json!({"topic": topic.render(&s.cfg.mqtt.topic_prefix), "version": version}));
+    }
+    tracing::warn!(id = %alert.id, by = %by, severity = %alert.severity, "alert raised");
+    Ok(published)
+}
+
+/// Audits and publishes the end of alert `id` (where it is still current); idempotent.
+async fn clear_alert(s: &AppState, by: &str, row: &AlertRow) -> Result<(), ApiError> {
+    super::audit(s, by, "alert.clear", &row.id, json!({})).await?;
+    let expires = DateTime::parse_from_rfc3339(&row.expires_at)
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or_else(|_| Utc::now())
+        .max(Utc::now() + chrono::Duration::minutes(1));
+    for topic in topics(&row.scope) {
+        publish(
+            s,
+            topic,
+            Signed::AlertClear(AlertClear { id: row.id.clone() }),
+            expires,
+            Some(row.id.clone()),
+        )
+        .await?;
+    }
+    let store = s.store.clone();
+    let (key, who) = (row.id.clone(), by.to_owned());
+    tokio::task::spawn_blocking(move || store.clear_alert(&key, Utc::now(), &who))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    tracing::warn!(id = %row.id, by = %by, "alert cleared");
+    Ok(())
+}
+
 /// `POST /api/v1/alerts`: published at once on the scope's retained alert topics.
 pub async fn raise(
     Auth(who): Operator,
@@ -137,54 +212,96 @@ pub async fn raise(
     let now = Utc::now();
     let mut b = [0u8; 6];
     getrandom::fill(&mut b).map_err(|e| ApiError::internal(e.to_string()))?;
-    let id = format!("alert-{}", hex::encode(b));
     let alert = Alert {
-        id: id.clone(),
+        id: format!("alert-{}", hex::encode(b)),
         severity: r.severity.clone(),
         text: r.text.clone(),
         issued_at: now,
         expires_at: now + lasts,
     };
-    super::audit(
-        &s,
-        &who.name,
-        "alert.raise",
-        &id,
-        json!({"scope": r.scope, "severity": r.severity, "text": r.text, "expires_at": alert.expires_at}),
-    )
-    .await?;
-    let store = s.store.clone();
-    let (aid, scope, text, sev, by) = (
-        id.clone(),
-        r.scope.clone(),
-        r.text.clone(),
-        r.severity.clone(),
-        who.name.clone(),
-    );
-    tokio::task::spawn_blocking(move || {
-        store.insert_alert(&aid, &scope, &sev, &text, now, now + lasts, &by)
-    })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::internal(e.to_string()))?;
-    let mut published = Vec::new();
-    for topic in topics(&r.scope) {
-        let version = publish(
-            &s,
-            topic.clone(),
-            Signed::Alert(alert.clone()),
-            alert.expires_at,
-            None,
-        )
-        .await?;
-        published
-            .push(json!({"topic": topic.render(&s.cfg.mqtt.topic_prefix), "version": version}));
-    }
-    tracing::warn!(id = %id, by = %who.name, severity = %r.severity, "alert raised");
+    let published = raise_alert(&s, &who.name, alert.clone(), &r.scope).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": id, "expires_at": alert.expires_at, "published": published})),
+        Json(json!({"id": alert.id, "expires_at": alert.expires_at, "published": published})),
     ))
+}
+
+/// `POST /api/v1/alerts/cap`: a CAP 1.2 XML alert (operator role). Alert and Update raise (an
+/// Update ends what it references), Cancel ends, anything the rules keep off screens is answered
+/// with the reason. Invalid XML gets a 400 with its line and column.
+pub async fn cap(
+    Auth(who): Operator,
+    State(s): State<Arc<AppState>>,
+    body: String,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let doc =
+        crate::domain::cap::parse(&body).map_err(|e| ApiError::bad_field("body", e.to_string()))?;
+    let action = crate::domain::cap::decide(&doc, &s.cfg.cap, Utc::now());
+    let ended = |ids: &[String]| ids.to_vec();
+    match action {
+        crate::domain::cap::CapAction::Ignore { reason } => {
+            super::audit(
+                &s,
+                &who.name,
+                "cap.ignore",
+                &doc.identifier,
+                json!({"reason": reason, "status": doc.status, "msgType": doc.msg_type}),
+            )
+            .await?;
+            Ok((
+                StatusCode::OK,
+                Json(json!({"action": "ignored", "reason": reason})),
+            ))
+        }
+        crate::domain::cap::CapAction::End { ids } => {
+            let mut done = Vec::new();
+            for id in ended(&ids) {
+                if let Ok(row) = load(&s, &id).await {
+                    clear_alert(&s, &who.name, &row).await?;
+                    done.push(id);
+                }
+            }
+            Ok((
+                StatusCode::OK,
+                Json(json!({"action": "cancelled", "ended": done})),
+            ))
+        }
+        crate::domain::cap::CapAction::Raise {
+            id,
+            replaces,
+            text,
+            severity,
+            scope,
+            expires_at,
+        } => {
+            if load(&s, &id).await.is_ok() {
+                return Ok((
+                    StatusCode::OK,
+                    Json(json!({"action": "duplicate", "id": id})),
+                ));
+            }
+            let mut done = Vec::new();
+            for old in replaces {
+                if let Ok(row) = load(&s, &old).await {
+                    clear_alert(&s, &who.name, &row).await?;
+                    done.push(old);
+                }
+            }
+            let alert = Alert {
+                id: id.clone(),
+                severity,
+                text,
+                issued_at: Utc::now(),
+                expires_at,
+            };
+            let published = raise_alert(&s, &who.name, alert, &scope).await?;
+            let action = if done.is_empty() { "raised" } else { "updated" };
+            Ok((
+                StatusCode::CREATED,
+                Json(json!({"action": action, "id": id, "ended": done, "published": published})),
+            ))
+        }
+    }
 }
 
 async fn load(s: &AppState, id: &str) -> Result<AlertRow, ApiError> {
@@ -205,28 +322,7 @@ pub async fn clear(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let row = load(&s, &id).await?;
-    super::audit(&s, &who.name, "alert.clear", &id, json!({})).await?;
-    let expires = DateTime::parse_from_rfc3339(&row.expires_at)
-        .map(|t| t.with_timezone(&Utc))
-        .unwrap_or_else(|_| Utc::now())
-        .max(Utc::now() + chrono::Duration::minutes(1));
-    for topic in topics(&row.scope) {
-        publish(
-            &s,
-            topic,
-            Signed::AlertClear(AlertClear { id: id.clone() }),
-            expires,
-            Some(id.clone()),
-        )
-        .await?;
-    }
-    let store = s.store.clone();
-    let (key, by) = (id.clone(), who.name.clone());
-    tokio::task::spawn_blocking(move || store.clear_alert(&key, Utc::now(), &by))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    tracing::warn!(id = %id, by = %who.name, "alert cleared");
+    clear_alert(&s, &who.name, &row).await?;
     show(Viewer::from(who), State(s), Path(id)).await
 }
 

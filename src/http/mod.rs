@@ -55,6 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/displays/{id}", get(api::get_display))
         .route("/api/v1/plays", get(api::plays))
         .route("/api/v1/alerts", get(alerts::list).post(alerts::raise))
+        .route("/api/v1/alerts/cap", axum::routing::post(alerts::cap))
         .route("/api/v1/audit", get(api::audit_log))
         .route(
             "/api/v1/alerts/{id}",

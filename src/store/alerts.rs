@@ -2,22 +2,12 @@
 
 use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Row, params};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::fleet::ts;
 use super::{Store, StoreError};
 
-/// Where an alert goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase", deny_unknown_fields)]
-pub enum Scope {
-    /// Every display.
-    All,
-    /// These channels.
-    Channels(Vec<String>),
-    /// These displays.
-    Displays(Vec<String>),
-}
+pub use crate::domain::cap::Scope;
 
 /// A stored alert.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -3,6 +3,7 @@
 
 mod agent;
 mod alerts;
+mod cap;
 mod cli;
 mod core;
 mod editing;
