@@ -25,6 +25,8 @@ pub enum Role {
     Viewer,
     /// Edits playlists.
     Editor,
+    /// Approves alerts and campaigns raised by someone else (two-person rule).
+    Approver,
     /// Runs campaigns and alerts.
     Operator,
     /// Everything.
@@ -70,6 +72,14 @@ pub struct RawConfig {
     auth: RawAuth,
     #[serde(default)]
     cap: RawCap,
+    #[serde(default)]
+    approval: RawApproval,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawApproval {
+    alerts_above: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +282,8 @@ struct RawAuth {
 struct RawToken {
     name: String,
     role: Role,
+    #[serde(default)]
+    emergency: bool,
     token_env: Option<String>,
     token_file: Option<PathBuf>,
 }
@@ -306,6 +318,9 @@ pub struct Config {
     pub tokens: Vec<TokenConfig>,
     /// How CAP 1.2 alerts are applied.
     pub cap: crate::domain::cap::CapRules,
+    /// Two-person rule: alerts reaching more than this many known displays need a second
+    /// person's approval (`None`: never).
+    pub approve_alerts_above: Option<usize>,
 }
 
 /// Where the MQTT broker is.
@@ -387,6 +402,8 @@ pub struct TokenConfig {
     pub role: Role,
     /// The secret.
     pub secret: String,
+    /// May skip the two-person rule (audited).
+    pub emergency: bool,
 }
 
 impl fmt::Debug for TokenConfig {
@@ -532,16 +549,24 @@ impl Config {
                 if secret.len() < 16 {
                     problems.push(format!("{place}: shorter than 16 characters"));
                 }
+                if t.emergency && t.role < Role::Operator {
+                    problems.push(format!(
+                        "auth.tokens[{i}] ({}): emergency needs role operator or admin",
+                        t.name
+                    ));
+                }
                 tokens.push(TokenConfig {
                     name: t.name.clone(),
                     role: t.role,
                     secret,
+                    emergency: t.emergency,
                 });
             }
         }
         let cap = Config::cap(raw.cap, &schedule, problems);
         Config {
             cap,
+            approve_alerts_above: raw.approval.alerts_above,
             file: file.to_owned(),
             listen,
             data_dir: raw.server.data_dir,

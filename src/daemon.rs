@@ -45,9 +45,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         tracing::info!(file = %token_path.display(), "created the admin API token (mode 0600); use it as MARQUEE_TOKEN");
     }
     let mut tokens = Tokens::default();
-    tokens.add("admin", Role::Admin, &admin_token);
+    tokens.add("admin", Role::Admin, false, &admin_token);
     for t in &cfg.tokens {
-        tokens.add(&t.name, t.role, &t.secret);
+        tokens.add(&t.name, t.role, t.emergency, &t.secret);
     }
 
     let db = cfg.data_dir.join("marquee.db");

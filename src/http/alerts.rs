@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use tokio::sync::oneshot;
 
 use super::AppState;
-use super::auth::{Auth, Operator, Viewer};
+use super::auth::{Approver, Auth, Operator, Viewer};
 use super::error::ApiError;
 use crate::scheduler::PublishRequest;
 use crate::store::alerts::{AlertRow, Scope};
@@ -126,23 +126,30 @@ fn validate(s: &AppState, r: &RaiseRequest) -> Result<chrono::Duration, ApiError
         .ok_or_else(|| ApiError::bad_field("expires_in", "a duration from 1s to 7days, e.g. 30m"))
 }
 
-/// Records, audits and publishes an alert; returns what was published.
-async fn raise_alert(
+/// Audits (as `action`) and records an alert with `status` (`live` or `pending`).
+async fn record_alert(
     s: &AppState,
     by: &str,
-    alert: Alert,
+    action: &str,
+    alert: &Alert,
     scope: &Scope,
-) -> Result<Vec<Value>, ApiError> {
+    status: &str,
+) -> Result<(), ApiError> {
     super::audit(
         s,
         by,
-        "alert.raise",
+        action,
         &alert.id,
         json!({"scope": scope, "severity": alert.severity, "text": alert.text, "expires_at": alert.expires_at}),
     )
     .await?;
     let store = s.store.clone();
-    let (a, sc, who) = (alert.clone(), scope.clone(), by.to_owned());
+    let (a, sc, who, st) = (
+        alert.clone(),
+        scope.clone(),
+        by.to_owned(),
+        status.to_owned(),
+    );
     tokio::task::spawn_blocking(move || {
         store.insert_alert(
             &a.id,
@@ -152,11 +159,16 @@ async fn raise_alert(
             a.issued_at,
             a.expires_at,
             &who,
+            &st,
         )
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::internal(e.to_string()))?;
+    .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+/// Publishes an alert on its scope's topics; returns what was published.
+async fn publish_alert(s: &AppState, alert: &Alert, scope: &Scope) -> Result<Vec<Value>, ApiError> {
     let mut published = Vec::new();
     for topic in topics(scope) {
         let version = publish(
@@ -170,8 +182,36 @@ async fn raise_alert(
         published
             .push(json!({"topic": topic.render(&s.cfg.mqtt.topic_prefix), "version": version}));
     }
-    tracing::warn!(id = %alert.id, by = %by, severity = %alert.severity, "alert raised");
+    tracing::warn!(id = %alert.id, severity = %alert.severity, "alert published");
     Ok(published)
+}
+
+/// Records, audits and publishes an alert at once.
+async fn raise_alert(
+    s: &AppState,
+    by: &str,
+    alert: Alert,
+    scope: &Scope,
+) -> Result<Vec<Value>, ApiError> {
+    record_alert(s, by, "alert.raise", &alert, scope, "live").await?;
+    publish_alert(s, &alert, scope).await
+}
+
+/// How many known displays `scope` reaches.
+async fn reach(s: &AppState, scope: &Scope) -> Result<usize, ApiError> {
+    let store = s.store.clone();
+    let displays = tokio::task::spawn_blocking(move || store.displays())
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(displays
+        .iter()
+        .filter(|d| match scope {
+            Scope::All => true,
+            Scope::Channels(cs) => cs.contains(&d.channel),
+            Scope::Displays(ds) => ds.contains(&d.id),
+        })
+        .count())
 }
 
 /// Audits and publishes the end of alert `id` (where it is still current); idempotent.
@@ -219,6 +259,36 @@ pub async fn raise(
         issued_at: now,
         expires_at: now + lasts,
     };
+    // Two-person rule: above the configured reach, a second person approves.
+    if let Some(limit) = s.cfg.approve_alerts_above {
+        let reach = reach(&s, &r.scope).await?;
+        if reach > limit {
+            if who.emergency {
+                record_alert(
+                    &s,
+                    &who.name,
+                    "alert.raise.emergency_skip",
+                    &alert,
+                    &r.scope,
+                    "live",
+                )
+                .await?;
+                let published = publish_alert(&s, &alert, &r.scope).await?;
+                return Ok((
+                    StatusCode::CREATED,
+                    Json(
+                        json!({"id": alert.id, "expires_at": alert.expires_at, "published": published, "approval": "skipped (emergency token)"}),
+                    ),
+                ));
+            }
+            record_alert(&s, &who.name, "alert.request", &alert, &r.scope, "pending").await?;
+            return Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"id": alert.id, "status": "pending", "reach": reach,
+                            "message": format!("reaches {reach} displays (more than {limit}): another person with the approver role must approve it: POST /api/v1/alerts/{}/approve", alert.id)})),
+            ));
+        }
+    }
     let published = raise_alert(&s, &who.name, alert.clone(), &r.scope).await?;
     Ok((
         StatusCode::CREATED,
@@ -323,6 +393,64 @@ pub async fn clear(
 ) -> Result<Json<Value>, ApiError> {
     let row = load(&s, &id).await?;
     clear_alert(&s, &who.name, &row).await?;
+    show(Viewer::from(who), State(s), Path(id)).await
+}
+
+/// `POST /api/v1/alerts/{id}/approve`: the second person (approver role or above, not the one
+/// who raised it) puts a pending alert on the screens; its lifetime starts now.
+pub async fn approve(
+    Auth(who): Approver,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let row = load(&s, &id).await?;
+    if row.status != "pending" || row.cleared_at.is_some() {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "not_pending",
+            message: format!("alert {id} is not waiting for approval"),
+            field: None,
+        });
+    }
+    if row.raised_by == who.name {
+        return Err(ApiError::forbidden(
+            "two-person rule: the alert must be approved by another token than the one that raised it",
+        ));
+    }
+    let parse = |t: &str| DateTime::parse_from_rfc3339(t).map(|t| t.with_timezone(&Utc));
+    let lasts = match (parse(&row.issued_at), parse(&row.expires_at)) {
+        (Ok(a), Ok(b)) => b - a,
+        _ => chrono::Duration::hours(1),
+    };
+    let now = Utc::now();
+    let alert = Alert {
+        id: id.clone(),
+        severity: row.severity.clone(),
+        text: row.text.clone(),
+        issued_at: now,
+        expires_at: now + lasts,
+    };
+    super::audit(
+        &s,
+        &who.name,
+        "alert.approve",
+        &id,
+        json!({"raised_by": row.raised_by}),
+    )
+    .await?;
+    let store = s.store.clone();
+    let (key, by) = (id.clone(), who.name.clone());
+    let changed =
+        tokio::task::spawn_blocking(move || store.approve_alert(&key, &by, now, now + lasts))
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    if !changed {
+        return Err(ApiError::not_found(format!(
+            "alert {id} is no longer pending"
+        )));
+    }
+    publish_alert(&s, &alert, &row.scope).await?;
     show(Viewer::from(who), State(s), Path(id)).await
 }
 

@@ -21,6 +21,8 @@ pub struct Principal {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// May skip the two-person rule.
+    pub emergency: bool,
 }
 
 /// The accepted tokens.
@@ -29,11 +31,12 @@ pub struct Tokens(Vec<(Principal, [u8; 32])>);
 
 impl Tokens {
     /// Adds a token.
-    pub fn add(&mut self, name: &str, role: Role, secret: &str) {
+    pub fn add(&mut self, name: &str, role: Role, emergency: bool, secret: &str) {
         self.0.push((
             Principal {
                 name: name.to_owned(),
                 role,
+                emergency,
             },
             Sha256::digest(secret.as_bytes()).into(),
         ));
@@ -52,21 +55,24 @@ impl Tokens {
     }
 }
 
-/// Minimum role as a const parameter: 0 viewer, 1 editor, 2 operator, 3 admin.
+/// Minimum role as a const parameter: 0 viewer, 1 editor, 2 approver, 3 operator, 4 admin.
 pub struct Auth<const MIN: u8>(pub Principal);
 
 /// Any valid token.
 pub type Viewer = Auth<0>;
 /// Editors and above (playlists).
 pub type Editor = Auth<1>;
+/// Approvers and above (the second person of the two-person rule).
+pub type Approver = Auth<2>;
 /// Operators and admins (alerts, campaigns).
-pub type Operator = Auth<2>;
+pub type Operator = Auth<3>;
 
 fn role_of(n: u8) -> Role {
     match n {
         0 => Role::Viewer,
         1 => Role::Editor,
-        2 => Role::Operator,
+        2 => Role::Approver,
+        3 => Role::Operator,
         _ => Role::Admin,
     }
 }

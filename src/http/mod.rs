@@ -56,6 +56,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/plays", get(api::plays))
         .route("/api/v1/alerts", get(alerts::list).post(alerts::raise))
         .route("/api/v1/alerts/cap", axum::routing::post(alerts::cap))
+        .route(
+            "/api/v1/alerts/{id}/approve",
+            axum::routing::post(alerts::approve),
+        )
         .route("/api/v1/audit", get(api::audit_log))
         .route(
             "/api/v1/alerts/{id}",

@@ -30,6 +30,12 @@ pub struct AlertRow {
     pub cleared_at: Option<String>,
     /// Token name that cleared it.
     pub cleared_by: Option<String>,
+    /// `pending` (waiting for approval) or `live`.
+    pub status: String,
+    /// Token name that approved it (two-person rule).
+    pub approved_by: Option<String>,
+    /// When.
+    pub approved_at: Option<String>,
 }
 
 /// One display's acknowledgement of an alert.
@@ -56,11 +62,14 @@ fn alert_row(r: &Row<'_>) -> rusqlite::Result<AlertRow> {
         raised_by: r.get(6)?,
         cleared_at: r.get(7)?,
         cleared_by: r.get(8)?,
+        status: r.get(9)?,
+        approved_by: r.get(10)?,
+        approved_at: r.get(11)?,
     })
 }
 
-const COLUMNS: &str =
-    "id, scope, severity, text, issued_at, expires_at, raised_by, cleared_at, cleared_by";
+const COLUMNS: &str = "id, scope, severity, text, issued_at, expires_at, raised_by, cleared_at, cleared_by, \
+     status, approved_by, approved_at";
 
 impl Store {
     /// Records a raised alert.
@@ -74,10 +83,11 @@ impl Store {
         issued_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
         raised_by: &str,
+        status: &str,
     ) -> Result<(), StoreError> {
         self.conn().execute(
             &format!(
-                "INSERT INTO alerts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL)"
+                "INSERT INTO alerts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8, NULL, NULL)"
             ),
             params![
                 id,
@@ -86,10 +96,27 @@ impl Store {
                 serde_json::to_string(text).unwrap_or_default(),
                 ts(issued_at),
                 ts(expires_at),
-                raised_by
+                raised_by,
+                status
             ],
         )?;
         Ok(())
+    }
+
+    /// Marks a pending alert approved and live, with its new times. Returns whether it changed.
+    pub fn approve_alert(
+        &self,
+        id: &str,
+        by: &str,
+        issued_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE alerts SET status = 'live', approved_by = ?2, approved_at = ?3, issued_at = ?3, expires_at = ?4
+             WHERE id = ?1 AND status = 'pending' AND cleared_at IS NULL",
+            params![id, by, ts(issued_at), ts(expires_at)],
+        )?;
+        Ok(n > 0)
     }
 
     /// Marks an alert cleared (once: later calls change nothing). Returns whether it changed.

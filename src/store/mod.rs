@@ -106,6 +106,10 @@ const MIGRATIONS: &[&str] = &[
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
     CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit
         BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;",
+    // 6: the two-person rule: alerts can wait for approval.
+    "ALTER TABLE alerts ADD COLUMN status TEXT NOT NULL DEFAULT 'live';
+    ALTER TABLE alerts ADD COLUMN approved_by TEXT;
+    ALTER TABLE alerts ADD COLUMN approved_at TEXT;",
 ];
 
 /// The last payload published on a retained topic.

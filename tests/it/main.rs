@@ -3,6 +3,7 @@
 
 mod agent;
 mod alerts;
+mod approval;
 mod cap;
 mod cli;
 mod core;

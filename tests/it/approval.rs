@@ -1,0 +1,126 @@
+//! The two-person rule for alerts, with roles.
+
+use reqwest::Method;
+use serde_json::json;
+
+use crate::harness::*;
+
+const OP1: &str = "operator-one-0123456789";
+const OP2: &str = "approver-two-0123456789";
+const EDITOR: &str = "editor-three-0123456789";
+const EMERGENCY: &str = "emergency-four-0123456789";
+
+#[tokio::test]
+async fn alerts_beyond_the_limit_wait_for_a_second_person() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    site.append_config(
+        "[approval]\nalerts_above = 0\n\
+         [[auth.tokens]]\nname = \"duty-officer\"\nrole = \"operator\"\ntoken_env = \"MQ_OP1\"\n\
+         [[auth.tokens]]\nname = \"supervisor\"\nrole = \"approver\"\ntoken_env = \"MQ_OP2\"\n\
+         [[auth.tokens]]\nname = \"office\"\nrole = \"editor\"\ntoken_env = \"MQ_ED\"\n\
+         [[auth.tokens]]\nname = \"night-desk\"\nrole = \"operator\"\nemergency = true\ntoken_env = \"MQ_EM\"\n",
+    );
+    let d = Daemon::start_with_env(
+        &site,
+        &[
+            ("MQ_OP1", OP1),
+            ("MQ_OP2", OP2),
+            ("MQ_ED", EDITOR),
+            ("MQ_EM", EMERGENCY),
+        ],
+    )
+    .await;
+    let mut agent = AgentProc::start(&agent_config(&site, "lobby-2p-1", "lobby", port), &[]);
+    agent
+        .frame("normal content", |v| v["kind"] == "timeline")
+        .await;
+    let start = std::time::Instant::now();
+    while d.get("/api/v1/displays/lobby-2p-1", Some(OP1)).await.0 != 200 {
+        assert!(start.elapsed() < DEADLINE, "display never reported");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let body = json!({"text": {"en": "Evacuate the lobby"}, "scope": {"channels": ["lobby"]}, "expires_in": "10m"});
+
+    // Roles: an editor and an approver cannot raise.
+    for t in [EDITOR, OP2] {
+        let (s, _) = d
+            .send(Method::POST, "/api/v1/alerts", Some(t), Some(body.clone()))
+            .await;
+        assert_eq!(s, 403);
+    }
+    // An operator's alert waits.
+    let (s, r) = d
+        .send(
+            Method::POST,
+            "/api/v1/alerts",
+            Some(OP1),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!((s, r["status"].as_str()), (202, Some("pending")), "{r}");
+    let id = r["id"].as_str().unwrap().to_owned();
+    let approve = format!("/api/v1/alerts/{id}/approve");
+    // Not by the same person, not by an editor, not without a token.
+    let (s, e) = d.send(Method::POST, &approve, Some(OP1), None).await;
+    assert_eq!(s, 403);
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("two-person rule")
+    );
+    assert_eq!(
+        d.send(Method::POST, &approve, Some(EDITOR), None).await.0,
+        403
+    );
+    assert_eq!(d.send(Method::POST, &approve, None, None).await.0, 401);
+    assert!(
+        !agent.shown(|v| v["kind"] == "alert"),
+        "nothing on screen before approval"
+    );
+
+    // The second person approves: on screen.
+    let (s, v) = d.send(Method::POST, &approve, Some(OP2), None).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        (
+            v["alert"]["status"].as_str(),
+            v["alert"]["approved_by"].as_str()
+        ),
+        (Some("live"), Some("supervisor"))
+    );
+    agent
+        .frame("the approved alert", |v| text_of(v) == "Evacuate the lobby")
+        .await;
+    assert_eq!(
+        d.send(Method::POST, &approve, Some(OP2), None).await.0,
+        409,
+        "approved once"
+    );
+
+    // An emergency token skips the rule, and that is audited.
+    let (s, r) = d
+        .send(Method::POST, "/api/v1/alerts", Some(EMERGENCY),
+              Some(json!({"text": {"en": "Fire: leave now"}, "scope": {"channels": ["lobby"]}, "severity": "extreme"})))
+        .await;
+    assert_eq!(s, 201, "{r}");
+    agent
+        .frame("the emergency alert", |v| text_of(v) == "Fire: leave now")
+        .await;
+    let (_, audit) = d.get("/api/v1/audit", Some(OP1)).await;
+    let actions: Vec<(&str, &str)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        actions,
+        vec![
+            ("duty-officer", "alert.request"),
+            ("supervisor", "alert.approve"),
+            ("night-desk", "alert.raise.emergency_skip")
+        ]
+    );
+}
