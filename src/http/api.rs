@@ -277,3 +277,13 @@ pub async fn audit_log(
     };
     Ok(Json(json!({"entries": entries, "chain": chain})))
 }
+
+/// `GET /api/v1/channels`: the configured channels and individually targetable displays.
+pub async fn channels(_: Viewer, State(s): State<Arc<AppState>>) -> Json<Value> {
+    let sched = &s.cfg.schedule;
+    Json(json!({
+        "channels": sched.channels,
+        "displays": sched.displays.iter().map(|(id, ch)| json!({"id": id, "channel": ch})).collect::<Vec<_>>(),
+        "timezone": sched.timezone.name(),
+    }))
+}

@@ -41,6 +41,7 @@ pub struct AppState {
 /// The router.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
+        .route("/", get(console))
         .route("/healthz", get(api::healthz))
         .route("/metrics", get(api::metrics))
         .route("/api/v1/playlists", get(api::list_playlists))
@@ -51,10 +52,15 @@ pub fn router(state: Arc<AppState>) -> Router {
                 .delete(playlists::delete),
         )
         .route("/api/v1/preview", get(api::preview))
+        .route("/api/v1/channels", get(api::channels))
         .route("/api/v1/displays", get(api::list_displays))
         .route("/api/v1/displays/{id}", get(api::get_display))
         .route("/api/v1/plays", get(api::plays))
         .route("/api/v1/alerts", get(alerts::list).post(alerts::raise))
+        .route(
+            "/api/v1/playlists/{id}/check",
+            axum::routing::post(playlists::check),
+        )
         .route("/api/v1/alerts/cap", axum::routing::post(alerts::cap))
         .route(
             "/api/v1/alerts/{id}/approve",
@@ -86,6 +92,12 @@ pub async fn audit(
     .map_err(|e| error::ApiError::internal(e.to_string()))?
     .map_err(|e| error::ApiError::internal(format!("audit log: {e}")))?;
     Ok(())
+}
+
+/// `GET /`: the web console, a static page (open; everything it shows comes from the API with
+/// the token the user logs in with).
+async fn console() -> axum::response::Html<&'static str> {
+    axum::response::Html(include_str!("console.html"))
 }
 
 /// Serves until `cancel`, then finishes in-flight requests.

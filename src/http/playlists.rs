@@ -30,6 +30,51 @@ fn file_of(s: &AppState, id: &str) -> Result<std::path::PathBuf, ApiError> {
     Ok(s.cfg.schedule.playlists_dir.join(format!("{id}.json")))
 }
 
+/// Validates `body` as playlist `id`: its change impact, or the 400 response listing every
+/// located error.
+fn validate(
+    s: &AppState,
+    id: &str,
+    body: &str,
+) -> Result<Result<serde_json::Value, Response>, ApiError> {
+    file_of(s, id)?;
+    let label = format!("{id}.json");
+    match Playlist::parse(&label, Some(id), body, &s.cfg.schedule.validation_context()) {
+        Ok(p) => {
+            let current = s.catalog.borrow().playlists();
+            Ok(Ok(json!(change_impact(
+                &s.cfg.schedule,
+                &current,
+                id,
+                Some(p),
+                Utc::now()
+            ))))
+        }
+        Err(errors) => {
+            let list: Vec<_> = errors
+                .iter()
+                .map(|e| json!({"line": e.line, "column": e.column, "message": e.message}))
+                .collect();
+            let first = errors.first().map(ToString::to_string).unwrap_or_default();
+            let body = json!({"error": {"code": "invalid", "message": first, "field": "body"}, "errors": list});
+            Ok(Err((StatusCode::BAD_REQUEST, Json(body)).into_response()))
+        }
+    }
+}
+
+/// `POST /api/v1/playlists/{id}/check`: validation and change impact; nothing is written (editor).
+pub async fn check(
+    _: Editor,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+    body: String,
+) -> Result<Response, ApiError> {
+    Ok(match validate(&s, &id, &body)? {
+        Ok(impact) => Json(json!({"id": id, "valid": true, "impact": impact})).into_response(),
+        Err(resp) => resp,
+    })
+}
+
 /// `PUT /api/v1/playlists/{id}` with the playlist JSON as the body (editor role).
 pub async fn put(
     Auth(who): Editor,
@@ -38,26 +83,10 @@ pub async fn put(
     body: String,
 ) -> Result<Response, ApiError> {
     let path = file_of(&s, &id)?;
-    let label = format!("{id}.json");
-    let playlist = match Playlist::parse(
-        &label,
-        Some(&id),
-        &body,
-        &s.cfg.schedule.validation_context(),
-    ) {
-        Ok(p) => p,
-        Err(errors) => {
-            let list: Vec<_> = errors
-                .iter()
-                .map(|e| json!({"line": e.line, "column": e.column, "message": e.message}))
-                .collect();
-            let first = errors.first().map(ToString::to_string).unwrap_or_default();
-            let body = json!({"error": {"code": "invalid", "message": first, "field": "body"}, "errors": list});
-            return Ok((StatusCode::BAD_REQUEST, Json(body)).into_response());
-        }
+    let impact = match validate(&s, &id, &body)? {
+        Ok(impact) => impact,
+        Err(resp) => return Ok(resp),
     };
-    let current = s.catalog.borrow().playlists();
-    let impact = change_impact(&s.cfg.schedule, &current, &id, Some(playlist), Utc::now());
     let sha = hex::encode(Sha256::digest(body.as_bytes()));
     super::audit(
         &s,

@@ -102,6 +102,22 @@ impl Driver {
         }
     }
 
+    /// Polls `script` (which returns a value) until `pred` holds.
+    async fn until(&self, what: &str, script: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        let start = std::time::Instant::now();
+        loop {
+            let v = self.eval(script).await;
+            if pred(&v) {
+                return v;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}; got {v}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
     /// Saves a screenshot as a test artifact under target/test-artifacts/.
     async fn screenshot(&self, name: &str) {
         let b64 = self
@@ -214,4 +230,131 @@ async fn web_renderer_in_chromium_follows_the_agent_and_shows_alerts() {
         .await;
     assert_eq!(v["text"], "台风预警 TYPHOON");
     driver.screenshot("web-renderer-alert.png").await;
+}
+
+fn contains(needle: &'static str) -> impl Fn(&Value) -> bool {
+    move |v| v.as_str().is_some_and(|s| s.contains(needle))
+}
+
+#[tokio::test]
+async fn web_console_logs_in_edits_a_playlist_previews_and_handles_alerts() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    let driver = Driver::start().await;
+    driver.go(&format!("{}/", d.http)).await;
+
+    // A wrong token is refused; the right one opens the console.
+    driver.eval("document.getElementById('token').value = 'nope-0123456789abcdef'; document.getElementById('do-login').click();").await;
+    driver
+        .until(
+            "the login error",
+            "return document.getElementById('login-error').textContent",
+            contains("not accepted"),
+        )
+        .await;
+    driver.eval(&format!("document.getElementById('token').value = '{token}'; document.getElementById('do-login').click();")).await;
+    driver
+        .until(
+            "the console",
+            "return getComputedStyle(document.getElementById('app')).display",
+            |v| v == "block",
+        )
+        .await;
+    driver
+        .until(
+            "the channel preview",
+            "return document.getElementById('preview-out').textContent",
+            |v| v.as_str().is_some_and(|s| !s.is_empty()),
+        )
+        .await;
+    driver.screenshot("console-channels.png").await;
+
+    // Playlists: open hotline-12345, break it (inline error), fix it (impact), save.
+    driver.eval("document.querySelector('[data-tab=playlists]').click(); const s = document.getElementById('playlist'); s.value = 'hotline-12345'; s.dispatchEvent(new Event('change'));").await;
+    driver
+        .until(
+            "the playlist source",
+            "return document.getElementById('source').value",
+            contains("12345"),
+        )
+        .await;
+    driver.eval("const a = document.getElementById('source'); a.value = a.value.replace('\"weight\": 1,', '\"weight\": 1, \"colour\": 2,'); document.getElementById('check').click();").await;
+    driver
+        .until(
+            "the inline error",
+            "return document.getElementById('check-out').textContent",
+            contains("unknown field `colour`"),
+        )
+        .await;
+    driver.screenshot("console-playlist-error.png").await;
+    driver.eval("const a = document.getElementById('source'); a.value = a.value.replace(' \"colour\": 2,', '').replace('全天候为您服务', '控制台修改'); document.getElementById('check').click();").await;
+    driver
+        .until(
+            "the change impact",
+            "return document.getElementById('check-out').textContent",
+            contains("channel lobby"),
+        )
+        .await;
+    driver
+        .eval("document.getElementById('save').click();")
+        .await;
+    driver
+        .until(
+            "saved",
+            "return document.getElementById('check-out').textContent",
+            contains("Saved"),
+        )
+        .await;
+    assert!(
+        std::fs::read_to_string(site.playlist("hotline-12345"))
+            .unwrap()
+            .contains("控制台修改")
+    );
+
+    // The preview shows the change (the hotline runs 06:00-23:00 Shanghai time; look at noon).
+    driver.eval("document.querySelector('[data-tab=channels]').click(); document.getElementById('lang').click(); const c = document.getElementById('channel'); c.value = 'lobby'; document.getElementById('at').value = '2030-01-02T12:00'; document.getElementById('preview').click();").await;
+    // The daemon reloads the saved file after its debounce: ask again until it shows.
+    driver
+        .until(
+            "the edited slogan in the preview",
+            "document.getElementById('preview').click(); return document.getElementById('preview-out').textContent",
+            contains("控制台修改"),
+        )
+        .await;
+    driver.screenshot("console-preview-zh.png").await;
+
+    // Alerts: raise, see it listed, clear it.
+    driver.eval("document.querySelector('[data-tab=alerts]').click(); document.getElementById('alert-en').value = 'Console drill'; document.getElementById('raise').click();").await;
+    driver
+        .until(
+            "the raised alert",
+            "return document.getElementById('alerts').textContent",
+            contains("Console drill"),
+        )
+        .await;
+    let (_, list) = d.get("/api/v1/alerts", Some(&token)).await;
+    assert_eq!(list["alerts"][0]["text"]["en"], "Console drill");
+    driver.screenshot("console-alerts.png").await;
+    driver
+        .eval("document.querySelector('[data-clear]').click();")
+        .await;
+    driver
+        .until(
+            "the cleared alert",
+            "return document.getElementById('alerts').textContent",
+            contains("cleared"),
+        )
+        .await;
+    let (_, list) = d.get("/api/v1/alerts", Some(&token)).await;
+    assert!(list["alerts"][0]["cleared_at"].is_string());
+    let (_, audit) = d.get("/api/v1/audit", Some(&token)).await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, vec!["playlist.put", "alert.raise", "alert.clear"]);
 }
