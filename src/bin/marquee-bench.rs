@@ -9,6 +9,7 @@
 //! target/release/marquee-bench fanout --agents 300 --embedded
 //! target/release/marquee-bench emergency --agents 2000 --runs 5
 //! target/release/marquee-bench footprint --runs 5
+//! target/release/marquee-bench resolver --playlists 1000 --channels 100
 //! ```
 
 use std::io::{BufRead, BufReader};
@@ -58,6 +59,18 @@ enum Scenario {
         #[arg(long, default_value_t = 5)]
         runs: usize,
     },
+    /// The resolver alone: 48 h timelines of every channel from many playlists.
+    Resolver {
+        /// Playlists.
+        #[arg(long, default_value_t = 1000)]
+        playlists: usize,
+        /// Channels.
+        #[arg(long, default_value_t = 100)]
+        channels: usize,
+        /// Measured runs.
+        #[arg(long, default_value_t = 7)]
+        runs: usize,
+    },
     /// Start-up to READY, idle daemon RSS with the example set, one agent's RSS.
     Footprint {
         /// Measured runs.
@@ -84,6 +97,11 @@ fn main() -> anyhow::Result<()> {
             } => fanout(agents, runs, embedded).await,
             Scenario::Emergency { agents, runs } => emergency(agents, runs).await,
             Scenario::Footprint { runs } => footprint(runs).await,
+            Scenario::Resolver {
+                playlists,
+                channels,
+                runs,
+            } => resolver(playlists, channels, runs),
         }
     })
 }
@@ -679,6 +697,90 @@ async fn footprint(runs: usize) -> anyhow::Result<()> {
         median(again),
         median(drss),
         median(arss)
+    );
+    Ok(())
+}
+
+/// A deterministic mix of schedules: dayparts, cron starts and date ranges, several zones.
+fn generated_playlist(i: usize, channels: usize) -> String {
+    let zones = ["Asia/Shanghai", "Europe/Berlin", "America/New_York", "UTC"];
+    let tiers = ["normal", "normal", "normal", "interrupt", "fallback"];
+    let targets: Vec<String> = (0..5)
+        .map(|k| format!("\"c{:03}\"", (i * 7 + k * 13) % channels))
+        .collect();
+    let schedule = match i % 3 {
+        0 => format!(
+            r#"{{"days": ["mon-fri"], "start": "{:02}:00", "end": "{:02}:30"}}"#,
+            i % 24,
+            (i + 3) % 24
+        ),
+        1 => format!(
+            r#"{{"cron": "{} */{} * * *", "for": "{}m"}}"#,
+            i % 60,
+            1 + i % 4,
+            15 + i % 90
+        ),
+        _ => r#"{"from": "2026-11-27T00:00", "until": "2026-12-02T00:00"}"#.to_owned(),
+    };
+    let items: Vec<String> = (0..3)
+        .map(|k| format!(r#"{{"id": "i{k}", "text": {{"zh": "标语 {i}-{k}", "en": "slogan {i}-{k}"}}, "seconds": {}}}"#, 5 + (i + k) % 20))
+        .collect();
+    format!(
+        r#"{{"id": "p{i}", "tier": "{}", "weight": {}, "timezone": "{}", "targets": {{"channels": [{}]}}, "schedule": [{schedule}], "items": [{}]}}"#,
+        tiers[i % tiers.len()],
+        1 + i % 3,
+        zones[i % zones.len()],
+        targets.join(", "),
+        items.join(", ")
+    )
+}
+
+fn resolver(n: usize, channels: usize, runs: usize) -> anyhow::Result<()> {
+    use marquee::domain::{Playlist, TargetRef, ValidationContext, resolve};
+    let names: Vec<String> = (0..channels).map(|c| format!("c{c:03}")).collect();
+    let ctx = ValidationContext {
+        channels: names.clone(),
+        displays: Default::default(),
+        timezone: chrono_tz::Asia::Shanghai,
+    };
+    let playlists: Vec<Playlist> = (0..n)
+        .map(|i| {
+            Playlist::parse("bench.json", None, &generated_playlist(i, channels), &ctx)
+                .map_err(|e| anyhow::anyhow!("{}", e[0]))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let from = DateTime::parse_from_rfc3339("2026-11-28T00:00:00Z")?.with_timezone(&Utc);
+    let until = from + chrono::Duration::hours(48);
+    println!(
+        "# resolver: {n} playlists × {channels} channels, 48 h timelines, {runs} runs, {}",
+        machine()
+    );
+    println!("run | all channels ms | per channel ms | segments | items");
+    let mut totals = Vec::new();
+    for run in 1..=runs {
+        let t = Instant::now();
+        let (mut segments, mut items) = (0, 0);
+        for c in &names {
+            let tl = resolve(
+                &playlists,
+                TargetRef::Channel(c),
+                from,
+                until,
+                "Asia/Shanghai",
+            );
+            segments += tl.segments.len();
+            items += tl.segments.iter().map(|s| s.items.len()).sum::<usize>();
+        }
+        let ms = t.elapsed().as_secs_f64() * 1000.0;
+        println!(
+            "{run} | {ms:.1} | {:.2} | {segments} | {items}",
+            ms / channels as f64
+        );
+        totals.push(ms);
+    }
+    println!(
+        "median: {:.1} ms for all {channels} channels (target < 50)",
+        median(totals)
     );
     Ok(())
 }

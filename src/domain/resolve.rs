@@ -92,14 +92,22 @@ pub fn explain(
     cuts.dedup();
 
     let mut out: Vec<Stretch> = Vec::new();
+    // Candidates in id order, so the active set comes out sorted; each keeps a cursor into its
+    // (sorted, disjoint) windows that only moves forward as the cuts ascend.
+    let mut candidates = candidates;
+    candidates.sort_by(|x, y| x.0.id.cmp(&y.0.id));
+    let mut cursor = vec![0usize; candidates.len()];
     for pair in cuts.windows(2) {
         let (a, b) = (pair[0], pair[1]);
-        let mut active: Vec<&Playlist> = candidates
-            .iter()
-            .filter(|(_, w)| w.iter().any(|(x, y)| *x <= a && a < *y))
-            .map(|(p, _)| *p)
-            .collect();
-        active.sort_by(|x, y| x.id.cmp(&y.id));
+        let mut active: Vec<&Playlist> = Vec::new();
+        for (k, (p, w)) in candidates.iter().enumerate() {
+            while cursor[k] < w.len() && w[cursor[k]].1 <= a {
+                cursor[k] += 1;
+            }
+            if cursor[k] < w.len() && w[cursor[k]].0 <= a {
+                active.push(p);
+            }
+        }
         let tier = active.iter().map(|p| p.tier).max();
         let (winners, losers): (Vec<&Playlist>, Vec<&Playlist>) =
             active.into_iter().partition(|p| Some(p.tier) == tier);
