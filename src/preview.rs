@@ -143,7 +143,7 @@ impl Preview {
                     let secs: u32 = s
                         .items
                         .iter()
-                        .filter(|i| &i.playlist == id)
+                        .filter(|i| *i.playlist == **id)
                         .map(|i| i.seconds)
                         .sum();
                     format!("{id} {}%", (secs * 100).checked_div(loop_secs).unwrap_or(0))

@@ -134,8 +134,8 @@ pub fn frame_at(
             let (lang, text) = policy.pick(&item.text, slot).unwrap_or(("", ""));
             return Frame {
                 kind: FrameKind::Timeline,
-                item: item.id.clone(),
-                playlist: item.playlist.clone(),
+                item: item.id.to_string(),
+                playlist: item.playlist.to_string(),
                 lang: lang.to_owned(),
                 text: text.to_owned(),
                 tier: seg.tier,
@@ -204,11 +204,13 @@ mod tests {
             id: id.into(),
             playlist: "p".into(),
             seconds: secs,
-            text: [
-                ("en".to_string(), format!("{id} en")),
-                ("zh".to_string(), format!("{id} zh")),
-            ]
-            .into(),
+            text: std::sync::Arc::new(
+                [
+                    ("en".to_string(), format!("{id} en")),
+                    ("zh".to_string(), format!("{id} zh")),
+                ]
+                .into(),
+            ),
         }
     }
 

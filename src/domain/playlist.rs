@@ -175,13 +175,13 @@ pub enum Window {
     },
 }
 
-/// A slogan, validated.
+/// A slogan, validated (shared pieces, so timelines can repeat it without copying).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlaylistItem {
     /// Unique within the playlist.
-    pub id: String,
+    pub id: std::sync::Arc<str>,
     /// Text per language.
-    pub text: BTreeMap<String, String>,
+    pub text: std::sync::Arc<BTreeMap<String, String>>,
     /// Seconds on screen.
     pub seconds: u32,
 }
@@ -556,8 +556,8 @@ fn check_items(p: &mut Problems<'_>, items: &[ItemFile]) -> Vec<PlaylistItem> {
     items
         .iter()
         .map(|i| PlaylistItem {
-            id: i.id.clone(),
-            text: i.text.clone(),
+            id: i.id.as_str().into(),
+            text: std::sync::Arc::new(i.text.clone()),
             seconds: i.seconds,
         })
         .collect()

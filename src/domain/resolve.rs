@@ -177,6 +177,7 @@ fn build_loop(playlists: &[&Playlist]) -> Vec<Item> {
     let mut airtime = vec![0u64; n];
     let mut cycled = vec![false; n];
     let total_weight: u64 = playlists.iter().map(|p| u64::from(p.weight)).sum();
+    let names: Vec<std::sync::Arc<str>> = playlists.iter().map(|p| p.id.as_str().into()).collect();
     let mut out = Vec::new();
     let mut last_whole = None;
     while out.len() < MAX_LOOP {
@@ -191,7 +192,7 @@ fn build_loop(playlists: &[&Playlist]) -> Vec<Item> {
         let item = &p.items[cursor[i]];
         out.push(Item {
             id: item.id.clone(),
-            playlist: p.id.clone(),
+            playlist: names[i].clone(),
             seconds: item.seconds,
             text: item.text.clone(),
         });
@@ -256,7 +257,7 @@ mod tests {
         assert_eq!(s[1].tier, Some(Tier::Interrupt));
         assert_eq!(s[1].from, utc("2021-05-15T10:00:00Z"));
         assert_eq!(s[1].replaced, vec!["normal".to_string()]);
-        assert!(s[1].items.iter().all(|i| i.playlist == "notice"));
+        assert!(s[1].items.iter().all(|i| &*i.playlist == "notice"));
         assert_eq!(s[0].tier, Some(Tier::Normal));
         assert_eq!(s[2].tier, Some(Tier::Normal));
     }
@@ -300,14 +301,14 @@ mod tests {
         let air = |p: &str| {
             s[0].items
                 .iter()
-                .filter(|i| i.playlist == p)
+                .filter(|i| &*i.playlist == p)
                 .map(|i| i.seconds)
                 .sum::<u32>()
         };
         assert_eq!(air("a"), 2 * air("b"));
         // every item of every playlist appears
         for id in ["a1", "a2", "b1"] {
-            assert!(s[0].items.iter().any(|i| i.id == id), "{id}");
+            assert!(s[0].items.iter().any(|i| &*i.id == id), "{id}");
         }
     }
 
@@ -316,7 +317,7 @@ mod tests {
         let a = custom("a", "normal", 1, "UTC", DAY, &[("a1", 30)]);
         let b = custom("b", "normal", 1, "UTC", DAY, &[("b1", 10)]);
         let s = lobby(&[a, b], "2021-05-15T01:00:00Z", "2021-05-15T02:00:00Z");
-        let count = |p: &str| s[0].items.iter().filter(|i| i.playlist == p).count();
+        let count = |p: &str| s[0].items.iter().filter(|i| &*i.playlist == p).count();
         assert_eq!((count("a"), count("b")), (1, 3));
     }
 

@@ -2,6 +2,7 @@
 //! as contiguous segments `[from, until)`, each with the items to loop.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
@@ -45,17 +46,18 @@ pub enum Target {
     Display(String),
 }
 
-/// One slogan as the screen loops it.
+/// One slogan as the screen loops it. Ids and texts are shared (`Arc`) between the many loop
+/// entries that show the same item, so building long timelines does not copy them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Item {
     /// The item's id within its playlist.
-    pub id: String,
+    pub id: Arc<str>,
     /// The playlist the item comes from (for proof of play).
-    pub playlist: String,
+    pub playlist: Arc<str>,
     /// How long the item stays on screen.
     pub seconds: u32,
     /// The text per language tag (`zh`, `en`, …).
-    pub text: BTreeMap<String, String>,
+    pub text: Arc<BTreeMap<String, String>>,
 }
 
 /// A stretch of time with a fixed loop of items. Segments of a timeline are contiguous and do not

@@ -183,8 +183,9 @@ async fn agent_refuses_forged_replayed_and_rolled_back_payloads() {
         let (_, mut tl) = v1.timeline(&key);
         for s in &mut tl.segments {
             for i in &mut s.items {
-                i.text.insert("en".into(), "FORGED".into());
-                i.text.insert("zh".into(), "FORGED".into());
+                let text = std::sync::Arc::make_mut(&mut i.text);
+                text.insert("en".into(), "FORGED".into());
+                text.insert("zh".into(), "FORGED".into());
             }
         }
         marquee::wire::SignedBody {
