@@ -31,39 +31,21 @@ enum LogFormatArg {
 enum Command {
     /// Run the daemon: scheduler, publisher, HTTP API, embedded MQTT broker unless configured otherwise.
     Serve {
-        /// Configuration file.
-        #[arg(
-            short,
-            long,
-            default_value = "config/marquee.toml",
-            env = "MARQUEE_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Data directory (overrides server.data_dir).
         #[arg(long, env = "MARQUEE_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
     /// Validate the configuration and every playlist; print each problem as file:line:col: message.
     Check {
-        /// Configuration file.
-        #[arg(
-            short,
-            long,
-            default_value = "config/marquee.toml",
-            env = "MARQUEE_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Show what a channel or display shows at a time, from the files (no daemon needed).
     Preview {
-        /// Configuration file.
-        #[arg(
-            short,
-            long,
-            default_value = "config/marquee.toml",
-            env = "MARQUEE_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Channel to preview.
         #[arg(long, required_unless_present = "display")]
         channel: Option<String>,
@@ -129,6 +111,19 @@ enum Command {
     },
 }
 
+/// The daemon's configuration file (`-c`), shared by the offline subcommands.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// Configuration file.
+    #[arg(
+        short = 'c',
+        long = "config",
+        default_value = "config/marquee.toml",
+        env = "MARQUEE_CONFIG"
+    )]
+    path: PathBuf,
+}
+
 /// How API-client subcommands reach the daemon.
 #[derive(clap::Args)]
 struct ApiArgs {
@@ -177,14 +172,8 @@ enum PlaylistAction {
 enum AuditAction {
     /// Check the hash chain of the audit log in the daemon's database (offline); exit 1 if broken.
     Verify {
-        /// Daemon configuration (to find the data directory).
-        #[arg(
-            short,
-            long,
-            default_value = "config/marquee.toml",
-            env = "MARQUEE_CONFIG"
-        )]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Data directory (overrides server.data_dir).
         #[arg(long, env = "MARQUEE_DATA_DIR")]
         data_dir: Option<PathBuf>,
@@ -246,7 +235,7 @@ fn main() -> ExitCode {
     });
     match cli.command {
         Command::Serve { config, data_dir } => {
-            let mut cfg = match Config::load(&config) {
+            let mut cfg = match Config::load(&config.path) {
                 Ok(c) => c,
                 Err(e) => return bad_config("marquee", &e),
             };
@@ -257,7 +246,7 @@ fn main() -> ExitCode {
             run_async(marquee::daemon::serve(cfg))
         }
         Command::Check { config } => {
-            let problems = marquee::cli::check(&config);
+            let problems = marquee::cli::check(&config.path);
             if problems == 0 {
                 ExitCode::SUCCESS
             } else {
@@ -273,7 +262,7 @@ fn main() -> ExitCode {
             length,
             json,
         } => match marquee::cli::preview(
-            &config,
+            &config.path,
             channel.as_deref(),
             display.as_deref(),
             &at,
@@ -377,7 +366,7 @@ fn main() -> ExitCode {
         },
         Command::Audit {
             action: AuditAction::Verify { config, data_dir },
-        } => match marquee::cli::audit_verify(&config, data_dir.as_deref()) {
+        } => match marquee::cli::audit_verify(&config.path, data_dir.as_deref()) {
             Ok((msg, true)) => print_out(&msg),
             Ok((msg, false)) => {
                 eprint!("{msg}");
