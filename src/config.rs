@@ -74,6 +74,8 @@ pub struct RawConfig {
     cap: RawCap,
     #[serde(default)]
     approval: RawApproval,
+    #[serde(default)]
+    sms: crate::sms::config::RawSms,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -321,6 +323,8 @@ pub struct Config {
     /// Two-person rule: alerts reaching more than this many known displays need a second
     /// person's approval (`None`: never).
     pub approve_alerts_above: Option<usize>,
+    /// SMS gateways and campaign defaults.
+    pub sms: crate::sms::config::SmsConfig,
 }
 
 /// Where the MQTT broker is.
@@ -417,7 +421,7 @@ impl fmt::Debug for TokenConfig {
 }
 
 /// Reads a secret from `env` or `file` (exactly one must be given); trailing newlines are dropped.
-fn secret(
+pub(crate) fn secret(
     problems: &mut Vec<String>,
     place: &str,
     env: &Option<String>,
@@ -460,7 +464,7 @@ fn secret(
     value.map(|v| v.trim_end_matches(['\n', '\r']).to_owned())
 }
 
-fn duration(problems: &mut Vec<String>, key: &str, s: &str) -> Duration {
+pub(crate) fn duration(problems: &mut Vec<String>, key: &str, s: &str) -> Duration {
     humantime::parse_duration(s).unwrap_or_else(|_| {
         problems.push(format!("{key}: bad duration {s:?} (e.g. 48h, 150ms)"));
         Duration::from_secs(1)
@@ -564,7 +568,15 @@ impl Config {
             }
         }
         let cap = Config::cap(raw.cap, &schedule, problems);
+        let sms = crate::sms::config::validate(
+            raw.sms,
+            &schedule,
+            listen,
+            &raw.server.data_dir,
+            problems,
+        );
         Config {
+            sms,
             cap,
             approve_alerts_above: raw.approval.alerts_above,
             file: file.to_owned(),

@@ -104,6 +104,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         metrics.clone(),
     )?;
     let (publish_tx, publish_rx) = mpsc::channel(64);
+    let sms_waker = crate::sms::dispatch::Waker::default();
+    let dispatcher = crate::sms::dispatch::Dispatcher::new(
+        cfg.clone(),
+        store.clone(),
+        metrics.clone(),
+        sms_waker.clone(),
+    )?;
     let (reload_tx, reload_rx) = mpsc::channel(1);
     let state = Arc::new(AppState {
         cfg: cfg.clone(),
@@ -113,7 +120,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         store: store.clone(),
         publisher: publish_tx,
         reload: reload_tx.clone(),
+        sms_waker,
     });
+    tracker.spawn(dispatcher.run(cancel.clone()));
     // Agents' reports go to the fleet intake; everything else to the scheduler.
     let (sched_tx, sched_rx) = mpsc::channel(1024);
     let (fleet_tx, fleet_rx) = mpsc::channel(4096);

@@ -19,5 +19,6 @@ pub mod metrics;
 pub mod mqtt;
 pub mod preview;
 pub mod scheduler;
+pub mod sms;
 pub mod store;
 pub mod wire;

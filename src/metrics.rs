@@ -2,6 +2,7 @@
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -24,9 +25,30 @@ pub struct Metrics {
     pub mqtt_connects: Counter,
     /// Agent events stored (redeliveries not counted).
     pub events_ingested: Counter,
+    /// SMS submits by gateway and answer.
+    pub sms_submits: Family<Vec<(String, String)>, Counter>,
+    /// SMS delivery reports stored.
+    pub sms_reports: Counter,
 }
 
 impl Metrics {
+    /// Counts one submit's answer.
+    pub fn sms_submit(&self, gateway: &str, answer: &crate::domain::delivery::Submit) {
+        use crate::domain::delivery::Submit;
+        let result = match answer {
+            Submit::Accepted => "accepted",
+            Submit::Transient => "transient",
+            Submit::Permanent => "permanent",
+            Submit::Lost => "lost",
+        };
+        self.sms_submits
+            .get_or_create(&vec![
+                ("gateway".to_owned(), gateway.to_owned()),
+                ("result".to_owned(), result.to_owned()),
+            ])
+            .inc();
+    }
+
     /// Renders the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut r = Registry::with_prefix("marquee");
@@ -69,6 +91,16 @@ impl Metrics {
             "agent_events_ingested",
             "Agent events stored (acks, proof of play); redeliveries not counted",
             self.events_ingested.clone(),
+        );
+        r.register(
+            "sms_submits",
+            "SMS submits by gateway and answer (accepted, transient, permanent, lost)",
+            self.sms_submits.clone(),
+        );
+        r.register(
+            "sms_reports",
+            "SMS delivery reports stored",
+            self.sms_reports.clone(),
         );
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");

@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod api;
 pub mod auth;
+pub mod campaigns;
 pub mod error;
 pub mod playlists;
 
@@ -36,6 +37,8 @@ pub struct AppState {
     pub publisher: tokio::sync::mpsc::Sender<crate::scheduler::PublishRequest>,
     /// Asks the scheduler to reload the playlists directory.
     pub reload: tokio::sync::mpsc::Sender<()>,
+    /// Wakes the SMS dispatcher after a campaign change.
+    pub sms_waker: crate::sms::dispatch::Waker,
 }
 
 /// The router.
@@ -70,6 +73,32 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route(
             "/api/v1/alerts/{id}",
             get(alerts::show).delete(alerts::clear),
+        )
+        .route(
+            "/api/v1/campaigns",
+            get(campaigns::list)
+                .post(campaigns::create)
+                .layer(axum::extract::DefaultBodyLimit::max(256 << 20)),
+        )
+        .route("/api/v1/campaigns/{id}", get(campaigns::show))
+        .route("/api/v1/campaigns/{id}/messages", get(campaigns::messages))
+        .route(
+            "/api/v1/campaigns/{id}/{action}",
+            axum::routing::post(campaigns::action),
+        )
+        .route(
+            "/api/v1/sms/dlr/{gateway}",
+            get(campaigns::dlr).post(campaigns::dlr),
+        )
+        .route(
+            "/api/v1/optouts",
+            get(campaigns::optouts)
+                .post(campaigns::add_optouts)
+                .layer(axum::extract::DefaultBodyLimit::max(64 << 20)),
+        )
+        .route(
+            "/api/v1/optouts/{number}",
+            axum::routing::delete(campaigns::remove_optout),
         )
         .fallback(api::not_found)
         .with_state(state)

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod alerts;
 pub mod audit;
 pub mod fleet;
+pub mod sms;
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -110,6 +111,53 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE alerts ADD COLUMN status TEXT NOT NULL DEFAULT 'live';
     ALTER TABLE alerts ADD COLUMN approved_by TEXT;
     ALTER TABLE alerts ADD COLUMN approved_at TEXT;",
+    // 7: SMS campaigns: one message row per recipient (written before the first send),
+    // delivery reports as received, and the opt-out list.
+    "CREATE TABLE campaigns (
+        id           INTEGER PRIMARY KEY,
+        name         TEXT NOT NULL,
+        status       TEXT NOT NULL,
+        spec         TEXT NOT NULL,
+        start_at     TEXT,
+        created_by   TEXT NOT NULL,
+        created_at   TEXT NOT NULL,
+        started_at   TEXT,
+        finished_at  TEXT
+    );
+    CREATE TABLE messages (
+        id            INTEGER PRIMARY KEY,
+        campaign      INTEGER NOT NULL REFERENCES campaigns (id),
+        row           INTEGER NOT NULL,
+        recipient     TEXT NOT NULL,
+        text          TEXT NOT NULL,
+        parts         INTEGER NOT NULL,
+        state         TEXT NOT NULL,
+        gateway       TEXT,
+        attempts      INTEGER NOT NULL DEFAULT 0,
+        not_before    TEXT,
+        carrier_id    TEXT,
+        reason        TEXT,
+        submitted_at  TEXT,
+        updated_at    TEXT NOT NULL,
+        UNIQUE (campaign, recipient)
+    );
+    CREATE INDEX messages_queue ON messages (campaign, state, id);
+    CREATE INDEX messages_by_recipient ON messages (recipient, submitted_at);
+    CREATE TABLE dlrs (
+        id           INTEGER PRIMARY KEY,
+        message      INTEGER NOT NULL,
+        gateway      TEXT NOT NULL,
+        code         TEXT NOT NULL,
+        raw          TEXT NOT NULL,
+        received_at  TEXT NOT NULL
+    );
+    CREATE INDEX dlrs_by_message ON dlrs (message);
+    CREATE TABLE optouts (
+        number    TEXT PRIMARY KEY,
+        reason    TEXT NOT NULL,
+        added_by  TEXT NOT NULL,
+        added_at  TEXT NOT NULL
+    );",
 ];
 
 /// The last payload published on a retained topic.
@@ -149,13 +197,21 @@ fn migrate(mut conn: Connection, migrations: &[&str]) -> Result<Connection, Stor
 /// The daemon's SQLite database.
 pub struct Store {
     conn: Mutex<Connection>,
+    /// A second connection for SMS dispatch with `synchronous = FULL`: a claimed message is
+    /// on disk before its request leaves, even across a power cut. `None` in memory.
+    sms: Option<Mutex<Connection>>,
 }
 
 impl Store {
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let conn = Connection::open(path)?;
-        Store::init(conn)
+        let mut store = Store::init(conn)?;
+        let sms = Connection::open(path)?;
+        sms.pragma_update(None, "synchronous", "FULL")?;
+        sms.busy_timeout(std::time::Duration::from_secs(5))?;
+        store.sms = Some(Mutex::new(sms));
+        Ok(store)
     }
 
     /// An in-memory database (tests).
@@ -166,12 +222,20 @@ impl Store {
     fn init(conn: Connection) -> Result<Store, StoreError> {
         Ok(Store {
             conn: Mutex::new(migrate(conn, MIGRATIONS)?),
+            sms: None,
         })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll back).
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn sms_conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match &self.sms {
+            Some(c) => c.lock().unwrap_or_else(|e| e.into_inner()),
+            None => self.conn(),
+        }
     }
 
     /// Everything last published.

@@ -1,0 +1,487 @@
+//! SMS campaigns (`/api/v1/campaigns…`), delivery reports (`/api/v1/sms/dlr/{gateway}`,
+//! authenticated by the gateway's secret) and the opt-out list (`/api/v1/optouts`).
+//! Creating and controlling campaigns needs the operator role; every change is audited.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::auth::{Operator, Viewer};
+use super::error::ApiError;
+use super::{AppState, audit};
+use crate::sms::campaign::{CreateRequest, Start, prepare};
+use crate::store::sms::CampaignRow;
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn conflict(code: &'static str, message: String) -> ApiError {
+    ApiError {
+        status: StatusCode::CONFLICT,
+        code,
+        message,
+        field: None,
+    }
+}
+
+async fn load(s: &AppState, id: i64) -> Result<CampaignRow, ApiError> {
+    let store = s.store.clone();
+    blocking(move || store.campaign(id))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no campaign {id}")))
+}
+
+fn campaign_json(c: &CampaignRow) -> Value {
+    let total: i64 = c.counts.values().sum();
+    let count = |k: &str| c.counts.get(k).copied().unwrap_or(0);
+    let pending = count("queued") + count("submitting");
+    json!({
+        "id": c.id, "name": c.name, "status": c.status, "spec": c.spec,
+        "start_at": c.start_at, "created_by": c.created_by, "created_at": c.created_at,
+        "started_at": c.started_at, "finished_at": c.finished_at,
+        "counts": c.counts, "segments": c.segments,
+        "progress": {"total": total, "pending": pending, "done": total - pending},
+    })
+}
+
+/// `POST /api/v1/campaigns`: imports the recipients (every row written before anything is
+/// sent) and answers with the id, the cost estimate and every rejected row.
+pub async fn create(
+    who: Operator,
+    State(s): State<Arc<AppState>>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let req: CreateRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_field("body", format!("not a campaign request: {e}")))?;
+    let (store, cfg) = (s.store.clone(), s.cfg.clone());
+    let now = Utc::now();
+    let prepared = tokio::task::spawn_blocking(move || {
+        prepare(req.clone(), &cfg.sms, now, |numbers| {
+            store.opted_out(numbers).unwrap_or_default()
+        })
+        .map(|p| (p, req.name))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::bad_field(e.field, e.message))?;
+    let (p, name) = prepared;
+    let spec = serde_json::to_value(&p.spec).map_err(|e| ApiError::internal(e.to_string()))?;
+    let start_at = match p.start {
+        Start::At(t) => Some(t),
+        _ => None,
+    };
+    let store = s.store.clone();
+    let (messages, name2, spec2, by) = (p.messages, name.clone(), spec.clone(), who.0.name.clone());
+    let id = blocking(move || store.create_campaign(&name2, &spec2, start_at, &by, now, &messages))
+        .await?;
+    let status = match p.start {
+        Start::Draft => "draft",
+        Start::Now => "running",
+        Start::At(_) => "scheduled",
+    };
+    audit(
+        &s,
+        &who.0.name,
+        "campaign.create",
+        &format!("campaign:{id}"),
+        json!({"name": name, "status": status, "start_at": start_at, "estimate": p.estimate, "rejected": p.rejects.len()}),
+    )
+    .await?;
+    if status != "draft" {
+        let store = s.store.clone();
+        blocking(move || store.set_campaign_status(id, &["draft"], status, Utc::now())).await?;
+        s.sms_waker.wake();
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "id": id, "status": status, "start_at": start_at,
+            "estimate": p.estimate, "rejects": p.rejects,
+        })),
+    ))
+}
+
+/// `GET /api/v1/campaigns`.
+pub async fn list(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let store = s.store.clone();
+    let rows = blocking(move || store.campaigns()).await?;
+    Ok(Json(
+        json!({"campaigns": rows.iter().map(campaign_json).collect::<Vec<_>>()}),
+    ))
+}
+
+/// `GET /api/v1/campaigns/{id}`: the campaign with its counts per state.
+pub async fn show(
+    _: Viewer,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    Ok(Json(campaign_json(&load(&s, id).await?)))
+}
+
+/// Body of `POST /api/v1/campaigns/{id}/start`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartBody {
+    /// Start a campaign whose scheduled start was missed.
+    #[serde(default)]
+    pub confirm_late: bool,
+}
+
+/// `POST /api/v1/campaigns/{id}/{start|pause|resume|cancel|requeue-unknown}`.
+pub async fn action(
+    who: Operator,
+    State(s): State<Arc<AppState>>,
+    Path((id, action)): Path<(i64, String)>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let opts: StartBody = if body.iter().all(u8::is_ascii_whitespace) {
+        StartBody::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_field("body", e.to_string()))?
+    };
+    let c = load(&s, id).await?;
+    let (from, to): (&[&str], &str) = match action.as_str() {
+        "start" => {
+            if c.status == "missed" && !opts.confirm_late {
+                return Err(conflict(
+                    "missed_start",
+                    format!(
+                        "campaign {id} was scheduled for {} and that start was missed; start it with {{\"confirm_late\": true}} to send now",
+                        c.start_at.as_deref().unwrap_or("?")
+                    ),
+                ));
+            }
+            (&["draft", "scheduled", "missed"], "running")
+        }
+        "pause" => (&["running"], "paused"),
+        "resume" => (&["paused"], "running"),
+        "cancel" => (
+            &["draft", "scheduled", "missed", "running", "paused"],
+            "cancelled",
+        ),
+        "requeue-unknown" => {
+            if c.status == "cancelled" {
+                return Err(conflict(
+                    "wrong_state",
+                    format!("campaign {id} is cancelled"),
+                ));
+            }
+            audit(
+                &s,
+                &who.0.name,
+                "campaign.requeue_unknown",
+                &format!("campaign:{id}"),
+                json!({"unknown": c.counts.get("unknown")}),
+            )
+            .await?;
+            let store = s.store.clone();
+            let n = blocking(move || {
+                let n = store.requeue_unknown(id, Utc::now())?;
+                if n > 0 {
+                    store.set_campaign_status(id, &["done"], "running", Utc::now())?;
+                }
+                Ok(n)
+            })
+            .await?;
+            s.sms_waker.wake();
+            return Ok(Json(json!({"id": id, "requeued": n})));
+        }
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no campaign action {other:?} (start, pause, resume, cancel, requeue-unknown)"
+            )));
+        }
+    };
+    if !from.contains(&c.status.as_str()) {
+        return Err(conflict(
+            "wrong_state",
+            format!(
+                "campaign {id} is {}; {action} needs it {}",
+                c.status,
+                from.join(" or ")
+            ),
+        ));
+    }
+    audit(
+        &s,
+        &who.0.name,
+        &format!("campaign.{action}"),
+        &format!("campaign:{id}"),
+        json!({"from": c.status, "confirm_late": opts.confirm_late}),
+    )
+    .await?;
+    let store = s.store.clone();
+    let changed = blocking(move || store.set_campaign_status(id, from, to, Utc::now())).await?;
+    if !changed {
+        return Err(conflict(
+            "wrong_state",
+            format!("campaign {id} changed meanwhile; look again"),
+        ));
+    }
+    s.sms_waker.wake();
+    tracing::info!(campaign = id, by = %who.0.name, action, "campaign {to}");
+    Ok(Json(campaign_json(&load(&s, id).await?)))
+}
+
+/// `GET /api/v1/campaigns/{id}/messages?status=&after=&limit=`: JSON, or CSV with
+/// `Accept: text/csv`.
+pub async fn messages(
+    _: Viewer,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    load(&s, id).await?;
+    let status = q.get("status").filter(|v| !v.is_empty()).cloned();
+    let after = match q.get("after") {
+        Some(a) => a
+            .parse()
+            .map_err(|_| ApiError::bad_field("after", "a message id"))?,
+        None => 0,
+    };
+    let limit = match q.get("limit") {
+        Some(l) => l
+            .parse::<usize>()
+            .ok()
+            .filter(|l| (1..=1_000_000).contains(l))
+            .ok_or_else(|| ApiError::bad_field("limit", "1 to 1000000"))?,
+        None => 10_000,
+    };
+    let store = s.store.clone();
+    let rows = blocking(move || store.messages(id, status.as_deref(), after, limit)).await?;
+    let wants_csv = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/csv"));
+    if !wants_csv {
+        return Ok(Json(json!({"messages": rows})).into_response());
+    }
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "id",
+        "campaign",
+        "row",
+        "recipient",
+        "text",
+        "parts",
+        "state",
+        "gateway",
+        "attempts",
+        "not_before",
+        "carrier_id",
+        "reason",
+        "submitted_at",
+        "updated_at",
+    ])
+    .map_err(|e| ApiError::internal(e.to_string()))?;
+    for r in &rows {
+        w.serialize(r)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
+    let body = w
+        .into_inner()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
+}
+
+fn flatten_json(v: &Value, out: &mut BTreeMap<String, String>) {
+    if let Value::Object(o) = v {
+        for (k, x) in o {
+            match x {
+                Value::String(s) => {
+                    out.insert(k.clone(), s.clone());
+                }
+                Value::Number(n) => {
+                    out.insert(k.clone(), n.to_string());
+                }
+                Value::Bool(b) => {
+                    out.insert(k.clone(), b.to_string());
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+/// `GET|POST /api/v1/sms/dlr/{gateway}?secret=…&id=…`: a delivery report. Fields come from
+/// the query, a form body or a JSON object body.
+pub async fn dlr(
+    State(s): State<Arc<AppState>>,
+    Path(gateway): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let Some(g) = s.cfg.sms.gateway(&gateway) else {
+        return Err(ApiError::not_found(format!("no gateway {gateway:?}")));
+    };
+    let mut fields: BTreeMap<String, String> =
+        url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let ctype = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if ctype.starts_with("application/json") {
+        let v: Value = serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_field("body", format!("not JSON: {e}")))?;
+        flatten_json(&v, &mut fields);
+    } else if ctype.starts_with("application/x-www-form-urlencoded") {
+        fields.extend(url::form_urlencoded::parse(&body).into_owned());
+    }
+    let expected = g.dlr_secret.as_deref().unwrap_or("");
+    let given = fields.get("secret").map(String::as_str).unwrap_or("");
+    if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(given.as_bytes())) {
+        return Err(ApiError::forbidden(format!(
+            "bad or missing delivery-report secret for gateway {gateway:?}"
+        )));
+    }
+    let incoming =
+        crate::sms::dlr::parse(&g.kind, &fields).map_err(|e| ApiError::bad_field("report", e))?;
+    fields.remove("secret");
+    let raw: String = serde_json::to_string(&fields)
+        .unwrap_or_default()
+        .chars()
+        .take(2000)
+        .collect();
+    let store = s.store.clone();
+    let (id, report, code) = (incoming.id, incoming.report, incoming.code.clone());
+    let gw = gateway.clone();
+    let result =
+        blocking(move || store.record_report(id, &gw, report, &code, &raw, Utc::now())).await?;
+    let Some((from, to)) = result else {
+        return Err(ApiError::not_found(format!(
+            "no message {} was sent through gateway {gateway:?}",
+            incoming.id
+        )));
+    };
+    s.metrics.sms_reports.inc();
+    tracing::debug!(message = id, gateway = %gateway, code = %incoming.code, from = from.as_str(), to = to.as_str(), "delivery report");
+    Ok(Json(json!({"id": id, "state": to.as_str()})))
+}
+
+/// `GET /api/v1/optouts`.
+pub async fn optouts(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let store = s.store.clone();
+    let rows = blocking(move || store.optouts()).await?;
+    Ok(Json(json!({"optouts": rows})))
+}
+
+/// `POST /api/v1/optouts` body: numbers, or a CSV with a number column.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OptOutRequest {
+    /// Numbers as written.
+    #[serde(default)]
+    pub numbers: Vec<String>,
+    /// CSV text with a `number` (or `phone`, `mobile`, `to`, `msisdn`) column.
+    #[serde(default)]
+    pub csv: Option<String>,
+    /// Why (kept with each number).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /api/v1/optouts`: adds numbers (normalised to E.164); returns what was added and
+/// every rejected row. Honoured by running campaigns at their next send.
+pub async fn add_optouts(
+    who: Operator,
+    State(s): State<Arc<AppState>>,
+    Json(req): Json<OptOutRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let region = s.cfg.sms.default_region;
+    let mut rows: Vec<(usize, String)> = req
+        .numbers
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, n)| (i + 1, n))
+        .collect();
+    if let Some(csv) = &req.csv {
+        let mut rdr = csv::ReaderBuilder::new()
+            .trim(csv::Trim::All)
+            .from_reader(csv.as_bytes());
+        let headers = rdr
+            .headers()
+            .map_err(|e| ApiError::bad_field("csv", e.to_string()))?
+            .clone();
+        let col = headers
+            .iter()
+            .position(|h| {
+                matches!(
+                    h.to_ascii_lowercase().as_str(),
+                    "number" | "phone" | "mobile" | "to" | "msisdn"
+                )
+            })
+            .ok_or_else(|| {
+                ApiError::bad_field(
+                    "csv",
+                    "no number column (number, phone, mobile, to, msisdn)",
+                )
+            })?;
+        for (i, r) in rdr.records().enumerate() {
+            let r = r.map_err(|e| ApiError::bad_field("csv", e.to_string()))?;
+            rows.push((i + 1, r.get(col).unwrap_or("").to_owned()));
+        }
+    }
+    let mut numbers = Vec::new();
+    let mut rejects = Vec::new();
+    for (row, raw) in rows {
+        match crate::domain::phone::normalize(&raw, region) {
+            Ok(n) => numbers.push(n),
+            Err(e) => rejects.push(json!({"row": row, "value": raw, "reason": e.to_string()})),
+        }
+    }
+    let reason = req.reason.unwrap_or_else(|| "operator".into());
+    audit(
+        &s,
+        &who.0.name,
+        "optout.add",
+        "optouts",
+        json!({"numbers": numbers.len(), "reason": reason}),
+    )
+    .await?;
+    let store = s.store.clone();
+    let (ns, by) = (numbers.clone(), who.0.name.clone());
+    let added = blocking(move || store.add_optouts(&ns, &reason, &by, Utc::now())).await?;
+    Ok(Json(
+        json!({"added": added, "already": numbers.len() - added, "rejects": rejects}),
+    ))
+}
+
+/// `DELETE /api/v1/optouts/{number}`.
+pub async fn remove_optout(
+    who: Operator,
+    State(s): State<Arc<AppState>>,
+    Path(number): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let n = crate::domain::phone::normalize(&number, s.cfg.sms.default_region)
+        .map_err(|e| ApiError::bad_field("number", e.to_string()))?;
+    audit(&s, &who.0.name, "optout.remove", &n, json!({})).await?;
+    let store = s.store.clone();
+    let n2 = n.clone();
+    if !blocking(move || store.remove_optout(&n2)).await? {
+        return Err(ApiError::not_found(format!(
+            "{n} is not on the opt-out list"
+        )));
+    }
+    Ok(Json(json!({"removed": n})))
+}

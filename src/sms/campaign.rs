@@ -1,0 +1,641 @@
+//! Creating a campaign: the request, recipient import (E.164, duplicates, opt-outs, per-row
+//! rejects), text templates (`{{column}}`, one text per language) and the cost estimate.
+//! Pure: the caller supplies the opt-out lookup and writes the result.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::{DateTime, NaiveTime, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use super::config::SmsConfig;
+use crate::domain::phone::normalize;
+use crate::domain::quiet::SendWindow;
+use crate::domain::segments::{Encoding, carrier_cn, segments};
+use crate::store::sms::NewMessage;
+
+/// `POST /api/v1/campaigns`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    /// Name shown in lists.
+    pub name: String,
+    /// The text (template with `{{column}}` placeholders), in the default language.
+    pub text: String,
+    /// Other languages: language → text, chosen by a recipient's `lang`.
+    #[serde(default)]
+    pub texts: BTreeMap<String, String>,
+    /// Sender id (digits, or up to 11 letters and digits).
+    pub sender: String,
+    /// Recipients as a list.
+    #[serde(default)]
+    pub recipients: Vec<RecipientIn>,
+    /// Recipients as CSV: a `number` (or `phone`, `mobile`, `to`) column, optional `lang`,
+    /// every other column a template variable.
+    #[serde(default)]
+    pub recipients_csv: Option<String>,
+    /// Gateways in failover order (default: every configured one, in order).
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// `now`, an RFC 3339 time, or absent (a draft, started later).
+    #[serde(default)]
+    pub start: Option<String>,
+    /// Only send inside this local window.
+    #[serde(default)]
+    pub send_window: Option<WindowSpec>,
+    /// At most this many messages per number in 24 hours (across campaigns).
+    #[serde(default)]
+    pub daily_cap: Option<u32>,
+}
+
+/// One recipient in a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecipientIn {
+    /// The number as written.
+    pub number: String,
+    /// Language of the text to send (default: the default text).
+    #[serde(default)]
+    pub lang: Option<String>,
+    /// Template variables.
+    #[serde(default)]
+    pub vars: BTreeMap<String, String>,
+}
+
+/// A local sending window, e.g. `08:00`–`21:00`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WindowSpec {
+    /// Local start, `HH:MM`.
+    pub from: String,
+    /// Local end, `HH:MM` (exclusive; before `from` crosses midnight).
+    pub until: String,
+    /// Zone (default: `sms.timezone`).
+    #[serde(default)]
+    pub timezone: Option<String>,
+}
+
+/// What a campaign keeps besides its messages (stored as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Spec {
+    /// Sender id.
+    pub sender: String,
+    /// Gateways in failover order.
+    pub gateways: Vec<String>,
+    /// Sending window.
+    #[serde(default)]
+    pub send_window: Option<WindowSpec>,
+    /// Per-number cap in 24 hours.
+    #[serde(default)]
+    pub daily_cap: Option<u32>,
+    /// The templates, for the record.
+    pub text: String,
+    /// Other languages.
+    #[serde(default)]
+    pub texts: BTreeMap<String, String>,
+}
+
+impl Spec {
+    /// The sending window with its zone, if any.
+    pub fn window(&self, default: Tz) -> Option<(SendWindow, Tz)> {
+        let w = self.send_window.as_ref()?;
+        let (start, end) = (hhmm(&w.from).ok()?, hhmm(&w.until).ok()?);
+        let tz = w
+            .timezone
+            .as_deref()
+            .and_then(|z| z.parse().ok())
+            .unwrap_or(default);
+        Some((SendWindow { start, end }, tz))
+    }
+}
+
+fn hhmm(s: &str) -> Result<NaiveTime, String> {
+    NaiveTime::parse_from_str(s, "%H:%M").map_err(|_| format!("{s:?} is not a time like 08:00"))
+}
+
+/// A recipient that was not imported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Reject {
+    /// Row (1-based; for CSV the data row, the header being row 0).
+    pub row: usize,
+    /// The value as given.
+    pub value: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a campaign costs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Estimate {
+    /// Recipients imported.
+    pub recipients: usize,
+    /// Messages (one per recipient).
+    pub messages: usize,
+    /// SMS parts over the air (GSM-7 160/153, UCS-2 70/67).
+    pub segments: usize,
+    /// Messages a Chinese carrier bills (every character 1, ≤ 70 → 1, else ⌈n/67⌉).
+    pub carrier_billed: usize,
+    /// Messages sent in GSM-7.
+    pub gsm7: usize,
+    /// Messages sent in UCS-2.
+    pub ucs2: usize,
+    /// Seconds to send at the first gateway's limits.
+    pub duration_seconds: f64,
+}
+
+/// How the campaign starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// A draft: started by an operator.
+    Draft,
+    /// Running at once.
+    Now,
+    /// Scheduled.
+    At(DateTime<Utc>),
+}
+
+/// A campaign ready to store.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// Spec.
+    pub spec: Spec,
+    /// Messages.
+    pub messages: Vec<NewMessage>,
+    /// Rejected rows.
+    pub rejects: Vec<Reject>,
+    /// Cost.
+    pub estimate: Estimate,
+    /// Start.
+    pub start: Start,
+}
+
+/// A request problem: the field and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// Field.
+    pub field: &'static str,
+    /// Message.
+    pub message: String,
+}
+
+fn invalid(field: &'static str, message: impl Into<String>) -> Invalid {
+    Invalid {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Checks `{{name}}` placeholders; returns their names.
+pub fn placeholders(template: &str) -> Result<Vec<String>, String> {
+    let mut names = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        let after = &rest[open + 2..];
+        let Some(close) = after.find("}}") else {
+            return Err(format!(
+                "unclosed {{{{ at character {}",
+                template.len() - rest.len() + open
+            ));
+        };
+        let name = after[..close].trim();
+        if name.is_empty()
+            || !name
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+        {
+            return Err(format!(
+                "{{{{{name}}}}} is not a placeholder (letters, digits, '_' or '-')"
+            ));
+        }
+        names.push(name.to_owned());
+        rest = &after[close + 2..];
+    }
+    Ok(names)
+}
+
+/// Fills `{{name}}` from `vars`; names a missing one.
+pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find("{{") {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 2..];
+        let close = after.find("}}").ok_or("unclosed {{")?;
+        let name = after[..close].trim();
+        match vars.get(name) {
+            Some(v) => out.push_str(v),
+            None => return Err(format!("no value for {{{{{name}}}}}")),
+        }
+        rest = &after[close + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn valid_sender(s: &str) -> bool {
+    let digits = s.strip_prefix('+').unwrap_or(s);
+    (!digits.is_empty() && digits.len() <= 15 && digits.chars().all(|c| c.is_ascii_digit()))
+        || (!s.is_empty()
+            && s.chars().count() <= 11
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == ' '))
+}
+
+fn csv_recipients(src: &str) -> Result<Vec<(usize, RecipientIn)>, Invalid> {
+    let mut rdr = csv::ReaderBuilder::new()
+        .flexible(false)
+        .trim(csv::Trim::All)
+        .from_reader(src.as_bytes());
+    let headers = rdr
+        .headers()
+        .map_err(|e| invalid("recipients_csv", format!("header row: {e}")))?
+        .clone();
+    let number_col = headers
+        .iter()
+        .position(|h| {
+            matches!(
+                h.to_ascii_lowercase().as_str(),
+                "number" | "phone" | "mobile" | "to" | "msisdn"
+            )
+        })
+        .ok_or_else(|| {
+            invalid(
+                "recipients_csv",
+                "no number column: name one of number, phone, mobile, to, msisdn",
+            )
+        })?;
+    let lang_col = headers.iter().position(|h| h.eq_ignore_ascii_case("lang"));
+    let mut out = Vec::new();
+    for (i, rec) in rdr.records().enumerate() {
+        let rec = rec.map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line());
+            invalid("recipients_csv", format!("line {line}: {e}"))
+        })?;
+        let mut vars = BTreeMap::new();
+        for (j, h) in headers.iter().enumerate() {
+            if j != number_col && Some(j) != lang_col {
+                vars.insert(h.to_owned(), rec.get(j).unwrap_or("").to_owned());
+            }
+        }
+        out.push((
+            i + 1,
+            RecipientIn {
+                number: rec.get(number_col).unwrap_or("").to_owned(),
+                lang: lang_col
+                    .and_then(|c| rec.get(c))
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned),
+                vars,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Validates a request and imports its recipients. `opted_out` answers for E.164 numbers.
+pub fn prepare(
+    req: CreateRequest,
+    cfg: &SmsConfig,
+    now: DateTime<Utc>,
+    opted_out: impl Fn(&[String]) -> Vec<String>,
+) -> Result<Prepared, Invalid> {
+    if req.name.trim().is_empty() || req.name.chars().count() > 200 {
+        return Err(invalid("name", "give a name of 1 to 200 characters"));
+    }
+    if !valid_sender(&req.sender) {
+        return Err(invalid(
+            "sender",
+            format!(
+                "{:?} is not a sender id: digits (up to 15) or up to 11 letters and digits",
+                req.sender
+            ),
+        ));
+    }
+    if req.text.trim().is_empty() {
+        return Err(invalid("text", "the text is empty"));
+    }
+    placeholders(&req.text).map_err(|e| invalid("text", e))?;
+    for t in req.texts.values() {
+        placeholders(t).map_err(|e| invalid("texts", e))?;
+    }
+    let gateways = if req.gateways.is_empty() {
+        cfg.gateways.iter().map(|g| g.name.clone()).collect()
+    } else {
+        req.gateways.clone()
+    };
+    if gateways.is_empty() {
+        return Err(invalid(
+            "gateways",
+            "no SMS gateway is configured ([[sms.gateways]] in the configuration)",
+        ));
+    }
+    for g in &gateways {
+        if cfg.gateway(g).is_none() {
+            return Err(invalid(
+                "gateways",
+                format!(
+                    "unknown gateway {g:?} (configured: {})",
+                    cfg.gateways
+                        .iter()
+                        .map(|g| g.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            ));
+        }
+    }
+    if let Some(w) = &req.send_window {
+        hhmm(&w.from).map_err(|e| invalid("send_window", format!("from: {e}")))?;
+        hhmm(&w.until).map_err(|e| invalid("send_window", format!("until: {e}")))?;
+        if let Some(z) = &w.timezone {
+            z.parse::<Tz>()
+                .map_err(|_| invalid("send_window", format!("unknown zone {z:?}")))?;
+        }
+    }
+    if req.daily_cap == Some(0) {
+        return Err(invalid("daily_cap", "at least 1"));
+    }
+    let start = match req.start.as_deref() {
+        None => Start::Draft,
+        Some("now") => Start::Now,
+        Some(t) => {
+            let at = DateTime::parse_from_rfc3339(t)
+                .map_err(|_| {
+                    invalid(
+                        "start",
+                        format!("{t:?} is not \"now\" or a time like 2026-12-01T09:00:00+08:00"),
+                    )
+                })?
+                .with_timezone(&Utc);
+            if at < now - cfg.missed_start_margin {
+                return Err(invalid(
+                    "start",
+                    format!("{t} is in the past; use \"now\" to send at once"),
+                ));
+            }
+            if at <= now { Start::Now } else { Start::At(at) }
+        }
+    };
+
+    let mut input: Vec<(usize, RecipientIn)> = req
+        .recipients
+        .iter()
+        .cloned()
+        .enumerate()
+        .map(|(i, r)| (i + 1, r))
+        .collect();
+    if let Some(csv) = &req.recipients_csv {
+        if !input.is_empty() {
+            return Err(invalid(
+                "recipients_csv",
+                "give recipients or recipients_csv, not both",
+            ));
+        }
+        input = csv_recipients(csv)?;
+    }
+    let mut rejects = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut candidates = Vec::new();
+    for (row, r) in input {
+        match normalize(&r.number, cfg.default_region) {
+            Err(e) => rejects.push(Reject {
+                row,
+                value: r.number.clone(),
+                reason: e.to_string(),
+            }),
+            Ok(e164) => {
+                if let Some(first) = seen.get(&e164) {
+                    rejects.push(Reject {
+                        row,
+                        value: r.number.clone(),
+                        reason: format!("duplicate of row {first} ({e164})"),
+                    });
+                } else {
+                    seen.insert(e164.clone(), row);
+                    candidates.push((row, e164, r));
+                }
+            }
+        }
+    }
+    let numbers: Vec<String> = candidates.iter().map(|(_, n, _)| n.clone()).collect();
+    let out: std::collections::HashSet<String> = opted_out(&numbers).into_iter().collect();
+    let mut messages = Vec::new();
+    let mut estimate = Estimate {
+        recipients: 0,
+        messages: 0,
+        segments: 0,
+        carrier_billed: 0,
+        gsm7: 0,
+        ucs2: 0,
+        duration_seconds: 0.0,
+    };
+    for (row, e164, r) in candidates {
+        if out.contains(&e164) {
+            rejects.push(Reject {
+                row,
+                value: r.number,
+                reason: format!("{e164} is on the opt-out list"),
+            });
+            continue;
+        }
+        let template = match r.lang.as_deref() {
+            Some(l) => req.texts.get(l).unwrap_or(&req.text),
+            None => &req.text,
+        };
+        let body = match render(template, &r.vars) {
+            Ok(b) => b,
+            Err(e) => {
+                rejects.push(Reject {
+                    row,
+                    value: r.number,
+                    reason: e,
+                });
+                continue;
+            }
+        };
+        let text = match &cfg.signature {
+            Some(sig) => format!("{sig}{body}"),
+            None => body,
+        };
+        let seg = segments(&text);
+        if seg.parts > 10 {
+            rejects.push(Reject {
+                row,
+                value: r.number,
+                reason: format!("the text takes {} parts; at most 10", seg.parts),
+            });
+            continue;
+        }
+        estimate.recipients += 1;
+        estimate.messages += 1;
+        estimate.segments += seg.parts;
+        estimate.carrier_billed += carrier_cn(&text, None);
+        match seg.encoding {
+            Encoding::Gsm7 => estimate.gsm7 += 1,
+            Encoding::Ucs2 => estimate.ucs2 += 1,
+        }
+        messages.push(NewMessage {
+            row,
+            recipient: e164,
+            text,
+            parts: seg.parts,
+        });
+    }
+    rejects.sort_by_key(|r| r.row);
+    if messages.is_empty() {
+        return Err(invalid(
+            "recipients",
+            format!(
+                "no recipient could be imported ({} rejected{})",
+                rejects.len(),
+                rejects
+                    .first()
+                    .map(|r| format!("; row {}: {}", r.row, r.reason))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    if let Some(g) = cfg.gateway(&gateways[0]) {
+        estimate.duration_seconds = (estimate.messages as f64 / g.messages_per_second)
+            .max(estimate.segments as f64 / g.segments_per_second);
+        estimate.duration_seconds = (estimate.duration_seconds * 10.0).round() / 10.0;
+    }
+    Ok(Prepared {
+        spec: Spec {
+            sender: req.sender,
+            gateways,
+            send_window: req.send_window,
+            daily_cap: req.daily_cap,
+            text: req.text,
+            texts: req.texts,
+        },
+        messages,
+        rejects,
+        estimate,
+        start,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn cfg() -> SmsConfig {
+        Config::parse(
+            "t.toml",
+            r#"
+[schedule]
+channels = ["lobby"]
+[sms]
+signature = "【市政府】"
+[[sms.gateways]]
+name = "dry"
+kind = "dry-run"
+messages_per_second = 10
+"#,
+        )
+        .unwrap()
+        .sms
+    }
+
+    fn req(csv: &str) -> CreateRequest {
+        CreateRequest {
+            name: "open day".into(),
+            text: "{{name}}您好，政务开放日欢迎您".into(),
+            texts: BTreeMap::from([("en".into(), "Hello {{name}}, welcome".into())]),
+            sender: "12345".into(),
+            recipients: vec![],
+            recipients_csv: Some(csv.into()),
+            gateways: vec![],
+            start: None,
+            send_window: None,
+            daily_cap: None,
+        }
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-28T02:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn import_normalises_dedups_and_reports_each_reject() {
+        let csv = "phone,name,lang\n\
+                   13800138000,张三,\n\
+                   +86 138 0013 8000,dup,\n\
+                   008613900139000,Li,en\n\
+                   8613700137000,王五,\n\
+                   12,bad,\n\
+                   13600136000,optout,\n";
+        let p = prepare(req(csv), &cfg(), now(), |ns| {
+            ns.iter().filter(|n| n.ends_with("6000")).cloned().collect()
+        })
+        .unwrap();
+        let got: Vec<&str> = p.messages.iter().map(|m| m.recipient.as_str()).collect();
+        assert_eq!(got, ["+8613800138000", "+8613900139000", "+8613700137000"]);
+        assert_eq!(p.messages[1].text, "【市政府】Hello Li, welcome");
+        assert_eq!(p.messages[0].text, "【市政府】张三您好，政务开放日欢迎您");
+        let rows: Vec<(usize, &str)> = p
+            .rejects
+            .iter()
+            .map(|r| (r.row, r.reason.as_str()))
+            .collect();
+        assert_eq!(rows[0], (2, "duplicate of row 1 (+8613800138000)"));
+        assert_eq!(rows[1].0, 5);
+        assert_eq!(rows[2], (6, "+8613600136000 is on the opt-out list"));
+        assert_eq!(p.estimate.ucs2, 3, "the signature makes every text UCS-2");
+        assert_eq!(p.estimate.segments, 3);
+        assert_eq!(p.spec.gateways, ["dry"]);
+        assert_eq!(p.start, Start::Draft);
+    }
+
+    #[test]
+    fn estimate_counts_long_messages_and_duration() {
+        let mut r = req("number,name\n13800138000,x\n13900139000,y\n");
+        r.text = "字".repeat(100) + "{{name}}";
+        let p = prepare(r, &cfg(), now(), |_| vec![]).unwrap();
+        // 5 (signature) + 100 + 1 = 106 UTF-16 units: 2 parts of 67; carrier: ⌈106/67⌉ = 2.
+        assert_eq!((p.estimate.segments, p.estimate.carrier_billed), (4, 4));
+        assert_eq!(p.estimate.duration_seconds, 0.2);
+    }
+
+    #[test]
+    fn bad_requests_name_their_field() {
+        let mut r = req("number\n13800138000\n");
+        r.text = "hi {{name".into();
+        assert_eq!(
+            prepare(r, &cfg(), now(), |_| vec![]).unwrap_err().field,
+            "text"
+        );
+        let mut r = req("number\n13800138000\n");
+        r.gateways = vec!["nope".into()];
+        let e = prepare(r, &cfg(), now(), |_| vec![]).unwrap_err();
+        assert_eq!(e.field, "gateways");
+        assert!(e.message.contains("configured: dry"), "{}", e.message);
+        let r = req("name\nx\n");
+        assert_eq!(
+            prepare(r, &cfg(), now(), |_| vec![]).unwrap_err().field,
+            "recipients_csv"
+        );
+        let mut r = req("number,name\n13800138000,x\n");
+        r.start = Some("2020-01-01T00:00:00Z".into());
+        assert_eq!(
+            prepare(r, &cfg(), now(), |_| vec![]).unwrap_err().field,
+            "start"
+        );
+        let r = req("number\n13800138000\n");
+        let e = prepare(r, &cfg(), now(), |_| vec![]).unwrap_err();
+        assert_eq!(e.field, "recipients");
+        assert!(e.message.contains("no value for {{name}}"), "{}", e.message);
+    }
+
+    #[test]
+    fn templates_render_and_check() {
+        let vars = BTreeMap::from([("a".to_string(), "1".to_string())]);
+        assert_eq!(render("x{{a}}y{{ a }}", &vars).unwrap(), "x1y1");
+        assert_eq!(placeholders("{{a}} {{b_c}}").unwrap(), ["a", "b_c"]);
+        assert!(placeholders("{{}}").is_err());
+        assert!(
+            valid_sender("12345") && valid_sender("CityHall") && !valid_sender("TooLongSender1")
+        );
+    }
+}

@@ -1,0 +1,399 @@
+//! Gateway drivers: one submit of one message, classified as accepted / transient / permanent /
+//! lost. Only this module talks to carriers.
+//!
+//! Classification, the same for every driver: an answer in the accepted set is `Accepted`;
+//! 429 and 5xx are `Transient` (back off, fail over); any other answer is `Permanent` (the
+//! carrier's text is kept as the reason). A connection that could not be made is `Transient`
+//! (nothing left this machine); a request that went out but got no answer in time, or whose
+//! connection broke, is `Lost`: the message becomes `unknown` and is never resent on its own.
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Serialize;
+use url::form_urlencoded;
+
+use super::config::{GatewayConfig, GatewayKind, HttpBody, HttpTemplate};
+use crate::domain::delivery::Submit;
+use crate::domain::segments::{Encoding, segments};
+
+/// One message to submit.
+#[derive(Debug, Clone)]
+pub struct Outgoing<'a> {
+    /// Our message id (goes into the delivery-report URL).
+    pub id: i64,
+    /// E.164.
+    pub to: &'a str,
+    /// Sender id.
+    pub from: &'a str,
+    /// Text.
+    pub text: &'a str,
+}
+
+/// What came back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// Classification.
+    pub submit: Submit,
+    /// The carrier's message id, when it gave one.
+    pub carrier_id: Option<String>,
+    /// The carrier's words (status and body) or the transport error.
+    pub reason: Option<String>,
+    /// `Retry-After`, when given with a transient failure.
+    pub retry_after: Option<Duration>,
+}
+
+impl Answer {
+    fn new(submit: Submit, reason: Option<String>) -> Answer {
+        Answer {
+            submit,
+            carrier_id: None,
+            reason,
+            retry_after: None,
+        }
+    }
+}
+
+/// A configured gateway, ready to submit.
+pub struct Gateway {
+    /// Its settings.
+    pub cfg: GatewayConfig,
+    client: reqwest::Client,
+    callback_url: String,
+    dry_run: Option<Mutex<std::fs::File>>,
+}
+
+#[derive(Serialize)]
+struct DryRunLine<'a> {
+    id: i64,
+    gateway: &'a str,
+    to: &'a str,
+    from: &'a str,
+    text: &'a str,
+    encoding: Encoding,
+    parts: usize,
+    at: String,
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    match s.char_indices().nth(max) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
+    }
+}
+
+fn transport_error(e: &reqwest::Error) -> Answer {
+    let submit = if e.is_connect() {
+        Submit::Transient
+    } else {
+        Submit::Lost
+    };
+    Answer::new(submit, Some(format!("gateway request failed: {e}")))
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
+    resp.headers()
+        .get(reqwest::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(|s| Duration::from_secs(s.min(3600)))
+}
+
+/// The classification of an HTTP status (accepted statuses given).
+fn classify(status: u16, accepted: impl Fn(u16) -> bool) -> Submit {
+    if accepted(status) {
+        Submit::Accepted
+    } else if status == 429 || status >= 500 {
+        Submit::Transient
+    } else {
+        Submit::Permanent
+    }
+}
+
+fn fill(template: &str, vars: &[(&str, &str)], encode: bool) -> String {
+    let mut out = template.to_owned();
+    for (k, v) in vars {
+        let key = format!("{{{k}}}");
+        if out.contains(&key) {
+            let value = if encode {
+                form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+            } else {
+                (*v).to_owned()
+            };
+            out = out.replace(&key, &value);
+        }
+    }
+    out
+}
+
+fn fill_json(v: &serde_json::Value, vars: &[(&str, &str)]) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) => Value::String(fill(s, vars, false)),
+        Value::Array(a) => Value::Array(a.iter().map(|x| fill_json(x, vars)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| (k.clone(), fill_json(x, vars)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+impl Gateway {
+    /// Prepares a gateway; `callback_url` is the daemon's base URL for delivery reports.
+    pub fn new(cfg: GatewayConfig, callback_url: &str) -> std::io::Result<Gateway> {
+        let dry_run = match &cfg.kind {
+            GatewayKind::DryRun { path } => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)?;
+                }
+                Some(Mutex::new(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)?,
+                ))
+            }
+            _ => None,
+        };
+        let client = reqwest::Client::builder()
+            .timeout(cfg.timeout)
+            .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(cfg.in_flight)
+            .build()
+            .map_err(std::io::Error::other)?;
+        Ok(Gateway {
+            cfg,
+            client,
+            callback_url: callback_url.to_owned(),
+            dry_run,
+        })
+    }
+
+    /// The URL this gateway calls back with a report for message `id`. Kannel fills in its
+    /// `%` escapes: `%d` report type, `%A` SMSC answer, `%F` carrier id, `%T` time.
+    pub fn dlr_url(&self, id: i64) -> String {
+        let secret = self.cfg.dlr_secret.as_deref().unwrap_or("");
+        let base = format!(
+            "{}/api/v1/sms/dlr/{}?secret={secret}&id={id}",
+            self.callback_url, self.cfg.name
+        );
+        match self.cfg.kind {
+            GatewayKind::Kannel { .. } => format!("{base}&type=%d&answer=%A&fid=%F&ts=%T"),
+            _ => base,
+        }
+    }
+
+    /// Submits one message. Never panics; every failure is an [`Answer`].
+    pub async fn submit(&self, m: &Outgoing<'_>) -> Answer {
+        match &self.cfg.kind {
+            GatewayKind::DryRun { .. } => self.dry_run(m),
+            GatewayKind::Kannel {
+                url,
+                username,
+                password,
+                smsc,
+                dlr_mask,
+                post,
+            } => {
+                let ucs2 = segments(m.text).encoding == Encoding::Ucs2;
+                let dlr_url = self.dlr_url(m.id);
+                let mask = dlr_mask.to_string();
+                let req = if *post {
+                    let mut r = self
+                        .client
+                        .post(url.clone())
+                        .header("Content-Type", "text/plain; charset=UTF-8")
+                        .header("X-Kannel-Username", username)
+                        .header("X-Kannel-Password", password)
+                        .header("X-Kannel-From", m.from)
+                        .header("X-Kannel-To", m.to)
+                        .header("X-Kannel-DLR-Mask", &mask)
+                        .header("X-Kannel-DLR-URL", &dlr_url)
+                        .body(m.text.to_owned());
+                    if ucs2 {
+                        r = r.header("X-Kannel-Coding", "2");
+                    }
+                    if let Some(s) = smsc {
+                        r = r.header("X-Kannel-SMSC", s);
+                    }
+                    r
+                } else {
+                    let mut u = url.clone();
+                    {
+                        let mut q = u.query_pairs_mut();
+                        q.append_pair("username", username)
+                            .append_pair("password", password)
+                            .append_pair("from", m.from)
+                            .append_pair("to", m.to)
+                            .append_pair("text", m.text)
+                            .append_pair("charset", "UTF-8")
+                            .append_pair("coding", if ucs2 { "2" } else { "0" })
+                            .append_pair("dlr-mask", &mask)
+                            .append_pair("dlr-url", &dlr_url);
+                        if let Some(s) = smsc {
+                            q.append_pair("smsc", s);
+                        }
+                    }
+                    self.client.get(u)
+                };
+                let resp = match req.send().await {
+                    Ok(r) => r,
+                    Err(e) => return transport_error(&e),
+                };
+                let status = resp.status().as_u16();
+                let after = retry_after(&resp);
+                let body = match resp.text().await {
+                    Ok(b) => b,
+                    Err(e) => return transport_error(&e),
+                };
+                let body = body.trim();
+                // Kannel: "0: Accepted for delivery", "3: Queued for later delivery", or
+                // (older, immediate reply) "Sent.".
+                let submit = classify(status, |s| (200..300).contains(&s));
+                Answer {
+                    reason: (submit != Submit::Accepted || !body.starts_with("0:"))
+                        .then(|| format!("{status} {}", truncate(body, 300))),
+                    submit,
+                    carrier_id: None,
+                    retry_after: after,
+                }
+            }
+            GatewayKind::Http(t) => self.templated(t, m).await,
+        }
+    }
+
+    fn dry_run(&self, m: &Outgoing<'_>) -> Answer {
+        let seg = segments(m.text);
+        let line = DryRunLine {
+            id: m.id,
+            gateway: &self.cfg.name,
+            to: m.to,
+            from: m.from,
+            text: m.text,
+            encoding: seg.encoding,
+            parts: seg.parts,
+            at: chrono::Utc::now().to_rfc3339(),
+        };
+        let Some(file) = &self.dry_run else {
+            return Answer::new(Submit::Transient, Some("dry-run file not open".into()));
+        };
+        let mut bytes = serde_json::to_vec(&line).unwrap_or_default();
+        bytes.push(b'\n');
+        let mut f = file.lock().unwrap_or_else(|e| e.into_inner());
+        match f.write_all(&bytes) {
+            Ok(()) => Answer {
+                submit: Submit::Accepted,
+                carrier_id: Some(format!("dry-run-{}", m.id)),
+                reason: None,
+                retry_after: None,
+            },
+            Err(e) => Answer::new(
+                Submit::Transient,
+                Some(format!("cannot write the dry-run file: {e}")),
+            ),
+        }
+    }
+
+    async fn templated(&self, t: &HttpTemplate, m: &Outgoing<'_>) -> Answer {
+        let id = m.id.to_string();
+        let dlr_url = self.dlr_url(m.id);
+        let vars = [
+            ("to", m.to),
+            ("to_digits", m.to.trim_start_matches('+')),
+            ("from", m.from),
+            ("text", m.text),
+            ("id", id.as_str()),
+            ("dlr_url", dlr_url.as_str()),
+            ("username", t.username.as_deref().unwrap_or("")),
+            ("password", t.password.as_deref().unwrap_or("")),
+        ];
+        let url = fill(&t.url, &vars, true);
+        let mut req = self.client.request(t.method.clone(), &url);
+        for (k, v) in &t.headers {
+            req = req.header(k, fill(v, &vars, false));
+        }
+        req = match &t.body {
+            HttpBody::None => req,
+            HttpBody::Form(fields) => {
+                let mut ser = form_urlencoded::Serializer::new(String::new());
+                for (k, v) in fields {
+                    ser.append_pair(k, &fill(v, &vars, false));
+                }
+                req.header("Content-Type", "application/x-www-form-urlencoded")
+                    .body(ser.finish())
+            }
+            HttpBody::Json(v) => req.json(&fill_json(v, &vars)),
+        };
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => return transport_error(&e),
+        };
+        let status = resp.status().as_u16();
+        let after = retry_after(&resp);
+        let body = match resp.text().await {
+            Ok(b) => b,
+            Err(e) => return transport_error(&e),
+        };
+        let submit = classify(status, |s| t.accept_status.contains(&s));
+        let carrier_id = match (&submit, &t.id_pointer) {
+            (Submit::Accepted, Some(ptr)) => serde_json::from_str::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| {
+                    v.pointer(ptr).map(|x| match x {
+                        serde_json::Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                }),
+            _ => None,
+        };
+        Answer {
+            reason: (submit != Submit::Accepted)
+                .then(|| format!("{status} {}", truncate(body.trim(), 300))),
+            submit,
+            carrier_id,
+            retry_after: after,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_are_classified() {
+        let ok = |s| (200..300).contains(&s);
+        assert_eq!(classify(202, ok), Submit::Accepted);
+        assert_eq!(classify(429, ok), Submit::Transient);
+        assert_eq!(classify(503, ok), Submit::Transient);
+        assert_eq!(classify(400, ok), Submit::Permanent);
+        assert_eq!(classify(403, ok), Submit::Permanent);
+    }
+
+    #[test]
+    fn placeholders_are_filled_and_encoded_in_urls() {
+        let vars = [("to", "+8613800138000"), ("text", "你好 & bye")];
+        assert_eq!(
+            fill("http://x/send?to={to}&t={text}", &vars, true),
+            "http://x/send?to=%2B8613800138000&t=%E4%BD%A0%E5%A5%BD+%26+bye"
+        );
+        assert_eq!(
+            fill("{to}: {text}", &vars, false),
+            "+8613800138000: 你好 & bye"
+        );
+        let j = fill_json(
+            &serde_json::json!({"messages": [{"to": "{to}", "n": 1}]}),
+            &vars,
+        );
+        assert_eq!(
+            j,
+            serde_json::json!({"messages": [{"to": "+8613800138000", "n": 1}]})
+        );
+    }
+}

@@ -1,0 +1,800 @@
+//! Campaigns, their messages (one row per recipient, all written before the first send),
+//! delivery reports and the opt-out list.
+//!
+//! Every state change of a message goes through [`crate::domain::delivery`], inside one
+//! transaction that reads the current state first, so a report and a submit answer racing each
+//! other cannot move a message backwards. These calls use the store's SMS connection
+//! (`synchronous = FULL`): a claim (`queued → submitting`) is on disk before the request leaves.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+use serde::Serialize;
+
+use super::fleet::ts;
+use super::{Store, StoreError};
+use crate::domain::delivery::{self, Report, State, Submit};
+
+/// A recipient row to insert with a new campaign.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    /// Row in the import (1-based, header excluded).
+    pub row: usize,
+    /// E.164.
+    pub recipient: String,
+    /// The final text.
+    pub text: String,
+    /// SMS parts.
+    pub parts: usize,
+}
+
+/// A campaign as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CampaignRow {
+    /// Id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// `draft`, `scheduled`, `running`, `paused`, `done`, `cancelled` or `missed`.
+    pub status: String,
+    /// The specification (texts, sender, gateways, quiet hours, cap) as JSON.
+    pub spec: serde_json::Value,
+    /// Planned start.
+    pub start_at: Option<String>,
+    /// Who created it.
+    pub created_by: String,
+    /// When.
+    pub created_at: String,
+    /// When it (last) started running.
+    pub started_at: Option<String>,
+    /// When it ended.
+    pub finished_at: Option<String>,
+    /// Messages per state.
+    pub counts: BTreeMap<String, i64>,
+    /// Total SMS parts of every message.
+    pub segments: i64,
+}
+
+/// A message as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MessageRow {
+    /// Our id (in the delivery-report URL).
+    pub id: i64,
+    /// Campaign.
+    pub campaign: i64,
+    /// Row in the import.
+    pub row: i64,
+    /// E.164.
+    pub recipient: String,
+    /// Text.
+    pub text: String,
+    /// Parts.
+    pub parts: i64,
+    /// State.
+    pub state: String,
+    /// Gateway of the last attempt.
+    pub gateway: Option<String>,
+    /// Submits made.
+    pub attempts: i64,
+    /// Not sent before this (backoff, quiet hours, daily cap).
+    pub not_before: Option<String>,
+    /// The carrier's id.
+    pub carrier_id: Option<String>,
+    /// The carrier's or our reason for the state.
+    pub reason: Option<String>,
+    /// Last submit.
+    pub submitted_at: Option<String>,
+    /// Last change.
+    pub updated_at: String,
+}
+
+/// A message claimed for sending (now `submitting`).
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    /// Id.
+    pub id: i64,
+    /// E.164.
+    pub recipient: String,
+    /// Text.
+    pub text: String,
+    /// Parts.
+    pub parts: usize,
+    /// Submits so far, this one included.
+    pub attempts: i64,
+}
+
+/// What [`Store::claim`] found.
+#[derive(Debug, Clone)]
+pub enum Claim {
+    /// Send this.
+    Send(Claimed),
+    /// Nothing is due now.
+    Idle,
+}
+
+/// An opted-out number.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OptOut {
+    /// E.164.
+    pub number: String,
+    /// Why (free text).
+    pub reason: String,
+    /// Token name.
+    pub added_by: String,
+    /// When.
+    pub added_at: String,
+}
+
+const MESSAGE_COLS: &str = "id, campaign, row, recipient, text, parts, state, gateway, attempts, \
+     not_before, carrier_id, reason, submitted_at, updated_at";
+
+fn message_row(r: &Row<'_>) -> rusqlite::Result<MessageRow> {
+    Ok(MessageRow {
+        id: r.get(0)?,
+        campaign: r.get(1)?,
+        row: r.get(2)?,
+        recipient: r.get(3)?,
+        text: r.get(4)?,
+        parts: r.get(5)?,
+        state: r.get(6)?,
+        gateway: r.get(7)?,
+        attempts: r.get(8)?,
+        not_before: r.get(9)?,
+        carrier_id: r.get(10)?,
+        reason: r.get(11)?,
+        submitted_at: r.get(12)?,
+        updated_at: r.get(13)?,
+    })
+}
+
+fn parse_state(s: &str) -> State {
+    serde_json::from_value(serde_json::Value::String(s.to_owned())).unwrap_or(State::Unknown)
+}
+
+fn campaign_of(conn: &Connection, id: i64) -> Result<Option<CampaignRow>, StoreError> {
+    let row = conn
+        .query_row(
+            "SELECT id, name, status, spec, start_at, created_by, created_at, started_at, finished_at
+             FROM campaigns WHERE id = ?1",
+            [id],
+            |r| {
+                let spec: String = r.get(3)?;
+                Ok(CampaignRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    status: r.get(2)?,
+                    spec: serde_json::from_str(&spec).unwrap_or_default(),
+                    start_at: r.get(4)?,
+                    created_by: r.get(5)?,
+                    created_at: r.get(6)?,
+                    started_at: r.get(7)?,
+                    finished_at: r.get(8)?,
+                    counts: BTreeMap::new(),
+                    segments: 0,
+                })
+            },
+        )
+        .optional()?;
+    let Some(mut c) = row else { return Ok(None) };
+    let mut stmt = conn.prepare_cached(
+        "SELECT state, COUNT(*), SUM(parts) FROM messages WHERE campaign = ?1 GROUP BY state",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, i64>(1)?,
+            r.get::<_, i64>(2)?,
+        ))
+    })?;
+    for row in rows {
+        let (state, n, parts) = row?;
+        c.counts.insert(state, n);
+        c.segments += parts;
+    }
+    Ok(Some(c))
+}
+
+fn set_state(
+    tx: &Transaction<'_>,
+    id: i64,
+    state: State,
+    reason: Option<&str>,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<()> {
+    tx.execute(
+        "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
+        params![id, state.as_str(), reason, ts(now)],
+    )?;
+    Ok(())
+}
+
+impl Store {
+    /// Creates a campaign (a draft) with every recipient row, in one transaction.
+    pub fn create_campaign(
+        &self,
+        name: &str,
+        spec: &serde_json::Value,
+        start_at: Option<DateTime<Utc>>,
+        by: &str,
+        now: DateTime<Utc>,
+        messages: &[NewMessage],
+    ) -> Result<i64, StoreError> {
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT INTO campaigns (name, status, spec, start_at, created_by, created_at)
+             VALUES (?1, 'draft', ?2, ?3, ?4, ?5)",
+            params![name, spec.to_string(), start_at.map(ts), by, ts(now)],
+        )?;
+        let id = tx.last_insert_rowid();
+        {
+            let mut ins = tx.prepare(
+                "INSERT INTO messages (campaign, row, recipient, text, parts, state, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
+            )?;
+            let now = ts(now);
+            for m in messages {
+                ins.execute(params![
+                    id,
+                    m.row as i64,
+                    m.recipient,
+                    m.text,
+                    m.parts as i64,
+                    now
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// One campaign with its counts.
+    pub fn campaign(&self, id: i64) -> Result<Option<CampaignRow>, StoreError> {
+        campaign_of(&self.sms_conn(), id)
+    }
+
+    /// Every campaign, newest first.
+    pub fn campaigns(&self) -> Result<Vec<CampaignRow>, StoreError> {
+        let conn = self.sms_conn();
+        let ids: Vec<i64> = conn
+            .prepare("SELECT id FROM campaigns ORDER BY id DESC")?
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut out = Vec::new();
+        for id in ids {
+            out.extend(campaign_of(&conn, id)?);
+        }
+        Ok(out)
+    }
+
+    /// Campaigns in `status`: (id, spec).
+    pub fn campaigns_in(
+        &self,
+        status: &str,
+    ) -> Result<Vec<(i64, serde_json::Value, Option<String>)>, StoreError> {
+        let conn = self.sms_conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, spec, start_at FROM campaigns WHERE status = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([status], |r| {
+            let spec: String = r.get(1)?;
+            Ok((
+                r.get(0)?,
+                serde_json::from_str(&spec).unwrap_or_default(),
+                r.get(2)?,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Moves a campaign from one of `from` to `to`; `false` if it was in none of them.
+    /// Starting records `started_at`; ending records `finished_at`; cancelling also cancels
+    /// every queued message (in the same transaction).
+    pub fn set_campaign_status(
+        &self,
+        id: i64,
+        from: &[&str],
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let current: Option<String> = tx
+            .query_row("SELECT status FROM campaigns WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if !current.is_some_and(|c| from.contains(&c.as_str())) {
+            return Ok(false);
+        }
+        let now_s = ts(now);
+        tx.execute(
+            "UPDATE campaigns SET status = ?2,
+                 started_at = CASE WHEN ?2 = 'running' THEN ?3 ELSE started_at END,
+                 finished_at = CASE WHEN ?2 IN ('done', 'cancelled') THEN ?3 ELSE finished_at END
+             WHERE id = ?1",
+            params![id, to, now_s],
+        )?;
+        if to == "cancelled" {
+            tx.execute(
+                "UPDATE messages SET state = 'cancelled', reason = 'campaign cancelled', updated_at = ?2
+                 WHERE campaign = ?1 AND state = 'queued'",
+                params![id, now_s],
+            )?;
+        }
+        tx.commit()?;
+        Ok(true)
+    }
+
+    /// After a crash or restart: every message caught mid-submit becomes `unknown`.
+    pub fn recover_submitting(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let conn = self.sms_conn();
+        let n = conn.execute(
+            "UPDATE messages SET state = ?1, reason = 'the daemon stopped before the gateway answered', updated_at = ?2
+             WHERE state = 'submitting'",
+            params![delivery::on_recovery(State::Submitting).as_str(), ts(now)],
+        )?;
+        Ok(n)
+    }
+
+    /// Claims the next due message of `campaign` for `gateway`: `queued → submitting`, committed
+    /// before this returns. Nothing is claimed unless the campaign is `running` (so a pause or
+    /// cancel holds from the moment it is committed). Opted-out numbers are cancelled on the way; numbers over the daily
+    /// cap wait (`not_before`).
+    pub fn claim(
+        &self,
+        campaign: i64,
+        gateway: &str,
+        daily_cap: Option<u32>,
+        now: DateTime<Utc>,
+    ) -> Result<Claim, StoreError> {
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let now_s = ts(now);
+        loop {
+            let next = tx
+                .query_row(
+                    "SELECT m.id, m.recipient, m.text, m.parts, m.attempts,
+                            EXISTS (SELECT 1 FROM optouts o WHERE o.number = m.recipient)
+                     FROM messages m
+                     WHERE m.campaign = ?1 AND m.state = 'queued'
+                       AND (m.not_before IS NULL OR m.not_before <= ?2)
+                       AND (SELECT status FROM campaigns WHERE id = ?1) = 'running'
+                     ORDER BY m.id LIMIT 1",
+                    params![campaign, now_s],
+                    |r| {
+                        Ok((
+                            Claimed {
+                                id: r.get(0)?,
+                                recipient: r.get(1)?,
+                                text: r.get(2)?,
+                                parts: r.get::<_, i64>(3)? as usize,
+                                attempts: r.get::<_, i64>(4)? + 1,
+                            },
+                            r.get::<_, bool>(5)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((m, opted_out)) = next else {
+                tx.commit()?;
+                return Ok(Claim::Idle);
+            };
+            if opted_out {
+                set_state(
+                    &tx,
+                    m.id,
+                    State::Cancelled,
+                    Some("opted out (checked at send time)"),
+                    now,
+                )?;
+                continue;
+            }
+            if let Some(cap) = daily_cap {
+                let day_ago = ts(now - chrono::Duration::days(1));
+                let (sent, oldest): (i64, Option<String>) = tx.query_row(
+                    "SELECT COUNT(*), MIN(submitted_at) FROM messages
+                     WHERE recipient = ?1 AND submitted_at > ?2 AND id != ?3",
+                    params![m.recipient, day_ago, m.id],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
+                if sent >= i64::from(cap) {
+                    let until = oldest
+                        .and_then(|o| DateTime::parse_from_rfc3339(&o).ok())
+                        .map(|o| o.with_timezone(&Utc) + chrono::Duration::days(1))
+                        .unwrap_or(now + chrono::Duration::days(1));
+                    tx.execute(
+                        "UPDATE messages SET not_before = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
+                        params![
+                            m.id,
+                            ts(until),
+                            format!("daily cap of {cap} reached for this number"),
+                            now_s
+                        ],
+                    )?;
+                    continue;
+                }
+            }
+            tx.execute(
+                "UPDATE messages SET state = 'submitting', gateway = ?2, attempts = attempts + 1,
+                     submitted_at = ?3, updated_at = ?3, not_before = NULL
+                 WHERE id = ?1",
+                params![m.id, gateway, now_s],
+            )?;
+            tx.commit()?;
+            return Ok(Claim::Send(m));
+        }
+    }
+
+    /// Holds every queued message of `campaign` until `until` (quiet hours), with `reason`.
+    pub fn defer_campaign(
+        &self,
+        campaign: i64,
+        until: DateTime<Utc>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let conn = self.sms_conn();
+        Ok(conn.execute(
+            "UPDATE messages SET not_before = ?2, reason = ?3, updated_at = ?4
+             WHERE campaign = ?1 AND state = 'queued' AND (not_before IS NULL OR not_before < ?2)",
+            params![campaign, ts(until), reason, ts(now)],
+        )?)
+    }
+
+    /// Stores the gateway's answer to a submit. A transient failure requeues the message with
+    /// `retry_at`. Returns the new state.
+    pub fn finish_submit(
+        &self,
+        id: i64,
+        answer: &Submit,
+        carrier_id: Option<&str>,
+        reason: Option<&str>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<State, StoreError> {
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let current: Option<String> = tx
+            .query_row("SELECT state FROM messages WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(current) = current else {
+            return Ok(State::Unknown);
+        };
+        let current = parse_state(&current);
+        let next = delivery::on_submit(current, answer);
+        tx.execute(
+            "UPDATE messages SET state = ?2, carrier_id = COALESCE(?3, carrier_id),
+                 reason = CASE WHEN ?4 IS NULL THEN reason ELSE ?4 END,
+                 not_before = ?5, updated_at = ?6
+             WHERE id = ?1",
+            params![
+                id,
+                next.as_str(),
+                carrier_id,
+                reason,
+                retry_at.map(ts),
+                ts(now)
+            ],
+        )?;
+        tx.commit()?;
+        Ok(next)
+    }
+
+    /// Persists a delivery report for message `id` (which must have gone through `gateway`)
+    /// and applies it. `None` when no such message went through that gateway.
+    pub fn record_report(
+        &self,
+        id: i64,
+        gateway: &str,
+        report: Option<Report>,
+        code: &str,
+        raw: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(State, State)>, StoreError> {
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let current: Option<(String, Option<String>)> = tx
+            .query_row(
+                "SELECT state, gateway FROM messages WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        let Some((current, via)) = current else {
+            return Ok(None);
+        };
+        if via.as_deref() != Some(gateway) {
+            return Ok(None);
+        }
+        tx.execute(
+            "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![id, gateway, code, raw, ts(now)],
+        )?;
+        let current = parse_state(&current);
+        let next = match report {
+            Some(r) => delivery::on_report(current, r),
+            None => current,
+        };
+        if next != current {
+            let reason = match report {
+                Some(Report::Delivered) | Some(Report::Progress) | None => None,
+                Some(_) => Some(format!("delivery report {code}")),
+            };
+            set_state(&tx, id, next, reason.as_deref(), now)?;
+        }
+        tx.commit()?;
+        Ok(Some((current, next)))
+    }
+
+    /// The delivery reports stored for message `id`: (code, raw, received_at).
+    pub fn reports(&self, id: i64) -> Result<Vec<(String, String, String)>, StoreError> {
+        let conn = self.sms_conn();
+        let mut stmt =
+            conn.prepare("SELECT code, raw, received_at FROM dlrs WHERE message = ?1 ORDER BY id")?;
+        let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// An operator requeues the `unknown` messages of a campaign (accepting possible
+    /// duplicates). Returns how many.
+    pub fn requeue_unknown(&self, campaign: i64, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let conn = self.sms_conn();
+        Ok(conn.execute(
+            "UPDATE messages SET state = ?2, reason = 'requeued by an operator', not_before = NULL, updated_at = ?3
+             WHERE campaign = ?1 AND state = 'unknown'",
+            params![campaign, delivery::requeue(State::Unknown).as_str(), ts(now)],
+        )?)
+    }
+
+    /// Messages still to send or awaiting a submit answer, and the earliest `not_before` of
+    /// the queued ones.
+    pub fn pending(&self, campaign: i64) -> Result<(i64, i64, Option<String>), StoreError> {
+        let conn = self.sms_conn();
+        Ok(conn.query_row(
+            "SELECT COUNT(*) FILTER (WHERE state = 'queued'),
+                    COUNT(*) FILTER (WHERE state = 'submitting'),
+                    MIN(not_before) FILTER (WHERE state = 'queued')
+             FROM messages WHERE campaign = ?1",
+            [campaign],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?)
+    }
+
+    /// Messages of a campaign, optionally in one state, after id `after`, at most `limit`.
+    pub fn messages(
+        &self,
+        campaign: i64,
+        state: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let conn = self.sms_conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {MESSAGE_COLS} FROM messages
+             WHERE campaign = ?1 AND (?2 IS NULL OR state = ?2) AND id > ?3
+             ORDER BY id LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(params![campaign, state, after, limit as i64], message_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One message.
+    pub fn message(&self, id: i64) -> Result<Option<MessageRow>, StoreError> {
+        let conn = self.sms_conn();
+        Ok(conn
+            .query_row(
+                &format!("SELECT {MESSAGE_COLS} FROM messages WHERE id = ?1"),
+                [id],
+                message_row,
+            )
+            .optional()?)
+    }
+
+    /// Adds numbers to the opt-out list; returns how many were new.
+    pub fn add_optouts(
+        &self,
+        numbers: &[String],
+        reason: &str,
+        by: &str,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let mut n = 0;
+        {
+            let mut ins = tx.prepare(
+                "INSERT OR IGNORE INTO optouts (number, reason, added_by, added_at) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            let now = ts(now);
+            for number in numbers {
+                n += ins.execute(params![number, reason, by, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Removes a number from the opt-out list; `false` if it was not on it.
+    pub fn remove_optout(&self, number: &str) -> Result<bool, StoreError> {
+        let conn = self.sms_conn();
+        Ok(conn.execute("DELETE FROM optouts WHERE number = ?1", [number])? > 0)
+    }
+
+    /// The opt-out list.
+    pub fn optouts(&self) -> Result<Vec<OptOut>, StoreError> {
+        let conn = self.sms_conn();
+        let mut stmt =
+            conn.prepare("SELECT number, reason, added_by, added_at FROM optouts ORDER BY number")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(OptOut {
+                number: r.get(0)?,
+                reason: r.get(1)?,
+                added_by: r.get(2)?,
+                added_at: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Which of `numbers` are opted out.
+    pub fn opted_out(&self, numbers: &[String]) -> Result<Vec<String>, StoreError> {
+        let conn = self.sms_conn();
+        let mut stmt = conn.prepare_cached("SELECT 1 FROM optouts WHERE number = ?1")?;
+        let mut out = Vec::new();
+        for n in numbers {
+            if stmt.exists([n])? {
+                out.push(n.clone());
+            }
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-28T10:00:00Z".parse().unwrap()
+    }
+
+    fn campaign(store: &Store, n: usize) -> i64 {
+        let msgs: Vec<NewMessage> = (0..n)
+            .map(|i| NewMessage {
+                row: i + 1,
+                recipient: format!("+861380013800{i}"),
+                text: format!("hello {i}"),
+                parts: 1,
+            })
+            .collect();
+        let id = store
+            .create_campaign("t", &serde_json::json!({}), None, "op", now(), &msgs)
+            .unwrap();
+        assert!(
+            store
+                .set_campaign_status(id, &["draft"], "running", now())
+                .unwrap()
+        );
+        id
+    }
+
+    fn claim(store: &Store, c: i64) -> Option<Claimed> {
+        match store.claim(c, "gw", None, now()).unwrap() {
+            Claim::Send(m) => Some(m),
+            Claim::Idle => None,
+        }
+    }
+
+    #[test]
+    fn claims_in_order_and_each_once() {
+        let store = Store::memory().unwrap();
+        let c = campaign(&store, 3);
+        let ids: Vec<i64> = std::iter::from_fn(|| claim(&store, c).map(|m| m.id)).collect();
+        assert_eq!(ids.len(), 3);
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(store.campaign(c).unwrap().unwrap().counts["submitting"], 3);
+    }
+
+    #[test]
+    fn recovery_turns_submitting_into_unknown_and_unknown_is_never_claimed() {
+        let store = Store::memory().unwrap();
+        let c = campaign(&store, 2);
+        claim(&store, c).unwrap();
+        assert_eq!(store.recover_submitting(now()).unwrap(), 1);
+        let second = claim(&store, c).unwrap();
+        assert!(claim(&store, c).is_none(), "the unknown one is not resent");
+        store
+            .finish_submit(second.id, &Submit::Accepted, Some("x"), None, None, now())
+            .unwrap();
+        let counts = store.campaign(c).unwrap().unwrap().counts;
+        assert_eq!((counts["unknown"], counts["sent"]), (1, 1));
+        assert_eq!(store.requeue_unknown(c, now()).unwrap(), 1);
+        assert!(claim(&store, c).is_some());
+    }
+
+    #[test]
+    fn early_final_report_survives_the_late_submit_answer() {
+        let store = Store::memory().unwrap();
+        let c = campaign(&store, 1);
+        let m = claim(&store, c).unwrap();
+        let (from, to) = store
+            .record_report(m.id, "gw", Some(Report::Delivered), "1", "type=1", now())
+            .unwrap()
+            .unwrap();
+        assert_eq!((from, to), (State::Submitting, State::Delivered));
+        let after = store
+            .finish_submit(m.id, &Submit::Accepted, Some("abc"), None, None, now())
+            .unwrap();
+        assert_eq!(after, State::Delivered);
+        // A later "buffered" report does not move it back either.
+        store
+            .record_report(m.id, "gw", Some(Report::Progress), "4", "type=4", now())
+            .unwrap();
+        assert_eq!(store.message(m.id).unwrap().unwrap().state, "delivered");
+        assert_eq!(store.reports(m.id).unwrap().len(), 2);
+        // A report naming another gateway is not ours.
+        assert!(
+            store
+                .record_report(m.id, "other", Some(Report::Delivered), "1", "", now())
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn opted_out_numbers_are_skipped_at_claim_time() {
+        let store = Store::memory().unwrap();
+        let c = campaign(&store, 2);
+        store
+            .add_optouts(&["+8613800138000".into()], "TD", "op", now())
+            .unwrap();
+        let m = claim(&store, c).unwrap();
+        assert_eq!(m.recipient, "+8613800138001");
+        let first = store.messages(c, Some("cancelled"), 0, 10).unwrap();
+        assert_eq!(first.len(), 1);
+        assert!(first[0].reason.as_deref().unwrap().contains("opted out"));
+    }
+
+    #[test]
+    fn daily_cap_defers_the_extra_message() {
+        let store = Store::memory().unwrap();
+        let a = campaign(&store, 1);
+        let b = campaign(&store, 1);
+        assert!(matches!(
+            store.claim(a, "gw", Some(1), now()).unwrap(),
+            Claim::Send(_)
+        ));
+        assert!(matches!(
+            store.claim(b, "gw", Some(1), now()).unwrap(),
+            Claim::Idle
+        ));
+        let held = store.messages(b, Some("queued"), 0, 1).unwrap();
+        assert_eq!(
+            held[0].not_before.as_deref(),
+            Some("2026-11-29T10:00:00.000Z")
+        );
+    }
+
+    #[test]
+    fn cancel_cancels_what_is_queued_only() {
+        let store = Store::memory().unwrap();
+        let c = campaign(&store, 3);
+        claim(&store, c).unwrap();
+        assert!(
+            store
+                .set_campaign_status(c, &["running"], "cancelled", now())
+                .unwrap()
+        );
+        let counts = store.campaign(c).unwrap().unwrap().counts;
+        assert_eq!((counts["cancelled"], counts["submitting"]), (2, 1));
+        assert!(
+            !store
+                .set_campaign_status(c, &["running"], "paused", now())
+                .unwrap()
+        );
+    }
+}
