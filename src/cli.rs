@@ -1,6 +1,8 @@
 //! The offline subcommands: `check`, `preview`, `keygen`, `schema`. They read files only; the
 //! API-client subcommands talk to a running daemon over HTTP.
 
+pub mod campaign;
+
 use std::path::Path;
 
 use anyhow::Context;
@@ -142,6 +144,23 @@ impl ApiClient {
     /// GET `path` as JSON; API errors become their message.
     pub async fn get(&self, path: &str) -> anyhow::Result<serde_json::Value> {
         self.call(reqwest::Method::GET, path, None).await
+    }
+
+    /// GET `path` as text with an `Accept` header (CSV exports).
+    pub async fn get_text(&self, path: &str, accept: &str) -> anyhow::Result<String> {
+        let resp = reqwest::Client::new()
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(&self.token)
+            .header("Accept", accept)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the daemon at {}", self.url))?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            anyhow::bail!("{status}: {text}");
+        }
+        Ok(text)
     }
 
     /// Any request with an optional JSON body; API errors become their message.

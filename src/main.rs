@@ -90,6 +90,21 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// SMS campaigns: create (prints the cost), list, show, start, pause, resume, cancel,
+    /// status (live progress in a terminal), messages.
+    Campaign {
+        #[command(subcommand)]
+        action: CampaignAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The SMS opt-out list: add, remove, import (CSV), list.
+    Optout {
+        #[command(subcommand)]
+        action: OptoutAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// The audit log.
     Audit {
         #[command(subcommand)]
@@ -166,6 +181,125 @@ enum PlaylistAction {
         /// Playlist file.
         file: PathBuf,
     },
+}
+
+#[derive(Subcommand)]
+enum CampaignAction {
+    /// Import recipients and create a campaign; prints its id, cost and every rejected row.
+    Create {
+        /// Name.
+        #[arg(long)]
+        name: String,
+        /// Text (template: {{column}} from the CSV), default language.
+        #[arg(long)]
+        text: String,
+        /// English text, for recipients whose lang column is "en".
+        #[arg(long = "text-en")]
+        text_en: Option<String>,
+        /// Sender id (default: sms.sender).
+        #[arg(long)]
+        sender: Option<String>,
+        /// CSV with a number column (and optional lang and variable columns).
+        #[arg(long)]
+        recipients: Option<PathBuf>,
+        /// One recipient (repeatable), instead of --recipients.
+        #[arg(long)]
+        to: Vec<String>,
+        /// Gateway (repeatable, failover order; default: all configured).
+        #[arg(long = "gateway")]
+        gateways: Vec<String>,
+        /// "now" or a time (RFC 3339); default: a draft, started with `campaign start`.
+        #[arg(long)]
+        start: Option<String>,
+        /// Local sending window, e.g. 08:00-21:00.
+        #[arg(long = "send-window")]
+        send_window: Option<String>,
+        /// Messages per number in 24 hours at most.
+        #[arg(long = "daily-cap")]
+        daily_cap: Option<u32>,
+    },
+    /// Every campaign with its counts.
+    List,
+    /// One campaign as JSON.
+    Show {
+        /// Campaign id.
+        id: i64,
+    },
+    /// Start a draft or scheduled campaign now.
+    Start {
+        /// Campaign id.
+        id: i64,
+        /// Needed when the scheduled start was missed (the daemon was down).
+        #[arg(long = "confirm-late")]
+        confirm_late: bool,
+    },
+    /// Stop sending (messages in flight finish).
+    Pause {
+        /// Campaign id.
+        id: i64,
+    },
+    /// Continue a paused campaign.
+    Resume {
+        /// Campaign id.
+        id: i64,
+    },
+    /// Cancel every message not yet sent.
+    Cancel {
+        /// Campaign id.
+        id: i64,
+    },
+    /// Send again the messages whose submit answer was lost (they may arrive twice).
+    RequeueUnknown {
+        /// Campaign id.
+        id: i64,
+    },
+    /// Progress; a live bar in a terminal until the campaign ends.
+    Status {
+        /// Campaign id.
+        id: i64,
+        /// Follow even when not in a terminal.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// The messages of a campaign.
+    Messages {
+        /// Campaign id.
+        id: i64,
+        /// Only this state (queued, sent, delivered, failed, unknown, …).
+        #[arg(long)]
+        status: Option<String>,
+        /// CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum OptoutAction {
+    /// Add numbers.
+    Add {
+        /// Numbers (any common form; normalised to E.164).
+        #[arg(required = true)]
+        numbers: Vec<String>,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Remove a number.
+    Remove {
+        /// Number.
+        number: String,
+    },
+    /// Add every number of a CSV file (a number column).
+    Import {
+        /// CSV file.
+        file: PathBuf,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// The list.
+    List,
 }
 
 #[derive(Subcommand)]
@@ -364,6 +498,73 @@ fn main() -> ExitCode {
                 })
             }
         },
+        Command::Campaign { action, api } => {
+            run_api("marquee campaign", api, |client| async move {
+                use marquee::cli::campaign as c;
+                match action {
+                    CampaignAction::Create {
+                        name,
+                        text,
+                        text_en,
+                        sender,
+                        recipients,
+                        to,
+                        gateways,
+                        start,
+                        send_window,
+                        daily_cap,
+                    } => {
+                        c::create(
+                            &client,
+                            c::CreateArgs {
+                                name,
+                                text,
+                                text_en,
+                                sender,
+                                recipients,
+                                to,
+                                gateways,
+                                start,
+                                send_window,
+                                daily_cap,
+                            },
+                        )
+                        .await
+                    }
+                    CampaignAction::List => c::list(&client).await,
+                    CampaignAction::Show { id } => client
+                        .get(&format!("/api/v1/campaigns/{id}"))
+                        .await
+                        .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"),
+                    CampaignAction::Start { id, confirm_late } => {
+                        c::action(&client, id, "start", confirm_late).await
+                    }
+                    CampaignAction::Pause { id } => c::action(&client, id, "pause", false).await,
+                    CampaignAction::Resume { id } => c::action(&client, id, "resume", false).await,
+                    CampaignAction::Cancel { id } => c::action(&client, id, "cancel", false).await,
+                    CampaignAction::RequeueUnknown { id } => {
+                        c::action(&client, id, "requeue-unknown", false).await
+                    }
+                    CampaignAction::Status { id, follow } => c::status(&client, id, follow).await,
+                    CampaignAction::Messages { id, status, csv } => {
+                        c::messages(&client, id, status.as_deref(), csv).await
+                    }
+                }
+            })
+        }
+        Command::Optout { action, api } => run_api("marquee optout", api, |client| async move {
+            use marquee::cli::campaign as c;
+            match action {
+                OptoutAction::Add { numbers, reason } => {
+                    c::optout_add(&client, &numbers, None, reason.as_deref()).await
+                }
+                OptoutAction::Import { file, reason } => {
+                    c::optout_add(&client, &[], Some(&file), reason.as_deref()).await
+                }
+                OptoutAction::Remove { number } => c::optout_remove(&client, &number).await,
+                OptoutAction::List => c::optout_list(&client).await,
+            }
+        }),
         Command::Audit {
             action: AuditAction::Verify { config, data_dir },
         } => match marquee::cli::audit_verify(&config.path, data_dir.as_deref()) {

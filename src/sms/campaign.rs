@@ -25,8 +25,9 @@ pub struct CreateRequest {
     /// Other languages: language → text, chosen by a recipient's `lang`.
     #[serde(default)]
     pub texts: BTreeMap<String, String>,
-    /// Sender id (digits, or up to 11 letters and digits).
-    pub sender: String,
+    /// Sender id (digits, or up to 11 letters and digits; default `sms.sender`).
+    #[serde(default)]
+    pub sender: Option<String>,
     /// Recipients as a list.
     #[serde(default)]
     pub recipients: Vec<RecipientIn>,
@@ -301,12 +302,17 @@ pub fn prepare(
     if req.name.trim().is_empty() || req.name.chars().count() > 200 {
         return Err(invalid("name", "give a name of 1 to 200 characters"));
     }
-    if !valid_sender(&req.sender) {
+    let Some(sender) = req.sender.clone().or_else(|| cfg.sender.clone()) else {
+        return Err(invalid(
+            "sender",
+            "no sender id: give sender, or set sms.sender in the configuration",
+        ));
+    };
+    if !valid_sender(&sender) {
         return Err(invalid(
             "sender",
             format!(
-                "{:?} is not a sender id: digits (up to 15) or up to 11 letters and digits",
-                req.sender
+                "{sender:?} is not a sender id: digits (up to 15) or up to 11 letters and digits"
             ),
         ));
     }
@@ -501,7 +507,7 @@ pub fn prepare(
     }
     Ok(Prepared {
         spec: Spec {
-            sender: req.sender,
+            sender,
             gateways,
             send_window: req.send_window,
             daily_cap: req.daily_cap,
@@ -543,7 +549,7 @@ messages_per_second = 10
             name: "open day".into(),
             text: "{{name}}您好，政务开放日欢迎您".into(),
             texts: BTreeMap::from([("en".into(), "Hello {{name}}, welcome".into())]),
-            sender: "12345".into(),
+            sender: Some("12345".into()),
             recipients: vec![],
             recipients_csv: Some(csv.into()),
             gateways: vec![],

@@ -25,6 +25,7 @@ pub struct RawSms {
     callback_url: Option<String>,
     missed_start_margin: String,
     signature: Option<String>,
+    sender: Option<String>,
     gateways: Vec<RawGateway>,
 }
 
@@ -36,6 +37,7 @@ impl Default for RawSms {
             callback_url: None,
             missed_start_margin: "10m".into(),
             signature: None,
+            sender: None,
             gateways: Vec::new(),
         }
     }
@@ -101,6 +103,8 @@ pub struct SmsConfig {
     pub missed_start_margin: chrono::Duration,
     /// Signature the carrier adds (e.g. `【市政府】`), counted in the carrier's cost estimate.
     pub signature: Option<String>,
+    /// Sender id of campaigns that name none.
+    pub sender: Option<String>,
     /// Gateways in failover order.
     pub gateways: Vec<GatewayConfig>,
 }
@@ -482,6 +486,7 @@ pub fn validate(
         callback_url: callback_url.trim_end_matches('/').to_owned(),
         missed_start_margin: chrono::Duration::from_std(margin).unwrap_or_default(),
         signature: raw.signature,
+        sender: raw.sender,
         gateways,
     }
 }

@@ -1,0 +1,346 @@
+//! `marquee campaign …` and `marquee optout …`: the SMS lifecycle against the API.
+
+use std::io::IsTerminal;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use super::ApiClient;
+
+/// What `campaign create` sends.
+#[derive(Debug, Default)]
+pub struct CreateArgs {
+    /// Name.
+    pub name: String,
+    /// Default text.
+    pub text: String,
+    /// English text.
+    pub text_en: Option<String>,
+    /// Sender id.
+    pub sender: Option<String>,
+    /// CSV file of recipients.
+    pub recipients: Option<std::path::PathBuf>,
+    /// Single numbers.
+    pub to: Vec<String>,
+    /// Gateways in failover order.
+    pub gateways: Vec<String>,
+    /// `now` or a time.
+    pub start: Option<String>,
+    /// `08:00-21:00`.
+    pub send_window: Option<String>,
+    /// Per-number cap in 24 h.
+    pub daily_cap: Option<u32>,
+}
+
+fn table(rows: &[Vec<String>]) -> String {
+    let cols = rows.first().map_or(0, Vec::len);
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in rows {
+        let line: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+fn rejects_text(rejects: &Value) -> String {
+    let list = rejects.as_array().cloned().unwrap_or_default();
+    if list.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("{} row(s) rejected:\n", list.len());
+    for r in list.iter().take(50) {
+        out.push_str(&format!(
+            "  row {}: {:?}: {}\n",
+            r["row"],
+            r["value"].as_str().unwrap_or(""),
+            r["reason"].as_str().unwrap_or("")
+        ));
+    }
+    if list.len() > 50 {
+        out.push_str(&format!("  … and {} more\n", list.len() - 50));
+    }
+    out
+}
+
+/// `marquee campaign create`: prints the id, the cost estimate and every rejected row.
+pub async fn create(api: &ApiClient, a: CreateArgs) -> anyhow::Result<String> {
+    let mut body = json!({"name": a.name, "text": a.text});
+    if let Some(en) = a.text_en {
+        body["texts"] = json!({"en": en});
+    }
+    if let Some(s) = a.sender {
+        body["sender"] = json!(s);
+    }
+    match (&a.recipients, a.to.is_empty()) {
+        (Some(file), true) => {
+            body["recipients_csv"] = json!(
+                std::fs::read_to_string(file)
+                    .with_context(|| format!("cannot read {}", file.display()))?
+            );
+        }
+        (None, false) => {
+            body["recipients"] = json!(
+                a.to.iter()
+                    .map(|n| json!({"number": n}))
+                    .collect::<Vec<_>>()
+            );
+        }
+        _ => anyhow::bail!("give --recipients FILE.csv or --to NUMBER (repeatable), not both"),
+    }
+    if !a.gateways.is_empty() {
+        body["gateways"] = json!(a.gateways);
+    }
+    if let Some(s) = a.start {
+        body["start"] = json!(s);
+    }
+    if let Some(w) = a.send_window {
+        let (from, until) = w
+            .split_once('-')
+            .context("--send-window is FROM-UNTIL, e.g. 08:00-21:00")?;
+        body["send_window"] = json!({"from": from.trim(), "until": until.trim()});
+    }
+    if let Some(c) = a.daily_cap {
+        body["daily_cap"] = json!(c);
+    }
+    let v = api
+        .call(reqwest::Method::POST, "/api/v1/campaigns", Some(body))
+        .await?;
+    let e = &v["estimate"];
+    Ok(format!(
+        "campaign {} ({})\n{} recipients, {} messages, {} segments ({} GSM-7, {} UCS-2), {} billed by a CN carrier\nestimated send time: {} s\n{}",
+        v["id"],
+        v["status"].as_str().unwrap_or("?"),
+        e["recipients"],
+        e["messages"],
+        e["segments"],
+        e["gsm7"],
+        e["ucs2"],
+        e["carrier_billed"],
+        e["duration_seconds"],
+        rejects_text(&v["rejects"])
+    ))
+}
+
+fn count(c: &Value, k: &str) -> i64 {
+    c["counts"][k].as_i64().unwrap_or(0)
+}
+
+/// `marquee campaign list`.
+pub async fn list(api: &ApiClient) -> anyhow::Result<String> {
+    let v = api.get("/api/v1/campaigns").await?;
+    let mut rows = vec![
+        [
+            "ID",
+            "NAME",
+            "STATUS",
+            "TOTAL",
+            "QUEUED",
+            "SENT",
+            "DELIVERED",
+            "FAILED",
+            "UNKNOWN",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for c in v["campaigns"].as_array().into_iter().flatten() {
+        rows.push(vec![
+            c["id"].to_string(),
+            c["name"].as_str().unwrap_or("").to_owned(),
+            c["status"].as_str().unwrap_or("").to_owned(),
+            c["progress"]["total"].to_string(),
+            count(c, "queued").to_string(),
+            count(c, "sent").to_string(),
+            count(c, "delivered").to_string(),
+            (count(c, "failed") + count(c, "rejected") + count(c, "expired")).to_string(),
+            count(c, "unknown").to_string(),
+        ]);
+    }
+    Ok(table(&rows))
+}
+
+fn status_line(c: &Value) -> String {
+    format!(
+        "campaign {} ({}): {} total, {} queued, {} submitting, {} sent, {} delivered, {} failed, {} rejected, {} expired, {} unknown, {} cancelled",
+        c["id"],
+        c["status"].as_str().unwrap_or("?"),
+        c["progress"]["total"],
+        count(c, "queued"),
+        count(c, "submitting"),
+        count(c, "sent"),
+        count(c, "delivered"),
+        count(c, "failed"),
+        count(c, "rejected"),
+        count(c, "expired"),
+        count(c, "unknown"),
+        count(c, "cancelled"),
+    )
+}
+
+/// `marquee campaign status ID`: in a terminal, a live progress bar (rates per second, ETA)
+/// until the campaign ends; otherwise one line.
+pub async fn status(api: &ApiClient, id: i64, follow: bool) -> anyhow::Result<String> {
+    let path = format!("/api/v1/campaigns/{id}");
+    let c = api.get(&path).await?;
+    if !(follow || std::io::stdout().is_terminal()) {
+        return Ok(status_line(&c) + "\n");
+    }
+    let total = c["progress"]["total"].as_u64().unwrap_or(0);
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} done · {msg} · ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut last = (std::time::Instant::now(), c.clone());
+    let mut c = c;
+    loop {
+        bar.set_position(c["progress"]["done"].as_u64().unwrap_or(0));
+        let dt = last.0.elapsed().as_secs_f64().max(0.001);
+        let rate = |k: &str| (count(&c, k) - count(&last.1, k)).max(0) as f64 / dt;
+        bar.set_message(format!(
+            "{} · sent {} ({:.0}/s) · delivered {} ({:.0}/s) · failed {} ({:.0}/s) · unknown {}",
+            c["status"].as_str().unwrap_or("?"),
+            count(&c, "sent"),
+            rate("sent"),
+            count(&c, "delivered"),
+            rate("delivered"),
+            count(&c, "failed") + count(&c, "rejected"),
+            rate("failed"),
+            count(&c, "unknown"),
+        ));
+        let status = c["status"].as_str().unwrap_or("");
+        if matches!(status, "done" | "cancelled" | "draft" | "missed")
+            || (status == "paused" && count(&c, "submitting") == 0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let next = api.get(&path).await?;
+        last = (std::time::Instant::now(), std::mem::replace(&mut c, next));
+    }
+    bar.finish();
+    Ok(status_line(&c) + "\n")
+}
+
+/// `marquee campaign start|pause|resume|cancel|requeue-unknown ID`.
+pub async fn action(
+    api: &ApiClient,
+    id: i64,
+    action: &str,
+    confirm_late: bool,
+) -> anyhow::Result<String> {
+    let body = confirm_late.then(|| json!({"confirm_late": true}));
+    let v = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/campaigns/{id}/{action}"),
+            body,
+        )
+        .await?;
+    if let Some(n) = v["requeued"].as_i64() {
+        return Ok(format!("campaign {id}: {n} unknown message(s) requeued\n"));
+    }
+    Ok(status_line(&v) + "\n")
+}
+
+/// `marquee campaign messages ID [--status S] [--csv]`.
+pub async fn messages(
+    api: &ApiClient,
+    id: i64,
+    status: Option<&str>,
+    csv: bool,
+) -> anyhow::Result<String> {
+    let mut path = format!("/api/v1/campaigns/{id}/messages?limit=1000000");
+    if let Some(s) = status {
+        path.push_str(&format!("&status={s}"));
+    }
+    if csv {
+        return api.get_text(&path, "text/csv").await;
+    }
+    let v = api.get(&path).await?;
+    let mut rows = vec![
+        ["ID", "ROW", "RECIPIENT", "STATE", "GATEWAY", "TRIES", "REASON"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for m in v["messages"].as_array().into_iter().flatten() {
+        let s = |k: &str| m[k].as_str().unwrap_or("-").to_owned();
+        rows.push(vec![
+            m["id"].to_string(),
+            m["row"].to_string(),
+            s("recipient"),
+            s("state"),
+            s("gateway"),
+            m["attempts"].to_string(),
+            s("reason"),
+        ]);
+    }
+    Ok(table(&rows))
+}
+
+/// `marquee optout add|import`: numbers or a CSV file.
+pub async fn optout_add(
+    api: &ApiClient,
+    numbers: &[String],
+    csv: Option<&Path>,
+    reason: Option<&str>,
+) -> anyhow::Result<String> {
+    let mut body = json!({"numbers": numbers});
+    if let Some(f) = csv {
+        body["csv"] = json!(
+            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
+        );
+    }
+    if let Some(r) = reason {
+        body["reason"] = json!(r);
+    }
+    let v = api
+        .call(reqwest::Method::POST, "/api/v1/optouts", Some(body))
+        .await?;
+    Ok(format!(
+        "{} added, {} already on the list\n{}",
+        v["added"],
+        v["already"],
+        rejects_text(&v["rejects"])
+    ))
+}
+
+/// `marquee optout remove NUMBER`.
+pub async fn optout_remove(api: &ApiClient, number: &str) -> anyhow::Result<String> {
+    let enc: String = url::form_urlencoded::byte_serialize(number.as_bytes()).collect();
+    let v = api
+        .call(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/optouts/{enc}"),
+            None,
+        )
+        .await?;
+    Ok(format!("{} removed\n", v["removed"].as_str().unwrap_or("")))
+}
+
+/// `marquee optout list`.
+pub async fn optout_list(api: &ApiClient) -> anyhow::Result<String> {
+    let v = api.get("/api/v1/optouts").await?;
+    let mut rows = vec![
+        ["NUMBER", "REASON", "BY", "AT"]
+            .map(String::from)
+            .to_vec(),
+    ];
+    for o in v["optouts"].as_array().into_iter().flatten() {
+        let s = |k: &str| o[k].as_str().unwrap_or("").to_owned();
+        rows.push(vec![s("number"), s("reason"), s("added_by"), s("added_at")]);
+    }
+    Ok(table(&rows))
+}
