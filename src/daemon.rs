@@ -110,6 +110,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         store.clone(),
         metrics.clone(),
         sms_waker.clone(),
+        http_addr,
     )?;
     let (reload_tx, reload_rx) = mpsc::channel(1);
     let state = Arc::new(AppState {

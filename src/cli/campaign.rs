@@ -198,10 +198,8 @@ pub async fn status(api: &ApiClient, id: i64, follow: bool) -> anyhow::Result<St
     let total = c["progress"]["total"].as_u64().unwrap_or(0);
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} done · {msg} · ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} done · {msg} · ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let mut last = (std::time::Instant::now(), c.clone());
     let mut c = c;
@@ -271,9 +269,17 @@ pub async fn messages(
     }
     let v = api.get(&path).await?;
     let mut rows = vec![
-        ["ID", "ROW", "RECIPIENT", "STATE", "GATEWAY", "TRIES", "REASON"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "ID",
+            "ROW",
+            "RECIPIENT",
+            "STATE",
+            "GATEWAY",
+            "TRIES",
+            "REASON",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for m in v["messages"].as_array().into_iter().flatten() {
         let s = |k: &str| m[k].as_str().unwrap_or("-").to_owned();
@@ -333,11 +339,7 @@ pub async fn optout_remove(api: &ApiClient, number: &str) -> anyhow::Result<Stri
 /// `marquee optout list`.
 pub async fn optout_list(api: &ApiClient) -> anyhow::Result<String> {
     let v = api.get("/api/v1/optouts").await?;
-    let mut rows = vec![
-        ["NUMBER", "REASON", "BY", "AT"]
-            .map(String::from)
-            .to_vec(),
-    ];
+    let mut rows = vec![["NUMBER", "REASON", "BY", "AT"].map(String::from).to_vec()];
     for o in v["optouts"].as_array().into_iter().flatten() {
         let s = |k: &str| o[k].as_str().unwrap_or("").to_owned();
         rows.push(vec![s("number"), s("reason"), s("added_by"), s("added_at")]);

@@ -97,8 +97,9 @@ pub struct SmsConfig {
     pub default_region: phonenumber::country::Id,
     /// Zone of quiet hours unless a campaign names its own.
     pub timezone: Tz,
-    /// Base URL gateways call back with delivery reports (`…/api/v1/sms/dlr/{gateway}`).
-    pub callback_url: String,
+    /// Base URL gateways call back with delivery reports (`…/api/v1/sms/dlr/{gateway}`);
+    /// `None`: the daemon's own listening address.
+    pub callback_url: Option<String>,
     /// A scheduled start missed by more than this needs an operator's confirmation.
     pub missed_start_margin: chrono::Duration,
     /// Signature the carrier adds (e.g. `【市政府】`), counted in the carrier's cost estimate.
@@ -453,14 +454,21 @@ pub fn validate(
             schedule.timezone
         }),
     };
-    let callback_url = raw
-        .callback_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{listen}"));
-    if url::Url::parse(&callback_url).is_err() {
+    if let Some(u) = &raw.callback_url
+        && url::Url::parse(u).is_err()
+    {
         problems.push(format!(
-            "sms.callback_url: {callback_url:?} is not a URL like http://127.0.0.1:8080"
+            "sms.callback_url: {u:?} is not a URL like http://127.0.0.1:8080"
         ));
+    }
+    if raw.callback_url.is_none()
+        && !listen.ip().is_loopback()
+        && listen.ip().is_unspecified()
+        && !raw.gateways.is_empty()
+    {
+        problems.push(
+            "sms.callback_url: server.listen is a wildcard address, so gateways cannot be told where to send delivery reports: set callback_url".into(),
+        );
     }
     let margin = duration(
         problems,
@@ -483,7 +491,7 @@ pub fn validate(
     SmsConfig {
         default_region,
         timezone,
-        callback_url: callback_url.trim_end_matches('/').to_owned(),
+        callback_url: raw.callback_url.map(|u| u.trim_end_matches('/').to_owned()),
         missed_start_margin: chrono::Duration::from_std(margin).unwrap_or_default(),
         signature: raw.signature,
         sender: raw.sender,

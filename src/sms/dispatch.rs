@@ -109,10 +109,16 @@ impl Dispatcher {
         store: Arc<Store>,
         metrics: Metrics,
         waker: Waker,
+        http: std::net::SocketAddr,
     ) -> anyhow::Result<Dispatcher> {
+        let callback = cfg
+            .sms
+            .callback_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{http}"));
         let mut gateways = BTreeMap::new();
         for g in &cfg.sms.gateways {
-            let gw = Gateway::new(g.clone(), &cfg.sms.callback_url)
+            let gw = Gateway::new(g.clone(), &callback)
                 .map_err(|e| anyhow::anyhow!("{}: sms.gateways ({}): {e}", cfg.file, g.name))?;
             gateways.insert(
                 g.name.clone(),

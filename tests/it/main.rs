@@ -9,5 +9,7 @@ mod cli;
 mod core;
 mod editing;
 mod harness;
+mod kannel;
+mod sms;
 mod systemd;
 mod web;

@@ -1,0 +1,770 @@
+//! SMS campaigns end to end: a real Kannel (bearerbox + smsbox + fakesmsc), an in-process fake
+//! carrier that fails on purpose, kill -9 in the middle of a campaign, and the controls.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::{Daemon, Site, dump, eventually_async, free_port};
+use crate::kannel::{self, Kannel};
+
+const SECRET: &str = "dlr-secret-0123456789";
+
+fn site() -> Site {
+    Site::new(
+        &format!("embedded = true\nlisten = \"127.0.0.1:{}\"", free_port()),
+        "",
+    )
+}
+
+async fn start(site: &Site) -> Daemon {
+    Daemon::start_with_env(site, &[("TEST_DLR_SECRET", SECRET)]).await
+}
+
+/// How the fake carrier treats a number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rule {
+    /// 200 with an id; a delivered report shortly after.
+    Ok,
+    /// 429 the first time, then as `Ok`.
+    TooManyFirst,
+    /// 503 from gateway `alpha`, `Ok` from any other.
+    AlphaDown,
+    /// 400 with a reason.
+    BadNumber,
+    /// The first request gets no answer (the daemon times out); later ones as `Ok`.
+    HangFirst,
+    /// The delivered report is sent and stored before the submit is answered.
+    EarlyReport,
+    /// Delivered twice, then a stale "buffered": the state stays delivered.
+    DupReports,
+    /// Answers only once released (see `Fake::release`).
+    Hold,
+}
+
+#[derive(Clone)]
+struct Fake {
+    url: String,
+    /// (gateway, to, text) of every request, in arrival order.
+    log: Arc<Mutex<Vec<(String, String, String)>>>,
+    rules: Arc<Mutex<HashMap<String, Rule>>>,
+    released: Arc<tokio::sync::Notify>,
+    delay: Duration,
+    client: reqwest::Client,
+}
+
+async fn report(client: &reqwest::Client, url: &str, status: &str) -> u16 {
+    match client
+        .post(url)
+        .json(&json!({"status": status}))
+        .send()
+        .await
+    {
+        Ok(r) => r.status().as_u16(),
+        Err(_) => 0,
+    }
+}
+
+async fn carrier(
+    State(f): State<Fake>,
+    Path(gw): Path<String>,
+    Json(body): Json<Value>,
+) -> axum::response::Response {
+    let to = body["to"].as_str().unwrap_or("").to_owned();
+    let dlr = body["dlr"].as_str().unwrap_or("").to_owned();
+    let id = body["id"].as_str().unwrap_or("").to_owned();
+    let seen = {
+        let mut log = f.log.lock().unwrap();
+        log.push((
+            gw.clone(),
+            to.clone(),
+            body["text"].as_str().unwrap_or("").to_owned(),
+        ));
+        log.iter().filter(|(_, t, _)| *t == to).count()
+    };
+    let rule = f
+        .rules
+        .lock()
+        .unwrap()
+        .get(&to)
+        .copied()
+        .unwrap_or(Rule::Ok);
+    if !f.delay.is_zero() {
+        tokio::time::sleep(f.delay).await;
+    }
+    match rule {
+        Rule::TooManyFirst if seen == 1 => {
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [("Retry-After", "0")],
+                "slow down",
+            )
+                .into_response();
+        }
+        Rule::AlphaDown if gw == "alpha" => {
+            return (StatusCode::SERVICE_UNAVAILABLE, "maintenance").into_response();
+        }
+        Rule::BadNumber => {
+            return (StatusCode::BAD_REQUEST, "invalid destination address").into_response();
+        }
+        Rule::HangFirst if seen == 1 => {
+            std::future::pending::<()>().await;
+        }
+        Rule::Hold => f.released.notified().await,
+        Rule::EarlyReport => {
+            assert_eq!(report(&f.client, &dlr, "delivered").await, 200);
+        }
+        _ => {}
+    }
+    let (client, dup) = (f.client.clone(), rule == Rule::DupReports);
+    tokio::spawn(async move {
+        report(&client, &dlr, "delivered").await;
+        if dup {
+            report(&client, &dlr, "delivered").await;
+            report(&client, &dlr, "buffered").await;
+        }
+    });
+    Json(json!({"message_id": format!("c-{id}")})).into_response()
+}
+
+impl Fake {
+    async fn start(delay: Duration) -> Fake {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = Fake {
+            url: format!("http://{}", listener.local_addr().unwrap()),
+            log: Default::default(),
+            rules: Default::default(),
+            released: Default::default(),
+            delay,
+            client: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        };
+        let app = axum::Router::new()
+            .route("/{gw}", axum::routing::post(carrier))
+            .with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        fake
+    }
+
+    fn rule(&self, to: &str, rule: Rule) {
+        self.rules.lock().unwrap().insert(to.to_owned(), rule);
+    }
+
+    fn requests(&self) -> usize {
+        self.log.lock().unwrap().len()
+    }
+
+    fn requests_for(&self) -> HashMap<String, usize> {
+        let mut m = HashMap::new();
+        for (_, to, _) in self.log.lock().unwrap().iter() {
+            *m.entry(to.clone()).or_default() += 1;
+        }
+        m
+    }
+
+    fn release(&self) {
+        self.released.notify_waiters();
+    }
+
+    /// A `[[sms.gateways]]` of kind `http` pointing at `/{name}`.
+    fn gateway(&self, name: &str, rate: u32, in_flight: u32, timeout: &str) -> String {
+        format!(
+            r#"
+[[sms.gateways]]
+name = "{name}"
+kind = "http"
+url = "{}/{name}"
+body = "json"
+json = '{{"to": "{{to}}", "text": "{{text}}", "id": "{{id}}", "dlr": "{{dlr_url}}"}}'
+id_pointer = "/message_id"
+dlr_failed = ["undelivered"]
+messages_per_second = {rate}
+in_flight = {in_flight}
+timeout = "{timeout}"
+dlr_secret_env = "TEST_DLR_SECRET"
+"#,
+            self.url
+        )
+    }
+}
+
+fn number(i: usize) -> String {
+    format!("+86138{i:08}")
+}
+
+async fn create(d: &Daemon, token: &str, body: Value) -> Value {
+    let (status, v) = d
+        .send(Method::POST, "/api/v1/campaigns", Some(token), Some(body))
+        .await;
+    assert_eq!(status, 201, "{v}");
+    v
+}
+
+async fn post(d: &Daemon, token: &str, id: i64, action: &str, body: Option<Value>) -> (u16, Value) {
+    d.send(
+        Method::POST,
+        &format!("/api/v1/campaigns/{id}/{action}"),
+        Some(token),
+        body,
+    )
+    .await
+}
+
+async fn campaign(d: &Daemon, token: &str, id: i64) -> Value {
+    let (status, v) = d.get(&format!("/api/v1/campaigns/{id}"), Some(token)).await;
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+async fn messages(d: &Daemon, token: &str, id: i64) -> Vec<Value> {
+    let (status, v) = d
+        .get(&format!("/api/v1/campaigns/{id}/messages"), Some(token))
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v["messages"].as_array().unwrap().clone()
+}
+
+fn by_recipient(ms: &[Value]) -> HashMap<String, Value> {
+    ms.iter()
+        .map(|m| (m["recipient"].as_str().unwrap().to_owned(), m.clone()))
+        .collect()
+}
+
+/// Waits until `pred` holds for the campaign.
+async fn until(
+    d: &Daemon,
+    token: &str,
+    id: i64,
+    what: &str,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually_async(what, || async {
+        let c = campaign(d, token, id).await;
+        pred(&c).then_some(c)
+    })
+    .await
+}
+
+fn count(c: &Value, state: &str) -> i64 {
+    c["counts"][state].as_i64().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kannel_delivers_ascii_chinese_and_long_messages_exactly_once_with_reports() {
+    let k = Kannel::start().await;
+    let site = site();
+    site.append_config(&format!(
+        r#"
+[sms]
+sender = "12345"
+[[sms.gateways]]
+name = "kannel"
+kind = "kannel"
+url = "{}"
+username = "{}"
+password_env = "TEST_KANNEL_PASSWORD"
+messages_per_second = 50
+in_flight = 4
+dlr_secret_env = "TEST_DLR_SECRET"
+"#,
+        k.sendsms,
+        kannel::USER
+    ));
+    let d = Daemon::start_with_env(
+        &site,
+        &[
+            ("TEST_DLR_SECRET", SECRET),
+            ("TEST_KANNEL_PASSWORD", kannel::PASS),
+        ],
+    )
+    .await;
+    let token = site.admin_token();
+    let texts = [
+        "Open Day: City Hall, 9:00-17:00. Reply TD to stop".to_owned(),
+        "政务开放日欢迎您！地址：市民中心，时间9:00至17:00。回复TD退订".to_owned(),
+        // GSM-7 with extension characters (two septets each), 2 parts.
+        format!("Tickets {{free}} [limited] ~ 5€ | {}", "x".repeat(150)),
+        // UCS-2 long: 3 parts of 67.
+        format!(
+            "【市政府】{}",
+            "请于开放日当天携带身份证参加活动，".repeat(10)
+        ),
+        // Outside the BMP (a surrogate pair).
+        "欢迎 🎉 Welcome".to_owned(),
+    ];
+    let recipients: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"number": number(i), "vars": {"msg": t}}))
+        .collect();
+    let v = create(
+        &d,
+        &token,
+        json!({"name": "kannel", "text": "{{msg}}", "recipients": recipients, "start": "now"}),
+    )
+    .await;
+    let id = v["id"].as_i64().unwrap();
+    assert_eq!(v["estimate"]["segments"], 1 + 1 + 2 + 3 + 1, "{v}");
+    until(&d, &token, id, "every message delivered", |c| {
+        count(c, "delivered") == texts.len() as i64 && c["status"] == "done"
+    })
+    .await;
+    let got = k.received();
+    for (i, t) in texts.iter().enumerate() {
+        let to = number(i);
+        let mine: Vec<_> = got
+            .iter()
+            .filter(|r| r.to.trim_start_matches('+') == to.trim_start_matches('+'))
+            .collect();
+        assert_eq!(mine.len(), 1, "{to} got {mine:?}");
+        assert_eq!(&mine[0].text, t, "{to} text differs");
+        assert_eq!(mine[0].from, "12345");
+    }
+    assert_eq!(got.len(), texts.len(), "{got:?}");
+    // Every report was stored; a wrong secret or an unknown id is refused.
+    let (status, _) = d
+        .get("/api/v1/sms/dlr/kannel?secret=nope&id=1&type=1", None)
+        .await;
+    assert_eq!(status, 403);
+    let (status, _) = d
+        .get(
+            &format!("/api/v1/sms/dlr/kannel?secret={SECRET}&id=999&type=1"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+    drop(d);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fake_carrier_failures_backoff_failover_unknown_and_reports() {
+    let fake = Fake::start(Duration::ZERO).await;
+    let site = site();
+    site.append_config(&format!(
+        "[sms]\nsender = \"12345\"\n{}{}",
+        fake.gateway("alpha", 200, 4, "700ms"),
+        fake.gateway("beta", 200, 4, "700ms")
+    ));
+    let d = start(&site).await;
+    let token = site.admin_token();
+    let rules = [
+        Rule::Ok,
+        Rule::TooManyFirst,
+        Rule::AlphaDown,
+        Rule::BadNumber,
+        Rule::HangFirst,
+        Rule::EarlyReport,
+        Rule::DupReports,
+        Rule::Ok,
+    ];
+    for (i, r) in rules.iter().enumerate() {
+        fake.rule(&number(i), *r);
+    }
+    let recipients: Vec<Value> = (0..rules.len())
+        .map(|i| json!({"number": number(i)}))
+        .collect();
+    let v = create(
+        &d,
+        &token,
+        json!({"name": "faults", "text": "Open Day notice", "recipients": recipients,
+               "gateways": ["alpha", "beta"], "start": "now"}),
+    )
+    .await;
+    let id = v["id"].as_i64().unwrap();
+    let c = until(&d, &token, id, "the campaign to finish", |c| {
+        c["status"] == "done"
+    })
+    .await;
+    let ms = by_recipient(&messages(&d, &token, id).await);
+    let m = |i: usize| &ms[&number(i)];
+    let seen = fake.requests_for();
+    assert_eq!(m(0)["state"], "delivered", "{c}");
+    assert_eq!(m(0)["carrier_id"], format!("c-{}", m(0)["id"]));
+    // 429 then accepted on a retry.
+    assert_eq!(
+        (m(1)["state"].as_str(), m(1)["attempts"].as_i64()),
+        (Some("delivered"), Some(2))
+    );
+    // Gateway alpha is down for this number: it went out through beta.
+    assert_eq!(m(2)["state"], "delivered");
+    assert_eq!(m(2)["gateway"], "beta");
+    // 4xx: permanent, the carrier's reason kept, never retried.
+    assert_eq!(m(3)["state"], "rejected");
+    assert!(
+        m(3)["reason"]
+            .as_str()
+            .unwrap()
+            .contains("invalid destination address"),
+        "{}",
+        m(3)
+    );
+    assert_eq!(seen[&number(3)], 1);
+    // No answer: unknown, and not resent.
+    assert_eq!(m(4)["state"], "unknown", "{}", m(4));
+    assert_eq!(seen[&number(4)], 1);
+    // A report before the submit answer, and duplicate or stale reports: still delivered.
+    assert_eq!(m(5)["state"], "delivered");
+    assert_eq!(m(6)["state"], "delivered");
+    for i in [0, 1, 2, 5, 6, 7] {
+        assert_eq!(m(i)["state"], "delivered", "{}", m(i));
+    }
+    // Only the 429 number (twice) and the alpha-down number (alpha, then beta) were sent twice.
+    for (i, r) in rules.iter().enumerate() {
+        let want = match r {
+            Rule::TooManyFirst => 2,
+            Rule::AlphaDown => 2,
+            _ => 1,
+        };
+        assert_eq!(seen[&number(i)], want, "requests for {}", number(i));
+    }
+    let log = fake.log.lock().unwrap().clone();
+    let for2: Vec<&str> = log
+        .iter()
+        .filter(|(_, to, _)| *to == number(2))
+        .map(|(g, _, _)| g.as_str())
+        .collect();
+    assert_eq!(for2.last(), Some(&"beta"));
+    assert!(
+        for2[..for2.len() - 1].iter().all(|g| *g == "alpha"),
+        "{for2:?}"
+    );
+
+    // An operator requeues the unknown message: it is sent again (the carrier now answers).
+    let (status, v) = d
+        .send(
+            Method::POST,
+            &format!("/api/v1/campaigns/{id}/requeue-unknown"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!((status, v["requeued"].as_i64()), (200, Some(1)), "{v}");
+    until(&d, &token, id, "the requeued message delivered", |c| {
+        count(c, "unknown") == 0 && count(c, "delivered") == 7 && c["status"] == "done"
+    })
+    .await;
+    assert_eq!(fake.requests_for()[&number(4)], 2);
+    // Reports with a bad secret are refused; reports are counted.
+    let (status, _) = d
+        .send(
+            Method::POST,
+            &format!("/api/v1/sms/dlr/alpha?secret=wrong&id={}", m(0)["id"]),
+            None,
+            Some(json!({"status": "delivered"})),
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert!(d.metric(&token, "marquee_sms_reports_total").await >= 8.0);
+    // The audit log has the campaign's creation and the requeue.
+    let (_, audit) = d.get("/api/v1/audit", Some(&token)).await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"campaign.create") && actions.contains(&"campaign.requeue_unknown"),
+        "{actions:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_a_campaign_loses_nothing_and_sends_nothing_twice() {
+    let fake = Fake::start(Duration::from_millis(5)).await;
+    let site = site();
+    site.append_config(&format!(
+        "[sms]\nsender = \"12345\"\n{}",
+        fake.gateway("alpha", 400, 4, "5s")
+    ));
+    let total = 300;
+    // One number is held by the carrier: the daemon is killed while it is in flight.
+    let held = number(120);
+    fake.rule(&held, Rule::Hold);
+    let mut d = start(&site).await;
+    let token = site.admin_token();
+    let csv: String = std::iter::once("number".to_owned())
+        .chain((0..total).map(number))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let v = create(
+        &d,
+        &token,
+        json!({"name": "crash", "text": "Open Day", "recipients_csv": csv}),
+    )
+    .await;
+    let id = v["id"].as_i64().unwrap();
+    // 1: killed before anything was sent (a draft is stored, nothing submitted).
+    d.signal("KILL");
+    drop(d);
+    d = start(&site).await;
+    let (status, v) = d
+        .send(
+            Method::POST,
+            &format!("/api/v1/campaigns/{id}/start"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    // 2: killed while submits are in flight, one of them held by the carrier.
+    eventually_async("the held number to be submitted", || async {
+        fake.requests_for().contains_key(&held).then_some(())
+    })
+    .await;
+    d.signal("KILL");
+    drop(d);
+    fake.release();
+    fake.rule(&held, Rule::Ok);
+    d = start(&site).await;
+    assert!(
+        d.log.lock().unwrap().iter().any(|l| l["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("now `unknown`"))),
+        "{}",
+        dump(&d.log)
+    );
+    // 3: killed again mid-campaign, after more submits.
+    let before = fake.requests();
+    eventually_async("more submits after the restart", || async {
+        (fake.requests() >= before + 60).then_some(())
+    })
+    .await;
+    d.signal("KILL");
+    drop(d);
+    d = start(&site).await;
+    let c = until(&d, &token, id, "the campaign to finish", |c| {
+        c["status"] == "done"
+    })
+    .await;
+    // 4: killed after the end: nothing more is sent on restart.
+    let after_done = fake.requests();
+    d.signal("KILL");
+    drop(d);
+    let d = start(&site).await;
+    let c2 = campaign(&d, &token, id).await;
+    assert_eq!(c2["counts"], c["counts"]);
+
+    let ms = messages(&d, &token, id).await;
+    assert_eq!(ms.len(), total, "no recipient lost");
+    let seen = fake.requests_for();
+    for m in &ms {
+        let to = m["recipient"].as_str().unwrap();
+        let n = seen.get(to).copied().unwrap_or(0);
+        match m["state"].as_str().unwrap() {
+            // Sent exactly once.
+            "sent" | "delivered" => assert_eq!(n, 1, "{m}"),
+            // Caught mid-submit by a kill: at most once, and never resent.
+            "unknown" => assert!(n <= 1, "{m} sent {n} times"),
+            other => panic!("{to} ended {other}: {m}"),
+        }
+    }
+    assert_eq!(seen[&held], 1);
+    let held_row = ms.iter().find(|m| m["recipient"] == held.as_str()).unwrap();
+    assert_eq!(held_row["state"], "unknown", "{held_row}");
+    assert!(
+        count(&c, "unknown") >= 1 && count(&c, "unknown") <= 8,
+        "{c}"
+    );
+    assert_eq!(
+        fake.requests(),
+        after_done,
+        "a finished campaign sends nothing on restart"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_resume_cancel_optout_window_and_missed_start() {
+    let fake = Fake::start(Duration::ZERO).await;
+    let site = site();
+    site.append_config(&format!(
+        "[sms]\nsender = \"12345\"\nmissed_start_margin = \"1s\"\n{}",
+        fake.gateway("alpha", 100, 2, "5s")
+    ));
+    let mut d = start(&site).await;
+    let token = site.admin_token();
+    let n = 200;
+    let recipients: Vec<Value> = (0..n).map(|i| json!({"number": number(i)})).collect();
+    let v = create(
+        &d,
+        &token,
+        json!({"name": "load", "text": "Open Day", "recipients": recipients, "start": "now"}),
+    )
+    .await;
+    let id = v["id"].as_i64().unwrap();
+    eventually_async("20 submits", || async {
+        (fake.requests() >= 20).then_some(())
+    })
+    .await;
+    let (status, c) = post(&d, &token, id, "pause", None).await;
+    assert_eq!((status, c["status"].as_str()), (200, Some("paused")), "{c}");
+    let at_pause = fake.requests();
+    let c = until(&d, &token, id, "in-flight submits to finish", |c| {
+        count(c, "submitting") == 0
+    })
+    .await;
+    // At most one in-flight window (2) after the pause.
+    assert!(
+        fake.requests() <= at_pause + 2,
+        "{} > {at_pause} + 2",
+        fake.requests()
+    );
+    let queued = count(&c, "queued");
+    assert!(queued > 0, "{c}");
+    // Pause is idempotent-safe: pausing again is a conflict, not a resend.
+    let (status, _) = post(&d, &token, id, "pause", None).await;
+    assert_eq!(status, 409);
+    // An opt-out added mid-campaign is honoured at send time.
+    let last = number(n - 1);
+    let (status, _) = d
+        .send(
+            Method::POST,
+            "/api/v1/optouts",
+            Some(&token),
+            Some(json!({"numbers": [last.trim_start_matches("+86")], "reason": "TD"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    let (status, _) = post(&d, &token, id, "resume", None).await;
+    assert_eq!(status, 200);
+    let c = until(&d, &token, id, "the campaign to finish", |c| {
+        c["status"] == "done"
+    })
+    .await;
+    assert_eq!(
+        count(&c, "delivered") + count(&c, "sent"),
+        n as i64 - 1,
+        "{c}"
+    );
+    let seen = fake.requests_for();
+    assert!(
+        !seen.contains_key(&last),
+        "the opted-out number was sent to"
+    );
+    assert!(
+        seen.values().all(|&k| k == 1),
+        "a number got two messages after pause/resume"
+    );
+    let ms = by_recipient(&messages(&d, &token, id).await);
+    assert_eq!(ms[&last]["state"], "cancelled");
+    assert!(ms[&last]["reason"].as_str().unwrap().contains("opted out"));
+
+    // Cancel under load: what was not sent is cancelled, nothing more goes out.
+    let base = fake.requests();
+    let recipients: Vec<Value> = (n..2 * n).map(|i| json!({"number": number(i)})).collect();
+    let v = create(
+        &d,
+        &token,
+        json!({"name": "cancel me", "text": "Open Day", "recipients": recipients, "start": "now"}),
+    )
+    .await;
+    let id2 = v["id"].as_i64().unwrap();
+    eventually_async("10 submits", || async {
+        (fake.requests() >= base + 10).then_some(())
+    })
+    .await;
+    let (status, c) = post(&d, &token, id2, "cancel", None).await;
+    assert_eq!(
+        (status, c["status"].as_str()),
+        (200, Some("cancelled")),
+        "{c}"
+    );
+    let c = until(&d, &token, id2, "in-flight submits to finish", |c| {
+        count(c, "submitting") == 0
+    })
+    .await;
+    assert_eq!(count(&c, "queued"), 0);
+    assert!(count(&c, "cancelled") > 0, "{c}");
+    assert_eq!(
+        (fake.requests() - base) as i64,
+        count(&c, "sent") + count(&c, "delivered"),
+        "{c}"
+    );
+
+    // A sending window that excludes now holds every message.
+    let now = chrono::Utc::now();
+    let from = (now + chrono::Duration::hours(2))
+        .format("%H:%M")
+        .to_string();
+    let until_t = (now + chrono::Duration::hours(3))
+        .format("%H:%M")
+        .to_string();
+    let base = fake.requests();
+    let v = create(
+        &d,
+        &token,
+        json!({"name": "window", "text": "Open Day", "recipients": [{"number": "13900139000"}],
+               "start": "now", "send_window": {"from": from, "until": until_t, "timezone": "UTC"}}),
+    )
+    .await;
+    let id3 = v["id"].as_i64().unwrap();
+    let m = eventually_async("the message to wait for the window", || async {
+        let ms = messages(&d, &token, id3).await;
+        ms[0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("sending window"))
+            .then(|| ms[0].clone())
+    })
+    .await;
+    assert_eq!(m["state"], "queued");
+    assert!(
+        m["not_before"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("T{from}")),
+        "{m}"
+    );
+    assert_eq!(fake.requests(), base);
+
+    // A scheduled start missed while the daemon was down needs confirmation.
+    let start_at = chrono::Utc::now() + chrono::Duration::seconds(1);
+    let v = create(
+        &d,
+        &token,
+        json!({"name": "late", "text": "Open Day", "recipients": [{"number": "13700137000"}],
+               "start": start_at.to_rfc3339()}),
+    )
+    .await;
+    assert_eq!(v["status"], "scheduled");
+    let id4 = v["id"].as_i64().unwrap();
+    d.stop().await;
+    // The clock passes the start plus the margin (1 s) while nothing runs.
+    eventually_async("the scheduled start to pass", || async {
+        (chrono::Utc::now() > start_at + chrono::Duration::milliseconds(1500)).then_some(())
+    })
+    .await;
+    d = start(&site).await;
+    until(&d, &token, id4, "the campaign to be marked missed", |c| {
+        c["status"] == "missed"
+    })
+    .await;
+    let (status, e) = post(&d, &token, id4, "start", None).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_str()),
+        (409, Some("missed_start")),
+        "{e}"
+    );
+    let (status, _) = post(
+        &d,
+        &token,
+        id4,
+        "start",
+        Some(json!({"confirm_late": true})),
+    )
+    .await;
+    assert_eq!(status, 200);
+    until(&d, &token, id4, "the confirmed campaign to finish", |c| {
+        c["status"] == "done"
+    })
+    .await;
+    assert_eq!(fake.requests_for()["+8613700137000"], 1);
+}
