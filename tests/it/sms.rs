@@ -380,8 +380,8 @@ async fn fake_carrier_failures_backoff_failover_unknown_and_reports() {
     )
     .await;
     let id = v["id"].as_i64().unwrap();
-    let c = until(&d, &token, id, "the campaign to finish", |c| {
-        c["status"] == "done"
+    let c = until(&d, &token, id, "the campaign to finish, 6 delivered", |c| {
+        c["status"] == "done" && count(c, "delivered") == 6
     })
     .await;
     let ms = by_recipient(&messages(&d, &token, id).await);
