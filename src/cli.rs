@@ -148,7 +148,8 @@ impl ApiClient {
 
     /// GET `path` as text with an `Accept` header (CSV exports).
     pub async fn get_text(&self, path: &str, accept: &str) -> anyhow::Result<String> {
-        let resp = reqwest::Client::new()
+        let resp = crate::http_client()
+            .build()?
             .get(format!("{}{path}", self.url))
             .bearer_auth(&self.token)
             .header("Accept", accept)
@@ -170,7 +171,8 @@ impl ApiClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
-        let mut req = reqwest::Client::new()
+        let mut req = crate::http_client()
+            .build()?
             .request(method, format!("{}{path}", self.url))
             .bearer_auth(&self.token);
         if let Some(b) = body {
@@ -342,7 +344,8 @@ pub async fn playlist_push(api: &ApiClient, file: &Path) -> anyhow::Result<Strin
     let id = playlist_id(file)?;
     let body =
         std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let resp = reqwest::Client::new()
+    let resp = crate::http_client()
+        .build()?
         .put(format!("{}/api/v1/playlists/{id}", api.url))
         .bearer_auth(&api.token)
         .header("content-type", "application/json")

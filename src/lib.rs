@@ -22,3 +22,18 @@ pub mod scheduler;
 pub mod sms;
 pub mod store;
 pub mod wire;
+
+/// Installs the process's TLS crypto library (ring) once; every TLS client (MQTT over TLS,
+/// HTTPS gateways, the CLI) needs it before it is built. Later calls do nothing.
+pub fn install_crypto_provider() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+/// An HTTP client builder with the crypto provider installed.
+pub fn http_client() -> reqwest::ClientBuilder {
+    install_crypto_provider();
+    reqwest::Client::builder()
+}

@@ -361,7 +361,7 @@ const EX_CONFIG: u8 = 78;
 
 fn main() -> ExitCode {
     // One crypto library (ring) for every TLS connection; must precede any TLS use.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    marquee::install_crypto_provider();
     let cli = Cli::parse();
     let log_format = cli.log_format.map(|f| match f {
         LogFormatArg::Text => LogFormat::Text,

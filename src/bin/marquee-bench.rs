@@ -605,7 +605,7 @@ async fn emergency(agents: usize, runs: usize) -> anyhow::Result<()> {
         machine()
     );
     println!("run | POST /api/v1/alerts → every agent holds the verified alert: p50/p99/max ms");
-    let http = reqwest::Client::new();
+    let http = marquee::http_client().build()?;
     let mut p99s = Vec::new();
     for run in 1..=runs {
         let t0 = Instant::now();

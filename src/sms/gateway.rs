@@ -161,7 +161,7 @@ impl Gateway {
             }
             _ => None,
         };
-        let client = reqwest::Client::builder()
+        let client = crate::http_client()
             .timeout(cfg.timeout)
             .connect_timeout(cfg.timeout.min(Duration::from_secs(5)))
             .pool_max_idle_per_host(cfg.in_flight)
@@ -374,6 +374,44 @@ mod tests {
         assert_eq!(classify(503, ok), Submit::Transient);
         assert_eq!(classify(400, ok), Submit::Permanent);
         assert_eq!(classify(403, ok), Submit::Permanent);
+    }
+
+    #[tokio::test]
+    async fn https_gateways_build_and_a_refused_connection_is_transient() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let secret = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(secret.path(), "0123456789abcdef0123").unwrap();
+        let cfg = crate::config::Config::parse(
+            "t.toml",
+            &format!(
+                r#"
+[schedule]
+channels = ["lobby"]
+[[sms.gateways]]
+name = "tls"
+kind = "http"
+url = "https://127.0.0.1:{port}/send?to={{to}}"
+body = "none"
+dlr_secret_file = {:?}
+"#,
+                secret.path()
+            ),
+        )
+        .unwrap();
+        let gw = Gateway::new(cfg.sms.gateways[0].clone(), "http://127.0.0.1:8080").unwrap();
+        let a = gw
+            .submit(&Outgoing {
+                id: 1,
+                to: "+8613800138000",
+                from: "12345",
+                text: "hi",
+            })
+            .await;
+        assert_eq!(a.submit, Submit::Transient, "{a:?}");
     }
 
     #[test]

@@ -101,7 +101,9 @@ async fn agent_plays_edits_reports_and_goes_offline_when_killed() {
         plays.iter().any(|p| p["playlist"] == "test-lobby"),
         "{plays:?}"
     );
-    let resp = reqwest::Client::new()
+    let resp = marquee::http_client()
+        .build()
+        .unwrap()
         .get(format!("{}/api/v1/plays?display=lobby-test-1", d.http))
         .bearer_auth(&token)
         .header("Accept", "text/csv")

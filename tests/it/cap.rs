@@ -9,7 +9,9 @@ fn fixture(name: &str) -> String {
 }
 
 async fn post_cap(d: &Daemon, token: &str, xml: String) -> (u16, Value) {
-    let resp = reqwest::Client::new()
+    let resp = marquee::http_client()
+        .build()
+        .unwrap()
         .post(format!("{}/api/v1/alerts/cap", d.http))
         .bearer_auth(token)
         .header("content-type", "application/xml")

@@ -23,7 +23,9 @@ fn playlist(text: &str) -> String {
 }
 
 async fn put_raw(d: &Daemon, token: Option<&str>, id: &str, body: String) -> (u16, Value) {
-    let mut req = reqwest::Client::new()
+    let mut req = marquee::http_client()
+        .build()
+        .unwrap()
         .put(format!("{}/api/v1/playlists/{id}", d.http))
         .body(body);
     if let Some(t) = token {

@@ -228,7 +228,7 @@ impl Daemon {
     }
 
     pub async fn get(&self, path: &str, token: Option<&str>) -> (u16, Value) {
-        let mut req = reqwest::Client::builder()
+        let mut req = marquee::http_client()
             .timeout(DEADLINE)
             .build()
             .unwrap()
@@ -253,7 +253,7 @@ impl Daemon {
         token: Option<&str>,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let mut req = reqwest::Client::builder()
+        let mut req = marquee::http_client()
             .timeout(DEADLINE)
             .build()
             .unwrap()

@@ -147,7 +147,7 @@ max-messages = 10
                 .arg(&conf_path),
             "bearerbox.out",
         ));
-        let client = reqwest::Client::new();
+        let client = marquee::http_client().build().unwrap();
         let admin_url = k.admin.clone();
         eventually_async("bearerbox admin port", || async {
             client

@@ -143,7 +143,7 @@ impl Fake {
             rules: Default::default(),
             released: Default::default(),
             delay,
-            client: reqwest::Client::builder()
+            client: marquee::http_client()
                 .timeout(Duration::from_secs(5))
                 .build()
                 .unwrap(),

@@ -26,7 +26,7 @@ impl Driver {
             .spawn()
             .expect("chromedriver is missing: run the README's test command (scripts/test), which installs chromium and chromium-driver");
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = marquee::http_client().build().unwrap();
         let start = std::time::Instant::now();
         while http.get(format!("{base}/status")).send().await.is_err() {
             assert!(start.elapsed() < DEADLINE, "chromedriver did not start");
@@ -62,7 +62,10 @@ impl Driver {
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
         let url = format!("{}/session/{}{path}", self.base, self.session);
-        let mut req = reqwest::Client::new().request(method.clone(), url);
+        let mut req = marquee::http_client()
+            .build()
+            .unwrap()
+            .request(method.clone(), url);
         if method != reqwest::Method::GET {
             req = req.json(&body);
         }
