@@ -24,15 +24,17 @@ use tokio_util::task::TaskTracker;
 use super::campaign::Spec;
 use super::gateway::{Answer, Gateway, Outgoing};
 use crate::config::Config;
-use crate::domain::delivery::{Report, State, Submit};
+use crate::domain::delivery::Submit;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::store::sms::Claim;
+use crate::store::sms::Finish;
 
 /// Transient failures of one message before it is given up (`rejected`).
 const MAX_ATTEMPTS: i64 = 8;
 /// The longest a gateway or a message waits after transient failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(120);
+/// Most messages claimed in one transaction.
+const MAX_BATCH: usize = 512;
 /// How often the dispatcher looks at the store when nothing wakes it.
 const IDLE: Duration = Duration::from_millis(500);
 
@@ -151,6 +153,8 @@ impl Dispatcher {
     /// Runs until `cancel`; then waits for submits in flight to be answered and stored.
     pub async fn run(self, cancel: CancellationToken) {
         let inflight = TaskTracker::new();
+        let (record_tx, record_rx) = tokio::sync::mpsc::unbounded_channel();
+        let recorder = tokio::spawn(record(self.store.clone(), record_rx, self.waker.clone()));
         match self.blocking(|s| s.recover_submitting(Utc::now())).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
@@ -160,7 +164,7 @@ impl Dispatcher {
             Err(e) => tracing::error!(error = %e, "SMS recovery failed"),
         }
         loop {
-            let wait = match self.round(&inflight).await {
+            let wait = match self.round(&inflight, &record_tx).await {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::error!(error = %e, "SMS dispatch round failed");
@@ -179,11 +183,17 @@ impl Dispatcher {
         }
         inflight.close();
         inflight.wait().await;
+        drop(record_tx);
+        let _ = recorder.await;
     }
 
     /// One pass over the campaigns. `None`: sent something, go again at once; `Some(d)`:
     /// nothing could be sent, look again after `d` (or when woken).
-    async fn round(&self, inflight: &TaskTracker) -> anyhow::Result<Option<Duration>> {
+    async fn round(
+        &self,
+        inflight: &TaskTracker,
+        record_tx: &Recorder,
+    ) -> anyhow::Result<Option<Duration>> {
         let now = Utc::now();
         self.start_due(now).await?;
         let running = self.blocking(|s| s.campaigns_in("running")).await?;
@@ -227,48 +237,57 @@ impl Dispatcher {
                 wait = wait.min(slot - t);
                 continue;
             }
-            let Ok(permit) = rt.permits.clone().try_acquire_owned() else {
-                continue;
-            };
-            let (gw_name, cap) = (rt.gw.cfg.name.clone(), spec.daily_cap);
-            let claim = self
-                .blocking(move |s| s.claim(id, &gw_name, cap, Utc::now()))
-                .await?;
-            match claim {
-                Claim::Send(m) => {
-                    rt.take_slot(Instant::now(), m.parts);
-                    sent = true;
-                    let (rt, store, waker, metrics) = (
-                        rt.clone(),
-                        self.store.clone(),
-                        self.waker.clone(),
-                        self.metrics.clone(),
-                    );
-                    let sender = spec.sender.clone();
-                    let failover = spec.gateways.len() > 1;
-                    inflight.spawn(async move {
-                        submit(&rt, &store, &m, &sender, failover, &metrics).await;
-                        drop(permit);
-                        waker.wake();
-                    });
+            // As many as the window has room for and the pace allows within the next 10 ms.
+            let gap = 1.0 / rt.gw.cfg.messages_per_second;
+            let due = (((t + Duration::from_millis(10)).saturating_duration_since(slot))
+                .as_secs_f64()
+                / gap) as usize
+                + 1;
+            let mut permits = Vec::new();
+            while permits.len() < due.min(MAX_BATCH) {
+                match rt.permits.clone().try_acquire_owned() {
+                    Ok(p) => permits.push(p),
+                    Err(_) => break,
                 }
-                Claim::Idle => {
+            }
+            let (gw_name, cap, n) = (rt.gw.cfg.name.clone(), spec.daily_cap, permits.len());
+            let claimed = self
+                .blocking(move |s| s.claim_batch(id, &gw_name, cap, Utc::now(), n))
+                .await?;
+            let idle = claimed.is_empty();
+            for (m, permit) in claimed.into_iter().zip(permits) {
+                rt.take_slot(Instant::now(), m.parts);
+                sent = true;
+                let (rt, metrics, record_tx, waker) = (
+                    rt.clone(),
+                    self.metrics.clone(),
+                    record_tx.clone(),
+                    self.waker.clone(),
+                );
+                let sender = spec.sender.clone();
+                let failover = spec.gateways.len() > 1;
+                inflight.spawn(async move {
+                    let f = submit(&rt, &m, &sender, failover, &metrics).await;
                     drop(permit);
-                    let (queued, submitting, next) = self.blocking(move |s| s.pending(id)).await?;
-                    if queued == 0 && submitting == 0 {
-                        if self
-                            .blocking(move |s| s.set_campaign_status(id, &["running"], "done", now))
-                            .await?
-                        {
-                            tracing::info!(campaign = id, "campaign finished");
-                        }
-                    } else if let Some(next) = next
-                        .and_then(|n| DateTime::parse_from_rfc3339(&n).ok())
-                        .map(|n| n.with_timezone(&Utc))
+                    let _ = record_tx.send(f);
+                    waker.wake();
+                });
+            }
+            if idle {
+                let (queued, submitting, next) = self.blocking(move |s| s.pending(id)).await?;
+                if queued == 0 && submitting == 0 {
+                    if self
+                        .blocking(move |s| s.set_campaign_status(id, &["running"], "done", now))
+                        .await?
                     {
-                        let d = (next - now).to_std().unwrap_or(Duration::from_millis(10));
-                        wait = wait.min(d.max(Duration::from_millis(10)));
+                        tracing::info!(campaign = id, "campaign finished");
                     }
+                } else if let Some(next) = next
+                    .and_then(|n| DateTime::parse_from_rfc3339(&n).ok())
+                    .map(|n| n.with_timezone(&Utc))
+                {
+                    let d = (next - now).to_std().unwrap_or(Duration::from_millis(10));
+                    wait = wait.min(d.max(Duration::from_millis(10)));
                 }
             }
         }
@@ -309,14 +328,44 @@ impl Dispatcher {
     }
 }
 
+/// Where submit answers go to be stored in batches.
+type Recorder = tokio::sync::mpsc::UnboundedSender<Finish>;
+
+/// Stores submit answers, many per transaction, and wakes the dispatcher after each batch.
+async fn record(
+    store: Arc<Store>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Finish>,
+    waker: Waker,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < 4096 {
+            match rx.try_recv() {
+                Ok(f) => batch.push(f),
+                Err(_) => break,
+            }
+        }
+        let store = store.clone();
+        let n = batch.len();
+        match tokio::task::spawn_blocking(move || store.finish_submits(&batch, Utc::now())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                tracing::error!(messages = n, error = %e, "cannot store submit answers; those messages stay `submitting` and become `unknown` on restart")
+            }
+            Err(e) => tracing::error!(error = %e, "storing submit answers panicked"),
+        }
+        waker.wake();
+    }
+}
+
+/// Submits one claimed message and classifies the answer (stored later, in a batch).
 async fn submit(
     rt: &Runtime,
-    store: &Arc<Store>,
     m: &crate::store::sms::Claimed,
     sender: &str,
     failover: bool,
     metrics: &Metrics,
-) {
+) -> Finish {
     let out = Outgoing {
         id: m.id,
         to: &m.recipient,
@@ -348,7 +397,11 @@ async fn submit(
         Submit::Transient | Submit::Lost => {
             let n = rt.failures.fetch_add(1, Ordering::Relaxed);
             let cool = answer.retry_after.unwrap_or_else(|| backoff(n));
-            *rt.cool_until.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + cool);
+            // A later answer never shortens a cool-down already running.
+            let until = Instant::now() + cool;
+            let mut c = rt.cool_until.lock().unwrap_or_else(|e| e.into_inner());
+            *c = Some(c.map_or(until, |t| t.max(until)));
+            drop(c);
             tracing::warn!(gateway = %rt.gw.cfg.name, message = m.id, reason = reason.as_deref().unwrap_or(""), cool_down_ms = cool.as_millis() as u64, "gateway failure");
             if answer.submit == Submit::Transient {
                 if m.attempts >= MAX_ATTEMPTS {
@@ -374,26 +427,12 @@ async fn submit(
         Submit::Permanent => {}
     }
     let dry_run = matches!(rt.gw.cfg.kind, super::config::GatewayKind::DryRun { .. });
-    let store2 = store.clone();
-    let (id, carrier, gw_name) = (m.id, answer.carrier_id.clone(), rt.gw.cfg.name.clone());
-    let result = tokio::task::spawn_blocking(move || {
-        let state = store2.finish_submit(
-            id,
-            &submit_kind,
-            carrier.as_deref(),
-            reason.as_deref(),
-            retry_at,
-            now,
-        )?;
-        if dry_run && state == State::Sent {
-            store2.record_report(id, &gw_name, Some(Report::Delivered), "dry-run", "", now)?;
-        }
-        Ok::<_, crate::store::StoreError>(state)
-    })
-    .await;
-    match result {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::error!(message = m.id, error = %e, "cannot store a submit answer"),
-        Err(e) => tracing::error!(message = m.id, error = %e, "submit bookkeeping panicked"),
+    Finish {
+        id: m.id,
+        answer: submit_kind,
+        carrier_id: answer.carrier_id,
+        reason,
+        retry_at,
+        delivered_by: dry_run.then(|| rt.gw.cfg.name.clone()),
     }
 }

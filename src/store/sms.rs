@@ -113,6 +113,23 @@ pub enum Claim {
     Idle,
 }
 
+/// A gateway's answer to store.
+#[derive(Debug, Clone)]
+pub struct Finish {
+    /// Message.
+    pub id: i64,
+    /// Classification.
+    pub answer: Submit,
+    /// The carrier's id.
+    pub carrier_id: Option<String>,
+    /// Why (carrier text, or ours).
+    pub reason: Option<String>,
+    /// For a requeued message: not before this.
+    pub retry_at: Option<DateTime<Utc>>,
+    /// Dry-run: the gateway that also reports it delivered.
+    pub delivered_by: Option<String>,
+}
+
 /// An opted-out number.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct OptOut {
@@ -349,82 +366,108 @@ impl Store {
         daily_cap: Option<u32>,
         now: DateTime<Utc>,
     ) -> Result<Claim, StoreError> {
+        Ok(
+            match self
+                .claim_batch(campaign, gateway, daily_cap, now, 1)?
+                .pop()
+            {
+                Some(m) => Claim::Send(m),
+                None => Claim::Idle,
+            },
+        )
+    }
+
+    /// Claims up to `max` due messages in one transaction (one disk sync for the batch).
+    pub fn claim_batch(
+        &self,
+        campaign: i64,
+        gateway: &str,
+        daily_cap: Option<u32>,
+        now: DateTime<Utc>,
+        max: usize,
+    ) -> Result<Vec<Claimed>, StoreError> {
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let now_s = ts(now);
-        loop {
-            let next = tx
-                .query_row(
-                    "SELECT m.id, m.recipient, m.text, m.parts, m.attempts,
-                            EXISTS (SELECT 1 FROM optouts o WHERE o.number = m.recipient)
-                     FROM messages m
-                     WHERE m.campaign = ?1 AND m.state = 'queued'
-                       AND (m.not_before IS NULL OR m.not_before <= ?2)
-                       AND (SELECT status FROM campaigns WHERE id = ?1) = 'running'
-                     ORDER BY m.id LIMIT 1",
-                    params![campaign, now_s],
-                    |r| {
-                        Ok((
-                            Claimed {
-                                id: r.get(0)?,
-                                recipient: r.get(1)?,
-                                text: r.get(2)?,
-                                parts: r.get::<_, i64>(3)? as usize,
-                                attempts: r.get::<_, i64>(4)? + 1,
-                            },
-                            r.get::<_, bool>(5)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            let Some((m, opted_out)) = next else {
-                tx.commit()?;
-                return Ok(Claim::Idle);
-            };
-            if opted_out {
-                set_state(
-                    &tx,
-                    m.id,
-                    State::Cancelled,
-                    Some("opted out (checked at send time)"),
-                    now,
-                )?;
-                continue;
+        let mut claimed = Vec::new();
+        let day_ago = ts(now - chrono::Duration::days(1));
+        let mut select = tx.prepare_cached(
+            "SELECT m.id, m.recipient, m.text, m.parts, m.attempts,
+                    EXISTS (SELECT 1 FROM optouts o WHERE o.number = m.recipient)
+             FROM messages m
+             WHERE m.campaign = ?1 AND m.state = 'queued'
+               AND (m.not_before IS NULL OR m.not_before <= ?2)
+               AND (SELECT status FROM campaigns WHERE id = ?1) = 'running'
+             ORDER BY m.id LIMIT ?3",
+        )?;
+        let mut sent_today = tx.prepare_cached(
+            "SELECT COUNT(*), MIN(submitted_at) FROM messages
+             WHERE recipient = ?1 AND submitted_at > ?2 AND id != ?3",
+        )?;
+        let mut hold = tx.prepare_cached(
+            "UPDATE messages SET not_before = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
+        )?;
+        let mut take = tx.prepare_cached(
+            "UPDATE messages SET state = 'submitting', gateway = ?2, attempts = attempts + 1,
+                 submitted_at = ?3, updated_at = ?3, not_before = NULL
+             WHERE id = ?1",
+        )?;
+        while claimed.len() < max {
+            let want = (max - claimed.len()) as i64;
+            let candidates: Vec<(Claimed, bool)> = select
+                .query_map(params![campaign, now_s, want], |r| {
+                    Ok((
+                        Claimed {
+                            id: r.get(0)?,
+                            recipient: r.get(1)?,
+                            text: r.get(2)?,
+                            parts: r.get::<_, i64>(3)? as usize,
+                            attempts: r.get::<_, i64>(4)? + 1,
+                        },
+                        r.get::<_, bool>(5)?,
+                    ))
+                })?
+                .collect::<Result<_, _>>()?;
+            if candidates.is_empty() {
+                break;
             }
-            if let Some(cap) = daily_cap {
-                let day_ago = ts(now - chrono::Duration::days(1));
-                let (sent, oldest): (i64, Option<String>) = tx.query_row(
-                    "SELECT COUNT(*), MIN(submitted_at) FROM messages
-                     WHERE recipient = ?1 AND submitted_at > ?2 AND id != ?3",
-                    params![m.recipient, day_ago, m.id],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )?;
-                if sent >= i64::from(cap) {
-                    let until = oldest
-                        .and_then(|o| DateTime::parse_from_rfc3339(&o).ok())
-                        .map(|o| o.with_timezone(&Utc) + chrono::Duration::days(1))
-                        .unwrap_or(now + chrono::Duration::days(1));
-                    tx.execute(
-                        "UPDATE messages SET not_before = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
-                        params![
+            for (m, opted_out) in candidates {
+                if opted_out {
+                    set_state(
+                        &tx,
+                        m.id,
+                        State::Cancelled,
+                        Some("opted out (checked at send time)"),
+                        now,
+                    )?;
+                    continue;
+                }
+                if let Some(cap) = daily_cap {
+                    let (sent, oldest): (i64, Option<String>) = sent_today
+                        .query_row(params![m.recipient, day_ago, m.id], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?;
+                    if sent >= i64::from(cap) {
+                        let until = oldest
+                            .and_then(|o| DateTime::parse_from_rfc3339(&o).ok())
+                            .map(|o| o.with_timezone(&Utc) + chrono::Duration::days(1))
+                            .unwrap_or(now + chrono::Duration::days(1));
+                        hold.execute(params![
                             m.id,
                             ts(until),
                             format!("daily cap of {cap} reached for this number"),
                             now_s
-                        ],
-                    )?;
-                    continue;
+                        ])?;
+                        continue;
+                    }
                 }
+                take.execute(params![m.id, gateway, now_s])?;
+                claimed.push(m);
             }
-            tx.execute(
-                "UPDATE messages SET state = 'submitting', gateway = ?2, attempts = attempts + 1,
-                     submitted_at = ?3, updated_at = ?3, not_before = NULL
-                 WHERE id = ?1",
-                params![m.id, gateway, now_s],
-            )?;
-            tx.commit()?;
-            return Ok(Claim::Send(m));
         }
+        drop((select, sent_today, hold, take));
+        tx.commit()?;
+        Ok(claimed)
     }
 
     /// Holds every queued message of `campaign` until `until` (quiet hours), with `reason`.
@@ -454,34 +497,68 @@ impl Store {
         retry_at: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<State, StoreError> {
+        let f = Finish {
+            id,
+            answer: answer.clone(),
+            carrier_id: carrier_id.map(str::to_owned),
+            reason: reason.map(str::to_owned),
+            retry_at,
+            delivered_by: None,
+        };
+        Ok(self
+            .finish_submits(std::slice::from_ref(&f), now)?
+            .pop()
+            .unwrap_or(State::Unknown))
+    }
+
+    /// Stores many submit answers in one transaction; returns each message's new state.
+    /// `delivered_by` (dry-run gateways) also records a delivered report.
+    pub fn finish_submits(
+        &self,
+        items: &[Finish],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<State>, StoreError> {
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
-        let current: Option<String> = tx
-            .query_row("SELECT state FROM messages WHERE id = ?1", [id], |r| {
-                r.get(0)
-            })
-            .optional()?;
-        let Some(current) = current else {
-            return Ok(State::Unknown);
-        };
-        let current = parse_state(&current);
-        let next = delivery::on_submit(current, answer);
-        tx.execute(
-            "UPDATE messages SET state = ?2, carrier_id = COALESCE(?3, carrier_id),
-                 reason = CASE WHEN ?4 IS NULL THEN reason ELSE ?4 END,
-                 not_before = ?5, updated_at = ?6
-             WHERE id = ?1",
-            params![
-                id,
-                next.as_str(),
-                carrier_id,
-                reason,
-                retry_at.map(ts),
-                ts(now)
-            ],
-        )?;
+        let now_s = ts(now);
+        let mut out = Vec::with_capacity(items.len());
+        {
+            let mut get = tx.prepare_cached("SELECT state FROM messages WHERE id = ?1")?;
+            let mut set = tx.prepare_cached(
+                "UPDATE messages SET state = ?2, carrier_id = COALESCE(?3, carrier_id),
+                     reason = CASE WHEN ?4 IS NULL THEN reason ELSE ?4 END,
+                     not_before = ?5, updated_at = ?6
+                 WHERE id = ?1",
+            )?;
+            let mut dlr = tx.prepare_cached(
+                "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, '', ?4)",
+            )?;
+            for f in items {
+                let current: Option<String> = get.query_row([f.id], |r| r.get(0)).optional()?;
+                let Some(current) = current else {
+                    out.push(State::Unknown);
+                    continue;
+                };
+                let mut next = delivery::on_submit(parse_state(&current), &f.answer);
+                if let Some(gw) = &f.delivered_by
+                    && next == State::Sent
+                {
+                    dlr.execute(params![f.id, gw, "dry-run", now_s])?;
+                    next = delivery::on_report(next, Report::Delivered);
+                }
+                set.execute(params![
+                    f.id,
+                    next.as_str(),
+                    f.carrier_id,
+                    f.reason,
+                    f.retry_at.map(ts),
+                    now_s
+                ])?;
+                out.push(next);
+            }
+        }
         tx.commit()?;
-        Ok(next)
+        Ok(out)
     }
 
     /// Persists a delivery report for message `id` (which must have gone through `gateway`)
