@@ -71,12 +71,12 @@ pub async fn create(
     let (store, cfg) = (s.store.clone(), s.cfg.clone());
     let now = Utc::now();
     let prepared = tokio::task::spawn_blocking(move || {
-        prepare(req.clone(), &cfg.sms, now, |numbers| {
-            store.opted_out(numbers).unwrap_or_default()
-        })
-        .map(|p| (p, req.name))
+        let optouts = store.optout_set()?;
+        let name = req.name.clone();
+        Ok::<_, crate::store::StoreError>(prepare(req, &cfg.sms, now, &optouts).map(|p| (p, name)))
     })
     .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| ApiError::bad_field(e.field, e.message))?;
     let (p, name) = prepared;

@@ -2,7 +2,8 @@
 //! rejects), text templates (`{{column}}`, one text per language) and the cost estimate.
 //! Pure: the caller supplies the opt-out lookup and writes the result.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 
 use chrono::{DateTime, NaiveTime, Utc};
 use chrono_tz::Tz;
@@ -11,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use super::config::SmsConfig;
 use crate::domain::phone::normalize;
 use crate::domain::quiet::SendWindow;
-use crate::domain::segments::{Encoding, carrier_cn, segments};
+use crate::domain::segments::{Encoding, Segments, carrier_cn, segments};
 use crate::store::sms::NewMessage;
 
 /// `POST /api/v1/campaigns`.
@@ -241,7 +242,8 @@ fn valid_sender(s: &str) -> bool {
             && s.chars().all(|c| c.is_ascii_alphanumeric() || c == ' '))
 }
 
-fn csv_recipients(src: &str) -> Result<Vec<(usize, RecipientIn)>, Invalid> {
+/// Reads recipients from CSV, handing each row to `each` (nothing is collected).
+fn csv_recipients(src: &str, mut each: impl FnMut(usize, RecipientIn)) -> Result<(), Invalid> {
     let mut rdr = csv::ReaderBuilder::new()
         .flexible(false)
         .trim(csv::Trim::All)
@@ -265,20 +267,25 @@ fn csv_recipients(src: &str) -> Result<Vec<(usize, RecipientIn)>, Invalid> {
             )
         })?;
     let lang_col = headers.iter().position(|h| h.eq_ignore_ascii_case("lang"));
-    let mut out = Vec::new();
-    for (i, rec) in rdr.records().enumerate() {
-        let rec = rec.map_err(|e| {
+    let mut rec = csv::StringRecord::new();
+    let mut i = 0;
+    loop {
+        let more = rdr.read_record(&mut rec).map_err(|e| {
             let line = e.position().map_or(0, |p| p.line());
             invalid("recipients_csv", format!("line {line}: {e}"))
         })?;
+        if !more {
+            return Ok(());
+        }
+        i += 1;
         let mut vars = BTreeMap::new();
         for (j, h) in headers.iter().enumerate() {
             if j != number_col && Some(j) != lang_col {
                 vars.insert(h.to_owned(), rec.get(j).unwrap_or("").to_owned());
             }
         }
-        out.push((
-            i + 1,
+        each(
+            i,
             RecipientIn {
                 number: rec.get(number_col).unwrap_or("").to_owned(),
                 lang: lang_col
@@ -287,17 +294,16 @@ fn csv_recipients(src: &str) -> Result<Vec<(usize, RecipientIn)>, Invalid> {
                     .map(str::to_owned),
                 vars,
             },
-        ));
+        );
     }
-    Ok(out)
 }
 
-/// Validates a request and imports its recipients. `opted_out` answers for E.164 numbers.
+/// Validates a request and imports its recipients, leaving out the `opted_out` (E.164) numbers.
 pub fn prepare(
     req: CreateRequest,
     cfg: &SmsConfig,
     now: DateTime<Utc>,
-    opted_out: impl Fn(&[String]) -> Vec<String>,
+    opted_out: &HashSet<String>,
 ) -> Result<Prepared, Invalid> {
     if req.name.trim().is_empty() || req.name.chars().count() > 200 {
         return Err(invalid("name", "give a name of 1 to 200 characters"));
@@ -382,48 +388,15 @@ pub fn prepare(
         }
     };
 
-    let mut input: Vec<(usize, RecipientIn)> = req
-        .recipients
-        .iter()
-        .cloned()
-        .enumerate()
-        .map(|(i, r)| (i + 1, r))
-        .collect();
-    if let Some(csv) = &req.recipients_csv {
-        if !input.is_empty() {
-            return Err(invalid(
-                "recipients_csv",
-                "give recipients or recipients_csv, not both",
-            ));
-        }
-        input = csv_recipients(csv)?;
+    if req.recipients_csv.is_some() && !req.recipients.is_empty() {
+        return Err(invalid(
+            "recipients_csv",
+            "give recipients or recipients_csv, not both",
+        ));
     }
     let mut rejects = Vec::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut candidates = Vec::new();
-    for (row, r) in input {
-        match normalize(&r.number, cfg.default_region) {
-            Err(e) => rejects.push(Reject {
-                row,
-                value: r.number.clone(),
-                reason: e.to_string(),
-            }),
-            Ok(e164) => {
-                if let Some(first) = seen.get(&e164) {
-                    rejects.push(Reject {
-                        row,
-                        value: r.number.clone(),
-                        reason: format!("duplicate of row {first} ({e164})"),
-                    });
-                } else {
-                    seen.insert(e164.clone(), row);
-                    candidates.push((row, e164, r));
-                }
-            }
-        }
-    }
-    let numbers: Vec<String> = candidates.iter().map(|(_, n, _)| n.clone()).collect();
-    let out: std::collections::HashSet<String> = opted_out(&numbers).into_iter().collect();
+    // E.164 numbers are at most 15 digits: a u64 each keeps a million-recipient import small.
+    let mut seen: HashMap<u64, usize> = HashMap::new();
     let mut messages = Vec::new();
     let mut estimate = Estimate {
         recipients: 0,
@@ -434,57 +407,78 @@ pub fn prepare(
         ucs2: 0,
         duration_seconds: 0.0,
     };
-    for (row, e164, r) in candidates {
-        if out.contains(&e164) {
-            rejects.push(Reject {
-                row,
-                value: r.number,
-                reason: format!("{e164} is on the opt-out list"),
-            });
-            continue;
-        }
-        let template = match r.lang.as_deref() {
-            Some(l) => req.texts.get(l).unwrap_or(&req.text),
-            None => &req.text,
+    // A template without placeholders gives one text for everybody: built and counted once.
+    let mut fixed: HashMap<Option<String>, (Arc<str>, Segments, usize)> = HashMap::new();
+    let mut one = |row: usize, r: RecipientIn| {
+        let reject = |reason: String| Reject {
+            row,
+            value: r.number.clone(),
+            reason,
         };
-        let body = match render(template, &r.vars) {
-            Ok(b) => b,
-            Err(e) => {
-                rejects.push(Reject {
-                    row,
-                    value: r.number,
-                    reason: e,
-                });
-                continue;
+        let e164 = match normalize(&r.number, cfg.default_region) {
+            Ok(n) => n,
+            Err(e) => return Err(reject(e.to_string())),
+        };
+        let key: u64 = e164[1..].parse().unwrap_or(0);
+        if let Some(first) = seen.get(&key) {
+            return Err(reject(format!("duplicate of row {first} ({e164})")));
+        }
+        seen.insert(key, row);
+        if opted_out.contains(&e164) {
+            return Err(reject(format!("{e164} is on the opt-out list")));
+        }
+        let lang = r.lang.clone().filter(|l| req.texts.contains_key(l));
+        let template = lang.as_ref().map_or(&req.text, |l| &req.texts[l]);
+        let (text, seg, billed) = match fixed.get(&lang) {
+            Some(f) => f.clone(),
+            None => {
+                let body = render(template, &r.vars).map_err(&reject)?;
+                let text: Arc<str> = match &cfg.signature {
+                    Some(sig) => format!("{sig}{body}").into(),
+                    None => body.into(),
+                };
+                let seg = segments(&text);
+                let billed = carrier_cn(&text, None);
+                if placeholders(template).is_ok_and(|p| p.is_empty()) {
+                    fixed.insert(lang, (text.clone(), seg, billed));
+                }
+                (text, seg, billed)
             }
         };
-        let text = match &cfg.signature {
-            Some(sig) => format!("{sig}{body}"),
-            None => body,
-        };
-        let seg = segments(&text);
         if seg.parts > 10 {
-            rejects.push(Reject {
-                row,
-                value: r.number,
-                reason: format!("the text takes {} parts; at most 10", seg.parts),
-            });
-            continue;
+            return Err(reject(format!(
+                "the text takes {} parts; at most 10",
+                seg.parts
+            )));
         }
         estimate.recipients += 1;
         estimate.messages += 1;
         estimate.segments += seg.parts;
-        estimate.carrier_billed += carrier_cn(&text, None);
+        estimate.carrier_billed += billed;
         match seg.encoding {
             Encoding::Gsm7 => estimate.gsm7 += 1,
             Encoding::Ucs2 => estimate.ucs2 += 1,
         }
         messages.push(NewMessage {
             row,
-            recipient: e164,
+            recipient: key,
             text,
             parts: seg.parts,
         });
+        Ok(())
+    };
+    if let Some(csv) = &req.recipients_csv {
+        csv_recipients(csv, |row, r| {
+            if let Err(e) = one(row, r) {
+                rejects.push(e);
+            }
+        })?;
+    } else {
+        for (i, r) in req.recipients.iter().enumerate() {
+            if let Err(e) = one(i + 1, r.clone()) {
+                rejects.push(e);
+            }
+        }
     }
     rejects.sort_by_key(|r| r.row);
     if messages.is_empty() {
@@ -572,14 +566,17 @@ messages_per_second = 10
                    8613700137000,王五,\n\
                    12,bad,\n\
                    13600136000,optout,\n";
-        let p = prepare(req(csv), &cfg(), now(), |ns| {
-            ns.iter().filter(|n| n.ends_with("6000")).cloned().collect()
-        })
+        let p = prepare(
+            req(csv),
+            &cfg(),
+            now(),
+            &HashSet::from(["+8613600136000".to_string()]),
+        )
         .unwrap();
-        let got: Vec<&str> = p.messages.iter().map(|m| m.recipient.as_str()).collect();
+        let got: Vec<String> = p.messages.iter().map(|m| m.e164()).collect();
         assert_eq!(got, ["+8613800138000", "+8613900139000", "+8613700137000"]);
-        assert_eq!(p.messages[1].text, "【市政府】Hello Li, welcome");
-        assert_eq!(p.messages[0].text, "【市政府】张三您好，政务开放日欢迎您");
+        assert_eq!(&*p.messages[1].text, "【市政府】Hello Li, welcome");
+        assert_eq!(&*p.messages[0].text, "【市政府】张三您好，政务开放日欢迎您");
         let rows: Vec<(usize, &str)> = p
             .rejects
             .iter()
@@ -598,7 +595,7 @@ messages_per_second = 10
     fn estimate_counts_long_messages_and_duration() {
         let mut r = req("number,name\n13800138000,x\n13900139000,y\n");
         r.text = "字".repeat(100) + "{{name}}";
-        let p = prepare(r, &cfg(), now(), |_| vec![]).unwrap();
+        let p = prepare(r, &cfg(), now(), &HashSet::new()).unwrap();
         // 5 (signature) + 100 + 1 = 106 UTF-16 units: 2 parts of 67; carrier: ⌈106/67⌉ = 2.
         assert_eq!((p.estimate.segments, p.estimate.carrier_billed), (4, 4));
         assert_eq!(p.estimate.duration_seconds, 0.2);
@@ -609,27 +606,33 @@ messages_per_second = 10
         let mut r = req("number\n13800138000\n");
         r.text = "hi {{name".into();
         assert_eq!(
-            prepare(r, &cfg(), now(), |_| vec![]).unwrap_err().field,
+            prepare(r, &cfg(), now(), &HashSet::new())
+                .unwrap_err()
+                .field,
             "text"
         );
         let mut r = req("number\n13800138000\n");
         r.gateways = vec!["nope".into()];
-        let e = prepare(r, &cfg(), now(), |_| vec![]).unwrap_err();
+        let e = prepare(r, &cfg(), now(), &HashSet::new()).unwrap_err();
         assert_eq!(e.field, "gateways");
         assert!(e.message.contains("configured: dry"), "{}", e.message);
         let r = req("name\nx\n");
         assert_eq!(
-            prepare(r, &cfg(), now(), |_| vec![]).unwrap_err().field,
+            prepare(r, &cfg(), now(), &HashSet::new())
+                .unwrap_err()
+                .field,
             "recipients_csv"
         );
         let mut r = req("number,name\n13800138000,x\n");
         r.start = Some("2020-01-01T00:00:00Z".into());
         assert_eq!(
-            prepare(r, &cfg(), now(), |_| vec![]).unwrap_err().field,
+            prepare(r, &cfg(), now(), &HashSet::new())
+                .unwrap_err()
+                .field,
             "start"
         );
         let r = req("number\n13800138000\n");
-        let e = prepare(r, &cfg(), now(), |_| vec![]).unwrap_err();
+        let e = prepare(r, &cfg(), now(), &HashSet::new()).unwrap_err();
         assert_eq!(e.field, "recipients");
         assert!(e.message.contains("no value for {{name}}"), "{}", e.message);
     }

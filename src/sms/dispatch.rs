@@ -47,6 +47,8 @@ struct Runtime {
     cool_until: std::sync::Mutex<Option<Instant>>,
     /// Transient failures in a row.
     failures: AtomicU32,
+    /// Submits by answer: accepted, transient, permanent, lost.
+    counters: [prometheus_client::metrics::counter::Counter; 4],
 }
 
 impl Runtime {
@@ -101,7 +103,6 @@ pub struct Dispatcher {
     store: Arc<Store>,
     gateways: BTreeMap<String, Arc<Runtime>>,
     waker: Waker,
-    metrics: Metrics,
 }
 
 impl Dispatcher {
@@ -130,6 +131,7 @@ impl Dispatcher {
                     next_slot: std::sync::Mutex::new(Instant::now()),
                     cool_until: std::sync::Mutex::new(None),
                     failures: AtomicU32::new(0),
+                    counters: metrics.sms_submit_counters(&g.name),
                 }),
             );
         }
@@ -138,7 +140,6 @@ impl Dispatcher {
             store,
             gateways,
             waker,
-            metrics,
         })
     }
 
@@ -258,16 +259,11 @@ impl Dispatcher {
             for (m, permit) in claimed.into_iter().zip(permits) {
                 rt.take_slot(Instant::now(), m.parts);
                 sent = true;
-                let (rt, metrics, record_tx, waker) = (
-                    rt.clone(),
-                    self.metrics.clone(),
-                    record_tx.clone(),
-                    self.waker.clone(),
-                );
+                let (rt, record_tx, waker) = (rt.clone(), record_tx.clone(), self.waker.clone());
                 let sender = spec.sender.clone();
                 let failover = spec.gateways.len() > 1;
                 inflight.spawn(async move {
-                    let f = submit(&rt, &m, &sender, failover, &metrics).await;
+                    let f = submit(&rt, &m, &sender, failover).await;
                     drop(permit);
                     let _ = record_tx.send(f);
                     waker.wake();
@@ -364,7 +360,6 @@ async fn submit(
     m: &crate::store::sms::Claimed,
     sender: &str,
     failover: bool,
-    metrics: &Metrics,
 ) -> Finish {
     let out = Outgoing {
         id: m.id,
@@ -385,7 +380,13 @@ async fn submit(
             retry_after: None,
         },
     };
-    metrics.sms_submit(&rt.gw.cfg.name, &answer.submit);
+    let k = match answer.submit {
+        Submit::Accepted => 0,
+        Submit::Transient => 1,
+        Submit::Permanent => 2,
+        Submit::Lost => 3,
+    };
+    rt.counters[k].inc();
     let now = Utc::now();
     let mut submit_kind = answer.submit.clone();
     let mut reason = answer.reason.clone();

@@ -21,12 +21,19 @@ use crate::domain::delivery::{self, Report, State, Submit};
 pub struct NewMessage {
     /// Row in the import (1-based, header excluded).
     pub row: usize,
-    /// E.164.
-    pub recipient: String,
-    /// The final text.
-    pub text: String,
+    /// The E.164 number's digits (without `+`).
+    pub recipient: u64,
+    /// The final text (shared between recipients when it is the same).
+    pub text: std::sync::Arc<str>,
     /// SMS parts.
     pub parts: usize,
+}
+
+impl NewMessage {
+    /// The number as E.164 (`+8613800138000`).
+    pub fn e164(&self) -> String {
+        format!("+{}", self.recipient)
+    }
 }
 
 /// A campaign as stored.
@@ -255,8 +262,8 @@ impl Store {
                 ins.execute(params![
                     id,
                     m.row as i64,
-                    m.recipient,
-                    m.text,
+                    m.e164(),
+                    &*m.text,
                     m.parts as i64,
                     now
                 ])?;
@@ -717,17 +724,12 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Which of `numbers` are opted out.
-    pub fn opted_out(&self, numbers: &[String]) -> Result<Vec<String>, StoreError> {
+    /// Every opted-out number.
+    pub fn optout_set(&self) -> Result<std::collections::HashSet<String>, StoreError> {
         let conn = self.sms_conn();
-        let mut stmt = conn.prepare_cached("SELECT 1 FROM optouts WHERE number = ?1")?;
-        let mut out = Vec::new();
-        for n in numbers {
-            if stmt.exists([n])? {
-                out.push(n.clone());
-            }
-        }
-        Ok(out)
+        let mut stmt = conn.prepare("SELECT number FROM optouts")?;
+        let rows = stmt.query_map([], |r| r.get(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 }
 
@@ -743,8 +745,8 @@ mod tests {
         let msgs: Vec<NewMessage> = (0..n)
             .map(|i| NewMessage {
                 row: i + 1,
-                recipient: format!("+861380013800{i}"),
-                text: format!("hello {i}"),
+                recipient: 8613800138000 + i as u64,
+                text: format!("hello {i}").into(),
                 parts: 1,
             })
             .collect();

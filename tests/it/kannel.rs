@@ -1,17 +1,45 @@
 //! A real Kannel on loopback: bearerbox with a `fake` SMSC, Kannel's fakesmsc client logging
 //! every message it gets, and smsbox serving `/cgi-bin/sendsms`. All on free 127.0.0.1 ports,
 //! stopped on drop. `scripts/test` installs the Debian packages `kannel` and `kannel-extras`.
+//!
+//! Self-contained: the integration tests and `marquee-bench sms-kannel` both include it.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use crate::harness::{eventually_async, free_port};
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until `Some`, or panics after 20 s naming `what`.
+async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 pub const USER: &str = "marquee";
 pub const PASS: &str = "kannelpass";
 
 pub struct Kannel {
-    pub dir: tempfile::TempDir,
+    pub dir: PathBuf,
     pub sendsms: String,
     admin: String,
     children: Vec<Child>,
@@ -70,7 +98,8 @@ fn utf16be(b: &[u8]) -> String {
 }
 
 impl Kannel {
-    pub async fn start() -> Kannel {
+    /// Starts Kannel with its config and logs in `dir`.
+    pub async fn start(dir: &Path) -> Kannel {
         for bin in [
             "/usr/sbin/bearerbox",
             "/usr/sbin/smsbox",
@@ -81,8 +110,7 @@ impl Kannel {
                 "{bin} is missing: install the Debian packages kannel and kannel-extras (scripts/test does)"
             );
         }
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path().display().to_string();
+        let d = dir.display().to_string();
         let (admin, smsbox, smsc, sendsms) = (free_port(), free_port(), free_port(), free_port());
         let conf = format!(
             r#"group = core
@@ -123,9 +151,9 @@ concatenation = true
 max-messages = 10
 "#
         );
-        let conf_path = dir.path().join("kannel.conf");
+        let conf_path = dir.join("kannel.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let root = dir.path().to_path_buf();
+        let root = dir.to_path_buf();
         let spawn = |cmd: &mut Command, out: &str| {
             let f = std::fs::File::create(root.join(out)).unwrap();
             cmd.stdin(Stdio::null())
@@ -139,7 +167,7 @@ max-messages = 10
             sendsms: format!("http://127.0.0.1:{sendsms}/cgi-bin/sendsms"),
             admin: format!("http://127.0.0.1:{admin}/status.txt?password=adminpass"),
             children: Vec::new(),
-            dir,
+            dir: dir.to_path_buf(),
         };
         k.children.push(spawn(
             Command::new("/usr/sbin/bearerbox")
@@ -149,7 +177,7 @@ max-messages = 10
         ));
         let client = marquee::http_client().build().unwrap();
         let admin_url = k.admin.clone();
-        eventually_async("bearerbox admin port", || async {
+        wait_for("bearerbox admin port", || async {
             client
                 .get(&admin_url)
                 .send()
@@ -160,7 +188,7 @@ max-messages = 10
                 .then_some(())
         })
         .await;
-        eventually_async("the fake SMSC port", || async {
+        wait_for("the fake SMSC port", || async {
             tokio::net::TcpStream::connect(("127.0.0.1", smsc))
                 .await
                 .ok()
@@ -187,7 +215,7 @@ max-messages = 10
                 .arg(&conf_path),
             "smsbox.out",
         ));
-        eventually_async("the fake SMSC online and smsbox connected", || async {
+        wait_for("the fake SMSC online and smsbox connected", || async {
             let s = client
                 .get(&admin_url)
                 .send()
@@ -200,7 +228,7 @@ max-messages = 10
         })
         .await;
         let sendsms_url = k.sendsms.clone();
-        eventually_async("sendsms answering", || async {
+        wait_for("sendsms answering", || async {
             (client.get(&sendsms_url).send().await.ok()?.status() == 403).then_some(())
         })
         .await;
@@ -208,7 +236,7 @@ max-messages = 10
     }
 
     pub fn fakesmsc_log(&self) -> PathBuf {
-        self.dir.path().join("fakesmsc.log")
+        self.dir.join("fakesmsc.log")
     }
 
     /// Every message fakesmsc logged, concatenated parts joined (UDH 8- or 16-bit reference).

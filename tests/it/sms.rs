@@ -260,7 +260,8 @@ fn count(c: &Value, state: &str) -> i64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kannel_delivers_ascii_chinese_and_long_messages_exactly_once_with_reports() {
-    let k = Kannel::start().await;
+    let kdir = tempfile::tempdir().unwrap();
+    let k = Kannel::start(kdir.path()).await;
     let site = site();
     site.append_config(&format!(
         r#"

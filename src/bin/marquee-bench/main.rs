@@ -12,6 +12,10 @@
 //! target/release/marquee-bench resolver --playlists 1000 --channels 100
 //! ```
 
+#[path = "../../../tests/it/kannel.rs"]
+mod kannel;
+mod sms;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -71,6 +75,39 @@ enum Scenario {
         #[arg(long, default_value_t = 7)]
         runs: usize,
     },
+    /// SMS campaign through a minimal local gateway (a separate process answering 202 at once);
+    /// baseline: a plain keep-alive HTTP client sending the same requests.
+    SmsFake {
+        /// Recipients.
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: usize,
+        /// In-flight window (and baseline connections).
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
+        /// Baseline requests.
+        #[arg(long, default_value_t = 200_000)]
+        baseline: usize,
+    },
+    /// SMS campaign through a real Kannel (bearerbox + smsbox + fakesmsc); baseline: a plain
+    /// keep-alive HTTP client against the same Kannel.
+    SmsKannel {
+        /// Recipients.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// In-flight window (and baseline connections).
+        #[arg(long, default_value_t = 32)]
+        in_flight: usize,
+        /// Baseline requests.
+        #[arg(long, default_value_t = 20_000)]
+        baseline: usize,
+    },
+    /// (internal) The minimal gateway process of `sms-fake`.
+    #[command(hide = true)]
+    Gateway {
+        /// Port on 127.0.0.1.
+        #[arg(long)]
+        port: u16,
+    },
     /// Start-up to READY, idle daemon RSS with the example set, one agent's RSS.
     Footprint {
         /// Measured runs.
@@ -85,7 +122,7 @@ const BASELINE: &str = "bench/baseline";
 const DEADLINE: Duration = Duration::from_secs(60);
 
 fn main() -> anyhow::Result<()> {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    marquee::install_crypto_provider();
     let args = Args::parse();
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
@@ -97,6 +134,17 @@ fn main() -> anyhow::Result<()> {
             } => fanout(agents, runs, embedded).await,
             Scenario::Emergency { agents, runs } => emergency(agents, runs).await,
             Scenario::Footprint { runs } => footprint(runs).await,
+            Scenario::SmsFake {
+                messages,
+                in_flight,
+                baseline,
+            } => sms::fake(messages, in_flight, baseline).await,
+            Scenario::SmsKannel {
+                messages,
+                in_flight,
+                baseline,
+            } => sms::kannel(messages, in_flight, baseline).await,
+            Scenario::Gateway { port } => sms::gateway(port).await,
             Scenario::Resolver {
                 playlists,
                 channels,
@@ -209,12 +257,22 @@ struct Daemon {
 }
 
 fn daemon(dir: &Path, mqtt_section: &str) -> anyhow::Result<Daemon> {
+    daemon_with(dir, mqtt_section, "", &[])
+}
+
+/// The daemon with extra config sections and environment variables.
+fn daemon_with(
+    dir: &Path,
+    mqtt_section: &str,
+    extra: &str,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Daemon> {
     let cfg = dir.join("marquee.toml");
     std::fs::write(
         &cfg,
         format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n[mqtt]\n{mqtt_section}\n[schedule]\nplaylists_dir = {:?}\n\
-             [[schedule.displays]]\nid = \"lobby-east-1\"\nchannel = \"lobby\"\n",
+             [[schedule.displays]]\nid = \"lobby-east-1\"\nchannel = \"lobby\"\n{extra}",
             dir.join("data").display().to_string(),
             dir.join("playlists").display().to_string()
         ),
@@ -230,6 +288,7 @@ fn daemon(dir: &Path, mqtt_section: &str) -> anyhow::Result<Daemon> {
     let mut child = Command::new(&bin)
         .args(["--log-format", "json", "serve", "-c"])
         .arg(&cfg)
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;

@@ -1,0 +1,372 @@
+//! SMS throughput: a campaign through a minimal local gateway (a separate process answering
+//! 202 at once) or through a real Kannel with fakesmsc, each next to a baseline measured in the
+//! same run: a plain keep-alive HTTP client sending the same requests with no store.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::{Value, json};
+
+use super::{Proc, Scratch, free_port, machine, rss_kb, setup_site};
+
+const DLR_SECRET: &str = "bench-dlr-secret-0123456789";
+
+/// `marquee-bench gateway --port P`: the minimal gateway (run as its own process).
+pub async fn gateway(port: u16) -> anyhow::Result<()> {
+    let count = Arc::new(AtomicU64::new(0));
+    let c2 = count.clone();
+    let app = axum::Router::new()
+        .route(
+            "/cgi-bin/sendsms",
+            axum::routing::get(move || {
+                let c = c2.clone();
+                async move {
+                    c.fetch_add(1, Ordering::Relaxed);
+                    (axum::http::StatusCode::ACCEPTED, "0: Accepted for delivery")
+                }
+            }),
+        )
+        .route(
+            "/count",
+            axum::routing::get(move || {
+                let c = count.clone();
+                async move { c.load(Ordering::Relaxed).to_string() }
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+/// The baseline: `n` sendsms GETs with `concurrency` keep-alive connections, the same query as
+/// Marquee's Kannel driver. Returns requests per second.
+async fn baseline(url: &str, n: usize, concurrency: usize, dlr_url: &str) -> anyhow::Result<f64> {
+    let client = marquee::http_client()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
+    let next = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next, url, dlr) = (
+            client.clone(),
+            next.clone(),
+            url.to_owned(),
+            dlr_url.to_owned(),
+        );
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                if i >= n {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let to = format!("+86139{i:08}");
+                let text = format!("baseline {i}");
+                let mut u = url::Url::parse(&url)?;
+                u.query_pairs_mut()
+                    .append_pair("username", crate::kannel::USER)
+                    .append_pair("password", crate::kannel::PASS)
+                    .append_pair("from", "12345")
+                    .append_pair("to", &to)
+                    .append_pair("text", &text)
+                    .append_pair("charset", "UTF-8")
+                    .append_pair("coding", "0")
+                    .append_pair("dlr-mask", "31")
+                    .append_pair("dlr-url", &dlr);
+                let resp = client
+                    .get(u)
+                    .timeout(Duration::from_secs(30))
+                    .send()
+                    .await?;
+                if !resp.status().is_success() {
+                    bail!("baseline request answered {}", resp.status());
+                }
+                resp.bytes().await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+struct Daemon {
+    _proc: Proc,
+    pid: u32,
+    http: String,
+    token: String,
+}
+
+fn start_daemon(dir: &Path, gateway_section: &str) -> anyhow::Result<Daemon> {
+    setup_site(dir)?;
+    let port = free_port()?;
+    let d = super::daemon_with(
+        dir,
+        &format!("embedded = true\nlisten = \"127.0.0.1:{port}\""),
+        gateway_section,
+        &[
+            ("BENCH_DLR_SECRET", DLR_SECRET),
+            ("BENCH_GATEWAY_PASSWORD", crate::kannel::PASS),
+        ],
+    )?;
+    let token = std::fs::read_to_string(d.data.join("admin.token"))?
+        .trim()
+        .to_owned();
+    Ok(Daemon {
+        pid: d.proc.0.id(),
+        http: d.http.clone(),
+        token,
+        _proc: d.proc,
+    })
+}
+
+fn gateway_section(url: &str, in_flight: usize) -> String {
+    format!(
+        r#"
+[sms]
+sender = "12345"
+[[sms.gateways]]
+name = "bench"
+kind = "kannel"
+url = "{url}"
+username = "{}"
+password_env = "BENCH_GATEWAY_PASSWORD"
+messages_per_second = 100000
+segments_per_second = 1000000
+in_flight = {in_flight}
+timeout = "30s"
+dlr_secret_env = "BENCH_DLR_SECRET"
+"#,
+        crate::kannel::USER
+    )
+}
+
+/// Creates and starts a campaign of `n` recipients; returns (id, import seconds).
+async fn campaign(d: &Daemon, n: usize) -> anyhow::Result<(i64, f64)> {
+    let mut csv = String::with_capacity(n * 16);
+    csv.push_str("number\n");
+    for i in 0..n {
+        csv.push_str(&format!("138{i:08}\n"));
+    }
+    let client = marquee::http_client()
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let t0 = Instant::now();
+    let resp = client
+        .post(format!("{}/api/v1/campaigns", d.http))
+        .bearer_auth(&d.token)
+        .json(&json!({"name": "bench", "text": "Government Affairs Open Day: City Hall, 9:00-17:00", "recipients_csv": csv, "start": "now"}))
+        .send()
+        .await?;
+    let import = t0.elapsed().as_secs_f64();
+    let status = resp.status();
+    let v: Value = resp.json().await?;
+    if !status.is_success() {
+        bail!("campaign create answered {status}: {v}");
+    }
+    if v["estimate"]["messages"].as_u64() != Some(n as u64) {
+        bail!("imported {} of {n}", v["estimate"]["messages"]);
+    }
+    Ok((v["id"].as_i64().context("no id")?, import))
+}
+
+async fn get_json(d: &Daemon, path: &str) -> anyhow::Result<Value> {
+    Ok(marquee::http_client()
+        .timeout(Duration::from_secs(60))
+        .build()?
+        .get(format!("{}{path}", d.http))
+        .bearer_auth(&d.token)
+        .send()
+        .await?
+        .json()
+        .await?)
+}
+
+/// Follows progress through `progress()` (messages at the gateway so far) until `n`, sampling
+/// the daemon's RSS. Returns (sustained msg/s over 10–90 %, total seconds, RSS min/max MB).
+async fn follow<F, Fut>(
+    pid: u32,
+    n: usize,
+    limit: Duration,
+    mut progress: F,
+) -> anyhow::Result<(f64, f64, f64, f64)>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<u64>>,
+{
+    let t0 = Instant::now();
+    let (mut lo, mut hi) = (None::<(Instant, u64)>, None::<(Instant, u64)>);
+    let (mut rss_min, mut rss_max) = (f64::MAX, 0f64);
+    loop {
+        let got = progress().await?;
+        let now = Instant::now();
+        let rss = rss_kb(pid) as f64 / 1024.0;
+        rss_min = rss_min.min(rss);
+        rss_max = rss_max.max(rss);
+        if lo.is_none() && got as usize >= n / 10 {
+            lo = Some((now, got));
+        }
+        if got as usize >= n * 9 / 10 && hi.is_none() {
+            hi = Some((now, got));
+        }
+        if got as usize >= n {
+            break;
+        }
+        if t0.elapsed() > limit {
+            bail!("only {got} of {n} messages after {limit:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let total = t0.elapsed().as_secs_f64();
+    let sustained = match (lo, hi) {
+        (Some((t1, c1)), Some((t2, c2))) if t2 > t1 => (c2 - c1) as f64 / (t2 - t1).as_secs_f64(),
+        _ => n as f64 / total,
+    };
+    Ok((sustained, total, rss_min, rss_max))
+}
+
+async fn wait_done(d: &Daemon, id: i64) -> anyhow::Result<Value> {
+    let t0 = Instant::now();
+    loop {
+        let c = get_json(d, &format!("/api/v1/campaigns/{id}")).await?;
+        if c["status"] == "done" {
+            return Ok(c);
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            bail!("campaign not done: {c}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `marquee-bench sms-fake`.
+pub async fn fake(n: usize, in_flight: usize, baseline_n: usize) -> anyhow::Result<()> {
+    println!(
+        "# sms-fake: {n} recipients, in-flight {in_flight}, gateway = separate process answering 202 at once, {}",
+        machine()
+    );
+    let scratch = Scratch::new()?;
+    let port = free_port()?;
+    let gw = Proc(
+        std::process::Command::new(std::env::current_exe()?)
+            .args(["gateway", "--port", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .spawn()?,
+    );
+    let url = format!("http://127.0.0.1:{port}/cgi-bin/sendsms");
+    let count_url = format!("http://127.0.0.1:{port}/count");
+    let http = marquee::http_client().build()?;
+    let count = || {
+        let (http, u) = (http.clone(), count_url.clone());
+        async move { Ok::<u64, anyhow::Error>(http.get(&u).send().await?.text().await?.trim().parse()?) }
+    };
+    let t = Instant::now();
+    while count().await.is_err() {
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!("the bench gateway did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let d = start_daemon(&scratch.0, &gateway_section(&url, in_flight))?;
+    let dlr = format!(
+        "{}/api/v1/sms/dlr/bench?secret={DLR_SECRET}&id=0&type=%d",
+        d.http
+    );
+    let base = baseline(&url, baseline_n, in_flight, &dlr).await?;
+    println!(
+        "baseline: plain HTTP client, {baseline_n} requests, {in_flight} connections: {base:.0} req/s"
+    );
+    let before = count().await?;
+    let rss_idle = rss_kb(d.pid) as f64 / 1024.0;
+    let (id, import) = campaign(&d, n).await?;
+    let rss_import = rss_kb(d.pid) as f64 / 1024.0;
+    println!(
+        "import: {n} recipients written in {import:.1} s; daemon RSS {rss_idle:.0} MB idle, {rss_import:.0} MB after the import"
+    );
+    let (sustained, total, rss_min, rss_max) =
+        follow(d.pid, n, Duration::from_secs(1800), || async {
+            Ok(count().await? - before)
+        })
+        .await?;
+    let c = wait_done(&d, id).await?;
+    let sent = c["counts"]["sent"].as_i64().unwrap_or(0);
+    let got = count().await? - before;
+    println!(
+        "marquee: {n} messages in {total:.1} s, sustained {sustained:.0} msg/s (10–90 %), ratio to baseline {:.2}; daemon RSS while sending {rss_min:.0}–{rss_max:.0} MB",
+        sustained / base
+    );
+    println!(
+        "check: gateway received {got} (expected {n}); campaign counts {}",
+        c["counts"]
+    );
+    if got as usize != n || sent as usize != n {
+        bail!("lost or duplicated messages: gateway {got}, sent {sent}, expected {n}");
+    }
+    drop(gw);
+    Ok(())
+}
+
+/// `marquee-bench sms-kannel`.
+pub async fn kannel(n: usize, in_flight: usize, baseline_n: usize) -> anyhow::Result<()> {
+    println!(
+        "# sms-kannel: {n} recipients through Kannel (bearerbox + smsbox + fakesmsc, dlr-mask 31), in-flight {in_flight}, {}",
+        machine()
+    );
+    let scratch = Scratch::new()?;
+    let kdir = scratch.0.join("kannel");
+    std::fs::create_dir_all(&kdir)?;
+    let k = crate::kannel::Kannel::start(&kdir).await;
+    let d = start_daemon(&scratch.0, &gateway_section(&k.sendsms, in_flight))?;
+    let dlr = format!(
+        "{}/api/v1/sms/dlr/bench?secret={DLR_SECRET}&id=0&type=%d",
+        d.http
+    );
+    let base = baseline(&k.sendsms, baseline_n, in_flight, &dlr).await?;
+    println!(
+        "baseline: plain HTTP client, {baseline_n} sendsms requests, {in_flight} connections: {base:.0} req/s"
+    );
+    let received = |k: &crate::kannel::Kannel| {
+        let log = std::fs::read(k.fakesmsc_log()).unwrap_or_default();
+        String::from_utf8_lossy(&log)
+            .lines()
+            .filter(|l| l.contains("Got message") && l.contains(" text Government"))
+            .count() as u64
+    };
+    let (id, import) = campaign(&d, n).await?;
+    println!("import: {n} recipients written in {import:.1} s");
+    let (sustained, total, rss_min, rss_max) =
+        follow(d.pid, n, Duration::from_secs(1800), || async {
+            Ok(received(&k))
+        })
+        .await?;
+    let c = wait_done(&d, id).await?;
+    println!(
+        "marquee: {n} messages at fakesmsc in {total:.1} s, sustained {sustained:.0} msg/s (10–90 %), ratio to baseline {:.2}; daemon RSS {rss_min:.0}–{rss_max:.0} MB",
+        sustained / base
+    );
+    let got = k
+        .received()
+        .into_iter()
+        .filter(|r| r.text.starts_with("Government"))
+        .fold(
+            std::collections::HashMap::<String, usize>::new(),
+            |mut m, r| {
+                *m.entry(r.to).or_default() += 1;
+                m
+            },
+        );
+    let twice = got.values().filter(|&&c| c > 1).count();
+    println!(
+        "check: {} distinct recipients at fakesmsc (expected {n}), {twice} received twice; campaign counts {}",
+        got.len(),
+        c["counts"]
+    );
+    if got.len() != n || twice > 0 {
+        bail!("lost or duplicated messages");
+    }
+    Ok(())
+}
