@@ -105,6 +105,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     )?;
     let (publish_tx, publish_rx) = mpsc::channel(64);
     let sms_waker = crate::sms::dispatch::Waker::default();
+    let (reports, intake) =
+        crate::sms::dlr::intake(store.clone(), metrics.clone(), cancel.child_token());
+    tracker.spawn(intake);
     let dispatcher = crate::sms::dispatch::Dispatcher::new(
         cfg.clone(),
         store.clone(),
@@ -122,6 +125,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         publisher: publish_tx,
         reload: reload_tx.clone(),
         sms_waker,
+        reports,
     });
     tracker.spawn(dispatcher.run(cancel.clone()));
     // Agents' reports go to the fleet intake; everything else to the scheduler.

@@ -362,18 +362,31 @@ pub async fn dlr(
         .chars()
         .take(2000)
         .collect();
-    let store = s.store.clone();
-    let (id, report, code) = (incoming.id, incoming.report, incoming.code.clone());
-    let gw = gateway.clone();
-    let result =
-        blocking(move || store.record_report(id, &gw, report, &code, &raw, Utc::now())).await?;
+    let id = incoming.id;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    s.reports
+        .send((
+            crate::store::sms::ReportIn {
+                id,
+                gateway: gateway.clone(),
+                report: incoming.report,
+                code: incoming.code.clone(),
+                raw,
+            },
+            reply,
+        ))
+        .await
+        .map_err(|_| ApiError::internal("the report intake is not running"))?;
+    let result = answer
+        .await
+        .map_err(|_| ApiError::internal("the report intake stopped"))?
+        .map_err(|e| ApiError::internal(format!("cannot store the report: {e}")))?;
     let Some((from, to)) = result else {
         return Err(ApiError::not_found(format!(
             "no message {} was sent through gateway {gateway:?}",
             incoming.id
         )));
     };
-    s.metrics.sms_reports.inc();
     tracing::debug!(message = id, gateway = %gateway, code = %incoming.code, from = from.as_str(), to = to.as_str(), "delivery report");
     Ok(Json(json!({"id": id, "state": to.as_str()})))
 }

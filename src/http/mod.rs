@@ -39,6 +39,8 @@ pub struct AppState {
     pub reload: tokio::sync::mpsc::Sender<()>,
     /// Wakes the SMS dispatcher after a campaign change.
     pub sms_waker: crate::sms::dispatch::Waker,
+    /// Delivery reports go here to be stored (group commit).
+    pub reports: crate::sms::dlr::Intake,
 }
 
 /// The router.

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::config::GatewayKind;
-use crate::domain::delivery::{Report, kannel_report};
+use crate::domain::delivery::{Report, State, kannel_report};
 
 /// A parsed report.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +61,68 @@ pub fn parse(kind: &GatewayKind, fields: &BTreeMap<String, String>) -> Result<In
         }
         GatewayKind::DryRun { .. } => Err("a dry-run gateway takes no reports".into()),
     }
+}
+
+/// Where the HTTP handler sends a report; the answer comes back once it is on disk.
+pub type Intake = tokio::sync::mpsc::Sender<(
+    crate::store::sms::ReportIn,
+    tokio::sync::oneshot::Sender<Result<Option<(State, State)>, String>>,
+)>;
+
+/// Writes reports as they come, many per transaction (group commit): while one batch is being
+/// written the next one gathers. Each report is answered only after its batch is committed, so
+/// a gateway never gets a 200 for a report that is not stored. Ends when `cancel` fires.
+pub fn intake(
+    store: std::sync::Arc<crate::store::Store>,
+    metrics: crate::metrics::Metrics,
+    cancel: tokio_util::sync::CancellationToken,
+) -> (Intake, impl std::future::Future<Output = ()>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<(
+        crate::store::sms::ReportIn,
+        tokio::sync::oneshot::Sender<Result<Option<(State, State)>, String>>,
+    )>(8192);
+    let run = async move {
+        loop {
+            let first = tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = rx.recv() => match r { Some(r) => r, None => return },
+            };
+            let mut batch = vec![first];
+            while batch.len() < 2048 {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            let (reports, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let store = store.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                store.record_reports(&reports, chrono::Utc::now())
+            })
+            .await;
+            match result {
+                Ok(Ok(results)) => {
+                    for (reply, r) in replies.into_iter().zip(results) {
+                        if r.is_some() {
+                            metrics.sms_reports.inc();
+                        }
+                        let _ = reply.send(Ok(r));
+                    }
+                }
+                Ok(Err(e)) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                }
+            }
+        }
+    };
+    (tx, run)
 }
 
 #[cfg(test)]

@@ -120,6 +120,21 @@ pub enum Claim {
     Idle,
 }
 
+/// A delivery report to store.
+#[derive(Debug, Clone)]
+pub struct ReportIn {
+    /// Our message id.
+    pub id: i64,
+    /// The gateway it came from (must be the one the message went through).
+    pub gateway: String,
+    /// Its meaning.
+    pub report: Option<Report>,
+    /// The gateway's code.
+    pub code: String,
+    /// Raw fields.
+    pub raw: String,
+}
+
 /// A gateway's answer to store.
 #[derive(Debug, Clone)]
 pub struct Finish {
@@ -579,39 +594,67 @@ impl Store {
         raw: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<(State, State)>, StoreError> {
+        let r = ReportIn {
+            id,
+            gateway: gateway.to_owned(),
+            report,
+            code: code.to_owned(),
+            raw: raw.to_owned(),
+        };
+        Ok(self
+            .record_reports(std::slice::from_ref(&r), now)?
+            .pop()
+            .flatten())
+    }
+
+    /// Many reports in one transaction (one disk sync); the result of each, in order.
+    pub fn record_reports(
+        &self,
+        reports: &[ReportIn],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Option<(State, State)>>, StoreError> {
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
-        let current: Option<(String, Option<String>)> = tx
-            .query_row(
-                "SELECT state, gateway FROM messages WHERE id = ?1",
-                [id],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )
-            .optional()?;
-        let Some((current, via)) = current else {
-            return Ok(None);
-        };
-        if via.as_deref() != Some(gateway) {
-            return Ok(None);
-        }
-        tx.execute(
-            "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![id, gateway, code, raw, ts(now)],
-        )?;
-        let current = parse_state(&current);
-        let next = match report {
-            Some(r) => delivery::on_report(current, r),
-            None => current,
-        };
-        if next != current {
-            let reason = match report {
-                Some(Report::Delivered) | Some(Report::Progress) | None => None,
-                Some(_) => Some(format!("delivery report {code}")),
-            };
-            set_state(&tx, id, next, reason.as_deref(), now)?;
+        let now_s = ts(now);
+        let mut out = Vec::with_capacity(reports.len());
+        {
+            let mut get = tx.prepare_cached("SELECT state, gateway FROM messages WHERE id = ?1")?;
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut set = tx.prepare_cached(
+                "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
+            )?;
+            for r in reports {
+                let current: Option<(String, Option<String>)> = get
+                    .query_row([r.id], |row| Ok((row.get(0)?, row.get(1)?)))
+                    .optional()?;
+                let Some((current, via)) = current else {
+                    out.push(None);
+                    continue;
+                };
+                if via.as_deref() != Some(r.gateway.as_str()) {
+                    out.push(None);
+                    continue;
+                }
+                ins.execute(params![r.id, r.gateway, r.code, r.raw, now_s])?;
+                let current = parse_state(&current);
+                let next = match r.report {
+                    Some(rep) => delivery::on_report(current, rep),
+                    None => current,
+                };
+                if next != current {
+                    let reason = match r.report {
+                        Some(Report::Delivered) | Some(Report::Progress) | None => None,
+                        Some(_) => Some(format!("delivery report {}", r.code)),
+                    };
+                    set.execute(params![r.id, next.as_str(), reason, now_s])?;
+                }
+                out.push(Some((current, next)));
+            }
         }
         tx.commit()?;
-        Ok(Some((current, next)))
+        Ok(out)
     }
 
     /// The delivery reports stored for message `id`: (code, raw, received_at).

@@ -10,6 +10,8 @@
 //! target/release/marquee-bench emergency --agents 2000 --runs 5
 //! target/release/marquee-bench footprint --runs 5
 //! target/release/marquee-bench resolver --playlists 1000 --channels 100
+//! target/release/marquee-bench sms-fake
+//! target/release/marquee-bench sms-kannel
 //! ```
 
 #[path = "../../../tests/it/kannel.rs"]
@@ -95,7 +97,7 @@ enum Scenario {
         #[arg(long, default_value_t = 100_000)]
         messages: usize,
         /// In-flight window (and baseline connections).
-        #[arg(long, default_value_t = 32)]
+        #[arg(long, default_value_t = 128)]
         in_flight: usize,
         /// Baseline requests.
         #[arg(long, default_value_t = 20_000)]
