@@ -82,6 +82,7 @@ pub struct RawConfig {
 #[serde(deny_unknown_fields, default)]
 struct RawApproval {
     alerts_above: Option<usize>,
+    campaigns_above: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -323,6 +324,9 @@ pub struct Config {
     /// Two-person rule: alerts reaching more than this many known displays need a second
     /// person's approval (`None`: never).
     pub approve_alerts_above: Option<usize>,
+    /// Two-person rule: campaigns (and alert SMS) to more than this many recipients need a
+    /// second person's approval (`None`: never).
+    pub approve_campaigns_above: Option<usize>,
     /// SMS gateways and campaign defaults.
     pub sms: crate::sms::config::SmsConfig,
 }
@@ -579,6 +583,7 @@ impl Config {
             sms,
             cap,
             approve_alerts_above: raw.approval.alerts_above,
+            approve_campaigns_above: raw.approval.campaigns_above,
             file: file.to_owned(),
             listen,
             data_dir: raw.server.data_dir,

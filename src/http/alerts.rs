@@ -38,6 +38,77 @@ pub struct RaiseRequest {
     /// How long it lasts unless cleared (default 1h, at most 7 days).
     #[serde(default = "one_hour")]
     pub expires_in: String,
+    /// Also send it by SMS: a campaign that starts when the alert goes live (and waits with
+    /// it for approval), is cancelled when the alert is cleared, and is reported with it.
+    #[serde(default)]
+    pub sms: Option<AlertSms>,
+}
+
+/// The SMS part of an alert.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertSms {
+    /// Recipients as a list.
+    #[serde(default)]
+    pub recipients: Vec<crate::sms::campaign::RecipientIn>,
+    /// Recipients as CSV (a number column, optional lang).
+    #[serde(default)]
+    pub recipients_csv: Option<String>,
+    /// SMS text (default: the alert's `zh` text, or its only text; `en` for recipients whose
+    /// lang is en).
+    #[serde(default)]
+    pub text: Option<String>,
+    /// Gateways in failover order (default: all configured).
+    #[serde(default)]
+    pub gateways: Vec<String>,
+}
+
+/// The campaign request for an alert's SMS part.
+fn sms_request(alert: &Alert, sms: &AlertSms) -> crate::sms::campaign::CreateRequest {
+    let (text, texts) = match &sms.text {
+        Some(t) => (t.clone(), BTreeMap::new()),
+        None => {
+            let main = alert
+                .text
+                .get("zh")
+                .or_else(|| alert.text.values().next())
+                .cloned()
+                .unwrap_or_default();
+            let others = alert
+                .text
+                .iter()
+                .filter(|(_, t)| **t != main)
+                .map(|(l, t)| (l.clone(), t.clone()))
+                .collect();
+            (main, others)
+        }
+    };
+    crate::sms::campaign::CreateRequest {
+        name: format!("alert {}", alert.id),
+        text,
+        texts,
+        sender: None,
+        recipients: sms.recipients.clone(),
+        recipients_csv: sms.recipients_csv.clone(),
+        gateways: sms.gateways.clone(),
+        start: Some("now".into()),
+        send_window: None,
+        daily_cap: None,
+    }
+}
+
+/// Starts the campaign of an alert that just went live (if it has one).
+async fn start_alert_sms(s: &AppState, by: &str, alert: &str) -> Result<(), ApiError> {
+    let store = s.store.clone();
+    let key = alert.to_owned();
+    let c = tokio::task::spawn_blocking(move || store.campaign_for_alert(&key))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(c) = c.filter(|c| c.status == "pending") {
+        super::campaigns::approve_and_start(s, by, &c, "campaign.start").await?;
+    }
+    Ok(())
 }
 
 fn all() -> Scope {
@@ -238,6 +309,35 @@ async fn clear_alert(s: &AppState, by: &str, row: &AlertRow) -> Result<(), ApiEr
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(e.to_string()))?;
     tracing::warn!(id = %row.id, by = %by, "alert cleared");
+    // Its SMS stops too: what has not been sent is cancelled.
+    let store = s.store.clone();
+    let key = row.id.clone();
+    let c = tokio::task::spawn_blocking(move || store.campaign_for_alert(&key))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if let Some(c) = c.filter(|c| matches!(c.status.as_str(), "pending" | "running" | "paused")) {
+        super::audit(
+            s,
+            by,
+            "campaign.cancel",
+            &format!("campaign:{}", c.id),
+            json!({"alert": row.id, "from": c.status}),
+        )
+        .await?;
+        let (store, id) = (s.store.clone(), c.id);
+        tokio::task::spawn_blocking(move || {
+            store.set_campaign_status(
+                id,
+                &["pending", "running", "paused"],
+                "cancelled",
+                Utc::now(),
+            )
+        })
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    }
     Ok(())
 }
 
@@ -259,6 +359,20 @@ pub async fn raise(
         issued_at: now,
         expires_at: now + lasts,
     };
+    // The SMS part is checked and stored first (pending, linked to the alert): a bad recipient
+    // list fails the request before anything reaches a screen.
+    let sms = match &r.sms {
+        Some(sms) => Some(
+            super::campaigns::create_campaign(
+                &s,
+                &who,
+                sms_request(&alert, sms),
+                Some((&alert.id, true)),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     // Two-person rule: above the configured reach, a second person approves.
     if let Some(limit) = s.cfg.approve_alerts_above {
         let reach = reach(&s, &r.scope).await?;
@@ -274,25 +388,31 @@ pub async fn raise(
                 )
                 .await?;
                 let published = publish_alert(&s, &alert, &r.scope).await?;
+                start_alert_sms(&s, &who.name, &alert.id).await?;
                 return Ok((
                     StatusCode::CREATED,
                     Json(
-                        json!({"id": alert.id, "expires_at": alert.expires_at, "published": published, "approval": "skipped (emergency token)"}),
+                        json!({"id": alert.id, "expires_at": alert.expires_at, "published": published, "approval": "skipped (emergency token)", "sms": sms}),
                     ),
                 ));
             }
             record_alert(&s, &who.name, "alert.request", &alert, &r.scope, "pending").await?;
             return Ok((
                 StatusCode::ACCEPTED,
-                Json(json!({"id": alert.id, "status": "pending", "reach": reach,
-                            "message": format!("reaches {reach} displays (more than {limit}): another person with the approver role must approve it: POST /api/v1/alerts/{}/approve", alert.id)})),
+                Json(
+                    json!({"id": alert.id, "status": "pending", "reach": reach, "sms": sms,
+                            "message": format!("reaches {reach} displays (more than {limit}): another person with the approver role must approve it: POST /api/v1/alerts/{}/approve", alert.id)}),
+                ),
             ));
         }
     }
     let published = raise_alert(&s, &who.name, alert.clone(), &r.scope).await?;
+    start_alert_sms(&s, &who.name, &alert.id).await?;
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": alert.id, "expires_at": alert.expires_at, "published": published})),
+        Json(
+            json!({"id": alert.id, "expires_at": alert.expires_at, "published": published, "sms": sms}),
+        ),
     ))
 }
 
@@ -451,6 +571,7 @@ pub async fn approve(
         )));
     }
     publish_alert(&s, &alert, &row.scope).await?;
+    start_alert_sms(&s, &who.name, &id).await?;
     show(Viewer::from(who), State(s), Path(id)).await
 }
 
@@ -474,8 +595,12 @@ pub async fn show(
     let row = load(&s, &id).await?;
     let store = s.store.clone();
     let key = id.clone();
-    let (acks, displays) = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::store::StoreError>((store.alert_acks(&key)?, store.displays()?))
+    let (acks, displays, sms) = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::store::StoreError>((
+            store.alert_acks(&key)?,
+            store.displays()?,
+            store.campaign_for_alert(&key)?,
+        ))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
@@ -490,7 +615,16 @@ pub async fn show(
         .filter(|d| in_scope(d) && !acks.iter().any(|a| a.display == d.id))
         .map(|d| d.id.as_str())
         .collect();
+    // One report: screens (acks) and phones (the alert's SMS campaign with its delivery states).
+    let sms = sms.map(|c| {
+        let count = |k: &str| c.counts.get(k).copied().unwrap_or(0);
+        json!({"campaign": c.id, "status": c.status, "counts": c.counts,
+               "recipients": c.counts.values().sum::<i64>(),
+               "delivered": count("delivered"),
+               "failed": count("failed") + count("rejected") + count("expired"),
+               "pending": count("queued") + count("submitting") + count("sent")})
+    });
     Ok(Json(
-        json!({"alert": row, "acks": acks, "not_acknowledged": missing}),
+        json!({"alert": row, "acks": acks, "not_acknowledged": missing, "sms": sms}),
     ))
 }

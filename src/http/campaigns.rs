@@ -15,11 +15,11 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use super::auth::{Operator, Viewer};
+use super::auth::{Approver, Auth, Operator, Principal, Viewer};
 use super::error::ApiError;
 use super::{AppState, audit};
 use crate::sms::campaign::{CreateRequest, Start, prepare};
-use crate::store::sms::CampaignRow;
+use crate::store::sms::{CampaignRow, NewCampaign};
 
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
@@ -53,6 +53,7 @@ fn campaign_json(c: &CampaignRow) -> Value {
     json!({
         "id": c.id, "name": c.name, "status": c.status, "spec": c.spec,
         "start_at": c.start_at, "created_by": c.created_by, "created_at": c.created_at,
+        "alert": c.alert, "approved_by": c.approved_by, "approved_at": c.approved_at,
         "started_at": c.started_at, "finished_at": c.finished_at,
         "counts": c.counts, "segments": c.segments,
         "progress": {"total": total, "pending": pending, "done": total - pending},
@@ -60,7 +61,9 @@ fn campaign_json(c: &CampaignRow) -> Value {
 }
 
 /// `POST /api/v1/campaigns`: imports the recipients (every row written before anything is
-/// sent) and answers with the id, the cost estimate and every rejected row.
+/// sent) and answers with the id, the cost estimate and every rejected row. Above
+/// `approval.campaigns_above` recipients a campaign that would start waits as `pending` for a
+/// second person (`POST /api/v1/campaigns/{id}/approve`).
 pub async fn create(
     who: Operator,
     State(s): State<Arc<AppState>>,
@@ -68,6 +71,31 @@ pub async fn create(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: CreateRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_field("body", format!("not a campaign request: {e}")))?;
+    let v = create_campaign(&s, &who.0, req, None).await?;
+    let code = if v["status"] == "pending" {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((code, Json(v)))
+}
+
+/// Whether a campaign of `recipients` needs a second person's approval, given who asks.
+fn needs_approval(s: &AppState, who: &Principal, recipients: usize) -> bool {
+    s.cfg
+        .approve_campaigns_above
+        .is_some_and(|limit| recipients > limit)
+        && !who.emergency
+}
+
+/// Validates, imports and stores a campaign; starts it (or leaves it pending approval).
+/// `alert`: the alert that starts it, and whether that alert itself waits for approval.
+pub async fn create_campaign(
+    s: &AppState,
+    who: &Principal,
+    req: CreateRequest,
+    alert: Option<(&str, bool)>,
+) -> Result<Value, ApiError> {
     let (store, cfg) = (s.store.clone(), s.cfg.clone());
     let now = Utc::now();
     let prepared = tokio::task::spawn_blocking(move || {
@@ -78,28 +106,66 @@ pub async fn create(
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::bad_field(e.field, e.message))?;
+    .map_err(|e| {
+        let field = if alert.is_some() {
+            format!("sms.{}", e.field)
+        } else {
+            e.field.to_owned()
+        };
+        ApiError::bad_field(&field, e.message)
+    })?;
     let (p, name) = prepared;
     let spec = serde_json::to_value(&p.spec).map_err(|e| ApiError::internal(e.to_string()))?;
     let start_at = match p.start {
         Start::At(t) => Some(t),
         _ => None,
     };
-    let store = s.store.clone();
-    let (messages, name2, spec2, by) = (p.messages, name.clone(), spec.clone(), who.0.name.clone());
-    let id = blocking(move || store.create_campaign(&name2, &spec2, start_at, &by, now, &messages))
-        .await?;
-    let status = match p.start {
+    let wanted = match p.start {
         Start::Draft => "draft",
         Start::Now => "running",
         Start::At(_) => "scheduled",
     };
+    let over = s
+        .cfg
+        .approve_campaigns_above
+        .is_some_and(|limit| p.estimate.recipients > limit);
+    let status = if wanted != "draft"
+        && (alert.is_some_and(|(_, pending)| pending)
+            || needs_approval(s, who, p.estimate.recipients))
+    {
+        "pending"
+    } else {
+        wanted
+    };
+    let store = s.store.clone();
+    let (messages, name2, by) = (p.messages, name.clone(), who.name.clone());
+    let (spec2, alert_id) = (spec.clone(), alert.map(|(a, _)| a.to_owned()));
+    let id = blocking(move || {
+        store.create_campaign(
+            &NewCampaign {
+                name: &name2,
+                spec: &spec2,
+                start_at,
+                by: &by,
+                alert: alert_id.as_deref(),
+            },
+            now,
+            &messages,
+        )
+    })
+    .await?;
+    let action = if over && who.emergency && wanted != "draft" {
+        "campaign.create.emergency_skip"
+    } else {
+        "campaign.create"
+    };
     audit(
-        &s,
-        &who.0.name,
-        "campaign.create",
+        s,
+        &who.name,
+        action,
         &format!("campaign:{id}"),
-        json!({"name": name, "status": status, "start_at": start_at, "estimate": p.estimate, "rejected": p.rejects.len()}),
+        json!({"name": name, "status": status, "start_at": start_at, "alert": alert.map(|(a, _)| a),
+               "estimate": p.estimate, "rejected": p.rejects.len()}),
     )
     .await?;
     if status != "draft" {
@@ -107,13 +173,81 @@ pub async fn create(
         blocking(move || store.set_campaign_status(id, &["draft"], status, Utc::now())).await?;
         s.sms_waker.wake();
     }
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "id": id, "status": status, "start_at": start_at,
-            "estimate": p.estimate, "rejects": p.rejects,
-        })),
-    ))
+    let mut v = json!({
+        "id": id, "status": status, "start_at": start_at,
+        "estimate": p.estimate, "rejects": p.rejects,
+    });
+    if status == "pending" && alert.is_none() {
+        v["message"] = json!(format!(
+            "{} recipients (more than {}): another person with the approver role must approve it: POST /api/v1/campaigns/{id}/approve",
+            p.estimate.recipients,
+            s.cfg.approve_campaigns_above.unwrap_or(0)
+        ));
+    }
+    Ok(v)
+}
+
+/// `POST /api/v1/campaigns/{id}/approve`: the second person (approver role or above, not the
+/// creator) lets a pending campaign go: it runs now, or at its scheduled time.
+pub async fn approve(
+    Auth(who): Approver,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+) -> Result<Json<Value>, ApiError> {
+    let c = load(&s, id).await?;
+    if c.status != "pending" {
+        return Err(conflict(
+            "not_pending",
+            format!("campaign {id} is {}, not waiting for approval", c.status),
+        ));
+    }
+    if let Some(alert) = &c.alert {
+        return Err(conflict(
+            "approve_the_alert",
+            format!("campaign {id} belongs to alert {alert}: approving the alert starts it"),
+        ));
+    }
+    if c.created_by == who.name {
+        return Err(ApiError::forbidden(
+            "two-person rule: the campaign must be approved by another token than the one that created it",
+        ));
+    }
+    approve_and_start(&s, &who.name, &c, "campaign.approve").await?;
+    Ok(Json(campaign_json(&load(&s, id).await?)))
+}
+
+/// Moves a pending campaign on (audited): to `scheduled` if its start is still ahead, else
+/// `running`.
+pub async fn approve_and_start(
+    s: &AppState,
+    by: &str,
+    c: &CampaignRow,
+    action: &str,
+) -> Result<(), ApiError> {
+    let now = Utc::now();
+    let ahead = c
+        .start_at
+        .as_deref()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .is_some_and(|t| t > now);
+    let to = if ahead { "scheduled" } else { "running" };
+    audit(
+        s,
+        by,
+        action,
+        &format!("campaign:{}", c.id),
+        json!({"created_by": c.created_by, "to": to, "alert": c.alert}),
+    )
+    .await?;
+    let (store, id, by2) = (s.store.clone(), c.id, by.to_owned());
+    if !blocking(move || store.approve_campaign(id, &by2, to, now)).await? {
+        return Err(conflict(
+            "not_pending",
+            format!("campaign {id} is no longer pending"),
+        ));
+    }
+    s.sms_waker.wake();
+    Ok(())
 }
 
 /// `GET /api/v1/campaigns`.
@@ -167,12 +301,36 @@ pub async fn action(
                     ),
                 ));
             }
+            if c.status == "draft"
+                && c.approved_by.is_none()
+                && needs_approval(&s, &who.0, c.counts.values().sum::<i64>() as usize)
+            {
+                audit(
+                    &s,
+                    &who.0.name,
+                    "campaign.request",
+                    &format!("campaign:{id}"),
+                    json!({"from": "draft"}),
+                )
+                .await?;
+                let store = s.store.clone();
+                blocking(move || store.set_campaign_status(id, &["draft"], "pending", Utc::now()))
+                    .await?;
+                return Ok(Json(campaign_json(&load(&s, id).await?)));
+            }
             (&["draft", "scheduled", "missed"], "running")
         }
         "pause" => (&["running"], "paused"),
         "resume" => (&["paused"], "running"),
         "cancel" => (
-            &["draft", "scheduled", "missed", "running", "paused"],
+            &[
+                "draft",
+                "pending",
+                "scheduled",
+                "missed",
+                "running",
+                "paused",
+            ],
             "cancelled",
         ),
         "requeue-unknown" => {

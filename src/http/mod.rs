@@ -85,6 +85,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/api/v1/campaigns/{id}", get(campaigns::show))
         .route("/api/v1/campaigns/{id}/messages", get(campaigns::messages))
         .route(
+            "/api/v1/campaigns/{id}/approve",
+            axum::routing::post(campaigns::approve),
+        )
+        .route(
             "/api/v1/campaigns/{id}/{action}",
             axum::routing::post(campaigns::action),
         )

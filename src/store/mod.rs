@@ -158,6 +158,11 @@ const MIGRATIONS: &[&str] = &[
         added_by  TEXT NOT NULL,
         added_at  TEXT NOT NULL
     );",
+    // 8: campaigns started by an alert, and the two-person rule for campaigns.
+    "ALTER TABLE campaigns ADD COLUMN alert TEXT;
+    ALTER TABLE campaigns ADD COLUMN approved_by TEXT;
+    ALTER TABLE campaigns ADD COLUMN approved_at TEXT;
+    CREATE INDEX campaigns_by_alert ON campaigns (alert);",
 ];
 
 /// The last payload published on a retained topic.

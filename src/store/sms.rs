@@ -36,6 +36,21 @@ impl NewMessage {
     }
 }
 
+/// What a new campaign is, besides its messages.
+#[derive(Debug, Clone)]
+pub struct NewCampaign<'a> {
+    /// Name.
+    pub name: &'a str,
+    /// Specification (JSON).
+    pub spec: &'a serde_json::Value,
+    /// Planned start.
+    pub start_at: Option<DateTime<Utc>>,
+    /// Token name creating it.
+    pub by: &'a str,
+    /// The alert that starts it.
+    pub alert: Option<&'a str>,
+}
+
 /// A campaign as stored.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CampaignRow {
@@ -57,6 +72,12 @@ pub struct CampaignRow {
     pub started_at: Option<String>,
     /// When it ended.
     pub finished_at: Option<String>,
+    /// The alert that started it.
+    pub alert: Option<String>,
+    /// Who approved it (two-person rule).
+    pub approved_by: Option<String>,
+    /// When.
+    pub approved_at: Option<String>,
     /// Messages per state.
     pub counts: BTreeMap<String, i64>,
     /// Total SMS parts of every message.
@@ -194,7 +215,8 @@ fn parse_state(s: &str) -> State {
 fn campaign_of(conn: &Connection, id: i64) -> Result<Option<CampaignRow>, StoreError> {
     let row = conn
         .query_row(
-            "SELECT id, name, status, spec, start_at, created_by, created_at, started_at, finished_at
+            "SELECT id, name, status, spec, start_at, created_by, created_at, started_at, finished_at,
+                    alert, approved_by, approved_at
              FROM campaigns WHERE id = ?1",
             [id],
             |r| {
@@ -209,6 +231,9 @@ fn campaign_of(conn: &Connection, id: i64) -> Result<Option<CampaignRow>, StoreE
                     created_at: r.get(6)?,
                     started_at: r.get(7)?,
                     finished_at: r.get(8)?,
+                    alert: r.get(9)?,
+                    approved_by: r.get(10)?,
+                    approved_at: r.get(11)?,
                     counts: BTreeMap::new(),
                     segments: 0,
                 })
@@ -252,19 +277,23 @@ impl Store {
     /// Creates a campaign (a draft) with every recipient row, in one transaction.
     pub fn create_campaign(
         &self,
-        name: &str,
-        spec: &serde_json::Value,
-        start_at: Option<DateTime<Utc>>,
-        by: &str,
+        c: &NewCampaign<'_>,
         now: DateTime<Utc>,
         messages: &[NewMessage],
     ) -> Result<i64, StoreError> {
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         tx.execute(
-            "INSERT INTO campaigns (name, status, spec, start_at, created_by, created_at)
-             VALUES (?1, 'draft', ?2, ?3, ?4, ?5)",
-            params![name, spec.to_string(), start_at.map(ts), by, ts(now)],
+            "INSERT INTO campaigns (name, status, spec, start_at, created_by, created_at, alert)
+             VALUES (?1, 'draft', ?2, ?3, ?4, ?5, ?6)",
+            params![
+                c.name,
+                c.spec.to_string(),
+                c.start_at.map(ts),
+                c.by,
+                ts(now),
+                c.alert
+            ],
         )?;
         let id = tx.last_insert_rowid();
         {
@@ -291,6 +320,41 @@ impl Store {
     /// One campaign with its counts.
     pub fn campaign(&self, id: i64) -> Result<Option<CampaignRow>, StoreError> {
         campaign_of(&self.sms_conn(), id)
+    }
+
+    /// The campaign an alert started, if any.
+    pub fn campaign_for_alert(&self, alert: &str) -> Result<Option<CampaignRow>, StoreError> {
+        let conn = self.sms_conn();
+        let id: Option<i64> = conn
+            .query_row(
+                "SELECT id FROM campaigns WHERE alert = ?1 ORDER BY id DESC LIMIT 1",
+                [alert],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match id {
+            Some(id) => campaign_of(&conn, id),
+            None => Ok(None),
+        }
+    }
+
+    /// The second person approves a pending campaign: it moves to `to` (running or
+    /// scheduled). `false` if it was not pending.
+    pub fn approve_campaign(
+        &self,
+        id: i64,
+        by: &str,
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let conn = self.sms_conn();
+        let now = ts(now);
+        Ok(conn.execute(
+            "UPDATE campaigns SET status = ?2, approved_by = ?3, approved_at = ?4,
+                 started_at = CASE WHEN ?2 = 'running' THEN ?4 ELSE started_at END
+             WHERE id = ?1 AND status = 'pending'",
+            params![id, to, by, now],
+        )? > 0)
     }
 
     /// Every campaign, newest first.
@@ -793,9 +857,15 @@ mod tests {
                 parts: 1,
             })
             .collect();
-        let id = store
-            .create_campaign("t", &serde_json::json!({}), None, "op", now(), &msgs)
-            .unwrap();
+        let spec = serde_json::json!({});
+        let c = NewCampaign {
+            name: "t",
+            spec: &spec,
+            start_at: None,
+            by: "op",
+            alert: None,
+        };
+        let id = store.create_campaign(&c, now(), &msgs).unwrap();
         assert!(
             store
                 .set_campaign_status(id, &["draft"], "running", now())

@@ -769,3 +769,208 @@ async fn pause_resume_cancel_optout_window_and_missed_start() {
     .await;
     assert_eq!(fake.requests_for()["+8613700137000"], 1);
 }
+
+const OPERATOR: &str = "sms-operator-0123456789";
+const APPROVER: &str = "sms-approver-0123456789";
+const DUTY: &str = "sms-duty-emergency-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_person_rule_for_campaigns_and_one_alert_to_screens_and_phones() {
+    let fake = Fake::start(Duration::ZERO).await;
+    let site = site();
+    site.append_config(&format!(
+        "[approval]\ncampaigns_above = 2\n\
+         [[auth.tokens]]\nname = \"operator\"\nrole = \"operator\"\ntoken_env = \"T_OP\"\n\
+         [[auth.tokens]]\nname = \"supervisor\"\nrole = \"approver\"\ntoken_env = \"T_AP\"\n\
+         [[auth.tokens]]\nname = \"duty\"\nrole = \"operator\"\nemergency = true\ntoken_env = \"T_DUTY\"\n\
+         [sms]\nsender = \"12345\"\n{}",
+        fake.gateway("alpha", 20, 2, "5s")
+    ));
+    let d = Daemon::start_with_env(
+        &site,
+        &[
+            ("TEST_DLR_SECRET", SECRET),
+            ("T_OP", OPERATOR),
+            ("T_AP", APPROVER),
+            ("T_DUTY", DUTY),
+        ],
+    )
+    .await;
+    let three: Vec<Value> = (0..3).map(|i| json!({"number": number(i)})).collect();
+    let body = json!({"name": "big", "text": "Open Day", "recipients": three, "start": "now"});
+
+    // Above the limit: pending until a second person approves; nothing is sent meanwhile.
+    let (status, v) = d
+        .send(
+            Method::POST,
+            "/api/v1/campaigns",
+            Some(OPERATOR),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (202, Some("pending")),
+        "{v}"
+    );
+    let id = v["id"].as_i64().unwrap();
+    let (status, _) = post(&d, APPROVER, id, "start", None).await;
+    assert_eq!(status, 403, "an approver cannot start campaigns");
+    let (status, _) = d
+        .send(
+            Method::POST,
+            &format!("/api/v1/campaigns/{id}/approve"),
+            Some(OPERATOR),
+            None,
+        )
+        .await;
+    assert_eq!(
+        status, 403,
+        "the creator cannot approve (not even with the operator role)"
+    );
+    let (status, _) = d
+        .send(
+            Method::POST,
+            &format!("/api/v1/campaigns/{id}/approve"),
+            Some(SECRET),
+            None,
+        )
+        .await;
+    assert_eq!(status, 401);
+    assert_eq!(fake.requests(), 0);
+    let (status, c) = d
+        .send(
+            Method::POST,
+            &format!("/api/v1/campaigns/{id}/approve"),
+            Some(APPROVER),
+            None,
+        )
+        .await;
+    assert_eq!(
+        (status, c["approved_by"].as_str()),
+        (200, Some("supervisor")),
+        "{c}"
+    );
+    until(&d, OPERATOR, id, "the approved campaign to finish", |c| {
+        c["status"] == "done"
+    })
+    .await;
+    assert_eq!(fake.requests(), 3);
+
+    // An emergency token skips the rule, and the audit log says so.
+    let mut b = body.clone();
+    b["recipients"] = json!(
+        (3..6)
+            .map(|i| json!({"number": number(i)}))
+            .collect::<Vec<_>>()
+    );
+    let (status, v) = d
+        .send(Method::POST, "/api/v1/campaigns", Some(DUTY), Some(b))
+        .await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (201, Some("running")),
+        "{v}"
+    );
+    let (_, audit) = d.get("/api/v1/audit", Some(OPERATOR)).await;
+    let actions: Vec<(&str, &str)> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .collect();
+    assert!(
+        actions.contains(&("duty", "campaign.create.emergency_skip")),
+        "{actions:?}"
+    );
+    assert!(
+        actions.contains(&("supervisor", "campaign.approve")),
+        "{actions:?}"
+    );
+
+    // One alert, screens and phones: the alert view joins acks and SMS delivery.
+    let (status, v) = d
+        .send(
+            Method::POST,
+            "/api/v1/alerts",
+            Some(OPERATOR),
+            Some(json!({"text": {"zh": "台风红色预警，请留在室内", "en": "Typhoon: stay indoors"},
+                        "expires_in": "10m",
+                        "sms": {"recipients": [{"number": number(10)}, {"number": number(11), "lang": "en"}]}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let alert = v["id"].as_str().unwrap().to_owned();
+    assert_eq!(v["sms"]["estimate"]["recipients"], 2, "{v}");
+    let report = eventually_async("the alert's SMS delivered", || async {
+        let (_, r) = d
+            .get(&format!("/api/v1/alerts/{alert}"), Some(OPERATOR))
+            .await;
+        (r["sms"]["delivered"] == 2).then_some(r)
+    })
+    .await;
+    assert!(
+        report["acks"].is_array() && report["not_acknowledged"].is_array(),
+        "{report}"
+    );
+    let texts: HashMap<String, String> = fake
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(_, to, text)| (to.clone(), text.clone()))
+        .collect();
+    assert_eq!(texts[&number(10)], "台风红色预警，请留在室内");
+    assert_eq!(texts[&number(11)], "Typhoon: stay indoors");
+
+    // A bad SMS part fails the whole request before anything reaches a screen.
+    let (status, e) = d
+        .send(
+            Method::POST,
+            "/api/v1/alerts",
+            Some(OPERATOR),
+            Some(json!({"text": {"zh": "测试"}, "sms": {"recipients": [{"number": "12"}]}})),
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (400, Some("sms.recipients")),
+        "{e}"
+    );
+
+    // Clearing an alert stops its SMS: what was not sent is cancelled (20 msg/s, 40 numbers).
+    let many: Vec<Value> = (20..60).map(|i| json!({"number": number(i)})).collect();
+    let (status, v) = d
+        .send(
+            Method::POST,
+            "/api/v1/alerts",
+            Some(DUTY),
+            Some(json!({"text": {"zh": "疏散演练"}, "sms": {"recipients": many}})),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let alert = v["id"].as_str().unwrap().to_owned();
+    let sms_id = v["sms"]["id"].as_i64().unwrap();
+    let (status, _) = d
+        .send(
+            Method::DELETE,
+            &format!("/api/v1/alerts/{alert}"),
+            Some(DUTY),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let c = until(&d, OPERATOR, sms_id, "in-flight submits to finish", |c| {
+        c["status"] == "cancelled" && count(c, "submitting") == 0
+    })
+    .await;
+    assert!(count(&c, "cancelled") > 0, "{c}");
+    let sent = (20..60)
+        .filter(|i| fake.requests_for().contains_key(&number(*i)))
+        .count();
+    assert_eq!(
+        sent as i64,
+        count(&c, "sent") + count(&c, "delivered"),
+        "{c}"
+    );
+}
