@@ -243,6 +243,10 @@ fn contains(needle: &'static str) -> impl Fn(&Value) -> bool {
 async fn web_console_logs_in_edits_a_playlist_previews_and_handles_alerts() {
     let port = free_port();
     let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    site.append_config(&format!(
+        "[sms]\nsender = \"12345\"\n[[sms.gateways]]\nname = \"dry-run\"\nkind = \"dry-run\"\npath = {:?}\nmessages_per_second = 20\n",
+        site.dir.path().join("data/sms.jsonl").display().to_string()
+    ));
     let d = Daemon::start(&site).await;
     let token = site.admin_token();
     let driver = Driver::start().await;
@@ -360,4 +364,42 @@ async fn web_console_logs_in_edits_a_playlist_previews_and_handles_alerts() {
         .map(|e| e["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions, vec!["playlist.put", "alert.raise", "alert.clear"]);
+
+    // SMS: create a draft with its estimate and a rejected row, start it, watch it finish.
+    driver.eval("document.querySelector('[data-tab=campaigns]').click(); document.getElementById('c-name').value = '开放日短信'; document.getElementById('c-text').value = '{{name}}您好，欢迎参加政务开放日'; document.getElementById('c-csv').value = 'number,name\\n13800138000,张三\\n13900139000,李四\\n12,坏号码\\n'; document.getElementById('c-create').click();").await;
+    driver
+        .until(
+            "the estimate",
+            "return document.getElementById('c-out').textContent",
+            contains("2 位收件人 · 2 条短信 (GSM-7 0, UCS-2 2)"),
+        )
+        .await;
+    let out = driver
+        .eval("return document.getElementById('c-out').textContent")
+        .await;
+    assert!(out.as_str().unwrap().contains("1 行被拒绝"), "{out}");
+    driver
+        .until(
+            "the draft in the list",
+            "return document.getElementById('campaigns').textContent",
+            contains("draft"),
+        )
+        .await;
+    driver
+        .eval("document.querySelector('[data-act=start]').click();")
+        .await;
+    driver
+        .until(
+            "the campaign done, both delivered",
+            "return document.getElementById('campaigns').textContent",
+            |v| {
+                v.as_str()
+                    .is_some_and(|s| s.contains("done") && s.contains("0 / 2 / 0"))
+            },
+        )
+        .await;
+    driver.screenshot("console-sms.png").await;
+    let sent = std::fs::read_to_string(site.dir.path().join("data/sms.jsonl")).unwrap();
+    assert_eq!(sent.lines().count(), 2);
+    assert!(sent.contains("张三您好，欢迎参加政务开放日"), "{sent}");
 }
