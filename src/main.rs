@@ -355,6 +355,8 @@ enum AlertAction {
 enum SchemaKind {
     /// Playlist files.
     Playlist,
+    /// The HTTP API (OpenAPI 3, as served at /api/v1/openapi.json).
+    Openapi,
 }
 
 const EX_CONFIG: u8 = 78;
@@ -593,6 +595,11 @@ fn main() -> ExitCode {
         Command::Schema {
             what: SchemaKind::Playlist,
         } => print_out(&marquee::cli::schema()),
+        Command::Schema {
+            what: SchemaKind::Openapi,
+        } => print_out(
+            &(serde_json::to_string_pretty(&marquee::http::openapi()).unwrap_or_default() + "\n"),
+        ),
     }
 }
 

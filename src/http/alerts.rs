@@ -24,13 +24,14 @@ use crate::wire::{Signed, Topic, valid_name};
 const SEVERITIES: [&str; 4] = ["minor", "moderate", "severe", "extreme"];
 
 /// `POST /api/v1/alerts` body.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RaiseRequest {
     /// Text per language.
     pub text: BTreeMap<String, String>,
     /// `"all"`, `{"channels": […]}` or `{"displays": […]}`.
     #[serde(default = "all")]
+    #[schema(value_type = Object)]
     pub scope: Scope,
     /// `minor`, `moderate`, `severe` (default) or `extreme`.
     #[serde(default = "severe")]
@@ -45,7 +46,7 @@ pub struct RaiseRequest {
 }
 
 /// The SMS part of an alert.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AlertSms {
     /// Recipients as a list.
@@ -342,6 +343,7 @@ async fn clear_alert(s: &AppState, by: &str, row: &AlertRow) -> Result<(), ApiEr
 }
 
 /// `POST /api/v1/alerts`: published at once on the scope's retained alert topics.
+#[utoipa::path(post, path = "/api/v1/alerts", tag = "alerts", security(("bearer" = [])), request_body = RaiseRequest, responses((status = 201, description = "published on the scope's alert topics (and its SMS started)"), (status = 202, description = "pending: needs a second person's approval"), (status = 400, description = "bad field"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn raise(
     Auth(who): Operator,
     State(s): State<Arc<AppState>>,
@@ -419,6 +421,7 @@ pub async fn raise(
 /// `POST /api/v1/alerts/cap`: a CAP 1.2 XML alert (operator role). Alert and Update raise (an
 /// Update ends what it references), Cancel ends, anything the rules keep off screens is answered
 /// with the reason. Invalid XML gets a 400 with its line and column.
+#[utoipa::path(post, path = "/api/v1/alerts/cap", tag = "alerts", security(("bearer" = [])), request_body(content = String, content_type = "application/xml", description = "a CAP 1.2 alert"), responses((status = 201, description = "raised"), (status = 200, description = "ignored or ended, with the reason"), (status = 400, description = "invalid XML, with line and column"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn cap(
     Auth(who): Operator,
     State(s): State<Arc<AppState>>,
@@ -506,6 +509,7 @@ async fn load(s: &AppState, id: &str) -> Result<AlertRow, ApiError> {
 
 /// `DELETE /api/v1/alerts/{id}`: a signed clear on each of its topics (where it is still the
 /// current alert); idempotent.
+#[utoipa::path(delete, path = "/api/v1/alerts/{id}", tag = "alerts", security(("bearer" = [])), params(("id" = String, Path, description = "alert id")), responses((status = 200, description = "cleared (its SMS campaign cancelled)"), (status = 404, description = "no such alert"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn clear(
     Auth(who): Operator,
     State(s): State<Arc<AppState>>,
@@ -518,6 +522,7 @@ pub async fn clear(
 
 /// `POST /api/v1/alerts/{id}/approve`: the second person (approver role or above, not the one
 /// who raised it) puts a pending alert on the screens; its lifetime starts now.
+#[utoipa::path(post, path = "/api/v1/alerts/{id}/approve", tag = "alerts", security(("bearer" = [])), params(("id" = String, Path, description = "alert id")), responses((status = 200, description = "approved and published"), (status = 409, description = "not pending"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn approve(
     Auth(who): Approver,
     State(s): State<Arc<AppState>>,
@@ -576,6 +581,7 @@ pub async fn approve(
 }
 
 /// `GET /api/v1/alerts`.
+#[utoipa::path(get, path = "/api/v1/alerts", tag = "alerts", security(("bearer" = [])), responses((status = 200, description = "alerts, newest first"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn list(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let store = s.store.clone();
     let rows = tokio::task::spawn_blocking(move || store.alerts())
@@ -587,6 +593,7 @@ pub async fn list(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<Valu
 
 /// `GET /api/v1/alerts/{id}`: the alert, which displays showed it (with latency), and which
 /// displays in its scope have not acknowledged it.
+#[utoipa::path(get, path = "/api/v1/alerts/{id}", tag = "alerts", security(("bearer" = [])), params(("id" = String, Path, description = "alert id")), responses((status = 200, description = "the alert with per-display acks, who has not acknowledged, and its SMS delivery"), (status = 404, description = "no such alert"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn show(
     _: Viewer,
     State(s): State<Arc<AppState>>,

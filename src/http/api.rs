@@ -19,11 +19,13 @@ use crate::store::fleet::DisplayRow;
 use crate::wire::Topic;
 
 /// `GET /healthz`: open, for load balancers and systemd checks.
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "the daemon is up")))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
 /// `GET /metrics`: Prometheus text.
+#[utoipa::path(get, path = "/metrics", tag = "system", security(("bearer" = [])), responses((status = 200, description = "Prometheus text exposition"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn metrics(_: Viewer, State(s): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(
@@ -40,6 +42,7 @@ pub async fn not_found() -> ApiError {
 }
 
 /// `GET /api/v1/playlists`: every playlist file, live or broken.
+#[utoipa::path(get, path = "/api/v1/playlists", tag = "playlists", security(("bearer" = [])), responses((status = 200, description = "every playlist file: live or not, with its errors"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn list_playlists(_: Viewer, State(s): State<Arc<AppState>>) -> Json<Value> {
     let catalog = s.catalog.borrow().clone();
     let list: Vec<Value> = catalog
@@ -65,6 +68,7 @@ pub async fn list_playlists(_: Viewer, State(s): State<Arc<AppState>>) -> Json<V
 }
 
 /// `GET /api/v1/playlists/{id}`: the live version as written, and any errors of the file on disk.
+#[utoipa::path(get, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id (its file name)")), responses((status = 200, description = "the live version as written, with the current errors of the file"), (status = 404, description = "no such playlist"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn get_playlist(
     _: Viewer,
     State(s): State<Arc<AppState>>,
@@ -85,6 +89,7 @@ pub async fn get_playlist(
 }
 
 /// `GET /api/v1/preview?channel=&display=&at=&for=`.
+#[utoipa::path(get, path = "/api/v1/preview", tag = "playlists", security(("bearer" = [])), params(("channel" = Option<String>, Query, description = "channel"), ("display" = Option<String>, Query, description = "display"), ("at" = Option<String>, Query, description = "start (RFC 3339 or local; default now)"), ("for" = Option<String>, Query, description = "length, e.g. 2h")), responses((status = 200, description = "what the channel or display shows: stretches, winners, the loop"), (status = 400, description = "bad parameter"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn preview(
     _: Viewer,
     State(s): State<Arc<AppState>>,
@@ -177,6 +182,7 @@ fn display_json(d: &DisplayRow, published: &[Published], prefix: &str) -> Value 
 }
 
 /// `GET /api/v1/displays`: the fleet.
+#[utoipa::path(get, path = "/api/v1/displays", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "every display that reported"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn list_displays(
     _: Viewer,
     State(s): State<Arc<AppState>>,
@@ -192,6 +198,7 @@ pub async fn list_displays(
 }
 
 /// `GET /api/v1/displays/{id}`.
+#[utoipa::path(get, path = "/api/v1/displays/{id}", tag = "displays", security(("bearer" = [])), params(("id" = String, Path, description = "display id")), responses((status = 200, description = "one display"), (status = 404, description = "never reported"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn get_display(
     _: Viewer,
     State(s): State<Arc<AppState>>,
@@ -212,6 +219,7 @@ pub async fn get_display(
 const MAX_PLAYS: usize = 100_000;
 
 /// `GET /api/v1/plays?display=&from=&until=`: proof of play; CSV with `Accept: text/csv`.
+#[utoipa::path(get, path = "/api/v1/plays", tag = "displays", security(("bearer" = [])), params(("display" = Option<String>, Query, description = "display"), ("from" = Option<String>, Query, description = "RFC 3339"), ("until" = Option<String>, Query, description = "RFC 3339")), responses((status = 200, description = "proof of play (JSON, or CSV with Accept: text/csv)"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn plays(
     _: Viewer,
     State(s): State<Arc<AppState>>,
@@ -257,6 +265,7 @@ pub async fn plays(
 }
 
 /// `GET /api/v1/audit?after=&limit=`: the audit log, oldest first, with the chain's state.
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", security(("bearer" = [])), params(("after" = Option<u64>, Query, description = "entries after this sequence number"), ("limit" = Option<usize>, Query, description = "at most this many")), responses((status = 200, description = "the audit log and whether its hash chain is intact"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn audit_log(
     _: super::auth::Operator,
     State(s): State<Arc<AppState>>,
@@ -279,6 +288,7 @@ pub async fn audit_log(
 }
 
 /// `GET /api/v1/channels`: the configured channels and individually targetable displays.
+#[utoipa::path(get, path = "/api/v1/channels", tag = "playlists", security(("bearer" = [])), responses((status = 200, description = "configured channels and individually targetable displays"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn channels(_: Viewer, State(s): State<Arc<AppState>>) -> Json<Value> {
     let sched = &s.cfg.schedule;
     Json(json!({

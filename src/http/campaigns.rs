@@ -64,6 +64,7 @@ fn campaign_json(c: &CampaignRow) -> Value {
 /// sent) and answers with the id, the cost estimate and every rejected row. Above
 /// `approval.campaigns_above` recipients a campaign that would start waits as `pending` for a
 /// second person (`POST /api/v1/campaigns/{id}/approve`).
+#[utoipa::path(post, path = "/api/v1/campaigns", tag = "sms", security(("bearer" = [])), request_body = crate::sms::campaign::CreateRequest, responses((status = 201, description = "created: id, estimate, rejected rows"), (status = 202, description = "pending a second person's approval"), (status = 400, description = "bad field"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn create(
     who: Operator,
     State(s): State<Arc<AppState>>,
@@ -189,6 +190,7 @@ pub async fn create_campaign(
 
 /// `POST /api/v1/campaigns/{id}/approve`: the second person (approver role or above, not the
 /// creator) lets a pending campaign go: it runs now, or at its scheduled time.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/approve", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id")), responses((status = 200, description = "approved: running or scheduled"), (status = 409, description = "not pending"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn approve(
     Auth(who): Approver,
     State(s): State<Arc<AppState>>,
@@ -251,6 +253,7 @@ pub async fn approve_and_start(
 }
 
 /// `GET /api/v1/campaigns`.
+#[utoipa::path(get, path = "/api/v1/campaigns", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "campaigns with counts per state"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn list(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let store = s.store.clone();
     let rows = blocking(move || store.campaigns()).await?;
@@ -260,6 +263,7 @@ pub async fn list(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<Valu
 }
 
 /// `GET /api/v1/campaigns/{id}`: the campaign with its counts per state.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id")), responses((status = 200, description = "the campaign with counts per state and progress"), (status = 404, description = "no such campaign"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn show(
     _: Viewer,
     State(s): State<Arc<AppState>>,
@@ -269,7 +273,7 @@ pub async fn show(
 }
 
 /// Body of `POST /api/v1/campaigns/{id}/start`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartBody {
     /// Start a campaign whose scheduled start was missed.
@@ -278,6 +282,7 @@ pub struct StartBody {
 }
 
 /// `POST /api/v1/campaigns/{id}/{start|pause|resume|cancel|requeue-unknown}`.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/{action}", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id"), ("action" = String, Path, description = "start, pause, resume, cancel or requeue-unknown")), request_body(content = Option<StartBody>, description = "for start: confirm_late"), responses((status = 200, description = "the campaign after the change"), (status = 409, description = "wrong state, or a missed start without confirm_late"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn action(
     who: Operator,
     State(s): State<Arc<AppState>>,
@@ -399,6 +404,7 @@ pub async fn action(
 
 /// `GET /api/v1/campaigns/{id}/messages?status=&after=&limit=`: JSON, or CSV with
 /// `Accept: text/csv`.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/messages", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id"), ("status" = Option<String>, Query, description = "only this state"), ("after" = Option<i64>, Query, description = "ids after this"), ("limit" = Option<usize>, Query, description = "at most this many (default 10000)")), responses((status = 200, description = "messages (JSON, or CSV with Accept: text/csv)"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn messages(
     _: Viewer,
     State(s): State<Arc<AppState>>,
@@ -480,6 +486,7 @@ fn flatten_json(v: &Value, out: &mut BTreeMap<String, String>) {
 
 /// `GET|POST /api/v1/sms/dlr/{gateway}?secret=…&id=…`: a delivery report. Fields come from
 /// the query, a form body or a JSON object body.
+#[utoipa::path(method(get, post), path = "/api/v1/sms/dlr/{gateway}", tag = "sms", params(("gateway" = String, Path, description = "gateway name"), ("secret" = String, Query, description = "the delivery-report secret of the gateway"), ("id" = i64, Query, description = "our message id")), responses((status = 200, description = "stored; the new state of the message"), (status = 403, description = "bad secret"), (status = 404, description = "no such message sent through that gateway")))]
 pub async fn dlr(
     State(s): State<Arc<AppState>>,
     Path(gateway): Path<String>,
@@ -550,6 +557,7 @@ pub async fn dlr(
 }
 
 /// `GET /api/v1/optouts`.
+#[utoipa::path(get, path = "/api/v1/optouts", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "the opt-out list"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn optouts(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
     let store = s.store.clone();
     let rows = blocking(move || store.optouts()).await?;
@@ -557,7 +565,7 @@ pub async fn optouts(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<V
 }
 
 /// `POST /api/v1/optouts` body: numbers, or a CSV with a number column.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OptOutRequest {
     /// Numbers as written.
@@ -573,6 +581,7 @@ pub struct OptOutRequest {
 
 /// `POST /api/v1/optouts`: adds numbers (normalised to E.164); returns what was added and
 /// every rejected row. Honoured by running campaigns at their next send.
+#[utoipa::path(post, path = "/api/v1/optouts", tag = "sms", security(("bearer" = [])), request_body = OptOutRequest, responses((status = 200, description = "added, already on the list, rejected rows"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn add_optouts(
     who: Operator,
     State(s): State<Arc<AppState>>,
@@ -639,6 +648,7 @@ pub async fn add_optouts(
 }
 
 /// `DELETE /api/v1/optouts/{number}`.
+#[utoipa::path(delete, path = "/api/v1/optouts/{number}", tag = "sms", security(("bearer" = [])), params(("number" = String, Path, description = "phone number")), responses((status = 200, description = "removed"), (status = 404, description = "not on the list"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn remove_optout(
     who: Operator,
     State(s): State<Arc<AppState>>,

@@ -43,68 +43,98 @@ pub struct AppState {
     pub reports: crate::sms::dlr::Intake,
 }
 
-/// The router.
+/// The OpenAPI document's frame: title, version, the bearer scheme, tags.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Marquee API",
+        description = "Publicity scheduler: playlists, displays, emergency alerts (manual and CAP 1.2), SMS campaigns, audit. Every route but /healthz and the delivery-report intake needs `Authorization: Bearer <token>`; errors are `{\"error\": {\"code\", \"message\", \"field\"}}`."
+    ),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "system", description = "health and metrics"),
+        (name = "playlists", description = "playlist files, validation and preview"),
+        (name = "displays", description = "the fleet and proof of play"),
+        (name = "alerts", description = "emergency alerts, CAP 1.2, the two-person rule"),
+        (name = "sms", description = "SMS campaigns, delivery reports, opt-outs"),
+        (name = "audit", description = "the hash-chained audit log")
+    )
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        openapi
+            .components
+            .get_or_insert_default()
+            .add_security_scheme(
+                "bearer",
+                SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+            );
+    }
+}
+
+/// The OpenAPI 3 document of the API (what `GET /api/v1/openapi.json` serves).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
+/// Every API route with its OpenAPI description: the two come from the same annotations
+/// (`utoipa-axum`), so the document cannot miss a route or describe one that does not exist.
+pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    use utoipa_axum::router::OpenApiRouter;
+    use utoipa_axum::routes;
+    // Campaign and opt-out imports may be large CSV uploads.
+    let bulk = OpenApiRouter::new()
+        .routes(routes!(campaigns::list, campaigns::create))
+        .routes(routes!(campaigns::optouts, campaigns::add_optouts))
+        .layer(axum::extract::DefaultBodyLimit::max(256 << 20));
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(api::healthz))
+        .routes(routes!(api::metrics))
+        .routes(routes!(api::list_playlists))
+        .routes(routes!(
+            api::get_playlist,
+            playlists::put,
+            playlists::delete
+        ))
+        .routes(routes!(playlists::check))
+        .routes(routes!(api::preview))
+        .routes(routes!(api::channels))
+        .routes(routes!(api::list_displays))
+        .routes(routes!(api::get_display))
+        .routes(routes!(api::plays))
+        .routes(routes!(alerts::list, alerts::raise))
+        .routes(routes!(alerts::cap))
+        .routes(routes!(alerts::approve))
+        .routes(routes!(alerts::show, alerts::clear))
+        .routes(routes!(api::audit_log))
+        .routes(routes!(campaigns::show))
+        .routes(routes!(campaigns::messages))
+        .routes(routes!(campaigns::approve))
+        .routes(routes!(campaigns::action))
+        .routes(routes!(campaigns::dlr))
+        .routes(routes!(campaigns::remove_optout))
+        .merge(bulk)
+        .split_for_parts()
+}
+
+/// The router: the API, its OpenAPI document at `/api/v1/openapi.json` (viewer role), and the
+/// console.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/", get(console))
-        .route("/healthz", get(api::healthz))
-        .route("/metrics", get(api::metrics))
-        .route("/api/v1/playlists", get(api::list_playlists))
+    let (api, doc) = api();
+    let doc = Arc::new(doc);
+    api.route("/", get(console))
         .route(
-            "/api/v1/playlists/{id}",
-            get(api::get_playlist)
-                .put(playlists::put)
-                .delete(playlists::delete),
-        )
-        .route("/api/v1/preview", get(api::preview))
-        .route("/api/v1/channels", get(api::channels))
-        .route("/api/v1/displays", get(api::list_displays))
-        .route("/api/v1/displays/{id}", get(api::get_display))
-        .route("/api/v1/plays", get(api::plays))
-        .route("/api/v1/alerts", get(alerts::list).post(alerts::raise))
-        .route(
-            "/api/v1/playlists/{id}/check",
-            axum::routing::post(playlists::check),
-        )
-        .route("/api/v1/alerts/cap", axum::routing::post(alerts::cap))
-        .route(
-            "/api/v1/alerts/{id}/approve",
-            axum::routing::post(alerts::approve),
-        )
-        .route("/api/v1/audit", get(api::audit_log))
-        .route(
-            "/api/v1/alerts/{id}",
-            get(alerts::show).delete(alerts::clear),
-        )
-        .route(
-            "/api/v1/campaigns",
-            get(campaigns::list)
-                .post(campaigns::create)
-                .layer(axum::extract::DefaultBodyLimit::max(256 << 20)),
-        )
-        .route("/api/v1/campaigns/{id}", get(campaigns::show))
-        .route("/api/v1/campaigns/{id}/messages", get(campaigns::messages))
-        .route(
-            "/api/v1/campaigns/{id}/approve",
-            axum::routing::post(campaigns::approve),
-        )
-        .route(
-            "/api/v1/campaigns/{id}/{action}",
-            axum::routing::post(campaigns::action),
-        )
-        .route(
-            "/api/v1/sms/dlr/{gateway}",
-            get(campaigns::dlr).post(campaigns::dlr),
-        )
-        .route(
-            "/api/v1/optouts",
-            get(campaigns::optouts)
-                .post(campaigns::add_optouts)
-                .layer(axum::extract::DefaultBodyLimit::max(64 << 20)),
-        )
-        .route(
-            "/api/v1/optouts/{number}",
-            axum::routing::delete(campaigns::remove_optout),
+            "/api/v1/openapi.json",
+            get(move |_: auth::Viewer| {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
         )
         .fallback(api::not_found)
         .with_state(state)

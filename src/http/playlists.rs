@@ -63,6 +63,7 @@ fn validate(
 }
 
 /// `POST /api/v1/playlists/{id}/check`: validation and change impact; nothing is written (editor).
+#[utoipa::path(post, path = "/api/v1/playlists/{id}/check", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), request_body(content = String, content_type = "application/json", description = "a playlist file (docs/playlist.schema.json)"), responses((status = 200, description = "valid; the change impact"), (status = 400, description = "errors with line and column"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn check(
     _: Editor,
     State(s): State<Arc<AppState>>,
@@ -76,6 +77,7 @@ pub async fn check(
 }
 
 /// `PUT /api/v1/playlists/{id}` with the playlist JSON as the body (editor role).
+#[utoipa::path(put, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), request_body(content = String, content_type = "application/json", description = "a playlist file (docs/playlist.schema.json)"), responses((status = 200, description = "written atomically; the change impact"), (status = 400, description = "errors with line and column"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn put(
     Auth(who): Editor,
     State(s): State<Arc<AppState>>,
@@ -113,6 +115,7 @@ pub async fn put(
 }
 
 /// `DELETE /api/v1/playlists/{id}` (editor role).
+#[utoipa::path(delete, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), responses((status = 200, description = "removed; the change impact"), (status = 404, description = "no such playlist"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn delete(
     Auth(who): Editor,
     State(s): State<Arc<AppState>>,

@@ -16,7 +16,7 @@ use crate::domain::segments::{Encoding, Segments, carrier_cn, segments};
 use crate::store::sms::NewMessage;
 
 /// `POST /api/v1/campaigns`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     /// Name shown in lists.
@@ -51,7 +51,7 @@ pub struct CreateRequest {
 }
 
 /// One recipient in a list.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RecipientIn {
     /// The number as written.
@@ -65,7 +65,7 @@ pub struct RecipientIn {
 }
 
 /// A local sending window, e.g. `08:00`–`21:00`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WindowSpec {
     /// Local start, `HH:MM`.
