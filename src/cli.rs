@@ -245,12 +245,24 @@ pub async fn displays(api: &ApiClient) -> anyhow::Result<String> {
             ack,
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
+    Ok(table(&rows))
+}
+
+/// Rows as left-aligned columns (the first row is the header).
+pub fn table<R: AsRef<[String]>>(rows: &[R]) -> String {
+    let cols = rows.first().map_or(0, |r| r.as_ref().len());
+    let widths: Vec<usize> = (0..cols)
+        .map(|i| {
+            rows.iter()
+                .map(|r| r.as_ref()[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
-    for r in &rows {
+    for r in rows {
         let line: Vec<String> = r
+            .as_ref()
             .iter()
             .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
@@ -258,7 +270,7 @@ pub async fn displays(api: &ApiClient) -> anyhow::Result<String> {
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
     }
-    Ok(out)
+    out
 }
 
 /// `marquee alert raise`: returns what to print.

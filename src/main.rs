@@ -186,38 +186,7 @@ enum PlaylistAction {
 #[derive(Subcommand)]
 enum CampaignAction {
     /// Import recipients and create a campaign; prints its id, cost and every rejected row.
-    Create {
-        /// Name.
-        #[arg(long)]
-        name: String,
-        /// Text (template: {{column}} from the CSV), default language.
-        #[arg(long)]
-        text: String,
-        /// English text, for recipients whose lang column is "en".
-        #[arg(long = "text-en")]
-        text_en: Option<String>,
-        /// Sender id (default: sms.sender).
-        #[arg(long)]
-        sender: Option<String>,
-        /// CSV with a number column (and optional lang and variable columns).
-        #[arg(long)]
-        recipients: Option<PathBuf>,
-        /// One recipient (repeatable), instead of --recipients.
-        #[arg(long)]
-        to: Vec<String>,
-        /// Gateway (repeatable, failover order; default: all configured).
-        #[arg(long = "gateway")]
-        gateways: Vec<String>,
-        /// "now" or a time (RFC 3339); default: a draft, started with `campaign start`.
-        #[arg(long)]
-        start: Option<String>,
-        /// Local sending window, e.g. 08:00-21:00.
-        #[arg(long = "send-window")]
-        send_window: Option<String>,
-        /// Messages per number in 24 hours at most.
-        #[arg(long = "daily-cap")]
-        daily_cap: Option<u32>,
-    },
+    Create(marquee::cli::campaign::CreateArgs),
     /// Every campaign with its counts.
     List,
     /// One campaign as JSON.
@@ -504,35 +473,7 @@ fn main() -> ExitCode {
             run_api("marquee campaign", api, |client| async move {
                 use marquee::cli::campaign as c;
                 match action {
-                    CampaignAction::Create {
-                        name,
-                        text,
-                        text_en,
-                        sender,
-                        recipients,
-                        to,
-                        gateways,
-                        start,
-                        send_window,
-                        daily_cap,
-                    } => {
-                        c::create(
-                            &client,
-                            c::CreateArgs {
-                                name,
-                                text,
-                                text_en,
-                                sender,
-                                recipients,
-                                to,
-                                gateways,
-                                start,
-                                send_window,
-                                daily_cap,
-                            },
-                        )
-                        .await
-                    }
+                    CampaignAction::Create(args) => c::create(&client, args).await,
                     CampaignAction::List => c::list(&client).await,
                     CampaignAction::Show { id } => client
                         .get(&format!("/api/v1/campaigns/{id}"))

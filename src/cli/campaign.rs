@@ -7,49 +7,41 @@ use std::time::Duration;
 use anyhow::Context;
 use serde_json::{Value, json};
 
-use super::ApiClient;
+use super::{ApiClient, table};
 
-/// What `campaign create` sends.
-#[derive(Debug, Default)]
+/// `marquee campaign create`.
+#[derive(Debug, Default, clap::Args)]
 pub struct CreateArgs {
     /// Name.
+    #[arg(long)]
     pub name: String,
-    /// Default text.
+    /// Text (template: {{column}} from the CSV), default language.
+    #[arg(long)]
     pub text: String,
-    /// English text.
+    /// English text, for recipients whose lang column is "en".
+    #[arg(long = "text-en")]
     pub text_en: Option<String>,
-    /// Sender id.
+    /// Sender id (default: sms.sender).
+    #[arg(long)]
     pub sender: Option<String>,
-    /// CSV file of recipients.
+    /// CSV with a number column (and optional lang and variable columns).
+    #[arg(long)]
     pub recipients: Option<std::path::PathBuf>,
-    /// Single numbers.
+    /// One recipient (repeatable), instead of --recipients.
+    #[arg(long)]
     pub to: Vec<String>,
-    /// Gateways in failover order.
+    /// Gateway (repeatable, failover order; default: all configured).
+    #[arg(long = "gateway")]
     pub gateways: Vec<String>,
-    /// `now` or a time.
+    /// "now" or a time (RFC 3339); default: a draft, started with `campaign start`.
+    #[arg(long)]
     pub start: Option<String>,
-    /// `08:00-21:00`.
+    /// Local sending window, e.g. 08:00-21:00.
+    #[arg(long = "send-window")]
     pub send_window: Option<String>,
-    /// Per-number cap in 24 h.
+    /// Messages per number in 24 hours at most.
+    #[arg(long = "daily-cap")]
     pub daily_cap: Option<u32>,
-}
-
-fn table(rows: &[Vec<String>]) -> String {
-    let cols = rows.first().map_or(0, Vec::len);
-    let widths: Vec<usize> = (0..cols)
-        .map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for r in rows {
-        let line: Vec<String> = r
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
-    out
 }
 
 fn rejects_text(rejects: &Value) -> String {

@@ -151,7 +151,8 @@ pub fn parse_length(s: &str) -> Result<chrono::Duration, String> {
         .ok_or_else(|| format!("bad length {s:?}: a duration like 2h or 90m, from 1m to 14days"))
 }
 
-async fn blocking<T: Send + 'static>(
+/// Runs a store call on the blocking pool; failures become 500s.
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
@@ -240,23 +241,35 @@ pub async fn plays(
     let display = q.get("display").filter(|d| !d.is_empty()).cloned();
     let store = s.store.clone();
     let rows = blocking(move || store.plays(display.as_deref(), from, until, MAX_PLAYS)).await?;
+    rows_or_csv(&headers, "plays", &rows, &PLAY_COLUMNS)
+}
+
+const PLAY_COLUMNS: [&str; 7] = [
+    "event_id", "display", "item", "playlist", "lang", "start", "end",
+];
+
+/// Rows as `{key: [...]}` JSON, or as CSV (with `columns` as header) when the request asks for
+/// `text/csv`.
+pub fn rows_or_csv<T: serde::Serialize>(
+    headers: &HeaderMap,
+    key: &str,
+    rows: &[T],
+    columns: &[&str],
+) -> Result<axum::response::Response, ApiError> {
     let wants_csv = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/csv"));
     if !wants_csv {
-        return Ok(Json(json!({ "plays": rows })).into_response());
+        return Ok(Json(json!({ key: rows })).into_response());
     }
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for r in &rows {
-        w.serialize(r)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-    }
-    if rows.is_empty() {
-        w.write_record([
-            "event_id", "display", "item", "playlist", "lang", "start", "end",
-        ])
-        .map_err(|e| ApiError::internal(e.to_string()))?;
+    let csv_err = |e: csv::Error| ApiError::internal(e.to_string());
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(false)
+        .from_writer(Vec::new());
+    w.write_record(columns).map_err(csv_err)?;
+    for r in rows {
+        w.serialize(r).map_err(csv_err)?;
     }
     let body = w
         .into_inner()

@@ -9,26 +9,18 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
+use super::api::blocking;
 use super::auth::{Approver, Auth, Operator, Principal, Viewer};
 use super::error::ApiError;
 use super::{AppState, audit};
 use crate::sms::campaign::{CreateRequest, Start, prepare};
 use crate::store::sms::{CampaignRow, NewCampaign};
-
-async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))
-}
 
 fn conflict(code: &'static str, message: String) -> ApiError {
     ApiError {
@@ -430,40 +422,25 @@ pub async fn messages(
     };
     let store = s.store.clone();
     let rows = blocking(move || store.messages(id, status.as_deref(), after, limit)).await?;
-    let wants_csv = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/csv"));
-    if !wants_csv {
-        return Ok(Json(json!({"messages": rows})).into_response());
-    }
-    let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record([
-        "id",
-        "campaign",
-        "row",
-        "recipient",
-        "text",
-        "parts",
-        "state",
-        "gateway",
-        "attempts",
-        "not_before",
-        "carrier_id",
-        "reason",
-        "submitted_at",
-        "updated_at",
-    ])
-    .map_err(|e| ApiError::internal(e.to_string()))?;
-    for r in &rows {
-        w.serialize(r)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
-    }
-    let body = w
-        .into_inner()
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(([(header::CONTENT_TYPE, "text/csv; charset=utf-8")], body).into_response())
+    super::api::rows_or_csv(&headers, "messages", &rows, &MESSAGE_COLUMNS)
 }
+
+const MESSAGE_COLUMNS: [&str; 14] = [
+    "id",
+    "campaign",
+    "row",
+    "recipient",
+    "text",
+    "parts",
+    "state",
+    "gateway",
+    "attempts",
+    "not_before",
+    "carrier_id",
+    "reason",
+    "submitted_at",
+    "updated_at",
+];
 
 fn flatten_json(v: &Value, out: &mut BTreeMap<String, String>) {
     if let Value::Object(o) = v {
@@ -603,20 +580,8 @@ pub async fn add_optouts(
             .headers()
             .map_err(|e| ApiError::bad_field("csv", e.to_string()))?
             .clone();
-        let col = headers
-            .iter()
-            .position(|h| {
-                matches!(
-                    h.to_ascii_lowercase().as_str(),
-                    "number" | "phone" | "mobile" | "to" | "msisdn"
-                )
-            })
-            .ok_or_else(|| {
-                ApiError::bad_field(
-                    "csv",
-                    "no number column (number, phone, mobile, to, msisdn)",
-                )
-            })?;
+        let col = crate::sms::campaign::number_column(&headers)
+            .ok_or_else(|| ApiError::bad_field("csv", crate::sms::campaign::NO_NUMBER_COLUMN))?;
         for (i, r) in rdr.records().enumerate() {
             let r = r.map_err(|e| ApiError::bad_field("csv", e.to_string()))?;
             rows.push((i + 1, r.get(col).unwrap_or("").to_owned()));

@@ -242,6 +242,20 @@ fn valid_sender(s: &str) -> bool {
             && s.chars().all(|c| c.is_ascii_alphanumeric() || c == ' '))
 }
 
+/// What to say when a CSV has no number column.
+pub const NO_NUMBER_COLUMN: &str =
+    "no number column: name one of number, phone, mobile, to, msisdn";
+
+/// The column holding phone numbers: `number`, `phone`, `mobile`, `to` or `msisdn`.
+pub fn number_column(headers: &csv::StringRecord) -> Option<usize> {
+    headers.iter().position(|h| {
+        matches!(
+            h.to_ascii_lowercase().as_str(),
+            "number" | "phone" | "mobile" | "to" | "msisdn"
+        )
+    })
+}
+
 /// Reads recipients from CSV, handing each row to `each` (nothing is collected).
 fn csv_recipients(src: &str, mut each: impl FnMut(usize, RecipientIn)) -> Result<(), Invalid> {
     let mut rdr = csv::ReaderBuilder::new()
@@ -252,20 +266,8 @@ fn csv_recipients(src: &str, mut each: impl FnMut(usize, RecipientIn)) -> Result
         .headers()
         .map_err(|e| invalid("recipients_csv", format!("header row: {e}")))?
         .clone();
-    let number_col = headers
-        .iter()
-        .position(|h| {
-            matches!(
-                h.to_ascii_lowercase().as_str(),
-                "number" | "phone" | "mobile" | "to" | "msisdn"
-            )
-        })
-        .ok_or_else(|| {
-            invalid(
-                "recipients_csv",
-                "no number column: name one of number, phone, mobile, to, msisdn",
-            )
-        })?;
+    let number_col =
+        number_column(&headers).ok_or_else(|| invalid("recipients_csv", NO_NUMBER_COLUMN))?;
     let lang_col = headers.iter().position(|h| h.eq_ignore_ascii_case("lang"));
     let mut rec = csv::StringRecord::new();
     let mut i = 0;

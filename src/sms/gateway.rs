@@ -103,6 +103,16 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
         .map(|s| Duration::from_secs(s.min(3600)))
 }
 
+/// Sends a request and reads the whole answer: status, `Retry-After`, body. A transport
+/// failure comes back as its [`Answer`].
+async fn exchange(req: reqwest::RequestBuilder) -> Result<(u16, Option<Duration>, String), Answer> {
+    let resp = req.send().await.map_err(|e| transport_error(&e))?;
+    let status = resp.status().as_u16();
+    let after = retry_after(&resp);
+    let body = resp.text().await.map_err(|e| transport_error(&e))?;
+    Ok((status, after, body))
+}
+
 /// The classification of an HTTP status (accepted statuses given).
 fn classify(status: u16, accepted: impl Fn(u16) -> bool) -> Submit {
     if accepted(status) {
@@ -242,15 +252,9 @@ impl Gateway {
                     }
                     self.client.get(u)
                 };
-                let resp = match req.send().await {
+                let (status, after, body) = match exchange(req).await {
                     Ok(r) => r,
-                    Err(e) => return transport_error(&e),
-                };
-                let status = resp.status().as_u16();
-                let after = retry_after(&resp);
-                let body = match resp.text().await {
-                    Ok(b) => b,
-                    Err(e) => return transport_error(&e),
+                    Err(a) => return a,
                 };
                 let body = body.trim();
                 // Kannel: "0: Accepted for delivery", "3: Queued for later delivery", or
@@ -330,15 +334,9 @@ impl Gateway {
             }
             HttpBody::Json(v) => req.json(&fill_json(v, &vars)),
         };
-        let resp = match req.send().await {
+        let (status, after, body) = match exchange(req).await {
             Ok(r) => r,
-            Err(e) => return transport_error(&e),
-        };
-        let status = resp.status().as_u16();
-        let after = retry_after(&resp);
-        let body = match resp.text().await {
-            Ok(b) => b,
-            Err(e) => return transport_error(&e),
+            Err(a) => return a,
         };
         let submit = classify(status, |s| t.accept_status.contains(&s));
         let carrier_id = match (&submit, &t.id_pointer) {

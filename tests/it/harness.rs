@@ -46,20 +46,7 @@ pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 /// Like [`eventually`] for an async check.
-pub async fn eventually_async<T, F, Fut>(what: &str, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
+pub use crate::kannel::wait_for as eventually_async;
 
 /// A temp directory laid out like a site: `marquee.toml`, `playlists/`, `data/`.
 pub struct Site {

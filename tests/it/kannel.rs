@@ -17,7 +17,7 @@ fn free_port() -> u16 {
 }
 
 /// Polls `f` until `Some`, or panics after 20 s naming `what`.
-async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
+pub async fn wait_for<T, F, Fut>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
