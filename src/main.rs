@@ -186,7 +186,7 @@ enum PlaylistAction {
 #[derive(Subcommand)]
 enum CampaignAction {
     /// Import recipients and create a campaign; prints its id, cost and every rejected row.
-    Create(marquee::cli::campaign::CreateArgs),
+    Create(Box<marquee::cli::campaign::CreateArgs>),
     /// Every campaign with its counts.
     List,
     /// One campaign as JSON.
@@ -473,7 +473,7 @@ fn main() -> ExitCode {
             run_api("marquee campaign", api, |client| async move {
                 use marquee::cli::campaign as c;
                 match action {
-                    CampaignAction::Create(args) => c::create(&client, args).await,
+                    CampaignAction::Create(args) => c::create(&client, *args).await,
                     CampaignAction::List => c::list(&client).await,
                     CampaignAction::Show { id } => client
                         .get(&format!("/api/v1/campaigns/{id}"))

@@ -42,6 +42,9 @@ pub struct CreateArgs {
     /// Messages per number in 24 hours at most.
     #[arg(long = "daily-cap")]
     pub daily_cap: Option<u32>,
+    /// Send again on a cron schedule, e.g. "0 9 * * MON-FRI" (sms.timezone); not with --start.
+    #[arg(long)]
+    pub repeat: Option<String>,
 }
 
 fn rejects_text(rejects: &Value) -> String {
@@ -103,6 +106,9 @@ pub async fn create(api: &ApiClient, a: CreateArgs) -> anyhow::Result<String> {
     }
     if let Some(c) = a.daily_cap {
         body["daily_cap"] = json!(c);
+    }
+    if let Some(r) = a.repeat {
+        body["repeat"] = json!(r);
     }
     let v = api
         .call(reqwest::Method::POST, "/api/v1/campaigns", Some(body))

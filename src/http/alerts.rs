@@ -95,6 +95,7 @@ fn sms_request(alert: &Alert, sms: &AlertSms) -> crate::sms::campaign::CreateReq
         start: Some("now".into()),
         send_window: None,
         daily_cap: None,
+        repeat: None,
     }
 }
 

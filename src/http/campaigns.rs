@@ -110,13 +110,14 @@ pub async fn create_campaign(
     let (p, name) = prepared;
     let spec = serde_json::to_value(&p.spec).map_err(|e| ApiError::internal(e.to_string()))?;
     let start_at = match p.start {
-        Start::At(t) => Some(t),
+        Start::At(t) | Start::Repeat(t) => Some(t),
         _ => None,
     };
     let wanted = match p.start {
         Start::Draft => "draft",
         Start::Now => "running",
         Start::At(_) => "scheduled",
+        Start::Repeat(_) => "recurring",
     };
     let over = s
         .cfg
@@ -224,7 +225,13 @@ pub async fn approve_and_start(
         .as_deref()
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
         .is_some_and(|t| t > now);
-    let to = if ahead { "scheduled" } else { "running" };
+    let to = if c.spec["repeat"].is_string() {
+        "recurring"
+    } else if ahead {
+        "scheduled"
+    } else {
+        "running"
+    };
     audit(
         s,
         by,
@@ -324,6 +331,7 @@ pub async fn action(
                 "draft",
                 "pending",
                 "scheduled",
+                "recurring",
                 "missed",
                 "running",
                 "paused",

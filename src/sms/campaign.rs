@@ -48,6 +48,11 @@ pub struct CreateRequest {
     /// At most this many messages per number in 24 hours (across campaigns).
     #[serde(default)]
     pub daily_cap: Option<u32>,
+    /// Send again on a cron schedule (`0 9 * * MON-FRI`, in `sms.timezone`; an optional
+    /// leading seconds field): each time, a new campaign with the same recipients and texts
+    /// (opt-outs checked at send time). Not with `start`.
+    #[serde(default)]
+    pub repeat: Option<String>,
 }
 
 /// One recipient in a list.
@@ -95,6 +100,30 @@ pub struct Spec {
     /// Other languages.
     #[serde(default)]
     pub texts: BTreeMap<String, String>,
+    /// The cron schedule of a recurring campaign.
+    #[serde(default)]
+    pub repeat: Option<String>,
+}
+
+/// Parses a campaign's cron schedule.
+pub fn parse_repeat(line: &str) -> Result<croner::Cron, String> {
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Optional)
+        .build()
+        .parse(line)
+        .map_err(|e| {
+            format!(
+                "bad cron line {line:?}: {e} (minute hour day-of-month month day-of-week, optionally seconds first)"
+            )
+        })
+}
+
+/// The first firing of `repeat` after `after`, in zone `tz`.
+pub fn next_fire(repeat: &str, tz: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    let cron = parse_repeat(repeat).ok()?;
+    cron.iter_after(after.with_timezone(&tz))
+        .next()
+        .map(|t| t.with_timezone(&Utc))
 }
 
 impl Spec {
@@ -154,6 +183,8 @@ pub enum Start {
     Now,
     /// Scheduled.
     At(DateTime<Utc>),
+    /// Recurring: the first firing.
+    Repeat(DateTime<Utc>),
 }
 
 /// A campaign ready to store.
@@ -368,26 +399,43 @@ pub fn prepare(
     if req.daily_cap == Some(0) {
         return Err(invalid("daily_cap", "at least 1"));
     }
-    let start = match req.start.as_deref() {
-        None => Start::Draft,
-        Some("now") => Start::Now,
-        Some(t) => {
-            let at = DateTime::parse_from_rfc3339(t)
-                .map_err(|_| {
-                    invalid(
-                        "start",
-                        format!("{t:?} is not \"now\" or a time like 2026-12-01T09:00:00+08:00"),
-                    )
-                })?
-                .with_timezone(&Utc);
-            if at < now - cfg.missed_start_margin {
-                return Err(invalid(
-                    "start",
-                    format!("{t} is in the past; use \"now\" to send at once"),
-                ));
-            }
-            if at <= now { Start::Now } else { Start::At(at) }
+    let start = match (req.start.as_deref(), req.repeat.as_deref()) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "repeat",
+                "give start or repeat, not both (a recurring campaign starts at each firing)",
+            ));
         }
+        (None, Some(line)) => {
+            parse_repeat(line).map_err(|e| invalid("repeat", e))?;
+            Start::Repeat(
+                next_fire(line, cfg.timezone, now)
+                    .ok_or_else(|| invalid("repeat", format!("{line:?} never fires")))?,
+            )
+        }
+        (s, None) => match s {
+            None => Start::Draft,
+            Some("now") => Start::Now,
+            Some(t) => {
+                let at = DateTime::parse_from_rfc3339(t)
+                    .map_err(|_| {
+                        invalid(
+                            "start",
+                            format!(
+                                "{t:?} is not \"now\" or a time like 2026-12-01T09:00:00+08:00"
+                            ),
+                        )
+                    })?
+                    .with_timezone(&Utc);
+                if at < now - cfg.missed_start_margin {
+                    return Err(invalid(
+                        "start",
+                        format!("{t} is in the past; use \"now\" to send at once"),
+                    ));
+                }
+                if at <= now { Start::Now } else { Start::At(at) }
+            }
+        },
     };
 
     if req.recipients_csv.is_some() && !req.recipients.is_empty() {
@@ -509,6 +557,7 @@ pub fn prepare(
             daily_cap: req.daily_cap,
             text: req.text,
             texts: req.texts,
+            repeat: req.repeat,
         },
         messages,
         rejects,
@@ -552,6 +601,7 @@ messages_per_second = 10
             start: None,
             send_window: None,
             daily_cap: None,
+            repeat: None,
         }
     }
 

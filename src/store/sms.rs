@@ -322,6 +322,52 @@ impl Store {
         campaign_of(&self.sms_conn(), id)
     }
 
+    /// A recurring campaign fires: a new campaign (`status`: running, or missed when the
+    /// daemon was down at the firing) with the template's recipients and texts, named after
+    /// the firing `label`; the template's next firing becomes `next`. Returns the new id.
+    pub fn fire_recurring(
+        &self,
+        template: i64,
+        status: &str,
+        label: &str,
+        fired_at: DateTime<Utc>,
+        next: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<i64, StoreError> {
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let now_s = ts(now);
+        tx.execute(
+            "INSERT INTO campaigns (name, status, spec, start_at, created_by, created_at,
+                                    started_at, approved_by, approved_at)
+             SELECT name || ' (' || ?3 || ')', ?2,
+                    json_set(json_remove(spec, '$.repeat'), '$.recurring', ?1),
+                    ?4, created_by, ?5, CASE WHEN ?2 = 'running' THEN ?5 END,
+                    approved_by, approved_at
+             FROM campaigns WHERE id = ?1",
+            params![template, status, label, ts(fired_at), now_s],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.execute(
+            "INSERT INTO messages (campaign, row, recipient, text, parts, state, updated_at)
+             SELECT ?2, row, recipient, text, parts, 'queued', ?3 FROM messages
+             WHERE campaign = ?1 ORDER BY id",
+            params![template, id, now_s],
+        )?;
+        match next {
+            Some(n) => tx.execute(
+                "UPDATE campaigns SET start_at = ?2 WHERE id = ?1",
+                params![template, ts(n)],
+            )?,
+            None => tx.execute(
+                "UPDATE campaigns SET status = 'done', finished_at = ?2 WHERE id = ?1",
+                params![template, now_s],
+            )?,
+        };
+        tx.commit()?;
+        Ok(id)
+    }
+
     /// The campaign an alert started, if any.
     pub fn campaign_for_alert(&self, alert: &str) -> Result<Option<CampaignRow>, StoreError> {
         let conn = self.sms_conn();

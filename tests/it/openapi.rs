@@ -18,8 +18,8 @@ async fn openapi_document_matches_the_routes_and_every_route_is_authenticated() 
     let committed: Value =
         serde_json::from_str(&std::fs::read_to_string(repo().join("docs/openapi.json")).unwrap())
             .unwrap();
-    assert_eq!(
-        generated, committed,
+    assert!(
+        generated == committed,
         "docs/openapi.json is stale: run `marquee schema openapi > docs/openapi.json`"
     );
     assert!(generated["openapi"].as_str().unwrap().starts_with("3."));

@@ -974,3 +974,71 @@ async fn two_person_rule_for_campaigns_and_one_alert_to_screens_and_phones() {
         "{c}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recurring_campaign_fires_on_its_cron_until_cancelled() {
+    let fake = Fake::start(Duration::ZERO).await;
+    let site = site();
+    site.append_config(&format!(
+        "[sms]\nsender = \"12345\"\n{}",
+        fake.gateway("alpha", 100, 2, "5s")
+    ));
+    let d = start(&site).await;
+    let token = site.admin_token();
+    let (status, e) = d
+        .send(
+            Method::POST,
+            "/api/v1/campaigns",
+            Some(&token),
+            Some(json!({"name": "bad", "text": "x", "recipients": [{"number": "13800138000"}], "repeat": "61 * * * *"})),
+        )
+        .await;
+    assert_eq!(
+        (status, e["error"]["field"].as_str()),
+        (400, Some("repeat")),
+        "{e}"
+    );
+    // Every second (a leading seconds field), to two numbers.
+    let v = create(
+        &d,
+        &token,
+        json!({"name": "weekly notice", "text": "Open Day every week", "repeat": "* * * * * *",
+               "recipients": [{"number": number(0)}, {"number": number(1)}]}),
+    )
+    .await;
+    assert_eq!(v["status"], "recurring", "{v}");
+    let id = v["id"].as_i64().unwrap();
+    let runs = eventually_async("two runs finished", || async {
+        let (_, list) = d.get("/api/v1/campaigns", Some(&token)).await;
+        let runs: Vec<Value> = list["campaigns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["spec"]["recurring"] == id && c["status"] == "done")
+            .cloned()
+            .collect();
+        (runs.len() >= 2).then_some(runs)
+    })
+    .await;
+    for r in &runs {
+        assert!(
+            r["name"].as_str().unwrap().starts_with("weekly notice ("),
+            "{r}"
+        );
+        assert_eq!(r["progress"]["total"], 2);
+    }
+    let (status, c) = post(&d, &token, id, "cancel", None).await;
+    assert_eq!(
+        (status, c["status"].as_str()),
+        (200, Some("cancelled")),
+        "{c}"
+    );
+    // Every finished run sent each number once.
+    let seen = fake.requests_for();
+    let finished = runs.len();
+    assert!(
+        seen[&number(0)] >= finished && seen[&number(1)] >= finished,
+        "{seen:?}"
+    );
+    assert_eq!(seen[&number(0)], seen[&number(1)]);
+}
