@@ -63,7 +63,8 @@ async fn agent_plays_edits_reports_and_goes_offline_when_killed() {
     let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
     let d = Daemon::start(&site).await;
     let token = site.admin_token();
-    let mut agent = AgentProc::start(&agent_config(&site, "lobby-test-1", "lobby", port), &[]);
+    // The agent-only binary (what screens run); other tests use `marquee agent`.
+    let mut agent = AgentProc::start_slim(&agent_config(&site, "lobby-test-1", "lobby", port), &[]);
 
     // It plays the lobby timeline (the hotline daytime playlist or the fallback playlist).
     agent

@@ -574,9 +574,29 @@ fn collect(reader: impl std::io::Read + Send + 'static) -> Arc<Mutex<Vec<Value>>
 }
 
 impl AgentProc {
+    /// `marquee agent`.
     pub fn start(config: &Path, extra: &[&str]) -> AgentProc {
-        let mut child = Command::new(bin())
-            .args(["--log-format", "json", "agent", "-c"])
+        AgentProc::spawn(
+            bin(),
+            &["--log-format", "json", "agent", "-c"],
+            config,
+            extra,
+        )
+    }
+
+    /// The agent-only binary, `marquee-agent`.
+    pub fn start_slim(config: &Path, extra: &[&str]) -> AgentProc {
+        AgentProc::spawn(
+            env!("CARGO_BIN_EXE_marquee-agent"),
+            &["--json", "-c"],
+            config,
+            extra,
+        )
+    }
+
+    fn spawn(bin: &str, args: &[&str], config: &Path, extra: &[&str]) -> AgentProc {
+        let mut child = Command::new(bin)
+            .args(args)
             .arg(config)
             .args(extra)
             .env("RUST_LOG", "info")

@@ -34,6 +34,34 @@ fn shipped_unit_passes_systemd_analyze_verify() {
     );
 }
 
+#[test]
+fn shipped_agent_unit_runs_the_agent_binary_and_passes_verify() {
+    let unit = std::fs::read_to_string(repo().join("systemd/marquee-agent.service")).unwrap();
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/marquee-agent ") && unit.contains("Restart=always")
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("marquee-agent.service");
+    std::fs::write(
+        &path,
+        unit.replace(
+            "/usr/local/bin/marquee-agent",
+            env!("CARGO_BIN_EXE_marquee-agent"),
+        ),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .expect("systemd-analyze is missing: run scripts/test, which installs it");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && err.trim().is_empty(),
+        "systemd-analyze verify:\n{err}"
+    );
+}
+
 #[tokio::test]
 async fn notifies_ready_pings_the_watchdog_and_says_stopping() {
     let site = Site::new(&format!("listen = \"127.0.0.1:{}\"", free_port()), "");
