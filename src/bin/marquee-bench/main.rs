@@ -705,10 +705,10 @@ async fn footprint(runs: usize) -> anyhow::Result<()> {
         machine()
     );
     println!(
-        "run | start→READY ms (first start: keys generated) | restart→READY ms | daemon RSS idle MB | agent RSS MB"
+        "run | start→READY ms (first start: keys generated) | restart→READY ms | daemon RSS idle MB | marquee-agent RSS MB | `marquee agent` RSS MB"
     );
-    let (mut first, mut again, mut drss, mut arss) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut first, mut again, mut drss, mut arss, mut frss) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for run in 1..=runs {
         let scratch = Scratch::new()?;
         let dir = &scratch.0;
@@ -730,7 +730,23 @@ async fn footprint(runs: usize) -> anyhow::Result<()> {
                 dir.join("agent-cache").display().to_string()
             ),
         )?;
+        let slim = std::env::current_exe()?.with_file_name("marquee-agent");
+        if !slim.exists() {
+            bail!("{} is missing: run `cargo build --release --bins` first", slim.display());
+        }
         let agent = Proc(
+            Command::new(&slim)
+                .arg("-c")
+                .arg(&agent_cfg)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()?,
+        );
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let (dr, ar) = (rss_kb(d.proc.0.id()), rss_kb(agent.0.id()));
+        drop(agent);
+        // The same agent run as a subcommand of the full binary, for comparison.
+        let full = Proc(
             Command::new(std::env::current_exe()?.with_file_name("marquee"))
                 .args(["agent", "-c"])
                 .arg(&agent_cfg)
@@ -739,25 +755,28 @@ async fn footprint(runs: usize) -> anyhow::Result<()> {
                 .spawn()?,
         );
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let (dr, ar) = (rss_kb(d.proc.0.id()), rss_kb(agent.0.id()));
+        let fr = rss_kb(full.0.id());
         println!(
-            "{run} | {:.1} | {:.1} | {:.1} | {:.1}",
+            "{run} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1}",
             f.as_secs_f64() * 1000.0,
             r.as_secs_f64() * 1000.0,
             dr as f64 / 1024.0,
-            ar as f64 / 1024.0
+            ar as f64 / 1024.0,
+            fr as f64 / 1024.0
         );
+        frss.push(fr as f64 / 1024.0);
         first.push(f.as_secs_f64() * 1000.0);
         again.push(r.as_secs_f64() * 1000.0);
         drss.push(dr as f64 / 1024.0);
         arss.push(ar as f64 / 1024.0);
     }
     println!(
-        "median: first start→READY {:.1} ms, restart→READY {:.1} ms (target < 200) | daemon RSS {:.1} MB (target < 20) | agent RSS {:.1} MB (target < 10)",
+        "median: first start→READY {:.1} ms, restart→READY {:.1} ms (target < 200) | daemon RSS {:.1} MB (target < 20) | marquee-agent RSS {:.1} MB (target < 10); `marquee agent` {:.1} MB",
         median(first),
         median(again),
         median(drss),
-        median(arss)
+        median(arss),
+        median(frss)
     );
     Ok(())
 }
