@@ -158,7 +158,7 @@ impl Preview {
                 share.join(", ")
             );
             let mut seen = std::collections::BTreeSet::new();
-            for item in &s.items {
+            for item in s.items.iter() {
                 if !seen.insert((&item.playlist, &item.id)) {
                     continue;
                 }

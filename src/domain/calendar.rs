@@ -37,11 +37,40 @@ pub fn local_to_utc(tz: Tz, naive: NaiveDateTime) -> DateTime<Utc> {
 /// The windows in which `playlist` is active within `[from, until)`: sorted, merged where they
 /// overlap or touch, and clipped to the range.
 pub fn active_windows(playlist: &Playlist, from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<Span> {
+    let mut memo = playlist.windows.0.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((a, b, spans)) = &*memo
+        && (*a, *b) == (from, until)
+    {
+        return spans.clone();
+    }
     let mut raw = Vec::new();
     for w in &playlist.schedule {
         entry_windows(w, playlist.timezone, from, until, &mut raw);
     }
-    merge(raw, from, until)
+    let spans = merge(raw, from, until);
+    *memo = Some((from, until, spans.clone()));
+    spans
+}
+
+/// A playlist's last computed windows with the range they were computed for. Resolving every
+/// channel over the same horizon then walks each playlist's cron lines once, not once per
+/// channel it targets. Not part of the playlist's identity: a clone starts empty.
+#[derive(Default)]
+pub struct WindowMemo(std::sync::Mutex<Option<Memo>>);
+
+/// The range asked for and the windows found in it.
+type Memo = (DateTime<Utc>, DateTime<Utc>, Vec<Span>);
+
+impl Clone for WindowMemo {
+    fn clone(&self) -> Self {
+        WindowMemo::default()
+    }
+}
+
+impl std::fmt::Debug for WindowMemo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WindowMemo")
+    }
 }
 
 fn entry_windows(

@@ -207,6 +207,8 @@ pub struct Playlist {
     pub schedule: Vec<Window>,
     /// What it shows.
     pub items: Vec<PlaylistItem>,
+    /// Its last computed active windows (see [`super::calendar::WindowMemo`]).
+    pub windows: super::calendar::WindowMemo,
 }
 
 const MAX_LENGTH_DAYS: i64 = 31;
@@ -316,6 +318,7 @@ impl Playlist {
             displays: raw.targets.displays,
             schedule,
             items,
+            windows: Default::default(),
         })
     }
 }

@@ -64,8 +64,8 @@ pub struct Stretch {
     pub playlists: Vec<(String, u32)>,
     /// Active playlists of lower tiers that the winners replace.
     pub replaced: Vec<String>,
-    /// The loop.
-    pub items: Vec<Item>,
+    /// The loop (shared between stretches with the same winners).
+    pub items: std::sync::Arc<[Item]>,
 }
 
 /// Resolves `target` over `[from, until)`, with explanations.
@@ -97,39 +97,68 @@ pub fn explain(
     let mut candidates = candidates;
     candidates.sort_by(|x, y| x.0.id.cmp(&y.0.id));
     let mut cursor = vec![0usize; candidates.len()];
+    // The same winning sets recur (every weekday's dayparts): each loop is built once.
+    let mut loops: std::collections::HashMap<Vec<usize>, std::sync::Arc<[Item]>> =
+        std::collections::HashMap::new();
+    // Winners and losers as candidate indices (candidates are in id order): comparing them with
+    // the previous stretch's allocates nothing; names are built only for a new stretch.
+    let (mut winners, mut losers) = (Vec::new(), Vec::new());
+    let (mut last_winners, mut last_losers) = (Vec::new(), Vec::new());
     for pair in cuts.windows(2) {
         let (a, b) = (pair[0], pair[1]);
-        let mut active: Vec<&Playlist> = Vec::new();
+        winners.clear();
+        losers.clear();
+        let mut tier = None;
         for (k, (p, w)) in candidates.iter().enumerate() {
             while cursor[k] < w.len() && w[cursor[k]].1 <= a {
                 cursor[k] += 1;
             }
             if cursor[k] < w.len() && w[cursor[k]].0 <= a {
-                active.push(p);
+                tier = tier.max(Some(p.tier));
+                winners.push(k);
             }
         }
-        let tier = active.iter().map(|p| p.tier).max();
-        let (winners, losers): (Vec<&Playlist>, Vec<&Playlist>) =
-            active.into_iter().partition(|p| Some(p.tier) == tier);
-        let ids: Vec<(String, u32)> = winners.iter().map(|p| (p.id.clone(), p.weight)).collect();
-        let replaced: Vec<String> = losers.iter().map(|p| p.id.clone()).collect();
+        winners.retain(|&k| {
+            let win = Some(candidates[k].0.tier) == tier;
+            if !win {
+                losers.push(k);
+            }
+            win
+        });
         match out.last_mut() {
             Some(last)
                 if last.until == a
                     && last.tier == tier
-                    && last.playlists == ids
-                    && last.replaced == replaced =>
+                    && last_winners == winners
+                    && last_losers == losers =>
             {
                 last.until = b;
             }
-            _ => out.push(Stretch {
-                from: a,
-                until: b,
-                tier,
-                items: build_loop(&winners),
-                playlists: ids,
-                replaced,
-            }),
+            _ => {
+                let ids: Vec<(String, u32)> = winners
+                    .iter()
+                    .map(|&k| (candidates[k].0.id.clone(), candidates[k].0.weight))
+                    .collect();
+                let replaced: Vec<String> =
+                    losers.iter().map(|&k| candidates[k].0.id.clone()).collect();
+                let items = loops
+                    .entry(winners.clone())
+                    .or_insert_with(|| {
+                        let ps: Vec<&Playlist> = winners.iter().map(|&k| candidates[k].0).collect();
+                        build_loop(&ps).into()
+                    })
+                    .clone();
+                out.push(Stretch {
+                    from: a,
+                    until: b,
+                    tier,
+                    items,
+                    playlists: ids,
+                    replaced,
+                });
+                last_winners.clone_from(&winners);
+                last_losers.clone_from(&losers);
+            }
         }
     }
     out

@@ -73,7 +73,7 @@ pub struct Segment {
     /// The playlists sharing the stretch (all of the winning tier), by id.
     pub playlists: Vec<String>,
     /// The loop, in order; airtime is shared between playlists by weight.
-    pub items: Vec<Item>,
+    pub items: std::sync::Arc<[Item]>,
 }
 
 /// A channel's or display's schedule over `[from, until)`.

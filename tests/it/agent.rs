@@ -185,11 +185,13 @@ async fn agent_refuses_forged_replayed_and_rolled_back_payloads() {
     let forged_body = {
         let (_, mut tl) = v1.timeline(&key);
         for s in &mut tl.segments {
-            for i in &mut s.items {
+            let mut items = s.items.to_vec();
+            for i in &mut items {
                 let text = std::sync::Arc::make_mut(&mut i.text);
                 text.insert("en".into(), "FORGED".into());
                 text.insert("zh".into(), "FORGED".into());
             }
+            s.items = items.into();
         }
         marquee::wire::SignedBody {
             topic: LOBBY.into(),

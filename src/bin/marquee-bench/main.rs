@@ -732,7 +732,10 @@ async fn footprint(runs: usize) -> anyhow::Result<()> {
         )?;
         let slim = std::env::current_exe()?.with_file_name("marquee-agent");
         if !slim.exists() {
-            bail!("{} is missing: run `cargo build --release --bins` first", slim.display());
+            bail!(
+                "{} is missing: run `cargo build --release --bins` first",
+                slim.display()
+            );
         }
         let agent = Proc(
             Command::new(&slim)
