@@ -8,7 +8,7 @@ use serde_json::Value;
 use crate::harness::*;
 
 #[tokio::test]
-async fn openapi_document_matches_the_routes_and_every_route_is_authenticated() {
+async fn openapi_document_matches_the_routes_and_every_route_checks_token_and_role() {
     let out = Command::new(bin())
         .args(["schema", "openapi"])
         .output()
@@ -25,7 +25,11 @@ async fn openapi_document_matches_the_routes_and_every_route_is_authenticated() 
     assert!(generated["openapi"].as_str().unwrap().starts_with("3."));
 
     let site = Site::new(&format!("listen = \"127.0.0.1:{}\"", free_port()), "");
-    let d = Daemon::start(&site).await;
+    site.append_config(
+        "[[auth.tokens]]\nname = \"reader\"\nrole = \"viewer\"\ntoken_env = \"T_VIEWER\"\n",
+    );
+    const VIEWER: &str = "viewer-token-0123456789";
+    let d = Daemon::start_with_env(&site, &[("T_VIEWER", VIEWER)]).await;
     let token = site.admin_token();
     let (status, served) = d.get("/api/v1/openapi.json", Some(&token)).await;
     assert_eq!((status, &served), (200, &generated));
@@ -44,13 +48,18 @@ async fn openapi_document_matches_the_routes_and_every_route_is_authenticated() 
             .replace("{number}", "13800138000");
         for method in ops.as_object().unwrap().keys() {
             let m: reqwest::Method = method.to_uppercase().parse().unwrap();
-            let resp = client
-                .request(m.clone(), format!("{}{concrete}", d.http))
-                .send()
-                .await
-                .unwrap();
-            let status = resp.status().as_u16();
-            let body: Value = resp.json().await.unwrap_or_default();
+            let call = |token: Option<&'static str>| {
+                let mut req = client.request(m.clone(), format!("{}{concrete}", d.http));
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                async move {
+                    let resp = req.send().await.unwrap();
+                    let status = resp.status().as_u16();
+                    (status, resp.json::<Value>().await.unwrap_or_default())
+                }
+            };
+            let (status, body) = call(None).await;
             assert_ne!(
                 body["error"]["message"], "no such route",
                 "{method} {path} is documented but not routed"
@@ -59,6 +68,18 @@ async fn openapi_document_matches_the_routes_and_every_route_is_authenticated() 
             let open = path == "/healthz" || path.starts_with("/api/v1/sms/dlr/");
             if !open {
                 assert_eq!(status, 401, "{method} {path} answered an anonymous caller");
+                let (status, _) = call(Some("wrong-token-0123456789")).await;
+                assert_eq!(status, 401, "{method} {path} accepted a wrong token");
+                // Every write needs more than the viewer role (and so does the audit log).
+                let (status, _) = call(Some(VIEWER)).await;
+                if method != "get" || path == "/api/v1/audit" {
+                    assert_eq!(status, 403, "{method} {path} let a viewer through");
+                } else {
+                    assert!(
+                        status != 401 && status != 403,
+                        "{method} {path} refused a viewer"
+                    );
+                }
             }
             // Every documented operation says how it is secured (or that it is open).
             assert_eq!(
