@@ -92,6 +92,8 @@ struct RawCap {
     default_scope: String,
     policy: Vec<crate::domain::cap::PolicyRule>,
     areas: Vec<crate::domain::cap::AreaRule>,
+    feed_url: Option<String>,
+    feed_interval: String,
 }
 
 impl Default for RawCap {
@@ -101,6 +103,8 @@ impl Default for RawCap {
             default_scope: "all".into(),
             policy: Vec::new(),
             areas: Vec::new(),
+            feed_url: None,
+            feed_interval: "30s".into(),
         }
     }
 }
@@ -321,6 +325,8 @@ pub struct Config {
     pub tokens: Vec<TokenConfig>,
     /// How CAP 1.2 alerts are applied.
     pub cap: crate::domain::cap::CapRules,
+    /// A CAP feed polled for alerts: its URL and the interval.
+    pub cap_feed: Option<(url::Url, Duration)>,
     /// Two-person rule: alerts reaching more than this many known displays need a second
     /// person's approval (`None`: never).
     pub approve_alerts_above: Option<usize>,
@@ -571,6 +577,24 @@ impl Config {
                 });
             }
         }
+        let cap_feed = match &raw.cap.feed_url {
+            None => None,
+            Some(u) => match url::Url::parse(u) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                    let every = duration(problems, "cap.feed_interval", &raw.cap.feed_interval);
+                    if every < Duration::from_millis(100) {
+                        problems.push("cap.feed_interval: at least 100ms".into());
+                    }
+                    Some((url, every))
+                }
+                _ => {
+                    problems.push(format!(
+                        "cap.feed_url: {u:?} is not an http(s) URL of a CAP document or feed"
+                    ));
+                    None
+                }
+            },
+        };
         let cap = Config::cap(raw.cap, &schedule, problems);
         let sms = crate::sms::config::validate(
             raw.sms,
@@ -580,6 +604,7 @@ impl Config {
             problems,
         );
         Config {
+            cap_feed,
             sms,
             cap,
             approve_alerts_above: raw.approval.alerts_above,

@@ -128,6 +128,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         reports,
     });
     tracker.spawn(dispatcher.run(cancel.clone()));
+    if let Some((url, every)) = cfg.cap_feed.clone() {
+        tracing::info!(feed = %url, every = ?every, "polling the CAP feed");
+        tracker.spawn(http::cap_feed::run(
+            state.clone(),
+            url,
+            every,
+            cancel.clone(),
+        ));
+    }
     // Agents' reports go to the fleet intake; everything else to the scheduler.
     let (sched_tx, sched_rx) = mpsc::channel(1024);
     let (fleet_tx, fleet_rx) = mpsc::channel(4096);

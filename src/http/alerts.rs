@@ -428,15 +428,26 @@ pub async fn cap(
     State(s): State<Arc<AppState>>,
     body: String,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    apply_cap(&s, &who.name, &body)
+        .await
+        .map(|(status, v)| (status, Json(v)))
+}
+
+/// Applies one CAP 1.2 document (from the API or a polled feed) as `actor`.
+pub async fn apply_cap(
+    s: &AppState,
+    actor: &str,
+    body: &str,
+) -> Result<(StatusCode, Value), ApiError> {
     let doc =
-        crate::domain::cap::parse(&body).map_err(|e| ApiError::bad_field("body", e.to_string()))?;
+        crate::domain::cap::parse(body).map_err(|e| ApiError::bad_field("body", e.to_string()))?;
     let action = crate::domain::cap::decide(&doc, &s.cfg.cap, Utc::now());
     let ended = |ids: &[String]| ids.to_vec();
     match action {
         crate::domain::cap::CapAction::Ignore { reason } => {
             super::audit(
-                &s,
-                &who.name,
+                s,
+                actor,
                 "cap.ignore",
                 &doc.identifier,
                 json!({"reason": reason, "status": doc.status, "msgType": doc.msg_type}),
@@ -444,20 +455,20 @@ pub async fn cap(
             .await?;
             Ok((
                 StatusCode::OK,
-                Json(json!({"action": "ignored", "reason": reason})),
+                json!({"action": "ignored", "reason": reason}),
             ))
         }
         crate::domain::cap::CapAction::End { ids } => {
             let mut done = Vec::new();
             for id in ended(&ids) {
-                if let Ok(row) = load(&s, &id).await {
-                    clear_alert(&s, &who.name, &row).await?;
+                if let Ok(row) = load(s, &id).await {
+                    clear_alert(s, actor, &row).await?;
                     done.push(id);
                 }
             }
             Ok((
                 StatusCode::OK,
-                Json(json!({"action": "cancelled", "ended": done})),
+                json!({"action": "cancelled", "ended": done}),
             ))
         }
         crate::domain::cap::CapAction::Raise {
@@ -468,16 +479,13 @@ pub async fn cap(
             scope,
             expires_at,
         } => {
-            if load(&s, &id).await.is_ok() {
-                return Ok((
-                    StatusCode::OK,
-                    Json(json!({"action": "duplicate", "id": id})),
-                ));
+            if load(s, &id).await.is_ok() {
+                return Ok((StatusCode::OK, json!({"action": "duplicate", "id": id})));
             }
             let mut done = Vec::new();
             for old in replaces {
-                if let Ok(row) = load(&s, &old).await {
-                    clear_alert(&s, &who.name, &row).await?;
+                if let Ok(row) = load(s, &old).await {
+                    clear_alert(s, actor, &row).await?;
                     done.push(old);
                 }
             }
@@ -488,11 +496,11 @@ pub async fn cap(
                 issued_at: Utc::now(),
                 expires_at,
             };
-            let published = raise_alert(&s, &who.name, alert, &scope).await?;
+            let published = raise_alert(s, actor, alert, &scope).await?;
             let action = if done.is_empty() { "raised" } else { "updated" };
             Ok((
                 StatusCode::CREATED,
-                Json(json!({"action": action, "id": id, "ended": done, "published": published})),
+                json!({"action": action, "id": id, "ended": done, "published": published}),
             ))
         }
     }

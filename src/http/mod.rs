@@ -6,6 +6,7 @@ pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod campaigns;
+pub mod cap_feed;
 pub mod error;
 pub mod playlists;
 

@@ -106,3 +106,83 @@ async fn cap_alert_update_cancel_test_and_malformed() {
     );
     assert!(!agent.shown(|v| text_of(v).contains("test") || text_of(v).contains("rain")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polled_atom_feed_raises_updates_and_cancels() {
+    // The feed: an Atom document whose entries link to CAP documents (served from `docs`).
+    let docs: std::sync::Arc<std::sync::Mutex<Vec<String>>> =
+        std::sync::Arc::new(std::sync::Mutex::new(vec![fixture("alert.xml")]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let feed_url = format!("http://{}/feed.atom", listener.local_addr().unwrap());
+    let (d1, d2) = (docs.clone(), docs.clone());
+    let app = axum::Router::new()
+        .route(
+            "/feed.atom",
+            axum::routing::get(move || {
+                let n = d1.lock().unwrap().len();
+                let entries: String = (0..n)
+                    .map(|i| format!("<entry><id>{i}</id><link href=\"/cap/{i}.xml\"/></entry>"))
+                    .collect();
+                async move {
+                    format!("<feed xmlns=\"http://www.w3.org/2005/Atom\"><title>t</title>{entries}</feed>")
+                }
+            }),
+        )
+        .route(
+            "/cap/{file}",
+            axum::routing::get(move |axum::extract::Path(file): axum::extract::Path<String>| {
+                let i: usize = file.trim_end_matches(".xml").parse().unwrap();
+                let doc = d2.lock().unwrap()[i].clone();
+                async move { doc }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let site = Site::new(&format!("listen = \"127.0.0.1:{}\"", free_port()), "");
+    site.append_config(&format!(
+        "[cap]\nfeed_url = \"{feed_url}\"\nfeed_interval = \"200ms\"\n"
+    ));
+    let d = Daemon::start(&site).await;
+    let admin = site.admin_token();
+    let live = |list: &Value| -> Vec<String> {
+        list["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["cleared_at"].is_null())
+            .map(|a| a["text"]["en"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    eventually_async("the feed's alert raised", || async {
+        let (_, list) = d.get("/api/v1/alerts", Some(&admin)).await;
+        (live(&list).len() == 1).then_some(())
+    })
+    .await;
+    // An Update in the feed replaces it; a Cancel ends the update.
+    docs.lock().unwrap().push(fixture("update.xml"));
+    let after_update = eventually_async("the update applied", || async {
+        let (_, list) = d.get("/api/v1/alerts", Some(&admin)).await;
+        let all = list["alerts"].as_array().unwrap().len();
+        (all == 2 && live(&list).len() == 1).then_some(list)
+    })
+    .await;
+    assert_eq!(
+        after_update["alerts"].as_array().unwrap().len(),
+        2,
+        "no duplicate on re-reads"
+    );
+    docs.lock().unwrap().push(fixture("cancel.xml"));
+    eventually_async("the cancel applied", || async {
+        let (_, list) = d.get("/api/v1/alerts", Some(&admin)).await;
+        live(&list).is_empty().then_some(())
+    })
+    .await;
+    let (_, audit) = d.get("/api/v1/audit", Some(&admin)).await;
+    let by_feed = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["actor"] == "cap-feed")
+        .count();
+    assert!(by_feed >= 3, "{audit}");
+}
