@@ -498,3 +498,66 @@ pub fn validate(
         gateways,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn problems(sms: &str) -> Vec<String> {
+        match Config::parse(
+            "m.toml",
+            &format!("[schedule]\nchannels = [\"lobby\"]\n{sms}"),
+        ) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.problems,
+        }
+    }
+
+    #[test]
+    fn every_gateway_problem_is_named_with_its_place() {
+        let p = problems(
+            r#"
+[sms]
+default_region = "XX"
+[[sms.gateways]]
+name = "k"
+kind = "kannel"
+url = "ftp://x"
+[[sms.gateways]]
+name = "h"
+kind = "http"
+url = "http://x/{to}"
+body = "json"
+messages_per_second = 0
+in_flight = 0
+timeout = "soon"
+dlr_secret_env = "MARQUEE_TEST_UNSET_VARIABLE"
+[[sms.gateways]]
+name = "d"
+kind = "pigeon"
+"#,
+        );
+        let want = [
+            "m.toml: sms.default_region: \"XX\" is not an ISO 3166 region like \"CN\"",
+            "m.toml: sms.gateways[0] (k).url: \"ftp://x\" is not an http(s) URL",
+            "m.toml: sms.gateways[1] (h).json: body = \"json\" needs the JSON template in json",
+            "m.toml: sms.gateways[1] (h).dlr_secret_env: environment variable MARQUEE_TEST_UNSET_VARIABLE is not set or empty",
+            "m.toml: sms.gateways[1] (h).messages_per_second: between 0 and 100000",
+            "m.toml: sms.gateways[1] (h).in_flight: between 1 and 10000",
+            "m.toml: sms.gateways[1] (h).timeout: bad duration \"soon\" (e.g. 48h, 150ms)",
+            "m.toml: sms.gateways[2] (d).kind: \"pigeon\" is not \"kannel\", \"http\" or \"dry-run\"",
+        ];
+        for w in want {
+            assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+        }
+    }
+
+    #[test]
+    fn the_shipped_dry_run_gateway_needs_no_secret_and_names_must_be_unique() {
+        assert!(problems("[[sms.gateways]]\nname = \"d\"\nkind = \"dry-run\"\n").is_empty());
+        let p = problems(
+            "[[sms.gateways]]\nname = \"d\"\nkind = \"dry-run\"\n[[sms.gateways]]\nname = \"d\"\nkind = \"dry-run\"\n",
+        );
+        assert_eq!(p, ["m.toml: sms.gateways[1].name: \"d\" is used twice"]);
+    }
+}
