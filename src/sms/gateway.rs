@@ -83,13 +83,26 @@ fn truncate(s: &str, max: usize) -> String {
     }
 }
 
-fn transport_error(e: &reqwest::Error) -> Answer {
+/// A request that got no answer. The URL is left out of the reason: it carries the gateway's
+/// credentials and the report secret, and reasons are shown to every viewer.
+fn transport_error(e: reqwest::Error) -> Answer {
     let submit = if e.is_connect() {
         Submit::Transient
     } else {
         Submit::Lost
     };
-    Answer::new(submit, Some(format!("gateway request failed: {e}")))
+    let what = if e.is_timeout() {
+        "no answer in time"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else {
+        "connection failed"
+    };
+    let detail = truncate(&e.without_url().to_string(), 300);
+    Answer::new(
+        submit,
+        Some(format!("gateway request failed ({what}): {detail}")),
+    )
 }
 
 fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
@@ -106,10 +119,10 @@ fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
 /// Sends a request and reads the whole answer: status, `Retry-After`, body. A transport
 /// failure comes back as its [`Answer`].
 async fn exchange(req: reqwest::RequestBuilder) -> Result<(u16, Option<Duration>, String), Answer> {
-    let resp = req.send().await.map_err(|e| transport_error(&e))?;
+    let resp = req.send().await.map_err(transport_error)?;
     let status = resp.status().as_u16();
     let after = retry_after(&resp);
-    let body = resp.text().await.map_err(|e| transport_error(&e))?;
+    let body = resp.text().await.map_err(transport_error)?;
     Ok((status, after, body))
 }
 
@@ -410,6 +423,12 @@ dlr_secret_file = {:?}
             })
             .await;
         assert_eq!(a.submit, Submit::Transient, "{a:?}");
+        let reason = a.reason.unwrap();
+        assert!(reason.contains("cannot connect"), "{reason}");
+        assert!(
+            !reason.contains("127.0.0.1"),
+            "the URL (and its secrets) must not leak: {reason}"
+        );
     }
 
     #[test]

@@ -102,6 +102,9 @@ enum Scenario {
         /// Baseline requests.
         #[arg(long, default_value_t = 20_000)]
         baseline: usize,
+        /// Kannel dlr-mask for both (31: every report; 3: final ones only).
+        #[arg(long, default_value_t = 31)]
+        dlr_mask: u32,
     },
     /// (internal) The minimal gateway process of `sms-fake`.
     #[command(hide = true)]
@@ -145,7 +148,8 @@ fn main() -> anyhow::Result<()> {
                 messages,
                 in_flight,
                 baseline,
-            } => sms::kannel(messages, in_flight, baseline).await,
+                dlr_mask,
+            } => sms::kannel(messages, in_flight, baseline, dlr_mask).await,
             Scenario::Gateway { port } => sms::gateway(port).await,
             Scenario::Resolver {
                 playlists,

@@ -43,7 +43,13 @@ pub async fn gateway(port: u16) -> anyhow::Result<()> {
 
 /// The baseline: `n` sendsms GETs with `concurrency` keep-alive connections, the same query as
 /// Marquee's Kannel driver. Returns requests per second.
-async fn baseline(url: &str, n: usize, concurrency: usize, dlr_url: &str) -> anyhow::Result<f64> {
+async fn baseline(
+    url: &str,
+    n: usize,
+    concurrency: usize,
+    dlr_url: &str,
+    dlr_mask: u32,
+) -> anyhow::Result<f64> {
     let client = marquee::http_client()
         .pool_max_idle_per_host(concurrency)
         .build()?;
@@ -74,7 +80,7 @@ async fn baseline(url: &str, n: usize, concurrency: usize, dlr_url: &str) -> any
                     .append_pair("text", &text)
                     .append_pair("charset", "UTF-8")
                     .append_pair("coding", "0")
-                    .append_pair("dlr-mask", "31")
+                    .append_pair("dlr-mask", &dlr_mask.to_string())
                     .append_pair("dlr-url", &dlr);
                 let resp = client
                     .get(u)
@@ -124,7 +130,7 @@ fn start_daemon(dir: &Path, gateway_section: &str) -> anyhow::Result<Daemon> {
     })
 }
 
-fn gateway_section(url: &str, in_flight: usize) -> String {
+fn gateway_section(url: &str, in_flight: usize, dlr_mask: u32) -> String {
     format!(
         r#"
 [sms]
@@ -138,6 +144,7 @@ password_env = "BENCH_GATEWAY_PASSWORD"
 messages_per_second = 100000
 segments_per_second = 1000000
 in_flight = {in_flight}
+dlr_mask = {dlr_mask}
 timeout = "30s"
 dlr_secret_env = "BENCH_DLR_SECRET"
 "#,
@@ -271,12 +278,12 @@ pub async fn fake(n: usize, in_flight: usize, baseline_n: usize) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let d = start_daemon(&scratch.0, &gateway_section(&url, in_flight))?;
+    let d = start_daemon(&scratch.0, &gateway_section(&url, in_flight, 31))?;
     let dlr = format!(
         "{}/api/v1/sms/dlr/bench?secret={DLR_SECRET}&id=0&type=%d",
         d.http
     );
-    let base = baseline(&url, baseline_n, in_flight, &dlr).await?;
+    let base = baseline(&url, baseline_n, in_flight, &dlr, 31).await?;
     println!(
         "baseline: plain HTTP client, {baseline_n} requests, {in_flight} connections: {base:.0} req/s"
     );
@@ -311,16 +318,24 @@ pub async fn fake(n: usize, in_flight: usize, baseline_n: usize) -> anyhow::Resu
 }
 
 /// `marquee-bench sms-kannel`.
-pub async fn kannel(n: usize, in_flight: usize, baseline_n: usize) -> anyhow::Result<()> {
+pub async fn kannel(
+    n: usize,
+    in_flight: usize,
+    baseline_n: usize,
+    dlr_mask: u32,
+) -> anyhow::Result<()> {
     println!(
-        "# sms-kannel: {n} recipients through Kannel (bearerbox + smsbox + fakesmsc, dlr-mask 31), in-flight {in_flight}, {}",
+        "# sms-kannel: {n} recipients through Kannel (bearerbox + smsbox + fakesmsc, dlr-mask {dlr_mask} for both), in-flight {in_flight}, {}",
         machine()
     );
     let scratch = Scratch::new()?;
     let kdir = scratch.0.join("kannel");
     std::fs::create_dir_all(&kdir)?;
     let k = crate::kannel::Kannel::start(&kdir).await;
-    let d = start_daemon(&scratch.0, &gateway_section(&k.sendsms, in_flight))?;
+    let d = start_daemon(
+        &scratch.0,
+        &gateway_section(&k.sendsms, in_flight, dlr_mask),
+    )?;
     let dlr = format!(
         "{}/api/v1/sms/dlr/bench?secret={DLR_SECRET}&id=0&type=%d",
         d.http
@@ -353,7 +368,7 @@ pub async fn kannel(n: usize, in_flight: usize, baseline_n: usize) -> anyhow::Re
     // Both rates are measured the same way: until fakesmsc has every message (Kannel answers
     // 202 once bearerbox has queued a message, before it reaches the SMSC).
     let t0 = Instant::now();
-    let accepted = baseline(&k.sendsms, baseline_n, in_flight, &dlr).await?;
+    let accepted = baseline(&k.sendsms, baseline_n, in_flight, &dlr, dlr_mask).await?;
     follow(d.pid, baseline_n, Duration::from_secs(600), || async {
         received(&k, "baseline")
     })
@@ -364,11 +379,19 @@ pub async fn kannel(n: usize, in_flight: usize, baseline_n: usize) -> anyhow::Re
     );
     let (id, import) = campaign(&d, n).await?;
     println!("import: {n} recipients written in {import:.1} s");
-    let (sustained, total, rss_min, rss_max) =
-        follow(d.pid, n, Duration::from_secs(1800), || async {
-            received(&k, "campaign")
-        })
-        .await?;
+    let followed = follow(d.pid, n, Duration::from_secs(300), || async {
+        received(&k, "campaign")
+    })
+    .await;
+    let (sustained, total, rss_min, rss_max) = match followed {
+        Ok(f) => f,
+        Err(e) => {
+            // Kannel may leave a request unanswered: Marquee then marks it `unknown` after the
+            // gateway timeout and does not resend it. Say so instead of waiting forever.
+            let c = get_json(&d, &format!("/api/v1/campaigns/{id}")).await?;
+            bail!("{e}; campaign counts {}", c["counts"]);
+        }
+    };
     let c = wait_done(&d, id).await?;
     println!(
         "marquee: {n} messages at fakesmsc in {total:.1} s: {:.0} msg/s overall, {sustained:.0} msg/s 10–90 %; ratio to baseline (overall) {:.2}; daemon RSS {rss_min:.0}–{rss_max:.0} MB",
