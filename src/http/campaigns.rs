@@ -73,12 +73,16 @@ pub async fn create(
     Ok((code, Json(v)))
 }
 
-/// Whether a campaign of `recipients` needs a second person's approval, given who asks.
-fn needs_approval(s: &AppState, who: &Principal, recipients: usize) -> bool {
+/// Whether `recipients` is above the two-person rule's limit.
+fn over_limit(s: &AppState, recipients: usize) -> bool {
     s.cfg
         .approve_campaigns_above
         .is_some_and(|limit| recipients > limit)
-        && !who.emergency
+}
+
+/// Whether a campaign of `recipients` needs a second person's approval, given who asks.
+fn needs_approval(s: &AppState, who: &Principal, recipients: usize) -> bool {
+    over_limit(s, recipients) && !who.emergency
 }
 
 /// Validates, imports and stores a campaign; starts it (or leaves it pending approval).
@@ -119,10 +123,7 @@ pub async fn create_campaign(
         Start::At(_) => "scheduled",
         Start::Repeat(_) => "recurring",
     };
-    let over = s
-        .cfg
-        .approve_campaigns_above
-        .is_some_and(|limit| p.estimate.recipients > limit);
+    let over = over_limit(s, p.estimate.recipients);
     let status = if wanted != "draft"
         && (alert.is_some_and(|(_, pending)| pending)
             || needs_approval(s, who, p.estimate.recipients))

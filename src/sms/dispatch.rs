@@ -35,6 +35,8 @@ const MAX_ATTEMPTS: i64 = 8;
 const MAX_BACKOFF: Duration = Duration::from_secs(120);
 /// Most messages claimed in one transaction.
 const MAX_BATCH: usize = 512;
+/// How often scheduled and recurring campaigns are checked for their start.
+const DUE_EVERY: Duration = Duration::from_millis(200);
 /// How often the dispatcher looks at the store when nothing wakes it.
 const IDLE: Duration = Duration::from_millis(500);
 
@@ -164,8 +166,9 @@ impl Dispatcher {
             ),
             Err(e) => tracing::error!(error = %e, "SMS recovery failed"),
         }
+        let mut due_checked = None;
         loop {
-            let wait = match self.round(&inflight, &record_tx).await {
+            let wait = match self.round(&inflight, &record_tx, &mut due_checked).await {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::error!(error = %e, "SMS dispatch round failed");
@@ -194,9 +197,14 @@ impl Dispatcher {
         &self,
         inflight: &TaskTracker,
         record_tx: &Recorder,
+        due_checked: &mut Option<Instant>,
     ) -> anyhow::Result<Option<Duration>> {
         let now = Utc::now();
-        self.start_due(now).await?;
+        // Scheduled and recurring starts have second resolution: not looked for on every batch.
+        if due_checked.is_none_or(|t: Instant| t.elapsed() >= DUE_EVERY) {
+            self.start_due(now).await?;
+            *due_checked = Some(Instant::now());
+        }
         let running = self.blocking(|s| s.campaigns_in("running")).await?;
         let mut wait = IDLE;
         let mut sent = false;

@@ -132,15 +132,6 @@ pub struct Claimed {
     pub attempts: i64,
 }
 
-/// What [`Store::claim`] found.
-#[derive(Debug, Clone)]
-pub enum Claim {
-    /// Send this.
-    Send(Claimed),
-    /// Nothing is due now.
-    Idle,
-}
-
 /// A delivery report to store.
 #[derive(Debug, Clone)]
 pub struct ReportIn {
@@ -487,29 +478,11 @@ impl Store {
         Ok(n)
     }
 
-    /// Claims the next due message of `campaign` for `gateway`: `queued → submitting`, committed
-    /// before this returns. Nothing is claimed unless the campaign is `running` (so a pause or
-    /// cancel holds from the moment it is committed). Opted-out numbers are cancelled on the way; numbers over the daily
-    /// cap wait (`not_before`).
-    pub fn claim(
-        &self,
-        campaign: i64,
-        gateway: &str,
-        daily_cap: Option<u32>,
-        now: DateTime<Utc>,
-    ) -> Result<Claim, StoreError> {
-        Ok(
-            match self
-                .claim_batch(campaign, gateway, daily_cap, now, 1)?
-                .pop()
-            {
-                Some(m) => Claim::Send(m),
-                None => Claim::Idle,
-            },
-        )
-    }
-
-    /// Claims up to `max` due messages in one transaction (one disk sync for the batch).
+    /// Claims up to `max` due messages of `campaign` for `gateway` in one transaction (one disk
+    /// sync for the batch): `queued → submitting`, committed before this returns. Nothing is
+    /// claimed unless the campaign is `running`, so a pause or cancel holds from the moment it
+    /// is committed. Opted-out numbers are cancelled on the way; numbers over the daily cap wait
+    /// (`not_before`).
     pub fn claim_batch(
         &self,
         campaign: i64,
@@ -921,10 +894,7 @@ mod tests {
     }
 
     fn claim(store: &Store, c: i64) -> Option<Claimed> {
-        match store.claim(c, "gw", None, now()).unwrap() {
-            Claim::Send(m) => Some(m),
-            Claim::Idle => None,
-        }
+        store.claim_batch(c, "gw", None, now(), 1).unwrap().pop()
     }
 
     #[test]
@@ -1002,14 +972,16 @@ mod tests {
         let store = Store::memory().unwrap();
         let a = campaign(&store, 1);
         let b = campaign(&store, 1);
-        assert!(matches!(
-            store.claim(a, "gw", Some(1), now()).unwrap(),
-            Claim::Send(_)
-        ));
-        assert!(matches!(
-            store.claim(b, "gw", Some(1), now()).unwrap(),
-            Claim::Idle
-        ));
+        assert_eq!(
+            store.claim_batch(a, "gw", Some(1), now(), 1).unwrap().len(),
+            1
+        );
+        assert!(
+            store
+                .claim_batch(b, "gw", Some(1), now(), 1)
+                .unwrap()
+                .is_empty()
+        );
         let held = store.messages(b, Some("queued"), 0, 1).unwrap();
         assert_eq!(
             held[0].not_before.as_deref(),
