@@ -386,7 +386,8 @@ pub struct ScheduleConfig {
     pub playlists_dir: PathBuf,
     /// How far ahead timelines reach.
     pub horizon: chrono::Duration,
-    /// Quiet time after a file change before reloading.
+    /// Quiet time before reloading while a file is still being written (a closed or renamed
+    /// file only waits for the scheduler's short settle).
     pub debounce: Duration,
     /// Watch the playlists directory (otherwise reload on SIGHUP only).
     pub watch: bool,

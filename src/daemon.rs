@@ -6,6 +6,7 @@
 //! they drain within a grace period.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use crate::http::{self, AppState, auth::Tokens};
 use crate::keys;
 use crate::metrics::Metrics;
 use crate::mqtt::{self, ClientOptions, MqttEvent};
-use crate::scheduler::Scheduler;
+use crate::scheduler::{Reload, Scheduler};
 use crate::store::Store;
 use crate::wire::Topic;
 use crate::wire::agent::DaemonStatus;
@@ -115,7 +116,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         sms_waker.clone(),
         http_addr,
     )?;
-    let (reload_tx, reload_rx) = mpsc::channel(1);
+    let (reload_tx, reload_rx) = mpsc::channel(64);
     let state = Arc::new(AppState {
         cfg: cfg.clone(),
         catalog,
@@ -205,7 +206,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading playlists");
-                let _ = reload_tx.try_send(());
+                let _ = reload_tx.try_send(Reload::Complete);
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
@@ -301,13 +302,20 @@ async fn start_embedded(
     anyhow::bail!("this build has no embedded broker: set mqtt.embedded = false and mqtt.url")
 }
 
-/// Watches the playlists directory; every change pokes `reload` (the scheduler debounces).
-fn watch_playlists(cfg: &Config, reload: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+/// Watches the playlists directory; every change pokes `reload` with whether a file is still
+/// being written (the scheduler waits for quiet accordingly).
+fn watch_playlists(
+    cfg: &Config,
+    reload: mpsc::Sender<Reload>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
     let dir = cfg.schedule.playlists_dir.clone();
+    let mut writes = Writes::default();
     let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok_and(|e| !e.kind.is_access()) {
-            let _ = reload.try_send(());
+        if let Ok(e) = ev
+            && let Some(hint) = writes.note(&e)
+        {
+            let _ = reload.try_send(hint);
         }
     }) {
         Ok(w) => w,
@@ -321,4 +329,104 @@ fn watch_playlists(cfg: &Config, reload: mpsc::Sender<()>) -> Option<notify::Rec
         return None;
     }
     Some(watcher)
+}
+
+/// The files in the playlists directory that were created or written to and not yet closed.
+/// A file closed after writing, renamed into place or removed is complete; a file only ever
+/// written (a platform that reports no close, a writer that keeps it open) keeps the full
+/// debounce.
+#[derive(Default)]
+struct Writes {
+    open: std::collections::HashSet<PathBuf>,
+}
+
+impl Writes {
+    /// Takes one watch event; says what it asks of the scheduler (nothing for reads and opens).
+    fn note(&mut self, e: &notify::Event) -> Option<Reload> {
+        use notify::EventKind;
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind};
+        match e.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => {
+                for p in &e.paths {
+                    self.open.remove(p);
+                }
+            }
+            EventKind::Access(_) => return None,
+            EventKind::Create(CreateKind::Folder) => {}
+            EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_) | ModifyKind::Any) => {
+                self.open.extend(e.paths.iter().cloned());
+            }
+            EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => {
+                for p in &e.paths {
+                    self.open.remove(p);
+                }
+            }
+            _ => {}
+        }
+        Some(if self.open.is_empty() {
+            Reload::Complete
+        } else {
+            Reload::Writing
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{
+        AccessKind, AccessMode, CreateKind, DataChange, EventKind, ModifyKind, RenameMode,
+    };
+
+    fn ev(kind: EventKind, paths: &[&str]) -> notify::Event {
+        paths.iter().fold(notify::Event::new(kind), |e, p| {
+            e.add_path(PathBuf::from(p))
+        })
+    }
+
+    #[test]
+    fn a_file_is_complete_when_closed_renamed_or_removed() {
+        let mut w = Writes::default();
+        let create = EventKind::Create(CreateKind::File);
+        let write = EventKind::Modify(ModifyKind::Data(DataChange::Any));
+        let close = EventKind::Access(AccessKind::Close(AccessMode::Write));
+        // In place: created, written, closed.
+        assert_eq!(w.note(&ev(create, &["/p/a.json"])), Some(Reload::Writing));
+        assert_eq!(w.note(&ev(write, &["/p/a.json"])), Some(Reload::Writing));
+        assert_eq!(
+            w.note(&ev(
+                EventKind::Access(AccessKind::Open(notify::event::AccessMode::Any)),
+                &["/p/a.json"]
+            )),
+            None
+        );
+        assert_eq!(w.note(&ev(close, &["/p/a.json"])), Some(Reload::Complete));
+        // Two writers: one closing leaves the other in progress.
+        w.note(&ev(write, &["/p/a.json"]));
+        w.note(&ev(write, &["/p/b.json"]));
+        assert_eq!(w.note(&ev(close, &["/p/a.json"])), Some(Reload::Writing));
+        assert_eq!(w.note(&ev(close, &["/p/b.json"])), Some(Reload::Complete));
+        // Atomic save: a temporary file written, then renamed over the playlist.
+        w.note(&ev(create, &["/p/.a.json.tmp"]));
+        assert_eq!(
+            w.note(&ev(
+                EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+                &["/p/.a.json.tmp", "/p/a.json"]
+            )),
+            Some(Reload::Complete)
+        );
+        // Removed while written; a new directory is nothing to wait for.
+        w.note(&ev(write, &["/p/c.json"]));
+        assert_eq!(
+            w.note(&ev(
+                EventKind::Remove(notify::event::RemoveKind::File),
+                &["/p/c.json"]
+            )),
+            Some(Reload::Complete)
+        );
+        assert_eq!(
+            w.note(&ev(EventKind::Create(CreateKind::Folder), &["/p/sub"])),
+            Some(Reload::Complete)
+        );
+    }
 }

@@ -48,6 +48,22 @@ pub struct PublishRequest {
 /// How long a payload we published counts as "ours" when it echoes back to our subscription.
 const ECHO_WINDOW: Duration = Duration::from_secs(10);
 
+/// Quiet time after a complete change (a file closed after writing or renamed into place, an
+/// API save, SIGHUP): long enough to take a multi-file checkout in one reload.
+const SETTLE: Duration = Duration::from_millis(20);
+
+/// A directory that keeps changing is reloaded after this many debounces at the latest.
+const MAX_HOLD_DEBOUNCES: u32 = 10;
+
+/// A request to reload the playlists directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reload {
+    /// Everything written so far is complete: reload after `SETTLE` of quiet.
+    Complete,
+    /// A file is still being written: reload after `schedule.debounce` of quiet.
+    Writing,
+}
+
 /// The scheduler's state. Built by [`Scheduler::new`], driven by [`Scheduler::run`].
 pub struct Scheduler {
     cfg: Arc<Config>,
@@ -432,7 +448,7 @@ impl Scheduler {
     pub async fn run(
         mut self,
         mut events: mpsc::Receiver<MqttEvent>,
-        mut reloads: mpsc::Receiver<()>,
+        mut reloads: mpsc::Receiver<Reload>,
         mut publishes: mpsc::Receiver<PublishRequest>,
         mut ready: Option<oneshot::Sender<()>>,
         watchdog: Option<Duration>,
@@ -468,9 +484,8 @@ impl Scheduler {
                     let res = self.publish_signed(&req).await;
                     let _ = req.reply.send(res);
                 }
-                Some(()) = reloads.recv() => {
-                    let quiet = self.cfg.schedule.debounce;
-                    while let Ok(Some(())) = tokio::time::timeout(quiet, reloads.recv()).await {}
+                Some(first) = reloads.recv() => {
+                    self.settle(first, &mut reloads).await;
                     self.reload();
                     if let Err(e) = tokio::task::block_in_place(|| self.persist_good()) {
                         tracing::error!(error = %format!("{e:#}"), "cannot store the live playlists");
@@ -484,6 +499,26 @@ impl Scheduler {
             }
             if watchdog.is_some() {
                 let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        }
+    }
+
+    /// Waits for the playlists directory to go quiet after `first`: `SETTLE` after a complete
+    /// change, `schedule.debounce` while a file is still being written, and never longer than
+    /// `MAX_HOLD_DEBOUNCES` debounces in all (a directory that never stops changing is still read).
+    async fn settle(&self, first: Reload, reloads: &mut mpsc::Receiver<Reload>) {
+        let debounce = self.cfg.schedule.debounce;
+        let until = tokio::time::Instant::now() + debounce * MAX_HOLD_DEBOUNCES;
+        let mut last = first;
+        loop {
+            let quiet = match last {
+                Reload::Complete => SETTLE.min(debounce),
+                Reload::Writing => debounce,
+            };
+            let wait = quiet.min(until.saturating_duration_since(tokio::time::Instant::now()));
+            match tokio::time::timeout(wait, reloads.recv()).await {
+                Ok(Some(r)) => last = r,
+                _ => return,
             }
         }
     }

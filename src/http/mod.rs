@@ -37,7 +37,7 @@ pub struct AppState {
     /// Signed retained publications (alerts) go through the scheduler.
     pub publisher: tokio::sync::mpsc::Sender<crate::scheduler::PublishRequest>,
     /// Asks the scheduler to reload the playlists directory.
-    pub reload: tokio::sync::mpsc::Sender<()>,
+    pub reload: tokio::sync::mpsc::Sender<crate::scheduler::Reload>,
     /// Wakes the SMS dispatcher after a campaign change.
     pub sms_waker: crate::sms::dispatch::Waker,
     /// Delivery reports go here to be stored (group commit).

@@ -104,7 +104,7 @@ pub async fn put(
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
         .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-    let _ = s.reload.try_send(());
+    let _ = s.reload.try_send(crate::scheduler::Reload::Complete);
     tracing::info!(id = %id, by = %who.name, "playlist written through the API");
     Ok(
         Json(
@@ -141,7 +141,7 @@ pub async fn delete(
     tokio::fs::remove_file(&path)
         .await
         .map_err(|e| ApiError::internal(format!("cannot remove {}: {e}", path.display())))?;
-    let _ = s.reload.try_send(());
+    let _ = s.reload.try_send(crate::scheduler::Reload::Complete);
     tracing::info!(id = %id, by = %who.name, "playlist deleted through the API");
     Ok(Json(json!({"id": id, "deleted": true, "impact": impact})))
 }

@@ -217,6 +217,27 @@ async fn sighup_reloads_when_watching_is_off() {
     assert_eq!(d.reload_applied(1).await, 2);
 }
 
+/// The debounce only holds back files still open for writing: a playlist written and closed, or
+/// renamed into place, goes live at once (here the debounce is an hour).
+#[tokio::test]
+async fn finished_writes_do_not_wait_for_the_debounce() {
+    let port = free_port();
+    let site = Site::new(&embedded(port), "debounce = \"1h\"");
+    let mut d = Daemon::start(&site).await;
+    let key = site.public_key();
+    let mut sub = Sub::connect(port, LOBBY).await;
+    sub.timeline(&key, LOBBY, 1).await;
+    std::fs::write(site.playlist("test-lobby"), lobby_now("written in place")).unwrap();
+    let (v, tl) = sub.timeline(&key, LOBBY, 2).await;
+    assert_eq!(v, 2);
+    assert!(shows(&tl, "written in place"));
+    site.edit("test-lobby", "written in place", "renamed into place");
+    let (v, tl) = sub.timeline(&key, LOBBY, 3).await;
+    assert_eq!(v, 3);
+    assert!(shows(&tl, "renamed into place"));
+    assert_eq!(d.reload_applied(2).await, 2);
+}
+
 #[tokio::test]
 async fn http_api_authenticates_and_previews() {
     let port = free_port();
