@@ -59,8 +59,8 @@ impl Preview {
                     "from": self.t(s.from),
                     "until": self.t(s.until),
                     "tier": s.tier,
-                    "playlists": s.playlists.iter().map(|(id, _)| id).collect::<Vec<_>>(),
-                    "weights": s.playlists.iter().map(|(_, w)| w).collect::<Vec<_>>(),
+                    "playlists": s.playlists,
+                    "weights": s.weights,
                     "replaced": s.replaced,
                     "items": s.items,
                 })
@@ -115,11 +115,12 @@ impl Preview {
                     let names: Vec<String> = s
                         .playlists
                         .iter()
+                        .zip(s.weights.iter())
                         .map(|(id, w)| {
                             if s.playlists.len() > 1 {
                                 format!("{id} (weight {w})")
                             } else {
-                                id.clone()
+                                id.to_string()
                             }
                         })
                         .collect();
@@ -139,7 +140,7 @@ impl Preview {
             let share: Vec<String> = s
                 .playlists
                 .iter()
-                .map(|(id, _)| {
+                .map(|id| {
                     let secs: u32 = s
                         .items
                         .iter()

@@ -36,7 +36,11 @@ pub fn local_to_utc(tz: Tz, naive: NaiveDateTime) -> DateTime<Utc> {
 
 /// The windows in which `playlist` is active within `[from, until)`: sorted, merged where they
 /// overlap or touch, and clipped to the range.
-pub fn active_windows(playlist: &Playlist, from: DateTime<Utc>, until: DateTime<Utc>) -> Vec<Span> {
+pub fn active_windows(
+    playlist: &Playlist,
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> std::sync::Arc<[Span]> {
     let mut memo = playlist.windows.0.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((a, b, spans)) = &*memo
         && (*a, *b) == (from, until)
@@ -47,7 +51,7 @@ pub fn active_windows(playlist: &Playlist, from: DateTime<Utc>, until: DateTime<
     for w in &playlist.schedule {
         entry_windows(w, playlist.timezone, from, until, &mut raw);
     }
-    let spans = merge(raw, from, until);
+    let spans: std::sync::Arc<[Span]> = merge(raw, from, until).into();
     *memo = Some((from, until, spans.clone()));
     spans
 }
@@ -59,7 +63,7 @@ pub fn active_windows(playlist: &Playlist, from: DateTime<Utc>, until: DateTime<
 pub struct WindowMemo(std::sync::Mutex<Option<Memo>>);
 
 /// The range asked for and the windows found in it.
-type Memo = (DateTime<Utc>, DateTime<Utc>, Vec<Span>);
+type Memo = (DateTime<Utc>, DateTime<Utc>, std::sync::Arc<[Span]>);
 
 impl Clone for WindowMemo {
     fn clone(&self) -> Self {
@@ -148,7 +152,7 @@ mod tests {
     fn windows(tz: &str, schedule: &str, from: &str, until: &str) -> Vec<(String, String)> {
         let p = playlist_with(tz, schedule);
         active_windows(&p, utc(from), utc(until))
-            .into_iter()
+            .iter()
             .map(|(a, b)| (a.to_rfc3339(), b.to_rfc3339()))
             .collect()
     }

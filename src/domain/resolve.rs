@@ -4,6 +4,9 @@
 //! alternating); playlists of the same tier share airtime by weight; stretches with nothing
 //! scheduled are kept as empty segments, so a timeline always covers its whole horizon.
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 
 use super::calendar::{Span, active_windows};
@@ -51,7 +54,8 @@ impl TargetRef<'_> {
 }
 
 /// A resolved stretch, with the reasons (for previews): which playlists won and which active
-/// playlists of lower tiers they replaced.
+/// playlists of lower tiers they replaced. The lists are shared between the stretches with the
+/// same winners, as the loop is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stretch {
     /// Start, inclusive.
@@ -60,12 +64,22 @@ pub struct Stretch {
     pub until: DateTime<Utc>,
     /// Winning tier; `None` when nothing is scheduled.
     pub tier: Option<Tier>,
-    /// Winning playlists (ids, sorted) with their weights.
-    pub playlists: Vec<(String, u32)>,
+    /// Winning playlists (ids, sorted).
+    pub playlists: Arc<[Arc<str>]>,
+    /// Their weights, in the same order.
+    pub weights: Arc<[u32]>,
     /// Active playlists of lower tiers that the winners replace.
-    pub replaced: Vec<String>,
-    /// The loop (shared between stretches with the same winners).
-    pub items: std::sync::Arc<[Item]>,
+    pub replaced: Arc<[Arc<str>]>,
+    /// The loop.
+    pub items: Arc<[Item]>,
+}
+
+/// What a set of winners shows: built once per set and shared by every stretch it wins.
+#[derive(Clone)]
+struct Won {
+    ids: Arc<[Arc<str>]>,
+    weights: Arc<[u32]>,
+    items: Arc<[Item]>,
 }
 
 /// Resolves `target` over `[from, until)`, with explanations.
@@ -75,33 +89,37 @@ pub fn explain(
     from: DateTime<Utc>,
     until: DateTime<Utc>,
 ) -> Vec<Stretch> {
-    let candidates: Vec<(&Playlist, Vec<Span>)> = playlists
+    // Candidates in id order, so every winner and loser list comes out sorted.
+    let mut candidates: Vec<(&Playlist, Arc<[Span]>)> = playlists
         .iter()
         .filter(|p| target.matches(p))
         .map(|p| (p, active_windows(p, from, until)))
         .filter(|(_, w)| !w.is_empty())
         .collect();
+    candidates.sort_by(|x, y| x.0.id.cmp(&y.0.id));
+    let ids: Vec<Arc<str>> = candidates
+        .iter()
+        .map(|(p, _)| Arc::from(p.id.as_str()))
+        .collect();
     let mut cuts: Vec<DateTime<Utc>> = vec![from, until];
     for (_, windows) in &candidates {
-        for (a, b) in windows {
+        for (a, b) in windows.iter() {
             cuts.push(*a);
             cuts.push(*b);
         }
     }
-    cuts.sort();
+    cuts.sort_unstable();
     cuts.dedup();
 
     let mut out: Vec<Stretch> = Vec::new();
-    // Candidates in id order, so the active set comes out sorted; each keeps a cursor into its
-    // (sorted, disjoint) windows that only moves forward as the cuts ascend.
-    let mut candidates = candidates;
-    candidates.sort_by(|x, y| x.0.id.cmp(&y.0.id));
+    // Each candidate keeps a cursor into its (sorted, disjoint) windows that only moves forward
+    // as the cuts ascend.
     let mut cursor = vec![0usize; candidates.len()];
-    // The same winning sets recur (every weekday's dayparts): each loop is built once.
-    let mut loops: std::collections::HashMap<Vec<usize>, std::sync::Arc<[Item]>> =
-        std::collections::HashMap::new();
-    // Winners and losers as candidate indices (candidates are in id order): comparing them with
-    // the previous stretch's allocates nothing; names are built only for a new stretch.
+    // The same winning (and losing) sets recur, every weekday's dayparts: each is built once.
+    let mut won: HashMap<Vec<usize>, Won> = HashMap::new();
+    let mut lost: HashMap<Vec<usize>, Arc<[Arc<str>]>> = HashMap::new();
+    // Winners and losers as candidate indices: comparing them with the previous stretch's and
+    // looking them up allocates nothing.
     let (mut winners, mut losers) = (Vec::new(), Vec::new());
     let (mut last_winners, mut last_losers) = (Vec::new(), Vec::new());
     for pair in cuts.windows(2) {
@@ -125,41 +143,48 @@ pub fn explain(
             }
             win
         });
-        match out.last_mut() {
-            Some(last)
-                if last.until == a
-                    && last.tier == tier
-                    && last_winners == winners
-                    && last_losers == losers =>
-            {
-                last.until = b;
-            }
-            _ => {
-                let ids: Vec<(String, u32)> = winners
-                    .iter()
-                    .map(|&k| (candidates[k].0.id.clone(), candidates[k].0.weight))
-                    .collect();
-                let replaced: Vec<String> =
-                    losers.iter().map(|&k| candidates[k].0.id.clone()).collect();
-                let items = loops
-                    .entry(winners.clone())
-                    .or_insert_with(|| {
-                        let ps: Vec<&Playlist> = winners.iter().map(|&k| candidates[k].0).collect();
-                        build_loop(&ps).into()
-                    })
-                    .clone();
-                out.push(Stretch {
-                    from: a,
-                    until: b,
-                    tier,
-                    items,
-                    playlists: ids,
-                    replaced,
-                });
-                last_winners.clone_from(&winners);
-                last_losers.clone_from(&losers);
-            }
+        if let Some(last) = out.last_mut()
+            && last.until == a
+            && last.tier == tier
+            && last_winners == winners
+            && last_losers == losers
+        {
+            last.until = b;
+            continue;
         }
+        let w = match won.get(winners.as_slice()) {
+            Some(w) => w.clone(),
+            None => {
+                let ps: Vec<&Playlist> = winners.iter().map(|&k| candidates[k].0).collect();
+                let names: Vec<Arc<str>> = winners.iter().map(|&k| ids[k].clone()).collect();
+                let w = Won {
+                    items: build_loop(&ps, &names).into(),
+                    weights: ps.iter().map(|p| p.weight).collect(),
+                    ids: names.into(),
+                };
+                won.insert(winners.clone(), w.clone());
+                w
+            }
+        };
+        let replaced = match lost.get(losers.as_slice()) {
+            Some(r) => r.clone(),
+            None => {
+                let r: Arc<[Arc<str>]> = losers.iter().map(|&k| ids[k].clone()).collect();
+                lost.insert(losers.clone(), r.clone());
+                r
+            }
+        };
+        out.push(Stretch {
+            from: a,
+            until: b,
+            tier,
+            playlists: w.ids,
+            weights: w.weights,
+            replaced,
+            items: w.items,
+        });
+        last_winners.clone_from(&winners);
+        last_losers.clone_from(&losers);
     }
     out
 }
@@ -179,7 +204,7 @@ pub fn resolve(
             from: s.from,
             until: s.until,
             tier: s.tier,
-            playlists: s.playlists.into_iter().map(|(id, _)| id).collect(),
+            playlists: s.playlists,
             items: s.items,
         })
         .collect();
@@ -197,7 +222,7 @@ pub fn resolve(
 /// The loop ends when every playlist has shown all its items a whole number of times and each
 /// playlist's airtime share is within [`SHARE_TOLERANCE_PCT`] points of its weight share (or at
 /// [`MAX_LOOP`], cut at the last whole cycle).
-fn build_loop(playlists: &[&Playlist]) -> Vec<Item> {
+fn build_loop(playlists: &[&Playlist], names: &[Arc<str>]) -> Vec<Item> {
     if playlists.is_empty() {
         return Vec::new();
     }
@@ -206,7 +231,6 @@ fn build_loop(playlists: &[&Playlist]) -> Vec<Item> {
     let mut airtime = vec![0u64; n];
     let mut cycled = vec![false; n];
     let total_weight: u64 = playlists.iter().map(|p| u64::from(p.weight)).sum();
-    let names: Vec<std::sync::Arc<str>> = playlists.iter().map(|p| p.id.as_str().into()).collect();
     let mut out = Vec::new();
     let mut last_whole = None;
     while out.len() < MAX_LOOP {
@@ -285,7 +309,7 @@ mod tests {
         assert_eq!(s.len(), 3);
         assert_eq!(s[1].tier, Some(Tier::Interrupt));
         assert_eq!(s[1].from, utc("2021-05-15T10:00:00Z"));
-        assert_eq!(s[1].replaced, vec!["normal".to_string()]);
+        assert_eq!(&*s[1].replaced, [Arc::from("normal")]);
         assert!(s[1].items.iter().all(|i| &*i.playlist == "notice"));
         assert_eq!(s[0].tier, Some(Tier::Normal));
         assert_eq!(s[2].tier, Some(Tier::Normal));
@@ -383,10 +407,11 @@ mod tests {
             utc("2021-05-15T01:00:00Z"),
             utc("2021-05-15T02:00:00Z"),
         );
-        assert_eq!(s[0].playlists, vec![("own".to_string(), 1)]);
-        assert_eq!(s[0].replaced, vec!["chan".to_string()]);
+        assert_eq!(&*s[0].playlists, [Arc::from("own")]);
+        assert_eq!(&*s[0].weights, [1]);
+        assert_eq!(&*s[0].replaced, [Arc::from("chan")]);
         let s = lobby(&ps, "2021-05-15T01:00:00Z", "2021-05-15T02:00:00Z");
-        assert_eq!(s[0].playlists, vec![("chan".to_string(), 1)]);
+        assert_eq!(&*s[0].playlists, [Arc::from("chan")]);
     }
 
     fn arb_entry() -> impl Strategy<Value = String> {

@@ -71,7 +71,7 @@ pub struct Segment {
     /// The tier that won this stretch, `null` when nothing is scheduled.
     pub tier: Option<Tier>,
     /// The playlists sharing the stretch (all of the winning tier), by id.
-    pub playlists: Vec<String>,
+    pub playlists: Arc<[Arc<str>]>,
     /// The loop, in order; airtime is shared between playlists by weight.
     pub items: std::sync::Arc<[Item]>,
 }
