@@ -55,6 +55,9 @@ enum Scenario {
         /// Use the daemon's embedded broker instead of Mosquitto.
         #[arg(long)]
         embedded: bool,
+        /// Agents only parse what they get instead of verifying it (transport-only comparison).
+        #[arg(long)]
+        no_verify: bool,
     },
     /// `POST /api/v1/alerts` → every simulated agent holds the verified alert.
     Emergency {
@@ -136,7 +139,15 @@ fn main() -> anyhow::Result<()> {
                 agents,
                 runs,
                 embedded,
-            } => fanout(agents, runs, embedded).await,
+                no_verify,
+            } => {
+                let check = if no_verify {
+                    Check::Parse
+                } else {
+                    Check::Verify
+                };
+                fanout(agents, runs, embedded, check).await
+            }
             Scenario::Emergency { agents, runs } => emergency(agents, runs).await,
             Scenario::Footprint { runs } => footprint(runs).await,
             Scenario::SmsFake {
@@ -328,6 +339,56 @@ struct Seen {
     at_utc: DateTime<Utc>,
 }
 
+/// What a simulated agent does with each message it gets.
+#[derive(Clone, Copy, PartialEq)]
+enum Check {
+    /// What a real agent does: signature, topic binding, expiry (`marquee::wire::verify`).
+    Verify,
+    /// Only reads the version and signing time (the transport-only comparison).
+    Parse,
+}
+
+/// The part of an envelope `Check::Parse` reads.
+#[derive(serde::Deserialize)]
+struct Peek {
+    body: PeekBody,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekBody {
+    version: u64,
+    issued_at: DateTime<Utc>,
+}
+
+/// Reads an envelope as `check` says; `bound` is the topic its signature must name.
+fn read(
+    check: Check,
+    key: &PublicKey,
+    bound: &str,
+    payload: &[u8],
+    now: DateTime<Utc>,
+) -> Option<Kind> {
+    match check {
+        Check::Parse => serde_json::from_slice::<Peek>(payload)
+            .ok()
+            .map(|p| Kind::Timeline {
+                version: p.body.version,
+                issued: p.body.issued_at,
+            }),
+        Check::Verify => {
+            let b = verify(key, bound, payload, None, now).ok()?;
+            match b.payload {
+                Signed::Timeline(_) => Some(Kind::Timeline {
+                    version: b.version,
+                    issued: b.issued_at,
+                }),
+                Signed::Alert(a) => Some(Kind::Alert { id: a.id }),
+                _ => None,
+            }
+        }
+    }
+}
+
 enum Kind {
     Connected,
     Timeline { version: u64, issued: DateTime<Utc> },
@@ -340,6 +401,7 @@ async fn fleet(
     n: usize,
     port: u16,
     key: PublicKey,
+    check: Check,
     cancel: &CancellationToken,
 ) -> anyhow::Result<mpsc::Receiver<Seen>> {
     let (tx, mut rx) = mpsc::channel::<Seen>(1 << 20);
@@ -367,24 +429,18 @@ async fn fleet(
                 let at_utc = Utc::now();
                 let kind = match ev {
                     MqttEvent::Connected => Kind::Connected,
+                    // The baseline carries a copy of the lobby's signed bytes, so an agent does
+                    // the same work for it as for the daemon's own publish.
                     MqttEvent::Message { topic, payload, .. } if topic == BASELINE => {
-                        Kind::Baseline {
-                            seq: payload.get(..8).map_or(0, |b| {
-                                u64::from_le_bytes(b.try_into().unwrap_or_default())
-                            }),
+                        match read(check, &key, LOBBY, &payload, at_utc) {
+                            Some(Kind::Timeline { version, .. }) => Kind::Baseline { seq: version },
+                            _ => continue,
                         }
                     }
                     MqttEvent::Message { topic, payload, .. } if !payload.is_empty() => {
-                        match verify(&key, &topic, &payload, None, at_utc) {
-                            Ok(b) => match b.payload {
-                                Signed::Timeline(_) => Kind::Timeline {
-                                    version: b.version,
-                                    issued: b.issued_at,
-                                },
-                                Signed::Alert(a) => Kind::Alert { id: a.id },
-                                _ => continue,
-                            },
-                            Err(_) => continue,
+                        match read(check, &key, &topic, &payload, at_utc) {
+                            Some(k) => k,
+                            None => continue,
                         }
                     }
                     _ => continue,
@@ -519,7 +575,7 @@ fn setup_site(dir: &Path) -> anyhow::Result<()> {
     write_playlist(dir, 0)
 }
 
-async fn fanout(agents: usize, runs: usize, embedded: bool) -> anyhow::Result<()> {
+async fn fanout(agents: usize, runs: usize, embedded: bool, check: Check) -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     let dir = &scratch.0;
     setup_site(dir)?;
@@ -539,13 +595,17 @@ async fn fanout(agents: usize, runs: usize, embedded: bool) -> anyhow::Result<()
     let key = PublicKey::from_hex(&std::fs::read_to_string(d.data.join("signing.pub"))?)?;
     let cancel = CancellationToken::new();
     let t = Instant::now();
-    let mut rx = fleet(agents, port, key, &cancel).await?;
+    let mut rx = fleet(agents, port, key, check, &cancel).await?;
     println!(
-        "# fanout: {} broker, {agents} simulated agents (connected in {:.2} s), {runs} runs, {}",
+        "# fanout: {} broker, {agents} simulated agents ({}; connected in {:.2} s), {runs} runs, {}",
         if embedded {
             "embedded (rumqttd)"
         } else {
             "Mosquitto"
+        },
+        match check {
+            Check::Verify => "each verifies every message",
+            Check::Parse => "each only parses every message",
         },
         t.elapsed().as_secs_f64(),
         machine()
@@ -573,7 +633,7 @@ async fn fanout(agents: usize, runs: usize, embedded: bool) -> anyhow::Result<()
     );
     for run in 1..=runs {
         // Edit → new signed timeline at every agent.
-        let (held, _) = lobby_published(&d);
+        let held = lobby_published(&d).map_or(0, |(v, _)| v);
         let t0 = Instant::now();
         write_playlist(dir, run)?;
         let got = until_all(
@@ -594,15 +654,14 @@ async fn fanout(agents: usize, runs: usize, embedded: bool) -> anyhow::Result<()
                 })
                 .collect(),
         );
-        // Baseline: the same-size retained message, published once.
-        let mut payload = vec![b'x'; lobby_published(&d).1];
-        payload[..8].copy_from_slice(&(run as u64).to_le_bytes());
+        // Baseline: the same bytes, retained, published once by a plain client.
+        let (version, payload) = lobby_published(&d).context("the lobby timeline is not stored")?;
         let t1 = Instant::now();
         publisher.publish(BASELINE, payload, true)?;
         let got = until_all(
             &mut rx,
             agents,
-            |k| matches!(k, Kind::Baseline { seq } if *seq == run as u64),
+            |k| matches!(k, Kind::Baseline { seq } if *seq == version),
         )
         .await?;
         let base = stats(
@@ -637,17 +696,14 @@ async fn fanout(agents: usize, runs: usize, embedded: bool) -> anyhow::Result<()
     Ok(())
 }
 
-/// The lobby timeline as last published: (version, payload size).
-fn lobby_published(d: &Daemon) -> (u64, usize) {
+/// The lobby timeline as last published: its version and signed bytes.
+fn lobby_published(d: &Daemon) -> Option<(u64, Vec<u8>)> {
     marquee::store::Store::open(&d.data.join("marquee.db"))
         .and_then(|s| s.published())
-        .ok()
-        .and_then(|p| {
-            p.into_iter()
-                .find(|p| p.topic == LOBBY)
-                .map(|p| (p.version, p.payload.len()))
-        })
-        .unwrap_or((0, 4096))
+        .ok()?
+        .into_iter()
+        .find(|p| p.topic == LOBBY)
+        .map(|p| (p.version, p.payload))
 }
 
 async fn emergency(agents: usize, runs: usize) -> anyhow::Result<()> {
@@ -664,7 +720,7 @@ async fn emergency(agents: usize, runs: usize) -> anyhow::Result<()> {
         .trim()
         .to_owned();
     let cancel = CancellationToken::new();
-    let mut rx = fleet(agents, port, key, &cancel).await?;
+    let mut rx = fleet(agents, port, key, Check::Verify, &cancel).await?;
     println!(
         "# emergency: Mosquitto, {agents} simulated agents, {runs} runs, {}",
         machine()
@@ -836,8 +892,7 @@ fn resolver(n: usize, channels: usize, runs: usize) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{}", e[0]))
         })
         .collect::<anyhow::Result<_>>()?;
-    let from = DateTime::parse_from_rfc3339("2026-11-28T00:00:00Z")?.with_timezone(&Utc);
-    let until = from + chrono::Duration::hours(48);
+    let start = DateTime::parse_from_rfc3339("2026-11-28T00:00:00Z")?.with_timezone(&Utc);
     println!(
         "# resolver: {n} playlists × {channels} channels, 48 h timelines, {runs} runs, {}",
         machine()
@@ -845,6 +900,10 @@ fn resolver(n: usize, channels: usize, runs: usize) -> anyhow::Result<()> {
     println!("run | all channels ms | per channel ms | segments | items");
     let mut totals = Vec::new();
     for run in 1..=runs {
+        // A new start each run, as the scheduler's `now` moves: every playlist's windows are
+        // computed afresh (once per run, then shared by the channels it targets).
+        let from = start + chrono::Duration::seconds(run as i64);
+        let until = from + chrono::Duration::hours(48);
         let t = Instant::now();
         let (mut segments, mut items) = (0, 0);
         for c in &names {
