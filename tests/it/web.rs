@@ -2,6 +2,7 @@
 //! over the WebDriver HTTP protocol: the page shows the current slogan and follows the agent
 //! (server-sent events, no reload), and an alert restyles it.
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
 use chrono::Duration;
@@ -19,7 +20,9 @@ struct Driver {
 impl Driver {
     async fn start() -> Driver {
         let port = free_port();
+        // Its own process group, so that dropping the driver also ends the browsers it started.
         let child = Command::new("chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -139,6 +142,10 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        // Killing chromedriver alone leaves Chromium running: kill the whole group.
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{}", self.child.id())])
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
