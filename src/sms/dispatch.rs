@@ -15,6 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
+use anyhow::Context;
+
 use chrono::{DateTime, Utc};
 use tokio::sync::{Notify, Semaphore};
 use tokio::time::Instant;
@@ -157,7 +159,7 @@ impl Dispatcher {
     pub async fn run(self, cancel: CancellationToken) {
         let inflight = TaskTracker::new();
         let (record_tx, record_rx) = tokio::sync::mpsc::unbounded_channel();
-        let recorder = tokio::spawn(record(self.store.clone(), record_rx, self.waker.clone()));
+        let mut answers = Answers(record_rx);
         match self.blocking(|s| s.recover_submitting(Utc::now())).await {
             Ok(0) => {}
             Ok(n) => tracing::warn!(
@@ -167,8 +169,18 @@ impl Dispatcher {
             Err(e) => tracing::error!(error = %e, "SMS recovery failed"),
         }
         let mut due_checked = None;
+        let mut running = None;
         loop {
-            let wait = match self.round(&inflight, &record_tx, &mut due_checked).await {
+            let wait = match self
+                .round(
+                    &inflight,
+                    &record_tx,
+                    &mut answers,
+                    &mut due_checked,
+                    &mut running,
+                )
+                .await
+            {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::error!(error = %e, "SMS dispatch round failed");
@@ -188,7 +200,21 @@ impl Dispatcher {
         inflight.close();
         inflight.wait().await;
         drop(record_tx);
-        let _ = recorder.await;
+        if let Err(e) = self.store_answers(&mut answers).await {
+            tracing::error!(error = %e, "storing the last submit answers failed");
+        }
+    }
+
+    /// Stores the answers waiting (on their own: a round that claims stores them with its claim).
+    async fn store_answers(&self, answers: &mut Answers) -> anyhow::Result<()> {
+        let batch = answers.take();
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.blocking(move |s| s.finish_submits(&batch, Utc::now()))
+            .await
+            .context(UNSTORED)?;
+        Ok(())
     }
 
     /// One pass over the campaigns. `None`: sent something, go again at once; `Some(d)`:
@@ -197,7 +223,9 @@ impl Dispatcher {
         &self,
         inflight: &TaskTracker,
         record_tx: &Recorder,
+        answers: &mut Answers,
         due_checked: &mut Option<Instant>,
+        running: &mut Option<Running>,
     ) -> anyhow::Result<Option<Duration>> {
         let now = Utc::now();
         // Scheduled and recurring starts have second resolution: not looked for on every batch.
@@ -205,19 +233,35 @@ impl Dispatcher {
             self.start_due(now).await?;
             *due_checked = Some(Instant::now());
         }
-        let running = self.blocking(|s| s.campaigns_in("running")).await?;
+        // The running campaigns are read again after a round that sent nothing or found a
+        // campaign out of messages, and every `DUE_EVERY` while sending. A pause or cancel needs
+        // no fresh list: the claim itself checks the status.
+        if running.as_ref().is_none_or(|r| r.at.elapsed() >= DUE_EVERY) {
+            let rows = self.blocking(|s| s.campaigns_in("running")).await?;
+            let mut list = Vec::with_capacity(rows.len());
+            for (id, spec, _) in rows {
+                match serde_json::from_value::<Spec>(spec) {
+                    Ok(spec) => list.push((id, spec)),
+                    Err(e) => {
+                        tracing::error!(campaign = id, error = %e, "unreadable campaign spec; pausing it");
+                        self.blocking(move |s| {
+                            s.set_campaign_status(id, &["running"], "paused", now)
+                        })
+                        .await?;
+                    }
+                }
+            }
+            *running = Some(Running {
+                at: Instant::now(),
+                list,
+            });
+        }
         let mut wait = IDLE;
         let mut sent = false;
-        for (id, spec, _) in running {
-            let spec: Spec = match serde_json::from_value(spec) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!(campaign = id, error = %e, "unreadable campaign spec; pausing it");
-                    self.blocking(move |s| s.set_campaign_status(id, &["running"], "paused", now))
-                        .await?;
-                    continue;
-                }
-            };
+        let mut reread = false;
+        let list = running.as_ref().map_or(&[][..], |r| &r.list[..]);
+        for (id, spec) in list {
+            let id = *id;
             if let Some((window, tz)) = spec.window(self.cfg.sms.timezone)
                 && !window.allows(now, tz)
             {
@@ -260,10 +304,14 @@ impl Dispatcher {
                 }
             }
             let (gw_name, cap, n) = (rt.gw.cfg.name.clone(), spec.daily_cap, permits.len());
+            // The answers that came in since the last claim go into the same transaction.
+            let done = answers.take();
             let claimed = self
-                .blocking(move |s| s.claim_batch(id, &gw_name, cap, Utc::now(), n))
-                .await?;
+                .blocking(move |s| s.claim_batch(id, &gw_name, cap, Utc::now(), n, &done))
+                .await
+                .context(UNSTORED)?;
             let idle = claimed.is_empty();
+            reread |= idle;
             for (m, permit) in claimed.into_iter().zip(permits) {
                 rt.take_slot(Instant::now(), m.parts);
                 sent = true;
@@ -294,6 +342,13 @@ impl Dispatcher {
                     wait = wait.min(d.max(Duration::from_millis(10)));
                 }
             }
+        }
+        if !sent || reread {
+            *running = None;
+        }
+        if !sent {
+            // No claim took the answers that came in: store them now.
+            self.store_answers(answers).await?;
         }
         Ok(if sent { None } else { Some(wait) })
     }
@@ -361,33 +416,30 @@ impl Dispatcher {
     }
 }
 
-/// Where submit answers go to be stored in batches.
+/// The running campaigns as last read from the store.
+struct Running {
+    at: Instant,
+    list: Vec<(i64, Spec)>,
+}
+
+/// Where submit tasks send their answers (and then wake the dispatcher).
 type Recorder = tokio::sync::mpsc::UnboundedSender<Finish>;
 
-/// Stores submit answers, many per transaction, and wakes the dispatcher after each batch.
-async fn record(
-    store: Arc<Store>,
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<Finish>,
-    waker: Waker,
-) {
-    while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < 4096 {
-            match rx.try_recv() {
-                Ok(f) => batch.push(f),
-                Err(_) => break,
-            }
+/// What a failed store of answers means for their messages.
+const UNSTORED: &str = "storing submit answers failed: those messages stay `submitting` and become `unknown` on restart";
+
+/// Submit answers not yet stored. The dispatcher stores them in its next claim's transaction
+/// (one commit for both), or on their own when a round claims nothing.
+struct Answers(tokio::sync::mpsc::UnboundedReceiver<Finish>);
+
+impl Answers {
+    /// Everything received so far.
+    fn take(&mut self) -> Vec<Finish> {
+        let mut batch = Vec::new();
+        while let Ok(f) = self.0.try_recv() {
+            batch.push(f);
         }
-        let store = store.clone();
-        let n = batch.len();
-        match tokio::task::spawn_blocking(move || store.finish_submits(&batch, Utc::now())).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
-                tracing::error!(messages = n, error = %e, "cannot store submit answers; those messages stay `submitting` and become `unknown` on restart")
-            }
-            Err(e) => tracing::error!(error = %e, "storing submit answers panicked"),
-        }
-        waker.wake();
+        batch
     }
 }
 

@@ -163,6 +163,10 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE campaigns ADD COLUMN approved_by TEXT;
     ALTER TABLE campaigns ADD COLUMN approved_at TEXT;
     CREATE INDEX campaigns_by_alert ON campaigns (alert);",
+    // 9: the daily-cap lookup by recipient, without the send time in the index (every claim
+    // changed it, an index delete and insert per message sent).
+    "DROP INDEX messages_by_recipient;
+    CREATE INDEX messages_by_recipient ON messages (recipient);",
 ];
 
 /// The last payload published on a retained topic.
