@@ -235,6 +235,20 @@ fn rss_kb(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process has used so far, in seconds; `pid` may be `self`.
+fn cpu_secs(pid: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            // After the command name: state is field 0, utime 11, stime 12 (clock ticks).
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+            Some(ticks / 100.0)
+        })
+        .unwrap_or(0.0)
+}
+
 fn mosquitto(dir: &Path) -> anyhow::Result<(Proc, u16)> {
     let port = free_port()?;
     let conf = dir.join("mosquitto.conf");
