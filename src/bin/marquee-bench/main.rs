@@ -16,6 +16,7 @@
 
 #[path = "../../../tests/it/kannel.rs"]
 mod kannel;
+mod playlist_set;
 mod sms;
 
 use std::io::{BufRead, BufReader};
@@ -858,54 +859,10 @@ async fn footprint(runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A deterministic mix of schedules: dayparts, cron starts and date ranges, several zones.
-fn generated_playlist(i: usize, channels: usize) -> String {
-    let zones = ["Asia/Shanghai", "Europe/Berlin", "America/New_York", "UTC"];
-    let tiers = ["normal", "normal", "normal", "interrupt", "fallback"];
-    let targets: Vec<String> = (0..5)
-        .map(|k| format!("\"c{:03}\"", (i * 7 + k * 13) % channels))
-        .collect();
-    let schedule = match i % 3 {
-        0 => format!(
-            r#"{{"days": ["mon-fri"], "start": "{:02}:00", "end": "{:02}:30"}}"#,
-            i % 24,
-            (i + 3) % 24
-        ),
-        1 => format!(
-            r#"{{"cron": "{} */{} * * *", "for": "{}m"}}"#,
-            i % 60,
-            1 + i % 4,
-            15 + i % 90
-        ),
-        _ => r#"{"from": "2026-11-27T00:00", "until": "2026-12-02T00:00"}"#.to_owned(),
-    };
-    let items: Vec<String> = (0..3)
-        .map(|k| format!(r#"{{"id": "i{k}", "text": {{"zh": "标语 {i}-{k}", "en": "slogan {i}-{k}"}}, "seconds": {}}}"#, 5 + (i + k) % 20))
-        .collect();
-    format!(
-        r#"{{"id": "p{i}", "tier": "{}", "weight": {}, "timezone": "{}", "targets": {{"channels": [{}]}}, "schedule": [{schedule}], "items": [{}]}}"#,
-        tiers[i % tiers.len()],
-        1 + i % 3,
-        zones[i % zones.len()],
-        targets.join(", "),
-        items.join(", ")
-    )
-}
-
+/// `marquee-bench resolver`: every channel resolved over 48 h, several runs.
 fn resolver(n: usize, channels: usize, runs: usize) -> anyhow::Result<()> {
-    use marquee::domain::{Playlist, TargetRef, ValidationContext, resolve};
-    let names: Vec<String> = (0..channels).map(|c| format!("c{c:03}")).collect();
-    let ctx = ValidationContext {
-        channels: names.clone(),
-        displays: Default::default(),
-        timezone: chrono_tz::Asia::Shanghai,
-    };
-    let playlists: Vec<Playlist> = (0..n)
-        .map(|i| {
-            Playlist::parse("bench.json", None, &generated_playlist(i, channels), &ctx)
-                .map_err(|e| anyhow::anyhow!("{}", e[0]))
-        })
-        .collect::<anyhow::Result<_>>()?;
+    use marquee::domain::{TargetRef, resolve};
+    let (playlists, names) = playlist_set::generate(n, channels)?;
     let start = DateTime::parse_from_rfc3339("2026-11-28T00:00:00Z")?.with_timezone(&Utc);
     println!(
         "# resolver: {n} playlists × {channels} channels, 48 h timelines, {runs} runs, {}",
