@@ -656,40 +656,38 @@ fn finish_in(
 ) -> Result<Vec<State>, StoreError> {
     let now_s = ts(now);
     let mut out = Vec::with_capacity(items.len());
-    {
-        let mut get = tx.prepare_cached("SELECT state FROM messages WHERE id = ?1")?;
-        let mut set = tx.prepare_cached(
-            "UPDATE messages SET state = ?2, carrier_id = COALESCE(?3, carrier_id),
-                     reason = CASE WHEN ?4 IS NULL THEN reason ELSE ?4 END,
-                     not_before = ?5, updated_at = ?6
-                 WHERE id = ?1",
-        )?;
-        let mut dlr = tx.prepare_cached(
-                "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, '', ?4)",
-            )?;
-        for f in items {
-            let current: Option<String> = get.query_row([f.id], |r| r.get(0)).optional()?;
-            let Some(current) = current else {
-                out.push(State::Unknown);
-                continue;
-            };
-            let mut next = delivery::on_submit(parse_state(&current), &f.answer);
-            if let Some(gw) = &f.delivered_by
-                && next == State::Sent
-            {
-                dlr.execute(params![f.id, gw, "dry-run", now_s])?;
-                next = delivery::on_report(next, Report::Delivered);
-            }
-            set.execute(params![
-                f.id,
-                next.as_str(),
-                f.carrier_id,
-                f.reason,
-                f.retry_at.map(ts),
-                now_s
-            ])?;
-            out.push(next);
+    let mut get = tx.prepare_cached("SELECT state FROM messages WHERE id = ?1")?;
+    let mut set = tx.prepare_cached(
+        "UPDATE messages SET state = ?2, carrier_id = COALESCE(?3, carrier_id),
+             reason = CASE WHEN ?4 IS NULL THEN reason ELSE ?4 END,
+             not_before = ?5, updated_at = ?6
+         WHERE id = ?1",
+    )?;
+    let mut dlr = tx.prepare_cached(
+        "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, '', ?4)",
+    )?;
+    for f in items {
+        let current: Option<String> = get.query_row([f.id], |r| r.get(0)).optional()?;
+        let Some(current) = current else {
+            out.push(State::Unknown);
+            continue;
+        };
+        let mut next = delivery::on_submit(parse_state(&current), &f.answer);
+        if let Some(gw) = &f.delivered_by
+            && next == State::Sent
+        {
+            dlr.execute(params![f.id, gw, "dry-run", now_s])?;
+            next = delivery::on_report(next, Report::Delivered);
         }
+        set.execute(params![
+            f.id,
+            next.as_str(),
+            f.carrier_id,
+            f.reason,
+            f.retry_at.map(ts),
+            now_s
+        ])?;
+        out.push(next);
     }
     Ok(out)
 }
