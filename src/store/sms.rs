@@ -663,10 +663,33 @@ fn finish_in(
              not_before = ?5, updated_at = ?6
          WHERE id = ?1",
     )?;
+    // The usual case: the message is still `submitting`, so its next state is known without
+    // reading it first.
+    let mut set_submitting = tx.prepare_cached(
+        "UPDATE messages SET state = ?2, carrier_id = COALESCE(?3, carrier_id),
+             reason = CASE WHEN ?4 IS NULL THEN reason ELSE ?4 END,
+             not_before = ?5, updated_at = ?6
+         WHERE id = ?1 AND state = 'submitting'",
+    )?;
     let mut dlr = tx.prepare_cached(
         "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, '', ?4)",
     )?;
     for f in items {
+        if f.delivered_by.is_none() {
+            let next = delivery::on_submit(State::Submitting, &f.answer);
+            let changed = set_submitting.execute(params![
+                f.id,
+                next.as_str(),
+                f.carrier_id,
+                f.reason,
+                f.retry_at.map(ts),
+                now_s
+            ])?;
+            if changed == 1 {
+                out.push(next);
+                continue;
+            }
+        }
         let current: Option<String> = get.query_row([f.id], |r| r.get(0)).optional()?;
         let Some(current) = current else {
             out.push(State::Unknown);
