@@ -238,6 +238,39 @@ async fn finished_writes_do_not_wait_for_the_debounce() {
     assert_eq!(d.reload_applied(2).await, 2);
 }
 
+/// A file that is never closed and keeps changing (a stuck writer) still goes live: the reload
+/// waits at most ten debounces.
+#[tokio::test]
+async fn a_file_that_never_stops_changing_is_still_read() {
+    use std::io::Write;
+    let port = free_port();
+    let site = Site::new(&embedded(port), "debounce = \"200ms\"");
+    let _d = Daemon::start(&site).await;
+    let key = site.public_key();
+    let mut sub = Sub::connect(port, LOBBY).await;
+    sub.timeline(&key, LOBBY, 1).await;
+    // A writer that keeps the file open and appends a space every 50 ms, well inside the
+    // debounce, until the test ends.
+    let mut file = std::fs::File::create(site.playlist("test-lobby")).unwrap();
+    file.write_all(lobby_now("never closed").as_bytes())
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                file.write_all(b" ").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        })
+    };
+    let (v, tl) = sub.timeline(&key, LOBBY, 2).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(v, 2);
+    assert!(shows(&tl, "never closed"));
+}
+
 #[tokio::test]
 async fn http_api_authenticates_and_previews() {
     let port = free_port();
