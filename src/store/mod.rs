@@ -209,6 +209,10 @@ pub struct Store {
     /// A second connection for SMS dispatch with `synchronous = FULL`: a claimed message is
     /// on disk before its request leaves, even across a power cut. `None` in memory.
     sms: Option<Mutex<Connection>>,
+    /// A third connection for what operators read about campaigns (progress counts, message
+    /// lists, exports), so that counting a million rows never holds up the dispatcher's claims.
+    /// `None` in memory.
+    read: Option<Mutex<Connection>>,
 }
 
 impl Store {
@@ -220,6 +224,10 @@ impl Store {
         sms.pragma_update(None, "synchronous", "FULL")?;
         sms.busy_timeout(std::time::Duration::from_secs(5))?;
         store.sms = Some(Mutex::new(sms));
+        let read = Connection::open(path)?;
+        read.pragma_update(None, "query_only", true)?;
+        read.busy_timeout(std::time::Duration::from_secs(5))?;
+        store.read = Some(Mutex::new(read));
         Ok(store)
     }
 
@@ -232,12 +240,20 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(migrate(conn, MIGRATIONS)?),
             sms: None,
+            read: None,
         })
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         // A panic while holding the lock cannot leave SQLite half-written (transactions roll back).
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read_conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        match &self.read {
+            Some(c) => c.lock().unwrap_or_else(|e| e.into_inner()),
+            None => self.conn(),
+        }
     }
 
     fn sms_conn(&self) -> std::sync::MutexGuard<'_, Connection> {

@@ -310,7 +310,7 @@ impl Store {
 
     /// One campaign with its counts.
     pub fn campaign(&self, id: i64) -> Result<Option<CampaignRow>, StoreError> {
-        campaign_of(&self.sms_conn(), id)
+        campaign_of(&self.read_conn(), id)
     }
 
     /// A recurring campaign fires: a new campaign (`status`: running, or missed when the
@@ -361,7 +361,7 @@ impl Store {
 
     /// The campaign an alert started, if any.
     pub fn campaign_for_alert(&self, alert: &str) -> Result<Option<CampaignRow>, StoreError> {
-        let conn = self.sms_conn();
+        let conn = self.read_conn();
         let id: Option<i64> = conn
             .query_row(
                 "SELECT id FROM campaigns WHERE alert = ?1 ORDER BY id DESC LIMIT 1",
@@ -396,7 +396,7 @@ impl Store {
 
     /// Every campaign, newest first.
     pub fn campaigns(&self) -> Result<Vec<CampaignRow>, StoreError> {
-        let conn = self.sms_conn();
+        let conn = self.read_conn();
         let ids: Vec<i64> = conn
             .prepare("SELECT id FROM campaigns ORDER BY id DESC")?
             .query_map([], |r| r.get(0))?
@@ -792,7 +792,7 @@ impl Store {
 
     /// The delivery reports stored for message `id`: (code, raw, received_at).
     pub fn reports(&self, id: i64) -> Result<Vec<(String, String, String)>, StoreError> {
-        let conn = self.sms_conn();
+        let conn = self.read_conn();
         let mut stmt =
             conn.prepare("SELECT code, raw, received_at FROM dlrs WHERE message = ?1 ORDER BY id")?;
         let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
@@ -832,7 +832,7 @@ impl Store {
         after: i64,
         limit: usize,
     ) -> Result<Vec<MessageRow>, StoreError> {
-        let conn = self.sms_conn();
+        let conn = self.read_conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT {MESSAGE_COLS} FROM messages
              WHERE campaign = ?1 AND (?2 IS NULL OR state = ?2) AND id > ?3
@@ -844,7 +844,7 @@ impl Store {
 
     /// One message.
     pub fn message(&self, id: i64) -> Result<Option<MessageRow>, StoreError> {
-        let conn = self.sms_conn();
+        let conn = self.read_conn();
         Ok(conn
             .query_row(
                 &format!("SELECT {MESSAGE_COLS} FROM messages WHERE id = ?1"),
@@ -886,7 +886,7 @@ impl Store {
 
     /// The opt-out list.
     pub fn optouts(&self) -> Result<Vec<OptOut>, StoreError> {
-        let conn = self.sms_conn();
+        let conn = self.read_conn();
         let mut stmt =
             conn.prepare("SELECT number, reason, added_by, added_at FROM optouts ORDER BY number")?;
         let rows = stmt.query_map([], |r| {
@@ -902,7 +902,7 @@ impl Store {
 
     /// Every opted-out number.
     pub fn optout_set(&self) -> Result<std::collections::HashSet<String>, StoreError> {
-        let conn = self.sms_conn();
+        let conn = self.read_conn();
         let mut stmt = conn.prepare("SELECT number FROM optouts")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -299,6 +299,8 @@ pub async fn fake(n: usize, in_flight: usize, baseline_n: usize) -> anyhow::Resu
     );
     let (sustained, total, rss_min, rss_max) =
         follow(d.pid, n, Duration::from_secs(1800), || async {
+            // An operator watching the campaign: its progress counts are read on every look.
+            get_json(&d, &format!("/api/v1/campaigns/{id}")).await?;
             Ok(count().await? - before)
         })
         .await?;
