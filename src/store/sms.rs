@@ -657,35 +657,35 @@ fn finish_in(
     let now_s = ts(now);
     let mut out = Vec::with_capacity(items.len());
     let mut get = tx.prepare_cached("SELECT state FROM messages WHERE id = ?1")?;
+    // Writes `next` if the message is in state `?7` (any state when `?7` is NULL); returns
+    // whether it did.
     let mut set = tx.prepare_cached(
         "UPDATE messages SET state = ?2, carrier_id = COALESCE(?3, carrier_id),
              reason = CASE WHEN ?4 IS NULL THEN reason ELSE ?4 END,
              not_before = ?5, updated_at = ?6
-         WHERE id = ?1",
+         WHERE id = ?1 AND (?7 IS NULL OR state = ?7)",
     )?;
-    // The usual case: the message is still `submitting`, so its next state is known without
-    // reading it first.
-    let mut set_submitting = tx.prepare_cached(
-        "UPDATE messages SET state = ?2, carrier_id = COALESCE(?3, carrier_id),
-             reason = CASE WHEN ?4 IS NULL THEN reason ELSE ?4 END,
-             not_before = ?5, updated_at = ?6
-         WHERE id = ?1 AND state = 'submitting'",
-    )?;
+    let mut write = |f: &Finish, next: State, only_if: Option<State>| {
+        set.execute(params![
+            f.id,
+            next.as_str(),
+            f.carrier_id,
+            f.reason,
+            f.retry_at.map(ts),
+            now_s,
+            only_if.map(State::as_str)
+        ])
+        .map(|changed| changed == 1)
+    };
     let mut dlr = tx.prepare_cached(
         "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, '', ?4)",
     )?;
     for f in items {
+        // The usual case: the message is still `submitting`, so its next state is known
+        // without reading it first.
         if f.delivered_by.is_none() {
             let next = delivery::on_submit(State::Submitting, &f.answer);
-            let changed = set_submitting.execute(params![
-                f.id,
-                next.as_str(),
-                f.carrier_id,
-                f.reason,
-                f.retry_at.map(ts),
-                now_s
-            ])?;
-            if changed == 1 {
+            if write(f, next, Some(State::Submitting))? {
                 out.push(next);
                 continue;
             }
@@ -702,14 +702,7 @@ fn finish_in(
             dlr.execute(params![f.id, gw, "dry-run", now_s])?;
             next = delivery::on_report(next, Report::Delivered);
         }
-        set.execute(params![
-            f.id,
-            next.as_str(),
-            f.carrier_id,
-            f.reason,
-            f.retry_at.map(ts),
-            now_s
-        ])?;
+        write(f, next, None)?;
         out.push(next);
     }
     Ok(out)
