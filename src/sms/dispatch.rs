@@ -519,6 +519,8 @@ async fn submit(
     let dry_run = matches!(rt.gw.cfg.kind, super::config::GatewayKind::DryRun { .. });
     Finish {
         id: m.id,
+        campaign: m.campaign,
+        parts: m.parts,
         answer: submit_kind,
         carrier_id: answer.carrier_id,
         reason,

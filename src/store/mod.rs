@@ -167,6 +167,29 @@ const MIGRATIONS: &[&str] = &[
     // changed it, an index delete and insert per message sent).
     "DROP INDEX messages_by_recipient;
     CREATE INDEX messages_by_recipient ON messages (recipient);",
+    // 10: each campaign's messages counted by state, kept as they change, so that showing a
+    // campaign's progress reads a few rows instead of counting every message (186 ms for a
+    // million, on every look of an operator watching it). Every statement that inserts messages
+    // or changes their state adds its changes in the same transaction (`sms::Tally`): a trigger
+    // doing the same doubled the dispatcher's store work per message.
+    // With the counts kept here, no index needs the state of every message: a message's
+    // campaign index never changes, and only the queued (what the claim reads) and the
+    // submitting (what recovery after a crash reads) are indexed by state. Sending a message
+    // touched the old (campaign, state, id) index four times (two moves); now it touches the
+    // small partial ones three times, and a finished campaign's rows never again.
+    "CREATE TABLE message_counts (
+        campaign  INTEGER NOT NULL,
+        state     TEXT NOT NULL,
+        n         INTEGER NOT NULL,
+        parts     INTEGER NOT NULL,
+        PRIMARY KEY (campaign, state)
+    ) WITHOUT ROWID;
+    INSERT INTO message_counts (campaign, state, n, parts)
+        SELECT campaign, state, COUNT(*), SUM(parts) FROM messages GROUP BY campaign, state;
+    DROP INDEX messages_queue;
+    CREATE INDEX messages_by_campaign ON messages (campaign);
+    CREATE INDEX messages_queued ON messages (campaign, id) WHERE state = 'queued';
+    CREATE INDEX messages_submitting ON messages (id) WHERE state = 'submitting';",
 ];
 
 /// The last payload published on a retained topic.
@@ -184,11 +207,24 @@ pub struct Published {
     pub issued_at: DateTime<Utc>,
 }
 
+/// What every connection gets: a wait for the others' locks, and stable query plans. Without
+/// the latter SQLite prepares a statement again whenever a new value is bound to a parameter
+/// its plan looked at: the claim's `LIMIT ?` was prepared afresh on every claim (11 % of the
+/// store's time).
+fn settle(conn: &Connection) -> rusqlite::Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
 /// Sets WAL mode and applies the migrations not yet applied (tracked in `user_version`).
 fn migrate(mut conn: Connection, migrations: &[&str]) -> Result<Connection, StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    settle(&conn)?;
     let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     let latest = migrations.len() as i64;
     if current > latest {
@@ -222,11 +258,11 @@ impl Store {
         let mut store = Store::init(conn)?;
         let sms = Connection::open(path)?;
         sms.pragma_update(None, "synchronous", "FULL")?;
-        sms.busy_timeout(std::time::Duration::from_secs(5))?;
+        settle(&sms)?;
         store.sms = Some(Mutex::new(sms));
         let read = Connection::open(path)?;
         read.pragma_update(None, "query_only", true)?;
-        read.busy_timeout(std::time::Duration::from_secs(5))?;
+        settle(&read)?;
         store.read = Some(Mutex::new(read));
         Ok(store)
     }
@@ -384,5 +420,28 @@ mod tests {
             .unwrap();
         let s = Store::open(&path).unwrap();
         assert_eq!(s.published().unwrap()[0].version, 5);
+    }
+
+    #[test]
+    fn upgrading_counts_the_messages_already_there() {
+        let conn = migrate(Connection::open_in_memory().unwrap(), &MIGRATIONS[..9]).unwrap();
+        conn.execute_batch(
+            "INSERT INTO campaigns (id, name, status, spec, created_by, created_at)
+                 VALUES (1, 'c', 'running', '{}', 'op', 'now');
+             INSERT INTO messages (campaign, row, recipient, text, parts, state, updated_at)
+                 VALUES (1, 1, '+1', 't', 2, 'sent', 'now'), (1, 2, '+2', 't', 1, 'sent', 'now'),
+                        (1, 3, '+3', 't', 1, 'queued', 'now');",
+        )
+        .unwrap();
+        let s = Store {
+            conn: Mutex::new(migrate(conn, MIGRATIONS).unwrap()),
+            sms: None,
+            read: None,
+        };
+        let c = s.campaign(1).unwrap().unwrap();
+        assert_eq!(
+            (c.counts["sent"], c.counts["queued"], c.segments),
+            (2, 1, 4)
+        );
     }
 }

@@ -122,6 +122,8 @@ pub struct MessageRow {
 pub struct Claimed {
     /// Id.
     pub id: i64,
+    /// Its campaign.
+    pub campaign: i64,
     /// E.164.
     pub recipient: String,
     /// Text.
@@ -152,6 +154,10 @@ pub struct ReportIn {
 pub struct Finish {
     /// Message.
     pub id: i64,
+    /// Its campaign, and its parts, as claimed (they keep the campaign's counts).
+    pub campaign: i64,
+    /// Its parts.
+    pub parts: usize,
     /// Classification.
     pub answer: Submit,
     /// The carrier's id.
@@ -233,7 +239,7 @@ fn campaign_of(conn: &Connection, id: i64) -> Result<Option<CampaignRow>, StoreE
         .optional()?;
     let Some(mut c) = row else { return Ok(None) };
     let mut stmt = conn.prepare_cached(
-        "SELECT state, COUNT(*), SUM(parts) FROM messages WHERE campaign = ?1 GROUP BY state",
+        "SELECT state, n, parts FROM message_counts WHERE campaign = ?1 AND n > 0",
     )?;
     let rows = stmt.query_map([id], |r| {
         Ok((
@@ -250,18 +256,63 @@ fn campaign_of(conn: &Connection, id: i64) -> Result<Option<CampaignRow>, StoreE
     Ok(Some(c))
 }
 
-fn set_state(
-    tx: &Transaction<'_>,
-    id: i64,
-    state: State,
-    reason: Option<&str>,
-    now: DateTime<Utc>,
-) -> rusqlite::Result<()> {
+/// Counts the messages just inserted for a new campaign.
+fn count_new(tx: &Transaction<'_>, campaign: i64) -> rusqlite::Result<()> {
     tx.execute(
-        "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
-        params![id, state.as_str(), reason, ts(now)],
+        "INSERT INTO message_counts (campaign, state, n, parts)
+         SELECT campaign, state, COUNT(*), SUM(parts) FROM messages WHERE campaign = ?1
+         GROUP BY state",
+        [campaign],
     )?;
     Ok(())
+}
+
+/// The state changes of one transaction, added to `message_counts` before it commits (see
+/// migration 10). Every statement that changes a message's state reports it here.
+#[derive(Default)]
+struct Tally(BTreeMap<(i64, &'static str), (i64, i64)>);
+
+impl Tally {
+    /// A message of `campaign` with `parts` went from `from` to `to`.
+    fn moved(&mut self, campaign: i64, parts: i64, from: State, to: State) {
+        if from == to {
+            return;
+        }
+        for (state, sign) in [(from, -1), (to, 1)] {
+            let e = self.0.entry((campaign, state.as_str())).or_default();
+            e.0 += sign;
+            e.1 += sign * parts;
+        }
+    }
+
+    /// Every row a `RETURNING campaign, parts` statement changed went from `from` to `to`.
+    fn moved_rows(
+        &mut self,
+        rows: rusqlite::Rows<'_>,
+        from: State,
+        to: State,
+    ) -> rusqlite::Result<usize> {
+        let mut n = 0;
+        let mut rows = rows;
+        while let Some(r) = rows.next()? {
+            self.moved(r.get(0)?, r.get(1)?, from, to);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    fn write(self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
+        let mut add = tx.prepare_cached(
+            "INSERT INTO message_counts (campaign, state, n, parts) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT DO UPDATE SET n = n + excluded.n, parts = parts + excluded.parts",
+        )?;
+        for ((campaign, state), (n, parts)) in self.0 {
+            if n != 0 || parts != 0 {
+                add.execute(params![campaign, state, n, parts])?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Store {
@@ -304,6 +355,7 @@ impl Store {
                 ])?;
             }
         }
+        count_new(&tx, id)?;
         tx.commit()?;
         Ok(id)
     }
@@ -345,6 +397,7 @@ impl Store {
              WHERE campaign = ?1 ORDER BY id",
             params![template, id, now_s],
         )?;
+        count_new(&tx, id)?;
         match next {
             Some(n) => tx.execute(
                 "UPDATE campaigns SET start_at = ?2 WHERE id = ?1",
@@ -457,11 +510,19 @@ impl Store {
             params![id, to, now_s],
         )?;
         if to == "cancelled" {
-            tx.execute(
-                "UPDATE messages SET state = 'cancelled', reason = 'campaign cancelled', updated_at = ?2
-                 WHERE campaign = ?1 AND state = 'queued'",
-                params![id, now_s],
+            let mut tally = Tally::default();
+            let mut cancel = tx.prepare(
+                "UPDATE messages INDEXED BY messages_queued
+                 SET state = 'cancelled', reason = 'campaign cancelled', updated_at = ?2
+                 WHERE campaign = ?1 AND state = 'queued' RETURNING campaign, parts",
             )?;
+            tally.moved_rows(
+                cancel.query(params![id, now_s])?,
+                State::Queued,
+                State::Cancelled,
+            )?;
+            drop(cancel);
+            tally.write(&tx)?;
         }
         tx.commit()?;
         Ok(true)
@@ -469,12 +530,23 @@ impl Store {
 
     /// After a crash or restart: every message caught mid-submit becomes `unknown`.
     pub fn recover_submitting(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
-        let conn = self.sms_conn();
-        let n = conn.execute(
-            "UPDATE messages SET state = ?1, reason = 'the daemon stopped before the gateway answered', updated_at = ?2
-             WHERE state = 'submitting'",
-            params![delivery::on_recovery(State::Submitting).as_str(), ts(now)],
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let to = delivery::on_recovery(State::Submitting);
+        let mut tally = Tally::default();
+        let mut recover = tx.prepare(
+            "UPDATE messages INDEXED BY messages_submitting
+             SET state = ?1, reason = 'the daemon stopped before the gateway answered', updated_at = ?2
+             WHERE state = 'submitting' RETURNING campaign, parts",
         )?;
+        let n = tally.moved_rows(
+            recover.query(params![to.as_str(), ts(now)])?,
+            State::Submitting,
+            to,
+        )?;
+        drop(recover);
+        tally.write(&tx)?;
+        tx.commit()?;
         Ok(n)
     }
 
@@ -495,14 +567,15 @@ impl Store {
     ) -> Result<Vec<Claimed>, StoreError> {
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
-        finish_in(&tx, answers, now)?;
+        let mut tally = Tally::default();
+        finish_in(&tx, answers, now, &mut tally)?;
         let now_s = ts(now);
         let mut claimed = Vec::new();
         let day_ago = ts(now - chrono::Duration::days(1));
         let mut select = tx.prepare_cached(
             "SELECT m.id, m.recipient, m.text, m.parts, m.attempts,
                     EXISTS (SELECT 1 FROM optouts o WHERE o.number = m.recipient)
-             FROM messages m
+             FROM messages m INDEXED BY messages_queued
              WHERE m.campaign = ?1 AND m.state = 'queued'
                AND (m.not_before IS NULL OR m.not_before <= ?2)
                AND (SELECT status FROM campaigns WHERE id = ?1) = 'running'
@@ -520,6 +593,11 @@ impl Store {
                  submitted_at = ?3, updated_at = ?3, not_before = NULL
              WHERE id = ?1",
         )?;
+        let mut cancel = tx.prepare_cached(
+            "UPDATE messages SET state = 'cancelled', reason = 'opted out (checked at send time)',
+                 updated_at = ?2
+             WHERE id = ?1",
+        )?;
         while claimed.len() < max {
             let want = (max - claimed.len()) as i64;
             let candidates: Vec<(Claimed, bool)> = select
@@ -527,6 +605,7 @@ impl Store {
                     Ok((
                         Claimed {
                             id: r.get(0)?,
+                            campaign,
                             recipient: r.get(1)?,
                             text: r.get(2)?,
                             parts: r.get::<_, i64>(3)? as usize,
@@ -541,13 +620,8 @@ impl Store {
             }
             for (m, opted_out) in candidates {
                 if opted_out {
-                    set_state(
-                        &tx,
-                        m.id,
-                        State::Cancelled,
-                        Some("opted out (checked at send time)"),
-                        now,
-                    )?;
+                    cancel.execute(params![m.id, now_s])?;
+                    tally.moved(campaign, m.parts as i64, State::Queued, State::Cancelled);
                     continue;
                 }
                 if let Some(cap) = daily_cap {
@@ -570,10 +644,12 @@ impl Store {
                     }
                 }
                 take.execute(params![m.id, gateway, now_s])?;
+                tally.moved(campaign, m.parts as i64, State::Queued, State::Submitting);
                 claimed.push(m);
             }
         }
-        drop((select, sent_today, hold, take));
+        drop((select, sent_today, hold, take, cancel));
+        tally.write(&tx)?;
         tx.commit()?;
         Ok(claimed)
     }
@@ -588,7 +664,7 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let conn = self.sms_conn();
         Ok(conn.execute(
-            "UPDATE messages SET not_before = ?2, reason = ?3, updated_at = ?4
+            "UPDATE messages INDEXED BY messages_queued SET not_before = ?2, reason = ?3, updated_at = ?4
              WHERE campaign = ?1 AND state = 'queued' AND (not_before IS NULL OR not_before < ?2)",
             params![campaign, ts(until), reason, ts(now)],
         )?)
@@ -598,7 +674,7 @@ impl Store {
     /// `retry_at`. Returns the new state.
     pub fn finish_submit(
         &self,
-        id: i64,
+        m: &Claimed,
         answer: &Submit,
         carrier_id: Option<&str>,
         reason: Option<&str>,
@@ -606,7 +682,9 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<State, StoreError> {
         let f = Finish {
-            id,
+            id: m.id,
+            campaign: m.campaign,
+            parts: m.parts,
             answer: answer.clone(),
             carrier_id: carrier_id.map(str::to_owned),
             reason: reason.map(str::to_owned),
@@ -637,7 +715,9 @@ impl Store {
         }
         let out = (|| {
             let tx = conn.transaction()?;
-            let out = finish_in(&tx, items, now)?;
+            let mut tally = Tally::default();
+            let out = finish_in(&tx, items, now, &mut tally)?;
+            tally.write(&tx)?;
             tx.commit()?;
             Ok(out)
         })();
@@ -653,10 +733,11 @@ fn finish_in(
     tx: &Transaction<'_>,
     items: &[Finish],
     now: DateTime<Utc>,
+    tally: &mut Tally,
 ) -> Result<Vec<State>, StoreError> {
     let now_s = ts(now);
     let mut out = Vec::with_capacity(items.len());
-    let mut get = tx.prepare_cached("SELECT state FROM messages WHERE id = ?1")?;
+    let mut get = tx.prepare_cached("SELECT state, campaign, parts FROM messages WHERE id = ?1")?;
     // Writes `next` if the message is in state `?7` (any state when `?7` is NULL); returns
     // whether it did.
     let mut set = tx.prepare_cached(
@@ -665,6 +746,8 @@ fn finish_in(
              not_before = ?5, updated_at = ?6
          WHERE id = ?1 AND (?7 IS NULL OR state = ?7)",
     )?;
+    // (Not `RETURNING campaign, parts`: SQLite runs it as a trigger, with a statement journal,
+    // which doubled the cost of this statement.)
     let mut write = |f: &Finish, next: State, only_if: Option<State>| {
         set.execute(params![
             f.id,
@@ -686,16 +769,20 @@ fn finish_in(
         if f.delivered_by.is_none() {
             let next = delivery::on_submit(State::Submitting, &f.answer);
             if write(f, next, Some(State::Submitting))? {
+                tally.moved(f.campaign, f.parts as i64, State::Submitting, next);
                 out.push(next);
                 continue;
             }
         }
-        let current: Option<String> = get.query_row([f.id], |r| r.get(0)).optional()?;
-        let Some(current) = current else {
+        let current: Option<(String, i64, i64)> = get
+            .query_row([f.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((current, campaign, parts)) = current else {
             out.push(State::Unknown);
             continue;
         };
-        let mut next = delivery::on_submit(parse_state(&current), &f.answer);
+        let current = parse_state(&current);
+        let mut next = delivery::on_submit(current, &f.answer);
         if let Some(gw) = &f.delivered_by
             && next == State::Sent
         {
@@ -703,6 +790,7 @@ fn finish_in(
             next = delivery::on_report(next, Report::Delivered);
         }
         write(f, next, None)?;
+        tally.moved(campaign, parts, current, next);
         out.push(next);
     }
     Ok(out)
@@ -743,8 +831,11 @@ impl Store {
         let tx = conn.transaction()?;
         let now_s = ts(now);
         let mut out = Vec::with_capacity(reports.len());
+        let mut tally = Tally::default();
         {
-            let mut get = tx.prepare_cached("SELECT state, gateway FROM messages WHERE id = ?1")?;
+            let mut get = tx.prepare_cached(
+                "SELECT state, gateway, campaign, parts FROM messages WHERE id = ?1",
+            )?;
             let mut ins = tx.prepare_cached(
                 "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
@@ -752,10 +843,12 @@ impl Store {
                 "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
             )?;
             for r in reports {
-                let current: Option<(String, Option<String>)> = get
-                    .query_row([r.id], |row| Ok((row.get(0)?, row.get(1)?)))
+                let current: Option<(String, Option<String>, i64, i64)> = get
+                    .query_row([r.id], |row| {
+                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                    })
                     .optional()?;
-                let Some((current, via)) = current else {
+                let Some((current, via, campaign, parts)) = current else {
                     out.push(None);
                     continue;
                 };
@@ -775,10 +868,12 @@ impl Store {
                         Some(_) => Some(format!("delivery report {}", r.code)),
                     };
                     set.execute(params![r.id, next.as_str(), reason, now_s])?;
+                    tally.moved(campaign, parts, current, next);
                 }
                 out.push(Some((current, next)));
             }
         }
+        tally.write(&tx)?;
         tx.commit()?;
         Ok(out)
     }
@@ -795,12 +890,23 @@ impl Store {
     /// An operator requeues the `unknown` messages of a campaign (accepting possible
     /// duplicates). Returns how many.
     pub fn requeue_unknown(&self, campaign: i64, now: DateTime<Utc>) -> Result<usize, StoreError> {
-        let conn = self.sms_conn();
-        Ok(conn.execute(
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let to = delivery::requeue(State::Unknown);
+        let mut tally = Tally::default();
+        let mut requeue = tx.prepare(
             "UPDATE messages SET state = ?2, reason = 'requeued by an operator', not_before = NULL, updated_at = ?3
-             WHERE campaign = ?1 AND state = 'unknown'",
-            params![campaign, delivery::requeue(State::Unknown).as_str(), ts(now)],
-        )?)
+             WHERE campaign = ?1 AND state = 'unknown' RETURNING campaign, parts",
+        )?;
+        let n = tally.moved_rows(
+            requeue.query(params![campaign, to.as_str(), ts(now)])?,
+            State::Unknown,
+            to,
+        )?;
+        drop(requeue);
+        tally.write(&tx)?;
+        tx.commit()?;
+        Ok(n)
     }
 
     /// Messages still to send or awaiting a submit answer, and the earliest `not_before` of
@@ -808,10 +914,12 @@ impl Store {
     pub fn pending(&self, campaign: i64) -> Result<(i64, i64, Option<String>), StoreError> {
         let conn = self.sms_conn();
         Ok(conn.query_row(
-            "SELECT COUNT(*) FILTER (WHERE state = 'queued'),
-                    COUNT(*) FILTER (WHERE state = 'submitting'),
-                    MIN(not_before) FILTER (WHERE state = 'queued')
-             FROM messages WHERE campaign = ?1",
+            "SELECT (SELECT COALESCE(SUM(n), 0) FROM message_counts
+                     WHERE campaign = ?1 AND state = 'queued'),
+                    (SELECT COALESCE(SUM(n), 0) FROM message_counts
+                     WHERE campaign = ?1 AND state = 'submitting'),
+                    (SELECT MIN(not_before) FROM messages INDEXED BY messages_queued
+                     WHERE campaign = ?1 AND state = 'queued')",
             [campaign],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )?)
@@ -960,6 +1068,8 @@ mod tests {
         let first = store.claim_batch(c, "gw", None, now(), 2, &[]).unwrap();
         let answer = |id, answer, retry_at| Finish {
             id,
+            campaign: c,
+            parts: 1,
             answer,
             carrier_id: Some(format!("c{id}")),
             reason: None,
@@ -1005,7 +1115,7 @@ mod tests {
         let second = claim(&store, c).unwrap();
         assert!(claim(&store, c).is_none(), "the unknown one is not resent");
         store
-            .finish_submit(second.id, &Submit::Accepted, Some("x"), None, None, now())
+            .finish_submit(&second, &Submit::Accepted, Some("x"), None, None, now())
             .unwrap();
         let counts = store.campaign(c).unwrap().unwrap().counts;
         assert_eq!((counts["unknown"], counts["sent"]), (1, 1));
@@ -1024,7 +1134,7 @@ mod tests {
             .unwrap();
         assert_eq!((from, to), (State::Submitting, State::Delivered));
         let after = store
-            .finish_submit(m.id, &Submit::Accepted, Some("abc"), None, None, now())
+            .finish_submit(&m, &Submit::Accepted, Some("abc"), None, None, now())
             .unwrap();
         assert_eq!(after, State::Delivered);
         // A later "buffered" report does not move it back either.
@@ -1079,6 +1189,93 @@ mod tests {
             held[0].not_before.as_deref(),
             Some("2026-11-29T10:00:00.000Z")
         );
+    }
+
+    /// (campaign, state, messages, parts) rows.
+    type Counts = Vec<(i64, String, i64, i64)>;
+
+    /// The kept counts of every campaign, and the same counted from the messages.
+    fn counts_kept_and_counted(store: &Store) -> (Counts, Counts) {
+        let conn = store.conn();
+        let rows = |sql: &str| -> Counts {
+            conn.prepare(sql)
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        (
+            rows("SELECT campaign, state, n, parts FROM message_counts WHERE n > 0 ORDER BY 1, 2"),
+            rows(
+                "SELECT campaign, state, COUNT(*), SUM(parts) FROM messages
+                 GROUP BY campaign, state ORDER BY 1, 2",
+            ),
+        )
+    }
+
+    #[test]
+    fn kept_counts_follow_every_state_change() {
+        let store = Store::memory().unwrap();
+        let c = campaign(&store, 8);
+        let check = |what: &str| {
+            let (kept, counted) = counts_kept_and_counted(&store);
+            assert_eq!(kept, counted, "after {what}");
+        };
+        check("create");
+        let m: Vec<Claimed> = store.claim_batch(c, "gw", None, now(), 5, &[]).unwrap();
+        check("claim");
+        let fin = |i: usize, answer| Finish {
+            id: m[i].id,
+            campaign: c,
+            parts: 1,
+            answer,
+            carrier_id: None,
+            reason: None,
+            retry_at: None,
+            delivered_by: None,
+        };
+        store
+            .claim_batch(
+                c,
+                "gw",
+                None,
+                now(),
+                0,
+                &[fin(0, Submit::Accepted), fin(1, Submit::Transient)],
+            )
+            .unwrap();
+        check("answers");
+        store
+            .record_report(m[0].id, "gw", Some(Report::Delivered), "1", "", now())
+            .unwrap();
+        check("report");
+        assert_eq!(store.recover_submitting(now()).unwrap(), 3);
+        check("recovery");
+        assert_eq!(store.requeue_unknown(c, now()).unwrap(), 3);
+        check("requeue");
+        store
+            .add_optouts(&[m[3].recipient.clone()], "STOP", "op", now())
+            .unwrap();
+        store.claim_batch(c, "gw", None, now(), 8, &[]).unwrap();
+        check("opt-out at claim");
+        assert!(
+            store
+                .set_campaign_status(c, &["running"], "cancelled", now())
+                .unwrap()
+        );
+        check("cancel");
+        let r = store
+            .fire_recurring(c, "running", "again", now(), None, now())
+            .unwrap();
+        check("recurring firing");
+        let counts = store.campaign(r).unwrap().unwrap().counts;
+        assert_eq!(
+            counts.into_iter().collect::<Vec<_>>(),
+            [("queued".to_owned(), 8)]
+        );
+        let (queued, submitting, _) = store.pending(r).unwrap();
+        assert_eq!((queued, submitting), (8, 0));
     }
 
     #[test]
