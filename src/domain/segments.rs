@@ -61,6 +61,15 @@ fn pack(widths: impl Iterator<Item = usize>, single: usize, per_part: usize) -> 
     (units, parts)
 }
 
+/// How `text` is coded: GSM-7 when every character is in the GSM-7 tables, else UCS-2.
+pub fn encoding(text: &str) -> Encoding {
+    if text.chars().all(|c| gsm7_width(c).is_some()) {
+        Encoding::Gsm7
+    } else {
+        Encoding::Ucs2
+    }
+}
+
 /// How `text` is coded and into how many parts it splits.
 pub fn segments(text: &str) -> Segments {
     let gsm: Option<Vec<usize>> = text.chars().map(gsm7_width).collect();
@@ -96,6 +105,7 @@ mod tests {
 
     fn seg(text: &str) -> (Encoding, usize, usize) {
         let s = segments(text);
+        assert_eq!(encoding(text), s.encoding, "{text:?}");
         (s.encoding, s.units, s.parts)
     }
 

@@ -16,7 +16,7 @@ use url::form_urlencoded;
 
 use super::config::{GatewayConfig, GatewayKind, HttpBody, HttpTemplate};
 use crate::domain::delivery::Submit;
-use crate::domain::segments::{Encoding, segments};
+use crate::domain::segments::{Encoding, encoding, segments};
 
 /// One message to submit.
 #[derive(Debug, Clone)]
@@ -224,7 +224,7 @@ impl Gateway {
                 dlr_mask,
                 post,
             } => {
-                let ucs2 = segments(m.text).encoding == Encoding::Ucs2;
+                let ucs2 = encoding(m.text) == Encoding::Ucs2;
                 let dlr_url = self.dlr_url(m.id);
                 let mask = dlr_mask.to_string();
                 let req = if *post {
