@@ -31,8 +31,26 @@ pub struct Segments {
 const GSM7_BASIC: &str = "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞ\u{1b}ÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà";
 const GSM7_EXTENSION: &str = "^{}\\[~]|€\u{0c}";
 
+/// Septets of each ASCII character in GSM-7 (0: not in GSM-7), so that the usual text is not
+/// searched for in the tables character by character.
+static GSM7_ASCII: std::sync::LazyLock<[u8; 128]> = std::sync::LazyLock::new(|| {
+    let mut t = [0u8; 128];
+    for c in (0..128u8).map(char::from) {
+        t[c as usize] = gsm7_width_slow(c).unwrap_or(0) as u8;
+    }
+    t
+});
+
 /// Septets a character takes in GSM-7, `None` if it is not in GSM-7.
 fn gsm7_width(c: char) -> Option<usize> {
+    if c.is_ascii() {
+        Some(usize::from(GSM7_ASCII[c as usize])).filter(|&w| w > 0)
+    } else {
+        gsm7_width_slow(c)
+    }
+}
+
+fn gsm7_width_slow(c: char) -> Option<usize> {
     if GSM7_EXTENSION.contains(c) {
         Some(2)
     } else if c != '\u{1b}' && GSM7_BASIC.contains(c) {
@@ -107,6 +125,13 @@ mod tests {
         let s = segments(text);
         assert_eq!(encoding(text), s.encoding, "{text:?}");
         (s.encoding, s.units, s.parts)
+    }
+
+    #[test]
+    fn the_ascii_table_agrees_with_the_gsm7_tables() {
+        for c in (0..=0x24ffu32).filter_map(char::from_u32) {
+            assert_eq!(gsm7_width(c), gsm7_width_slow(c), "{c:?}");
+        }
     }
 
     #[test]

@@ -60,7 +60,8 @@ pub struct Gateway {
     /// Its settings.
     pub cfg: GatewayConfig,
     client: reqwest::Client,
-    callback_url: String,
+    /// The report URL around a message's id: what comes before and after it.
+    dlr: (String, &'static str),
     dry_run: Option<Mutex<std::fs::File>>,
 }
 
@@ -190,10 +191,21 @@ impl Gateway {
             .pool_max_idle_per_host(cfg.in_flight)
             .build()
             .map_err(std::io::Error::other)?;
+        let dlr = (
+            format!(
+                "{callback_url}/api/v1/sms/dlr/{}?secret={}&id=",
+                cfg.name,
+                cfg.dlr_secret.as_deref().unwrap_or("")
+            ),
+            match cfg.kind {
+                GatewayKind::Kannel { .. } => "&type=%d&answer=%A&fid=%F&ts=%T",
+                _ => "",
+            },
+        );
         Ok(Gateway {
             cfg,
             client,
-            callback_url: callback_url.to_owned(),
+            dlr,
             dry_run,
         })
     }
@@ -201,15 +213,12 @@ impl Gateway {
     /// The URL this gateway calls back with a report for message `id`. Kannel fills in its
     /// `%` escapes: `%d` report type, `%A` SMSC answer, `%F` carrier id, `%T` time.
     pub fn dlr_url(&self, id: i64) -> String {
-        let secret = self.cfg.dlr_secret.as_deref().unwrap_or("");
-        let base = format!(
-            "{}/api/v1/sms/dlr/{}?secret={secret}&id={id}",
-            self.callback_url, self.cfg.name
-        );
-        match self.cfg.kind {
-            GatewayKind::Kannel { .. } => format!("{base}&type=%d&answer=%A&fid=%F&ts=%T"),
-            _ => base,
-        }
+        let (before, after) = (&self.dlr.0, self.dlr.1);
+        let mut url = String::with_capacity(before.len() + 20 + after.len());
+        url.push_str(before);
+        let _ = std::fmt::Write::write_fmt(&mut url, format_args!("{id}"));
+        url.push_str(after);
+        url
     }
 
     /// Submits one message. Never panics; every failure is an [`Answer`].
