@@ -11,6 +11,7 @@
 //! target/release/marquee-bench footprint --runs 5
 //! target/release/marquee-bench resolver --playlists 1000 --channels 100
 //! target/release/marquee-bench sms-fake
+//! target/release/marquee-bench sms-store
 //! target/release/marquee-bench sms-kannel
 //! ```
 
@@ -93,6 +94,19 @@ enum Scenario {
         /// Baseline requests.
         #[arg(long, default_value_t = 200_000)]
         baseline: usize,
+        /// Runs, each with a fresh daemon and store (the median is the figure).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// The dispatcher's store work alone (claim and answer of every message, no HTTP) at
+    /// several claim sizes.
+    SmsStore {
+        /// Messages per run.
+        #[arg(long, default_value_t = 200_000)]
+        messages: usize,
+        /// Messages per claim, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "8,24,64,256")]
+        batch: Vec<usize>,
     },
     /// SMS campaign through a real Kannel (bearerbox + smsbox + fakesmsc); baseline: a plain
     /// keep-alive HTTP client against the same Kannel.
@@ -155,7 +169,9 @@ fn main() -> anyhow::Result<()> {
                 messages,
                 in_flight,
                 baseline,
-            } => sms::fake(messages, in_flight, baseline).await,
+                runs,
+            } => sms::fake(messages, in_flight, baseline, runs).await,
+            Scenario::SmsStore { messages, batch } => sms::store(messages, &batch),
             Scenario::SmsKannel {
                 messages,
                 in_flight,

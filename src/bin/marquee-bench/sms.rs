@@ -49,6 +49,7 @@ async fn baseline(
     concurrency: usize,
     dlr_url: &str,
     dlr_mask: u32,
+    text: Option<&'static str>,
 ) -> anyhow::Result<f64> {
     let client = marquee::http_client()
         .pool_max_idle_per_host(concurrency)
@@ -70,7 +71,7 @@ async fn baseline(
                     return Ok::<_, anyhow::Error>(());
                 }
                 let to = format!("+86139{i:08}");
-                let text = format!("baseline {i}");
+                let text = text.map_or_else(|| format!("baseline {i}"), str::to_owned);
                 let mut u = url::Url::parse(&url)?;
                 u.query_pairs_mut()
                     .append_pair("username", crate::kannel::USER)
@@ -166,7 +167,7 @@ async fn campaign(d: &Daemon, n: usize) -> anyhow::Result<(i64, f64)> {
     let resp = client
         .post(format!("{}/api/v1/campaigns", d.http))
         .bearer_auth(&d.token)
-        .json(&json!({"name": "bench", "text": "Government Affairs Open Day: City Hall, 9:00-17:00", "recipients_csv": csv, "start": "now"}))
+        .json(&json!({"name": "bench", "text": TEXT, "recipients_csv": csv, "start": "now"}))
         .send()
         .await?;
     let import = t0.elapsed().as_secs_f64();
@@ -250,13 +251,30 @@ async fn wait_done(d: &Daemon, id: i64) -> anyhow::Result<Value> {
     }
 }
 
-/// `marquee-bench sms-fake`.
-pub async fn fake(n: usize, in_flight: usize, baseline_n: usize) -> anyhow::Result<()> {
+/// The campaigns' text (and the fake gateway's baseline text: the same requests).
+const TEXT: &str = "Government Affairs Open Day: City Hall, 9:00-17:00";
+
+/// The delivery-report URL a baseline request carries: the shape of the daemon's (see
+/// `Gateway::dlr_url`), so both send requests of the same size.
+fn baseline_dlr(d: &Daemon) -> String {
+    format!(
+        "{}/api/v1/sms/dlr/bench?secret={DLR_SECRET}&id=0&type=%d&answer=%A&fid=%F&ts=%T",
+        d.http
+    )
+}
+
+/// `marquee-bench sms-fake`: `runs` runs, each with a fresh daemon and store, a baseline before
+/// and after its campaign; the median ratio is the figure.
+pub async fn fake(
+    n: usize,
+    in_flight: usize,
+    baseline_n: usize,
+    runs: usize,
+) -> anyhow::Result<()> {
     println!(
-        "# sms-fake: {n} recipients, in-flight {in_flight}, gateway = separate process answering 202 at once, {}",
+        "# sms-fake: {n} recipients, in-flight {in_flight}, gateway = separate process answering 202 at once, {runs} runs, {}",
         machine()
     );
-    let scratch = Scratch::new()?;
     let port = free_port()?;
     let gw = Proc(
         std::process::Command::new(std::env::current_exe()?)
@@ -278,57 +296,72 @@ pub async fn fake(n: usize, in_flight: usize, baseline_n: usize) -> anyhow::Resu
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let d = start_daemon(&scratch.0, &gateway_section(&url, in_flight, 31))?;
-    let dlr = format!(
-        "{}/api/v1/sms/dlr/bench?secret={DLR_SECRET}&id=0&type=%d",
-        d.http
-    );
-    let cpu0 = cpu_secs("self");
-    let base = baseline(&url, baseline_n, in_flight, &dlr, 31).await?;
-    let client_us = (cpu_secs("self") - cpu0) * 1e6 / baseline_n as f64;
-    println!(
-        "baseline: plain HTTP client, {baseline_n} requests, {in_flight} connections: {base:.0} req/s, {client_us:.1} µs CPU per request"
-    );
-    let before = count().await?;
-    let rss_idle = rss_kb(d.pid) as f64 / 1024.0;
-    let (id, import) = campaign(&d, n).await?;
-    let cpu0 = cpu_secs(&d.pid.to_string());
-    let rss_import = rss_kb(d.pid) as f64 / 1024.0;
-    println!(
-        "import: {n} recipients written in {import:.1} s; daemon RSS {rss_idle:.0} MB idle, {rss_import:.0} MB after the import"
-    );
-    let (sustained, total, rss_min, rss_max) =
-        follow(d.pid, n, Duration::from_secs(1800), || async {
-            // An operator watching the campaign: its progress counts are read on every look.
-            get_json(&d, &format!("/api/v1/campaigns/{id}")).await?;
-            Ok(count().await? - before)
-        })
-        .await?;
-    let c = wait_done(&d, id).await?;
-    let daemon_us = (cpu_secs(&d.pid.to_string()) - cpu0) * 1e6 / n as f64;
-    let sent = c["counts"]["sent"].as_i64().unwrap_or(0);
-    let got = count().await? - before;
-    // The plain client's rate swings from run to run on a shared machine: measured again after
-    // the campaign, and the ratio is taken to the mean of the two.
-    let after = baseline(&url, baseline_n, in_flight, &dlr, 31).await?;
-    let mean = (base + after) / 2.0;
-    println!("baseline again after the campaign: {after:.0} req/s (mean {mean:.0})");
-    println!(
-        "CPU per message: daemon {daemon_us:.1} µs (store, pacing, HTTP) vs plain client {client_us:.1} µs (HTTP only)"
-    );
-    println!(
-        "marquee: {n} messages in {total:.1} s, sustained {sustained:.0} msg/s (10–90 %), ratio to the mean baseline {:.2} ({:.2}–{:.2}); daemon RSS while sending {rss_min:.0}–{rss_max:.0} MB",
-        sustained / mean,
-        sustained / base.max(after),
-        sustained / base.min(after)
-    );
-    println!(
-        "check: gateway received {got} (expected {n}); campaign counts {}",
-        c["counts"]
-    );
-    if got as usize != n || sent as usize != n {
-        bail!("lost or duplicated messages: gateway {got}, sent {sent}, expected {n}");
+    let (mut rates, mut ratios) = (Vec::new(), Vec::new());
+    for run in 1..=runs.max(1) {
+        println!("## run {run}");
+        let scratch = Scratch::new()?;
+        let d = start_daemon(&scratch.0, &gateway_section(&url, in_flight, 31))?;
+        let dlr = baseline_dlr(&d);
+        let cpu0 = cpu_secs("self");
+        let base = baseline(&url, baseline_n, in_flight, &dlr, 31, Some(TEXT)).await?;
+        let client_us = (cpu_secs("self") - cpu0) * 1e6 / baseline_n as f64;
+        println!(
+            "baseline: plain HTTP client, {baseline_n} requests like the campaign's (same text and report URL), {in_flight} connections: {base:.0} req/s, {client_us:.1} µs CPU per request"
+        );
+        let before = count().await?;
+        let rss_idle = rss_kb(d.pid) as f64 / 1024.0;
+        let (id, import) = campaign(&d, n).await?;
+        let cpu0 = cpu_secs(&d.pid.to_string());
+        let rss_import = rss_kb(d.pid) as f64 / 1024.0;
+        println!(
+            "import: {n} recipients written in {import:.1} s; daemon RSS {rss_idle:.0} MB idle, {rss_import:.0} MB after the import"
+        );
+        let (sustained, total, rss_min, rss_max) =
+            follow(d.pid, n, Duration::from_secs(1800), || async {
+                // An operator watching the campaign: its progress counts are read on every look.
+                get_json(&d, &format!("/api/v1/campaigns/{id}")).await?;
+                Ok(count().await? - before)
+            })
+            .await?;
+        let c = wait_done(&d, id).await?;
+        let daemon_us = (cpu_secs(&d.pid.to_string()) - cpu0) * 1e6 / n as f64;
+        let sent = c["counts"]["sent"].as_i64().unwrap_or(0);
+        let got = count().await? - before;
+        // The plain client's rate swings from run to run on a shared machine: measured again
+        // after the campaign, and the ratio is taken to the mean of the two.
+        let after = baseline(&url, baseline_n, in_flight, &dlr, 31, Some(TEXT)).await?;
+        let mean = (base + after) / 2.0;
+        println!("baseline again after the campaign: {after:.0} req/s (mean {mean:.0})");
+        println!(
+            "CPU per message: daemon {daemon_us:.1} µs (store, pacing, HTTP) vs plain client {client_us:.1} µs (HTTP only)"
+        );
+        println!(
+            "marquee: {n} messages in {total:.1} s, sustained {sustained:.0} msg/s (10–90 %), ratio to the mean baseline {:.2} ({:.2}–{:.2}); daemon RSS while sending {rss_min:.0}–{rss_max:.0} MB",
+            sustained / mean,
+            sustained / base.max(after),
+            sustained / base.min(after)
+        );
+        println!(
+            "check: gateway received {got} (expected {n}); campaign counts {}",
+            c["counts"]
+        );
+        if got as usize != n || sent as usize != n {
+            bail!("lost or duplicated messages: gateway {got}, sent {sent}, expected {n}");
+        }
+        rates.push(sustained);
+        ratios.push(sustained / mean);
     }
+    println!(
+        "median of {} runs: sustained {:.0} msg/s, ratio to the baseline {:.2} (runs: {})",
+        ratios.len(),
+        super::median(rates),
+        super::median(ratios.clone()),
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     drop(gw);
     Ok(())
 }
@@ -352,10 +385,7 @@ pub async fn kannel(
         &scratch.0,
         &gateway_section(&k.sendsms, in_flight, dlr_mask),
     )?;
-    let dlr = format!(
-        "{}/api/v1/sms/dlr/bench?secret={DLR_SECRET}&id=0&type=%d",
-        d.http
-    );
+    let dlr = baseline_dlr(&d);
     // Reads only what fakesmsc appended since the last look (a rescan of a growing log would
     // slow the machine down as the run goes on).
     let log = std::sync::Mutex::new((0u64, 0u64, 0u64, Vec::<u8>::new()));
@@ -384,7 +414,8 @@ pub async fn kannel(
     // Both rates are measured the same way: until fakesmsc has every message (Kannel answers
     // 202 once bearerbox has queued a message, before it reaches the SMSC).
     let t0 = Instant::now();
-    let accepted = baseline(&k.sendsms, baseline_n, in_flight, &dlr, dlr_mask).await?;
+    // The baseline's texts differ from the campaign's, to tell them apart at fakesmsc.
+    let accepted = baseline(&k.sendsms, baseline_n, in_flight, &dlr, dlr_mask, None).await?;
     follow(d.pid, baseline_n, Duration::from_secs(600), || async {
         received(&k, "baseline")
     })
@@ -433,6 +464,81 @@ pub async fn kannel(
     );
     if got.len() != n || twice > 0 {
         bail!("lost or duplicated messages");
+    }
+    Ok(())
+}
+
+/// `marquee-bench sms-store`: the dispatcher's store work alone (no HTTP): a campaign of `n`
+/// messages claimed `batch` at a time, each claim also storing the answers to the previous one,
+/// as the dispatcher does. On disk, `synchronous = FULL`, like the daemon.
+pub fn store(n: usize, batches: &[usize]) -> anyhow::Result<()> {
+    use marquee::domain::delivery::Submit;
+    use marquee::store::sms::{Finish, NewCampaign, NewMessage};
+    println!(
+        "# sms-store: {n} messages per run, claim + answer of each in the dispatcher's transactions, {}",
+        machine()
+    );
+    for &batch in batches {
+        let scratch = Scratch::new()?;
+        let store = marquee::store::Store::open(&scratch.0.join("marquee.db"))?;
+        let text: std::sync::Arc<str> = TEXT.into();
+        let msgs: Vec<NewMessage> = (0..n)
+            .map(|i| NewMessage {
+                row: i + 1,
+                recipient: 8613800000000 + i as u64,
+                text: text.clone(),
+                parts: 1,
+            })
+            .collect();
+        let spec = json!({});
+        let now = chrono::Utc::now();
+        let c = NewCampaign {
+            name: "bench",
+            spec: &spec,
+            start_at: None,
+            by: "bench",
+            alert: None,
+        };
+        let id = store.create_campaign(&c, now, &msgs)?;
+        store.set_campaign_status(id, &["draft"], "running", now)?;
+        let cpu0 = cpu_secs("self");
+        let t0 = Instant::now();
+        let (mut done, mut claims) = (0, 0);
+        let mut answers = Vec::new();
+        loop {
+            let claimed =
+                store.claim_batch(id, "bench", None, chrono::Utc::now(), batch, &answers)?;
+            claims += 1;
+            if claimed.is_empty() {
+                break;
+            }
+            done += claimed.len();
+            answers = claimed
+                .iter()
+                .map(|m| Finish {
+                    id: m.id,
+                    campaign: m.campaign,
+                    parts: m.parts,
+                    answer: Submit::Accepted,
+                    carrier_id: None,
+                    reason: None,
+                    retry_at: None,
+                    delivered_by: None,
+                })
+                .collect();
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let cpu = cpu_secs("self") - cpu0;
+        let sent = store.campaign(id)?.context("campaign gone")?.counts["sent"];
+        if sent as usize != n || done != n {
+            bail!("claimed {done}, sent {sent}, expected {n}");
+        }
+        println!(
+            "batch {batch:>4}: {:.1} µs CPU and {:.1} µs wall per message ({claims} transactions, {:.0} messages/s)",
+            cpu * 1e6 / n as f64,
+            wall * 1e6 / n as f64,
+            n as f64 / wall
+        );
     }
     Ok(())
 }
