@@ -285,22 +285,6 @@ impl Tally {
         }
     }
 
-    /// Every row a `RETURNING campaign, parts` statement changed went from `from` to `to`.
-    fn moved_rows(
-        &mut self,
-        rows: rusqlite::Rows<'_>,
-        from: State,
-        to: State,
-    ) -> rusqlite::Result<usize> {
-        let mut n = 0;
-        let mut rows = rows;
-        while let Some(r) = rows.next()? {
-            self.moved(r.get(0)?, r.get(1)?, from, to);
-            n += 1;
-        }
-        Ok(n)
-    }
-
     fn write(self, tx: &Transaction<'_>) -> rusqlite::Result<()> {
         let mut add = tx.prepare_cached(
             "INSERT INTO message_counts (campaign, state, n, parts) VALUES (?1, ?2, ?3, ?4)
@@ -313,6 +297,28 @@ impl Tally {
         }
         Ok(())
     }
+}
+
+/// Runs `sql`, an `UPDATE` of many messages from `from` to `to` that ends in `RETURNING
+/// campaign, parts`, and counts what it moved. Returns how many.
+fn move_all(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+    from: State,
+    to: State,
+) -> rusqlite::Result<usize> {
+    let mut tally = Tally::default();
+    let mut stmt = tx.prepare(sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut n = 0;
+    while let Some(r) = rows.next()? {
+        tally.moved(r.get(0)?, r.get(1)?, from, to);
+        n += 1;
+    }
+    drop(rows);
+    tally.write(tx)?;
+    Ok(n)
 }
 
 impl Store {
@@ -510,19 +516,15 @@ impl Store {
             params![id, to, now_s],
         )?;
         if to == "cancelled" {
-            let mut tally = Tally::default();
-            let mut cancel = tx.prepare(
+            move_all(
+                &tx,
                 "UPDATE messages INDEXED BY messages_queued
                  SET state = 'cancelled', reason = 'campaign cancelled', updated_at = ?2
                  WHERE campaign = ?1 AND state = 'queued' RETURNING campaign, parts",
-            )?;
-            tally.moved_rows(
-                cancel.query(params![id, now_s])?,
+                params![id, now_s],
                 State::Queued,
                 State::Cancelled,
             )?;
-            drop(cancel);
-            tally.write(&tx)?;
         }
         tx.commit()?;
         Ok(true)
@@ -533,19 +535,15 @@ impl Store {
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let to = delivery::on_recovery(State::Submitting);
-        let mut tally = Tally::default();
-        let mut recover = tx.prepare(
+        let n = move_all(
+            &tx,
             "UPDATE messages INDEXED BY messages_submitting
              SET state = ?1, reason = 'the daemon stopped before the gateway answered', updated_at = ?2
              WHERE state = 'submitting' RETURNING campaign, parts",
-        )?;
-        let n = tally.moved_rows(
-            recover.query(params![to.as_str(), ts(now)])?,
+            params![to.as_str(), ts(now)],
             State::Submitting,
             to,
         )?;
-        drop(recover);
-        tally.write(&tx)?;
         tx.commit()?;
         Ok(n)
     }
@@ -893,18 +891,14 @@ impl Store {
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let to = delivery::requeue(State::Unknown);
-        let mut tally = Tally::default();
-        let mut requeue = tx.prepare(
+        let n = move_all(
+            &tx,
             "UPDATE messages SET state = ?2, reason = 'requeued by an operator', not_before = NULL, updated_at = ?3
              WHERE campaign = ?1 AND state = 'unknown' RETURNING campaign, parts",
-        )?;
-        let n = tally.moved_rows(
-            requeue.query(params![campaign, to.as_str(), ts(now)])?,
+            params![campaign, to.as_str(), ts(now)],
             State::Unknown,
             to,
         )?;
-        drop(requeue);
-        tally.write(&tx)?;
         tx.commit()?;
         Ok(n)
     }

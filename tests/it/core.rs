@@ -201,14 +201,21 @@ async fn overwritten_retained_topics_are_restored_and_strays_cleared() {
     .await;
 }
 
-#[tokio::test]
-async fn sighup_reloads_when_watching_is_off() {
+/// A daemon on its embedded broker with `schedule` settings, and a subscriber that already
+/// holds the lobby's first timeline.
+async fn lobby_with(schedule: &str) -> (Site, Daemon, marquee::wire::PublicKey, Sub) {
     let port = free_port();
-    let site = Site::new(&embedded(port), "watch = false");
-    let mut d = Daemon::start(&site).await;
+    let site = Site::new(&embedded(port), schedule);
+    let d = Daemon::start(&site).await;
     let key = site.public_key();
     let mut sub = Sub::connect(port, LOBBY).await;
     sub.timeline(&key, LOBBY, 1).await;
+    (site, d, key, sub)
+}
+
+#[tokio::test]
+async fn sighup_reloads_when_watching_is_off() {
+    let (site, mut d, key, mut sub) = lobby_with("watch = false").await;
     std::fs::write(site.playlist("test-lobby"), lobby_now("on hangup")).unwrap();
     d.signal("HUP");
     let (v, tl) = sub.timeline(&key, LOBBY, 2).await;
@@ -221,12 +228,7 @@ async fn sighup_reloads_when_watching_is_off() {
 /// renamed into place, goes live at once (here the debounce is an hour).
 #[tokio::test]
 async fn finished_writes_do_not_wait_for_the_debounce() {
-    let port = free_port();
-    let site = Site::new(&embedded(port), "debounce = \"1h\"");
-    let mut d = Daemon::start(&site).await;
-    let key = site.public_key();
-    let mut sub = Sub::connect(port, LOBBY).await;
-    sub.timeline(&key, LOBBY, 1).await;
+    let (site, mut d, key, mut sub) = lobby_with("debounce = \"1h\"").await;
     std::fs::write(site.playlist("test-lobby"), lobby_now("written in place")).unwrap();
     let (v, tl) = sub.timeline(&key, LOBBY, 2).await;
     assert_eq!(v, 2);
@@ -243,12 +245,7 @@ async fn finished_writes_do_not_wait_for_the_debounce() {
 #[tokio::test]
 async fn a_file_that_never_stops_changing_is_still_read() {
     use std::io::Write;
-    let port = free_port();
-    let site = Site::new(&embedded(port), "debounce = \"200ms\"");
-    let _d = Daemon::start(&site).await;
-    let key = site.public_key();
-    let mut sub = Sub::connect(port, LOBBY).await;
-    sub.timeline(&key, LOBBY, 1).await;
+    let (site, _d, key, mut sub) = lobby_with("debounce = \"200ms\"").await;
     // A writer that keeps the file open and appends a space every 50 ms, well inside the
     // debounce, until the test ends.
     let mut file = std::fs::File::create(site.playlist("test-lobby")).unwrap();
