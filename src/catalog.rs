@@ -39,8 +39,13 @@ impl Catalog {
         for path in paths {
             let label = path.display().to_string();
             let stem = path.file_stem().and_then(|s| s.to_str()).map(str::to_owned);
-            let parsed = match std::fs::read_to_string(&path) {
-                Ok(src) => Playlist::parse(&label, stem.as_deref(), &src, ctx).map(|p| (p, src)),
+            let parsed = match std::fs::read(&path) {
+                Ok(bytes) => crate::domain::playlist::source_text(&label, &bytes)
+                    .map_err(|e| vec![e])
+                    .and_then(|src| {
+                        Playlist::parse(&label, stem.as_deref(), src, ctx)
+                            .map(|p| (p, src.to_owned()))
+                    }),
                 Err(e) => Err(vec![PlaylistError {
                     file: label,
                     line: 1,

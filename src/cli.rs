@@ -164,6 +164,33 @@ impl ApiClient {
         Ok(text)
     }
 
+    /// Uploads a list file as it is (`POST /api/v1/uploads`): CSV or TXT in any encoding, XLSX,
+    /// XLS. Returns the answer (its `upload` id, columns, rows).
+    pub async fn upload(
+        &self,
+        file: &Path,
+        sheet: Option<&str>,
+    ) -> anyhow::Result<serde_json::Value> {
+        let bytes =
+            std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+        let mut url = url::Url::parse(&format!("{}/api/v1/uploads", self.url))?;
+        if let Some(s) = sheet {
+            url.query_pairs_mut().append_pair("sheet", s);
+        }
+        let resp = crate::http_client()
+            .build()?
+            .post(url)
+            .bearer_auth(&self.token)
+            .header("Content-Type", "application/octet-stream")
+            .body(bytes)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the daemon at {}", self.url))?;
+        Self::answer(resp)
+            .await
+            .with_context(|| format!("{} was not accepted", file.display()))
+    }
+
     /// Any request with an optional JSON body; API errors become their message.
     pub async fn call(
         &self,
@@ -182,6 +209,11 @@ impl ApiClient {
             .send()
             .await
             .with_context(|| format!("cannot reach the daemon at {}", self.url))?;
+        Self::answer(resp).await
+    }
+
+    /// A JSON answer, or its API error as the message.
+    async fn answer(resp: reqwest::Response) -> anyhow::Result<serde_json::Value> {
         let status = resp.status();
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
         if !status.is_success() {
@@ -354,8 +386,8 @@ fn playlist_id(file: &Path) -> anyhow::Result<String> {
 /// `marquee playlist push FILE`: uploads it (validated like a file on disk); prints the impact.
 pub async fn playlist_push(api: &ApiClient, file: &Path) -> anyhow::Result<String> {
     let id = playlist_id(file)?;
-    let body =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    // Sent as saved: the daemon names an encoding problem and where it is.
+    let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let resp = crate::http_client()
         .build()?
         .put(format!("{}/api/v1/playlists/{id}", api.url))
@@ -416,19 +448,20 @@ pub fn playlist_diff(config: &Path, file: &Path) -> anyhow::Result<String> {
     let sched = &cfg.schedule;
     let ctx = sched.validation_context();
     let id = playlist_id(file)?;
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let label = file.display().to_string();
     let src =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let new = crate::domain::Playlist::parse(&file.display().to_string(), Some(&id), &src, &ctx)
-        .map_err(|errors| {
-            anyhow::anyhow!(
-                "{}",
-                errors
-                    .iter()
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            )
-        })?;
+        crate::domain::playlist::source_text(&label, &bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let new = crate::domain::Playlist::parse(&label, Some(&id), src, &ctx).map_err(|errors| {
+        anyhow::anyhow!(
+            "{}",
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
     let catalog = Catalog::load(&sched.playlists_dir, &ctx, None)
         .with_context(|| format!("cannot read {}", sched.playlists_dir.display()))?;
     let impact = crate::preview::change_impact(

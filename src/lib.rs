@@ -14,6 +14,7 @@ pub mod domain;
 pub mod fleet;
 pub mod http;
 pub mod keys;
+pub mod lists;
 pub mod logging;
 pub mod metrics;
 pub mod mqtt;

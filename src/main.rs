@@ -241,6 +241,15 @@ enum CampaignAction {
         #[arg(long)]
         csv: bool,
     },
+    /// The rows the import rejected, with the reason for each.
+    Rejects {
+        /// Campaign id.
+        id: i64,
+        /// Write them to this CSV file (the list's columns plus reason and row), to fix and
+        /// upload again.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -259,10 +268,14 @@ enum OptoutAction {
         /// Number.
         number: String,
     },
-    /// Add every number of a CSV file (a number column).
+    /// Add every number of a list file (a number column): CSV or TXT in any common encoding,
+    /// XLSX or XLS.
     Import {
-        /// CSV file.
+        /// The file.
         file: PathBuf,
+        /// The sheet of a workbook (default: the first).
+        #[arg(long)]
+        sheet: Option<String>,
         /// Why.
         #[arg(long)]
         reason: Option<String>,
@@ -492,6 +505,9 @@ fn main() -> ExitCode {
                     CampaignAction::Messages { id, status, csv } => {
                         c::messages(&client, id, status.as_deref(), csv).await
                     }
+                    CampaignAction::Rejects { id, out } => {
+                        c::rejects(&client, id, out.as_deref()).await
+                    }
                 }
             })
         }
@@ -499,10 +515,21 @@ fn main() -> ExitCode {
             use marquee::cli::campaign as c;
             match action {
                 OptoutAction::Add { numbers, reason } => {
-                    c::optout_add(&client, &numbers, None, reason.as_deref()).await
+                    c::optout_add(&client, &numbers, None, None, reason.as_deref()).await
                 }
-                OptoutAction::Import { file, reason } => {
-                    c::optout_add(&client, &[], Some(&file), reason.as_deref()).await
+                OptoutAction::Import {
+                    file,
+                    sheet,
+                    reason,
+                } => {
+                    c::optout_add(
+                        &client,
+                        &[],
+                        Some(&file),
+                        sheet.as_deref(),
+                        reason.as_deref(),
+                    )
+                    .await
                 }
                 OptoutAction::Remove { number } => c::optout_remove(&client, &number).await,
                 OptoutAction::List => c::optout_list(&client).await,

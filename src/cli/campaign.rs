@@ -24,9 +24,13 @@ pub struct CreateArgs {
     /// Sender id (default: sms.sender).
     #[arg(long)]
     pub sender: Option<String>,
-    /// CSV with a number column (and optional lang and variable columns).
+    /// A list with a number column (and optional lang and variable columns): CSV or TXT in
+    /// UTF-8, UTF-16 or GBK/GB18030, any of , ; tab | as delimiter, or an XLSX/XLS workbook.
     #[arg(long)]
     pub recipients: Option<std::path::PathBuf>,
+    /// The sheet of a workbook to read (default: the first).
+    #[arg(long)]
+    pub sheet: Option<String>,
     /// One recipient (repeatable), instead of --recipients.
     #[arg(long)]
     pub to: Vec<String>,
@@ -47,7 +51,7 @@ pub struct CreateArgs {
     pub repeat: Option<String>,
 }
 
-fn rejects_text(rejects: &Value) -> String {
+fn rejects_text(rejects: &Value, campaign: Option<i64>) -> String {
     let list = rejects.as_array().cloned().unwrap_or_default();
     if list.is_empty() {
         return String::new();
@@ -64,7 +68,30 @@ fn rejects_text(rejects: &Value) -> String {
     if list.len() > 50 {
         out.push_str(&format!("  … and {} more\n", list.len() - 50));
     }
+    if let Some(id) = campaign {
+        out.push_str(&format!(
+            "every rejected row, to fix and upload again: marquee campaign rejects {id} --out rejects-{id}.csv\n"
+        ));
+    }
     out
+}
+
+/// `marquee campaign rejects ID [--out FILE]`: the rows the import rejected; with `--out`, a CSV
+/// (UTF-8 with BOM, the list's own columns plus reason and row) to fix and upload again.
+pub async fn rejects(api: &ApiClient, id: i64, out: Option<&Path>) -> anyhow::Result<String> {
+    let path = format!("/api/v1/campaigns/{id}/rejects");
+    if let Some(f) = out {
+        let csv = api.get_text(&path, "text/csv").await?;
+        std::fs::write(f, csv).with_context(|| format!("cannot write {}", f.display()))?;
+        return Ok(format!("wrote {}\n", f.display()));
+    }
+    let v = api.get(&path).await?;
+    let text = rejects_text(&v["rejects"], None);
+    Ok(if text.is_empty() {
+        "no row was rejected\n".into()
+    } else {
+        text
+    })
 }
 
 /// `marquee campaign create`: prints the id, the cost estimate and every rejected row.
@@ -78,10 +105,11 @@ pub async fn create(api: &ApiClient, a: CreateArgs) -> anyhow::Result<String> {
     }
     match (&a.recipients, a.to.is_empty()) {
         (Some(file), true) => {
-            body["recipients_csv"] = json!(
-                std::fs::read_to_string(file)
-                    .with_context(|| format!("cannot read {}", file.display()))?
-            );
+            let up = api.upload(file, a.sheet.as_deref()).await?;
+            body["recipients_upload"] = up["upload"].clone();
+            if let Some(s) = &a.sheet {
+                body["sheet"] = json!(s);
+            }
         }
         (None, false) => {
             body["recipients"] = json!(
@@ -90,7 +118,9 @@ pub async fn create(api: &ApiClient, a: CreateArgs) -> anyhow::Result<String> {
                     .collect::<Vec<_>>()
             );
         }
-        _ => anyhow::bail!("give --recipients FILE.csv or --to NUMBER (repeatable), not both"),
+        _ => anyhow::bail!(
+            "give --recipients FILE (.csv, .txt, .xlsx, .xls) or --to NUMBER (repeatable), not both"
+        ),
     }
     if !a.gateways.is_empty() {
         body["gateways"] = json!(a.gateways);
@@ -125,7 +155,7 @@ pub async fn create(api: &ApiClient, a: CreateArgs) -> anyhow::Result<String> {
         e["ucs2"],
         e["carrier_billed"],
         e["duration_seconds"],
-        rejects_text(&v["rejects"])
+        rejects_text(&v["rejects"], Some(v["id"].as_i64().unwrap_or(0)))
     ))
 }
 
@@ -294,18 +324,21 @@ pub async fn messages(
     Ok(table(&rows))
 }
 
-/// `marquee optout add|import`: numbers or a CSV file.
+/// `marquee optout add|import`: numbers, or a list file (CSV, TXT, XLSX, XLS).
 pub async fn optout_add(
     api: &ApiClient,
     numbers: &[String],
-    csv: Option<&Path>,
+    file: Option<&Path>,
+    sheet: Option<&str>,
     reason: Option<&str>,
 ) -> anyhow::Result<String> {
     let mut body = json!({"numbers": numbers});
-    if let Some(f) = csv {
-        body["csv"] = json!(
-            std::fs::read_to_string(f).with_context(|| format!("cannot read {}", f.display()))?
-        );
+    if let Some(f) = file {
+        let up = api.upload(f, sheet).await?;
+        body["upload"] = up["upload"].clone();
+        if let Some(s) = sheet {
+            body["sheet"] = json!(s);
+        }
     }
     if let Some(r) = reason {
         body["reason"] = json!(r);
@@ -317,7 +350,7 @@ pub async fn optout_add(
         "{} added, {} already on the list\n{}",
         v["added"],
         v["already"],
-        rejects_text(&v["rejects"])
+        rejects_text(&v["rejects"], None)
     ))
 }
 

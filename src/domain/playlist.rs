@@ -231,6 +231,50 @@ impl Problems<'_> {
     }
 }
 
+/// The text of a playlist file as Windows editors save it: a leading UTF-8 byte-order mark is
+/// dropped (RFC 8259 §8.1 lets a parser ignore it) and CRLF line ends are JSON whitespace. UTF-16
+/// (with a byte-order mark, or NUL bytes beside ASCII) and bytes that are not UTF-8 (an "ANSI"
+/// or GBK save) are refused with what was found and where, rather than a JSON syntax error.
+pub fn source_text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, PlaylistError> {
+    let refuse = |line, column, message: String| PlaylistError {
+        file: file.to_owned(),
+        line,
+        column,
+        message,
+    };
+    let utf16 = match bytes {
+        [0xff, 0xfe, ..] => Some("UTF-16 LE (it starts with the byte-order mark FF FE)"),
+        [0xfe, 0xff, ..] => Some("UTF-16 BE (it starts with the byte-order mark FE FF)"),
+        [a, 0, ..] if *a != 0 => Some("UTF-16 LE without a byte-order mark (byte 1 is NUL)"),
+        [0, b, ..] if *b != 0 => Some("UTF-16 BE without a byte-order mark (byte 0 is NUL)"),
+        _ => None,
+    };
+    if let Some(found) = utf16 {
+        return Err(refuse(
+            1,
+            1,
+            format!(
+                "the file is {found}; playlists are UTF-8 (RFC 8259 §8.1): save it as \"UTF-8\""
+            ),
+        ));
+    }
+    let body = bytes.strip_prefix(b"\xef\xbb\xbf").unwrap_or(bytes);
+    std::str::from_utf8(body).map_err(|e| {
+        let at = e.valid_up_to();
+        let prefix = std::str::from_utf8(&body[..at]).unwrap_or("");
+        let (line, column) = super::locate::line_col(prefix, prefix.len());
+        let offset = at + (bytes.len() - body.len());
+        refuse(
+            line,
+            column,
+            format!(
+                "not UTF-8: byte 0x{:02X} at byte offset {offset} is not valid UTF-8 (an ANSI or GBK save?); playlists are UTF-8 (RFC 8259 §8.1): save it as \"UTF-8\"",
+                body[at]
+            ),
+        )
+    })
+}
+
 impl Playlist {
     /// Reads and validates one playlist. `file` names the file in messages; `stem` is the file
     /// name without `.json`, which the id must equal (`None` skips that check).
@@ -240,6 +284,8 @@ impl Playlist {
         src: &str,
         ctx: &ValidationContext,
     ) -> Result<Playlist, Vec<PlaylistError>> {
+        // A byte-order mark that came through as text (an API body, a stored source).
+        let src = src.strip_prefix('\u{feff}').unwrap_or(src);
         let raw: PlaylistFile = serde_json::from_str(src).map_err(|e| {
             vec![PlaylistError {
                 file: file.to_owned(),

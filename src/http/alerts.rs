@@ -52,9 +52,15 @@ pub struct AlertSms {
     /// Recipients as a list.
     #[serde(default)]
     pub recipients: Vec<crate::sms::campaign::RecipientIn>,
-    /// Recipients as CSV (a number column, optional lang).
+    /// Recipients as CSV text (a number column, optional lang).
     #[serde(default)]
     pub recipients_csv: Option<String>,
+    /// Recipients from a list uploaded with `POST /api/v1/uploads` (CSV, TXT, XLSX, XLS).
+    #[serde(default)]
+    pub recipients_upload: Option<String>,
+    /// The sheet of an uploaded workbook (default: the first).
+    #[serde(default)]
+    pub sheet: Option<String>,
     /// SMS text (default: the alert's `zh` text, or its only text; `en` for recipients whose
     /// lang is en).
     #[serde(default)]
@@ -91,6 +97,8 @@ fn sms_request(alert: &Alert, sms: &AlertSms) -> crate::sms::campaign::CreateReq
         sender: None,
         recipients: sms.recipients.clone(),
         recipients_csv: sms.recipients_csv.clone(),
+        recipients_upload: sms.recipients_upload.clone(),
+        sheet: sms.sheet.clone(),
         gateways: sms.gateways.clone(),
         start: Some("now".into()),
         send_window: None,

@@ -19,7 +19,7 @@ use super::api::blocking;
 use super::auth::{Approver, Auth, Operator, Principal, Viewer};
 use super::error::ApiError;
 use super::{AppState, audit};
-use crate::sms::campaign::{CreateRequest, Start, prepare};
+use crate::sms::campaign::{CreateRequest, Reject, Start, list_numbers, prepare};
 use crate::store::sms::{CampaignRow, NewCampaign};
 
 fn conflict(code: &'static str, message: String) -> ApiError {
@@ -95,22 +95,32 @@ pub async fn create_campaign(
 ) -> Result<Value, ApiError> {
     let (store, cfg) = (s.store.clone(), s.cfg.clone());
     let now = Utc::now();
+    let field = |f: &str| match alert {
+        Some(_) => format!("sms.{f}"),
+        None => f.to_owned(),
+    };
+    let upload_id = req.recipients_upload.clone();
+    let upload = match &upload_id {
+        Some(id) => Some(std::io::BufReader::new(super::uploads::open(
+            &s.cfg.data_dir,
+            id,
+            &field("recipients_upload"),
+        )?)),
+        None => None,
+    };
     let prepared = tokio::task::spawn_blocking(move || {
         let optouts = store.optout_set()?;
         let name = req.name.clone();
-        Ok::<_, crate::store::StoreError>(prepare(req, &cfg.sms, now, &optouts).map(|p| (p, name)))
+        let mut upload = upload;
+        let file = upload.as_mut().map(|f| f as &mut dyn crate::lists::Source);
+        Ok::<_, crate::store::StoreError>(
+            prepare(req, &cfg.sms, now, &optouts, file).map(|p| (p, name)),
+        )
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| {
-        let field = if alert.is_some() {
-            format!("sms.{}", e.field)
-        } else {
-            e.field.to_owned()
-        };
-        ApiError::bad_field(&field, e.message)
-    })?;
+    .map_err(|e| ApiError::bad_field(&field(e.field), e.message))?;
     let (p, name) = prepared;
     let spec = serde_json::to_value(&p.spec).map_err(|e| ApiError::internal(e.to_string()))?;
     let start_at = match p.start {
@@ -134,6 +144,7 @@ pub async fn create_campaign(
     };
     let store = s.store.clone();
     let (messages, name2, by) = (p.messages, name.clone(), who.name.clone());
+    let rejects = p.rejects.clone();
     let (spec2, alert_id) = (spec.clone(), alert.map(|(a, _)| a.to_owned()));
     let id = blocking(move || {
         store.create_campaign(
@@ -146,9 +157,13 @@ pub async fn create_campaign(
             },
             now,
             &messages,
+            &rejects,
         )
     })
     .await?;
+    if let Some(id) = &upload_id {
+        super::uploads::remove(&s.cfg.data_dir, id);
+    }
     let action = if over && who.emergency && wanted != "draft" {
         "campaign.create.emergency_skip"
     } else {
@@ -557,9 +572,15 @@ pub struct OptOutRequest {
     /// Numbers as written.
     #[serde(default)]
     pub numbers: Vec<String>,
-    /// CSV text with a `number` (or `phone`, `mobile`, `to`, `msisdn`) column.
+    /// CSV text with a number column (the names `recipients_csv` takes).
     #[serde(default)]
     pub csv: Option<String>,
+    /// A list uploaded with `POST /api/v1/uploads` (CSV, TXT, XLSX, XLS): the upload's id.
+    #[serde(default)]
+    pub upload: Option<String>,
+    /// The sheet of an uploaded workbook (default: the first).
+    #[serde(default)]
+    pub sheet: Option<String>,
     /// Why (kept with each number).
     #[serde(default)]
     pub reason: Option<String>,
@@ -574,35 +595,52 @@ pub async fn add_optouts(
     Json(req): Json<OptOutRequest>,
 ) -> Result<Json<Value>, ApiError> {
     let region = s.cfg.sms.default_region;
-    let mut rows: Vec<(usize, String)> = req
-        .numbers
-        .iter()
-        .cloned()
-        .enumerate()
-        .map(|(i, n)| (i + 1, n))
-        .collect();
-    if let Some(csv) = &req.csv {
-        let mut rdr = csv::ReaderBuilder::new()
-            .trim(csv::Trim::All)
-            .from_reader(csv.as_bytes());
-        let headers = rdr
-            .headers()
-            .map_err(|e| ApiError::bad_field("csv", e.to_string()))?
-            .clone();
-        let col = crate::sms::campaign::number_column(&headers)
-            .ok_or_else(|| ApiError::bad_field("csv", crate::sms::campaign::NO_NUMBER_COLUMN))?;
-        for (i, r) in rdr.records().enumerate() {
-            let r = r.map_err(|e| ApiError::bad_field("csv", e.to_string()))?;
-            rows.push((i + 1, r.get(col).unwrap_or("").to_owned()));
-        }
-    }
     let mut numbers = Vec::new();
     let mut rejects = Vec::new();
-    for (row, raw) in rows {
-        match crate::domain::phone::normalize(&raw, region) {
+    for (i, raw) in req.numbers.iter().enumerate() {
+        match crate::domain::phone::normalize(raw, region) {
             Ok(n) => numbers.push(n),
-            Err(e) => rejects.push(json!({"row": row, "value": raw, "reason": e.to_string()})),
+            Err(e) => rejects.push(Reject {
+                row: i + 1,
+                value: raw.clone(),
+                reason: e.to_string(),
+                cells: Vec::new(),
+            }),
         }
+    }
+    let file = match &req.upload {
+        Some(id) => Some(std::io::BufReader::new(super::uploads::open(
+            &s.cfg.data_dir,
+            id,
+            "upload",
+        )?)),
+        None => None,
+    };
+    let (csv, sheet) = (req.csv.clone(), req.sheet.clone());
+    let (numbers, rejects) = tokio::task::spawn_blocking(move || {
+        let mut numbers = numbers;
+        let mut rejects = rejects;
+        if let Some(csv) = csv {
+            let src = std::io::Cursor::new(csv.into_bytes());
+            list_numbers(
+                src,
+                sheet.clone(),
+                "csv",
+                region,
+                &mut numbers,
+                &mut rejects,
+            )?;
+        }
+        if let Some(f) = file {
+            list_numbers(f, sheet, "upload", region, &mut numbers, &mut rejects)?;
+        }
+        Ok::<_, crate::sms::campaign::Invalid>((numbers, rejects))
+    })
+    .await
+    .map_err(|e| ApiError::internal(e.to_string()))?
+    .map_err(|e| ApiError::bad_field(e.field, e.message))?;
+    if let Some(id) = &req.upload {
+        super::uploads::remove(&s.cfg.data_dir, id);
     }
     let reason = req.reason.unwrap_or_else(|| "operator".into());
     audit(
@@ -639,4 +677,84 @@ pub async fn remove_optout(
         )));
     }
     Ok(Json(json!({"removed": n})))
+}
+
+/// A cell as a spreadsheet may safely open it: a leading `=` `+` `-` `@` (or tab, CR) would make
+/// Excel or WPS read it as a formula (OWASP "CSV injection"), so such a cell gets a leading `'`,
+/// which Marquee's list reader takes off again when the file comes back.
+pub fn formula_safe(cell: &str) -> std::borrow::Cow<'_, str> {
+    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        std::borrow::Cow::Owned(format!("'{cell}"))
+    } else {
+        std::borrow::Cow::Borrowed(cell)
+    }
+}
+
+/// `GET /api/v1/campaigns/{id}/rejects`: the rows the import rejected, with the reason and the
+/// row as read. With `Accept: text/csv`, a CSV in the list's own columns plus `reason` and `row`
+/// (UTF-8 with a byte-order mark, so Excel and WPS show Chinese text; formula-safe), for the
+/// office to fix and upload again.
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/rejects", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id")), responses((status = 200, description = "columns and rejected rows (JSON, or CSV with Accept: text/csv)"), (status = 404, description = "no such campaign"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+pub async fn rejects(
+    _: Viewer,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    use axum::response::IntoResponse;
+    let c = load(&s, id).await?;
+    let store = s.store.clone();
+    let rows = blocking(move || store.campaign_rejects(id)).await?;
+    let mut columns: Vec<String> = c.spec["columns"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|v| v.as_str().unwrap_or("").to_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    if columns.is_empty() {
+        columns.push("number".into());
+    }
+    let wants_csv = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/csv"));
+    if !wants_csv {
+        return Ok(Json(json!({"columns": columns, "rejects": rows})).into_response());
+    }
+    let csv_err = |e: csv::Error| ApiError::internal(e.to_string());
+    let mut w = csv::WriterBuilder::new()
+        .flexible(true)
+        .from_writer(b"\xef\xbb\xbf".to_vec());
+    let mut head = columns.clone();
+    head.extend(["reason".to_owned(), "row".to_owned()]);
+    w.write_record(&head).map_err(csv_err)?;
+    for r in &rows {
+        let cells: Vec<&str> = if r.cells.is_empty() {
+            vec![r.value.as_str()]
+        } else {
+            r.cells.iter().map(String::as_str).collect()
+        };
+        let mut rec: Vec<String> = (0..columns.len())
+            .map(|i| formula_safe(cells.get(i).copied().unwrap_or("")).into_owned())
+            .collect();
+        rec.push(formula_safe(&r.reason).into_owned());
+        rec.push(r.row.to_string());
+        w.write_record(&rec).map_err(csv_err)?;
+    }
+    let body = w
+        .into_inner()
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"campaign-{id}-rejects.csv\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
 }

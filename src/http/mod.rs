@@ -9,6 +9,7 @@ pub mod campaigns;
 pub mod cap_feed;
 pub mod error;
 pub mod playlists;
+pub mod uploads;
 
 use std::sync::Arc;
 
@@ -120,6 +121,8 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(campaigns::action))
         .routes(routes!(campaigns::dlr))
         .routes(routes!(campaigns::remove_optout))
+        .routes(routes!(campaigns::rejects))
+        .routes(routes!(uploads::upload))
         .merge(bulk)
         .split_for_parts()
 }

@@ -17,6 +17,7 @@ use super::AppState;
 use super::auth::{Auth, Editor};
 use super::error::ApiError;
 use crate::domain::Playlist;
+use crate::domain::playlist::source_text;
 use crate::preview::change_impact;
 use crate::wire::valid_name;
 
@@ -28,6 +29,17 @@ fn file_of(s: &AppState, id: &str) -> Result<std::path::PathBuf, ApiError> {
         ));
     }
     Ok(s.cfg.schedule.playlists_dir.join(format!("{id}.json")))
+}
+
+fn errors_response(errors: &[crate::domain::playlist::PlaylistError]) -> Response {
+    let list: Vec<_> = errors
+        .iter()
+        .map(|e| json!({"line": e.line, "column": e.column, "message": e.message}))
+        .collect();
+    let first = errors.first().map(ToString::to_string).unwrap_or_default();
+    let body =
+        json!({"error": {"code": "invalid", "message": first, "field": "body"}, "errors": list});
+    (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
 /// Validates `body` as playlist `id`: its change impact, or the 400 response listing every
@@ -50,15 +62,7 @@ fn validate(
                 Utc::now()
             ))))
         }
-        Err(errors) => {
-            let list: Vec<_> = errors
-                .iter()
-                .map(|e| json!({"line": e.line, "column": e.column, "message": e.message}))
-                .collect();
-            let first = errors.first().map(ToString::to_string).unwrap_or_default();
-            let body = json!({"error": {"code": "invalid", "message": first, "field": "body"}, "errors": list});
-            Ok(Err((StatusCode::BAD_REQUEST, Json(body)).into_response()))
-        }
+        Err(errors) => Ok(Err(errors_response(&errors))),
     }
 }
 
@@ -68,9 +72,13 @@ pub async fn check(
     _: Editor,
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
-    body: String,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    Ok(match validate(&s, &id, &body)? {
+    let body = match source_text(&format!("{id}.json"), &body) {
+        Ok(t) => t,
+        Err(e) => return Ok(errors_response(&[e])),
+    };
+    Ok(match validate(&s, &id, body)? {
         Ok(impact) => Json(json!({"id": id, "valid": true, "impact": impact})).into_response(),
         Err(resp) => resp,
     })
@@ -82,9 +90,14 @@ pub async fn put(
     Auth(who): Editor,
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
-    body: String,
+    body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let path = file_of(&s, &id)?;
+    // A UTF-8 BOM is dropped; UTF-16 or ANSI bytes are named with where they are.
+    let body = match source_text(&format!("{id}.json"), &body) {
+        Ok(t) => t.to_owned(),
+        Err(e) => return Ok(errors_response(&[e])),
+    };
     let impact = match validate(&s, &id, &body)? {
         Ok(impact) => impact,
         Err(resp) => return Ok(resp),

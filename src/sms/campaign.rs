@@ -10,9 +10,10 @@ use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
 use super::config::SmsConfig;
-use crate::domain::phone::normalize;
+use crate::domain::phone::normalize_for_sms;
 use crate::domain::quiet::SendWindow;
 use crate::domain::segments::{Encoding, Segments, carrier_cn, segments};
+use crate::lists;
 use crate::store::sms::NewMessage;
 
 /// `POST /api/v1/campaigns`.
@@ -32,10 +33,19 @@ pub struct CreateRequest {
     /// Recipients as a list.
     #[serde(default)]
     pub recipients: Vec<RecipientIn>,
-    /// Recipients as CSV: a `number` (or `phone`, `mobile`, `to`) column, optional `lang`,
-    /// every other column a template variable.
+    /// Recipients as CSV text: a number column (`number`, `phone`, `mobile`, `to`, `msisdn`,
+    /// `tel`, `手机`, `手机号`, `手机号码`, `电话`, `电话号码`, `联系电话`, `号码`), an optional
+    /// `lang`, every other column a template variable. The delimiter (`,` `;` tab `|`) is taken
+    /// from the header line.
     #[serde(default)]
     pub recipients_csv: Option<String>,
+    /// Recipients from a file uploaded with `POST /api/v1/uploads` (CSV or TXT in UTF-8, UTF-16
+    /// or GB18030; XLSX or XLS): the upload's id. The same columns as `recipients_csv`.
+    #[serde(default)]
+    pub recipients_upload: Option<String>,
+    /// The sheet of an uploaded workbook to read (default: the first).
+    #[serde(default)]
+    pub sheet: Option<String>,
     /// Gateways in failover order (default: every configured one, in order).
     #[serde(default)]
     pub gateways: Vec<String>,
@@ -103,6 +113,9 @@ pub struct Spec {
     /// The cron schedule of a recurring campaign.
     #[serde(default)]
     pub repeat: Option<String>,
+    /// The imported list's columns, for the rejected-rows report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub columns: Vec<String>,
 }
 
 /// Parses a campaign's cron schedule.
@@ -145,14 +158,17 @@ fn hhmm(s: &str) -> Result<NaiveTime, String> {
 }
 
 /// A recipient that was not imported.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reject {
-    /// Row (1-based; for CSV the data row, the header being row 0).
+    /// Row (1-based; for a list the data row, the header being row 0: spreadsheet row `row + 1`).
     pub row: usize,
-    /// The value as given.
+    /// The number as read.
     pub value: String,
     /// Why.
     pub reason: String,
+    /// The whole row as read (one cell per list column), so the office can fix and re-upload it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cells: Vec<String>,
 }
 
 /// What a campaign costs.
@@ -273,70 +289,107 @@ fn valid_sender(s: &str) -> bool {
             && s.chars().all(|c| c.is_ascii_alphanumeric() || c == ' '))
 }
 
-/// What to say when a CSV has no number column.
-pub const NO_NUMBER_COLUMN: &str =
-    "no number column: name one of number, phone, mobile, to, msisdn";
-
-/// The column holding phone numbers: `number`, `phone`, `mobile`, `to` or `msisdn`.
-pub fn number_column(headers: &csv::StringRecord) -> Option<usize> {
-    headers.iter().position(|h| {
-        matches!(
-            h.to_ascii_lowercase().as_str(),
-            "number" | "phone" | "mobile" | "to" | "msisdn"
-        )
-    })
-}
-
-/// Reads recipients from CSV, handing each row to `each` (nothing is collected).
-fn csv_recipients(src: &str, mut each: impl FnMut(usize, RecipientIn)) -> Result<(), Invalid> {
-    let mut rdr = csv::ReaderBuilder::new()
-        .flexible(false)
-        .trim(csv::Trim::All)
-        .from_reader(src.as_bytes());
-    let headers = rdr
-        .headers()
-        .map_err(|e| invalid("recipients_csv", format!("header row: {e}")))?
-        .clone();
-    let number_col =
-        number_column(&headers).ok_or_else(|| invalid("recipients_csv", NO_NUMBER_COLUMN))?;
-    let lang_col = headers.iter().position(|h| h.eq_ignore_ascii_case("lang"));
-    let mut rec = csv::StringRecord::new();
-    let mut i = 0;
-    loop {
-        let more = rdr.read_record(&mut rec).map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line());
-            invalid("recipients_csv", format!("line {line}: {e}"))
-        })?;
-        if !more {
-            return Ok(());
+/// Reads recipients from a list (CSV text or an uploaded file, see [`crate::lists`]), handing
+/// each row to `each` (nothing is collected); returns the list's columns. `field` names the
+/// request field in errors.
+fn list_recipients(
+    src: impl std::io::Read + std::io::Seek,
+    sheet: Option<String>,
+    field: &'static str,
+    mut each: impl FnMut(usize, Vec<String>, Result<RecipientIn, String>),
+) -> Result<Vec<String>, Invalid> {
+    let mut cols: Option<(usize, Option<usize>)> = None;
+    let mut missing = None;
+    let layout = lists::read(src, &lists::ListOptions { sheet }, |layout, row| {
+        if missing.is_some() {
+            return;
         }
-        i += 1;
+        let (number_col, lang_col) = match cols {
+            Some(c) => c,
+            None => match lists::number_column(&layout.columns) {
+                Some(n) => *cols.insert((n, lists::lang_column(&layout.columns))),
+                None => {
+                    missing = Some(lists::no_number_column(layout));
+                    return;
+                }
+            },
+        };
+        if row.extra > 0 {
+            let value = row.cells[number_col].clone();
+            each(
+                row.row,
+                row.cells,
+                Err(format!(
+                    "{} more non-empty cells than the header has columns: a delimiter inside an unquoted value? (value {value:?})",
+                    row.extra
+                )),
+            );
+            return;
+        }
         let mut vars = BTreeMap::new();
-        for (j, h) in headers.iter().enumerate() {
-            if j != number_col && Some(j) != lang_col {
-                vars.insert(h.to_owned(), rec.get(j).unwrap_or("").to_owned());
+        for (j, h) in layout.columns.iter().enumerate() {
+            if j != number_col && Some(j) != lang_col && !h.is_empty() {
+                vars.insert(h.clone(), row.cells[j].clone());
             }
         }
-        each(
-            i,
-            RecipientIn {
-                number: rec.get(number_col).unwrap_or("").to_owned(),
-                lang: lang_col
-                    .and_then(|c| rec.get(c))
-                    .filter(|l| !l.is_empty())
-                    .map(str::to_owned),
-                vars,
-            },
-        );
+        let r = RecipientIn {
+            number: row.cells[number_col].clone(),
+            lang: lang_col
+                .map(|c| row.cells[c].clone())
+                .filter(|l| !l.is_empty()),
+            vars,
+        };
+        each(row.row, row.cells, Ok(r));
+    })
+    .map_err(|e| invalid(field, e.message))?;
+    if let Some(m) = missing {
+        return Err(invalid(field, m));
     }
+    if cols.is_none() && lists::number_column(&layout.columns).is_none() {
+        return Err(invalid(field, lists::no_number_column(&layout)));
+    }
+    Ok(layout.columns)
+}
+
+/// Reads the numbers of an opt-out list (CSV text or an uploaded file): every valid number
+/// (landlines too: opting one out is never wrong), and a reject for each row without one.
+/// Rows are numbered from `first_row`.
+pub fn list_numbers(
+    src: impl std::io::Read + std::io::Seek,
+    sheet: Option<String>,
+    field: &'static str,
+    region: phonenumber::country::Id,
+    numbers: &mut Vec<String>,
+    rejects: &mut Vec<Reject>,
+) -> Result<(), Invalid> {
+    list_recipients(src, sheet, field, |row, cells, r| match r {
+        Ok(r) => match crate::domain::phone::normalize(&r.number, region) {
+            Ok(n) => numbers.push(n),
+            Err(e) => rejects.push(Reject {
+                row,
+                value: r.number,
+                reason: e.to_string(),
+                cells,
+            }),
+        },
+        Err(reason) => rejects.push(Reject {
+            row,
+            value: String::new(),
+            reason,
+            cells,
+        }),
+    })?;
+    Ok(())
 }
 
 /// Validates a request and imports its recipients, leaving out the `opted_out` (E.164) numbers.
+/// `upload` is the file named by `recipients_upload`, opened by the caller.
 pub fn prepare(
     req: CreateRequest,
     cfg: &SmsConfig,
     now: DateTime<Utc>,
     opted_out: &HashSet<String>,
+    upload: Option<&mut dyn lists::Source>,
 ) -> Result<Prepared, Invalid> {
     if req.name.trim().is_empty() || req.name.chars().count() > 200 {
         return Err(invalid("name", "give a name of 1 to 200 characters"));
@@ -438,12 +491,29 @@ pub fn prepare(
         },
     };
 
-    if req.recipients_csv.is_some() && !req.recipients.is_empty() {
+    let given = usize::from(req.recipients_csv.is_some())
+        + usize::from(req.recipients_upload.is_some())
+        + usize::from(!req.recipients.is_empty());
+    if given > 1 {
         return Err(invalid(
-            "recipients_csv",
-            "give recipients or recipients_csv, not both",
+            if req.recipients_upload.is_some() {
+                "recipients_upload"
+            } else {
+                "recipients_csv"
+            },
+            "give one of recipients, recipients_csv or recipients_upload",
         ));
     }
+    if req.recipients_upload.is_some() && upload.is_none() {
+        return Err(invalid(
+            "recipients_upload",
+            "no such upload (upload the file with POST /api/v1/uploads first; an upload is used once)",
+        ));
+    }
+    // Fixed lines only when every gateway the campaign may fail over to delivers to them.
+    let fixed_line = gateways
+        .iter()
+        .all(|g| cfg.gateway(g).is_some_and(|g| g.fixed_line));
     let mut rejects = Vec::new();
     // E.164 numbers are at most 15 digits: a u64 each keeps a million-recipient import small.
     let mut seen: HashMap<u64, usize> = HashMap::new();
@@ -464,8 +534,9 @@ pub fn prepare(
             row,
             value: r.number.clone(),
             reason,
+            cells: Vec::new(),
         };
-        let e164 = match normalize(&r.number, cfg.default_region) {
+        let e164 = match normalize_for_sms(&r.number, cfg.default_region, fixed_line) {
             Ok(n) => n,
             Err(e) => return Err(reject(e.to_string())),
         };
@@ -517,12 +588,31 @@ pub fn prepare(
         });
         Ok(())
     };
+    let mut columns = Vec::new();
+    let mut from_list = |row: usize, cells: Vec<String>, r: Result<RecipientIn, String>| {
+        let outcome = match r {
+            Ok(r) => one(row, r),
+            Err(reason) => Err(Reject {
+                row,
+                value: String::new(),
+                reason,
+                cells: Vec::new(),
+            }),
+        };
+        if let Err(mut e) = outcome {
+            e.cells = cells;
+            rejects.push(e);
+        }
+    };
     if let Some(csv) = &req.recipients_csv {
-        csv_recipients(csv, |row, r| {
-            if let Err(e) = one(row, r) {
-                rejects.push(e);
-            }
-        })?;
+        columns = list_recipients(
+            std::io::Cursor::new(csv.as_bytes()),
+            req.sheet.clone(),
+            "recipients_csv",
+            &mut from_list,
+        )?;
+    } else if let Some(file) = upload {
+        columns = list_recipients(file, req.sheet.clone(), "recipients_upload", &mut from_list)?;
     } else {
         for (i, r) in req.recipients.iter().enumerate() {
             if let Err(e) = one(i + 1, r.clone()) {
@@ -558,6 +648,7 @@ pub fn prepare(
             text: req.text,
             texts: req.texts,
             repeat: req.repeat,
+            columns,
         },
         messages,
         rejects,
@@ -597,6 +688,8 @@ messages_per_second = 10
             sender: Some("12345".into()),
             recipients: vec![],
             recipients_csv: Some(csv.into()),
+            recipients_upload: None,
+            sheet: None,
             gateways: vec![],
             start: None,
             send_window: None,
@@ -623,6 +716,7 @@ messages_per_second = 10
             &cfg(),
             now(),
             &HashSet::from(["+8613600136000".to_string()]),
+            None,
         )
         .unwrap();
         let got: Vec<String> = p.messages.iter().map(|m| m.e164()).collect();
@@ -647,7 +741,7 @@ messages_per_second = 10
     fn estimate_counts_long_messages_and_duration() {
         let mut r = req("number,name\n13800138000,x\n13900139000,y\n");
         r.text = "字".repeat(100) + "{{name}}";
-        let p = prepare(r, &cfg(), now(), &HashSet::new()).unwrap();
+        let p = prepare(r, &cfg(), now(), &HashSet::new(), None).unwrap();
         // 5 (signature) + 100 + 1 = 106 UTF-16 units: 2 parts of 67; carrier: ⌈106/67⌉ = 2.
         assert_eq!((p.estimate.segments, p.estimate.carrier_billed), (4, 4));
         assert_eq!(p.estimate.duration_seconds, 0.2);
@@ -658,19 +752,19 @@ messages_per_second = 10
         let mut r = req("number\n13800138000\n");
         r.text = "hi {{name".into();
         assert_eq!(
-            prepare(r, &cfg(), now(), &HashSet::new())
+            prepare(r, &cfg(), now(), &HashSet::new(), None)
                 .unwrap_err()
                 .field,
             "text"
         );
         let mut r = req("number\n13800138000\n");
         r.gateways = vec!["nope".into()];
-        let e = prepare(r, &cfg(), now(), &HashSet::new()).unwrap_err();
+        let e = prepare(r, &cfg(), now(), &HashSet::new(), None).unwrap_err();
         assert_eq!(e.field, "gateways");
         assert!(e.message.contains("configured: dry"), "{}", e.message);
         let r = req("name\nx\n");
         assert_eq!(
-            prepare(r, &cfg(), now(), &HashSet::new())
+            prepare(r, &cfg(), now(), &HashSet::new(), None)
                 .unwrap_err()
                 .field,
             "recipients_csv"
@@ -678,13 +772,13 @@ messages_per_second = 10
         let mut r = req("number,name\n13800138000,x\n");
         r.start = Some("2020-01-01T00:00:00Z".into());
         assert_eq!(
-            prepare(r, &cfg(), now(), &HashSet::new())
+            prepare(r, &cfg(), now(), &HashSet::new(), None)
                 .unwrap_err()
                 .field,
             "start"
         );
         let r = req("number\n13800138000\n");
-        let e = prepare(r, &cfg(), now(), &HashSet::new()).unwrap_err();
+        let e = prepare(r, &cfg(), now(), &HashSet::new(), None).unwrap_err();
         assert_eq!(e.field, "recipients");
         assert!(e.message.contains("no value for {{name}}"), "{}", e.message);
     }

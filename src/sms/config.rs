@@ -26,6 +26,7 @@ pub struct RawSms {
     missed_start_margin: String,
     signature: Option<String>,
     sender: Option<String>,
+    max_upload_mib: u64,
     gateways: Vec<RawGateway>,
 }
 
@@ -38,6 +39,7 @@ impl Default for RawSms {
             missed_start_margin: "10m".into(),
             signature: None,
             sender: None,
+            max_upload_mib: 256,
             gateways: Vec::new(),
         }
     }
@@ -78,6 +80,8 @@ struct RawGateway {
     timeout: String,
     dlr_secret_env: Option<String>,
     dlr_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    fixed_line: bool,
 }
 
 fn ten() -> f64 {
@@ -106,6 +110,9 @@ pub struct SmsConfig {
     pub signature: Option<String>,
     /// Sender id of campaigns that name none.
     pub sender: Option<String>,
+    /// Largest recipient or opt-out list accepted, in bytes (`max_upload_mib`, default 256 MiB);
+    /// a larger upload gets 413 naming the limit.
+    pub max_upload: u64,
     /// Gateways in failover order.
     pub gateways: Vec<GatewayConfig>,
 }
@@ -134,6 +141,9 @@ pub struct GatewayConfig {
     pub timeout: Duration,
     /// Shared secret in the delivery-report URL (none for dry-run).
     pub dlr_secret: Option<String>,
+    /// Whether this gateway delivers SMS to fixed lines (landlines); when not, campaigns through
+    /// it reject fixed-line numbers at import (default false).
+    pub fixed_line: bool,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -429,6 +439,7 @@ fn gateway(
         in_flight: g.in_flight,
         timeout,
         dlr_secret,
+        fixed_line: g.fixed_line,
     })
 }
 
@@ -495,6 +506,7 @@ pub fn validate(
         missed_start_margin: chrono::Duration::from_std(margin).unwrap_or_default(),
         signature: raw.signature,
         sender: raw.sender,
+        max_upload: raw.max_upload_mib.saturating_mul(1 << 20),
         gateways,
     }
 }

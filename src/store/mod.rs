@@ -190,6 +190,16 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX messages_by_campaign ON messages (campaign);
     CREATE INDEX messages_queued ON messages (campaign, id) WHERE state = 'queued';
     CREATE INDEX messages_submitting ON messages (id) WHERE state = 'submitting';",
+    // 11: the rows a campaign's import rejected, with the row as read, so the office can
+    // download them, fix them and upload them again.
+    "CREATE TABLE campaign_rejects (
+        campaign  INTEGER NOT NULL,
+        row       INTEGER NOT NULL,
+        value     TEXT NOT NULL,
+        reason    TEXT NOT NULL,
+        cells     TEXT NOT NULL,
+        PRIMARY KEY (campaign, row)
+    ) WITHOUT ROWID;",
 ];
 
 /// The last payload published on a retained topic.

@@ -328,6 +328,7 @@ impl Store {
         c: &NewCampaign<'_>,
         now: DateTime<Utc>,
         messages: &[NewMessage],
+        rejects: &[crate::sms::campaign::Reject],
     ) -> Result<i64, StoreError> {
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
@@ -362,8 +363,45 @@ impl Store {
             }
         }
         count_new(&tx, id)?;
+        {
+            let mut ins = tx.prepare(
+                "INSERT OR REPLACE INTO campaign_rejects (campaign, row, value, reason, cells)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in rejects {
+                ins.execute(params![
+                    id,
+                    r.row as i64,
+                    r.value,
+                    r.reason,
+                    serde_json::to_string(&r.cells).unwrap_or_else(|_| "[]".into())
+                ])?;
+            }
+        }
         tx.commit()?;
         Ok(id)
+    }
+
+    /// The rows campaign `id`'s import rejected, in row order.
+    pub fn campaign_rejects(
+        &self,
+        id: i64,
+    ) -> Result<Vec<crate::sms::campaign::Reject>, StoreError> {
+        let conn = self.read_conn();
+        let mut st = conn.prepare(
+            "SELECT row, value, reason, cells FROM campaign_rejects WHERE campaign = ?1 ORDER BY row",
+        )?;
+        let rows = st
+            .query_map(params![id], |r| {
+                Ok(crate::sms::campaign::Reject {
+                    row: r.get::<_, i64>(0)? as usize,
+                    value: r.get(1)?,
+                    reason: r.get(2)?,
+                    cells: serde_json::from_str(&r.get::<_, String>(3)?).unwrap_or_default(),
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// One campaign with its counts.
@@ -1029,7 +1067,7 @@ mod tests {
             by: "op",
             alert: None,
         };
-        let id = store.create_campaign(&c, now(), &msgs).unwrap();
+        let id = store.create_campaign(&c, now(), &msgs, &[]).unwrap();
         assert!(
             store
                 .set_campaign_status(id, &["draft"], "running", now())

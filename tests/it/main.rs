@@ -10,6 +10,7 @@ mod core;
 mod editing;
 mod harness;
 mod kannel;
+mod lists;
 mod openapi;
 mod sms;
 mod systemd;

@@ -499,7 +499,7 @@ pub fn store(n: usize, batches: &[usize]) -> anyhow::Result<()> {
             by: "bench",
             alert: None,
         };
-        let id = store.create_campaign(&c, now, &msgs)?;
+        let id = store.create_campaign(&c, now, &msgs, &[])?;
         store.set_campaign_status(id, &["draft"], "running", now)?;
         let cpu0 = cpu_secs("self");
         let t0 = Instant::now();

@@ -1,0 +1,574 @@
+//! Lists as offices have them: one reader for every recipient or opt-out list (a campaign's
+//! recipients, an opt-out import, an upload from the console, an alert's SMS list).
+//!
+//! - **Spreadsheets**: `.xlsx`, `.xls` (and `.xlsb`, `.ods`) are recognised by their first bytes
+//!   (a ZIP or an OLE2 container) and read by `calamine`: the first sheet, or a named one. A
+//!   numeric cell that holds a whole number is read as its digits (`13800138000`, not
+//!   `1.38E+10`).
+//! - **Text** (`.csv`, `.txt`): UTF-8 with or without a byte-order mark; UTF-16 LE/BE with a BOM
+//!   (Excel's "Unicode text"), or without one when the first bytes show it; otherwise, when the
+//!   bytes are not valid UTF-8, GB18030 (a superset of GBK and GB2312: Chinese Excel's
+//!   "CSV (逗号分隔)"). Decoding is `encoding_rs` (the WHATWG Encoding Standard) and streams.
+//! - **Delimiter**: Excel's `sep=;` first line when present, else the one of `,` `;` tab `|`
+//!   seen most often in the header line outside quotes (`,` when none).
+//! - **Rows**: quoted fields may hold delimiters and line breaks (RFC 4180); missing trailing
+//!   cells are empty; rows whose cells are all empty are skipped; a row with more non-empty
+//!   cells than the header names is handed on with [`Row::extra`] set, for the caller to reject.
+//!
+//! Rows are handed out one at a time: nothing is collected here, so a text list of any length
+//! is read in bounded memory. A spreadsheet is held whole by `calamine` (at most 1,048,576 rows).
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+
+use calamine::{Data, Reader};
+use serde::Serialize;
+
+/// What was found in a list: its format, encoding, delimiter and columns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Layout {
+    /// `csv`, `xlsx`, `xls`, `xlsb` or `ods`.
+    pub format: &'static str,
+    /// The text encoding (`UTF-8`, `UTF-16LE`, `UTF-16BE`, `gb18030`: the WHATWG names); none for spreadsheets.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<&'static str>,
+    /// The delimiter of a text list.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delimiter: Option<char>,
+    /// The sheet read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sheet: Option<String>,
+    /// The header's column names, trimmed.
+    pub columns: Vec<String>,
+}
+
+/// One data row.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    /// 1-based data row (the header is row 0): what people see as spreadsheet row `row + 1`.
+    pub row: usize,
+    /// Cells, trimmed, one per header column (missing trailing cells are empty).
+    pub cells: Vec<String>,
+    /// Non-empty cells beyond the header's columns (a delimiter inside an unquoted value?).
+    pub extra: usize,
+}
+
+/// Why a list cannot be read at all (a bad row is the caller's reject, not this).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ListError {
+    /// What is wrong, naming the line, sheet or encoding.
+    pub message: String,
+}
+
+fn err(message: impl Into<String>) -> ListError {
+    ListError {
+        message: message.into(),
+    }
+}
+
+/// Which sheet of a workbook to read (default: the first).
+#[derive(Debug, Clone, Default)]
+pub struct ListOptions {
+    /// Sheet name.
+    pub sheet: Option<String>,
+}
+
+/// Reads a list, handing each non-blank data row to `each` with the layout; returns the layout.
+pub fn read<R: Read + Seek>(
+    mut src: R,
+    opts: &ListOptions,
+    mut each: impl FnMut(&Layout, Row),
+) -> Result<Layout, ListError> {
+    let mut magic = [0u8; 8];
+    let n = read_up_to(&mut src, &mut magic).map_err(|e| err(format!("cannot read: {e}")))?;
+    src.seek(SeekFrom::Start(0))
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    let magic = &magic[..n];
+    if magic.starts_with(b"PK\x03\x04") || magic.starts_with(&[0xd0, 0xcf, 0x11, 0xe0]) {
+        return read_workbook(src, opts, &mut each);
+    }
+    if n == 0 {
+        return Err(err("the list is empty: no header row"));
+    }
+    read_text(src, &mut each)
+}
+
+fn read_up_to(src: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read(&mut buf[n..])? {
+            0 => break,
+            k => n += k,
+        }
+    }
+    Ok(n)
+}
+
+/// The encoding of a text list: a BOM, UTF-16 without one (NULs beside ASCII), valid UTF-8, or
+/// else GB18030. Leaves `src` at its start.
+fn sniff_encoding<R: Read + Seek>(src: &mut R) -> std::io::Result<&'static encoding_rs::Encoding> {
+    let mut head = [0u8; 64];
+    let n = read_up_to(src, &mut head)?;
+    let head = &head[..n];
+    src.seek(SeekFrom::Start(0))?;
+    if let Some((enc, _)) = encoding_rs::Encoding::for_bom(head) {
+        return Ok(enc);
+    }
+    // "n\0u\0m\0…": UTF-16 written without its BOM.
+    let pairs = head.len() / 2;
+    if pairs >= 2 {
+        let odd_nuls = (0..pairs).filter(|i| head[2 * i + 1] == 0).count();
+        let even_nuls = (0..pairs).filter(|i| head[2 * i] == 0).count();
+        if odd_nuls * 4 >= pairs * 3 && even_nuls == 0 {
+            return Ok(encoding_rs::UTF_16LE);
+        }
+        if even_nuls * 4 >= pairs * 3 && odd_nuls == 0 {
+            return Ok(encoding_rs::UTF_16BE);
+        }
+    }
+    // Valid UTF-8 all through? Checked in chunks, carrying a sequence cut at a chunk's end.
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut carry = 0;
+    let valid = loop {
+        let k = src.read(&mut buf[carry..])?;
+        if k == 0 {
+            break carry == 0;
+        }
+        let filled = carry + k;
+        match std::str::from_utf8(&buf[..filled]) {
+            Ok(_) => carry = 0,
+            Err(e) if e.error_len().is_none() => {
+                let good = e.valid_up_to();
+                buf.copy_within(good..filled, 0);
+                carry = filled - good;
+            }
+            Err(_) => break false,
+        }
+    };
+    src.seek(SeekFrom::Start(0))?;
+    Ok(if valid {
+        encoding_rs::UTF_8
+    } else {
+        encoding_rs::GB18030
+    })
+}
+
+/// The delimiter of a header line: the most frequent of `,` `;` tab `|` outside quotes.
+fn sniff_delimiter(header: &str) -> u8 {
+    let mut counts = [0usize; 4];
+    let mut quoted = false;
+    for c in header.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => counts[0] += 1,
+            ';' if !quoted => counts[1] += 1,
+            '\t' if !quoted => counts[2] += 1,
+            '|' if !quoted => counts[3] += 1,
+            _ => {}
+        }
+    }
+    let best = (0..4).max_by_key(|&i| (counts[i], 4 - i)).unwrap_or(0);
+    if counts[best] == 0 {
+        b','
+    } else {
+        [b',', b';', b'\t', b'|'][best]
+    }
+}
+
+fn read_text<R: Read + Seek>(
+    mut src: R,
+    each: &mut impl FnMut(&Layout, Row),
+) -> Result<Layout, ListError> {
+    let enc = sniff_encoding(&mut src).map_err(|e| err(format!("cannot read: {e}")))?;
+    let decoded = encoding_rs_io::DecodeReaderBytesBuilder::new()
+        .encoding(Some(enc))
+        .bom_override(true)
+        .strip_bom(true)
+        .build(src);
+    let mut text = BufReader::with_capacity(64 * 1024, decoded);
+    let mut first = Vec::new();
+    text.read_until(b'\n', &mut first)
+        .map_err(|e| err(format!("cannot decode as {}: {e}", enc.name())))?;
+    // Excel's hint line, `sep=;`, names the delimiter and comes before the header.
+    let hint = std::str::from_utf8(&first)
+        .ok()
+        .map(str::trim)
+        .and_then(|l| l.strip_prefix("sep="))
+        .and_then(|d| (d.len() == 1).then(|| d.as_bytes()[0]));
+    let (delimiter, header_line) = match hint {
+        Some(d) => {
+            let mut h = Vec::new();
+            text.read_until(b'\n', &mut h)
+                .map_err(|e| err(format!("cannot decode as {}: {e}", enc.name())))?;
+            (d, h)
+        }
+        None => (
+            sniff_delimiter(&String::from_utf8_lossy(&first)),
+            first.clone(),
+        ),
+    };
+    let mut rdr = csv::ReaderBuilder::new()
+        .delimiter(delimiter)
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_reader(std::io::Cursor::new(header_line).chain(text));
+    let header = rdr
+        .headers()
+        .map_err(|e| err(format!("header row: {e}")))?
+        .clone();
+    let layout = Layout {
+        format: "csv",
+        encoding: Some(enc.name()),
+        delimiter: Some(delimiter as char),
+        sheet: None,
+        columns: header.iter().map(|h| h.trim().to_owned()).collect(),
+    };
+    if layout.columns.iter().all(String::is_empty) {
+        return Err(err("the list has no header row"));
+    }
+    let mut rec = csv::StringRecord::new();
+    let mut row = 0;
+    loop {
+        let more = rdr.read_record(&mut rec).map_err(|e| {
+            let line = e.position().map_or(0, |p| p.line()) + u64::from(hint.is_some());
+            err(format!("line {line}: {e}"))
+        })?;
+        if !more {
+            return Ok(layout);
+        }
+        if rec.iter().all(str::is_empty) {
+            continue;
+        }
+        row += 1;
+        each(&layout, shape(row, rec.iter(), layout.columns.len()));
+    }
+}
+
+/// A row's cells fitted to `width` columns: missing ones empty, extra non-empty ones counted.
+fn shape<'a>(row: usize, cells: impl Iterator<Item = &'a str>, width: usize) -> Row {
+    let mut out = Vec::with_capacity(width);
+    let mut extra = 0;
+    for c in cells {
+        if out.len() < width {
+            out.push(c.trim().to_owned());
+        } else if !c.trim().is_empty() {
+            extra += 1;
+        }
+    }
+    out.resize(width, String::new());
+    Row {
+        row,
+        cells: out,
+        extra,
+    }
+}
+
+/// A spreadsheet cell as text: whole numbers as their digits.
+fn cell_text(d: &Data) -> String {
+    match d {
+        Data::Empty => String::new(),
+        Data::String(s) | Data::DateTimeIso(s) | Data::DurationIso(s) => s.trim().to_owned(),
+        Data::Int(i) => i.to_string(),
+        Data::Float(f) if f.fract() == 0.0 && f.abs() < 1e16 => format!("{}", *f as i64),
+        Data::Float(f) => f.to_string(),
+        Data::Bool(b) => b.to_string(),
+        Data::DateTime(t) => t.as_f64().to_string(),
+        Data::Error(e) => format!("#{e:?}"),
+    }
+}
+
+fn read_workbook<R: Read + Seek>(
+    mut src: R,
+    opts: &ListOptions,
+    each: &mut impl FnMut(&Layout, Row),
+) -> Result<Layout, ListError> {
+    // calamine wants a cloneable reader; a workbook is read whole anyway.
+    let mut bytes = Vec::new();
+    src.read_to_end(&mut bytes)
+        .map_err(|e| err(format!("cannot read: {e}")))?;
+    let mut book = calamine::open_workbook_auto_from_rs(std::io::Cursor::new(bytes))
+        .map_err(|e| err(format!("not a spreadsheet calamine can read: {e}")))?;
+    let format = match &book {
+        calamine::Sheets::Xlsx(_) => "xlsx",
+        calamine::Sheets::Xls(_) => "xls",
+        calamine::Sheets::Xlsb(_) => "xlsb",
+        calamine::Sheets::Ods(_) => "ods",
+    };
+    let names = book.sheet_names();
+    let sheet = match &opts.sheet {
+        Some(s) if names.contains(s) => s.clone(),
+        Some(s) => {
+            return Err(err(format!(
+                "no sheet {s:?} (the workbook has {})",
+                names.join(", ")
+            )));
+        }
+        None => names
+            .first()
+            .cloned()
+            .ok_or_else(|| err("the workbook has no sheet"))?,
+    };
+    let range = book
+        .worksheet_range(&sheet)
+        .map_err(|e| err(format!("sheet {sheet:?}: {e}")))?;
+    let mut rows = range
+        .rows()
+        .skip_while(|r| r.iter().all(|c| cell_text(c).is_empty()));
+    let header = rows
+        .next()
+        .ok_or_else(|| err(format!("sheet {sheet:?} is empty: no header row")))?;
+    let mut columns: Vec<String> = header.iter().map(cell_text).collect();
+    while columns.last().is_some_and(String::is_empty) {
+        columns.pop();
+    }
+    let layout = Layout {
+        format,
+        encoding: None,
+        delimiter: None,
+        sheet: Some(sheet),
+        columns,
+    };
+    let mut row = 0;
+    for r in rows {
+        let cells: Vec<String> = r.iter().map(cell_text).collect();
+        if cells.iter().all(String::is_empty) {
+            continue;
+        }
+        row += 1;
+        each(
+            &layout,
+            shape(row, cells.iter().map(String::as_str), layout.columns.len()),
+        );
+    }
+    Ok(layout)
+}
+
+/// Header names that hold phone numbers (ASCII case ignored), English and Chinese.
+pub const NUMBER_COLUMNS: [&str; 13] = [
+    "number",
+    "phone",
+    "mobile",
+    "to",
+    "msisdn",
+    "tel",
+    "手机",
+    "手机号",
+    "手机号码",
+    "电话",
+    "电话号码",
+    "联系电话",
+    "号码",
+];
+
+/// What to say when a list has no number column.
+pub fn no_number_column(layout: &Layout) -> String {
+    format!(
+        "no number column: name one of {} (the header has {}{})",
+        NUMBER_COLUMNS.join(", "),
+        if layout.columns.is_empty() {
+            "no columns".to_owned()
+        } else {
+            layout
+                .columns
+                .iter()
+                .map(|c| format!("{c:?}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        },
+        match layout.delimiter {
+            Some(d) => format!("; read as {} separated", delimiter_name(d)),
+            None => String::new(),
+        }
+    )
+}
+
+fn delimiter_name(d: char) -> String {
+    match d {
+        '\t' => "tab".into(),
+        c => format!("{c:?}"),
+    }
+}
+
+/// The column holding phone numbers (see [`NUMBER_COLUMNS`]).
+pub fn number_column(columns: &[String]) -> Option<usize> {
+    columns.iter().position(|h| {
+        let h = h.trim().to_lowercase();
+        NUMBER_COLUMNS.contains(&h.as_str())
+    })
+}
+
+/// The column holding a recipient's language (`lang`, `language`, `语言`).
+pub fn lang_column(columns: &[String]) -> Option<usize> {
+    columns.iter().position(|h| {
+        matches!(
+            h.trim().to_lowercase().as_str(),
+            "lang" | "language" | "语言"
+        )
+    })
+}
+
+/// A list's bytes: a file or a buffer.
+pub trait Source: Read + Seek + Send {}
+impl<T: Read + Seek + Send> Source for T {}
+
+/// Reads a list held in memory.
+pub fn read_bytes(
+    bytes: &[u8],
+    opts: &ListOptions,
+    each: impl FnMut(&Layout, Row),
+) -> Result<Layout, ListError> {
+    read(std::io::Cursor::new(bytes), opts, each)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(bytes: &[u8]) -> (Layout, Vec<Row>) {
+        let mut out = Vec::new();
+        let l = read_bytes(bytes, &ListOptions::default(), |_, r| out.push(r)).unwrap();
+        (l, out)
+    }
+
+    #[test]
+    fn delimiters_are_sniffed_from_the_header() {
+        for (src, d) in [
+            ("phone;name\n13800138000;张三\n", ';'),
+            ("phone\tname\n13800138000\t张三\n", '\t'),
+            ("phone|name\n13800138000|张三\n", '|'),
+            ("phone,name\n13800138000,张三\n", ','),
+            ("\"a;b\",phone,name\nx,13800138000,张三\n", ','),
+            ("sep=;\nphone;name\n13800138000;张三\n", ';'),
+        ] {
+            let (l, r) = rows(src.as_bytes());
+            assert_eq!(l.delimiter, Some(d), "{src:?}");
+            let n = number_column(&l.columns).unwrap();
+            assert_eq!(r[0].cells[n], "13800138000", "{src:?}");
+            assert_eq!(r.len(), 1);
+        }
+    }
+
+    #[test]
+    fn encodings_are_detected() {
+        let text = "手机,姓名\r\n13800138000,张三\r\n";
+        let utf8_bom = [b"\xef\xbb\xbf".as_slice(), text.as_bytes()].concat();
+        let (gbk, _, _) = encoding_rs::GBK.encode(text);
+        let le: Vec<u8> = [0xff, 0xfe]
+            .into_iter()
+            .chain(text.encode_utf16().flat_map(u16::to_le_bytes))
+            .collect();
+        let be: Vec<u8> = [0xfe, 0xff]
+            .into_iter()
+            .chain(text.encode_utf16().flat_map(u16::to_be_bytes))
+            .collect();
+        // Without a BOM only an ASCII start shows UTF-16 (NULs beside letters).
+        let le_no_bom: Vec<u8> = "phone,name\r\n13800138000,张三\r\n"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        for (bytes, enc) in [
+            (text.as_bytes().to_vec(), "UTF-8"),
+            (utf8_bom, "UTF-8"),
+            (gbk.into_owned(), "gb18030"),
+            (le, "UTF-16LE"),
+            (be, "UTF-16BE"),
+            (le_no_bom, "UTF-16LE"),
+        ] {
+            let (l, r) = rows(&bytes);
+            assert_eq!(l.encoding, Some(enc));
+            assert_eq!(number_column(&l.columns), Some(0), "{enc}");
+            assert_eq!(r[0].cells, ["13800138000", "张三"], "{enc}");
+        }
+    }
+
+    #[test]
+    fn a_multibyte_sequence_across_the_check_chunk_stays_utf8() {
+        let mut text = String::from("number,name\n");
+        while text.len() < 64 * 1024 + 10 {
+            text.push_str("13800138000,张三李四王五\n");
+        }
+        let (l, r) = rows(text.as_bytes());
+        assert_eq!(l.encoding, Some("UTF-8"));
+        assert!(r.iter().all(|r| r.cells[1] == "张三李四王五"));
+    }
+
+    #[test]
+    fn short_long_blank_and_quoted_rows() {
+        let src = "number,name,note\n\
+                   13800138000,a,\n\
+                   13900139000,b\n\
+                   ,,\n\
+                   \n\
+                   13700137000,\"c, with\nbreak\",x\n\
+                   13600136000,d,e,f\n";
+        let (_, r) = rows(src.as_bytes());
+        assert_eq!(r.len(), 4, "{r:?}");
+        assert_eq!(r[1].cells, ["13900139000", "b", ""]);
+        assert_eq!(r[2].cells[1], "c, with\nbreak");
+        assert_eq!((r[3].row, r[3].extra), (4, 1));
+    }
+
+    #[test]
+    fn empty_and_headerless_lists_say_so() {
+        assert!(read_bytes(b"", &ListOptions::default(), |_, _| {}).is_err());
+        let e = read_bytes(b",,\n1,2,3\n", &ListOptions::default(), |_, _| {}).unwrap_err();
+        assert!(e.message.contains("no header"), "{e}");
+        let (l, _) = rows(b"name;city\nx;y\n");
+        let m = no_number_column(&l);
+        assert!(
+            m.contains("\"name\", \"city\"") && m.contains("';' separated"),
+            "{m}"
+        );
+    }
+
+    #[test]
+    fn number_columns_in_english_and_chinese() {
+        let cols = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(number_column(&cols(&["姓名", "手机号码"])), Some(1));
+        assert_eq!(number_column(&cols(&[" Phone "])), Some(0));
+        assert_eq!(number_column(&cols(&["name"])), None);
+        assert_eq!(lang_column(&cols(&["phone", "Language"])), Some(1));
+    }
+
+    #[test]
+    fn workbooks_are_read_with_whole_numbers_exact() {
+        use rust_xlsxwriter::Workbook;
+        let mut wb = Workbook::new();
+        let s = wb.add_worksheet();
+        s.set_name("名单").unwrap();
+        s.write(0, 0, "手机").unwrap();
+        s.write(0, 1, "姓名").unwrap();
+        s.write(1, 0, 13800138000.0).unwrap();
+        s.write(1, 1, "张三").unwrap();
+        s.write(2, 0, "＋８６ １３９ ００１３ ９０００").unwrap();
+        s.write(4, 0, 13700137000.0).unwrap();
+        let other = wb.add_worksheet();
+        other.set_name("other").unwrap();
+        other.write(0, 0, "number").unwrap();
+        other.write(1, 0, 13600136000.0).unwrap();
+        let bytes = wb.save_to_buffer().unwrap();
+        let (l, r) = rows(&bytes);
+        assert_eq!((l.format, l.sheet.as_deref()), ("xlsx", Some("名单")));
+        assert_eq!(r.len(), 3, "the blank row is skipped");
+        assert_eq!(r[0].cells, ["13800138000", "张三"]);
+        assert_eq!(r[1].cells[0], "＋８６ １３９ ００１３ ９０００");
+        assert_eq!((r[2].row, r[2].cells[1].as_str()), (3, ""));
+        let mut got = Vec::new();
+        let opts = ListOptions {
+            sheet: Some("other".into()),
+        };
+        read_bytes(&bytes, &opts, |_, r| got.push(r.cells[0].clone())).unwrap();
+        assert_eq!(got, ["13600136000"]);
+        let opts = ListOptions {
+            sheet: Some("nope".into()),
+        };
+        let e = read_bytes(&bytes, &opts, |_, _| {}).unwrap_err();
+        assert!(e.message.contains("名单, other"), "{e}");
+    }
+
+    #[test]
+    fn a_broken_zip_is_an_error_not_a_panic() {
+        let e = read_bytes(b"PK\x03\x04garbage", &ListOptions::default(), |_, _| {}).unwrap_err();
+        assert!(e.message.contains("spreadsheet"), "{e}");
+    }
+}
