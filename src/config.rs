@@ -94,6 +94,21 @@ struct RawCap {
     areas: Vec<crate::domain::cap::AreaRule>,
     feed_url: Option<String>,
     feed_interval: String,
+    feeds: Vec<RawFeed>,
+    contact: Option<String>,
+    start: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeed {
+    url: String,
+    #[serde(default = "thirty_s")]
+    interval: String,
+}
+
+fn thirty_s() -> String {
+    "30s".into()
 }
 
 impl Default for RawCap {
@@ -105,6 +120,9 @@ impl Default for RawCap {
             areas: Vec::new(),
             feed_url: None,
             feed_interval: "30s".into(),
+            feeds: Vec::new(),
+            contact: None,
+            start: "effective".into(),
         }
     }
 }
@@ -325,8 +343,12 @@ pub struct Config {
     pub tokens: Vec<TokenConfig>,
     /// How CAP 1.2 alerts are applied.
     pub cap: crate::domain::cap::CapRules,
-    /// A CAP feed polled for alerts: its URL and the interval.
-    pub cap_feed: Option<(url::Url, Duration)>,
+    /// CAP feeds polled for alerts: each URL with its interval (`cap.feed_url` and
+    /// `[[cap.feeds]]`).
+    pub cap_feeds: Vec<(url::Url, Duration)>,
+    /// Who runs this daemon, for the feed client's `User-Agent` (`cap.contact`: an e-mail
+    /// address or URL, as weather services ask of API clients).
+    pub cap_contact: Option<String>,
     /// Two-person rule: alerts reaching more than this many known displays need a second
     /// person's approval (`None`: never).
     pub approve_alerts_above: Option<usize>,
@@ -578,24 +600,45 @@ impl Config {
                 });
             }
         }
-        let cap_feed = match &raw.cap.feed_url {
-            None => None,
-            Some(u) => match url::Url::parse(u) {
+        let mut feeds: Vec<(String, String, String)> = raw
+            .cap
+            .feeds
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (format!("cap.feeds[{i}]"), f.url.clone(), f.interval.clone()))
+            .collect();
+        if let Some(u) = &raw.cap.feed_url {
+            feeds.insert(
+                0,
+                (
+                    "cap.feed_url".into(),
+                    u.clone(),
+                    raw.cap.feed_interval.clone(),
+                ),
+            );
+        }
+        let mut cap_feeds = Vec::new();
+        for (place, u, interval) in feeds {
+            match url::Url::parse(&u) {
                 Ok(url) if matches!(url.scheme(), "http" | "https") => {
-                    let every = duration(problems, "cap.feed_interval", &raw.cap.feed_interval);
+                    let every = duration(problems, &format!("{place} interval"), &interval);
                     if every < Duration::from_millis(100) {
-                        problems.push("cap.feed_interval: at least 100ms".into());
+                        problems.push(format!("{place} interval: at least 100ms"));
                     }
-                    Some((url, every))
+                    if cap_feeds
+                        .iter()
+                        .any(|(o, _): &(url::Url, Duration)| *o == url)
+                    {
+                        problems.push(format!("{place}: {u:?} is listed twice"));
+                    }
+                    cap_feeds.push((url, every));
                 }
-                _ => {
-                    problems.push(format!(
-                        "cap.feed_url: {u:?} is not an http(s) URL of a CAP document or feed"
-                    ));
-                    None
-                }
-            },
-        };
+                _ => problems.push(format!(
+                    "{place}: {u:?} is not an http(s) URL of a CAP document or feed"
+                )),
+            }
+        }
+        let cap_contact = raw.cap.contact.clone();
         let cap = Config::cap(raw.cap, &schedule, problems);
         let sms = crate::sms::config::validate(
             raw.sms,
@@ -605,7 +648,8 @@ impl Config {
             problems,
         );
         Config {
-            cap_feed,
+            cap_feeds,
+            cap_contact,
             sms,
             cap,
             approve_alerts_above: raw.approval.alerts_above,
@@ -748,7 +792,18 @@ impl Config {
                 problems.push(format!("cap.areas[{i}].channels: unknown channel {ch:?}"));
             }
         }
+        let start_at_onset = match c.start.as_str() {
+            "effective" => false,
+            "onset" => true,
+            other => {
+                problems.push(format!(
+                    "cap.start: {other:?} is not \"effective\" or \"onset\""
+                ));
+                false
+            }
+        };
         crate::domain::cap::CapRules {
+            start_at_onset,
             policy: if c.policy.is_empty() {
                 crate::domain::cap::default_policy()
             } else {

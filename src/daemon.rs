@@ -127,9 +127,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         reload: reload_tx.clone(),
         sms_waker,
         reports,
+        held_alerts: Arc::new(tokio::sync::Notify::new()),
     });
     tracker.spawn(dispatcher.run(cancel.clone()));
-    if let Some((url, every)) = cfg.cap_feed.clone() {
+    tracker.spawn(http::alerts::start_held_alerts(
+        state.clone(),
+        cancel.clone(),
+    ));
+    for (url, every) in cfg.cap_feeds.clone() {
         tracing::info!(feed = %url, every = ?every, "polling the CAP feed");
         tracker.spawn(http::cap_feed::run(
             state.clone(),

@@ -24,6 +24,9 @@ pub mod sms;
 pub mod store;
 pub mod wire;
 
+#[cfg(test)]
+mod fuzz;
+
 /// Installs the process's TLS crypto library (ring) once; every TLS client (MQTT over TLS,
 /// HTTPS gateways, the CLI) needs it before it is built. Later calls do nothing.
 pub fn install_crypto_provider() {

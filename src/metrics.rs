@@ -29,6 +29,10 @@ pub struct Metrics {
     pub sms_submits: Family<Vec<(String, String)>, Counter>,
     /// SMS delivery reports stored.
     pub sms_reports: Counter,
+    /// Unix time of each CAP feed's last successful read, by feed URL.
+    pub cap_feed_last_success: Family<Vec<(String, String)>, Gauge>,
+    /// CAP feed failures by feed URL and kind (unreachable, status, not_cap, too_large).
+    pub cap_feed_errors: Family<Vec<(String, String)>, Counter>,
 }
 
 impl Metrics {
@@ -97,6 +101,16 @@ impl Metrics {
             "sms_reports",
             "SMS delivery reports stored",
             self.sms_reports.clone(),
+        );
+        r.register(
+            "cap_feed_last_success",
+            "Unix time of the last successful read of each CAP feed",
+            self.cap_feed_last_success.clone(),
+        );
+        r.register(
+            "cap_feed_errors",
+            "CAP feed failures by feed and kind (unreachable, status, not_cap, too_large)",
+            self.cap_feed_errors.clone(),
         );
         let mut out = String::new();
         encode(&mut out, &r).expect("writing to a String cannot fail");

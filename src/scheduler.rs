@@ -333,7 +333,8 @@ impl Scheduler {
             let current = self.published.get(&topic).and_then(|p| {
                 crate::wire::verify(self.keys.public(), &topic, &p.payload, None, now).ok()
             });
-            if !matches!(current.map(|b| b.payload), Some(Signed::Alert(a)) if &a.id == id) {
+            if !matches!(current.map(|b| b.payload), Some(Signed::Alert(a) | Signed::AlertAt(a)) if &a.id == id)
+            {
                 return Ok(None);
             }
         }

@@ -166,7 +166,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     loop {
         let now = Utc::now();
         agent.render(now);
-        let until = agent.current.as_ref().map_or(now, |f| f.until);
+        let mut until = agent.current.as_ref().map_or(now, |f| f.until);
+        if let Some(start) = agent.next_alert_start(now) {
+            until = until.min(start);
+        }
         let wait = (until - now)
             .to_std()
             .unwrap_or(Duration::ZERO)
@@ -344,7 +347,10 @@ impl Agent {
             Signed::Timeline(_) => {
                 tracing::warn!(topic, "timeline on an unexpected topic; ignored")
             }
-            Signed::Alert(a) => {
+            Signed::Alert(a) | Signed::AlertAt(a) => {
+                if let Some(at) = a.starts_at.filter(|at| *at > Utc::now()) {
+                    tracing::info!(alert = %a.id, starts_at = %at, "alert held until its start");
+                }
                 self.alerts.insert(topic.to_owned(), a);
             }
             Signed::AlertClear(c) => {
@@ -372,8 +378,16 @@ impl Agent {
     fn alert(&self, now: DateTime<Utc>) -> Option<&Alert> {
         self.alerts
             .values()
-            .filter(|a| now < a.expires_at)
-            .max_by_key(|a| (severity_rank(&a.severity), a.issued_at))
+            .filter(|a| a.showing(now))
+            .max_by_key(|a| (severity_rank(&a.severity), a.shown_from()))
+    }
+
+    /// The next start of an alert held for later, if any.
+    fn next_alert_start(&self, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        self.alerts
+            .values()
+            .filter_map(|a| a.starts_at.filter(|s| *s > now && *s < a.expires_at))
+            .min()
     }
 
     fn render(&mut self, now: DateTime<Utc>) {
@@ -391,7 +405,7 @@ impl Agent {
         self.finish_frame(now);
         self.renderer.show(&frame, version);
         if frame.kind == FrameKind::Alert && !self.acked_alerts.contains(&frame.item) {
-            let issued = self.alert(now).map_or(now, |a| a.issued_at);
+            let issued = self.alert(now).map_or(now, Alert::shown_from);
             self.acked_alerts.push(frame.item.clone());
             self.event(EventKind::AlertDisplayed {
                 alert: frame.item.clone(),

@@ -110,7 +110,7 @@ pub fn frame_at(
     policy: &LanguagePolicy,
     now: DateTime<Utc>,
 ) -> Frame {
-    if let Some(a) = alert.filter(|a| now < a.expires_at) {
+    if let Some(a) = alert.filter(|a| a.showing(now)) {
         return alert_frame(a, policy, now);
     }
     let Some(seg) = timeline.and_then(|t| t.segment_at(now)) else {
@@ -152,9 +152,9 @@ pub fn frame_at(
 fn alert_frame(a: &Alert, policy: &LanguagePolicy, now: DateTime<Utc>) -> Frame {
     // Alerts alternate languages every 10 s while they last.
     const SLOT_MS: i64 = 10_000;
-    let elapsed = (now - a.issued_at).num_milliseconds().max(0);
+    let elapsed = (now - a.shown_from()).num_milliseconds().max(0);
     let slot = elapsed / SLOT_MS;
-    let start = a.issued_at + Duration::milliseconds(slot * SLOT_MS);
+    let start = a.shown_from() + Duration::milliseconds(slot * SLOT_MS);
     let (lang, text) = policy.pick(&a.text, slot as u64).unwrap_or(("", ""));
     Frame {
         kind: FrameKind::Alert,
@@ -341,6 +341,7 @@ mod tests {
             text: [("en".to_string(), "Typhoon: stay indoors".to_string())].into(),
             issued_at: t("2021-05-15T08:00:03Z"),
             expires_at: t("2021-05-15T08:00:40Z"),
+            starts_at: None,
         };
         let f = frame_at(
             Some(&tl),
@@ -369,6 +370,26 @@ mod tests {
             t("2021-05-15T08:00:40Z"),
         );
         assert_eq!(f.kind, FrameKind::Timeline, "expired alerts end");
+    }
+
+    #[test]
+    fn an_alert_held_for_later_shows_from_its_start() {
+        let tl = timeline();
+        let a = Alert {
+            id: "typhoon".into(),
+            severity: "extreme".into(),
+            text: [("en".to_string(), "Typhoon: stay indoors".to_string())].into(),
+            issued_at: t("2021-05-15T08:00:03Z"),
+            expires_at: t("2021-05-15T08:01:00Z"),
+            starts_at: Some(t("2021-05-15T08:00:20Z")),
+        };
+        let at = |s| frame_at(Some(&tl), Some(&a), &fb(), &alt(), t(s));
+        assert_eq!(at("2021-05-15T08:00:19Z").kind, FrameKind::Timeline);
+        let f = at("2021-05-15T08:00:20Z");
+        assert_eq!(
+            (f.kind, f.start),
+            (FrameKind::Alert, t("2021-05-15T08:00:20Z"))
+        );
     }
 
     #[test]

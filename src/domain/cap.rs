@@ -24,6 +24,12 @@ use super::locate::line_col;
 /// The CAP 1.2 namespace.
 pub const NAMESPACE: &str = "urn:oasis:names:tc:emergency:cap:1.2";
 
+/// The CAP 1.1 namespace (still published; read as 1.2 where the fields agree).
+pub const NAMESPACE_1_1: &str = "urn:oasis:names:tc:emergency:cap:1.1";
+
+/// Deepest element nesting accepted (a CAP document needs 4: alert, info, area, geocode).
+pub const MAX_DEPTH: usize = 16;
+
 /// Where an alert goes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
@@ -37,10 +43,10 @@ pub enum Scope {
 }
 
 /// A CAP message (the fields Marquee uses).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct CapAlert {
-    #[serde(rename = "@xmlns", default)]
-    xmlns: Option<String>,
+    /// `1.2` or `1.1`.
+    pub version: &'static str,
     /// Unique per sender.
     pub identifier: String,
     /// Who sent it.
@@ -50,66 +56,67 @@ pub struct CapAlert {
     /// Actual, Exercise, System, Test, Draft.
     pub status: String,
     /// Alert, Update, Cancel, Ack, Error.
-    #[serde(rename = "msgType")]
     pub msg_type: String,
     /// `sender,identifier,sent` triples, space-separated.
-    #[serde(default)]
     pub references: Option<String>,
     /// The information blocks (usually one per language).
-    #[serde(default)]
     pub info: Vec<CapInfo>,
 }
 
 /// One `<info>` block.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct CapInfo {
     /// RFC 3066 language, default en-US.
-    #[serde(default)]
     pub language: Option<String>,
     /// What happens.
     pub event: String,
+    /// Shelter, Evacuate, Prepare, Execute, Avoid, Monitor, Assess, AllClear, None.
+    pub response_type: Vec<String>,
     /// Immediate, Expected, Future, Past, Unknown.
     pub urgency: String,
     /// Extreme, Severe, Moderate, Minor, Unknown.
     pub severity: String,
     /// Observed, Likely, Possible, Unlikely, Unknown.
     pub certainty: String,
+    /// When the information takes effect (default: `sent`).
+    pub effective: Option<String>,
+    /// When the event is expected to begin.
+    pub onset: Option<String>,
     /// When it ends.
-    #[serde(default)]
     pub expires: Option<String>,
     /// Short text.
-    #[serde(default)]
     pub headline: Option<String>,
+    /// Longer text.
+    pub description: Option<String>,
     /// What to do.
-    #[serde(default)]
     pub instruction: Option<String>,
     /// Areas.
-    #[serde(default)]
     pub area: Vec<CapArea>,
 }
 
 /// One `<area>`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct CapArea {
     /// Free text.
-    #[serde(rename = "areaDesc")]
     pub area_desc: String,
+    /// Polygons: `lat,lon` pairs, space-separated, first = last (CAP 1.2 §3.3.1, WGS 84).
+    pub polygon: Vec<String>,
+    /// Circles: `lat,lon radius` with the radius in km.
+    pub circle: Vec<String>,
     /// Coded areas.
-    #[serde(default)]
     pub geocode: Vec<CapGeocode>,
 }
 
 /// A `<geocode>`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default)]
 pub struct CapGeocode {
     /// Code system, e.g. `SAME`, `GB2260`.
-    #[serde(rename = "valueName")]
     pub value_name: String,
     /// Code.
     pub value: String,
 }
 
-/// Why a document is not a CAP 1.2 alert.
+/// Why a document is not a CAP alert.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{line}:{column}: {message}")]
 pub struct CapError {
@@ -121,44 +128,268 @@ pub struct CapError {
     pub message: String,
 }
 
-/// Reads a CAP 1.2 document.
+/// An element of the CAP namespace: its local name, text and children (other namespaces,
+/// such as an enveloped XML signature, are left out).
+#[derive(Debug, Default)]
+struct Node {
+    name: String,
+    text: String,
+    children: Vec<Node>,
+}
+
+impl Node {
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Node> + 'a {
+        self.children.iter().filter(move |c| c.name == name)
+    }
+
+    fn one(&self, name: &str) -> Option<String> {
+        self.all(name)
+            .next()
+            .map(|c| c.text.trim().to_owned())
+            .filter(|t| !t.is_empty())
+    }
+
+    fn required(&self, name: &str) -> Result<String, String> {
+        self.one(name)
+            .ok_or_else(|| format!("<{}> has no <{name}> (required by CAP 1.2)", self.name))
+    }
+
+    fn texts(&self, name: &str) -> Vec<String> {
+        self.all(name)
+            .map(|c| c.text.trim().to_owned())
+            .filter(|t| !t.is_empty())
+            .collect()
+    }
+}
+
+/// Reads a CAP 1.2 (or 1.1) document. Namespaces are resolved (`<alert xmlns="…">`,
+/// `<cap:alert xmlns:cap="…">`, any prefix); elements of other namespaces are skipped;
+/// entity references other than XML's five and character references are refused, and so is a
+/// DOCTYPE that declares entities (no expansion, whatever the document says); nesting deeper
+/// than [`MAX_DEPTH`] is refused.
 pub fn parse(xml: &str) -> Result<CapAlert, CapError> {
-    // Well-formedness first, with a position.
-    let mut reader = quick_xml::Reader::from_str(xml);
+    let mut reader = quick_xml::NsReader::from_str(xml);
+    reader.config_mut().check_end_names = true;
+    let at = |pos: u64, message: String| {
+        let (line, column) = line_col(xml, pos as usize);
+        CapError {
+            line,
+            column,
+            message,
+        }
+    };
+    let mut stack: Vec<Node> = Vec::new();
+    let mut root: Option<Node> = None;
+    let mut version = "1.2";
+    // Depth inside a foreign element being skipped (0: not skipping).
+    let mut foreign = 0usize;
     loop {
-        match reader.read_event() {
-            Ok(quick_xml::events::Event::Eof) => break,
-            Ok(_) => {}
-            Err(e) => {
-                let (line, column) = line_col(xml, reader.error_position() as usize);
-                return Err(CapError {
-                    line,
-                    column,
-                    message: format!("malformed XML: {e}"),
-                });
+        let pos = reader.buffer_position();
+        use quick_xml::events::Event;
+        use quick_xml::name::ResolveResult;
+        let (ns_name, event) = match reader.read_resolved_event() {
+            Ok((ResolveResult::Bound(n), ev)) => {
+                (Some(String::from_utf8_lossy(n.as_ref()).into_owned()), ev)
             }
+            Ok((_, ev)) => (None, ev),
+            Err(e) => {
+                let p = reader.error_position();
+                return Err(at(p, format!("malformed XML: {e}")));
+            }
+        };
+        match event {
+            Event::Start(ref e) | Event::Empty(ref e) => {
+                let empty = matches!(event, Event::Empty(_));
+                let local = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
+                if stack.len() + foreign >= MAX_DEPTH {
+                    return Err(at(
+                        pos,
+                        format!("elements nested deeper than {MAX_DEPTH}: not a CAP alert"),
+                    ));
+                }
+                if root.is_some() {
+                    return Err(at(pos, "content after the <alert> element".into()));
+                }
+                if stack.is_empty() && foreign == 0 {
+                    match ns_name.as_deref() {
+                        Some(NAMESPACE) if local == "alert" => version = "1.2",
+                        Some(NAMESPACE_1_1) if local == "alert" => version = "1.1",
+                        found => {
+                            return Err(at(
+                                pos,
+                                format!(
+                                    "not CAP 1.2: the root element is <{local}> in namespace {} (CAP 1.2 is <alert> in {NAMESPACE}; CAP 1.1 is read too)",
+                                    found.map_or("(none)".to_owned(), |n| format!("{n:?}"))
+                                ),
+                            ));
+                        }
+                    }
+                }
+                let cap_ns = if version == "1.1" {
+                    NAMESPACE_1_1
+                } else {
+                    NAMESPACE
+                };
+                if foreign > 0 || ns_name.as_deref() != Some(cap_ns) {
+                    if !empty {
+                        foreign += 1;
+                    }
+                    continue;
+                }
+                let node = Node {
+                    name: local,
+                    ..Node::default()
+                };
+                if empty {
+                    match stack.last_mut() {
+                        Some(parent) => parent.children.push(node),
+                        None => root = Some(node),
+                    }
+                } else {
+                    stack.push(node);
+                }
+            }
+            Event::End(_) => {
+                if foreign > 0 {
+                    foreign -= 1;
+                    continue;
+                }
+                if let Some(node) = stack.pop() {
+                    match stack.last_mut() {
+                        Some(parent) => parent.children.push(node),
+                        None => root = Some(node),
+                    }
+                }
+            }
+            Event::Text(t) => {
+                if foreign == 0
+                    && let Some(n) = stack.last_mut()
+                {
+                    let s = t.decode().map_err(|e| at(pos, format!("bad text: {e}")))?;
+                    n.text.push_str(&s);
+                }
+            }
+            Event::CData(t) => {
+                if foreign == 0
+                    && let Some(n) = stack.last_mut()
+                {
+                    let s = t.decode().map_err(|e| at(pos, format!("bad CDATA: {e}")))?;
+                    n.text.push_str(&s);
+                }
+            }
+            Event::GeneralRef(r) => {
+                let ch = if r.is_char_ref() {
+                    r.resolve_char_ref()
+                        .ok()
+                        .flatten()
+                        .map(String::from)
+                        .ok_or_else(|| at(pos, "bad character reference".into()))?
+                } else {
+                    let name = r
+                        .decode()
+                        .map_err(|e| at(pos, format!("bad entity: {e}")))?;
+                    match name.as_ref() {
+                        "lt" => "<".into(),
+                        "gt" => ">".into(),
+                        "amp" => "&".into(),
+                        "apos" => "'".into(),
+                        "quot" => "\"".into(),
+                        other => {
+                            return Err(at(
+                                pos,
+                                format!(
+                                    "entity &{other}; is not one of XML's five: CAP documents declare no entities"
+                                ),
+                            ));
+                        }
+                    }
+                };
+                if foreign == 0
+                    && let Some(n) = stack.last_mut()
+                {
+                    n.text.push_str(&ch);
+                }
+            }
+            Event::DocType(d) if String::from_utf8_lossy(d.as_ref()).contains("<!ENTITY") => {
+                return Err(at(
+                    pos,
+                    "a DOCTYPE that declares entities is refused (entity expansion)".into(),
+                ));
+            }
+            Event::Eof => break,
+            _ => {}
         }
     }
-    let alert: CapAlert = quick_xml::de::from_str(xml).map_err(|e| CapError {
+    if !stack.is_empty() {
+        return Err(at(
+            xml.len() as u64,
+            "malformed XML: unclosed elements".into(),
+        ));
+    }
+    let root = root.ok_or_else(|| CapError {
         line: 1,
         column: 1,
-        message: format!("not a CAP alert: {e}"),
+        message: format!("not CAP 1.2: no <alert> element in {NAMESPACE}"),
     })?;
-    if alert.xmlns.as_deref() != Some(NAMESPACE) {
-        return Err(CapError {
-            line: 1,
-            column: 1,
-            message: format!("not CAP 1.2: the alert element's namespace must be {NAMESPACE}"),
-        });
-    }
+    alert_of(&root, version).map_err(|message| CapError {
+        line: 1,
+        column: 1,
+        message: format!("not a CAP alert: {message}"),
+    })
+}
+
+fn alert_of(root: &Node, version: &'static str) -> Result<CapAlert, String> {
+    let alert = CapAlert {
+        version,
+        identifier: root.required("identifier")?,
+        sender: root.required("sender")?,
+        sent: root.required("sent")?,
+        status: root.required("status")?,
+        msg_type: root.required("msgType")?,
+        references: root.one("references"),
+        info: root
+            .all("info")
+            .map(info_of)
+            .collect::<Result<Vec<_>, _>>()?,
+    };
     if !["Alert", "Update", "Cancel", "Ack", "Error"].contains(&alert.msg_type.as_str()) {
-        return Err(CapError {
-            line: 1,
-            column: 1,
-            message: format!("unknown msgType {:?}", alert.msg_type),
-        });
+        return Err(format!("unknown msgType {:?}", alert.msg_type));
     }
     Ok(alert)
+}
+
+fn info_of(n: &Node) -> Result<CapInfo, String> {
+    Ok(CapInfo {
+        language: n.one("language"),
+        event: n.required("event")?,
+        response_type: n.texts("responseType"),
+        urgency: n.required("urgency")?,
+        severity: n.required("severity")?,
+        certainty: n.required("certainty")?,
+        effective: n.one("effective"),
+        onset: n.one("onset"),
+        expires: n.one("expires"),
+        headline: n.one("headline"),
+        description: n.one("description"),
+        instruction: n.one("instruction"),
+        area: n
+            .all("area")
+            .map(|a| {
+                Ok(CapArea {
+                    area_desc: a.required("areaDesc")?,
+                    polygon: a.texts("polygon"),
+                    circle: a.texts("circle"),
+                    geocode: a
+                        .all("geocode")
+                        .map(|g| CapGeocode {
+                            value_name: g.one("valueName").unwrap_or_default(),
+                            value: g.one("value").unwrap_or_default(),
+                        })
+                        .collect(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?,
+    })
 }
 
 /// One row of the policy table; an empty list matches anything.
@@ -237,32 +468,51 @@ pub struct CapRules {
     pub default_scope: Option<Scope>,
     /// Let Test/Exercise/System/Draft messages reach screens.
     pub accept_test: bool,
+    /// Start alerts at `<onset>` instead of `<effective>` (`cap.start = "onset"`).
+    pub start_at_onset: bool,
 }
 
-/// What a CAP message means for the screens.
+/// An alert a CAP message ends, and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Ended {
+    /// Marquee alert id.
+    pub id: String,
+    /// The `<references>` triple that names it (`sender,identifier,sent`).
+    pub reference: String,
+    /// `Update` or `Cancel`.
+    pub by: String,
+}
+
+/// What a CAP message means for the screens: the alerts it ends (an Update or Cancel names
+/// them in `<references>`; they end whatever its own content says), then what its own content
+/// does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapDecision {
+    /// Alerts ended first.
+    pub ends: Vec<Ended>,
+    /// The message's own content.
+    pub action: CapAction,
+}
+
+/// What a CAP message's own content does.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CapAction {
-    /// Raise `id` (ending `replaces` first).
+    /// Raise `id`.
     Raise {
         /// Marquee alert id.
         id: String,
-        /// Ids of alerts this one supersedes (Update).
-        replaces: Vec<String>,
         /// Text per language.
         text: BTreeMap<String, String>,
         /// minor … extreme.
         severity: String,
         /// Where.
         scope: Scope,
+        /// From (`<effective>`, default `sent`; or `<onset>` by policy): held until then.
+        starts_at: DateTime<Utc>,
         /// Until.
         expires_at: DateTime<Utc>,
     },
-    /// End these alerts (Cancel).
-    End {
-        /// Ids.
-        ids: Vec<String>,
-    },
-    /// Nothing reaches screens.
+    /// Nothing new reaches screens.
     Ignore {
         /// Why.
         reason: String,
@@ -275,14 +525,16 @@ pub fn alert_id(sender: &str, identifier: &str) -> String {
     format!("cap-{}", hex::encode(&h[..8]))
 }
 
-fn referenced(a: &CapAlert) -> Vec<String> {
+/// The alerts a message names in `<references>` (CAP 1.2 §3.2.1: space-separated
+/// `sender,identifier,sent` triples; an alert is known by sender and identifier).
+fn referenced(a: &CapAlert) -> Vec<(String, String)> {
     a.references
         .as_deref()
         .unwrap_or("")
         .split_whitespace()
         .filter_map(|t| {
             let mut parts = t.split(',');
-            Some(alert_id(parts.next()?, parts.next()?))
+            Some((alert_id(parts.next()?, parts.next()?), t.to_owned()))
         })
         .collect()
 }
@@ -295,53 +547,167 @@ fn lang_key(l: Option<&str>) -> String {
         .to_ascii_lowercase()
 }
 
-/// Decides what `a` means, at `now`.
-pub fn decide(a: &CapAlert, rules: &CapRules, now: DateTime<Utc>) -> CapAction {
-    let ignore = |reason: String| CapAction::Ignore { reason };
-    if a.status != "Actual" && !rules.accept_test {
-        return ignore(format!(
-            "status {} does not reach screens (cap.accept_test = false)",
-            a.status
-        ));
-    }
-    match a.msg_type.as_str() {
-        "Cancel" => return CapAction::End { ids: referenced(a) },
-        "Ack" | "Error" => return ignore(format!("msgType {} changes nothing", a.msg_type)),
-        _ => {}
-    }
-    let Some(first) = a.info.first() else {
-        return ignore("no <info> block".into());
-    };
-    match rules.policy.iter().find(|r| r.matches(first)) {
-        Some(r) if r.action == "takeover" => {}
-        _ => {
-            return ignore(format!(
-                "policy: urgency {}, severity {}, certainty {} do not take over screens",
-                first.urgency, first.severity, first.certainty
-            ));
+fn time(s: Option<&str>) -> Option<DateTime<Utc>> {
+    s.and_then(|t| DateTime::parse_from_rfc3339(t.trim()).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// Text for a screen: markup producers put in CAP text (escaped HTML, or CDATA holding `<p>`,
+/// `<br/>`) taken out, its line breaks kept as spaces, HTML's common entities decoded, runs of
+/// white space folded.
+pub fn plain_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(open) = rest.find('<') {
+        out.push_str(&rest[..open]);
+        match rest[open..].find('>') {
+            // A tag: `<b>`, `</p>`, `<br/>`; a lone `<` (as in "< 5 km") stays.
+            Some(close)
+                if rest[open + 1..]
+                    .chars()
+                    .next()
+                    .is_some_and(|c| c.is_ascii_alphabetic() || c == '/' || c == '!') =>
+            {
+                out.push(' ');
+                rest = &rest[open + close + 1..];
+            }
+            _ => {
+                out.push('<');
+                rest = &rest[open + 1..];
+            }
         }
     }
+    out.push_str(rest);
+    let decoded = out
+        .replace("&nbsp;", " ")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&apos;", "'")
+        .replace("&amp;", "&");
+    decoded.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Decides what `a` means, at `now`.
+pub fn decide(a: &CapAlert, rules: &CapRules, now: DateTime<Utc>) -> CapDecision {
+    let ignore = |ends: Vec<Ended>, reason: String| CapDecision {
+        ends,
+        action: CapAction::Ignore { reason },
+    };
+    if a.status != "Actual" && !rules.accept_test {
+        return ignore(
+            Vec::new(),
+            format!(
+                "status {} does not reach screens (cap.accept_test = false)",
+                a.status
+            ),
+        );
+    }
+    // An Update or Cancel ends what it references before its own content is judged.
+    let ends: Vec<Ended> = match a.msg_type.as_str() {
+        "Update" | "Cancel" => referenced(a)
+            .into_iter()
+            .map(|(id, reference)| Ended {
+                id,
+                reference,
+                by: a.msg_type.clone(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    match a.msg_type.as_str() {
+        "Cancel" => return ignore(ends, "a Cancel raises nothing".into()),
+        "Ack" | "Error" => return ignore(ends, format!("msgType {} changes nothing", a.msg_type)),
+        _ => {}
+    }
+    if a.info.is_empty() {
+        return ignore(ends, "no <info> block".into());
+    }
+    if a.info
+        .iter()
+        .any(|i| i.response_type.iter().any(|r| r == "AllClear"))
+    {
+        return ignore(ends, "responseType AllClear: the threat is over".into());
+    }
+    let takes_over = |i: &CapInfo| {
+        rules
+            .policy
+            .iter()
+            .find(|r| r.matches(i))
+            .is_some_and(|r| r.action == "takeover")
+    };
+    let Some(first) = a.info.iter().find(|i| takes_over(i)) else {
+        let i = &a.info[0];
+        return ignore(
+            ends,
+            format!(
+                "policy: urgency {}, severity {}, certainty {} do not take over screens",
+                i.urgency, i.severity, i.certainty
+            ),
+        );
+    };
     let mut text = BTreeMap::new();
     for i in &a.info {
-        let head = i.headline.clone().unwrap_or_else(|| i.event.clone());
-        let body = match &i.instruction {
-            Some(ins) if !ins.trim().is_empty() => format!("{head}: {}", ins.trim()),
+        let head = plain_text(i.headline.as_deref().unwrap_or(&i.event));
+        let body = match i.instruction.as_deref().map(plain_text) {
+            Some(ins) if !ins.is_empty() => format!("{head}: {ins}"),
             _ => head,
         };
         text.entry(lang_key(i.language.as_deref())).or_insert(body);
     }
+    let sent = time(Some(&a.sent)).unwrap_or(now);
     let expires_at = a
         .info
         .iter()
-        .filter_map(|i| i.expires.as_deref())
-        .filter_map(|e| DateTime::parse_from_rfc3339(e).ok())
-        .map(|t| t.with_timezone(&Utc))
+        .filter_map(|i| time(i.expires.as_deref()))
         .min()
         .unwrap_or(now + Duration::hours(1));
     if expires_at <= now {
-        return ignore(format!("expired at {expires_at}"));
+        return ignore(ends, format!("expired at {expires_at}"));
+    }
+    let effective = time(first.effective.as_deref()).unwrap_or(sent);
+    let starts_at = if rules.start_at_onset {
+        time(first.onset.as_deref()).unwrap_or(effective)
+    } else {
+        effective
+    };
+    if starts_at >= expires_at {
+        return ignore(
+            ends,
+            format!("it would start at {starts_at}, not before it expires at {expires_at}"),
+        );
     }
     let areas: Vec<&CapArea> = a.info.iter().flat_map(|i| &i.area).collect();
+    let scope = match scope_of(&areas, rules) {
+        Some(s) => s,
+        None => {
+            return ignore(
+                ends,
+                "no configured area matches (cap.areas) and there is no default scope".into(),
+            );
+        }
+    };
+    let severity = match first.severity.as_str() {
+        "Extreme" => "extreme",
+        "Severe" => "severe",
+        "Minor" => "minor",
+        _ => "moderate",
+    };
+    CapDecision {
+        ends,
+        action: CapAction::Raise {
+            id: alert_id(&a.sender, &a.identifier),
+            text,
+            severity: severity.into(),
+            scope,
+            starts_at,
+            expires_at,
+        },
+    }
+}
+
+fn scope_of(areas: &[&CapArea], rules: &CapRules) -> Option<Scope> {
     let mut channels = Vec::new();
     let mut displays = Vec::new();
     let mut everywhere = false;
@@ -368,36 +734,14 @@ pub fn decide(a: &CapAlert, rules: &CapRules, now: DateTime<Utc>) -> CapAction {
     channels.dedup();
     displays.sort();
     displays.dedup();
-    let scope = if everywhere {
-        Scope::All
+    if everywhere {
+        Some(Scope::All)
     } else if !channels.is_empty() {
-        Scope::Channels(channels)
+        Some(Scope::Channels(channels))
     } else if !displays.is_empty() {
-        Scope::Displays(displays)
-    } else if let Some(d) = &rules.default_scope {
-        d.clone()
+        Some(Scope::Displays(displays))
     } else {
-        return ignore(
-            "no configured area matches (cap.areas) and there is no default scope".into(),
-        );
-    };
-    let severity = match first.severity.as_str() {
-        "Extreme" => "extreme",
-        "Severe" => "severe",
-        "Minor" => "minor",
-        _ => "moderate",
-    };
-    CapAction::Raise {
-        id: alert_id(&a.sender, &a.identifier),
-        replaces: if a.msg_type == "Update" {
-            referenced(a)
-        } else {
-            vec![]
-        },
-        text,
-        severity: severity.into(),
-        scope,
-        expires_at,
+        rules.default_scope.clone()
     }
 }
 
@@ -411,6 +755,10 @@ mod tests {
             .with_timezone(&Utc)
     }
 
+    fn t(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
     fn rules() -> CapRules {
         CapRules {
             policy: default_policy(),
@@ -422,6 +770,7 @@ mod tests {
             }],
             default_scope: Some(Scope::All),
             accept_test: false,
+            start_at_onset: false,
         }
     }
 
@@ -445,17 +794,32 @@ mod tests {
   <expires>2021-05-15T12:00:00+08:00</expires><headline>Typhoon red warning</headline><instruction>Stay indoors</instruction>
   <area><areaDesc>Pudong</areaDesc></area></info>"#;
 
+    fn raised(d: &CapDecision) -> (&str, &Scope, DateTime<Utc>, DateTime<Utc>) {
+        match &d.action {
+            CapAction::Raise {
+                id,
+                scope,
+                starts_at,
+                expires_at,
+                ..
+            } => (id, scope, *starts_at, *expires_at),
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn actual_multilingual_alert_raises_on_the_mapped_scope() {
         let a = parse(&doc("Actual", "Alert", "", INFO)).unwrap();
-        match decide(&a, &rules(), now()) {
+        let d = decide(&a, &rules(), now());
+        assert!(d.ends.is_empty());
+        match d.action {
             CapAction::Raise {
                 id,
                 text,
                 severity,
                 scope,
                 expires_at,
-                replaces,
+                starts_at,
             } => {
                 assert_eq!(id, alert_id("cma@example.gov", "T-1"));
                 assert_eq!(text["zh"], "台风红色预警: 请留在室内");
@@ -463,27 +827,67 @@ mod tests {
                 assert_eq!(severity, "extreme");
                 assert_eq!(scope, Scope::Channels(vec!["subway".into()]));
                 assert_eq!(expires_at.to_rfc3339(), "2021-05-15T04:00:00+00:00");
-                assert!(replaces.is_empty());
+                assert_eq!(
+                    starts_at,
+                    t("2021-05-15T01:00:00Z"),
+                    "effective defaults to sent"
+                );
             }
             other => panic!("{other:?}"),
         }
     }
 
     #[test]
-    fn update_and_cancel_follow_references() {
+    fn update_and_cancel_end_what_they_reference_first() {
         let refs = "<references>cma@example.gov,T-0,2021-05-15T08:00:00+08:00</references>";
         let a = parse(&doc("Actual", "Update", refs, INFO)).unwrap();
-        let CapAction::Raise { replaces, .. } = decide(&a, &rules(), now()) else {
+        let d = decide(&a, &rules(), now());
+        assert_eq!(
+            d.ends,
+            vec![Ended {
+                id: alert_id("cma@example.gov", "T-0"),
+                reference: "cma@example.gov,T-0,2021-05-15T08:00:00+08:00".into(),
+                by: "Update".into(),
+            }]
+        );
+        assert!(matches!(d.action, CapAction::Raise { .. }));
+        let c = parse(&doc("Actual", "Cancel", refs, "")).unwrap();
+        let d = decide(&c, &rules(), now());
+        assert_eq!(d.ends[0].id, alert_id("cma@example.gov", "T-0"));
+        assert!(matches!(d.action, CapAction::Ignore { .. }));
+        // A downgrade (Minor, Past) the policy would ignore still ends what it references.
+        let info = INFO
+            .replace("<severity>Extreme</severity>", "<severity>Minor</severity>")
+            .replace("<urgency>Immediate</urgency>", "<urgency>Past</urgency>");
+        let d = decide(
+            &parse(&doc("Actual", "Update", refs, &info)).unwrap(),
+            &rules(),
+            now(),
+        );
+        assert_eq!(d.ends.len(), 1);
+        assert!(matches!(d.action, CapAction::Ignore { .. }));
+        // AllClear ends, and raises nothing even when its ratings would take over.
+        let info = INFO.replace(
+            "<event>Typhoon</event>",
+            "<event>Typhoon</event><responseType>AllClear</responseType>",
+        );
+        let d = decide(
+            &parse(&doc("Actual", "Update", refs, &info)).unwrap(),
+            &rules(),
+            now(),
+        );
+        assert_eq!(d.ends.len(), 1);
+        let CapAction::Ignore { reason } = d.action else {
             panic!()
         };
-        assert_eq!(replaces, vec![alert_id("cma@example.gov", "T-0")]);
-        let c = parse(&doc("Actual", "Cancel", refs, "")).unwrap();
-        assert_eq!(
-            decide(&c, &rules(), now()),
-            CapAction::End {
-                ids: vec![alert_id("cma@example.gov", "T-0")]
-            }
+        assert!(reason.contains("AllClear"), "{reason}");
+        // A Test message ends nothing.
+        let d = decide(
+            &parse(&doc("Test", "Cancel", refs, "")).unwrap(),
+            &rules(),
+            now(),
         );
+        assert!(d.ends.is_empty());
     }
 
     #[test]
@@ -491,12 +895,15 @@ mod tests {
         for status in ["Test", "Exercise"] {
             let a = parse(&doc(status, "Alert", "", INFO)).unwrap();
             assert!(matches!(
-                decide(&a, &rules(), now()),
+                decide(&a, &rules(), now()).action,
                 CapAction::Ignore { .. }
             ));
             let mut r = rules();
             r.accept_test = true;
-            assert!(matches!(decide(&a, &r, now()), CapAction::Raise { .. }));
+            assert!(matches!(
+                decide(&a, &r, now()).action,
+                CapAction::Raise { .. }
+            ));
         }
     }
 
@@ -504,7 +911,7 @@ mod tests {
     fn policy_ignores_minor_or_possible_events() {
         let info = INFO.replace("<severity>Extreme</severity>", "<severity>Minor</severity>");
         let a = parse(&doc("Actual", "Alert", "", &info)).unwrap();
-        let CapAction::Ignore { reason } = decide(&a, &rules(), now()) else {
+        let CapAction::Ignore { reason } = decide(&a, &rules(), now()).action else {
             panic!()
         };
         assert!(reason.contains("severity Minor"), "{reason}");
@@ -515,7 +922,7 @@ mod tests {
         let info = INFO.replace("Pudong", "Elsewhere");
         let a = parse(&doc("Actual", "Alert", "", &info)).unwrap();
         assert!(matches!(
-            decide(&a, &rules(), now()),
+            decide(&a, &rules(), now()).action,
             CapAction::Raise {
                 scope: Scope::All,
                 ..
@@ -523,7 +930,10 @@ mod tests {
         ));
         let mut r = rules();
         r.default_scope = None;
-        assert!(matches!(decide(&a, &r, now()), CapAction::Ignore { .. }));
+        assert!(matches!(
+            decide(&a, &r, now()).action,
+            CapAction::Ignore { .. }
+        ));
     }
 
     #[test]
@@ -531,9 +941,24 @@ mod tests {
         let later = now() + Duration::days(1);
         let a = parse(&doc("Actual", "Alert", "", INFO)).unwrap();
         assert!(matches!(
-            decide(&a, &rules(), later),
+            decide(&a, &rules(), later).action,
             CapAction::Ignore { .. }
         ));
+    }
+
+    #[test]
+    fn effective_and_onset_hold_the_start() {
+        let info = INFO.replace(
+            "<expires>",
+            "<effective>2021-05-15T10:00:00+08:00</effective><onset>2021-05-15T11:00:00+08:00</onset><expires>",
+        );
+        let a = parse(&doc("Actual", "Alert", "", &info)).unwrap();
+        let (_, _, starts, _) = raised(&decide(&a, &rules(), now()));
+        assert_eq!(starts, t("2021-05-15T02:00:00Z"));
+        let mut r = rules();
+        r.start_at_onset = true;
+        let (_, _, starts, _) = raised(&decide(&a, &r, now()));
+        assert_eq!(starts, t("2021-05-15T03:00:00Z"));
     }
 
     #[test]
@@ -541,11 +966,155 @@ mod tests {
         let e = parse("<alert xmlns=\"urn:oasis:names:tc:emergency:cap:1.2\">\n  <identifier>x</sender>\n</alert>").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
         assert!(e.message.starts_with("malformed XML"), "{e}");
-        let e = parse(&doc("Actual", "Alert", "", INFO).replace("cap:1.2", "cap:1.1")).unwrap_err();
-        assert!(e.message.contains("not CAP 1.2"), "{e}");
+        let e = parse(&doc("Actual", "Alert", "", INFO).replace("cap:1.2", "cap:9.9")).unwrap_err();
+        assert!(
+            e.message.contains("not CAP 1.2")
+                && e.message
+                    .contains("\"urn:oasis:names:tc:emergency:cap:9.9\""),
+            "{e}"
+        );
         let e =
             parse(&doc("Actual", "Alert", "", INFO).replace("<identifier>T-1</identifier>", ""))
                 .unwrap_err();
         assert!(e.message.contains("identifier"), "{e}");
+        let e = parse("<alert><identifier>x</identifier></alert>").unwrap_err();
+        assert!(e.message.contains("namespace (none)"), "{e}");
+    }
+
+    #[test]
+    fn markup_in_cap_text_is_taken_out() {
+        assert_eq!(
+            plain_text("<p>Signal No. 8</p><br/>Stay &amp; keep <b>away</b> &lt; 5 km"),
+            "Signal No. 8 Stay & keep away < 5 km"
+        );
+        assert_eq!(plain_text("a < b and c > d"), "a < b and c > d");
+        assert_eq!(plain_text("  两行\n文字  "), "两行 文字");
+    }
+
+    /// Every document of the field corpus (`tests/fixtures/cap/field/`, see its README) with
+    /// what it must do, judged at a time when each is current.
+    #[test]
+    fn the_field_corpus_is_read_as_its_producers_mean_it() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cap/field");
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).unwrap();
+        let mut r = rules();
+        r.areas.clear();
+        // (file, now, expected: Ok(start) raised from, or Err(part of the reason / error))
+        let raised_from: &[(&str, &str, &str)] = &[
+            (
+                "us-nws-signed.xml",
+                "2026-07-14T20:50:00Z",
+                "2026-07-14T20:42:00Z",
+            ),
+            (
+                "ca-capcp-bilingual.xml",
+                "2026-10-21T19:10:00Z",
+                "2026-10-21T19:05:00Z",
+            ),
+            (
+                "national-prefixed.xml",
+                "2026-08-19T12:20:00Z",
+                "2026-08-19T12:10:00Z",
+            ),
+            (
+                "national-prefixed-ns1.xml",
+                "2027-01-16T19:30:00Z",
+                "2027-01-16T19:20:00Z",
+            ),
+            (
+                "typhoon-markup.xml",
+                "2026-09-12T00:20:00Z",
+                "2026-09-12T00:15:00Z",
+            ),
+            (
+                "cn-national-early-warning.xml",
+                "2026-07-18T06:40:00Z",
+                "2026-07-18T06:30:00Z",
+            ),
+            (
+                "cap11-legacy.xml",
+                "2026-05-21T00:20:00Z",
+                "2026-05-21T00:12:00Z",
+            ),
+            (
+                "update-allclear-warning.xml",
+                "2026-08-03T19:10:00Z",
+                "2026-08-03T19:05:00Z",
+            ),
+            // Received two days early: held until its effective time.
+            (
+                "future-effective.xml",
+                "2026-09-10T12:05:00Z",
+                "2026-09-12T12:00:00Z",
+            ),
+        ];
+        for (file, at, from) in raised_from {
+            let a = parse(&read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            let d = decide(&a, &r, t(at));
+            let (_, scope, starts, expires) = raised(&d);
+            assert_eq!((starts, scope), (t(from), &Scope::All), "{file}");
+            assert!(expires > starts, "{file}");
+        }
+        let a = parse(&read("cap11-legacy.xml")).unwrap();
+        assert_eq!(a.version, "1.1");
+        // The typhoon's escaped HTML and CDATA markup never reach a screen.
+        let a = parse(&read("typhoon-markup.xml")).unwrap();
+        let CapAction::Raise { text, .. } = decide(&a, &r, t("2026-09-12T00:20:00Z")).action else {
+            panic!()
+        };
+        for v in text.values() {
+            assert!(
+                !v.contains('<') && !v.contains("&amp;") && !v.contains("&lt;"),
+                "{v}"
+            );
+        }
+        assert!(
+            text.contains_key("zh") && text.contains_key("en"),
+            "{text:?}"
+        );
+        // With onset chosen, it starts at onset.
+        let mut onset = r.clone();
+        onset.start_at_onset = true;
+        let (_, _, starts, _) = raised(&decide(&a, &onset, t("2026-09-12T00:20:00Z")));
+        assert_eq!(starts, t("2026-09-12T03:00:00Z"));
+        // The Canadian alert's empty <references> means none.
+        let a = parse(&read("ca-capcp-bilingual.xml")).unwrap();
+        assert_eq!(a.references, None);
+        // Moderate MeteoAlarm warning: ignored, at sent and at onset.
+        let a = parse(&read("eu-meteoalarm-emma.xml")).unwrap();
+        for at in ["2026-12-01T05:10:00Z", "2026-12-01T23:10:00Z"] {
+            let d = decide(&a, &r, t(at));
+            assert!(
+                matches!(d.action, CapAction::Ignore { ref reason } if reason.contains("Moderate")),
+                "{d:?}"
+            );
+        }
+        // The AllClear Update and the Cancel each end the warning and raise nothing.
+        let warning = alert_id(
+            "w-nws.webmaster@weather.example",
+            "urn:oid:2.49.0.1.840.0.5658cd749e17a32a6a3af3e78e6e783563f06d22.001.1",
+        );
+        for (file, by, at) in [
+            ("update-allclear.xml", "Update", "2026-08-03T20:21:00Z"),
+            ("cancel.xml", "Cancel", "2026-08-03T19:21:00Z"),
+        ] {
+            let d = decide(&parse(&read(file)).unwrap(), &r, t(at));
+            assert_eq!(d.ends.len(), 1, "{file}");
+            assert_eq!(
+                (d.ends[0].id.as_str(), d.ends[0].by.as_str()),
+                (warning.as_str(), by)
+            );
+            assert!(matches!(d.action, CapAction::Ignore { .. }), "{file}");
+        }
+        // Not CAP, and hostile documents: refused, with what was found.
+        let e = parse(&read("wrong-namespace.xml")).unwrap_err();
+        assert!(e.message.contains("urn:example:not-cap"), "{e}");
+        let e = parse(&read("hostile-entity-expansion.xml")).unwrap_err();
+        assert!(e.message.contains("entit"), "{e}");
+        let e = parse(&read("hostile-deep-nesting.xml")).unwrap_err();
+        assert!(e.message.contains("nested deeper"), "{e}");
+        // A huge attribute is ignored: the alert itself is fine.
+        let a = parse(&read("hostile-huge-attribute.xml")).unwrap();
+        assert_eq!(a.identifier, "HOSTILE-ATTR-0001");
     }
 }

@@ -255,7 +255,11 @@ async fn publish_alert(s: &AppState, alert: &Alert, scope: &Scope) -> Result<Vec
         let version = publish(
             s,
             topic.clone(),
-            Signed::Alert(alert.clone()),
+            if alert.starts_at.is_some() {
+                Signed::AlertAt(alert.clone())
+            } else {
+                Signed::Alert(alert.clone())
+            },
             alert.expires_at,
             None,
         )
@@ -369,6 +373,7 @@ pub async fn raise(
         text: r.text.clone(),
         issued_at: now,
         expires_at: now + lasts,
+        starts_at: None,
     };
     // The SMS part is checked and stored first (pending, linked to the alert): a bad recipient
     // list fails the request before anything reaches a screen.
@@ -441,18 +446,54 @@ pub async fn cap(
         .map(|(status, v)| (status, Json(v)))
 }
 
-/// Applies one CAP 1.2 document (from the API or a polled feed) as `actor`.
+/// Applies one CAP 1.2 (or 1.1) document (from the API or a polled feed) as `actor`: first the
+/// alerts an Update or Cancel references are ended (each named in the answer and the audit
+/// log with the reference that named it; a reference to an alert this daemon never had is
+/// logged and listed as `unknown`), then the document's own content is judged by the policy.
+/// An alert whose start (`<effective>`, or `<onset>` with `cap.start = "onset"`) is ahead is
+/// published at once as `alert_at` (agents hold it until then) and again as `alert` when it
+/// starts.
 pub async fn apply_cap(
     s: &AppState,
     actor: &str,
     body: &str,
 ) -> Result<(StatusCode, Value), ApiError> {
+    use crate::domain::cap::CapAction;
     let doc =
         crate::domain::cap::parse(body).map_err(|e| ApiError::bad_field("body", e.to_string()))?;
-    let action = crate::domain::cap::decide(&doc, &s.cfg.cap, Utc::now());
-    let ended = |ids: &[String]| ids.to_vec();
-    match action {
-        crate::domain::cap::CapAction::Ignore { reason } => {
+    let now = Utc::now();
+    let decision = crate::domain::cap::decide(&doc, &s.cfg.cap, now);
+    let mut ended = Vec::new();
+    let mut details = Vec::new();
+    let mut unknown = Vec::new();
+    for e in &decision.ends {
+        match load(s, &e.id).await {
+            Ok(row) => {
+                let was_on = row.cleared_at.is_none();
+                clear_alert(s, actor, &row).await?;
+                ended.push(json!(e.id));
+                details.push(
+                    json!({"id": e.id, "reference": e.reference, "by": e.by, "was_on": was_on}),
+                );
+            }
+            Err(_) => {
+                tracing::warn!(reference = %e.reference, by = %e.by, identifier = %doc.identifier, "CAP message references an alert this daemon does not know");
+                unknown.push(json!(e.reference));
+            }
+        }
+    }
+    if !decision.ends.is_empty() {
+        super::audit(
+            s,
+            actor,
+            "cap.end",
+            &doc.identifier,
+            json!({"msgType": doc.msg_type, "ended": details, "unknown": unknown}),
+        )
+        .await?;
+    }
+    match decision.action {
+        CapAction::Ignore { reason } => {
             super::audit(
                 s,
                 actor,
@@ -461,57 +502,119 @@ pub async fn apply_cap(
                 json!({"reason": reason, "status": doc.status, "msgType": doc.msg_type}),
             )
             .await?;
+            let action = match (doc.msg_type.as_str(), ended.is_empty()) {
+                ("Cancel", _) => "cancelled",
+                (_, true) => "ignored",
+                (_, false) => "ended",
+            };
             Ok((
                 StatusCode::OK,
-                json!({"action": "ignored", "reason": reason}),
+                json!({"action": action, "reason": reason, "ended": ended, "ends": details, "unknown": unknown}),
             ))
         }
-        crate::domain::cap::CapAction::End { ids } => {
-            let mut done = Vec::new();
-            for id in ended(&ids) {
-                if let Ok(row) = load(s, &id).await {
-                    clear_alert(s, actor, &row).await?;
-                    done.push(id);
-                }
-            }
-            Ok((
-                StatusCode::OK,
-                json!({"action": "cancelled", "ended": done}),
-            ))
-        }
-        crate::domain::cap::CapAction::Raise {
+        CapAction::Raise {
             id,
-            replaces,
             text,
             severity,
             scope,
+            starts_at,
             expires_at,
         } => {
             if load(s, &id).await.is_ok() {
-                return Ok((StatusCode::OK, json!({"action": "duplicate", "id": id})));
+                return Ok((
+                    StatusCode::OK,
+                    json!({"action": "duplicate", "id": id, "ended": ended, "ends": details, "unknown": unknown}),
+                ));
             }
-            let mut done = Vec::new();
-            for old in replaces {
-                if let Ok(row) = load(s, &old).await {
-                    clear_alert(s, actor, &row).await?;
-                    done.push(old);
-                }
-            }
+            let held = starts_at > now;
             let alert = Alert {
                 id: id.clone(),
                 severity,
                 text,
-                issued_at: Utc::now(),
+                issued_at: now,
                 expires_at,
+                starts_at: held.then_some(starts_at),
             };
-            let published = raise_alert(s, actor, alert, &scope).await?;
-            let action = if done.is_empty() { "raised" } else { "updated" };
+            let published = if held {
+                record_alert(s, actor, "alert.schedule", &alert, &scope, "scheduled").await?;
+                let store = s.store.clone();
+                let key = id.clone();
+                tokio::task::spawn_blocking(move || store.schedule_alert(&key, starts_at))
+                    .await
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
+                let published = publish_alert(s, &alert, &scope).await?;
+                s.held_alerts.notify_one();
+                published
+            } else {
+                raise_alert(s, actor, alert, &scope).await?
+            };
+            let action = match (held, ended.is_empty()) {
+                (true, _) => "scheduled",
+                (false, true) => "raised",
+                (false, false) => "updated",
+            };
             Ok((
                 StatusCode::CREATED,
-                json!({"action": action, "id": id, "ended": done, "published": published}),
+                json!({"action": action, "id": id, "starts_at": starts_at, "expires_at": expires_at,
+                       "ended": ended, "ends": details, "unknown": unknown, "published": published}),
             ))
         }
     }
+}
+
+/// Starts held alerts when their time comes: publishes each again as a plain `alert` (for
+/// agents that do not know `alert_at`) and marks it live. Wakes at the next start, or when a
+/// new alert is held (`held_alerts`); stops with `cancel`.
+pub async fn start_held_alerts(s: Arc<AppState>, cancel: tokio_util::sync::CancellationToken) {
+    loop {
+        let store = s.store.clone();
+        let due = tokio::task::spawn_blocking(move || store.scheduled_alerts())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or_default();
+        let now = Utc::now();
+        for (id, _) in due.iter().filter(|(_, at)| *at <= now) {
+            if let Err(e) = start_one(&s, id).await {
+                tracing::error!(alert = %id, error = %e.message, "cannot start a held alert");
+            }
+        }
+        let next = due.iter().map(|(_, at)| *at).filter(|at| *at > now).min();
+        let wait = next.map_or(std::time::Duration::from_secs(3600), |at| {
+            (at - now).to_std().unwrap_or_default()
+        });
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = s.held_alerts.notified() => {}
+            _ = cancel.cancelled() => return,
+        }
+    }
+}
+
+async fn start_one(s: &AppState, id: &str) -> Result<(), ApiError> {
+    let row = load(s, id).await?;
+    let alert = Alert {
+        id: row.id.clone(),
+        severity: row.severity.clone(),
+        text: row.text.clone(),
+        issued_at: Utc::now(),
+        expires_at: DateTime::parse_from_rfc3339(&row.expires_at)
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| ApiError::internal(e.to_string()))?,
+        starts_at: None,
+    };
+    if alert.expires_at > Utc::now() {
+        super::audit(s, "cap-start", "alert.start", id, json!({})).await?;
+        publish_alert(s, &alert, &row.scope).await?;
+    }
+    let store = s.store.clone();
+    let key = id.to_owned();
+    tokio::task::spawn_blocking(move || store.start_alert(&key))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(())
 }
 
 async fn load(s: &AppState, id: &str) -> Result<AlertRow, ApiError> {
@@ -571,6 +674,7 @@ pub async fn approve(
         text: row.text.clone(),
         issued_at: now,
         expires_at: now + lasts,
+        starts_at: None,
     };
     super::audit(
         &s,

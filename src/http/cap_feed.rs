@@ -18,13 +18,23 @@ const MAX_ENTRIES: usize = 50;
 /// The name the audit log records.
 const ACTOR: &str = "cap-feed";
 
+/// One entry of a feed: where its CAP document is, and when the entry last changed (Atom
+/// `<updated>`, RSS `<pubDate>`; empty when absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The link, as written (relative links are resolved against the feed URL).
+    pub link: String,
+    /// The entry's update time as written.
+    pub updated: String,
+}
+
 /// What a fetched body is.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Body {
     /// A CAP document.
     Alert,
-    /// A feed: the links of its entries.
-    Feed(Vec<String>),
+    /// A feed: its entries.
+    Feed(Vec<Entry>),
     /// Neither.
     Other(String),
 }
@@ -34,8 +44,9 @@ pub enum Body {
 pub fn classify(xml: &str) -> Body {
     let mut r = quick_xml::Reader::from_str(xml);
     let mut root: Option<String> = None;
-    let mut links = Vec::new();
-    let (mut in_entry, mut in_rss_link) = (false, false);
+    let mut links: Vec<Entry> = Vec::new();
+    let (mut in_entry, mut in_rss_link, mut in_updated) = (false, false, false);
+    let mut entry: Option<Entry> = None;
     loop {
         match r.read_event() {
             Ok(Event::Start(e)) | Ok(Event::Empty(e)) => {
@@ -47,7 +58,14 @@ pub fn classify(xml: &str) -> Body {
                     }
                 }
                 match name.as_str() {
-                    "entry" | "item" => in_entry = true,
+                    "entry" | "item" => {
+                        in_entry = true;
+                        entry = Some(Entry {
+                            link: String::new(),
+                            updated: String::new(),
+                        });
+                    }
+                    "updated" | "pubDate" if in_entry => in_updated = true,
                     "link" if in_entry => {
                         let href = e
                             .attributes()
@@ -58,25 +76,45 @@ pub fn classify(xml: &str) -> Body {
                                     .ok()
                                     .map(|v| v.into_owned())
                             });
-                        match href {
-                            Some(h) => links.push(h),
-                            None => in_rss_link = true,
+                        let rel = e
+                            .attributes()
+                            .flatten()
+                            .find(|a| a.key.local_name().as_ref() == b"rel")
+                            .map(|a| String::from_utf8_lossy(&a.value).into_owned());
+                        match (href, entry.as_mut()) {
+                            // The CAP document: rel alternate (or none); `related`/`self` links
+                            // of an entry come second.
+                            (Some(h), Some(en))
+                                if en.link.is_empty()
+                                    || rel.as_deref().is_none_or(|r| r == "alternate") =>
+                            {
+                                en.link = h
+                            }
+                            (Some(_), _) => {}
+                            (None, _) => in_rss_link = true,
                         }
                     }
                     _ => {}
                 }
             }
-            Ok(Event::Text(t)) if in_rss_link => {
-                if let Ok(text) = t.decode() {
-                    links.push(text.trim().to_owned());
+            Ok(Event::Text(t)) if in_rss_link || in_updated => {
+                if let (Ok(text), Some(en)) = (t.decode(), entry.as_mut()) {
+                    if in_rss_link {
+                        en.link = text.trim().to_owned();
+                    } else {
+                        en.updated = text.trim().to_owned();
+                    }
                 }
                 in_rss_link = false;
+                in_updated = false;
             }
             Ok(Event::End(e)) => {
                 if matches!(e.local_name().as_ref(), b"entry" | b"item") {
                     in_entry = false;
+                    links.extend(entry.take().filter(|en| !en.link.is_empty()));
                 }
                 in_rss_link = false;
+                in_updated = false;
             }
             Ok(Event::Eof) => break,
             Err(e) => return Body::Other(format!("not XML: {e}")),
@@ -92,12 +130,136 @@ pub fn classify(xml: &str) -> Body {
     }
 }
 
-async fn fetch(client: &reqwest::Client, url: &str) -> Result<String, String> {
-    let resp = client.get(url).send().await.map_err(|e| e.to_string())?;
-    if !resp.status().is_success() {
-        return Err(format!("{url} answered {}", resp.status()));
+/// Largest feed or CAP document read (a CAP alert is a few kB; feeds of a national service
+/// reach a few MB).
+pub const MAX_BODY: usize = 8 << 20;
+/// The longest back-off after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(600);
+
+/// `Accept` for a feed URL: Atom, RSS or a CAP document (the media types weather services
+/// negotiate on), XML at a lower preference; never JSON.
+pub const ACCEPT: &str = "application/atom+xml, application/rss+xml, application/cap+xml, application/xml;q=0.9, text/xml;q=0.8";
+
+/// The `User-Agent`: `marquee/<version> (<contact>)`, as public alert APIs ask of clients so
+/// they can reach whoever runs one.
+pub fn user_agent(contact: Option<&str>) -> String {
+    match contact {
+        Some(c) => format!("marquee/{} ({c})", env!("CARGO_PKG_VERSION")),
+        None => format!("marquee/{}", env!("CARGO_PKG_VERSION")),
     }
-    resp.text().await.map_err(|e| e.to_string())
+}
+
+/// Why a read failed, and how long the server asked us to wait.
+#[derive(Debug)]
+pub struct Failure {
+    /// `unreachable`, `status`, `not_cap` or `too_large` (the metric's label).
+    pub kind: &'static str,
+    /// For the log.
+    pub message: String,
+    /// `Retry-After`, when the server sent one.
+    pub retry_after: Option<Duration>,
+}
+
+/// A feed URL's validators from its last `200` (RFC 9110 §8.8: `ETag`, `Last-Modified`).
+#[derive(Debug, Default, Clone)]
+struct Validators {
+    etag: Option<String>,
+    last_modified: Option<String>,
+}
+
+/// `Retry-After` as seconds or an HTTP date (RFC 9110 §10.2.3).
+pub fn retry_after(v: &str, now: chrono::DateTime<chrono::Utc>) -> Option<Duration> {
+    let v = v.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    chrono::DateTime::parse_from_rfc2822(v).ok().map(|t| {
+        (t.with_timezone(&chrono::Utc) - now)
+            .to_std()
+            .unwrap_or_default()
+    })
+}
+
+/// GETs `url` politely: conditional when validators are known (`None` on `304 Not
+/// Modified`), the body read up to [`MAX_BODY`].
+async fn fetch(
+    client: &reqwest::Client,
+    url: &str,
+    validators: Option<&mut Validators>,
+) -> Result<Option<String>, Failure> {
+    let mut req = client.get(url).header(reqwest::header::ACCEPT, ACCEPT);
+    if let Some(v) = validators.as_deref() {
+        if let Some(e) = &v.etag {
+            req = req.header(reqwest::header::IF_NONE_MATCH, e);
+        }
+        if let Some(m) = &v.last_modified {
+            req = req.header(reqwest::header::IF_MODIFIED_SINCE, m);
+        }
+    }
+    let mut resp = req.send().await.map_err(|e| Failure {
+        kind: "unreachable",
+        message: e.to_string(),
+        retry_after: None,
+    })?;
+    if resp.status() == reqwest::StatusCode::NOT_MODIFIED {
+        return Ok(None);
+    }
+    if !resp.status().is_success() {
+        return Err(Failure {
+            kind: "status",
+            message: format!("{url} answered {}", resp.status()),
+            retry_after: resp
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry_after(v, chrono::Utc::now())),
+        });
+    }
+    let header = |name| {
+        resp.headers()
+            .get(name)
+            .and_then(|v: &reqwest::header::HeaderValue| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let (etag, last_modified) = (
+        header(reqwest::header::ETAG),
+        header(reqwest::header::LAST_MODIFIED),
+    );
+    let content_type = header(reqwest::header::CONTENT_TYPE).unwrap_or_default();
+    if content_type.contains("json") || content_type.contains("html") {
+        return Err(Failure {
+            kind: "not_cap",
+            message: format!("{url} answered {content_type}, not CAP, Atom or RSS"),
+            retry_after: None,
+        });
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| Failure {
+        kind: "unreachable",
+        message: e.to_string(),
+        retry_after: None,
+    })? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Err(Failure {
+                kind: "too_large",
+                message: format!("{url} sent more than {} MiB", MAX_BODY >> 20),
+                retry_after: None,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let text = String::from_utf8(body).map_err(|e| Failure {
+        kind: "not_cap",
+        message: format!("{url}: not UTF-8: {e}"),
+        retry_after: None,
+    })?;
+    if let Some(v) = validators {
+        *v = Validators {
+            etag,
+            last_modified,
+        };
+    }
+    Ok(Some(text))
 }
 
 /// The identity of a CAP document (identifier, sender, sent).
@@ -107,10 +269,14 @@ fn identity(xml: &str) -> Option<String> {
         .map(|d| format!("{}|{}|{}", d.identifier, d.sender, d.sent))
 }
 
-/// Polls until `cancel`.
+/// Polls `url` until `cancel`: every `every`, or later after failures (doubling up to ten
+/// minutes, or what `Retry-After` asks). An entry already applied (by its link and `<updated>`)
+/// is not fetched again; a document that is not CAP is never marked as seen, so it is tried
+/// again once the server answers properly.
 pub async fn run(state: Arc<AppState>, url: url::Url, every: Duration, cancel: CancellationToken) {
     let client = match crate::http_client()
         .timeout(Duration::from_secs(30))
+        .user_agent(user_agent(state.cfg.cap_contact.as_deref()))
         .build()
     {
         Ok(c) => c,
@@ -119,64 +285,145 @@ pub async fn run(state: Arc<AppState>, url: url::Url, every: Duration, cancel: C
             return;
         }
     };
+    let feed_label = vec![("feed".to_owned(), url.to_string())];
+    let fail = |f: &Failure| {
+        let mut l = feed_label.clone();
+        l.push(("kind".to_owned(), f.kind.to_owned()));
+        state.metrics.cap_feed_errors.get_or_create(&l).inc();
+    };
+    let mut validators = Validators::default();
+    // Entries (link + updated) and documents (CAP identity) already applied or refused as CAP.
+    let mut seen_entries: HashSet<String> = HashSet::new();
     let mut seen: HashSet<String> = HashSet::new();
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut wait = Duration::ZERO;
+    let mut failures = 0u32;
     loop {
         tokio::select! {
             _ = cancel.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
         }
-        let body = match fetch(&client, url.as_str()).await {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(feed = %url, error = %e, "CAP feed unreachable; trying again");
-                continue;
+        let outcome = poll(
+            &state,
+            &client,
+            &url,
+            &mut validators,
+            &mut seen_entries,
+            &mut seen,
+            &fail,
+        )
+        .await;
+        wait = match outcome {
+            Ok(()) => {
+                failures = 0;
+                state
+                    .metrics
+                    .cap_feed_last_success
+                    .get_or_create(&feed_label)
+                    .set(chrono::Utc::now().timestamp());
+                every
+            }
+            Err(f) => {
+                fail(&f);
+                failures += 1;
+                let backoff = every
+                    .saturating_mul(1u32 << failures.min(10))
+                    .min(MAX_BACKOFF)
+                    .max(f.retry_after.unwrap_or_default());
+                tracing::warn!(feed = %url, kind = f.kind, error = %f.message, retry_in = ?backoff, "CAP feed read failed; backing off");
+                backoff
             }
         };
-        let docs: Vec<(String, String)> = match classify(&body) {
-            Body::Alert => vec![(url.to_string(), body)],
-            Body::Feed(links) => {
-                let mut docs = Vec::new();
-                for link in links.into_iter().take(MAX_ENTRIES) {
-                    let Ok(abs) = url.join(&link) else {
-                        tracing::warn!(feed = %url, link, "CAP feed: bad entry link");
-                        continue;
-                    };
-                    match fetch(&client, abs.as_str()).await {
-                        Ok(d) => docs.push((abs.to_string(), d)),
-                        Err(e) => {
-                            tracing::warn!(entry = %abs, error = %e, "CAP feed entry unreachable")
-                        }
+    }
+}
+
+/// One read of a feed: the feed (conditional), then each new entry's CAP document.
+async fn poll(
+    state: &AppState,
+    client: &reqwest::Client,
+    url: &url::Url,
+    validators: &mut Validators,
+    seen_entries: &mut HashSet<String>,
+    seen: &mut HashSet<String>,
+    fail: &impl Fn(&Failure),
+) -> Result<(), Failure> {
+    let Some(body) = fetch(client, url.as_str(), Some(validators)).await? else {
+        return Ok(()); // 304: nothing new
+    };
+    // Something of this read must be tried again: the next read asks for the feed in full
+    // (a 304 would hide the entries that failed).
+    let mut incomplete = false;
+    let docs: Vec<(String, Option<String>, String)> = match classify(&body) {
+        Body::Alert => vec![(url.to_string(), None, body)],
+        Body::Feed(entries) => {
+            let mut docs = Vec::new();
+            for entry in entries.into_iter().take(MAX_ENTRIES) {
+                let Ok(abs) = url.join(&entry.link) else {
+                    tracing::warn!(feed = %url, link = entry.link, "CAP feed: bad entry link");
+                    continue;
+                };
+                let key = format!("{abs}|{}", entry.updated);
+                if seen_entries.contains(&key) {
+                    continue;
+                }
+                match fetch(client, abs.as_str(), None).await {
+                    Ok(Some(d)) => docs.push((abs.to_string(), Some(key), d)),
+                    Ok(None) => {}
+                    Err(f) => {
+                        fail(&f);
+                        incomplete = true;
+                        tracing::warn!(entry = %abs, kind = f.kind, error = %f.message, "CAP feed entry not read; tried again next poll");
                     }
                 }
-                docs
             }
-            Body::Other(why) => {
-                tracing::warn!(feed = %url, why, "CAP feed: not a CAP document or feed");
-                continue;
+            docs
+        }
+        Body::Other(why) => {
+            // Validators of an answer that is not a feed are not kept: ask again in full.
+            *validators = Validators::default();
+            return Err(Failure {
+                kind: "not_cap",
+                message: why,
+                retry_after: None,
+            });
+        }
+    };
+    for (from, entry_key, doc) in docs {
+        if crate::domain::cap::parse(&doc).is_err() && !matches!(classify(&doc), Body::Alert) {
+            fail(&Failure {
+                kind: "not_cap",
+                message: String::new(),
+                retry_after: None,
+            });
+            tracing::warn!(entry = %from, "CAP feed entry is not a CAP document; not marked as seen, tried again next poll");
+            incomplete = true;
+            continue;
+        }
+        let key = identity(&doc).unwrap_or_else(|| format!("{from}|{}", doc.len()));
+        if seen.contains(&key) {
+            seen_entries.extend(entry_key);
+            continue;
+        }
+        match super::alerts::apply_cap(state, ACTOR, &doc).await {
+            Ok((_, v)) => {
+                tracing::info!(entry = %from, action = %v["action"], id = %v["id"], "CAP feed document applied");
+                seen.insert(key);
+                seen_entries.extend(entry_key);
             }
-        };
-        for (from, doc) in docs {
-            let key = identity(&doc).unwrap_or_else(|| format!("{from}|{}", doc.len()));
-            if seen.contains(&key) {
-                continue;
+            Err(e) if e.status.is_client_error() => {
+                tracing::warn!(entry = %from, error = %e.message, "CAP feed document refused");
+                seen.insert(key);
+                seen_entries.extend(entry_key);
             }
-            match super::alerts::apply_cap(&state, ACTOR, &doc).await {
-                Ok((_, v)) => {
-                    tracing::info!(entry = %from, action = %v["action"], id = %v["id"], "CAP feed document applied");
-                    seen.insert(key);
-                }
-                Err(e) if e.status.is_client_error() => {
-                    tracing::warn!(entry = %from, error = %e.message, "CAP feed document refused");
-                    seen.insert(key);
-                }
-                Err(e) => {
-                    tracing::error!(entry = %from, error = %e.message, "CAP feed document failed; trying again next poll");
-                }
+            Err(e) => {
+                incomplete = true;
+                tracing::error!(entry = %from, error = %e.message, "CAP feed document failed; trying again next poll");
             }
         }
     }
+    if incomplete {
+        *validators = Validators::default();
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -194,13 +441,40 @@ mod tests {
         let atom = r#"<feed xmlns="http://www.w3.org/2005/Atom"><link href="http://x/self"/>
             <entry><id>1</id><link href="/cap/1.xml"/></entry>
             <entry><id>2</id><link rel="alternate" href="http://x/cap/2.xml"/></entry></feed>"#;
+        let e = |link: &str, updated: &str| Entry {
+            link: link.into(),
+            updated: updated.into(),
+        };
         assert_eq!(
             classify(atom),
-            Body::Feed(vec!["/cap/1.xml".into(), "http://x/cap/2.xml".into()])
+            Body::Feed(vec![e("/cap/1.xml", ""), e("http://x/cap/2.xml", "")])
         );
-        let rss = "<rss><channel><link>http://x/</link><item><link> http://x/a.xml </link></item></channel></rss>";
-        assert_eq!(classify(rss), Body::Feed(vec!["http://x/a.xml".into()]));
+        let rss = "<rss><channel><link>http://x/</link><item><link> http://x/a.xml </link><pubDate>Tue, 01 Dec 2026 06:00:00 +0800</pubDate></item></channel></rss>";
+        assert_eq!(
+            classify(rss),
+            Body::Feed(vec![e("http://x/a.xml", "Tue, 01 Dec 2026 06:00:00 +0800")])
+        );
+        let updated = r#"<feed xmlns="http://www.w3.org/2005/Atom"><entry><id>1</id><updated>2026-12-01T06:00:00+08:00</updated>
+            <link rel="related" href="/other"/><link rel="alternate" href="/cap/1.xml"/></entry></feed>"#;
+        assert_eq!(
+            classify(updated),
+            Body::Feed(vec![e("/cap/1.xml", "2026-12-01T06:00:00+08:00")])
+        );
         assert!(matches!(classify("<html></html>"), Body::Other(_)));
         assert!(matches!(classify("<alert><x></alert>"), Body::Alert));
+    }
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T06:00:00Z")
+            .unwrap()
+            .with_timezone(&chrono::Utc);
+        assert_eq!(retry_after("120", now), Some(Duration::from_secs(120)));
+        assert_eq!(
+            retry_after("Tue, 01 Dec 2026 06:01:30 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(retry_after("soon", now), None);
+        assert!(user_agent(Some("ops@city.example")).ends_with("(ops@city.example)"));
     }
 }

@@ -43,6 +43,8 @@ pub struct AppState {
     pub sms_waker: crate::sms::dispatch::Waker,
     /// Delivery reports go here to be stored (group commit).
     pub reports: crate::sms::dlr::Intake,
+    /// Wakes the task that starts alerts held until their CAP start time.
+    pub held_alerts: Arc<tokio::sync::Notify>,
 }
 
 /// The OpenAPI document's frame: title, version, the bearer scheme, tags.

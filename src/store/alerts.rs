@@ -36,6 +36,8 @@ pub struct AlertRow {
     pub approved_by: Option<String>,
     /// When.
     pub approved_at: Option<String>,
+    /// When a `scheduled` alert starts (CAP `<effective>` or `<onset>`).
+    pub starts_at: Option<String>,
 }
 
 /// One display's acknowledgement of an alert.
@@ -65,11 +67,12 @@ fn alert_row(r: &Row<'_>) -> rusqlite::Result<AlertRow> {
         status: r.get(9)?,
         approved_by: r.get(10)?,
         approved_at: r.get(11)?,
+        starts_at: r.get(12)?,
     })
 }
 
 const COLUMNS: &str = "id, scope, severity, text, issued_at, expires_at, raised_by, cleared_at, cleared_by, \
-     status, approved_by, approved_at";
+     status, approved_by, approved_at, starts_at";
 
 impl Store {
     /// Records a raised alert.
@@ -87,7 +90,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.conn().execute(
             &format!(
-                "INSERT INTO alerts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8, NULL, NULL)"
+                "INSERT INTO alerts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8, NULL, NULL, NULL)"
             ),
             params![
                 id,
@@ -115,6 +118,42 @@ impl Store {
             "UPDATE alerts SET status = 'live', approved_by = ?2, approved_at = ?3, issued_at = ?3, expires_at = ?4
              WHERE id = ?1 AND status = 'pending' AND cleared_at IS NULL",
             params![id, by, ts(issued_at), ts(expires_at)],
+        )?;
+        Ok(n > 0)
+    }
+
+    /// Records an alert held until `starts_at` (status `scheduled`).
+    pub fn schedule_alert(&self, id: &str, starts_at: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE alerts SET status = 'scheduled', starts_at = ?2 WHERE id = ?1",
+            params![id, ts(starts_at)],
+        )?;
+        Ok(())
+    }
+
+    /// Scheduled alerts not cleared, soonest first: (id, starts_at).
+    pub fn scheduled_alerts(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT id, starts_at FROM alerts WHERE status = 'scheduled' AND cleared_at IS NULL ORDER BY starts_at",
+        )?;
+        let rows = st
+            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+            .filter_map(Result::ok)
+            .filter_map(|(id, t)| {
+                DateTime::parse_from_rfc3339(&t)
+                    .ok()
+                    .map(|t| (id, t.with_timezone(&Utc)))
+            })
+            .collect();
+        Ok(rows)
+    }
+
+    /// A scheduled alert has started: status `live`. Returns whether it changed.
+    pub fn start_alert(&self, id: &str) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "UPDATE alerts SET status = 'live' WHERE id = ?1 AND status = 'scheduled' AND cleared_at IS NULL",
+            params![id],
         )?;
         Ok(n > 0)
     }

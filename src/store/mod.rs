@@ -200,6 +200,9 @@ const MIGRATIONS: &[&str] = &[
         cells     TEXT NOT NULL,
         PRIMARY KEY (campaign, row)
     ) WITHOUT ROWID;",
+    // 12: alerts held until their start (CAP <effective> or <onset> in the future): status
+    // 'scheduled' until starts_at, then 'live'.
+    "ALTER TABLE alerts ADD COLUMN starts_at TEXT;",
 ];
 
 /// The last payload published on a retained topic.

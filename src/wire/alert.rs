@@ -20,6 +20,24 @@ pub struct Alert {
     pub issued_at: DateTime<Utc>,
     /// When it ends by itself.
     pub expires_at: DateTime<Utc>,
+    /// When it starts, for an alert published ahead of its start (CAP `<effective>` or
+    /// `<onset>` in the future). Only in `alert_at` payloads: an agent that does not know that
+    /// kind refuses it and so never shows the alert early; the daemon publishes it again as an
+    /// `alert` when it starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<DateTime<Utc>>,
+}
+
+impl Alert {
+    /// Whether the alert is on screens at `now`: started and not expired.
+    pub fn showing(&self, now: DateTime<Utc>) -> bool {
+        self.starts_at.is_none_or(|s| s <= now) && now < self.expires_at
+    }
+
+    /// When it went (or goes) on screens: its start, else when it was raised.
+    pub fn shown_from(&self) -> DateTime<Utc> {
+        self.starts_at.unwrap_or(self.issued_at)
+    }
 }
 
 /// Ends an alert before its expiry.

@@ -64,6 +64,8 @@ pub enum Signed {
     Timeline(Timeline),
     /// An emergency alert for the topic's scope.
     Alert(Alert),
+    /// An emergency alert published ahead of its start (`starts_at` set): shown from then.
+    AlertAt(Alert),
     /// The end of an alert.
     AlertClear(AlertClear),
     /// The daemon's receipt for an agent's events.

@@ -186,3 +186,233 @@ async fn a_polled_atom_feed_raises_updates_and_cancels() {
         .count();
     assert!(by_feed >= 3, "{audit}");
 }
+
+/// Field shapes on a real agent: a prefixed national alert is shown; a warning ends on the
+/// screen when an AllClear Update references it; an alert whose `<effective>` is ahead is held
+/// and shown from then on, by an agent that got it before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn field_cap_shapes_reach_a_real_agent_as_their_producers_mean() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    let d = Daemon::start(&site).await;
+    let admin = site.admin_token();
+    let mut agent = AgentProc::start(&agent_config(&site, "lobby-cap-2", "lobby", port), &[]);
+    agent
+        .frame("normal content", |v| v["kind"] == "timeline")
+        .await;
+
+    // `<cap:alert xmlns:cap=…>`: the same as the unprefixed form.
+    let (s, r) = post_cap(&d, &admin, fixture("cap-prefixed-namespace.xml")).await;
+    assert_eq!((s, r["action"].as_str()), (201, Some("raised")), "{r}");
+    let f = agent
+        .frame("the prefixed alert", |v| v["kind"] == "alert")
+        .await;
+    let prefixed = r["id"].as_str().unwrap().to_owned();
+    let (s, _) = d
+        .send(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/alerts/{prefixed}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{f}");
+    agent
+        .frame("normal content again", |v| v["kind"] == "timeline")
+        .await;
+
+    // A warning, then an Update (AllClear, Past, Minor) that references it: the warning ends.
+    let (s, r) = post_cap(&d, &admin, fixture("cap-warning.xml")).await;
+    assert_eq!((s, r["action"].as_str()), (201, Some("raised")), "{r}");
+    let warning = r["id"].as_str().unwrap().to_owned();
+    agent
+        .frame("the warning", |v| {
+            v["kind"] == "alert" && text_of(v).contains("Flash Flood")
+        })
+        .await;
+    let (s, r) = post_cap(&d, &admin, fixture("cap-update-allclear.xml")).await;
+    assert_eq!((s, r["action"].as_str()), (200, Some("ended")), "{r}");
+    assert_eq!(r["ended"], serde_json::json!([warning]), "{r}");
+    assert_eq!(r["ends"][0]["by"], "Update", "{r}");
+    assert!(r["reason"].as_str().unwrap().contains("AllClear"), "{r}");
+    agent
+        .frame("normal content after the all-clear", |v| {
+            v["kind"] == "timeline"
+        })
+        .await;
+    let (_, a) = d
+        .get(&format!("/api/v1/alerts/{warning}"), Some(&admin))
+        .await;
+    assert!(!a["alert"]["cleared_at"].is_null(), "{a}");
+    let (_, audit) = d.get("/api/v1/audit", Some(&admin)).await;
+    assert!(
+        audit["entries"].as_array().unwrap().iter().any(|e| {
+            let detail: Value =
+                serde_json::from_str(e["detail"].as_str().unwrap_or("null")).unwrap();
+            e["action"] == "cap.end" && detail["ended"][0]["id"] == warning.as_str()
+        }),
+        "the audit says which alert the Update ended: {audit}"
+    );
+
+    // Effective three seconds from now: published at once (held by the agent), on screen
+    // from its effective time, not before.
+    // CAP times are whole seconds.
+    let effective =
+        chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + 3, 0).unwrap();
+    let xml = fixture("cap-warning.xml")
+        .replace("EX-WARN-2026-0042", "EX-WARN-2026-0099")
+        .replace(
+            "<expires>",
+            &format!(
+                "<effective>{}</effective><expires>",
+                effective.to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+            ),
+        );
+    let (s, r) = post_cap(&d, &admin, xml).await;
+    assert_eq!((s, r["action"].as_str()), (201, Some("scheduled")), "{r}");
+    agent
+        .wait_log("the agent holding the alert", |v| {
+            v["message"] == "alert held until its start"
+        })
+        .await;
+    assert!(
+        chrono::Utc::now() < effective,
+        "the test machine was too slow to see the hold"
+    );
+    let id = r["id"].as_str().unwrap().to_owned();
+    let frames = agent.frames.clone();
+    let f = eventually("the held alert on screen", || {
+        frames
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|v| v["kind"] == "alert" && v["item"] == id.as_str())
+            .cloned()
+    })
+    .await;
+    let shown: chrono::DateTime<chrono::Utc> = f["start"].as_str().unwrap().parse().unwrap();
+    assert!(
+        shown >= effective,
+        "shown at {shown}, effective {effective}: {f}"
+    );
+    // The daemon starts it too (status live, published again as a plain alert).
+    eventually_async("the daemon marks it live", || async {
+        let (_, a) = d.get(&format!("/api/v1/alerts/{id}"), Some(&admin)).await;
+        (a["alert"]["status"] == "live").then_some(())
+    })
+    .await;
+}
+
+/// A loopback feed that behaves like a public alert API: 403 without a `User-Agent` naming the
+/// client or without an `Accept` for Atom; `304` to a conditional request; JSON for the entry
+/// until it is asked properly. The alert arrives, entries are not downloaded again, and the
+/// JSON answer is never taken as "seen".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polite_feed_client_gets_what_a_strict_server_serves() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    #[derive(Default)]
+    struct Counts {
+        feed_200: AtomicUsize,
+        feed_304: AtomicUsize,
+        refused: AtomicUsize,
+        entry: AtomicUsize,
+        entry_json: AtomicUsize,
+    }
+    let counts = Arc::new(Counts::default());
+    let warning = fixture("cap-warning.xml");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let feed_url = format!("http://{}/feed.atom", listener.local_addr().unwrap());
+    let polite = |h: &axum::http::HeaderMap| {
+        let ua = h
+            .get("user-agent")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let accept = h.get("accept").and_then(|v| v.to_str().ok()).unwrap_or("");
+        ua.starts_with("marquee/")
+            && ua.contains("(ops@city.example)")
+            && accept.contains("application/atom+xml")
+    };
+    let (c1, c2) = (counts.clone(), counts.clone());
+    let app = axum::Router::new()
+        .route(
+            "/feed.atom",
+            axum::routing::get(move |h: axum::http::HeaderMap| {
+                let c = c1.clone();
+                async move {
+                    use axum::response::IntoResponse;
+                    if !polite(&h) {
+                        c.refused.fetch_add(1, Ordering::SeqCst);
+                        return (axum::http::StatusCode::FORBIDDEN, "name yourself").into_response();
+                    }
+                    if h.get("if-none-match").and_then(|v| v.to_str().ok()) == Some("\"v1\"") {
+                        c.feed_304.fetch_add(1, Ordering::SeqCst);
+                        return axum::http::StatusCode::NOT_MODIFIED.into_response();
+                    }
+                    c.feed_200.fetch_add(1, Ordering::SeqCst);
+                    (
+                        [("etag", "\"v1\""), ("content-type", "application/atom+xml")],
+                        "<feed xmlns=\"http://www.w3.org/2005/Atom\"><title>t</title><entry><id>w</id><updated>2026-11-29T10:00:00Z</updated><link href=\"/cap/w.xml\"/></entry></feed>",
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .route(
+            "/cap/w.xml",
+            axum::routing::get(move |h: axum::http::HeaderMap| {
+                let (c, doc) = (c2.clone(), warning.clone());
+                async move {
+                    use axum::response::IntoResponse;
+                    c.entry.fetch_add(1, Ordering::SeqCst);
+                    // The first answer is the server's JSON rendition (content negotiation
+                    // gone wrong): it must not count as seen.
+                    if c.entry_json.load(Ordering::SeqCst) == 0 || !polite(&h) {
+                        c.entry_json.fetch_add(1, Ordering::SeqCst);
+                        return ([("content-type", "application/geo+json")], "{\"type\":\"Feature\"}").into_response();
+                    }
+                    ([("content-type", "application/cap+xml")], doc).into_response()
+                }
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let site = Site::new(&format!("listen = \"127.0.0.1:{}\"", free_port()), "");
+    site.append_config(&format!(
+        "[cap]\ncontact = \"ops@city.example\"\n[[cap.feeds]]\nurl = \"{feed_url}\"\ninterval = \"100ms\"\n"
+    ));
+    let d = Daemon::start(&site).await;
+    let admin = site.admin_token();
+    eventually_async("the feed's alert raised", || async {
+        let (_, list) = d.get("/api/v1/alerts", Some(&admin)).await;
+        (list["alerts"].as_array().unwrap().len() == 1).then_some(())
+    })
+    .await;
+    // Later polls are conditional and answered 304; the entry is not fetched again.
+    let before = counts.feed_304.load(Ordering::SeqCst);
+    eventually("more conditional polls", || {
+        (counts.feed_304.load(Ordering::SeqCst) >= before + 3).then_some(())
+    })
+    .await;
+    assert_eq!(counts.refused.load(Ordering::SeqCst), 0, "always polite");
+    assert_eq!(
+        counts.feed_200.load(Ordering::SeqCst),
+        2,
+        "the feed in full twice: once with the JSON entry, once when it was CAP"
+    );
+    assert_eq!(
+        counts.entry.load(Ordering::SeqCst),
+        2,
+        "the entry: the JSON answer, then the CAP document, then never again"
+    );
+    let metrics = d.get("/metrics", Some(&admin)).await.1;
+    let text = metrics.as_str().unwrap_or_default().to_owned();
+    assert!(
+        text.contains("marquee_cap_feed_errors_total{feed=") && text.contains("kind=\"not_cap\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("marquee_cap_feed_last_success{feed="),
+        "{text}"
+    );
+}

@@ -704,6 +704,7 @@ pub fn alert(
         .into(),
         issued_at: Utc::now(),
         expires_at: Utc::now() + lasts,
+        starts_at: None,
     };
     sign_as_daemon(site, topic, version, lasts, Signed::Alert(a))
 }
