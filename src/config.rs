@@ -89,7 +89,7 @@ struct RawApproval {
 #[serde(deny_unknown_fields, default)]
 struct RawCap {
     accept_test: bool,
-    default_scope: String,
+    default_scope: Option<String>,
     policy: Vec<crate::domain::cap::PolicyRule>,
     areas: Vec<crate::domain::cap::AreaRule>,
     feed_url: Option<String>,
@@ -115,7 +115,7 @@ impl Default for RawCap {
     fn default() -> Self {
         RawCap {
             accept_test: false,
-            default_scope: "all".into(),
+            default_scope: None,
             policy: Vec::new(),
             areas: Vec::new(),
             feed_url: None,
@@ -294,6 +294,8 @@ impl Default for RawSchedule {
 struct RawDisplay {
     id: String,
     channel: String,
+    lat: Option<f64>,
+    lon: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -417,6 +419,9 @@ pub struct ScheduleConfig {
     pub channels: Vec<String>,
     /// Known displays → their channel.
     pub displays: BTreeMap<String, String>,
+    /// Displays with a location (WGS 84 latitude and longitude in degrees), for CAP `<polygon>`
+    /// and `<circle>` areas.
+    pub locations: BTreeMap<String, (f64, f64)>,
 }
 
 impl ScheduleConfig {
@@ -764,7 +769,7 @@ impl Config {
         problems: &mut Vec<String>,
     ) -> crate::domain::cap::CapRules {
         use crate::domain::cap::Scope;
-        let default_scope = match c.default_scope.as_str() {
+        let default_scope = match c.default_scope.as_deref().unwrap_or("all") {
             "all" => Some(Scope::All),
             "none" => None,
             other => {
@@ -804,6 +809,17 @@ impl Config {
         };
         crate::domain::cap::CapRules {
             start_at_onset,
+            // Set explicitly, default_scope also decides for alerts whose polygons and circles
+            // hold none of the located displays; unset, those go nowhere.
+            geo_miss_scope: match c.default_scope.as_deref() {
+                Some("all") => Some(Scope::All),
+                _ => None,
+            },
+            located: sched
+                .locations
+                .iter()
+                .map(|(id, (lat, lon))| (id.clone(), *lat, *lon))
+                .collect(),
             policy: if c.policy.is_empty() {
                 crate::domain::cap::default_policy()
             } else {
@@ -844,6 +860,7 @@ impl Config {
             }
         }
         let mut displays = BTreeMap::new();
+        let mut locations = BTreeMap::new();
         for (i, d) in s.displays.iter().enumerate() {
             if !valid_name(&d.id) {
                 problems.push(format!(
@@ -856,6 +873,20 @@ impl Config {
                     "schedule.displays[{i}].channel: unknown channel {:?}",
                     d.channel
                 ));
+            }
+            match (d.lat, d.lon) {
+                (Some(lat), Some(lon))
+                    if (-90.0..=90.0).contains(&lat) && (-180.0..=180.0).contains(&lon) =>
+                {
+                    locations.insert(d.id.clone(), (lat, lon));
+                }
+                (None, None) => {}
+                (Some(_), Some(_)) => problems.push(format!(
+                    "schedule.displays[{i}]: lat must be within -90..90 and lon within -180..180 (WGS 84 degrees)"
+                )),
+                _ => problems.push(format!(
+                    "schedule.displays[{i}]: give both lat and lon, or neither"
+                )),
             }
             if displays.insert(d.id.clone(), d.channel.clone()).is_some() {
                 problems.push(format!(
@@ -872,6 +903,7 @@ impl Config {
             watch: s.watch,
             channels: s.channels,
             displays,
+            locations,
         }
     }
 }

@@ -95,6 +95,8 @@ fn cap_target(budget: Option<Duration>, cases: u32) {
         default_scope: Some(crate::domain::cap::Scope::All),
         accept_test: true,
         start_at_onset: false,
+        located: vec![("d".into(), 23.05, 113.32)],
+        geo_miss_scope: None,
     };
     let now = chrono::Utc::now();
     let check = |xml: &[u8]| {

@@ -470,6 +470,11 @@ pub struct CapRules {
     pub accept_test: bool,
     /// Start alerts at `<onset>` instead of `<effective>` (`cap.start = "onset"`).
     pub start_at_onset: bool,
+    /// Displays with a location: (id, latitude, longitude), WGS 84 degrees.
+    pub located: Vec<(String, f64, f64)>,
+    /// Scope of an alert whose polygons and circles hold none of the located displays (`None`:
+    /// not shown; `cap.default_scope` when set explicitly).
+    pub geo_miss_scope: Option<Scope>,
 }
 
 /// An alert a CAP message ends, and why.
@@ -680,13 +685,8 @@ pub fn decide(a: &CapAlert, rules: &CapRules, now: DateTime<Utc>) -> CapDecision
     }
     let areas: Vec<&CapArea> = a.info.iter().flat_map(|i| &i.area).collect();
     let scope = match scope_of(&areas, rules) {
-        Some(s) => s,
-        None => {
-            return ignore(
-                ends,
-                "no configured area matches (cap.areas) and there is no default scope".into(),
-            );
-        }
+        Ok(s) => s,
+        Err(reason) => return ignore(ends, reason),
     };
     let severity = match first.severity.as_str() {
         "Extreme" => "extreme",
@@ -707,7 +707,64 @@ pub fn decide(a: &CapAlert, rules: &CapRules, now: DateTime<Utc>) -> CapDecision
     }
 }
 
-fn scope_of(areas: &[&CapArea], rules: &CapRules) -> Option<Scope> {
+/// A CAP polygon (`lat,lon lat,lon …`, WGS 84, first = last; CAP 1.2 §3.3.1) as a `geo`
+/// polygon in (x = longitude, y = latitude); `None` when it has fewer than 4 points or a
+/// point does not read.
+pub fn polygon(text: &str) -> Option<geo::Polygon<f64>> {
+    let points: Option<Vec<geo::Coord<f64>>> = text
+        .split_whitespace()
+        .map(|p| {
+            let (lat, lon) = p.split_once(',')?;
+            Some(geo::Coord {
+                x: lon.trim().parse().ok()?,
+                y: lat.trim().parse().ok()?,
+            })
+        })
+        .collect();
+    let points = points?;
+    (points.len() >= 4).then(|| geo::Polygon::new(geo::LineString::from(points), vec![]))
+}
+
+/// A CAP circle (`lat,lon radius`, the radius in km) as (centre, radius in metres).
+pub fn circle(text: &str) -> Option<(geo::Point<f64>, f64)> {
+    let (centre, radius) = text.trim().split_once(char::is_whitespace)?;
+    let (lat, lon) = centre.split_once(',')?;
+    let km: f64 = radius.trim().parse().ok()?;
+    Some((
+        geo::Point::new(lon.trim().parse().ok()?, lat.trim().parse().ok()?),
+        km * 1000.0,
+    ))
+}
+
+/// The located displays inside any polygon or circle of `areas`; `None` when the areas carry
+/// no readable geometry.
+fn displays_inside(areas: &[&CapArea], located: &[(String, f64, f64)]) -> Option<Vec<String>> {
+    use geo::{Contains, Distance, Haversine};
+    let polygons: Vec<_> = areas
+        .iter()
+        .flat_map(|a| a.polygon.iter().filter_map(|p| polygon(p)))
+        .collect();
+    let circles: Vec<_> = areas
+        .iter()
+        .flat_map(|a| a.circle.iter().filter_map(|c| circle(c)))
+        .collect();
+    if polygons.is_empty() && circles.is_empty() {
+        return None;
+    }
+    Some(
+        located
+            .iter()
+            .filter(|(_, lat, lon)| {
+                let p = geo::Point::new(*lon, *lat);
+                polygons.iter().any(|poly| poly.contains(&p))
+                    || circles.iter().any(|(c, r)| Haversine.distance(*c, p) <= *r)
+            })
+            .map(|(id, _, _)| id.clone())
+            .collect(),
+    )
+}
+
+fn scope_of(areas: &[&CapArea], rules: &CapRules) -> Result<Scope, String> {
     let mut channels = Vec::new();
     let mut displays = Vec::new();
     let mut everywhere = false;
@@ -735,14 +792,28 @@ fn scope_of(areas: &[&CapArea], rules: &CapRules) -> Option<Scope> {
     displays.sort();
     displays.dedup();
     if everywhere {
-        Some(Scope::All)
+        return Ok(Scope::All);
     } else if !channels.is_empty() {
-        Some(Scope::Channels(channels))
+        return Ok(Scope::Channels(channels));
     } else if !displays.is_empty() {
-        Some(Scope::Displays(displays))
-    } else {
-        rules.default_scope.clone()
+        return Ok(Scope::Displays(displays));
     }
+    // No configured rule: the polygons and circles, against the displays' locations.
+    if !rules.located.is_empty()
+        && let Some(inside) = displays_inside(areas, &rules.located)
+    {
+        return match (inside.is_empty(), &rules.geo_miss_scope) {
+            (false, _) => Ok(Scope::Displays(inside)),
+            (true, Some(s)) => Ok(s.clone()),
+            (true, None) => Err(format!(
+                "its polygons and circles hold none of this office's {} located displays",
+                rules.located.len()
+            )),
+        };
+    }
+    rules.default_scope.clone().ok_or_else(|| {
+        "no configured area matches (cap.areas) and there is no default scope".to_owned()
+    })
 }
 
 #[cfg(test)]
@@ -771,6 +842,8 @@ mod tests {
             default_scope: Some(Scope::All),
             accept_test: false,
             start_at_onset: false,
+            located: vec![],
+            geo_miss_scope: None,
         }
     }
 
@@ -1116,5 +1189,89 @@ mod tests {
         // A huge attribute is ignored: the alert itself is fine.
         let a = parse(&read("hostile-huge-attribute.xml")).unwrap();
         assert_eq!(a.identifier, "HOSTILE-ATTR-0001");
+    }
+
+    /// The corpus's polygons and circles against displays placed just inside and just outside
+    /// (the points of `tests/fixtures/cap/field/README.md`; each outside point lies inside the
+    /// polygon's bounding box, so a box test would fail).
+    #[test]
+    fn polygons_and_circles_put_alerts_on_the_displays_inside() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/cap/field");
+        type Point = (f64, f64);
+        let cases: &[(&str, &str, Point, Point)] = &[
+            (
+                "us-nws-signed.xml",
+                "2026-07-14T20:50:00Z",
+                (41.54, -92.64),
+                (41.43, -92.80),
+            ),
+            (
+                "ca-capcp-bilingual.xml",
+                "2026-10-21T19:10:00Z",
+                (50.46, -104.60),
+                (50.52, -104.607),
+            ),
+            (
+                "national-prefixed.xml",
+                "2026-08-19T12:20:00Z",
+                (25.30, 83.04),
+                (25.40, 82.92),
+            ),
+            (
+                "national-prefixed-ns1.xml",
+                "2027-01-16T19:30:00Z",
+                (-33.51, -70.53),
+                (-33.42, -70.64),
+            ),
+            (
+                "typhoon-markup.xml",
+                "2026-09-12T00:20:00Z",
+                (22.35, 114.05),
+                (22.48, 114.40),
+            ),
+            (
+                "cn-national-early-warning.xml",
+                "2026-07-18T06:40:00Z",
+                (23.05, 113.32),
+                (22.95, 113.20),
+            ),
+            (
+                "cap11-legacy.xml",
+                "2026-05-21T00:20:00Z",
+                (38.18, -97.72),
+                (38.02, -97.55),
+            ),
+        ];
+        for (file, at, inside, outside) in cases {
+            let a = parse(&std::fs::read_to_string(dir.join(file)).unwrap()).unwrap();
+            let mut r = rules();
+            r.areas.clear();
+            r.located = vec![
+                ("in".into(), inside.0, inside.1),
+                ("out".into(), outside.0, outside.1),
+            ];
+            let d = decide(&a, &r, t(at));
+            assert_eq!(raised(&d).1, &Scope::Displays(vec!["in".into()]), "{file}");
+            // Only the outside display: not shown, and the reason says so…
+            r.located.remove(0);
+            let d = decide(&a, &r, t(at));
+            assert!(
+                matches!(&d.action, CapAction::Ignore { reason } if reason.contains("none of this office's 1 located displays")),
+                "{file}: {d:?}"
+            );
+            // …unless cap.default_scope says "all".
+            r.geo_miss_scope = Some(Scope::All);
+            assert_eq!(raised(&decide(&a, &r, t(at))).1, &Scope::All, "{file}");
+        }
+        // A configured areaDesc rule still wins over geometry.
+        let a = parse(&std::fs::read_to_string(dir.join("cn-national-early-warning.xml")).unwrap())
+            .unwrap();
+        let mut r = rules();
+        r.areas[0].area_desc = Some("示例市青川区".into());
+        r.located = vec![("far".into(), 0.0, 0.0)];
+        let d = decide(&a, &r, t("2026-07-18T06:40:00Z"));
+        assert_eq!(raised(&d).1, &Scope::Channels(vec!["subway".into()]));
+        assert_eq!(circle("50.4521,-104.6070 4").unwrap().1, 4000.0);
+        assert!(polygon("1,2 3,4").is_none(), "fewer than 4 points");
     }
 }

@@ -416,3 +416,42 @@ async fn a_polite_feed_client_gets_what_a_strict_server_serves() {
         "{text}"
     );
 }
+
+/// A Chinese national early-warning release with a polygon reaches the display inside it and
+/// not the one outside (displays located in the config).
+#[tokio::test]
+async fn a_polygon_alert_reaches_only_the_displays_inside() {
+    let site = Site::new(&format!("listen = \"127.0.0.1:{}\"", free_port()), "");
+    site.append_config(
+        "[[schedule.displays]]\nid = \"bus-in\"\nchannel = \"bus\"\nlat = 23.05\nlon = 113.32\n\
+         [[schedule.displays]]\nid = \"bus-out\"\nchannel = \"bus\"\nlat = 22.95\nlon = 113.20\n",
+    );
+    let d = Daemon::start(&site).await;
+    let admin = site.admin_token();
+    let now = chrono::Utc::now();
+    let at = |t: chrono::DateTime<chrono::Utc>| {
+        t.with_timezone(&chrono::FixedOffset::east_opt(8 * 3600).unwrap())
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, false)
+    };
+    let xml = std::fs::read_to_string(
+        repo().join("tests/fixtures/cap/field/cn-national-early-warning.xml"),
+    )
+    .unwrap()
+    .replace(
+        "2026-07-18T14:30:00+08:00",
+        &at(now - chrono::Duration::minutes(1)),
+    )
+    .replace(
+        "2026-07-18T20:30:00+08:00",
+        &at(now + chrono::Duration::hours(1)),
+    );
+    let (s, r) = post_cap(&d, &admin, xml).await;
+    assert_eq!((s, r["action"].as_str()), (201, Some("raised")), "{r}");
+    let topics: Vec<&str> = r["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["topic"].as_str().unwrap())
+        .collect();
+    assert_eq!(topics, ["marquee/v1/alert/bus-in"], "{r}");
+}
