@@ -54,6 +54,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let db = cfg.data_dir.join("marquee.db");
     let store =
         Arc::new(Store::open(&db).with_context(|| format!("cannot open {}", db.display()))?);
+    // A list import cut off by a crash or restart left an `importing` campaign: never sent.
+    match store.drop_importing(None) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            campaigns = n,
+            "removed campaigns whose list import was cut off"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot remove cut-off imports"),
+    }
     let metrics = Metrics::default();
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();

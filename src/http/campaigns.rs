@@ -19,7 +19,7 @@ use super::api::blocking;
 use super::auth::{Approver, Auth, Operator, Principal, Viewer};
 use super::error::ApiError;
 use super::{AppState, audit};
-use crate::sms::campaign::{CreateRequest, Reject, Start, list_numbers, prepare};
+use crate::sms::campaign::{CreateRequest, Reject, Start, list_numbers};
 use crate::store::sms::{CampaignRow, NewCampaign};
 
 fn conflict(code: &'static str, message: String) -> ApiError {
@@ -73,6 +73,14 @@ pub async fn create(
     Ok((code, Json(v)))
 }
 
+/// When a campaign starts, for its row: a scheduled time or a recurring one's first firing.
+fn start_of(start: Start) -> Option<chrono::DateTime<Utc>> {
+    match start {
+        Start::At(t) | Start::Repeat(t) => Some(t),
+        _ => None,
+    }
+}
+
 /// Whether `recipients` is above the two-person rule's limit.
 fn over_limit(s: &AppState, recipients: usize) -> bool {
     s.cfg
@@ -108,25 +116,73 @@ pub async fn create_campaign(
         )?)),
         None => None,
     };
-    let prepared = tokio::task::spawn_blocking(move || {
+    // The list is read and stored in chunks: the campaign row exists as `importing` (never
+    // dispatched; removed at restart) from the first chunk until the import is complete.
+    let (by, alert_id) = (who.name.clone(), alert.map(|(a, _)| a.to_owned()));
+    let name = req.name.clone();
+    let imported = tokio::task::spawn_blocking(move || {
         let optouts = store.optout_set()?;
         let name = req.name.clone();
         let mut upload = upload;
         let file = upload.as_mut().map(|f| f as &mut dyn crate::lists::Source);
-        Ok::<_, crate::store::StoreError>(
-            prepare(req, &cfg.sms, now, &optouts, file).map(|p| (p, name)),
-        )
+        let mut id: Option<i64> = None;
+        let mut failed: Option<crate::store::StoreError> = None;
+        let mut sink = |m: &mut Vec<crate::store::sms::NewMessage>,
+                        r: &mut Vec<crate::sms::campaign::Reject>| {
+            let mut step = || -> Result<(), crate::store::StoreError> {
+                let cid = match id {
+                    Some(c) => c,
+                    None => *id.insert(store.begin_import(
+                        &NewCampaign {
+                            name: &name,
+                            spec: &json!({}),
+                            start_at: None,
+                            by: &by,
+                            alert: alert_id.as_deref(),
+                        },
+                        now,
+                    )?),
+                };
+                store.import_chunk(cid, now, m, r)
+            };
+            let ok = step();
+            m.clear();
+            r.clear();
+            match ok {
+                Ok(()) => true,
+                Err(e) => {
+                    failed = Some(e);
+                    false
+                }
+            }
+        };
+        let p = crate::sms::campaign::prepare_with(req, &cfg.sms, now, &optouts, file, &mut sink);
+        let outcome = match (failed, p) {
+            (Some(e), _) => Err(e),
+            (None, p) => Ok(p),
+        };
+        let finished = match (&outcome, id) {
+            (Ok(Ok(p)), Some(cid)) => {
+                let spec = serde_json::to_value(&p.spec).unwrap_or_default();
+                store
+                    .finish_import(cid, &spec, start_of(p.start))
+                    .map(|()| Some(cid))
+            }
+            _ => Ok(None),
+        };
+        if !matches!(finished, Ok(Some(_))) && id.is_some() {
+            store.drop_importing(id)?;
+        }
+        let cid = finished?;
+        Ok::<_, crate::store::StoreError>(outcome?.map(|p| (p, cid)))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| ApiError::bad_field(&field(e.field), e.message))?;
-    let (p, name) = prepared;
-    let spec = serde_json::to_value(&p.spec).map_err(|e| ApiError::internal(e.to_string()))?;
-    let start_at = match p.start {
-        Start::At(t) | Start::Repeat(t) => Some(t),
-        _ => None,
-    };
+    let (p, id) = imported;
+    let id = id.ok_or_else(|| ApiError::internal("the import stored nothing"))?;
+    let start_at = start_of(p.start);
     let wanted = match p.start {
         Start::Draft => "draft",
         Start::Now => "running",
@@ -142,25 +198,6 @@ pub async fn create_campaign(
     } else {
         wanted
     };
-    let store = s.store.clone();
-    let (messages, name2, by) = (p.messages, name.clone(), who.name.clone());
-    let rejects = p.rejects.clone();
-    let (spec2, alert_id) = (spec.clone(), alert.map(|(a, _)| a.to_owned()));
-    let id = blocking(move || {
-        store.create_campaign(
-            &NewCampaign {
-                name: &name2,
-                spec: &spec2,
-                start_at,
-                by: &by,
-                alert: alert_id.as_deref(),
-            },
-            now,
-            &messages,
-            &rejects,
-        )
-    })
-    .await?;
     if let Some(id) = &upload_id {
         super::uploads::remove(&s.cfg.data_dir, id);
     }
@@ -175,7 +212,7 @@ pub async fn create_campaign(
         action,
         &format!("campaign:{id}"),
         json!({"name": name, "status": status, "start_at": start_at, "alert": alert.map(|(a, _)| a),
-               "estimate": p.estimate, "rejected": p.rejects.len()}),
+               "estimate": p.estimate, "rejected": p.rejected}),
     )
     .await?;
     if status != "draft" {
@@ -185,8 +222,15 @@ pub async fn create_campaign(
     }
     let mut v = json!({
         "id": id, "status": status, "start_at": start_at,
-        "estimate": p.estimate, "rejects": p.rejects,
+        "estimate": p.estimate, "rejects": p.rejects, "rejected": p.rejected,
     });
+    if p.rejected > p.rejects.len() {
+        v["rejects_note"] = json!(format!(
+            "the first {} of {} rejected rows; all of them: GET /api/v1/campaigns/{id}/rejects",
+            p.rejects.len(),
+            p.rejected
+        ));
+    }
     if status == "pending" && alert.is_none() {
         v["message"] = json!(format!(
             "{} recipients (more than {}): another person with the approver role must approve it: POST /api/v1/campaigns/{id}/approve",

@@ -203,15 +203,24 @@ pub enum Start {
     Repeat(DateTime<Utc>),
 }
 
+/// Messages handed to the store at a time while a list is imported (the import holds at most
+/// this many rows besides the duplicate index: about 21 bytes per recipient).
+pub const CHUNK: usize = 10_000;
+
+/// Rejected rows kept for the answer (every one goes to the store and its report).
+pub const REJECTS_SHOWN: usize = 1_000;
+
 /// A campaign ready to store.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     /// Spec.
     pub spec: Spec,
-    /// Messages.
+    /// Messages ([`prepare`] only; [`prepare_with`] hands them to its sink).
     pub messages: Vec<NewMessage>,
-    /// Rejected rows.
+    /// The first [`REJECTS_SHOWN`] rejected rows.
     pub rejects: Vec<Reject>,
+    /// Rejected rows in all.
+    pub rejected: usize,
     /// Cost.
     pub estimate: Estimate,
     /// Start.
@@ -382,14 +391,35 @@ pub fn list_numbers(
     Ok(())
 }
 
-/// Validates a request and imports its recipients, leaving out the `opted_out` (E.164) numbers.
-/// `upload` is the file named by `recipients_upload`, opened by the caller.
+/// Validates a request and imports its recipients, leaving out the `opted_out` (E.164) numbers;
+/// every message and rejected row is collected in the answer. `upload` is the file named by
+/// `recipients_upload`, opened by the caller.
 pub fn prepare(
     req: CreateRequest,
     cfg: &SmsConfig,
     now: DateTime<Utc>,
     opted_out: &HashSet<String>,
     upload: Option<&mut dyn lists::Source>,
+) -> Result<Prepared, Invalid> {
+    let mut all = Vec::new();
+    let mut p = prepare_with(req, cfg, now, opted_out, upload, &mut |m, _| {
+        all.append(m);
+        true
+    })?;
+    p.messages = all;
+    Ok(p)
+}
+
+/// [`prepare`], handing messages and rejected rows to `sink` in chunks of [`CHUNK`] as the list
+/// is read (it drains the two vectors; `false` stops the import, the sink keeping why), so a
+/// list of millions is imported in bounded memory.
+pub fn prepare_with(
+    req: CreateRequest,
+    cfg: &SmsConfig,
+    now: DateTime<Utc>,
+    opted_out: &HashSet<String>,
+    upload: Option<&mut dyn lists::Source>,
+    sink: &mut dyn FnMut(&mut Vec<NewMessage>, &mut Vec<Reject>) -> bool,
 ) -> Result<Prepared, Invalid> {
     if req.name.trim().is_empty() || req.name.chars().count() > 200 {
         return Err(invalid("name", "give a name of 1 to 200 characters"));
@@ -514,10 +544,16 @@ pub fn prepare(
     let fixed_line = gateways
         .iter()
         .all(|g| cfg.gateway(g).is_some_and(|g| g.fixed_line));
-    let mut rejects = Vec::new();
-    // E.164 numbers are at most 15 digits: a u64 each keeps a million-recipient import small.
-    let mut seen: HashMap<u64, usize> = HashMap::new();
-    let mut messages = Vec::new();
+    // The first rejects for the answer; every reject and message go to the sink in chunks.
+    let mut shown: Vec<Reject> = Vec::new();
+    let mut rejected = 0usize;
+    let mut chunk_rejects: Vec<Reject> = Vec::new();
+    let mut messages: Vec<NewMessage> = Vec::with_capacity(CHUNK);
+    let mut imported = 0usize;
+    let mut sink_ok = true;
+    // E.164 numbers are at most 15 digits: a u64 each (and the row as u32) keeps a
+    // five-million-recipient import's duplicate index near 100 MB.
+    let mut seen: HashMap<u64, u32> = HashMap::new();
     let mut estimate = Estimate {
         recipients: 0,
         messages: 0,
@@ -544,7 +580,7 @@ pub fn prepare(
         if let Some(first) = seen.get(&key) {
             return Err(reject(format!("duplicate of row {first} ({e164})")));
         }
-        seen.insert(key, row);
+        seen.insert(key, u32::try_from(row).unwrap_or(u32::MAX));
         if opted_out.contains(&e164) {
             return Err(reject(format!("{e164} is on the opt-out list")));
         }
@@ -580,13 +616,33 @@ pub fn prepare(
             Encoding::Gsm7 => estimate.gsm7 += 1,
             Encoding::Ucs2 => estimate.ucs2 += 1,
         }
-        messages.push(NewMessage {
+        Ok(NewMessage {
             row,
             recipient: key,
             text,
             parts: seg.parts,
-        });
-        Ok(())
+        })
+    };
+    let mut keep = |outcome: Result<NewMessage, Reject>| {
+        if !sink_ok {
+            return;
+        }
+        match outcome {
+            Ok(m) => {
+                messages.push(m);
+                imported += 1;
+            }
+            Err(e) => {
+                rejected += 1;
+                if shown.len() < REJECTS_SHOWN {
+                    shown.push(e.clone());
+                }
+                chunk_rejects.push(e);
+            }
+        }
+        if messages.len() >= CHUNK || chunk_rejects.len() >= CHUNK {
+            sink_ok = sink(&mut messages, &mut chunk_rejects);
+        }
     };
     let mut columns = Vec::new();
     let mut from_list = |row: usize, cells: Vec<String>, r: Result<RecipientIn, String>| {
@@ -599,10 +655,10 @@ pub fn prepare(
                 cells: Vec::new(),
             }),
         };
-        if let Err(mut e) = outcome {
+        keep(outcome.map_err(|mut e| {
             e.cells = cells;
-            rejects.push(e);
-        }
+            e
+        }));
     };
     if let Some(csv) = &req.recipients_csv {
         columns = list_recipients(
@@ -615,19 +671,19 @@ pub fn prepare(
         columns = list_recipients(file, req.sheet.clone(), "recipients_upload", &mut from_list)?;
     } else {
         for (i, r) in req.recipients.iter().enumerate() {
-            if let Err(e) = one(i + 1, r.clone()) {
-                rejects.push(e);
-            }
+            from_list(i + 1, Vec::new(), Ok(r.clone()));
         }
     }
-    rejects.sort_by_key(|r| r.row);
-    if messages.is_empty() {
+    if sink_ok && (!messages.is_empty() || !chunk_rejects.is_empty()) {
+        sink(&mut messages, &mut chunk_rejects);
+    }
+    if imported == 0 {
         return Err(invalid(
             "recipients",
             format!(
                 "no recipient could be imported ({} rejected{})",
-                rejects.len(),
-                rejects
+                rejected,
+                shown
                     .first()
                     .map(|r| format!("; row {}: {}", r.row, r.reason))
                     .unwrap_or_default()
@@ -650,8 +706,9 @@ pub fn prepare(
             repeat: req.repeat,
             columns,
         },
-        messages,
-        rejects,
+        messages: Vec::new(),
+        rejects: shown,
+        rejected,
         estimate,
         start,
     })

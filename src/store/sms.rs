@@ -382,6 +382,116 @@ impl Store {
         Ok(id)
     }
 
+    /// Starts a campaign whose list is imported in chunks ([`Store::import_chunk`]): the campaign
+    /// row in status `importing`, which nothing dispatches and a restart removes
+    /// ([`Store::drop_importing`]). Each chunk is its own short transaction, so an alert or a
+    /// delivery report never waits behind a large import.
+    pub fn begin_import(&self, c: &NewCampaign<'_>, now: DateTime<Utc>) -> Result<i64, StoreError> {
+        let conn = self.sms_conn();
+        conn.execute(
+            "INSERT INTO campaigns (name, status, spec, start_at, created_by, created_at, alert)
+             VALUES (?1, 'importing', ?2, ?3, ?4, ?5, ?6)",
+            params![
+                c.name,
+                c.spec.to_string(),
+                c.start_at.map(ts),
+                c.by,
+                ts(now),
+                c.alert
+            ],
+        )?;
+        Ok(conn.last_insert_rowid())
+    }
+
+    /// Adds messages (queued) and rejected rows to an importing campaign, in one transaction.
+    pub fn import_chunk(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+        messages: &[NewMessage],
+        rejects: &[crate::sms::campaign::Reject],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        {
+            let mut ins = tx.prepare_cached(
+                "INSERT INTO messages (campaign, row, recipient, text, parts, state, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
+            )?;
+            let now = ts(now);
+            let mut parts = 0i64;
+            for m in messages {
+                ins.execute(params![
+                    id,
+                    m.row as i64,
+                    m.e164(),
+                    &*m.text,
+                    m.parts as i64,
+                    now
+                ])?;
+                parts += m.parts as i64;
+            }
+            if !messages.is_empty() {
+                tx.execute(
+                    "INSERT INTO message_counts (campaign, state, n, parts) VALUES (?1, 'queued', ?2, ?3)
+                     ON CONFLICT (campaign, state) DO UPDATE SET n = n + excluded.n, parts = parts + excluded.parts",
+                    params![id, messages.len() as i64, parts],
+                )?;
+            }
+            let mut rej = tx.prepare_cached(
+                "INSERT OR REPLACE INTO campaign_rejects (campaign, row, value, reason, cells)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for r in rejects {
+                rej.execute(params![
+                    id,
+                    r.row as i64,
+                    r.value,
+                    r.reason,
+                    serde_json::to_string(&r.cells).unwrap_or_else(|_| "[]".into())
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Ends an import: the campaign becomes a `draft` with its final spec and start.
+    pub fn finish_import(
+        &self,
+        id: i64,
+        spec: &serde_json::Value,
+        start_at: Option<DateTime<Utc>>,
+    ) -> Result<(), StoreError> {
+        self.sms_conn().execute(
+            "UPDATE campaigns SET status = 'draft', spec = ?2, start_at = ?3 WHERE id = ?1 AND status = 'importing'",
+            params![id, spec.to_string(), start_at.map(ts)],
+        )?;
+        Ok(())
+    }
+
+    /// Removes importing campaigns (`id`, or all of them after a restart) with their messages,
+    /// counts and rejects. Returns how many.
+    pub fn drop_importing(&self, id: Option<i64>) -> Result<usize, StoreError> {
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let ids: Vec<i64> = {
+            let mut st = tx.prepare(
+                "SELECT id FROM campaigns WHERE status = 'importing' AND (?1 IS NULL OR id = ?1)",
+            )?;
+            st.query_map(params![id], |r| r.get(0))?
+                .collect::<Result<_, _>>()?
+        };
+        for c in &ids {
+            for table in ["messages", "message_counts", "campaign_rejects"] {
+                tx.execute(&format!("DELETE FROM {table} WHERE campaign = ?1"), [c])?;
+            }
+            tx.execute("DELETE FROM campaigns WHERE id = ?1", [c])?;
+        }
+        tx.commit()?;
+        Ok(ids.len())
+    }
+
     /// The rows campaign `id`'s import rejected, in row order.
     pub fn campaign_rejects(
         &self,
@@ -1244,6 +1354,70 @@ mod tests {
                  GROUP BY campaign, state ORDER BY 1, 2",
             ),
         )
+    }
+
+    #[test]
+    fn an_import_in_chunks_is_never_sent_until_finished_and_a_cut_off_one_is_removed() {
+        let store = Store::memory().unwrap();
+        let spec = serde_json::json!({});
+        let c = NewCampaign {
+            name: "big",
+            spec: &spec,
+            start_at: None,
+            by: "op",
+            alert: None,
+        };
+        let chunk = |from: usize| -> Vec<NewMessage> {
+            (from..from + 3)
+                .map(|i| NewMessage {
+                    row: i + 1,
+                    recipient: 8613800138000 + i as u64,
+                    text: "hi".into(),
+                    parts: 2,
+                })
+                .collect()
+        };
+        let reject = crate::sms::campaign::Reject {
+            row: 7,
+            value: "12".into(),
+            reason: "not a valid number".into(),
+            cells: vec!["12".into(), "x".into()],
+        };
+        let id = store.begin_import(&c, now()).unwrap();
+        store.import_chunk(id, now(), &chunk(0), &[]).unwrap();
+        store
+            .import_chunk(id, now(), &chunk(3), std::slice::from_ref(&reject))
+            .unwrap();
+        // Importing: not startable, nothing claimed even if someone forced it running.
+        assert!(
+            !store
+                .set_campaign_status(id, &["draft"], "running", now())
+                .unwrap()
+        );
+        assert!(claim(&store, id).is_none());
+        let (kept, counted) = counts_kept_and_counted(&store);
+        assert_eq!(kept, counted, "chunks keep the counts");
+        assert_eq!(store.campaign(id).unwrap().unwrap().counts["queued"], 6);
+        assert_eq!(store.campaign_rejects(id).unwrap(), vec![reject]);
+        // Cut off (a restart): removed with everything it had.
+        assert_eq!(store.drop_importing(None).unwrap(), 1);
+        assert!(store.campaign(id).unwrap().is_none());
+        let (kept, counted) = counts_kept_and_counted(&store);
+        assert!(
+            kept.is_empty() && counted.is_empty(),
+            "{kept:?} {counted:?}"
+        );
+        // Finished: a draft like any other.
+        let id = store.begin_import(&c, now()).unwrap();
+        store.import_chunk(id, now(), &chunk(0), &[]).unwrap();
+        store.finish_import(id, &spec, None).unwrap();
+        assert_eq!(store.drop_importing(None).unwrap(), 0);
+        assert!(
+            store
+                .set_campaign_status(id, &["draft"], "running", now())
+                .unwrap()
+        );
+        assert!(claim(&store, id).is_some());
     }
 
     #[test]
