@@ -277,6 +277,55 @@ fn cell_text(d: &Data) -> String {
     }
 }
 
+/// Most bytes a workbook's parts may expand to (a ZIP bomb is refused before it is read).
+pub const MAX_EXPANDED: u64 = 512 << 20;
+
+/// Checks an XLSX (a ZIP) before `calamine` reads it: the parts' expanded size, and the shared
+/// strings' declared count (calamine reserves room for `uniqueCount` strings up front, so a
+/// small file declaring billions would exhaust memory).
+fn preflight_xlsx(bytes: &[u8]) -> Result<(), ListError> {
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| err(format!("not a spreadsheet calamine can read: {e}")))?;
+    let mut expanded = 0u64;
+    for i in 0..zip.len() {
+        let f = zip
+            .by_index(i)
+            .map_err(|e| err(format!("not a spreadsheet calamine can read: {e}")))?;
+        expanded = expanded.saturating_add(f.size());
+    }
+    if expanded > MAX_EXPANDED {
+        return Err(err(format!(
+            "the workbook expands to {} MiB, more than {} MiB: save it again, or as CSV",
+            expanded >> 20,
+            MAX_EXPANDED >> 20
+        )));
+    }
+    let Ok(f) = zip.by_name("xl/sharedStrings.xml") else {
+        return Ok(());
+    };
+    let size = f.size();
+    let mut head = Vec::new();
+    f.take(4096)
+        .read_to_end(&mut head)
+        .map_err(|e| err(format!("not a spreadsheet calamine can read: {e}")))?;
+    let head = String::from_utf8_lossy(&head);
+    for attr in ["uniqueCount=\"", "count=\""] {
+        if let Some(at) = head.find(attr) {
+            let digits: String = head[at + attr.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            // Each shared string takes at least `<si/>`: five bytes.
+            if digits.len() > 12 || digits.parse::<u64>().unwrap_or(0) > size / 5 + 1 {
+                return Err(err(format!(
+                    "the workbook declares {digits} shared strings in {size} bytes: a damaged or hostile file"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn read_workbook<R: Read + Seek>(
     mut src: R,
     opts: &ListOptions,
@@ -286,6 +335,27 @@ fn read_workbook<R: Read + Seek>(
     let mut bytes = Vec::new();
     src.read_to_end(&mut bytes)
         .map_err(|e| err(format!("cannot read: {e}")))?;
+    if bytes.starts_with(b"PK") {
+        preflight_xlsx(&bytes)?;
+    }
+    // A parser fault on a damaged file (found by fuzzing: calamine subtracts a malformed
+    // `<dimension>` without checking) is an error for this upload, not a crash of the daemon.
+    let mut rows = Vec::new();
+    let layout = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        read_sheet(bytes, opts, &mut |_: &Layout, r: Row| rows.push(r))
+    }))
+    .map_err(|_| err("the workbook is damaged: the spreadsheet reader failed on it"))??;
+    for r in rows {
+        each(&layout, r);
+    }
+    Ok(layout)
+}
+
+fn read_sheet(
+    bytes: Vec<u8>,
+    opts: &ListOptions,
+    each: &mut impl FnMut(&Layout, Row),
+) -> Result<Layout, ListError> {
     let mut book = calamine::open_workbook_auto_from_rs(std::io::Cursor::new(bytes))
         .map_err(|e| err(format!("not a spreadsheet calamine can read: {e}")))?;
     let format = match &book {
@@ -564,6 +634,54 @@ mod tests {
         };
         let e = read_bytes(&bytes, &opts, |_, _| {}).unwrap_err();
         assert!(e.message.contains("名单, other"), "{e}");
+    }
+
+    /// The workbook written by a spreadsheet writer with one part's text changed.
+    fn edited_xlsx(part: &str, edit: impl Fn(&str) -> String) -> Vec<u8> {
+        use std::io::Write;
+        let mut wb = rust_xlsxwriter::Workbook::new();
+        let s = wb.add_worksheet();
+        s.write(0, 0, "手机").unwrap();
+        s.write(1, 0, "13800138000").unwrap();
+        let bytes = wb.save_to_buffer().unwrap();
+        let mut zin = zip::ZipArchive::new(std::io::Cursor::new(bytes)).unwrap();
+        let mut out = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        for i in 0..zin.len() {
+            let mut f = zin.by_index(i).unwrap();
+            let name = f.name().to_owned();
+            let mut text = Vec::new();
+            f.read_to_end(&mut text).unwrap();
+            if name == part {
+                text = edit(&String::from_utf8(text).unwrap()).into_bytes();
+            }
+            out.start_file(name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            out.write_all(&text).unwrap();
+        }
+        out.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn hostile_workbooks_are_refused_not_a_crash() {
+        let ok = edited_xlsx("xl/worksheets/sheet1.xml", str::to_owned);
+        let (_, r) = rows(&ok);
+        assert_eq!(r[0].cells, ["13800138000"]);
+        // calamine reserves `uniqueCount` strings before reading any: refused first.
+        let bomb = edited_xlsx("xl/sharedStrings.xml", |x| {
+            x.replacen("uniqueCount=\"", "uniqueCount=\"999999999", 1)
+        });
+        let e = read_bytes(&bomb, &ListOptions::default(), |_, _| {}).unwrap_err();
+        assert!(e.message.contains("shared strings"), "{e}");
+        // A reversed <dimension> (found by fuzzing) makes calamine fail: an error.
+        // Whatever it answers, the call returns (a panic would fail this test).
+        let reversed = edited_xlsx("xl/worksheets/sheet1.xml", |x| {
+            assert!(x.contains("<dimension ref=\"A1:A2\"/>"), "{x}");
+            x.replace("<dimension ref=\"A1:A2\"/>", "<dimension ref=\"B9:A1\"/>")
+        });
+        let answer = read_bytes(&reversed, &ListOptions::default(), |_, _| {});
+        if let Err(e) = answer {
+            assert!(e.message.contains("damaged"), "{e}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@
 
 #[path = "../../../tests/it/kannel.rs"]
 mod kannel;
+mod lists;
 mod playlist_set;
 mod sms;
 
@@ -131,6 +132,16 @@ enum Scenario {
         #[arg(long)]
         port: u16,
     },
+    /// A large recipient list uploaded and made a campaign: the daemon's peak RSS, the time and
+    /// alert latency during the import; baseline: the same list as `recipients_csv` JSON text.
+    ListImport {
+        /// Rows of the generated list.
+        #[arg(long, default_value_t = 5_000_000)]
+        rows: usize,
+        /// Skip the baseline run (the JSON text path holds the whole list in memory).
+        #[arg(long)]
+        no_baseline: bool,
+    },
     /// Start-up to READY, idle daemon RSS with the example set, one agent's RSS.
     Footprint {
         /// Measured runs.
@@ -165,6 +176,7 @@ fn main() -> anyhow::Result<()> {
             }
             Scenario::Emergency { agents, runs } => emergency(agents, runs).await,
             Scenario::Footprint { runs } => footprint(runs).await,
+            Scenario::ListImport { rows, no_baseline } => lists::import(rows, !no_baseline).await,
             Scenario::SmsFake {
                 messages,
                 in_flight,
