@@ -81,6 +81,29 @@ impl Driver {
             .await;
     }
 
+    /// Chooses `path` in the file input `css` (as a person picking a file does).
+    async fn choose_file(&self, css: &str, path: &std::path::Path) {
+        let el = self
+            .call(
+                reqwest::Method::POST,
+                "/element",
+                json!({"using": "css selector", "value": css}),
+            )
+            .await;
+        let id = el
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {el}"))
+            .to_owned();
+        self.call(
+            reqwest::Method::POST,
+            &format!("/element/{id}/value"),
+            json!({"text": path.display().to_string()}),
+        )
+        .await;
+    }
+
     async fn eval(&self, script: &str) -> Value {
         self.call(
             reqwest::Method::POST,
@@ -409,4 +432,41 @@ async fn web_console_logs_in_edits_a_playlist_previews_and_handles_alerts() {
     let sent = std::fs::read_to_string(site.dir.path().join("data/sms.jsonl")).unwrap();
     assert_eq!(sent.lines().count(), 2);
     assert!(sent.contains("张三您好，欢迎参加政务开放日"), "{sent}");
+
+    // The same from a workbook the office saved: chosen in the file picker, uploaded as it is;
+    // the landline in it is a rejected row, listed with its reason and downloadable.
+    let xlsx = site.dir.path().join("名单.xlsx");
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    let ws = wb.add_worksheet();
+    for (r, (phone, name)) in [("手机", "姓名"), ("13700137000", "王五"), ("010-87654321", "座机")]
+        .iter()
+        .enumerate()
+    {
+        ws.write(r as u32, 0, *phone).unwrap();
+        ws.write(r as u32, 1, *name).unwrap();
+    }
+    wb.save(&xlsx).unwrap();
+    driver.choose_file("#c-file", &xlsx).await;
+    driver.eval("document.getElementById('c-name').value = '名单文件'; document.getElementById('c-text').value = '{{姓名}}您好'; document.getElementById('c-create').click();").await;
+    driver
+        .until(
+            "the workbook's estimate",
+            "return document.getElementById('c-out').textContent",
+            contains("1 位收件人"),
+        )
+        .await;
+    let rejects = driver
+        .eval("return document.getElementById('c-rejects').textContent")
+        .await;
+    assert!(
+        rejects
+            .as_str()
+            .is_some_and(|s| s.contains("010-87654321") && s.contains("fixed-line")),
+        "{rejects}"
+    );
+    let button = driver
+        .eval("return document.querySelector('[data-rejects]').textContent")
+        .await;
+    assert_eq!(button, "下载被拒绝的行（CSV）");
+    driver.screenshot("console-sms-upload.png").await;
 }
