@@ -497,3 +497,90 @@ async fn playlists_saved_on_windows_go_live_and_bad_encodings_are_named() {
     );
     assert_eq!(v["errors"][0]["line"], 13, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_uploads_list_files_as_saved_and_writes_the_rejects_to_fix() {
+    let site = site("");
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    let cli = |args: &[&str]| {
+        let out = std::process::Command::new(crate::harness::bin())
+            .args(args)
+            .args(["--url", &d.http, "--token", &token])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let list = |name: &str| {
+        repo()
+            .join("tests/fixtures/lists")
+            .join(name)
+            .display()
+            .to_string()
+    };
+    // A GBK file, as Chinese Excel saves it, straight from disk.
+    let out = cli(&[
+        "campaign",
+        "create",
+        "--name",
+        "gbk",
+        "--text",
+        "{{姓名}}您好",
+        "--recipients",
+        &list("recipients-gbk.csv"),
+    ]);
+    assert!(out.contains("2 recipients"), "{out}");
+    // The mixed office list: five recipients, five rejected rows, written to a file to fix.
+    let out = cli(&[
+        "campaign",
+        "create",
+        "--name",
+        "mixed",
+        "--text",
+        "{{姓名}}",
+        "--recipients",
+        &list("office-mixed.csv"),
+    ]);
+    assert!(
+        out.contains("5 recipients") && out.contains("5 row(s) rejected"),
+        "{out}"
+    );
+    assert!(out.contains("marquee campaign rejects 2"), "{out}");
+    let fix = site.dir.path().join("fix.csv");
+    cli(&[
+        "campaign",
+        "rejects",
+        "2",
+        "--out",
+        &fix.display().to_string(),
+    ]);
+    let text = std::fs::read_to_string(&fix).unwrap();
+    assert!(
+        text.starts_with("\u{feff}手机号码,姓名,reason,row"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 6, "{text}");
+    // Opt-outs from a workbook's named sheet.
+    let xlsx = site.dir.path().join("退订.xlsx");
+    let mut wb = rust_xlsxwriter::Workbook::new();
+    let ws = wb.add_worksheet();
+    ws.set_name("TD").unwrap();
+    ws.write(0, 0, "phone").unwrap();
+    ws.write(1, 0, 13700137000.0).unwrap();
+    wb.save(&xlsx).unwrap();
+    let out = cli(&[
+        "optout",
+        "import",
+        &xlsx.display().to_string(),
+        "--sheet",
+        "TD",
+        "--reason",
+        "TD",
+    ]);
+    assert!(out.starts_with("1 added"), "{out}");
+}

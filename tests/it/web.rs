@@ -438,9 +438,13 @@ async fn web_console_logs_in_edits_a_playlist_previews_and_handles_alerts() {
     let xlsx = site.dir.path().join("名单.xlsx");
     let mut wb = rust_xlsxwriter::Workbook::new();
     let ws = wb.add_worksheet();
-    for (r, (phone, name)) in [("手机", "姓名"), ("13700137000", "王五"), ("010-87654321", "座机")]
-        .iter()
-        .enumerate()
+    for (r, (phone, name)) in [
+        ("手机", "姓名"),
+        ("13700137000", "王五"),
+        ("010-87654321", "座机"),
+    ]
+    .iter()
+    .enumerate()
     {
         ws.write(r as u32, 0, *phone).unwrap();
         ws.write(r as u32, 1, *name).unwrap();
