@@ -75,7 +75,17 @@ pub struct Scheduler {
     published: BTreeMap<String, Published>,
     recent: HashMap<String, VecDeque<(Instant, [u8; 32])>>,
     connected: bool,
+    /// The highest version ever published on any topic, kept in `data_dir/versions.hwm` beside
+    /// the signing key, so that a database restored from an old backup (or lost) does not
+    /// restart versions below what agents hold (they would refuse every payload as a
+    /// rollback, alerts included).
+    high_water: u64,
+    /// Every new version is above this: the high-water mark when the database was behind it.
+    floor: u64,
 }
+
+/// The file of the version high-water mark.
+pub const HIGH_WATER_FILE: &str = "versions.hwm";
 
 /// A target with its topic.
 struct Target {
@@ -92,11 +102,26 @@ impl Scheduler {
         mqtt: MqttHandle,
         metrics: Metrics,
     ) -> anyhow::Result<(Scheduler, watch::Receiver<Arc<Catalog>>)> {
-        let published = store
+        let published: BTreeMap<String, Published> = store
             .published()?
             .into_iter()
             .map(|p| (p.topic.clone(), p))
             .collect();
+        let high_water = std::fs::read_to_string(cfg.data_dir.join(HIGH_WATER_FILE))
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+        let stored_max = published.values().map(|p| p.version).max().unwrap_or(0);
+        let floor = if stored_max < high_water {
+            tracing::warn!(
+                stored = stored_max,
+                high_water,
+                "the database is behind the versions already published (restored from a backup, or lost): new versions continue above {high_water}"
+            );
+            high_water
+        } else {
+            0
+        };
         // Seed with the last good sources from before a restart, so a file that is broken now
         // keeps the version that was live.
         let ctx = cfg.schedule.validation_context();
@@ -112,6 +137,8 @@ impl Scheduler {
             published,
             recent: HashMap::new(),
             connected: false,
+            high_water,
+            floor,
         };
         s.reload();
         s.persist_good()?;
@@ -248,6 +275,29 @@ impl Scheduler {
         )
     }
 
+    /// The next version of `topic`: above what is stored for it and above the floor.
+    fn next_version(&self, topic: &str) -> u64 {
+        self.published
+            .get(topic)
+            .map_or(0, |p| p.version)
+            .max(self.floor)
+            + 1
+    }
+
+    /// Keeps the high-water mark at `version` or above (a failure is logged: publishing goes on).
+    fn raise_high_water(&mut self, version: u64) {
+        if version <= self.high_water {
+            return;
+        }
+        let path = self.cfg.data_dir.join(HIGH_WATER_FILE);
+        match crate::keys::write_atomic(&path, format!("{version}\n").as_bytes(), 0o644) {
+            Ok(()) => self.high_water = version,
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %format!("{e:#}"), "cannot keep the version high-water mark")
+            }
+        }
+    }
+
     async fn record(&mut self, p: Published) -> anyhow::Result<()> {
         let store = self.store.clone();
         let row = p.clone();
@@ -259,6 +309,7 @@ impl Scheduler {
                 p.topic
             );
         }
+        self.raise_high_water(p.version);
         if self.connected {
             self.send(&p.topic, p.payload.clone());
         }
@@ -272,7 +323,7 @@ impl Scheduler {
         tl: Timeline,
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
-        let version = self.published.get(&topic).map_or(0, |p| p.version) + 1;
+        let version = self.next_version(&topic);
         let body = SignedBody {
             topic: topic.clone(),
             version,
@@ -338,7 +389,7 @@ impl Scheduler {
                 return Ok(None);
             }
         }
-        let version = self.published.get(&topic).map_or(0, |p| p.version) + 1;
+        let version = self.next_version(&topic);
         let body = SignedBody {
             topic: topic.clone(),
             version,

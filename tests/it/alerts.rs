@@ -249,3 +249,90 @@ async fn alert_raised_by_api_preempts_is_acknowledged_and_ends() {
         "{err}"
     );
 }
+
+/// A database restored from an old backup (same key, same data directory): versions continue
+/// above what agents hold, so the next alert reaches the screen instead of being refused as a
+/// rollback.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restored_from_an_old_backup_still_reaches_every_screen() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    let data = site.dir.path().join("data");
+    let backup = site.dir.path().join("backup");
+    std::fs::create_dir(&backup).unwrap();
+    let db_files = ["marquee.db", "marquee.db-wal", "marquee.db-shm"];
+    // The backup: a database from the first start.
+    let d = Daemon::start(&site).await;
+    assert_eq!(d.stop().await, Some(0));
+    for f in db_files {
+        if data.join(f).exists() {
+            std::fs::copy(data.join(f), backup.join(f)).unwrap();
+        }
+    }
+    // Life goes on: alerts raised and cleared, versions grow on the screens.
+    let d = Daemon::start(&site).await;
+    let admin = site.admin_token();
+    let mut agent = AgentProc::start(&agent_config(&site, "lobby-restore-1", "lobby", port), &[]);
+    agent
+        .frame("normal content", |v| v["kind"] == "timeline")
+        .await;
+    for i in 0..3 {
+        let (s, r) = d
+            .send(
+                Method::POST,
+                "/api/v1/alerts",
+                Some(&admin),
+                Some(json!({"text": {"en": format!("drill {i}")}, "scope": {"channels": ["lobby"]}, "expires_in": "10m"})),
+            )
+            .await;
+        assert_eq!(s, 201, "{r}");
+        agent
+            .frame("the drill", |v| text_of(v) == format!("drill {i}"))
+            .await;
+        let id = r["id"].as_str().unwrap().to_owned();
+        let (s, _) = d
+            .send(
+                Method::DELETE,
+                &format!("/api/v1/alerts/{id}"),
+                Some(&admin),
+                None,
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    assert_eq!(d.stop().await, Some(0));
+    // The old backup comes back.
+    for f in db_files {
+        let _ = std::fs::remove_file(data.join(f));
+        if backup.join(f).exists() {
+            std::fs::copy(backup.join(f), data.join(f)).unwrap();
+        }
+    }
+    let mut d = Daemon::start(&site).await;
+    d.wait_log("the warning about the restored database", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("the database is behind the versions already published"))
+    })
+    .await;
+    let (s, r) = d
+        .send(
+            Method::POST,
+            "/api/v1/alerts",
+            Some(&admin),
+            Some(json!({"text": {"en": "after the restore"}, "scope": {"channels": ["lobby"]}, "expires_in": "10m"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{r}");
+    agent
+        .frame("the alert after the restore", |v| {
+            text_of(v) == "after the restore"
+        })
+        .await;
+    assert!(
+        !agent.shown(|v| v["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("rollback"))),
+        "no payload refused as a rollback"
+    );
+}
