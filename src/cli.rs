@@ -164,8 +164,8 @@ impl ApiClient {
         Ok(text)
     }
 
-    /// Uploads a list file as it is (`POST /api/v1/uploads`): CSV or TXT in any encoding, XLSX,
-    /// XLS. Returns the answer (its `upload` id, columns, rows).
+    /// Uploads a list file as it is (`POST /api/v1/uploads`): CSV or TXT in any encoding, or
+    /// XLSX. Returns the answer (its `upload` id, columns, rows).
     pub async fn upload(
         &self,
         file: &Path,

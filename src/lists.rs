@@ -1,10 +1,12 @@
 //! Lists as offices have them: one reader for every recipient or opt-out list (a campaign's
 //! recipients, an opt-out import, an upload from the console, an alert's SMS list).
 //!
-//! - **Spreadsheets**: `.xlsx`, `.xls` (and `.xlsb`, `.ods`) are recognised by their first bytes
-//!   (a ZIP or an OLE2 container) and read by `calamine`: the first sheet, or a named one. A
-//!   numeric cell that holds a whole number is read as its digits (`13800138000`, not
-//!   `1.38E+10`).
+//! - **Spreadsheets**: `.xlsx` (Excel 2007 and later, WPS) is recognised by its first bytes (a
+//!   ZIP) and read by `calamine` cell by cell: the first sheet, or a named one. A numeric cell
+//!   that holds a whole number is read as its digits (`13800138000`, not `1.38E+10`). The file is
+//!   checked first (parts inflated and counted, shared-string count against its part). Excel
+//!   97-2003 `.xls` (an OLE2 container) is refused with how to save it: calamine reads it only
+//!   into a rectangle sized by the cell positions the file claims.
 //! - **Text** (`.csv`, `.txt`): UTF-8 with or without a byte-order mark; UTF-16 LE/BE with a BOM
 //!   (Excel's "Unicode text"), or without one when the first bytes show it; otherwise, when the
 //!   bytes are not valid UTF-8, GB18030 (a superset of GBK and GB2312: Chinese Excel's
@@ -20,13 +22,13 @@
 
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 
-use calamine::{Data, Reader};
+use calamine::Reader;
 use serde::Serialize;
 
 /// What was found in a list: its format, encoding, delimiter and columns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Layout {
-    /// `csv`, `xlsx`, `xls`, `xlsb` or `ods`.
+    /// `csv` or `xlsx`.
     pub format: &'static str,
     /// The text encoding (`UTF-8`, `UTF-16LE`, `UTF-16BE`, `gb18030`: the WHATWG names); none for spreadsheets.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -85,6 +87,7 @@ pub fn read<R: Read + Seek>(
         .map_err(|e| err(format!("cannot read: {e}")))?;
     let magic = &magic[..n];
     if magic.starts_with(b"PK\x03\x04") || magic.starts_with(&[0xd0, 0xcf, 0x11, 0xe0]) {
+        // A ZIP (xlsx) or an OLE2 container (xls): never read as text.
         return read_workbook(src, opts, &mut each);
     }
     if n == 0 {
@@ -190,9 +193,10 @@ fn read_text<R: Read + Seek>(
     text.read_until(b'\n', &mut first)
         .map_err(|e| err(format!("cannot decode as {}: {e}", enc.name())))?;
     // Excel's hint line, `sep=;`, names the delimiter and comes before the header.
+    // Only the line end is taken off: `sep=` followed by a tab names the tab.
     let hint = std::str::from_utf8(&first)
         .ok()
-        .map(str::trim)
+        .map(|l| l.trim_end_matches(['\r', '\n']))
         .and_then(|l| l.strip_prefix("sep="))
         .and_then(|d| (d.len() == 1).then(|| d.as_bytes()[0]));
     let (delimiter, header_line) = match hint {
@@ -207,11 +211,15 @@ fn read_text<R: Read + Seek>(
             first.clone(),
         ),
     };
+    let newlines = std::rc::Rc::new(std::cell::RefCell::new(NewlineCount::default()));
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(delimiter)
         .flexible(true)
         .trim(csv::Trim::All)
-        .from_reader(std::io::Cursor::new(header_line).chain(text));
+        .from_reader(Lines::new(
+            std::io::Cursor::new(header_line).chain(text),
+            &newlines,
+        ));
     let header = rdr
         .headers()
         .map_err(|e| err(format!("header row: {e}")))?
@@ -227,7 +235,15 @@ fn read_text<R: Read + Seek>(
         return Err(err("the list has no header row"));
     }
     let mut rec = csv::StringRecord::new();
-    let mut row = 0;
+    // Rows as a spreadsheet numbers them: blank lines count (they are empty rows), a quoted
+    // field's line breaks do not (its record is one row). The header is line 1; a record stands
+    // on the line of its last byte, less its own line breaks.
+    let breaks = |r: &csv::StringRecord| {
+        r.iter()
+            .map(|f| f.matches('\n').count() as u64)
+            .sum::<u64>()
+    };
+    let mut folded = breaks(&header);
     loop {
         let more = rdr.read_record(&mut rec).map_err(|e| {
             let line = e.position().map_or(0, |p| p.line()) + u64::from(hint.is_some());
@@ -236,11 +252,67 @@ fn read_text<R: Read + Seek>(
         if !more {
             return Ok(layout);
         }
+        let own = breaks(&rec);
+        let last_byte = rdr.position().byte().saturating_sub(1);
+        let line = 1 + newlines.borrow_mut().before(last_byte);
+        let row = line.saturating_sub(1 + own + folded) as usize;
+        folded += own;
         if rec.iter().all(str::is_empty) {
             continue;
         }
-        row += 1;
         each(&layout, shape(row, rec.iter(), layout.columns.len()));
+    }
+}
+
+/// Line breaks seen in a stream, counted up to a byte offset as the reader moves on.
+#[derive(Default)]
+struct NewlineCount {
+    /// Offsets of `\n` read but not yet counted.
+    pending: std::collections::VecDeque<u64>,
+    /// `\n` before the last offset asked about.
+    counted: u64,
+    /// Bytes read so far.
+    read: u64,
+}
+
+impl NewlineCount {
+    /// How many `\n` stand before byte `offset` (offsets asked about only grow).
+    fn before(&mut self, offset: u64) -> u64 {
+        while self.pending.front().is_some_and(|&o| o < offset) {
+            self.pending.pop_front();
+            self.counted += 1;
+        }
+        self.counted
+    }
+}
+
+/// A reader that notes where each `\n` is.
+struct Lines<R> {
+    inner: R,
+    count: std::rc::Rc<std::cell::RefCell<NewlineCount>>,
+}
+
+impl<R> Lines<R> {
+    fn new(inner: R, count: &std::rc::Rc<std::cell::RefCell<NewlineCount>>) -> Self {
+        Lines {
+            inner,
+            count: count.clone(),
+        }
+    }
+}
+
+impl<R: Read> Read for Lines<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut c = self.count.borrow_mut();
+        let base = c.read;
+        for (i, b) in buf[..n].iter().enumerate() {
+            if *b == b'\n' {
+                c.pending.push_back(base + i as u64);
+            }
+        }
+        c.read += n as u64;
+        Ok(n)
     }
 }
 
@@ -264,66 +336,85 @@ fn shape<'a>(row: usize, cells: impl Iterator<Item = &'a str>, width: usize) -> 
 }
 
 /// A spreadsheet cell as text: whole numbers as their digits.
-fn cell_text(d: &Data) -> String {
+fn cell_text(d: &calamine::DataRef<'_>) -> String {
+    use calamine::DataRef;
     match d {
-        Data::Empty => String::new(),
-        Data::String(s) | Data::DateTimeIso(s) | Data::DurationIso(s) => s.trim().to_owned(),
-        Data::Int(i) => i.to_string(),
-        Data::Float(f) if f.fract() == 0.0 && f.abs() < 1e16 => format!("{}", *f as i64),
-        Data::Float(f) => f.to_string(),
-        Data::Bool(b) => b.to_string(),
-        Data::DateTime(t) => t.as_f64().to_string(),
-        Data::Error(e) => format!("#{e:?}"),
+        DataRef::Empty => String::new(),
+        DataRef::String(s) | DataRef::DateTimeIso(s) | DataRef::DurationIso(s) => {
+            s.trim().to_owned()
+        }
+        DataRef::SharedString(s) => s.trim().to_owned(),
+        DataRef::Int(i) => i.to_string(),
+        DataRef::Float(f) if f.fract() == 0.0 && f.abs() < 1e16 => format!("{}", *f as i64),
+        DataRef::Float(f) => f.to_string(),
+        DataRef::Bool(b) => b.to_string(),
+        DataRef::DateTime(t) => t.as_f64().to_string(),
+        DataRef::Error(e) => format!("#{e:?}"),
     }
 }
 
 /// Most bytes a workbook's parts may expand to (a ZIP bomb is refused before it is read).
 pub const MAX_EXPANDED: u64 = 512 << 20;
 
-/// Checks an XLSX (a ZIP) before `calamine` reads it: the parts' expanded size, and the shared
-/// strings' declared count (calamine reserves room for `uniqueCount` strings up front, so a
-/// small file declaring billions would exhaust memory).
+/// Most columns read from a sheet (cells further right are ignored).
+pub const MAX_COLUMNS: u32 = 1024;
+
+/// Checks an XLSX (a ZIP) before `calamine` opens it: every part is inflated and counted (the
+/// sizes a ZIP declares are not trusted) against [`MAX_EXPANDED`], and the shared strings'
+/// declared count must fit their part (calamine reserves room for `uniqueCount` strings up
+/// front, so a small file declaring billions would exhaust memory).
 fn preflight_xlsx(bytes: &[u8]) -> Result<(), ListError> {
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
-        .map_err(|e| err(format!("not a spreadsheet calamine can read: {e}")))?;
+    let bad = |e: &dyn std::fmt::Display| err(format!("not a workbook that can be read: {e}"));
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| bad(&e))?;
     let mut expanded = 0u64;
+    let mut strings_size = None;
     for i in 0..zip.len() {
-        let f = zip
-            .by_index(i)
-            .map_err(|e| err(format!("not a spreadsheet calamine can read: {e}")))?;
-        expanded = expanded.saturating_add(f.size());
-    }
-    if expanded > MAX_EXPANDED {
-        return Err(err(format!(
-            "the workbook expands to {} MiB, more than {} MiB: save it again, or as CSV",
-            expanded >> 20,
-            MAX_EXPANDED >> 20
-        )));
-    }
-    let Ok(f) = zip.by_name("xl/sharedStrings.xml") else {
-        return Ok(());
-    };
-    let size = f.size();
-    let mut head = Vec::new();
-    f.take(4096)
-        .read_to_end(&mut head)
-        .map_err(|e| err(format!("not a spreadsheet calamine can read: {e}")))?;
-    let head = String::from_utf8_lossy(&head);
-    for attr in ["uniqueCount=\"", "count=\""] {
-        if let Some(at) = head.find(attr) {
-            let digits: String = head[at + attr.len()..]
-                .chars()
-                .take_while(char::is_ascii_digit)
-                .collect();
-            // Each shared string takes at least `<si/>`: five bytes.
-            if digits.len() > 12 || digits.parse::<u64>().unwrap_or(0) > size / 5 + 1 {
-                return Err(err(format!(
-                    "the workbook declares {digits} shared strings in {size} bytes: a damaged or hostile file"
-                )));
-            }
+        let mut f = zip.by_index(i).map_err(|e| bad(&e))?;
+        let name = f.name().to_owned();
+        let left = MAX_EXPANDED - expanded;
+        let n = std::io::copy(&mut (&mut f).take(left + 1), &mut std::io::sink())
+            .map_err(|e| bad(&e))?;
+        expanded += n.min(left);
+        if n > left {
+            return Err(err(format!(
+                "the workbook expands to more than {} MiB: save it again, or as CSV",
+                MAX_EXPANDED >> 20
+            )));
+        }
+        if name == "xl/sharedStrings.xml" {
+            strings_size = Some(n);
         }
     }
-    Ok(())
+    let Some(size) = strings_size else {
+        return Ok(());
+    };
+    let f = zip.by_name("xl/sharedStrings.xml").map_err(|e| bad(&e))?;
+    let mut r = quick_xml::Reader::from_reader(std::io::BufReader::new(f));
+    let mut buf = Vec::new();
+    loop {
+        match r.read_event_into(&mut buf).map_err(|e| bad(&e))? {
+            quick_xml::events::Event::Start(e) | quick_xml::events::Event::Empty(e)
+                if e.local_name().as_ref() == b"sst" =>
+            {
+                for a in e.attributes() {
+                    let a = a.map_err(|e| bad(&e))?;
+                    if matches!(a.key.local_name().as_ref(), b"uniqueCount" | b"count") {
+                        let v = String::from_utf8_lossy(&a.value).trim().to_owned();
+                        // Each shared string takes at least `<si/>`: five bytes.
+                        if v.parse::<u64>().map_or(true, |n| n > size / 5 + 1) {
+                            return Err(err(format!(
+                                "the workbook declares {v} shared strings in {size} bytes: a damaged or hostile file"
+                            )));
+                        }
+                    }
+                }
+                return Ok(());
+            }
+            quick_xml::events::Event::Eof => return Ok(()),
+            _ => {}
+        }
+        buf.clear();
+    }
 }
 
 fn read_workbook<R: Read + Seek>(
@@ -331,15 +422,19 @@ fn read_workbook<R: Read + Seek>(
     opts: &ListOptions,
     each: &mut impl FnMut(&Layout, Row),
 ) -> Result<Layout, ListError> {
-    // calamine wants a cloneable reader; a workbook is read whole anyway.
     let mut bytes = Vec::new();
     src.read_to_end(&mut bytes)
         .map_err(|e| err(format!("cannot read: {e}")))?;
-    if bytes.starts_with(b"PK") {
-        preflight_xlsx(&bytes)?;
+    if !bytes.starts_with(b"PK") {
+        // .xls (BIFF) and the other containers: calamine builds a whole rectangle from the
+        // cell positions a file claims, so a small hostile file could ask for billions.
+        return Err(err(
+            "an Excel 97-2003 .xls workbook: save it as .xlsx (Excel or WPS: Save As, Excel Workbook) or as CSV",
+        ));
     }
-    // A parser fault on a damaged file (found by fuzzing: calamine subtracts a malformed
-    // `<dimension>` without checking) is an error for this upload, not a crash of the daemon.
+    preflight_xlsx(&bytes)?;
+    // A parser fault on a damaged file (fuzzing found calamine subtracting a malformed
+    // `<dimension>` unchecked) is an error for this upload, not a crash of the daemon.
     let mut rows = Vec::new();
     let layout = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         read_sheet(bytes, opts, &mut |_: &Layout, r: Row| rows.push(r))
@@ -351,19 +446,15 @@ fn read_workbook<R: Read + Seek>(
     Ok(layout)
 }
 
+/// Reads the sheet cell by cell (never as one rectangle sized by the positions the file
+/// claims); rows are numbered from the header row as a spreadsheet numbers them.
 fn read_sheet(
     bytes: Vec<u8>,
     opts: &ListOptions,
     each: &mut impl FnMut(&Layout, Row),
 ) -> Result<Layout, ListError> {
-    let mut book = calamine::open_workbook_auto_from_rs(std::io::Cursor::new(bytes))
-        .map_err(|e| err(format!("not a spreadsheet calamine can read: {e}")))?;
-    let format = match &book {
-        calamine::Sheets::Xlsx(_) => "xlsx",
-        calamine::Sheets::Xls(_) => "xls",
-        calamine::Sheets::Xlsb(_) => "xlsb",
-        calamine::Sheets::Ods(_) => "ods",
-    };
+    let mut book: calamine::Xlsx<_> = calamine::Xlsx::new(std::io::Cursor::new(bytes))
+        .map_err(|e| err(format!("not a workbook that can be read: {e}")))?;
     let names = book.sheet_names();
     let sheet = match &opts.sheet {
         Some(s) if names.contains(s) => s.clone(),
@@ -378,39 +469,67 @@ fn read_sheet(
             .cloned()
             .ok_or_else(|| err("the workbook has no sheet"))?,
     };
-    let range = book
-        .worksheet_range(&sheet)
+    let mut cells = book
+        .worksheet_cells_reader(&sheet)
         .map_err(|e| err(format!("sheet {sheet:?}: {e}")))?;
-    let mut rows = range
-        .rows()
-        .skip_while(|r| r.iter().all(|c| cell_text(c).is_empty()));
-    let header = rows
-        .next()
-        .ok_or_else(|| err(format!("sheet {sheet:?} is empty: no header row")))?;
-    let mut columns: Vec<String> = header.iter().map(cell_text).collect();
-    while columns.last().is_some_and(String::is_empty) {
-        columns.pop();
-    }
-    let layout = Layout {
-        format,
-        encoding: None,
-        delimiter: None,
-        sheet: Some(sheet),
-        columns,
-    };
-    let mut row = 0;
-    for r in rows {
-        let cells: Vec<String> = r.iter().map(cell_text).collect();
+    let mut layout: Option<Layout> = None;
+    let mut header_row = 0u32;
+    let mut current: Option<(u32, Vec<String>)> = None;
+    let mut emit = |row_no: u32, cells: Vec<String>, layout: &mut Option<Layout>, sheet: &str| {
         if cells.iter().all(String::is_empty) {
+            return;
+        }
+        match layout {
+            None => {
+                let mut columns = cells;
+                while columns.last().is_some_and(String::is_empty) {
+                    columns.pop();
+                }
+                header_row = row_no;
+                *layout = Some(Layout {
+                    format: "xlsx",
+                    encoding: None,
+                    delimiter: None,
+                    sheet: Some(sheet.to_owned()),
+                    columns,
+                });
+            }
+            Some(l) => {
+                let row = (row_no - header_row) as usize;
+                each(
+                    l,
+                    shape(row, cells.iter().map(String::as_str), l.columns.len()),
+                );
+            }
+        }
+    };
+    loop {
+        let cell = cells
+            .next_cell()
+            .map_err(|e| err(format!("sheet {sheet:?}: {e}")))?;
+        let Some(cell) = cell else { break };
+        let (r, c) = cell.get_position();
+        if c >= MAX_COLUMNS {
             continue;
         }
-        row += 1;
-        each(
-            &layout,
-            shape(row, cells.iter().map(String::as_str), layout.columns.len()),
-        );
+        if current.as_ref().is_some_and(|(cr, _)| *cr != r)
+            && let Some((cr, row)) = current.take()
+        {
+            emit(cr, row, &mut layout, &sheet);
+        }
+        let entry = current.get_or_insert_with(|| (r, Vec::new()));
+        let text = cell_text(cell.get_value());
+        if !text.is_empty() {
+            if entry.1.len() <= c as usize {
+                entry.1.resize(c as usize + 1, String::new());
+            }
+            entry.1[c as usize] = text;
+        }
     }
-    Ok(layout)
+    if let Some((cr, row)) = current.take() {
+        emit(cr, row, &mut layout, &sheet);
+    }
+    layout.ok_or_else(|| err(format!("sheet {sheet:?} is empty: no header row")))
 }
 
 /// Header names that hold phone numbers (ASCII case ignored), English and Chinese.
@@ -509,6 +628,7 @@ mod tests {
             ("phone,name\n13800138000,张三\n", ','),
             ("\"a;b\",phone,name\nx,13800138000,张三\n", ','),
             ("sep=;\nphone;name\n13800138000;张三\n", ';'),
+            ("sep=\t\r\nphone\tname\r\n13800138000\t张三\r\n", '\t'),
         ] {
             let (l, r) = rows(src.as_bytes());
             assert_eq!(l.delimiter, Some(d), "{src:?}");
@@ -572,10 +692,22 @@ mod tests {
                    13700137000,\"c, with\nbreak\",x\n\
                    13600136000,d,e,f\n";
         let (_, r) = rows(src.as_bytes());
+        let (_, crlf) = rows(src.replace('\n', "\r\n").as_bytes());
+        let numbers = |r: &[Row]| r.iter().map(|r| r.row).collect::<Vec<_>>();
+        assert_eq!(numbers(&crlf), numbers(&r), "CRLF counts the same");
+        let (_, unended) = rows(src.trim_end().as_bytes());
+        assert_eq!(
+            numbers(&unended),
+            numbers(&r),
+            "a last line without its end"
+        );
         assert_eq!(r.len(), 4, "{r:?}");
         assert_eq!(r[1].cells, ["13900139000", "b", ""]);
         assert_eq!(r[2].cells[1], "c, with\nbreak");
-        assert_eq!((r[3].row, r[3].extra), (4, 1));
+        // Spreadsheet rows: 2, 3, (4 `,,` and 5 blank), 6 (two lines, one row), 7.
+        let numbers: Vec<usize> = r.iter().map(|r| r.row).collect();
+        assert_eq!(numbers, [1, 2, 5, 6]);
+        assert_eq!(r[3].extra, 1);
     }
 
     #[test]
@@ -622,7 +754,8 @@ mod tests {
         assert_eq!(r.len(), 3, "the blank row is skipped");
         assert_eq!(r[0].cells, ["13800138000", "张三"]);
         assert_eq!(r[1].cells[0], "＋８６ １３９ ００１３ ９０００");
-        assert_eq!((r[2].row, r[2].cells[1].as_str()), (3, ""));
+        // Spreadsheet row 5 (the blank row 4 counted): data row 4.
+        assert_eq!((r[2].row, r[2].cells[1].as_str()), (4, ""));
         let mut got = Vec::new();
         let opts = ListOptions {
             sheet: Some("other".into()),
@@ -672,6 +805,25 @@ mod tests {
         });
         let e = read_bytes(&bomb, &ListOptions::default(), |_, _| {}).unwrap_err();
         assert!(e.message.contains("shared strings"), "{e}");
+        // The same in single quotes, after a long attribute: still read from the tag.
+        let quoted = edited_xlsx("xl/sharedStrings.xml", |x| {
+            let at = x.find("<sst ").unwrap() + 5;
+            let attrs_end = x[at..].find('>').unwrap() + at;
+            let tag = &x[at..attrs_end];
+            let kept: String = tag
+                .split_whitespace()
+                .filter(|a| !a.starts_with("uniqueCount") && !a.starts_with("count"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            format!(
+                "{}{kept} pad='{}' uniqueCount='99999999999'{}",
+                &x[..at],
+                "x".repeat(5000),
+                &x[attrs_end..]
+            )
+        });
+        let e = read_bytes(&quoted, &ListOptions::default(), |_, _| {}).unwrap_err();
+        assert!(e.message.contains("99999999999 shared strings"), "{e}");
         // A reversed <dimension> (found by fuzzing) makes calamine fail: an error.
         // Whatever it answers, the call returns (a panic would fail this test).
         let reversed = edited_xlsx("xl/worksheets/sheet1.xml", |x| {
@@ -687,6 +839,27 @@ mod tests {
     #[test]
     fn a_broken_zip_is_an_error_not_a_panic() {
         let e = read_bytes(b"PK\x03\x04garbage", &ListOptions::default(), |_, _| {}).unwrap_err();
-        assert!(e.message.contains("spreadsheet"), "{e}");
+        assert!(e.message.contains("not a workbook"), "{e}");
+        let e = read_bytes(
+            b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1rest",
+            &ListOptions::default(),
+            |_, _| {},
+        )
+        .unwrap_err();
+        assert!(e.message.contains("save it as .xlsx"), "{e}");
+    }
+
+    #[test]
+    fn far_away_cells_do_not_size_anything() {
+        // Cells at A1 and XFD1048576: read cell by cell, nothing is sized by the rectangle.
+        let mut wb = rust_xlsxwriter::Workbook::new();
+        let s = wb.add_worksheet();
+        s.write(0, 0, "phone").unwrap();
+        s.write(1, 0, "13800138000").unwrap();
+        s.write(1_048_575, 16_383, "far").unwrap();
+        let (l, r) = rows(&wb.save_to_buffer().unwrap());
+        assert_eq!(l.columns, ["phone"]);
+        assert_eq!(r.len(), 1, "the far cell is past the column limit: {r:?}");
+        assert_eq!(r[0].cells, ["13800138000"]);
     }
 }

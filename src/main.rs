@@ -269,7 +269,7 @@ enum OptoutAction {
         number: String,
     },
     /// Add every number of a list file (a number column): CSV or TXT in any common encoding,
-    /// XLSX or XLS.
+    /// XLSX.
     Import {
         /// The file.
         file: PathBuf,

@@ -25,7 +25,7 @@ pub struct CreateArgs {
     #[arg(long)]
     pub sender: Option<String>,
     /// A list with a number column (and optional lang and variable columns): CSV or TXT in
-    /// UTF-8, UTF-16 or GBK/GB18030, any of , ; tab | as delimiter, or an XLSX/XLS workbook.
+    /// UTF-8, UTF-16 or GBK/GB18030, any of , ; tab | as delimiter, or an XLSX workbook (.xls: save it as .xlsx).
     #[arg(long)]
     pub recipients: Option<std::path::PathBuf>,
     /// The sheet of a workbook to read (default: the first).
@@ -51,12 +51,13 @@ pub struct CreateArgs {
     pub repeat: Option<String>,
 }
 
-fn rejects_text(rejects: &Value, campaign: Option<i64>) -> String {
+fn rejects_text(rejects: &Value, total: Option<u64>, campaign: Option<i64>) -> String {
     let list = rejects.as_array().cloned().unwrap_or_default();
     if list.is_empty() {
         return String::new();
     }
-    let mut out = format!("{} row(s) rejected:\n", list.len());
+    let total = total.map_or(list.len(), |t| t as usize);
+    let mut out = format!("{total} row(s) rejected:\n");
     for r in list.iter().take(50) {
         out.push_str(&format!(
             "  row {}: {:?}: {}\n",
@@ -65,8 +66,8 @@ fn rejects_text(rejects: &Value, campaign: Option<i64>) -> String {
             r["reason"].as_str().unwrap_or("")
         ));
     }
-    if list.len() > 50 {
-        out.push_str(&format!("  … and {} more\n", list.len() - 50));
+    if total > 50 {
+        out.push_str(&format!("  … and {} more\n", total - 50));
     }
     if let Some(id) = campaign {
         out.push_str(&format!(
@@ -86,7 +87,7 @@ pub async fn rejects(api: &ApiClient, id: i64, out: Option<&Path>) -> anyhow::Re
         return Ok(format!("wrote {}\n", f.display()));
     }
     let v = api.get(&path).await?;
-    let text = rejects_text(&v["rejects"], None);
+    let text = rejects_text(&v["rejects"], None, None);
     Ok(if text.is_empty() {
         "no row was rejected\n".into()
     } else {
@@ -119,7 +120,7 @@ pub async fn create(api: &ApiClient, a: CreateArgs) -> anyhow::Result<String> {
             );
         }
         _ => anyhow::bail!(
-            "give --recipients FILE (.csv, .txt, .xlsx, .xls) or --to NUMBER (repeatable), not both"
+            "give --recipients FILE (.csv, .txt, .xlsx) or --to NUMBER (repeatable), not both"
         ),
     }
     if !a.gateways.is_empty() {
@@ -155,7 +156,11 @@ pub async fn create(api: &ApiClient, a: CreateArgs) -> anyhow::Result<String> {
         e["ucs2"],
         e["carrier_billed"],
         e["duration_seconds"],
-        rejects_text(&v["rejects"], Some(v["id"].as_i64().unwrap_or(0)))
+        rejects_text(
+            &v["rejects"],
+            v["rejected"].as_u64(),
+            Some(v["id"].as_i64().unwrap_or(0))
+        )
     ))
 }
 
@@ -324,7 +329,7 @@ pub async fn messages(
     Ok(table(&rows))
 }
 
-/// `marquee optout add|import`: numbers, or a list file (CSV, TXT, XLSX, XLS).
+/// `marquee optout add|import`: numbers, or a list file (CSV, TXT, XLSX).
 pub async fn optout_add(
     api: &ApiClient,
     numbers: &[String],
@@ -350,7 +355,7 @@ pub async fn optout_add(
         "{} added, {} already on the list\n{}",
         v["added"],
         v["already"],
-        rejects_text(&v["rejects"], None)
+        rejects_text(&v["rejects"], None, None)
     ))
 }
 

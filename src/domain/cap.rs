@@ -57,6 +57,8 @@ pub struct CapAlert {
     pub status: String,
     /// Alert, Update, Cancel, Ack, Error.
     pub msg_type: String,
+    /// Public, Restricted or Private (CAP 1.2 §3.2.1); only Public reaches public screens.
+    pub scope: String,
     /// `sender,identifier,sent` triples, space-separated.
     pub references: Option<String>,
     /// The information blocks (usually one per language).
@@ -346,6 +348,7 @@ fn alert_of(root: &Node, version: &'static str) -> Result<CapAlert, String> {
         sent: root.required("sent")?,
         status: root.required("status")?,
         msg_type: root.required("msgType")?,
+        scope: root.one("scope").unwrap_or_else(|| "Public".into()),
         references: root.one("references"),
         info: root
             .all("info")
@@ -531,7 +534,8 @@ pub fn alert_id(sender: &str, identifier: &str) -> String {
 }
 
 /// The alerts a message names in `<references>` (CAP 1.2 §3.2.1: space-separated
-/// `sender,identifier,sent` triples; an alert is known by sender and identifier).
+/// `sender,identifier,sent` triples; an alert is known by sender and identifier). Only the
+/// sender's own alerts: with several feeds, one sender must not end another's warnings.
 fn referenced(a: &CapAlert) -> Vec<(String, String)> {
     a.references
         .as_deref()
@@ -539,7 +543,8 @@ fn referenced(a: &CapAlert) -> Vec<(String, String)> {
         .split_whitespace()
         .filter_map(|t| {
             let mut parts = t.split(',');
-            Some((alert_id(parts.next()?, parts.next()?), t.to_owned()))
+            let (sender, identifier) = (parts.next()?, parts.next()?);
+            (sender == a.sender).then(|| (alert_id(sender, identifier), t.to_owned()))
         })
         .collect()
 }
@@ -609,6 +614,15 @@ pub fn decide(a: &CapAlert, rules: &CapRules, now: DateTime<Utc>) -> CapDecision
             ),
         );
     }
+    if a.scope != "Public" {
+        return ignore(
+            Vec::new(),
+            format!(
+                "scope {}: not for public screens (only Public is shown)",
+                a.scope
+            ),
+        );
+    }
     // An Update or Cancel ends what it references before its own content is judged.
     let ends: Vec<Ended> = match a.msg_type.as_str() {
         "Update" | "Cancel" => referenced(a)
@@ -662,21 +676,22 @@ pub fn decide(a: &CapAlert, rules: &CapRules, now: DateTime<Utc>) -> CapDecision
         text.entry(lang_key(i.language.as_deref())).or_insert(body);
     }
     let sent = time(Some(&a.sent)).unwrap_or(now);
-    let expires_at = a
-        .info
-        .iter()
-        .filter_map(|i| time(i.expires.as_deref()))
-        .min()
-        .unwrap_or(now + Duration::hours(1));
-    if expires_at <= now {
-        return ignore(ends, format!("expired at {expires_at}"));
-    }
     let effective = time(first.effective.as_deref()).unwrap_or(sent);
     let starts_at = if rules.start_at_onset {
         time(first.onset.as_deref()).unwrap_or(effective)
     } else {
         effective
     };
+    // Without <expires>: an hour from its start (or from now, for one already started).
+    let expires_at = a
+        .info
+        .iter()
+        .filter_map(|i| time(i.expires.as_deref()))
+        .min()
+        .unwrap_or(starts_at.max(now) + Duration::hours(1));
+    if expires_at <= now {
+        return ignore(ends, format!("expired at {expires_at}"));
+    }
     if starts_at >= expires_at {
         return ignore(
             ends,
@@ -1032,6 +1047,40 @@ mod tests {
         r.start_at_onset = true;
         let (_, _, starts, _) = raised(&decide(&a, &r, now()));
         assert_eq!(starts, t("2021-05-15T03:00:00Z"));
+    }
+
+    #[test]
+    fn restricted_other_senders_and_no_expiry() {
+        let a = parse(
+            &doc("Actual", "Alert", "", INFO)
+                .replace("<scope>Public</scope>", "<scope>Restricted</scope>"),
+        )
+        .unwrap();
+        assert!(
+            matches!(decide(&a, &rules(), now()).action, CapAction::Ignore { ref reason } if reason.contains("Restricted"))
+        );
+        // Another sender's reference ends nothing.
+        let refs = "<references>other@example.gov,T-0,2021-05-15T08:00:00+08:00</references>";
+        let d = decide(
+            &parse(&doc("Actual", "Cancel", refs, "")).unwrap(),
+            &rules(),
+            now(),
+        );
+        assert!(d.ends.is_empty());
+        // No <expires>, effective two hours ahead: held, and lasts an hour from its start.
+        let info = INFO.replace(
+            "<expires>2021-05-15T12:00:00+08:00</expires>",
+            "<effective>2021-05-15T11:00:00+08:00</effective>",
+        );
+        let (_, _, starts, expires) = raised(&decide(
+            &parse(&doc("Actual", "Alert", "", &info)).unwrap(),
+            &rules(),
+            now(),
+        ));
+        assert_eq!(
+            (starts, expires),
+            (t("2021-05-15T03:00:00Z"), t("2021-05-15T04:00:00Z"))
+        );
     }
 
     #[test]

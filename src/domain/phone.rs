@@ -87,12 +87,12 @@ pub fn clean(raw: &str) -> Result<String, PhoneError> {
     if let Some(inner) = s.strip_prefix("=\"").and_then(|r| r.strip_suffix('"')) {
         s = inner.trim();
     }
-    // RFC 3966: tel:+86-138-0013-8000;ext=12
-    let lower = s.to_lowercase();
-    if lower.starts_with("tel:") {
+    // RFC 3966: tel:+86-138-0013-8000;ext=12. (ASCII lowercase keeps every byte offset, so
+    // positions found in it cut `s` on the same characters.)
+    if s.to_ascii_lowercase().starts_with("tel:") {
         s = s[4..].trim();
     }
-    let lower = s.to_lowercase();
+    let lower = s.to_ascii_lowercase();
     for marker in [
         ";ext=", "ext.", "ext", "x", "#", "转", "分机", ",", ";", "p", "w",
     ] {
@@ -183,8 +183,14 @@ fn parse(raw: &str, default: Id) -> Result<phonenumber::PhoneNumber, PhoneError>
     };
     let number = parsed.map_err(|e| PhoneError::Unparseable(e.to_string()))?;
     if !phonenumber::is_valid(&number) {
-        // "86138…" without a plus: the country code written as if it were national digits.
+        // "86138…" without a plus: the default region's own country code written as if it
+        // were national digits. Only that code: a mistyped national number must not turn into
+        // a valid number abroad (CN 12125551234 is not New York).
+        let own_code = phonenumber::metadata::DATABASE
+            .by_id(default.as_ref())
+            .map(|m| m.country_code().to_string());
         if !s.starts_with('+')
+            && own_code.is_some_and(|c| s.starts_with(&c))
             && let Ok(n) = phonenumber::parse(None, format!("+{s}"))
             && phonenumber::is_valid(&n)
         {
@@ -289,6 +295,26 @@ mod tests {
             assert!(matches!(e, PhoneError::Scientific(_)), "{raw:?}: {e:?}");
             assert!(e.to_string().contains("format the column as text"), "{e}");
         }
+    }
+
+    #[test]
+    fn case_folding_letters_and_foreign_looking_typos_are_safe() {
+        // KELVIN SIGN lowercases to a one-byte 'k', DOTTED CAPITAL I to two characters: neither
+        // may shift where a marker is cut.
+        for raw in ["\u{212A}1x2", "İ1x2", "\u{212A}\u{212A}tel:1", "ß1#2"] {
+            let _ = normalize(raw, Id::CN);
+        }
+        assert!(matches!(
+            normalize("\u{212A}1x2", Id::CN),
+            Err(PhoneError::Extension(_))
+        ));
+        // Invalid in CN, valid as +1…: refused, not sent abroad.
+        assert_eq!(normalize("12125551234", Id::CN), Err(PhoneError::Invalid));
+        assert_eq!(normalize("12345678901", Id::CN), Err(PhoneError::Invalid));
+        assert_eq!(
+            normalize("8613800138000", Id::CN),
+            Ok("+8613800138000".into())
+        );
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub struct AlertSms {
     /// Recipients as CSV text (a number column, optional lang).
     #[serde(default)]
     pub recipients_csv: Option<String>,
-    /// Recipients from a list uploaded with `POST /api/v1/uploads` (CSV, TXT, XLSX, XLS).
+    /// Recipients from a list uploaded with `POST /api/v1/uploads` (CSV, TXT, XLSX).
     #[serde(default)]
     pub recipients_upload: Option<String>,
     /// The sheet of an uploaded workbook (default: the first).
@@ -241,6 +241,7 @@ async fn record_alert(
             a.expires_at,
             &who,
             &st,
+            a.starts_at,
         )
     })
     .await
@@ -477,7 +478,14 @@ pub async fn apply_cap(
                 );
             }
             Err(_) => {
-                tracing::warn!(reference = %e.reference, by = %e.by, identifier = %doc.identifier, "CAP message references an alert this daemon does not know");
+                // Not known (yet): a feed read newest first hands the Cancel before its Alert.
+                // Remembered as ended, so the Alert, when it comes, is not raised.
+                tracing::warn!(reference = %e.reference, by = %e.by, identifier = %doc.identifier, "CAP message references an alert this daemon does not know; remembered as ended");
+                let (store, id, who) = (s.store.clone(), e.id.clone(), actor.to_owned());
+                tokio::task::spawn_blocking(move || store.tombstone_alert(&id, now, &who))
+                    .await
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .map_err(|e| ApiError::internal(e.to_string()))?;
                 unknown.push(json!(e.reference));
             }
         }
@@ -520,10 +528,18 @@ pub async fn apply_cap(
             starts_at,
             expires_at,
         } => {
-            if load(s, &id).await.is_ok() {
+            if let Ok(row) = load(s, &id).await {
+                let (action, reason) = if row.status == "ended" {
+                    (
+                        "ended_before",
+                        "an Update or Cancel read earlier already ended this alert",
+                    )
+                } else {
+                    ("duplicate", "this alert was applied before")
+                };
                 return Ok((
                     StatusCode::OK,
-                    json!({"action": "duplicate", "id": id, "ended": ended, "ends": details, "unknown": unknown}),
+                    json!({"action": action, "reason": reason, "id": id, "ended": ended, "ends": details, "unknown": unknown}),
                 ));
             }
             let held = starts_at > now;
@@ -537,12 +553,6 @@ pub async fn apply_cap(
             };
             let published = if held {
                 record_alert(s, actor, "alert.schedule", &alert, &scope, "scheduled").await?;
-                let store = s.store.clone();
-                let key = id.clone();
-                tokio::task::spawn_blocking(move || store.schedule_alert(&key, starts_at))
-                    .await
-                    .map_err(|e| ApiError::internal(e.to_string()))?
-                    .map_err(|e| ApiError::internal(e.to_string()))?;
                 let published = publish_alert(s, &alert, &scope).await?;
                 s.held_alerts.notify_one();
                 published
@@ -564,26 +574,36 @@ pub async fn apply_cap(
 }
 
 /// Starts held alerts when their time comes: publishes each again as a plain `alert` (for
-/// agents that do not know `alert_at`) and marks it live. Wakes at the next start, or when a
-/// new alert is held (`held_alerts`); stops with `cancel`.
+/// agents that do not know `alert_at`) and marks it live. Wakes at the next start, when a new
+/// alert is held (`held_alerts`), or within 5 s to retry a start that failed; stops with
+/// `cancel`.
 pub async fn start_held_alerts(s: Arc<AppState>, cancel: tokio_util::sync::CancellationToken) {
+    const RETRY: std::time::Duration = std::time::Duration::from_secs(5);
     loop {
         let store = s.store.clone();
         let due = tokio::task::spawn_blocking(move || store.scheduled_alerts())
             .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default();
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
         let now = Utc::now();
+        let mut failed = due.is_err();
+        let due = due.unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot read the held alerts; trying again");
+            Vec::new()
+        });
         for (id, _) in due.iter().filter(|(_, at)| *at <= now) {
             if let Err(e) = start_one(&s, id).await {
-                tracing::error!(alert = %id, error = %e.message, "cannot start a held alert");
+                failed = true;
+                tracing::error!(alert = %id, error = %e.message, "cannot start a held alert; trying again");
             }
         }
         let next = due.iter().map(|(_, at)| *at).filter(|at| *at > now).min();
-        let wait = next.map_or(std::time::Duration::from_secs(3600), |at| {
+        let mut wait = next.map_or(std::time::Duration::from_secs(3600), |at| {
             (at - now).to_std().unwrap_or_default()
         });
+        if failed {
+            wait = wait.min(RETRY);
+        }
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = s.held_alerts.notified() => {}
@@ -592,7 +612,18 @@ pub async fn start_held_alerts(s: Arc<AppState>, cancel: tokio_util::sync::Cance
     }
 }
 
+/// Starts one held alert: marked live first (only if still held and not cleared), then
+/// published; a clear that lands meanwhile is published again after it, so it wins.
 async fn start_one(s: &AppState, id: &str) -> Result<(), ApiError> {
+    let store = s.store.clone();
+    let key = id.to_owned();
+    let started = tokio::task::spawn_blocking(move || store.start_alert(&key))
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+    if !started {
+        return Ok(()); // cleared (or started) meanwhile
+    }
     let row = load(s, id).await?;
     let alert = Alert {
         id: row.id.clone(),
@@ -607,13 +638,23 @@ async fn start_one(s: &AppState, id: &str) -> Result<(), ApiError> {
     if alert.expires_at > Utc::now() {
         super::audit(s, "cap-start", "alert.start", id, json!({})).await?;
         publish_alert(s, &alert, &row.scope).await?;
+        // A clear between the start and the publish: say it again, after the alert.
+        let after = load(s, id).await?;
+        if after.cleared_at.is_some() {
+            for topic in topics(&after.scope) {
+                publish(
+                    s,
+                    topic,
+                    Signed::AlertClear(AlertClear {
+                        id: after.id.clone(),
+                    }),
+                    alert.expires_at,
+                    Some(after.id.clone()),
+                )
+                .await?;
+            }
+        }
     }
-    let store = s.store.clone();
-    let key = id.to_owned();
-    tokio::task::spawn_blocking(move || store.start_alert(&key))
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(())
 }
 

@@ -156,7 +156,18 @@ pub async fn create_campaign(
                 }
             }
         };
-        let p = crate::sms::campaign::prepare_with(req, &cfg.sms, now, &optouts, file, &mut sink);
+        // A fault while reading the list fails this request and leaves no half import.
+        let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            crate::sms::campaign::prepare_with(req, &cfg.sms, now, &optouts, file, &mut sink)
+        }))
+        .unwrap_or_else(|_| {
+            Err(crate::sms::campaign::Invalid {
+                field: "recipients",
+                message:
+                    "the list could not be read (the reader failed on it; the fault is logged)"
+                        .into(),
+            })
+        });
         let outcome = match (failed, p) {
             (Some(e), _) => Err(e),
             (None, p) => Ok(p),
@@ -176,10 +187,14 @@ pub async fn create_campaign(
         let cid = finished?;
         Ok::<_, crate::store::StoreError>(outcome?.map(|p| (p, cid)))
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::bad_field(&field(e.field), e.message))?;
+    .await;
+    if let Some(u) = &upload_id {
+        super::uploads::remove(&s.cfg.data_dir, u);
+    }
+    let imported = imported
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::bad_field(&field(e.field), e.message))?;
     let (p, id) = imported;
     let id = id.ok_or_else(|| ApiError::internal("the import stored nothing"))?;
     let start_at = start_of(p.start);
@@ -198,9 +213,6 @@ pub async fn create_campaign(
     } else {
         wanted
     };
-    if let Some(id) = &upload_id {
-        super::uploads::remove(&s.cfg.data_dir, id);
-    }
     let action = if over && who.emergency && wanted != "draft" {
         "campaign.create.emergency_skip"
     } else {
@@ -619,7 +631,7 @@ pub struct OptOutRequest {
     /// CSV text with a number column (the names `recipients_csv` takes).
     #[serde(default)]
     pub csv: Option<String>,
-    /// A list uploaded with `POST /api/v1/uploads` (CSV, TXT, XLSX, XLS): the upload's id.
+    /// A list uploaded with `POST /api/v1/uploads` (CSV, TXT, XLSX): the upload's id.
     #[serde(default)]
     pub upload: Option<String>,
     /// The sheet of an uploaded workbook (default: the first).
@@ -661,7 +673,7 @@ pub async fn add_optouts(
         None => None,
     };
     let (csv, sheet) = (req.csv.clone(), req.sheet.clone());
-    let (numbers, rejects) = tokio::task::spawn_blocking(move || {
+    let read = tokio::task::spawn_blocking(move || {
         let mut numbers = numbers;
         let mut rejects = rejects;
         if let Some(csv) = csv {
@@ -680,12 +692,13 @@ pub async fn add_optouts(
         }
         Ok::<_, crate::sms::campaign::Invalid>((numbers, rejects))
     })
-    .await
-    .map_err(|e| ApiError::internal(e.to_string()))?
-    .map_err(|e| ApiError::bad_field(e.field, e.message))?;
+    .await;
     if let Some(id) = &req.upload {
         super::uploads::remove(&s.cfg.data_dir, id);
     }
+    let (numbers, rejects) = read
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(|e| ApiError::bad_field(e.field, e.message))?;
     let reason = req.reason.unwrap_or_else(|| "operator".into());
     audit(
         &s,
@@ -771,7 +784,10 @@ pub async fn rejects(
     let mut w = csv::WriterBuilder::new()
         .flexible(true)
         .from_writer(b"\xef\xbb\xbf".to_vec());
-    let mut head = columns.clone();
+    let mut head: Vec<String> = columns
+        .iter()
+        .map(|c| formula_safe(c).into_owned())
+        .collect();
     head.extend(["reason".to_owned(), "row".to_owned()]);
     w.write_record(&head).map_err(csv_err)?;
     for r in &rows {

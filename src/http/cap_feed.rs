@@ -133,6 +133,8 @@ pub fn classify(xml: &str) -> Body {
 /// Largest feed or CAP document read (a CAP alert is a few kB; feeds of a national service
 /// reach a few MB).
 pub const MAX_BODY: usize = 8 << 20;
+/// Entries and documents remembered as applied, per feed.
+const MAX_SEEN: usize = 100_000;
 /// The longest back-off after failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(600);
 
@@ -298,6 +300,14 @@ pub async fn run(state: Arc<AppState>, url: url::Url, every: Duration, cancel: C
     let mut wait = Duration::ZERO;
     let mut failures = 0u32;
     loop {
+        // Bounded memory: forgetting old keys costs at most a re-read (documents are keyed by
+        // CAP identity and an applied alert answers `duplicate`).
+        if seen_entries.len() > MAX_SEEN {
+            seen_entries.clear();
+        }
+        if seen.len() > MAX_SEEN {
+            seen.clear();
+        }
         tokio::select! {
             _ = cancel.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
@@ -325,10 +335,12 @@ pub async fn run(state: Arc<AppState>, url: url::Url, every: Duration, cancel: C
             Err(f) => {
                 fail(&f);
                 failures += 1;
+                // Retry-After is honoured up to the longest back-off: an emergency feed is
+                // never left for longer on a server's word.
                 let backoff = every
                     .saturating_mul(1u32 << failures.min(10))
-                    .min(MAX_BACKOFF)
-                    .max(f.retry_after.unwrap_or_default());
+                    .max(f.retry_after.unwrap_or_default())
+                    .min(MAX_BACKOFF);
                 tracing::warn!(feed = %url, kind = f.kind, error = %f.message, retry_in = ?backoff, "CAP feed read failed; backing off");
                 backoff
             }
@@ -356,15 +368,21 @@ async fn poll(
         Body::Alert => vec![(url.to_string(), None, body)],
         Body::Feed(entries) => {
             let mut docs = Vec::new();
-            for entry in entries.into_iter().take(MAX_ENTRIES) {
-                let Ok(abs) = url.join(&entry.link) else {
-                    tracing::warn!(feed = %url, link = entry.link, "CAP feed: bad entry link");
-                    continue;
-                };
-                let key = format!("{abs}|{}", entry.updated);
-                if seen_entries.contains(&key) {
-                    continue;
-                }
+            // The first MAX_ENTRIES entries not yet applied (in an oldest-first feed, the
+            // newest come after: they are reached as the older ones are applied).
+            let fresh: Vec<(url::Url, String)> = entries
+                .into_iter()
+                .filter_map(|entry| match url.join(&entry.link) {
+                    Ok(abs) => Some((abs.clone(), format!("{abs}|{}", entry.updated))),
+                    Err(_) => {
+                        tracing::warn!(feed = %url, link = entry.link, "CAP feed: bad entry link");
+                        None
+                    }
+                })
+                .filter(|(_, key)| !seen_entries.contains(key))
+                .take(MAX_ENTRIES)
+                .collect();
+            for (abs, key) in fresh {
                 match fetch(client, abs.as_str(), None).await {
                     Ok(Some(d)) => docs.push((abs.to_string(), Some(key), d)),
                     Ok(None) => {}
@@ -387,6 +405,15 @@ async fn poll(
             });
         }
     };
+    // Oldest first, by CAP `sent`: a Cancel or Update read in the same pass as the alert it
+    // references (feeds list newest first) is applied after it.
+    let mut docs = docs;
+    docs.sort_by_key(|(_, _, d)| {
+        crate::domain::cap::parse(d)
+            .ok()
+            .and_then(|a| chrono::DateTime::parse_from_rfc3339(a.sent.trim()).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+    });
     for (from, entry_key, doc) in docs {
         if crate::domain::cap::parse(&doc).is_err() && !matches!(classify(&doc), Body::Alert) {
             fail(&Failure {

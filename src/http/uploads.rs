@@ -1,5 +1,5 @@
 //! `POST /api/v1/uploads`: a recipient or opt-out list as the office has it (CSV or TXT in any
-//! encoding [`crate::lists`] reads, XLSX, XLS), sent as the raw request body. The body streams to
+//! encoding [`crate::lists`] reads, or XLSX), sent as the raw request body. The body streams to
 //! a file under `data_dir/uploads/` (never held in memory) and is refused with 413 once it passes
 //! `sms.max_upload_mib`. The answer names the upload's id, what was found in it (format,
 //! encoding, delimiter, sheet, columns, the number column) and its row count; a campaign
@@ -37,22 +37,27 @@ pub fn path(data_dir: &Path, id: &str) -> Option<PathBuf> {
         .then(|| dir(data_dir).join(format!("{id}.list")))
 }
 
-/// Opens upload `id` for reading, or says why not (for the request field `field`).
+/// Takes upload `id` for one use and opens it, or says why not (for the request field
+/// `field`). Taking is a rename, so two requests naming the same upload (a double click, a
+/// retry) cannot both import it.
 pub fn open(data_dir: &Path, id: &str, field: &str) -> Result<std::fs::File, ApiError> {
     let p = path(data_dir, id)
         .ok_or_else(|| ApiError::bad_field(field, format!("{id:?} is not an upload id")))?;
-    std::fs::File::open(&p).map_err(|_| {
-        ApiError::bad_field(
-            field,
-            format!("no upload {id} (uploads are used once and kept for an hour)"),
-        )
-    })
+    let taken = p.with_extension("taken");
+    std::fs::rename(&p, &taken)
+        .and_then(|()| std::fs::File::open(&taken))
+        .map_err(|_| {
+            ApiError::bad_field(
+                field,
+                format!("no upload {id} (uploads are used once and kept for an hour)"),
+            )
+        })
 }
 
-/// Removes upload `id` once it has been used.
+/// Removes upload `id` once it has been used (or its use failed: an upload is used once).
 pub fn remove(data_dir: &Path, id: &str) {
     if let Some(p) = path(data_dir, id) {
-        let _ = std::fs::remove_file(p);
+        let _ = std::fs::remove_file(p.with_extension("taken"));
     }
 }
 
@@ -70,7 +75,7 @@ pub struct Uploaded {
     pub upload: String,
     /// Bytes received.
     pub bytes: u64,
-    /// `csv`, `xlsx`, `xls`, `xlsb` or `ods`.
+    /// `csv` or `xlsx`.
     pub format: String,
     /// Text encoding found (`UTF-8`, `UTF-16LE`, `UTF-16BE`, `gb18030`).
     pub encoding: Option<String>,
@@ -99,7 +104,7 @@ fn too_large(limit: u64) -> ApiError {
 }
 
 /// `POST /api/v1/uploads`: stores a list file and describes it.
-#[utoipa::path(post, path = "/api/v1/uploads", tag = "sms", security(("bearer" = [])), params(UploadQuery), request_body(content = Vec<u8>, description = "the file's bytes as saved (CSV, TXT, XLSX, XLS)", content_type = "application/octet-stream"), responses((status = 201, description = "stored: its id and what was found in it", body = Uploaded), (status = 400, description = "not a list that can be read"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low"), (status = 413, description = "over sms.max_upload_mib")))]
+#[utoipa::path(post, path = "/api/v1/uploads", tag = "sms", security(("bearer" = [])), params(UploadQuery), request_body(content = Vec<u8>, description = "the file's bytes as saved (CSV, TXT, XLSX)", content_type = "application/octet-stream"), responses((status = 201, description = "stored: its id and what was found in it", body = Uploaded), (status = 400, description = "not a list that can be read"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low"), (status = 413, description = "over sms.max_upload_mib")))]
 pub async fn upload(
     _who: Operator,
     State(s): State<Arc<AppState>>,

@@ -40,7 +40,7 @@ pub struct CreateRequest {
     #[serde(default)]
     pub recipients_csv: Option<String>,
     /// Recipients from a file uploaded with `POST /api/v1/uploads` (CSV or TXT in UTF-8, UTF-16
-    /// or GB18030; XLSX or XLS): the upload's id. The same columns as `recipients_csv`.
+    /// or GB18030; XLSX): the upload's id. The same columns as `recipients_csv`.
     #[serde(default)]
     pub recipients_upload: Option<String>,
     /// The sheet of an uploaded workbook to read (default: the first).
@@ -580,7 +580,6 @@ pub fn prepare_with(
         if let Some(first) = seen.get(&key) {
             return Err(reject(format!("duplicate of row {first} ({e164})")));
         }
-        seen.insert(key, u32::try_from(row).unwrap_or(u32::MAX));
         if opted_out.contains(&e164) {
             return Err(reject(format!("{e164} is on the opt-out list")));
         }
@@ -608,6 +607,9 @@ pub fn prepare_with(
                 seg.parts
             )));
         }
+        // Only an imported row makes later ones duplicates: a row rejected for its text
+        // leaves the number free for a corrected row further down.
+        seen.insert(key, u32::try_from(row).unwrap_or(u32::MAX));
         estimate.recipients += 1;
         estimate.messages += 1;
         estimate.segments += seg.parts;

@@ -87,10 +87,11 @@ impl Store {
         expires_at: DateTime<Utc>,
         raised_by: &str,
         status: &str,
+        starts_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
         self.conn().execute(
             &format!(
-                "INSERT INTO alerts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8, NULL, NULL, NULL)"
+                "INSERT INTO alerts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8, NULL, NULL, ?9)"
             ),
             params![
                 id,
@@ -100,8 +101,22 @@ impl Store {
                 ts(issued_at),
                 ts(expires_at),
                 raised_by,
-                status
+                status,
+                starts_at.map(ts)
             ],
+        )?;
+        Ok(())
+    }
+
+    /// Records that an Update or Cancel ended alert `id` before the alert itself arrived (a
+    /// feed read newest first): status `ended`, cleared; the alert, when it comes, is not
+    /// raised. Nothing changes when the alert is known.
+    pub fn tombstone_alert(&self, id: &str, at: DateTime<Utc>, by: &str) -> Result<(), StoreError> {
+        self.conn().execute(
+            &format!(
+                "INSERT OR IGNORE INTO alerts ({COLUMNS}) VALUES (?1, '\"all\"', 'minor', '{{}}', ?2, ?2, ?3, ?2, ?3, 'ended', NULL, NULL, NULL)"
+            ),
+            params![id, ts(at), by],
         )?;
         Ok(())
     }
@@ -120,15 +135,6 @@ impl Store {
             params![id, by, ts(issued_at), ts(expires_at)],
         )?;
         Ok(n > 0)
-    }
-
-    /// Records an alert held until `starts_at` (status `scheduled`).
-    pub fn schedule_alert(&self, id: &str, starts_at: DateTime<Utc>) -> Result<(), StoreError> {
-        self.conn().execute(
-            "UPDATE alerts SET status = 'scheduled', starts_at = ?2 WHERE id = ?1",
-            params![id, ts(starts_at)],
-        )?;
-        Ok(())
     }
 
     /// Scheduled alerts not cleared, soonest first: (id, starts_at).

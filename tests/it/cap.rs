@@ -455,3 +455,22 @@ async fn a_polygon_alert_reaches_only_the_displays_inside() {
         .collect();
     assert_eq!(topics, ["marquee/v1/alert/bus-in"], "{r}");
 }
+
+/// A feed read newest first hands the all-clear before the warning it ends: the warning, when
+/// it comes, is not raised.
+#[tokio::test]
+async fn an_all_clear_read_before_its_warning_keeps_the_warning_off_screens() {
+    let site = Site::new(&format!("listen = \"127.0.0.1:{}\"", free_port()), "");
+    let d = Daemon::start(&site).await;
+    let admin = site.admin_token();
+    let (s, r) = post_cap(&d, &admin, fixture("cap-update-allclear.xml")).await;
+    assert_eq!((s, r["action"].as_str()), (200, Some("ignored")), "{r}");
+    assert_eq!(r["unknown"].as_array().unwrap().len(), 1, "{r}");
+    let (s, r) = post_cap(&d, &admin, fixture("cap-warning.xml")).await;
+    assert_eq!(
+        (s, r["action"].as_str()),
+        (200, Some("ended_before")),
+        "{r}"
+    );
+    assert!(r.get("published").is_none(), "{r}");
+}

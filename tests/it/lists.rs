@@ -393,14 +393,29 @@ async fn workbooks_utf16_text_and_optout_imports() {
         m.contains("\"name\", \"city\"") && m.contains("';' separated"),
         "{m}"
     );
-    // A broken workbook is a 400, not a crash.
+    // An Excel 97-2003 file says how to save it; a broken workbook is a 400, not a crash.
+    let (status, e) = upload(
+        &d,
+        &token,
+        b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1rest".to_vec(),
+        "",
+    )
+    .await;
+    assert_eq!(status, 400, "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("save it as .xlsx"),
+        "{e}"
+    );
     let (status, e) = upload(&d, &token, b"PK\x03\x04not a zip".to_vec(), "").await;
     assert_eq!(status, 400, "{e}");
     assert!(
         e["error"]["message"]
             .as_str()
             .unwrap()
-            .contains("spreadsheet"),
+            .contains("not a workbook"),
         "{e}"
     );
 }
