@@ -95,6 +95,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 Filter::AgentStatus.render(prefix),
                 Filter::AgentEvents.render(prefix),
                 Filter::Alerts.render(prefix),
+                Filter::HeldAlerts.render(prefix),
             ],
             tls: cfg.mqtt.tls.clone(),
             last_will: Some(mqtt::LastWill {

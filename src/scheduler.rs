@@ -419,19 +419,14 @@ impl Scheduler {
             .published
             .values()
             .map(|p| {
-                let expired_alert =
-                    matches!(Topic::parse(&prefix, &p.topic), Some(Topic::Alert(_)))
-                        && !p.payload.is_empty()
-                        && matches!(
-                            crate::wire::verify(
-                                self.keys.public(),
-                                &p.topic,
-                                &p.payload,
-                                None,
-                                now
-                            ),
-                            Err(crate::wire::WireError::Expired(_))
-                        );
+                let expired_alert = matches!(
+                    Topic::parse(&prefix, &p.topic),
+                    Some(Topic::Alert(_) | Topic::AlertHeld(_))
+                ) && !p.payload.is_empty()
+                    && matches!(
+                        crate::wire::verify(self.keys.public(), &p.topic, &p.payload, None, now),
+                        Err(crate::wire::WireError::Expired(_))
+                    );
                 let payload = if expired_alert {
                     Vec::new()
                 } else {

@@ -85,7 +85,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         display: Topic::DisplayTimeline(cfg.id.clone()).render(p),
         alerts: ["all", cfg.channel.as_str(), cfg.id.as_str()]
             .iter()
-            .map(|s| Topic::Alert((*s).to_owned()).render(p))
+            .flat_map(|s| {
+                [
+                    Topic::Alert((*s).to_owned()).render(p),
+                    Topic::AlertHeld((*s).to_owned()).render(p),
+                ]
+            })
             .collect(),
         status: Topic::AgentStatus(cfg.id.clone()).render(p),
         events: Topic::AgentEvents(cfg.id.clone()).render(p),

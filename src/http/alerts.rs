@@ -132,10 +132,22 @@ fn one_hour() -> String {
 }
 
 fn topics(scope: &Scope) -> Vec<Topic> {
+    scope_names(scope).into_iter().map(Topic::Alert).collect()
+}
+
+/// The topics an alert held for later goes on (beside the live ones, never replacing them).
+fn held_topics(scope: &Scope) -> Vec<Topic> {
+    scope_names(scope)
+        .into_iter()
+        .map(Topic::AlertHeld)
+        .collect()
+}
+
+fn scope_names(scope: &Scope) -> Vec<String> {
     match scope {
-        Scope::All => vec![Topic::Alert("all".into())],
-        Scope::Channels(cs) => cs.iter().map(|c| Topic::Alert(c.clone())).collect(),
-        Scope::Displays(ds) => ds.iter().map(|d| Topic::Alert(d.clone())).collect(),
+        Scope::All => vec!["all".into()],
+        Scope::Channels(cs) => cs.clone(),
+        Scope::Displays(ds) => ds.clone(),
     }
 }
 
@@ -252,7 +264,12 @@ async fn record_alert(
 /// Publishes an alert on its scope's topics; returns what was published.
 async fn publish_alert(s: &AppState, alert: &Alert, scope: &Scope) -> Result<Vec<Value>, ApiError> {
     let mut published = Vec::new();
-    for topic in topics(scope) {
+    let on = if alert.starts_at.is_some() {
+        held_topics(scope)
+    } else {
+        topics(scope)
+    };
+    for topic in on {
         let version = publish(
             s,
             topic.clone(),
@@ -307,7 +324,10 @@ async fn clear_alert(s: &AppState, by: &str, row: &AlertRow) -> Result<(), ApiEr
         .map(|t| t.with_timezone(&Utc))
         .unwrap_or_else(|_| Utc::now())
         .max(Utc::now() + chrono::Duration::minutes(1));
-    for topic in topics(&row.scope) {
+    for topic in topics(&row.scope)
+        .into_iter()
+        .chain(held_topics(&row.scope))
+    {
         publish(
             s,
             topic,
@@ -641,7 +661,10 @@ async fn start_one(s: &AppState, id: &str) -> Result<(), ApiError> {
         // A clear between the start and the publish: say it again, after the alert.
         let after = load(s, id).await?;
         if after.cleared_at.is_some() {
-            for topic in topics(&after.scope) {
+            for topic in topics(&after.scope)
+                .into_iter()
+                .chain(held_topics(&after.scope))
+            {
                 publish(
                     s,
                     topic,

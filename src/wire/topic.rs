@@ -12,6 +12,9 @@ pub enum Topic {
     DisplayTimeline(String),
     /// `{prefix}/v1/alert/{scope}`: retained, signed alert (`all`, a channel or a display).
     Alert(String),
+    /// `{prefix}/v1/alert/{scope}/held`: retained, signed alert published ahead of its start
+    /// (`alert_at`), apart from the live one so that holding one never displaces the other.
+    AlertHeld(String),
     /// `{prefix}/v1/agent/{display}/status`: retained agent status, last-will offline.
     AgentStatus(String),
     /// `{prefix}/v1/agent/{display}/events`: acks and proof of play.
@@ -31,6 +34,8 @@ pub enum Filter {
     DisplayTimelines,
     /// Every alert scope.
     Alerts,
+    /// Every scope's held alert.
+    HeldAlerts,
     /// Every agent's status.
     AgentStatus,
     /// Every agent's events.
@@ -44,6 +49,7 @@ impl Filter {
             Filter::ChannelTimelines => format!("{prefix}/v1/channel/+/timeline"),
             Filter::DisplayTimelines => format!("{prefix}/v1/display/+/timeline"),
             Filter::Alerts => format!("{prefix}/v1/alert/+"),
+            Filter::HeldAlerts => format!("{prefix}/v1/alert/+/held"),
             Filter::AgentStatus => format!("{prefix}/v1/agent/+/status"),
             Filter::AgentEvents => format!("{prefix}/v1/agent/+/events"),
         }
@@ -67,6 +73,7 @@ impl Topic {
             Topic::ChannelTimeline(c) => format!("{prefix}/v1/channel/{c}/timeline"),
             Topic::DisplayTimeline(d) => format!("{prefix}/v1/display/{d}/timeline"),
             Topic::Alert(s) => format!("{prefix}/v1/alert/{s}"),
+            Topic::AlertHeld(s) => format!("{prefix}/v1/alert/{s}/held"),
             Topic::AgentStatus(d) => format!("{prefix}/v1/agent/{d}/status"),
             Topic::AgentEvents(d) => format!("{prefix}/v1/agent/{d}/events"),
             Topic::AgentAck(d) => format!("{prefix}/v1/agent/{d}/ack"),
@@ -82,6 +89,7 @@ impl Topic {
             ["channel", c, "timeline"] => Topic::ChannelTimeline((*c).to_owned()),
             ["display", d, "timeline"] => Topic::DisplayTimeline((*d).to_owned()),
             ["alert", s] => Topic::Alert((*s).to_owned()),
+            ["alert", s, "held"] => Topic::AlertHeld((*s).to_owned()),
             ["agent", d, "status"] => Topic::AgentStatus((*d).to_owned()),
             ["agent", d, "events"] => Topic::AgentEvents((*d).to_owned()),
             ["agent", d, "ack"] => Topic::AgentAck((*d).to_owned()),
@@ -98,6 +106,7 @@ impl Topic {
             Topic::ChannelTimeline(n)
             | Topic::DisplayTimeline(n)
             | Topic::Alert(n)
+            | Topic::AlertHeld(n)
             | Topic::AgentStatus(n)
             | Topic::AgentEvents(n)
             | Topic::AgentAck(n) => n,
@@ -122,6 +131,7 @@ mod tests {
             Topic::ChannelTimeline("lobby".into()),
             Topic::DisplayTimeline("lobby-east-1".into()),
             Topic::Alert("all".into()),
+            Topic::AlertHeld("lobby".into()),
             Topic::AgentStatus("bus.42".into()),
             Topic::AgentEvents("x_1".into()),
             Topic::AgentAck("x_1".into()),

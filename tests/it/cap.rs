@@ -254,8 +254,21 @@ async fn field_cap_shapes_reach_a_real_agent_as_their_producers_mean() {
         "the audit says which alert the Update ended: {audit}"
     );
 
-    // Effective three seconds from now: published at once (held by the agent), on screen
-    // from its effective time, not before.
+    // A live alert on every screen, then one effective three seconds from now: the new one is
+    // published at once on the held topic (the agent holds it) and takes over from its
+    // effective time, not before; the live one is not displaced meanwhile.
+    let (s, live) = d
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/alerts",
+            Some(&admin),
+            Some(serde_json::json!({"text": {"en": "live drill"}, "scope": "all", "severity": "moderate", "expires_in": "10m"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{live}");
+    agent
+        .frame("the live drill", |v| text_of(v) == "live drill")
+        .await;
     // CAP times are whole seconds.
     let effective =
         chrono::DateTime::from_timestamp(chrono::Utc::now().timestamp() + 3, 0).unwrap();
@@ -278,6 +291,16 @@ async fn field_cap_shapes_reach_a_real_agent_as_their_producers_mean() {
     assert!(
         chrono::Utc::now() < effective,
         "the test machine was too slow to see the hold"
+    );
+    assert_eq!(
+        agent
+            .frames
+            .lock()
+            .unwrap()
+            .last()
+            .map(|v| text_of(v).to_owned()),
+        Some("live drill".to_owned()),
+        "the held alert does not displace the live one"
     );
     let id = r["id"].as_str().unwrap().to_owned();
     let frames = agent.frames.clone();
