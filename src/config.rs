@@ -459,6 +459,12 @@ impl fmt::Debug for TokenConfig {
 }
 
 /// Reads a secret from `env` or `file` (exactly one must be given); trailing newlines are dropped.
+/// Whether a file's mode lets its group or others read it.
+pub(crate) fn group_or_world_readable(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o044 != 0)
+}
+
 pub(crate) fn secret(
     problems: &mut Vec<String>,
     place: &str,
@@ -476,6 +482,13 @@ pub(crate) fn secret(
             }
         },
         (None, Some(path)) => match std::fs::read_to_string(path) {
+            Ok(_) if group_or_world_readable(path) => {
+                problems.push(format!(
+                    "{place}_file: {} is readable by group or others: chmod 600 it (a secret others can read is not secret)",
+                    path.display()
+                ));
+                None
+            }
             Ok(v) if !v.trim().is_empty() => Some(v),
             Ok(_) => {
                 problems.push(format!("{place}_file: {} is empty", path.display()));
@@ -590,6 +603,17 @@ impl Config {
             if let Some(secret) = secret(problems, &place, &t.token_env, &t.token_file) {
                 if secret.len() < 16 {
                     problems.push(format!("{place}: shorter than 16 characters"));
+                }
+                // The same secret twice would make one name answer for both (the last wins),
+                // silently changing what that token may do.
+                if let Some(other) = tokens
+                    .iter()
+                    .find(|o: &&TokenConfig| o.secret.trim() == secret.trim())
+                {
+                    problems.push(format!(
+                        "{place}: the same secret as token {:?}; every token needs its own",
+                        other.name
+                    ));
                 }
                 if t.emergency && t.role < Role::Operator {
                     problems.push(format!(
@@ -1034,6 +1058,36 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("tok");
         std::fs::write(&f, "0123456789abcdef0123\n").unwrap();
+        let tok = |extra: &str| {
+            format!(
+                "[[auth.tokens]]\nname = \"office\"\nrole = \"editor\"\ntoken_file = {:?}\n{extra}",
+                f.display().to_string()
+            )
+        };
+        // Readable by others: refused, saying what to do.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Config::parse("m.toml", &tok("")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("readable by group or others: chmod 600"),
+            "{e}"
+        );
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Two tokens with one secret: refused, naming the other token.
+        let e = Config::parse(
+            "m.toml",
+            &tok(&format!(
+                "[[auth.tokens]]\nname = \"boss\"\nrole = \"admin\"\ntoken_file = {:?}\n",
+                f.display().to_string()
+            )),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("auth.tokens[1] (boss): token: the same secret as token \"office\""),
+            "{e}"
+        );
         let c = Config::parse(
             "m.toml",
             &format!(

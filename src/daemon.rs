@@ -48,6 +48,13 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut tokens = Tokens::default();
     tokens.add("admin", Role::Admin, false, &admin_token);
     for t in &cfg.tokens {
+        if t.secret.trim() == admin_token.trim() {
+            anyhow::bail!(
+                "auth.tokens ({}): the same secret as the generated admin token ({}): give it its own",
+                t.name,
+                token_path.display()
+            );
+        }
         tokens.add(&t.name, t.role, t.emergency, &t.secret);
     }
 

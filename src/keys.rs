@@ -57,8 +57,12 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
 
 fn read_secret(path: &Path) -> anyhow::Result<String> {
     let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        tracing::warn!(file = %path.display(), "secret file is readable by group or others; chmod 600 it");
+    if meta.permissions().mode() & 0o044 != 0 {
+        anyhow::bail!(
+            "{} is readable by group or others (mode {:o}): chmod 600 it (a key or token others can read is not secret)",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        );
     }
     fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
@@ -156,6 +160,21 @@ mod tests {
         }
         let pubhex = fs::read_to_string(data.join(SIGNING_PUB)).unwrap();
         assert_eq!(PublicKey::from_hex(&pubhex).unwrap(), *k1.public());
+    }
+
+    #[test]
+    fn a_key_others_can_read_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        load_or_create_signing_key(dir.path()).unwrap();
+        let key = dir.path().join(SIGNING_KEY);
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let Err(e) = load_or_create_signing_key(dir.path()) else {
+            panic!("a key others can read was accepted")
+        };
+        assert!(
+            format!("{e:#}").contains("readable by group or others (mode 644): chmod 600"),
+            "{e:#}"
+        );
     }
 
     #[test]

@@ -41,8 +41,9 @@ pub struct PublishRequest {
     /// Publish only if the topic currently holds the alert with this id (for clears, so that
     /// clearing an old alert cannot remove a newer one).
     pub if_current_alert: Option<String>,
-    /// The version published, `None` if skipped.
-    pub reply: oneshot::Sender<anyhow::Result<Option<u64>>>,
+    /// The version published (`None` if skipped), and whether the broker connection was up:
+    /// when it was not, the payload is stored and goes out when the connection is back.
+    pub reply: oneshot::Sender<anyhow::Result<(Option<u64>, bool)>>,
 }
 
 /// How long a payload we published counts as "ours" when it echoes back to our subscription.
@@ -529,7 +530,7 @@ impl Scheduler {
                 },
                 Some(req) = publishes.recv() => {
                     let res = self.publish_signed(&req).await;
-                    let _ = req.reply.send(res);
+                    let _ = req.reply.send(res.map(|v| (v, self.connected)));
                 }
                 Some(first) = reloads.recv() => {
                     self.settle(first, &mut reloads).await;

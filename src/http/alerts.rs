@@ -158,6 +158,20 @@ async fn publish(
     expires_at: DateTime<Utc>,
     if_current_alert: Option<String>,
 ) -> Result<Option<u64>, ApiError> {
+    publish_noting(s, topic, payload, expires_at, if_current_alert)
+        .await
+        .map(|(v, _)| v)
+}
+
+/// [`publish`], also telling whether the broker connection was up (when not, the payload is
+/// stored and goes out when it is back).
+async fn publish_noting(
+    s: &AppState,
+    topic: Topic,
+    payload: Signed,
+    expires_at: DateTime<Utc>,
+    if_current_alert: Option<String>,
+) -> Result<(Option<u64>, bool), ApiError> {
     let (reply, rx) = oneshot::channel();
     s.publisher
         .send(PublishRequest {
@@ -270,7 +284,7 @@ async fn publish_alert(s: &AppState, alert: &Alert, scope: &Scope) -> Result<Vec
         topics(scope)
     };
     for topic in on {
-        let version = publish(
+        let (version, connected) = publish_noting(
             s,
             topic.clone(),
             if alert.starts_at.is_some() {
@@ -282,8 +296,12 @@ async fn publish_alert(s: &AppState, alert: &Alert, scope: &Scope) -> Result<Vec
             None,
         )
         .await?;
-        published
-            .push(json!({"topic": topic.render(&s.cfg.mqtt.topic_prefix), "version": version}));
+        published.push(json!({
+            "topic": topic.render(&s.cfg.mqtt.topic_prefix),
+            "version": version,
+            // Stored and signed either way; with the broker down it goes out on reconnect.
+            "broker": if connected { "sent" } else { "queued" },
+        }));
     }
     tracing::warn!(id = %alert.id, severity = %alert.severity, "alert published");
     Ok(published)
@@ -426,12 +444,9 @@ pub async fn raise(
                 .await?;
                 let published = publish_alert(&s, &alert, &r.scope).await?;
                 start_alert_sms(&s, &who.name, &alert.id).await?;
-                return Ok((
-                    StatusCode::CREATED,
-                    Json(
-                        json!({"id": alert.id, "expires_at": alert.expires_at, "published": published, "approval": "skipped (emergency token)", "sms": sms}),
-                    ),
-                ));
+                let mut v = json!({"id": alert.id, "expires_at": alert.expires_at, "published": published, "approval": "skipped (emergency token)", "sms": sms});
+                note_queued(&mut v);
+                return Ok((StatusCode::CREATED, Json(v)));
             }
             record_alert(&s, &who.name, "alert.request", &alert, &r.scope, "pending").await?;
             return Ok((
@@ -445,12 +460,23 @@ pub async fn raise(
     }
     let published = raise_alert(&s, &who.name, alert.clone(), &r.scope).await?;
     start_alert_sms(&s, &who.name, &alert.id).await?;
-    Ok((
-        StatusCode::CREATED,
-        Json(
-            json!({"id": alert.id, "expires_at": alert.expires_at, "published": published, "sms": sms}),
-        ),
-    ))
+    let mut v =
+        json!({"id": alert.id, "expires_at": alert.expires_at, "published": published, "sms": sms});
+    note_queued(&mut v);
+    Ok((StatusCode::CREATED, Json(v)))
+}
+
+/// Says so when a raise did not reach the broker (it was down): `status` `queued`.
+fn note_queued(v: &mut Value) {
+    let queued = v["published"]
+        .as_array()
+        .is_some_and(|p| p.iter().any(|t| t["broker"] == "queued"));
+    v["status"] = json!(if queued { "queued" } else { "published" });
+    if queued {
+        v["message"] = json!(
+            "the broker is not connected: the alert is stored and signed, and goes out when the connection is back"
+        );
+    }
 }
 
 /// `POST /api/v1/alerts/cap`: a CAP 1.2 XML alert (operator role). Alert and Update raise (an

@@ -268,8 +268,20 @@ pub fn rows_or_csv<T: serde::Serialize>(
         .has_headers(false)
         .from_writer(Vec::new());
     w.write_record(columns).map_err(csv_err)?;
+    // Cells that text came into from outside (a playlist item, an SMS text, a carrier's
+    // reason) are written formula-safe: a spreadsheet must not run them.
+    let mut cells = Vec::with_capacity(columns.len());
     for r in rows {
-        w.serialize(r).map_err(csv_err)?;
+        let v = serde_json::to_value(r).map_err(|e| ApiError::internal(e.to_string()))?;
+        cells.clear();
+        for c in columns {
+            cells.push(match &v[*c] {
+                Value::Null => String::new(),
+                Value::String(s) => super::campaigns::formula_safe(s).into_owned(),
+                other => other.to_string(),
+            });
+        }
+        w.write_record(&cells).map_err(csv_err)?;
     }
     let body = w
         .into_inner()

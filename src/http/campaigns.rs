@@ -738,9 +738,15 @@ pub async fn remove_optout(
 
 /// A cell as a spreadsheet may safely open it: a leading `=` `+` `-` `@` (or tab, CR) would make
 /// Excel or WPS read it as a formula (OWASP "CSV injection"), so such a cell gets a leading `'`,
-/// which Marquee's list reader takes off again when the file comes back.
+/// which Marquee's list reader takes off again when the file comes back. A signed number
+/// (`+8613800138000`, `-3`) is no formula and stays as it is.
 pub fn formula_safe(cell: &str) -> std::borrow::Cow<'_, str> {
-    if cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+    let number = cell.len() > 1
+        && cell.starts_with(['+', '-'])
+        && cell[1..]
+            .chars()
+            .all(|c| c.is_ascii_digit() || c == ' ' || c == '.');
+    if !number && cell.starts_with(['=', '+', '-', '@', '\t', '\r']) {
         std::borrow::Cow::Owned(format!("'{cell}"))
     } else {
         std::borrow::Cow::Borrowed(cell)

@@ -22,6 +22,14 @@ use crate::preview::change_impact;
 use crate::wire::valid_name;
 
 fn file_of(s: &AppState, id: &str) -> Result<std::path::PathBuf, ApiError> {
+    if id.starts_with('.') {
+        // `.x.json` is a hidden file: the playlists directory reader skips it, so it would
+        // never go live.
+        return Err(ApiError::bad_field(
+            "id",
+            "must not start with '.' (a hidden file is never read as a playlist)",
+        ));
+    }
     if !valid_name(id) {
         return Err(ApiError::bad_field(
             "id",

@@ -336,3 +336,51 @@ async fn a_database_restored_from_an_old_backup_still_reaches_every_screen() {
         "no payload refused as a rollback"
     );
 }
+
+/// With the broker down an alert is stored and signed and the answer says `queued`, not
+/// published; it reaches subscribers once the broker is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_raised_while_the_broker_is_down_says_queued_and_goes_out_on_reconnect() {
+    let mq = Mosquitto::start().await;
+    let site = Site::new(
+        &format!("embedded = false\nurl = \"mqtt://127.0.0.1:{}\"", mq.port),
+        "",
+    );
+    let d = Daemon::start(&site).await;
+    let admin = site.admin_token();
+    let (s, r) = d
+        .send(
+            Method::POST,
+            "/api/v1/alerts",
+            Some(&admin),
+            Some(json!({"text": {"en": "broker up"}, "expires_in": "10m"})),
+        )
+        .await;
+    assert_eq!((s, r["status"].as_str()), (201, Some("published")), "{r}");
+    let mq = mq
+        .restart_after(|| async {
+            eventually_async("the daemon to see the broker gone", || async {
+                (d.metric(&admin, "marquee_mqtt_connected").await == 0.0).then_some(())
+            })
+            .await;
+            let (s, r) = d
+                .send(
+                    Method::POST,
+                    "/api/v1/alerts",
+                    Some(&admin),
+                    Some(json!({"text": {"en": "while down"}, "expires_in": "10m"})),
+                )
+                .await;
+            assert_eq!((s, r["status"].as_str()), (201, Some("queued")), "{r}");
+            assert_eq!(r["published"][0]["broker"], "queued", "{r}");
+        })
+        .await;
+    let key = site.public_key();
+    let mut sub = Sub::connect(mq.port, "marquee/v1/alert/all").await;
+    sub.wait("the queued alert after the reconnect", |m| {
+        m.verified(&key).is_ok_and(|b| {
+            matches!(b.payload, marquee::wire::Signed::Alert(ref a) if a.text.get("en").is_some_and(|t| t == "while down"))
+        })
+    })
+    .await;
+}

@@ -253,3 +253,57 @@ async fn playlists_edited_through_the_api_are_validated_written_audited() {
         "{err}"
     );
 }
+
+/// A playlist id that starts with '.' would be a hidden file the directory reader skips: the
+/// API refuses it instead of answering 200 for a playlist that never goes live.
+#[tokio::test]
+async fn hidden_playlist_ids_are_refused() {
+    let site = Site::new(
+        &format!("embedded = true\nlisten = \"127.0.0.1:{}\"", free_port()),
+        "",
+    );
+    let d = Daemon::start(&site).await;
+    let admin = site.admin_token();
+    let src = std::fs::read_to_string(site.playlist("hotline-12345"))
+        .unwrap()
+        .replace("\"id\": \"hotline-12345\"", "\"id\": \".hidden\"");
+    let (s, e) = d
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/playlists/.hidden",
+            Some(&admin),
+            Some(serde_json::from_str(&src).unwrap()),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    assert_eq!(e["error"]["field"], "id", "{e}");
+    assert!(!site.dir.path().join("playlists/.hidden.json").exists());
+}
+
+/// A configured token with the generated admin token's secret would answer as one of the two:
+/// the daemon refuses to start and says which.
+#[tokio::test]
+async fn a_token_sharing_the_admin_secret_is_refused_at_start() {
+    let site = Site::new(
+        &format!("embedded = true\nlisten = \"127.0.0.1:{}\"", free_port()),
+        "",
+    );
+    let d = Daemon::start(&site).await;
+    assert_eq!(d.stop().await, Some(0));
+    let admin = site.admin_token();
+    site.append_config(
+        "[[auth.tokens]]\nname = \"office\"\nrole = \"viewer\"\ntoken_env = \"MARQUEE_IT_SAME\"\n",
+    );
+    let out = std::process::Command::new(bin())
+        .args(["serve", "-c"])
+        .arg(site.config())
+        .env("MARQUEE_IT_SAME", &admin)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("auth.tokens (office): the same secret as the generated admin token"),
+        "{err}"
+    );
+}

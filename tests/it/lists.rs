@@ -599,3 +599,40 @@ async fn the_cli_uploads_list_files_as_saved_and_writes_the_rejects_to_fix() {
     ]);
     assert!(out.starts_with("1 added"), "{out}");
 }
+
+/// Exports open safely in a spreadsheet: text that came from outside and starts like a formula
+/// gets a leading `'`; phone numbers stay as they are.
+#[tokio::test]
+async fn csv_exports_are_formula_safe() {
+    let site = site("");
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    let (s, v) = d
+        .send(
+            Method::POST,
+            "/api/v1/campaigns",
+            Some(&token),
+            Some(
+                json!({"name": "x", "text": "=HYPERLINK(\"http://evil.example\",\"{{n}}\")",
+                        "recipients": [{"number": "13800138000", "vars": {"n": "hi"}}]}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_i64().unwrap();
+    let csv = marquee::http_client()
+        .build()
+        .unwrap()
+        .get(format!("{}/api/v1/campaigns/{id}/messages", d.http))
+        .bearer_auth(&token)
+        .header("Accept", "text/csv")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let row = csv.lines().nth(1).unwrap();
+    assert!(row.contains(",+8613800138000,"), "{csv}");
+    assert!(row.contains("\"'=HYPERLINK("), "{csv}");
+}
