@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::Utc;
 use serde_json::{Value, json};
@@ -22,6 +22,31 @@ use crate::wire::Topic;
 #[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "the daemon is up")))]
 pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: open; 200 when the daemon can do its work: the store takes a write and the
+/// broker is connected; 503 naming what is not (for load balancers, orchestrators, monitoring).
+#[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, description = "ready: the store takes writes and the broker is connected"), (status = 503, description = "not ready: what is wrong")))]
+pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+    let store = s.store.clone();
+    let store_ok = tokio::task::spawn_blocking(move || store.probe_write(chrono::Utc::now()))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()));
+    let broker = s.metrics.mqtt_connected.get() == 1;
+    let ready = store_ok.is_ok() && broker;
+    (
+        if ready {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        },
+        Json(json!({
+            "ready": ready,
+            "store": store_ok.err().unwrap_or_else(|| "ok".into()),
+            "broker": if broker { "connected" } else { "not connected" },
+        })),
+    )
 }
 
 /// `GET /metrics`: Prometheus text.

@@ -52,7 +52,7 @@ pub struct AppState {
 #[openapi(
     info(
         title = "Marquee API",
-        description = "Publicity scheduler: playlists, displays, emergency alerts (manual and CAP 1.2), SMS campaigns, audit. Every route but /healthz and the delivery-report intake needs `Authorization: Bearer <token>`; errors are `{\"error\": {\"code\", \"message\", \"field\"}}`."
+        description = "Publicity scheduler: playlists, displays, emergency alerts (manual and CAP 1.2), SMS campaigns, audit. Every route but /healthz, /readyz and the delivery-report intake needs `Authorization: Bearer <token>`; errors are `{\"error\": {\"code\", \"message\", \"field\"}}`."
     ),
     modifiers(&BearerAuth),
     tags(
@@ -99,6 +99,7 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .layer(axum::extract::DefaultBodyLimit::max(256 << 20));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(api::healthz))
+        .routes(routes!(api::readyz))
         .routes(routes!(api::metrics))
         .routes(routes!(api::list_playlists))
         .routes(routes!(

@@ -203,6 +203,9 @@ const MIGRATIONS: &[&str] = &[
     // 12: alerts held until their start (CAP <effective> or <onset> in the future): status
     // 'scheduled' until starts_at, then 'live'.
     "ALTER TABLE alerts ADD COLUMN starts_at TEXT;",
+    // 13: one row the readiness check writes, so that /readyz knows the store takes writes
+    // (a full disk or a read-only file system fail it).
+    "CREATE TABLE readiness (id INTEGER PRIMARY KEY, at TEXT NOT NULL);",
 ];
 
 /// The last payload published on a retained topic.
@@ -265,6 +268,16 @@ pub struct Store {
 }
 
 impl Store {
+    /// Writes (and syncs) the readiness row: fails when the store cannot take writes (disk full,
+    /// read-only file system, database locked for longer than the busy timeout).
+    pub fn probe_write(&self, now: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT OR REPLACE INTO readiness (id, at) VALUES (1, ?1)",
+            [now.to_rfc3339()],
+        )?;
+        Ok(())
+    }
+
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let conn = Connection::open(path)?;

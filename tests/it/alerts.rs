@@ -373,8 +373,21 @@ async fn an_alert_raised_while_the_broker_is_down_says_queued_and_goes_out_on_re
                 .await;
             assert_eq!((s, r["status"].as_str()), (201, Some("queued")), "{r}");
             assert_eq!(r["published"][0]["broker"], "queued", "{r}");
+            // Not ready, and says why; /healthz still answers (the process is up).
+            let (s, r) = d.get("/readyz", None).await;
+            assert_eq!(
+                (s, r["broker"].as_str()),
+                (503, Some("not connected")),
+                "{r}"
+            );
+            assert_eq!(r["store"], "ok", "{r}");
+            assert_eq!(d.get("/healthz", None).await.0, 200);
         })
         .await;
+    eventually_async("ready again after the reconnect", || async {
+        (d.get("/readyz", None).await.0 == 200).then_some(())
+    })
+    .await;
     let key = site.public_key();
     let mut sub = Sub::connect(mq.port, "marquee/v1/alert/all").await;
     sub.wait("the queued alert after the reconnect", |m| {
