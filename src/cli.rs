@@ -243,13 +243,22 @@ pub async fn displays(api: &ApiClient) -> anyhow::Result<String> {
     for d in body["displays"].as_array().into_iter().flatten() {
         let s = |k: &str| d[k].as_str().unwrap_or("-").to_owned();
         let state = format!(
-            "{} since {}",
-            if d["online"].as_bool() == Some(true) {
-                "online"
-            } else {
-                "OFFLINE"
+            "{} since {}{}",
+            match d["state"].as_str() {
+                Some("online") => "online",
+                Some("stale") => "STALE (silent)",
+                Some("unknown") => "UNKNOWN (not heard since restart)",
+                _ => "OFFLINE",
             },
-            s("since")
+            s("since"),
+            if d["clock_skew"].as_bool() == Some(true) {
+                format!(
+                    ", CLOCK OFF by {} s",
+                    d["clock_skew_ms"].as_i64().unwrap_or(0) / 1000
+                )
+            } else {
+                String::new()
+            }
         );
         let applied = d["timeline_version"]
             .as_u64()

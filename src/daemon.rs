@@ -76,7 +76,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
 
     // The broker.
     let (host, port, credentials, _broker) = match &cfg.mqtt.broker {
-        BrokerConfig::Embedded { listen, users } => start_embedded(&cfg, *listen, users).await?,
+        BrokerConfig::Embedded { listen, users } => {
+            // The embedded broker died with the last daemon: no display's last will was
+            // delivered, so what the store says about them is not known until they report.
+            if let Err(e) = store.displays_unknown() {
+                tracing::error!(error = %e, "cannot mark the displays unknown");
+            }
+            start_embedded(&cfg, *listen, users).await?
+        }
         BrokerConfig::External { host, port, .. } => {
             (host.clone(), *port, cfg.mqtt.credentials.clone(), None)
         }
@@ -254,7 +261,7 @@ async fn route_events(
     prefix: String,
     mqtt: mqtt::MqttHandle,
     scheduler: mpsc::Sender<MqttEvent>,
-    fleet: mpsc::Sender<(String, bytes::Bytes)>,
+    fleet: mpsc::Sender<(String, bytes::Bytes, bool)>,
 ) {
     let online = serde_json::to_vec(&DaemonStatus { online: true }).unwrap_or_default();
     while let Some(ev) = events.recv().await {
@@ -264,13 +271,16 @@ async fn route_events(
             tracing::warn!(error = %e, "daemon status not published");
         }
         let sent = match ev {
-            MqttEvent::Message { topic, payload, .. }
-                if matches!(
-                    Topic::parse(&prefix, &topic),
-                    Some(Topic::AgentStatus(_) | Topic::AgentEvents(_))
-                ) =>
+            MqttEvent::Message {
+                topic,
+                payload,
+                retained,
+            } if matches!(
+                Topic::parse(&prefix, &topic),
+                Some(Topic::AgentStatus(_) | Topic::AgentEvents(_))
+            ) =>
             {
-                fleet.send((topic, payload)).await.is_ok()
+                fleet.send((topic, payload, retained)).await.is_ok()
             }
             other => scheduler.send(other).await.is_ok(),
         };

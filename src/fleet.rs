@@ -17,6 +17,14 @@ use crate::store::Store;
 use crate::wire::agent::{EventAck, EventBatch, Status};
 use crate::wire::{KeyPair, Signed, SignedBody, Topic, sign};
 
+/// A display whose clock is further off than this (ms) is flagged (`clock_skew` in the fleet
+/// view): it would start and end alerts and timelines at the wrong time.
+pub const MAX_SKEW_MS: i64 = 30_000;
+
+/// A display online by its last status but silent for longer than this is `stale`: a playing
+/// agent reports plays as it goes, so minutes of silence mean it is not playing or not heard.
+pub const STALE_AFTER: chrono::Duration = chrono::Duration::minutes(5);
+
 /// How long a receipt stays valid.
 const ACK_LIFETIME: chrono::Duration = chrono::Duration::hours(1);
 
@@ -32,13 +40,13 @@ pub struct Receipts {
 pub async fn run(
     store: Arc<Store>,
     prefix: String,
-    mut rx: mpsc::Receiver<(String, Bytes)>,
+    mut rx: mpsc::Receiver<(String, Bytes, bool)>,
     metrics: Metrics,
     receipts: Receipts,
     cancel: CancellationToken,
 ) {
     loop {
-        let (topic, payload) = tokio::select! {
+        let (topic, payload, retained) = tokio::select! {
             _ = cancel.cancelled() => return,
             m = rx.recv() => match m { Some(m) => m, None => return },
         };
@@ -50,8 +58,15 @@ pub async fn run(
             Some(Topic::AgentStatus(display)) => match serde_json::from_slice::<Status>(&payload) {
                 Ok(s) if s.display == display => {
                     tracing::info!(display = %s.display, online = s.online, "display status");
+                    let now = Utc::now();
+                    // A live status was just written by the agent: its `at` against our clock
+                    // is the agent's clock skew (a retained one may be old: no measure).
+                    let skew = (!retained).then(|| (s.at - now).num_milliseconds());
+                    if let Some(ms) = skew.filter(|ms| ms.abs() > MAX_SKEW_MS) {
+                        tracing::warn!(display = %s.display, skew_ms = ms, "display clock is off");
+                    }
                     tokio::task::spawn_blocking(move || {
-                        store.record_status(&s, Utc::now()).map(|()| 0)
+                        store.record_status(&s, now, skew).map(|()| 0)
                     })
                     .await
                 }

@@ -204,7 +204,29 @@ fn display_json(d: &DisplayRow, published: &[Published], prefix: &str) -> Value 
         |e| json!({"topic": e.topic, "version": e.version}),
     );
     v["up_to_date"] = Value::Bool(up_to_date);
+    // What is true now: unknown since a restart that lost the broker's state, offline, online
+    // but silent for too long (stale), or online.
+    v["state"] = json!(display_state(d, Utc::now()));
+    v["clock_skew"] = json!(
+        d.clock_skew_ms
+            .is_some_and(|ms| ms.abs() > crate::fleet::MAX_SKEW_MS)
+    );
     v
+}
+
+/// What is true of a display at `now`: `unknown` (not heard since a restart that lost the
+/// broker's state), `offline`, `stale` (online by its last status but silent for longer than
+/// [`crate::fleet::STALE_AFTER`]) or `online`.
+pub fn display_state(d: &DisplayRow, now: chrono::DateTime<Utc>) -> &'static str {
+    let silent = chrono::DateTime::parse_from_rfc3339(&d.last_seen)
+        .map(|t| (now - t.with_timezone(&Utc)) > crate::fleet::STALE_AFTER)
+        .unwrap_or(false);
+    match (d.known, d.online, silent) {
+        (false, _, _) => "unknown",
+        (true, false, _) => "offline",
+        (true, true, true) => "stale",
+        (true, true, false) => "online",
+    }
 }
 
 /// `GET /api/v1/displays`: the fleet.
@@ -346,4 +368,41 @@ pub async fn channels(_: Viewer, State(s): State<Arc<AppState>>) -> Json<Value> 
         "displays": sched.displays.iter().map(|(id, ch)| json!({"id": id, "channel": ch})).collect::<Vec<_>>(),
         "timezone": sched.timezone.name(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn displays_go_stale_when_silent_and_unknown_after_a_restart() {
+        let t = |s: &str| {
+            chrono::DateTime::parse_from_rfc3339(s)
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        let mut d = DisplayRow {
+            id: "d".into(),
+            online: true,
+            since: "2026-11-29T10:00:00Z".into(),
+            channel: "lobby".into(),
+            timeline_topic: None,
+            timeline_version: None,
+            alert: None,
+            agent_version: "x".into(),
+            started_at: "2026-11-29T10:00:00Z".into(),
+            last_seen: "2026-11-29T10:00:00Z".into(),
+            last_alert_ack: None,
+            last_alert_ack_at: None,
+            last_alert_latency_ms: None,
+            known: true,
+            clock_skew_ms: None,
+        };
+        assert_eq!(display_state(&d, t("2026-11-29T10:04:59Z")), "online");
+        assert_eq!(display_state(&d, t("2026-11-29T10:05:01Z")), "stale");
+        d.online = false;
+        assert_eq!(display_state(&d, t("2026-11-29T10:05:01Z")), "offline");
+        d.known = false;
+        assert_eq!(display_state(&d, t("2026-11-29T10:00:01Z")), "unknown");
+    }
 }

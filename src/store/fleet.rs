@@ -42,6 +42,11 @@ pub struct DisplayRow {
     pub last_alert_ack_at: Option<String>,
     /// Its latency.
     pub last_alert_latency_ms: Option<i64>,
+    /// Whether it reported since the daemon started (with the embedded broker, a restart
+    /// forgets who is there).
+    pub known: bool,
+    /// Its clock minus ours on its last live status, in ms.
+    pub clock_skew_ms: Option<i64>,
 }
 
 /// One proof-of-play record.
@@ -78,15 +83,28 @@ fn display_row(r: &Row<'_>) -> rusqlite::Result<DisplayRow> {
         last_alert_ack: r.get(10)?,
         last_alert_ack_at: r.get(11)?,
         last_alert_latency_ms: r.get(12)?,
+        known: r.get(13)?,
+        clock_skew_ms: r.get(14)?,
     })
 }
 
 const DISPLAY_COLUMNS: &str = "id, online, since, channel, timeline_topic, timeline_version, alert, agent_version, \
-     started_at, last_seen, last_alert_ack, last_alert_ack_at, last_alert_latency_ms";
+     started_at, last_seen, last_alert_ack, last_alert_ack_at, last_alert_latency_ms, known, clock_skew_ms";
 
 impl Store {
-    /// Records a status report received at `now`.
-    pub fn record_status(&self, s: &Status, now: DateTime<Utc>) -> Result<(), StoreError> {
+    /// Marks every display's state unknown until it reports again.
+    pub fn displays_unknown(&self) -> Result<(), StoreError> {
+        self.conn().execute("UPDATE displays SET known = 0", [])?;
+        Ok(())
+    }
+
+    /// Records a status report received at `now`, with the clock skew measured on it.
+    pub fn record_status(
+        &self,
+        s: &Status,
+        now: DateTime<Utc>,
+        skew_ms: Option<i64>,
+    ) -> Result<(), StoreError> {
         let conn = self.conn();
         let was: Option<bool> = conn
             .query_row(
@@ -98,15 +116,16 @@ impl Store {
         let since_changes = was != Some(s.online);
         conn.execute(
             "INSERT INTO displays (id, online, channel, timeline_topic, timeline_version, alert, agent_version,
-                                   started_at, since, last_seen)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9)
+                                   started_at, since, last_seen, clock_skew_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?11)
              ON CONFLICT(id) DO UPDATE SET online = excluded.online, channel = excluded.channel,
                  timeline_topic = COALESCE(excluded.timeline_topic, timeline_topic),
                  timeline_version = COALESCE(excluded.timeline_version, timeline_version),
                  alert = excluded.alert, agent_version = excluded.agent_version,
                  started_at = excluded.started_at,
                  since = CASE WHEN ?10 THEN excluded.since ELSE since END,
-                 last_seen = excluded.last_seen",
+                 last_seen = excluded.last_seen, known = 1,
+                 clock_skew_ms = COALESCE(?11, clock_skew_ms)",
             params![
                 s.display,
                 s.online,
@@ -118,6 +137,7 @@ impl Store {
                 ts(s.started_at),
                 ts(now),
                 since_changes,
+                skew_ms,
             ],
         )?;
         Ok(())
@@ -174,7 +194,7 @@ impl Store {
             }
         }
         tx.execute(
-            "UPDATE displays SET last_seen = ?2 WHERE id = ?1",
+            "UPDATE displays SET last_seen = ?2, known = 1 WHERE id = ?1",
             params![display, ts(now)],
         )?;
         tx.commit()?;
@@ -274,7 +294,7 @@ mod tests {
     #[test]
     fn events_are_stored_once_and_plays_are_queryable() {
         let s = Store::memory().unwrap();
-        s.record_status(&status(true), t("2021-05-15T01:00:00Z"))
+        s.record_status(&status(true), t("2021-05-15T01:00:00Z"), None)
             .unwrap();
         let batch = vec![
             play("d1:1", "2021-05-15T01:00:00Z", "2021-05-15T01:00:10Z"),
@@ -305,9 +325,9 @@ mod tests {
     #[test]
     fn since_moves_only_when_online_changes() {
         let s = Store::memory().unwrap();
-        s.record_status(&status(true), t("2021-05-15T01:00:00Z"))
+        s.record_status(&status(true), t("2021-05-15T01:00:00Z"), None)
             .unwrap();
-        s.record_status(&status(true), t("2021-05-15T02:00:00Z"))
+        s.record_status(&status(true), t("2021-05-15T02:00:00Z"), None)
             .unwrap();
         let d = s.display("d1").unwrap().unwrap();
         assert_eq!(
@@ -315,7 +335,7 @@ mod tests {
             (true, "2021-05-15T01:00:00.000Z")
         );
         assert_eq!(d.timeline_version, Some(3));
-        s.record_status(&status(false), t("2021-05-15T03:00:00Z"))
+        s.record_status(&status(false), t("2021-05-15T03:00:00Z"), None)
             .unwrap();
         let d = s.display("d1").unwrap().unwrap();
         assert_eq!(

@@ -206,6 +206,11 @@ const MIGRATIONS: &[&str] = &[
     // 13: one row the readiness check writes, so that /readyz knows the store takes writes
     // (a full disk or a read-only file system fail it).
     "CREATE TABLE readiness (id INTEGER PRIMARY KEY, at TEXT NOT NULL);",
+    // 14: a truthful fleet view: whether a display's state is known since the daemon started
+    // (an embedded broker dies with the daemon, and no last will reaches us), and the agent's
+    // clock skew measured on its last live status.
+    "ALTER TABLE displays ADD COLUMN known INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE displays ADD COLUMN clock_skew_ms INTEGER;",
 ];
 
 /// The last payload published on a retained topic.

@@ -493,3 +493,61 @@ async fn alert_preempts_at_once_and_ends_on_clear_or_expiry() {
         "resumed after the alert expired"
     );
 }
+
+/// The fleet view tells what is true: a display whose agent died with the embedded broker is
+/// `unknown` after a restart (not "online" for ever), and a display whose clock is off says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_view_is_truthful_after_a_restart_and_flags_clock_skew() {
+    let port = free_port();
+    let site = Site::new(
+        &format!("embedded = true\nlisten = \"127.0.0.1:{port}\""),
+        "",
+    );
+    let d = Daemon::start(&site).await;
+    let admin = site.admin_token();
+    let mut agent = AgentProc::start(&agent_config(&site, "lobby-fleet-1", "lobby", port), &[]);
+    agent
+        .frame("normal content", |v| v["kind"] == "timeline")
+        .await;
+    eventually_async("the display online", || async {
+        let (_, v) = d.get("/api/v1/displays/lobby-fleet-1", Some(&admin)).await;
+        (v["state"] == "online" && v["clock_skew"] == false).then_some(())
+    })
+    .await;
+    // The agent dies while the daemon (and its broker) is down: no last will reaches anyone.
+    agent.kill();
+    assert_eq!(d.stop().await, Some(0));
+    let d = Daemon::start(&site).await;
+    let (_, v) = d.get("/api/v1/displays/lobby-fleet-1", Some(&admin)).await;
+    assert_eq!(v["state"], "unknown", "{v}");
+    // A display reporting a clock ten minutes behind is flagged.
+    let sub = Sub::connect(port, "marquee/v1/daemon/status").await;
+    let at = chrono::Utc::now() - chrono::Duration::minutes(10);
+    let status = serde_json::json!({"display": "lobby-skew-1", "online": true, "channel": "lobby",
+        "timeline": null, "alert": null, "agent_version": "0.1.0", "started_at": at, "at": at});
+    sub.client
+        .publish(
+            "marquee/v1/agent/lobby-skew-1/status",
+            rumqttc::QoS::AtLeastOnce,
+            false,
+            serde_json::to_vec(&status).unwrap(),
+        )
+        .await
+        .unwrap();
+    let v = {
+        let start = std::time::Instant::now();
+        loop {
+            let (s, v) = d.get("/api/v1/displays/lobby-skew-1", Some(&admin)).await;
+            if s == 200 && v["clock_skew"] == true {
+                break v;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "not flagged: {v}\n{}",
+                dump(&d.log)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    assert!(v["clock_skew_ms"].as_i64().unwrap() < -590_000, "{v}");
+}
