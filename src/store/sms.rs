@@ -257,6 +257,55 @@ fn campaign_of(conn: &Connection, id: i64) -> Result<Option<CampaignRow>, StoreE
 }
 
 /// Counts the messages just inserted for a new campaign.
+/// Inserts `messages` of `campaign` as queued; returns their parts.
+fn insert_messages(
+    tx: &Transaction<'_>,
+    campaign: i64,
+    now: DateTime<Utc>,
+    messages: &[NewMessage],
+) -> rusqlite::Result<i64> {
+    let mut ins = tx.prepare_cached(
+        "INSERT INTO messages (campaign, row, recipient, text, parts, state, updated_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
+    )?;
+    let now = ts(now);
+    let mut parts = 0;
+    for m in messages {
+        ins.execute(params![
+            campaign,
+            m.row as i64,
+            m.e164(),
+            &*m.text,
+            m.parts as i64,
+            now
+        ])?;
+        parts += m.parts as i64;
+    }
+    Ok(parts)
+}
+
+/// Keeps the rows an import rejected, with the row as read.
+fn insert_rejects(
+    tx: &Transaction<'_>,
+    campaign: i64,
+    rejects: &[crate::sms::campaign::Reject],
+) -> rusqlite::Result<()> {
+    let mut ins = tx.prepare_cached(
+        "INSERT OR REPLACE INTO campaign_rejects (campaign, row, value, reason, cells)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    for r in rejects {
+        ins.execute(params![
+            campaign,
+            r.row as i64,
+            r.value,
+            r.reason,
+            serde_json::to_string(&r.cells).unwrap_or_else(|_| "[]".into())
+        ])?;
+    }
+    Ok(())
+}
+
 fn count_new(tx: &Transaction<'_>, campaign: i64) -> rusqlite::Result<()> {
     tx.execute(
         "INSERT INTO message_counts (campaign, state, n, parts)
@@ -345,39 +394,9 @@ impl Store {
             ],
         )?;
         let id = tx.last_insert_rowid();
-        {
-            let mut ins = tx.prepare(
-                "INSERT INTO messages (campaign, row, recipient, text, parts, state, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
-            )?;
-            let now = ts(now);
-            for m in messages {
-                ins.execute(params![
-                    id,
-                    m.row as i64,
-                    m.e164(),
-                    &*m.text,
-                    m.parts as i64,
-                    now
-                ])?;
-            }
-        }
+        insert_messages(&tx, id, now, messages)?;
         count_new(&tx, id)?;
-        {
-            let mut ins = tx.prepare(
-                "INSERT OR REPLACE INTO campaign_rejects (campaign, row, value, reason, cells)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for r in rejects {
-                ins.execute(params![
-                    id,
-                    r.row as i64,
-                    r.value,
-                    r.reason,
-                    serde_json::to_string(&r.cells).unwrap_or_else(|_| "[]".into())
-                ])?;
-            }
-        }
+        insert_rejects(&tx, id, rejects)?;
         tx.commit()?;
         Ok(id)
     }
@@ -413,45 +432,15 @@ impl Store {
     ) -> Result<(), StoreError> {
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
-        {
-            let mut ins = tx.prepare_cached(
-                "INSERT INTO messages (campaign, row, recipient, text, parts, state, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
+        let parts = insert_messages(&tx, id, now, messages)?;
+        if !messages.is_empty() {
+            tx.execute(
+                "INSERT INTO message_counts (campaign, state, n, parts) VALUES (?1, 'queued', ?2, ?3)
+                 ON CONFLICT (campaign, state) DO UPDATE SET n = n + excluded.n, parts = parts + excluded.parts",
+                params![id, messages.len() as i64, parts],
             )?;
-            let now = ts(now);
-            let mut parts = 0i64;
-            for m in messages {
-                ins.execute(params![
-                    id,
-                    m.row as i64,
-                    m.e164(),
-                    &*m.text,
-                    m.parts as i64,
-                    now
-                ])?;
-                parts += m.parts as i64;
-            }
-            if !messages.is_empty() {
-                tx.execute(
-                    "INSERT INTO message_counts (campaign, state, n, parts) VALUES (?1, 'queued', ?2, ?3)
-                     ON CONFLICT (campaign, state) DO UPDATE SET n = n + excluded.n, parts = parts + excluded.parts",
-                    params![id, messages.len() as i64, parts],
-                )?;
-            }
-            let mut rej = tx.prepare_cached(
-                "INSERT OR REPLACE INTO campaign_rejects (campaign, row, value, reason, cells)
-                 VALUES (?1, ?2, ?3, ?4, ?5)",
-            )?;
-            for r in rejects {
-                rej.execute(params![
-                    id,
-                    r.row as i64,
-                    r.value,
-                    r.reason,
-                    serde_json::to_string(&r.cells).unwrap_or_else(|_| "[]".into())
-                ])?;
-            }
         }
+        insert_rejects(&tx, id, rejects)?;
         tx.commit()?;
         Ok(())
     }

@@ -15,14 +15,7 @@ use serde_json::{Value, json};
 use super::{Scratch, free_port, machine, setup_site};
 
 fn peak_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
-        })
-        .unwrap_or(0)
+    super::status_kb(pid, "VmHWM:")
 }
 
 /// Writes `rows` recipients (distinct mobiles, a name each) as CSV; returns its size.
