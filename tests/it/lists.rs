@@ -636,3 +636,41 @@ async fn csv_exports_are_formula_safe() {
     assert!(row.contains(",+8613800138000,"), "{csv}");
     assert!(row.contains("\"'=HYPERLINK("), "{csv}");
 }
+
+/// An alert's SMS part takes an uploaded list like a campaign does (the same reader): a GBK
+/// file from Chinese Excel reaches every number in it, and phones and screens get the alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alert_sends_its_sms_to_an_uploaded_list() {
+    let site = site("");
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    let (status, up) = upload(&d, &token, fixture("recipients-gbk.csv"), "").await;
+    assert_eq!(status, 201, "{up}");
+    let (s, v) = d
+        .send(
+            Method::POST,
+            "/api/v1/alerts",
+            Some(&token),
+            Some(
+                json!({"text": {"zh": "暴雨红色预警，请避险"}, "expires_in": "10m",
+                        "sms": {"recipients_upload": up["upload"]}}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    assert_eq!(v["sms"]["estimate"]["recipients"], 2, "{v}");
+    let mut got = eventually("both numbers texted", || {
+        let s = sent(&site);
+        (s.len() == 2).then_some(s)
+    })
+    .await;
+    got.sort();
+    assert_eq!(
+        got[0],
+        (
+            "+8613800138000".to_owned(),
+            "暴雨红色预警，请避险".to_owned()
+        )
+    );
+    assert_eq!(got[1].0, "+8613900139000");
+}
