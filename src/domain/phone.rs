@@ -42,7 +42,7 @@ pub enum PhoneError {
     )]
     Scientific(String),
     /// A valid number of a type that cannot take an SMS (or not through these gateways).
-    #[error("{e164} is a {kind} number, which cannot receive SMS{hint}")]
+    #[error("a {kind} number ({e164}) cannot receive SMS{hint}")]
     NotMobile {
         /// The number.
         e164: String,
@@ -341,6 +341,9 @@ mod tests {
             Ok("+861087654321".into())
         );
         let e = sms("010-87654321").unwrap_err().to_string();
-        assert!(e.contains("+861087654321 is a fixed-line number"), "{e}");
+        assert!(
+            e.contains("a fixed-line number (+861087654321) cannot receive SMS"),
+            "{e}"
+        );
     }
 }

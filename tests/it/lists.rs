@@ -172,11 +172,11 @@ async fn field_lists_import_with_the_exact_recipients_and_rejects() {
     let rows: Vec<i64> = r.iter().map(|(row, _)| *row).collect();
     assert_eq!(rows, [3, 4, 5, 8, 9], "{r:?}");
     assert!(
-        r[0].1.contains("+861087654321 is a fixed-line number"),
+        r[0].1.contains("a fixed-line number (+861087654321)"),
         "{r:?}"
     );
     assert!(
-        r[1].1.contains("+8675586543210 is a fixed-line number"),
+        r[1].1.contains("a fixed-line number (+8675586543210)"),
         "{r:?}"
     );
     assert!(r[2].1.contains("shared-cost"), "{r:?}");
