@@ -50,7 +50,8 @@ pub async fn start(
                 async move { axum::Json(v).into_response() }
             }),
         )
-        .route("/events", get(move || events(rx.clone())));
+        .route("/events", get(move || events(rx.clone())))
+        .layer(axum::middleware::map_response(crate::http::headers::secure));
     tokio::spawn(async move {
         let _ = axum::serve(listener, app)
             .with_graceful_shutdown(cancel.cancelled_owned())

@@ -84,3 +84,23 @@ impl IntoResponse for ApiError {
         resp
     }
 }
+
+/// Turns the framework's plain-text 413 (a body over a route's limit: 2 MiB, 256 MiB for
+/// campaigns and opt-outs) into the API's error shape, so every client reads one format.
+pub async fn json_too_large(resp: Response) -> Response {
+    if resp.status() != StatusCode::PAYLOAD_TOO_LARGE
+        || resp
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+    {
+        return resp;
+    }
+    ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        code: "too_large",
+        message: "the request body is larger than this route takes (2 MiB; 256 MiB for campaigns and opt-outs; list files go to POST /api/v1/uploads, up to sms.max_upload_mib)".into(),
+        field: Some("body".into()),
+    }
+    .into_response()
+}

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod campaigns;
 pub mod cap_feed;
 pub mod error;
+pub mod headers;
 pub mod playlists;
 pub mod uploads;
 
@@ -144,6 +145,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             }),
         )
         .fallback(api::not_found)
+        .layer(axum::middleware::map_response(error::json_too_large))
+        .layer(axum::middleware::map_response(headers::secure))
         .with_state(state)
 }
 

@@ -307,3 +307,46 @@ async fn a_token_sharing_the_admin_secret_is_refused_at_start() {
         "{err}"
     );
 }
+
+/// Every answer carries the security headers (the console and its API alike), and a body over a
+/// route's limit gets 413 in the API's error shape.
+#[tokio::test]
+async fn security_headers_and_oversized_bodies() {
+    let site = Site::new(
+        &format!("embedded = true\nlisten = \"127.0.0.1:{}\"", free_port()),
+        "",
+    );
+    let d = Daemon::start(&site).await;
+    let admin = site.admin_token();
+    let client = marquee::http_client().build().unwrap();
+    for path in ["/", "/api/v1/playlists", "/healthz"] {
+        let r = client
+            .get(format!("{}{path}", d.http))
+            .bearer_auth(&admin)
+            .send()
+            .await
+            .unwrap();
+        let h = r.headers();
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .unwrap()
+                .contains("frame-ancestors 'none'"),
+            "{path}"
+        );
+        assert_eq!(h["x-frame-options"], "DENY", "{path}");
+        assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
+    }
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(3 << 20));
+    let r = client
+        .put(format!("{}/api/v1/playlists/big", d.http))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "too_large", "{v}");
+}
