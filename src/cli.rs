@@ -365,14 +365,18 @@ pub fn audit_verify(config: &Path, data_dir: Option<&Path>) -> anyhow::Result<(S
     }
     let store =
         crate::store::Store::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    let dir = data_dir.unwrap_or(&cfg.data_dir);
     Ok(match store.verify_audit()? {
-        Ok(n) => (
-            format!(
-                "ok: the audit log of {} is intact ({n} entries)\n",
-                db.display()
+        Ok(n) => match anchored(&store, dir, n)? {
+            Ok(note) => (
+                format!(
+                    "ok: the audit log of {} is intact ({n} entries){note}\n",
+                    db.display()
+                ),
+                true,
             ),
-            true,
-        ),
+            Err(why) => (format!("TAMPERED: {}: {why}\n", db.display()), false),
+        },
         Err(b) => (
             format!(
                 "TAMPERED: {}: audit entry {}: {}\n",
@@ -383,6 +387,47 @@ pub fn audit_verify(config: &Path, data_dir: Option<&Path>) -> anyhow::Result<(S
             false,
         ),
     })
+}
+
+/// Checks the log of `n` entries against the signed anchor beside the database: `Ok` with a
+/// note, or what is wrong (a deleted tail, a rewritten log, a forged anchor).
+fn anchored(
+    store: &crate::store::Store,
+    dir: &Path,
+    n: u64,
+) -> anyhow::Result<Result<String, String>> {
+    use crate::store::anchor::{Anchor, FILE};
+    let Some(a) = Anchor::read(dir)? else {
+        return Ok(Ok(format!(
+            "; no {FILE} to compare with (only the chain was checked)"
+        )));
+    };
+    let key = crate::wire::PublicKey::from_hex(
+        &std::fs::read_to_string(dir.join(crate::keys::SIGNING_PUB)).with_context(|| {
+            format!(
+                "cannot read {}",
+                dir.join(crate::keys::SIGNING_PUB).display()
+            )
+        })?,
+    )?;
+    if !a.verify(&key) {
+        return Ok(Err(format!(
+            "{FILE} is not signed by this daemon's key: the anchor was forged or replaced"
+        )));
+    }
+    if a.seq > n {
+        return Ok(Err(format!(
+            "the log ends at entry {n} but the signed anchor says it reached entry {}: entries were deleted",
+            a.seq
+        )));
+    }
+    if a.seq > 0 && store.audit_hash(a.seq)?.as_deref() != Some(a.hash.as_str()) {
+        return Ok(Err(format!(
+            "entry {} is not the one the signed anchor names: the log was rewritten",
+            a.seq
+        )));
+    }
+    Ok(Ok(format!("; the signed anchor (entry {}) matches", a.seq)))
 }
 
 fn playlist_id(file: &Path) -> anyhow::Result<String> {

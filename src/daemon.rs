@@ -152,6 +152,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         sms_waker,
         reports,
         held_alerts: Arc::new(tokio::sync::Notify::new()),
+        signing: signing.clone(),
     });
     tracker.spawn(dispatcher.run(cancel.clone()));
     tracker.spawn(http::alerts::start_held_alerts(

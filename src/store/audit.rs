@@ -93,6 +93,29 @@ impl Store {
         Ok(seq)
     }
 
+    /// The last entry's sequence number and hash (0 and the genesis hash when empty).
+    pub fn audit_head(&self) -> Result<(u64, String), StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+            )
+            .unwrap_or((0, GENESIS.to_owned())))
+    }
+
+    /// The hash of entry `seq`, if it exists.
+    pub fn audit_hash(&self, seq: u64) -> Result<Option<String>, StoreError> {
+        use rusqlite::OptionalExtension;
+        Ok(self
+            .conn()
+            .query_row("SELECT hash FROM audit WHERE seq = ?1", [seq as i64], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
     /// Entries after `after`, oldest first, at most `limit`.
     pub fn audit_entries(&self, after: u64, limit: usize) -> Result<Vec<AuditEntry>, StoreError> {
         let conn = self.conn();

@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod alerts;
+pub mod anchor;
 pub mod audit;
 pub mod fleet;
 pub mod sms;

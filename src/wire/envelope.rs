@@ -139,6 +139,19 @@ impl PublicKey {
     pub fn id(&self) -> &str {
         &self.id
     }
+
+    /// Whether `sig` (64 bytes, hex) is this key's Ed25519 signature of `msg`.
+    pub fn verify_detached(&self, msg: &[u8], sig: &str) -> bool {
+        let Some(bytes) = hex::decode(sig.trim())
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        else {
+            return false;
+        };
+        self.key
+            .verify_strict(msg, &Signature::from_bytes(&bytes))
+            .is_ok()
+    }
 }
 
 /// The daemon's signing key.
@@ -172,6 +185,12 @@ impl KeyPair {
     /// The public half.
     pub fn public(&self) -> &PublicKey {
         &self.public
+    }
+
+    /// An Ed25519 signature of `msg` (hex), for records kept outside envelopes (the audit
+    /// anchor); see [`PublicKey::verify_detached`].
+    pub fn sign_detached(&self, msg: &[u8]) -> String {
+        hex::encode(self.signing.sign(msg).to_bytes())
     }
 }
 

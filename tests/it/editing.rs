@@ -234,14 +234,63 @@ async fn playlists_edited_through_the_api_are_validated_written_audited() {
             .unwrap()
     };
     let out = verify();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("intact (3 entries)")
+        out.status.success()
+            && said.contains("intact (3 entries)")
+            && said.contains("the signed anchor (entry 3) matches"),
+        "{said}"
     );
 
-    // Tampering behind SQLite's back is detected.
+    // A deleted tail leaves an intact chain; the signed anchor outside the database shows it.
     let db = site.dir.path().join("data/marquee.db");
+    let backup = site.dir.path().join("audit-backup.db");
+    std::fs::copy(&db, &backup).unwrap();
     let conn = rusqlite::Connection::open(&db).unwrap();
-    conn.execute_batch("DROP TRIGGER audit_no_update;").unwrap();
+    conn.execute_batch("DROP TRIGGER IF EXISTS audit_no_delete; DELETE FROM audit WHERE seq = 3;")
+        .unwrap();
+    drop(conn);
+    let out = verify();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the log ends at entry 2 but the signed anchor says it reached entry 3"),
+        "{err}"
+    );
+    // A log rewritten whole, chain and all, differs from the anchor at its head.
+    std::fs::copy(&backup, &db).unwrap();
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER IF EXISTS audit_no_delete; DROP TRIGGER IF EXISTS audit_no_update; DELETE FROM audit;",
+    )
+    .unwrap();
+    drop(conn);
+    let store = marquee::store::Store::open(&db).unwrap();
+    for i in 0..3 {
+        store
+            .audit(
+                chrono::Utc::now(),
+                "forger",
+                "playlist.put",
+                &format!("x{i}"),
+                &serde_json::json!({}),
+            )
+            .unwrap();
+    }
+    drop(store);
+    let out = verify();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("entry 3 is not the one the signed anchor names: the log was rewritten"),
+        "{err}"
+    );
+    std::fs::copy(&backup, &db).unwrap();
+
+    // Tampering behind SQLite's back is detected.
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch("DROP TRIGGER IF EXISTS audit_no_update;")
+        .unwrap();
     conn.execute("UPDATE audit SET actor = 'someone-else' WHERE seq = 2", [])
         .unwrap();
     drop(conn);
