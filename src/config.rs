@@ -302,6 +302,7 @@ struct RawDisplay {
 #[serde(deny_unknown_fields, default)]
 struct RawAuth {
     tokens: Vec<RawToken>,
+    show_numbers_from: Option<Role>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -343,6 +344,9 @@ pub struct Config {
     pub schedule: ScheduleConfig,
     /// Configured API tokens (the generated admin token is added at start).
     pub tokens: Vec<TokenConfig>,
+    /// The lowest role that sees phone numbers whole (`auth.show_numbers_from`, default
+    /// operator); below it, numbers in message lists, rejects and opt-outs are masked.
+    pub show_numbers_from: Role,
     /// How CAP 1.2 alerts are applied.
     pub cap: crate::domain::cap::CapRules,
     /// CAP feeds polled for alerts: each URL with its interval (`cap.feed_url` and
@@ -691,6 +695,7 @@ impl Config {
             mqtt,
             schedule,
             tokens,
+            show_numbers_from: raw.auth.show_numbers_from.unwrap_or(Role::Operator),
         }
     }
 

@@ -53,6 +53,29 @@ pub enum PhoneError {
     },
 }
 
+/// A number as shown to someone who may not see it whole: every digit but the first five and
+/// the last four becomes `*` (`+8613800138000` → `+86138****8000`); short values are masked
+/// whole but for their last two digits.
+pub fn mask(number: &str) -> String {
+    let digits = number.chars().filter(char::is_ascii_digit).count();
+    let (keep_head, keep_tail) = if digits >= 11 { (5, 4) } else { (0, 2) };
+    let mut seen = 0;
+    number
+        .chars()
+        .map(|c| {
+            if !c.is_ascii_digit() {
+                return c;
+            }
+            seen += 1;
+            if seen <= keep_head || seen > digits - keep_tail.min(digits) {
+                c
+            } else {
+                '*'
+            }
+        })
+        .collect()
+}
+
 /// Parses an ISO 3166-1 alpha-2 region (`CN`, `DE`).
 pub fn region(code: &str) -> Result<Id, PhoneError> {
     code.trim()
@@ -295,6 +318,15 @@ mod tests {
             assert!(matches!(e, PhoneError::Scientific(_)), "{raw:?}: {e:?}");
             assert!(e.to_string().contains("format the column as text"), "{e}");
         }
+    }
+
+    #[test]
+    fn masks_keep_the_country_the_network_and_the_last_four() {
+        assert_eq!(mask("+8613800138000"), "+86138****8000");
+        assert_eq!(mask("13800138000"), "13800**8000");
+        assert_eq!(mask("010-87654321"), "010-87**4321");
+        assert_eq!(mask("12345"), "***45");
+        assert_eq!(mask(""), "");
     }
 
     #[test]

@@ -478,7 +478,7 @@ pub async fn action(
 /// `Accept: text/csv`.
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}/messages", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id"), ("status" = Option<String>, Query, description = "only this state"), ("after" = Option<i64>, Query, description = "ids after this"), ("limit" = Option<usize>, Query, description = "at most this many (default 10000)")), responses((status = 200, description = "messages (JSON, or CSV with Accept: text/csv)"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn messages(
-    _: Viewer,
+    Auth(who): Viewer,
     State(s): State<Arc<AppState>>,
     Path(id): Path<i64>,
     headers: HeaderMap,
@@ -501,7 +501,12 @@ pub async fn messages(
         None => 10_000,
     };
     let store = s.store.clone();
-    let rows = blocking(move || store.messages(id, status.as_deref(), after, limit)).await?;
+    let mut rows = blocking(move || store.messages(id, status.as_deref(), after, limit)).await?;
+    if masked(&s, &who) {
+        for r in &mut rows {
+            r.recipient = crate::domain::phone::mask(&r.recipient);
+        }
+    }
     super::api::rows_or_csv(&headers, "messages", &rows, &MESSAGE_COLUMNS)
 }
 
@@ -615,10 +620,23 @@ pub async fn dlr(
 
 /// `GET /api/v1/optouts`.
 #[utoipa::path(get, path = "/api/v1/optouts", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "the opt-out list"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
-pub async fn optouts(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+pub async fn optouts(
+    Auth(who): Viewer,
+    State(s): State<Arc<AppState>>,
+) -> Result<Json<Value>, ApiError> {
     let store = s.store.clone();
-    let rows = blocking(move || store.optouts()).await?;
+    let mut rows = blocking(move || store.optouts()).await?;
+    if masked(&s, &who) {
+        for r in &mut rows {
+            r.number = crate::domain::phone::mask(&r.number);
+        }
+    }
     Ok(Json(json!({"optouts": rows})))
+}
+
+/// Whether `who` sees phone numbers masked (a role below `auth.show_numbers_from`).
+fn masked(s: &AppState, who: &Principal) -> bool {
+    who.role < s.cfg.show_numbers_from
 }
 
 /// `POST /api/v1/optouts` body: numbers, or a CSV with a number column.
@@ -759,7 +777,7 @@ pub fn formula_safe(cell: &str) -> std::borrow::Cow<'_, str> {
 /// office to fix and upload again.
 #[utoipa::path(get, path = "/api/v1/campaigns/{id}/rejects", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id")), responses((status = 200, description = "columns and rejected rows (JSON, or CSV with Accept: text/csv)"), (status = 404, description = "no such campaign"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn rejects(
-    _: Viewer,
+    Auth(who): Viewer,
     State(s): State<Arc<AppState>>,
     Path(id): Path<i64>,
     headers: HeaderMap,
@@ -767,7 +785,15 @@ pub async fn rejects(
     use axum::response::IntoResponse;
     let c = load(&s, id).await?;
     let store = s.store.clone();
-    let rows = blocking(move || store.campaign_rejects(id)).await?;
+    let mut rows = blocking(move || store.campaign_rejects(id)).await?;
+    if masked(&s, &who) {
+        for r in &mut rows {
+            for cell in r.cells.iter_mut().filter(|c| **c == r.value) {
+                *cell = crate::domain::phone::mask(cell);
+            }
+            r.value = crate::domain::phone::mask(&r.value);
+        }
+    }
     let mut columns: Vec<String> = c.spec["columns"]
         .as_array()
         .map(|a| {

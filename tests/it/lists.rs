@@ -674,3 +674,49 @@ async fn an_alert_sends_its_sms_to_an_uploaded_list() {
     );
     assert_eq!(got[1].0, "+8613900139000");
 }
+
+/// Below `auth.show_numbers_from` (default operator) phone numbers are masked in message lists,
+/// rejected rows and the opt-out list; an operator sees them whole.
+#[tokio::test]
+async fn numbers_are_masked_below_operator() {
+    let site = site("");
+    site.append_config(
+        "[[auth.tokens]]\nname = \"watcher\"\nrole = \"viewer\"\ntoken_env = \"MARQUEE_IT_WATCHER\"\n",
+    );
+    const WATCHER: &str = "watcher-token-0123456789";
+    let d = Daemon::start_with_env(&site, &[("MARQUEE_IT_WATCHER", WATCHER)]).await;
+    let admin = site.admin_token();
+    let (s, v) = d
+        .send(
+            Method::POST,
+            "/api/v1/campaigns",
+            Some(&admin),
+            Some(json!({"name": "x", "text": "hi",
+                        "recipients": [{"number": "13800138000"}, {"number": "010-87654321"}]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let id = v["id"].as_i64().unwrap();
+    let (s, _) = d
+        .send(
+            Method::POST,
+            "/api/v1/optouts",
+            Some(&admin),
+            Some(json!({"numbers": ["13900139000"]})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let path = format!("/api/v1/campaigns/{id}/messages");
+    let (_, m) = d.get(&path, Some(WATCHER)).await;
+    assert_eq!(m["messages"][0]["recipient"], "+86138****8000", "{m}");
+    let (_, m) = d.get(&path, Some(&admin)).await;
+    assert_eq!(m["messages"][0]["recipient"], "+8613800138000", "{m}");
+    let (_, r) = d
+        .get(&format!("/api/v1/campaigns/{id}/rejects"), Some(WATCHER))
+        .await;
+    assert_eq!(r["rejects"][0]["value"], "010-87**4321", "{r}");
+    let (_, o) = d.get("/api/v1/optouts", Some(WATCHER)).await;
+    assert_eq!(o["optouts"][0]["number"], "+86139****9000", "{o}");
+    let (_, o) = d.get("/api/v1/optouts", Some(&admin)).await;
+    assert_eq!(o["optouts"][0]["number"], "+8613900139000", "{o}");
+}
