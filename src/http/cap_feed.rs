@@ -264,13 +264,6 @@ async fn fetch(
     Ok(Some(text))
 }
 
-/// The identity of a CAP document (identifier, sender, sent).
-fn identity(xml: &str) -> Option<String> {
-    crate::domain::cap::parse(xml)
-        .ok()
-        .map(|d| format!("{}|{}|{}", d.identifier, d.sender, d.sent))
-}
-
 /// Polls `url` until `cancel`: every `every`, or later after failures (doubling up to ten
 /// minutes, or what `Retry-After` asks). An entry already applied (by its link and `<updated>`)
 /// is not fetched again; a document that is not CAP is never marked as seen, so it is tried
@@ -405,17 +398,22 @@ async fn poll(
             });
         }
     };
-    // Oldest first, by CAP `sent`: a Cancel or Update read in the same pass as the alert it
-    // references (feeds list newest first) is applied after it.
-    let mut docs = docs;
-    docs.sort_by_key(|(_, _, d)| {
-        crate::domain::cap::parse(d)
-            .ok()
+    // Each document read once: oldest first by CAP `sent` (a Cancel or Update read in the
+    // same pass as the alert it references, feeds listing newest first, is applied after it).
+    let mut docs: Vec<_> = docs
+        .into_iter()
+        .map(|(from, entry_key, doc)| {
+            let cap = crate::domain::cap::parse(&doc).ok();
+            (from, entry_key, doc, cap)
+        })
+        .collect();
+    docs.sort_by_key(|(_, _, _, cap)| {
+        cap.as_ref()
             .and_then(|a| chrono::DateTime::parse_from_rfc3339(a.sent.trim()).ok())
             .map(|t| t.with_timezone(&chrono::Utc))
     });
-    for (from, entry_key, doc) in docs {
-        if crate::domain::cap::parse(&doc).is_err() && !matches!(classify(&doc), Body::Alert) {
+    for (from, entry_key, doc, cap) in docs {
+        if cap.is_none() && !matches!(classify(&doc), Body::Alert) {
             fail(&Failure {
                 kind: "not_cap",
                 message: String::new(),
@@ -425,7 +423,11 @@ async fn poll(
             incomplete = true;
             continue;
         }
-        let key = identity(&doc).unwrap_or_else(|| format!("{from}|{}", doc.len()));
+        // Known by its CAP identity (identifier, sender, sent); a refused one by where and size.
+        let key = cap.map_or_else(
+            || format!("{from}|{}", doc.len()),
+            |d| format!("{}|{}|{}", d.identifier, d.sender, d.sent),
+        );
         if seen.contains(&key) {
             seen_entries.extend(entry_key);
             continue;

@@ -164,14 +164,10 @@ pub async fn audit(
     let (actor, action, target) = (actor.to_owned(), action.to_owned(), target.to_owned());
     let (keys, data_dir) = (s.signing.clone(), s.cfg.data_dir.clone());
     tokio::task::spawn_blocking(move || {
-        let seq = store.audit(chrono::Utc::now(), &actor, &action, &target, &detail)?;
+        let (seq, hash) = store.audit(chrono::Utc::now(), &actor, &action, &target, &detail)?;
         // The signed head goes outside the database, so a deleted tail or a rewritten log
-        // shows (`marquee audit verify`). Entries are serialised by the store; the anchor
-        // names the head as it is after this one.
-        let (head, hash) = store.audit_head()?;
-        if let Err(e) =
-            crate::store::anchor::Anchor::sign(&keys, head.max(seq), &hash).write(&data_dir)
-        {
+        // shows (`marquee audit verify`).
+        if let Err(e) = crate::store::anchor::Anchor::sign(&keys, seq, &hash).write(&data_dir) {
             tracing::error!(error = %format!("{e:#}"), "cannot write the audit anchor");
         }
         Ok::<_, crate::store::StoreError>(())

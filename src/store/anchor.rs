@@ -47,8 +47,16 @@ impl Anchor {
         key.verify_detached(&message(self.seq, &self.hash), &self.sig)
     }
 
-    /// Writes it (atomically) into `data_dir`.
+    /// Writes it (atomically) into `data_dir`, unless the anchor there is already further on
+    /// (two entries appended at once may finish writing their anchors out of order).
     pub fn write(&self, data_dir: &Path) -> anyhow::Result<()> {
+        if Anchor::read(data_dir)
+            .ok()
+            .flatten()
+            .is_some_and(|held| held.seq > self.seq)
+        {
+            return Ok(());
+        }
         crate::keys::write_atomic(
             &data_dir.join(FILE),
             format!("{}\n", serde_json::to_string(self)?).as_bytes(),

@@ -62,7 +62,7 @@ pub struct AuditBreak {
 }
 
 impl Store {
-    /// Appends an entry; returns its sequence number.
+    /// Appends an entry; returns the log's new head: its sequence number and hash.
     pub fn audit(
         &self,
         at: DateTime<Utc>,
@@ -70,7 +70,7 @@ impl Store {
         action: &str,
         target: &str,
         detail: &serde_json::Value,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<(u64, String), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let (last_seq, prev): (u64, String) = tx
@@ -90,19 +90,7 @@ impl Store {
             params![seq as i64, at, actor, action, target, detail, prev, hash],
         )?;
         tx.commit()?;
-        Ok(seq)
-    }
-
-    /// The last entry's sequence number and hash (0 and the genesis hash when empty).
-    pub fn audit_head(&self) -> Result<(u64, String), StoreError> {
-        Ok(self
-            .conn()
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
-            )
-            .unwrap_or((0, GENESIS.to_owned())))
+        Ok((seq, hash))
     }
 
     /// The hash of entry `seq`, if it exists.

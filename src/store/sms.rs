@@ -257,6 +257,29 @@ fn campaign_of(conn: &Connection, id: i64) -> Result<Option<CampaignRow>, StoreE
 }
 
 /// Counts the messages just inserted for a new campaign.
+/// Inserts a campaign row in `status`; returns its id.
+fn insert_campaign(
+    conn: &rusqlite::Connection,
+    c: &NewCampaign<'_>,
+    status: &str,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<i64> {
+    conn.execute(
+        "INSERT INTO campaigns (name, status, spec, start_at, created_by, created_at, alert)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            c.name,
+            status,
+            c.spec.to_string(),
+            c.start_at.map(ts),
+            c.by,
+            ts(now),
+            c.alert
+        ],
+    )?;
+    Ok(conn.last_insert_rowid())
+}
+
 /// Inserts `messages` of `campaign` as queued; returns their parts.
 fn insert_messages(
     tx: &Transaction<'_>,
@@ -381,19 +404,7 @@ impl Store {
     ) -> Result<i64, StoreError> {
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
-        tx.execute(
-            "INSERT INTO campaigns (name, status, spec, start_at, created_by, created_at, alert)
-             VALUES (?1, 'draft', ?2, ?3, ?4, ?5, ?6)",
-            params![
-                c.name,
-                c.spec.to_string(),
-                c.start_at.map(ts),
-                c.by,
-                ts(now),
-                c.alert
-            ],
-        )?;
-        let id = tx.last_insert_rowid();
+        let id = insert_campaign(&tx, c, "draft", now)?;
         insert_messages(&tx, id, now, messages)?;
         count_new(&tx, id)?;
         insert_rejects(&tx, id, rejects)?;
@@ -406,20 +417,7 @@ impl Store {
     /// ([`Store::drop_importing`]). Each chunk is its own short transaction, so an alert or a
     /// delivery report never waits behind a large import.
     pub fn begin_import(&self, c: &NewCampaign<'_>, now: DateTime<Utc>) -> Result<i64, StoreError> {
-        let conn = self.sms_conn();
-        conn.execute(
-            "INSERT INTO campaigns (name, status, spec, start_at, created_by, created_at, alert)
-             VALUES (?1, 'importing', ?2, ?3, ?4, ?5, ?6)",
-            params![
-                c.name,
-                c.spec.to_string(),
-                c.start_at.map(ts),
-                c.by,
-                ts(now),
-                c.alert
-            ],
-        )?;
-        Ok(conn.last_insert_rowid())
+        Ok(insert_campaign(&self.sms_conn(), c, "importing", now)?)
     }
 
     /// Adds messages (queued) and rejected rows to an importing campaign, in one transaction.

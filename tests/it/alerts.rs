@@ -188,19 +188,7 @@ async fn alert_raised_by_api_preempts_is_acknowledged_and_ends() {
     assert_eq!(audit["chain"]["intact"], true);
 
     // The CLI: raise, show, clear.
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(bin())
-            .args(args)
-            .args(["--url", &d.http, "--token", &admin])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let cli = |args: &[&str]| d.cli(&admin, args);
     let out = cli(&[
         "alert",
         "raise",

@@ -260,6 +260,22 @@ impl Daemon {
         )
     }
 
+    /// Runs `marquee ARGS --url … --token TOKEN` against this daemon; asserts success and
+    /// returns standard output.
+    pub fn cli(&self, token: &str, args: &[&str]) -> String {
+        let out = Command::new(bin())
+            .args(args)
+            .args(["--url", &self.http, "--token", token])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
     /// Value of a Prometheus counter or gauge.
     pub async fn metric(&self, token: &str, name: &str) -> f64 {
         let (_, body) = self.get("/metrics", Some(token)).await;

@@ -25,6 +25,10 @@ fn site(extra_sms: &str) -> Site {
     site
 }
 
+async fn post(d: &Daemon, token: &str, path: &str, body: Value) -> (u16, Value) {
+    d.send(Method::POST, path, Some(token), Some(body)).await
+}
+
 async fn upload(d: &Daemon, token: &str, bytes: Vec<u8>, query: &str) -> (u16, Value) {
     let resp = marquee::http_client()
         .build()
@@ -99,14 +103,13 @@ async fn field_lists_import_with_the_exact_recipients_and_rejects() {
     );
     // The same text in the JSON field is read the same way.
     let semicolon = String::from_utf8(fixture("recipients-semicolon.csv")).unwrap();
-    let (status, v) = d
-        .send(
-            Method::POST,
-            "/api/v1/campaigns",
-            Some(&token),
-            Some(json!({"name": "semi", "text": "{{name}}", "recipients_csv": semicolon})),
-        )
-        .await;
+    let (status, v) = post(
+        &d,
+        &token,
+        "/api/v1/campaigns",
+        json!({"name": "semi", "text": "{{name}}", "recipients_csv": semicolon}),
+    )
+    .await;
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["estimate"]["recipients"], 2, "{v}");
 
@@ -322,39 +325,36 @@ async fn workbooks_utf16_text_and_optout_imports() {
         (&up["encoding"], &up["delimiter"]),
         (&json!("UTF-16LE"), &json!("\t"))
     );
-    let (status, v) = d
-        .send(
-            Method::POST,
-            "/api/v1/campaigns",
-            Some(&token),
-            Some(json!({"name": "utf16", "text": "{{name}}", "recipients_upload": up["upload"]})),
-        )
-        .await;
+    let (status, v) = post(
+        &d,
+        &token,
+        "/api/v1/campaigns",
+        json!({"name": "utf16", "text": "{{name}}", "recipients_upload": up["upload"]}),
+    )
+    .await;
     assert_eq!(status, 201, "{v}");
     assert_eq!(v["estimate"]["recipients"], 2, "{v}");
 
     // Opt-outs from a named sheet (a landline may be opted out) and from a GBK file.
     let (_, up) = upload(&d, &token, xlsx, "?sheet=%E9%80%80%E8%AE%A2").await;
     assert_eq!(up["sheet"], "退订", "{up}");
-    let (status, v) = d
-        .send(
-            Method::POST,
-            "/api/v1/optouts",
-            Some(&token),
-            Some(json!({"upload": up["upload"], "sheet": "退订"})),
-        )
-        .await;
+    let (status, v) = post(
+        &d,
+        &token,
+        "/api/v1/optouts",
+        json!({"upload": up["upload"], "sheet": "退订"}),
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["added"], 2, "{v}");
     let (_, up) = upload(&d, &token, fixture("recipients-gbk.csv"), "").await;
-    let (status, v) = d
-        .send(
-            Method::POST,
-            "/api/v1/optouts",
-            Some(&token),
-            Some(json!({"upload": up["upload"], "reason": "回复TD"})),
-        )
-        .await;
+    let (status, v) = post(
+        &d,
+        &token,
+        "/api/v1/optouts",
+        json!({"upload": up["upload"], "reason": "回复TD"}),
+    )
+    .await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["added"], 2, "{v}");
     let (_, list) = d.get("/api/v1/optouts", Some(&token)).await;
@@ -379,14 +379,13 @@ async fn workbooks_utf16_text_and_optout_imports() {
     let (status, up) = upload(&d, &token, "name;city\nx;y\n".into(), "").await;
     assert_eq!(status, 201, "{up}");
     assert_eq!(up["number_column"], Value::Null);
-    let (status, e) = d
-        .send(
-            Method::POST,
-            "/api/v1/campaigns",
-            Some(&token),
-            Some(json!({"name": "x", "text": "x", "recipients_upload": up["upload"]})),
-        )
-        .await;
+    let (status, e) = post(
+        &d,
+        &token,
+        "/api/v1/campaigns",
+        json!({"name": "x", "text": "x", "recipients_upload": up["upload"]}),
+    )
+    .await;
     assert_eq!(status, 400, "{e}");
     let m = e["error"]["message"].as_str().unwrap();
     assert!(
@@ -518,19 +517,7 @@ async fn the_cli_uploads_list_files_as_saved_and_writes_the_rejects_to_fix() {
     let site = site("");
     let d = Daemon::start(&site).await;
     let token = site.admin_token();
-    let cli = |args: &[&str]| {
-        let out = std::process::Command::new(crate::harness::bin())
-            .args(args)
-            .args(["--url", &d.http, "--token", &token])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let cli = |args: &[&str]| d.cli(&token, args);
     let list = |name: &str| {
         repo()
             .join("tests/fixtures/lists")
