@@ -156,12 +156,11 @@ impl ApiClient {
             .send()
             .await
             .with_context(|| format!("cannot reach the daemon at {}", self.url))?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        if !status.is_success() {
-            anyhow::bail!("{status}: {text}");
+        if !resp.status().is_success() {
+            // An API error: its message, as every other command prints it.
+            return Self::answer(resp).await.map(|_| String::new());
         }
-        Ok(text)
+        Ok(resp.text().await?)
     }
 
     /// Uploads a list file as it is (`POST /api/v1/uploads`): CSV or TXT in any encoding, or

@@ -91,14 +91,14 @@ enum Command {
         api: ApiArgs,
     },
     /// SMS campaigns: create (prints the cost), list, show, start, pause, resume, cancel,
-    /// status (live progress in a terminal), messages.
+    /// requeue-unknown, status (live progress in a terminal), messages, rejects.
     Campaign {
         #[command(subcommand)]
         action: CampaignAction,
         #[command(flatten)]
         api: ApiArgs,
     },
-    /// The SMS opt-out list: add, remove, import (CSV), list.
+    /// The SMS opt-out list: add, remove, import (CSV, TXT or XLSX), list.
     Optout {
         #[command(subcommand)]
         action: OptoutAction,

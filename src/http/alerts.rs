@@ -516,8 +516,12 @@ pub async fn apply_cap(
     for e in &decision.ends {
         match load(s, &e.id).await {
             Ok(row) => {
+                // Already ended (the same message read again, or an earlier one ended it):
+                // named in the answer, not cleared, published or audited a second time.
                 let was_on = row.cleared_at.is_none();
-                clear_alert(s, actor, &row).await?;
+                if was_on {
+                    clear_alert(s, actor, &row).await?;
+                }
                 ended.push(json!(e.id));
                 details.push(
                     json!({"id": e.id, "reference": e.reference, "by": e.by, "was_on": was_on}),

@@ -253,6 +253,21 @@ async fn field_cap_shapes_reach_a_real_agent_as_their_producers_mean() {
         }),
         "the audit says which alert the Update ended: {audit}"
     );
+    // The same all-clear read again names the warning as already ended and clears nothing twice.
+    let (s, r) = post_cap(&d, &admin, fixture("cap-update-allclear.xml")).await;
+    assert_eq!(
+        (s, &r["ends"][0]["was_on"]),
+        (200, &serde_json::json!(false)),
+        "{r}"
+    );
+    let (_, audit) = d.get("/api/v1/audit", Some(&admin)).await;
+    let clears = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "alert.clear" && e["target"] == warning.as_str())
+        .count();
+    assert_eq!(clears, 1, "{audit}");
 
     // A live alert on every screen, then one effective three seconds from now: the new one is
     // published at once on the held topic (the agent holds it) and takes over from its
