@@ -1,6 +1,7 @@
 //! Fleet intake: agents' retained status and event batches, read from the broker and written to
 //! the store. Reports are checked against their topic (an agent cannot report for another display)
-//! and stored once per event id, so redeliveries after reconnects do not count twice. After each
+//! and stored once per (display, event id), so redeliveries after reconnects do not count twice;
+//! an event id that is not the batch's own (`{display}:{outbox}:…`) is dropped and counted. After each
 //! stored batch the agent gets a signed receipt (`agent/{display}/ack`); only that lets it drop
 //! the events from its outbox.
 
@@ -81,24 +82,42 @@ pub async fn run(
             },
             Some(Topic::AgentEvents(display)) => {
                 match serde_json::from_slice::<EventBatch>(&payload) {
-                    Ok(b) if b.display == display => {
-                        let upto = b.upto;
+                    Ok(b) if b.display == display && valid_outbox(&b.outbox) => {
+                        let (upto, outbox) = (b.upto, b.outbox.clone());
+                        let own = format!("{display}:{outbox}:");
+                        let (events, foreign): (Vec<_>, Vec<_>) =
+                            b.events.into_iter().partition(|e| e.id.starts_with(&own));
+                        if !foreign.is_empty() {
+                            tracing::warn!(
+                                topic,
+                                dropped = foreign.len(),
+                                first = %foreign[0].id,
+                                "events whose id belongs to another display or outbox; dropped"
+                            );
+                            metrics
+                                .reports_dropped
+                                .get_or_create(&vec![("reason".into(), "foreign_id".into())])
+                                .inc_by(foreign.len() as u64);
+                        }
                         let res = tokio::task::spawn_blocking(move || {
                             store
-                                .record_events(&display, &b.events, Utc::now())
+                                .record_events(&display, &events, Utc::now())
                                 .map(|n| (n, display))
                         })
                         .await;
                         // Receipt only after the commit.
                         res.map(|r| {
                             r.map(|(new, display)| {
-                                receipt(&receipts, &prefix, display, upto);
+                                receipt(&receipts, &prefix, display, outbox, upto);
                                 new
                             })
                         })
                     }
                     Ok(_) => {
-                        tracing::warn!(topic, "event batch names another display; ignored");
+                        tracing::warn!(
+                            topic,
+                            "event batch names another display or no valid outbox; ignored"
+                        );
                         continue;
                     }
                     Err(e) => {
@@ -119,8 +138,13 @@ pub async fn run(
     }
 }
 
-/// Publishes the signed receipt for events up to `upto` of `display`.
-fn receipt(r: &Receipts, prefix: &str, display: String, upto: u64) {
+/// An outbox id as agents make them: 1-64 letters and digits (it sits between `:` in event ids).
+fn valid_outbox(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
+/// Publishes the signed receipt for events up to `upto` of `display`'s `outbox`.
+fn receipt(r: &Receipts, prefix: &str, display: String, outbox: String, upto: u64) {
     let topic = Topic::AgentAck(display.clone()).render(prefix);
     let now = Utc::now();
     let body = SignedBody {
@@ -128,7 +152,11 @@ fn receipt(r: &Receipts, prefix: &str, display: String, upto: u64) {
         version: upto,
         issued_at: now,
         expires_at: now + ACK_LIFETIME,
-        payload: Signed::EventAck(EventAck { display, upto }),
+        payload: Signed::EventAck(EventAck {
+            display,
+            outbox,
+            upto,
+        }),
     };
     if let Err(e) = r.mqtt.publish(&topic, sign(&r.keys, &body), false) {
         tracing::warn!(topic, error = %e, "receipt not sent; the agent will resend its events");

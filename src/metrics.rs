@@ -6,6 +6,11 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+/// Why an agent report can be dropped (labels of `marquee_agent_reports_dropped_total`, shown
+/// from zero).
+pub const REPORT_DROP_REASONS: [&str; 4] =
+    ["foreign_id", "unregistered", "unsigned", "bad_signature"];
+
 /// The daemon's metrics. Cheap to clone: every field is a shared handle.
 #[derive(Clone, Default)]
 pub struct Metrics {
@@ -25,6 +30,8 @@ pub struct Metrics {
     pub mqtt_connects: Counter,
     /// Agent events stored (redeliveries not counted).
     pub events_ingested: Counter,
+    /// Agent reports dropped, by reason (foreign_id, unregistered, unsigned, bad_signature).
+    pub reports_dropped: Family<Vec<(String, String)>, Counter>,
     /// SMS submits by gateway and answer.
     pub sms_submits: Family<Vec<(String, String)>, Counter>,
     /// SMS delivery reports stored.
@@ -91,6 +98,16 @@ impl Metrics {
             "agent_events_ingested",
             "Agent events stored (acks, proof of play); redeliveries not counted",
             self.events_ingested.clone(),
+        );
+        for reason in REPORT_DROP_REASONS {
+            let _ = self
+                .reports_dropped
+                .get_or_create(&vec![("reason".into(), reason.into())]);
+        }
+        r.register(
+            "agent_reports_dropped",
+            "Agent reports dropped (not stored), by reason",
+            self.reports_dropped.clone(),
         );
         r.register(
             "sms_submits",

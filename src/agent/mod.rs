@@ -70,6 +70,8 @@ struct Agent {
     ack_wait: Duration,
     /// Random id of the outbox database, part of every event id.
     instance: String,
+    /// The highest sequence number sent in this process: receipts above it are refused.
+    sent_upto: u64,
 }
 
 /// Runs the agent until SIGTERM/SIGINT.
@@ -160,6 +162,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         in_flight: None,
         ack_wait: ACK_WAIT,
         instance: store.instance()?,
+        sent_upto: 0,
     };
     agent.restore_cache()?;
     tracing::info!(display = %agent.cfg.id, channel = %agent.cfg.channel, broker = %format!("{}:{}", agent.cfg.host, agent.cfg.port), "agent started");
@@ -322,7 +325,22 @@ impl Agent {
             Utc::now(),
         ) {
             Ok(body) => match body.payload {
-                Signed::EventAck(a) if a.display == self.cfg.id => a.upto,
+                Signed::EventAck(a)
+                    if a.display == self.cfg.id
+                        && a.outbox == self.instance
+                        && a.upto <= self.sent_upto =>
+                {
+                    a.upto
+                }
+                Signed::EventAck(a) => {
+                    tracing::warn!(
+                        outbox = %a.outbox,
+                        upto = a.upto,
+                        sent_upto = self.sent_upto,
+                        "refused event receipt: for another outbox or for events never sent"
+                    );
+                    return;
+                }
                 _ => return,
             },
             Err(e) => {
@@ -485,6 +503,7 @@ impl Agent {
             .collect();
         let batch = EventBatch {
             display: self.cfg.id.clone(),
+            outbox: self.instance.clone(),
             upto: last,
             events,
         };
@@ -492,7 +511,10 @@ impl Agent {
             return;
         };
         match self.mqtt.publish(&self.topics.events, bytes, false) {
-            Ok(()) => self.in_flight = Some((last, tokio::time::Instant::now())),
+            Ok(()) => {
+                self.sent_upto = self.sent_upto.max(last);
+                self.in_flight = Some((last, tokio::time::Instant::now()));
+            }
             Err(e) => tracing::debug!(error = %e, "events not sent; will retry"),
         }
     }

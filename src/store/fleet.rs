@@ -323,6 +323,26 @@ mod tests {
     }
 
     #[test]
+    fn an_id_is_one_displays_own() {
+        let s = Store::memory().unwrap();
+        let p = play("d1:o:1", "2021-05-15T01:00:00Z", "2021-05-15T01:00:10Z");
+        // Another display storing the same id first takes nothing from d1.
+        assert_eq!(
+            s.record_events("d2", std::slice::from_ref(&p), t("2021-05-15T01:01:00Z"))
+                .unwrap(),
+            1
+        );
+        assert_eq!(
+            s.record_events("d1", &[p], t("2021-05-15T01:01:00Z"))
+                .unwrap(),
+            1
+        );
+        let from = t("2021-05-15T00:00:00Z");
+        let until = t("2021-05-16T00:00:00Z");
+        assert_eq!(s.plays(Some("d1"), from, until, 10).unwrap().len(), 1);
+    }
+
+    #[test]
     fn since_moves_only_when_online_changes() {
         let s = Store::memory().unwrap();
         s.record_status(&status(true), t("2021-05-15T01:00:00Z"), None)

@@ -212,6 +212,38 @@ const MIGRATIONS: &[&str] = &[
     // clock skew measured on its last live status.
     "ALTER TABLE displays ADD COLUMN known INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE displays ADD COLUMN clock_skew_ms INTEGER;",
+    // 15: events and plays keyed by (display, id): one display can no longer pre-empt another's
+    // ids. Rows whose id is not their display's own (only forged ones can be) are dropped.
+    "CREATE TABLE events_by_display (
+        id           TEXT NOT NULL,
+        display      TEXT NOT NULL,
+        kind         TEXT NOT NULL,
+        at           TEXT NOT NULL,
+        body         TEXT NOT NULL,
+        received_at  TEXT NOT NULL,
+        PRIMARY KEY (display, id)
+    );
+    INSERT INTO events_by_display SELECT id, display, kind, at, body, received_at FROM events
+        WHERE substr(id, 1, length(display) + 1) = display || ':' ORDER BY rowid;
+    DROP TABLE events;
+    ALTER TABLE events_by_display RENAME TO events;
+    CREATE INDEX events_by_received ON events (received_at);
+    CREATE TABLE plays_by_display (
+        event_id  TEXT NOT NULL,
+        display   TEXT NOT NULL,
+        item      TEXT NOT NULL,
+        playlist  TEXT NOT NULL,
+        lang      TEXT NOT NULL,
+        start     TEXT NOT NULL,
+        end       TEXT NOT NULL,
+        PRIMARY KEY (display, event_id)
+    );
+    INSERT INTO plays_by_display SELECT event_id, display, item, playlist, lang, start, end FROM plays
+        WHERE substr(event_id, 1, length(display) + 1) = display || ':';
+    DROP TABLE plays;
+    ALTER TABLE plays_by_display RENAME TO plays;
+    CREATE INDEX plays_by_display_start ON plays (display, start);
+    CREATE INDEX plays_by_start ON plays (start);",
 ];
 
 /// The last payload published on a retained topic.

@@ -34,8 +34,10 @@ pub struct Applied {
     pub version: u64,
 }
 
-/// One report. `id` is unique per agent for ever (`{display}:{sequence}`), so the daemon stores
-/// each event once however often it is redelivered.
+/// One report. `id` is `{display}:{outbox}:{sequence}`: unique per display for ever, so the
+/// daemon stores each event once however often it is redelivered. The daemon keys events by
+/// (display, id) and refuses an id that does not start with the batch's `{display}:{outbox}:`, so
+/// one display cannot pre-empt or overwrite another's ids.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     /// Unique id.
@@ -94,6 +96,9 @@ pub enum EventKind {
 pub struct EventBatch {
     /// Display id.
     pub display: String,
+    /// The agent's outbox (a random id per agent cache database), the middle part of every
+    /// event id in the batch; echoed in the receipt.
+    pub outbox: String,
     /// The agent's sequence number of the last event in the batch (echoed in the ack).
     pub upto: u64,
     /// Events.
@@ -102,11 +107,15 @@ pub struct EventBatch {
 
 /// The daemon's receipt (signed, on `marquee/v1/agent/{display}/ack`): every event of the agent
 /// up to sequence `upto` is stored. Only then does the agent delete them from its outbox; a PUBACK
-/// from the broker is not enough (a broker drops messages nobody is subscribed to yet).
+/// from the broker is not enough (a broker drops messages nobody is subscribed to yet). The agent
+/// refuses a receipt for another outbox (a receipt replayed after its cache was reset) or for a
+/// sequence it never assigned.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventAck {
     /// Display id.
     pub display: String,
+    /// The outbox whose events are stored.
+    pub outbox: String,
     /// Last stored sequence number.
     pub upto: u64,
 }

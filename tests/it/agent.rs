@@ -245,10 +245,7 @@ async fn agent_refuses_forged_replayed_and_rolled_back_payloads() {
 #[tokio::test]
 async fn broker_restart_agent_catches_up_and_no_event_is_lost_or_doubled() {
     let mq = Mosquitto::start().await;
-    let site = Site::new(
-        &format!("embedded = false\nurl = \"mqtt://127.0.0.1:{}\"", mq.port),
-        "",
-    );
+    let site = Site::new(&mq.section(), "");
     let d = Daemon::start(&site).await;
     let token = site.admin_token();
     std::fs::write(site.playlist("test-lobby"), interrupt("before", later())).unwrap();

@@ -330,10 +330,7 @@ async fn a_database_restored_from_an_old_backup_still_reaches_every_screen() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_alert_raised_while_the_broker_is_down_says_queued_and_goes_out_on_reconnect() {
     let mq = Mosquitto::start().await;
-    let site = Site::new(
-        &format!("embedded = false\nurl = \"mqtt://127.0.0.1:{}\"", mq.port),
-        "",
-    );
+    let site = Site::new(&mq.section(), "");
     let d = Daemon::start(&site).await;
     let admin = site.admin_token();
     let (s, r) = d

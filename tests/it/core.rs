@@ -122,10 +122,7 @@ async fn embedded_broker_files_to_signed_timelines_edit_break_restart() {
 #[tokio::test]
 async fn mosquitto_broker_restart_and_daemon_kill() {
     let mq = Mosquitto::start().await;
-    let site = Site::new(
-        &format!("embedded = false\nurl = \"mqtt://127.0.0.1:{}\"", mq.port),
-        "",
-    );
+    let site = Site::new(&mq.section(), "");
     let d = Daemon::start(&site).await;
     let key = site.public_key();
     let token = site.admin_token();

@@ -415,6 +415,11 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
+    /// The daemon's `[mqtt]` section for this broker.
+    pub fn section(&self) -> String {
+        format!("embedded = false\nurl = \"mqtt://127.0.0.1:{}\"", self.port)
+    }
+
     pub async fn start() -> Mosquitto {
         Mosquitto::start_on(free_port(), tempfile::tempdir().unwrap()).await
     }

@@ -4,6 +4,7 @@
 mod agent;
 mod alerts;
 mod approval;
+mod bus;
 mod cap;
 mod cli;
 mod core;
