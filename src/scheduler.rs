@@ -49,6 +49,13 @@ pub struct PublishRequest {
 /// How long a payload we published counts as "ours" when it echoes back to our subscription.
 const ECHO_WINDOW: Duration = Duration::from_secs(10);
 
+/// A topic overwritten by another client is restored at most this often: a flood of junk on a
+/// daemon topic costs each subscriber one copy of the payload per interval, not one per message.
+const RESTORE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long a signed timeline clear stays valid (see [`Scheduler::clear`]).
+const CLEAR_LIFETIME: chrono::Duration = chrono::Duration::days(365);
+
 /// Quiet time after a complete change (a file closed after writing or renamed into place, an
 /// API save, SIGHUP): long enough to take a multi-file checkout in one reload.
 const SETTLE: Duration = Duration::from_millis(20);
@@ -75,6 +82,8 @@ pub struct Scheduler {
     catalog_tx: watch::Sender<Arc<Catalog>>,
     published: BTreeMap<String, Published>,
     recent: HashMap<String, VecDeque<(Instant, [u8; 32])>>,
+    /// Per topic: when it was last restored, and whether another restore is waiting.
+    restores: HashMap<String, (Instant, bool)>,
     connected: bool,
     /// The highest version ever published on any topic, kept in `data_dir/versions.hwm` beside
     /// the signing key, so that a database restored from an old backup (or lost) does not
@@ -137,6 +146,7 @@ impl Scheduler {
             catalog_tx,
             published,
             recent: HashMap::new(),
+            restores: HashMap::new(),
             connected: false,
             high_water,
             floor,
@@ -252,7 +262,10 @@ impl Scheduler {
         let stale: Vec<String> = self
             .published
             .iter()
-            .filter(|(topic, p)| !p.payload.is_empty() && !wanted.contains(topic))
+            // A timeline (body set), or a clear from before clears were signed (empty payload).
+            .filter(|(topic, p)| {
+                (p.body.is_some() || p.payload.is_empty()) && !wanted.contains(topic)
+            })
             .filter(|(topic, _)| {
                 matches!(
                     Topic::parse(&prefix, topic),
@@ -352,13 +365,24 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Ends the timeline on `topic` with a signed clear (retained, so a display that connects
+    /// later learns it too). Its expiry is far: a clear shows nothing, so a late one does no harm,
+    /// while an expired one would be refused by every agent that joins after it.
     async fn clear(&mut self, topic: String, now: DateTime<Utc>) -> anyhow::Result<()> {
-        let version = self.published.get(&topic).map_or(0, |p| p.version);
-        tracing::info!(topic = %topic, "clearing retained timeline (no longer targeted)");
+        let version = self.next_version(&topic);
+        tracing::info!(topic = %topic, version, "clearing the timeline (no longer targeted)");
+        let body = SignedBody {
+            topic: topic.clone(),
+            version,
+            issued_at: now,
+            expires_at: now + CLEAR_LIFETIME,
+            payload: Signed::TimelineClear,
+        };
+        let payload = sign(&self.keys, &body);
         self.record(Published {
             topic,
             version,
-            payload: Vec::new(),
+            payload,
             body: None,
             issued_at: now,
         })
@@ -471,20 +495,66 @@ impl Scheduler {
                 return; // an echo of one of our own recent publishes
             }
         }
-        tracing::warn!(
-            topic,
-            bytes = payload.len(),
-            "retained topic overwritten by another client; restoring it"
-        );
+        match self.restores.get_mut(topic) {
+            Some((at, waiting)) if at.elapsed() < RESTORE_INTERVAL => {
+                if !*waiting {
+                    tracing::warn!(
+                        topic,
+                        bytes = payload.len(),
+                        "retained topic overwritten again; restoring it once the interval has passed"
+                    );
+                }
+                *waiting = true;
+            }
+            _ => {
+                tracing::warn!(
+                    topic,
+                    bytes = payload.len(),
+                    "retained topic overwritten by another client; restoring it"
+                );
+                self.restore(topic.to_owned(), ours);
+            }
+        }
+    }
+
+    fn restore(&mut self, topic: String, payload: Vec<u8>) {
         self.metrics.retained_restored.inc();
-        self.send(topic, ours);
+        self.send(&topic, payload);
+        self.restores.insert(topic, (Instant::now(), false));
+    }
+
+    /// When the next waiting restore is due, if any.
+    fn next_restore(&self) -> Option<Instant> {
+        self.restores
+            .values()
+            .filter(|(_, waiting)| *waiting)
+            .map(|(at, _)| *at + RESTORE_INTERVAL)
+            .min()
+    }
+
+    /// Restores the topics whose interval has passed.
+    fn restore_due(&mut self) {
+        let due: Vec<String> = self
+            .restores
+            .iter()
+            .filter(|(_, (at, waiting))| *waiting && at.elapsed() >= RESTORE_INTERVAL)
+            .map(|(t, _)| t.clone())
+            .collect();
+        for topic in due {
+            if let Some(p) = self.published.get(&topic).map(|p| p.payload.clone()) {
+                self.restore(topic, p);
+            } else {
+                self.restores.remove(&topic);
+            }
+        }
     }
 
     fn next_due(&self) -> DateTime<Utc> {
         let half = self.cfg.schedule.horizon / 2;
+        // Only timelines are republished when due (alerts and clears are signed once).
         self.published
             .values()
-            .filter(|p| !p.payload.is_empty())
+            .filter(|p| p.body.is_some())
             .map(|p| p.issued_at + half)
             .min()
             .unwrap_or_else(|| Utc::now() + half)
@@ -508,6 +578,7 @@ impl Scheduler {
                 .to_std()
                 .unwrap_or(Duration::ZERO)
                 .min(tick);
+            let restore_at = self.next_restore();
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 ev = events.recv() => match ev {
@@ -540,6 +611,9 @@ impl Scheduler {
                     }
                     let published = self.step().await;
                     tracing::info!(published, "reload applied");
+                }
+                _ = tokio::time::sleep_until(restore_at.unwrap_or_else(Instant::now).into()), if restore_at.is_some() => {
+                    self.restore_due();
                 }
                 _ = tokio::time::sleep(due) => {
                     let _ = self.step().await;

@@ -72,7 +72,12 @@ struct Agent {
     instance: String,
     /// The highest sequence number sent in this process: receipts above it are refused.
     sent_upto: u64,
+    /// Per topic: start of the current minute, refusals reported in it, refusals not reported.
+    refusals: HashMap<String, (tokio::time::Instant, u32, u64)>,
 }
+
+/// Refusal events reported per topic and minute (see [`Agent::refused`]).
+const REFUSALS_PER_MINUTE: u32 = 5;
 
 /// Runs the agent until SIGTERM/SIGINT.
 pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
@@ -163,6 +168,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         ack_wait: ACK_WAIT,
         instance: store.instance()?,
         sent_upto: 0,
+        refusals: HashMap::new(),
     };
     agent.restore_cache()?;
     tracing::info!(display = %agent.cfg.id, channel = %agent.cfg.channel, broker = %format!("{}:{}", agent.cfg.host, agent.cfg.port), "agent started");
@@ -257,20 +263,15 @@ impl Agent {
             return;
         }
         if bytes.is_empty() {
-            if topic == self.topics.display {
-                tracing::info!(
-                    topic,
-                    "display timeline cleared; following the channel timeline"
-                );
-                self.display_tl = None;
-                let _ = self.store.remove_payload(topic);
-            } else if self.topics.alerts.iter().any(|t| t == topic)
-                && self.alerts.contains_key(topic)
-            {
+            // Anyone can publish an empty payload: it ends nothing here (a timeline ends only by
+            // a signed clear, an alert by a signed clear or its expiry). The daemon restores the
+            // topic; its bytes equal what is held and change nothing either.
+            if topic == self.topics.display || self.alerts.contains_key(topic) {
                 tracing::warn!(
                     topic,
-                    "alert topic emptied on the broker; the alert ends only by a signed clear or its expiry"
+                    "topic emptied on the broker; ignored (only a signed clear or the expiry ends what it carried)"
                 );
+                self.refused(topic, "empty payload (not signed)".into());
             }
             return;
         }
@@ -307,12 +308,34 @@ impl Agent {
             }
             Err(e) => {
                 tracing::warn!(topic, reason = %e, "refused payload; nothing shown from it");
-                self.event(EventKind::Refused {
-                    topic: topic.to_owned(),
-                    reason: e.to_string(),
-                });
+                self.refused(topic, e.to_string());
             }
         }
+    }
+
+    /// Reports a refused payload, at most [`REFUSALS_PER_MINUTE`] per topic a minute: a flood of
+    /// junk on a topic must not flood the outbox and the daemon's store. The rest are counted
+    /// and the count reported with the next refusal after the minute.
+    fn refused(&mut self, topic: &str, reason: String) {
+        let now = tokio::time::Instant::now();
+        let (start, count, suppressed) =
+            self.refusals.entry(topic.to_owned()).or_insert((now, 0, 0));
+        if now.duration_since(*start) >= Duration::from_secs(60) {
+            (*start, *count) = (now, 0);
+        }
+        if *count >= REFUSALS_PER_MINUTE {
+            *suppressed += 1;
+            return;
+        }
+        *count += 1;
+        let reason = match std::mem::take(suppressed) {
+            0 => reason,
+            n => format!("{reason} (and {n} more refusals not reported)"),
+        };
+        self.event(EventKind::Refused {
+            topic: topic.to_owned(),
+            reason,
+        });
     }
 
     /// The daemon's signed receipt: events up to `upto` are stored and leave the outbox.
@@ -370,6 +393,15 @@ impl Agent {
             Signed::Timeline(_) => {
                 tracing::warn!(topic, "timeline on an unexpected topic; ignored")
             }
+            Signed::TimelineClear if topic == self.topics.display => {
+                tracing::info!(
+                    topic,
+                    "display timeline cleared; following the channel timeline"
+                );
+                self.display_tl = None;
+            }
+            Signed::TimelineClear if topic == self.topics.channel => self.channel_tl = None,
+            Signed::TimelineClear => {}
             Signed::Alert(a) | Signed::AlertAt(a) => {
                 if let Some(at) = a.starts_at.filter(|at| *at > Utc::now()) {
                     tracing::info!(alert = %a.id, starts_at = %at, "alert held until its start");

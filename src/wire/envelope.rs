@@ -68,6 +68,10 @@ pub enum Signed {
     AlertAt(Alert),
     /// The end of an alert.
     AlertClear(AlertClear),
+    /// The end of the timeline on this topic (a display timeline no longer targeted: the display
+    /// follows its channel again). Only this clears a timeline on an agent: an empty payload,
+    /// which anyone can publish, changes nothing.
+    TimelineClear,
     /// The daemon's receipt for an agent's events.
     EventAck(super::agent::EventAck),
 }

@@ -457,7 +457,7 @@ async fn alert_preempts_at_once_and_ends_on_clear_or_expiry() {
         .wait_log("the ignored empty payload", |v| {
             v["message"]
                 .as_str()
-                .is_some_and(|m| m.starts_with("alert topic emptied"))
+                .is_some_and(|m| m.starts_with("topic emptied on the broker"))
         })
         .await;
     let n = agent.frames.lock().unwrap().len();

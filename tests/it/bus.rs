@@ -174,3 +174,112 @@ fn start_of(v: &Value) -> String {
         .with_timezone(&Utc)
         .to_rfc3339()
 }
+
+/// Waits until the counter `name` reaches `min`; returns its value.
+async fn counter_at_least(d: &Daemon, token: &str, name: &str, min: f64) -> f64 {
+    let start = std::time::Instant::now();
+    loop {
+        let v = d.metric(token, name).await;
+        if v >= min {
+            return v;
+        }
+        assert!(start.elapsed() < DEADLINE, "{name} stayed at {v} < {min}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_unsigned_empty_publish_ends_nothing_and_a_junk_flood_costs_a_handful_of_restores() {
+    let mq = Mosquitto::start().await;
+    let site = Site::new(&mq.section(), "");
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    let from = (Utc::now() - Duration::minutes(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    let until = (Utc::now() + Duration::hours(6)).to_rfc3339_opts(SecondsFormat::Secs, true);
+    std::fs::write(
+        site.playlist("display-only"),
+        format!(
+            r#"{{"id": "display-only", "tier": "interrupt", "targets": {{"displays": ["lobby-east-1"]}},
+  "schedule": [{{"from": "{from}", "until": "{until}"}}],
+  "items": [{{"id": "only", "text": {{"zh": "DISPLAY-ONLY", "en": "DISPLAY-ONLY"}}, "seconds": 1}}]}}"#
+        ),
+    )
+    .unwrap();
+    let mut agent = AgentProc::start(&agent_config(&site, "lobby-east-1", "lobby", mq.port), &[]);
+    agent
+        .frame("the display's own timeline", |v| {
+            text_of(v) == "DISPLAY-ONLY"
+        })
+        .await;
+
+    // Anyone can publish an empty retained payload on the display's topic: it ends nothing.
+    let display_topic = "marquee/v1/display/lobby-east-1/timeline";
+    let sub = Sub::connect(mq.port, "marquee/v1/channel/lobby/timeline").await;
+    sub.client
+        .publish(display_topic, QoS::AtLeastOnce, true, Vec::<u8>::new())
+        .await
+        .unwrap();
+    agent
+        .wait_log("the empty payload refused", |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("topic emptied on the broker"))
+        })
+        .await;
+    counter_at_least(&d, &token, "marquee_retained_restored_total", 1.0).await;
+    let n = agent.frames.lock().unwrap().len();
+    let frames = agent.frames.clone();
+    eventually("three more frames", || {
+        (frames.lock().unwrap().len() >= n + 3).then_some(())
+    })
+    .await;
+    assert!(
+        frames.lock().unwrap()[n - 1..]
+            .iter()
+            .all(|v| text_of(v) == "DISPLAY-ONLY"),
+        "the screen left its own timeline"
+    );
+
+    // Only the daemon's signed clear ends it: the playlist goes, the screen follows its channel.
+    std::fs::remove_file(site.playlist("display-only")).unwrap();
+    let n = agent.frames.lock().unwrap().len();
+    eventually("channel content after the signed clear", || {
+        frames.lock().unwrap()[n..]
+            .iter()
+            .any(|v| v["kind"] == "timeline" && text_of(v) != "DISPLAY-ONLY")
+            .then_some(())
+    })
+    .await;
+
+    // 5,000 junk messages on a daemon topic: a handful of restores, not one each.
+    let before = d.metric(&token, "marquee_retained_restored_total").await;
+    let mut watch = Sub::connect(mq.port, "marquee/v1/channel/lobby/timeline").await;
+    watch
+        .wait("the retained lobby timeline", |m| !m.payload.is_empty())
+        .await;
+    for i in 0..5000u32 {
+        sub.client
+            .publish(
+                "marquee/v1/channel/lobby/timeline",
+                QoS::AtLeastOnce,
+                false,
+                format!("junk {i:05}"),
+            )
+            .await
+            .unwrap();
+    }
+    watch
+        .wait("the last junk message", |m| m.payload == b"junk 04999")
+        .await;
+    let key = site.public_key();
+    // The daemon restores once more after the flood, within its interval.
+    watch.seen.clear();
+    watch
+        .wait("a restore after the flood", |m| m.verified(&key).is_ok())
+        .await;
+    let restores = d.metric(&token, "marquee_retained_restored_total").await - before;
+    assert!(
+        (1.0..=10.0).contains(&restores),
+        "{restores} restores for 5,000 junk messages"
+    );
+}
