@@ -526,3 +526,105 @@ pub fn playlist_diff(config: &Path, file: &Path) -> anyhow::Result<String> {
     );
     Ok(crate::preview::impact_text(&impact, sched.horizon))
 }
+
+/// `marquee display add ID --channel C --out DIR`: registers the display and writes its
+/// credentials (`ID.report.key` and `ID.broker.password`, mode 0600) into `out`, for the agent's
+/// config. They are shown once: the daemon keeps only the public key and a password hash.
+pub async fn display_add(
+    api: &ApiClient,
+    id: &str,
+    channel: &str,
+    out: &Path,
+) -> anyhow::Result<String> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let c = api
+        .call(
+            reqwest::Method::POST,
+            "/api/v1/registry",
+            Some(serde_json::json!({"id": id, "channel": channel})),
+        )
+        .await?;
+    let field = |k: &str| c[k].as_str().unwrap_or_default().to_owned();
+    let key = out.join(format!("{id}.report.key"));
+    let password = out.join(format!("{id}.broker.password"));
+    crate::keys::write_atomic(
+        &key,
+        format!("{}\n", field("report_key_secret")).as_bytes(),
+        0o600,
+    )?;
+    crate::keys::write_atomic(&password, field("broker_password").as_bytes(), 0o600)?;
+    Ok(format!(
+        "registered {id} on channel {channel}\n\
+         wrote {} and {} (mode 0600; copy them to the display, they are not shown again)\n\
+         in the agent's config:\n\
+         \x20 id = \"{id}\"\n\
+         \x20 channel = \"{channel}\"\n\
+         \x20 report_key_file = \"{}\"\n\
+         \x20 [mqtt]\n\
+         \x20 username = \"{id}\"\n\
+         \x20 password_file = \"{}\"\n\
+         with Mosquitto, regenerate its files: marquee broker mosquitto --out DIR\n",
+        key.display(),
+        password.display(),
+        key.display(),
+        password.display(),
+    ))
+}
+
+/// `marquee display list`: the registry as a table.
+pub async fn display_list(api: &ApiClient) -> anyhow::Result<String> {
+    let body = api.get("/api/v1/registry").await?;
+    let mut rows = vec![[
+        "ID".to_owned(),
+        "CHANNEL".to_owned(),
+        "REPORT KEY".to_owned(),
+        "ADDED".to_owned(),
+        "BY".to_owned(),
+    ]];
+    for d in body["displays"].as_array().into_iter().flatten() {
+        let f = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
+        rows.push([
+            f("id"),
+            f("channel"),
+            f("report_key"),
+            f("added_at"),
+            f("added_by"),
+        ]);
+    }
+    Ok(table(&rows))
+}
+
+/// `marquee display remove ID`.
+pub async fn display_remove(api: &ApiClient, id: &str) -> anyhow::Result<String> {
+    api.call(
+        reqwest::Method::DELETE,
+        &format!("/api/v1/registry/{id}"),
+        None,
+    )
+    .await?;
+    Ok(format!(
+        "removed {id}: its reports are dropped from now on; with Mosquitto, regenerate its files to close its account\n"
+    ))
+}
+
+/// `marquee broker mosquitto --out DIR`: writes `passwd` (mode 0600) and `acl` for Mosquitto
+/// from the registry, and says how to use them.
+pub async fn broker_mosquitto(api: &ApiClient, out: &Path) -> anyhow::Result<String> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let body = api.get("/api/v1/broker/mosquitto").await?;
+    let passwd = out.join("passwd");
+    let acl = out.join("acl");
+    let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
+    crate::keys::write_atomic(&passwd, text("password_file").as_bytes(), 0o600)?;
+    crate::keys::write_atomic(&acl, text("acl_file").as_bytes(), 0o644)?;
+    Ok(format!(
+        "wrote {} and {}\nin mosquitto.conf (then reload Mosquitto: kill -HUP its pid):\n\
+         \x20 allow_anonymous false\n\
+         \x20 password_file {}\n\
+         \x20 acl_file {}\n",
+        passwd.display(),
+        acl.display(),
+        passwd.display(),
+        acl.display()
+    ))
+}

@@ -70,6 +70,16 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         ),
         Err(e) => tracing::error!(error = %e, "cannot remove cut-off imports"),
     }
+    let registry = crate::registry::Registry::load(&store)
+        .with_context(|| format!("cannot read the display registry in {}", db.display()))?;
+    for id in cfg.schedule.displays.keys() {
+        if registry.get(id).is_none() {
+            tracing::warn!(
+                display = %id,
+                "declared under [[schedule.displays]] but not registered: its reports are dropped until `marquee display add {id} --channel …`"
+            );
+        }
+    }
     let metrics = Metrics::default();
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -153,6 +163,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         reports,
         held_alerts: Arc::new(tokio::sync::Notify::new()),
         signing: signing.clone(),
+        registry: registry.clone(),
     });
     tracker.spawn(dispatcher.run(cancel.clone()));
     tracker.spawn(http::alerts::start_held_alerts(
@@ -187,6 +198,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             keys: signing.clone(),
             mqtt: mqtt.clone(),
         },
+        registry,
         cancel.clone(),
     ));
     {

@@ -1,22 +1,26 @@
 //! Fleet intake: agents' retained status and event batches, read from the broker and written to
-//! the store. Reports are checked against their topic (an agent cannot report for another display)
+//! the store. A report is stored only when it comes from a registered display and is signed with
+//! that display's report key for its own topic (see [`crate::registry`]); the rest is dropped and
+//! counted (`marquee_agent_reports_dropped_total{reason}`). Reports are checked against their topic
 //! and stored once per (display, event id), so redeliveries after reconnects do not count twice;
 //! an event id that is not the batch's own (`{display}:{outbox}:…`) is dropped and counted. After each
 //! stored batch the agent gets a signed receipt (`agent/{display}/ack`); only that lets it drop
 //! the events from its outbox.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 use crate::mqtt::MqttHandle;
+use crate::registry::Registry;
 use crate::store::Store;
 use crate::wire::agent::{EventAck, EventBatch, Status};
-use crate::wire::{KeyPair, Signed, SignedBody, Topic, sign};
+use crate::wire::{KeyPair, Signed, SignedBody, Topic, WireError, sign, verify};
 
 /// A display whose clock is further off than this (ms) is flagged (`clock_skew` in the fleet
 /// view): it would start and end alerts and timelines at the wrong time.
@@ -44,8 +48,15 @@ pub async fn run(
     mut rx: mpsc::Receiver<(String, Bytes, bool)>,
     metrics: Metrics,
     receipts: Receipts,
+    registry: Arc<Registry>,
     cancel: CancellationToken,
 ) {
+    let mut intake = Intake {
+        registry,
+        metrics: metrics.clone(),
+        statuses: HashMap::new(),
+        warned: HashSet::new(),
+    };
     loop {
         let (topic, payload, retained) = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -55,78 +66,48 @@ pub async fn run(
             continue;
         }
         let store = store.clone();
-        let res = match Topic::parse(&prefix, &topic) {
-            Some(Topic::AgentStatus(display)) => match serde_json::from_slice::<Status>(&payload) {
-                Ok(s) if s.display == display => {
-                    tracing::info!(display = %s.display, online = s.online, "display status");
-                    let now = Utc::now();
-                    // A live status was just written by the agent: its `at` against our clock
-                    // is the agent's clock skew (a retained one may be old: no measure).
-                    let skew = (!retained).then(|| (s.at - now).num_milliseconds());
-                    if let Some(ms) = skew.filter(|ms| ms.abs() > MAX_SKEW_MS) {
-                        tracing::warn!(display = %s.display, skew_ms = ms, "display clock is off");
-                    }
-                    tokio::task::spawn_blocking(move || {
-                        store.record_status(&s, now, skew).map(|()| 0)
-                    })
+        let res = match intake.read(&prefix, &topic, &payload) {
+            Some(Report::Status(s)) => {
+                tracing::info!(display = %s.display, online = s.online, "display status");
+                let now = Utc::now();
+                // A live status was just written by the agent: its `at` against our clock
+                // is the agent's clock skew (a retained one may be old: no measure).
+                let skew = (!retained).then(|| (s.at - now).num_milliseconds());
+                if let Some(ms) = skew.filter(|ms| ms.abs() > MAX_SKEW_MS) {
+                    tracing::warn!(display = %s.display, skew_ms = ms, "display clock is off");
+                }
+                tokio::task::spawn_blocking(move || store.record_status(&s, now, skew).map(|()| 0))
                     .await
-                }
-                Ok(s) => {
-                    tracing::warn!(topic, claimed = %s.display, "status names another display; ignored");
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(topic, error = %e, "unreadable status; ignored");
-                    continue;
-                }
-            },
-            Some(Topic::AgentEvents(display)) => {
-                match serde_json::from_slice::<EventBatch>(&payload) {
-                    Ok(b) if b.display == display && valid_outbox(&b.outbox) => {
-                        let (upto, outbox) = (b.upto, b.outbox.clone());
-                        let own = format!("{display}:{outbox}:");
-                        let (events, foreign): (Vec<_>, Vec<_>) =
-                            b.events.into_iter().partition(|e| e.id.starts_with(&own));
-                        if !foreign.is_empty() {
-                            tracing::warn!(
-                                topic,
-                                dropped = foreign.len(),
-                                first = %foreign[0].id,
-                                "events whose id belongs to another display or outbox; dropped"
-                            );
-                            metrics
-                                .reports_dropped
-                                .get_or_create(&vec![("reason".into(), "foreign_id".into())])
-                                .inc_by(foreign.len() as u64);
-                        }
-                        let res = tokio::task::spawn_blocking(move || {
-                            store
-                                .record_events(&display, &events, Utc::now())
-                                .map(|n| (n, display))
-                        })
-                        .await;
-                        // Receipt only after the commit.
-                        res.map(|r| {
-                            r.map(|(new, display)| {
-                                receipt(&receipts, &prefix, display, outbox, upto);
-                                new
-                            })
-                        })
-                    }
-                    Ok(_) => {
-                        tracing::warn!(
-                            topic,
-                            "event batch names another display or no valid outbox; ignored"
-                        );
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(topic, error = %e, "unreadable event batch; ignored");
-                        continue;
-                    }
-                }
             }
-            _ => continue,
+            Some(Report::Events(b)) => {
+                let (display, upto, outbox) = (b.display, b.upto, b.outbox);
+                let own = format!("{display}:{outbox}:");
+                let (events, foreign): (Vec<_>, Vec<_>) =
+                    b.events.into_iter().partition(|e| e.id.starts_with(&own));
+                if !foreign.is_empty() {
+                    tracing::warn!(
+                        topic,
+                        dropped = foreign.len(),
+                        first = %foreign[0].id,
+                        "events whose id belongs to another display or outbox; dropped"
+                    );
+                    intake.dropped("foreign_id", foreign.len());
+                }
+                let res = tokio::task::spawn_blocking(move || {
+                    store
+                        .record_events(&display, &events, Utc::now())
+                        .map(|n| (n, display))
+                })
+                .await;
+                // Receipt only after the commit.
+                res.map(|r| {
+                    r.map(|(new, display)| {
+                        receipt(&receipts, &prefix, display, outbox, upto);
+                        new
+                    })
+                })
+            }
+            None => continue,
         };
         match res {
             Ok(Ok(new)) => {
@@ -135,6 +116,102 @@ pub async fn run(
             Ok(Err(e)) => tracing::error!(topic, error = %e, "cannot store an agent report"),
             Err(e) => tracing::error!(topic, error = %e, "agent report task failed"),
         };
+    }
+}
+
+/// A report that passed every check.
+enum Report {
+    Status(Status),
+    Events(EventBatch),
+}
+
+/// The checks every report passes before it is stored.
+struct Intake {
+    registry: Arc<Registry>,
+    metrics: Metrics,
+    /// Per display: the issue time and agent start of the last accepted status.
+    statuses: HashMap<String, (DateTime<Utc>, DateTime<Utc>)>,
+    /// Displays already warned about (one warning per display and reason, not one per report).
+    warned: HashSet<(String, &'static str)>,
+}
+
+impl Intake {
+    /// The report on `topic` if it comes from a registered display, is signed with that
+    /// display's key for this very topic, names that display (and, for events, a valid outbox)
+    /// and, for a status, is not older than the last one accepted. Anything else is dropped
+    /// and counted by reason.
+    fn read(&mut self, prefix: &str, topic: &str, payload: &[u8]) -> Option<Report> {
+        let display = match Topic::parse(prefix, topic) {
+            Some(Topic::AgentStatus(d) | Topic::AgentEvents(d)) => d,
+            _ => return None,
+        };
+        let Some(entry) = self.registry.get(&display) else {
+            self.drop_report(&display, "unregistered", "report from a display that is not registered; dropped (register it with `marquee display add`)");
+            return None;
+        };
+        let body = match verify(&entry.report_key, topic, payload, None, Utc::now()) {
+            Ok(b) => b,
+            Err(WireError::Malformed(_)) => {
+                self.drop_report(&display, "unsigned", "unsigned or malformed report; dropped (is report_key_file set in the agent's config?)");
+                return None;
+            }
+            Err(e) => {
+                tracing::warn!(topic, error = %e, "report refused");
+                self.dropped("bad_signature", 1);
+                return None;
+            }
+        };
+        match body.payload {
+            Signed::Status(s) if s.display == display => {
+                let last = self.statuses.get(&display);
+                // Newer than the last one, or the last will of the agent run we know (signed
+                // at its start, sent by the broker when it drops).
+                let fresh = last.is_none_or(|(at, started)| {
+                    body.issued_at >= *at || (!s.online && s.started_at == *started)
+                });
+                if !fresh {
+                    tracing::warn!(
+                        topic,
+                        "status older than the last one accepted (a replay); dropped"
+                    );
+                    self.dropped("replayed", 1);
+                    return None;
+                }
+                self.statuses.insert(
+                    display,
+                    (
+                        body.issued_at.max(last.map_or(body.issued_at, |l| l.0)),
+                        s.started_at,
+                    ),
+                );
+                Some(Report::Status(s))
+            }
+            Signed::Events(b) if b.display == display && valid_outbox(&b.outbox) => {
+                Some(Report::Events(b))
+            }
+            _ => {
+                tracing::warn!(
+                    topic,
+                    "report names another display, another kind or no valid outbox; dropped"
+                );
+                self.dropped("mismatch", 1);
+                None
+            }
+        }
+    }
+
+    fn drop_report(&mut self, id: &str, reason: &'static str, message: &str) {
+        if self.warned.insert((id.to_owned(), reason)) {
+            tracing::warn!(display = id, reason, "{message}");
+        }
+        self.dropped(reason, 1);
+    }
+
+    fn dropped(&self, reason: &str, n: usize) {
+        self.metrics
+            .reports_dropped
+            .get_or_create(&vec![("reason".into(), reason.into())])
+            .inc_by(n as u64);
     }
 }
 

@@ -55,7 +55,8 @@ pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn read_secret(path: &Path) -> anyhow::Result<String> {
+/// Reads a secret file, refusing one that group or others can read.
+pub fn read_secret(path: &Path) -> anyhow::Result<String> {
     let meta = fs::metadata(path).with_context(|| format!("cannot read {}", path.display()))?;
     if meta.permissions().mode() & 0o044 != 0 {
         anyhow::bail!(

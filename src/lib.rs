@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod mqtt;
 pub mod preview;
+pub mod registry;
 pub mod scheduler;
 pub mod sms;
 pub mod store;

@@ -76,6 +76,21 @@ enum Command {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// The display registry: add (issues the display's report key and broker password),
+    /// remove, list. Only registered displays' reports are stored.
+    Display {
+        #[command(subcommand)]
+        action: DisplayAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Broker files from the registry: `mosquitto --out DIR` writes a password file and an ACL.
+    Broker {
+        #[command(subcommand)]
+        action: BrokerAction,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Emergency alerts: raise, clear, show (with acknowledgements), list.
     Alert {
         #[command(subcommand)]
@@ -253,6 +268,39 @@ enum CampaignAction {
 }
 
 #[derive(Subcommand)]
+enum DisplayAction {
+    /// Register a display and write its credentials into DIR (shown once).
+    Add {
+        /// Display id (1-64 of A-Z a-z 0-9 _ -).
+        id: String,
+        /// Its channel.
+        #[arg(long)]
+        channel: String,
+        /// Where to write ID.report.key and ID.broker.password (the shipped agent configs read
+        /// them from data/credentials).
+        #[arg(long, default_value = "data/credentials")]
+        out: PathBuf,
+    },
+    /// Remove a display: its reports are dropped from now on.
+    Remove {
+        /// Display id.
+        id: String,
+    },
+    /// The registered displays.
+    List,
+}
+
+#[derive(Subcommand)]
+enum BrokerAction {
+    /// Write Mosquitto's password file (`passwd`) and ACL (`acl`) into DIR.
+    Mosquitto {
+        /// Directory to write into.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum OptoutAction {
     /// Add numbers.
     Add {
@@ -416,6 +464,21 @@ fn main() -> ExitCode {
         }
         Command::Displays { api } => run_api("marquee displays", api, |client| async move {
             marquee::cli::displays(&client).await
+        }),
+        Command::Display { action, api } => run_api("marquee display", api, |client| async move {
+            match action {
+                DisplayAction::Add { id, channel, out } => {
+                    marquee::cli::display_add(&client, &id, &channel, &out).await
+                }
+                DisplayAction::Remove { id } => marquee::cli::display_remove(&client, &id).await,
+                DisplayAction::List => marquee::cli::display_list(&client).await,
+            }
+        }),
+        Command::Broker {
+            action: BrokerAction::Mosquitto { out },
+            api,
+        } => run_api("marquee broker", api, |client| async move {
+            marquee::cli::broker_mosquitto(&client, &out).await
         }),
         Command::Alert { action, api } => run_api("marquee alert", api, |client| async move {
             let pretty =

@@ -8,8 +8,14 @@ use prometheus_client::registry::Registry;
 
 /// Why an agent report can be dropped (labels of `marquee_agent_reports_dropped_total`, shown
 /// from zero).
-pub const REPORT_DROP_REASONS: [&str; 4] =
-    ["foreign_id", "unregistered", "unsigned", "bad_signature"];
+pub const REPORT_DROP_REASONS: [&str; 6] = [
+    "foreign_id",
+    "unregistered",
+    "unsigned",
+    "bad_signature",
+    "replayed",
+    "mismatch",
+];
 
 /// The daemon's metrics. Cheap to clone: every field is a shared handle.
 #[derive(Clone, Default)]
@@ -30,7 +36,7 @@ pub struct Metrics {
     pub mqtt_connects: Counter,
     /// Agent events stored (redeliveries not counted).
     pub events_ingested: Counter,
-    /// Agent reports dropped, by reason (foreign_id, unregistered, unsigned, bad_signature).
+    /// Agent reports dropped, by reason (see [`REPORT_DROP_REASONS`]).
     pub reports_dropped: Family<Vec<(String, String)>, Counter>,
     /// SMS submits by gateway and answer.
     pub sms_submits: Family<Vec<(String, String)>, Counter>,

@@ -30,6 +30,8 @@ struct RawAgent {
     id: String,
     channel: String,
     public_key_file: PathBuf,
+    #[serde(default)]
+    report_key_file: Option<PathBuf>,
     cache_dir: PathBuf,
     #[serde(default = "default_render")]
     render: RenderKind,
@@ -149,6 +151,9 @@ pub struct AgentConfig {
     pub channel: String,
     /// The daemon's public key.
     pub public_key: PublicKey,
+    /// This display's report key (issued by `marquee display add`): statuses and event batches
+    /// are signed with it. Without it reports go unsigned and the daemon drops them.
+    pub report_key: Option<std::sync::Arc<crate::wire::KeyPair>>,
     /// Where the verified payloads and the event outbox live.
     pub cache_dir: PathBuf,
     /// Renderer.
@@ -223,6 +228,21 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
             None
         }
     };
+    let report_key = raw.report_key_file.as_ref().and_then(|path| {
+        crate::keys::read_secret(path)
+            .and_then(|s| Ok(crate::wire::KeyPair::from_hex(&s)?))
+            .map_err(|e| {
+                p.push(format!(
+                    "report_key_file: {}: {e:#} (register the display on the daemon's host: `marquee display add {} --channel {} --out DIR`, then point report_key_file at DIR/{}.report.key)",
+                    path.display(),
+                    raw.id,
+                    raw.channel,
+                    raw.id
+                ))
+            })
+            .ok()
+            .map(std::sync::Arc::new)
+    });
     let (host, port, tls) = match url::Url::parse(&raw.mqtt.url) {
         Ok(u)
             if matches!(u.scheme(), "mqtt" | "tcp" | "mqtts" | "ssl") && u.host_str().is_some() =>
@@ -325,6 +345,7 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
         id: raw.id,
         channel: raw.channel,
         public_key: public_key?,
+        report_key,
         cache_dir: raw.cache_dir,
         render: raw.render,
         host,

@@ -26,7 +26,7 @@ use crate::mqtt::{self, ClientOptions, LastWill, MqttEvent, MqttHandle};
 use crate::store::agent::AgentStore;
 use crate::wire::agent::{Applied, Event, EventBatch, EventKind, Status};
 use crate::wire::alert::Alert;
-use crate::wire::{Signed, Timeline, Topic, WireError, verify};
+use crate::wire::{Signed, SignedBody, Timeline, Topic, WireError, verify};
 
 /// Events sent per batch.
 const BATCH: usize = 500;
@@ -143,9 +143,17 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             max_packet: cfg.max_payload,
             subscriptions,
             tls: cfg.tls.clone(),
+            // Signed now, sent by the broker whenever the connection drops: valid as long as a
+            // retained status may sit on the broker.
             last_will: Some(LastWill {
                 topic: topics.status.clone(),
-                payload: serde_json::to_vec(&offline)?,
+                payload: report_bytes(
+                    cfg.report_key.as_deref(),
+                    &topics.status,
+                    Signed::Status(offline),
+                    started_at,
+                    STATUS_LIFETIME,
+                ),
             }),
         },
         cancel.child_token(),
@@ -170,6 +178,11 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         sent_upto: 0,
         refusals: HashMap::new(),
     };
+    if agent.cfg.report_key.is_none() {
+        tracing::warn!(
+            "no report_key_file: this display's reports (status, plays, alert acks) go unsigned and the daemon drops them; register it with `marquee display add`"
+        );
+    }
     agent.restore_cache()?;
     tracing::info!(display = %agent.cfg.id, channel = %agent.cfg.channel, broker = %format!("{}:{}", agent.cfg.host, agent.cfg.port), "agent started");
 
@@ -214,9 +227,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     if agent.connected {
         let mut status = agent.status();
         status.online = false;
-        let _ = agent
-            .mqtt
-            .publish(&agent.topics.status, serde_json::to_vec(&status)?, true);
+        let bytes = agent.report(
+            &agent.topics.status,
+            Signed::Status(status),
+            STATUS_LIFETIME,
+        );
+        let _ = agent.mqtt.publish(&agent.topics.status, bytes, true);
     }
     cancel.cancel();
     tracing::info!("agent stopped");
@@ -411,7 +427,7 @@ impl Agent {
             Signed::AlertClear(c) => {
                 self.alerts.retain(|_, a| a.id != c.id);
             }
-            Signed::EventAck(_) => {}
+            Signed::EventAck(_) | Signed::Status(_) | Signed::Events(_) => {}
         }
     }
 
@@ -539,9 +555,7 @@ impl Agent {
             upto: last,
             events,
         };
-        let Ok(bytes) = serde_json::to_vec(&batch) else {
-            return;
-        };
+        let bytes = self.report(&self.topics.events, Signed::Events(batch), EVENTS_LIFETIME);
         match self.mqtt.publish(&self.topics.events, bytes, false) {
             Ok(()) => {
                 self.sent_upto = self.sent_upto.max(last);
@@ -603,11 +617,62 @@ impl Agent {
         if !self.connected {
             return;
         }
-        if let Ok(bytes) = serde_json::to_vec(&self.status())
-            && let Err(e) = self.mqtt.publish(&self.topics.status, bytes, true)
-        {
+        let bytes = self.report(
+            &self.topics.status,
+            Signed::Status(self.status()),
+            STATUS_LIFETIME,
+        );
+        if let Err(e) = self.mqtt.publish(&self.topics.status, bytes, true) {
             tracing::debug!(error = %e, "status not sent; will resend on reconnect");
         }
+    }
+
+    /// A report for `topic`, signed with this display's report key (see [`report_bytes`]).
+    fn report(&self, topic: &str, payload: Signed, lifetime: chrono::Duration) -> Vec<u8> {
+        report_bytes(
+            self.cfg.report_key.as_deref(),
+            topic,
+            payload,
+            Utc::now(),
+            lifetime,
+        )
+    }
+}
+
+/// How long a signed status stays valid (it is retained; the last will is signed at start).
+const STATUS_LIFETIME: chrono::Duration = chrono::Duration::days(30);
+
+/// How long a signed event batch stays valid (it is signed anew at every resend).
+const EVENTS_LIFETIME: chrono::Duration = chrono::Duration::hours(1);
+
+/// A report in the signed envelope (version: the batch's `upto`, or a status's time in ms), or
+/// its bare JSON when the display has no report key (the daemon drops those).
+fn report_bytes(
+    key: Option<&crate::wire::KeyPair>,
+    topic: &str,
+    payload: Signed,
+    now: DateTime<Utc>,
+    lifetime: chrono::Duration,
+) -> Vec<u8> {
+    let version = match &payload {
+        Signed::Events(b) => b.upto,
+        Signed::Status(s) => s.at.timestamp_millis().max(0) as u64,
+        _ => 0,
+    };
+    match (key, payload) {
+        (Some(keys), payload) => crate::wire::sign(
+            keys,
+            &SignedBody {
+                topic: topic.to_owned(),
+                version,
+                issued_at: now,
+                expires_at: now + lifetime,
+                payload,
+            },
+        ),
+        (None, Signed::Status(s)) => serde_json::to_vec(&s).unwrap_or_default(),
+        (None, Signed::Events(b)) => serde_json::to_vec(&b).unwrap_or_default(),
+        (None, _) => Vec::new(),
     }
 }
 

@@ -320,19 +320,21 @@ async fn raise_alert(
 
 /// How many known displays `scope` reaches.
 async fn reach(s: &AppState, scope: &Scope) -> Result<usize, ApiError> {
-    let store = s.store.clone();
-    let displays = tokio::task::spawn_blocking(move || store.displays())
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?;
-    Ok(displays
+    // From the registry and the configuration only: never from what clients report on the bus.
+    let known = s.registry.known(&s.cfg.schedule.displays);
+    Ok(known
         .iter()
-        .filter(|d| match scope {
-            Scope::All => true,
-            Scope::Channels(cs) => cs.contains(&d.channel),
-            Scope::Displays(ds) => ds.contains(&d.id),
-        })
+        .filter(|(id, channel)| in_scope(scope, id, channel))
         .count())
+}
+
+/// Whether display `id` on `channel` is in `scope`.
+fn in_scope(scope: &Scope, id: &str, channel: &str) -> bool {
+    match scope {
+        Scope::All => true,
+        Scope::Channels(cs) => cs.iter().any(|c| c == channel),
+        Scope::Displays(ds) => ds.iter().any(|d| d == id),
+    }
 }
 
 /// Audits and publishes the end of alert `id` (where it is still current); idempotent.
@@ -817,25 +819,24 @@ pub async fn show(
     let row = load(&s, &id).await?;
     let store = s.store.clone();
     let key = id.clone();
-    let (acks, displays, sms) = tokio::task::spawn_blocking(move || {
+    let (acks, sms) = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::store::StoreError>((
             store.alert_acks(&key)?,
-            store.displays()?,
             store.campaign_for_alert(&key)?,
         ))
     })
     .await
     .map_err(|e| ApiError::internal(e.to_string()))?
     .map_err(|e| ApiError::internal(e.to_string()))?;
-    let in_scope = |d: &crate::store::fleet::DisplayRow| match &row.scope {
-        Scope::All => true,
-        Scope::Channels(cs) => cs.contains(&d.channel),
-        Scope::Displays(ds) => ds.contains(&d.id),
-    };
-    let missing: Vec<&str> = displays
+    // Every display known to be in scope (registered or declared) that has not acknowledged,
+    // including those that never reported at all.
+    let known = s.registry.known(&s.cfg.schedule.displays);
+    let missing: Vec<&str> = known
         .iter()
-        .filter(|d| in_scope(d) && !acks.iter().any(|a| a.display == d.id))
-        .map(|d| d.id.as_str())
+        .filter(|(id, channel)| {
+            in_scope(&row.scope, id, channel) && !acks.iter().any(|a| &a.display == *id)
+        })
+        .map(|(id, _)| id.as_str())
         .collect();
     // One report: screens (acks) and phones (the alert's SMS campaign with its delivery states).
     let sms = sms.map(|c| {

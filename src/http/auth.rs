@@ -66,6 +66,8 @@ pub type Editor = Auth<1>;
 pub type Approver = Auth<2>;
 /// Operators and admins (alerts, campaigns).
 pub type Operator = Auth<3>;
+/// Admins only (the display registry and broker accounts).
+pub type Admin = Auth<4>;
 
 fn role_of(n: u8) -> Role {
     match n {

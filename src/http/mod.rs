@@ -10,6 +10,7 @@ pub mod cap_feed;
 pub mod error;
 pub mod headers;
 pub mod playlists;
+pub mod registry;
 pub mod uploads;
 
 use std::sync::Arc;
@@ -48,6 +49,8 @@ pub struct AppState {
     pub held_alerts: Arc<tokio::sync::Notify>,
     /// The daemon's signing key (for the audit anchor).
     pub signing: Arc<crate::wire::KeyPair>,
+    /// The display registry (who may report; reach of the two-person rule).
+    pub registry: Arc<crate::registry::Registry>,
 }
 
 /// The OpenAPI document's frame: title, version, the bearer scheme, tags.
@@ -116,6 +119,9 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::list_displays))
         .routes(routes!(api::get_display))
         .routes(routes!(api::plays))
+        .routes(routes!(registry::list, registry::add))
+        .routes(routes!(registry::remove))
+        .routes(routes!(registry::mosquitto))
         .routes(routes!(alerts::list, alerts::raise))
         .routes(routes!(alerts::cap))
         .routes(routes!(alerts::approve))

@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod anchor;
 pub mod audit;
 pub mod fleet;
+pub mod registry;
 pub mod sms;
 
 use std::path::Path;
@@ -244,6 +245,16 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE plays_by_display RENAME TO plays;
     CREATE INDEX plays_by_display_start ON plays (display, start);
     CREATE INDEX plays_by_start ON plays (start);",
+    // 16: the display registry: who may report (and with which key) and who has a broker
+    // account (the password only as a Mosquitto-format hash).
+    "CREATE TABLE registry (
+        id             TEXT PRIMARY KEY,
+        channel        TEXT NOT NULL,
+        report_key     TEXT NOT NULL,
+        password_hash  TEXT NOT NULL,
+        added_at       TEXT NOT NULL,
+        added_by       TEXT NOT NULL
+    );",
 ];
 
 /// The last payload published on a retained topic.

@@ -74,6 +74,10 @@ pub enum Signed {
     TimelineClear,
     /// The daemon's receipt for an agent's events.
     EventAck(super::agent::EventAck),
+    /// An agent's status, signed with its display's report key (see `docs/protocol.md`).
+    Status(super::agent::Status),
+    /// An agent's event batch, signed with its display's report key.
+    Events(super::agent::EventBatch),
 }
 
 /// The signed part of an envelope.
@@ -162,6 +166,13 @@ impl PublicKey {
 pub struct KeyPair {
     signing: SigningKey,
     public: PublicKey,
+}
+
+impl std::fmt::Debug for KeyPair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the secret.
+        write!(f, "KeyPair({})", self.public.id())
+    }
 }
 
 impl KeyPair {

@@ -64,7 +64,8 @@ async fn agent_plays_edits_reports_and_goes_offline_when_killed() {
     let d = Daemon::start(&site).await;
     let token = site.admin_token();
     // The agent-only binary (what screens run); other tests use `marquee agent`.
-    let mut agent = AgentProc::start_slim(&agent_config(&site, "lobby-test-1", "lobby", port), &[]);
+    let mut agent =
+        AgentProc::start_slim(&agent_config(&d, &site, "lobby-test-1", "lobby", port), &[]);
 
     // It plays the lobby timeline (the hotline daytime playlist or the fallback playlist).
     agent
@@ -165,7 +166,7 @@ async fn eventually_plays(d: &Daemon, token: &str, display: &str, n: usize) -> V
 async fn agent_refuses_forged_replayed_and_rolled_back_payloads() {
     let port = free_port();
     let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
-    let _d = Daemon::start(&site).await;
+    let d = Daemon::start(&site).await;
     let key = site.public_key();
     let mut sub = Sub::connect(port, "marquee/v1/channel/+/timeline").await;
     let v1 = sub.wait("lobby v1", |m| m.topic == LOBBY).await;
@@ -177,7 +178,7 @@ async fn agent_refuses_forged_replayed_and_rolled_back_payloads() {
     std::fs::write(site.playlist("test-lobby"), interrupt("genuine", later())).unwrap();
     let (v, _) = sub.timeline(&key, LOBBY, 2).await;
     assert_eq!(v, 2);
-    let mut agent = AgentProc::start(&agent_config(&site, "lobby-test-2", "lobby", port), &[]);
+    let mut agent = AgentProc::start(&agent_config(&d, &site, "lobby-test-2", "lobby", port), &[]);
     agent.frame("the genuine slogan", shows("genuine")).await;
 
     // Sign with another key a timeline that would show "FORGED".
@@ -249,7 +250,10 @@ async fn broker_restart_agent_catches_up_and_no_event_is_lost_or_doubled() {
     let d = Daemon::start(&site).await;
     let token = site.admin_token();
     std::fs::write(site.playlist("test-lobby"), interrupt("before", later())).unwrap();
-    let mut agent = AgentProc::start(&agent_config(&site, "lobby-test-3", "lobby", mq.port), &[]);
+    let mut agent = AgentProc::start(
+        &agent_config(&d, &site, "lobby-test-3", "lobby", mq.port),
+        &[],
+    );
     agent.frame("before", shows("before")).await;
 
     // Broker down: the agent keeps playing (and buffering proof of play).
@@ -350,7 +354,7 @@ async fn agent_started_without_a_broker_plays_its_cache_and_switches_on_time() {
     // The interrupt ends 4 s from now; after it the lobby shows what was scheduled under it.
     let end = Utc::now() + Duration::seconds(4);
     std::fs::write(site.playlist("test-lobby"), interrupt("cached", end)).unwrap();
-    let config = agent_config(&site, "lobby-test-4", "lobby", port);
+    let config = agent_config(&d, &site, "lobby-test-4", "lobby", port);
     let mut agent = AgentProc::start(&config, &[]);
     agent.frame("the cached slogan", shows("cached")).await;
     assert_eq!(agent.stop().await, Some(0));
@@ -383,7 +387,7 @@ async fn alert_preempts_at_once_and_ends_on_clear_or_expiry() {
     let d = Daemon::start(&site).await;
     let token = site.admin_token();
     std::fs::write(site.playlist("test-lobby"), interrupt("normal", later())).unwrap();
-    let mut agent = AgentProc::start(&agent_config(&site, "lobby-test-5", "lobby", port), &[]);
+    let mut agent = AgentProc::start(&agent_config(&d, &site, "lobby-test-5", "lobby", port), &[]);
     agent.frame("normal content", shows("normal")).await;
     let sub = Sub::connect(port, "marquee/v1/alert/#").await;
     let topic = "marquee/v1/alert/all";
@@ -502,7 +506,10 @@ async fn fleet_view_is_truthful_after_a_restart_and_flags_clock_skew() {
     );
     let d = Daemon::start(&site).await;
     let admin = site.admin_token();
-    let mut agent = AgentProc::start(&agent_config(&site, "lobby-fleet-1", "lobby", port), &[]);
+    let mut agent = AgentProc::start(
+        &agent_config(&d, &site, "lobby-fleet-1", "lobby", port),
+        &[],
+    );
     agent
         .frame("normal content", |v| v["kind"] == "timeline")
         .await;
@@ -522,12 +529,18 @@ async fn fleet_view_is_truthful_after_a_restart_and_flags_clock_skew() {
     let at = chrono::Utc::now() - chrono::Duration::minutes(10);
     let status = serde_json::json!({"display": "lobby-skew-1", "online": true, "channel": "lobby",
         "timeline": null, "alert": null, "agent_version": "0.1.0", "started_at": at, "at": at});
+    let keys = register(&d, &site, "lobby-skew-1", "lobby");
+    let topic = "marquee/v1/agent/lobby-skew-1/status";
     sub.client
         .publish(
-            "marquee/v1/agent/lobby-skew-1/status",
+            topic,
             rumqttc::QoS::AtLeastOnce,
             false,
-            serde_json::to_vec(&status).unwrap(),
+            sign_report(
+                &keys,
+                topic,
+                marquee::wire::Signed::Status(serde_json::from_value(status).unwrap()),
+            ),
         )
         .await
         .unwrap();

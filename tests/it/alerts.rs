@@ -18,7 +18,10 @@ async fn alert_raised_by_api_preempts_is_acknowledged_and_ends() {
     site.append_config("[[auth.tokens]]\nname = \"watcher\"\nrole = \"viewer\"\ntoken_env = \"MARQUEE_IT_VIEWER\"\n");
     let d = Daemon::start_with_env(&site, &[("MARQUEE_IT_VIEWER", VIEWER)]).await;
     let admin = site.admin_token();
-    let mut agent = AgentProc::start(&agent_config(&site, "lobby-alert-1", "lobby", port), &[]);
+    let mut agent = AgentProc::start(
+        &agent_config(&d, &site, "lobby-alert-1", "lobby", port),
+        &[],
+    );
     agent
         .frame("normal content", |v| v["kind"] == "timeline")
         .await;
@@ -79,7 +82,9 @@ async fn alert_raised_by_api_preempts_is_acknowledged_and_ends() {
     let f = agent.frame("the alert", |v| v["kind"] == "alert").await;
     assert!(text_of(&f).contains("Typhoon") || text_of(&f).contains("台风"));
 
-    // Acknowledged, with latency; nobody in scope is missing.
+    // Acknowledged, with latency; the only one in scope missing is the declared lobby-east-1,
+    // which has no agent running (known displays come from the registry and the config, not
+    // from who happened to report).
     let start = std::time::Instant::now();
     let shown = loop {
         let (_, v) = d.get(&format!("/api/v1/alerts/{id}"), Some(VIEWER)).await;
@@ -91,7 +96,7 @@ async fn alert_raised_by_api_preempts_is_acknowledged_and_ends() {
     };
     assert_eq!(shown["acks"][0]["display"], "lobby-alert-1");
     assert!(shown["acks"][0]["latency_ms"].as_i64().unwrap() >= 0);
-    assert_eq!(shown["not_acknowledged"], json!([]));
+    assert_eq!(shown["not_acknowledged"], json!(["lobby-east-1"]));
     assert_eq!(shown["alert"]["raised_by"], "admin");
 
     // A newer alert on the same scope, then clearing the old one: the newer stays.
@@ -178,6 +183,7 @@ async fn alert_raised_by_api_preempts_is_acknowledged_and_ends() {
     assert_eq!(
         actions,
         vec![
+            "display.register",
             "alert.raise",
             "alert.raise",
             "alert.clear",
@@ -260,7 +266,10 @@ async fn a_database_restored_from_an_old_backup_still_reaches_every_screen() {
     // Life goes on: alerts raised and cleared, versions grow on the screens.
     let d = Daemon::start(&site).await;
     let admin = site.admin_token();
-    let mut agent = AgentProc::start(&agent_config(&site, "lobby-restore-1", "lobby", port), &[]);
+    let mut agent = AgentProc::start(
+        &agent_config(&d, &site, "lobby-restore-1", "lobby", port),
+        &[],
+    );
     agent
         .frame("normal content", |v| v["kind"] == "timeline")
         .await;

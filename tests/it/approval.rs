@@ -31,7 +31,7 @@ async fn alerts_beyond_the_limit_wait_for_a_second_person() {
         ],
     )
     .await;
-    let mut agent = AgentProc::start(&agent_config(&site, "lobby-2p-1", "lobby", port), &[]);
+    let mut agent = AgentProc::start(&agent_config(&d, &site, "lobby-2p-1", "lobby", port), &[]);
     agent
         .frame("normal content", |v| v["kind"] == "timeline")
         .await;
@@ -114,6 +114,7 @@ async fn alerts_beyond_the_limit_wait_for_a_second_person() {
         .unwrap()
         .iter()
         .map(|e| (e["actor"].as_str().unwrap(), e["action"].as_str().unwrap()))
+        .filter(|(_, action)| action.starts_with("alert."))
         .collect();
     assert_eq!(
         actions,

@@ -6,6 +6,7 @@ use rumqttc::QoS;
 use serde_json::{Value, json};
 
 use crate::harness::*;
+use marquee::wire::{KeyPair, Signed};
 
 /// An interrupt playlist on the lobby channel with one-second items (frames and plays come fast).
 fn interrupt(text: &str) -> String {
@@ -43,14 +44,15 @@ async fn one_display_cannot_preempt_another_and_a_replayed_receipt_empties_nothi
     let token = site.admin_token();
     std::fs::write(site.playlist("test-lobby"), interrupt("bus")).unwrap();
     let mut sub = Sub::connect(mq.port, "marquee/v1/agent/lobby-bus-1/#").await;
-    let cfg = agent_config(&site, "lobby-bus-1", "lobby", mq.port);
+    let cfg = agent_config(&d, &site, "lobby-bus-1", "lobby", mq.port);
     let agent = AgentProc::start(&cfg, &[]);
 
     // What anyone on the bus sees: a batch (its outbox and ids) and the daemon's receipt.
     let batch = sub
         .wait("an event batch", |m| m.topic.ends_with("/events"))
         .await;
-    let b: Value = serde_json::from_slice(&batch.payload).unwrap();
+    let envelope: Value = serde_json::from_slice(&batch.payload).unwrap();
+    let b = &envelope["body"]["payload"]["data"];
     let outbox = b["outbox"].as_str().unwrap().to_owned();
     let upto = b["upto"].as_u64().unwrap();
     let receipt = sub.wait("a receipt", |m| m.topic.ends_with("/ack")).await;
@@ -63,30 +65,31 @@ async fn one_display_cannot_preempt_another_and_a_replayed_receipt_empties_nothi
                    "topic": "x", "reason": "pre-empted"})
         })
         .collect();
-    for (display, own) in [("x-1", outbox.as_str()), ("x-1", "x1outbox")] {
-        let msg = json!({"display": display, "outbox": own, "upto": upto + 200, "events": forged});
+    // x-1 is a registered display: it signs with its own key, on its own topic.
+    let x1 = register(&d, &site, "x-1", "lobby");
+    for own in [outbox.as_str(), "x1outbox"] {
+        let batch: marquee::wire::agent::EventBatch = serde_json::from_value(
+            json!({"display": "x-1", "outbox": own, "upto": upto + 200, "events": forged}),
+        )
+        .unwrap();
+        let topic = "marquee/v1/agent/x-1/events";
         sub.client
             .publish(
-                format!("marquee/v1/agent/{display}/events"),
+                topic,
                 QoS::AtLeastOnce,
                 false,
-                serde_json::to_vec(&msg).unwrap(),
+                sign_report(&x1, topic, Signed::Events(batch)),
             )
             .await
             .unwrap();
     }
-    let start = std::time::Instant::now();
-    while d
-        .metric(
-            &token,
-            "marquee_agent_reports_dropped_total{reason=\"foreign_id\"}",
-        )
-        .await
-        < 400.0
-    {
-        assert!(start.elapsed() < DEADLINE, "forged ids were not dropped");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    counter_at_least(
+        &d,
+        &token,
+        "marquee_agent_reports_dropped_total{reason=\"foreign_id\"}",
+        400.0,
+    )
+    .await;
     // lobby-bus-1's own plays with those ids still arrive; nothing is stored for x-1.
     let own = |ids: &[String]| {
         ids.iter()
@@ -205,7 +208,10 @@ async fn an_unsigned_empty_publish_ends_nothing_and_a_junk_flood_costs_a_handful
         ),
     )
     .unwrap();
-    let mut agent = AgentProc::start(&agent_config(&site, "lobby-east-1", "lobby", mq.port), &[]);
+    let mut agent = AgentProc::start(
+        &agent_config(&d, &site, "lobby-east-1", "lobby", mq.port),
+        &[],
+    );
     agent
         .frame("the display's own timeline", |v| {
             text_of(v) == "DISPLAY-ONLY"
@@ -282,4 +288,263 @@ async fn an_unsigned_empty_publish_ends_nothing_and_a_junk_flood_costs_a_handful
         (1.0..=10.0).contains(&restores),
         "{restores} restores for 5,000 junk messages"
     );
+}
+
+/// Raises an alert (it waits for approval: `alerts_above = 0`) and returns (id, reach).
+async fn pending_alert(d: &Daemon, token: &str, scope: Value) -> (String, u64) {
+    let (s, v) = d
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/alerts",
+            Some(token),
+            Some(json!({"text": {"en": "drill"}, "scope": scope, "expires_in": "30m"})),
+        )
+        .await;
+    assert_eq!((s, v["status"].as_str()), (202, Some("pending")), "{v}");
+    (
+        v["id"].as_str().unwrap().to_owned(),
+        v["reach"].as_u64().unwrap(),
+    )
+}
+
+/// Display A's account (and A's own report key, as on a stolen screen) tries to lie for B, for a
+/// display without an agent, for displays that do not exist, and on the daemon's topics. With
+/// `broker_confines` (Mosquitto with the generated ACL) the broker drops it all; on the embedded
+/// broker (no topic rules) the daemon's checks drop every report and restore its topics.
+async fn display_a_cannot_lie(
+    d: &Daemon,
+    site: &Site,
+    port: u16,
+    account: Option<(&str, &str)>,
+    broker_confines: bool,
+) {
+    let token = site.admin_token();
+    let a_key = KeyPair::from_hex(
+        &std::fs::read_to_string(site.dir.path().join("credentials/lobby-acl-a.report.key"))
+            .unwrap(),
+    )
+    .unwrap();
+    register(d, site, "lobby-acl-c", "lobby");
+    // B is playing and reporting.
+    let start = std::time::Instant::now();
+    while play_ids(d, &token, "lobby-acl-b").await.len() < 2 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "B never reported plays\n{}",
+            dump(&d.log)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (alert_c, reach_c) = pending_alert(d, &token, json!({"displays": ["lobby-acl-c"]})).await;
+    let (_, reach_all) = pending_alert(d, &token, json!("all")).await;
+    assert_eq!(reach_c, 1);
+    let fleet_b = |v: &Value| {
+        (
+            v["online"].clone(),
+            v["channel"].clone(),
+            v["agent_version"].clone(),
+        )
+    };
+    let (_, before_b) = d.get("/api/v1/displays/lobby-acl-b", Some(&token)).await;
+    let unsigned = "marquee_agent_reports_dropped_total{reason=\"unsigned\"}";
+    let unsigned_before = d.metric(&token, unsigned).await;
+    let restored_before = d.metric(&token, "marquee_retained_restored_total").await;
+
+    let attacker = Sub::connect_as(port, "marquee/v1/daemon/status", account).await;
+    let now = Utc::now();
+    let status = |display: &str, online: bool| -> marquee::wire::agent::Status {
+        serde_json::from_value(
+            json!({"display": display, "online": online, "channel": "zzz",
+            "timeline": {"topic": "x", "version": 77}, "alert": null, "agent_version": "spoofed",
+            "started_at": now, "at": now}),
+        )
+        .unwrap()
+    };
+    let batch = |display: &str| -> marquee::wire::agent::EventBatch {
+        serde_json::from_value(json!({"display": display, "outbox": "forged", "upto": 2, "events": [
+            {"id": format!("{display}:forged:1"), "at": now, "kind": "alert_displayed", "alert": alert_c, "latency_ms": 1},
+            {"id": format!("{display}:forged:2"), "at": now, "kind": "play", "item": "forged", "playlist": "=1+1",
+             "lang": "zh", "start": now, "end": now}]}))
+        .unwrap()
+    };
+    let mut lies: Vec<(String, Vec<u8>, bool)> = Vec::new();
+    for victim in ["lobby-acl-b", "lobby-acl-c", "fake-1"] {
+        let st = format!("marquee/v1/agent/{victim}/status");
+        let ev = format!("marquee/v1/agent/{victim}/events");
+        lies.push((
+            st.clone(),
+            serde_json::to_vec(&status(victim, false)).unwrap(),
+            true,
+        ));
+        lies.push((
+            st.clone(),
+            sign_report(&a_key, &st, Signed::Status(status(victim, false))),
+            true,
+        ));
+        lies.push((
+            ev.clone(),
+            serde_json::to_vec(&batch(victim)).unwrap(),
+            false,
+        ));
+        lies.push((
+            ev.clone(),
+            sign_report(&a_key, &ev, Signed::Events(batch(victim))),
+            false,
+        ));
+    }
+    lies.push((
+        "marquee/v1/channel/lobby/timeline".into(),
+        b"junk".to_vec(),
+        false,
+    ));
+    lies.push((
+        "marquee/v1/display/lobby-acl-b/timeline".into(),
+        Vec::new(),
+        true,
+    ));
+    lies.push(("marquee/v1/alert/all".into(), b"junk".to_vec(), true));
+    lies.push((
+        "marquee/v1/daemon/status".into(),
+        br#"{"online":false}"#.to_vec(),
+        true,
+    ));
+    // Last, something A may do: an unsigned report on its own topic, counted when it arrives.
+    lies.push((
+        "marquee/v1/agent/lobby-acl-a/events".into(),
+        b"{}".to_vec(),
+        false,
+    ));
+    for (topic, payload, retain) in lies {
+        attacker
+            .client
+            .publish(topic, QoS::AtLeastOnce, retain, payload)
+            .await
+            .unwrap();
+    }
+    // Everything before the marker has reached the daemon (one connection keeps order).
+    let expect_unsigned = if broker_confines { 1.0 } else { 5.0 };
+    counter_at_least(d, &token, unsigned, unsigned_before + expect_unsigned).await;
+
+    let (_, after_b) = d.get("/api/v1/displays/lobby-acl-b", Some(&token)).await;
+    assert_eq!(
+        fleet_b(&after_b),
+        fleet_b(&before_b),
+        "B's fleet entry changed"
+    );
+    assert_eq!(after_b["online"], true);
+    let (_, plays) = d
+        .get("/api/v1/plays?from=2000-01-01T00:00:00Z", Some(&token))
+        .await;
+    assert!(
+        !plays["plays"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["item"] == "forged"),
+        "a forged play was stored"
+    );
+    let (_, shown) = d
+        .get(&format!("/api/v1/alerts/{alert_c}"), Some(&token))
+        .await;
+    assert_eq!(shown["acks"], json!([]), "a forged ack was stored");
+    assert_eq!(shown["not_acknowledged"], json!(["lobby-acl-c"]));
+    let (s, _) = d.get("/api/v1/displays/fake-1", Some(&token)).await;
+    assert_eq!(s, 404, "an unregistered display entered the fleet");
+    let (_, reach_after) = pending_alert(d, &token, json!("all")).await;
+    assert_eq!(reach_after, reach_all, "reach moved with what clients said");
+    if broker_confines {
+        // The broker dropped the writes on the daemon's topics: nothing needed restoring.
+        assert_eq!(
+            d.metric(&token, "marquee_retained_restored_total").await,
+            restored_before
+        );
+        let mut fresh = Sub::connect_as(port, "marquee/v1/daemon/status", account).await;
+        let m = fresh.wait("the retained daemon status", |_| true).await;
+        assert_eq!(m.payload, br#"{"online":true}"#);
+    }
+}
+
+#[tokio::test]
+async fn with_the_generated_mosquitto_files_a_display_account_writes_only_its_own_reports() {
+    // The operator's start: Mosquitto knows only the daemon's account.
+    let dir = tempfile::tempdir().unwrap();
+    let (passwd, acl) = (dir.path().join("passwd"), dir.path().join("acl"));
+    let daemon_pw = "daemon-secret-0123456789";
+    let out = std::process::Command::new("mosquitto_passwd")
+        .args(["-c", "-b"])
+        .arg(&passwd)
+        .args(["marquee-daemon", daemon_pw])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(&acl, "user marquee-daemon\ntopic readwrite marquee/v1/#\n").unwrap();
+    let mq = Mosquitto::start_secured(&passwd, &acl).await;
+    let site = Site::new(
+        &format!(
+            "embedded = false\nurl = \"mqtt://127.0.0.1:{}\"\nusername = \"marquee-daemon\"\npassword_env = \"IT_MQ_PW\"",
+            mq.port
+        ),
+        "",
+    );
+    site.append_config("[approval]\nalerts_above = 0\n");
+    let d = Daemon::start_with_env(&site, &[("IT_MQ_PW", daemon_pw)]).await;
+    let token = site.admin_token();
+    std::fs::write(site.playlist("test-lobby"), interrupt("acl")).unwrap();
+    let cfg_a = agent_config(&d, &site, "lobby-acl-a", "lobby", mq.port);
+    let cfg_b = agent_config(&d, &site, "lobby-acl-b", "lobby", mq.port);
+    // The generated files replace the start-up ones; Mosquitto reads them again on SIGHUP.
+    let gen_dir = site.dir.path().join("broker");
+    let said = d.cli(
+        &token,
+        &[
+            "broker",
+            "mosquitto",
+            "--out",
+            &gen_dir.display().to_string(),
+        ],
+    );
+    assert!(said.contains("acl_file"), "{said}");
+    std::fs::copy(gen_dir.join("passwd"), &passwd).unwrap();
+    std::fs::copy(gen_dir.join("acl"), &acl).unwrap();
+    mq.reload();
+    let _a = AgentProc::start(&cfg_a, &[]);
+    let mut b = AgentProc::start(&cfg_b, &[]);
+    b.frame("B plays", |v| text_of(v).starts_with("acl")).await;
+    let a_pw = std::fs::read_to_string(
+        site.dir
+            .path()
+            .join("credentials/lobby-acl-a.broker.password"),
+    )
+    .unwrap();
+    display_a_cannot_lie(&d, &site, mq.port, Some(("lobby-acl-a", &a_pw)), true).await;
+    // A wrong password is refused by the broker outright.
+    let mut o = rumqttc::MqttOptions::new("wrong-pw", "127.0.0.1", mq.port);
+    o.set_credentials("lobby-acl-a", "wrong");
+    let (_c, mut el) = rumqttc::AsyncClient::new(o, 10);
+    let refused = loop {
+        match el.poll().await {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => break false,
+            Ok(_) => {}
+            Err(rumqttc::ConnectionError::ConnectionRefused(_)) => break true,
+            Err(e) => panic!("{e}"),
+        }
+    };
+    assert!(refused, "a wrong password was accepted");
+}
+
+#[tokio::test]
+async fn on_the_embedded_broker_reports_are_bound_by_signature() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    site.append_config("[approval]\nalerts_above = 0\n");
+    let d = Daemon::start(&site).await;
+    std::fs::write(site.playlist("test-lobby"), interrupt("acl")).unwrap();
+    let _cfg_a = agent_config(&d, &site, "lobby-acl-a", "lobby", port);
+    let mut b = AgentProc::start(&agent_config(&d, &site, "lobby-acl-b", "lobby", port), &[]);
+    b.frame("B plays", |v| text_of(v).starts_with("acl")).await;
+    display_a_cannot_lie(&d, &site, port, None, false).await;
 }

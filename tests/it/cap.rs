@@ -30,7 +30,7 @@ async fn cap_alert_update_cancel_test_and_malformed() {
     site.append_config("[[cap.areas]]\narea_desc = \"Pudong\"\nchannels = [\"lobby\"]\n");
     let d = Daemon::start(&site).await;
     let admin = site.admin_token();
-    let mut agent = AgentProc::start(&agent_config(&site, "lobby-cap-1", "lobby", port), &[]);
+    let mut agent = AgentProc::start(&agent_config(&d, &site, "lobby-cap-1", "lobby", port), &[]);
     agent
         .frame("normal content", |v| v["kind"] == "timeline")
         .await;
@@ -196,7 +196,7 @@ async fn field_cap_shapes_reach_a_real_agent_as_their_producers_mean() {
     let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
     let d = Daemon::start(&site).await;
     let admin = site.admin_token();
-    let mut agent = AgentProc::start(&agent_config(&site, "lobby-cap-2", "lobby", port), &[]);
+    let mut agent = AgentProc::start(&agent_config(&d, &site, "lobby-cap-2", "lobby", port), &[]);
     agent
         .frame("normal content", |v| v["kind"] == "timeline")
         .await;

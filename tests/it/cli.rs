@@ -148,13 +148,34 @@ fn shipped_agent_configs_are_valid() {
             src.contains("public_key_file = \"data/signing.pub\""),
             "agent-{ch} pins the daemon's key"
         );
+        // The report key where `marquee display add ID --out data/credentials` writes it.
+        let id = src
+            .lines()
+            .find_map(|l| l.strip_prefix("id = \""))
+            .unwrap()
+            .trim_end_matches('"');
+        let shipped_key = format!("\"data/credentials/{id}.report.key\"");
+        assert!(
+            src.contains(&format!("report_key_file = {shipped_key}")),
+            "agent-{ch}"
+        );
+        let key = dir.path().join(format!("{id}.report.key"));
+        marquee::keys::write_atomic(
+            &key,
+            marquee::wire::KeyPair::from_seed([7; 32])
+                .secret_hex()
+                .as_bytes(),
+            0o600,
+        )
+        .unwrap();
         let path = dir.path().join(format!("agent-{ch}.toml"));
         std::fs::write(
             &path,
             src.replace(
                 "\"data/signing.pub\"",
                 &format!("{:?}", public.display().to_string()),
-            ),
+            )
+            .replace(&shipped_key, &format!("{:?}", key.display().to_string())),
         )
         .unwrap();
         let cfg = marquee::agent::config::AgentConfig::load(&path)

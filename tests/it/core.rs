@@ -386,7 +386,7 @@ async fn daemon_and_agent_reach_mosquitto_over_tls() {
         ),
         "",
     );
-    let _d = Daemon::start(&site).await;
+    let d = Daemon::start(&site).await;
     let key = site.public_key();
     // Read back over the plain listener of the same broker.
     let mut sub = Sub::connect(mq.port, LOBBY).await;
@@ -394,7 +394,7 @@ async fn daemon_and_agent_reach_mosquitto_over_tls() {
     assert_eq!(v, 1);
 
     // An agent over TLS too.
-    let config = agent_config(&site, "lobby-tls-1", "lobby", tls_port);
+    let config = agent_config(&d, &site, "lobby-tls-1", "lobby", tls_port);
     let text = std::fs::read_to_string(&config).unwrap().replace(
         &format!("url = \"mqtt://127.0.0.1:{tls_port}\""),
         &format!(

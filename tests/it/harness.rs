@@ -305,6 +305,13 @@ pub fn dump(log: &Arc<Mutex<Vec<Value>>>) -> String {
         .join("\n")
 }
 
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0\n"))
+}
+
 /// A message received by [`Sub`].
 #[derive(Debug, Clone)]
 pub struct Msg {
@@ -338,7 +345,15 @@ pub struct Sub {
 
 impl Sub {
     pub async fn connect(port: u16, filter: &str) -> Sub {
+        Sub::connect_as(port, filter, None).await
+    }
+
+    /// Connects with a broker account (user name, password).
+    pub async fn connect_as(port: u16, filter: &str, account: Option<(&str, &str)>) -> Sub {
         let mut o = MqttOptions::new(format!("test-{}", free_port()), "127.0.0.1", port);
+        if let Some((user, password)) = account {
+            o.set_credentials(user, password);
+        }
         o.set_max_packet_size(8 << 20, 8 << 20);
         o.set_keep_alive(Duration::from_secs(5));
         let (client, mut el) = AsyncClient::new(o, 100);
@@ -427,6 +442,29 @@ impl Mosquitto {
     async fn start_on(port: u16, dir: tempfile::TempDir) -> Mosquitto {
         let conf = format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n");
         Mosquitto::start_with(port, dir, &conf).await
+    }
+
+    /// A Mosquitto that admits only the accounts of `passwd` and confines them by `acl`
+    /// (Mosquitto's own `password_file` and `acl_file`).
+    pub async fn start_secured(passwd: &Path, acl: &Path) -> Mosquitto {
+        let port = free_port();
+        let conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\npassword_file {}\nacl_file {}\n{}",
+            passwd.display(),
+            acl.display(),
+            // Started as root, Mosquitto drops to the `mosquitto` user and then cannot read the
+            // files (mode 0600, ours) again on SIGHUP: stay the user that wrote them.
+            if is_root() { "user root\n" } else { "" }
+        );
+        Mosquitto::start_with(port, tempfile::tempdir().unwrap(), &conf).await
+    }
+
+    /// SIGHUP: Mosquitto reads its password and ACL files again.
+    pub fn reload(&self) {
+        Command::new("kill")
+            .args(["-HUP", &self.child.id().to_string()])
+            .status()
+            .unwrap();
     }
 
     /// A Mosquitto with a plain listener on `port` and a TLS listener on `tls_port`, whose
@@ -555,8 +593,45 @@ impl Drop for Mosquitto {
     }
 }
 
-/// Writes an agent config into the site and returns its path.
-pub fn agent_config(site: &Site, id: &str, channel: &str, broker_port: u16) -> PathBuf {
+/// Registers display `id` with the daemon (`marquee display add`) and writes its agent config
+/// (with the issued report key and broker password) into the site; returns the config's path.
+pub fn agent_config(d: &Daemon, site: &Site, id: &str, channel: &str, broker_port: u16) -> PathBuf {
+    let creds = site.dir.path().join("credentials");
+    let out = creds.display().to_string();
+    d.cli(
+        &site.admin_token(),
+        &["display", "add", id, "--channel", channel, "--out", &out],
+    );
+    let path = unregistered_agent_config(site, id, channel, broker_port);
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "[mqtt]\n",
+        &format!(
+            "[mqtt]\nusername = \"{id}\"\npassword_file = {:?}\n",
+            creds
+                .join(format!("{id}.broker.password"))
+                .display()
+                .to_string()
+        ),
+        1,
+    );
+    std::fs::write(
+        &path,
+        format!(
+            "report_key_file = {:?}\n{text}",
+            creds.join(format!("{id}.report.key")).display().to_string()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// An agent config for a display that is not registered (its reports are dropped).
+pub fn unregistered_agent_config(
+    site: &Site,
+    id: &str,
+    channel: &str,
+    broker_port: u16,
+) -> PathBuf {
     let d = site.dir.path();
     let path = d.join(format!("agent-{id}.toml"));
     std::fs::write(
@@ -682,6 +757,32 @@ impl Drop for AgentProc {
 /// The text of a jsonl frame.
 pub fn text_of(v: &Value) -> &str {
     v["text"].as_str().unwrap_or("")
+}
+
+/// Registers `id` (`marquee display add`) and returns its report key.
+pub fn register(d: &Daemon, site: &Site, id: &str, channel: &str) -> marquee::wire::KeyPair {
+    let out = site.dir.path().join("credentials");
+    let dir = out.display().to_string();
+    d.cli(
+        &site.admin_token(),
+        &["display", "add", id, "--channel", channel, "--out", &dir],
+    );
+    let hex = std::fs::read_to_string(out.join(format!("{id}.report.key"))).unwrap();
+    marquee::wire::KeyPair::from_hex(&hex).unwrap()
+}
+
+/// A report signed as an agent signs it.
+pub fn sign_report(keys: &marquee::wire::KeyPair, topic: &str, payload: Signed) -> Vec<u8> {
+    marquee::wire::sign(
+        keys,
+        &SignedBody {
+            topic: topic.into(),
+            version: 1,
+            issued_at: Utc::now(),
+            expires_at: Utc::now() + chrono::Duration::hours(1),
+            payload,
+        },
+    )
 }
 
 /// Signs `payload` for `topic` with the site daemon's own key (as the daemon would).

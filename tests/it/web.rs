@@ -198,7 +198,7 @@ fn decode_base64(s: &str) -> Vec<u8> {
 async fn web_renderer_in_chromium_follows_the_agent_and_shows_alerts() {
     let port = free_port();
     let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
-    let _d = Daemon::start(&site).await;
+    let d = Daemon::start(&site).await;
     let from = (chrono::Utc::now() - Duration::minutes(1)).to_rfc3339();
     let until = (chrono::Utc::now() + Duration::hours(1)).to_rfc3339();
     std::fs::write(
@@ -212,7 +212,7 @@ async fn web_renderer_in_chromium_follows_the_agent_and_shows_alerts() {
     )
     .unwrap();
     let mut agent = AgentProc::start(
-        &agent_config(&site, "lobby-web-1", "lobby", port),
+        &agent_config(&d, &site, "lobby-web-1", "lobby", port),
         &["--render", "web"],
     );
     let url = agent

@@ -1,0 +1,127 @@
+//! The display registry over HTTP (admin only): register a display (its credentials are in the
+//! answer, once), remove one, list them, and the Mosquitto password and ACL files made from it.
+
+use std::sync::Arc;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::auth::{Admin, Viewer};
+use super::error::ApiError;
+use super::{AppState, audit};
+use crate::registry::{Credentials, RegistryError, mosquitto_acl, mosquitto_passwd};
+
+/// `POST /api/v1/registry` body.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddDisplay {
+    /// Display id (1-64 of `A-Z a-z 0-9 _ -`); also its broker user name.
+    pub id: String,
+    /// Its channel (one of `[schedule] channels`).
+    pub channel: String,
+}
+
+fn refused(e: RegistryError) -> ApiError {
+    match e {
+        RegistryError::BadId(_) => ApiError::bad_field("id", e.to_string()),
+        RegistryError::UnknownChannel(_) | RegistryError::ChannelMismatch { .. } => {
+            ApiError::bad_field("channel", e.to_string())
+        }
+        RegistryError::Exists(_) => ApiError {
+            status: StatusCode::CONFLICT,
+            code: "exists",
+            message: e.to_string(),
+            field: Some("id".into()),
+        },
+        RegistryError::Unknown(_) => ApiError::not_found(e.to_string()),
+        RegistryError::Store(_) | RegistryError::Random(_) => ApiError::internal(e.to_string()),
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, RegistryError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .map_err(refused)
+}
+
+/// `POST /api/v1/registry`: registers a display and issues its credentials (report key and
+/// broker password), shown only in this answer.
+#[utoipa::path(post, path = "/api/v1/registry", tag = "displays", security(("bearer" = [])), request_body = AddDisplay, responses((status = 201, description = "registered; the credentials are in this answer only", body = Credentials), (status = 400, description = "bad id or channel (field named)"), (status = 409, description = "already registered"), (status = 401, description = "no or unknown token"), (status = 403, description = "not an admin")))]
+pub async fn add(
+    super::auth::Auth(who): Admin,
+    State(s): State<Arc<AppState>>,
+    Json(req): Json<AddDisplay>,
+) -> Result<(StatusCode, Json<Credentials>), ApiError> {
+    let (store, registry, cfg) = (s.store.clone(), s.registry.clone(), s.cfg.clone());
+    let by = who.name.clone();
+    let (id, channel) = (req.id.clone(), req.channel.clone());
+    let creds = blocking(move || {
+        registry.add(
+            &store,
+            &id,
+            &channel,
+            &cfg.schedule.channels,
+            &cfg.schedule.displays,
+            &by,
+        )
+    })
+    .await?;
+    audit(
+        &s,
+        &who.name,
+        "display.register",
+        &req.id,
+        json!({"channel": req.channel, "report_key": creds.report_key}),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(creds)))
+}
+
+/// `DELETE /api/v1/registry/{id}`: the display's reports are dropped from now on; its broker
+/// account goes with the next generated password file.
+#[utoipa::path(delete, path = "/api/v1/registry/{id}", tag = "displays", security(("bearer" = [])), params(("id" = String, Path, description = "display id")), responses((status = 204, description = "removed"), (status = 404, description = "not registered"), (status = 401, description = "no or unknown token"), (status = 403, description = "not an admin")))]
+pub async fn remove(
+    super::auth::Auth(who): Admin,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let (store, registry, key) = (s.store.clone(), s.registry.clone(), id.clone());
+    blocking(move || registry.remove(&store, &key)).await?;
+    audit(&s, &who.name, "display.unregister", &id, json!({})).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/registry`: every registered display (id, channel, public report key, when and
+/// by whom), without secrets.
+#[utoipa::path(get, path = "/api/v1/registry", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "the registered displays"), (status = 401, description = "no or unknown token")))]
+pub async fn list(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let store = s.store.clone();
+    let rows = blocking(move || Ok(store.registry()?)).await?;
+    Ok(Json(json!({ "displays": rows })))
+}
+
+/// `GET /api/v1/broker/mosquitto`: a Mosquitto `password_file` (the daemon's account and one per
+/// registered display) and `acl_file` (each display reads its own topics and writes only its own
+/// reports). Needs the daemon's own broker account (`[mqtt] username` and password).
+#[utoipa::path(get, path = "/api/v1/broker/mosquitto", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "{password_file, acl_file} as text"), (status = 400, description = "the daemon has no broker account (field mqtt.username)"), (status = 401, description = "no or unknown token"), (status = 403, description = "not an admin")))]
+pub async fn mosquitto(_: Admin, State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+    let Some((user, password)) = s.cfg.mqtt.credentials.clone() else {
+        return Err(ApiError::bad_field(
+            "mqtt.username",
+            "the daemon has no broker account: set [mqtt] username and password_env or password_file in its config (the ACL gives that account the daemon's topics)",
+        ));
+    };
+    let store = s.store.clone();
+    let passwd = blocking(move || mosquitto_passwd((&user, &password), &store.registry()?)).await?;
+    let user = s.cfg.mqtt.credentials.as_ref().map_or("", |c| c.0.as_str());
+    Ok(Json(json!({
+        "password_file": passwd,
+        "acl_file": mosquitto_acl(&s.cfg.mqtt.topic_prefix, user),
+    })))
+}

@@ -1,0 +1,95 @@
+//! The display registry's rows: one per display allowed to report, with the public key its
+//! reports are signed with and its broker password as a Mosquitto `$6$` hash.
+
+use chrono::{DateTime, Utc};
+use rusqlite::params;
+use serde::Serialize;
+
+use super::fleet::ts;
+use super::{Store, StoreError};
+
+/// A registered display.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Registered {
+    /// Display id (also its broker user name).
+    pub id: String,
+    /// Its channel.
+    pub channel: String,
+    /// The Ed25519 public key its reports are signed with (64 hex digits).
+    pub report_key: String,
+    /// Its broker password, hashed as in a Mosquitto password file.
+    #[serde(skip)]
+    pub password_hash: String,
+    /// When it was registered (UTC, RFC 3339).
+    pub added_at: String,
+    /// Who registered it.
+    pub added_by: String,
+}
+
+impl Store {
+    /// Registers `r`; `Ok(false)` when the id is already registered (nothing changes).
+    pub fn register_display(&self, r: &Registered) -> Result<bool, StoreError> {
+        let n = self.conn().execute(
+            "INSERT OR IGNORE INTO registry (id, channel, report_key, password_hash, added_at, added_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![r.id, r.channel, r.report_key, r.password_hash, r.added_at, r.added_by],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// Removes display `id` from the registry (its fleet rows stay); `Ok(false)` when unknown.
+    pub fn unregister_display(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM registry WHERE id = ?1", [id])?
+            == 1)
+    }
+
+    /// Every registered display, by id.
+    pub fn registry(&self) -> Result<Vec<Registered>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, channel, report_key, password_hash, added_at, added_by FROM registry ORDER BY id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(Registered {
+                id: r.get(0)?,
+                channel: r.get(1)?,
+                report_key: r.get(2)?,
+                password_hash: r.get(3)?,
+                added_at: r.get(4)?,
+                added_by: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// `now` as stored.
+pub fn added_at(now: DateTime<Utc>) -> String {
+    ts(now)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_display_is_registered_once_and_can_be_removed() {
+        let s = Store::memory().unwrap();
+        let r = Registered {
+            id: "d1".into(),
+            channel: "lobby".into(),
+            report_key: "00".repeat(32),
+            password_hash: "$6$x$y".into(),
+            added_at: added_at(Utc::now()),
+            added_by: "admin".into(),
+        };
+        assert!(s.register_display(&r).unwrap());
+        assert!(!s.register_display(&r).unwrap());
+        assert_eq!(s.registry().unwrap(), vec![r]);
+        assert!(s.unregister_display("d1").unwrap());
+        assert!(!s.unregister_display("d1").unwrap());
+        assert!(s.registry().unwrap().is_empty());
+    }
+}
