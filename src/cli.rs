@@ -36,7 +36,12 @@ pub fn check(config_path: &Path) -> usize {
             return 1;
         }
     };
-    let errors: Vec<String> = catalog.errors().map(ToString::to_string).collect();
+    let mut errors: Vec<String> = catalog.errors().map(ToString::to_string).collect();
+    errors.extend(
+        crate::preview::oversize(&cfg, &catalog.playlists(), chrono::Utc::now())
+            .iter()
+            .map(|o| format!("{}: mqtt.max_payload: {o}", cfg.file)),
+    );
     for e in &errors {
         eprintln!("{e}");
     }

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub timelines_published: Counter,
     /// Retained payloads put back after another client overwrote them.
     pub retained_restored: Counter,
+    /// Timelines not published because they exceed `mqtt.max_payload`.
+    pub timelines_oversize: Gauge,
     /// Playlist reloads.
     pub reloads: Counter,
     /// Live playlists.
@@ -99,6 +101,11 @@ impl Metrics {
             "mqtt_connects",
             "Connections made to the MQTT broker",
             self.mqtt_connects.clone(),
+        );
+        r.register(
+            "timelines_oversize",
+            "Timelines not published because they exceed mqtt.max_payload",
+            self.timelines_oversize.clone(),
         );
         r.register(
             "agent_events_ingested",

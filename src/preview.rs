@@ -240,3 +240,87 @@ pub fn impact_text(impact: &[Value], horizon: Duration) -> String {
         })
         .collect()
 }
+
+/// A timeline that would not fit in one MQTT packet under `mqtt.max_payload`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Oversize {
+    /// `channel subway` or `display lobby-east-1`.
+    pub target: String,
+    /// Its topic.
+    pub topic: String,
+    /// The PUBLISH packet it would take, in bytes.
+    pub bytes: usize,
+    /// `mqtt.max_payload`.
+    pub limit: usize,
+}
+
+impl std::fmt::Display for Oversize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the timeline of {} would be {} bytes, over mqtt.max_payload ({} bytes): it cannot be published (fewer or shorter items, or a larger max_payload on the daemon, the agents and the broker)",
+            self.target, self.bytes, self.limit
+        )
+    }
+}
+
+/// The size of the MQTT 3.1.1 PUBLISH packet (QoS 1) carrying `payload` bytes on `topic`:
+/// fixed header (at most 5 bytes), topic length (2) and topic, packet id (2), payload (§3.3).
+pub fn publish_size(topic: &str, payload: usize) -> usize {
+    payload + topic.len() + 9
+}
+
+/// Every target whose timeline, resolved over the horizon from `now` and signed, would not fit
+/// under `mqtt.max_payload`. (The signature and key id have a fixed length, so a throwaway key
+/// gives the exact size.)
+pub fn oversize(
+    cfg: &crate::config::Config,
+    playlists: &[Playlist],
+    now: DateTime<Utc>,
+) -> Vec<Oversize> {
+    let now = chrono::SubsecRound::trunc_subsecs(now, 0);
+    let keys = crate::wire::KeyPair::from_seed([0; 32]);
+    let prefix = &cfg.mqtt.topic_prefix;
+    let mut out = Vec::new();
+    for target in all_targets(&cfg.schedule) {
+        let (name, topic) = match target {
+            TargetRef::Channel(c) => (
+                format!("channel {c}"),
+                crate::wire::Topic::ChannelTimeline(c.to_owned()).render(prefix),
+            ),
+            TargetRef::Display { id, .. } => {
+                if !playlists.iter().any(|p| p.displays.iter().any(|d| d == id)) {
+                    continue; // not targeted: the display follows its channel
+                }
+                (
+                    format!("display {id}"),
+                    crate::wire::Topic::DisplayTimeline(id.to_owned()).render(prefix),
+                )
+            }
+        };
+        let tl = crate::domain::resolve(
+            playlists,
+            target,
+            now,
+            now + cfg.schedule.horizon,
+            cfg.schedule.timezone.name(),
+        );
+        let body = crate::wire::SignedBody {
+            topic: topic.clone(),
+            version: u64::MAX,
+            issued_at: now,
+            expires_at: tl.until,
+            payload: crate::wire::Signed::Timeline(tl),
+        };
+        let bytes = publish_size(&topic, crate::wire::sign(&keys, &body).len());
+        if bytes > cfg.mqtt.max_payload {
+            out.push(Oversize {
+                target: name,
+                topic,
+                bytes,
+                limit: cfg.mqtt.max_payload,
+            });
+        }
+    }
+    out
+}

@@ -84,6 +84,8 @@ pub struct Scheduler {
     recent: HashMap<String, VecDeque<(Instant, [u8; 32])>>,
     /// Per topic: when it was last restored, and whether another restore is waiting.
     restores: HashMap<String, (Instant, bool)>,
+    /// Timelines not published because they are over `mqtt.max_payload`: topic → packet bytes.
+    oversize: HashMap<String, usize>,
     connected: bool,
     /// The highest version ever published on any topic, kept in `data_dir/versions.hwm` beside
     /// the signing key, so that a database restored from an old backup (or lost) does not
@@ -147,6 +149,7 @@ impl Scheduler {
             published,
             recent: HashMap::new(),
             restores: HashMap::new(),
+            oversize: HashMap::new(),
             connected: false,
             high_water,
             floor,
@@ -346,6 +349,28 @@ impl Scheduler {
             payload: Signed::Timeline(tl.clone()),
         };
         let payload = sign(&self.keys, &body);
+        let size = crate::preview::publish_size(&topic, payload.len());
+        if size > self.cfg.mqtt.max_payload {
+            // Never sent: one packet over the broker's limit would cost the connection (and
+            // every other topic with it). The last good version stays retained.
+            if self.oversize.insert(topic.clone(), size) != Some(size) {
+                tracing::error!(
+                    topic = %topic,
+                    bytes = size,
+                    limit = self.cfg.mqtt.max_payload,
+                    "timeline too large for mqtt.max_payload; not published, the last good version stays (see `marquee check`)"
+                );
+            }
+            self.metrics
+                .timelines_oversize
+                .set(self.oversize.len() as i64);
+            return Ok(());
+        }
+        if self.oversize.remove(&topic).is_some() {
+            self.metrics
+                .timelines_oversize
+                .set(self.oversize.len() as i64);
+        }
         tracing::info!(
             topic = %topic,
             version,

@@ -62,6 +62,13 @@ fn validate(
     match Playlist::parse(&label, Some(id), body, &s.cfg.schedule.validation_context()) {
         Ok(p) => {
             let current = s.catalog.borrow().playlists();
+            // A save that would make a timeline too large for one MQTT packet is refused: the
+            // last good version stays on the screens.
+            let mut next: Vec<Playlist> = current.iter().filter(|c| c.id != id).cloned().collect();
+            next.push(p.clone());
+            if let Some(o) = crate::preview::oversize(&s.cfg, &next, Utc::now()).first() {
+                return Err(ApiError::bad_field("items", o.to_string()));
+            }
             Ok(Ok(json!(change_impact(
                 &s.cfg.schedule,
                 &current,

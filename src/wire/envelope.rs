@@ -60,7 +60,10 @@ pub enum WireError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", content = "data", rename_all = "snake_case")]
 pub enum Signed {
-    /// A channel or display timeline.
+    /// A channel or display timeline, in the encoding with an item table (`timeline2`; agents
+    /// that know only the first encoding refuse it as an unknown kind). A cached payload of the
+    /// first encoding (`timeline`) is still read.
+    #[serde(rename = "timeline2", alias = "timeline")]
     Timeline(Timeline),
     /// An emergency alert for the topic's scope.
     Alert(Alert),

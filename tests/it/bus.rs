@@ -548,3 +548,86 @@ async fn on_the_embedded_broker_reports_are_bound_by_signature() {
     b.frame("B plays", |v| text_of(v).starts_with("acl")).await;
     display_a_cannot_lie(&d, &site, port, None, false).await;
 }
+
+/// A playlist of `n` items with long texts on `channel`.
+fn big_playlist(id: &str, channel: &str, n: usize) -> String {
+    let items: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({"id": format!("item-{i}"), "seconds": 10,
+                   "text": {"zh": format!("{i} {}", "政务公开 服务为民 ".repeat(12)),
+                            "en": format!("{i} {}", "Open government serving the people ".repeat(6))}})
+        })
+        .collect();
+    serde_json::to_string(
+        &json!({"id": id, "tier": "normal", "targets": {"channels": [channel]},
+        "schedule": [{"start": "00:00", "end": "00:00"}], "items": items}),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_timeline_over_the_broker_limit_is_refused_and_every_other_channel_stays_live() {
+    let mq = Mosquitto::start_with_extra("max_packet_size 65536").await;
+    let site = Site::new(&format!("{}\nmax_payload = 65536", mq.section()), "");
+    let mut d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    // Written on disk (as an editor with file access would): 300 items on the subway channel.
+    std::fs::write(
+        site.playlist("subway-big"),
+        big_playlist("subway-big", "subway", 300),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    while d.metric(&token, "marquee_timelines_oversize").await < 1.0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the oversize timeline was not noticed"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let line = d
+        .wait_log("the refusal", |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("timeline too large"))
+        })
+        .await;
+    assert_eq!(line["topic"], "marquee/v1/channel/subway/timeline");
+    assert_eq!(line["limit"], 65536);
+    // Every other channel stays live: a lobby edit goes out, on the first connection.
+    let key = site.public_key();
+    let mut sub = Sub::connect(mq.port, "marquee/v1/channel/lobby/timeline").await;
+    let (v0, _) = sub
+        .timeline(&key, "marquee/v1/channel/lobby/timeline", 1)
+        .await;
+    std::fs::write(site.playlist("test-lobby"), interrupt("still live")).unwrap();
+    let (_, tl) = sub
+        .timeline(&key, "marquee/v1/channel/lobby/timeline", v0 + 1)
+        .await;
+    assert!(serde_json::to_string(&tl).unwrap().contains("still live"));
+    assert_eq!(d.metric(&token, "marquee_mqtt_connects_total").await, 1.0);
+    // `check` names it; the API refuses such a save with the field and the sizes.
+    let out = std::process::Command::new(bin())
+        .args(["check", "-c"])
+        .arg(site.config())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("the timeline of channel subway would be") && err.contains("65536"),
+        "{err}"
+    );
+    std::fs::remove_file(site.playlist("subway-big")).unwrap();
+    let (s, v) = d
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/playlists/subway-big",
+            Some(&token),
+            Some(serde_json::from_str(&big_playlist("subway-big", "subway", 300)).unwrap()),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["field"], "items");
+    assert!(!site.playlist("subway-big").exists());
+}

@@ -439,6 +439,15 @@ impl Mosquitto {
         Mosquitto::start_on(free_port(), tempfile::tempdir().unwrap()).await
     }
 
+    /// An anonymous Mosquitto with `extra` lines in its config (e.g. `max_packet_size 65536`).
+    pub async fn start_with_extra(extra: &str) -> Mosquitto {
+        let port = free_port();
+        let conf = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}\n"
+        );
+        Mosquitto::start_with(port, tempfile::tempdir().unwrap(), &conf).await
+    }
+
     async fn start_on(port: u16, dir: tempfile::TempDir) -> Mosquitto {
         let conf = format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n");
         Mosquitto::start_with(port, dir, &conf).await
