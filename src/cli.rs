@@ -613,23 +613,44 @@ pub async fn display_remove(api: &ApiClient, id: &str) -> anyhow::Result<String>
 }
 
 /// `marquee broker mosquitto --out DIR`: writes `passwd` (mode 0600) and `acl` for Mosquitto
-/// from the registry, and says how to use them.
+/// from the registry, keeping the daemon's own line of an existing `DIR/passwd` (the operator
+/// makes it with `mosquitto_passwd`), and says how to use them.
 pub async fn broker_mosquitto(api: &ApiClient, out: &Path) -> anyhow::Result<String> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let body = api.get("/api/v1/broker/mosquitto").await?;
+    let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
+    let daemon = text("daemon_user");
     let passwd = out.join("passwd");
     let acl = out.join("acl");
-    let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
-    crate::keys::write_atomic(&passwd, text("password_file").as_bytes(), 0o600)?;
+    let kept = std::fs::read_to_string(&passwd).ok().and_then(|old| {
+        old.lines()
+            .find(|l| l.split(':').next() == Some(daemon.as_str()))
+            .map(|l| format!("{l}\n"))
+    });
+    let mut content = kept.clone().unwrap_or_default();
+    content.push_str(&text("password_file"));
+    crate::keys::write_atomic(&passwd, content.as_bytes(), 0o600)?;
     crate::keys::write_atomic(&acl, text("acl_file").as_bytes(), 0o644)?;
-    Ok(format!(
-        "wrote {} and {}\nin mosquitto.conf (then reload Mosquitto: kill -HUP its pid):\n\
+    let mut said = format!(
+        "wrote {} ({} displays) and {}\n",
+        passwd.display(),
+        text("password_file").lines().count(),
+        acl.display()
+    );
+    if kept.is_none() {
+        said.push_str(&format!(
+            "the daemon's account is not in it yet: mosquitto_passwd -b {} {daemon} <its password>\n",
+            passwd.display()
+        ));
+    }
+    said.push_str(&format!(
+        "in mosquitto.conf (then reload Mosquitto: kill -HUP its pid):\n\
          \x20 allow_anonymous false\n\
+         \x20 use_username_as_clientid true\n\
          \x20 password_file {}\n\
          \x20 acl_file {}\n",
         passwd.display(),
-        acl.display(),
-        passwd.display(),
         acl.display()
-    ))
+    ));
+    Ok(said)
 }

@@ -122,10 +122,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 Filter::HeldAlerts.render(prefix),
             ],
             tls: cfg.mqtt.tls.clone(),
-            last_will: Some(mqtt::LastWill {
+            last_will: Some(mqtt::WillFn::fixed(mqtt::LastWill {
                 topic: Topic::DaemonStatus.render(prefix),
                 payload: serde_json::to_vec(&DaemonStatus { online: false })?,
-            }),
+            })),
         },
         cancel.child_token(),
     );

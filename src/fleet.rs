@@ -19,6 +19,7 @@ use crate::metrics::Metrics;
 use crate::mqtt::MqttHandle;
 use crate::registry::Registry;
 use crate::store::Store;
+use crate::store::fleet::StatusMark;
 use crate::wire::agent::{EventAck, EventBatch, Status};
 use crate::wire::{KeyPair, Signed, SignedBody, Topic, WireError, sign, verify};
 
@@ -51,10 +52,24 @@ pub async fn run(
     registry: Arc<Registry>,
     cancel: CancellationToken,
 ) {
+    let statuses = {
+        let store = store.clone();
+        tokio::task::spawn_blocking(move || store.status_marks())
+            .await
+            .ok()
+            .and_then(|r| {
+                r.map_err(
+                    |e| tracing::error!(error = %e, "cannot read the displays' last statuses"),
+                )
+                .ok()
+            })
+            .unwrap_or_default()
+    };
     let mut intake = Intake {
         registry,
         metrics: metrics.clone(),
-        statuses: HashMap::new(),
+        statuses,
+        batches: HashMap::new(),
         warned: HashSet::new(),
     };
     loop {
@@ -67,7 +82,7 @@ pub async fn run(
         }
         let store = store.clone();
         let res = match intake.read(&prefix, &topic, &payload) {
-            Some(Report::Status(s)) => {
+            Some(Report::Status(s, mark)) => {
                 tracing::info!(display = %s.display, online = s.online, "display status");
                 let now = Utc::now();
                 // A live status was just written by the agent: its `at` against our clock
@@ -76,8 +91,11 @@ pub async fn run(
                 if let Some(ms) = skew.filter(|ms| ms.abs() > MAX_SKEW_MS) {
                     tracing::warn!(display = %s.display, skew_ms = ms, "display clock is off");
                 }
-                tokio::task::spawn_blocking(move || store.record_status(&s, now, skew).map(|()| 0))
-                    .await
+                tokio::task::spawn_blocking(move || {
+                    store.record_status(&s, now, skew)?;
+                    store.set_status_mark(&s.display, &mark).map(|()| 0)
+                })
+                .await
             }
             Some(Report::Events(b)) => {
                 let (display, upto, outbox) = (b.display, b.upto, b.outbox);
@@ -107,6 +125,10 @@ pub async fn run(
                     })
                 })
             }
+            Some(Report::Receipt(display, outbox, upto)) => {
+                receipt(&receipts, &prefix, display, outbox, upto);
+                continue;
+            }
             None => continue,
         };
         match res {
@@ -121,16 +143,70 @@ pub async fn run(
 
 /// A report that passed every check.
 enum Report {
-    Status(Status),
+    /// A status to store, with its mark.
+    Status(Status, StatusMark),
+    /// A batch to store (then receipt).
     Events(EventBatch),
+    /// A batch already stored (a resend or a replay): only the receipt goes again.
+    Receipt(String, String, u64),
+}
+
+/// At most this many (display, reason) pairs are warned about one by one.
+const MAX_WARNED: usize = 1024;
+
+/// What decides whether a status is newer than the last one accepted.
+enum Order {
+    /// Newer (or the will of the connection last heard online): store it.
+    Accept(StatusMark),
+    /// The very status already accepted (a retained one delivered again): nothing to do.
+    Same,
+    /// Older: a replay.
+    Replay,
+}
+
+/// Orders a status signed at `issued_at` against the `last` accepted from its display: a status
+/// is taken when signed after the last one; an offline status signed earlier only when it is the
+/// will of the connection last heard online (that will is signed when the connection is made,
+/// before the online status, and only the broker has it until the connection drops), and only
+/// once. So an old status or an old will replayed later is refused, whatever its signature.
+fn order(last: Option<&StatusMark>, issued_at: DateTime<Utc>, s: &Status) -> Order {
+    let mark = StatusMark {
+        issued_at,
+        started_at: s.started_at,
+        connection: s.connection,
+        will_taken: false,
+    };
+    let Some(last) = last else {
+        return Order::Accept(mark);
+    };
+    if issued_at > last.issued_at {
+        return Order::Accept(mark);
+    }
+    if issued_at == last.issued_at && s.started_at == last.started_at {
+        return Order::Same;
+    }
+    if !s.online
+        && !last.will_taken
+        && s.started_at == last.started_at
+        && s.connection == last.connection
+    {
+        return Order::Accept(StatusMark {
+            issued_at: last.issued_at,
+            will_taken: true,
+            ..mark
+        });
+    }
+    Order::Replay
 }
 
 /// The checks every report passes before it is stored.
 struct Intake {
     registry: Arc<Registry>,
     metrics: Metrics,
-    /// Per display: the issue time and agent start of the last accepted status.
-    statuses: HashMap<String, (DateTime<Utc>, DateTime<Utc>)>,
+    /// Per display: the last accepted status (loaded from the store at start).
+    statuses: HashMap<String, StatusMark>,
+    /// Per display: the outbox and sequence of the last stored batch.
+    batches: HashMap<String, (String, u64)>,
     /// Displays already warned about (one warning per display and reason, not one per report).
     warned: HashSet<(String, &'static str)>,
 }
@@ -162,32 +238,39 @@ impl Intake {
             }
         };
         match body.payload {
-            Signed::Status(s) if s.display == display => {
-                let last = self.statuses.get(&display);
-                // Newer than the last one, or the last will of the agent run we know (signed
-                // at its start, sent by the broker when it drops).
-                let fresh = last.is_none_or(|(at, started)| {
-                    body.issued_at >= *at || (!s.online && s.started_at == *started)
-                });
-                if !fresh {
-                    tracing::warn!(
-                        topic,
-                        "status older than the last one accepted (a replay); dropped"
-                    );
-                    self.dropped("replayed", 1);
-                    return None;
+            Signed::Status(s) if s.display == display && s.channel == entry.channel => {
+                match order(self.statuses.get(&display), body.issued_at, &s) {
+                    Order::Accept(mark) => {
+                        self.statuses.insert(display, mark.clone());
+                        Some(Report::Status(s, mark))
+                    }
+                    Order::Same => None,
+                    Order::Replay => {
+                        tracing::warn!(
+                            topic,
+                            "status older than the last one accepted (a replay); dropped"
+                        );
+                        self.dropped("replayed", 1);
+                        None
+                    }
                 }
-                self.statuses.insert(
-                    display,
-                    (
-                        body.issued_at.max(last.map_or(body.issued_at, |l| l.0)),
-                        s.started_at,
-                    ),
-                );
-                Some(Report::Status(s))
+            }
+            Signed::Status(s) if s.display == display => {
+                self.drop_report(&display, "mismatch", &format!("status names channel {:?} but the display is registered on {:?}; dropped (fix the agent's channel, or remove and add the display again)", s.channel, entry.channel));
+                None
             }
             Signed::Events(b) if b.display == display && valid_outbox(&b.outbox) => {
-                Some(Report::Events(b))
+                match self.batches.get(&display) {
+                    // Stored already: a resend whose receipt was lost, or a replay. Receipt
+                    // again, store nothing.
+                    Some((outbox, upto)) if *outbox == b.outbox && b.upto <= *upto => {
+                        Some(Report::Receipt(display, b.outbox, b.upto))
+                    }
+                    _ => {
+                        self.batches.insert(display, (b.outbox.clone(), b.upto));
+                        Some(Report::Events(b))
+                    }
+                }
             }
             _ => {
                 tracing::warn!(
@@ -201,8 +284,15 @@ impl Intake {
     }
 
     fn drop_report(&mut self, id: &str, reason: &'static str, message: &str) {
-        if self.warned.insert((id.to_owned(), reason)) {
+        let key = (id.to_owned(), reason);
+        if self.warned.len() < MAX_WARNED && !self.warned.contains(&key) {
             tracing::warn!(display = id, reason, "{message}");
+            self.warned.insert(key);
+            if self.warned.len() == MAX_WARNED {
+                tracing::warn!(
+                    "{MAX_WARNED} displays warned about; further dropped reports are only counted (marquee_agent_reports_dropped_total)"
+                );
+            }
         }
         self.dropped(reason, 1);
     }
@@ -237,5 +327,60 @@ fn receipt(r: &Receipts, prefix: &str, display: String, outbox: String, upto: u6
     };
     if let Err(e) = r.mqtt.publish(&topic, sign(&r.keys, &body), false) {
         tracing::warn!(topic, error = %e, "receipt not sent; the agent will resend its events");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_700_000_000 + s, 0).unwrap()
+    }
+
+    fn status(online: bool, started: i64, connection: u64) -> Status {
+        Status {
+            display: "d1".into(),
+            online,
+            channel: "lobby".into(),
+            timeline: None,
+            alert: None,
+            agent_version: "0".into(),
+            started_at: t(started),
+            at: t(0),
+            connection,
+        }
+    }
+
+    fn accept(o: Order) -> StatusMark {
+        match o {
+            Order::Accept(m) => m,
+            _ => panic!("not accepted"),
+        }
+    }
+
+    #[test]
+    fn statuses_are_taken_in_order_and_a_will_only_for_its_connection_once() {
+        // Run started at 0; connection 1's will signed at 1, its online status at 2.
+        let will1 = status(false, 0, 1);
+        let online1 = status(true, 0, 1);
+        let m = accept(order(None, t(2), &online1));
+        assert!(matches!(order(Some(&m), t(2), &online1), Order::Same));
+        assert!(matches!(order(Some(&m), t(1), &online1), Order::Replay));
+        // The connection drops: its will (signed earlier) is taken, once.
+        let m = accept(order(Some(&m), t(1), &will1));
+        assert!(m.will_taken);
+        assert!(matches!(order(Some(&m), t(1), &will1), Order::Replay));
+        // Reconnected (connection 2, online at 5): the old will replayed is refused.
+        let m = accept(order(Some(&m), t(5), &status(true, 0, 2)));
+        assert!(matches!(order(Some(&m), t(1), &will1), Order::Replay));
+        // The will of connection 2 (signed at 4) is taken when it comes.
+        assert!(accept(order(Some(&m), t(4), &status(false, 0, 2))).will_taken);
+        // A will of another run is refused; a newer clean-stop status is taken.
+        assert!(matches!(
+            order(Some(&m), t(4), &status(false, -9, 2)),
+            Order::Replay
+        ));
+        accept(order(Some(&m), t(6), &status(false, 0, 2)));
     }
 }

@@ -26,15 +26,16 @@ fn random_bytes<const N: usize>() -> anyhow::Result<[u8; N]> {
 /// Writes `content` to `path` atomically (temp file + rename) with the given mode.
 pub fn write_atomic(path: &Path, content: &[u8], mode: u32) -> anyhow::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
+    // A fresh, unpredictable name opened with O_EXCL: a file or symlink planted in a shared
+    // directory cannot receive the content.
     let tmp = dir.join(format!(
         ".{}.tmp{}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
-        std::process::id()
+        hex::encode(random_bytes::<8>()?)
     ));
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(&tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;

@@ -65,6 +65,11 @@ pub enum RegistryError {
     /// Already registered.
     #[error("display {0:?} is already registered (remove it first to issue new credentials)")]
     Exists(String),
+    /// The id is the daemon's own broker user name.
+    #[error(
+        "display id {0:?} is the daemon's broker user name ([mqtt] username): a display with it would share the daemon's broker account"
+    )]
+    Reserved(String),
     /// Not registered.
     #[error("display {0:?} is not registered")]
     Unknown(String),
@@ -74,6 +79,17 @@ pub enum RegistryError {
     /// No randomness.
     #[error("no randomness for new credentials: {0}")]
     Random(String),
+}
+
+/// What a registration is checked against.
+#[derive(Debug, Clone, Copy)]
+pub struct Site<'a> {
+    /// The configured channels.
+    pub channels: &'a [String],
+    /// Displays declared in the config, with their channel.
+    pub declared: &'a BTreeMap<String, String>,
+    /// The daemon's broker user name (refused as a display id).
+    pub daemon_user: Option<&'a str>,
 }
 
 /// The registry, read by the intake on every report and changed by the API.
@@ -132,18 +148,26 @@ impl Registry {
         all
     }
 
-    /// Registers `id` on `channel`: new credentials, stored as a public key and a password hash.
+    /// Registers `id` on `channel`, checked against `site`: new credentials, stored as a public
+    /// key and a password hash.
     pub fn add(
         &self,
         store: &Store,
         id: &str,
         channel: &str,
-        channels: &[String],
-        declared: &BTreeMap<String, String>,
+        site: &Site<'_>,
         by: &str,
     ) -> Result<Credentials, RegistryError> {
+        let Site {
+            channels,
+            declared,
+            daemon_user,
+        } = *site;
         if !valid_display_id(id) {
             return Err(RegistryError::BadId(id.to_owned()));
+        }
+        if daemon_user == Some(id) {
+            return Err(RegistryError::Reserved(id.to_owned()));
         }
         if !channels.iter().any(|c| c == channel) {
             return Err(RegistryError::UnknownChannel(channel.to_owned()));
@@ -218,9 +242,10 @@ fn random<const N: usize>() -> Result<[u8; N], RegistryError> {
 }
 
 /// A Mosquitto password-file hash of `password`: `$6$<base64 salt>$<base64 SHA-512(password ‖
-/// salt)>`, the salted SHA-512 form every Mosquitto since 1.4 reads (`mosquitto_passwd` writes it
-/// with a 12-byte salt). The passwords hashed here are 24 random bytes, so the single hash round
-/// costs nothing in strength.
+/// salt)>`, the salted SHA-512 form every Mosquitto since 1.4 reads (`mosquitto_passwd -H sha512`
+/// writes it with a 12-byte salt). Used only for the passwords issued here, which are 24 random
+/// bytes: nobody can guess them, so a slow hash would add nothing. (The daemon's own password,
+/// which a person chooses, is never hashed here: see [`mosquitto_passwd`].)
 pub fn mosquitto_hash(password: &str, salt: &[u8; 12]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut h = Sha512::new();
@@ -229,17 +254,14 @@ pub fn mosquitto_hash(password: &str, salt: &[u8; 12]) -> String {
     format!("$6${}${}", b64.encode(salt), b64.encode(h.finalize()))
 }
 
-/// A Mosquitto `password_file`: the daemon's account (`daemon`: user name and password) and one
-/// line per registered display.
-pub fn mosquitto_passwd(
-    daemon: (&str, &str),
-    displays: &[Registered],
-) -> Result<String, RegistryError> {
-    let mut out = format!("{}:{}\n", daemon.0, mosquitto_hash(daemon.1, &random()?));
-    for d in displays {
-        out.push_str(&format!("{}:{}\n", d.id, d.password_hash));
-    }
-    Ok(out)
+/// The display lines of a Mosquitto `password_file`, one per registered display. The daemon's
+/// own account is not among them: the operator adds it with `mosquitto_passwd` (PBKDF2), and
+/// `marquee broker mosquitto` keeps that line when it writes the file again.
+pub fn mosquitto_passwd(displays: &[Registered]) -> String {
+    displays
+        .iter()
+        .map(|d| format!("{}:{}\n", d.id, d.password_hash))
+        .collect()
 }
 
 /// A Mosquitto `acl_file`: the daemon's account reads and writes everything under the prefix; a
@@ -299,9 +321,12 @@ mod tests {
         let reg = Registry::load(&store).unwrap();
         let channels = vec!["lobby".to_owned()];
         let declared = BTreeMap::from([("d1".to_owned(), "subway".to_owned())]);
-        let c = reg
-            .add(&store, "d2", "lobby", &channels, &declared, "admin")
-            .unwrap();
+        let site = Site {
+            channels: &channels,
+            declared: &declared,
+            daemon_user: Some("marquee"),
+        };
+        let c = reg.add(&store, "d2", "lobby", &site, "admin").unwrap();
         let keys = KeyPair::from_hex(&c.report_key_secret).unwrap();
         assert_eq!(reg.get("d2").unwrap().report_key, *keys.public());
         let row = &store.registry().unwrap()[0];
@@ -313,16 +338,20 @@ mod tests {
             mosquitto_hash(&c.broker_password, &salt.try_into().unwrap())
         );
         assert!(matches!(
-            reg.add(&store, "d2", "lobby", &channels, &declared, "admin"),
+            reg.add(&store, "d2", "lobby", &site, "admin"),
             Err(RegistryError::Exists(_))
         ));
         assert!(matches!(
-            reg.add(&store, "d1", "lobby", &channels, &declared, "admin"),
+            reg.add(&store, "d1", "lobby", &site, "admin"),
             Err(RegistryError::ChannelMismatch { .. })
         ));
         assert!(matches!(
-            reg.add(&store, "d3", "nope", &channels, &declared, "admin"),
+            reg.add(&store, "d3", "nope", &site, "admin"),
             Err(RegistryError::UnknownChannel(_))
+        ));
+        assert!(matches!(
+            reg.add(&store, "marquee", "lobby", &site, "admin"),
+            Err(RegistryError::Reserved(_))
         ));
         assert_eq!(reg.known(&declared).len(), 2);
         reg.remove(&store, "d2").unwrap();

@@ -126,6 +126,30 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         agent_version: env!("CARGO_PKG_VERSION").into(),
         started_at,
         at: started_at,
+        connection: 0,
+    };
+    // The will of connection n, signed when that connection is made (the broker sends it if the
+    // connection drops): it names the connection, so an old will replayed later is refused.
+    let will = {
+        let (key, topic) = (cfg.report_key.clone(), topics.status.clone());
+        mqtt::WillFn(Arc::new(move |n| {
+            let now = Utc::now();
+            let status = Status {
+                connection: n,
+                at: now,
+                ..offline.clone()
+            };
+            LastWill {
+                topic: topic.clone(),
+                payload: report_bytes(
+                    key.as_deref(),
+                    &topic,
+                    Signed::Status(status),
+                    now,
+                    STATUS_LIFETIME,
+                ),
+            }
+        }))
     };
     let mut subscriptions = vec![
         topics.channel.clone(),
@@ -143,18 +167,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             max_packet: cfg.max_payload,
             subscriptions,
             tls: cfg.tls.clone(),
-            // Signed now, sent by the broker whenever the connection drops: valid as long as a
-            // retained status may sit on the broker.
-            last_will: Some(LastWill {
-                topic: topics.status.clone(),
-                payload: report_bytes(
-                    cfg.report_key.as_deref(),
-                    &topics.status,
-                    Signed::Status(offline),
-                    started_at,
-                    STATUS_LIFETIME,
-                ),
-            }),
+            last_will: Some(will),
         },
         cancel.child_token(),
     );
@@ -190,6 +203,8 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let mut int = signal(SignalKind::interrupt())?;
     let mut flush = tokio::time::interval(agent.cfg.flush_interval);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut heartbeat = tokio::time::interval(STATUS_HEARTBEAT);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let now = Utc::now();
         agent.render(now);
@@ -217,6 +232,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
                 None => break,
             },
             _ = flush.tick() => agent.flush(),
+            _ = heartbeat.tick() => agent.publish_status(),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -610,6 +626,7 @@ impl Agent {
             agent_version: env!("CARGO_PKG_VERSION").into(),
             started_at: self.started_at,
             at: now,
+            connection: self.mqtt.connection(),
         }
     }
 
@@ -639,8 +656,14 @@ impl Agent {
     }
 }
 
-/// How long a signed status stays valid (it is retained; the last will is signed at start).
-const STATUS_LIFETIME: chrono::Duration = chrono::Duration::days(30);
+/// How long a signed status stays valid: it is retained, and a will is signed when its connection
+/// is made and may be sent by the broker much later. (Replays are refused by order and by
+/// connection number, not by expiry.)
+const STATUS_LIFETIME: chrono::Duration = chrono::Duration::days(365);
+
+/// How often a connected agent publishes its status even when nothing changed: the daemon's
+/// view of it is never older than this.
+const STATUS_HEARTBEAT: Duration = Duration::from_secs(120);
 
 /// How long a signed event batch stays valid (it is signed anew at every resend).
 const EVENTS_LIFETIME: chrono::Duration = chrono::Duration::hours(1);

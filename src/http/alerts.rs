@@ -433,7 +433,9 @@ pub async fn raise(
     // Two-person rule: above the configured reach, a second person approves.
     if let Some(limit) = s.cfg.approve_alerts_above {
         let reach = reach(&s, &r.scope).await?;
-        if reach > limit {
+        // No known display in scope means the reach is unknown (screens that are not registered
+        // or declared still show alerts, but nothing counts them): the rule fails closed.
+        if reach > limit || reach == 0 {
             if who.emergency {
                 record_alert(
                     &s,
@@ -455,7 +457,11 @@ pub async fn raise(
                 StatusCode::ACCEPTED,
                 Json(
                     json!({"id": alert.id, "status": "pending", "reach": reach, "sms": sms,
-                            "message": format!("reaches {reach} displays (more than {limit}): another person with the approver role must approve it: POST /api/v1/alerts/{}/approve", alert.id)}),
+                    "message": if reach == 0 {
+                        format!("no registered or declared display is in scope, so its reach is unknown: another person with the approver role must approve it: POST /api/v1/alerts/{}/approve", alert.id)
+                    } else {
+                        format!("reaches {reach} displays (more than {limit}): another person with the approver role must approve it: POST /api/v1/alerts/{}/approve", alert.id)
+                    }}),
                 ),
             ));
         }

@@ -26,7 +26,9 @@ pub struct AddDisplay {
 
 fn refused(e: RegistryError) -> ApiError {
     match e {
-        RegistryError::BadId(_) => ApiError::bad_field("id", e.to_string()),
+        RegistryError::BadId(_) | RegistryError::Reserved(_) => {
+            ApiError::bad_field("id", e.to_string())
+        }
         RegistryError::UnknownChannel(_) | RegistryError::ChannelMismatch { .. } => {
             ApiError::bad_field("channel", e.to_string())
         }
@@ -66,8 +68,11 @@ pub async fn add(
             &store,
             &id,
             &channel,
-            &cfg.schedule.channels,
-            &cfg.schedule.displays,
+            &crate::registry::Site {
+                channels: &cfg.schedule.channels,
+                declared: &cfg.schedule.displays,
+                daemon_user: cfg.mqtt.credentials.as_ref().map(|c| c.0.as_str()),
+            },
             &by,
         )
     })
@@ -106,22 +111,23 @@ pub async fn list(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<Valu
     Ok(Json(json!({ "displays": rows })))
 }
 
-/// `GET /api/v1/broker/mosquitto`: a Mosquitto `password_file` (the daemon's account and one per
-/// registered display) and `acl_file` (each display reads its own topics and writes only its own
-/// reports). Needs the daemon's own broker account (`[mqtt] username` and password).
-#[utoipa::path(get, path = "/api/v1/broker/mosquitto", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "{password_file, acl_file} as text"), (status = 400, description = "the daemon has no broker account (field mqtt.username)"), (status = 401, description = "no or unknown token"), (status = 403, description = "not an admin")))]
+/// `GET /api/v1/broker/mosquitto`: for Mosquitto, the registered displays' `password_file` lines
+/// and the `acl_file` (each display reads its own topics and writes only its own reports; the
+/// daemon's account, `daemon_user`, has the rest). The daemon's own password line is the
+/// operator's (`mosquitto_passwd`); `marquee broker mosquitto` keeps it. Needs `[mqtt] username`.
+#[utoipa::path(get, path = "/api/v1/broker/mosquitto", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "{daemon_user, password_file, acl_file} as text"), (status = 400, description = "the daemon has no broker account (field mqtt.username)"), (status = 401, description = "no or unknown token"), (status = 403, description = "not an admin")))]
 pub async fn mosquitto(_: Admin, State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let Some((user, password)) = s.cfg.mqtt.credentials.clone() else {
+    let Some(user) = s.cfg.mqtt.credentials.as_ref().map(|c| c.0.clone()) else {
         return Err(ApiError::bad_field(
             "mqtt.username",
             "the daemon has no broker account: set [mqtt] username and password_env or password_file in its config (the ACL gives that account the daemon's topics)",
         ));
     };
     let store = s.store.clone();
-    let passwd = blocking(move || mosquitto_passwd((&user, &password), &store.registry()?)).await?;
-    let user = s.cfg.mqtt.credentials.as_ref().map_or("", |c| c.0.as_str());
+    let passwd = blocking(move || Ok(mosquitto_passwd(&store.registry()?))).await?;
     Ok(Json(json!({
+        "daemon_user": user,
         "password_file": passwd,
-        "acl_file": mosquitto_acl(&s.cfg.mqtt.topic_prefix, user),
+        "acl_file": mosquitto_acl(&s.cfg.mqtt.topic_prefix, &user),
     })))
 }

@@ -32,7 +32,7 @@ pub struct ClientOptions {
     /// Filters to (re)subscribe on every connection, at QoS 1.
     pub subscriptions: Vec<String>,
     /// Last will, if any.
-    pub last_will: Option<LastWill>,
+    pub last_will: Option<WillFn>,
     /// TLS (`mqtts://`), if any.
     pub tls: Option<Tls>,
 }
@@ -65,6 +65,24 @@ pub struct LastWill {
     pub payload: Vec<u8>,
 }
 
+/// Makes the last will for connection number `n` (1 for the first, +1 for each reconnect): an
+/// agent signs a will that names its connection, so an old will replayed later is refused.
+#[derive(Clone)]
+pub struct WillFn(pub std::sync::Arc<dyn Fn(u64) -> LastWill + Send + Sync>);
+
+impl WillFn {
+    /// The same will for every connection.
+    pub fn fixed(will: LastWill) -> WillFn {
+        WillFn(std::sync::Arc::new(move |_| will.clone()))
+    }
+}
+
+impl std::fmt::Debug for WillFn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WillFn")
+    }
+}
+
 /// What happened on the connection.
 #[derive(Debug, Clone)]
 pub enum MqttEvent {
@@ -87,6 +105,7 @@ pub enum MqttEvent {
 #[derive(Clone)]
 pub struct MqttHandle {
     client: AsyncClient,
+    connection: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Publish refused: the outgoing queue is full (typically while disconnected).
@@ -100,6 +119,11 @@ impl MqttHandle {
         self.client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
             .map_err(|e| PublishError(e.to_string()))
+    }
+
+    /// The number of the current (or next) connection: 1 for the first, +1 per reconnect.
+    pub fn connection(&self) -> u64 {
+        self.connection.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Sends DISCONNECT (the broker then drops the last will).
@@ -137,21 +161,39 @@ pub fn connect(
             },
         ));
     }
-    if let Some(w) = &opts.last_will {
-        o.set_last_will(rumqttc::LastWill::new(
-            w.topic.clone(),
-            w.payload.clone(),
-            QoS::AtLeastOnce,
-            true,
-        ));
-    }
     let (client, eventloop) = AsyncClient::new(o, 1024);
     let (tx, rx) = mpsc::channel(1024);
     let handle = MqttHandle {
         client: client.clone(),
+        connection: Default::default(),
     };
-    tokio::spawn(run(client, eventloop, opts, tx, cancel));
+    tokio::spawn(run(
+        client,
+        eventloop,
+        opts,
+        tx,
+        handle.connection.clone(),
+        cancel,
+    ));
     (handle, rx)
+}
+
+/// Numbers the next connection and gives it its own last will.
+fn next_connection(
+    eventloop: &mut EventLoop,
+    opts: &ClientOptions,
+    counter: &std::sync::atomic::AtomicU64,
+) {
+    let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    if let Some(will) = &opts.last_will {
+        let w = (will.0)(n);
+        eventloop.mqtt_options.set_last_will(rumqttc::LastWill::new(
+            w.topic,
+            w.payload,
+            QoS::AtLeastOnce,
+            true,
+        ));
+    }
 }
 
 async fn run(
@@ -159,10 +201,12 @@ async fn run(
     mut eventloop: EventLoop,
     opts: ClientOptions,
     tx: mpsc::Sender<MqttEvent>,
+    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut connected = false;
+    next_connection(&mut eventloop, &opts, &counter);
     loop {
         let polled = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -205,6 +249,7 @@ async fn run(
                 }
                 let wait = jitter(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+                next_connection(&mut eventloop, &opts, &counter);
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}

@@ -6,4 +6,4 @@
 pub mod broker;
 pub mod client;
 
-pub use client::{ClientOptions, LastWill, MqttEvent, MqttHandle, Tls, connect};
+pub use client::{ClientOptions, LastWill, MqttEvent, MqttHandle, Tls, WillFn, connect};

@@ -49,6 +49,21 @@ pub struct DisplayRow {
     pub clock_skew_ms: Option<i64>,
 }
 
+/// The last status accepted from a display, as the intake orders statuses (see
+/// `fleet::order`): when it was signed, the agent run and connection it came from, and whether
+/// that connection's will was taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusMark {
+    /// When the status was signed.
+    pub issued_at: DateTime<Utc>,
+    /// When its agent run started.
+    pub started_at: DateTime<Utc>,
+    /// Its MQTT connection number in that run.
+    pub connection: u64,
+    /// Whether the will of that connection was taken.
+    pub will_taken: bool,
+}
+
 /// One proof-of-play record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlayRow {
@@ -201,6 +216,58 @@ impl Store {
         Ok(new)
     }
 
+    /// Every display's last accepted status mark.
+    pub fn status_marks(
+        &self,
+    ) -> Result<std::collections::HashMap<String, StatusMark>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT id, status_issued_at, status_started_at, status_connection, will_taken FROM displays
+             WHERE status_issued_at IS NOT NULL AND status_started_at IS NOT NULL",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let time = |i: usize| -> rusqlite::Result<DateTime<Utc>> {
+                let s: String = r.get(i)?;
+                DateTime::parse_from_rfc3339(&s)
+                    .map(|t| t.with_timezone(&Utc))
+                    .map_err(|e| {
+                        rusqlite::Error::FromSqlConversionFailure(
+                            i,
+                            rusqlite::types::Type::Text,
+                            Box::new(e),
+                        )
+                    })
+            };
+            Ok((
+                r.get::<_, String>(0)?,
+                StatusMark {
+                    issued_at: time(1)?,
+                    started_at: time(2)?,
+                    connection: r.get::<_, i64>(3)? as u64,
+                    will_taken: r.get(4)?,
+                },
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keeps `mark` as display `id`'s last accepted status (after [`Store::record_status`]).
+    pub fn set_status_mark(&self, id: &str, mark: &StatusMark) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE displays SET status_issued_at = ?2, status_started_at = ?3, status_connection = ?4,
+                 will_taken = ?5 WHERE id = ?1",
+            // Full precision: the marks are compared for equality.
+            params![
+                id,
+                mark.issued_at.to_rfc3339_opts(SecondsFormat::Nanos, true),
+                mark.started_at.to_rfc3339_opts(SecondsFormat::Nanos, true),
+                mark.connection as i64,
+                mark.will_taken
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Every known display, by id.
     pub fn displays(&self) -> Result<Vec<DisplayRow>, StoreError> {
         let conn = self.conn();
@@ -274,6 +341,7 @@ mod tests {
             agent_version: "0.1.0".into(),
             started_at: t("2021-05-15T00:00:00Z"),
             at: t("2021-05-15T00:00:00Z"),
+            connection: 1,
         }
     }
 
@@ -340,6 +408,21 @@ mod tests {
         let from = t("2021-05-15T00:00:00Z");
         let until = t("2021-05-16T00:00:00Z");
         assert_eq!(s.plays(Some("d1"), from, until, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn status_marks_survive_in_the_store() {
+        let s = Store::memory().unwrap();
+        s.record_status(&status(true), t("2021-05-15T01:00:00Z"), None)
+            .unwrap();
+        let mark = StatusMark {
+            issued_at: t("2021-05-15T01:00:00.123456789Z"),
+            started_at: t("2021-05-15T00:00:00.987654321Z"),
+            connection: 3,
+            will_taken: true,
+        };
+        s.set_status_mark("d1", &mark).unwrap();
+        assert_eq!(s.status_marks().unwrap()["d1"], mark);
     }
 
     #[test]

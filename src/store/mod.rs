@@ -229,6 +229,7 @@ const MIGRATIONS: &[&str] = &[
     DROP TABLE events;
     ALTER TABLE events_by_display RENAME TO events;
     CREATE INDEX events_by_received ON events (received_at);
+    CREATE INDEX events_alert_acks ON events (kind, display);
     CREATE TABLE plays_by_display (
         event_id  TEXT NOT NULL,
         display   TEXT NOT NULL,
@@ -255,6 +256,12 @@ const MIGRATIONS: &[&str] = &[
         added_at       TEXT NOT NULL,
         added_by       TEXT NOT NULL
     );",
+    // 17: the last status accepted from each display (when signed, which connection, whether
+    // its will was taken), so a replayed old status is refused after a restart too.
+    "ALTER TABLE displays ADD COLUMN status_issued_at TEXT;
+    ALTER TABLE displays ADD COLUMN status_started_at TEXT;
+    ALTER TABLE displays ADD COLUMN status_connection INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE displays ADD COLUMN will_taken INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The last payload published on a retained topic.

@@ -23,6 +23,11 @@ pub struct Status {
     pub started_at: DateTime<Utc>,
     /// When this status was written.
     pub at: DateTime<Utc>,
+    /// The agent's MQTT connection number in this run (1, 2, … per reconnect). The last will
+    /// names the connection it was made for, so the daemon takes a will only for the
+    /// connection it last heard online, once.
+    #[serde(default)]
+    pub connection: u64,
 }
 
 /// A payload the agent applied.

@@ -350,6 +350,23 @@ async fn display_a_cannot_lie(
     let unsigned_before = d.metric(&token, unsigned).await;
     let restored_before = d.metric(&token, "marquee_retained_restored_total").await;
 
+    let connects = d.metric(&token, "marquee_mqtt_connects_total").await;
+    if broker_confines {
+        // Taking the daemon's client id (a broker lets the newest connection of an id win):
+        // with use_username_as_clientid the connection is named after A's account instead.
+        let mut o = rumqttc::MqttOptions::new("marquee-daemon", "127.0.0.1", port);
+        if let Some((user, password)) = account {
+            o.set_credentials(user, password);
+        }
+        let (_thief, mut thief_loop) = rumqttc::AsyncClient::new(o, 10);
+        loop {
+            match thief_loop.poll().await {
+                Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => break,
+                Ok(_) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
     let attacker = Sub::connect_as(port, "marquee/v1/daemon/status", account).await;
     let now = Utc::now();
     let status = |display: &str, online: bool| -> marquee::wire::agent::Status {
@@ -453,6 +470,11 @@ async fn display_a_cannot_lie(
     let (_, reach_after) = pending_alert(d, &token, json!("all")).await;
     assert_eq!(reach_after, reach_all, "reach moved with what clients said");
     if broker_confines {
+        // The daemon kept its session (a display's connection is named after its account).
+        assert_eq!(
+            d.metric(&token, "marquee_mqtt_connects_total").await,
+            connects
+        );
         // The broker dropped the writes on the daemon's topics: nothing needed restoring.
         assert_eq!(
             d.metric(&token, "marquee_retained_restored_total").await,
@@ -496,22 +518,27 @@ async fn with_the_generated_mosquitto_files_a_display_account_writes_only_its_ow
     std::fs::write(site.playlist("test-lobby"), interrupt("acl")).unwrap();
     let cfg_a = agent_config(&d, &site, "lobby-acl-a", "lobby", mq.port);
     let cfg_b = agent_config(&d, &site, "lobby-acl-b", "lobby", mq.port);
-    // The generated files replace the start-up ones; Mosquitto reads them again on SIGHUP.
-    let gen_dir = site.dir.path().join("broker");
+    // The generated files replace the start-up ones (keeping the daemon's own line); Mosquitto
+    // reads them again on SIGHUP.
     let said = d.cli(
         &token,
         &[
             "broker",
             "mosquitto",
             "--out",
-            &gen_dir.display().to_string(),
+            &dir.path().display().to_string(),
         ],
     );
-    assert!(said.contains("acl_file"), "{said}");
-    std::fs::copy(gen_dir.join("passwd"), &passwd).unwrap();
-    std::fs::copy(gen_dir.join("acl"), &acl).unwrap();
+    assert!(
+        said.contains("acl_file") && !said.contains("not in it yet"),
+        "{said}"
+    );
+    let written = std::fs::read_to_string(&passwd).unwrap();
+    assert!(written.starts_with("marquee-daemon:$7$"), "{written}");
+    assert_eq!(written.lines().count(), 3, "{written}");
     mq.reload();
-    let _a = AgentProc::start(&cfg_a, &[]);
+    // A's screen is in the attacker's hands: its agent is not running, its account and key are.
+    let _ = cfg_a;
     let mut b = AgentProc::start(&cfg_b, &[]);
     b.frame("B plays", |v| text_of(v).starts_with("acl")).await;
     let a_pw = std::fs::read_to_string(
@@ -630,4 +657,76 @@ async fn a_timeline_over_the_broker_limit_is_refused_and_every_other_channel_sta
     assert_eq!(s, 400, "{v}");
     assert_eq!(v["error"]["field"], "items");
     assert!(!site.playlist("subway-big").exists());
+}
+
+async fn fleet(d: &Daemon, token: &str) -> Value {
+    d.get("/api/v1/displays/lobby-will-1", Some(token)).await.1
+}
+
+#[tokio::test]
+async fn a_replayed_will_or_old_status_changes_nothing_in_the_fleet() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    std::fs::write(site.playlist("test-lobby"), interrupt("first")).unwrap();
+    let mut sub = Sub::connect(port, "marquee/v1/agent/lobby-will-1/status").await;
+    let cfg = agent_config(&d, &site, "lobby-will-1", "lobby", port);
+    let mut agent = AgentProc::start(&cfg, &[]);
+    agent
+        .frame("first", |v| text_of(v).starts_with("first"))
+        .await;
+    let online = |v: &Value| v["online"] == true;
+    let old_status = sub.wait("a status", |m| !m.payload.is_empty()).await;
+    // The screen dies: the broker sends its will, the fleet says offline.
+    agent.kill();
+    let will = sub
+        .wait("the will", |m| {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
+            v["body"]["payload"]["data"]["online"] == false
+        })
+        .await;
+    let start = std::time::Instant::now();
+    while online(&fleet(&d, &token).await) {
+        assert!(start.elapsed() < DEADLINE, "the will never arrived");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Back (a new run): online again.
+    let mut agent = AgentProc::start(&cfg, &[]);
+    agent
+        .frame("first again", |v| text_of(v).starts_with("first"))
+        .await;
+    let start = std::time::Instant::now();
+    while !online(&fleet(&d, &token).await) {
+        assert!(start.elapsed() < DEADLINE, "never online again");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // The old will and the old online status, replayed: refused as replays, nothing moves.
+    let replayed = "marquee_agent_reports_dropped_total{reason=\"replayed\"}";
+    let before = d.metric(&token, replayed).await;
+    for m in [&will, &old_status] {
+        sub.client
+            .publish(m.topic.clone(), QoS::AtLeastOnce, true, m.payload.clone())
+            .await
+            .unwrap();
+    }
+    counter_at_least(&d, &token, replayed, before + 2.0).await;
+    assert!(
+        online(&fleet(&d, &token).await),
+        "a replayed will took the screen offline"
+    );
+    // Also after a daemon restart (the order is kept in the store).
+    assert_eq!(d.stop().await, Some(0));
+    let d = Daemon::start(&site).await;
+    sub.client
+        .publish(
+            will.topic.clone(),
+            QoS::AtLeastOnce,
+            true,
+            will.payload.clone(),
+        )
+        .await
+        .unwrap();
+    counter_at_least(&d, &token, replayed, 1.0).await;
+    drop(agent);
 }

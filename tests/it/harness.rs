@@ -458,7 +458,7 @@ impl Mosquitto {
     pub async fn start_secured(passwd: &Path, acl: &Path) -> Mosquitto {
         let port = free_port();
         let conf = format!(
-            "listener {port} 127.0.0.1\nallow_anonymous false\npersistence false\npassword_file {}\nacl_file {}\n{}",
+            "listener {port} 127.0.0.1\nallow_anonymous false\nuse_username_as_clientid true\npersistence false\npassword_file {}\nacl_file {}\n{}",
             passwd.display(),
             acl.display(),
             // Started as root, Mosquitto drops to the `mosquitto` user and then cannot read the
