@@ -263,7 +263,11 @@ pub async fn displays(api: &ApiClient) -> anyhow::Result<String> {
             } else {
                 String::new()
             }
-        );
+        ) + if d["conflict"].as_bool() == Some(true) {
+            ", CONFLICT (two agents use this id)"
+        } else {
+            ""
+        };
         let applied = d["timeline_version"]
             .as_u64()
             .map_or("-".into(), |v| format!("v{v}"));

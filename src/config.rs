@@ -15,7 +15,6 @@ use serde::Deserialize;
 
 use crate::domain::ValidationContext;
 use crate::domain::locate::line_col;
-use crate::wire::valid_name;
 
 /// API roles, each including the rights of the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
@@ -165,6 +164,7 @@ struct RawMqtt {
     embedded: bool,
     listen: String,
     url: Option<String>,
+    urls: Vec<String>,
     username: Option<String>,
     password_env: Option<String>,
     password_file: Option<PathBuf>,
@@ -238,11 +238,12 @@ impl Default for RawMqtt {
             embedded: true,
             listen: "127.0.0.1:1883".into(),
             url: None,
+            urls: Vec::new(),
             username: None,
             password_env: None,
             password_file: None,
             topic_prefix: "marquee".into(),
-            client_id: "marquee-daemon".into(),
+            client_id: String::new(),
             keep_alive: "15s".into(),
             max_payload: 4 << 20,
             ca_file: None,
@@ -375,12 +376,10 @@ pub enum BrokerConfig {
         /// username → password.
         users: BTreeMap<String, String>,
     },
-    /// An external broker (Mosquitto, EMQX, …).
+    /// An external broker (Mosquitto, EMQX, …), or several (`urls`: failover).
     External {
-        /// Host name or address.
-        host: String,
-        /// Port.
-        port: u16,
+        /// (host, port) of each broker.
+        brokers: Vec<(String, u16)>,
         /// `mqtts://`.
         tls: bool,
     },
@@ -731,33 +730,39 @@ impl Config {
             }
             BrokerConfig::Embedded { listen, users }
         } else {
-            let url = m.url.as_deref().unwrap_or("");
-            match url::Url::parse(url) {
-                Ok(u) if matches!(u.scheme(), "mqtt" | "tcp" | "mqtts" | "ssl") => {
-                    let host = u.host_str().unwrap_or("").to_owned();
-                    let tls = matches!(u.scheme(), "mqtts" | "ssl");
-                    if !is_loopback_host(&host) && credentials.is_none() {
-                        problems.push(format!(
-                            "mqtt.url: broker {host} is not on loopback, so credentials are required: set mqtt.username and mqtt.password_env or mqtt.password_file"
-                        ));
-                    }
-                    BrokerConfig::External {
-                        port: u.port().unwrap_or(if tls { 8883 } else { 1883 }),
-                        host,
-                        tls,
-                    }
+            let urls: Vec<String> = match (&m.url, m.urls.is_empty()) {
+                (Some(u), true) => vec![u.clone()],
+                (None, false) => m.urls.clone(),
+                (Some(_), false) => {
+                    problems.push("mqtt.urls: give url or urls, not both".into());
+                    m.urls.clone()
                 }
-                _ => {
-                    problems.push(format!(
-                        "mqtt.url: {url:?} is not a broker URL like mqtt://127.0.0.1:1883 (needed when embedded = false)"
-                    ));
-                    BrokerConfig::External {
-                        host: String::new(),
-                        port: 1883,
-                        tls: false,
-                    }
+                (None, true) => {
+                    problems.push(
+                        "mqtt.url: needed when embedded = false (a broker URL like mqtt://127.0.0.1:1883, or urls = [...] for several)"
+                            .into(),
+                    );
+                    Vec::new()
                 }
+            };
+            let key = if m.urls.is_empty() {
+                "mqtt.url"
+            } else {
+                "mqtt.urls"
+            };
+            let (brokers, tls) = if urls.is_empty() {
+                (Vec::new(), false)
+            } else {
+                crate::mqtt::parse_broker_urls(&urls, key, problems)
+            };
+            if let Some((host, _)) = brokers.iter().find(|(h, _)| !is_loopback_host(h))
+                && credentials.is_none()
+            {
+                problems.push(format!(
+                    "{key}: broker {host} is not on loopback, so credentials are required: set mqtt.username and mqtt.password_env or mqtt.password_file"
+                ));
             }
+            BrokerConfig::External { brokers, tls }
         };
         if m.topic_prefix.is_empty()
             || m.topic_prefix.contains(['+', '#'])
@@ -786,7 +791,20 @@ impl Config {
             tls,
             credentials,
             topic_prefix: m.topic_prefix,
-            client_id: m.client_id,
+            // Default: one per host, so two daemons on one broker do not take each other's
+            // session (a broker lets the newest connection of an id win).
+            client_id: if m.client_id.is_empty() {
+                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                    .map(|h| h.trim().to_owned())
+                    .unwrap_or_default();
+                format!("marquee-daemon-{host}")
+                    .trim_end_matches('-')
+                    .chars()
+                    .take(64)
+                    .collect()
+            } else {
+                m.client_id
+            },
             keep_alive: duration(problems, "mqtt.keep_alive", &m.keep_alive),
             max_payload: m.max_payload,
         }
@@ -882,18 +900,18 @@ impl Config {
                         .into(),
                 );
             }
-            if !valid_name(c) {
+            if !crate::registry::valid_display_id(c) {
                 problems.push(format!(
-                    "schedule.channels: {c:?} must be 1-64 letters, digits, '_', '-' or '.'"
+                    "schedule.channels: {c:?} must be 1-64 letters, digits, '_' or '-' (no '.': clustered brokers such as NATS and RabbitMQ turn MQTT's '/' into '.', so a dotted name splits into two topic levels)"
                 ));
             }
         }
         let mut displays = BTreeMap::new();
         let mut locations = BTreeMap::new();
         for (i, d) in s.displays.iter().enumerate() {
-            if !valid_name(&d.id) {
+            if !crate::registry::valid_display_id(&d.id) {
                 problems.push(format!(
-                    "schedule.displays[{i}].id: {:?} must be 1-64 letters, digits, '_', '-' or '.'",
+                    "schedule.displays[{i}].id: {:?} must be 1-64 letters, digits, '_' or '-' (no '.': clustered brokers turn MQTT's '/' into '.')",
                     d.id
                 ));
             }
@@ -1008,11 +1026,7 @@ mod tests {
         assert!(c.mqtt.tls.is_some());
         assert!(matches!(
             c.mqtt.broker,
-            BrokerConfig::External {
-                port: 8883,
-                tls: true,
-                ..
-            }
+            BrokerConfig::External { ref brokers, tls: true } if brokers[0].1 == 8883
         ));
     }
 
@@ -1041,8 +1055,7 @@ mod tests {
         assert_eq!(
             c.mqtt.broker,
             BrokerConfig::External {
-                host: "127.0.0.1".into(),
-                port: 18830,
+                brokers: vec![("127.0.0.1".into(), 18830)],
                 tls: false
             }
         );

@@ -85,17 +85,18 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
 
     // The broker.
-    let (host, port, credentials, _broker) = match &cfg.mqtt.broker {
+    let (brokers, credentials, _broker) = match &cfg.mqtt.broker {
         BrokerConfig::Embedded { listen, users } => {
             // The embedded broker died with the last daemon: no display's last will was
             // delivered, so what the store says about them is not known until they report.
             if let Err(e) = store.displays_unknown() {
                 tracing::error!(error = %e, "cannot mark the displays unknown");
             }
-            start_embedded(&cfg, *listen, users).await?
+            let (host, port, credentials, broker) = start_embedded(&cfg, *listen, users).await?;
+            (vec![(host, port)], credentials, broker)
         }
-        BrokerConfig::External { host, port, .. } => {
-            (host.clone(), *port, cfg.mqtt.credentials.clone(), None)
+        BrokerConfig::External { brokers, .. } => {
+            (brokers.clone(), cfg.mqtt.credentials.clone(), None)
         }
     };
 
@@ -108,8 +109,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let (mqtt, events) = mqtt::connect(
         ClientOptions {
             client_id: cfg.mqtt.client_id.clone(),
-            host: host.clone(),
-            port,
+            brokers: brokers.clone(),
             credentials,
             keep_alive: cfg.mqtt.keep_alive,
             max_packet: cfg.mqtt.max_payload,
@@ -230,7 +230,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let broker = format!("{host}:{port}");
+    let broker = brokers
+        .iter()
+        .map(|(h, p)| format!("{h}:{p}"))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut waiting = tokio::time::interval(Duration::from_secs(5));
     waiting.tick().await;
     let mut ready = false;

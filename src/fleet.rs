@@ -71,6 +71,7 @@ pub async fn run(
         statuses,
         batches: HashMap::new(),
         warned: HashSet::new(),
+        instances: HashMap::new(),
     };
     loop {
         let (topic, payload, retained) = tokio::select! {
@@ -82,7 +83,7 @@ pub async fn run(
         }
         let store = store.clone();
         let res = match intake.read(&prefix, &topic, &payload) {
-            Some(Report::Status(s, mark)) => {
+            Some(Report::Status(s, mark, conflict)) => {
                 tracing::info!(display = %s.display, online = s.online, "display status");
                 let now = Utc::now();
                 // A live status was just written by the agent: its `at` against our clock
@@ -93,6 +94,9 @@ pub async fn run(
                 }
                 tokio::task::spawn_blocking(move || {
                     store.record_status(&s, now, skew)?;
+                    if conflict {
+                        store.flag_conflict(&s.display, now)?;
+                    }
                     store.set_status_mark(&s.display, &mark).map(|()| 0)
                 })
                 .await
@@ -143,8 +147,8 @@ pub async fn run(
 
 /// A report that passed every check.
 enum Report {
-    /// A status to store, with its mark.
-    Status(Status, StatusMark),
+    /// A status to store, with its mark, and whether it shows two agents taking turns.
+    Status(Status, StatusMark, bool),
     /// A batch to store (then receipt).
     Events(EventBatch),
     /// A batch already stored (a resend or a replay): only the receipt goes again.
@@ -209,6 +213,40 @@ struct Intake {
     batches: HashMap<String, (String, u64)>,
     /// Displays already warned about (one warning per display and reason, not one per report).
     warned: HashSet<(String, &'static str)>,
+    /// Per display: the agent processes that reported lately, the latest last.
+    instances: HashMap<String, Vec<(String, std::time::Instant)>>,
+}
+
+/// Two agent processes seen taking turns within this long are one display's conflict.
+const CONFLICT_WINDOW: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// How long a display stays flagged after the last turn taken (`conflict` in the fleet view).
+pub const CONFLICT_SHOWN: chrono::Duration = chrono::Duration::minutes(10);
+
+impl Intake {
+    /// Whether `instance` reporting for `display` now means two agents take turns: it reported
+    /// before another one did, within [`CONFLICT_WINDOW`]. (A restart is a new process that
+    /// never comes back, so it does not count.)
+    fn takes_turns(&mut self, display: &str, instance: &str) -> Option<String> {
+        if instance.is_empty() {
+            return None;
+        }
+        let seen = self.instances.entry(display.to_owned()).or_default();
+        seen.retain(|(_, at)| at.elapsed() < CONFLICT_WINDOW);
+        let other = match seen.last() {
+            Some((last, _)) if last != instance => {
+                let came_back = seen.iter().any(|(i, _)| i == instance);
+                came_back.then(|| last.clone())
+            }
+            _ => None,
+        };
+        seen.retain(|(i, _)| i != instance);
+        seen.push((instance.to_owned(), std::time::Instant::now()));
+        if seen.len() > 4 {
+            seen.remove(0);
+        }
+        other
+    }
 }
 
 impl Intake {
@@ -241,8 +279,17 @@ impl Intake {
             Signed::Status(s) if s.display == display && s.channel == entry.channel => {
                 match order(self.statuses.get(&display), body.issued_at, &s) {
                     Order::Accept(mark) => {
+                        let conflict = s
+                            .online
+                            .then(|| self.takes_turns(&display, &s.instance))
+                            .flatten();
+                        if let Some(other) = &conflict {
+                            let id = display.as_str();
+                            tracing::warn!(display = id, instance = %s.instance, other = %other, "two agents report for one display (a copied config?); give each screen its own id");
+                            self.metrics.display_conflicts.inc();
+                        }
                         self.statuses.insert(display, mark.clone());
-                        Some(Report::Status(s, mark))
+                        Some(Report::Status(s, mark, conflict.is_some()))
                     }
                     Order::Same => None,
                     Order::Replay => {
@@ -349,6 +396,8 @@ mod tests {
             started_at: t(started),
             at: t(0),
             connection,
+            instance: String::new(),
+            broker: String::new(),
         }
     }
 

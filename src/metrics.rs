@@ -38,6 +38,8 @@ pub struct Metrics {
     pub mqtt_connects: Counter,
     /// Agent events stored (redeliveries not counted).
     pub events_ingested: Counter,
+    /// Times two agent processes were seen taking turns reporting for one display.
+    pub display_conflicts: Counter,
     /// Agent reports dropped, by reason (see [`REPORT_DROP_REASONS`]).
     pub reports_dropped: Family<Vec<(String, String)>, Counter>,
     /// SMS submits by gateway and answer.
@@ -111,6 +113,11 @@ impl Metrics {
             "agent_events_ingested",
             "Agent events stored (acks, proof of play); redeliveries not counted",
             self.events_ingested.clone(),
+        );
+        r.register(
+            "display_conflicts",
+            "Times two agent processes were seen taking turns reporting for one display",
+            self.display_conflicts.clone(),
         );
         for reason in REPORT_DROP_REASONS {
             let _ = self

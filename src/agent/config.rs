@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::player::{Fallback, LanguagePolicy};
 use crate::config::{ConfigError, read_toml};
-use crate::wire::{PublicKey, valid_name};
+use crate::wire::PublicKey;
 
 /// How frames are shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -54,6 +54,7 @@ fn default_render() -> RenderKind {
 #[serde(deny_unknown_fields, default)]
 struct RawMqtt {
     url: String,
+    urls: Vec<String>,
     username: Option<String>,
     password_env: Option<String>,
     password_file: Option<PathBuf>,
@@ -69,6 +70,7 @@ impl Default for RawMqtt {
     fn default() -> Self {
         RawMqtt {
             url: "mqtt://127.0.0.1:1883".into(),
+            urls: Vec::new(),
             username: None,
             password_env: None,
             password_file: None,
@@ -158,10 +160,8 @@ pub struct AgentConfig {
     pub cache_dir: PathBuf,
     /// Renderer.
     pub render: RenderKind,
-    /// Broker host.
-    pub host: String,
-    /// Broker port.
-    pub port: u16,
+    /// Brokers, as (host, port): one is picked at random, the next on a failed connect.
+    pub brokers: Vec<(String, u16)>,
     /// Broker credentials.
     pub credentials: Option<(String, String)>,
     /// Topic prefix.
@@ -205,9 +205,9 @@ impl AgentConfig {
 
 fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
     for (key, v) in [("id", &raw.id), ("channel", &raw.channel)] {
-        if !valid_name(v) {
+        if !crate::registry::valid_display_id(v) {
             p.push(format!(
-                "{key}: {v:?} must be 1-64 letters, digits, '_', '-' or '.'"
+                "{key}: {v:?} must be 1-64 letters, digits, '_' or '-' (no '.': clustered brokers turn MQTT's '/' into '.')"
             ));
         }
     }
@@ -243,21 +243,11 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
             .ok()
             .map(std::sync::Arc::new)
     });
-    let (host, port, tls) = match url::Url::parse(&raw.mqtt.url) {
-        Ok(u)
-            if matches!(u.scheme(), "mqtt" | "tcp" | "mqtts" | "ssl") && u.host_str().is_some() =>
-        {
-            let tls = matches!(u.scheme(), "mqtts" | "ssl");
-            let port = u.port().unwrap_or(if tls { 8883 } else { 1883 });
-            (u.host_str().unwrap_or_default().to_owned(), port, tls)
-        }
-        _ => {
-            p.push(format!(
-                "mqtt.url: {:?} is not a broker URL like mqtt://127.0.0.1:1883",
-                raw.mqtt.url
-            ));
-            (String::new(), 0, false)
-        }
+    // `urls` (several brokers, failover) or `url` (one).
+    let (brokers, tls) = if raw.mqtt.urls.is_empty() {
+        crate::mqtt::parse_broker_urls(std::slice::from_ref(&raw.mqtt.url), "mqtt.url", p)
+    } else {
+        crate::mqtt::parse_broker_urls(&raw.mqtt.urls, "mqtt.urls", p)
     };
     let tls = crate::config::RawTls {
         ca_file: raw.mqtt.ca_file.clone(),
@@ -348,8 +338,7 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
         report_key,
         cache_dir: raw.cache_dir,
         render: raw.render,
-        host,
-        port,
+        brokers,
         credentials,
         topic_prefix: raw.mqtt.topic_prefix,
         keep_alive,

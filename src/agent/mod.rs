@@ -72,6 +72,8 @@ struct Agent {
     instance: String,
     /// The highest sequence number sent in this process: receipts above it are refused.
     sent_upto: u64,
+    /// This process (see [`instance_id`]).
+    instance_id: String,
     /// Per topic: start of the current minute, refusals reported in it, refusals not reported.
     refusals: HashMap<String, (tokio::time::Instant, u32, u64)>,
 }
@@ -127,7 +129,10 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         started_at,
         at: started_at,
         connection: 0,
+        instance: instance_id(),
+        broker: String::new(),
     };
+    let offline_instance = offline.instance.clone();
     // The will of connection n, signed when that connection is made (the broker sends it if the
     // connection drops): it names the connection, so an old will replayed later is refused.
     let will = {
@@ -160,8 +165,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let (mqtt, mut events) = mqtt::connect(
         ClientOptions {
             client_id: format!("marquee-agent-{}", cfg.id),
-            host: cfg.host.clone(),
-            port: cfg.port,
+            brokers: cfg.brokers.clone(),
             credentials: cfg.credentials.clone(),
             keep_alive: cfg.keep_alive,
             max_packet: cfg.max_payload,
@@ -189,6 +193,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         ack_wait: ACK_WAIT,
         instance: store.instance()?,
         sent_upto: 0,
+        instance_id: offline_instance,
         refusals: HashMap::new(),
     };
     if agent.cfg.report_key.is_none() {
@@ -197,7 +202,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         );
     }
     agent.restore_cache()?;
-    tracing::info!(display = %agent.cfg.id, channel = %agent.cfg.channel, broker = %format!("{}:{}", agent.cfg.host, agent.cfg.port), "agent started");
+    tracing::info!(display = %agent.cfg.id, channel = %agent.cfg.channel, brokers = ?agent.cfg.brokers, "agent started");
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -627,6 +632,8 @@ impl Agent {
             started_at: self.started_at,
             at: now,
             connection: self.mqtt.connection(),
+            instance: self.instance_id.clone(),
+            broker: self.mqtt.broker(),
         }
     }
 
@@ -654,6 +661,23 @@ impl Agent {
             lifetime,
         )
     }
+}
+
+/// This agent process: `{host name}/{first 8 of the boot id}/{pid}`, the same for one process
+/// and different for two (a config copied to a second screen, or a restart).
+fn instance_id() -> String {
+    let read = |p: &str| {
+        std::fs::read_to_string(p)
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_default()
+    };
+    let boot = read("/proc/sys/kernel/random/boot_id");
+    format!(
+        "{}/{}/{}",
+        read("/proc/sys/kernel/hostname"),
+        boot.get(..8).unwrap_or(&boot),
+        std::process::id()
+    )
 }
 
 /// How long a signed status stays valid: it is retained, and a will is signed when its connection

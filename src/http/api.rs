@@ -211,6 +211,11 @@ fn display_json(d: &DisplayRow, published: &[Published], prefix: &str) -> Value 
         d.clock_skew_ms
             .is_some_and(|ms| ms.abs() > crate::fleet::MAX_SKEW_MS)
     );
+    // Two agent processes took turns reporting for it lately (one id on two screens).
+    v["conflict"] = json!(d.conflict_at.as_deref().is_some_and(|at| {
+        chrono::DateTime::parse_from_rfc3339(at)
+            .is_ok_and(|t| Utc::now() - t.with_timezone(&Utc) < crate::fleet::CONFLICT_SHOWN)
+    }));
     v
 }
 
@@ -397,6 +402,9 @@ mod tests {
             last_alert_latency_ms: None,
             known: true,
             clock_skew_ms: None,
+            instance: None,
+            broker: None,
+            conflict_at: None,
         };
         assert_eq!(display_state(&d, t("2026-11-29T10:04:59Z")), "online");
         assert_eq!(display_state(&d, t("2026-11-29T10:05:01Z")), "stale");

@@ -1,5 +1,8 @@
 //! One MQTT connection kept alive. rumqttc's event loop runs in its own task; it reconnects
-//! with jittered exponential backoff after any error, resubscribes on every ConnAck, and reports
+//! with jittered exponential backoff after any error (reset only once a connection has held for
+//! 30 s, so a broker or a rival client that keeps dropping us is not hammered), moves to the next
+//! broker of its list after a failed connect, treats a refused subscription as a failed
+//! connection, resubscribes on every ConnAck, and reports
 //! [`MqttEvent`]s on a bounded channel. Publishing never blocks the caller: while disconnected a
 //! publish is dropped (clean sessions: rumqttc discards what was queued) and the caller re-asserts
 //! its state on the next [`MqttEvent::Connected`].
@@ -19,10 +22,10 @@ use tokio_util::sync::CancellationToken;
 pub struct ClientOptions {
     /// Client id.
     pub client_id: String,
-    /// Broker host.
-    pub host: String,
-    /// Broker port.
-    pub port: u16,
+    /// Brokers to try, as (host, port): the first one tried is picked at random (so a fleet
+    /// spreads), the next one after a failed connect, and a broker that accepted is kept until
+    /// its connection drops and a reconnect to it fails.
+    pub brokers: Vec<(String, u16)>,
     /// Username and password.
     pub credentials: Option<(String, String)>,
     /// Keep-alive interval.
@@ -106,7 +109,18 @@ pub enum MqttEvent {
 pub struct MqttHandle {
     client: AsyncClient,
     connection: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    broker: std::sync::Arc<std::sync::Mutex<String>>,
 }
+
+/// A connection that lasted at least this long resets the reconnect back-off; shorter ones (a
+/// broker that accepts then drops us, another client taking our id) keep it growing.
+const HELD: Duration = Duration::from_secs(30);
+
+/// The longest wait between reconnects.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// How long one connect attempt (TCP, TLS, CONNACK) may take before the next broker is tried.
+const CONNECT_TIMEOUT_SECS: u64 = 5;
 
 /// Publish refused: the outgoing queue is full (typically while disconnected).
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +140,11 @@ impl MqttHandle {
         self.connection.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// The broker of the current (or last) connection, `host:port`.
+    pub fn broker(&self) -> String {
+        self.broker.lock().map(|b| b.clone()).unwrap_or_default()
+    }
+
     /// Sends DISCONNECT (the broker then drops the last will).
     pub async fn disconnect(&self) {
         let _ = self.client.disconnect().await;
@@ -139,13 +158,10 @@ fn jitter(max: Duration) -> Duration {
     max.mul_f64(0.5 + frac / 2.0)
 }
 
-/// Opens the connection and starts its task. The task ends when `cancel` fires (after sending
-/// DISCONNECT) and the event channel then closes.
-pub fn connect(
-    opts: ClientOptions,
-    cancel: CancellationToken,
-) -> (MqttHandle, mpsc::Receiver<MqttEvent>) {
-    let mut o = MqttOptions::new(opts.client_id.clone(), opts.host.clone(), opts.port);
+/// The rumqttc options for broker `i` of `opts`.
+fn options_for(opts: &ClientOptions, i: usize) -> MqttOptions {
+    let (host, port) = opts.brokers[i % opts.brokers.len()].clone();
+    let mut o = MqttOptions::new(opts.client_id.clone(), host, port);
     o.set_keep_alive(opts.keep_alive);
     o.set_max_packet_size(opts.max_packet, opts.max_packet);
     o.set_clean_session(true);
@@ -161,18 +177,44 @@ pub fn connect(
             },
         ));
     }
-    let (client, eventloop) = AsyncClient::new(o, 1024);
+    o
+}
+
+/// Opens the connection and starts its task. The task ends when `cancel` fires (after sending
+/// DISCONNECT) and the event channel then closes.
+///
+/// # Panics
+/// If `opts.brokers` is empty (configuration always names at least one).
+pub fn connect(
+    opts: ClientOptions,
+    cancel: CancellationToken,
+) -> (MqttHandle, mpsc::Receiver<MqttEvent>) {
+    assert!(!opts.brokers.is_empty(), "no broker to connect to");
+    let first = {
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        u32::from_le_bytes(b) as usize % opts.brokers.len()
+    };
+    let (client, mut eventloop) = AsyncClient::new(options_for(&opts, first), 1024);
+    let mut net = rumqttc::NetworkOptions::new();
+    // Small packets (an alert, a receipt) go out at once, not after Nagle's 40 ms.
+    net.set_tcp_nodelay(true);
+    net.set_connection_timeout(CONNECT_TIMEOUT_SECS);
+    eventloop.set_network_options(net);
     let (tx, rx) = mpsc::channel(1024);
+    let (host, port) = &opts.brokers[first];
     let handle = MqttHandle {
         client: client.clone(),
         connection: Default::default(),
+        broker: std::sync::Arc::new(std::sync::Mutex::new(format!("{host}:{port}"))),
     };
     tokio::spawn(run(
         client,
         eventloop,
         opts,
         tx,
-        handle.connection.clone(),
+        handle.clone(),
+        first,
         cancel,
     ));
     (handle, rx)
@@ -201,12 +243,20 @@ async fn run(
     mut eventloop: EventLoop,
     opts: ClientOptions,
     tx: mpsc::Sender<MqttEvent>,
-    counter: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    handle: MqttHandle,
+    mut broker: usize,
     cancel: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
-    let mut connected = false;
-    next_connection(&mut eventloop, &opts, &counter);
+    let mut connected: Option<std::time::Instant> = None;
+    // Filters subscribed on this connection and not yet answered, in order (SUBACKs come in
+    // the order of the SUBSCRIBEs).
+    let mut pending: std::collections::VecDeque<String> = Default::default();
+    let name = |i: usize| {
+        let (h, p) = &opts.brokers[i % opts.brokers.len()];
+        format!("{h}:{p}")
+    };
+    next_connection(&mut eventloop, &opts, &handle.connection);
     loop {
         let polled = tokio::select! {
             _ = cancel.cancelled() => break,
@@ -214,15 +264,34 @@ async fn run(
         };
         match polled {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                backoff = Duration::from_millis(100);
-                connected = true;
+                connected = Some(std::time::Instant::now());
+                if let Ok(mut b) = handle.broker.lock() {
+                    *b = name(broker);
+                }
+                pending.clear();
                 for f in &opts.subscriptions {
-                    if let Err(e) = client.try_subscribe(f, QoS::AtLeastOnce) {
-                        tracing::warn!(filter = %f, error = %e, "MQTT subscribe not queued");
+                    match client.try_subscribe(f, QoS::AtLeastOnce) {
+                        Ok(()) => pending.push_back(f.clone()),
+                        Err(e) => {
+                            tracing::warn!(filter = %f, error = %e, "MQTT subscribe not queued")
+                        }
                     }
                 }
                 if tx.send(MqttEvent::Connected).await.is_err() {
                     break;
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                let filter = pending.pop_front().unwrap_or_default();
+                if ack
+                    .return_codes
+                    .iter()
+                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+                {
+                    // A client that cannot hear its topics only looks healthy: treat it as a
+                    // failed connection (the broker's ACL, or its limits, refused it).
+                    tracing::warn!(broker = %name(broker), filter = %filter, "the broker refused a subscription; disconnecting and trying again");
+                    let _ = client.try_disconnect();
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -238,18 +307,27 @@ async fn run(
             Ok(_) => {}
             Err(e) => {
                 let reason = e.to_string();
-                if connected {
-                    connected = false;
-                    tracing::warn!(broker = %format!("{}:{}", opts.host, opts.port), error = %reason, "MQTT connection lost; reconnecting");
+                if let Some(since) = connected.take() {
+                    if since.elapsed() >= HELD {
+                        backoff = Duration::from_millis(100);
+                    }
+                    tracing::warn!(broker = %name(broker), error = %reason, held_s = since.elapsed().as_secs(), "MQTT connection lost; reconnecting");
                     if tx.send(MqttEvent::Disconnected(reason)).await.is_err() {
                         break;
                     }
                 } else {
-                    tracing::debug!(error = %reason, "MQTT connect failed; retrying");
+                    tracing::warn!(broker = %name(broker), error = %reason, "MQTT connect failed");
+                    if opts.brokers.len() > 1 {
+                        broker = (broker + 1) % opts.brokers.len();
+                        tracing::info!(broker = %name(broker), "trying the next broker");
+                        let net = eventloop.network_options();
+                        eventloop.mqtt_options = options_for(&opts, broker);
+                        eventloop.set_network_options(net);
+                    }
                 }
                 let wait = jitter(backoff);
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                next_connection(&mut eventloop, &opts, &counter);
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                next_connection(&mut eventloop, &opts, &handle.connection);
                 tokio::select! {
                     _ = cancel.cancelled() => break,
                     _ = tokio::time::sleep(wait) => {}
@@ -259,7 +337,7 @@ async fn run(
     }
     // Say goodbye properly (the will is not sent on a clean DISCONNECT), then stop polling: a
     // further poll would silently reconnect.
-    if connected {
+    if connected.is_some() {
         let _ = client.try_disconnect();
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             while let Ok(ev) = eventloop.poll().await {

@@ -47,6 +47,12 @@ pub struct DisplayRow {
     pub known: bool,
     /// Its clock minus ours on its last live status, in ms.
     pub clock_skew_ms: Option<i64>,
+    /// The agent process that last reported (`host/boot/pid`).
+    pub instance: Option<String>,
+    /// The broker it is on.
+    pub broker: Option<String>,
+    /// When two agent processes were last seen taking turns reporting for it.
+    pub conflict_at: Option<String>,
 }
 
 /// The last status accepted from a display, as the intake orders statuses (see
@@ -100,11 +106,15 @@ fn display_row(r: &Row<'_>) -> rusqlite::Result<DisplayRow> {
         last_alert_latency_ms: r.get(12)?,
         known: r.get(13)?,
         clock_skew_ms: r.get(14)?,
+        instance: r.get(15)?,
+        broker: r.get(16)?,
+        conflict_at: r.get(17)?,
     })
 }
 
 const DISPLAY_COLUMNS: &str = "id, online, since, channel, timeline_topic, timeline_version, alert, agent_version, \
-     started_at, last_seen, last_alert_ack, last_alert_ack_at, last_alert_latency_ms, known, clock_skew_ms";
+     started_at, last_seen, last_alert_ack, last_alert_ack_at, last_alert_latency_ms, known, clock_skew_ms, \
+     instance, broker, conflict_at";
 
 impl Store {
     /// Marks every display's state unknown until it reports again.
@@ -131,8 +141,8 @@ impl Store {
         let since_changes = was != Some(s.online);
         conn.execute(
             "INSERT INTO displays (id, online, channel, timeline_topic, timeline_version, alert, agent_version,
-                                   started_at, since, last_seen, clock_skew_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?11)
+                                   started_at, since, last_seen, clock_skew_ms, instance, broker)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?11, ?12, ?13)
              ON CONFLICT(id) DO UPDATE SET online = excluded.online, channel = excluded.channel,
                  timeline_topic = COALESCE(excluded.timeline_topic, timeline_topic),
                  timeline_version = COALESCE(excluded.timeline_version, timeline_version),
@@ -140,7 +150,8 @@ impl Store {
                  started_at = excluded.started_at,
                  since = CASE WHEN ?10 THEN excluded.since ELSE since END,
                  last_seen = excluded.last_seen, known = 1,
-                 clock_skew_ms = COALESCE(?11, clock_skew_ms)",
+                 clock_skew_ms = COALESCE(?11, clock_skew_ms),
+                 instance = excluded.instance, broker = excluded.broker",
             params![
                 s.display,
                 s.online,
@@ -153,6 +164,8 @@ impl Store {
                 ts(now),
                 since_changes,
                 skew_ms,
+                s.instance,
+                s.broker,
             ],
         )?;
         Ok(())
@@ -214,6 +227,15 @@ impl Store {
         )?;
         tx.commit()?;
         Ok(new)
+    }
+
+    /// Records that two agent processes were seen taking turns reporting for `id` at `now`.
+    pub fn flag_conflict(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.conn().execute(
+            "UPDATE displays SET conflict_at = ?2 WHERE id = ?1",
+            params![id, ts(now)],
+        )?;
+        Ok(())
     }
 
     /// Every display's last accepted status mark.
@@ -342,6 +364,8 @@ mod tests {
             started_at: t("2021-05-15T00:00:00Z"),
             at: t("2021-05-15T00:00:00Z"),
             connection: 1,
+            instance: "h/b/1".into(),
+            broker: "127.0.0.1:1883".into(),
         }
     }
 

@@ -262,6 +262,11 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE displays ADD COLUMN status_started_at TEXT;
     ALTER TABLE displays ADD COLUMN status_connection INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE displays ADD COLUMN will_taken INTEGER NOT NULL DEFAULT 0;",
+    // 18: which agent process reports for a display and on which broker, and when two were last
+    // seen taking turns (a config copied to two screens).
+    "ALTER TABLE displays ADD COLUMN instance TEXT;
+    ALTER TABLE displays ADD COLUMN broker TEXT;
+    ALTER TABLE displays ADD COLUMN conflict_at TEXT;",
 ];
 
 /// The last payload published on a retained topic.

@@ -28,6 +28,13 @@ pub struct Status {
     /// connection it last heard online, once.
     #[serde(default)]
     pub connection: u64,
+    /// Which agent process this is: `{host}/{boot id}/{pid}`. Two instances reporting for one
+    /// display (a copied config) are flagged as a conflict.
+    #[serde(default)]
+    pub instance: String,
+    /// The broker the agent is connected to (`host:port`).
+    #[serde(default)]
+    pub broker: String,
 }
 
 /// A payload the agent applied.

@@ -354,7 +354,9 @@ async fn display_a_cannot_lie(
     if broker_confines {
         // Taking the daemon's client id (a broker lets the newest connection of an id win):
         // with use_username_as_clientid the connection is named after A's account instead.
-        let mut o = rumqttc::MqttOptions::new("marquee-daemon", "127.0.0.1", port);
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+        let daemon_id = format!("marquee-daemon-{}", host.trim());
+        let mut o = rumqttc::MqttOptions::new(daemon_id, "127.0.0.1", port);
         if let Some((user, password)) = account {
             o.set_credentials(user, password);
         }
@@ -729,4 +731,117 @@ async fn a_replayed_will_or_old_status_changes_nothing_in_the_fleet() {
         .unwrap();
     counter_at_least(&d, &token, replayed, 1.0).await;
     drop(agent);
+}
+
+#[tokio::test]
+async fn two_agents_with_one_id_are_flagged_and_do_not_fight() {
+    let mq = Mosquitto::start().await;
+    let site = Site::new(&mq.section(), "");
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    let cfg = agent_config(&d, &site, "lobby-twin-1", "lobby", mq.port);
+    // The same config copied to a second screen (its own disk, so its own cache).
+    let copy = site.dir.path().join("agent-twin-copy.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&copy, text.replace("cache-lobby-twin-1", "cache-twin-copy")).unwrap();
+    let first = AgentProc::start(&cfg, &[]);
+    let second = AgentProc::start(&copy, &[]);
+    let start = std::time::Instant::now();
+    let flagged = loop {
+        let (_, v) = d.get("/api/v1/displays/lobby-twin-1", Some(&token)).await;
+        if v["conflict"] == true {
+            break start.elapsed();
+        }
+        assert!(start.elapsed() < DEADLINE, "never flagged: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert!(d.metric(&token, "marquee_display_conflicts_total").await >= 1.0);
+    let table = d.cli(&token, &["displays"]);
+    assert!(table.contains("CONFLICT"), "{table}");
+    // They back off instead of taking the session from each other many times a second.
+    let lost = |a: &AgentProc| {
+        a.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["message"] == "MQTT connection lost; reconnecting")
+            .count()
+    };
+    let takeovers = lost(&first) + lost(&second);
+    let secs = start.elapsed().as_secs_f64().max(1.0);
+    assert!(
+        (takeovers as f64) / secs < 3.0,
+        "{takeovers} takeovers in {secs:.1} s (flagged after {flagged:?})"
+    );
+}
+
+#[tokio::test]
+async fn killing_the_first_broker_moves_daemon_and_agent_to_the_second() {
+    // The second broker is not up yet: whichever each picks first, both end on the first.
+    let mq1 = Mosquitto::start().await;
+    let port2 = free_port();
+    let urls = format!(
+        "embedded = false\nurls = [\"mqtt://127.0.0.1:{}\", \"mqtt://127.0.0.1:{port2}\"]",
+        mq1.port
+    );
+    let site = Site::new(&urls, "");
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    let cfg = agent_config(&d, &site, "lobby-fo-1", "lobby", mq1.port);
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        &format!("url = \"mqtt://127.0.0.1:{}\"", mq1.port),
+        &format!(
+            "urls = [\"mqtt://127.0.0.1:{}\", \"mqtt://127.0.0.1:{port2}\"]",
+            mq1.port
+        ),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let mut agent = AgentProc::start(&cfg, &[]);
+    agent
+        .frame("a timeline frame", |v| v["kind"] == "timeline")
+        .await;
+    let _mq2 = Mosquitto::start_on_port(port2).await;
+    drop(mq1);
+    // Both end up on the second broker: the display says so, and an edit reaches it there.
+    let second = format!("127.0.0.1:{port2}");
+    let start = std::time::Instant::now();
+    loop {
+        let (_, v) = d.get("/api/v1/displays/lobby-fo-1", Some(&token)).await;
+        if v["broker"] == second.as_str() && v["online"] == true {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "not on the second broker: {v}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    std::fs::write(site.playlist("test-lobby"), interrupt("after failover")).unwrap();
+    agent
+        .frame("the edit through the second broker", |v| {
+            text_of(v).starts_with("after failover")
+        })
+        .await;
+}
+
+#[tokio::test]
+async fn a_refused_subscription_makes_the_agent_reconnect_and_say_why() {
+    // A broker whose ACL denies this display the held-alert topics (as EMQX answers: SUBACK 0x80).
+    let port = denying_broker(&["/held"]);
+    let site = Site::new(&format!("listen = \"127.0.0.1:{}\"", free_port()), "");
+    let d = Daemon::start(&site).await;
+    let mut agent = AgentProc::start(&agent_config(&d, &site, "lobby-deny-1", "lobby", port), &[]);
+    let line = agent
+        .wait_log("the refusal", |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("the broker refused a subscription"))
+        })
+        .await;
+    assert!(
+        line["filter"].as_str().unwrap().ends_with("/held"),
+        "{line}"
+    );
+    agent
+        .wait_log("the reconnect", |v| {
+            v["message"] == "MQTT connection lost; reconnecting"
+        })
+        .await;
 }

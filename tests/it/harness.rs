@@ -439,6 +439,11 @@ impl Mosquitto {
         Mosquitto::start_on(free_port(), tempfile::tempdir().unwrap()).await
     }
 
+    /// An anonymous Mosquitto on `port`.
+    pub async fn start_on_port(port: u16) -> Mosquitto {
+        Mosquitto::start_on(port, tempfile::tempdir().unwrap()).await
+    }
+
     /// An anonymous Mosquitto with `extra` lines in its config (e.g. `max_packet_size 65536`).
     pub async fn start_with_extra(extra: &str) -> Mosquitto {
         let port = free_port();
@@ -838,4 +843,68 @@ pub fn alert(
         starts_at: None,
     };
     sign_as_daemon(site, topic, version, lasts, Signed::Alert(a))
+}
+
+/// A broker stand-in that answers as EMQX does when its ACL denies a subscription: SUBACK with
+/// the failure code 0x80 (MQTT 3.1.1 §3.9.3) for every filter ending in one of `denied`, and
+/// granted QoS 1 otherwise. It speaks just enough MQTT 3.1.1 for a client to connect, subscribe,
+/// publish (QoS 1, acknowledged) and ping; it delivers nothing. Returns its port.
+pub fn denying_broker(denied: &'static [&'static str]) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            std::thread::spawn(move || {
+                use std::io::{Read, Write};
+                let read_packet = |s: &mut std::net::TcpStream| -> Option<(u8, Vec<u8>)> {
+                    let mut h = [0u8; 1];
+                    s.read_exact(&mut h).ok()?;
+                    let (mut len, mut mult) = (0usize, 1usize);
+                    loop {
+                        let mut b = [0u8; 1];
+                        s.read_exact(&mut b).ok()?;
+                        len += (b[0] & 0x7f) as usize * mult;
+                        mult *= 128;
+                        if b[0] & 0x80 == 0 {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0u8; len];
+                    s.read_exact(&mut body).ok()?;
+                    Some((h[0], body))
+                };
+                while let Some((h, body)) = read_packet(&mut s) {
+                    let reply: Vec<u8> = match h >> 4 {
+                        1 => vec![0x20, 0x02, 0x00, 0x00],
+                        8 => {
+                            let mut codes = Vec::new();
+                            let mut i = 2;
+                            while i + 2 <= body.len() {
+                                let n = u16::from_be_bytes([body[i], body[i + 1]]) as usize;
+                                let filter = String::from_utf8_lossy(&body[i + 2..i + 2 + n]);
+                                let deny = denied.iter().any(|d| filter.ends_with(d));
+                                codes.push(if deny { 0x80 } else { 0x01 });
+                                i += 2 + n + 1;
+                            }
+                            let mut r = vec![0x90, (2 + codes.len()) as u8, body[0], body[1]];
+                            r.extend(codes);
+                            r
+                        }
+                        3 if h & 0x06 != 0 => {
+                            let n = u16::from_be_bytes([body[0], body[1]]) as usize;
+                            vec![0x40, 0x02, body[2 + n], body[3 + n]]
+                        }
+                        12 => vec![0xd0, 0x00],
+                        14 => return,
+                        _ => continue,
+                    };
+                    if s.write_all(&reply).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
 }

@@ -458,8 +458,7 @@ async fn fleet(
         let (_handle, mut events) = mqtt::connect(
             ClientOptions {
                 client_id: format!("bench-agent-{i}"),
-                host: "127.0.0.1".into(),
-                port,
+                brokers: vec![("127.0.0.1".into(), port)],
                 credentials: None,
                 keep_alive: Duration::from_secs(60),
                 max_packet: 4 << 20,
@@ -663,8 +662,7 @@ async fn fanout(agents: usize, runs: usize, embedded: bool, check: Check) -> any
     let (publisher, _pub_events) = mqtt::connect(
         ClientOptions {
             client_id: "bench-baseline".into(),
-            host: "127.0.0.1".into(),
-            port,
+            brokers: vec![("127.0.0.1".into(), port)],
             credentials: None,
             keep_alive: Duration::from_secs(60),
             max_packet: 4 << 20,
