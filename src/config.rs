@@ -74,7 +74,42 @@ pub struct RawConfig {
     #[serde(default)]
     approval: RawApproval,
     #[serde(default)]
+    fleet: RawFleet,
+    #[serde(default)]
     sms: crate::sms::config::RawSms,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawFleet {
+    keep_plays: String,
+    keep_events: String,
+    max_plays: u64,
+    max_events: u64,
+}
+
+impl Default for RawFleet {
+    fn default() -> Self {
+        RawFleet {
+            keep_plays: "90d".into(),
+            keep_events: "30d".into(),
+            max_plays: 20_000_000,
+            max_events: 20_000_000,
+        }
+    }
+}
+
+/// How long, and how many, agent reports are kept (`[fleet]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Proof-of-play records older than this (by their end) are deleted.
+    pub keep_plays: chrono::Duration,
+    /// Events older than this (by receipt) are deleted.
+    pub keep_events: chrono::Duration,
+    /// At most this many plays are kept (the oldest go first).
+    pub max_plays: u64,
+    /// At most this many events are kept (the oldest go first).
+    pub max_events: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -359,6 +394,8 @@ pub struct Config {
     /// Two-person rule: alerts reaching more than this many known displays need a second
     /// person's approval (`None`: never).
     pub approve_alerts_above: Option<usize>,
+    /// Retention of agent reports.
+    pub retention: Retention,
     /// Two-person rule: campaigns (and alert SMS) to more than this many recipients need a
     /// second person's approval (`None`: never).
     pub approve_campaigns_above: Option<usize>,
@@ -679,12 +716,28 @@ impl Config {
             &raw.server.data_dir,
             problems,
         );
+        let keep = |key: &str, v: &str, problems: &mut Vec<String>| {
+            chrono::Duration::from_std(duration(problems, key, v))
+                .unwrap_or(chrono::Duration::days(90))
+        };
+        let retention = Retention {
+            keep_plays: keep("fleet.keep_plays", &raw.fleet.keep_plays, problems),
+            keep_events: keep("fleet.keep_events", &raw.fleet.keep_events, problems),
+            max_plays: raw.fleet.max_plays,
+            max_events: raw.fleet.max_events,
+        };
+        if retention.keep_plays < chrono::Duration::days(1)
+            || retention.keep_events < chrono::Duration::days(1)
+        {
+            problems.push("fleet.keep_plays, fleet.keep_events: at least 1d".into());
+        }
         Config {
             cap_feeds,
             cap_contact,
             sms,
             cap,
             approve_alerts_above: raw.approval.alerts_above,
+            retention,
             approve_campaigns_above: raw.approval.campaigns_above,
             file: file.to_owned(),
             listen,

@@ -199,6 +199,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             mqtt: mqtt.clone(),
         },
         registry,
+        cfg.retention,
         cancel.clone(),
     ));
     {

@@ -50,8 +50,11 @@ pub async fn run(
     metrics: Metrics,
     receipts: Receipts,
     registry: Arc<Registry>,
+    retention: crate::config::Retention,
     cancel: CancellationToken,
 ) {
+    // Reports have a retention and a size cap: swept a minute after start, then hourly.
+    tokio::spawn(sweep(store.clone(), retention, cancel.clone()));
     let statuses = {
         let store = store.clone();
         tokio::task::spawn_blocking(move || store.status_marks())
@@ -142,6 +145,34 @@ pub async fn run(
             Ok(Err(e)) => tracing::error!(topic, error = %e, "cannot store an agent report"),
             Err(e) => tracing::error!(topic, error = %e, "agent report task failed"),
         };
+    }
+}
+
+/// Deletes reports beyond the retention, hourly.
+async fn sweep(store: Arc<Store>, retention: crate::config::Retention, cancel: CancellationToken) {
+    let mut every = tokio::time::interval_at(
+        tokio::time::Instant::now() + std::time::Duration::from_secs(60),
+        std::time::Duration::from_secs(3600),
+    );
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let store = store.clone();
+        match tokio::task::spawn_blocking(move || store.sweep_reports(Utc::now(), &retention)).await
+        {
+            Ok(Ok((0, 0))) => {}
+            Ok(Ok((plays, events))) => {
+                tracing::info!(
+                    plays,
+                    events,
+                    "deleted reports beyond the retention ([fleet])"
+                )
+            }
+            Ok(Err(e)) => tracing::error!(error = %e, "cannot sweep old reports"),
+            Err(e) => tracing::error!(error = %e, "report sweep failed"),
+        }
     }
 }
 

@@ -229,6 +229,57 @@ impl Store {
         Ok(new)
     }
 
+    /// Deletes agent reports beyond `r` (older than its ages, or beyond its counts, oldest first)
+    /// in batches of 10,000 rows, each its own transaction, so the emergency path never waits
+    /// long for the write lock. Returns (plays, events) deleted.
+    pub fn sweep_reports(
+        &self,
+        now: DateTime<Utc>,
+        r: &crate::config::Retention,
+    ) -> Result<(usize, usize), StoreError> {
+        const BATCH: i64 = 10_000;
+        let batches = |sql: &str, arg: &dyn rusqlite::ToSql| -> Result<usize, StoreError> {
+            let mut total = 0;
+            loop {
+                let n = self.conn().execute(sql, params![arg, BATCH])?;
+                total += n;
+                if (n as i64) < BATCH {
+                    return Ok(total);
+                }
+            }
+        };
+        let count = |table: &str| -> Result<i64, StoreError> {
+            Ok(self
+                .conn()
+                .query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |row| {
+                    row.get(0)
+                })?)
+        };
+        let mut plays = batches(
+            "DELETE FROM plays WHERE rowid IN (SELECT rowid FROM plays WHERE end < ?1 LIMIT ?2)",
+            &ts(now - r.keep_plays),
+        )?;
+        let mut events = batches(
+            "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE received_at < ?1 LIMIT ?2)",
+            &ts(now - r.keep_events),
+        )?;
+        let over = count("plays")? - r.max_plays as i64;
+        if over > 0 {
+            plays += self.conn().execute(
+                "DELETE FROM plays WHERE rowid IN (SELECT rowid FROM plays ORDER BY start LIMIT ?1)",
+                [over],
+            )?;
+        }
+        let over = count("events")? - r.max_events as i64;
+        if over > 0 {
+            events += self.conn().execute(
+                "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY received_at LIMIT ?1)",
+                [over],
+            )?;
+        }
+        Ok((plays, events))
+    }
+
     /// Records that two agent processes were seen taking turns reporting for `id` at `now`.
     pub fn flag_conflict(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
         self.conn().execute(
@@ -432,6 +483,48 @@ mod tests {
         let from = t("2021-05-15T00:00:00Z");
         let until = t("2021-05-16T00:00:00Z");
         assert_eq!(s.plays(Some("d1"), from, until, 10).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn reports_are_kept_as_long_and_as_many_as_configured() {
+        let s = Store::memory().unwrap();
+        s.record_status(&status(true), t("2021-05-15T00:00:00Z"), None)
+            .unwrap();
+        let batch: Vec<Event> = (0..5)
+            .map(|d| {
+                let start = format!("2021-05-{:02}T00:00:00Z", 10 + d);
+                let end = format!("2021-05-{:02}T00:00:10Z", 10 + d);
+                play(&format!("d1:o:{d}"), &start, &end)
+            })
+            .collect();
+        for (i, e) in batch.iter().enumerate() {
+            let at = t(&format!("2021-05-{:02}T00:01:00Z", 10 + i));
+            s.record_events("d1", std::slice::from_ref(e), at).unwrap();
+        }
+        let r = crate::config::Retention {
+            keep_plays: chrono::Duration::days(3),
+            keep_events: chrono::Duration::days(2),
+            max_plays: 2,
+            max_events: 100,
+        };
+        // On the 15th: plays ended before the 12th go (2), then the oldest beyond 2 (1);
+        // events received before the 13th go (3).
+        assert_eq!(
+            s.sweep_reports(t("2021-05-15T00:00:00Z"), &r).unwrap(),
+            (3, 3)
+        );
+        let all = s
+            .plays(
+                None,
+                t("2021-01-01T00:00:00Z"),
+                t("2022-01-01T00:00:00Z"),
+                10,
+            )
+            .unwrap();
+        assert_eq!(
+            all.iter().map(|p| p.event_id.as_str()).collect::<Vec<_>>(),
+            ["d1:o:3", "d1:o:4"]
+        );
     }
 
     #[test]
