@@ -198,8 +198,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             keys: signing.clone(),
             mqtt: mqtt.clone(),
         },
-        registry,
-        cfg.retention,
+        crate::fleet::Rules {
+            registry,
+            retention: cfg.retention,
+        },
         cancel.clone(),
     ));
     {

@@ -42,6 +42,14 @@ pub struct Receipts {
     pub mqtt: MqttHandle,
 }
 
+/// Who may report, and how long reports are kept.
+pub struct Rules {
+    /// The display registry.
+    pub registry: Arc<Registry>,
+    /// Retention of reports (`[fleet]`).
+    pub retention: crate::config::Retention,
+}
+
 /// Runs until `cancel` or until `rx` closes.
 pub async fn run(
     store: Arc<Store>,
@@ -49,10 +57,13 @@ pub async fn run(
     mut rx: mpsc::Receiver<(String, Bytes, bool)>,
     metrics: Metrics,
     receipts: Receipts,
-    registry: Arc<Registry>,
-    retention: crate::config::Retention,
+    rules: Rules,
     cancel: CancellationToken,
 ) {
+    let Rules {
+        registry,
+        retention,
+    } = rules;
     // Reports have a retention and a size cap: swept a minute after start, then hourly.
     tokio::spawn(sweep(store.clone(), retention, cancel.clone()));
     let statuses = {
