@@ -90,6 +90,16 @@ pub fn preview(
     for e in catalog.errors() {
         eprintln!("warning: skipped: {e}");
     }
+    let too_big = crate::preview::oversize_of(
+        &cfg,
+        &catalog.playlists(),
+        &channel,
+        display,
+        chrono::Utc::now(),
+    );
+    if let Some(o) = &too_big {
+        eprintln!("warning: {o}");
+    }
     let p = Preview::compute(
         &catalog.playlists(),
         PreviewRequest {
@@ -101,7 +111,9 @@ pub fn preview(
         sched.timezone,
     );
     Ok(if json {
-        serde_json::to_string_pretty(&p.to_json())? + "\n"
+        let mut v = p.to_json();
+        crate::preview::note_oversize(&mut v, too_big);
+        serde_json::to_string_pretty(&v)? + "\n"
     } else {
         p.to_text()
     })

@@ -33,12 +33,18 @@ const GRACE: Duration = Duration::from_secs(10);
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     keys::ensure_data_dir(&cfg.data_dir)?;
-    let (signing, created) = keys::load_or_create_signing_key(&cfg.data_dir)?;
+    let (signing, origin) = keys::load_or_create_signing_key(&cfg.data_dir)?;
     let pub_path = cfg.data_dir.join(keys::SIGNING_PUB);
-    if created {
-        tracing::info!(public_key = %pub_path.display(), key_id = signing.public().id(), "created a new signing key pair; point agents' public_key_file at the public key");
-    } else {
-        tracing::info!(public_key = %pub_path.display(), key_id = signing.public().id(), "signing key loaded");
+    match &origin {
+        keys::KeyOrigin::Created => {
+            tracing::info!(public_key = %pub_path.display(), key_id = signing.public().id(), "created a new signing key pair; point agents' public_key_file at the public key")
+        }
+        keys::KeyOrigin::Loaded => {
+            tracing::info!(public_key = %pub_path.display(), key_id = signing.public().id(), "signing key loaded")
+        }
+        keys::KeyOrigin::Rotated(old) => {
+            tracing::warn!(public_key = %pub_path.display(), key_id = signing.public().id(), old_key_id = old.id(), "switched to the prepared next signing key; signing everything current again with it")
+        }
     }
     let (admin_token, created) = keys::load_or_create_admin_token(&cfg.data_dir)?;
     let token_path = cfg.data_dir.join(keys::ADMIN_TOKEN);
@@ -131,13 +137,24 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     );
 
     let signing = Arc::new(signing);
-    let (scheduler, catalog) = Scheduler::new(
+    let (mut scheduler, catalog) = Scheduler::new(
         cfg.clone(),
         signing.clone(),
         store.clone(),
         mqtt.clone(),
         metrics.clone(),
     )?;
+    let resigned = match &origin {
+        keys::KeyOrigin::Rotated(old) => {
+            let n = scheduler.resign(old).await?;
+            tracing::warn!(
+                payloads = n,
+                "signed every current payload again with the new key"
+            );
+            Some((old.id().to_owned(), n))
+        }
+        _ => None,
+    };
     let (publish_tx, publish_rx) = mpsc::channel(64);
     let sms_waker = crate::sms::dispatch::Waker::default();
     let (reports, intake) =
@@ -165,6 +182,18 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         signing: signing.clone(),
         registry: registry.clone(),
     });
+    if let Some((old, n)) = resigned {
+        // Audited (which also signs the audit anchor again with the new key).
+        http::audit(
+            &state,
+            "marquee",
+            "key.rotate",
+            signing.public().id(),
+            serde_json::json!({"old_key": old, "signed_again": n}),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot audit the key rotation: {}", e.message))?;
+    }
     tracker.spawn(dispatcher.run(cancel.clone()));
     tracker.spawn(http::alerts::start_held_alerts(
         state.clone(),

@@ -14,6 +14,13 @@ use crate::wire::{KeyPair, PublicKey};
 pub const SIGNING_KEY: &str = "signing.key";
 /// File name of the public key (hex) inside the data directory; agents pin it.
 pub const SIGNING_PUB: &str = "signing.pub";
+/// The next signing key, made by `marquee keygen --rotate`; the daemon switches to it at its
+/// next start.
+pub const SIGNING_NEXT_KEY: &str = "signing.next.key";
+/// Its public half: agents accept it (`next_public_key_file`) before the switch.
+pub const SIGNING_NEXT_PUB: &str = "signing.next.pub";
+/// The key that was replaced by the last rotation (kept, not used).
+pub const SIGNING_PREV_KEY: &str = "signing.prev.key";
 /// File name of the generated admin API token.
 pub const ADMIN_TOKEN: &str = "admin.token";
 
@@ -69,10 +76,39 @@ pub fn read_secret(path: &Path) -> anyhow::Result<String> {
     fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-/// Loads the signing key from the data directory, creating a new pair on first start.
-/// Returns the key pair and whether it was created.
-pub fn load_or_create_signing_key(data_dir: &Path) -> anyhow::Result<(KeyPair, bool)> {
+/// What loading the signing key found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// There was none: a new pair was made.
+    Created,
+    /// The existing key.
+    Loaded,
+    /// A rotation was prepared (`signing.next.key`): it is the key now, and this was the old
+    /// public key (everything current is to be signed again with the new one).
+    Rotated(Box<PublicKey>),
+}
+
+/// Loads the signing key from the data directory, creating a new pair on first start, or
+/// switching to the next key a rotation prepared (the old secret is kept as `signing.prev.key`).
+pub fn load_or_create_signing_key(data_dir: &Path) -> anyhow::Result<(KeyPair, KeyOrigin)> {
     let secret = data_dir.join(SIGNING_KEY);
+    let next = data_dir.join(SIGNING_NEXT_KEY);
+    if secret.exists() && next.exists() {
+        let old = KeyPair::from_hex(&read_secret(&secret)?)
+            .with_context(|| format!("{}: not a signing key", secret.display()))?;
+        let new = KeyPair::from_hex(&read_secret(&next)?)
+            .with_context(|| format!("{}: not a signing key", next.display()))?;
+        // Old secret aside first; then the new pair in place; then the prepared files go.
+        write_atomic(
+            &data_dir.join(SIGNING_PREV_KEY),
+            format!("{}\n", old.secret_hex()).as_bytes(),
+            0o600,
+        )?;
+        write_key_pair(data_dir, &new)?;
+        let _ = fs::remove_file(&next);
+        let _ = fs::remove_file(data_dir.join(SIGNING_NEXT_PUB));
+        return Ok((new, KeyOrigin::Rotated(Box::new(old.public().clone()))));
+    }
     if secret.exists() {
         let keys = KeyPair::from_hex(&read_secret(&secret)?)
             .with_context(|| format!("{}: not a signing key", secret.display()))?;
@@ -89,11 +125,40 @@ pub fn load_or_create_signing_key(data_dir: &Path) -> anyhow::Result<(KeyPair, b
                 0o644,
             )?;
         }
-        return Ok((keys, false));
+        return Ok((keys, KeyOrigin::Loaded));
     }
     let keys = KeyPair::from_seed(random_bytes()?);
     write_key_pair(data_dir, &keys)?;
-    Ok((keys, true))
+    Ok((keys, KeyOrigin::Created))
+}
+
+/// `marquee keygen --rotate`: prepares the next key pair in the data directory
+/// (`signing.next.key`, `signing.next.pub`). Agents are given the public half as
+/// `next_public_key_file`; the daemon switches at its next start and signs everything current
+/// again with it. Refuses when a rotation is already prepared, unless `force`.
+pub fn prepare_rotation(dir: &Path, force: bool) -> anyhow::Result<(PathBuf, PublicKey)> {
+    if !dir.join(SIGNING_KEY).exists() {
+        bail!(
+            "{} has no {SIGNING_KEY} to rotate (point --out at the daemon's data directory)",
+            dir.display()
+        );
+    }
+    let next = dir.join(SIGNING_NEXT_KEY);
+    if next.exists() && !force {
+        bail!(
+            "{} exists: a rotation is already prepared (pass --force to prepare another; agents given the first next key would refuse)",
+            next.display()
+        );
+    }
+    let keys = KeyPair::from_seed(random_bytes()?);
+    write_atomic(&next, format!("{}\n", keys.secret_hex()).as_bytes(), 0o600)?;
+    let public = dir.join(SIGNING_NEXT_PUB);
+    write_atomic(
+        &public,
+        format!("{}\n", keys.public().to_hex()).as_bytes(),
+        0o644,
+    )?;
+    Ok((public, keys.public().clone()))
 }
 
 fn write_key_pair(dir: &Path, keys: &KeyPair) -> anyhow::Result<()> {
@@ -148,10 +213,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         ensure_data_dir(&data).unwrap();
-        let (k1, created) = load_or_create_signing_key(&data).unwrap();
-        assert!(created);
-        let (k2, created) = load_or_create_signing_key(&data).unwrap();
-        assert!(!created);
+        let (k1, origin) = load_or_create_signing_key(&data).unwrap();
+        assert_eq!(origin, KeyOrigin::Created);
+        let (k2, origin) = load_or_create_signing_key(&data).unwrap();
+        assert_eq!(origin, KeyOrigin::Loaded);
         assert_eq!(k1.public(), k2.public());
         let (t1, _) = load_or_create_admin_token(&data).unwrap();
         let (t2, again) = load_or_create_admin_token(&data).unwrap();
@@ -162,6 +227,26 @@ mod tests {
         }
         let pubhex = fs::read_to_string(data.join(SIGNING_PUB)).unwrap();
         assert_eq!(PublicKey::from_hex(&pubhex).unwrap(), *k1.public());
+    }
+
+    #[test]
+    fn a_prepared_rotation_is_taken_at_the_next_load_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path();
+        assert!(
+            prepare_rotation(data, false).is_err(),
+            "nothing to rotate yet"
+        );
+        let (old, _) = load_or_create_signing_key(data).unwrap();
+        let (_, next) = prepare_rotation(data, false).unwrap();
+        assert!(prepare_rotation(data, false).is_err(), "already prepared");
+        let (new, origin) = load_or_create_signing_key(data).unwrap();
+        assert_eq!(origin, KeyOrigin::Rotated(Box::new(old.public().clone())));
+        assert_eq!(*new.public(), next);
+        let prev = fs::read_to_string(data.join(SIGNING_PREV_KEY)).unwrap();
+        assert_eq!(KeyPair::from_hex(&prev).unwrap().public(), old.public());
+        let (again, origin) = load_or_create_signing_key(data).unwrap();
+        assert_eq!((origin, again.public()), (KeyOrigin::Loaded, &next));
     }
 
     #[test]

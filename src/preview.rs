@@ -324,3 +324,28 @@ pub fn oversize(
     }
     out
 }
+
+/// The [`Oversize`] of the target a preview shows (a display, else its channel), if any.
+pub fn oversize_of(
+    cfg: &crate::config::Config,
+    playlists: &[Playlist],
+    channel: &str,
+    display: Option<&str>,
+    now: DateTime<Utc>,
+) -> Option<Oversize> {
+    let want = match display {
+        Some(d) => format!("display {d}"),
+        None => format!("channel {channel}"),
+    };
+    oversize(cfg, playlists, now)
+        .into_iter()
+        .find(|o| o.target == want)
+}
+
+/// Adds `"oversize": {"bytes", "limit", "message"}` to a preview's JSON when its timeline cannot
+/// be published.
+pub fn note_oversize(v: &mut Value, o: Option<Oversize>) {
+    if let Some(o) = o {
+        v["oversize"] = json!({"bytes": o.bytes, "limit": o.limit, "message": o.to_string()});
+    }
+}

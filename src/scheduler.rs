@@ -426,6 +426,49 @@ impl Scheduler {
         }
     }
 
+    /// After a key rotation: signs every current retained payload again with the new key, under
+    /// the next version of its topic, keeping its content and expiry (`old`: the previous public
+    /// key, to read them). Expired payloads stay as they are; agents refuse them either way.
+    /// Returns how many were signed again. Call before the first connection (they go out with
+    /// the re-assertion).
+    pub async fn resign(&mut self, old: &crate::wire::PublicKey) -> anyhow::Result<usize> {
+        let now = Utc::now();
+        let current: Vec<Published> = self.published.values().cloned().collect();
+        let mut n = 0;
+        for p in current {
+            if p.payload.is_empty() {
+                continue;
+            }
+            let body = match crate::wire::verify(old, &p.topic, &p.payload, None, now) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::info!(topic = %p.topic, reason = %e, "not signed again");
+                    continue;
+                }
+            };
+            let version = self.next_version(&p.topic);
+            let payload = sign(
+                &self.keys,
+                &SignedBody {
+                    topic: p.topic.clone(),
+                    version,
+                    issued_at: now,
+                    expires_at: body.expires_at,
+                    payload: body.payload,
+                },
+            );
+            self.record(Published {
+                version,
+                payload,
+                issued_at: if p.body.is_some() { p.issued_at } else { now },
+                ..p
+            })
+            .await?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
     /// Publishes a signed payload on a retained topic (see [`PublishRequest`]).
     pub async fn publish_signed(&mut self, req: &PublishRequest) -> anyhow::Result<Option<u64>> {
         let topic = req.topic.render(&self.cfg.mqtt.topic_prefix);
@@ -499,15 +542,12 @@ impl Scheduler {
             Some(p) => p.payload.clone(),
             None => {
                 // A timeline topic we never published (left by an older configuration or
-                // written by someone else): clear it, so no screen takes it for ours.
-                if !payload.is_empty() && Topic::parse(prefix, topic).is_some() {
-                    tracing::warn!(
-                        topic,
-                        "unexpected retained payload on a Marquee topic; clearing it"
-                    );
-                    self.send(topic, Vec::new());
+                // written by someone else): clear it, so no screen takes it for ours (at most
+                // once a second, like a restore).
+                if payload.is_empty() || Topic::parse(prefix, topic).is_none() {
+                    return;
                 }
-                return;
+                Vec::new()
             }
         };
         if payload == ours.as_slice() {
@@ -530,6 +570,13 @@ impl Scheduler {
                     );
                 }
                 *waiting = true;
+            }
+            _ if !self.published.contains_key(topic) => {
+                tracing::warn!(
+                    topic,
+                    "unexpected retained payload on a Marquee topic; clearing it"
+                );
+                self.restore(topic.to_owned(), ours);
             }
             _ => {
                 tracing::warn!(
@@ -566,11 +613,13 @@ impl Scheduler {
             .map(|(t, _)| t.clone())
             .collect();
         for topic in due {
-            if let Some(p) = self.published.get(&topic).map(|p| p.payload.clone()) {
-                self.restore(topic, p);
-            } else {
-                self.restores.remove(&topic);
-            }
+            // Ours, or empty for a topic we never published.
+            let p = self
+                .published
+                .get(&topic)
+                .map(|p| p.payload.clone())
+                .unwrap_or_default();
+            self.restore(topic, p);
         }
     }
 

@@ -31,6 +31,8 @@ struct RawAgent {
     channel: String,
     public_key_file: PathBuf,
     #[serde(default)]
+    next_public_key_file: Option<PathBuf>,
+    #[serde(default)]
     report_key_file: Option<PathBuf>,
     cache_dir: PathBuf,
     #[serde(default = "default_render")]
@@ -153,6 +155,13 @@ pub struct AgentConfig {
     pub channel: String,
     /// The daemon's public key.
     pub public_key: PublicKey,
+    /// Where it is read from (again on SIGHUP).
+    pub public_key_file: PathBuf,
+    /// During a key rotation, the daemon's next public key (`marquee keygen --rotate`): payloads
+    /// signed with it are accepted too.
+    pub next_public_key: Option<PublicKey>,
+    /// Where it is read from.
+    pub next_public_key_file: Option<PathBuf>,
     /// This display's report key (issued by `marquee display add`): statuses and event batches
     /// are signed with it. Without it reports go unsigned and the daemon drops them.
     pub report_key: Option<std::sync::Arc<crate::wire::KeyPair>>,
@@ -187,6 +196,22 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
+    /// Reads the daemon's public key and, if given, its next one (again, on SIGHUP). A next key
+    /// file that is gone means the rotation is over (the daemon removes it when it switches):
+    /// no next key then.
+    pub fn read_keys(
+        public: &Path,
+        next: Option<&Path>,
+    ) -> anyhow::Result<(PublicKey, Option<PublicKey>)> {
+        let read = |p: &Path| -> anyhow::Result<PublicKey> {
+            let s =
+                std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            PublicKey::from_hex(&s).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+        };
+        let next = next.filter(|p| p.exists()).map(read).transpose()?;
+        Ok((read(public)?, next))
+    }
+
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let (file, raw): (String, RawAgent) = read_toml(path)?;
@@ -227,6 +252,22 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
             ));
             None
         }
+    };
+    let next_public_key = match &raw.next_public_key_file {
+        None => Some(None),
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|s| PublicKey::from_hex(&s).map_err(|e| e.to_string()))
+        {
+            Ok(k) => Some(Some(k)),
+            Err(e) => {
+                p.push(format!(
+                    "next_public_key_file: {}: {e} (it is the daemon's data/signing.next.pub from `marquee keygen --rotate`)",
+                    path.display()
+                ));
+                None
+            }
+        },
     };
     let report_key = raw.report_key_file.as_ref().and_then(|path| {
         crate::keys::read_secret(path)
@@ -335,6 +376,9 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
         id: raw.id,
         channel: raw.channel,
         public_key: public_key?,
+        public_key_file: raw.public_key_file,
+        next_public_key: next_public_key?,
+        next_public_key_file: raw.next_public_key_file,
         report_key,
         cache_dir: raw.cache_dir,
         render: raw.render,

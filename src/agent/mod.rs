@@ -206,6 +206,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
 
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     let mut flush = tokio::time::interval(agent.cfg.flush_interval);
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut heartbeat = tokio::time::interval(STATUS_HEARTBEAT);
@@ -238,6 +239,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
             },
             _ = flush.tick() => agent.flush(),
             _ = heartbeat.tick() => agent.publish_status(),
+            _ = hup.recv() => agent.reload_keys(),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -267,7 +269,7 @@ impl Agent {
         for (topic, version, bytes) in self.store.payloads()? {
             // Held versions survive even when the payload has expired: no rollback after a restart.
             self.held.insert(topic.clone(), (version, bytes.clone()));
-            match verify(&self.cfg.public_key, &topic, &bytes, None, now) {
+            match self.verify(&topic, &bytes, None, now) {
                 Ok(body) => {
                     tracing::info!(topic = %topic, version, "playing cached payload");
                     self.apply(&topic, body.version, body.payload);
@@ -317,13 +319,7 @@ impl Agent {
             return; // the same payload again (re-asserted after a broker restart)
         }
         let now = Utc::now();
-        match verify(
-            &self.cfg.public_key,
-            topic,
-            bytes,
-            held.map(|(v, _)| *v),
-            now,
-        ) {
+        match self.verify(topic, bytes, held.map(|(v, _)| *v), now) {
             Ok(body) => {
                 let latency_ms = (now - body.issued_at).num_milliseconds();
                 self.held
@@ -375,15 +371,51 @@ impl Agent {
         });
     }
 
+    /// Verifies a payload with the pinned key, or, during a key rotation, with the configured
+    /// next key (the envelope names its key; a payload of another key is refused as ever).
+    fn verify(
+        &self,
+        topic: &str,
+        bytes: &[u8],
+        held: Option<u64>,
+        now: DateTime<Utc>,
+    ) -> Result<crate::wire::SignedBody, WireError> {
+        match (
+            verify(&self.cfg.public_key, topic, bytes, held, now),
+            &self.cfg.next_public_key,
+        ) {
+            (Err(WireError::BadSignature { .. }), Some(next)) => {
+                verify(next, topic, bytes, held, now)
+            }
+            (r, _) => r,
+        }
+    }
+
+    /// Reads the public key files again (SIGHUP): after a rotation, the new key becomes
+    /// `public_key_file` without a restart. A file that no longer reads keeps the key held.
+    fn reload_keys(&mut self) {
+        match AgentConfig::read_keys(
+            &self.cfg.public_key_file,
+            self.cfg.next_public_key_file.as_deref(),
+        ) {
+            Ok((key, next)) => {
+                tracing::info!(
+                    key_id = key.id(),
+                    next_key_id = next.as_ref().map(|k| k.id().to_owned()),
+                    "public keys read again"
+                );
+                self.cfg.public_key = key;
+                self.cfg.next_public_key = next;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read the public keys again; keeping those held")
+            }
+        }
+    }
+
     /// The daemon's signed receipt: events up to `upto` are stored and leave the outbox.
     fn on_ack(&mut self, bytes: &[u8]) {
-        let upto = match verify(
-            &self.cfg.public_key,
-            &self.topics.ack,
-            bytes,
-            None,
-            Utc::now(),
-        ) {
+        let upto = match self.verify(&self.topics.ack, bytes, None, Utc::now()) {
             Ok(body) => match body.payload {
                 Signed::EventAck(a)
                     if a.display == self.cfg.id

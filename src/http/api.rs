@@ -122,9 +122,16 @@ pub async fn preview(
 ) -> Result<Json<Value>, ApiError> {
     let req = preview_request(&s, &q)?;
     let playlists = s.catalog.borrow().playlists();
-    Ok(Json(
-        Preview::compute(&playlists, req, s.cfg.schedule.timezone).to_json(),
-    ))
+    let too_big = crate::preview::oversize_of(
+        &s.cfg,
+        &playlists,
+        &req.channel,
+        req.display.as_deref(),
+        Utc::now(),
+    );
+    let mut v = Preview::compute(&playlists, req, s.cfg.schedule.timezone).to_json();
+    crate::preview::note_oversize(&mut v, too_big);
+    Ok(Json(v))
 }
 
 fn preview_request(s: &AppState, q: &HashMap<String, String>) -> Result<PreviewRequest, ApiError> {

@@ -8,18 +8,6 @@ use serde_json::{Value, json};
 use crate::harness::*;
 use marquee::wire::{KeyPair, Signed};
 
-/// An interrupt playlist on the lobby channel with one-second items (frames and plays come fast).
-fn interrupt(text: &str) -> String {
-    let from = (Utc::now() - Duration::minutes(1)).to_rfc3339_opts(SecondsFormat::Secs, true);
-    let until = (Utc::now() + Duration::hours(6)).to_rfc3339_opts(SecondsFormat::Secs, true);
-    format!(
-        r#"{{"id": "test-lobby", "tier": "interrupt", "targets": {{"channels": ["lobby"]}},
-  "schedule": [{{"from": "{from}", "until": "{until}"}}],
-  "items": [{{"id": "one", "text": {{"zh": "{text} 一", "en": "{text} one"}}, "seconds": 1}},
-            {{"id": "two", "text": {{"zh": "{text} 二", "en": "{text} two"}}, "seconds": 1}}]}}"#
-    )
-}
-
 /// Stored plays of `display`: event ids.
 async fn play_ids(d: &Daemon, token: &str, display: &str) -> Vec<String> {
     let (_, body) = d
@@ -646,6 +634,12 @@ async fn a_timeline_over_the_broker_limit_is_refused_and_every_other_channel_sta
     assert!(
         err.contains("the timeline of channel subway would be") && err.contains("65536"),
         "{err}"
+    );
+    let (_, preview) = d.get("/api/v1/preview?channel=subway", Some(&token)).await;
+    assert_eq!(
+        preview["oversize"]["limit"], 65536,
+        "{}",
+        preview["oversize"]
     );
     std::fs::remove_file(site.playlist("subway-big")).unwrap();
     let (s, v) = d

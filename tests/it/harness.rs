@@ -744,6 +744,14 @@ impl AgentProc {
         .await
     }
 
+    /// Sends a signal (`HUP`, `TERM`, …) to the agent.
+    pub fn signal(&self, sig: &str) {
+        Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+
     pub fn shown(&self, pred: impl Fn(&Value) -> bool) -> bool {
         self.frames.lock().unwrap().iter().any(pred)
     }
@@ -907,4 +915,18 @@ pub fn denying_broker(denied: &'static [&'static str]) -> u16 {
         }
     });
     port
+}
+
+/// An interrupt playlist on the lobby channel with one-second items (frames and plays come fast).
+pub fn interrupt(text: &str) -> String {
+    let from = (Utc::now() - chrono::Duration::minutes(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let until = (Utc::now() + chrono::Duration::hours(6))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    format!(
+        r#"{{"id": "test-lobby", "tier": "interrupt", "targets": {{"channels": ["lobby"]}},
+  "schedule": [{{"from": "{from}", "until": "{until}"}}],
+  "items": [{{"id": "one", "text": {{"zh": "{text} 一", "en": "{text} one"}}, "seconds": 1}},
+            {{"id": "two", "text": {{"zh": "{text} 二", "en": "{text} two"}}, "seconds": 1}}]}}"#
+    )
 }

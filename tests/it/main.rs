@@ -13,6 +13,7 @@ mod harness;
 mod kannel;
 mod lists;
 mod openapi;
+mod ops;
 mod sms;
 mod systemd;
 mod web;

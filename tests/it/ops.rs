@@ -1,0 +1,114 @@
+//! Operations on a running fleet (issue: survive what operations will do to it).
+
+use serde_json::Value;
+
+use crate::harness::*;
+
+fn run(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn rotating_the_key_under_running_agents_leaves_no_screen_on_its_fallback() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    let d = Daemon::start(&site).await;
+    let data = site.dir.path().join("data");
+    std::fs::write(site.playlist("test-lobby"), interrupt("before rotation")).unwrap();
+    // 1. Prepare: the next key; the agent is given its public half.
+    let out = run(&["keygen", "--rotate", "--out", data.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let next_pub = std::fs::read_to_string(data.join("signing.next.pub")).unwrap();
+    let again = run(&["keygen", "--rotate", "--out", data.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1), "a second rotation is refused");
+    let cfg = agent_config(&d, &site, "lobby-rot-1", "lobby", port);
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "next_public_key_file = {:?}\n{text}",
+            data.join("signing.next.pub").display().to_string()
+        ),
+    )
+    .unwrap();
+    let mut agent = AgentProc::start(&cfg, &[]);
+    agent
+        .frame("before", |v| text_of(v).starts_with("before rotation"))
+        .await;
+    // 2. Switch: the daemon restarts on the new key and signs everything current again.
+    assert_eq!(d.stop().await, Some(0));
+    let mut d = Daemon::start(&site).await;
+    d.wait_log("the switch", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("switched to the prepared next signing key"))
+    })
+    .await;
+    assert_eq!(site.public_key().to_hex(), next_pub.trim());
+    assert!(data.join("signing.prev.key").exists());
+    assert!(!data.join("signing.next.key").exists());
+    // A screen that joins now knows only the new key: what was published before the switch
+    // (the subway timeline, not edited since) was signed again, so it plays at once.
+    let late = AgentProc::start(
+        &agent_config(&d, &site, "subway-rot-2", "subway", port),
+        &[],
+    );
+    let mut late = late;
+    late.frame("the subway timeline, signed again", |v| {
+        v["kind"] == "timeline"
+    })
+    .await;
+    // New content, signed with the new key, reaches the screen.
+    std::fs::write(site.playlist("test-lobby"), interrupt("after rotation")).unwrap();
+    agent
+        .frame("after", |v| text_of(v).starts_with("after rotation"))
+        .await;
+    // 3. The agent takes the new key as its own on SIGHUP (public_key_file is signing.pub).
+    agent.signal("HUP");
+    agent
+        .wait_log("the keys read again", |v| {
+            v["message"] == "public keys read again"
+                && v["key_id"] == Value::String(site.public_key().id().to_owned())
+        })
+        .await;
+    // From its first timeline on, the screen never fell back to its local content (before it,
+    // a fresh agent with no cache shows its fallback until it connects); nothing was refused.
+    let frames = agent.frames.lock().unwrap().clone();
+    let first = frames.iter().position(|v| v["kind"] == "timeline").unwrap();
+    assert!(
+        !frames[first..].iter().any(|v| v["kind"] == "fallback"),
+        "a fallback frame was shown: {frames:?}"
+    );
+    assert!(
+        !agent
+            .log
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|v| v["message"] == "refused payload; nothing shown from it"),
+        "{}",
+        dump(&agent.log)
+    );
+    // Audited, and the audit anchor verifies under the new key.
+    let (_, audit) = d.get("/api/v1/audit", Some(&site.admin_token())).await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "key.rotate")
+    );
+    let out = run(&["audit", "verify", "-c", site.config().to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
