@@ -166,6 +166,8 @@ impl Default for RawCap {
 struct RawServer {
     listen: String,
     data_dir: PathBuf,
+    max_connections: Option<usize>,
+    header_timeout: String,
 }
 
 impl Default for RawServer {
@@ -173,8 +175,24 @@ impl Default for RawServer {
         RawServer {
             listen: "127.0.0.1:8080".into(),
             data_dir: "data".into(),
+            max_connections: None,
+            header_timeout: "10s".into(),
         }
     }
+}
+
+/// The default HTTP connection cap: half the process's open-file limit (the rest stays for the
+/// broker's connections, the database and the logs), between 64 and 10,000.
+fn default_max_connections() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse::<usize>().ok())
+        })
+        .unwrap_or(1024);
+    (soft / 2).clamp(64, 10_000)
 }
 
 #[derive(Debug, Deserialize)]
@@ -368,6 +386,10 @@ pub struct Config {
     pub file: String,
     /// HTTP API + console address.
     pub listen: SocketAddr,
+    /// At most this many HTTP connections at once; more are closed at accept.
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request header within this is closed.
+    pub header_timeout: Duration,
     /// SQLite, keys and the generated admin token live here.
     pub data_dir: PathBuf,
     /// Log format.
@@ -741,6 +763,16 @@ impl Config {
             approve_campaigns_above: raw.approval.campaigns_above,
             file: file.to_owned(),
             listen,
+            max_connections: raw
+                .server
+                .max_connections
+                .unwrap_or_else(default_max_connections)
+                .max(1),
+            header_timeout: duration(
+                problems,
+                "server.header_timeout",
+                &raw.server.header_timeout,
+            ),
             data_dir: raw.server.data_dir,
             log_format,
             log_filter: raw.log.filter,

@@ -38,6 +38,10 @@ pub struct Metrics {
     pub mqtt_connects: Counter,
     /// Agent events stored (redeliveries not counted).
     pub events_ingested: Counter,
+    /// HTTP connections open now.
+    pub http_connections: Gauge,
+    /// HTTP connections closed at accept because `server.max_connections` were open.
+    pub http_refused: Counter,
     /// Times two agent processes were seen taking turns reporting for one display.
     pub display_conflicts: Counter,
     /// Agent reports dropped, by reason (see [`REPORT_DROP_REASONS`]).
@@ -113,6 +117,16 @@ impl Metrics {
             "agent_events_ingested",
             "Agent events stored (acks, proof of play); redeliveries not counted",
             self.events_ingested.clone(),
+        );
+        r.register(
+            "http_connections",
+            "HTTP connections open now",
+            self.http_connections.clone(),
+        );
+        r.register(
+            "http_connections_refused",
+            "HTTP connections closed at accept (server.max_connections reached)",
+            self.http_refused.clone(),
         );
         r.register(
             "display_conflicts",

@@ -196,7 +196,69 @@ pub async fn serve(
     state: Arc<AppState>,
     cancel: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(cancel.cancelled_owned())
-        .await
+    // Our own accept loop (axum::serve sets no timer, so no header timeout): at most
+    // `server.max_connections` at once, the rest closed at accept, so idle or slow clients
+    // cannot take every file descriptor from the broker and the store; a connection that has
+    // not sent a complete request header within `server.header_timeout` is closed (also an
+    // idle keep-alive connection waiting for its next request).
+    let (cap, header_timeout) = (state.cfg.max_connections, state.cfg.header_timeout);
+    let metrics = state.metrics.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    let app = router(state);
+    let conns = tokio_util::task::TaskTracker::new();
+    let mut warned = false;
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = cancel.cancelled() => break,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, typically: wait a little rather than spin.
+                    tracing::warn!(error = %e, "cannot accept an HTTP connection");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = slots.clone().try_acquire_owned() else {
+            metrics.http_refused.inc();
+            if !warned {
+                warned = true;
+                tracing::warn!(
+                    max_connections = cap,
+                    "HTTP connection cap reached; closing new connections (server.max_connections)"
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        warned = false;
+        let _ = stream.set_nodelay(true);
+        let svc = hyper_util::service::TowerToHyperService::new(app.clone());
+        let cancel = cancel.clone();
+        let open = metrics.http_connections.clone();
+        conns.spawn(async move {
+            open.inc();
+            let mut b = hyper::server::conn::http1::Builder::new();
+            b.timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .keep_alive(true);
+            let conn = b
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .with_upgrades();
+            tokio::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+            open.dec();
+            drop(permit);
+        });
+    }
+    conns.close();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), conns.wait()).await;
+    Ok(())
 }

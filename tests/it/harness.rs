@@ -133,7 +133,20 @@ impl Daemon {
 
     /// Same, with extra environment variables.
     pub async fn start_with_env(site: &Site, env: &[(&str, &str)]) -> Daemon {
-        let mut child = Command::new(bin())
+        Daemon::spawn(Command::new(bin()), site, env).await
+    }
+
+    /// Same, with at most `nofile` open files (util-linux `prlimit`).
+    pub async fn start_with_nofile(site: &Site, nofile: u64) -> Daemon {
+        let mut cmd = Command::new("prlimit");
+        cmd.arg(format!("--nofile={nofile}:{nofile}"))
+            .arg("--")
+            .arg(bin());
+        Daemon::spawn(cmd, site, &[]).await
+    }
+
+    async fn spawn(mut cmd: Command, site: &Site, env: &[(&str, &str)]) -> Daemon {
+        let mut child = cmd
             .args(["--log-format", "json", "serve", "-c"])
             .arg(site.config())
             .env("RUST_LOG", "info")

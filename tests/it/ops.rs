@@ -112,3 +112,68 @@ async fn rotating_the_key_under_running_agents_leaves_no_screen_on_its_fallback(
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+#[tokio::test]
+async fn idle_http_clients_cannot_starve_the_api_or_the_broker() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    let cfg = std::fs::read_to_string(site.config()).unwrap().replacen(
+        "[server]\n",
+        "[server]\nheader_timeout = \"1s\"\n",
+        1,
+    );
+    std::fs::write(site.config(), cfg).unwrap();
+    // 1,024 open files, as on many hosts: the default cap (half) keeps the rest for the
+    // embedded broker and the database.
+    let d = Daemon::start_with_nofile(&site, 1024).await;
+    let token = site.admin_token();
+    let addr = d.http.trim_start_matches("http://").to_owned();
+    // 2,000 clients connect and send nothing (or half a request line).
+    let mut idle = Vec::new();
+    for i in 0..2000 {
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            if i % 2 == 0 {
+                use std::io::Write;
+                let _ = s.write_all(b"GET /healthz HTTP/1.1\r\n");
+            }
+            idle.push(s);
+        }
+    }
+    // The broker is untouched: a client connects and gets the retained lobby timeline.
+    let mut sub = Sub::connect(port, "marquee/v1/channel/lobby/timeline").await;
+    sub.wait("the lobby timeline", |m| !m.payload.is_empty())
+        .await;
+    // The API answers again once the idle ones are cut at the header timeout.
+    let start = std::time::Instant::now();
+    loop {
+        let ok = healthz(&addr);
+        if ok {
+            break;
+        }
+        assert!(start.elapsed() < DEADLINE, "/healthz never answered");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let refused = d
+        .metric(&token, "marquee_http_connections_refused_total")
+        .await;
+    assert!(refused > 0.0, "{refused} refused");
+    drop(idle);
+}
+
+/// GET /healthz on a fresh connection: whether it answered 200 (a connection closed at accept
+/// answers nothing).
+fn healthz(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(addr) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+    if s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = Vec::new();
+    let _ = s.read_to_end(&mut buf);
+    buf.starts_with(b"HTTP/1.1 200")
+}
