@@ -645,8 +645,21 @@ pub async fn broker_mosquitto(api: &ApiClient, out: &Path) -> anyhow::Result<Str
     });
     let mut content = kept.clone().unwrap_or_default();
     content.push_str(&text("password_file"));
-    crate::keys::write_atomic(&passwd, content.as_bytes(), 0o600)?;
-    crate::keys::write_atomic(&acl, text("acl_file").as_bytes(), 0o644)?;
+    // Files Mosquitto already reads keep their owner and mode (it drops to its own user, so a
+    // file rewritten as root, 0600, would lock every client out at its next reload).
+    for (path, body, mode) in [
+        (&passwd, content.as_str(), 0o600),
+        (&acl, text("acl_file").as_str(), 0o644),
+    ] {
+        use std::os::unix::fs::MetadataExt;
+        let before = std::fs::metadata(path).ok();
+        let mode = before.as_ref().map_or(mode, |m| m.mode() & 0o777);
+        crate::keys::write_atomic(path, body.as_bytes(), mode)?;
+        if let Some(m) = before {
+            std::os::unix::fs::chown(path, Some(m.uid()), Some(m.gid()))
+                .with_context(|| format!("cannot give {} its owner back", path.display()))?;
+        }
+    }
     let mut said = format!(
         "wrote {} ({} displays) and {}\n",
         passwd.display(),
@@ -655,8 +668,11 @@ pub async fn broker_mosquitto(api: &ApiClient, out: &Path) -> anyhow::Result<Str
     );
     if kept.is_none() {
         said.push_str(&format!(
-            "the daemon's account is not in it yet: mosquitto_passwd -b {} {daemon} <its password>\n",
-            passwd.display()
+            "the daemon's account is not in it yet: mosquitto_passwd {} {daemon} (it asks for the password)\n\
+             then make both files readable by Mosquitto's user (e.g. chown mosquitto {} {}); later runs keep owner and mode\n",
+            passwd.display(),
+            passwd.display(),
+            acl.display()
         ));
     }
     said.push_str(&format!(

@@ -748,10 +748,15 @@ impl Config {
             max_plays: raw.fleet.max_plays,
             max_events: raw.fleet.max_events,
         };
-        if retention.keep_plays < chrono::Duration::days(1)
-            || retention.keep_events < chrono::Duration::days(1)
+        let (day, century) = (chrono::Duration::days(1), chrono::Duration::days(36_500));
+        if [retention.keep_plays, retention.keep_events]
+            .iter()
+            .any(|k| *k < day || *k > century)
         {
-            problems.push("fleet.keep_plays, fleet.keep_events: at least 1d".into());
+            problems.push("fleet.keep_plays, fleet.keep_events: between 1d and 100 years".into());
+        }
+        if retention.max_plays == 0 || retention.max_events == 0 {
+            problems.push("fleet.max_plays, fleet.max_events: at least 1".into());
         }
         Config {
             cap_feeds,
@@ -797,8 +802,15 @@ impl Config {
             None => None,
         };
         let broker = if m.embedded {
-            if m.url.is_some() {
-                problems.push("mqtt.url: set embedded = false to use an external broker".into());
+            if m.url.is_some() || !m.urls.is_empty() {
+                let key = if m.url.is_some() {
+                    "mqtt.url"
+                } else {
+                    "mqtt.urls"
+                };
+                problems.push(format!(
+                    "{key}: set embedded = false to use an external broker"
+                ));
             }
             let listen: SocketAddr = m.listen.parse().unwrap_or_else(|_| {
                 problems.push(format!(
@@ -1113,6 +1125,43 @@ mod tests {
             c.mqtt.broker,
             BrokerConfig::External { ref brokers, tls: true } if brokers[0].1 == 8883
         ));
+    }
+
+    #[test]
+    fn broker_lists_are_checked() {
+        for (text, want) in [
+            (
+                "urls = [\"mqtt://b1:1883\"]\n",
+                "mqtt.urls: set embedded = false",
+            ),
+            (
+                "embedded = false\nurls = [\"mqtt://127.0.0.1:1\", \"mqtts://127.0.0.1:2\"]\n",
+                "mix of TLS and plain brokers",
+            ),
+            (
+                "embedded = false\nurl = \"mqtt://127.0.0.1:1\"\nurls = [\"mqtt://127.0.0.1:2\"]\n",
+                "give url or urls, not both",
+            ),
+            (
+                "embedded = false\nurls = [\"http://x\"]\n",
+                "is not a broker URL",
+            ),
+        ] {
+            let e = Config::parse("m.toml", &format!("[mqtt]\n{text}")).unwrap_err();
+            assert!(e.to_string().contains(want), "{text}: {e}");
+        }
+        let c = Config::parse(
+            "m.toml",
+            "[mqtt]\nembedded = false\nurls = [\"mqtt://127.0.0.1:1\", \"mqtt://127.0.0.1:2\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.mqtt.broker,
+            BrokerConfig::External {
+                brokers: vec![("127.0.0.1".into(), 1), ("127.0.0.1".into(), 2)],
+                tls: false
+            }
+        );
     }
 
     #[test]

@@ -78,11 +78,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
     let registry = crate::registry::Registry::load(&store)
         .with_context(|| format!("cannot read the display registry in {}", db.display()))?;
-    for id in cfg.schedule.displays.keys() {
+    for (id, channel) in &cfg.schedule.displays {
         if registry.get(id).is_none() {
             tracing::warn!(
                 display = %id,
-                "declared under [[schedule.displays]] but not registered: its reports are dropped until `marquee display add {id} --channel …`"
+                "declared under [[schedule.displays]] but not registered: its reports are dropped until `marquee display add {id} --channel {channel}`"
             );
         }
     }
@@ -193,6 +193,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         )
         .await
         .map_err(|e| anyhow::anyhow!("cannot audit the key rotation: {}", e.message))?;
+        keys::finish_rotation(&cfg.data_dir)?;
     }
     tracker.spawn(dispatcher.run(cancel.clone()));
     tracker.spawn(http::alerts::start_held_alerts(

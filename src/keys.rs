@@ -94,19 +94,25 @@ pub fn load_or_create_signing_key(data_dir: &Path) -> anyhow::Result<(KeyPair, K
     let secret = data_dir.join(SIGNING_KEY);
     let next = data_dir.join(SIGNING_NEXT_KEY);
     if secret.exists() && next.exists() {
-        let old = KeyPair::from_hex(&read_secret(&secret)?)
+        let current = KeyPair::from_hex(&read_secret(&secret)?)
             .with_context(|| format!("{}: not a signing key", secret.display()))?;
         let new = KeyPair::from_hex(&read_secret(&next)?)
             .with_context(|| format!("{}: not a signing key", next.display()))?;
-        // Old secret aside first; then the new pair in place; then the prepared files go.
-        write_atomic(
-            &data_dir.join(SIGNING_PREV_KEY),
-            format!("{}\n", old.secret_hex()).as_bytes(),
-            0o600,
-        )?;
-        write_key_pair(data_dir, &new)?;
-        let _ = fs::remove_file(&next);
-        let _ = fs::remove_file(data_dir.join(SIGNING_NEXT_PUB));
+        // Idempotent across a crash at any point: when signing.key already is the next key,
+        // the switch was made and the old key is signing.prev.key. The prepared files go only
+        // when the daemon has signed everything again ([`finish_rotation`]).
+        let old = if current.public() == new.public() {
+            KeyPair::from_hex(&read_secret(&data_dir.join(SIGNING_PREV_KEY))?)
+                .context("signing.prev.key: not a signing key")?
+        } else {
+            write_atomic(
+                &data_dir.join(SIGNING_PREV_KEY),
+                format!("{}\n", current.secret_hex()).as_bytes(),
+                0o600,
+            )?;
+            write_key_pair(data_dir, &new)?;
+            current
+        };
         return Ok((new, KeyOrigin::Rotated(Box::new(old.public().clone()))));
     }
     if secret.exists() {
@@ -130,6 +136,18 @@ pub fn load_or_create_signing_key(data_dir: &Path) -> anyhow::Result<(KeyPair, K
     let keys = KeyPair::from_seed(random_bytes()?);
     write_key_pair(data_dir, &keys)?;
     Ok((keys, KeyOrigin::Created))
+}
+
+/// Ends a rotation once everything current is signed with the new key: the prepared files go.
+pub fn finish_rotation(data_dir: &Path) -> anyhow::Result<()> {
+    for f in [SIGNING_NEXT_KEY, SIGNING_NEXT_PUB] {
+        match fs::remove_file(data_dir.join(f)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {f}")),
+        }
+    }
+    Ok(())
 }
 
 /// `marquee keygen --rotate`: prepares the next key pair in the data directory
@@ -245,6 +263,10 @@ mod tests {
         assert_eq!(*new.public(), next);
         let prev = fs::read_to_string(data.join(SIGNING_PREV_KEY)).unwrap();
         assert_eq!(KeyPair::from_hex(&prev).unwrap().public(), old.public());
+        // A crash before the rotation finished: the next start finishes the same one.
+        let (_, origin) = load_or_create_signing_key(data).unwrap();
+        assert_eq!(origin, KeyOrigin::Rotated(Box::new(old.public().clone())));
+        finish_rotation(data).unwrap();
         let (again, origin) = load_or_create_signing_key(data).unwrap();
         assert_eq!((origin, again.public()), (KeyOrigin::Loaded, &next));
     }

@@ -442,7 +442,16 @@ impl Scheduler {
             let body = match crate::wire::verify(old, &p.topic, &p.payload, None, now) {
                 Ok(b) => b,
                 Err(e) => {
-                    tracing::info!(topic = %p.topic, reason = %e, "not signed again");
+                    // Expired (an alert): cleared, as a re-assertion would; under the new key it
+                    // could no longer be told from a forgery.
+                    tracing::info!(topic = %p.topic, reason = %e, "not signed again; cleared");
+                    self.record(Published {
+                        payload: Vec::new(),
+                        body: None,
+                        issued_at: now,
+                        ..p
+                    })
+                    .await?;
                     continue;
                 }
             };

@@ -162,6 +162,8 @@ pub struct AgentConfig {
     pub next_public_key: Option<PublicKey>,
     /// Where it is read from.
     pub next_public_key_file: Option<PathBuf>,
+    /// The file this config was read from (read again on SIGHUP for the key files).
+    pub config_path: PathBuf,
     /// This display's report key (issued by `marquee display add`): statuses and event batches
     /// are signed with it. Without it reports go unsigned and the daemon drops them.
     pub report_key: Option<std::sync::Arc<crate::wire::KeyPair>>,
@@ -196,29 +198,15 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// Reads the daemon's public key and, if given, its next one (again, on SIGHUP). A next key
-    /// file that is gone means the rotation is over (the daemon removes it when it switches):
-    /// no next key then.
-    pub fn read_keys(
-        public: &Path,
-        next: Option<&Path>,
-    ) -> anyhow::Result<(PublicKey, Option<PublicKey>)> {
-        let read = |p: &Path| -> anyhow::Result<PublicKey> {
-            let s =
-                std::fs::read_to_string(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
-            PublicKey::from_hex(&s).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
-        };
-        let next = next.filter(|p| p.exists()).map(read).transpose()?;
-        Ok((read(public)?, next))
-    }
-
     /// Reads and validates `path`.
     pub fn load(path: &Path) -> Result<AgentConfig, ConfigError> {
         let (file, raw): (String, RawAgent) = read_toml(path)?;
         let mut p = Vec::new();
         let cfg = validate(raw, &mut p);
         if p.is_empty() {
-            Ok(cfg.expect("no problems means a config"))
+            let mut cfg = cfg.expect("no problems means a config");
+            cfg.config_path = path.to_owned();
+            Ok(cfg)
         } else {
             Err(ConfigError {
                 problems: p.into_iter().map(|m| format!("{file}: {m}")).collect(),
@@ -255,6 +243,12 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
     };
     let next_public_key = match &raw.next_public_key_file {
         None => Some(None),
+        // Gone: the daemon removes it when it has switched (the rotation is over). A screen
+        // must still start: no next key then.
+        Some(path) if !path.exists() => {
+            tracing::warn!(file = %path.display(), "next_public_key_file does not exist: no next key (a finished rotation?)");
+            Some(None)
+        }
         Some(path) => match std::fs::read_to_string(path)
             .map_err(|e| e.to_string())
             .and_then(|s| PublicKey::from_hex(&s).map_err(|e| e.to_string()))
@@ -270,6 +264,17 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
         },
     };
     let report_key = raw.report_key_file.as_ref().and_then(|path| {
+        if !path.exists() {
+            // Not registered yet: the screen still plays; its reports are dropped (and the agent
+            // says so at start).
+            tracing::warn!(
+                file = %path.display(),
+                "report_key_file does not exist: reports go unsigned (register the display on the daemon's host: `marquee display add {} --channel {} --out DIR`)",
+                raw.id,
+                raw.channel
+            );
+            return None;
+        }
         crate::keys::read_secret(path)
             .and_then(|s| Ok(crate::wire::KeyPair::from_hex(&s)?))
             .map_err(|e| {
@@ -379,6 +384,7 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
         public_key_file: raw.public_key_file,
         next_public_key: next_public_key?,
         next_public_key_file: raw.next_public_key_file,
+        config_path: PathBuf::new(),
         report_key,
         cache_dir: raw.cache_dir,
         render: raw.render,

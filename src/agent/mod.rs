@@ -391,26 +391,28 @@ impl Agent {
         }
     }
 
-    /// Reads the public key files again (SIGHUP): after a rotation, the new key becomes
-    /// `public_key_file` without a restart. A file that no longer reads keeps the key held.
+    /// SIGHUP: reads the config file again for its key settings (`public_key_file`,
+    /// `next_public_key_file`) and the keys they name, so a rotation needs no restart; then
+    /// subscribes again, so the broker re-sends the retained payloads refused under the old keys
+    /// (MQTT 3.1.1 §3.8.4). A config that no longer reads keeps the keys held.
     fn reload_keys(&mut self) {
-        match AgentConfig::read_keys(
-            &self.cfg.public_key_file,
-            self.cfg.next_public_key_file.as_deref(),
-        ) {
-            Ok((key, next)) => {
-                tracing::info!(
-                    key_id = key.id(),
-                    next_key_id = next.as_ref().map(|k| k.id().to_owned()),
-                    "public keys read again"
-                );
-                self.cfg.public_key = key;
-                self.cfg.next_public_key = next;
-            }
+        let cfg = match AgentConfig::load(&self.cfg.config_path) {
+            Ok(c) => c,
             Err(e) => {
-                tracing::error!(error = %e, "cannot read the public keys again; keeping those held")
+                tracing::error!(error = %e, "cannot read the config again; keeping the keys held");
+                return;
             }
-        }
+        };
+        tracing::info!(
+            key_id = cfg.public_key.id(),
+            next_key_id = cfg.next_public_key.as_ref().map(|k| k.id().to_owned()),
+            "public keys read again"
+        );
+        self.cfg.public_key = cfg.public_key;
+        self.cfg.public_key_file = cfg.public_key_file;
+        self.cfg.next_public_key = cfg.next_public_key;
+        self.cfg.next_public_key_file = cfg.next_public_key_file;
+        self.mqtt.resubscribe();
     }
 
     /// The daemon's signed receipt: events up to `upto` are stored and leave the outbox.

@@ -108,6 +108,7 @@ pub enum MqttEvent {
 #[derive(Clone)]
 pub struct MqttHandle {
     client: AsyncClient,
+    subscriptions: std::sync::Arc<Vec<String>>,
     connection: std::sync::Arc<std::sync::atomic::AtomicU64>,
     broker: std::sync::Arc<std::sync::Mutex<String>>,
 }
@@ -138,6 +139,13 @@ impl MqttHandle {
     /// The number of the current (or next) connection: 1 for the first, +1 per reconnect.
     pub fn connection(&self) -> u64 {
         self.connection.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Subscribes to every filter again: the broker re-sends their retained messages.
+    pub fn resubscribe(&self) {
+        for f in self.subscriptions.iter() {
+            let _ = self.client.try_subscribe(f, QoS::AtLeastOnce);
+        }
     }
 
     /// The broker of the current (or last) connection, `host:port`.
@@ -205,6 +213,7 @@ pub fn connect(
     let (host, port) = &opts.brokers[first];
     let handle = MqttHandle {
         client: client.clone(),
+        subscriptions: std::sync::Arc::new(opts.subscriptions.clone()),
         connection: Default::default(),
         broker: std::sync::Arc::new(std::sync::Mutex::new(format!("{host}:{port}"))),
     };
@@ -249,6 +258,8 @@ async fn run(
 ) {
     let mut backoff = Duration::from_millis(100);
     let mut connected: Option<std::time::Instant> = None;
+    // The broker refused a subscription on this connection: try the next broker.
+    let mut refused = false;
     // Filters subscribed on this connection and not yet answered, in order (SUBACKs come in
     // the order of the SUBSCRIBEs).
     let mut pending: std::collections::VecDeque<String> = Default::default();
@@ -291,6 +302,7 @@ async fn run(
                     // A client that cannot hear its topics only looks healthy: treat it as a
                     // failed connection (the broker's ACL, or its limits, refused it).
                     tracing::warn!(broker = %name(broker), filter = %filter, "the broker refused a subscription; disconnecting and trying again");
+                    refused = true;
                     let _ = client.try_disconnect();
                 }
             }
@@ -307,6 +319,7 @@ async fn run(
             Ok(_) => {}
             Err(e) => {
                 let reason = e.to_string();
+                let was_connected = connected.is_some();
                 if let Some(since) = connected.take() {
                     if since.elapsed() >= HELD {
                         backoff = Duration::from_millis(100);
@@ -317,13 +330,15 @@ async fn run(
                     }
                 } else {
                     tracing::warn!(broker = %name(broker), error = %reason, "MQTT connect failed");
-                    if opts.brokers.len() > 1 {
-                        broker = (broker + 1) % opts.brokers.len();
-                        tracing::info!(broker = %name(broker), "trying the next broker");
-                        let net = eventloop.network_options();
-                        eventloop.mqtt_options = options_for(&opts, broker);
-                        eventloop.set_network_options(net);
-                    }
+                }
+                // A failed connect or a refused subscription: the next broker of the list.
+                let move_on = !was_connected | std::mem::take(&mut refused);
+                if move_on && opts.brokers.len() > 1 {
+                    broker = (broker + 1) % opts.brokers.len();
+                    tracing::info!(broker = %name(broker), "trying the next broker");
+                    let net = eventloop.network_options();
+                    eventloop.mqtt_options = options_for(&opts, broker);
+                    eventloop.set_network_options(net);
                 }
                 let wait = jitter(backoff);
                 backoff = (backoff * 2).min(MAX_BACKOFF);

@@ -255,28 +255,36 @@ impl Store {
                     row.get(0)
                 })?)
         };
+        // By start (indexed), not end: an age sweep must not scan the whole table.
         let mut plays = batches(
-            "DELETE FROM plays WHERE rowid IN (SELECT rowid FROM plays WHERE end < ?1 LIMIT ?2)",
+            "DELETE FROM plays WHERE rowid IN (SELECT rowid FROM plays WHERE start < ?1 LIMIT ?2)",
             &ts(now - r.keep_plays),
         )?;
         let mut events = batches(
             "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE received_at < ?1 LIMIT ?2)",
             &ts(now - r.keep_events),
         )?;
-        let over = count("plays")? - r.max_plays as i64;
-        if over > 0 {
-            plays += self.conn().execute(
-                "DELETE FROM plays WHERE rowid IN (SELECT rowid FROM plays ORDER BY start LIMIT ?1)",
-                [over],
-            )?;
-        }
-        let over = count("events")? - r.max_events as i64;
-        if over > 0 {
-            events += self.conn().execute(
-                "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY received_at LIMIT ?1)",
-                [over],
-            )?;
-        }
+        // Beyond the counts: the oldest, also in batches.
+        let trim = |table: &str, order: &str, max: u64| -> Result<usize, StoreError> {
+            let mut over = count(table)? - max as i64;
+            let mut total = 0;
+            while over > 0 {
+                let n = self.conn().execute(
+                    &format!(
+                        "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY {order} LIMIT ?1)"
+                    ),
+                    [over.min(BATCH)],
+                )?;
+                if n == 0 {
+                    break;
+                }
+                total += n;
+                over -= n as i64;
+            }
+            Ok(total)
+        };
+        plays += trim("plays", "start", r.max_plays)?;
+        events += trim("events", "received_at", r.max_events)?;
         Ok((plays, events))
     }
 
@@ -507,7 +515,7 @@ mod tests {
             max_plays: 2,
             max_events: 100,
         };
-        // On the 15th: plays ended before the 12th go (2), then the oldest beyond 2 (1);
+        // On the 15th: plays started before the 12th go (2), then the oldest beyond 2 (1);
         // events received before the 13th go (3).
         assert_eq!(
             s.sweep_reports(t("2021-05-15T00:00:00Z"), &r).unwrap(),

@@ -29,6 +29,12 @@ async fn rotating_the_key_under_running_agents_leaves_no_screen_on_its_fallback(
     let again = run(&["keygen", "--rotate", "--out", data.to_str().unwrap()]);
     assert_eq!(again.status.code(), Some(1), "a second rotation is refused");
     let cfg = agent_config(&d, &site, "lobby-rot-1", "lobby", port);
+    let mut agent = AgentProc::start(&cfg, &[]);
+    agent
+        .frame("before", |v| text_of(v).starts_with("before rotation"))
+        .await;
+    // The running agent is given the next key: its config gains next_public_key_file, and a
+    // SIGHUP reads it (no restart).
     let text = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(
         &cfg,
@@ -38,9 +44,15 @@ async fn rotating_the_key_under_running_agents_leaves_no_screen_on_its_fallback(
         ),
     )
     .unwrap();
-    let mut agent = AgentProc::start(&cfg, &[]);
+    agent.signal("HUP");
+    let next_id = marquee::wire::PublicKey::from_hex(&next_pub)
+        .unwrap()
+        .id()
+        .to_owned();
     agent
-        .frame("before", |v| text_of(v).starts_with("before rotation"))
+        .wait_log("the next key read", |v| {
+            v["message"] == "public keys read again" && v["next_key_id"] == next_id.as_str()
+        })
         .await;
     // 2. Switch: the daemon restarts on the new key and signs everything current again.
     assert_eq!(d.stop().await, Some(0));
@@ -53,7 +65,10 @@ async fn rotating_the_key_under_running_agents_leaves_no_screen_on_its_fallback(
     .await;
     assert_eq!(site.public_key().to_hex(), next_pub.trim());
     assert!(data.join("signing.prev.key").exists());
-    assert!(!data.join("signing.next.key").exists());
+    assert!(
+        !data.join("signing.next.key").exists(),
+        "the rotation was finished"
+    );
     // A screen that joins now knows only the new key: what was published before the switch
     // (the subway timeline, not edited since) was signed again, so it plays at once.
     let late = AgentProc::start(
@@ -70,12 +85,14 @@ async fn rotating_the_key_under_running_agents_leaves_no_screen_on_its_fallback(
     agent
         .frame("after", |v| text_of(v).starts_with("after rotation"))
         .await;
-    // 3. The agent takes the new key as its own on SIGHUP (public_key_file is signing.pub).
+    // 3. The agent takes the new key as its own on SIGHUP (public_key_file is signing.pub; the
+    // next key file is gone with the finished rotation).
     agent.signal("HUP");
     agent
         .wait_log("the keys read again", |v| {
             v["message"] == "public keys read again"
                 && v["key_id"] == Value::String(site.public_key().id().to_owned())
+                && v["next_key_id"].is_null()
         })
         .await;
     // From its first timeline on, the screen never fell back to its local content (before it,
