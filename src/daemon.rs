@@ -144,6 +144,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         mqtt.clone(),
         metrics.clone(),
     )?;
+    let agents_hold = scheduler.agents_hold();
     let resigned = match &origin {
         keys::KeyOrigin::Rotated(old) => {
             let n = scheduler.resign(old).await?;
@@ -230,6 +231,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         },
         crate::fleet::Rules {
             registry,
+            agents_hold,
             retention: cfg.retention,
         },
         cancel.clone(),

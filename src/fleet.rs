@@ -46,6 +46,8 @@ pub struct Receipts {
 pub struct Rules {
     /// The display registry.
     pub registry: Arc<Registry>,
+    /// Where the versions displays hold are reported to the scheduler.
+    pub agents_hold: crate::scheduler::AgentsHold,
     /// Retention of reports (`[fleet]`).
     pub retention: crate::config::Retention,
 }
@@ -62,6 +64,7 @@ pub async fn run(
 ) {
     let Rules {
         registry,
+        agents_hold,
         retention,
     } = rules;
     // Reports have a retention and a size cap: swept a minute after start, then hourly.
@@ -98,6 +101,7 @@ pub async fn run(
         let store = store.clone();
         let res = match intake.read(&prefix, &topic, &payload) {
             Some(Report::Status(s, mark, conflict)) => {
+                agents_hold.report(s.held_max);
                 tracing::info!(display = %s.display, online = s.online, "display status");
                 let now = Utc::now();
                 // A live status was just written by the agent: its `at` against our clock
@@ -440,6 +444,7 @@ mod tests {
             connection,
             instance: String::new(),
             broker: String::new(),
+            held_max: 0,
         }
     }
 

@@ -94,7 +94,36 @@ pub struct Scheduler {
     high_water: u64,
     /// Every new version is above this: the high-water mark when the database was behind it.
     floor: u64,
+    /// The highest version any registered display reports holding (from the fleet intake).
+    agents_hold: AgentsHold,
 }
+
+/// The highest payload version registered displays report holding (`held_max` in their signed
+/// status), shared by the fleet intake (which raises it) and the scheduler (which adopts it when
+/// it is above everything it knows of: a database and high-water mark both lost or restored).
+#[derive(Clone, Default)]
+pub struct AgentsHold {
+    /// The version.
+    pub max: Arc<std::sync::atomic::AtomicU64>,
+    /// Woken when it rises.
+    pub raised: Arc<tokio::sync::Notify>,
+}
+
+impl AgentsHold {
+    /// Records a display's `held_max`; wakes the scheduler when it is a new maximum.
+    pub fn report(&self, held_max: u64) {
+        let before = self
+            .max
+            .fetch_max(held_max, std::sync::atomic::Ordering::Relaxed);
+        if held_max > before {
+            self.raised.notify_one();
+        }
+    }
+}
+
+/// A display claiming to hold a version more than this above the high-water mark is not
+/// believed (a misbehaving or hostile agent could otherwise push versions toward overflow).
+const MAX_ADOPTED_JUMP: u64 = 1_000_000_000;
 
 /// The file of the version high-water mark.
 pub const HIGH_WATER_FILE: &str = "versions.hwm";
@@ -153,6 +182,7 @@ impl Scheduler {
             connected: false,
             high_water,
             floor,
+            agents_hold: AgentsHold::default(),
         };
         s.reload();
         s.persist_good()?;
@@ -426,6 +456,55 @@ impl Scheduler {
         }
     }
 
+    /// The shared record of what displays hold (give it to the fleet intake).
+    pub fn agents_hold(&self) -> AgentsHold {
+        self.agents_hold.clone()
+    }
+
+    /// Adopts the highest version displays report holding when it is above every version this
+    /// daemon knows of (its database and high-water mark were lost or restored from an old
+    /// backup): new versions continue above it, and everything current is signed again so every
+    /// screen takes it (they would refuse lower versions as rollbacks).
+    async fn adopt_agents_versions(&mut self) {
+        let held = self
+            .agents_hold
+            .max
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let known = self
+            .published
+            .values()
+            .map(|p| p.version)
+            .max()
+            .unwrap_or(0)
+            .max(self.high_water)
+            .max(self.floor);
+        if held <= known {
+            return;
+        }
+        if held > known.saturating_add(MAX_ADOPTED_JUMP) {
+            tracing::warn!(
+                held,
+                known,
+                "a display reports an implausible version; not adopted"
+            );
+            return;
+        }
+        tracing::warn!(
+            held,
+            known,
+            "displays hold versions above any this daemon knows (its database restored or lost): continuing above them"
+        );
+        self.floor = held;
+        self.raise_high_water(held);
+        let own = self.keys.public().clone();
+        match self.resign(&own).await {
+            Ok(n) => tracing::info!(payloads = n, "signed again above the adopted version"),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot sign again above the adopted version")
+            }
+        }
+    }
+
     /// After a key rotation: signs every current retained payload again with the new key, under
     /// the next version of its topic, keeping its content and expiry (`old`: the previous public
     /// key, to read them). Expired payloads stay as they are; agents refuse them either way.
@@ -656,6 +735,7 @@ impl Scheduler {
         cancel: CancellationToken,
     ) {
         let tick = watchdog.map_or(Duration::from_secs(30), |w| w / 2);
+        let raised = self.agents_hold.raised.clone();
         loop {
             let due = (self.next_due() - Utc::now())
                 .to_std()
@@ -700,6 +780,9 @@ impl Scheduler {
                 }
                 _ = tokio::time::sleep(due) => {
                     let _ = self.step().await;
+                }
+                _ = raised.notified() => {
+                    self.adopt_agents_versions().await;
                 }
             }
             if watchdog.is_some() {

@@ -131,6 +131,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         connection: 0,
         instance: instance_id(),
         broker: String::new(),
+        held_max: 0,
     };
     let offline_instance = offline.instance.clone();
     // The will of connection n, signed when that connection is made (the broker sends it if the
@@ -668,6 +669,7 @@ impl Agent {
             connection: self.mqtt.connection(),
             instance: self.instance_id.clone(),
             broker: self.mqtt.broker(),
+            held_max: self.held.values().map(|(v, _)| *v).max().unwrap_or(0),
         }
     }
 

@@ -425,6 +425,7 @@ mod tests {
             connection: 1,
             instance: "h/b/1".into(),
             broker: "127.0.0.1:1883".into(),
+            held_max: 3,
         }
     }
 

@@ -35,6 +35,10 @@ pub struct Status {
     /// The broker the agent is connected to (`host:port`).
     #[serde(default)]
     pub broker: String,
+    /// The highest payload version the agent holds on any topic: a daemon whose database was
+    /// restored from an old backup continues above it.
+    #[serde(default)]
+    pub held_max: u64,
 }
 
 /// A payload the agent applied.

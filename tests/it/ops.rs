@@ -194,3 +194,79 @@ fn healthz(addr: &str) -> bool {
     let _ = s.read_to_end(&mut buf);
     buf.starts_with(b"HTTP/1.1 200")
 }
+
+#[tokio::test]
+async fn a_daemon_on_an_old_database_continues_above_what_screens_hold() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    let data = site.dir.path().join("data");
+    let mut agent = AgentProc::start(&agent_config(&d, &site, "lobby-old-1", "lobby", port), &[]);
+    agent.frame("a timeline", |v| v["kind"] == "timeline").await;
+    // The backup, taken early.
+    assert_eq!(d.stop().await, Some(0));
+    std::fs::copy(data.join("marquee.db"), site.dir.path().join("backup.db")).unwrap();
+    // Life goes on: edits and an alert raise every version the screen holds.
+    let d = Daemon::start(&site).await;
+    for n in 1..=3 {
+        std::fs::write(site.playlist("test-lobby"), interrupt(&format!("edit {n}"))).unwrap();
+        agent
+            .frame("the edit", |v| text_of(v).starts_with(&format!("edit {n}")))
+            .await;
+    }
+    let out = d.cli(
+        &token,
+        &["alert", "raise", "--en", "drill one", "--expires-in", "10m"],
+    );
+    assert!(out.contains("alert-"), "{out}");
+    agent
+        .frame("the first alert", |v| text_of(v) == "drill one")
+        .await;
+    let id = out
+        .split_whitespace()
+        .find(|w| w.starts_with("alert-"))
+        .unwrap()
+        .trim_matches(|c: char| !c.is_alphanumeric() && c != '-');
+    d.cli(&token, &["alert", "clear", id]);
+    let n = agent.frames.lock().unwrap().len();
+    let frames = agent.frames.clone();
+    eventually("the screen back on its timeline", || {
+        frames.lock().unwrap()[n..]
+            .iter()
+            .any(|v| v["kind"] == "timeline")
+            .then_some(())
+    })
+    .await;
+    // Disaster: the database comes back from the backup and the high-water mark is lost too.
+    assert_eq!(d.stop().await, Some(0));
+    std::fs::copy(site.dir.path().join("backup.db"), data.join("marquee.db")).unwrap();
+    std::fs::remove_file(data.join("versions.hwm")).unwrap();
+    let mut d = Daemon::start(&site).await;
+    d.wait_log("the adoption", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("displays hold versions above"))
+    })
+    .await;
+    // The screen's signed status says what it holds; the daemon continues above it: an edit
+    // and an alert both reach the screen.
+    std::fs::write(site.playlist("test-lobby"), interrupt("after restore")).unwrap();
+    let start = std::time::Instant::now();
+    while !agent.shown(|v| text_of(v).starts_with("after restore")) {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the edit after the restore never reached the screen; agent log:\n{}\ndaemon log:\n{}",
+            dump(&agent.log),
+            dump(&d.log)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    d.cli(
+        &token,
+        &["alert", "raise", "--en", "drill two", "--expires-in", "10m"],
+    );
+    agent
+        .frame("the alert after the restore", |v| text_of(v) == "drill two")
+        .await;
+}
