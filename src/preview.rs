@@ -333,13 +333,16 @@ pub fn oversize_of(
     display: Option<&str>,
     now: DateTime<Utc>,
 ) -> Option<Oversize> {
-    let want = match display {
-        Some(d) => format!("display {d}"),
-        None => format!("channel {channel}"),
-    };
-    oversize(cfg, playlists, now)
-        .into_iter()
-        .find(|o| o.target == want)
+    // A display without a timeline of its own plays its channel's.
+    let all = oversize(cfg, playlists, now);
+    let own = display.map(|d| format!("display {d}"));
+    let channel = format!("channel {channel}");
+    let has_own =
+        display.is_some_and(|d| playlists.iter().any(|p| p.displays.iter().any(|x| x == d)));
+    all.into_iter().find(|o| match &own {
+        Some(own) if has_own => &o.target == own,
+        _ => o.target == channel,
+    })
 }
 
 /// Adds `"oversize": {"bytes", "limit", "message"}` to a preview's JSON when its timeline cannot

@@ -680,6 +680,12 @@ impl Scheduler {
     fn restore(&mut self, topic: String, payload: Vec<u8>) {
         self.metrics.retained_restored.inc();
         self.send(&topic, payload);
+        // Junk on ever new topic names must not grow this for ever: entries past their
+        // interval, with nothing waiting, carry no information.
+        if self.restores.len() >= 4096 {
+            self.restores
+                .retain(|_, (at, waiting)| *waiting || at.elapsed() < RESTORE_INTERVAL);
+        }
         self.restores.insert(topic, (Instant::now(), false));
     }
 

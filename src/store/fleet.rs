@@ -151,7 +151,8 @@ impl Store {
                  since = CASE WHEN ?10 THEN excluded.since ELSE since END,
                  last_seen = excluded.last_seen, known = 1,
                  clock_skew_ms = COALESCE(?11, clock_skew_ms),
-                 instance = excluded.instance, broker = excluded.broker",
+                 instance = excluded.instance,
+                 broker = COALESCE(NULLIF(excluded.broker, ''), broker)",
             params![
                 s.display,
                 s.online,

@@ -136,7 +136,7 @@ async fn idle_http_clients_cannot_starve_the_api_or_the_broker() {
     let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
     let cfg = std::fs::read_to_string(site.config()).unwrap().replacen(
         "[server]\n",
-        "[server]\nheader_timeout = \"1s\"\n",
+        "[server]\nheader_timeout = \"5s\"\n",
         1,
     );
     std::fs::write(site.config(), cfg).unwrap();
