@@ -891,10 +891,7 @@ impl Config {
             // Default: one per host, so two daemons on one broker do not take each other's
             // session (a broker lets the newest connection of an id win).
             client_id: if m.client_id.is_empty() {
-                let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                    .map(|h| h.trim().to_owned())
-                    .unwrap_or_default();
-                format!("marquee-daemon-{host}")
+                format!("marquee-daemon-{}", crate::host_name())
                     .trim_end_matches('-')
                     .chars()
                     .take(64)

@@ -28,6 +28,14 @@ pub mod wire;
 #[cfg(test)]
 mod fuzz;
 
+/// This machine's host name (Linux `/proc`), empty when unreadable. Names the daemon's default
+/// MQTT client id and an agent's instance.
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default()
+}
+
 /// Installs the process's TLS crypto library (ring) once; every TLS client (MQTT over TLS,
 /// HTTPS gateways, the CLI) needs it before it is built. Later calls do nothing.
 pub fn install_crypto_provider() {

@@ -278,11 +278,21 @@ pub fn oversize(
     playlists: &[Playlist],
     now: DateTime<Utc>,
 ) -> Vec<Oversize> {
+    oversize_among(cfg, playlists, now, all_targets(&cfg.schedule))
+}
+
+/// [`oversize`] over `targets` only.
+fn oversize_among(
+    cfg: &crate::config::Config,
+    playlists: &[Playlist],
+    now: DateTime<Utc>,
+    targets: Vec<TargetRef<'_>>,
+) -> Vec<Oversize> {
     let now = chrono::SubsecRound::trunc_subsecs(now, 0);
     let keys = crate::wire::KeyPair::from_seed([0; 32]);
     let prefix = &cfg.mqtt.topic_prefix;
     let mut out = Vec::new();
-    for target in all_targets(&cfg.schedule) {
+    for target in targets {
         let (name, topic) = match target {
             TargetRef::Channel(c) => (
                 format!("channel {c}"),
@@ -333,16 +343,14 @@ pub fn oversize_of(
     display: Option<&str>,
     now: DateTime<Utc>,
 ) -> Option<Oversize> {
-    // A display without a timeline of its own plays its channel's.
-    let all = oversize(cfg, playlists, now);
-    let own = display.map(|d| format!("display {d}"));
-    let channel = format!("channel {channel}");
-    let has_own =
-        display.is_some_and(|d| playlists.iter().any(|p| p.displays.iter().any(|x| x == d)));
-    all.into_iter().find(|o| match &own {
-        Some(own) if has_own => &o.target == own,
-        _ => o.target == channel,
-    })
+    // Only the target shown: a display's own timeline, or (without one) its channel's.
+    let target = match display {
+        Some(id) if playlists.iter().any(|p| p.displays.iter().any(|x| x == id)) => {
+            TargetRef::Display { id, channel }
+        }
+        _ => TargetRef::Channel(channel),
+    };
+    oversize_among(cfg, playlists, now, vec![target]).pop()
 }
 
 /// Adds `"oversize": {"bytes", "limit", "message"}` to a preview's JSON when its timeline cannot

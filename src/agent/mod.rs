@@ -710,7 +710,7 @@ fn instance_id() -> String {
     let boot = read("/proc/sys/kernel/random/boot_id");
     format!(
         "{}/{}/{}",
-        read("/proc/sys/kernel/hostname"),
+        crate::host_name(),
         boot.get(..8).unwrap_or(&boot),
         std::process::id()
     )

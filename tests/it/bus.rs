@@ -342,8 +342,7 @@ async fn display_a_cannot_lie(
     if broker_confines {
         // Taking the daemon's client id (a broker lets the newest connection of an id win):
         // with use_username_as_clientid the connection is named after A's account instead.
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
-        let daemon_id = format!("marquee-daemon-{}", host.trim());
+        let daemon_id = format!("marquee-daemon-{}", marquee::host_name());
         let mut o = rumqttc::MqttOptions::new(daemon_id, "127.0.0.1", port);
         if let Some((user, password)) = account {
             o.set_credentials(user, password);
