@@ -130,12 +130,36 @@ pub struct ApiClient {
     pub url: String,
     /// Bearer token.
     pub token: String,
+    /// Extra trusted CA certificates (PEM) for an `https://` daemon with its own CA.
+    pub ca: Option<Vec<reqwest::Certificate>>,
 }
 
 impl ApiClient {
     /// `url` and `token` as given (flags or `MARQUEE_URL` / `MARQUEE_TOKEN`); without a token,
     /// the admin token the daemon generated in the data directory of `config`.
-    pub fn resolve(url: String, token: Option<String>, config: &Path) -> anyhow::Result<ApiClient> {
+    /// `ca_file` (PEM) adds trusted CA certificates, for a daemon whose certificate is signed
+    /// by an office's own CA.
+    pub fn resolve(
+        url: String,
+        token: Option<String>,
+        config: &Path,
+        ca_file: Option<&Path>,
+    ) -> anyhow::Result<ApiClient> {
+        let ca = match ca_file {
+            Some(f) => {
+                let pem =
+                    std::fs::read(f).with_context(|| format!("cannot read {}", f.display()))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                    .with_context(|| format!("{}: not PEM certificates", f.display()))?;
+                anyhow::ensure!(
+                    !certs.is_empty(),
+                    "{}: no PEM certificate in it",
+                    f.display()
+                );
+                Some(certs)
+            }
+            None => None,
+        };
         let token = match token.filter(|t| !t.trim().is_empty()) {
             Some(t) => t.trim().to_owned(),
             None => {
@@ -155,7 +179,17 @@ impl ApiClient {
         Ok(ApiClient {
             url: url.trim_end_matches('/').to_owned(),
             token,
+            ca,
         })
+    }
+
+    /// An HTTP client that trusts the system's roots and `--ca-file`.
+    fn http(&self) -> anyhow::Result<reqwest::Client> {
+        let mut b = crate::http_client();
+        for c in self.ca.iter().flatten() {
+            b = b.add_root_certificate(c.clone());
+        }
+        Ok(b.build()?)
     }
 
     /// GET `path` as JSON; API errors become their message.
@@ -165,8 +199,8 @@ impl ApiClient {
 
     /// GET `path` as text with an `Accept` header (CSV exports).
     pub async fn get_text(&self, path: &str, accept: &str) -> anyhow::Result<String> {
-        let resp = crate::http_client()
-            .build()?
+        let resp = self
+            .http()?
             .get(format!("{}{path}", self.url))
             .bearer_auth(&self.token)
             .header("Accept", accept)
@@ -193,8 +227,8 @@ impl ApiClient {
         if let Some(s) = sheet {
             url.query_pairs_mut().append_pair("sheet", s);
         }
-        let resp = crate::http_client()
-            .build()?
+        let resp = self
+            .http()?
             .post(url)
             .bearer_auth(&self.token)
             .header("Content-Type", "application/octet-stream")
@@ -214,8 +248,8 @@ impl ApiClient {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> anyhow::Result<serde_json::Value> {
-        let mut req = crate::http_client()
-            .build()?
+        let mut req = self
+            .http()?
             .request(method, format!("{}{path}", self.url))
             .bearer_auth(&self.token);
         if let Some(b) = body {
@@ -462,8 +496,8 @@ pub async fn playlist_push(api: &ApiClient, file: &Path) -> anyhow::Result<Strin
     let id = playlist_id(file)?;
     // Sent as saved: the daemon names an encoding problem and where it is.
     let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let resp = crate::http_client()
-        .build()?
+    let resp = api
+        .http()?
         .put(format!("{}/api/v1/playlists/{id}", api.url))
         .bearer_auth(&api.token)
         .header("content-type", "application/json")

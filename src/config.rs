@@ -168,6 +168,9 @@ struct RawServer {
     data_dir: PathBuf,
     max_connections: Option<usize>,
     header_timeout: String,
+    disk_reserve_kib: u64,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
 }
 
 impl Default for RawServer {
@@ -177,6 +180,93 @@ impl Default for RawServer {
             data_dir: "data".into(),
             max_connections: None,
             header_timeout: "10s".into(),
+            disk_reserve_kib: 16 * 1024,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+/// The API's TLS configuration, read from the certificate chain and key files at load (so
+/// `marquee check` names a bad file), for rustls (TLS 1.2 and 1.3, no client certificates).
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The certificate chain file, for messages.
+    pub cert_file: PathBuf,
+    /// What the accept loop hands to `tokio-rustls`.
+    pub config: std::sync::Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert_file", &self.cert_file)
+            .finish_non_exhaustive()
+    }
+}
+
+fn server_tls(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    problems: &mut Vec<String>,
+) -> Option<ServerTls> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = match (cert, key) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (c, k),
+        _ => {
+            problems.push("server.tls_cert_file and server.tls_key_file go together".into());
+            return None;
+        }
+    };
+    let chain =
+        match CertificateDer::pem_file_iter(cert).and_then(|i| i.collect::<Result<Vec<_>, _>>()) {
+            Ok(c) if !c.is_empty() => c,
+            Ok(_) => {
+                problems.push(format!(
+                    "server.tls_cert_file: no PEM certificate in {}",
+                    cert.display()
+                ));
+                return None;
+            }
+            Err(e) => {
+                problems.push(format!(
+                    "server.tls_cert_file: cannot read {}: {e}",
+                    cert.display()
+                ));
+                return None;
+            }
+        };
+    let secret = match PrivateKeyDer::from_pem_file(key) {
+        Ok(k) => k,
+        Err(e) => {
+            problems.push(format!(
+                "server.tls_key_file: cannot read a PEM private key from {}: {e}",
+                key.display()
+            ));
+            return None;
+        }
+    };
+    crate::install_crypto_provider();
+    match rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, secret)
+    {
+        Ok(mut c) => {
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(ServerTls {
+                cert_file: cert.to_owned(),
+                config: std::sync::Arc::new(c),
+            })
+        }
+        Err(e) => {
+            problems.push(format!(
+                "server.tls_cert_file / tls_key_file: {} and {} do not make a TLS identity: {e}",
+                cert.display(),
+                key.display()
+            ));
+            None
         }
     }
 }
@@ -390,8 +480,13 @@ pub struct Config {
     pub max_connections: usize,
     /// A connection that has not sent a complete request header within this is closed.
     pub header_timeout: Duration,
+    /// HTTPS for the API (`server.tls_cert_file`, `tls_key_file`: PEM); `None` is plain HTTP.
+    pub tls: Option<ServerTls>,
     /// SQLite, keys and the generated admin token live here.
     pub data_dir: PathBuf,
+    /// Bytes of the data disk held back for alerts and the audit (`server.disk_reserve_kib`,
+    /// default 16 MiB; 0 keeps none). See `store::Store::keep_reserve`.
+    pub disk_reserve: u64,
     /// Log format.
     pub log_format: LogFormat,
     /// `tracing` filter directives.
@@ -778,7 +873,13 @@ impl Config {
                 "server.header_timeout",
                 &raw.server.header_timeout,
             ),
+            tls: server_tls(
+                raw.server.tls_cert_file.as_deref(),
+                raw.server.tls_key_file.as_deref(),
+                problems,
+            ),
             data_dir: raw.server.data_dir,
+            disk_reserve: raw.server.disk_reserve_kib.saturating_mul(1024),
             log_format,
             log_filter: raw.log.filter,
             mqtt,

@@ -65,8 +65,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     }
 
     let db = cfg.data_dir.join("marquee.db");
-    let store =
-        Arc::new(Store::open(&db).with_context(|| format!("cannot open {}", db.display()))?);
+    let store = Arc::new(
+        Store::open(&db)
+            .with_context(|| format!("cannot open {}", db.display()))?
+            .keep_reserve(&cfg.data_dir, cfg.disk_reserve),
+    );
     // A list import cut off by a crash or restart left an `importing` campaign: never sent.
     match store.drop_importing(None) {
         Ok(0) => {}
@@ -110,6 +113,16 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} (server.listen)", cfg.listen))?;
     let http_addr = listener.local_addr()?;
+    let api_url = match &cfg.tls {
+        Some(_) => format!("https://{http_addr}"),
+        None => format!("http://{http_addr}"),
+    };
+    if cfg.tls.is_none() && !http_addr.ip().is_loopback() {
+        tracing::warn!(
+            http = %http_addr,
+            "the API is served in clear text off loopback: tokens and delivery reports cross the network readable; set [server] tls_cert_file and tls_key_file, or put a TLS proxy in front"
+        );
+    }
 
     let prefix = &cfg.mqtt.topic_prefix;
     let (mqtt, events) = mqtt::connect(
@@ -220,6 +233,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         sched_tx,
         fleet_tx,
     ));
+    tracker.spawn(watch_reserve(
+        store.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
     tracker.spawn(crate::fleet::run(
         store.clone(),
         cfg.mqtt.topic_prefix.clone(),
@@ -279,7 +297,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
                 ready = true;
                 if r.is_ok() {
                     let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
-                    tracing::info!(http = %http_addr, mqtt = %broker, playlists = %cfg.schedule.playlists_dir.display(), "marquee ready");
+                    tracing::info!(http = %http_addr, api = %api_url, mqtt = %broker, playlists = %cfg.schedule.playlists_dir.display(), "marquee ready");
                 }
             }
             _ = waiting.tick(), if !ready => {
@@ -304,6 +322,25 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     mqtt.disconnect().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Every 5 s: the disk reserve's state as metrics, and the reserve taken back once the disk
+/// has room again (bulk writes resume).
+async fn watch_reserve(store: Arc<Store>, metrics: Metrics, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let s = store.clone();
+        let (held, bulk) =
+            tokio::task::spawn_blocking(move || (s.refill_reserve(), s.bulk_ok().is_ok()))
+                .await
+                .unwrap_or((false, false));
+        metrics.disk_reserve_in_use.set(i64::from(!held));
+        metrics.disk_bulk_refused.set(i64::from(!bulk));
+    }
 }
 
 /// Splits the connection's events between the scheduler and the fleet intake, and announces the

@@ -157,6 +157,11 @@ pub async fn run(
             Ok(Ok(new)) => {
                 metrics.events_ingested.inc_by(new as u64);
             }
+            // A full disk is logged once by the store; batches go unacknowledged and agents
+            // keep them for later.
+            Ok(Err(e)) if e.is_disk_full() => {
+                tracing::debug!(topic, error = %e, "agent report not stored")
+            }
             Ok(Err(e)) => tracing::error!(topic, error = %e, "cannot store an agent report"),
             Err(e) => tracing::error!(topic, error = %e, "agent report task failed"),
         };

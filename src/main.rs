@@ -182,6 +182,10 @@ struct ApiArgs {
         env = "MARQUEE_CONFIG"
     )]
     config: PathBuf,
+    /// Extra trusted CA certificates (PEM), for an https:// daemon whose certificate an
+    /// office's own CA signed.
+    #[arg(long, global = true, env = "MARQUEE_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -715,11 +719,12 @@ where
     Fut: std::future::Future<Output = anyhow::Result<String>>,
 {
     let result =
-        marquee::cli::ApiClient::resolve(api.url, api.token, &api.config).and_then(|client| {
-            tokio::runtime::Runtime::new()
-                .map_err(anyhow::Error::from)?
-                .block_on(f(client))
-        });
+        marquee::cli::ApiClient::resolve(api.url, api.token, &api.config, api.ca_file.as_deref())
+            .and_then(|client| {
+                tokio::runtime::Runtime::new()
+                    .map_err(anyhow::Error::from)?
+                    .block_on(f(client))
+            });
     match result {
         Ok(out) => print_out(&out),
         Err(e) => {

@@ -34,6 +34,10 @@ pub struct Metrics {
     pub playlist_errors: Gauge,
     /// 1 when connected to the broker.
     pub mqtt_connected: Gauge,
+    /// 1 while the data disk's reserve is in use (the disk filled; bulk writes refused).
+    pub disk_reserve_in_use: Gauge,
+    /// 1 while bulk writes are refused for a (nearly) full data disk.
+    pub disk_bulk_refused: Gauge,
     /// Broker (re)connections.
     pub mqtt_connects: Counter,
     /// Agent events stored (redeliveries not counted).
@@ -97,6 +101,16 @@ impl Metrics {
             "playlist_files_with_errors",
             "Playlist files that currently fail validation",
             self.playlist_errors.clone(),
+        );
+        r.register(
+            "disk_reserve_in_use",
+            "1 while the data disk is full and its reserve is kept for alerts and the audit (bulk writes refused)",
+            self.disk_reserve_in_use.clone(),
+        );
+        r.register(
+            "disk_bulk_refused",
+            "1 while bulk writes (reports, imports, uploads, SMS, playlist saves) are refused because the data disk has less free space than its reserve",
+            self.disk_bulk_refused.clone(),
         );
         r.register(
             "mqtt_connected",

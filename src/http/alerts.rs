@@ -418,17 +418,22 @@ pub async fn raise(
     };
     // The SMS part is checked and stored first (pending, linked to the alert): a bad recipient
     // list fails the request before anything reaches a screen.
+    // On a full data disk the SMS part cannot be stored: the alert still goes to the screens
+    // (the disk reserve is for it) and the answer says the SMS was refused.
     let sms = match &r.sms {
-        Some(sms) => Some(
-            super::campaigns::create_campaign(
-                &s,
-                &who,
-                sms_request(&alert, sms),
-                Some((&alert.id, true)),
-            )
-            .await?,
-        ),
-        None => None,
+        Some(sms) => match super::campaigns::create_campaign(
+            &s,
+            &who,
+            sms_request(&alert, sms),
+            Some((&alert.id, true)),
+        )
+        .await
+        {
+            Ok(c) => json!(c),
+            Err(e) if e.code == "disk_full" => json!({"refused": e.message}),
+            Err(e) => return Err(e),
+        },
+        None => Value::Null,
     };
     // Two-person rule: above the configured reach, a second person approves.
     if let Some(limit) = s.cfg.approve_alerts_above {

@@ -183,14 +183,14 @@ pub fn parse_length(s: &str) -> Result<chrono::Duration, String> {
         .ok_or_else(|| format!("bad length {s:?}: a duration like 2h or 90m, from 1m to 14days"))
 }
 
-/// Runs a store call on the blocking pool; failures become 500s.
+/// Runs a store call on the blocking pool; failures become 500s (507 for a full disk).
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))
+        .map_err(ApiError::store)
 }
 
 /// A display with the timeline it should hold (its own if published, else its channel's).

@@ -51,6 +51,38 @@ impl ApiError {
         }
     }
 
+    /// A store failure: 507 `disk_full` when the data disk is full (the write was refused or
+    /// failed for want of space, RFC 4918 §11.5), else 500.
+    pub fn store(e: crate::store::StoreError) -> ApiError {
+        if e.is_disk_full() {
+            return ApiError::disk_full(e.to_string());
+        }
+        ApiError::internal(e.to_string())
+    }
+
+    /// A file write that failed: 507 when for want of space (`ENOSPC`, `EDQUOT`), else 500.
+    pub fn io(what: &std::path::Path, e: &std::io::Error) -> ApiError {
+        let message = format!("{}: {e}", what.display());
+        if e.kind() == std::io::ErrorKind::StorageFull
+            || e.kind() == std::io::ErrorKind::QuotaExceeded
+        {
+            return ApiError::disk_full(message);
+        }
+        ApiError::internal(message)
+    }
+
+    /// 507 Insufficient Storage: nothing was written (logged).
+    pub fn disk_full(message: impl Into<String>) -> ApiError {
+        let message = message.into();
+        tracing::error!(error = %message, "request refused: the disk is full");
+        ApiError {
+            status: StatusCode::INSUFFICIENT_STORAGE,
+            code: "disk_full",
+            message,
+            field: None,
+        }
+    }
+
     /// 401.
     pub fn unauthenticated(message: impl Into<String>) -> ApiError {
         ApiError {

@@ -180,8 +180,37 @@ pub async fn audit(
     })
     .await
     .map_err(|e| error::ApiError::internal(e.to_string()))?
-    .map_err(|e| error::ApiError::internal(format!("audit log: {e}")))?;
+    .map_err(|e| match e.is_disk_full() {
+        true => error::ApiError::disk_full(format!("audit log: {e}")),
+        false => error::ApiError::internal(format!("audit log: {e}")),
+    })?;
     Ok(())
+}
+
+/// Serves HTTP/1.1 on one connection (plain or TLS) until it ends or the daemon stops.
+async fn serve_connection<I>(
+    io: I,
+    svc: hyper_util::service::TowerToHyperService<axum::Router>,
+    header_timeout: std::time::Duration,
+    cancel: CancellationToken,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(header_timeout)
+        .keep_alive(true);
+    let conn = b
+        .serve_connection(hyper_util::rt::TokioIo::new(io), svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
 }
 
 /// `GET /`: the web console, a static page (open; everything it shows comes from the API with
@@ -202,6 +231,11 @@ pub async fn serve(
     // not sent a complete request header within `server.header_timeout` is closed (also an
     // idle keep-alive connection waiting for its next request).
     let (cap, header_timeout) = (state.cfg.max_connections, state.cfg.header_timeout);
+    let tls = state
+        .cfg
+        .tls
+        .as_ref()
+        .map(|t| tokio_rustls::TlsAcceptor::from(t.config.clone()));
     let metrics = state.metrics.clone();
     let slots = Arc::new(tokio::sync::Semaphore::new(cap));
     let app = router(state);
@@ -237,21 +271,21 @@ pub async fn serve(
         let svc = hyper_util::service::TowerToHyperService::new(app.clone());
         let cancel = cancel.clone();
         let open = metrics.http_connections.clone();
+        let tls = tls.clone();
         conns.spawn(async move {
             open.inc();
-            let mut b = hyper::server::conn::http1::Builder::new();
-            b.timer(hyper_util::rt::TokioTimer::new())
-                .header_read_timeout(header_timeout)
-                .keep_alive(true);
-            let conn = b
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                .with_upgrades();
-            tokio::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = cancel.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
+            match tls {
+                None => serve_connection(stream, svc, header_timeout, cancel).await,
+                // The handshake is held to the header timeout too: a client that opens a
+                // connection and never says hello is closed like one that never sends a header.
+                Some(acceptor) => {
+                    match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, svc, header_timeout, cancel).await
+                        }
+                        Ok(Err(e)) => tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => tracing::debug!("TLS handshake timed out"),
+                    }
                 }
             }
             open.dec();

@@ -39,6 +39,12 @@ fn file_of(s: &AppState, id: &str) -> Result<std::path::PathBuf, ApiError> {
     Ok(s.cfg.schedule.playlists_dir.join(format!("{id}.json")))
 }
 
+/// 507 unless the store takes an ordinary write (see `Store::probe_write`).
+async fn store_takes_writes(s: &AppState) -> Result<(), ApiError> {
+    let store = s.store.clone();
+    super::api::blocking(move || store.probe_write(Utc::now())).await
+}
+
 fn errors_response(errors: &[crate::domain::playlist::PlaylistError]) -> Response {
     let list: Vec<_> = errors
         .iter()
@@ -100,7 +106,7 @@ pub async fn check(
 }
 
 /// `PUT /api/v1/playlists/{id}` with the playlist JSON as the body (editor role).
-#[utoipa::path(put, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), request_body(content = String, content_type = "application/json", description = "a playlist file (docs/playlist.schema.json)"), responses((status = 200, description = "written atomically; the change impact"), (status = 400, description = "errors with line and column"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(put, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), request_body(content = String, content_type = "application/json", description = "a playlist file (docs/playlist.schema.json)"), responses((status = 200, description = "written atomically; the change impact"), (status = 400, description = "errors with line and column"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low"), (status = 507, description = "the data disk is full: nothing was written")))]
 pub async fn put(
     Auth(who): Editor,
     State(s): State<Arc<AppState>>,
@@ -108,6 +114,9 @@ pub async fn put(
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let path = file_of(&s, &id)?;
+    // A full data disk: a save now could not be published (the reserve is for alerts). A
+    // real write, not a look at the reserve: the disk may be full with the reserve still held.
+    store_takes_writes(&s).await?;
     // A UTF-8 BOM is dropped; UTF-16 or ANSI bytes are named with where they are.
     let body = match source_text(&format!("{id}.json"), &body) {
         Ok(t) => t.to_owned(),
@@ -131,7 +140,10 @@ pub async fn put(
     tokio::task::spawn_blocking(move || crate::keys::write_atomic(&target, &bytes, 0o644))
         .await
         .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        .map_err(|e| match e.downcast_ref::<std::io::Error>() {
+            Some(io) => ApiError::io(&path, io),
+            None => ApiError::internal(format!("{e:#}")),
+        })?;
     let _ = s.reload.try_send(crate::scheduler::Reload::Complete);
     tracing::info!(id = %id, by = %who.name, "playlist written through the API");
     Ok(
@@ -150,6 +162,7 @@ pub async fn delete(
     Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let path = file_of(&s, &id)?;
+    store_takes_writes(&s).await?;
     if !path.exists() {
         return Err(ApiError::not_found(format!(
             "no playlist file {}",

@@ -121,6 +121,7 @@ pub async fn upload(
     {
         return Err(too_large(limit));
     }
+    s.store.bulk_ok().map_err(ApiError::store)?;
     let folder = dir(&s.cfg.data_dir);
     tokio::fs::create_dir_all(&folder)
         .await
@@ -186,11 +187,9 @@ async fn receive(body: Body, file: &Path, limit: u64) -> Result<u64, ApiError> {
         }
         out.write_all(&chunk)
             .await
-            .map_err(|e| ApiError::internal(format!("{}: {e}", file.display())))?;
+            .map_err(|e| ApiError::io(file, &e))?;
     }
-    out.flush()
-        .await
-        .map_err(|e| ApiError::internal(format!("{}: {e}", file.display())))?;
+    out.flush().await.map_err(|e| ApiError::io(file, &e))?;
     Ok(n)
 }
 

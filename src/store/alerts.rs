@@ -89,7 +89,9 @@ impl Store {
         status: &str,
         starts_at: Option<DateTime<Utc>>,
     ) -> Result<(), StoreError> {
-        self.conn().execute(
+        // The emergency path: written in the disk reserve when the disk is full.
+        self.priority(|conn| {
+        conn.execute(
             &format!(
                 "INSERT INTO alerts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8, NULL, NULL, ?9)"
             ),
@@ -106,19 +108,22 @@ impl Store {
             ],
         )?;
         Ok(())
+        })
     }
 
     /// Records that an Update or Cancel ended alert `id` before the alert itself arrived (a
     /// feed read newest first): status `ended`, cleared; the alert, when it comes, is not
     /// raised. Nothing changes when the alert is known.
     pub fn tombstone_alert(&self, id: &str, at: DateTime<Utc>, by: &str) -> Result<(), StoreError> {
-        self.conn().execute(
-            &format!(
-                "INSERT OR IGNORE INTO alerts ({COLUMNS}) VALUES (?1, '\"all\"', 'minor', '{{}}', ?2, ?2, ?3, ?2, ?3, 'ended', NULL, NULL, NULL)"
-            ),
-            params![id, ts(at), by],
-        )?;
-        Ok(())
+        self.priority(|conn| {
+            conn.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO alerts ({COLUMNS}) VALUES (?1, '\"all\"', 'minor', '{{}}', ?2, ?2, ?3, ?2, ?3, 'ended', NULL, NULL, NULL)"
+                ),
+                params![id, ts(at), by],
+            )?;
+            Ok(())
+        })
     }
 
     /// Marks a pending alert approved and live, with its new times. Returns whether it changed.
@@ -129,11 +134,11 @@ impl Store {
         issued_at: DateTime<Utc>,
         expires_at: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
+        let n = self.priority(|conn| Ok(conn.execute(
             "UPDATE alerts SET status = 'live', approved_by = ?2, approved_at = ?3, issued_at = ?3, expires_at = ?4
              WHERE id = ?1 AND status = 'pending' AND cleared_at IS NULL",
             params![id, by, ts(issued_at), ts(expires_at)],
-        )?;
+        )?))?;
         Ok(n > 0)
     }
 
@@ -157,19 +162,19 @@ impl Store {
 
     /// A scheduled alert has started: status `live`. Returns whether it changed.
     pub fn start_alert(&self, id: &str) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
+        let n = self.priority(|conn| Ok(conn.execute(
             "UPDATE alerts SET status = 'live' WHERE id = ?1 AND status = 'scheduled' AND cleared_at IS NULL",
             params![id],
-        )?;
+        )?))?;
         Ok(n > 0)
     }
 
     /// Marks an alert cleared (once: later calls change nothing). Returns whether it changed.
     pub fn clear_alert(&self, id: &str, at: DateTime<Utc>, by: &str) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
+        let n = self.priority(|conn| Ok(conn.execute(
             "UPDATE alerts SET cleared_at = ?2, cleared_by = ?3 WHERE id = ?1 AND cleared_at IS NULL",
             params![id, ts(at), by],
-        )?;
+        )?))?;
         Ok(n > 0)
     }
 

@@ -71,26 +71,28 @@ impl Store {
         target: &str,
         detail: &serde_json::Value,
     ) -> Result<(u64, String), StoreError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let (last_seq, prev): (u64, String) = tx
-            .query_row(
-                "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                [],
-                |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
-            )
-            .unwrap_or((0, GENESIS.to_owned()));
-        let seq = last_seq + 1;
-        let at = ts(at);
-        let detail = detail.to_string();
-        let hash = entry_hash(&prev, seq, &at, actor, action, target, &detail);
-        tx.execute(
-            "INSERT INTO audit (seq, at, actor, action, target, detail, prev_hash, hash)
+        // The emergency path: written in the disk reserve when the disk is full.
+        self.priority(|conn| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let (last_seq, prev): (u64, String) = tx
+                .query_row(
+                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+                    [],
+                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+                )
+                .unwrap_or((0, GENESIS.to_owned()));
+            let seq = last_seq + 1;
+            let at = ts(at);
+            let detail = detail.to_string();
+            let hash = entry_hash(&prev, seq, &at, actor, action, target, &detail);
+            tx.execute(
+                "INSERT INTO audit (seq, at, actor, action, target, detail, prev_hash, hash)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![seq as i64, at, actor, action, target, detail, prev, hash],
-        )?;
-        tx.commit()?;
-        Ok((seq, hash))
+                params![seq as i64, at, actor, action, target, detail, prev, hash],
+            )?;
+            tx.commit()?;
+            Ok((seq, hash))
+        })
     }
 
     /// The hash of entry `seq`, if it exists.

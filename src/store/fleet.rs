@@ -130,6 +130,7 @@ impl Store {
         now: DateTime<Utc>,
         skew_ms: Option<i64>,
     ) -> Result<(), StoreError> {
+        self.bulk_ok()?;
         let conn = self.conn();
         let was: Option<bool> = conn
             .query_row(
@@ -179,6 +180,7 @@ impl Store {
         events: &[Event],
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
+        self.bulk_ok()?;
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let mut new = 0;
@@ -291,6 +293,7 @@ impl Store {
 
     /// Records that two agent processes were seen taking turns reporting for `id` at `now`.
     pub fn flag_conflict(&self, id: &str, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.bulk_ok()?;
         self.conn().execute(
             "UPDATE displays SET conflict_at = ?2 WHERE id = ?1",
             params![id, ts(now)],
@@ -335,6 +338,7 @@ impl Store {
 
     /// Keeps `mark` as display `id`'s last accepted status (after [`Store::record_status`]).
     pub fn set_status_mark(&self, id: &str, mark: &StatusMark) -> Result<(), StoreError> {
+        self.bulk_ok()?;
         self.conn().execute(
             "UPDATE displays SET status_issued_at = ?2, status_started_at = ?3, status_connection = ?4,
                  will_taken = ?5 WHERE id = ?1",

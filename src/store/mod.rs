@@ -11,8 +11,9 @@ pub mod fleet;
 pub mod registry;
 pub mod sms;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
 use rusqlite::{Connection, OptionalExtension, params};
@@ -28,6 +29,24 @@ pub enum StoreError {
         "database schema version {0} is newer than this marquee understands ({1}); upgrade marquee"
     )]
     TooNew(i64, i64),
+    /// The data disk is (nearly) full: what is left is kept for alerts and the audit.
+    #[error(
+        "the data disk of {0} is full: what is left is kept for alerts and the audit ([server] disk_reserve_kib), so this write was refused; free space there (bulk writes resume by themselves)"
+    )]
+    DiskFull(String),
+}
+
+impl StoreError {
+    /// Whether this failed for want of disk space (ours, or SQLite's `SQLITE_FULL`).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::DiskFull(_) => true,
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
+                e.code == rusqlite::ErrorCode::DiskFull
+            }
+            _ => false,
+        }
+    }
 }
 
 const MIGRATIONS: &[&str] = &[
@@ -326,12 +345,142 @@ pub struct Store {
     /// lists, exports), so that counting a million rows never holds up the dispatcher's claims.
     /// `None` in memory.
     read: Option<Mutex<Connection>>,
+    /// Disk space held back for alerts and the audit; `None` in memory or when disabled.
+    reserve: Option<Reserve>,
+}
+
+/// A file of zeros (`{data_dir}/reserve`, allocated, not sparse) that holds back disk space.
+/// Bulk writes (agent reports, list imports, uploads, SMS claims, delivery reports and
+/// replies, playlist saves) are refused with [`StoreError::DiskFull`] once the disk has less
+/// free space than the reserve's size. When something else fills the disk and a write of the
+/// emergency path (an alert, a publication, the audit) fails for want of space, the file is
+/// deleted and the write tried again in the space it held; bulk writes stay refused until the
+/// disk has room for the reserve twice and it is allocated again ([`Store::refill_reserve`]).
+struct Reserve {
+    path: PathBuf,
+    bytes: u64,
+    /// Released (or never allocated): bulk writes are refused.
+    in_use: AtomicBool,
+}
+
+/// Bytes an unprivileged process may still write on the file system of `dir`.
+fn free_space(dir: &Path) -> Option<u64> {
+    rustix::fs::statvfs(dir)
+        .ok()
+        .map(|s| s.f_bavail.saturating_mul(s.f_frsize))
+}
+
+impl Reserve {
+    /// Allocates the file (`fallocate`, so the blocks are really taken). `true` when it holds.
+    fn allocate(&self) -> bool {
+        let done = (|| -> std::io::Result<()> {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&self.path)?;
+            rustix::fs::fallocate(&f, rustix::fs::FallocateFlags::empty(), 0, self.bytes)?;
+            f.sync_all()
+        })();
+        match done {
+            Ok(()) => true,
+            Err(e) => {
+                let _ = std::fs::remove_file(&self.path);
+                tracing::warn!(file = %self.path.display(), bytes = self.bytes, error = %e, "cannot allocate the disk reserve");
+                false
+            }
+        }
+    }
 }
 
 impl Store {
+    /// Holds back `bytes` of the disk at `dir` for alerts and the audit (see [`Reserve`]); 0
+    /// keeps none. If the disk is already too full for it, bulk writes are refused from the
+    /// start (and [`Store::refill_reserve`] retries).
+    pub fn keep_reserve(mut self, dir: &Path, bytes: u64) -> Store {
+        if bytes == 0 {
+            let _ = std::fs::remove_file(dir.join("reserve"));
+            return self;
+        }
+        let r = Reserve {
+            path: dir.join("reserve"),
+            bytes,
+            in_use: AtomicBool::new(false),
+        };
+        if !r.allocate() {
+            tracing::error!(dir = %dir.display(), "the data disk is too full for its reserve: bulk writes are refused until space is freed");
+            r.in_use.store(true, Ordering::SeqCst);
+        }
+        self.reserve = Some(r);
+        self
+    }
+
+    /// Whether the reserve is released (the disk filled up): bulk writes are being refused.
+    pub fn reserve_in_use(&self) -> bool {
+        self.reserve
+            .as_ref()
+            .is_some_and(|r| r.in_use.load(Ordering::SeqCst))
+    }
+
+    /// `Err(DiskFull)` while the reserve is in use, or while the disk has less free space than
+    /// the reserve's size (so bulk work stops short of the reserve, and what is free stays for
+    /// the emergency path too): called first by every bulk write. One `statvfs`.
+    pub fn bulk_ok(&self) -> Result<(), StoreError> {
+        let Some(r) = &self.reserve else {
+            return Ok(());
+        };
+        let dir = r.path.parent().unwrap_or(Path::new("."));
+        if r.in_use.load(Ordering::SeqCst) || free_space(dir).is_some_and(|f| f < r.bytes) {
+            return Err(StoreError::DiskFull(dir.display().to_string()));
+        }
+        Ok(())
+    }
+
+    /// Gives the reserve up (once): `true` when space was freed by this call.
+    fn release_reserve(&self) -> bool {
+        let Some(r) = &self.reserve else { return false };
+        if r.in_use.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        let freed = std::fs::remove_file(&r.path).is_ok();
+        tracing::error!(file = %r.path.display(), bytes = r.bytes, "the data disk is full: released its reserve for alerts and the audit; bulk writes are refused until space is freed");
+        freed
+    }
+
+    /// Allocates the reserve again once the disk has room for twice its size; `true` when the
+    /// store takes bulk writes again. Called periodically by the daemon.
+    pub fn refill_reserve(&self) -> bool {
+        let Some(r) = &self.reserve else { return true };
+        if !r.in_use.load(Ordering::SeqCst) {
+            return true;
+        }
+        let dir = r.path.parent().unwrap_or(Path::new("."));
+        let free = free_space(dir).unwrap_or(0);
+        if free < r.bytes.saturating_mul(2) || !r.allocate() {
+            return false;
+        }
+        r.in_use.store(false, Ordering::SeqCst);
+        tracing::info!(file = %r.path.display(), "disk space is back: the reserve is held again and bulk writes are taken");
+        true
+    }
+
+    /// Runs a write of the emergency path (alerts, their publication, the audit) on the main
+    /// connection: when it fails for a full disk, the reserve is released and it runs again.
+    fn priority<T>(
+        &self,
+        mut f: impl FnMut(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut conn = self.conn();
+        match f(&mut conn) {
+            Err(e) if e.is_disk_full() && self.release_reserve() => f(&mut conn),
+            r => r,
+        }
+    }
+
     /// Writes (and syncs) the readiness row: fails when the store cannot take writes (disk full,
     /// read-only file system, database locked for longer than the busy timeout).
     pub fn probe_write(&self, now: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+        self.bulk_ok()?;
         self.conn().execute(
             "INSERT OR REPLACE INTO readiness (id, at) VALUES (1, ?1)",
             [now.to_rfc3339()],
@@ -364,6 +513,7 @@ impl Store {
             conn: Mutex::new(migrate(conn, MIGRATIONS)?),
             sms: None,
             read: None,
+            reserve: None,
         })
     }
 
@@ -410,30 +560,31 @@ impl Store {
     /// Records a publication. Refuses (returns `false`) a version not above the stored one, so
     /// versions can only grow.
     pub fn record_published(&self, p: &Published) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        let held: Option<i64> = conn
-            .query_row(
-                "SELECT version FROM published WHERE topic = ?1",
-                [&p.topic],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if held.is_some_and(|h| h as u64 >= p.version) && !p.payload.is_empty() {
-            return Ok(false);
-        }
-        conn.execute(
-            "INSERT INTO published (topic, version, payload, body, issued_at) VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT(topic) DO UPDATE SET version = excluded.version, payload = excluded.payload,
-                 body = excluded.body, issued_at = excluded.issued_at",
-            params![
-                p.topic,
-                p.version as i64,
-                p.payload,
-                p.body,
-                p.issued_at.to_rfc3339()
-            ],
-        )?;
-        Ok(true)
+        self.priority(|conn| {
+            let held: Option<i64> = conn
+                .query_row(
+                    "SELECT version FROM published WHERE topic = ?1",
+                    [&p.topic],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if held.is_some_and(|h| h as u64 >= p.version) && !p.payload.is_empty() {
+                return Ok(false);
+            }
+            conn.execute(
+                "INSERT INTO published (topic, version, payload, body, issued_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(topic) DO UPDATE SET version = excluded.version, payload = excluded.payload,
+                     body = excluded.body, issued_at = excluded.issued_at",
+                params![
+                    p.topic,
+                    p.version as i64,
+                    p.payload,
+                    p.body,
+                    p.issued_at.to_rfc3339()
+                ],
+            )?;
+            Ok(true)
+        })
     }
 }
 
@@ -489,6 +640,34 @@ mod tests {
     }
 
     #[test]
+    fn the_reserve_is_held_released_once_and_taken_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("m.db"))
+            .unwrap()
+            .keep_reserve(dir.path(), 64 * 1024);
+        let file = dir.path().join("reserve");
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 64 * 1024);
+        assert!(s.bulk_ok().is_ok() && !s.reserve_in_use());
+        assert!(s.release_reserve(), "the first release frees the space");
+        assert!(!s.release_reserve(), "only once");
+        assert!(!file.exists() && s.reserve_in_use());
+        let e = s.bulk_ok().unwrap_err();
+        assert!(e.is_disk_full() && e.to_string().contains("alerts"), "{e}");
+        // Priority writes still go through; bulk ones are refused.
+        assert!(s.record_published(&p(1, b"a")).unwrap());
+        assert!(s.probe_write(Utc::now()).unwrap_err().is_disk_full());
+        // This disk has room: the reserve is allocated again and bulk writes resume.
+        assert!(s.refill_reserve());
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 64 * 1024);
+        assert!(s.bulk_ok().is_ok());
+        // 0 keeps none (and removes a reserve left by an earlier setting).
+        let s = Store::open(&dir.path().join("m.db"))
+            .unwrap()
+            .keep_reserve(dir.path(), 0);
+        assert!(!file.exists() && s.bulk_ok().is_ok() && s.refill_reserve());
+    }
+
+    #[test]
     fn good_playlists_are_replaced_as_a_whole() {
         let s = Store::memory().unwrap();
         s.set_good_playlists(&[("a".into(), "1".into()), ("b".into(), "2".into())])
@@ -524,6 +703,7 @@ mod tests {
             conn: Mutex::new(migrate(conn, MIGRATIONS).unwrap()),
             sms: None,
             read: None,
+            reserve: None,
         };
         let c = s.campaign(1).unwrap().unwrap();
         assert_eq!(

@@ -402,6 +402,7 @@ impl Store {
         messages: &[NewMessage],
         rejects: &[crate::sms::campaign::Reject],
     ) -> Result<i64, StoreError> {
+        self.bulk_ok()?;
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let id = insert_campaign(&tx, c, "draft", now)?;
@@ -417,6 +418,7 @@ impl Store {
     /// ([`Store::drop_importing`]). Each chunk is its own short transaction, so an alert or a
     /// delivery report never waits behind a large import.
     pub fn begin_import(&self, c: &NewCampaign<'_>, now: DateTime<Utc>) -> Result<i64, StoreError> {
+        self.bulk_ok()?;
         Ok(insert_campaign(&self.sms_conn(), c, "importing", now)?)
     }
 
@@ -428,6 +430,7 @@ impl Store {
         messages: &[NewMessage],
         rejects: &[crate::sms::campaign::Reject],
     ) -> Result<(), StoreError> {
+        self.bulk_ok()?;
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let parts = insert_messages(&tx, id, now, messages)?;
@@ -518,6 +521,7 @@ impl Store {
         next: Option<DateTime<Utc>>,
         now: DateTime<Utc>,
     ) -> Result<i64, StoreError> {
+        self.bulk_ok()?;
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let now_s = ts(now);
@@ -688,7 +692,7 @@ impl Store {
     /// claimed unless the campaign is `running`, so a pause or cancel holds from the moment it
     /// is committed. Opted-out numbers are cancelled on the way; numbers over the daily cap wait
     /// (`not_before`). `answers` (submit answers not yet stored) go into the same transaction,
-    /// before the claim.
+    /// before the claim. While the disk reserve is in use nothing is claimed.
     pub fn claim_batch(
         &self,
         campaign: i64,
@@ -698,6 +702,8 @@ impl Store {
         max: usize,
         answers: &[Finish],
     ) -> Result<Vec<Claimed>, StoreError> {
+        // A full disk (the reserve in use): answers are still stored, nothing new is claimed.
+        let max = if self.reserve_in_use() { 0 } else { max };
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let mut tally = Tally::default();
@@ -941,6 +947,7 @@ impl Store {
         raw: &str,
         now: DateTime<Utc>,
     ) -> Result<Option<(State, State)>, StoreError> {
+        self.bulk_ok()?;
         let r = ReportIn {
             id,
             gateway: gateway.to_owned(),
@@ -960,6 +967,7 @@ impl Store {
         reports: &[ReportIn],
         now: DateTime<Utc>,
     ) -> Result<Vec<Option<(State, State)>>, StoreError> {
+        self.bulk_ok()?;
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let now_s = ts(now);
@@ -1092,6 +1100,7 @@ impl Store {
         by: &str,
         now: DateTime<Utc>,
     ) -> Result<usize, StoreError> {
+        self.bulk_ok()?;
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let mut n = 0;

@@ -87,6 +87,16 @@ impl Site {
         std::fs::write(self.config(), cfg).unwrap();
     }
 
+    /// Adds `lines` (keys) to the `[server]` section.
+    pub fn server_keys(&self, lines: &str) {
+        let cfg = std::fs::read_to_string(self.config()).unwrap().replacen(
+            "[server]\n",
+            &format!("[server]\n{lines}\n"),
+            1,
+        );
+        std::fs::write(self.config(), cfg).unwrap();
+    }
+
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("marquee.toml")
     }
@@ -172,7 +182,7 @@ impl Daemon {
         let ready = d
             .wait_log("marquee ready", |v| v["message"] == "marquee ready")
             .await;
-        d.http = format!("http://{}", ready["http"].as_str().unwrap());
+        d.http = ready["api"].as_str().unwrap().to_owned();
         d
     }
 
@@ -499,63 +509,7 @@ impl Mosquitto {
     pub async fn start_tls() -> (Mosquitto, u16, PathBuf) {
         let dir = tempfile::tempdir().unwrap();
         let d = dir.path();
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(d)
-                .output()
-                .expect("openssl is missing");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=marquee-test-ca",
-        ]);
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        test_certs(d);
         let (port, tls_port) = (free_port(), free_port());
         let conf = format!(
             "user root\nallow_anonymous true\npersistence false\nlistener {port} 127.0.0.1\nlistener {tls_port} 127.0.0.1\n\
@@ -675,6 +629,68 @@ pub fn unregistered_agent_config(
     )
     .unwrap();
     path
+}
+
+/// Writes a test CA (`ca.pem`, `ca.key`) and a server certificate for 127.0.0.1 signed by it
+/// (`server.pem`, `server.key`) into `d`, with openssl.
+pub fn test_certs(d: &Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(d)
+            .output()
+            .expect("openssl is missing");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=marquee-test-ca",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(d.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
 }
 
 /// A running `marquee agent` with its frames (stdout, jsonl) and log (stderr, JSON).

@@ -6,7 +6,7 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{Daemon, Site, eventually, free_port, repo};
+use crate::harness::{DEADLINE, Daemon, Site, eventually, free_port, repo};
 
 fn fixture(name: &str) -> Vec<u8> {
     std::fs::read(repo().join("tests/fixtures/lists").join(name)).unwrap()
@@ -706,4 +706,73 @@ async fn numbers_are_masked_below_operator() {
     assert_eq!(o["optouts"][0]["number"], "+86139****9000", "{o}");
     let (_, o) = d.get("/api/v1/optouts", Some(&admin)).await;
     assert_eq!(o["optouts"][0]["number"], "+8613900139000", "{o}");
+}
+
+#[tokio::test]
+async fn an_alert_raised_during_a_large_import_is_not_held_up_by_it() {
+    let site = site("");
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    // 150,000 numbers: an import that runs for seconds, in chunks.
+    let mut csv = String::from("phone\n");
+    for i in 0..150_000u32 {
+        csv.push_str(&format!("+86138{:08}\n", 10_000_000 + i));
+    }
+    let (status, up) = upload(&d, &token, csv.into_bytes(), "").await;
+    assert_eq!(status, 201, "{up}");
+    let (http, t) = (d.http.clone(), token.clone());
+    let import = tokio::spawn(async move {
+        let r = marquee::http_client()
+            .build()
+            .unwrap()
+            .post(format!("{http}/api/v1/campaigns"))
+            .bearer_auth(&t)
+            .json(&json!({"name": "big", "text": "open day", "recipients_upload": up["upload"]}))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap())
+    });
+    // Once the import is under way, alerts are raised; each answers at once, while the import
+    // is still running (it was not waited for).
+    let importing = || async {
+        let (_, list) = d.get("/api/v1/campaigns", Some(&token)).await;
+        list["campaigns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|c| c["status"] == "importing")
+    };
+    let start = std::time::Instant::now();
+    while !importing().await {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the import never showed as importing"
+        );
+        assert!(!import.is_finished(), "the import ended before it was seen");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    for n in 0..3 {
+        let asked = std::time::Instant::now();
+        let (status, v) = post(
+            &d,
+            &token,
+            "/api/v1/alerts",
+            json!({"severity": "extreme", "text": {"en": format!("drill {n}")}, "expires_in": "10m"}),
+        )
+        .await;
+        let took = asked.elapsed();
+        assert_eq!(status, 201, "{v}");
+        assert!(
+            importing().await,
+            "alert {n} was answered only after the import had finished ({took:?})"
+        );
+        assert!(
+            took < std::time::Duration::from_secs(1),
+            "alert {n} took {took:?}"
+        );
+    }
+    let (status, body) = import.await.unwrap();
+    assert_eq!(status, 201, "{body}");
 }

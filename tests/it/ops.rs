@@ -134,12 +134,7 @@ async fn rotating_the_key_under_running_agents_leaves_no_screen_on_its_fallback(
 async fn idle_http_clients_cannot_starve_the_api_or_the_broker() {
     let port = free_port();
     let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
-    let cfg = std::fs::read_to_string(site.config()).unwrap().replacen(
-        "[server]\n",
-        "[server]\nheader_timeout = \"5s\"\n",
-        1,
-    );
-    std::fs::write(site.config(), cfg).unwrap();
+    site.server_keys("header_timeout = \"5s\"");
     // 1,024 open files, as on many hosts: the default cap (half) keeps the rest for the
     // embedded broker and the database.
     let d = Daemon::start_with_nofile(&site, 1024).await;
@@ -269,4 +264,257 @@ async fn a_daemon_on_an_old_database_continues_above_what_screens_hold() {
     agent
         .frame("the alert after the restore", |v| text_of(v) == "drill two")
         .await;
+}
+
+/// A tmpfs mounted for one test, unmounted when dropped (the tests run as root, as CI does).
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &std::path::Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(at).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mounting a {size} tmpfs needs root (as scripts/test runs): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Tmpfs(at.to_owned())
+    }
+
+    fn free(&self) -> u64 {
+        let s = rustix::fs::statvfs(&self.0).unwrap();
+        s.f_bavail * s.f_frsize
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test]
+async fn a_full_data_disk_still_takes_an_alert_and_refuses_the_playlist_save() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    site.server_keys("disk_reserve_kib = 256");
+    // The data directory is a 2 MB disk of its own; the playlists and the agent are elsewhere.
+    let disk = Tmpfs::mount(&site.dir.path().join("data"), "2m");
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    assert_eq!(
+        std::fs::metadata(site.dir.path().join("data/reserve"))
+            .unwrap()
+            .len(),
+        256 * 1024
+    );
+    let mut agent = AgentProc::start(&agent_config(&d, &site, "lobby-full-1", "lobby", port), &[]);
+    agent.frame("a timeline", |v| v["kind"] == "timeline").await;
+
+    // Another display's reports fill the disk (batches of events with long reasons) until the
+    // daemon refuses bulk writes: less free space than the reserve's size.
+    let keys = register(&d, &site, "filler-1", "lobby");
+    let sub = Sub::connect(port, "marquee/v1/agent/filler-1/ack").await;
+    let topic = "marquee/v1/agent/filler-1/events";
+    let reason = "x".repeat(900);
+    let mut seq = 0u64;
+    let start = std::time::Instant::now();
+    while d.metric(&token, "marquee_disk_bulk_refused").await != 1.0 {
+        assert!(
+            start.elapsed() < DEADLINE * 3,
+            "bulk writes were never refused ({} bytes free)",
+            disk.free()
+        );
+        let events: Vec<Value> = (0..40)
+            .map(|_| {
+                seq += 1;
+                serde_json::json!({"id": format!("filler-1:fill:{seq}"), "at": chrono::Utc::now(),
+                    "kind": "refused", "topic": "x", "reason": reason})
+            })
+            .collect();
+        let batch: marquee::wire::agent::EventBatch = serde_json::from_value(
+            serde_json::json!({"display": "filler-1", "outbox": "fill", "upto": seq, "events": events}),
+        )
+        .unwrap();
+        sub.client
+            .publish(
+                topic,
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                sign_report(&keys, topic, marquee::wire::Signed::Events(batch)),
+            )
+            .await
+            .unwrap();
+    }
+    let left = disk.free();
+    assert!(left < 256 * 1024, "{left} bytes free");
+    // Then something else on that disk (a log, another program) takes the rest.
+    let mut hog = std::fs::File::create(site.dir.path().join("data/hog")).unwrap();
+    let block = vec![0u8; 4096];
+    while std::io::Write::write_all(&mut hog, &block).is_ok() {}
+    drop(hog);
+    assert_eq!(disk.free(), 0);
+
+    // A playlist save is refused, and says why (nothing written, nothing audited).
+    let playlist: Value = serde_json::from_str(&interrupt("never saved")).unwrap();
+    let (status, body) = d
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/playlists/test-lobby",
+            Some(&token),
+            Some(playlist.clone()),
+        )
+        .await;
+    assert_eq!(status, 507, "{body}");
+    assert_eq!(body["error"]["code"], "disk_full", "{body}");
+    // An alert still goes out, and the screen shows it.
+    let out = d.cli(
+        &token,
+        &[
+            "alert",
+            "raise",
+            "--en",
+            "full disk drill",
+            "--expires-in",
+            "10m",
+        ],
+    );
+    assert!(out.contains("alert-"), "{out}");
+    agent
+        .frame("the alert", |v| text_of(v) == "full disk drill")
+        .await;
+    // The alert was written in the reserve's space; the store says so: not ready, the reserve
+    // in use, a second save refused as well.
+    assert!(!site.dir.path().join("data/reserve").exists());
+    let (status, ready) = d.get("/readyz", None).await;
+    assert_eq!(status, 503, "{ready}");
+    assert!(ready["store"].as_str().unwrap().contains("disk"), "{ready}");
+    let start = std::time::Instant::now();
+    while d.metric(&token, "marquee_disk_reserve_in_use").await != 1.0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the reserve metric never said so"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let (status, _) = d
+        .send(
+            reqwest::Method::PUT,
+            "/api/v1/playlists/test-lobby",
+            Some(&token),
+            Some(playlist),
+        )
+        .await;
+    assert_eq!(status, 507);
+    assert!(!agent.shown(|v| text_of(v).starts_with("never saved")));
+    // The audit log has the alert and verifies.
+    let (_, audit) = d.get("/api/v1/audit", Some(&token)).await;
+    assert!(
+        audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "alert.raise"),
+        "{audit}"
+    );
+    assert!(
+        !audit["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "playlist.put"),
+        "{audit}"
+    );
+    drop(agent);
+    d.stop().await;
+    drop(disk);
+}
+
+#[tokio::test]
+async fn the_api_speaks_tls_with_the_configured_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    test_certs(certs.path());
+    let site = Site::new(&format!("listen = \"127.0.0.1:{}\"", free_port()), "");
+    let (cert, key) = (
+        certs.path().join("server.pem"),
+        certs.path().join("server.key"),
+    );
+    site.server_keys(&format!(
+        "tls_cert_file = {:?}\ntls_key_file = {:?}",
+        cert.display().to_string(),
+        key.display().to_string()
+    ));
+    let d = Daemon::start(&site).await;
+    assert!(d.http.starts_with("https://127.0.0.1:"), "{}", d.http);
+    let token = site.admin_token();
+    // A client that trusts the office's CA: the API answers, over TLS only.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(certs.path().join("ca.pem")).unwrap())
+        .unwrap();
+    let client = marquee::http_client()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let r = client
+        .get(format!("{}/api/v1/displays", d.http))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-content-type-options"],
+        "nosniff",
+        "security headers over TLS too"
+    );
+    // A client that does not trust it is refused at the handshake; plain HTTP gets no answer.
+    let untrusting = marquee::http_client().build().unwrap();
+    let e = untrusting
+        .get(format!("{}/healthz", d.http))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(e.is_connect(), "{e:?}");
+    let plain = d.http.replacen("https://", "http://", 1);
+    assert!(
+        marquee::http_client()
+            .build()
+            .unwrap()
+            .get(format!("{plain}/healthz"))
+            .send()
+            .await
+            .is_err(),
+        "plain HTTP on the TLS port"
+    );
+    // The CLI reaches it with --ca-file.
+    let out = std::process::Command::new(bin())
+        .args(["displays", "--url", &d.http, "--token", &token, "--ca-file"])
+        .arg(certs.path().join("ca.pem"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A key that does not match the certificate is a configuration error naming both files.
+    let other = tempfile::tempdir().unwrap();
+    test_certs(other.path());
+    let bad = std::fs::read_to_string(site.config()).unwrap().replace(
+        &key.display().to_string(),
+        &other.path().join("server.key").display().to_string(),
+    );
+    std::fs::write(site.config(), bad).unwrap();
+    let out = run(&["check", "-c", site.config().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("server.tls_cert_file"), "{text}");
+    d.stop().await;
 }
