@@ -52,6 +52,8 @@ pub struct Metrics {
     pub reports_dropped: Family<Vec<(String, String)>, Counter>,
     /// SMS submits by gateway and answer.
     pub sms_submits: Family<Vec<(String, String)>, Counter>,
+    /// 1 while a gateway is out of rotation for an account error, by gateway.
+    pub sms_gateway_out: Family<Vec<(String, String)>, Gauge>,
     /// SMS delivery reports stored.
     pub sms_reports: Counter,
     /// Unix time of each CAP feed's last successful read, by feed URL.
@@ -63,8 +65,18 @@ pub struct Metrics {
 impl Metrics {
     /// The submit counters of one gateway, by answer: accepted, transient, permanent, lost
     /// (looked up once, so counting a submit allocates nothing).
-    pub fn sms_submit_counters(&self, gateway: &str) -> [Counter; 4] {
-        ["accepted", "transient", "permanent", "lost"].map(|result| {
+    pub fn sms_submit_counters(&self, gateway: &str) -> [Counter; 8] {
+        [
+            "accepted",
+            "transient",
+            "permanent",
+            "lost",
+            "deferred",
+            "opted_out",
+            "config",
+            "account",
+        ]
+        .map(|result| {
             self.sms_submits
                 .get_or_create(&vec![
                     ("gateway".to_owned(), gateway.to_owned()),
@@ -72,6 +84,13 @@ impl Metrics {
                 ])
                 .clone()
         })
+    }
+
+    /// The gauge saying whether `gateway` is out of rotation (an account error).
+    pub fn sms_gateway_out_of_rotation(&self, gateway: &str) -> Gauge {
+        self.sms_gateway_out
+            .get_or_create(&vec![("gateway".to_owned(), gateway.to_owned())])
+            .clone()
     }
 
     /// Renders the Prometheus text exposition format.
@@ -159,8 +178,13 @@ impl Metrics {
         );
         r.register(
             "sms_submits",
-            "SMS submits by gateway and answer (accepted, transient, permanent, lost)",
+            "SMS submits by gateway and answer (accepted, transient, permanent, lost, deferred, opted_out, config, account)",
             self.sms_submits.clone(),
+        );
+        r.register(
+            "sms_gateway_out_of_rotation",
+            "1 while the gateway is out of rotation because its account cannot send (balance, credentials, quota)",
+            self.sms_gateway_out.clone(),
         );
         r.register(
             "sms_reports",

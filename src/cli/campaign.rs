@@ -16,8 +16,16 @@ pub struct CreateArgs {
     #[arg(long)]
     pub name: String,
     /// Text (template: {{column}} from the CSV), default language.
+    #[arg(
+        long,
+        required_unless_present = "template",
+        conflicts_with = "template"
+    )]
+    pub text: Option<String>,
+    /// An approved template ([[sms.templates]] name) instead of --text: its {{variables}}
+    /// come from the list's columns; only gateways that have it send it.
     #[arg(long)]
-    pub text: String,
+    pub template: Option<String>,
     /// English text, for recipients whose lang column is "en".
     #[arg(long = "text-en")]
     pub text_en: Option<String>,
@@ -97,7 +105,12 @@ pub async fn rejects(api: &ApiClient, id: i64, out: Option<&Path>) -> anyhow::Re
 
 /// `marquee campaign create`: prints the id, the cost estimate and every rejected row.
 pub async fn create(api: &ApiClient, a: CreateArgs) -> anyhow::Result<String> {
-    let mut body = json!({"name": a.name, "text": a.text});
+    let mut body = json!({"name": a.name});
+    match (a.text, a.template) {
+        (_, Some(t)) => body["template"] = json!(t),
+        (Some(t), None) => body["text"] = json!(t),
+        (None, None) => anyhow::bail!("give --text or --template"),
+    }
     if let Some(en) = a.text_en {
         body["texts"] = json!({"en": en});
     }

@@ -70,6 +70,17 @@ pub enum Submit {
     Permanent,
     /// The request may have gone out but no answer came (timeout, connection reset).
     Lost,
+    /// Not now for this number (the provider's per-number hourly or daily limit, marketing
+    /// hours): queued again for later, on the same gateway; nothing is wrong with the gateway.
+    Defer,
+    /// The provider has the number on its block list: cancelled, and the number joins ours.
+    OptedOut,
+    /// The campaign cannot be sent as configured (template or signature not approved,
+    /// parameters refused): queued again, and the campaign pauses with the reason.
+    Config,
+    /// The gateway's account cannot send (balance, credentials, quota, source IP): queued
+    /// again, and the gateway leaves rotation for a while.
+    Account,
 }
 
 /// What a delivery report says.
@@ -108,9 +119,10 @@ pub fn on_submit(s: State, answer: &Submit) -> State {
             State::Submitting | State::Unknown => State::Sent,
             other => other,
         },
-        Submit::Transient => State::Queued,
+        Submit::Transient | Submit::Defer | Submit::Config | Submit::Account => State::Queued,
         Submit::Permanent => State::Rejected,
         Submit::Lost => State::Unknown,
+        Submit::OptedOut => State::Cancelled,
     }
 }
 

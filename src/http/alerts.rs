@@ -65,6 +65,11 @@ pub struct AlertSms {
     /// lang is en).
     #[serde(default)]
     pub text: Option<String>,
+    /// An approved template (`[[sms.templates]]`) instead of a text, for gateways that send
+    /// only templates; its variables come from the list's columns. Refused at creation when
+    /// no gateway has it.
+    #[serde(default)]
+    pub template: Option<String>,
     /// Gateways in failover order (default: all configured).
     #[serde(default)]
     pub gateways: Vec<String>,
@@ -72,9 +77,10 @@ pub struct AlertSms {
 
 /// The campaign request for an alert's SMS part.
 fn sms_request(alert: &Alert, sms: &AlertSms) -> crate::sms::campaign::CreateRequest {
-    let (text, texts) = match &sms.text {
-        Some(t) => (t.clone(), BTreeMap::new()),
-        None => {
+    let (text, texts) = match (&sms.text, &sms.template) {
+        (_, Some(_)) => (sms.text.clone().unwrap_or_default(), BTreeMap::new()),
+        (Some(t), None) => (t.clone(), BTreeMap::new()),
+        (None, None) => {
             let main = alert
                 .text
                 .get("zh")
@@ -93,6 +99,7 @@ fn sms_request(alert: &Alert, sms: &AlertSms) -> crate::sms::campaign::CreateReq
     crate::sms::campaign::CreateRequest {
         name: format!("alert {}", alert.id),
         text,
+        template: sms.template.clone(),
         texts,
         sender: None,
         recipients: sms.recipients.clone(),

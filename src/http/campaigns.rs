@@ -9,7 +9,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -45,7 +45,7 @@ fn campaign_json(c: &CampaignRow) -> Value {
     json!({
         "id": c.id, "name": c.name, "status": c.status, "spec": c.spec,
         "start_at": c.start_at, "created_by": c.created_by, "created_at": c.created_at,
-        "alert": c.alert, "approved_by": c.approved_by, "approved_at": c.approved_at,
+        "alert": c.alert, "approved_by": c.approved_by, "approved_at": c.approved_at, "paused_reason": c.paused_reason,
         "started_at": c.started_at, "finished_at": c.finished_at,
         "counts": c.counts, "segments": c.segments,
         "progress": {"total": total, "pending": pending, "done": total - pending},
@@ -527,38 +527,13 @@ const MESSAGE_COLUMNS: [&str; 14] = [
     "updated_at",
 ];
 
-fn flatten_json(v: &Value, out: &mut BTreeMap<String, String>) {
-    if let Value::Object(o) = v {
-        for (k, x) in o {
-            match x {
-                Value::String(s) => {
-                    out.insert(k.clone(), s.clone());
-                }
-                Value::Number(n) => {
-                    out.insert(k.clone(), n.to_string());
-                }
-                Value::Bool(b) => {
-                    out.insert(k.clone(), b.to_string());
-                }
-                _ => {}
-            }
-        }
-    }
-}
-
-/// `GET|POST /api/v1/sms/dlr/{gateway}?secret=…&id=…`: a delivery report. Fields come from
-/// the query, a form body or a JSON object body.
-#[utoipa::path(method(get, post), path = "/api/v1/sms/dlr/{gateway}", tag = "sms", params(("gateway" = String, Path, description = "gateway name"), ("secret" = String, Query, description = "the delivery-report secret of the gateway"), ("id" = i64, Query, description = "our message id")), responses((status = 200, description = "stored; the new state of the message"), (status = 403, description = "bad secret"), (status = 404, description = "no such message sent through that gateway")))]
-pub async fn dlr(
-    State(s): State<Arc<AppState>>,
-    Path(gateway): Path<String>,
-    uri: axum::http::Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let Some(g) = s.cfg.sms.gateway(&gateway) else {
-        return Err(ApiError::not_found(format!("no gateway {gateway:?}")));
-    };
+/// The fields of a callback: its query, then a form body or a JSON object body (top-level
+/// strings, numbers and booleans).
+pub(crate) fn callback_fields(
+    uri: &axum::http::Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<BTreeMap<String, String>, ApiError> {
     let mut fields: BTreeMap<String, String> =
         url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
             .into_owned()
@@ -568,12 +543,46 @@ pub async fn dlr(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
     if ctype.starts_with("application/json") {
-        let v: Value = serde_json::from_slice(&body)
+        let v: Value = serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_field("body", format!("not JSON: {e}")))?;
-        flatten_json(&v, &mut fields);
+        if let Value::Object(o) = v {
+            for (k, x) in o {
+                let v = match x {
+                    Value::String(s) => s,
+                    Value::Number(n) => n.to_string(),
+                    Value::Bool(b) => b.to_string(),
+                    _ => continue,
+                };
+                fields.insert(k, v);
+            }
+        }
     } else if ctype.starts_with("application/x-www-form-urlencoded") {
-        fields.extend(url::form_urlencoded::parse(&body).into_owned());
+        fields.extend(url::form_urlencoded::parse(body).into_owned());
     }
+    Ok(fields)
+}
+
+/// `GET|POST /api/v1/sms/dlr/{gateway}?secret=…&id=…`: a delivery report. Fields come from
+/// the query, a form body or a JSON object body. Gateways whose provider pushes JSON arrays
+/// to one account URL (Tencent, Aliyun) are matched by the provider's id and acknowledged as
+/// it expects ([`super::carrier::dlr_array`]).
+#[utoipa::path(method(get, post), path = "/api/v1/sms/dlr/{gateway}", tag = "sms", params(("gateway" = String, Path, description = "gateway name"), ("secret" = String, Query, description = "the delivery-report secret of the gateway"), ("id" = Option<i64>, Query, description = "our message id (not for array-pushing providers)")), responses((status = 200, description = "stored; the new state of the message, or the provider's acknowledgement"), (status = 400, description = "not a report"), (status = 403, description = "bad secret"), (status = 404, description = "no such message sent through that gateway"), (status = 503, description = "the store cannot take reports now: push again")))]
+pub async fn dlr(
+    State(s): State<Arc<AppState>>,
+    Path(gateway): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let Some(g) = s.cfg.sms.gateway(&gateway) else {
+        return Err(ApiError::not_found(format!("no gateway {gateway:?}")));
+    };
+    // Providers that push JSON arrays to one account URL, with their own ids.
+    if super::carrier::pushes_arrays(g) {
+        let g = super::carrier::authorised(&s, &gateway, &uri)?;
+        return super::carrier::dlr_array(&s, g, &body).await;
+    }
+    let mut fields = callback_fields(&uri, &headers, &body)?;
     let expected = g.dlr_secret.as_deref().unwrap_or("");
     let given = fields.get("secret").map(String::as_str).unwrap_or("");
     if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(given.as_bytes())) {
@@ -595,6 +604,7 @@ pub async fn dlr(
         .send((
             crate::store::sms::ReportIn {
                 id,
+                carrier_id: None,
                 gateway: gateway.clone(),
                 report: incoming.report,
                 code: incoming.code.clone(),
@@ -615,7 +625,7 @@ pub async fn dlr(
         )));
     };
     tracing::debug!(message = id, gateway = %gateway, code = %incoming.code, from = from.as_str(), to = to.as_str(), "delivery report");
-    Ok(Json(json!({"id": id, "state": to.as_str()})))
+    Ok(Json(json!({"id": id, "state": to.as_str()})).into_response())
 }
 
 /// `GET /api/v1/optouts`.

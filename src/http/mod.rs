@@ -7,6 +7,7 @@ pub mod api;
 pub mod auth;
 pub mod campaigns;
 pub mod cap_feed;
+pub mod carrier;
 pub mod error;
 pub mod headers;
 pub mod playlists;
@@ -132,6 +133,7 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(campaigns::approve))
         .routes(routes!(campaigns::action))
         .routes(routes!(campaigns::dlr))
+        .routes(routes!(carrier::mo))
         .routes(routes!(campaigns::remove_optout))
         .routes(routes!(campaigns::rejects))
         .routes(routes!(uploads::upload))

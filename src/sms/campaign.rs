@@ -22,8 +22,14 @@ use crate::store::sms::NewMessage;
 pub struct CreateRequest {
     /// Name shown in lists.
     pub name: String,
-    /// The text (template with `{{column}}` placeholders), in the default language.
+    /// The text (template with `{{column}}` placeholders), in the default language. Not with
+    /// `template`.
+    #[serde(default)]
     pub text: String,
+    /// An approved template (`[[sms.templates]]` name) instead of `text`: its `{{variables}}`
+    /// come from the list's columns, and only gateways that have it send it.
+    #[serde(default)]
+    pub template: Option<String>,
     /// Other languages: language → text, chosen by a recipient's `lang`.
     #[serde(default)]
     pub texts: BTreeMap<String, String>,
@@ -107,6 +113,9 @@ pub struct Spec {
     pub daily_cap: Option<u32>,
     /// The templates, for the record.
     pub text: String,
+    /// The approved template (`[[sms.templates]]`) the messages are sent as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template: Option<String>,
     /// Other languages.
     #[serde(default)]
     pub texts: BTreeMap<String, String>,
@@ -438,17 +447,111 @@ pub fn prepare_with(
             ),
         ));
     }
-    if req.text.trim().is_empty() {
-        return Err(invalid("text", "the text is empty"));
-    }
-    placeholders(&req.text).map_err(|e| invalid("text", e))?;
-    for t in req.texts.values() {
-        placeholders(t).map_err(|e| invalid("texts", e))?;
-    }
-    let gateways = if req.gateways.is_empty() {
-        cfg.gateways.iter().map(|g| g.name.clone()).collect()
+    let tpl = match &req.template {
+        None => None,
+        Some(name) => {
+            if !req.text.trim().is_empty() || !req.texts.is_empty() {
+                return Err(invalid(
+                    "template",
+                    "give text or template, not both (a template's approved text is what is sent)",
+                ));
+            }
+            Some(cfg.template(name).ok_or_else(|| {
+                invalid(
+                    "template",
+                    format!(
+                        "no template {name:?} in [[sms.templates]] (configured: {})",
+                        cfg.templates
+                            .iter()
+                            .map(|t| t.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                )
+            })?)
+        }
+    };
+    let main_text = match tpl {
+        Some(t) => t.text.clone(),
+        None => {
+            if req.text.trim().is_empty() {
+                return Err(invalid("text", "the text is empty"));
+            }
+            placeholders(&req.text).map_err(|e| invalid("text", e))?;
+            for t in req.texts.values() {
+                placeholders(t).map_err(|e| invalid("texts", e))?;
+            }
+            req.text.clone()
+        }
+    };
+    // Template-only gateways (Tencent, Aliyun, 云MAS) send a template they have an id for;
+    // free text goes only to gateways that send text. The default is every gateway that can.
+    let can = |g: &super::config::GatewayConfig| match tpl {
+        Some(t) => t.ids.contains_key(&g.name),
+        None => !g.kind.templates_only(),
+    };
+    let gateways: Vec<String> = if req.gateways.is_empty() {
+        cfg.gateways
+            .iter()
+            .filter(|g| can(g))
+            .map(|g| g.name.clone())
+            .collect()
     } else {
         req.gateways.clone()
+    };
+    for g in gateways.iter().filter_map(|g| cfg.gateway(g)) {
+        if !can(g) {
+            return Err(invalid(
+                "gateways",
+                match tpl {
+                    Some(t) => format!(
+                        "gateway {:?} has no id for template {:?} (its ids: {})",
+                        g.name,
+                        t.name,
+                        t.ids.keys().cloned().collect::<Vec<_>>().join(", ")
+                    ),
+                    None => format!(
+                        "gateway {:?} ({}) sends only approved templates: give a template",
+                        g.name,
+                        g.kind.name()
+                    ),
+                },
+            ));
+        }
+    }
+    if gateways.is_empty()
+        && let Some(t) = tpl
+    {
+        return Err(invalid(
+            "template",
+            format!("no configured gateway has an id for template {:?}", t.name),
+        ));
+    }
+    // Marketing texts go out only 08:00–22:00 (providers and MIIT rules).
+    let send_window = match (tpl.map(|t| t.category), req.send_window.clone()) {
+        (Some(super::config::Category::Marketing), None) => Some(WindowSpec {
+            from: "08:00".into(),
+            until: "22:00".into(),
+            timezone: Some("Asia/Shanghai".into()),
+        }),
+        (Some(super::config::Category::Marketing), Some(w)) => {
+            let (from, until) = (
+                hhmm(&w.from).map_err(|e| invalid("send_window", e))?,
+                hhmm(&w.until).map_err(|e| invalid("send_window", e))?,
+            );
+            let (eight, ten) = (
+                NaiveTime::from_hms_opt(8, 0, 0).unwrap_or_default(),
+                NaiveTime::from_hms_opt(22, 0, 0).unwrap_or_default(),
+            );
+            if from < eight || until > ten || until <= from {
+                return Err(invalid(
+                    "send_window",
+                    "a marketing template is sent only between 08:00 and 22:00",
+                ));
+            }
+            Some(w)
+        }
+        (_, w) => w,
     };
     if gateways.is_empty() {
         return Err(invalid(
@@ -584,7 +687,42 @@ pub fn prepare_with(
             return Err(reject(format!("{e164} is on the opt-out list")));
         }
         let lang = r.lang.clone().filter(|l| req.texts.contains_key(l));
-        let template = lang.as_ref().map_or(&req.text, |l| &req.texts[l]);
+        let template = lang.as_ref().map_or(&main_text, |l| &req.texts[l]);
+        // A template's parameters, checked as providers check them (count, no empty value,
+        // length, no links or 【】: CARRIERS.md §2.2, §2.3, §7.5).
+        let params: Option<Arc<str>> = match tpl {
+            None => None,
+            Some(t) => {
+                let mut values = Vec::with_capacity(t.vars.len());
+                for v in &t.vars {
+                    let value = r.vars.get(v).map(|x| x.trim()).unwrap_or("");
+                    if value.is_empty() {
+                        return Err(reject(format!(
+                            "no value for {{{{{v}}}}} (template {})",
+                            t.name
+                        )));
+                    }
+                    if value.chars().count() > t.max_param_chars {
+                        return Err(reject(format!(
+                            "{{{{{v}}}}} is longer than {} characters (template {})",
+                            t.max_param_chars, t.name
+                        )));
+                    }
+                    let lower = value.to_lowercase();
+                    if value.contains('【')
+                        || value.contains('】')
+                        || lower.contains("http")
+                        || lower.contains("www.")
+                    {
+                        return Err(reject(format!(
+                            "{{{{{v}}}}} holds a link or 【】, which providers refuse in parameters"
+                        )));
+                    }
+                    values.push(value.to_owned());
+                }
+                Some(serde_json::to_string(&values).unwrap_or_default().into())
+            }
+        };
         let (text, seg, billed) = match fixed.get(&lang) {
             Some(f) => f.clone(),
             None => {
@@ -623,6 +761,7 @@ pub fn prepare_with(
             recipient: key,
             text,
             parts: seg.parts,
+            params,
         })
     };
     let mut keep = |outcome: Result<NewMessage, Reject>| {
@@ -701,9 +840,10 @@ pub fn prepare_with(
         spec: Spec {
             sender,
             gateways,
-            send_window: req.send_window,
+            send_window,
             daily_cap: req.daily_cap,
-            text: req.text,
+            text: main_text,
+            template: req.template,
             texts: req.texts,
             repeat: req.repeat,
             columns,
@@ -743,6 +883,7 @@ messages_per_second = 10
         CreateRequest {
             name: "open day".into(),
             text: "{{name}}您好，政务开放日欢迎您".into(),
+            template: None,
             texts: BTreeMap::from([("en".into(), "Hello {{name}}, welcome".into())]),
             sender: Some("12345".into()),
             recipients: vec![],
@@ -759,6 +900,167 @@ messages_per_second = 10
 
     fn now() -> DateTime<Utc> {
         "2026-11-28T02:00:00Z".parse().unwrap()
+    }
+
+    fn template_cfg() -> SmsConfig {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("k");
+        std::fs::write(&key, "0123456789abcdef0123").unwrap();
+        let mut p = std::fs::metadata(&key).unwrap().permissions();
+        std::os::unix::fs::PermissionsExt::set_mode(&mut p, 0o600);
+        std::fs::set_permissions(&key, p).unwrap();
+        let k = format!("{:?}", key.display().to_string());
+        Config::parse(
+            "t.toml",
+            &format!(
+                r#"
+[schedule]
+channels = ["lobby"]
+[sms]
+sender = "12345"
+[[sms.templates]]
+name = "open-day"
+text = "{{{{name}}}}您好，{{{{date}}}}政务开放日欢迎您。"
+ids = {{ tc = "2000001" }}
+max_param_chars = 6
+[[sms.templates]]
+name = "promo"
+text = "政务开放日欢迎您。拒收请回复R"
+category = "marketing"
+ids = {{ tc = "2000002" }}
+[[sms.gateways]]
+name = "dry"
+kind = "dry-run"
+[[sms.gateways]]
+name = "tc"
+kind = "tencent"
+region = "ap-guangzhou"
+sdk_app_id = "1400000001"
+sign_name = "市政府"
+secret_id_file = {k}
+secret_key_file = {k}
+dlr_secret_file = {k}
+"#
+            ),
+        )
+        .unwrap()
+        .sms
+    }
+
+    #[test]
+    fn a_template_campaign_goes_only_to_gateways_that_have_it_with_checked_parameters() {
+        let cfg = template_cfg();
+        let mut r = req(
+            "phone,name,date\n13800138000,张三,5月15日\n13800138001,,5月15日\n13800138002,李四五六七八九,5月15日\n13800138003,王五,www.x\n",
+        );
+        r.text = String::new();
+        r.texts.clear();
+        r.template = Some("open-day".into());
+        let p = prepare(r.clone(), &cfg, now(), &HashSet::new(), None).unwrap();
+        assert_eq!(
+            p.spec.gateways,
+            ["tc"],
+            "the dry-run gateway sends text only"
+        );
+        assert_eq!(p.spec.template.as_deref(), Some("open-day"));
+        assert_eq!(p.messages.len(), 1);
+        assert_eq!(&*p.messages[0].text, "张三您好，5月15日政务开放日欢迎您。");
+        assert_eq!(
+            p.messages[0].params.as_deref(),
+            Some(r#"["张三","5月15日"]"#)
+        );
+        let reasons: Vec<&str> = p.rejects.iter().map(|r| r.reason.as_str()).collect();
+        assert!(reasons[0].contains("no value for {{name}}"), "{reasons:?}");
+        assert!(reasons[1].contains("longer than 6"), "{reasons:?}");
+        assert!(reasons[2].contains("link"), "{reasons:?}");
+        // Naming a gateway without the template, text and template together, an unknown one.
+        let mut bad = r.clone();
+        bad.gateways = vec!["dry".into()];
+        assert_eq!(
+            prepare(bad, &cfg, now(), &HashSet::new(), None)
+                .unwrap_err()
+                .field,
+            "gateways"
+        );
+        let mut bad = r.clone();
+        bad.text = "hi".into();
+        assert_eq!(
+            prepare(bad, &cfg, now(), &HashSet::new(), None)
+                .unwrap_err()
+                .field,
+            "template"
+        );
+        let mut bad = r.clone();
+        bad.template = Some("nope".into());
+        assert_eq!(
+            prepare(bad, &cfg, now(), &HashSet::new(), None)
+                .unwrap_err()
+                .field,
+            "template"
+        );
+        // Free text never goes to a template-only gateway.
+        let mut text = req("phone,name\n13800138000,张三\n");
+        text.gateways = vec!["tc".into()];
+        let e = prepare(text, &cfg, now(), &HashSet::new(), None).unwrap_err();
+        assert_eq!(e.field, "gateways");
+        assert!(
+            e.message.contains("only approved templates"),
+            "{}",
+            e.message
+        );
+        // Marketing: 08:00-22:00 unless a narrower window is given.
+        let mut m = req("phone\n13800138000\n");
+        m.text = String::new();
+        m.texts.clear();
+        m.template = Some("promo".into());
+        let p = prepare(m.clone(), &cfg, now(), &HashSet::new(), None).unwrap();
+        let w = p.spec.send_window.unwrap();
+        assert_eq!((w.from.as_str(), w.until.as_str()), ("08:00", "22:00"));
+        m.send_window = Some(WindowSpec {
+            from: "07:00".into(),
+            until: "21:00".into(),
+            timezone: None,
+        });
+        assert_eq!(
+            prepare(m, &cfg, now(), &HashSet::new(), None)
+                .unwrap_err()
+                .field,
+            "send_window"
+        );
+    }
+
+    #[test]
+    fn templates_are_checked_against_the_gateways_and_provider_rules() {
+        let e = Config::parse(
+            "t.toml",
+            r#"
+[schedule]
+channels = ["lobby"]
+[[sms.templates]]
+name = "a"
+text = "【市政府】{{x}}欢迎"
+ids = { dry = "1", nope = "2" }
+[[sms.templates]]
+name = "b"
+text = "{{x}}开放日"
+category = "marketing"
+[[sms.gateways]]
+name = "dry"
+kind = "dry-run"
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "sms.templates[0] (a).text: 【】 are not allowed",
+            "sms.templates[0] (a).ids: gateway \"dry\" is of kind dry-run",
+            "sms.templates[0] (a).ids: no gateway \"nope\"",
+            "sms.templates[1] (b).text: a marketing template has no variables",
+            "sms.templates[1] (b).text: a marketing template must say how to unsubscribe",
+            "sms.templates[1] (b).ids: no gateway has this template",
+        ] {
+            assert!(e.contains(want), "missing {want:?} in {e}");
+        }
     }
 
     #[test]

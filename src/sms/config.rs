@@ -28,6 +28,28 @@ pub struct RawSms {
     sender: Option<String>,
     max_upload_mib: u64,
     gateways: Vec<RawGateway>,
+    templates: Vec<RawTemplate>,
+    optout_keywords: Option<Vec<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTemplate {
+    name: String,
+    text: String,
+    #[serde(default = "notification")]
+    category: String,
+    #[serde(default)]
+    ids: BTreeMap<String, String>,
+    #[serde(default = "twenty")]
+    max_param_chars: usize,
+}
+
+fn notification() -> String {
+    "notification".into()
+}
+fn twenty() -> usize {
+    20
 }
 
 impl Default for RawSms {
@@ -41,6 +63,8 @@ impl Default for RawSms {
             sender: None,
             max_upload_mib: 256,
             gateways: Vec::new(),
+            templates: Vec::new(),
+            optout_keywords: None,
         }
     }
 }
@@ -82,6 +106,18 @@ struct RawGateway {
     dlr_secret_file: Option<PathBuf>,
     #[serde(default)]
     fixed_line: bool,
+    region: Option<String>,
+    sdk_app_id: Option<String>,
+    sign_name: Option<String>,
+    secret_id_env: Option<String>,
+    secret_id_file: Option<PathBuf>,
+    secret_key_env: Option<String>,
+    secret_key_file: Option<PathBuf>,
+    access_key_id_env: Option<String>,
+    access_key_id_file: Option<PathBuf>,
+    access_key_secret_env: Option<String>,
+    access_key_secret_file: Option<PathBuf>,
+    batch_max: Option<usize>,
 }
 
 fn ten() -> f64 {
@@ -115,6 +151,11 @@ pub struct SmsConfig {
     pub max_upload: u64,
     /// Gateways in failover order.
     pub gateways: Vec<GatewayConfig>,
+    /// Approved templates (`[[sms.templates]]`), for gateways that send nothing else.
+    pub templates: Vec<SmsTemplate>,
+    /// Replies (MO) that put their sender on the opt-out list: the whole reply, trimmed,
+    /// compared without case (`sms.optout_keywords`).
+    pub optout_keywords: Vec<String>,
 }
 
 impl SmsConfig {
@@ -122,6 +163,65 @@ impl SmsConfig {
     pub fn gateway(&self, name: &str) -> Option<&GatewayConfig> {
         self.gateways.iter().find(|g| g.name == name)
     }
+
+    /// The template called `name`.
+    pub fn template(&self, name: &str) -> Option<&SmsTemplate> {
+        self.templates.iter().find(|t| t.name == name)
+    }
+}
+
+/// The default opt-out keywords: what Chinese carriers and cloud providers print in marketing
+/// texts ("回T退订", "拒收请回复R", TD, N) and the international STOP family.
+pub const OPTOUT_KEYWORDS: &[&str] = &[
+    "T",
+    "TD",
+    "N",
+    "R",
+    "退订",
+    "拒收",
+    "取消",
+    "STOP",
+    "UNSUBSCRIBE",
+    "END",
+    "QUIT",
+    "CANCEL",
+    "STOPALL",
+    "OPTOUT",
+];
+
+/// What a provider's review classes a template as (CARRIERS.md §1, §7.5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Category {
+    /// Service or system information to people who have a relationship with the sender.
+    Notification,
+    /// Promotion: no variables, an unsubscribe instruction in the text, 08:00–22:00 only.
+    Marketing,
+}
+
+/// An approved template: one local name, the approved text, and its id at each gateway.
+#[derive(Debug, Clone)]
+pub struct SmsTemplate {
+    /// Local name (campaigns' `template`).
+    pub name: String,
+    /// The approved text with `{{variables}}` (preview, cost estimate, audit).
+    pub text: String,
+    /// Notification or marketing.
+    pub category: Category,
+    /// Gateway name → the provider's template id.
+    pub ids: BTreeMap<String, String>,
+    /// The variables in order of first appearance: the provider's parameters in that order
+    /// (Tencent `{1}`…, 云MAS `params`), or named after them (Aliyun `${name}`).
+    pub vars: Vec<String>,
+    /// Longest value of one variable, in characters (`max_param_chars`, default 20: Huawei's
+    /// TEXT limit; Tencent personal accounts allow 12).
+    pub max_param_chars: usize,
+}
+
+/// Marketing texts must tell how to unsubscribe (Tencent: "拒收请回复R"; Aliyun: TD/T/N).
+fn has_unsubscribe_line(text: &str) -> bool {
+    let t = text.to_uppercase();
+    t.contains("退订") || t.contains("拒收") || t.contains("回复R") || t.contains("回R")
 }
 
 /// One gateway.
@@ -184,6 +284,44 @@ pub enum GatewayKind {
     },
     /// A templated request.
     Http(HttpTemplate),
+    /// Tencent Cloud SMS (API 3.0, `SendSms` 2021-01-11, TC3-HMAC-SHA256).
+    Tencent(TencentConfig),
+    /// Aliyun SMS (Dysmsapi 2017-05-25, `SendSms`, ACS3-HMAC-SHA256).
+    Aliyun(AliyunConfig),
+}
+
+/// Settings of an `aliyun` gateway (DESIGN §7b; CARRIERS.md §2.2).
+#[derive(Clone)]
+pub struct AliyunConfig {
+    /// The API endpoint (`https://dysmsapi.aliyuncs.com/`).
+    pub url: url::Url,
+    /// `SignName`: the approved signature text.
+    pub sign_name: String,
+    /// AccessKey id.
+    pub access_key_id: String,
+    /// AccessKey secret.
+    pub access_key_secret: String,
+    /// Numbers per request, 1–1000 (`batch_max`, default 1000).
+    pub batch_max: usize,
+}
+
+/// Settings of a `tencent` gateway (DESIGN §7b; CARRIERS.md §2.3).
+#[derive(Clone)]
+pub struct TencentConfig {
+    /// The API endpoint (`https://sms.tencentcloudapi.com/`).
+    pub url: url::Url,
+    /// `X-TC-Region` (e.g. `ap-guangzhou`).
+    pub region: String,
+    /// `SmsSdkAppId`.
+    pub sdk_app_id: String,
+    /// `SignName`: the approved signature text.
+    pub sign_name: String,
+    /// SecretId.
+    pub secret_id: String,
+    /// SecretKey.
+    pub secret_key: String,
+    /// Numbers per request, 1–200 (`batch_max`, default 200).
+    pub batch_max: usize,
 }
 
 impl GatewayKind {
@@ -193,6 +331,22 @@ impl GatewayKind {
             GatewayKind::DryRun { .. } => "dry-run",
             GatewayKind::Kannel { .. } => "kannel",
             GatewayKind::Http(_) => "http",
+            GatewayKind::Tencent(_) => "tencent",
+            GatewayKind::Aliyun(_) => "aliyun",
+        }
+    }
+
+    /// Whether it sends only approved templates (never free text).
+    pub fn templates_only(&self) -> bool {
+        matches!(self, GatewayKind::Tencent(_) | GatewayKind::Aliyun(_))
+    }
+
+    /// Most numbers one request may carry.
+    pub fn batch_max(&self) -> usize {
+        match self {
+            GatewayKind::Tencent(t) => t.batch_max,
+            GatewayKind::Aliyun(a) => a.batch_max,
+            _ => 1,
         }
     }
 }
@@ -277,7 +431,46 @@ fn gateway(
             None
         }
     };
+    let need = |problems: &mut Vec<String>, key: &str, v: &Option<String>| {
+        let v = v.clone().filter(|v| !v.trim().is_empty());
+        if v.is_none() {
+            problems.push(format!("{place}.{key}: missing"));
+        }
+        v
+    };
     let kind = match g.kind.as_str() {
+        "aliyun" => {
+            let url = match g.url.as_deref() {
+                None => url::Url::parse("https://dysmsapi.aliyuncs.com/").ok()?,
+                Some(_) => url(problems)?,
+            };
+            let sign_name = need(problems, "sign_name", &g.sign_name);
+            let key_id = secret(
+                problems,
+                &format!("{place}.access_key_id"),
+                &g.access_key_id_env,
+                &g.access_key_id_file,
+            );
+            let key_secret = secret(
+                problems,
+                &format!("{place}.access_key_secret"),
+                &g.access_key_secret_env,
+                &g.access_key_secret_file,
+            );
+            let batch_max = g.batch_max.unwrap_or(super::aliyun::MAX_NUMBERS);
+            if !(1..=super::aliyun::MAX_NUMBERS).contains(&batch_max) {
+                problems.push(format!(
+                    "{place}.batch_max: between 1 and 1000 (SendSms takes at most 1000 numbers)"
+                ));
+            }
+            GatewayKind::Aliyun(AliyunConfig {
+                url,
+                sign_name: sign_name?,
+                access_key_id: key_id?.trim().to_owned(),
+                access_key_secret: key_secret?.trim().to_owned(),
+                batch_max,
+            })
+        }
         "dry-run" => GatewayKind::DryRun {
             path: g
                 .path
@@ -387,9 +580,45 @@ fn gateway(
                 },
             })
         }
+        "tencent" => {
+            let url = match g.url.as_deref() {
+                None => url::Url::parse("https://sms.tencentcloudapi.com/").ok()?,
+                Some(_) => url(problems)?,
+            };
+            let region = need(problems, "region", &g.region);
+            let sdk_app_id = need(problems, "sdk_app_id", &g.sdk_app_id);
+            let sign_name = need(problems, "sign_name", &g.sign_name);
+            let secret_id = secret(
+                problems,
+                &format!("{place}.secret_id"),
+                &g.secret_id_env,
+                &g.secret_id_file,
+            );
+            let secret_key = secret(
+                problems,
+                &format!("{place}.secret_key"),
+                &g.secret_key_env,
+                &g.secret_key_file,
+            );
+            let batch_max = g.batch_max.unwrap_or(200);
+            if !(1..=200).contains(&batch_max) {
+                problems.push(format!(
+                    "{place}.batch_max: between 1 and 200 (SendSms takes at most 200 numbers)"
+                ));
+            }
+            GatewayKind::Tencent(TencentConfig {
+                url,
+                region: region?,
+                sdk_app_id: sdk_app_id?,
+                sign_name: sign_name?,
+                secret_id: secret_id?.trim().to_owned(),
+                secret_key: secret_key?.trim().to_owned(),
+                batch_max,
+            })
+        }
         other => {
             problems.push(format!(
-                "{place}.kind: {other:?} is not \"kannel\", \"http\" or \"dry-run\""
+                "{place}.kind: {other:?} is not \"kannel\", \"http\", \"tencent\", \"aliyun\" or \"dry-run\""
             ));
             return None;
         }
@@ -440,6 +669,96 @@ fn gateway(
         timeout,
         dlr_secret,
         fixed_line: g.fixed_line,
+    })
+}
+
+/// Validates one `[[sms.templates]]` entry against the gateways.
+fn template(
+    i: usize,
+    t: RawTemplate,
+    gateways: &[GatewayConfig],
+    problems: &mut Vec<String>,
+) -> Option<SmsTemplate> {
+    let place = format!("sms.templates[{i}] ({})", t.name);
+    if !valid_name(&t.name) {
+        problems.push(format!(
+            "{place}.name: must be 1-64 letters, digits, '_', '-' or '.'"
+        ));
+    }
+    let vars = match super::campaign::placeholders(&t.text) {
+        Ok(v) => {
+            let mut seen = Vec::new();
+            for n in v {
+                if !seen.contains(&n) {
+                    seen.push(n);
+                }
+            }
+            seen
+        }
+        Err(e) => {
+            problems.push(format!("{place}.text: {e}"));
+            return None;
+        }
+    };
+    if t.text.trim().is_empty() {
+        problems.push(format!("{place}.text: empty"));
+    }
+    // Providers refuse 【】 inside a template: the signature is theirs to add.
+    if t.text.contains('【') || t.text.contains('】') {
+        problems.push(format!(
+            "{place}.text: 【】 are not allowed inside a template (the provider adds the signature)"
+        ));
+    }
+    let category = match t.category.as_str() {
+        "notification" => Category::Notification,
+        "marketing" => Category::Marketing,
+        other => {
+            problems.push(format!(
+                "{place}.category: {other:?} is not \"notification\" or \"marketing\""
+            ));
+            Category::Notification
+        }
+    };
+    if category == Category::Marketing {
+        if !vars.is_empty() {
+            problems.push(format!(
+                "{place}.text: a marketing template has no variables (providers refuse them)"
+            ));
+        }
+        if !has_unsubscribe_line(&t.text) {
+            problems.push(format!(
+                "{place}.text: a marketing template must say how to unsubscribe (e.g. \"拒收请回复R\")"
+            ));
+        }
+    }
+    if t.ids.is_empty() {
+        problems.push(format!(
+            "{place}.ids: no gateway has this template (ids = {{ gateway = \"template id\" }})"
+        ));
+    }
+    for (g, id) in &t.ids {
+        match gateways.iter().find(|x| &x.name == g) {
+            None => problems.push(format!("{place}.ids: no gateway {g:?}")),
+            Some(x) if !x.kind.templates_only() => problems.push(format!(
+                "{place}.ids: gateway {g:?} is of kind {} and sends text, not template ids",
+                x.kind.name()
+            )),
+            Some(_) if id.trim().is_empty() => {
+                problems.push(format!("{place}.ids.{g}: empty template id"))
+            }
+            Some(_) => {}
+        }
+    }
+    if !(1..=500).contains(&t.max_param_chars) {
+        problems.push(format!("{place}.max_param_chars: between 1 and 500"));
+    }
+    Some(SmsTemplate {
+        name: t.name,
+        text: t.text,
+        category,
+        ids: t.ids,
+        vars,
+        max_param_chars: t.max_param_chars,
     })
 }
 
@@ -499,7 +818,28 @@ pub fn validate(
             gateways.push(g);
         }
     }
+    let mut templates: Vec<SmsTemplate> = Vec::new();
+    for (i, t) in raw.templates.into_iter().enumerate() {
+        if let Some(t) = template(i, t, &gateways, problems) {
+            if templates.iter().any(|o| o.name == t.name) {
+                problems.push(format!(
+                    "sms.templates[{i}].name: {:?} is used twice",
+                    t.name
+                ));
+            }
+            templates.push(t);
+        }
+    }
+    let optout_keywords = raw
+        .optout_keywords
+        .unwrap_or_else(|| OPTOUT_KEYWORDS.iter().map(|k| (*k).to_owned()).collect())
+        .into_iter()
+        .map(|k| k.trim().to_uppercase())
+        .filter(|k| !k.is_empty())
+        .collect();
     SmsConfig {
+        templates,
+        optout_keywords,
         default_region,
         timezone,
         callback_url: raw.callback_url.map(|u| u.trim_end_matches('/').to_owned()),
@@ -557,7 +897,7 @@ kind = "pigeon"
             "m.toml: sms.gateways[1] (h).messages_per_second: between 0 and 100000",
             "m.toml: sms.gateways[1] (h).in_flight: between 1 and 10000",
             "m.toml: sms.gateways[1] (h).timeout: bad duration \"soon\" (e.g. 48h, 150ms)",
-            "m.toml: sms.gateways[2] (d).kind: \"pigeon\" is not \"kannel\", \"http\" or \"dry-run\"",
+            "m.toml: sms.gateways[2] (d).kind: \"pigeon\" is not \"kannel\", \"http\", \"tencent\", \"aliyun\" or \"dry-run\"",
         ];
         for w in want {
             assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");

@@ -51,8 +51,11 @@ struct Runtime {
     cool_until: std::sync::Mutex<Option<Instant>>,
     /// Transient failures in a row.
     failures: AtomicU32,
-    /// Submits by answer: accepted, transient, permanent, lost.
-    counters: [prometheus_client::metrics::counter::Counter; 4],
+    /// Submits by answer: accepted, transient, permanent, lost, deferred, opted out, config,
+    /// account.
+    counters: [prometheus_client::metrics::counter::Counter; 8],
+    /// 1 while the gateway is out of rotation for an account error.
+    out_of_rotation: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl Runtime {
@@ -136,6 +139,7 @@ impl Dispatcher {
                     cool_until: std::sync::Mutex::new(None),
                     failures: AtomicU32::new(0),
                     counters: metrics.sms_submit_counters(&g.name),
+                    out_of_rotation: metrics.sms_gateway_out_of_rotation(&g.name),
                 }),
             );
         }
@@ -312,16 +316,41 @@ impl Dispatcher {
                 .context(UNSTORED)?;
             let idle = claimed.is_empty();
             reread |= idle;
+            let template = spec
+                .template
+                .as_deref()
+                .and_then(|t| self.cfg.sms.template(t));
+            let template_id = template.and_then(|t| t.ids.get(&rt.gw.cfg.name).cloned());
+            let names: Arc<[String]> = template.map(|t| t.vars.clone()).unwrap_or_default().into();
+            let failover = spec.gateways.len() > 1;
+            // Messages with the same parameters go in one request where the gateway takes
+            // several numbers; each keeps its in-flight slot until the request is answered.
+            let mut groups: Vec<(Vec<crate::store::sms::Claimed>, Vec<_>)> = Vec::new();
+            let batch = rt.gw.cfg.kind.batch_max();
             for (m, permit) in claimed.into_iter().zip(permits) {
                 rt.take_slot(Instant::now(), m.parts);
                 sent = true;
+                match groups.iter_mut().find(|(g, _)| {
+                    batch > 1 && g.len() < batch && g[0].params == m.params && g[0].text == m.text
+                }) {
+                    Some((g, p)) => {
+                        g.push(m);
+                        p.push(permit);
+                    }
+                    None => groups.push((vec![m], vec![permit])),
+                }
+            }
+            for (group, permits) in groups {
                 let (rt, record_tx, waker) = (rt.clone(), record_tx.clone(), self.waker.clone());
                 let sender = spec.sender.clone();
-                let failover = spec.gateways.len() > 1;
+                let (template_id, names) = (template_id.clone(), names.clone());
                 inflight.spawn(async move {
-                    let f = submit(&rt, &m, &sender, failover).await;
-                    drop(permit);
-                    let _ = record_tx.send(f);
+                    let template = template_id.as_deref().map(|id| (id, &*names));
+                    let done = submit(&rt, &group, &sender, template, failover).await;
+                    drop(permits);
+                    for f in done {
+                        let _ = record_tx.send(f);
+                    }
                     waker.wake();
                 });
             }
@@ -443,56 +472,95 @@ impl Answers {
     }
 }
 
-/// Submits one claimed message and classifies the answer (stored later, in a batch).
+/// How long a gateway stays out of rotation after an account error (balance, credentials,
+/// quota): long enough not to hammer it, short enough to notice when it is fixed.
+const ACCOUNT_COOL: Duration = Duration::from_secs(600);
+
+/// Submits claimed messages that share their text and parameters (one request where the
+/// gateway takes several numbers) and classifies each answer (stored later, in a batch).
 async fn submit(
     rt: &Runtime,
-    m: &crate::store::sms::Claimed,
+    ms: &[crate::store::sms::Claimed],
     sender: &str,
+    template: Option<(&str, &[String])>,
     failover: bool,
-) -> Finish {
-    let out = Outgoing {
-        id: m.id,
-        to: &m.recipient,
-        from: sender,
-        text: &m.text,
-    };
-    // The client has the same timeout; this one also bounds reading the answer.
-    let answer = match tokio::time::timeout(rt.gw.cfg.timeout, rt.gw.submit(&out)).await {
+) -> Vec<Finish> {
+    let params: Vec<String> = ms
+        .first()
+        .and_then(|m| m.params.as_deref())
+        .and_then(|p| serde_json::from_str(p).ok())
+        .unwrap_or_default();
+    let outs: Vec<Outgoing<'_>> = ms
+        .iter()
+        .map(|m| Outgoing {
+            id: m.id,
+            to: &m.recipient,
+            from: sender,
+            text: &m.text,
+            template_id: template.map(|t| t.0),
+            params: &params,
+            param_names: template.map_or(&[][..], |t| t.1),
+        })
+        .collect();
+    // The client has the same timeout per request; this one also bounds reading the answer.
+    let limit = rt.gw.cfg.timeout
+        * u32::try_from(ms.len().div_ceil(rt.gw.cfg.kind.batch_max().max(1)))
+            .unwrap_or(1)
+            .max(1);
+    let answers = match tokio::time::timeout(limit, rt.gw.submit_many(&outs)).await {
         Ok(a) => a,
-        Err(_) => Answer {
-            submit: Submit::Lost,
-            carrier_id: None,
-            reason: Some(format!(
-                "no answer within {:?}: the message may or may not have been sent",
-                rt.gw.cfg.timeout
-            )),
-            retry_after: None,
-        },
+        Err(_) => vec![
+            Answer {
+                submit: Submit::Lost,
+                carrier_id: None,
+                reason: Some(format!(
+                    "no answer within {:?}: the message may or may not have been sent",
+                    rt.gw.cfg.timeout
+                )),
+                retry_after: None,
+            };
+            ms.len()
+        ],
     };
+    ms.iter()
+        .zip(answers)
+        .map(|(m, a)| finish(rt, m, a, failover))
+        .collect()
+}
+
+/// What one answer means for its message and for the gateway.
+fn finish(rt: &Runtime, m: &crate::store::sms::Claimed, answer: Answer, failover: bool) -> Finish {
     let k = match answer.submit {
         Submit::Accepted => 0,
         Submit::Transient => 1,
         Submit::Permanent => 2,
         Submit::Lost => 3,
+        Submit::Defer => 4,
+        Submit::OptedOut => 5,
+        Submit::Config => 6,
+        Submit::Account => 7,
     };
     rt.counters[k].inc();
     let now = Utc::now();
     let mut submit_kind = answer.submit.clone();
     let mut reason = answer.reason.clone();
     let mut retry_at = None;
+    let cool = |d: Duration| {
+        let until = Instant::now() + d;
+        let mut c = rt.cool_until.lock().unwrap_or_else(|e| e.into_inner());
+        // A later answer never shortens a cool-down already running.
+        *c = Some(c.map_or(until, |t| t.max(until)));
+    };
     match answer.submit {
         Submit::Accepted => {
             rt.failures.store(0, Ordering::Relaxed);
+            rt.out_of_rotation.set(0);
         }
         Submit::Transient | Submit::Lost => {
             let n = rt.failures.fetch_add(1, Ordering::Relaxed);
-            let cool = answer.retry_after.unwrap_or_else(|| backoff(n));
-            // A later answer never shortens a cool-down already running.
-            let until = Instant::now() + cool;
-            let mut c = rt.cool_until.lock().unwrap_or_else(|e| e.into_inner());
-            *c = Some(c.map_or(until, |t| t.max(until)));
-            drop(c);
-            tracing::warn!(gateway = %rt.gw.cfg.name, message = m.id, reason = reason.as_deref().unwrap_or(""), cool_down_ms = cool.as_millis() as u64, "gateway failure");
+            let d = answer.retry_after.unwrap_or_else(|| backoff(n));
+            cool(d);
+            tracing::warn!(gateway = %rt.gw.cfg.name, message = m.id, reason = reason.as_deref().unwrap_or(""), cool_down_ms = d.as_millis() as u64, "gateway failure");
             if answer.submit == Submit::Transient {
                 if m.attempts >= MAX_ATTEMPTS {
                     submit_kind = Submit::Permanent;
@@ -514,7 +582,33 @@ async fn submit(
                 }
             }
         }
-        Submit::Permanent => {}
+        // The provider's limit for this number: later, and no cool-down (the gateway is fine).
+        Submit::Defer => {
+            let wait = answer.retry_after.unwrap_or(Duration::from_secs(3600));
+            retry_at = Some(now + chrono::Duration::from_std(wait).unwrap_or_default());
+        }
+        Submit::Config => {
+            tracing::error!(gateway = %rt.gw.cfg.name, campaign = m.campaign, reason = reason.as_deref().unwrap_or(""), "the provider refuses the campaign as configured; it is paused");
+        }
+        Submit::Account => {
+            cool(ACCOUNT_COOL);
+            rt.out_of_rotation.set(1);
+            tracing::error!(gateway = %rt.gw.cfg.name, reason = reason.as_deref().unwrap_or(""), out_for_s = ACCOUNT_COOL.as_secs(), "the gateway's account cannot send: out of rotation");
+            let wait = if failover {
+                Duration::from_millis(50).mul_f64(jitter())
+            } else {
+                ACCOUNT_COOL
+            };
+            retry_at = Some(now + chrono::Duration::from_std(wait).unwrap_or_default());
+        }
+        Submit::Permanent | Submit::OptedOut => {}
+    }
+    if submit_kind == Submit::OptedOut {
+        reason = Some(format!(
+            "on gateway {}'s block list: {}",
+            rt.gw.cfg.name,
+            reason.unwrap_or_default()
+        ));
     }
     let dry_run = matches!(rt.gw.cfg.kind, super::config::GatewayKind::DryRun { .. });
     Finish {

@@ -60,6 +60,9 @@ pub fn parse(kind: &GatewayKind, fields: &BTreeMap<String, String>) -> Result<In
             Ok(Incoming { id, report, code })
         }
         GatewayKind::DryRun { .. } => Err("a dry-run gateway takes no reports".into()),
+        GatewayKind::Tencent(_) | GatewayKind::Aliyun(_) => {
+            Err("this provider pushes JSON arrays of reports".into())
+        }
     }
 }
 

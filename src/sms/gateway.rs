@@ -14,7 +14,9 @@ use std::time::Duration;
 use serde::Serialize;
 use url::form_urlencoded;
 
-use super::config::{GatewayConfig, GatewayKind, HttpBody, HttpTemplate};
+use super::config::{
+    AliyunConfig, GatewayConfig, GatewayKind, HttpBody, HttpTemplate, TencentConfig,
+};
 use crate::domain::delivery::Submit;
 use crate::domain::segments::{Encoding, encoding, segments};
 
@@ -27,8 +29,14 @@ pub struct Outgoing<'a> {
     pub to: &'a str,
     /// Sender id.
     pub from: &'a str,
-    /// Text.
+    /// Text (for a template: the approved text filled in, for the record).
     pub text: &'a str,
+    /// The provider's template id at this gateway, for a template campaign.
+    pub template_id: Option<&'a str>,
+    /// The template's parameters, in order.
+    pub params: &'a [String],
+    /// The template's variable names, in the same order (Aliyun's named parameters).
+    pub param_names: &'a [String],
 }
 
 /// What came back.
@@ -291,7 +299,232 @@ impl Gateway {
                 }
             }
             GatewayKind::Http(t) => self.templated(t, m).await,
+            GatewayKind::Tencent(t) => self
+                .tencent(t, std::slice::from_ref(m))
+                .await
+                .pop()
+                .unwrap_or_else(|| Answer::new(Submit::Lost, None)),
+            GatewayKind::Aliyun(a) => self
+                .aliyun(a, std::slice::from_ref(m))
+                .await
+                .pop()
+                .unwrap_or_else(|| Answer::new(Submit::Lost, None)),
         }
+    }
+
+    /// Submits messages that share their text or template parameters, in as few requests as
+    /// the gateway allows (`batch_max` numbers each); one answer per message, in order.
+    pub async fn submit_many(&self, ms: &[Outgoing<'_>]) -> Vec<Answer> {
+        match &self.cfg.kind {
+            GatewayKind::Tencent(t) => {
+                let mut out = Vec::with_capacity(ms.len());
+                for chunk in ms.chunks(t.batch_max.max(1)) {
+                    out.extend(self.tencent(t, chunk).await);
+                }
+                out
+            }
+            GatewayKind::Aliyun(a) => {
+                let mut out = Vec::with_capacity(ms.len());
+                for chunk in ms.chunks(a.batch_max.max(1)) {
+                    out.extend(self.aliyun(a, chunk).await);
+                }
+                out
+            }
+            _ => {
+                let mut out = Vec::with_capacity(ms.len());
+                for m in ms {
+                    out.push(self.submit(m).await);
+                }
+                out
+            }
+        }
+    }
+
+    /// The answer for every message of a request to a template-only gateway without a template.
+    fn needs_template(&self, n: usize) -> Vec<Answer> {
+        vec![
+            Answer::new(
+                Submit::Config,
+                Some(format!(
+                    "gateway {} sends only approved templates: create the campaign with a template",
+                    self.cfg.name
+                )),
+            );
+            n
+        ]
+    }
+
+    /// One Aliyun `SendSms` for `ms` (same template and parameters): one code for all.
+    async fn aliyun(&self, a: &AliyunConfig, ms: &[Outgoing<'_>]) -> Vec<Answer> {
+        use super::aliyun;
+        let n = ms.len();
+        let Some(first) = ms.first() else {
+            return Vec::new();
+        };
+        let Some(template) = first.template_id else {
+            return self.needs_template(n);
+        };
+        let param: serde_json::Map<String, serde_json::Value> = first
+            .param_names
+            .iter()
+            .zip(first.params)
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let host = match (a.url.host_str(), a.url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            _ => String::new(),
+        };
+        let mut nonce = [0u8; 16];
+        let _ = getrandom::fill(&mut nonce);
+        let now = chrono::Utc::now();
+        let numbers: Vec<&str> = ms.iter().map(|m| m.to).collect();
+        let (query, headers) = aliyun::send_sms(
+            &a.access_key_id,
+            &a.access_key_secret,
+            &host,
+            &numbers,
+            &a.sign_name,
+            template,
+            &serde_json::Value::Object(param),
+            &first.id.to_string(),
+            now,
+            &hex::encode(nonce),
+        );
+        let mut url = a.url.clone();
+        url.set_query(Some(&query));
+        let mut req = self.client.post(url);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let (status, after, text) = match exchange(req).await {
+            Ok(r) => r,
+            Err(x) => return vec![x; n],
+        };
+        // Business errors come as 200 with a Code; signature and throttling errors as 4xx or
+        // 5xx with a Code too.
+        let answer = match aliyun::read_answer(&text) {
+            Some((code, message, biz)) => {
+                let c = aliyun::classify(&code, &message, now);
+                return ms
+                    .iter()
+                    .map(|m| Answer {
+                        reason: (c.submit != Submit::Accepted)
+                            .then(|| format!("{code}: {message}")),
+                        carrier_id: biz
+                            .as_deref()
+                            .filter(|_| c.submit == Submit::Accepted)
+                            .map(|b| aliyun::carrier_id(b, m.to)),
+                        submit: c.submit.clone(),
+                        retry_after: c.wait.or(after),
+                    })
+                    .collect();
+            }
+            // A 200 we cannot read may have sent everything: unknown, never resent blindly.
+            None if status == 200 => Answer::new(
+                Submit::Lost,
+                Some(format!("unreadable answer: {}", truncate(text.trim(), 300))),
+            ),
+            None => {
+                let mut x = Answer::new(
+                    classify(status, |s| s == 200),
+                    Some(format!("{status} {}", truncate(text.trim(), 300))),
+                );
+                x.retry_after = after;
+                x
+            }
+        };
+        vec![answer; n]
+    }
+
+    /// One `SendSms` for `ms` (same template and parameters), read per number.
+    async fn tencent(&self, t: &TencentConfig, ms: &[Outgoing<'_>]) -> Vec<Answer> {
+        use super::tencent;
+        let n = ms.len();
+        let Some(first) = ms.first() else {
+            return Vec::new();
+        };
+        let Some(template_id) = first.template_id else {
+            return self.needs_template(n);
+        };
+        let body = tencent::SendSms {
+            phone_number_set: ms.iter().map(|m| m.to).collect(),
+            sms_sdk_app_id: &t.sdk_app_id,
+            template_id,
+            sign_name: &t.sign_name,
+            template_param_set: first.params,
+            session_context: first.id.to_string(),
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        // The signed host is the one the request carries (with a non-default port).
+        let host = match (t.url.host_str(), t.url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_owned(),
+            _ => String::new(),
+        };
+        let now = chrono::Utc::now();
+        let mut req = self.client.post(t.url.clone());
+        for (k, v) in tencent::headers(
+            &t.secret_id,
+            &t.secret_key,
+            &host,
+            &t.region,
+            now.timestamp(),
+            &bytes,
+        ) {
+            req = req.header(k, v);
+        }
+        let (status, after, text) = match exchange(req.body(bytes)).await {
+            Ok(r) => r,
+            Err(a) => return vec![a; n],
+        };
+        if status != 200 {
+            let mut a = Answer::new(
+                classify(status, |s| s == 200),
+                Some(format!("{status} {}", truncate(text.trim(), 300))),
+            );
+            a.retry_after = after;
+            return vec![a; n];
+        }
+        let results = match tencent::read_answer(&text) {
+            Ok(r) => r,
+            // A 200 we cannot read may have sent everything: unknown, never resent blindly.
+            Err((code, msg)) if code == "Marquee.UnreadableAnswer" => {
+                return vec![Answer::new(Submit::Lost, Some(msg)); n];
+            }
+            Err((code, msg)) => {
+                let c = tencent::classify(&code, now);
+                let mut a = Answer::new(c.submit, Some(format!("{code}: {msg}")));
+                a.retry_after = c.wait.or(after);
+                return vec![a; n];
+            }
+        };
+        let mut results: Vec<Option<tencent::NumberResult>> =
+            results.into_iter().map(Some).collect();
+        ms.iter()
+            .map(|m| {
+                let found = results
+                    .iter_mut()
+                    .find(|r| r.as_ref().is_some_and(|r| r.phone == m.to))
+                    .and_then(Option::take);
+                match found {
+                    None => Answer::new(
+                        Submit::Lost,
+                        Some("the answer does not name this number: it may or may not have been sent".into()),
+                    ),
+                    Some(r) => {
+                        let c = tencent::classify(&r.code, now);
+                        Answer {
+                            reason: (c.submit != Submit::Accepted)
+                                .then(|| format!("{}: {}", r.code, r.message)),
+                            carrier_id: r.serial,
+                            submit: c.submit,
+                            retry_after: c.wait,
+                        }
+                    }
+                }
+            })
+            .collect()
     }
 
     fn dry_run(&self, m: &Outgoing<'_>) -> Answer {
@@ -429,6 +662,9 @@ dlr_secret_file = {:?}
                 to: "+8613800138000",
                 from: "12345",
                 text: "hi",
+                template_id: None,
+                params: &[],
+                param_names: &[],
             })
             .await;
         assert_eq!(a.submit, Submit::Transient, "{a:?}");

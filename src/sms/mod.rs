@@ -2,8 +2,10 @@
 //! ([`campaign`]), gateway drivers ([`gateway`]), the dispatcher ([`dispatch`]) and delivery
 //! reports ([`dlr`]). Only this module calls gateways.
 
+pub mod aliyun;
 pub mod campaign;
 pub mod config;
 pub mod dispatch;
 pub mod dlr;
 pub mod gateway;
+pub mod tencent;

@@ -286,6 +286,29 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE displays ADD COLUMN instance TEXT;
     ALTER TABLE displays ADD COLUMN broker TEXT;
     ALTER TABLE displays ADD COLUMN conflict_at TEXT;",
+    // 19: approved templates and carriers that report by their own ids: a message's template
+    // parameters (a JSON array, NULL for free text); reports found by the carrier's id; why a
+    // campaign was paused by a gateway; reports nobody matched; replies (MO).
+    "ALTER TABLE messages ADD COLUMN params TEXT;
+    CREATE INDEX messages_by_carrier_id ON messages (carrier_id) WHERE carrier_id IS NOT NULL;
+    ALTER TABLE campaigns ADD COLUMN paused_reason TEXT;
+    CREATE TABLE orphan_reports (
+        id           INTEGER PRIMARY KEY,
+        gateway      TEXT NOT NULL,
+        carrier_id   TEXT,
+        code         TEXT NOT NULL,
+        raw          TEXT NOT NULL,
+        received_at  TEXT NOT NULL
+    );
+    CREATE TABLE replies (
+        id           INTEGER PRIMARY KEY,
+        gateway      TEXT NOT NULL,
+        number       TEXT NOT NULL,
+        text         TEXT NOT NULL,
+        optout       INTEGER NOT NULL,
+        raw          TEXT NOT NULL,
+        received_at  TEXT NOT NULL
+    );",
 ];
 
 /// The last payload published on a retained topic.

@@ -27,6 +27,8 @@ pub struct NewMessage {
     pub text: std::sync::Arc<str>,
     /// SMS parts.
     pub parts: usize,
+    /// Template parameters as a JSON array (shared when the same), `None` for free text.
+    pub params: Option<std::sync::Arc<str>>,
 }
 
 impl NewMessage {
@@ -78,6 +80,8 @@ pub struct CampaignRow {
     pub approved_by: Option<String>,
     /// When.
     pub approved_at: Option<String>,
+    /// Why a gateway paused it (its template or signature refused), until it runs again.
+    pub paused_reason: Option<String>,
     /// Messages per state.
     pub counts: BTreeMap<String, i64>,
     /// Total SMS parts of every message.
@@ -132,13 +136,18 @@ pub struct Claimed {
     pub parts: usize,
     /// Submits so far, this one included.
     pub attempts: i64,
+    /// Template parameters (a JSON array), `None` for free text.
+    pub params: Option<String>,
 }
 
 /// A delivery report to store.
 #[derive(Debug, Clone)]
 pub struct ReportIn {
-    /// Our message id.
+    /// Our message id; 0 when the report names only the carrier's id.
     pub id: i64,
+    /// The carrier's id for the message (Tencent `sid`, Aliyun biz id and phone), when the
+    /// report carries no id of ours: looked up among what this gateway was given.
+    pub carrier_id: Option<String>,
     /// The gateway it came from (must be the one the message went through).
     pub gateway: String,
     /// Its meaning.
@@ -213,7 +222,7 @@ fn campaign_of(conn: &Connection, id: i64) -> Result<Option<CampaignRow>, StoreE
     let row = conn
         .query_row(
             "SELECT id, name, status, spec, start_at, created_by, created_at, started_at, finished_at,
-                    alert, approved_by, approved_at
+                    alert, approved_by, approved_at, paused_reason
              FROM campaigns WHERE id = ?1",
             [id],
             |r| {
@@ -231,6 +240,7 @@ fn campaign_of(conn: &Connection, id: i64) -> Result<Option<CampaignRow>, StoreE
                     alert: r.get(9)?,
                     approved_by: r.get(10)?,
                     approved_at: r.get(11)?,
+                    paused_reason: r.get(12)?,
                     counts: BTreeMap::new(),
                     segments: 0,
                 })
@@ -288,8 +298,8 @@ fn insert_messages(
     messages: &[NewMessage],
 ) -> rusqlite::Result<i64> {
     let mut ins = tx.prepare_cached(
-        "INSERT INTO messages (campaign, row, recipient, text, parts, state, updated_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6)",
+        "INSERT INTO messages (campaign, row, recipient, text, parts, state, updated_at, params)
+         VALUES (?1, ?2, ?3, ?4, ?5, 'queued', ?6, ?7)",
     )?;
     let now = ts(now);
     let mut parts = 0;
@@ -300,7 +310,8 @@ fn insert_messages(
             m.e164(),
             &*m.text,
             m.parts as i64,
-            now
+            now,
+            m.params.as_deref()
         ])?;
         parts += m.parts as i64;
     }
@@ -537,8 +548,8 @@ impl Store {
         )?;
         let id = tx.last_insert_rowid();
         tx.execute(
-            "INSERT INTO messages (campaign, row, recipient, text, parts, state, updated_at)
-             SELECT ?2, row, recipient, text, parts, 'queued', ?3 FROM messages
+            "INSERT INTO messages (campaign, row, recipient, text, parts, state, updated_at, params)
+             SELECT ?2, row, recipient, text, parts, 'queued', ?3, params FROM messages
              WHERE campaign = ?1 ORDER BY id",
             params![template, id, now_s],
         )?;
@@ -650,7 +661,8 @@ impl Store {
         tx.execute(
             "UPDATE campaigns SET status = ?2,
                  started_at = CASE WHEN ?2 = 'running' THEN ?3 ELSE started_at END,
-                 finished_at = CASE WHEN ?2 IN ('done', 'cancelled') THEN ?3 ELSE finished_at END
+                 finished_at = CASE WHEN ?2 IN ('done', 'cancelled') THEN ?3 ELSE finished_at END,
+                 paused_reason = CASE WHEN ?2 = 'paused' THEN paused_reason ELSE NULL END
              WHERE id = ?1",
             params![id, to, now_s],
         )?;
@@ -713,7 +725,7 @@ impl Store {
         let day_ago = ts(now - chrono::Duration::days(1));
         let mut select = tx.prepare_cached(
             "SELECT m.id, m.recipient, m.text, m.parts, m.attempts,
-                    EXISTS (SELECT 1 FROM optouts o WHERE o.number = m.recipient)
+                    EXISTS (SELECT 1 FROM optouts o WHERE o.number = m.recipient), m.params
              FROM messages m INDEXED BY messages_queued
              WHERE m.campaign = ?1 AND m.state = 'queued'
                AND (m.not_before IS NULL OR m.not_before <= ?2)
@@ -749,6 +761,7 @@ impl Store {
                             text: r.get(2)?,
                             parts: r.get::<_, i64>(3)? as usize,
                             attempts: r.get::<_, i64>(4)? + 1,
+                            params: r.get(6)?,
                         },
                         r.get::<_, bool>(5)?,
                     ))
@@ -902,7 +915,29 @@ fn finish_in(
     let mut dlr = tx.prepare_cached(
         "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, '', ?4)",
     )?;
+    // A provider's block list: the number joins ours, with the provider's words as the reason.
+    let mut opt_out = tx.prepare_cached(
+        "INSERT OR IGNORE INTO optouts (number, reason, added_by, added_at)
+         SELECT recipient, ?2, 'gateway', ?3 FROM messages WHERE id = ?1",
+    )?;
+    // A campaign the provider refuses as configured: paused, with why, before the list burns.
+    let mut pause = tx.prepare_cached(
+        "UPDATE campaigns SET status = 'paused', paused_reason = ?2 WHERE id = ?1 AND status = 'running'",
+    )?;
     for f in items {
+        match f.answer {
+            Submit::OptedOut => {
+                opt_out.execute(params![
+                    f.id,
+                    f.reason.as_deref().unwrap_or("provider block list"),
+                    now_s
+                ])?;
+            }
+            Submit::Config => {
+                pause.execute(params![f.campaign, f.reason])?;
+            }
+            _ => {}
+        }
         // The usual case: the message is still `submitting`, so its next state is known
         // without reading it first.
         if f.delivered_by.is_none() {
@@ -950,6 +985,7 @@ impl Store {
         self.bulk_ok()?;
         let r = ReportIn {
             id,
+            carrier_id: None,
             gateway: gateway.to_owned(),
             report,
             code: code.to_owned(),
@@ -983,21 +1019,51 @@ impl Store {
             let mut set = tx.prepare_cached(
                 "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
             )?;
+            let mut by_carrier = tx
+                .prepare_cached("SELECT id FROM messages WHERE carrier_id = ?1 AND gateway = ?2")?;
+            let mut orphan = tx.prepare_cached(
+                "INSERT INTO orphan_reports (gateway, carrier_id, code, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut seen = tx.prepare_cached(
+                "SELECT 1 FROM dlrs WHERE message = ?1 AND code = ?2 AND raw = ?3",
+            )?;
             for r in reports {
-                let current: Option<(String, Option<String>, i64, i64)> = get
-                    .query_row([r.id], |row| {
-                        Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-                    })
-                    .optional()?;
+                let id = match &r.carrier_id {
+                    Some(c) if r.id == 0 => by_carrier
+                        .query_row(params![c, r.gateway], |row| row.get::<_, i64>(0))
+                        .optional()?,
+                    _ => Some(r.id),
+                };
+                let current: Option<(String, Option<String>, i64, i64)> = match id {
+                    Some(id) => get
+                        .query_row([id], |row| {
+                            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+                        })
+                        .optional()?,
+                    None => None,
+                };
                 let Some((current, via, campaign, parts)) = current else {
+                    // Kept: a report for a message we cannot find (sent before a restore,
+                    // or by another system on the same account) is evidence, not noise.
+                    if r.carrier_id.is_some() {
+                        orphan.execute(params![r.gateway, r.carrier_id, r.code, r.raw, now_s])?;
+                    }
                     out.push(None);
                     continue;
                 };
+                let id = id.unwrap_or(r.id);
+                // The same report pushed again (providers re-push until acknowledged, and say
+                // pushes are not idempotent): stored once.
+                if seen.exists(params![id, r.code, r.raw])? {
+                    let s = parse_state(&current);
+                    out.push(Some((s, s)));
+                    continue;
+                }
                 if via.as_deref() != Some(r.gateway.as_str()) {
                     out.push(None);
                     continue;
                 }
-                ins.execute(params![r.id, r.gateway, r.code, r.raw, now_s])?;
+                ins.execute(params![id, r.gateway, r.code, r.raw, now_s])?;
                 let current = parse_state(&current);
                 let next = match r.report {
                     Some(rep) => delivery::on_report(current, rep),
@@ -1008,7 +1074,7 @@ impl Store {
                         Some(Report::Delivered) | Some(Report::Progress) | None => None,
                         Some(_) => Some(format!("delivery report {}", r.code)),
                     };
-                    set.execute(params![r.id, next.as_str(), reason, now_s])?;
+                    set.execute(params![id, next.as_str(), reason, now_s])?;
                     tally.moved(campaign, parts, current, next);
                 }
                 out.push(Some((current, next)));
@@ -1117,6 +1183,39 @@ impl Store {
         Ok(n)
     }
 
+    /// Keeps a reply (MO) from `number` via `gateway`; when `optout`, the number joins the
+    /// opt-out list (reason: the reply and the gateway). Returns whether it newly joined.
+    pub fn record_reply(
+        &self,
+        gateway: &str,
+        number: &str,
+        text: &str,
+        optout: bool,
+        raw: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        self.bulk_ok()?;
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let now = ts(now);
+        tx.execute(
+            "INSERT INTO replies (gateway, number, text, optout, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![gateway, number, text, optout, raw, now],
+        )?;
+        let joined = optout
+            && tx.execute(
+                "INSERT OR IGNORE INTO optouts (number, reason, added_by, added_at) VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    number,
+                    format!("replied {text:?} (via gateway {gateway})"),
+                    format!("mo:{gateway}"),
+                    now
+                ],
+            )? == 1;
+        tx.commit()?;
+        Ok(joined)
+    }
+
     /// Removes a number from the opt-out list; `false` if it was not on it.
     pub fn remove_optout(&self, number: &str) -> Result<bool, StoreError> {
         let conn = self.sms_conn();
@@ -1163,6 +1262,7 @@ mod tests {
                 recipient: 8613800138000 + i as u64,
                 text: format!("hello {i}").into(),
                 parts: 1,
+                params: None,
             })
             .collect();
         let spec = serde_json::json!({});
@@ -1370,6 +1470,7 @@ mod tests {
                     recipient: 8613800138000 + i as u64,
                     text: "hi".into(),
                     parts: 2,
+                    params: None,
                 })
                 .collect()
         };

@@ -959,3 +959,37 @@ pub fn interrupt(text: &str) -> String {
             {{"id": "two", "text": {{"zh": "{text} 二", "en": "{text} two"}}, "seconds": 1}}]}}"#
     )
 }
+
+/// Serves `app` on a free loopback port (a provider's stand-in); its base URL.
+pub async fn serve_standin(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    url
+}
+
+/// A provider's report pusher: every 100 ms, what `pending` returns (the account's callback
+/// URL and the reports not yet acknowledged) is pushed as one JSON array, again and again,
+/// until the answer passes `acked`; then `done(n)` drops the first `n` (those pushed).
+pub fn push_reports(
+    pending: impl Fn() -> Option<(String, Vec<Value>)> + Send + 'static,
+    acked: fn(&Value) -> bool,
+    done: impl Fn(usize, bool) + Send + 'static,
+) {
+    tokio::spawn(async move {
+        let client = marquee::http_client().build().unwrap();
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let Some((url, batch)) = pending() else {
+                continue;
+            };
+            let ok = match client.post(&url).json(&batch).send().await {
+                Ok(r) => r.json::<Value>().await.is_ok_and(|v| acked(&v)),
+                Err(_) => false,
+            };
+            done(batch.len(), ok);
+        }
+    });
+}

@@ -3,6 +3,7 @@
 
 mod agent;
 mod alerts;
+mod aliyun;
 mod approval;
 mod bus;
 mod cap;
@@ -16,4 +17,5 @@ mod openapi;
 mod ops;
 mod sms;
 mod systemd;
+mod tencent;
 mod web;

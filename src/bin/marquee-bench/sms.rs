@@ -488,6 +488,7 @@ pub fn store(n: usize, batches: &[usize]) -> anyhow::Result<()> {
                 recipient: 8613800000000 + i as u64,
                 text: text.clone(),
                 parts: 1,
+                params: None,
             })
             .collect();
         let spec = json!({});

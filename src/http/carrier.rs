@@ -1,0 +1,245 @@
+//! What carriers push to us without an id of ours: delivery reports as JSON arrays, matched
+//! by the carrier's id stored at submit, and replies (MO) that may opt a number out. Each is
+//! answered with the acknowledgement the provider expects (anything else makes it push
+//! again), and only after what it carried is on disk.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use chrono::Utc;
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+use super::error::ApiError;
+use super::{AppState, audit};
+use crate::domain::delivery::Report;
+use crate::sms::config::{GatewayConfig, GatewayKind};
+use crate::sms::{aliyun, tencent};
+
+/// The gateway, if `secret` (from the query) is its delivery-report secret.
+pub fn authorised<'a>(
+    s: &'a AppState,
+    gateway: &str,
+    uri: &axum::http::Uri,
+) -> Result<&'a GatewayConfig, ApiError> {
+    let Some(g) = s.cfg.sms.gateway(gateway) else {
+        return Err(ApiError::not_found(format!("no gateway {gateway:?}")));
+    };
+    let given: String = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == "secret")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let expected = g.dlr_secret.as_deref().unwrap_or("");
+    if expected.is_empty() || !bool::from(expected.as_bytes().ct_eq(given.as_bytes())) {
+        return Err(ApiError::forbidden(format!(
+            "bad or missing secret for gateway {gateway:?}"
+        )));
+    }
+    Ok(g)
+}
+
+fn ack(g: &GatewayConfig) -> Response {
+    let body = match g.kind {
+        GatewayKind::Tencent(_) => tencent::ACK,
+        GatewayKind::Aliyun(_) => aliyun::ACK,
+        _ => return axum::Json(json!({"ok": true})).into_response(),
+    };
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
+}
+
+/// Whether the gateway's provider pushes reports as arrays to one account URL.
+pub fn pushes_arrays(g: &GatewayConfig) -> bool {
+    matches!(g.kind, GatewayKind::Tencent(_) | GatewayKind::Aliyun(_))
+}
+
+/// One pushed report: the carrier's id for the message, its code, meaning and raw element.
+struct Pushed {
+    sid: String,
+    code: String,
+    report: Report,
+    raw: String,
+}
+
+fn read_pushed(g: &GatewayConfig, body: &[u8]) -> Result<Vec<Pushed>, String> {
+    Ok(match g.kind {
+        GatewayKind::Aliyun(_) => aliyun::read_reports(body)?
+            .into_iter()
+            .map(|r| Pushed {
+                sid: r.carrier_id,
+                code: r.code,
+                report: r.report,
+                raw: r.raw,
+            })
+            .collect(),
+        _ => tencent::read_reports(body)?
+            .into_iter()
+            .map(|r| Pushed {
+                sid: r.sid,
+                code: r.code,
+                report: r.report,
+                raw: r.raw,
+            })
+            .collect(),
+    })
+}
+
+/// A pushed array of reports (Tencent, Aliyun): every element stored (matched by the
+/// carrier's id, or kept as an orphan) before the acknowledgement. A store failure answers
+/// 503, so the provider pushes the whole array again (stored elements are not applied twice).
+pub async fn dlr_array(s: &AppState, g: &GatewayConfig, body: &[u8]) -> Result<Response, ApiError> {
+    let items = read_pushed(g, body).map_err(|e| ApiError::bad_field("body", e))?;
+    let mut waits = Vec::with_capacity(items.len());
+    for it in items {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        s.reports
+            .send((
+                crate::store::sms::ReportIn {
+                    id: 0,
+                    carrier_id: Some(it.sid.clone()),
+                    gateway: g.name.clone(),
+                    report: Some(it.report),
+                    code: it.code.clone(),
+                    raw: it.raw.chars().take(2000).collect(),
+                },
+                reply,
+            ))
+            .await
+            .map_err(|_| ApiError::internal("the report intake is not running"))?;
+        waits.push((it.sid, answer));
+    }
+    let (mut matched, mut orphans) = (0usize, 0usize);
+    for (sid, answer) in waits {
+        match answer
+            .await
+            .map_err(|_| ApiError::internal("the report intake stopped"))?
+        {
+            Ok(Some(_)) => matched += 1,
+            Ok(None) => {
+                orphans += 1;
+                tracing::warn!(gateway = %g.name, sid = %sid, "delivery report for no message we sent through this gateway; kept");
+            }
+            Err(e) => {
+                return Err(ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "unavailable",
+                    message: format!("cannot store the reports now ({e}); push them again"),
+                    field: None,
+                });
+            }
+        }
+    }
+    tracing::debug!(gateway = %g.name, matched, orphans, "delivery reports");
+    Ok(ack(g))
+}
+
+/// Whether a reply asks to stop: the whole reply, trimmed of spaces and final punctuation,
+/// is one of the keywords (compared in upper case).
+pub fn is_optout(text: &str, keywords: &[String]) -> bool {
+    let t = text
+        .trim()
+        .trim_end_matches(['。', '.', '!', '！', ' ', '\u{3000}'])
+        .trim()
+        .to_uppercase();
+    keywords.contains(&t)
+}
+
+/// `POST /api/v1/sms/mo/{gateway}?secret=…`: a reply (MO). Tencent pushes a JSON object
+/// (`mobile`, `nationcode`, `text`); other gateways give `from` and `text` in the query, a
+/// form or a JSON object (Kannel's sms-service `get-url` with `from=%p&text=%a`). A reply that
+/// is an opt-out keyword (`sms.optout_keywords`) puts the number on the opt-out list (audited);
+/// every reply is kept. Answered with the provider's acknowledgement.
+#[utoipa::path(post, path = "/api/v1/sms/mo/{gateway}", tag = "sms", params(("gateway" = String, Path, description = "gateway name"), ("secret" = String, Query, description = "the gateway's report secret")), responses((status = 200, description = "stored; the provider's acknowledgement"), (status = 400, description = "not a reply"), (status = 403, description = "bad secret"), (status = 404, description = "no such gateway")))]
+pub async fn mo(
+    State(s): State<Arc<AppState>>,
+    Path(gateway): Path<String>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let g = authorised(&s, &gateway, &uri)?;
+    let replies = match &g.kind {
+        GatewayKind::Tencent(_) => {
+            vec![tencent::read_reply(&body).map_err(|e| ApiError::bad_field("body", e))?]
+        }
+        GatewayKind::Aliyun(_) => {
+            aliyun::read_replies(&body).map_err(|e| ApiError::bad_field("body", e))?
+        }
+        _ => {
+            let fields = super::campaigns::callback_fields(&uri, &headers, &body)?;
+            let from = ["from", "mobile", "phone"]
+                .iter()
+                .find_map(|k| fields.get(*k).cloned())
+                .ok_or_else(|| ApiError::bad_field("from", "no from (the replying number)"))?;
+            let text = ["text", "content", "body"]
+                .iter()
+                .find_map(|k| fields.get(*k).cloned())
+                .ok_or_else(|| ApiError::bad_field("text", "no text"))?;
+            vec![(from, text)]
+        }
+    };
+    // Chinese providers write mainland numbers without +86.
+    let region = match g.kind {
+        GatewayKind::Tencent(_) | GatewayKind::Aliyun(_) => phonenumber::country::Id::CN,
+        _ => s.cfg.sms.default_region,
+    };
+    let raw: String = String::from_utf8_lossy(&body).chars().take(2000).collect();
+    for (raw_number, text) in replies {
+        let number = crate::domain::phone::normalize(&raw_number, region)
+            .map_err(|e| ApiError::bad_field("from", e.to_string()))?;
+        let optout = is_optout(&text, &s.cfg.sms.optout_keywords);
+        let (store, gw, n, t, r) = (
+            s.store.clone(),
+            g.name.clone(),
+            number.clone(),
+            text.clone(),
+            raw.clone(),
+        );
+        let joined =
+            super::api::blocking(move || store.record_reply(&gw, &n, &t, optout, &r, Utc::now()))
+                .await?;
+        if joined {
+            audit(
+                &s,
+                &format!("mo:{}", g.name),
+                "optout.add",
+                &crate::domain::phone::mask(&number),
+                json!({"reply": text, "gateway": g.name}),
+            )
+            .await?;
+            tracing::info!(gateway = %g.name, number = %crate::domain::phone::mask(&number), "opted out by reply");
+        }
+    }
+    Ok(ack(g))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn optout_keywords_match_the_whole_reply() {
+        let k: Vec<String> = crate::sms::config::OPTOUT_KEYWORDS
+            .iter()
+            .map(|k| (*k).to_owned())
+            .collect();
+        for yes in ["TD", " td ", "退订", "退订。", "R", "stop!", "Ｔ"] {
+            if yes == "Ｔ" {
+                // Full-width letters are not folded: a reply "Ｔ" is kept, not an opt-out.
+                assert!(!is_optout(yes, &k));
+                continue;
+            }
+            assert!(is_optout(yes, &k), "{yes}");
+        }
+        for no in ["谢谢", "TD please call me", "Stopover", ""] {
+            assert!(!is_optout(no, &k), "{no}");
+        }
+    }
+}
