@@ -181,6 +181,11 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         sms_waker.clone(),
         http_addr,
     )?;
+    let reconciler = Arc::new(
+        crate::sms::reconcile::Reconciler::new(&cfg, store.clone())
+            .map_err(|e| anyhow::anyhow!("{}: sms.gateways: {e}", cfg.file))?,
+    );
+    tracker.spawn(reconciler.clone().run(cancel.clone()));
     let (reload_tx, reload_rx) = mpsc::channel(64);
     let state = Arc::new(AppState {
         cfg: cfg.clone(),
@@ -195,6 +200,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         held_alerts: Arc::new(tokio::sync::Notify::new()),
         signing: signing.clone(),
         registry: registry.clone(),
+        reconciler: reconciler.clone(),
     });
     if let Some((old, n)) = resigned {
         // Audited (which also signs the audit anchor again with the new key).

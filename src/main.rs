@@ -106,7 +106,7 @@ enum Command {
         api: ApiArgs,
     },
     /// SMS campaigns: create (prints the cost), list, show, start, pause, resume, cancel,
-    /// requeue-unknown, status (live progress in a terminal), messages, rejects.
+    /// reconcile, requeue-unknown, status (live progress in a terminal), messages, rejects.
     Campaign {
         #[command(subcommand)]
         action: CampaignAction,
@@ -238,6 +238,12 @@ enum CampaignAction {
     },
     /// Cancel every message not yet sent.
     Cancel {
+        /// Campaign id.
+        id: i64,
+    },
+    /// Ask the providers about the messages whose submit answer was lost: those they have
+    /// become sent (or delivered, failed) and are never resent.
+    Reconcile {
         /// Campaign id.
         id: i64,
     },
@@ -570,6 +576,9 @@ fn main() -> ExitCode {
                     CampaignAction::Pause { id } => c::action(&client, id, "pause", false).await,
                     CampaignAction::Resume { id } => c::action(&client, id, "resume", false).await,
                     CampaignAction::Cancel { id } => c::action(&client, id, "cancel", false).await,
+                    CampaignAction::Reconcile { id } => {
+                        c::action(&client, id, "reconcile", false).await
+                    }
                     CampaignAction::RequeueUnknown { id } => {
                         c::action(&client, id, "requeue-unknown", false).await
                     }

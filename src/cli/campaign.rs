@@ -293,6 +293,16 @@ pub async fn action(
             body,
         )
         .await?;
+    if let Some(r) = v.get("reconciled") {
+        let mut out = format!(
+            "campaign {id}: {} unknown message(s) looked up, {} found at the provider, {} still unknown\n",
+            r["checked"], r["resolved"], v["unknown"]
+        );
+        for e in r["errors"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  {}\n", e.as_str().unwrap_or("")));
+        }
+        return Ok(out);
+    }
     if let Some(n) = v["requeued"].as_i64() {
         return Ok(format!("campaign {id}: {n} unknown message(s) requeued\n"));
     }

@@ -352,8 +352,10 @@ pub struct StartBody {
     pub confirm_late: bool,
 }
 
-/// `POST /api/v1/campaigns/{id}/{start|pause|resume|cancel|requeue-unknown}`.
-#[utoipa::path(post, path = "/api/v1/campaigns/{id}/{action}", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id"), ("action" = String, Path, description = "start, pause, resume, cancel or requeue-unknown")), request_body(content = Option<StartBody>, description = "for start: confirm_late"), responses((status = 200, description = "the campaign after the change"), (status = 409, description = "wrong state, or a missed start without confirm_late"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+/// `POST /api/v1/campaigns/{id}/{start|pause|resume|cancel|reconcile|requeue-unknown}`.
+/// `reconcile` asks the providers about the campaign's `unknown` messages (those found become
+/// `sent`, `delivered` or `failed`; never resent); `requeue-unknown` sends them again.
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/{action}", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id"), ("action" = String, Path, description = "start, pause, resume, cancel, reconcile or requeue-unknown")), request_body(content = Option<StartBody>, description = "for start: confirm_late"), responses((status = 200, description = "the campaign after the change"), (status = 409, description = "wrong state, or a missed start without confirm_late"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn action(
     who: Operator,
     State(s): State<Arc<AppState>>,
@@ -410,6 +412,24 @@ pub async fn action(
             ],
             "cancelled",
         ),
+        "reconcile" => {
+            audit(
+                &s,
+                &who.0.name,
+                "campaign.reconcile",
+                &format!("campaign:{id}"),
+                json!({"unknown": c.counts.get("unknown")}),
+            )
+            .await?;
+            let o = s.reconciler.pass(Some(id), std::time::Duration::ZERO).await;
+            let left = load(&s, id)
+                .await?
+                .counts
+                .get("unknown")
+                .copied()
+                .unwrap_or(0);
+            return Ok(Json(json!({"id": id, "reconciled": o, "unknown": left})));
+        }
         "requeue-unknown" => {
             if c.status == "cancelled" {
                 return Err(conflict(
@@ -439,7 +459,7 @@ pub async fn action(
         }
         other => {
             return Err(ApiError::not_found(format!(
-                "no campaign action {other:?} (start, pause, resume, cancel, requeue-unknown)"
+                "no campaign action {other:?} (start, pause, resume, cancel, reconcile, requeue-unknown)"
             )));
         }
     };

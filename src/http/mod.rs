@@ -52,6 +52,8 @@ pub struct AppState {
     pub signing: Arc<crate::wire::KeyPair>,
     /// The display registry (who may report; reach of the two-person rule).
     pub registry: Arc<crate::registry::Registry>,
+    /// Looks up `unknown` SMS at their providers.
+    pub reconciler: Arc<crate::sms::reconcile::Reconciler>,
 }
 
 /// The OpenAPI document's frame: title, version, the bearer scheme, tags.

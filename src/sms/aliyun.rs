@@ -83,35 +83,25 @@ pub fn authorization(
     format!("ACS3-HMAC-SHA256 Credential={key_id},SignedHeaders={signed},Signature={signature}")
 }
 
-/// A signed `SendSms`: the query string and the headers (besides `Host`, which must be
-/// `host`). `nonce` is unique per request.
-#[allow(clippy::too_many_arguments)]
-pub fn send_sms(
+/// A signed request for `action` with `params` in the query: the query string and the
+/// headers (besides `Host`, which must be `host`). `nonce` is unique per request.
+pub fn signed(
     key_id: &str,
     secret: &str,
     host: &str,
-    numbers: &[&str],
-    sign_name: &str,
-    template: &str,
-    param: &serde_json::Value,
-    out_id: &str,
+    action: &str,
+    params: &[(&str, String)],
     now: DateTime<Utc>,
     nonce: &str,
 ) -> (String, Vec<(String, String)>) {
-    let query: BTreeMap<String, String> = [
-        ("PhoneNumbers", numbers.join(",")),
-        ("SignName", sign_name.to_owned()),
-        ("TemplateCode", template.to_owned()),
-        ("TemplateParam", param.to_string()),
-        ("OutId", out_id.to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let query: BTreeMap<String, String> = params
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.clone()))
+        .collect();
     let empty = sha256_hex(b"");
     let headers: BTreeMap<String, String> = [
         ("host", host.to_owned()),
-        ("x-acs-action", "SendSms".to_owned()),
+        ("x-acs-action", action.to_owned()),
         ("x-acs-content-sha256", empty.clone()),
         ("x-acs-date", now.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
         ("x-acs-signature-nonce", nonce.to_owned()),
@@ -124,6 +114,37 @@ pub fn send_sms(
     let mut out: Vec<(String, String)> = headers.into_iter().filter(|(k, _)| k != "host").collect();
     out.push(("Authorization".into(), auth));
     (canonical_query(&query), out)
+}
+
+/// What `QuerySendDetails` knows of one message: (`OutId`, `SendStatus` code, meaning).
+pub fn read_details(body: &str) -> Result<Vec<(String, String, Option<Report>)>, String> {
+    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    let code = v["Code"].as_str().unwrap_or("");
+    if code != "OK" {
+        return Err(format!("{code}: {}", v["Message"].as_str().unwrap_or("")));
+    }
+    Ok(v["SmsSendDetailDTOs"]["SmsSendDetailDTO"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|d| {
+            let status = d["SendStatus"].as_i64().unwrap_or(0);
+            let err = d["ErrCode"].as_str().unwrap_or("").to_owned();
+            (
+                d["OutId"].as_str().unwrap_or("").to_owned(),
+                if err.is_empty() {
+                    format!("SendStatus {status}")
+                } else {
+                    err
+                },
+                match status {
+                    3 => Some(Report::Delivered),
+                    2 => Some(Report::Undelivered),
+                    _ => None,
+                },
+            )
+        })
+        .collect())
 }
 
 /// The number as Aliyun writes it in reports: mainland numbers without `+86`.

@@ -494,6 +494,7 @@ async fn submit(
         .iter()
         .map(|m| Outgoing {
             id: m.id,
+            campaign: m.campaign,
             to: &m.recipient,
             from: sender,
             text: &m.text,

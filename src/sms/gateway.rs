@@ -25,6 +25,8 @@ use crate::domain::segments::{Encoding, encoding, segments};
 pub struct Outgoing<'a> {
     /// Our message id (goes into the delivery-report URL).
     pub id: i64,
+    /// Its campaign (tagged on template carriers' requests, to find it again).
+    pub campaign: i64,
     /// E.164.
     pub to: &'a str,
     /// Sender id.
@@ -133,6 +135,56 @@ async fn exchange(req: reqwest::RequestBuilder) -> Result<(u16, Option<Duration>
     let after = retry_after(&resp);
     let body = resp.text().await.map_err(transport_error)?;
     Ok((status, after, body))
+}
+
+/// What a provider knows of a message whose submit answer was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Its id there (to match later reports), when the provider says.
+    pub carrier_id: Option<String>,
+    /// The provider's status words.
+    pub code: String,
+    /// A final outcome, when there is one.
+    pub report: Option<crate::domain::delivery::Report>,
+}
+
+/// The tag template carriers' requests carry (Tencent `SessionContext`, Aliyun `OutId`), so
+/// that a message whose answer was lost can be found again: a campaign has one message per
+/// number.
+pub fn campaign_tag(campaign: i64) -> String {
+    format!("marquee-c{campaign}")
+}
+
+/// The host a request is signed for: the one it carries (with a non-default port).
+fn signed_host(url: &url::Url) -> String {
+    match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_owned(),
+        _ => String::new(),
+    }
+}
+
+/// A signed Tencent request for `action` with `body`.
+fn tencent_request(
+    client: &reqwest::Client,
+    t: &TencentConfig,
+    action: &'static str,
+    body: Vec<u8>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> reqwest::RequestBuilder {
+    let mut req = client.post(t.url.clone());
+    for (k, v) in super::tencent::headers(
+        action,
+        &t.secret_id,
+        &t.secret_key,
+        &signed_host(&t.url),
+        &t.region,
+        now.timestamp(),
+        &body,
+    ) {
+        req = req.header(k, v);
+    }
+    req.body(body)
 }
 
 /// The classification of an HTTP status (accepted statuses given).
@@ -340,6 +392,109 @@ impl Gateway {
         }
     }
 
+    /// A signed Aliyun request for `action` with `params` in the query.
+    fn aliyun_request(
+        &self,
+        a: &AliyunConfig,
+        action: &str,
+        params: &[(&str, String)],
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> reqwest::RequestBuilder {
+        let mut nonce = [0u8; 16];
+        let _ = getrandom::fill(&mut nonce);
+        let (query, headers) = super::aliyun::signed(
+            &a.access_key_id,
+            &a.access_key_secret,
+            &signed_host(&a.url),
+            action,
+            params,
+            now,
+            &hex::encode(nonce),
+        );
+        let mut url = a.url.clone();
+        url.set_query(Some(&query));
+        let mut req = self.client.post(url);
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        req
+    }
+
+    /// Asks the provider whether it has a message of `campaign` for `to` sent since `since`
+    /// (Tencent `PullSmsSendStatusByPhoneNumber`, Aliyun `QuerySendDetails`, matched by the
+    /// campaign tag sent with it). `Ok(None)`: not found, or this kind cannot be asked.
+    pub async fn find(
+        &self,
+        to: &str,
+        campaign: i64,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Option<Found>, String> {
+        let now = chrono::Utc::now();
+        let tag = campaign_tag(campaign);
+        let text = match &self.cfg.kind {
+            GatewayKind::Tencent(t) => {
+                let body = serde_json::json!({
+                    "BeginTime": (since - chrono::Duration::minutes(1)).timestamp(),
+                    "EndTime": now.timestamp(),
+                    "Offset": 0,
+                    "Limit": 100,
+                    "PhoneNumber": to,
+                    "SmsSdkAppId": t.sdk_app_id,
+                });
+                let bytes = serde_json::to_vec(&body).unwrap_or_default();
+                let req = tencent_request(
+                    &self.client,
+                    t,
+                    "PullSmsSendStatusByPhoneNumber",
+                    bytes,
+                    now,
+                );
+                let text = exchange(req)
+                    .await
+                    .map_err(|a| a.reason.unwrap_or_default())?
+                    .2;
+                return Ok(super::tencent::read_pulled(&text)?
+                    .into_iter()
+                    .find(|p| p.session == tag)
+                    .map(|p| Found {
+                        carrier_id: Some(p.serial).filter(|s| !s.is_empty()),
+                        code: p.code,
+                        report: p.report,
+                    }));
+            }
+            GatewayKind::Aliyun(a) => {
+                let date = since
+                    .with_timezone(&chrono_tz::Asia::Shanghai)
+                    .format("%Y%m%d")
+                    .to_string();
+                let req = self.aliyun_request(
+                    a,
+                    "QuerySendDetails",
+                    &[
+                        ("PhoneNumber", super::aliyun::report_number(to)),
+                        ("SendDate", date),
+                        ("PageSize", "50".into()),
+                        ("CurrentPage", "1".into()),
+                    ],
+                    now,
+                );
+                exchange(req)
+                    .await
+                    .map_err(|a| a.reason.unwrap_or_default())?
+                    .2
+            }
+            _ => return Ok(None),
+        };
+        Ok(super::aliyun::read_details(&text)?
+            .into_iter()
+            .find(|(out_id, _, _)| *out_id == tag)
+            .map(|(_, code, report)| Found {
+                carrier_id: None,
+                code,
+                report,
+            }))
+    }
+
     /// The answer for every message of a request to a template-only gateway without a template.
     fn needs_template(&self, n: usize) -> Vec<Answer> {
         vec![
@@ -370,33 +525,23 @@ impl Gateway {
             .zip(first.params)
             .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
             .collect();
-        let host = match (a.url.host_str(), a.url.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            _ => String::new(),
-        };
-        let mut nonce = [0u8; 16];
-        let _ = getrandom::fill(&mut nonce);
         let now = chrono::Utc::now();
         let numbers: Vec<&str> = ms.iter().map(|m| m.to).collect();
-        let (query, headers) = aliyun::send_sms(
-            &a.access_key_id,
-            &a.access_key_secret,
-            &host,
-            &numbers,
-            &a.sign_name,
-            template,
-            &serde_json::Value::Object(param),
-            &first.id.to_string(),
+        let req = self.aliyun_request(
+            a,
+            "SendSms",
+            &[
+                ("PhoneNumbers", numbers.join(",")),
+                ("SignName", a.sign_name.clone()),
+                ("TemplateCode", template.to_owned()),
+                (
+                    "TemplateParam",
+                    serde_json::Value::Object(param).to_string(),
+                ),
+                ("OutId", campaign_tag(first.campaign)),
+            ],
             now,
-            &hex::encode(nonce),
         );
-        let mut url = a.url.clone();
-        url.set_query(Some(&query));
-        let mut req = self.client.post(url);
-        for (k, v) in headers {
-            req = req.header(k, v);
-        }
         let (status, after, text) = match exchange(req).await {
             Ok(r) => r,
             Err(x) => return vec![x; n],
@@ -453,28 +598,12 @@ impl Gateway {
             template_id,
             sign_name: &t.sign_name,
             template_param_set: first.params,
-            session_context: first.id.to_string(),
+            session_context: campaign_tag(first.campaign),
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
-        // The signed host is the one the request carries (with a non-default port).
-        let host = match (t.url.host_str(), t.url.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_owned(),
-            _ => String::new(),
-        };
         let now = chrono::Utc::now();
-        let mut req = self.client.post(t.url.clone());
-        for (k, v) in tencent::headers(
-            &t.secret_id,
-            &t.secret_key,
-            &host,
-            &t.region,
-            now.timestamp(),
-            &bytes,
-        ) {
-            req = req.header(k, v);
-        }
-        let (status, after, text) = match exchange(req.body(bytes)).await {
+        let req = tencent_request(&self.client, t, "SendSms", bytes, now);
+        let (status, after, text) = match exchange(req).await {
             Ok(r) => r,
             Err(a) => return vec![a; n],
         };
@@ -659,6 +788,7 @@ dlr_secret_file = {:?}
         let a = gw
             .submit(&Outgoing {
                 id: 1,
+                campaign: 1,
                 to: "+8613800138000",
                 from: "12345",
                 text: "hi",

@@ -8,4 +8,5 @@ pub mod config;
 pub mod dispatch;
 pub mod dlr;
 pub mod gateway;
+pub mod reconcile;
 pub mod tencent;

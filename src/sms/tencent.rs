@@ -90,8 +90,10 @@ pub struct SendSms<'a> {
     pub session_context: String,
 }
 
-/// The headers of a signed `SendSms` request of `body`, at `timestamp`.
+/// The headers of a signed request for `action` (`SendSms`, `PullSmsSendStatusByPhoneNumber`)
+/// of `body`, at `timestamp`.
 pub fn headers(
+    action: &'static str,
     secret_id: &str,
     secret_key: &str,
     host: &str,
@@ -105,7 +107,7 @@ pub fn headers(
             authorization(secret_id, secret_key, "sms", host, timestamp, body),
         ),
         ("Content-Type", CONTENT_TYPE.to_owned()),
-        ("X-TC-Action", "SendSms".to_owned()),
+        ("X-TC-Action", action.to_owned()),
         ("X-TC-Version", VERSION.to_owned()),
         ("X-TC-Region", region.to_owned()),
         ("X-TC-Timestamp", timestamp.to_string()),
@@ -319,6 +321,50 @@ pub fn read_reports(body: &[u8]) -> Result<Vec<ReportItem>, String> {
             })
         })
         .collect()
+}
+
+/// What the provider knows of one number's messages (`PullSmsSendStatusByPhoneNumber`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pulled {
+    /// `SerialNo`.
+    pub serial: String,
+    /// `SessionContext`: the campaign tag we sent.
+    pub session: String,
+    /// `ReportStatus` (`SUCCESS`/`FAIL`) and `Description`.
+    pub code: String,
+    /// Its meaning.
+    pub report: Option<Report>,
+}
+
+/// A `PullSmsSendStatusByPhoneNumber` answer.
+pub fn read_pulled(body: &str) -> Result<Vec<Pulled>, String> {
+    let v: serde_json::Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
+    let r = &v["Response"];
+    if let Some(code) = r["Error"]["Code"].as_str() {
+        return Err(format!(
+            "{code}: {}",
+            r["Error"]["Message"].as_str().unwrap_or("")
+        ));
+    }
+    Ok(r["PullSmsSendStatusSet"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let s = |k: &str| e[k].as_str().unwrap_or("").to_owned();
+            let status = s("ReportStatus");
+            Pulled {
+                serial: s("SerialNo"),
+                session: s("SessionContext"),
+                report: match status.as_str() {
+                    "SUCCESS" => Some(Report::Delivered),
+                    "FAIL" => Some(Report::Undelivered),
+                    _ => None,
+                },
+                code: format!("{status} {}", s("Description")).trim().to_owned(),
+            }
+        })
+        .collect())
 }
 
 /// A pushed reply (MO): the number (E.164) and the text.

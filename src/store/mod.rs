@@ -291,6 +291,7 @@ const MIGRATIONS: &[&str] = &[
     // campaign was paused by a gateway; reports nobody matched; replies (MO).
     "ALTER TABLE messages ADD COLUMN params TEXT;
     CREATE INDEX messages_by_carrier_id ON messages (carrier_id) WHERE carrier_id IS NOT NULL;
+    CREATE INDEX messages_unknown ON messages (id) WHERE state = 'unknown';
     ALTER TABLE campaigns ADD COLUMN paused_reason TEXT;
     CREATE TABLE orphan_reports (
         id           INTEGER PRIMARY KEY,

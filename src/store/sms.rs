@@ -140,6 +140,23 @@ pub struct Claimed {
     pub params: Option<String>,
 }
 
+/// A message whose submit answer was lost.
+#[derive(Debug, Clone)]
+pub struct UnknownMessage {
+    /// Id.
+    pub id: i64,
+    /// Campaign.
+    pub campaign: i64,
+    /// Parts.
+    pub parts: usize,
+    /// E.164.
+    pub recipient: String,
+    /// The gateway it went to.
+    pub gateway: Option<String>,
+    /// When.
+    pub submitted_at: Option<DateTime<Utc>>,
+}
+
 /// A delivery report to store.
 #[derive(Debug, Clone)]
 pub struct ReportIn {
@@ -1091,6 +1108,37 @@ impl Store {
         let mut stmt =
             conn.prepare("SELECT code, raw, received_at FROM dlrs WHERE message = ?1 ORDER BY id")?;
         let rows = stmt.query_map([id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// `unknown` messages (of `campaign`, or all) submitted before `before`: what
+    /// reconciliation asks the providers about.
+    pub fn unknown_messages(
+        &self,
+        campaign: Option<i64>,
+        before: DateTime<Utc>,
+        limit: usize,
+    ) -> Result<Vec<UnknownMessage>, StoreError> {
+        let conn = self.read_conn();
+        let mut st = conn.prepare_cached(
+            "SELECT id, campaign, parts, recipient, gateway, submitted_at FROM messages INDEXED BY messages_unknown
+             WHERE state = 'unknown' AND (?1 IS NULL OR campaign = ?1)
+               AND (submitted_at IS NULL OR submitted_at <= ?2)
+             ORDER BY id LIMIT ?3",
+        )?;
+        let rows = st.query_map(params![campaign, ts(before), limit as i64], |r| {
+            let at: Option<String> = r.get(5)?;
+            Ok(UnknownMessage {
+                id: r.get(0)?,
+                campaign: r.get(1)?,
+                parts: r.get::<_, i64>(2)? as usize,
+                recipient: r.get(3)?,
+                gateway: r.get(4)?,
+                submitted_at: at
+                    .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                    .map(|t| t.with_timezone(&Utc)),
+            })
+        })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 

@@ -28,8 +28,8 @@ struct Book {
     templates: HashMap<String, usize>,
     blacklist: HashSet<String>,
     daily_limit: HashSet<String>,
-    /// Every number accepted (sent), with its serial number.
-    sent: Vec<(String, String)>,
+    /// Every number accepted (sent), with its serial number and session context.
+    sent: Vec<(String, String, String)>,
     /// Numbers per request that passed the signature check.
     requests: Vec<Vec<String>>,
     /// Requests refused for their signature, time or SecretId.
@@ -67,7 +67,12 @@ async fn send_sms(State(book): State<Arc<Mutex<Book>>>, headers: HeaderMap, body
         json!({"Response": {"Error": {"Code": c, "Message": m}, "RequestId": "standin"}})
             .to_string()
     };
-    if h("x-tc-action") != "SendSms" || h("x-tc-version") != "2021-01-11" {
+    let action = h("x-tc-action");
+    if !matches!(
+        action.as_str(),
+        "SendSms" | "PullSmsSendStatusByPhoneNumber"
+    ) || h("x-tc-version") != "2021-01-11"
+    {
         return error("InvalidAction", "action or version");
     }
     // The signature, as Tencent checks it: recomputed over the bytes received.
@@ -91,6 +96,27 @@ async fn send_sms(State(book): State<Arc<Mutex<Book>>>, headers: HeaderMap, body
         );
     }
     let req: Value = serde_json::from_slice(&body).unwrap_or_default();
+    if action == "PullSmsSendStatusByPhoneNumber" {
+        // What it sent to the number (here: every message it accepted is delivered).
+        let b = book.lock().unwrap();
+        let phone = req["PhoneNumber"].as_str().unwrap_or("");
+        if req["SmsSdkAppId"] != APP || req["BeginTime"].as_i64().is_none() || phone.is_empty() {
+            return error("InvalidParameter", "SmsSdkAppId, BeginTime, PhoneNumber");
+        }
+        let set: Vec<Value> = b
+            .sent
+            .iter()
+            .filter(|(n, _, _)| n == phone)
+            .map(|(n, serial, session)| {
+                json!({"UserReceiveTime": "2026-11-30 10:00:00", "CountryCode": "86",
+                    "SubscriberNumber": n.trim_start_matches("+86"), "PhoneNumber": n,
+                    "SerialNo": serial, "ReportStatus": "SUCCESS", "Description": "用户短信送达成功",
+                    "SessionContext": session})
+            })
+            .collect();
+        return json!({"Response": {"PullSmsSendStatusSet": set, "RequestId": "standin"}})
+            .to_string();
+    }
     let numbers: Vec<String> = req["PhoneNumberSet"]
         .as_array()
         .into_iter()
@@ -105,9 +131,17 @@ async fn send_sms(State(book): State<Arc<Mutex<Book>>>, headers: HeaderMap, body
     }
     let template = req["TemplateId"].as_str().unwrap_or("").to_owned();
     let params = req["TemplateParamSet"].as_array().map_or(0, Vec::len);
+    let session = req["SessionContext"].as_str().unwrap_or("").to_owned();
     let hold = {
         let mut b = book.lock().unwrap();
         b.requests.push(numbers.clone());
+        if b.hold {
+            // The provider sends them, and the answer never leaves.
+            for n in &numbers {
+                let serial = format!("2433:{}", 100000 + b.sent.len());
+                b.sent.push((n.clone(), serial, session.clone()));
+            }
+        }
         b.hold
     };
     if hold {
@@ -132,7 +166,7 @@ async fn send_sms(State(book): State<Arc<Mutex<Book>>>, headers: HeaderMap, body
         };
         let serial = if c == "Ok" {
             let s = format!("2433:{}", 100000 + b.sent.len());
-            b.sent.push((n.clone(), s.clone()));
+            b.sent.push((n.clone(), s.clone(), session.clone()));
             b.unpushed.push(json!({
                 "user_receive_time": chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(),
                 "nationcode": "86",
@@ -396,7 +430,7 @@ async fn a_template_campaign_is_delivered_by_array_reports_and_replies_opt_out()
         .await;
     assert_eq!(status, 403);
     // Every number went out once.
-    let sent: Vec<String> = a.book().sent.iter().map(|(n, _)| n.clone()).collect();
+    let sent: Vec<String> = a.book().sent.iter().map(|(n, _, _)| n.clone()).collect();
     assert_eq!(sent.len(), 2, "{sent:?}");
 }
 
@@ -459,7 +493,8 @@ async fn an_unapproved_template_pauses_the_campaign_and_a_wrong_key_takes_the_ga
     assert!(a.book().sent.is_empty());
 }
 
-#[tokio::test]
+// Multi-threaded: the stand-in keeps answering while the test waits on the CLI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_batch_sends_no_number_twice() {
     let a = Standin::start(&[("2000001", 1)]).await;
     a.book().hold = true;
@@ -498,5 +533,26 @@ async fn kill_9_during_a_batch_sends_no_number_twice() {
         unknown + c["counts"]["sent"].as_u64().unwrap_or(0) as usize,
         20,
         "{c}"
+    );
+    // Reconciliation asks the provider: what it sent (the held request's numbers) is found
+    // by the campaign's tag and becomes delivered; nothing is resent.
+    let out = d.cli(&token, &["campaign", "reconcile", &id.to_string()]);
+    assert!(
+        out.contains(&format!("{held} found at the provider")),
+        "{out}"
+    );
+    let c = until(&d, &token, id, "reconciled", |c| {
+        c["counts"]["unknown"].as_u64().unwrap_or(0) as usize == unknown - held
+    })
+    .await;
+    assert_eq!(
+        c["counts"]["delivered"].as_u64().unwrap_or(0) as usize,
+        held,
+        "{c}"
+    );
+    assert_eq!(
+        a.book().requests.iter().flatten().count(),
+        20,
+        "nothing was resent"
     );
 }
