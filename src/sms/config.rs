@@ -117,6 +117,10 @@ struct RawGateway {
     access_key_id_file: Option<PathBuf>,
     access_key_secret_env: Option<String>,
     access_key_secret_file: Option<PathBuf>,
+    ec_name: Option<String>,
+    ap_id: Option<String>,
+    sign: Option<String>,
+    add_serial: Option<String>,
     batch_max: Option<usize>,
 }
 
@@ -288,6 +292,27 @@ pub enum GatewayKind {
     Tencent(TencentConfig),
     /// Aliyun SMS (Dysmsapi 2017-05-25, `SendSms`, ACS3-HMAC-SHA256).
     Aliyun(AliyunConfig),
+    /// China Mobile 云MAS HTTP (`tmpsubmit`: Base64 JSON body, MD5 `mac`).
+    CmccMas(CmccMasConfig),
+}
+
+/// Settings of a `cmcc-mas` gateway (DESIGN §7b; CARRIERS.md §2.1).
+#[derive(Clone)]
+pub struct CmccMasConfig {
+    /// The `tmpsubmit` URL of the office's deployment.
+    pub url: url::Url,
+    /// `ecName`: the enterprise name as registered.
+    pub ec_name: String,
+    /// `apId`: the interface user.
+    pub ap_id: String,
+    /// `secretKey`: only inside the `mac`.
+    pub secret_key: String,
+    /// `sign`: the signature code the platform issued.
+    pub sign: String,
+    /// `addSerial`: the extension code (default empty).
+    pub add_serial: String,
+    /// Numbers per request, 1–5000 (`batch_max`, default 1000).
+    pub batch_max: usize,
 }
 
 /// Settings of an `aliyun` gateway (DESIGN §7b; CARRIERS.md §2.2).
@@ -333,12 +358,16 @@ impl GatewayKind {
             GatewayKind::Http(_) => "http",
             GatewayKind::Tencent(_) => "tencent",
             GatewayKind::Aliyun(_) => "aliyun",
+            GatewayKind::CmccMas(_) => "cmcc-mas",
         }
     }
 
     /// Whether it sends only approved templates (never free text).
     pub fn templates_only(&self) -> bool {
-        matches!(self, GatewayKind::Tencent(_) | GatewayKind::Aliyun(_))
+        matches!(
+            self,
+            GatewayKind::Tencent(_) | GatewayKind::Aliyun(_) | GatewayKind::CmccMas(_)
+        )
     }
 
     /// Most numbers one request may carry.
@@ -346,6 +375,7 @@ impl GatewayKind {
         match self {
             GatewayKind::Tencent(t) => t.batch_max,
             GatewayKind::Aliyun(a) => a.batch_max,
+            GatewayKind::CmccMas(m) => m.batch_max,
             _ => 1,
         }
     }
@@ -439,6 +469,33 @@ fn gateway(
         v
     };
     let kind = match g.kind.as_str() {
+        "cmcc-mas" => {
+            let url = url(problems)?;
+            let ec_name = need(problems, "ec_name", &g.ec_name);
+            let ap_id = need(problems, "ap_id", &g.ap_id);
+            let sign = need(problems, "sign", &g.sign);
+            let secret_key = secret(
+                problems,
+                &format!("{place}.secret_key"),
+                &g.secret_key_env,
+                &g.secret_key_file,
+            );
+            let batch_max = g.batch_max.unwrap_or(1000);
+            if !(1..=super::cmcc_mas::MAX_NUMBERS).contains(&batch_max) {
+                problems.push(format!(
+                    "{place}.batch_max: between 1 and 5000 (the platform takes at most 5000 numbers)"
+                ));
+            }
+            GatewayKind::CmccMas(CmccMasConfig {
+                url,
+                ec_name: ec_name?,
+                ap_id: ap_id?,
+                secret_key: secret_key?.trim().to_owned(),
+                sign: sign?,
+                add_serial: g.add_serial.clone().unwrap_or_default(),
+                batch_max,
+            })
+        }
         "aliyun" => {
             let url = match g.url.as_deref() {
                 None => url::Url::parse("https://dysmsapi.aliyuncs.com/").ok()?,
@@ -618,7 +675,7 @@ fn gateway(
         }
         other => {
             problems.push(format!(
-                "{place}.kind: {other:?} is not \"kannel\", \"http\", \"tencent\", \"aliyun\" or \"dry-run\""
+                "{place}.kind: {other:?} is not \"kannel\", \"http\", \"tencent\", \"aliyun\", \"cmcc-mas\" or \"dry-run\""
             ));
             return None;
         }
@@ -897,7 +954,7 @@ kind = "pigeon"
             "m.toml: sms.gateways[1] (h).messages_per_second: between 0 and 100000",
             "m.toml: sms.gateways[1] (h).in_flight: between 1 and 10000",
             "m.toml: sms.gateways[1] (h).timeout: bad duration \"soon\" (e.g. 48h, 150ms)",
-            "m.toml: sms.gateways[2] (d).kind: \"pigeon\" is not \"kannel\", \"http\", \"tencent\", \"aliyun\" or \"dry-run\"",
+            "m.toml: sms.gateways[2] (d).kind: \"pigeon\" is not \"kannel\", \"http\", \"tencent\", \"aliyun\", \"cmcc-mas\" or \"dry-run\"",
         ];
         for w in want {
             assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");

@@ -300,14 +300,19 @@ impl Dispatcher {
                 .as_secs_f64()
                 / gap) as usize
                 + 1;
+            // The in-flight window counts requests: one message each, or up to `batch_max`
+            // numbers each where the gateway takes several.
+            let batch = rt.gw.cfg.kind.batch_max();
+            let want = due.min(MAX_BATCH);
             let mut permits = Vec::new();
-            while permits.len() < due.min(MAX_BATCH) {
+            while permits.len() < want.div_ceil(batch) {
                 match rt.permits.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
                     Err(_) => break,
                 }
             }
-            let (gw_name, cap, n) = (rt.gw.cfg.name.clone(), spec.daily_cap, permits.len());
+            let n = (permits.len() * batch).min(want);
+            let (gw_name, cap) = (rt.gw.cfg.name.clone(), spec.daily_cap);
             // The answers that came in since the last claim go into the same transaction.
             let done = answers.take();
             let claimed = self
@@ -323,31 +328,35 @@ impl Dispatcher {
             let template_id = template.and_then(|t| t.ids.get(&rt.gw.cfg.name).cloned());
             let names: Arc<[String]> = template.map(|t| t.vars.clone()).unwrap_or_default().into();
             let failover = spec.gateways.len() > 1;
-            // Messages with the same parameters go in one request where the gateway takes
-            // several numbers; each keeps its in-flight slot until the request is answered.
-            let mut groups: Vec<(Vec<crate::store::sms::Claimed>, Vec<_>)> = Vec::new();
-            let batch = rt.gw.cfg.kind.batch_max();
-            for (m, permit) in claimed.into_iter().zip(permits) {
+            // Messages with the same text and parameters go in one request where the gateway
+            // takes several numbers.
+            let mut groups: Vec<Vec<crate::store::sms::Claimed>> = Vec::new();
+            for m in claimed {
                 rt.take_slot(Instant::now(), m.parts);
                 sent = true;
-                match groups.iter_mut().find(|(g, _)| {
+                match groups.iter_mut().find(|g| {
                     batch > 1 && g.len() < batch && g[0].params == m.params && g[0].text == m.text
                 }) {
-                    Some((g, p)) => {
-                        g.push(m);
-                        p.push(permit);
-                    }
-                    None => groups.push((vec![m], vec![permit])),
+                    Some(g) => g.push(m),
+                    None => groups.push(vec![m]),
                 }
             }
-            for (group, permits) in groups {
+            // Each request holds a slot of the window until it is answered; requests beyond
+            // the slots taken (more parameter groups than expected) wait for one.
+            let mut permits = permits.into_iter();
+            for group in groups {
+                let permit = permits.next();
                 let (rt, record_tx, waker) = (rt.clone(), record_tx.clone(), self.waker.clone());
                 let sender = spec.sender.clone();
                 let (template_id, names) = (template_id.clone(), names.clone());
                 inflight.spawn(async move {
+                    let permit = match permit {
+                        Some(p) => Some(p),
+                        None => rt.permits.clone().acquire_owned().await.ok(),
+                    };
                     let template = template_id.as_deref().map(|id| (id, &*names));
                     let done = submit(&rt, &group, &sender, template, failover).await;
-                    drop(permits);
+                    drop(permit);
                     for f in done {
                         let _ = record_tx.send(f);
                     }

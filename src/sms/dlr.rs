@@ -63,6 +63,9 @@ pub fn parse(kind: &GatewayKind, fields: &BTreeMap<String, String>) -> Result<In
         GatewayKind::Tencent(_) | GatewayKind::Aliyun(_) => {
             Err("this provider pushes JSON arrays of reports".into())
         }
+        GatewayKind::CmccMas(_) => {
+            Err("云MAS report pushes are not supported yet (their format is not published)".into())
+        }
     }
 }
 

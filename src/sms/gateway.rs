@@ -15,7 +15,7 @@ use serde::Serialize;
 use url::form_urlencoded;
 
 use super::config::{
-    AliyunConfig, GatewayConfig, GatewayKind, HttpBody, HttpTemplate, TencentConfig,
+    AliyunConfig, CmccMasConfig, GatewayConfig, GatewayKind, HttpBody, HttpTemplate, TencentConfig,
 };
 use crate::domain::delivery::Submit;
 use crate::domain::segments::{Encoding, encoding, segments};
@@ -361,6 +361,11 @@ impl Gateway {
                 .await
                 .pop()
                 .unwrap_or_else(|| Answer::new(Submit::Lost, None)),
+            GatewayKind::CmccMas(c) => self
+                .cmcc_mas(c, std::slice::from_ref(m))
+                .await
+                .pop()
+                .unwrap_or_else(|| Answer::new(Submit::Lost, None)),
         }
     }
 
@@ -382,6 +387,13 @@ impl Gateway {
                 }
                 out
             }
+            GatewayKind::CmccMas(c) => {
+                let mut out = Vec::with_capacity(ms.len());
+                for chunk in ms.chunks(c.batch_max.max(1)) {
+                    out.extend(self.cmcc_mas(c, chunk).await);
+                }
+                out
+            }
             _ => {
                 let mut out = Vec::with_capacity(ms.len());
                 for m in ms {
@@ -390,6 +402,77 @@ impl Gateway {
                 out
             }
         }
+    }
+
+    /// One 云MAS `tmpsubmit` for `ms` (same template and parameters): one `rspcod` for all.
+    async fn cmcc_mas(&self, c: &CmccMasConfig, ms: &[Outgoing<'_>]) -> Vec<Answer> {
+        use super::cmcc_mas;
+        let n = ms.len();
+        let Some(first) = ms.first() else {
+            return Vec::new();
+        };
+        let Some(template_id) = first.template_id else {
+            return self.needs_template(n);
+        };
+        let mobiles: Vec<String> = ms
+            .iter()
+            .map(|m| super::aliyun::report_number(m.to))
+            .collect();
+        let mobiles = mobiles.join(",");
+        let params = if first.params.is_empty() {
+            r#"[""]"#.to_owned()
+        } else {
+            serde_json::to_string(first.params).unwrap_or_default()
+        };
+        let body = cmcc_mas::body(&cmcc_mas::TmpSubmit {
+            ec_name: &c.ec_name,
+            ap_id: &c.ap_id,
+            secret_key: &c.secret_key,
+            template_id,
+            mobiles: &mobiles,
+            params: &params,
+            sign: &c.sign,
+            add_serial: &c.add_serial,
+        });
+        let req = self
+            .client
+            .post(c.url.clone())
+            .header("Content-Type", "text/plain")
+            .body(body);
+        let (status, after, text) = match exchange(req).await {
+            Ok(r) => r,
+            Err(x) => return vec![x; n],
+        };
+        let answer = match cmcc_mas::read_answer(&text) {
+            Some((code, group)) => {
+                let k = cmcc_mas::classify(&code);
+                return ms
+                    .iter()
+                    .map(|m| Answer {
+                        reason: (k.submit != Submit::Accepted).then(|| code.clone()),
+                        carrier_id: group
+                            .as_deref()
+                            .filter(|_| k.submit == Submit::Accepted)
+                            .map(|g| super::aliyun::carrier_id(g, m.to)),
+                        submit: k.submit.clone(),
+                        retry_after: None,
+                    })
+                    .collect();
+            }
+            None if status == 200 => Answer::new(
+                Submit::Lost,
+                Some(format!("unreadable answer: {}", truncate(text.trim(), 300))),
+            ),
+            None => {
+                let mut x = Answer::new(
+                    classify(status, |s| s == 200),
+                    Some(format!("{status} {}", truncate(text.trim(), 300))),
+                );
+                x.retry_after = after;
+                x
+            }
+        };
+        vec![answer; n]
     }
 
     /// A signed Aliyun request for `action` with `params` in the query.

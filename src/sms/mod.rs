@@ -4,6 +4,7 @@
 
 pub mod aliyun;
 pub mod campaign;
+pub mod cmcc_mas;
 pub mod config;
 pub mod dispatch;
 pub mod dlr;

@@ -13,6 +13,7 @@ mod editing;
 mod harness;
 mod kannel;
 mod lists;
+mod mas;
 mod openapi;
 mod ops;
 mod sms;

@@ -13,8 +13,10 @@
 //! target/release/marquee-bench sms-fake
 //! target/release/marquee-bench sms-store
 //! target/release/marquee-bench sms-kannel
+//! target/release/marquee-bench sms-batch
 //! ```
 
+mod batch;
 #[path = "../../../tests/it/kannel.rs"]
 mod kannel;
 mod lists;
@@ -85,6 +87,29 @@ enum Scenario {
     },
     /// SMS campaign through a minimal local gateway (a separate process answering 202 at once);
     /// baseline: a plain keep-alive HTTP client sending the same requests.
+    /// A template campaign through a stand-in that takes Tencent `SendSms` batches, next to a
+    /// plain client sending the same signed batches.
+    SmsBatch {
+        /// Recipients.
+        #[arg(long, default_value_t = 200_000)]
+        messages: usize,
+        /// Numbers per request.
+        #[arg(long, default_value_t = 200)]
+        batch: usize,
+        /// Requests in flight (and baseline concurrency).
+        #[arg(long, default_value_t = 8)]
+        in_flight: usize,
+        /// Runs (the median ratio is the figure).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
+    /// The Tencent stand-in of `sms-batch` (run by it as its own process).
+    #[command(hide = true)]
+    TencentGateway {
+        /// Port on 127.0.0.1.
+        #[arg(long)]
+        port: u16,
+    },
     SmsFake {
         /// Recipients.
         #[arg(long, default_value_t = 1_000_000)]
@@ -184,6 +209,13 @@ fn main() -> anyhow::Result<()> {
                 runs,
             } => sms::fake(messages, in_flight, baseline, runs).await,
             Scenario::SmsStore { messages, batch } => sms::store(messages, &batch),
+            Scenario::SmsBatch {
+                messages,
+                batch,
+                in_flight,
+                runs,
+            } => batch::run(messages, batch, in_flight, runs).await,
+            Scenario::TencentGateway { port } => batch::gateway(port).await,
             Scenario::SmsKannel {
                 messages,
                 in_flight,
