@@ -137,6 +137,48 @@ async fn exchange(req: reqwest::RequestBuilder) -> Result<(u16, Option<Duration>
     Ok((status, after, body))
 }
 
+/// The answers to a request whose provider answers one code for all its numbers (Aliyun,
+/// 云MAS): `read` is the code read from the body (its class, the reason, the request's id),
+/// else the HTTP status decides (an unreadable 200 may have sent everything: lost). Each
+/// accepted message's carrier id is the request's id with its number.
+fn one_code_for_all(
+    ms: &[Outgoing<'_>],
+    status: u16,
+    after: Option<Duration>,
+    text: &str,
+    read: Option<(super::tencent::Class, String, Option<String>)>,
+) -> Vec<Answer> {
+    let answer = match read {
+        Some((k, reason, group)) => {
+            return ms
+                .iter()
+                .map(|m| Answer {
+                    reason: (k.submit != Submit::Accepted).then(|| reason.clone()),
+                    carrier_id: group
+                        .as_deref()
+                        .filter(|_| k.submit == Submit::Accepted)
+                        .map(|g| super::aliyun::carrier_id(g, m.to)),
+                    submit: k.submit.clone(),
+                    retry_after: k.wait.or(after),
+                })
+                .collect();
+        }
+        None if status == 200 => Answer::new(
+            Submit::Lost,
+            Some(format!("unreadable answer: {}", truncate(text.trim(), 300))),
+        ),
+        None => {
+            let mut x = Answer::new(
+                classify(status, |s| s == 200),
+                Some(format!("{status} {}", truncate(text.trim(), 300))),
+            );
+            x.retry_after = after;
+            x
+        }
+    };
+    vec![answer; ms.len()]
+}
+
 /// What a provider knows of a message whose submit answer was lost.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
@@ -443,36 +485,11 @@ impl Gateway {
             Ok(r) => r,
             Err(x) => return vec![x; n],
         };
-        let answer = match cmcc_mas::read_answer(&text) {
-            Some((code, group)) => {
-                let k = cmcc_mas::classify(&code);
-                return ms
-                    .iter()
-                    .map(|m| Answer {
-                        reason: (k.submit != Submit::Accepted).then(|| code.clone()),
-                        carrier_id: group
-                            .as_deref()
-                            .filter(|_| k.submit == Submit::Accepted)
-                            .map(|g| super::aliyun::carrier_id(g, m.to)),
-                        submit: k.submit.clone(),
-                        retry_after: None,
-                    })
-                    .collect();
-            }
-            None if status == 200 => Answer::new(
-                Submit::Lost,
-                Some(format!("unreadable answer: {}", truncate(text.trim(), 300))),
-            ),
-            None => {
-                let mut x = Answer::new(
-                    classify(status, |s| s == 200),
-                    Some(format!("{status} {}", truncate(text.trim(), 300))),
-                );
-                x.retry_after = after;
-                x
-            }
-        };
-        vec![answer; n]
+        let read = cmcc_mas::read_answer(&text).map(|(code, group)| {
+            let k = cmcc_mas::classify(&code);
+            (k, code, group)
+        });
+        one_code_for_all(ms, status, after, &text, read)
     }
 
     /// A signed Aliyun request for `action` with `params` in the query.
@@ -631,38 +648,11 @@ impl Gateway {
         };
         // Business errors come as 200 with a Code; signature and throttling errors as 4xx or
         // 5xx with a Code too.
-        let answer = match aliyun::read_answer(&text) {
-            Some((code, message, biz)) => {
-                let c = aliyun::classify(&code, &message, now);
-                return ms
-                    .iter()
-                    .map(|m| Answer {
-                        reason: (c.submit != Submit::Accepted)
-                            .then(|| format!("{code}: {message}")),
-                        carrier_id: biz
-                            .as_deref()
-                            .filter(|_| c.submit == Submit::Accepted)
-                            .map(|b| aliyun::carrier_id(b, m.to)),
-                        submit: c.submit.clone(),
-                        retry_after: c.wait.or(after),
-                    })
-                    .collect();
-            }
-            // A 200 we cannot read may have sent everything: unknown, never resent blindly.
-            None if status == 200 => Answer::new(
-                Submit::Lost,
-                Some(format!("unreadable answer: {}", truncate(text.trim(), 300))),
-            ),
-            None => {
-                let mut x = Answer::new(
-                    classify(status, |s| s == 200),
-                    Some(format!("{status} {}", truncate(text.trim(), 300))),
-                );
-                x.retry_after = after;
-                x
-            }
-        };
-        vec![answer; n]
+        let read = aliyun::read_answer(&text).map(|(code, message, biz)| {
+            let k = aliyun::classify(&code, &message, now);
+            (k, format!("{code}: {message}"), biz)
+        });
+        one_code_for_all(ms, status, after, &text, read)
     }
 
     /// One `SendSms` for `ms` (same template and parameters), read per number.

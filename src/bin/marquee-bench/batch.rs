@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use super::{Proc, Scratch, cpu_secs, free_port, machine};
+use super::{Scratch, cpu_secs, free_port, machine};
 
 const SECRET_ID: &str = "AKIDbench000000000000000000000000";
 const SECRET_KEY: &str = "bench-secret-key-0123456789";
@@ -122,26 +122,8 @@ pub async fn run(n: usize, batch: usize, in_flight: usize, runs: usize) -> anyho
         "# sms-batch: {n} recipients, one template, batches of {batch}, in-flight {in_flight} requests, stand-in = separate process answering Ok per number, {runs} runs, {}",
         machine()
     );
-    let port = free_port()?;
-    let _gw = Proc(
-        std::process::Command::new(std::env::current_exe()?)
-            .args(["tencent-gateway", "--port", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .spawn()?,
-    );
-    let url = format!("http://127.0.0.1:{port}/");
-    let http = marquee::http_client().build()?;
-    let count = || {
-        let (http, u) = (http.clone(), format!("{url}count"));
-        async move { Ok::<u64, anyhow::Error>(http.get(&u).send().await?.text().await?.trim().parse()?) }
-    };
-    let t = Instant::now();
-    while count().await.is_err() {
-        if t.elapsed() > Duration::from_secs(10) {
-            bail!("the stand-in did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (_gw, url) = super::counting_gateway("tencent-gateway").await?;
+    let count = || super::gateway_count(&url);
     let mut ratios = Vec::new();
     for run in 1..=runs.max(1) {
         println!("## run {run}");

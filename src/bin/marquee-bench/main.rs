@@ -358,6 +358,40 @@ fn daemon(dir: &Path, mqtt_section: &str) -> anyhow::Result<Daemon> {
 }
 
 /// The daemon with extra config sections and environment variables.
+/// Starts `marquee-bench SUBCOMMAND --port P` (a stand-in gateway that counts what it gets)
+/// and waits until it answers; its base URL, `http://127.0.0.1:P/`.
+async fn counting_gateway(subcommand: &str) -> anyhow::Result<(Proc, String)> {
+    let port = free_port()?;
+    let gw = Proc(
+        Command::new(std::env::current_exe()?)
+            .args([subcommand, "--port", &port.to_string()])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let base = format!("http://127.0.0.1:{port}/");
+    let t = Instant::now();
+    while gateway_count(&base).await.is_err() {
+        if t.elapsed() > Duration::from_secs(10) {
+            bail!("the bench gateway ({subcommand}) did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((gw, base))
+}
+
+/// What a [`counting_gateway`] has received so far.
+async fn gateway_count(base: &str) -> anyhow::Result<u64> {
+    Ok(marquee::http_client()
+        .build()?
+        .get(format!("{base}count"))
+        .send()
+        .await?
+        .text()
+        .await?
+        .trim()
+        .parse()?)
+}
+
 fn daemon_with(
     dir: &Path,
     mqtt_section: &str,

@@ -275,27 +275,9 @@ pub async fn fake(
         "# sms-fake: {n} recipients, in-flight {in_flight}, gateway = separate process answering 202 at once, {runs} runs, {}",
         machine()
     );
-    let port = free_port()?;
-    let gw = Proc(
-        std::process::Command::new(std::env::current_exe()?)
-            .args(["gateway", "--port", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .spawn()?,
-    );
-    let url = format!("http://127.0.0.1:{port}/cgi-bin/sendsms");
-    let count_url = format!("http://127.0.0.1:{port}/count");
-    let http = marquee::http_client().build()?;
-    let count = || {
-        let (http, u) = (http.clone(), count_url.clone());
-        async move { Ok::<u64, anyhow::Error>(http.get(&u).send().await?.text().await?.trim().parse()?) }
-    };
-    let t = Instant::now();
-    while count().await.is_err() {
-        if t.elapsed() > Duration::from_secs(10) {
-            bail!("the bench gateway did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (gw, base) = super::counting_gateway("gateway").await?;
+    let url = format!("{base}cgi-bin/sendsms");
+    let count = || super::gateway_count(&base);
     let (mut rates, mut ratios) = (Vec::new(), Vec::new());
     for run in 1..=runs.max(1) {
         println!("## run {run}");
