@@ -171,6 +171,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let (publish_tx, publish_rx) = mpsc::channel(64);
     let sms_waker = crate::sms::dispatch::Waker::default();
+    let sms_health = crate::sms::dispatch::Health::default();
     let (reports, intake) =
         crate::sms::dlr::intake(store.clone(), metrics.clone(), cancel.child_token());
     tracker.spawn(intake);
@@ -179,6 +180,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         store.clone(),
         metrics.clone(),
         sms_waker.clone(),
+        sms_health.clone(),
         http_addr,
     )?;
     let reconciler = Arc::new(
@@ -201,6 +203,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         signing: signing.clone(),
         registry: registry.clone(),
         reconciler: reconciler.clone(),
+        sms_health,
     });
     if let Some((old, n)) = resigned {
         // Audited (which also signs the audit anchor again with the new key).

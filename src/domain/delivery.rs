@@ -114,6 +114,11 @@ pub fn on_submit(s: State, answer: &Submit) -> State {
     if s.is_final() {
         return s; // an early final report already decided it
     }
+    // The provider already has it (an earlier answer or reconciliation said so): the answer
+    // of another request for it cannot take that back, or it would be sent again.
+    if s == State::Sent {
+        return s;
+    }
     match answer {
         Submit::Accepted => match s {
             State::Submitting | State::Unknown => State::Sent,
@@ -197,16 +202,36 @@ mod tests {
             for r in REPORTS {
                 assert_eq!(on_report(s, r), s, "{s:?} + {r:?}");
             }
-            for a in [
-                Submit::Accepted,
-                Submit::Transient,
-                Submit::Permanent,
-                Submit::Lost,
-            ] {
+            for a in ANSWERS {
                 assert_eq!(on_submit(s, &a), s, "{s:?} + {a:?}");
             }
             assert_eq!((on_recovery(s), requeue(s), on_cancel(s)), (s, s, s));
         }
+    }
+
+    const ANSWERS: [Submit; 8] = [
+        Submit::Accepted,
+        Submit::Transient,
+        Submit::Permanent,
+        Submit::Lost,
+        Submit::Defer,
+        Submit::OptedOut,
+        Submit::Config,
+        Submit::Account,
+    ];
+
+    #[test]
+    fn what_the_provider_has_is_never_taken_back() {
+        // Sent (by an earlier answer, or found by reconciliation): a later answer of another
+        // request for it (a race with a requeue) cannot put it back in the queue.
+        for a in ANSWERS {
+            assert_eq!(on_submit(State::Sent, &a), State::Sent, "{a:?}");
+        }
+        assert_eq!(on_submit(State::Submitting, &Submit::Defer), State::Queued);
+        assert_eq!(
+            on_submit(State::Submitting, &Submit::OptedOut),
+            State::Cancelled
+        );
     }
 
     #[test]

@@ -24,15 +24,24 @@ pub async fn healthz() -> Json<Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /readyz`: open; 200 when the daemon can do its work: the store takes a write and the
-/// broker is connected; 503 naming what is not (for load balancers, orchestrators, monitoring).
-#[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, description = "ready: the store takes writes and the broker is connected"), (status = 503, description = "not ready: what is wrong")))]
+/// `GET /readyz`: open; 200 when the daemon can do its emergency work: the store takes an
+/// alert's write and the broker is connected; 503 naming what is not (for load balancers,
+/// orchestrators, monitoring). `bulk_writes` says when a full data disk refuses the rest.
+#[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, description = "ready: the store takes an alert's writes and the broker is connected (bulk_writes: whether the rest is refused for a full disk)"), (status = 503, description = "not ready: what is wrong")))]
 pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
     let store = s.store.clone();
-    let store_ok = tokio::task::spawn_blocking(move || store.probe_write(chrono::Utc::now()))
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r.map_err(|e| e.to_string()));
+    // Ready means an alert can be written and published. A full data disk refuses bulk
+    // writes (reports, imports, SMS, playlist saves) and says so, but an instance that can
+    // still take an alert stays in rotation: that is what the disk reserve is for.
+    let (store_ok, bulk) = tokio::task::spawn_blocking(move || {
+        let now = chrono::Utc::now();
+        (
+            store.emergency_probe(now).map_err(|e| e.to_string()),
+            store.bulk_ok().map_err(|e| e.to_string()),
+        )
+    })
+    .await
+    .unwrap_or_else(|e| (Err(e.to_string()), Err(e.to_string())));
     let broker = s.metrics.mqtt_connected.get() == 1;
     let ready = store_ok.is_ok() && broker;
     (
@@ -44,6 +53,7 @@ pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Value>)
         Json(json!({
             "ready": ready,
             "store": store_ok.err().unwrap_or_else(|| "ok".into()),
+            "bulk_writes": bulk.err().unwrap_or_else(|| "ok".into()),
             "broker": if broker { "connected" } else { "not connected" },
         })),
     )

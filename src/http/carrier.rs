@@ -42,56 +42,155 @@ pub fn authorised<'a>(
 }
 
 fn ack(g: &GatewayConfig) -> Response {
-    let body = match g.kind {
-        GatewayKind::Tencent(_) => tencent::ACK,
-        GatewayKind::Aliyun(_) => aliyun::ACK,
+    let (body, ctype) = match &g.kind {
+        GatewayKind::Tencent(_) => (tencent::ACK.to_owned(), "application/json".to_owned()),
+        GatewayKind::Aliyun(_) => (aliyun::ACK.to_owned(), "application/json".to_owned()),
+        GatewayKind::Http(h) if h.dlr_array.is_some() => {
+            let a = h.dlr_array.as_ref().expect("checked");
+            (a.ack_body.clone(), a.ack_content_type.clone())
+        }
         _ => return axum::Json(json!({"ok": true})).into_response(),
     };
-    (
-        StatusCode::OK,
-        [(header::CONTENT_TYPE, "application/json")],
-        body,
-    )
-        .into_response()
+    (StatusCode::OK, [(header::CONTENT_TYPE, ctype)], body).into_response()
 }
 
 /// Whether the gateway's provider pushes reports as arrays to one account URL.
 pub fn pushes_arrays(g: &GatewayConfig) -> bool {
-    matches!(g.kind, GatewayKind::Tencent(_) | GatewayKind::Aliyun(_))
+    match &g.kind {
+        GatewayKind::Tencent(_) | GatewayKind::Aliyun(_) => true,
+        GatewayKind::Http(h) => h.dlr_array.is_some(),
+        _ => false,
+    }
 }
 
-/// One pushed report: the carrier's id for the message, its code, meaning and raw element.
+/// One pushed report: the carrier's id for the message (or ours), its code, meaning and raw
+/// element.
 struct Pushed {
     sid: String,
+    our_id: Option<i64>,
     code: String,
     report: Report,
     raw: String,
 }
 
-fn read_pushed(g: &GatewayConfig, body: &[u8]) -> Result<Vec<Pushed>, String> {
-    Ok(match g.kind {
-        GatewayKind::Aliyun(_) => aliyun::read_reports(body)?
-            .into_iter()
-            .map(|r| Pushed {
-                sid: r.carrier_id,
-                code: r.code,
-                report: r.report,
-                raw: r.raw,
-            })
-            .collect(),
-        _ => tencent::read_reports(body)?
-            .into_iter()
-            .map(|r| Pushed {
-                sid: r.sid,
-                code: r.code,
-                report: r.report,
-                raw: r.raw,
-            })
-            .collect(),
-    })
+/// A generic gateway's pushed array, read by its configured pointers.
+fn read_generic(
+    h: &crate::sms::config::HttpTemplate,
+    a: &crate::sms::config::ArrayReports,
+    body: &[u8],
+) -> Result<Vec<Pushed>, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    let items = v
+        .pointer(&a.items_pointer)
+        .and_then(|x| x.as_array())
+        .ok_or_else(|| format!("no array at {:?}", a.items_pointer))?;
+    let text = |e: &serde_json::Value, p: &str| {
+        e.pointer(p).and_then(|x| match x {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Null => None,
+            other => Some(other.to_string()),
+        })
+    };
+    let read = items.iter().enumerate().map(|(i, e)| {
+        let status = text(e, &a.status).ok_or(format!("report [{i}]: no {}", a.status))?;
+        let is = |list: &[String]| list.iter().any(|v| v.eq_ignore_ascii_case(&status));
+        let report = if is(&h.dlr_delivered) {
+            Report::Delivered
+        } else if is(&h.dlr_failed) {
+            Report::Undelivered
+        } else if status.eq_ignore_ascii_case("expired") {
+            Report::Expired
+        } else if status.eq_ignore_ascii_case("rejected") {
+            Report::SmscRejected
+        } else {
+            Report::Progress
+        };
+        let our_id = a
+            .our_id
+            .as_deref()
+            .and_then(|p| text(e, p))
+            .and_then(|x| x.trim().parse::<i64>().ok());
+        let sid = a
+            .carrier_id
+            .as_deref()
+            .and_then(|p| text(e, p))
+            .unwrap_or_default();
+        if our_id.is_none() && sid.is_empty() {
+            return Err(format!("report [{i}]: no id of ours or the carrier's"));
+        }
+        Ok(Pushed {
+            sid,
+            our_id,
+            code: status,
+            report,
+            raw: e.to_string(),
+        })
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for r in read {
+        match r {
+            Ok(p) => out.push(p),
+            Err(e) => tracing::warn!(error = %e, "unreadable delivery report skipped"),
+        }
+    }
+    Ok(out)
 }
 
-/// A pushed array of reports (Tencent, Aliyun): every element stored (matched by the
+/// The elements of a pushed report body. An element that cannot be read is logged and
+/// skipped: the rest are stored and the push acknowledged (a refused push would come back with
+/// the same bad element, for ever). `Err` only when the body is not an array of reports.
+fn read_pushed(g: &GatewayConfig, body: &[u8]) -> Result<Vec<Pushed>, String> {
+    if let GatewayKind::Http(h) = &g.kind
+        && let Some(a) = &h.dlr_array
+    {
+        return read_generic(h, a, body);
+    }
+    let elements = match serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))? {
+        serde_json::Value::Array(a) => a,
+        o @ serde_json::Value::Object(_) => vec![o],
+        _ => return Err("not a JSON array of reports".into()),
+    };
+    let mut out = Vec::with_capacity(elements.len());
+    for (i, e) in elements.into_iter().enumerate() {
+        let one = serde_json::to_vec(&e).unwrap_or_default();
+        let read: Result<Vec<Pushed>, String> = match g.kind {
+            GatewayKind::Aliyun(_) => aliyun::read_reports(&one).map(|v| {
+                v.into_iter()
+                    .map(|r| Pushed {
+                        sid: r.carrier_id,
+                        our_id: None,
+                        code: r.code,
+                        report: r.report,
+                        raw: r.raw,
+                    })
+                    .collect()
+            }),
+            _ => tencent::read_reports(&one).map(|v| {
+                v.into_iter()
+                    .map(|r| Pushed {
+                        sid: r.sid,
+                        our_id: None,
+                        code: r.code,
+                        report: r.report,
+                        raw: r.raw,
+                    })
+                    .collect()
+            }),
+        };
+        match read {
+            Ok(v) => out.extend(v),
+            Err(e) => {
+                let raw: String = String::from_utf8_lossy(&one).chars().take(300).collect();
+                tracing::warn!(gateway = %g.name, element = i, error = %e, raw = %raw, "unreadable delivery report skipped");
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A pushed array of reports (Tencent, Aliyun, a generic gateway's `dlr_items_pointer`):
+/// every element stored (matched by the
 /// carrier's id, or kept as an orphan) before the acknowledgement. A store failure answers
 /// 503, so the provider pushes the whole array again (stored elements are not applied twice).
 pub async fn dlr_array(s: &AppState, g: &GatewayConfig, body: &[u8]) -> Result<Response, ApiError> {
@@ -102,8 +201,8 @@ pub async fn dlr_array(s: &AppState, g: &GatewayConfig, body: &[u8]) -> Result<R
         s.reports
             .send((
                 crate::store::sms::ReportIn {
-                    id: 0,
-                    carrier_id: Some(it.sid.clone()),
+                    id: it.our_id.unwrap_or(0),
+                    carrier_id: it.our_id.is_none().then(|| it.sid.clone()),
                     gateway: g.name.clone(),
                     report: Some(it.report),
                     code: it.code.clone(),
@@ -138,6 +237,60 @@ pub async fn dlr_array(s: &AppState, g: &GatewayConfig, body: &[u8]) -> Result<R
     }
     tracing::debug!(gateway = %g.name, matched, orphans, "delivery reports");
     Ok(ack(g))
+}
+
+/// `GET /api/v1/sms/gateways`: each gateway, its kind, and whether it is out of rotation
+/// (an account error: balance, credentials, quota) with the provider's words and until when.
+#[utoipa::path(get, path = "/api/v1/sms/gateways", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "the gateways and their state"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+pub async fn gateways(
+    _: super::auth::Viewer,
+    State(s): State<Arc<AppState>>,
+) -> axum::Json<serde_json::Value> {
+    let list: Vec<_> = s
+        .cfg
+        .sms
+        .gateways
+        .iter()
+        .map(|g| {
+            let out = s.sms_health.get(&g.name);
+            json!({
+                "name": g.name,
+                "kind": g.kind.name(),
+                "templates_only": g.kind.templates_only(),
+                "batch_max": g.kind.batch_max(),
+                "messages_per_second": g.messages_per_second,
+                "out_of_rotation": out.is_some(),
+                "reason": out.as_ref().map(|o| o.0.clone()),
+                "until": out.map(|o| o.1),
+            })
+        })
+        .collect();
+    axum::Json(json!({"gateways": list}))
+}
+
+/// `GET /api/v1/sms/templates`: the approved templates (`[[sms.templates]]`): name, text,
+/// category, variables, and the gateways that have each.
+#[utoipa::path(get, path = "/api/v1/sms/templates", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "the templates"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+pub async fn templates(
+    _: super::auth::Viewer,
+    State(s): State<Arc<AppState>>,
+) -> axum::Json<serde_json::Value> {
+    let list: Vec<_> = s
+        .cfg
+        .sms
+        .templates
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "text": t.text,
+                "category": t.category,
+                "variables": t.vars,
+                "gateways": t.ids.keys().collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    axum::Json(json!({"templates": list}))
 }
 
 /// Whether a reply asks to stop: the whole reply, trimmed of spaces and final punctuation,
@@ -192,8 +345,14 @@ pub async fn mo(
     };
     let raw: String = String::from_utf8_lossy(&body).chars().take(2000).collect();
     for (raw_number, text) in replies {
-        let number = crate::domain::phone::normalize(&raw_number, region)
-            .map_err(|e| ApiError::bad_field("from", e.to_string()))?;
+        // One reply from a number we cannot read does not hold up the others.
+        let number = match crate::domain::phone::normalize(&raw_number, region) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(gateway = %g.name, from = %crate::domain::phone::mask(&raw_number), error = %e, "reply from an unreadable number skipped");
+                continue;
+            }
+        };
         let optout = is_optout(&text, &s.cfg.sms.optout_keywords);
         let (store, gw, n, t, r) = (
             s.store.clone(),

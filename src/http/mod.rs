@@ -54,6 +54,8 @@ pub struct AppState {
     pub registry: Arc<crate::registry::Registry>,
     /// Looks up `unknown` SMS at their providers.
     pub reconciler: Arc<crate::sms::reconcile::Reconciler>,
+    /// Gateways out of rotation, and why.
+    pub sms_health: crate::sms::dispatch::Health,
 }
 
 /// The OpenAPI document's frame: title, version, the bearer scheme, tags.
@@ -136,6 +138,8 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(campaigns::action))
         .routes(routes!(campaigns::dlr))
         .routes(routes!(carrier::mo))
+        .routes(routes!(carrier::gateways))
+        .routes(routes!(carrier::templates))
         .routes(routes!(campaigns::remove_optout))
         .routes(routes!(campaigns::rejects))
         .routes(routes!(uploads::upload))

@@ -121,7 +121,14 @@ pub async fn upload(
     {
         return Err(too_large(limit));
     }
-    s.store.bulk_ok().map_err(ApiError::store)?;
+    // Room for the whole file and the disk reserve, when its size is given; without a size,
+    // the reserve's threshold (and the write itself) decide.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(0);
+    s.store.room_for(declared).map_err(ApiError::store)?;
     let folder = dir(&s.cfg.data_dir);
     tokio::fs::create_dir_all(&folder)
         .await

@@ -195,9 +195,8 @@ pub fn classify(code: &str, message: &str, now: DateTime<Utc>) -> Class {
                 },
             ),
         },
-        "isv.MOBILE_NUMBER_ILLEGAL"
-        | "isv.MOBILE_COUNT_OVER_LIMIT"
-        | "isv.BLACK_KEY_CONTROL_LIMIT" => class(Submit::Permanent),
+        // About the number: a batch is tried one number at a time to find which.
+        "isv.MOBILE_NUMBER_ILLEGAL" => class(Submit::Permanent),
         "isv.SMS_SIGNATURE_ILLEGAL"
         | "isv.SIGN_STATE_ILLEGAL"
         | "isv.SMS_SIGNATURE_SCENE_ILLEGAL"
@@ -208,7 +207,9 @@ pub fn classify(code: &str, message: &str, now: DateTime<Utc>) -> Class {
         | "isv.SMS_CONTENT_ILLEGAL"
         | "isv.INVALID_JSON_PARAM"
         | "isv.INVALID_PARAMETERS"
-        | "isv.EXTEND_CODE_ERROR" => class(Submit::Config),
+        | "isv.EXTEND_CODE_ERROR"
+        | "isv.BLACK_KEY_CONTROL_LIMIT"
+        | "isv.MOBILE_COUNT_OVER_LIMIT" => class(Submit::Config),
         "isv.DENY_IP_RANGE"
         | "isp.RAM_PERMISSION_DENY"
         | "isv.OUT_OF_SERVICE"
@@ -226,16 +227,28 @@ pub fn classify(code: &str, message: &str, now: DateTime<Utc>) -> Class {
         | "Forbidden.RAM"
         | "SignatureNonceUsed"
         | "InvalidTimeStamp.Expired" => class(Submit::Account),
-        c if c.starts_with("isp.SYSTEM_ERROR")
-            || c.starts_with("Throttling")
-            || c.starts_with("ServiceUnavailable")
-            || c.starts_with("InternalError") =>
-        {
+        // Refused before sending: later.
+        c if c.starts_with("Throttling") || c.starts_with("ServiceUnavailable") => {
             class(Submit::Transient)
         }
+        // An error behind the API: whether it was sent is not known.
+        c if c.starts_with("isp.SYSTEM_ERROR") || c.starts_with("InternalError") => {
+            class(Submit::Lost)
+        }
         c if c.starts_with("isv.ACCOUNT") => class(Submit::Account),
-        _ => class(Submit::Permanent),
+        // A code this driver does not know, for a whole request: the campaign waits for an
+        // operator rather than every number being rejected for good.
+        _ => class(Submit::Config),
     }
+}
+
+/// Whether a code refusing a whole request is about one of its numbers (then each number is
+/// tried alone to find which: nothing of a refused request was sent).
+pub fn about_a_number(code: &str) -> bool {
+    matches!(
+        code,
+        "isv.MOBILE_NUMBER_ILLEGAL" | "isv.BUSINESS_LIMIT_CONTROL"
+    )
 }
 
 /// A `SendSms` answer: (`Code`, `Message`, `BizId`).
@@ -387,10 +400,16 @@ mod tests {
             classify("SignatureDoesNotMatch", "", now).submit,
             Submit::Account
         );
+        assert_eq!(classify("isp.SYSTEM_ERROR", "", now).submit, Submit::Lost);
         assert_eq!(
-            classify("isp.SYSTEM_ERROR", "", now).submit,
+            classify("Throttling.User", "", now).submit,
             Submit::Transient
         );
+        assert_eq!(
+            classify("isv.SOMETHING_NEW", "", now).submit,
+            Submit::Config
+        );
+        assert!(about_a_number("isv.BUSINESS_LIMIT_CONTROL"));
         assert_eq!(
             classify("isv.MOBILE_NUMBER_ILLEGAL", "", now).submit,
             Submit::Permanent

@@ -549,7 +549,17 @@ pub fn prepare_with(
                     "a marketing template is sent only between 08:00 and 22:00",
                 ));
             }
-            Some(w)
+            // The hours are Beijing's, whatever zone the office writes them in.
+            if w.timezone.as_deref().is_some_and(|z| z != "Asia/Shanghai") {
+                return Err(invalid(
+                    "send_window",
+                    "a marketing template's window is in Beijing time (timezone Asia/Shanghai)",
+                ));
+            }
+            Some(WindowSpec {
+                timezone: Some("Asia/Shanghai".into()),
+                ..w
+            })
         }
         (_, w) => w,
     };
@@ -643,6 +653,11 @@ pub fn prepare_with(
             "no such upload (upload the file with POST /api/v1/uploads first; an upload is used once)",
         ));
     }
+    // 云MAS reaches mainland numbers only.
+    let mainland_only = gateways.iter().any(|g| {
+        cfg.gateway(g)
+            .is_some_and(|g| matches!(g.kind, super::config::GatewayKind::CmccMas(_)))
+    });
     // Fixed lines only when every gateway the campaign may fail over to delivers to them.
     let fixed_line = gateways
         .iter()
@@ -679,6 +694,11 @@ pub fn prepare_with(
             Ok(n) => n,
             Err(e) => return Err(reject(e.to_string())),
         };
+        if mainland_only && !e164.starts_with("+86") {
+            return Err(reject(format!(
+                "{e164}: a gateway of this campaign (云MAS) sends to mainland China (+86) numbers only"
+            )));
+        }
         let key: u64 = e164[1..].parse().unwrap_or(0);
         if let Some(first) = seen.get(&key) {
             return Err(reject(format!("duplicate of row {first} ({e164})")));

@@ -88,8 +88,9 @@ pub fn classify(code: &str) -> Class {
     let submit = match code {
         "success" => Submit::Accepted,
         "IllegalMac" | "InvalidUsrOrPwd" => Submit::Account,
-        "IllegalSignId" | "NoSignId" | "InvalidMessage" => Submit::Config,
-        _ => Submit::Permanent,
+        // Everything else the platform names is about the request as a whole: the campaign
+        // waits for an operator rather than every number being rejected for good.
+        _ => Submit::Config,
     };
     Class { submit, wait: None }
 }

@@ -117,6 +117,21 @@ struct RawGateway {
     access_key_id_file: Option<PathBuf>,
     access_key_secret_env: Option<String>,
     access_key_secret_file: Option<PathBuf>,
+    outcome_pointer: Option<String>,
+    #[serde(default)]
+    ok_values: Vec<String>,
+    results_pointer: Option<String>,
+    result_phone_field: Option<String>,
+    result_code_field: Option<String>,
+    result_id_field: Option<String>,
+    #[serde(default)]
+    codes: BTreeMap<String, String>,
+    batch_item_json: Option<String>,
+    dlr_items_pointer: Option<String>,
+    dlr_carrier_id_field: Option<String>,
+    dlr_id_field: Option<String>,
+    dlr_ack_body: Option<String>,
+    dlr_ack_content_type: Option<String>,
     ec_name: Option<String>,
     ap_id: Option<String>,
     sign: Option<String>,
@@ -287,7 +302,7 @@ pub enum GatewayKind {
         post: bool,
     },
     /// A templated request.
-    Http(HttpTemplate),
+    Http(Box<HttpTemplate>),
     /// Tencent Cloud SMS (API 3.0, `SendSms` 2021-01-11, TC3-HMAC-SHA256).
     Tencent(TencentConfig),
     /// Aliyun SMS (Dysmsapi 2017-05-25, `SendSms`, ACS3-HMAC-SHA256).
@@ -376,6 +391,7 @@ impl GatewayKind {
             GatewayKind::Tencent(t) => t.batch_max,
             GatewayKind::Aliyun(a) => a.batch_max,
             GatewayKind::CmccMas(m) => m.batch_max,
+            GatewayKind::Http(h) => h.batch_max,
             _ => 1,
         }
     }
@@ -419,6 +435,89 @@ pub struct HttpTemplate {
     pub dlr_delivered: Vec<String>,
     /// Values meaning not delivered (default `failed`, `undelivered`).
     pub dlr_failed: Vec<String>,
+    /// Outcomes read from the answer's body, per request or per number.
+    pub outcome: Option<BodyOutcome>,
+    /// Numbers per request (`batch_max`, default 1): above 1, `{to_list}` (comma-separated
+    /// E.164) and a JSON string `"{to_json}"` (an array of `batch_item_json` per number,
+    /// default the number) carry every number of the request.
+    pub batch_max: usize,
+    /// The template of one element of `{to_json}` (JSON with `{to}`, `{to_digits}`, `{id}`).
+    pub batch_item_json: serde_json::Value,
+    /// Reports pushed as arrays without our id in the URL.
+    pub dlr_array: Option<ArrayReports>,
+}
+
+/// How a generic gateway's answer body is read (CARRIERS.md §7.2).
+#[derive(Debug, Clone)]
+pub struct BodyOutcome {
+    /// JSON pointer to the request's code (e.g. `/Code`, `/Response/Error/Code`).
+    pub outcome_pointer: Option<String>,
+    /// Codes meaning accepted (default `OK`, `Ok`, `ok`, `success`, `0`).
+    pub ok_values: Vec<String>,
+    /// JSON pointer to an array with one result per number.
+    pub results_pointer: Option<String>,
+    /// In a result: the number, its code, its id (JSON pointers).
+    pub result_phone: String,
+    /// The code.
+    pub result_code: String,
+    /// The carrier's id for the message.
+    pub result_id: Option<String>,
+    /// Code → class; a pattern ending in `*` matches by prefix; first match wins.
+    pub codes: Vec<(String, crate::domain::delivery::Submit)>,
+}
+
+impl BodyOutcome {
+    /// The class of `code`: a configured class, accepted for an OK value, else permanent.
+    pub fn class(&self, code: &str) -> crate::domain::delivery::Submit {
+        use crate::domain::delivery::Submit;
+        for (pattern, class) in &self.codes {
+            let hit = match pattern.strip_suffix('*') {
+                Some(prefix) => code.starts_with(prefix),
+                None => pattern == code,
+            };
+            if hit {
+                return class.clone();
+            }
+        }
+        if self.ok_values.iter().any(|v| v == code) {
+            Submit::Accepted
+        } else {
+            Submit::Permanent
+        }
+    }
+}
+
+/// A generic gateway's pushed report arrays (CARRIERS.md §7.2 item 4).
+#[derive(Debug, Clone)]
+pub struct ArrayReports {
+    /// JSON pointer to the array (`""`: the body is the array).
+    pub items_pointer: String,
+    /// In an element: the carrier's id for the message (JSON pointer).
+    pub carrier_id: Option<String>,
+    /// In an element: our message id, when the provider echoes it (JSON pointer).
+    pub our_id: Option<String>,
+    /// In an element: the status (JSON pointer).
+    pub status: String,
+    /// The acknowledgement body (default empty) and its content type.
+    pub ack_body: String,
+    /// Content type of the acknowledgement.
+    pub ack_content_type: String,
+}
+
+/// A class name of `codes` as an outcome.
+fn class_name(name: &str) -> Option<crate::domain::delivery::Submit> {
+    use crate::domain::delivery::Submit;
+    Some(match name {
+        "accepted" => Submit::Accepted,
+        "retry" | "transient" => Submit::Transient,
+        "defer" => Submit::Defer,
+        "opted_out" => Submit::OptedOut,
+        "permanent" => Submit::Permanent,
+        "config" => Submit::Config,
+        "account" => Submit::Account,
+        "lost" => Submit::Lost,
+        _ => return None,
+    })
 }
 
 fn gateway(
@@ -501,6 +600,14 @@ fn gateway(
                 None => url::Url::parse("https://dysmsapi.aliyuncs.com/").ok()?,
                 Some(_) => url(problems)?,
             };
+            // Requests are signed for the root path; another one would fail every signature.
+            if url.path() != "/" {
+                problems.push(format!(
+                    "{place}.url: the API is at the root path: {}://{}/",
+                    url.scheme(),
+                    url.host_str().unwrap_or("")
+                ));
+            }
             let sign_name = need(problems, "sign_name", &g.sign_name);
             let key_id = secret(
                 problems,
@@ -605,14 +712,81 @@ fn gateway(
                     HttpBody::None
                 }
             };
-            if let Some(p) = &g.id_pointer
-                && !p.starts_with('/')
+            let pointer = |problems: &mut Vec<String>, key: &str, v: &Option<String>| {
+                if let Some(p) = v
+                    && !p.is_empty()
+                    && !p.starts_with('/')
+                {
+                    problems.push(format!(
+                        "{place}.{key}: a JSON pointer starts with / (e.g. \"/sid\")"
+                    ));
+                }
+                v.clone()
+            };
+            pointer(problems, "id_pointer", &g.id_pointer);
+            let mut codes = Vec::new();
+            for (code, class) in &g.codes {
+                match class_name(class) {
+                    Some(c) => codes.push((code.clone(), c)),
+                    None => problems.push(format!(
+                        "{place}.codes.{code}: {class:?} is not accepted, retry, defer, opted_out, permanent, config, account or lost"
+                    )),
+                }
+            }
+            // Exact codes before prefixes, longer prefixes first.
+            codes.sort_by_key(|(p, _)| (p.ends_with('*'), std::cmp::Reverse(p.len())));
+            let outcome =
+                (g.outcome_pointer.is_some() || g.results_pointer.is_some()).then(|| BodyOutcome {
+                    outcome_pointer: pointer(problems, "outcome_pointer", &g.outcome_pointer),
+                    ok_values: if g.ok_values.is_empty() {
+                        ["OK", "Ok", "ok", "success", "0"]
+                            .map(String::from)
+                            .to_vec()
+                    } else {
+                        g.ok_values.clone()
+                    },
+                    results_pointer: pointer(problems, "results_pointer", &g.results_pointer),
+                    result_phone: pointer(problems, "result_phone_field", &g.result_phone_field)
+                        .unwrap_or_else(|| "/to".into()),
+                    result_code: pointer(problems, "result_code_field", &g.result_code_field)
+                        .unwrap_or_else(|| "/code".into()),
+                    result_id: pointer(problems, "result_id_field", &g.result_id_field),
+                    codes,
+                });
+            let batch_max = g.batch_max.unwrap_or(1);
+            if !(1..=10_000).contains(&batch_max) {
+                problems.push(format!("{place}.batch_max: between 1 and 10000"));
+            }
+            let batch_item_json = match g.batch_item_json.as_deref().map(serde_json::from_str) {
+                None => serde_json::Value::String("{to}".into()),
+                Some(Ok(v)) => v,
+                Some(Err(e)) => {
+                    problems.push(format!("{place}.batch_item_json: not JSON: {e}"));
+                    serde_json::Value::Null
+                }
+            };
+            let dlr_array = g.dlr_items_pointer.as_ref().map(|items| ArrayReports {
+                items_pointer: pointer(problems, "dlr_items_pointer", &Some(items.clone()))
+                    .unwrap_or_default(),
+                carrier_id: pointer(problems, "dlr_carrier_id_field", &g.dlr_carrier_id_field),
+                our_id: pointer(problems, "dlr_id_field", &g.dlr_id_field),
+                status: pointer(problems, "dlr_status_field", &g.dlr_status_field)
+                    .unwrap_or_else(|| "/status".into()),
+                ack_body: g.dlr_ack_body.clone().unwrap_or_default(),
+                ack_content_type: g
+                    .dlr_ack_content_type
+                    .clone()
+                    .unwrap_or_else(|| "text/plain".into()),
+            });
+            if let Some(a) = &dlr_array
+                && a.carrier_id.is_none()
+                && a.our_id.is_none()
             {
                 problems.push(format!(
-                    "{place}.id_pointer: a JSON pointer starts with / (e.g. \"/sid\")"
+                    "{place}.dlr_items_pointer: give dlr_carrier_id_field or dlr_id_field, or reports cannot be matched"
                 ));
             }
-            GatewayKind::Http(HttpTemplate {
+            GatewayKind::Http(Box::new(HttpTemplate {
                 method,
                 url: u,
                 body,
@@ -635,13 +809,25 @@ fn gateway(
                 } else {
                     g.dlr_failed.clone()
                 },
-            })
+                outcome,
+                batch_max,
+                batch_item_json,
+                dlr_array,
+            }))
         }
         "tencent" => {
             let url = match g.url.as_deref() {
                 None => url::Url::parse("https://sms.tencentcloudapi.com/").ok()?,
                 Some(_) => url(problems)?,
             };
+            // Requests are signed for the root path; another one would fail every signature.
+            if url.path() != "/" {
+                problems.push(format!(
+                    "{place}.url: the API is at the root path: {}://{}/",
+                    url.scheme(),
+                    url.host_str().unwrap_or("")
+                ));
+            }
             let region = need(problems, "region", &g.region);
             let sdk_app_id = need(problems, "sdk_app_id", &g.sdk_app_id);
             let sign_name = need(problems, "sign_name", &g.sign_name);

@@ -56,6 +56,8 @@ struct Runtime {
     counters: [prometheus_client::metrics::counter::Counter; 8],
     /// 1 while the gateway is out of rotation for an account error.
     out_of_rotation: prometheus_client::metrics::gauge::Gauge,
+    /// Why it is out, for the API and the console.
+    health: Health,
 }
 
 impl Runtime {
@@ -93,6 +95,40 @@ fn backoff(n: u32) -> Duration {
     base.min(MAX_BACKOFF).mul_f64(jitter())
 }
 
+/// Gateways out of rotation for an account error: why, and until when (what
+/// `GET /api/v1/sms/gateways` and the console show).
+#[derive(Clone, Default)]
+pub struct Health(Arc<std::sync::Mutex<Outages>>);
+
+/// Gateway name → (the provider's words, out of rotation until).
+type Outages = BTreeMap<String, (String, DateTime<Utc>)>;
+
+impl Health {
+    fn out(&self, gateway: &str, reason: &str, until: DateTime<Utc>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(gateway.to_owned(), (reason.to_owned(), until));
+    }
+
+    fn back(&self, gateway: &str) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(gateway);
+    }
+
+    /// Why `gateway` is out of rotation and until when, if it is.
+    pub fn get(&self, gateway: &str) -> Option<(String, DateTime<Utc>)> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(gateway)
+            .filter(|(_, until)| *until > Utc::now())
+            .cloned()
+    }
+}
+
 /// Handle to wake the dispatcher (campaign started, resumed, requeued).
 #[derive(Clone, Default)]
 pub struct Waker(Arc<Notify>);
@@ -119,13 +155,13 @@ impl Dispatcher {
         store: Arc<Store>,
         metrics: Metrics,
         waker: Waker,
+        health: Health,
         http: std::net::SocketAddr,
     ) -> anyhow::Result<Dispatcher> {
-        let callback = cfg
-            .sms
-            .callback_url
-            .clone()
-            .unwrap_or_else(|| format!("http://{http}"));
+        let callback = cfg.sms.callback_url.clone().unwrap_or_else(|| {
+            let scheme = if cfg.tls.is_some() { "https" } else { "http" };
+            format!("{scheme}://{http}")
+        });
         let mut gateways = BTreeMap::new();
         for g in &cfg.sms.gateways {
             let gw = Gateway::new(g.clone(), &callback)
@@ -140,6 +176,7 @@ impl Dispatcher {
                     failures: AtomicU32::new(0),
                     counters: metrics.sms_submit_counters(&g.name),
                     out_of_rotation: metrics.sms_gateway_out_of_rotation(&g.name),
+                    health: health.clone(),
                 }),
             );
         }
@@ -234,7 +271,11 @@ impl Dispatcher {
         let now = Utc::now();
         // Scheduled and recurring starts have second resolution: not looked for on every batch.
         if due_checked.is_none_or(|t: Instant| t.elapsed() >= DUE_EVERY) {
-            self.start_due(now).await?;
+            // A start that cannot be written now (a full disk) waits for the next look; it
+            // must not stop the campaigns already running, nor the answers being stored.
+            if let Err(e) = self.start_due(now).await {
+                tracing::error!(error = %format!("{e:#}"), "cannot start due campaigns now");
+            }
             *due_checked = Some(Instant::now());
         }
         // The running campaigns are read again after a round that sent nothing or found a
@@ -301,17 +342,31 @@ impl Dispatcher {
                 / gap) as usize
                 + 1;
             // The in-flight window counts requests: one message each, or up to `batch_max`
-            // numbers each where the gateway takes several.
+            // numbers each where the gateway takes several and every message of the campaign
+            // has the same text and parameters (else each would need its own request, and more
+            // would be claimed than the window lets out).
+            let template = spec
+                .template
+                .as_deref()
+                .and_then(|t| self.cfg.sms.template(t));
+            let uniform = match template {
+                Some(t) => t.vars.is_empty(),
+                None => {
+                    spec.texts.is_empty()
+                        && super::campaign::placeholders(&spec.text).is_ok_and(|p| p.is_empty())
+                }
+            };
             let batch = rt.gw.cfg.kind.batch_max();
+            let per_permit = if uniform { batch } else { 1 };
             let want = due.min(MAX_BATCH);
             let mut permits = Vec::new();
-            while permits.len() < want.div_ceil(batch) {
+            while permits.len() < want.div_ceil(per_permit) {
                 match rt.permits.clone().try_acquire_owned() {
                     Ok(p) => permits.push(p),
                     Err(_) => break,
                 }
             }
-            let n = (permits.len() * batch).min(want);
+            let n = (permits.len() * per_permit).min(want);
             let (gw_name, cap) = (rt.gw.cfg.name.clone(), spec.daily_cap);
             // The answers that came in since the last claim go into the same transaction.
             let done = answers.take();
@@ -321,10 +376,6 @@ impl Dispatcher {
                 .context(UNSTORED)?;
             let idle = claimed.is_empty();
             reread |= idle;
-            let template = spec
-                .template
-                .as_deref()
-                .and_then(|t| self.cfg.sms.template(t));
             let template_id = template.and_then(|t| t.ids.get(&rt.gw.cfg.name).cloned());
             let names: Arc<[String]> = template.map(|t| t.vars.clone()).unwrap_or_default().into();
             let failover = spec.gateways.len() > 1;
@@ -334,8 +385,14 @@ impl Dispatcher {
             for m in claimed {
                 rt.take_slot(Instant::now(), m.parts);
                 sent = true;
+                // One request carries one text and parameters, and (Tencent) either mainland or
+                // international numbers.
                 match groups.iter_mut().find(|g| {
-                    batch > 1 && g.len() < batch && g[0].params == m.params && g[0].text == m.text
+                    batch > 1
+                        && g.len() < batch
+                        && g[0].params == m.params
+                        && g[0].text == m.text
+                        && g[0].recipient.starts_with("+86") == m.recipient.starts_with("+86")
                 }) {
                     Some(g) => g.push(m),
                     None => groups.push(vec![m]),
@@ -534,12 +591,21 @@ async fn submit(
     };
     ms.iter()
         .zip(answers)
-        .map(|(m, a)| finish(rt, m, a, failover))
+        .enumerate()
+        .map(|(i, (m, a))| finish(rt, m, a, failover, i == 0))
         .collect()
 }
 
-/// What one answer means for its message and for the gateway.
-fn finish(rt: &Runtime, m: &crate::store::sms::Claimed, answer: Answer, failover: bool) -> Finish {
+/// What one answer means for its message and for the gateway. `first`: the first message of
+/// its request (a failed request counts once towards the gateway's back-off, and is logged
+/// once).
+fn finish(
+    rt: &Runtime,
+    m: &crate::store::sms::Claimed,
+    answer: Answer,
+    failover: bool,
+    first: bool,
+) -> Finish {
     let k = match answer.submit {
         Submit::Accepted => 0,
         Submit::Transient => 1,
@@ -565,12 +631,19 @@ fn finish(rt: &Runtime, m: &crate::store::sms::Claimed, answer: Answer, failover
         Submit::Accepted => {
             rt.failures.store(0, Ordering::Relaxed);
             rt.out_of_rotation.set(0);
+            rt.health.back(&rt.gw.cfg.name);
         }
         Submit::Transient | Submit::Lost => {
-            let n = rt.failures.fetch_add(1, Ordering::Relaxed);
+            let n = if first {
+                rt.failures.fetch_add(1, Ordering::Relaxed)
+            } else {
+                rt.failures.load(Ordering::Relaxed).saturating_sub(1)
+            };
             let d = answer.retry_after.unwrap_or_else(|| backoff(n));
             cool(d);
-            tracing::warn!(gateway = %rt.gw.cfg.name, message = m.id, reason = reason.as_deref().unwrap_or(""), cool_down_ms = d.as_millis() as u64, "gateway failure");
+            if first {
+                tracing::warn!(gateway = %rt.gw.cfg.name, message = m.id, reason = reason.as_deref().unwrap_or(""), cool_down_ms = d.as_millis() as u64, "gateway failure");
+            }
             if answer.submit == Submit::Transient {
                 if m.attempts >= MAX_ATTEMPTS {
                     submit_kind = Submit::Permanent;
@@ -603,6 +676,11 @@ fn finish(rt: &Runtime, m: &crate::store::sms::Claimed, answer: Answer, failover
         Submit::Account => {
             cool(ACCOUNT_COOL);
             rt.out_of_rotation.set(1);
+            rt.health.out(
+                &rt.gw.cfg.name,
+                reason.as_deref().unwrap_or(""),
+                now + chrono::Duration::from_std(ACCOUNT_COOL).unwrap_or_default(),
+            );
             tracing::error!(gateway = %rt.gw.cfg.name, reason = reason.as_deref().unwrap_or(""), out_for_s = ACCOUNT_COOL.as_secs(), "the gateway's account cannot send: out of rotation");
             let wait = if failover {
                 Duration::from_millis(50).mul_f64(jitter())

@@ -169,7 +169,7 @@ fn one_code_for_all(
         ),
         None => {
             let mut x = Answer::new(
-                classify(status, |s| s == 200),
+                carrier_status(status),
                 Some(format!("{status} {}", truncate(text.trim(), 300))),
             );
             x.retry_after = after;
@@ -177,6 +177,19 @@ fn one_code_for_all(
         }
     };
     vec![answer; ms.len()]
+}
+
+/// A template carrier's answer that carries no code of the provider's (a proxy, a wrong
+/// URL): 429 and 503 were refused before sending (later); 500, 502 and 504 may have been
+/// sent behind the proxy (unknown); 401 and 403 are the account; any other status means the
+/// gateway is configured wrong: the campaign waits for an operator, nothing is rejected.
+fn carrier_status(status: u16) -> Submit {
+    match status {
+        429 | 503 => Submit::Transient,
+        500..=599 => Submit::Lost,
+        401 | 403 => Submit::Account,
+        _ => Submit::Config,
+    }
 }
 
 /// What a provider knows of a message whose submit answer was lost.
@@ -392,7 +405,11 @@ impl Gateway {
                     retry_after: after,
                 }
             }
-            GatewayKind::Http(t) => self.templated(t, m).await,
+            GatewayKind::Http(t) => self
+                .templated(t, std::slice::from_ref(m))
+                .await
+                .pop()
+                .unwrap_or_else(|| Answer::new(Submit::Lost, None)),
             GatewayKind::Tencent(t) => self
                 .tencent(t, std::slice::from_ref(m))
                 .await
@@ -436,6 +453,13 @@ impl Gateway {
                 }
                 out
             }
+            GatewayKind::Http(h) if h.batch_max > 1 => {
+                let mut out = Vec::with_capacity(ms.len());
+                for chunk in ms.chunks(h.batch_max) {
+                    out.extend(self.templated(h, chunk).await);
+                }
+                out
+            }
             _ => {
                 let mut out = Vec::with_capacity(ms.len());
                 for m in ms {
@@ -456,6 +480,19 @@ impl Gateway {
         let Some(template_id) = first.template_id else {
             return self.needs_template(n);
         };
+        if let Some(m) = ms.iter().find(|m| !m.to.starts_with("+86")) {
+            // Refused at campaign creation; a list changed since cannot mix one in.
+            return vec![
+                Answer::new(
+                    Submit::Config,
+                    Some(format!(
+                        "云MAS sends to mainland (+86) numbers only, and {} is not one",
+                        crate::domain::phone::mask(m.to)
+                    )),
+                );
+                n
+            ];
+        }
         let mobiles: Vec<String> = ms
             .iter()
             .map(|m| super::aliyun::report_number(m.to))
@@ -585,9 +622,11 @@ impl Gateway {
             }
             _ => return Ok(None),
         };
+        // Only a final status resolves it: the details carry no biz id, so a message resolved
+        // while waiting could not be matched by its later report.
         Ok(super::aliyun::read_details(&text)?
             .into_iter()
-            .find(|(out_id, _, _)| *out_id == tag)
+            .find(|(out_id, _, report)| *out_id == tag && report.is_some())
             .map(|(_, code, report)| Found {
                 carrier_id: None,
                 code,
@@ -648,7 +687,21 @@ impl Gateway {
         };
         // Business errors come as 200 with a Code; signature and throttling errors as 4xx or
         // 5xx with a Code too.
-        let read = aliyun::read_answer(&text).map(|(code, message, biz)| {
+        let read = aliyun::read_answer(&text);
+        // A batch refused for one of its numbers (nothing of it was sent): each number alone,
+        // so only that one is deferred or rejected.
+        if n > 1
+            && read
+                .as_ref()
+                .is_some_and(|(code, _, _)| aliyun::about_a_number(code))
+        {
+            let mut out = Vec::with_capacity(n);
+            for m in ms {
+                out.extend(Box::pin(self.aliyun(a, std::slice::from_ref(m))).await);
+            }
+            return out;
+        }
+        let read = read.map(|(code, message, biz)| {
             let k = aliyun::classify(&code, &message, now);
             (k, format!("{code}: {message}"), biz)
         });
@@ -682,7 +735,7 @@ impl Gateway {
         };
         if status != 200 {
             let mut a = Answer::new(
-                classify(status, |s| s == 200),
+                carrier_status(status),
                 Some(format!("{status} {}", truncate(text.trim(), 300))),
             );
             a.retry_after = after;
@@ -695,7 +748,7 @@ impl Gateway {
                 return vec![Answer::new(Submit::Lost, Some(msg)); n];
             }
             Err((code, msg)) => {
-                let c = tencent::classify(&code, now);
+                let c = tencent::classify_request(&code, now);
                 let mut a = Answer::new(c.submit, Some(format!("{code}: {msg}")));
                 a.retry_after = c.wait.or(after);
                 return vec![a; n];
@@ -761,12 +814,20 @@ impl Gateway {
         }
     }
 
-    async fn templated(&self, t: &HttpTemplate, m: &Outgoing<'_>) -> Answer {
+    /// A templated request for `ms` (one, or up to `batch_max` with the same text), its
+    /// answer classed by status, then by the body's codes where configured.
+    async fn templated(&self, t: &HttpTemplate, ms: &[Outgoing<'_>]) -> Vec<Answer> {
+        let Some(m) = ms.first() else {
+            return Vec::new();
+        };
+        let n = ms.len();
         let id = m.id.to_string();
         let dlr_url = self.dlr_url(m.id);
+        let to_list = ms.iter().map(|m| m.to).collect::<Vec<_>>().join(",");
         let vars = [
             ("to", m.to),
             ("to_digits", m.to.trim_start_matches('+')),
+            ("to_list", to_list.as_str()),
             ("from", m.from),
             ("text", m.text),
             ("id", id.as_str()),
@@ -789,31 +850,171 @@ impl Gateway {
                 req.header("Content-Type", "application/x-www-form-urlencoded")
                     .body(ser.finish())
             }
-            HttpBody::Json(v) => req.json(&fill_json(v, &vars)),
+            HttpBody::Json(v) => {
+                let items: Vec<serde_json::Value> = ms
+                    .iter()
+                    .map(|x| {
+                        let xid = x.id.to_string();
+                        fill_json(
+                            &t.batch_item_json,
+                            &[
+                                ("to", x.to),
+                                ("to_digits", x.to.trim_start_matches('+')),
+                                ("id", xid.as_str()),
+                            ],
+                        )
+                    })
+                    .collect();
+                req.json(&fill_batch(&fill_json(v, &vars), &items))
+            }
         };
         let (status, after, body) = match exchange(req).await {
             Ok(r) => r,
-            Err(a) => return a,
+            Err(a) => return vec![a; n],
         };
-        let submit = classify(status, |s| t.accept_status.contains(&s));
-        let carrier_id = match (&submit, &t.id_pointer) {
-            (Submit::Accepted, Some(ptr)) => serde_json::from_str::<serde_json::Value>(&body)
-                .ok()
-                .and_then(|v| {
-                    v.pointer(ptr).map(|x| match x {
-                        serde_json::Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                }),
-            _ => None,
+        let by_status = classify(status, |s| t.accept_status.contains(&s));
+        let json: Option<serde_json::Value> = serde_json::from_str(&body).ok();
+        let at = |ptr: &str| json.as_ref().and_then(|v| v.pointer(ptr)).map(text_of);
+        let request_id = (by_status == Submit::Accepted)
+            .then(|| t.id_pointer.as_deref().and_then(at))
+            .flatten();
+        let all = |submit: Submit, reason: Option<String>| {
+            let mut a = Answer::new(submit, reason);
+            a.retry_after = after;
+            vec![a; n]
         };
-        Answer {
-            reason: (submit != Submit::Accepted)
-                .then(|| format!("{status} {}", truncate(body.trim(), 300))),
-            submit,
-            carrier_id,
-            retry_after: after,
+        let Some(o) = &t.outcome else {
+            // By status alone: one message a request (a batch is not rejected for good on a
+            // status alone).
+            let by_status = if n > 1 && by_status != Submit::Accepted {
+                carrier_status(status)
+            } else {
+                by_status
+            };
+            let reason = (by_status != Submit::Accepted)
+                .then(|| format!("{status} {}", truncate(body.trim(), 300)));
+            return ms
+                .iter()
+                .map(|x| Answer {
+                    submit: by_status.clone(),
+                    reason: reason.clone(),
+                    carrier_id: carrier_for(request_id.as_deref(), x.to, n),
+                    retry_after: after,
+                })
+                .collect();
+        };
+        // A request-level code decides first (business errors often come with 200).
+        if let Some(code) = o.outcome_pointer.as_deref().and_then(at) {
+            let c = o.class(&code);
+            if c != Submit::Accepted {
+                return all(
+                    c,
+                    Some(format!("{status} {code}: {}", truncate(body.trim(), 200))),
+                );
+            }
+        } else if by_status != Submit::Accepted {
+            // No code of the provider's: a batch is not rejected for good on a status alone.
+            return all(
+                carrier_status(status),
+                Some(format!("{status} {}", truncate(body.trim(), 300))),
+            );
+        } else if json.is_none() && o.outcome_pointer.is_some() {
+            // A 2xx whose body cannot be read may have sent everything.
+            return all(
+                Submit::Lost,
+                Some(format!("unreadable answer: {}", truncate(body.trim(), 300))),
+            );
         }
+        let Some(results) = o
+            .results_pointer
+            .as_deref()
+            .and_then(|p| json.as_ref()?.pointer(p)?.as_array().cloned())
+        else {
+            return ms
+                .iter()
+                .map(|x| Answer {
+                    submit: Submit::Accepted,
+                    reason: None,
+                    carrier_id: carrier_for(request_id.as_deref(), x.to, n),
+                    retry_after: None,
+                })
+                .collect();
+        };
+        // One result per number, matched by the number (providers drop or keep the `+` and
+        // the country code).
+        let mut results: Vec<Option<serde_json::Value>> = results.into_iter().map(Some).collect();
+        ms.iter()
+            .map(|x| {
+                let digits = x.to.trim_start_matches('+');
+                let found = results
+                    .iter_mut()
+                    .find(|r| {
+                        r.as_ref()
+                            .and_then(|r| r.pointer(&o.result_phone))
+                            .map(text_of)
+                            .map(|p| p.trim_start_matches('+').to_owned())
+                            .is_some_and(|p| !p.is_empty() && (digits.ends_with(&p) || p.ends_with(digits)))
+                    })
+                    .and_then(Option::take);
+                let Some(r) = found else {
+                    return Answer::new(
+                        Submit::Lost,
+                        Some("the answer does not name this number: it may or may not have been sent".into()),
+                    );
+                };
+                let code = r.pointer(&o.result_code).map(text_of).unwrap_or_default();
+                let c = o.class(&code);
+                Answer {
+                    reason: (c != Submit::Accepted).then(|| format!("{code}: {}", truncate(&r.to_string(), 200))),
+                    carrier_id: (c == Submit::Accepted)
+                        .then(|| {
+                            o.result_id
+                                .as_deref()
+                                .and_then(|p| r.pointer(p))
+                                .map(text_of)
+                                .or_else(|| carrier_for(request_id.as_deref(), x.to, n))
+                        })
+                        .flatten(),
+                    submit: c,
+                    retry_after: None,
+                }
+            })
+            .collect()
+    }
+}
+
+/// A JSON value as text (strings without their quotes).
+fn text_of(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// A message's carrier id from its request's: the request id itself for one message, with
+/// the number when the request carried several.
+fn carrier_for(request_id: Option<&str>, to: &str, n: usize) -> Option<String> {
+    request_id.map(|r| {
+        if n > 1 {
+            format!("{r}/{}", to.trim_start_matches('+'))
+        } else {
+            r.to_owned()
+        }
+    })
+}
+
+/// Replaces every JSON string `"{to_json}"` with the array of the batch's items.
+fn fill_batch(v: &serde_json::Value, items: &[serde_json::Value]) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::String(s) if s == "{to_json}" => Value::Array(items.to_vec()),
+        Value::Array(a) => Value::Array(a.iter().map(|x| fill_batch(x, items)).collect()),
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .map(|(k, x)| (k.clone(), fill_batch(x, items)))
+                .collect(),
+        ),
+        other => other.clone(),
     }
 }
 

@@ -16,9 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::gateway::Gateway;
 use crate::config::Config;
-use crate::domain::delivery::Submit;
 use crate::store::Store;
-use crate::store::sms::{Finish, ReportIn};
 
 /// How often unknown messages are looked up.
 pub const EVERY: Duration = Duration::from_secs(300);
@@ -46,22 +44,37 @@ pub struct Reconciler {
 }
 
 impl Reconciler {
-    /// Opens a client per gateway that can be asked.
+    /// Opens a client per gateway that can be asked (Tencent, Aliyun).
     pub fn new(cfg: &Config, store: Arc<Store>) -> std::io::Result<Reconciler> {
         let mut gateways = BTreeMap::new();
-        for g in cfg.sms.gateways.iter().filter(|g| g.kind.templates_only()) {
+        for g in cfg.sms.gateways.iter().filter(|g| {
+            matches!(
+                g.kind,
+                super::config::GatewayKind::Tencent(_) | super::config::GatewayKind::Aliyun(_)
+            )
+        }) {
             gateways.insert(g.name.clone(), Gateway::new(g.clone(), "http://127.0.0.1")?);
         }
         Ok(Reconciler { store, gateways })
     }
 
-    /// Looks up the unknown messages of `campaign` (or of all) older than `settle`.
+    /// Looks up the unknown messages of `campaign` (or of all) older than `settle`; the
+    /// periodic pass (`campaign` none) skips those looked up within [`EVERY`].
     pub async fn pass(&self, campaign: Option<i64>, settle: Duration) -> Outcome {
         let mut out = Outcome::default();
-        let before = Utc::now() - chrono::Duration::from_std(settle).unwrap_or_default();
+        if self.gateways.is_empty() {
+            return out;
+        }
+        let now = Utc::now();
+        let before = now - chrono::Duration::from_std(settle).unwrap_or_default();
+        let checked_before = match campaign {
+            Some(_) => now,
+            None => now - chrono::Duration::from_std(EVERY).unwrap_or_default(),
+        };
+        let names: Vec<String> = self.gateways.keys().cloned().collect();
         let store = self.store.clone();
         let list = match tokio::task::spawn_blocking(move || {
-            store.unknown_messages(campaign, before, PASS)
+            store.unknown_messages(campaign, &names, before, checked_before, PASS)
         })
         .await
         {
@@ -82,8 +95,7 @@ impl Reconciler {
             out.checked += 1;
             let since = m.submitted_at.unwrap_or_else(Utc::now);
             let found = match gw.find(&m.recipient, m.campaign, since).await {
-                Ok(Some(f)) => f,
-                Ok(None) => continue,
+                Ok(f) => f,
                 Err(e) => {
                     if out.errors.len() < 10 {
                         out.errors.push(format!("message {}: {e}", m.id));
@@ -91,44 +103,22 @@ impl Reconciler {
                     continue;
                 }
             };
-            let gateway = gw.cfg.name.clone();
             let store = self.store.clone();
-            let stored = tokio::task::spawn_blocking(move || {
-                let now = Utc::now();
-                store.finish_submits(
-                    &[Finish {
-                        id: m.id,
-                        campaign: m.campaign,
-                        parts: m.parts,
-                        answer: Submit::Accepted,
-                        carrier_id: found.carrier_id.clone(),
-                        reason: Some(format!(
-                            "found at the provider by reconciliation ({})",
-                            found.code
-                        )),
-                        retry_at: None,
-                        delivered_by: None,
-                    }],
-                    now,
-                )?;
-                if let Some(report) = found.report {
-                    store.record_reports(
-                        &[ReportIn {
-                            id: m.id,
-                            carrier_id: None,
-                            gateway,
-                            report: Some(report),
-                            code: found.code.clone(),
-                            raw: "reconciliation".into(),
-                        }],
-                        now,
-                    )?;
-                }
-                Ok::<_, crate::store::StoreError>(())
+            let stored = tokio::task::spawn_blocking(move || match found {
+                // Found: sent (never resent), and its outcome when the provider knows it.
+                Some(f) => store.resolve_unknown(
+                    &m,
+                    f.carrier_id.as_deref(),
+                    &f.code,
+                    f.report,
+                    Utc::now(),
+                ),
+                None => store.mark_checked(m.id, Utc::now()).map(|()| false),
             })
             .await;
             match stored {
-                Ok(Ok(())) => out.resolved += 1,
+                Ok(Ok(true)) => out.resolved += 1,
+                Ok(Ok(false)) => {}
                 Ok(Err(e)) => out.errors.push(e.to_string()),
                 Err(e) => out.errors.push(e.to_string()),
             }

@@ -196,15 +196,26 @@ pub fn classify(code: &str, now: DateTime<Utc>) -> Class {
         {
             class(Submit::Account)
         }
-        // Whether it was sent is not known: never resent on its own.
-        "InternalError.Timeout" => class(Submit::Lost),
-        c if c.starts_with("RequestLimitExceeded")
-            || c.starts_with("InternalError")
-            || c.starts_with("LimitExceeded.PhoneNumberCountLimit") =>
-        {
-            class(Submit::Transient)
-        }
+        // Whether it was sent is not known (a timeout, a send that failed half-way, an
+        // unknown error behind the API): never resent on its own.
+        c if c.starts_with("InternalError") => class(Submit::Lost),
+        // Refused before anything was sent: later.
+        c if c.starts_with("RequestLimitExceeded") => class(Submit::Transient),
         _ => class(Submit::Permanent),
+    }
+}
+
+/// Classes a request-level `Response.Error.Code`: as [`classify`], except that what is not
+/// known to be about one number (anything unlisted, a batch refused as a whole) pauses the
+/// campaign rather than rejecting every number of the request for good.
+pub fn classify_request(code: &str, now: DateTime<Utc>) -> Class {
+    let c = classify(code, now);
+    match c.submit {
+        Submit::Permanent | Submit::OptedOut | Submit::Defer => Class {
+            submit: Submit::Config,
+            wait: None,
+        },
+        _ => c,
     }
 }
 
@@ -472,6 +483,20 @@ mod tests {
         assert_eq!(c("AuthFailure.SecretIdNotFound").submit, Submit::Account);
         assert_eq!(c("RequestLimitExceeded").submit, Submit::Transient);
         assert_eq!(c("InternalError.Timeout").submit, Submit::Lost);
+        assert_eq!(c("InternalError.SendAndRecvFail").submit, Submit::Lost);
+        assert_eq!(
+            classify_request(
+                "UnsupportedOperation.ContainDomesticAndInternationalPhoneNumber",
+                now
+            )
+            .submit,
+            Submit::Config
+        );
+        assert_eq!(classify_request("Some.NewCode", now).submit, Submit::Config);
+        assert_eq!(
+            classify_request("AuthFailure.SignatureFailure", now).submit,
+            Submit::Account
+        );
         // A daily limit waits for midnight in Beijing (10 hours from 14:00).
         let d = c("LimitExceeded.PhoneNumberDailyLimit");
         assert_eq!(

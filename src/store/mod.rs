@@ -288,19 +288,23 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE displays ADD COLUMN conflict_at TEXT;",
     // 19: approved templates and carriers that report by their own ids: a message's template
     // parameters (a JSON array, NULL for free text); reports found by the carrier's id; why a
-    // campaign was paused by a gateway; reports nobody matched; replies (MO).
+    // campaign was paused by a gateway; when an unknown message was last looked up at its
+    // provider; reports nobody matched yet (applied when their carrier id is stored); replies.
     "ALTER TABLE messages ADD COLUMN params TEXT;
     CREATE INDEX messages_by_carrier_id ON messages (carrier_id) WHERE carrier_id IS NOT NULL;
     CREATE INDEX messages_unknown ON messages (id) WHERE state = 'unknown';
     ALTER TABLE campaigns ADD COLUMN paused_reason TEXT;
+    ALTER TABLE messages ADD COLUMN checked_at TEXT;
     CREATE TABLE orphan_reports (
         id           INTEGER PRIMARY KEY,
         gateway      TEXT NOT NULL,
         carrier_id   TEXT,
+        report       TEXT,
         code         TEXT NOT NULL,
         raw          TEXT NOT NULL,
         received_at  TEXT NOT NULL
     );
+    CREATE INDEX orphan_reports_by_carrier_id ON orphan_reports (carrier_id);
     CREATE TABLE replies (
         id           INTEGER PRIMARY KEY,
         gateway      TEXT NOT NULL,
@@ -505,10 +509,32 @@ impl Store {
     /// read-only file system, database locked for longer than the busy timeout).
     pub fn probe_write(&self, now: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
         self.bulk_ok()?;
-        self.conn().execute(
-            "INSERT OR REPLACE INTO readiness (id, at) VALUES (1, ?1)",
-            [now.to_rfc3339()],
-        )?;
+        self.emergency_probe(now)
+    }
+
+    /// Writes the readiness row as the emergency path writes (in the disk reserve when the
+    /// disk is full): fails only when not even an alert could be written.
+    pub fn emergency_probe(&self, now: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
+        self.priority(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO readiness (id, at) VALUES (1, ?1)",
+                [now.to_rfc3339()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// `Err(DiskFull)` unless the data disk has room for `bytes` more and the reserve (an
+    /// upload of that size checked before it is streamed).
+    pub fn room_for(&self, bytes: u64) -> Result<(), StoreError> {
+        self.bulk_ok()?;
+        let Some(r) = &self.reserve else {
+            return Ok(());
+        };
+        let dir = r.path.parent().unwrap_or(Path::new("."));
+        if free_space(dir).is_some_and(|f| f < bytes.saturating_add(r.bytes)) {
+            return Err(StoreError::DiskFull(dir.display().to_string()));
+        }
         Ok(())
     }
 

@@ -731,8 +731,9 @@ impl Store {
         max: usize,
         answers: &[Finish],
     ) -> Result<Vec<Claimed>, StoreError> {
-        // A full disk (the reserve in use): answers are still stored, nothing new is claimed.
-        let max = if self.reserve_in_use() { 0 } else { max };
+        // A (nearly) full disk: answers are still stored, nothing new is claimed (what is
+        // sent must have room for its reports and replies).
+        let max = if self.bulk_ok().is_err() { 0 } else { max };
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let mut tally = Tally::default();
@@ -941,7 +942,29 @@ fn finish_in(
     let mut pause = tx.prepare_cached(
         "UPDATE campaigns SET status = 'paused', paused_reason = ?2 WHERE id = ?1 AND status = 'running'",
     )?;
+    // Reports that came before the answer that names their message (early reports).
+    let mut early = tx.prepare_cached(
+        "SELECT o.id, o.report, o.code, o.raw, o.gateway FROM orphan_reports o JOIN messages m
+             ON m.id = ?1 AND o.carrier_id = m.carrier_id AND o.gateway = m.gateway
+         WHERE m.carrier_id IS NOT NULL",
+    )?;
+    let mut adopt = tx.prepare_cached(
+        "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut forget = tx.prepare_cached("DELETE FROM orphan_reports WHERE id = ?1")?;
+    // Not a try: a deferral, a paused campaign or a gateway out of rotation does not use up
+    // the message's attempts.
+    let mut untry =
+        tx.prepare_cached("UPDATE messages SET attempts = MAX(attempts - 1, 0) WHERE id = ?1")?;
+    let mut apply = tx.prepare_cached(
+        "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
+    )?;
+    let mut state_of =
+        tx.prepare_cached("SELECT state, campaign, parts FROM messages WHERE id = ?1")?;
     for f in items {
+        if matches!(f.answer, Submit::Defer | Submit::Config | Submit::Account) {
+            untry.execute([f.id])?;
+        }
         match f.answer {
             Submit::OptedOut => {
                 opt_out.execute(params![
@@ -984,7 +1007,67 @@ fn finish_in(
         tally.moved(campaign, parts, current, next);
         out.push(next);
     }
+    for f in items.iter().filter(|f| f.carrier_id.is_some()) {
+        let found: Vec<(i64, Option<String>, String, String, String)> = early
+            .query_map([f.id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (orphan, report, code, raw, gateway) in found {
+            adopt.execute(params![f.id, gateway, code, raw, now_s])?;
+            forget.execute([orphan])?;
+            let Some(report) = report.as_deref().and_then(report_from) else {
+                continue;
+            };
+            let Some((current, campaign, parts)) = state_of
+                .query_row([f.id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .optional()?
+            else {
+                continue;
+            };
+            let current = parse_state(&current);
+            let next = delivery::on_report(current, report);
+            if next != current {
+                apply.execute(params![
+                    f.id,
+                    next.as_str(),
+                    (!matches!(report, Report::Delivered | Report::Progress))
+                        .then(|| format!("delivery report {code}")),
+                    now_s
+                ])?;
+                tally.moved(campaign, parts, current, next);
+            }
+        }
+    }
     Ok(out)
+}
+
+/// A report's meaning as stored with an orphan report.
+fn report_name(r: Report) -> &'static str {
+    match r {
+        Report::Delivered => "delivered",
+        Report::Undelivered => "undelivered",
+        Report::Progress => "progress",
+        Report::SmscRejected => "rejected",
+        Report::Expired => "expired",
+    }
+}
+
+fn report_from(s: &str) -> Option<Report> {
+    Some(match s {
+        "delivered" => Report::Delivered,
+        "undelivered" => Report::Undelivered,
+        "progress" => Report::Progress,
+        "rejected" => Report::SmscRejected,
+        "expired" => Report::Expired,
+        _ => return None,
+    })
 }
 
 impl Store {
@@ -1039,7 +1122,7 @@ impl Store {
             let mut by_carrier = tx
                 .prepare_cached("SELECT id FROM messages WHERE carrier_id = ?1 AND gateway = ?2")?;
             let mut orphan = tx.prepare_cached(
-                "INSERT INTO orphan_reports (gateway, carrier_id, code, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+                "INSERT INTO orphan_reports (gateway, carrier_id, report, code, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?;
             let mut seen = tx.prepare_cached(
                 "SELECT 1 FROM dlrs WHERE message = ?1 AND code = ?2 AND raw = ?3",
@@ -1063,7 +1146,14 @@ impl Store {
                     // Kept: a report for a message we cannot find (sent before a restore,
                     // or by another system on the same account) is evidence, not noise.
                     if r.carrier_id.is_some() {
-                        orphan.execute(params![r.gateway, r.carrier_id, r.code, r.raw, now_s])?;
+                        orphan.execute(params![
+                            r.gateway,
+                            r.carrier_id,
+                            r.report.map(report_name),
+                            r.code,
+                            r.raw,
+                            now_s
+                        ])?;
                     }
                     out.push(None);
                     continue;
@@ -1111,35 +1201,102 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// `unknown` messages (of `campaign`, or all) submitted before `before`: what
-    /// reconciliation asks the providers about.
+    /// `unknown` messages (of `campaign`, or all) through one of `gateways`, submitted before
+    /// `before` and not looked up since `checked_before`: what reconciliation asks the
+    /// providers about, least recently asked first.
     pub fn unknown_messages(
         &self,
         campaign: Option<i64>,
+        gateways: &[String],
         before: DateTime<Utc>,
+        checked_before: DateTime<Utc>,
         limit: usize,
     ) -> Result<Vec<UnknownMessage>, StoreError> {
         let conn = self.read_conn();
         let mut st = conn.prepare_cached(
             "SELECT id, campaign, parts, recipient, gateway, submitted_at FROM messages INDEXED BY messages_unknown
              WHERE state = 'unknown' AND (?1 IS NULL OR campaign = ?1)
-               AND (submitted_at IS NULL OR submitted_at <= ?2)
-             ORDER BY id LIMIT ?3",
+               AND gateway IN (SELECT value FROM json_each(?2))
+               AND (submitted_at IS NULL OR submitted_at <= ?3)
+               AND (checked_at IS NULL OR checked_at <= ?4)
+             ORDER BY checked_at IS NOT NULL, checked_at, id LIMIT ?5",
         )?;
-        let rows = st.query_map(params![campaign, ts(before), limit as i64], |r| {
-            let at: Option<String> = r.get(5)?;
-            Ok(UnknownMessage {
-                id: r.get(0)?,
-                campaign: r.get(1)?,
-                parts: r.get::<_, i64>(2)? as usize,
-                recipient: r.get(3)?,
-                gateway: r.get(4)?,
-                submitted_at: at
-                    .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
-                    .map(|t| t.with_timezone(&Utc)),
-            })
-        })?;
+        let names = serde_json::to_string(gateways).unwrap_or_default();
+        let rows = st.query_map(
+            params![
+                campaign,
+                names,
+                ts(before),
+                ts(checked_before),
+                limit as i64
+            ],
+            |r| {
+                let at: Option<String> = r.get(5)?;
+                Ok(UnknownMessage {
+                    id: r.get(0)?,
+                    campaign: r.get(1)?,
+                    parts: r.get::<_, i64>(2)? as usize,
+                    recipient: r.get(3)?,
+                    gateway: r.get(4)?,
+                    submitted_at: at
+                        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+                        .map(|t| t.with_timezone(&Utc)),
+                })
+            },
+        )?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Notes that unknown message `id` was looked up at its provider now (not found).
+    pub fn mark_checked(&self, id: i64, now: DateTime<Utc>) -> Result<(), StoreError> {
+        self.sms_conn().execute(
+            "UPDATE messages SET checked_at = ?2 WHERE id = ?1 AND state = 'unknown'",
+            params![id, ts(now)],
+        )?;
+        Ok(())
+    }
+
+    /// Reconciliation found unknown message `m` at its provider: `sent` (with the provider's
+    /// id), then its report if the provider knows one. Only while it is still `unknown` (an
+    /// operator may have requeued it meanwhile). Returns whether it changed.
+    pub fn resolve_unknown(
+        &self,
+        m: &UnknownMessage,
+        carrier_id: Option<&str>,
+        found: &str,
+        report: Option<Report>,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let now_s = ts(now);
+        let n = tx.execute(
+            "UPDATE messages SET state = 'sent', carrier_id = COALESCE(?2, carrier_id), reason = ?3, updated_at = ?4
+             WHERE id = ?1 AND state = 'unknown'",
+            params![m.id, carrier_id, format!("found at the provider by reconciliation ({found})"), now_s],
+        )?;
+        if n == 0 {
+            return Ok(false);
+        }
+        let mut tally = Tally::default();
+        tally.moved(m.campaign, m.parts as i64, State::Unknown, State::Sent);
+        if let Some(r) = report {
+            let next = delivery::on_report(State::Sent, r);
+            tx.execute(
+                "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, 'reconciliation', ?4)",
+                params![m.id, m.gateway, found, now_s],
+            )?;
+            if next != State::Sent {
+                tx.execute(
+                    "UPDATE messages SET state = ?2, updated_at = ?3 WHERE id = ?1",
+                    params![m.id, next.as_str(), now_s],
+                )?;
+                tally.moved(m.campaign, m.parts as i64, State::Sent, next);
+            }
+        }
+        tally.write(&tx)?;
+        tx.commit()?;
+        Ok(true)
     }
 
     /// An operator requeues the `unknown` messages of a campaign (accepting possible
@@ -1242,26 +1399,39 @@ impl Store {
         raw: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
-        self.bulk_ok()?;
-        let mut conn = self.sms_conn();
-        let tx = conn.transaction()?;
-        let now = ts(now);
-        tx.execute(
-            "INSERT INTO replies (gateway, number, text, optout, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![gateway, number, text, optout, raw, now],
-        )?;
-        let joined = optout
-            && tx.execute(
-                "INSERT OR IGNORE INTO optouts (number, reason, added_by, added_at) VALUES (?1, ?2, ?3, ?4)",
-                params![
-                    number,
-                    format!("replied {text:?} (via gateway {gateway})"),
-                    format!("mo:{gateway}"),
-                    now
-                ],
-            )? == 1;
-        tx.commit()?;
-        Ok(joined)
+        // An opt-out is kept even on a full disk (the reserve): a number that asked to stop
+        // must not be sent to because the disk filled.
+        self.priority(|conn| {
+            let tx = conn.transaction()?;
+            let now = ts(now);
+            // The same reply pushed again (providers push until acknowledged): kept once.
+            let seen = tx
+                .query_row(
+                    "SELECT 1 FROM replies WHERE gateway = ?1 AND number = ?2 AND text = ?3 AND raw = ?4",
+                    params![gateway, number, text, raw],
+                    |_| Ok(()),
+                )
+                .optional()?
+                .is_some();
+            if !seen {
+                tx.execute(
+                    "INSERT INTO replies (gateway, number, text, optout, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                    params![gateway, number, text, optout, raw, now],
+                )?;
+            }
+            let joined = optout
+                && tx.execute(
+                    "INSERT OR IGNORE INTO optouts (number, reason, added_by, added_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![
+                        number,
+                        format!("replied {text:?} (via gateway {gateway})"),
+                        format!("mo:{gateway}"),
+                        now
+                    ],
+                )? == 1;
+            tx.commit()?;
+            Ok(joined)
+        })
     }
 
     /// Removes a number from the opt-out list; `false` if it was not on it.
@@ -1435,6 +1605,92 @@ mod tests {
                 .record_report(m.id, "other", Some(Report::Delivered), "1", "", now())
                 .unwrap()
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn a_report_by_carrier_id_before_the_answer_is_applied_when_the_answer_names_it() {
+        let store = Store::memory().unwrap();
+        let c = campaign(&store, 2);
+        let (a, b) = (claim(&store, c).unwrap(), claim(&store, c).unwrap());
+        let early = |sid: &str, report| ReportIn {
+            id: 0,
+            carrier_id: Some(sid.into()),
+            gateway: "gw".into(),
+            report: Some(report),
+            code: "SUCCESS DELIVRD".into(),
+            raw: format!("{{\"sid\":\"{sid}\"}}"),
+        };
+        // Pushed before the submit answer is stored: kept, not lost.
+        let r = store
+            .record_reports(
+                &[
+                    early("S-1", Report::Delivered),
+                    early("S-2", Report::Undelivered),
+                ],
+                now(),
+            )
+            .unwrap();
+        assert_eq!(r, [None, None]);
+        let finish = |m: &Claimed, sid: &str| Finish {
+            id: m.id,
+            campaign: m.campaign,
+            parts: m.parts,
+            answer: Submit::Accepted,
+            carrier_id: Some(sid.into()),
+            reason: None,
+            retry_at: None,
+            delivered_by: None,
+        };
+        store
+            .finish_submits(&[finish(&a, "S-1"), finish(&b, "S-2")], now())
+            .unwrap();
+        assert_eq!(store.message(a.id).unwrap().unwrap().state, "delivered");
+        assert_eq!(store.message(b.id).unwrap().unwrap().state, "failed");
+        assert_eq!(store.reports(a.id).unwrap().len(), 1);
+        let counts = store.campaign(c).unwrap().unwrap().counts;
+        assert_eq!(
+            (counts.get("delivered"), counts.get("failed")),
+            (Some(&1), Some(&1))
+        );
+        // The same report pushed again changes nothing and is stored once.
+        let again = store
+            .record_reports(&[early("S-1", Report::Delivered)], now())
+            .unwrap();
+        assert_eq!(again, [Some((State::Delivered, State::Delivered))]);
+        assert_eq!(store.reports(a.id).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn reconciliation_resolves_only_what_is_still_unknown() {
+        let store = Store::memory().unwrap();
+        let c = campaign(&store, 2);
+        claim(&store, c).unwrap();
+        claim(&store, c).unwrap();
+        assert_eq!(store.recover_submitting(now()).unwrap(), 2);
+        let gws = vec!["gw".to_string()];
+        let later = now() + chrono::Duration::hours(1);
+        let unknown = store
+            .unknown_messages(Some(c), &gws, later, later, 10)
+            .unwrap();
+        assert_eq!(unknown.len(), 2);
+        // An operator requeues them meanwhile: nothing is resolved (it goes again).
+        store.requeue_unknown(c, now()).unwrap();
+        assert!(
+            !store
+                .resolve_unknown(&unknown[0], Some("S-9"), "SUCCESS", None, now())
+                .unwrap()
+        );
+        assert_eq!(
+            store.message(unknown[0].id).unwrap().unwrap().state,
+            "queued"
+        );
+        // Another gateway's unknowns are not listed for this one.
+        assert!(
+            store
+                .unknown_messages(Some(c), &["other".to_string()], later, later, 10)
+                .unwrap()
+                .is_empty()
         );
     }
 

@@ -28,9 +28,13 @@ struct Book {
     requests: Vec<Vec<String>>,
     sent: Vec<(String, String)>,
     auth_failures: usize,
-    callback: Option<String>,
-    unpushed: Vec<Value>,
-    acked: usize,
+    push: Pushes,
+}
+
+impl HasPushes for Book {
+    fn pushes(&mut self) -> &mut Pushes {
+        &mut self.push
+    }
 }
 
 async fn send_sms(
@@ -126,7 +130,7 @@ async fn send_sms(
     let biz = format!("{}^0", 932702304080415357u64 + b.requests.len() as u64);
     for n in &numbers {
         b.sent.push((n.clone(), biz.clone()));
-        b.unpushed.push(json!({
+        b.push.unpushed.push(json!({
             "phone_number": n.trim_start_matches("+86"), "send_time": "2026-05-15 10:00:00",
             "report_time": "2026-05-15 10:00:05", "success": true, "err_code": "DELIVERED",
             "err_msg": "用户接收成功", "sms_size": "1", "biz_id": biz, "out_id": query["OutId"],
@@ -150,25 +154,8 @@ impl Standin {
             .route("/", axum::routing::post(send_sms))
             .with_state(book.clone());
         let url = serve_standin(app).await;
-        let (pending, done) = (book.clone(), book.clone());
         // "The system checks only that code is a number" (and 0 means taken).
-        push_reports(
-            move || {
-                let b = pending.lock().unwrap();
-                match &b.callback {
-                    Some(u) if !b.unpushed.is_empty() => Some((u.clone(), b.unpushed.clone())),
-                    _ => None,
-                }
-            },
-            |v| v["code"] == 0,
-            move |n, ok| {
-                if ok {
-                    let mut b = done.lock().unwrap();
-                    b.acked += 1;
-                    b.unpushed.drain(..n);
-                }
-            },
-        );
+        push_reports(book.clone(), Value::Array, |v| v["code"] == 0);
         Standin { url, book }
     }
 
@@ -203,7 +190,7 @@ async fn an_aliyun_template_campaign_is_delivered_by_array_reports_and_a_limit_d
     )
     .await;
     let token = site.admin_token();
-    ali.book().callback = Some(format!("{}/api/v1/sms/dlr/ali?secret={DLR_SECRET}", d.http));
+    ali.book().push.callback = Some(format!("{}/api/v1/sms/dlr/ali?secret={DLR_SECRET}", d.http));
     let create = |csv: &'static str| {
         let d = &d;
         let token = token.clone();
@@ -226,7 +213,7 @@ async fn an_aliyun_template_campaign_is_delivered_by_array_reports_and_a_limit_d
     })
     .await;
     assert_eq!(ali.book().sent.len(), 2);
-    assert!(ali.book().acked >= 1);
+    assert!(ali.book().push.acked >= 1);
     // A number over its daily limit: the whole request is refused with one code; the message
     // waits for Beijing midnight.
     let id = create("phone,date\n13800138008,5月15日\n").await;

@@ -970,26 +970,53 @@ pub async fn serve_standin(app: axum::Router) -> String {
     url
 }
 
-/// A provider's report pusher: every 100 ms, what `pending` returns (the account's callback
-/// URL and the reports not yet acknowledged) is pushed as one JSON array, again and again,
-/// until the answer passes `acked`; then `done(n)` drops the first `n` (those pushed).
-pub fn push_reports(
-    pending: impl Fn() -> Option<(String, Vec<Value>)> + Send + 'static,
+/// What a provider's stand-in has to push: the account's callback URL (once set), the reports
+/// not yet acknowledged, pushes made and pushes acknowledged.
+#[derive(Default)]
+pub struct Pushes {
+    pub callback: Option<String>,
+    pub unpushed: Vec<Value>,
+    pub pushes: usize,
+    pub acked: usize,
+}
+
+/// A stand-in's state that holds its [`Pushes`].
+pub trait HasPushes {
+    fn pushes(&mut self) -> &mut Pushes;
+}
+
+/// A provider's report pusher: every 100 ms, the reports not yet acknowledged are pushed to
+/// the callback URL as one body (`wrap` of them: the array itself, or an object around it),
+/// again and again, until the answer passes `acked`.
+pub fn push_reports<B: HasPushes + Send + 'static>(
+    book: Arc<Mutex<B>>,
+    wrap: fn(Vec<Value>) -> Value,
     acked: fn(&Value) -> bool,
-    done: impl Fn(usize, bool) + Send + 'static,
 ) {
     tokio::spawn(async move {
         let client = marquee::http_client().build().unwrap();
         loop {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            let Some((url, batch)) = pending() else {
-                continue;
+            let (url, batch) = {
+                let mut b = book.lock().unwrap();
+                let p = b.pushes();
+                match &p.callback {
+                    Some(u) if !p.unpushed.is_empty() => (u.clone(), p.unpushed.clone()),
+                    _ => continue,
+                }
             };
-            let ok = match client.post(&url).json(&batch).send().await {
+            let n = batch.len();
+            let ok = match client.post(&url).json(&wrap(batch)).send().await {
                 Ok(r) => r.json::<Value>().await.is_ok_and(|v| acked(&v)),
                 Err(_) => false,
             };
-            done(batch.len(), ok);
+            let mut b = book.lock().unwrap();
+            let p = b.pushes();
+            p.pushes += 1;
+            if ok {
+                p.acked += 1;
+                p.unpushed.drain(..n);
+            }
         }
     });
 }

@@ -10,6 +10,7 @@ mod cap;
 mod cli;
 mod core;
 mod editing;
+mod generic;
 mod harness;
 mod kannel;
 mod lists;

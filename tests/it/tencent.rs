@@ -34,13 +34,7 @@ struct Book {
     requests: Vec<Vec<String>>,
     /// Requests refused for their signature, time or SecretId.
     auth_failures: usize,
-    /// Where reports go (the daemon's DLR URL), once known.
-    callback: Option<String>,
-    /// Reports waiting for an acknowledged push.
-    unpushed: Vec<Value>,
-    /// Pushes made, and those answered with the right acknowledgement.
-    pushes: usize,
-    acked: usize,
+    push: Pushes,
     /// Hold answers (the request is recorded first): for a kill -9 mid-request.
     hold: bool,
 }
@@ -53,6 +47,12 @@ struct Standin {
 
 fn code(c: &str) -> Value {
     json!(c)
+}
+
+impl HasPushes for Book {
+    fn pushes(&mut self) -> &mut Pushes {
+        &mut self.push
+    }
 }
 
 async fn send_sms(State(book): State<Arc<Mutex<Book>>>, headers: HeaderMap, body: Bytes) -> String {
@@ -167,7 +167,7 @@ async fn send_sms(State(book): State<Arc<Mutex<Book>>>, headers: HeaderMap, body
         let serial = if c == "Ok" {
             let s = format!("2433:{}", 100000 + b.sent.len());
             b.sent.push((n.clone(), s.clone(), session.clone()));
-            b.unpushed.push(json!({
+            b.push.unpushed.push(json!({
                 "user_receive_time": chrono::Utc::now().format("%Y-%m-%d %H:%M:%S").to_string(),
                 "nationcode": "86",
                 "mobile": n.trim_start_matches("+86"),
@@ -196,25 +196,9 @@ impl Standin {
             .route("/", axum::routing::post(send_sms))
             .with_state(book.clone());
         let url = serve_standin(app).await;
-        let (pending, done) = (book.clone(), book.clone());
-        push_reports(
-            move || {
-                let b = pending.lock().unwrap();
-                match &b.callback {
-                    Some(u) if !b.unpushed.is_empty() => Some((u.clone(), b.unpushed.clone())),
-                    _ => None,
-                }
-            },
-            |v| *v == json!({"result": 0, "errmsg": "OK"}),
-            move |n, ok| {
-                let mut b = done.lock().unwrap();
-                b.pushes += 1;
-                if ok {
-                    b.acked += 1;
-                    b.unpushed.drain(..n);
-                }
-            },
-        );
+        push_reports(book.clone(), Value::Array, |v| {
+            *v == json!({"result": 0, "errmsg": "OK"})
+        });
         Standin { url, book }
     }
 
@@ -323,7 +307,7 @@ async fn a_template_campaign_is_delivered_by_array_reports_and_replies_opt_out()
     let token = site.admin_token();
     // The console's callback URL is first entered with a wrong secret: pushes are refused
     // and made again.
-    a.book().callback = Some(format!(
+    a.book().push.callback = Some(format!(
         "{}/api/v1/sms/dlr/tc?secret=wrong-secret-000000",
         d.http
     ));
@@ -334,16 +318,19 @@ async fn a_template_campaign_is_delivered_by_array_reports_and_replies_opt_out()
         &["13800138000", "13800138001", "13800138009", "13800138008"],
     )
     .await;
-    eventually("pushes refused", || (a.book().pushes >= 2).then_some(())).await;
-    assert_eq!(a.book().acked, 0);
-    a.book().callback = Some(format!("{}/api/v1/sms/dlr/tc?secret={DLR_SECRET}", d.http));
+    eventually("pushes refused", || {
+        (a.book().push.pushes >= 2).then_some(())
+    })
+    .await;
+    assert_eq!(a.book().push.acked, 0);
+    a.book().push.callback = Some(format!("{}/api/v1/sms/dlr/tc?secret={DLR_SECRET}", d.http));
     let c = until(&d, &token, id, "two delivered", |c| {
         c["counts"]["delivered"] == 2
     })
     .await;
     assert_eq!(c["counts"]["cancelled"], 1, "{c}");
     assert_eq!(c["counts"]["queued"], 1, "{c}");
-    assert!(a.book().acked >= 1);
+    assert!(a.book().push.acked >= 1);
     // One request carried every number with the same parameters.
     assert!(
         a.book().requests.iter().any(|r| r.len() >= 2),
@@ -513,7 +500,7 @@ async fn kill_9_during_a_batch_sends_no_number_twice() {
     drop(d);
     let held: usize = a.book().requests.iter().map(Vec::len).sum();
     a.book().hold = false;
-    a.book().callback = None;
+    a.book().push.callback = None;
     let d = start(&site, SECRET_KEY).await;
     let c = until(&d, &token, id, "settled", |c| {
         c["counts"]["queued"].is_null() && c["counts"]["submitting"].is_null()
