@@ -343,7 +343,16 @@ pub async fn mo(
         GatewayKind::Tencent(_) | GatewayKind::Aliyun(_) => phonenumber::country::Id::CN,
         _ => s.cfg.sms.default_region,
     };
-    let raw: String = String::from_utf8_lossy(&body).chars().take(2000).collect();
+    // What identifies this push (a reply pushed again is kept once): its query (without the
+    // secret) and its body.
+    let query: String = url::form_urlencoded::parse(uri.query().unwrap_or("").as_bytes())
+        .filter(|(k, _)| k != "secret")
+        .map(|(k, v)| format!("{k}={v}&"))
+        .collect();
+    let raw: String = (query + &String::from_utf8_lossy(&body))
+        .chars()
+        .take(2000)
+        .collect();
     for (raw_number, text) in replies {
         // One reply from a number we cannot read does not hold up the others.
         let number = match crate::domain::phone::normalize(&raw_number, region) {

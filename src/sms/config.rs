@@ -512,6 +512,15 @@ impl BodyOutcome {
             Submit::Permanent
         }
     }
+
+    /// Whether `code` is configured (in `codes` or `ok_values`).
+    pub fn knows(&self, code: &str) -> bool {
+        self.ok_values.iter().any(|v| v == code)
+            || self.codes.iter().any(|(p, _)| match p.strip_suffix('*') {
+                Some(prefix) => code.starts_with(prefix),
+                None => p == code,
+            })
+    }
 }
 
 /// A generic gateway's pushed report arrays (CARRIERS.md §7.2 item 4).
@@ -813,6 +822,25 @@ fn gateway(
                             "{place}.signing: tc3-hmac-sha256 signs a JSON body (body = \"json\")"
                         ));
                     }
+                    // What is signed: POST to the root path, no query, its own content type.
+                    let parsed = url::Url::parse(&u).ok();
+                    if method != reqwest::Method::POST
+                        || parsed
+                            .as_ref()
+                            .is_some_and(|x| x.path() != "/" || x.query().is_some())
+                    {
+                        problems.push(format!(
+                            "{place}.signing: tc3-hmac-sha256 signs a POST to the root path without a query"
+                        ));
+                    }
+                    if g.headers
+                        .keys()
+                        .any(|k| k.eq_ignore_ascii_case("content-type"))
+                    {
+                        problems.push(format!(
+                            "{place}.headers: Content-Type is set by the signing scheme"
+                        ));
+                    }
                     let id = secret(
                         problems,
                         &format!("{place}.secret_id"),
@@ -850,6 +878,34 @@ fn gateway(
                     None
                 }
             };
+            // A batch request carries every number: a placeholder of one message would send
+            // to the first alone and mark all sent.
+            if batch_max > 1 {
+                let mut texts: Vec<String> = vec![u.clone()];
+                texts.extend(g.headers.values().cloned());
+                texts.extend(g.fields.values().cloned());
+                texts.extend(g.json.clone());
+                let all = texts.join("\n");
+                if !all.contains("{to_list}") && !all.contains("{to_json}") {
+                    problems.push(format!(
+                        "{place}.batch_max: a batch request needs {{to_list}} or \"{{to_json}}\" for its numbers"
+                    ));
+                }
+                for one in ["{to}", "{to_digits}", "{id}", "{dlr_url}"] {
+                    if all.contains(one) {
+                        problems.push(format!(
+                            "{place}.batch_max: {one} is one message's; in a batch it belongs in batch_item_json"
+                        ));
+                    }
+                }
+                if dlr_array.as_ref().is_some_and(|a| a.our_id.is_none())
+                    && outcome.as_ref().is_none_or(|o| o.result_id.is_none())
+                {
+                    problems.push(format!(
+                        "{place}.result_id_field: a batch's reports are matched by each number's id: give result_id_field (or dlr_id_field)"
+                    ));
+                }
+            }
             if let Some(a) = &dlr_array
                 && a.carrier_id.is_none()
                 && a.our_id.is_none()
@@ -1217,6 +1273,43 @@ kind = "pigeon"
         ];
         for w in want {
             assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+        }
+    }
+
+    #[test]
+    fn a_generic_batch_or_signature_that_cannot_work_is_refused() {
+        let p = problems(
+            r#"
+[[sms.gateways]]
+name = "b"
+kind = "http"
+url = "http://127.0.0.1:9/send?to={to}"
+body = "none"
+batch_max = 50
+dlr_items_pointer = "/results"
+dlr_carrier_id_field = "/id"
+dlr_secret_env = "PATH"
+[[sms.gateways]]
+name = "s"
+kind = "http"
+method = "GET"
+url = "http://127.0.0.1:9/v3/?Action=SendSms"
+body = "none"
+signing = "tc3-hmac-sha256"
+secret_id_env = "PATH"
+secret_key_env = "PATH"
+dlr_secret_env = "PATH"
+"#,
+        );
+        let all = p.join("\n");
+        for want in [
+            "sms.gateways[0] (b).batch_max: a batch request needs {to_list}",
+            "sms.gateways[0] (b).batch_max: {to} is one message's",
+            "sms.gateways[0] (b).result_id_field: a batch's reports are matched",
+            "sms.gateways[1] (s).signing: tc3-hmac-sha256 signs a JSON body",
+            "sms.gateways[1] (s).signing: tc3-hmac-sha256 signs a POST to the root path",
+        ] {
+            assert!(all.contains(want), "missing {want:?} in {all}");
         }
     }
 

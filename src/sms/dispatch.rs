@@ -570,10 +570,15 @@ async fn submit(
         })
         .collect();
     // The client has the same timeout per request; this one also bounds reading the answer.
-    let limit = rt.gw.cfg.timeout
-        * u32::try_from(ms.len().div_ceil(rt.gw.cfg.kind.batch_max().max(1)))
-            .unwrap_or(1)
-            .max(1);
+    // Room for every request the group may take: one per `batch_max` numbers, and (Aliyun)
+    // one per number more when a batch refused for one of them is tried one by one.
+    let requests = ms.len().div_ceil(rt.gw.cfg.kind.batch_max().max(1))
+        + if matches!(rt.gw.cfg.kind, super::config::GatewayKind::Aliyun(_)) {
+            ms.len()
+        } else {
+            0
+        };
+    let limit = rt.gw.cfg.timeout * u32::try_from(requests.max(1)).unwrap_or(u32::MAX);
     let answers = match tokio::time::timeout(limit, rt.gw.submit_many(&outs)).await {
         Ok(a) => a,
         Err(_) => vec![

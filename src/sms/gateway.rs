@@ -254,19 +254,37 @@ fn classify(status: u16, accepted: impl Fn(u16) -> bool) -> Submit {
     }
 }
 
+/// Fills `{name}` placeholders of `template` in one pass: a value is never scanned again, so
+/// a message text holding `{password}` or `{dlr_url}` stays that text (it does not pull the
+/// gateway's secrets into the SMS). Unknown `{…}` are left as they are.
 fn fill(template: &str, vars: &[(&str, &str)], encode: bool) -> String {
-    let mut out = template.to_owned();
-    for (k, v) in vars {
-        let key = format!("{{{k}}}");
-        if out.contains(&key) {
-            let value = if encode {
-                form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
-            } else {
-                (*v).to_owned()
-            };
-            out = out.replace(&key, &value);
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let hit = after.find('}').and_then(|close| {
+            let name = &after[..close];
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (close, *v))
+        });
+        match hit {
+            Some((close, v)) => {
+                if encode {
+                    out.extend(form_urlencoded::byte_serialize(v.as_bytes()));
+                } else {
+                    out.push_str(v);
+                }
+                rest = &after[close + 1..];
+            }
+            None => {
+                out.push('{');
+                rest = after;
+            }
         }
     }
+    out.push_str(rest);
     out
 }
 
@@ -485,7 +503,7 @@ impl Gateway {
             // Refused at campaign creation; a list changed since cannot mix one in.
             return vec![
                 Answer::new(
-                    Submit::Config,
+                    Submit::Permanent,
                     Some(format!(
                         "云MAS sends to mainland (+86) numbers only, and {} is not one",
                         crate::domain::phone::mask(m.to)
@@ -929,7 +947,12 @@ impl Gateway {
         };
         // A request-level code decides first (business errors often come with 200).
         if let Some(code) = o.outcome_pointer.as_deref().and_then(at) {
-            let c = o.class(&code);
+            // A request-level code: one not configured and not OK pauses the campaign (it
+            // may be about the request, not its numbers).
+            let c = match o.class(&code) {
+                Submit::Permanent if !o.knows(&code) => Submit::Config,
+                c => c,
+            };
             if c != Submit::Accepted {
                 return all(
                     c,
@@ -949,11 +972,21 @@ impl Gateway {
                 Some(format!("unreadable answer: {}", truncate(body.trim(), 300))),
             );
         }
-        let Some(results) = o
-            .results_pointer
-            .as_deref()
-            .and_then(|p| json.as_ref()?.pointer(p)?.as_array().cloned())
-        else {
+        let results = o.results_pointer.as_deref().map(|p| {
+            json.as_ref()
+                .and_then(|j| j.pointer(p)?.as_array().cloned())
+        });
+        if let Some(None) = results {
+            // Results were expected and are not there: whether it was sent is not known.
+            return all(
+                Submit::Lost,
+                Some(format!(
+                    "no per-number results in the answer: {}",
+                    truncate(body.trim(), 200)
+                )),
+            );
+        }
+        let Some(Some(results)) = results else {
             return ms
                 .iter()
                 .map(|x| Answer {
@@ -1102,6 +1135,24 @@ dlr_secret_file = {:?}
             !reason.contains("127.0.0.1"),
             "the URL (and its secrets) must not leak: {reason}"
         );
+    }
+
+    #[test]
+    fn a_text_holding_a_placeholder_does_not_pull_in_secrets() {
+        let vars = [
+            ("text", "pay {password} at {dlr_url} {x}"),
+            ("password", "s3cret"),
+            ("dlr_url", "http://x/?secret=y"),
+        ];
+        assert_eq!(
+            fill("t={text}", &vars, false),
+            "t=pay {password} at {dlr_url} {x}"
+        );
+        assert_eq!(
+            fill("{password}{text}", &vars, false),
+            "s3cretpay {password} at {dlr_url} {x}"
+        );
+        assert_eq!(fill("{ {unknown} }", &vars, false), "{ {unknown} }");
     }
 
     #[test]

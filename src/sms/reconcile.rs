@@ -69,7 +69,8 @@ impl Reconciler {
         let before = now - chrono::Duration::from_std(settle).unwrap_or_default();
         let checked_before = match campaign {
             Some(_) => now,
-            None => now - chrono::Duration::from_std(EVERY).unwrap_or_default(),
+            // Half a period: a lookup made just after the last tick is due at the next one.
+            None => now - chrono::Duration::from_std(EVERY / 2).unwrap_or_default(),
         };
         let names: Vec<String> = self.gateways.keys().cloned().collect();
         let store = self.store.clone();
@@ -100,6 +101,11 @@ impl Reconciler {
                     if out.errors.len() < 10 {
                         out.errors.push(format!("message {}: {e}", m.id));
                     }
+                    // Looked up (and failed): the next ones get their turn first.
+                    let store = self.store.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || store.mark_checked(m.id, Utc::now()))
+                            .await;
                     continue;
                 }
             };

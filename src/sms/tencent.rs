@@ -196,6 +196,11 @@ pub fn classify(code: &str, now: DateTime<Utc>) -> Class {
         {
             class(Submit::Account)
         }
+        // Refused before sending: a clock off by minutes or a request the API cannot read.
+        "InternalError.RequestTimeException" | "InternalError.SigFieldMissing" => {
+            class(Submit::Account)
+        }
+        "InternalError.RestApiInterfaceNotExist" => class(Submit::Config),
         // Whether it was sent is not known (a timeout, a send that failed half-way, an
         // unknown error behind the API): never resent on its own.
         c if c.starts_with("InternalError") => class(Submit::Lost),

@@ -288,23 +288,18 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE displays ADD COLUMN conflict_at TEXT;",
     // 19: approved templates and carriers that report by their own ids: a message's template
     // parameters (a JSON array, NULL for free text); reports found by the carrier's id; why a
-    // campaign was paused by a gateway; when an unknown message was last looked up at its
-    // provider; reports nobody matched yet (applied when their carrier id is stored); replies.
+    // campaign was paused by a gateway; reports nobody matched; replies (MO).
     "ALTER TABLE messages ADD COLUMN params TEXT;
     CREATE INDEX messages_by_carrier_id ON messages (carrier_id) WHERE carrier_id IS NOT NULL;
-    CREATE INDEX messages_unknown ON messages (id) WHERE state = 'unknown';
     ALTER TABLE campaigns ADD COLUMN paused_reason TEXT;
-    ALTER TABLE messages ADD COLUMN checked_at TEXT;
     CREATE TABLE orphan_reports (
         id           INTEGER PRIMARY KEY,
         gateway      TEXT NOT NULL,
         carrier_id   TEXT,
-        report       TEXT,
         code         TEXT NOT NULL,
         raw          TEXT NOT NULL,
         received_at  TEXT NOT NULL
     );
-    CREATE INDEX orphan_reports_by_carrier_id ON orphan_reports (carrier_id);
     CREATE TABLE replies (
         id           INTEGER PRIMARY KEY,
         gateway      TEXT NOT NULL,
@@ -314,6 +309,13 @@ const MIGRATIONS: &[&str] = &[
         raw          TEXT NOT NULL,
         received_at  TEXT NOT NULL
     );",
+    // 20: early reports applied when their carrier id arrives (what they meant, found by that
+    // id), reconciliation paged by its last lookup, replies found again by number.
+    "ALTER TABLE orphan_reports ADD COLUMN report TEXT;
+    CREATE INDEX IF NOT EXISTS messages_unknown ON messages (id) WHERE state = 'unknown';
+    CREATE INDEX orphan_reports_by_carrier_id ON orphan_reports (carrier_id);
+    ALTER TABLE messages ADD COLUMN checked_at TEXT;
+    CREATE INDEX replies_by_number ON replies (number, gateway);",
 ];
 
 /// The last payload published on a retained topic.

@@ -1400,14 +1400,14 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         // An opt-out is kept even on a full disk (the reserve): a number that asked to stop
-        // must not be sent to because the disk filled.
-        self.priority(|conn| {
+        // must not be sent to because the disk filled. Other replies are bulk.
+        let write = |conn: &mut Connection| -> Result<bool, StoreError> {
             let tx = conn.transaction()?;
             let now = ts(now);
             // The same reply pushed again (providers push until acknowledged): kept once.
             let seen = tx
                 .query_row(
-                    "SELECT 1 FROM replies WHERE gateway = ?1 AND number = ?2 AND text = ?3 AND raw = ?4",
+                    "SELECT 1 FROM replies WHERE number = ?2 AND gateway = ?1 AND text = ?3 AND raw = ?4",
                     params![gateway, number, text, raw],
                     |_| Ok(()),
                 )
@@ -1431,7 +1431,13 @@ impl Store {
                 )? == 1;
             tx.commit()?;
             Ok(joined)
-        })
+        };
+        if optout {
+            self.priority(write)
+        } else {
+            self.bulk_ok()?;
+            write(&mut self.sms_conn())
+        }
     }
 
     /// Removes a number from the opt-out list; `false` if it was not on it.
