@@ -117,6 +117,7 @@ pub struct Retention {
 struct RawApproval {
     alerts_above: Option<usize>,
     campaigns_above: Option<usize>,
+    playlists: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -516,6 +517,9 @@ pub struct Config {
     /// Two-person rule: campaigns (and alert SMS) to more than this many recipients need a
     /// second person's approval (`None`: never).
     pub approve_campaigns_above: Option<usize>,
+    /// Review before publishing (`[approval] playlists`): a playlist saved or deleted through
+    /// the API becomes a proposal that another person (approver or above) publishes.
+    pub approve_playlists: bool,
     /// SMS gateways and campaign defaults.
     pub sms: crate::sms::config::SmsConfig,
 }
@@ -861,6 +865,7 @@ impl Config {
             approve_alerts_above: raw.approval.alerts_above,
             retention,
             approve_campaigns_above: raw.approval.campaigns_above,
+            approve_playlists: raw.approval.playlists,
             file: file.to_owned(),
             listen,
             max_connections: raw

@@ -119,6 +119,8 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
             playlists::delete
         ))
         .routes(routes!(playlists::check))
+        .routes(routes!(playlists::proposals))
+        .routes(routes!(playlists::decide))
         .routes(routes!(api::preview))
         .routes(routes!(api::channels))
         .routes(routes!(api::list_displays))

@@ -105,8 +105,207 @@ pub async fn check(
     })
 }
 
-/// `PUT /api/v1/playlists/{id}` with the playlist JSON as the body (editor role).
-#[utoipa::path(put, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), request_body(content = String, content_type = "application/json", description = "a playlist file (docs/playlist.schema.json)"), responses((status = 200, description = "written atomically; the change impact"), (status = 400, description = "errors with line and column"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low"), (status = 507, description = "the data disk is full: nothing was written")))]
+/// Review before publishing: stores what `author` saved (`body`) or deleted (`None`) as a
+/// proposal, audited, and answers 202 with its id; the file does not change.
+async fn propose(
+    s: &AppState,
+    author: &str,
+    id: &str,
+    path: &std::path::Path,
+    body: Option<String>,
+    sha: String,
+    impact: serde_json::Value,
+) -> Result<Response, ApiError> {
+    let before = tokio::fs::read_to_string(path).await.ok();
+    let (store, pid, who, imp) = (
+        s.store.clone(),
+        id.to_owned(),
+        author.to_owned(),
+        impact.clone(),
+    );
+    let proposal = super::api::blocking(move || {
+        store.propose(
+            &pid,
+            body.as_deref(),
+            before.as_deref(),
+            &imp,
+            &who,
+            Utc::now(),
+        )
+    })
+    .await?;
+    super::audit(
+        s,
+        author,
+        "playlist.propose",
+        id,
+        json!({"proposal": proposal, "sha256": sha, "impact": impact}),
+    )
+    .await?;
+    tracing::info!(id = %id, by = %author, proposal, "playlist change proposed for review");
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({"id": id, "proposal": proposal, "status": "pending", "impact": impact,
+            "message": format!("proposed for review: another person with the approver role publishes it (POST /api/v1/proposals/{proposal}/publish)")})),
+    )
+        .into_response())
+}
+
+/// `GET /api/v1/proposals?status=pending`: playlist changes proposed for review (newest first).
+#[utoipa::path(get, path = "/api/v1/proposals", tag = "playlists", security(("bearer" = [])), params(("status" = Option<String>, Query, description = "pending, published, rejected or superseded")), responses((status = 200, description = "the proposals"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+pub async fn proposals(
+    _: super::auth::Viewer,
+    State(s): State<Arc<AppState>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let store = s.store.clone();
+    let status = q.get("status").cloned();
+    let list = super::api::blocking(move || store.proposals(status.as_deref())).await?;
+    Ok(Json(json!({"proposals": list})))
+}
+
+/// The body of a rejection.
+#[derive(Debug, Default, serde::Deserialize, utoipa::ToSchema)]
+pub struct Decision {
+    /// Why (required to reject).
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// `POST /api/v1/proposals/{id}/{publish|reject}` (approver, not the author): publishing
+/// validates the proposal again against the playlists as they are now and writes the file (or
+/// deletes it); rejecting needs a reason. Both audited.
+#[utoipa::path(post, path = "/api/v1/proposals/{id}/{decision}", tag = "playlists", security(("bearer" = [])), params(("id" = i64, Path, description = "proposal id"), ("decision" = String, Path, description = "publish or reject")), request_body(content = Option<Decision>, description = "reject: a reason"), responses((status = 200, description = "published (the change impact) or rejected"), (status = 400, description = "no reason, or the proposal no longer validates"), (status = 403, description = "the author, or a role below approver"), (status = 404, description = "no such proposal"), (status = 409, description = "no longer pending")))]
+pub async fn decide(
+    Auth(who): super::auth::Approver,
+    State(s): State<Arc<AppState>>,
+    Path((pid, decision)): Path<(i64, String)>,
+    body: axum::body::Bytes,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let d: Decision = if body.iter().all(u8::is_ascii_whitespace) {
+        Decision::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_field("body", e.to_string()))?
+    };
+    let store = s.store.clone();
+    let p = super::api::blocking(move || store.proposal(pid))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no proposal {pid}")))?;
+    if p.status != "pending" {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "not_pending",
+            message: format!("proposal {pid} is {}", p.status),
+            field: None,
+        });
+    }
+    if p.author == who.name {
+        return Err(ApiError::forbidden(format!(
+            "proposal {pid} is {}'s own: another person decides it",
+            p.author
+        )));
+    }
+    let path = file_of(&s, &p.playlist)?;
+    let decided = |status: &'static str, reason: Option<String>| {
+        let (store, by) = (s.store.clone(), who.name.clone());
+        async move {
+            let ok = super::api::blocking(move || {
+                store.decide_proposal(pid, status, &by, reason.as_deref(), Utc::now())
+            })
+            .await?;
+            if !ok {
+                return Err(ApiError {
+                    status: StatusCode::CONFLICT,
+                    code: "not_pending",
+                    message: format!("proposal {pid} was decided meanwhile"),
+                    field: None,
+                });
+            }
+            Ok(())
+        }
+    };
+    match decision.as_str() {
+        "reject" => {
+            let reason = d
+                .reason
+                .filter(|r| !r.trim().is_empty())
+                .ok_or_else(|| ApiError::bad_field("reason", "say why it is rejected"))?;
+            decided("rejected", Some(reason.clone())).await?;
+            super::audit(
+                &s,
+                &who.name,
+                "playlist.reject",
+                &p.playlist,
+                json!({"proposal": pid, "author": p.author, "reason": reason}),
+            )
+            .await?;
+            Ok(Json(json!({"proposal": pid, "status": "rejected"})))
+        }
+        "publish" => {
+            store_takes_writes(&s).await?;
+            let impact = match &p.body {
+                Some(body) => match validate(&s, &p.playlist, body)? {
+                    Ok(impact) => impact,
+                    Err(_) => {
+                        return Err(ApiError::bad_field(
+                            "body",
+                            "the proposal no longer validates against the playlists as they are now: reject it and propose again",
+                        ));
+                    }
+                },
+                None => json!(change_impact(
+                    &s.cfg.schedule,
+                    &s.catalog.borrow().playlists(),
+                    &p.playlist,
+                    None,
+                    Utc::now()
+                )),
+            };
+            decided("published", None).await?;
+            super::audit(
+                &s,
+                &who.name,
+                "playlist.publish",
+                &p.playlist,
+                json!({"proposal": pid, "author": p.author, "impact": impact}),
+            )
+            .await?;
+            match &p.body {
+                Some(body) => {
+                    let (target, bytes) = (path.clone(), body.clone().into_bytes());
+                    tokio::task::spawn_blocking(move || {
+                        crate::keys::write_atomic(&target, &bytes, 0o644)
+                    })
+                    .await
+                    .map_err(|e| ApiError::internal(e.to_string()))?
+                    .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+                }
+                None => {
+                    if let Err(e) = tokio::fs::remove_file(&path).await
+                        && e.kind() != std::io::ErrorKind::NotFound
+                    {
+                        return Err(ApiError::internal(format!(
+                            "cannot remove {}: {e}",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+            let _ = s.reload.try_send(crate::scheduler::Reload::Complete);
+            tracing::info!(playlist = %p.playlist, proposal = pid, by = %who.name, "proposal published");
+            Ok(Json(
+                json!({"proposal": pid, "status": "published", "id": p.playlist, "impact": impact}),
+            ))
+        }
+        other => Err(ApiError::not_found(format!(
+            "no decision {other:?} (publish or reject)"
+        ))),
+    }
+}
+
+/// `PUT /api/v1/playlists/{id}` with the playlist JSON as the body (editor role). With
+/// `[approval] playlists = true` the change is proposed for review instead (202).
+#[utoipa::path(put, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), request_body(content = String, content_type = "application/json", description = "a playlist file (docs/playlist.schema.json)"), responses((status = 200, description = "written atomically; the change impact"), (status = 202, description = "proposed for review ([approval] playlists)"), (status = 400, description = "errors with line and column"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low"), (status = 507, description = "the data disk is full: nothing was written")))]
 pub async fn put(
     Auth(who): Editor,
     State(s): State<Arc<AppState>>,
@@ -127,6 +326,9 @@ pub async fn put(
         Err(resp) => return Ok(resp),
     };
     let sha = hex::encode(Sha256::digest(body.as_bytes()));
+    if s.cfg.approve_playlists {
+        return propose(&s, &who.name, &id, &path, Some(body), sha, impact).await;
+    }
     super::audit(
         &s,
         &who.name,
@@ -160,7 +362,7 @@ pub async fn delete(
     Auth(who): Editor,
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Response, ApiError> {
     let path = file_of(&s, &id)?;
     store_takes_writes(&s).await?;
     if !path.exists() {
@@ -171,6 +373,18 @@ pub async fn delete(
     }
     let current = s.catalog.borrow().playlists();
     let impact = change_impact(&s.cfg.schedule, &current, &id, None, Utc::now());
+    if s.cfg.approve_playlists {
+        return propose(
+            &s,
+            &who.name,
+            &id,
+            &path,
+            None,
+            String::new(),
+            json!(impact),
+        )
+        .await;
+    }
     super::audit(
         &s,
         &who.name,
@@ -184,5 +398,5 @@ pub async fn delete(
         .map_err(|e| ApiError::internal(format!("cannot remove {}: {e}", path.display())))?;
     let _ = s.reload.try_send(crate::scheduler::Reload::Complete);
     tracing::info!(id = %id, by = %who.name, "playlist deleted through the API");
-    Ok(Json(json!({"id": id, "deleted": true, "impact": impact})))
+    Ok(Json(json!({"id": id, "deleted": true, "impact": impact})).into_response())
 }

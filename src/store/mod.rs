@@ -8,6 +8,7 @@ pub mod alerts;
 pub mod anchor;
 pub mod audit;
 pub mod fleet;
+pub mod proposals;
 pub mod registry;
 pub mod sms;
 
@@ -316,6 +317,23 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX orphan_reports_by_carrier_id ON orphan_reports (carrier_id);
     ALTER TABLE messages ADD COLUMN checked_at TEXT;
     CREATE INDEX replies_by_number ON replies (number, gateway);",
+    // 21: review before publishing: a playlist saved or deleted through the API is proposed
+    // (its body, NULL for a delete; the file as it was; the change impact) and published or
+    // rejected by another person.
+    "CREATE TABLE proposals (
+        id          INTEGER PRIMARY KEY,
+        playlist    TEXT NOT NULL,
+        body        TEXT,
+        before      TEXT,
+        impact      TEXT NOT NULL,
+        author      TEXT NOT NULL,
+        created_at  TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        decided_by  TEXT,
+        decided_at  TEXT,
+        reason      TEXT
+    );
+    CREATE INDEX proposals_pending ON proposals (playlist) WHERE status = 'pending';",
 ];
 
 /// The last payload published on a retained topic.

@@ -125,3 +125,97 @@ async fn alerts_beyond_the_limit_wait_for_a_second_person() {
         ]
     );
 }
+
+#[tokio::test]
+async fn with_review_a_playlist_goes_live_only_when_another_person_publishes_it() {
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    site.append_config(
+        "[approval]\nplaylists = true\n\
+         [[auth.tokens]]\nname = \"supervisor\"\nrole = \"approver\"\ntoken_env = \"MQ_OP2\"\n\
+         [[auth.tokens]]\nname = \"office\"\nrole = \"editor\"\ntoken_env = \"MQ_ED\"\n",
+    );
+    let d = Daemon::start_with_env(&site, &[("MQ_OP2", OP2), ("MQ_ED", EDITOR)]).await;
+    let mut agent = AgentProc::start(&agent_config(&d, &site, "lobby-rv-1", "lobby", port), &[]);
+    agent.frame("a timeline", |v| v["kind"] == "timeline").await;
+    let file = site.playlist("test-lobby");
+    let before = std::fs::read_to_string(&file).ok();
+    let body: serde_json::Value = serde_json::from_str(&interrupt("reviewed slogan")).unwrap();
+    // The editor's save is a proposal: 202, the file and the screens unchanged.
+    let (status, v) = d
+        .send(
+            Method::PUT,
+            "/api/v1/playlists/test-lobby",
+            Some(EDITOR),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(status, 202, "{v}");
+    let proposal = v["proposal"].as_i64().unwrap();
+    assert_eq!(std::fs::read_to_string(&file).ok(), before);
+    let (_, list) = d
+        .get("/api/v1/proposals?status=pending", Some(EDITOR))
+        .await;
+    assert_eq!(list["proposals"][0]["id"], proposal, "{list}");
+    assert_eq!(list["proposals"][0]["author"], "office");
+    // The author cannot publish it; an approver rejects without a reason: 400.
+    let publish = format!("/api/v1/proposals/{proposal}/publish");
+    let reject = format!("/api/v1/proposals/{proposal}/reject");
+    assert_eq!(
+        d.send(Method::POST, &publish, Some(EDITOR), None).await.0,
+        403
+    );
+    assert_eq!(
+        d.send(Method::POST, &reject, Some(OP2), Some(json!({})))
+            .await
+            .0,
+        400
+    );
+    assert!(!agent.shown(|v| text_of(v).starts_with("reviewed slogan")));
+    // Another person publishes it: the file is written and the screen plays it.
+    let (status, v) = d.send(Method::POST, &publish, Some(OP2), None).await;
+    assert_eq!(status, 200, "{v}");
+    agent
+        .frame("the published slogan", |v| {
+            text_of(v).starts_with("reviewed slogan")
+        })
+        .await;
+    assert_eq!(d.send(Method::POST, &publish, Some(OP2), None).await.0, 409);
+    // A second proposal, rejected with a reason, changes nothing.
+    let body2: serde_json::Value = serde_json::from_str(&interrupt("not this one")).unwrap();
+    let (_, v) = d
+        .send(
+            Method::PUT,
+            "/api/v1/playlists/test-lobby",
+            Some(EDITOR),
+            Some(body2),
+        )
+        .await;
+    let second = v["proposal"].as_i64().unwrap();
+    let (status, _) = d
+        .send(
+            Method::POST,
+            &format!("/api/v1/proposals/{second}/reject"),
+            Some(OP2),
+            Some(json!({"reason": "wrong date"})),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("reviewed slogan")
+    );
+    // Everything audited.
+    let (_, audit) = d.get("/api/v1/audit", Some(&site.admin_token())).await;
+    let actions: Vec<&str> = audit["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| e["action"].as_str())
+        .collect();
+    for want in ["playlist.propose", "playlist.publish", "playlist.reject"] {
+        assert!(actions.contains(&want), "{want} missing: {actions:?}");
+    }
+    assert!(!actions.contains(&"playlist.put"), "{actions:?}");
+}
