@@ -474,3 +474,107 @@ async fn web_console_logs_in_edits_a_playlist_previews_and_handles_alerts() {
     assert_eq!(button, "下载被拒绝的行（CSV）");
     driver.screenshot("console-sms-upload.png").await;
 }
+
+#[tokio::test]
+async fn web_console_proposes_a_playlist_and_a_second_person_publishes_it() {
+    const EDITOR: &str = "editor-review-0123456789";
+    const APPROVER: &str = "approver-review-0123456789";
+    let port = free_port();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    site.append_config(
+        "[approval]\nplaylists = true\n\
+         [[auth.tokens]]\nname = \"office\"\nrole = \"editor\"\ntoken_env = \"IT_WEB_ED\"\n\
+         [[auth.tokens]]\nname = \"supervisor\"\nrole = \"approver\"\ntoken_env = \"IT_WEB_AP\"\n",
+    );
+    let d = Daemon::start_with_env(&site, &[("IT_WEB_ED", EDITOR), ("IT_WEB_AP", APPROVER)]).await;
+    let driver = Driver::start().await;
+    let login = |token: &'static str| {
+        format!(
+            "sessionStorage.clear(); document.getElementById('token').value = '{token}'; document.getElementById('do-login').click();"
+        )
+    };
+    driver.go(&format!("{}/", d.http)).await;
+    driver.eval(&login(EDITOR)).await;
+    driver
+        .until(
+            "the console",
+            "return getComputedStyle(document.getElementById('app')).display",
+            |v| v == "block",
+        )
+        .await;
+    // The editor saves a change: it is proposed, not written.
+    driver.eval("document.querySelector('[data-tab=playlists]').click(); const s = document.getElementById('playlist'); s.value = 'hotline-12345'; s.dispatchEvent(new Event('change'));").await;
+    driver
+        .until(
+            "the playlist source",
+            "return document.getElementById('source').value",
+            contains("12345"),
+        )
+        .await;
+    driver.eval("const a = document.getElementById('source'); a.value = a.value.replace('全天候为您服务', '审核后发布'); document.getElementById('save').click();").await;
+    driver
+        .until(
+            "proposed",
+            "return document.getElementById('check-out').textContent",
+            contains("Proposed for review"),
+        )
+        .await;
+    driver
+        .until(
+            "the pending badge",
+            "return document.getElementById('pending-badge').textContent",
+            |v| v == "1",
+        )
+        .await;
+    driver.screenshot("console-review-proposed.png").await;
+    let file = site.playlist("hotline-12345");
+    assert!(
+        !std::fs::read_to_string(&file)
+            .unwrap()
+            .contains("审核后发布")
+    );
+    // The approver logs in (a fresh page, no token kept) and publishes it from the list.
+    driver.eval("sessionStorage.clear();").await;
+    driver.go(&format!("{}/", d.http)).await;
+    driver.eval(&login(APPROVER)).await;
+    driver
+        .until(
+            "the console",
+            "return getComputedStyle(document.getElementById('app')).display",
+            |v| v == "block",
+        )
+        .await;
+    driver
+        .eval("document.querySelector('[data-tab=playlists]').click();")
+        .await;
+    driver
+        .until(
+            "the proposal listed",
+            "return document.getElementById('proposals').textContent",
+            contains("office"),
+        )
+        .await;
+    driver.screenshot("console-review-pending.png").await;
+    driver
+        .eval("document.querySelector('[data-decision=publish]').click();")
+        .await;
+    driver
+        .until(
+            "the list emptied",
+            "return document.getElementById('pending-badge').textContent",
+            |v| v == "",
+        )
+        .await;
+    let start = std::time::Instant::now();
+    while !std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("审核后发布")
+    {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "the published playlist was not written"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    driver.screenshot("console-review-published.png").await;
+}
