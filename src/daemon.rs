@@ -183,10 +183,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         sms_health.clone(),
         http_addr,
     )?;
-    let reconciler = Arc::new(
-        crate::sms::reconcile::Reconciler::new(&cfg, store.clone())
-            .map_err(|e| anyhow::anyhow!("{}: sms.gateways: {e}", cfg.file))?,
-    );
+    let reconciler = Arc::new(crate::sms::reconcile::Reconciler::new(
+        dispatcher.gateways(),
+        store.clone(),
+    ));
     tracker.spawn(reconciler.clone().run(cancel.clone()));
     let (reload_tx, reload_rx) = mpsc::channel(64);
     let state = Arc::new(AppState {

@@ -603,6 +603,31 @@ fn gateway(
         }
         v
     };
+    // Numbers a request carries: `batch_max`, or the kind's default, within what the provider
+    // takes.
+    let batch = |problems: &mut Vec<String>, default: usize, max: usize, why: &str| {
+        let n = g.batch_max.unwrap_or(default);
+        if !(1..=max).contains(&n) {
+            problems.push(format!("{place}.batch_max: between 1 and {max}{why}"));
+        }
+        n
+    };
+    // A signed cloud API: requests are signed for the root path; another one would fail every
+    // signature.
+    let api_root = |problems: &mut Vec<String>, default: &str| -> Option<url::Url> {
+        let u = match g.url.as_deref() {
+            None => url::Url::parse(default).ok()?,
+            Some(_) => url(problems)?,
+        };
+        if u.path() != "/" {
+            problems.push(format!(
+                "{place}.url: the API is at the root path: {}://{}/",
+                u.scheme(),
+                u.host_str().unwrap_or("")
+            ));
+        }
+        Some(u)
+    };
     let kind = match g.kind.as_str() {
         "cmcc-mas" => {
             let url = url(problems)?;
@@ -615,12 +640,12 @@ fn gateway(
                 &g.secret_key_env,
                 &g.secret_key_file,
             );
-            let batch_max = g.batch_max.unwrap_or(1000);
-            if !(1..=super::cmcc_mas::MAX_NUMBERS).contains(&batch_max) {
-                problems.push(format!(
-                    "{place}.batch_max: between 1 and 5000 (the platform takes at most 5000 numbers)"
-                ));
-            }
+            let batch_max = batch(
+                problems,
+                1000,
+                super::cmcc_mas::MAX_NUMBERS,
+                " (the platform takes at most 5000 numbers)",
+            );
             GatewayKind::CmccMas(CmccMasConfig {
                 url,
                 ec_name: ec_name?,
@@ -632,18 +657,7 @@ fn gateway(
             })
         }
         "aliyun" => {
-            let url = match g.url.as_deref() {
-                None => url::Url::parse("https://dysmsapi.aliyuncs.com/").ok()?,
-                Some(_) => url(problems)?,
-            };
-            // Requests are signed for the root path; another one would fail every signature.
-            if url.path() != "/" {
-                problems.push(format!(
-                    "{place}.url: the API is at the root path: {}://{}/",
-                    url.scheme(),
-                    url.host_str().unwrap_or("")
-                ));
-            }
+            let url = api_root(problems, "https://dysmsapi.aliyuncs.com/")?;
             let sign_name = need(problems, "sign_name", &g.sign_name);
             let key_id = secret(
                 problems,
@@ -657,12 +671,12 @@ fn gateway(
                 &g.access_key_secret_env,
                 &g.access_key_secret_file,
             );
-            let batch_max = g.batch_max.unwrap_or(super::aliyun::MAX_NUMBERS);
-            if !(1..=super::aliyun::MAX_NUMBERS).contains(&batch_max) {
-                problems.push(format!(
-                    "{place}.batch_max: between 1 and 1000 (SendSms takes at most 1000 numbers)"
-                ));
-            }
+            let batch_max = batch(
+                problems,
+                super::aliyun::MAX_NUMBERS,
+                super::aliyun::MAX_NUMBERS,
+                " (SendSms takes at most 1000 numbers)",
+            );
             GatewayKind::Aliyun(AliyunConfig {
                 url,
                 sign_name: sign_name?,
@@ -789,10 +803,7 @@ fn gateway(
                     result_id: pointer(problems, "result_id_field", &g.result_id_field),
                     codes,
                 });
-            let batch_max = g.batch_max.unwrap_or(1);
-            if !(1..=10_000).contains(&batch_max) {
-                problems.push(format!("{place}.batch_max: between 1 and 10000"));
-            }
+            let batch_max = batch(problems, 1, 10_000, "");
             let batch_item_json = match g.batch_item_json.as_deref().map(serde_json::from_str) {
                 None => serde_json::Value::String("{to}".into()),
                 Some(Ok(v)) => v,
@@ -945,18 +956,7 @@ fn gateway(
             }))
         }
         "tencent" => {
-            let url = match g.url.as_deref() {
-                None => url::Url::parse("https://sms.tencentcloudapi.com/").ok()?,
-                Some(_) => url(problems)?,
-            };
-            // Requests are signed for the root path; another one would fail every signature.
-            if url.path() != "/" {
-                problems.push(format!(
-                    "{place}.url: the API is at the root path: {}://{}/",
-                    url.scheme(),
-                    url.host_str().unwrap_or("")
-                ));
-            }
+            let url = api_root(problems, "https://sms.tencentcloudapi.com/")?;
             let region = need(problems, "region", &g.region);
             let sdk_app_id = need(problems, "sdk_app_id", &g.sdk_app_id);
             let sign_name = need(problems, "sign_name", &g.sign_name);
@@ -972,12 +972,7 @@ fn gateway(
                 &g.secret_key_env,
                 &g.secret_key_file,
             );
-            let batch_max = g.batch_max.unwrap_or(200);
-            if !(1..=200).contains(&batch_max) {
-                problems.push(format!(
-                    "{place}.batch_max: between 1 and 200 (SendSms takes at most 200 numbers)"
-                ));
-            }
+            let batch_max = batch(problems, 200, 200, " (SendSms takes at most 200 numbers)");
             GatewayKind::Tencent(TencentConfig {
                 url,
                 region: region?,

@@ -43,7 +43,7 @@ const DUE_EVERY: Duration = Duration::from_millis(200);
 const IDLE: Duration = Duration::from_millis(500);
 
 struct Runtime {
-    gw: Gateway,
+    gw: Arc<Gateway>,
     permits: Arc<Semaphore>,
     /// The earliest instant the next message may go.
     next_slot: std::sync::Mutex<Instant>,
@@ -165,6 +165,7 @@ impl Dispatcher {
         let mut gateways = BTreeMap::new();
         for g in &cfg.sms.gateways {
             let gw = Gateway::new(g.clone(), &callback)
+                .map(Arc::new)
                 .map_err(|e| anyhow::anyhow!("{}: sms.gateways ({}): {e}", cfg.file, g.name))?;
             gateways.insert(
                 g.name.clone(),
@@ -186,6 +187,11 @@ impl Dispatcher {
             gateways,
             waker,
         })
+    }
+
+    /// The gateways, for the reconciler (one HTTP client each, shared).
+    pub fn gateways(&self) -> Vec<Arc<Gateway>> {
+        self.gateways.values().map(|rt| rt.gw.clone()).collect()
     }
 
     async fn blocking<T: Send + 'static>(

@@ -15,7 +15,6 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::gateway::Gateway;
-use crate::config::Config;
 use crate::store::Store;
 
 /// How often unknown messages are looked up.
@@ -40,22 +39,24 @@ pub struct Outcome {
 /// The gateways that can be asked, and the store.
 pub struct Reconciler {
     store: Arc<Store>,
-    gateways: BTreeMap<String, Gateway>,
+    gateways: BTreeMap<String, Arc<Gateway>>,
 }
 
 impl Reconciler {
-    /// Opens a client per gateway that can be asked (Tencent, Aliyun).
-    pub fn new(cfg: &Config, store: Arc<Store>) -> std::io::Result<Reconciler> {
-        let mut gateways = BTreeMap::new();
-        for g in cfg.sms.gateways.iter().filter(|g| {
-            matches!(
-                g.kind,
-                super::config::GatewayKind::Tencent(_) | super::config::GatewayKind::Aliyun(_)
-            )
-        }) {
-            gateways.insert(g.name.clone(), Gateway::new(g.clone(), "http://127.0.0.1")?);
-        }
-        Ok(Reconciler { store, gateways })
+    /// Keeps the gateways that can be asked (Tencent, Aliyun), sharing the dispatcher's
+    /// clients.
+    pub fn new(gateways: Vec<Arc<Gateway>>, store: Arc<Store>) -> Reconciler {
+        let gateways = gateways
+            .into_iter()
+            .filter(|g| {
+                matches!(
+                    g.cfg.kind,
+                    super::config::GatewayKind::Tencent(_) | super::config::GatewayKind::Aliyun(_)
+                )
+            })
+            .map(|g| (g.cfg.name.clone(), g))
+            .collect();
+        Reconciler { store, gateways }
     }
 
     /// Looks up the unknown messages of `campaign` (or of all) older than `settle`; the

@@ -8,11 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::harness::*;
-use crate::tencent::{messages, until};
+use crate::tencent::{create_campaign, messages, until};
 
 const KEY: &str = "standin-api-key-0123456789";
 
@@ -124,17 +123,13 @@ messages_per_second = 1000
         "{}/api/v1/sms/dlr/ib?secret=ib-dlr-secret-0123456789",
         d.http
     ));
-    let (status, v) = d
-        .send(
-            Method::POST,
-            "/api/v1/campaigns",
-            Some(&token),
-            Some(json!({"name": "open day", "text": "Open Day: City Hall, 9:00-17:00",
-                "recipients_csv": "number\n13800138000\n13800138001\n13800138009\n", "start": "now"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{v}");
-    let id = v["id"].as_i64().unwrap();
+    let id = create_campaign(
+        &d,
+        &token,
+        json!({"name": "open day", "text": "Open Day: City Hall, 9:00-17:00",
+            "recipients_csv": "number\n13800138000\n13800138001\n13800138009\n", "start": "now"}),
+    )
+    .await;
     let c = until(&d, &token, id, "two delivered, one rejected", |c| {
         c["counts"]["delivered"] == 2 && c["counts"]["rejected"] == 1
     })

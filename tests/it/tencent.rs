@@ -256,16 +256,31 @@ async fn campaign(d: &Daemon, token: &str, template: &str, numbers: &[&str]) -> 
         .chain(numbers.iter().map(|n| format!("{n},5月15日")))
         .collect::<Vec<_>>()
         .join("\n");
+    create_campaign(
+        d,
+        token,
+        json!({"name": "open day", "template": template, "recipients_csv": csv, "start": "now"}),
+    )
+    .await
+}
+
+/// Creates a campaign (`body`, started now); its id.
+pub async fn create_campaign(d: &Daemon, token: &str, body: Value) -> i64 {
     let (status, v) = d
-        .send(
-            Method::POST,
-            "/api/v1/campaigns",
-            Some(token),
-            Some(json!({"name": "open day", "template": template, "recipients_csv": csv, "start": "now"})),
-        )
+        .send(Method::POST, "/api/v1/campaigns", Some(token), Some(body))
         .await;
     assert_eq!(status, 201, "{v}");
     v["id"].as_i64().unwrap()
+}
+
+/// The opt-out list's entry for `number`, if it is on it.
+pub async fn optout(d: &Daemon, token: &str, number: &str) -> Option<Value> {
+    let (_, list) = d.get("/api/v1/optouts", Some(token)).await;
+    list["optouts"]
+        .as_array()?
+        .iter()
+        .find(|o| o["number"] == number)
+        .cloned()
 }
 
 pub async fn until(
@@ -355,21 +370,13 @@ async fn a_template_campaign_is_delivered_by_array_reports_and_replies_opt_out()
         "tc2 was used: {:?}",
         b.book().requests
     );
-    let (_, optouts) = d.get("/api/v1/optouts", Some(&token)).await;
-    let listed = |n: &str| {
-        optouts["optouts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|o| o["number"] == n)
-            .cloned()
-    };
+    let blocked = optout(&d, &token, "+8613800138009").await.unwrap();
     assert!(
-        listed("+8613800138009").unwrap()["reason"]
+        blocked["reason"]
             .as_str()
             .unwrap()
             .contains("PhoneNumberInBlacklist"),
-        "{optouts}"
+        "{blocked}"
     );
     // A report for a serial number we never had (the field's array) is kept and acknowledged.
     let fixture =
@@ -389,12 +396,10 @@ async fn a_template_campaign_is_delivered_by_array_reports_and_replies_opt_out()
         d.send(Method::POST, &path, None, Some(reply)).await,
         (200, ack)
     );
-    let (_, optouts) = d.get("/api/v1/optouts", Some(&token)).await;
+    let replied = optout(&d, &token, "+8613800138000").await.unwrap();
     assert!(
-        optouts["optouts"].as_array().unwrap().iter().any(
-            |o| o["number"] == "+8613800138000" && o["reason"].as_str().unwrap().contains("TD")
-        ),
-        "{optouts}"
+        replied["reason"].as_str().unwrap().contains("TD"),
+        "{replied}"
     );
     let (_, audit) = d.get("/api/v1/audit", Some(&token)).await;
     assert!(
@@ -592,17 +597,13 @@ messages_per_second = 1000
     let d = start(&site, SECRET_KEY).await;
     let token = site.admin_token();
     a.book().push.callback = Some(format!("{}/api/v1/sms/dlr/tcg?secret={DLR_SECRET}", d.http));
-    let (status, v) = d
-        .send(
-            Method::POST,
-            "/api/v1/campaigns",
-            Some(&token),
-            Some(json!({"name": "generic", "text": "5月15日政务开放日欢迎您。",
-                "recipients_csv": "number\n13800138000\n13800138001\n13800138009\n", "start": "now"})),
-        )
-        .await;
-    assert_eq!(status, 201, "{v}");
-    let id = v["id"].as_i64().unwrap();
+    let id = create_campaign(
+        &d,
+        &token,
+        json!({"name": "generic", "text": "5月15日政务开放日欢迎您。",
+            "recipients_csv": "number\n13800138000\n13800138001\n13800138009\n", "start": "now"}),
+    )
+    .await;
     let c = until(&d, &token, id, "two delivered, one opted out", |c| {
         c["counts"]["delivered"] == 2 && c["counts"]["cancelled"] == 1
     })
@@ -634,13 +635,5 @@ messages_per_second = 1000
         alerts["alerts"].as_array().is_none_or(|a| a.is_empty()),
         "{alerts}"
     );
-    let (_, optouts) = d.get("/api/v1/optouts", Some(&token)).await;
-    assert!(
-        optouts["optouts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|o| o["number"] == "+8613800138009"),
-        "{optouts}"
-    );
+    assert!(optout(&d, &token, "+8613800138009").await.is_some());
 }
