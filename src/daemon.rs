@@ -190,18 +190,20 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     tracker.spawn(reconciler.clone().run(cancel.clone()));
     let (reload_tx, reload_rx) = mpsc::channel(64);
     let state = Arc::new(AppState {
-        cfg: cfg.clone(),
+        app: Arc::new(crate::app::Ctx {
+            cfg: cfg.clone(),
+            store: store.clone(),
+            publisher: publish_tx,
+            sms_waker,
+            held_alerts: Arc::new(tokio::sync::Notify::new()),
+            signing: signing.clone(),
+            registry: registry.clone(),
+        }),
         catalog,
         metrics: metrics.clone(),
         tokens,
-        store: store.clone(),
-        publisher: publish_tx,
         reload: reload_tx.clone(),
-        sms_waker,
         reports,
-        held_alerts: Arc::new(tokio::sync::Notify::new()),
-        signing: signing.clone(),
-        registry: registry.clone(),
         reconciler: reconciler.clone(),
         sms_health,
     });
@@ -219,14 +221,15 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         keys::finish_rotation(&cfg.data_dir)?;
     }
     tracker.spawn(dispatcher.run(cancel.clone()));
-    tracker.spawn(http::alerts::start_held_alerts(
-        state.clone(),
+    tracker.spawn(crate::alerts::start_held_alerts(
+        state.app.clone(),
         cancel.clone(),
     ));
     for (url, every) in cfg.cap_feeds.clone() {
         tracing::info!(feed = %url, every = ?every, "polling the CAP feed");
-        tracker.spawn(http::cap_feed::run(
-            state.clone(),
+        tracker.spawn(crate::alerts::cap_feed::run(
+            state.app.clone(),
+            metrics.clone(),
             url,
             every,
             cancel.clone(),

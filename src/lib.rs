@@ -6,6 +6,8 @@
 //! ([`scheduler`], [`mqtt`], [`store`], [`http`], [`daemon`]) that feed `now` in and perform what comes out.
 
 pub mod agent;
+pub mod alerts;
+pub mod app;
 pub mod catalog;
 pub mod cli;
 pub mod config;

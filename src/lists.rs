@@ -609,6 +609,51 @@ pub fn read_bytes(
     read(std::io::Cursor::new(bytes), opts, each)
 }
 
+/// Uploaded list files (`POST /api/v1/uploads`) under `data_dir/uploads/`, each used once.
+pub mod uploads {
+    use std::path::{Path, PathBuf};
+
+    /// The folder of uploads under `data_dir`.
+    pub fn dir(data_dir: &Path) -> PathBuf {
+        data_dir.join("uploads")
+    }
+
+    /// The file of upload `id`, when `id` has the shape this module gives ids (32 hex digits).
+    pub fn path(data_dir: &Path, id: &str) -> Option<PathBuf> {
+        (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+            .then(|| dir(data_dir).join(format!("{id}.list")))
+    }
+
+    /// Takes upload `id` for one use and opens it, or says why not (for the request field
+    /// `field`). Taking is a rename, so two requests naming the same upload (a double click, a
+    /// retry) cannot both import it.
+    pub fn open(
+        data_dir: &Path,
+        id: &str,
+        field: &str,
+    ) -> Result<std::fs::File, crate::app::Error> {
+        let p = path(data_dir, id).ok_or_else(|| {
+            crate::app::Error::invalid(field, format!("{id:?} is not an upload id"))
+        })?;
+        let taken = p.with_extension("taken");
+        std::fs::rename(&p, &taken)
+            .and_then(|()| std::fs::File::open(&taken))
+            .map_err(|_| {
+                crate::app::Error::invalid(
+                    field,
+                    format!("no upload {id} (uploads are used once and kept for an hour)"),
+                )
+            })
+    }
+
+    /// Removes upload `id` once it has been used (or its use failed: an upload is used once).
+    pub fn remove(data_dir: &Path, id: &str) {
+        if let Some(p) = path(data_dir, id) {
+            let _ = std::fs::remove_file(p.with_extension("taken"));
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

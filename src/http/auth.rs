@@ -14,16 +14,7 @@ use super::AppState;
 use super::error::ApiError;
 use crate::config::Role;
 
-/// Who made a request.
-#[derive(Debug, Clone)]
-pub struct Principal {
-    /// Token name.
-    pub name: String,
-    /// Its role.
-    pub role: Role,
-    /// May skip the two-person rule.
-    pub emergency: bool,
-}
+pub use crate::app::Principal;
 
 /// The accepted tokens.
 #[derive(Default)]

@@ -19,24 +19,10 @@ use super::api::blocking;
 use super::auth::{Approver, Auth, Operator, Principal, Viewer};
 use super::error::ApiError;
 use super::{AppState, audit};
-use crate::sms::campaign::{CreateRequest, Reject, Start, list_numbers};
-use crate::store::sms::{CampaignRow, NewCampaign};
-
-fn conflict(code: &'static str, message: String) -> ApiError {
-    ApiError {
-        status: StatusCode::CONFLICT,
-        code,
-        message,
-        field: None,
-    }
-}
-
-async fn load(s: &AppState, id: i64) -> Result<CampaignRow, ApiError> {
-    let store = s.store.clone();
-    blocking(move || store.campaign(id))
-        .await?
-        .ok_or_else(|| ApiError::not_found(format!("no campaign {id}")))
-}
+use crate::domain::campaign::CampaignStatus;
+use crate::sms::campaign::{CreateRequest, Reject, list_numbers};
+use crate::sms::campaigns::{self, Act, Acted, Created, load};
+use crate::store::sms::CampaignRow;
 
 fn campaign_json(c: &CampaignRow) -> Value {
     let total: i64 = c.counts.values().sum();
@@ -61,196 +47,16 @@ pub async fn create(
     who: Operator,
     State(s): State<Arc<AppState>>,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Created>), ApiError> {
     let req: CreateRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_field("body", format!("not a campaign request: {e}")))?;
-    let v = create_campaign(&s, &who.0, req, None).await?;
-    let code = if v["status"] == "pending" {
+    let created = campaigns::create(&s, &who.0, req, None).await?;
+    let code = if created.status == CampaignStatus::Pending {
         StatusCode::ACCEPTED
     } else {
         StatusCode::CREATED
     };
-    Ok((code, Json(v)))
-}
-
-/// When a campaign starts, for its row: a scheduled time or a recurring one's first firing.
-fn start_of(start: Start) -> Option<chrono::DateTime<Utc>> {
-    match start {
-        Start::At(t) | Start::Repeat(t) => Some(t),
-        _ => None,
-    }
-}
-
-/// Whether `recipients` is above the two-person rule's limit.
-fn over_limit(s: &AppState, recipients: usize) -> bool {
-    s.cfg
-        .approve_campaigns_above
-        .is_some_and(|limit| recipients > limit)
-}
-
-/// Whether a campaign of `recipients` needs a second person's approval, given who asks.
-fn needs_approval(s: &AppState, who: &Principal, recipients: usize) -> bool {
-    over_limit(s, recipients) && !who.emergency
-}
-
-/// Validates, imports and stores a campaign; starts it (or leaves it pending approval).
-/// `alert`: the alert that starts it, and whether that alert itself waits for approval.
-pub async fn create_campaign(
-    s: &AppState,
-    who: &Principal,
-    req: CreateRequest,
-    alert: Option<(&str, bool)>,
-) -> Result<Value, ApiError> {
-    let (store, cfg) = (s.store.clone(), s.cfg.clone());
-    let now = Utc::now();
-    let field = |f: &str| match alert {
-        Some(_) => format!("sms.{f}"),
-        None => f.to_owned(),
-    };
-    let upload_id = req.recipients_upload.clone();
-    let upload = match &upload_id {
-        Some(id) => Some(std::io::BufReader::new(super::uploads::open(
-            &s.cfg.data_dir,
-            id,
-            &field("recipients_upload"),
-        )?)),
-        None => None,
-    };
-    // The list is read and stored in chunks: the campaign row exists as `importing` (never
-    // dispatched; removed at restart) from the first chunk until the import is complete.
-    let (by, alert_id) = (who.name.clone(), alert.map(|(a, _)| a.to_owned()));
-    let name = req.name.clone();
-    let imported = tokio::task::spawn_blocking(move || {
-        let optouts = store.optout_set()?;
-        let name = req.name.clone();
-        let mut upload = upload;
-        let file = upload.as_mut().map(|f| f as &mut dyn crate::lists::Source);
-        let mut id: Option<i64> = None;
-        let mut failed: Option<crate::store::StoreError> = None;
-        let mut sink = |m: &mut Vec<crate::store::sms::NewMessage>,
-                        r: &mut Vec<crate::sms::campaign::Reject>| {
-            let mut step = || -> Result<(), crate::store::StoreError> {
-                let cid = match id {
-                    Some(c) => c,
-                    None => *id.insert(store.begin_import(
-                        &NewCampaign {
-                            name: &name,
-                            spec: &json!({}),
-                            start_at: None,
-                            by: &by,
-                            alert: alert_id.as_deref(),
-                        },
-                        now,
-                    )?),
-                };
-                store.import_chunk(cid, now, m, r)
-            };
-            let ok = step();
-            m.clear();
-            r.clear();
-            match ok {
-                Ok(()) => true,
-                Err(e) => {
-                    failed = Some(e);
-                    false
-                }
-            }
-        };
-        // A fault while reading the list fails this request and leaves no half import.
-        let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            crate::sms::campaign::prepare_with(req, &cfg.sms, now, &optouts, file, &mut sink)
-        }))
-        .unwrap_or_else(|_| {
-            Err(crate::sms::campaign::Invalid {
-                field: "recipients",
-                message:
-                    "the list could not be read (the reader failed on it; the fault is logged)"
-                        .into(),
-            })
-        });
-        let outcome = match (failed, p) {
-            (Some(e), _) => Err(e),
-            (None, p) => Ok(p),
-        };
-        let finished = match (&outcome, id) {
-            (Ok(Ok(p)), Some(cid)) => {
-                let spec = serde_json::to_value(&p.spec).unwrap_or_default();
-                store
-                    .finish_import(cid, &spec, start_of(p.start))
-                    .map(|()| Some(cid))
-            }
-            _ => Ok(None),
-        };
-        if !matches!(finished, Ok(Some(_))) && id.is_some() {
-            store.drop_importing(id)?;
-        }
-        let cid = finished?;
-        Ok::<_, crate::store::StoreError>(outcome?.map(|p| (p, cid)))
-    })
-    .await;
-    if let Some(u) = &upload_id {
-        super::uploads::remove(&s.cfg.data_dir, u);
-    }
-    let imported = imported
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(|e| ApiError::bad_field(&field(e.field), e.message))?;
-    let (p, id) = imported;
-    let id = id.ok_or_else(|| ApiError::internal("the import stored nothing"))?;
-    let start_at = start_of(p.start);
-    let wanted = match p.start {
-        Start::Draft => "draft",
-        Start::Now => "running",
-        Start::At(_) => "scheduled",
-        Start::Repeat(_) => "recurring",
-    };
-    let over = over_limit(s, p.estimate.recipients);
-    let status = if wanted != "draft"
-        && (alert.is_some_and(|(_, pending)| pending)
-            || needs_approval(s, who, p.estimate.recipients))
-    {
-        "pending"
-    } else {
-        wanted
-    };
-    let action = if over && who.emergency && wanted != "draft" {
-        "campaign.create.emergency_skip"
-    } else {
-        "campaign.create"
-    };
-    audit(
-        s,
-        &who.name,
-        action,
-        &format!("campaign:{id}"),
-        json!({"name": name, "status": status, "start_at": start_at, "alert": alert.map(|(a, _)| a),
-               "estimate": p.estimate, "rejected": p.rejected}),
-    )
-    .await?;
-    if status != "draft" {
-        let store = s.store.clone();
-        blocking(move || store.set_campaign_status(id, &["draft"], status, Utc::now())).await?;
-        s.sms_waker.wake();
-    }
-    let mut v = json!({
-        "id": id, "status": status, "start_at": start_at,
-        "estimate": p.estimate, "rejects": p.rejects, "rejected": p.rejected,
-    });
-    if p.rejected > p.rejects.len() {
-        v["rejects_note"] = json!(format!(
-            "the first {} of {} rejected rows; all of them: GET /api/v1/campaigns/{id}/rejects",
-            p.rejects.len(),
-            p.rejected
-        ));
-    }
-    if status == "pending" && alert.is_none() {
-        v["message"] = json!(format!(
-            "{} recipients (more than {}): another person with the approver role must approve it: POST /api/v1/campaigns/{id}/approve",
-            p.estimate.recipients,
-            s.cfg.approve_campaigns_above.unwrap_or(0)
-        ));
-    }
-    Ok(v)
+    Ok((code, Json(created)))
 }
 
 /// `POST /api/v1/campaigns/{id}/approve`: the second person (approver role or above, not the
@@ -261,66 +67,8 @@ pub async fn approve(
     State(s): State<Arc<AppState>>,
     Path(id): Path<i64>,
 ) -> Result<Json<Value>, ApiError> {
-    let c = load(&s, id).await?;
-    if c.status != "pending" {
-        return Err(conflict(
-            "not_pending",
-            format!("campaign {id} is {}, not waiting for approval", c.status),
-        ));
-    }
-    if let Some(alert) = &c.alert {
-        return Err(conflict(
-            "approve_the_alert",
-            format!("campaign {id} belongs to alert {alert}: approving the alert starts it"),
-        ));
-    }
-    if c.created_by == who.name {
-        return Err(ApiError::forbidden(
-            "two-person rule: the campaign must be approved by another token than the one that created it",
-        ));
-    }
-    approve_and_start(&s, &who.name, &c, "campaign.approve").await?;
+    campaigns::approve(&s, &who, id).await?;
     Ok(Json(campaign_json(&load(&s, id).await?)))
-}
-
-/// Moves a pending campaign on (audited): to `scheduled` if its start is still ahead, else
-/// `running`.
-pub async fn approve_and_start(
-    s: &AppState,
-    by: &str,
-    c: &CampaignRow,
-    action: &str,
-) -> Result<(), ApiError> {
-    let now = Utc::now();
-    let ahead = c
-        .start_at
-        .as_deref()
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-        .is_some_and(|t| t > now);
-    let to = if c.spec["repeat"].is_string() {
-        "recurring"
-    } else if ahead {
-        "scheduled"
-    } else {
-        "running"
-    };
-    audit(
-        s,
-        by,
-        action,
-        &format!("campaign:{}", c.id),
-        json!({"created_by": c.created_by, "to": to, "alert": c.alert}),
-    )
-    .await?;
-    let (store, id, by2) = (s.store.clone(), c.id, by.to_owned());
-    if !blocking(move || store.approve_campaign(id, &by2, to, now)).await? {
-        return Err(conflict(
-            "not_pending",
-            format!("campaign {id} is no longer pending"),
-        ));
-    }
-    s.sms_waker.wake();
-    Ok(())
 }
 
 /// `GET /api/v1/campaigns`.
@@ -367,131 +115,40 @@ pub async fn action(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_field("body", e.to_string()))?
     };
-    let c = load(&s, id).await?;
-    let (from, to): (&[&str], &str) = match action.as_str() {
-        "start" => {
-            if c.status == "missed" && !opts.confirm_late {
-                return Err(conflict(
-                    "missed_start",
-                    format!(
-                        "campaign {id} was scheduled for {} and that start was missed; start it with {{\"confirm_late\": true}} to send now",
-                        c.start_at.as_deref().unwrap_or("?")
-                    ),
-                ));
-            }
-            if c.status == "draft"
-                && c.approved_by.is_none()
-                && needs_approval(&s, &who.0, c.counts.values().sum::<i64>() as usize)
-            {
-                audit(
-                    &s,
-                    &who.0.name,
-                    "campaign.request",
-                    &format!("campaign:{id}"),
-                    json!({"from": "draft"}),
-                )
-                .await?;
-                let store = s.store.clone();
-                blocking(move || store.set_campaign_status(id, &["draft"], "pending", Utc::now()))
-                    .await?;
-                return Ok(Json(campaign_json(&load(&s, id).await?)));
-            }
-            (&["draft", "scheduled", "missed"], "running")
-        }
-        "pause" => (&["running"], "paused"),
-        "resume" => (&["paused"], "running"),
-        "cancel" => (
-            &[
-                "draft",
-                "pending",
-                "scheduled",
-                "recurring",
-                "missed",
-                "running",
-                "paused",
-            ],
-            "cancelled",
-        ),
-        "reconcile" => {
-            audit(
-                &s,
-                &who.0.name,
-                "campaign.reconcile",
-                &format!("campaign:{id}"),
-                json!({"unknown": c.counts.get("unknown")}),
-            )
-            .await?;
-            let o = s.reconciler.pass(Some(id), std::time::Duration::ZERO).await;
-            let left = load(&s, id)
-                .await?
-                .counts
-                .get("unknown")
-                .copied()
-                .unwrap_or(0);
-            return Ok(Json(json!({"id": id, "reconciled": o, "unknown": left})));
-        }
-        "requeue-unknown" => {
-            if c.status == "cancelled" {
-                return Err(conflict(
-                    "wrong_state",
-                    format!("campaign {id} is cancelled"),
-                ));
-            }
-            audit(
-                &s,
-                &who.0.name,
-                "campaign.requeue_unknown",
-                &format!("campaign:{id}"),
-                json!({"unknown": c.counts.get("unknown")}),
-            )
-            .await?;
-            let store = s.store.clone();
-            let n = blocking(move || {
-                let n = store.requeue_unknown(id, Utc::now())?;
-                if n > 0 {
-                    store.set_campaign_status(id, &["done"], "running", Utc::now())?;
-                }
-                Ok(n)
-            })
-            .await?;
-            s.sms_waker.wake();
-            return Ok(Json(json!({"id": id, "requeued": n})));
-        }
-        other => {
+    if action == "reconcile" {
+        let c = load(&s, id).await?;
+        audit(
+            &s,
+            &who.0.name,
+            "campaign.reconcile",
+            &format!("campaign:{id}"),
+            json!({"unknown": c.counts.get("unknown")}),
+        )
+        .await?;
+        let o = s.reconciler.pass(Some(id), std::time::Duration::ZERO).await;
+        let left = load(&s, id)
+            .await?
+            .counts
+            .get("unknown")
+            .copied()
+            .unwrap_or(0);
+        return Ok(Json(json!({"id": id, "reconciled": o, "unknown": left})));
+    }
+    let act = match Act::parse(&action) {
+        Some(Act::Start { .. }) => Act::Start {
+            confirm_late: opts.confirm_late,
+        },
+        Some(a) => a,
+        None => {
             return Err(ApiError::not_found(format!(
-                "no campaign action {other:?} (start, pause, resume, cancel, reconcile, requeue-unknown)"
+                "no campaign action {action:?} (start, pause, resume, cancel, reconcile, requeue-unknown)"
             )));
         }
     };
-    if !from.contains(&c.status.as_str()) {
-        return Err(conflict(
-            "wrong_state",
-            format!(
-                "campaign {id} is {}; {action} needs it {}",
-                c.status,
-                from.join(" or ")
-            ),
-        ));
+    match campaigns::act(&s, &who.0, id, act).await? {
+        Acted::Requeued(n) => Ok(Json(json!({"id": id, "requeued": n}))),
+        Acted::Moved => Ok(Json(campaign_json(&load(&s, id).await?))),
     }
-    audit(
-        &s,
-        &who.0.name,
-        &format!("campaign.{action}"),
-        &format!("campaign:{id}"),
-        json!({"from": c.status, "confirm_late": opts.confirm_late}),
-    )
-    .await?;
-    let store = s.store.clone();
-    let changed = blocking(move || store.set_campaign_status(id, from, to, Utc::now())).await?;
-    if !changed {
-        return Err(conflict(
-            "wrong_state",
-            format!("campaign {id} changed meanwhile; look again"),
-        ));
-    }
-    s.sms_waker.wake();
-    tracing::info!(campaign = id, by = %who.0.name, action, "campaign {to}");
-    Ok(Json(campaign_json(&load(&s, id).await?)))
 }
 
 /// `GET /api/v1/campaigns/{id}/messages?status=&after=&limit=`: JSON, or CSV with
@@ -713,7 +370,7 @@ pub async fn add_optouts(
         }
     }
     let file = match &req.upload {
-        Some(id) => Some(std::io::BufReader::new(super::uploads::open(
+        Some(id) => Some(std::io::BufReader::new(crate::lists::uploads::open(
             &s.cfg.data_dir,
             id,
             "upload",
@@ -742,7 +399,7 @@ pub async fn add_optouts(
     })
     .await;
     if let Some(id) = &req.upload {
-        super::uploads::remove(&s.cfg.data_dir, id);
+        crate::lists::uploads::remove(&s.cfg.data_dir, id);
     }
     let (numbers, rejects) = read
         .map_err(|e| ApiError::internal(e.to_string()))?

@@ -104,6 +104,33 @@ impl ApiError {
     }
 }
 
+impl From<crate::store::StoreError> for ApiError {
+    fn from(e: crate::store::StoreError) -> ApiError {
+        ApiError::store(e)
+    }
+}
+
+/// The use cases' errors as the API answers them: 400 naming the field, 404, 409 with its code,
+/// 403 (two-person rule), 507 for a full disk, else 500.
+impl From<crate::app::Error> for ApiError {
+    fn from(e: crate::app::Error) -> ApiError {
+        use crate::app::Error;
+        match e {
+            Error::Invalid { field, message } => ApiError::bad_field(&field, message),
+            Error::NotFound(m) => ApiError::not_found(m),
+            Error::Conflict { code, message } => ApiError {
+                status: StatusCode::CONFLICT,
+                code,
+                message,
+                field: None,
+            },
+            Error::Forbidden(m) => ApiError::forbidden(m),
+            Error::Store(e) => ApiError::store(e),
+            Error::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body =

@@ -6,7 +6,6 @@ pub mod alerts;
 pub mod api;
 pub mod auth;
 pub mod campaigns;
-pub mod cap_feed;
 pub mod carrier;
 pub mod error;
 pub mod headers;
@@ -23,39 +22,35 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
-use crate::config::Config;
 use crate::metrics::Metrics;
 
-/// What handlers share.
+/// What handlers share: the use cases' context ([`crate::app::Ctx`], reached through `Deref`)
+/// and what only the web side needs.
 pub struct AppState {
-    /// Configuration.
-    pub cfg: Arc<Config>,
+    /// The use cases' context: configuration, store, publisher, wakers, key, registry.
+    pub app: Arc<crate::app::Ctx>,
     /// The live playlist catalog.
     pub catalog: watch::Receiver<Arc<Catalog>>,
     /// Metrics.
     pub metrics: Metrics,
     /// Accepted tokens.
     pub tokens: auth::Tokens,
-    /// The database.
-    pub store: Arc<crate::store::Store>,
-    /// Signed retained publications (alerts) go through the scheduler.
-    pub publisher: tokio::sync::mpsc::Sender<crate::scheduler::PublishRequest>,
     /// Asks the scheduler to reload the playlists directory.
     pub reload: tokio::sync::mpsc::Sender<crate::scheduler::Reload>,
-    /// Wakes the SMS dispatcher after a campaign change.
-    pub sms_waker: crate::sms::dispatch::Waker,
     /// Delivery reports go here to be stored (group commit).
     pub reports: crate::sms::dlr::Intake,
-    /// Wakes the task that starts alerts held until their CAP start time.
-    pub held_alerts: Arc<tokio::sync::Notify>,
-    /// The daemon's signing key (for the audit anchor).
-    pub signing: Arc<crate::wire::KeyPair>,
-    /// The display registry (who may report; reach of the two-person rule).
-    pub registry: Arc<crate::registry::Registry>,
     /// Looks up `unknown` SMS at their providers.
     pub reconciler: Arc<crate::sms::reconcile::Reconciler>,
     /// Gateways out of rotation, and why.
     pub sms_health: crate::sms::dispatch::Health,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = crate::app::Ctx;
+
+    fn deref(&self) -> &crate::app::Ctx {
+        &self.app
+    }
 }
 
 /// The OpenAPI document's frame: title, version, the bearer scheme, tags.
@@ -168,7 +163,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-/// Records a change in the audit log (before it takes effect: no audit, no change).
+/// Records a change in the audit log (before it takes effect: no audit, no change):
+/// [`crate::app::audit`] for handlers.
 pub async fn audit(
     s: &AppState,
     actor: &str,
@@ -176,25 +172,12 @@ pub async fn audit(
     target: &str,
     detail: serde_json::Value,
 ) -> Result<(), error::ApiError> {
-    let store = s.store.clone();
-    let (actor, action, target) = (actor.to_owned(), action.to_owned(), target.to_owned());
-    let (keys, data_dir) = (s.signing.clone(), s.cfg.data_dir.clone());
-    tokio::task::spawn_blocking(move || {
-        let (seq, hash) = store.audit(chrono::Utc::now(), &actor, &action, &target, &detail)?;
-        // The signed head goes outside the database, so a deleted tail or a rewritten log
-        // shows (`marquee audit verify`).
-        if let Err(e) = crate::store::anchor::Anchor::sign(&keys, seq, &hash).write(&data_dir) {
-            tracing::error!(error = %format!("{e:#}"), "cannot write the audit anchor");
-        }
-        Ok::<_, crate::store::StoreError>(())
-    })
-    .await
-    .map_err(|e| error::ApiError::internal(e.to_string()))?
-    .map_err(|e| match e.is_disk_full() {
-        true => error::ApiError::disk_full(format!("audit log: {e}")),
-        false => error::ApiError::internal(format!("audit log: {e}")),
-    })?;
-    Ok(())
+    crate::app::audit(s, actor, action, target, detail)
+        .await
+        .map_err(|e| match e.is_disk_full() {
+            true => error::ApiError::disk_full(format!("audit log: {e}")),
+            false => error::ApiError::internal(format!("audit log: {e}")),
+        })
 }
 
 /// Serves HTTP/1.1 on one connection (plain or TLS) until it ends or the daemon stops.

@@ -6,7 +6,7 @@
 //! (`recipients_upload`), an alert's SMS part or an opt-out import (`upload`) then names the id.
 //! An upload is used once, and one left unused is removed after an hour.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,40 +26,7 @@ use crate::lists::{self, Layout, ListOptions};
 /// How long an unused upload is kept.
 pub const KEEP: Duration = Duration::from_secs(3600);
 
-/// The folder of uploads under `data_dir`.
-pub fn dir(data_dir: &Path) -> PathBuf {
-    data_dir.join("uploads")
-}
-
-/// The file of upload `id`, when `id` has the shape this module gives ids (32 hex digits).
-pub fn path(data_dir: &Path, id: &str) -> Option<PathBuf> {
-    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit()))
-        .then(|| dir(data_dir).join(format!("{id}.list")))
-}
-
-/// Takes upload `id` for one use and opens it, or says why not (for the request field
-/// `field`). Taking is a rename, so two requests naming the same upload (a double click, a
-/// retry) cannot both import it.
-pub fn open(data_dir: &Path, id: &str, field: &str) -> Result<std::fs::File, ApiError> {
-    let p = path(data_dir, id)
-        .ok_or_else(|| ApiError::bad_field(field, format!("{id:?} is not an upload id")))?;
-    let taken = p.with_extension("taken");
-    std::fs::rename(&p, &taken)
-        .and_then(|()| std::fs::File::open(&taken))
-        .map_err(|_| {
-            ApiError::bad_field(
-                field,
-                format!("no upload {id} (uploads are used once and kept for an hour)"),
-            )
-        })
-}
-
-/// Removes upload `id` once it has been used (or its use failed: an upload is used once).
-pub fn remove(data_dir: &Path, id: &str) {
-    if let Some(p) = path(data_dir, id) {
-        let _ = std::fs::remove_file(p.with_extension("taken"));
-    }
-}
+use crate::lists::uploads::{dir, path};
 
 /// Query of `POST /api/v1/uploads`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

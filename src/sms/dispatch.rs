@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use super::campaign::Spec;
 use super::gateway::{Answer, Gateway, Outgoing};
 use crate::config::Config;
+use crate::domain::campaign::{self, Action, CampaignStatus as Status};
 use crate::domain::delivery::Submit;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -194,6 +195,21 @@ impl Dispatcher {
         self.gateways.values().map(|rt| rt.gw.clone()).collect()
     }
 
+    /// Moves campaign `id` from `from` by `action` (see [`campaign::next`]); `false` when it
+    /// is no longer in `from` (an operator moved it meanwhile).
+    async fn moved(
+        &self,
+        id: i64,
+        from: Status,
+        action: Action,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<bool> {
+        let to = campaign::next(from, action)
+            .map_err(|r| anyhow::anyhow!("campaign {id}: {} refused: {r:?}", action.name()))?;
+        self.blocking(move |s| s.set_campaign_status(id, &[from], to, now))
+            .await
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
@@ -288,17 +304,14 @@ impl Dispatcher {
         // campaign out of messages, and every `DUE_EVERY` while sending. A pause or cancel needs
         // no fresh list: the claim itself checks the status.
         if running.as_ref().is_none_or(|r| r.at.elapsed() >= DUE_EVERY) {
-            let rows = self.blocking(|s| s.campaigns_in("running")).await?;
+            let rows = self.blocking(|s| s.campaigns_in(Status::Running)).await?;
             let mut list = Vec::with_capacity(rows.len());
             for (id, spec, _) in rows {
                 match serde_json::from_value::<Spec>(spec) {
                     Ok(spec) => list.push((id, spec)),
                     Err(e) => {
                         tracing::error!(campaign = id, error = %e, "unreadable campaign spec; pausing it");
-                        self.blocking(move |s| {
-                            s.set_campaign_status(id, &["running"], "paused", now)
-                        })
-                        .await?;
+                        self.moved(id, Status::Running, Action::Pause, now).await?;
                     }
                 }
             }
@@ -430,7 +443,7 @@ impl Dispatcher {
                 let (queued, submitting, next) = self.blocking(move |s| s.pending(id)).await?;
                 if queued == 0 && submitting == 0 {
                     if self
-                        .blocking(move |s| s.set_campaign_status(id, &["running"], "done", now))
+                        .moved(id, Status::Running, Action::Drained, now)
                         .await?
                     {
                         tracing::info!(campaign = id, "campaign finished");
@@ -459,7 +472,7 @@ impl Dispatcher {
     async fn start_due(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
         let margin = self.cfg.sms.missed_start_margin;
         let tz = self.cfg.sms.timezone;
-        for (id, spec, next) in self.blocking(|s| s.campaigns_in("recurring")).await? {
+        for (id, spec, next) in self.blocking(|s| s.campaigns_in(Status::Recurring)).await? {
             let (Some(at), Some(repeat)) = (
                 next.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                     .map(|t| t.with_timezone(&Utc)),
@@ -472,11 +485,7 @@ impl Dispatcher {
             }
             // Fired while the daemon was down: the firing waits for confirmation; later
             // firings missed meanwhile are not made up.
-            let status = if now - at > margin {
-                "missed"
-            } else {
-                "running"
-            };
+            let status = campaign::fired(now - at > margin);
             let after = super::campaign::next_fire(&repeat, tz, now);
             let label = at
                 .with_timezone(&tz)
@@ -485,9 +494,14 @@ impl Dispatcher {
             let new = self
                 .blocking(move |s| s.fire_recurring(id, status, &label, at, after, now))
                 .await?;
-            tracing::info!(campaign = id, run = new, status, "recurring campaign fired");
+            tracing::info!(
+                campaign = id,
+                run = new,
+                status = status.as_str(),
+                "recurring campaign fired"
+            );
         }
-        for (id, _, start_at) in self.blocking(|s| s.campaigns_in("scheduled")).await? {
+        for (id, _, start_at) in self.blocking(|s| s.campaigns_in(Status::Scheduled)).await? {
             let Some(at) = start_at
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&Utc))
@@ -497,16 +511,12 @@ impl Dispatcher {
             if at > now {
                 continue;
             }
-            let to = if now - at > margin {
-                "missed"
-            } else {
-                "running"
-            };
+            let late = now - at > margin;
             if self
-                .blocking(move |s| s.set_campaign_status(id, &["scheduled"], to, now))
+                .moved(id, Status::Scheduled, Action::Due { late }, now)
                 .await?
             {
-                if to == "missed" {
+                if late {
                     tracing::warn!(campaign = id, scheduled = %at, "the campaign's start was missed; it waits for an operator to start it with confirm_late");
                 } else {
                     tracing::info!(campaign = id, "scheduled campaign started");

@@ -4,6 +4,7 @@
 
 pub mod aliyun;
 pub mod campaign;
+pub mod campaigns;
 pub mod cmcc_mas;
 pub mod config;
 pub mod dispatch;

@@ -7,6 +7,7 @@ use serde::Serialize;
 use super::fleet::ts;
 use super::{Store, StoreError};
 
+pub use crate::domain::campaign::AlertStatus;
 pub use crate::domain::cap::Scope;
 
 /// A stored alert.
@@ -30,14 +31,37 @@ pub struct AlertRow {
     pub cleared_at: Option<String>,
     /// Token name that cleared it.
     pub cleared_by: Option<String>,
-    /// `pending` (waiting for approval) or `live`.
-    pub status: String,
+    /// Where it stands (cleared or not: `cleared_at`).
+    pub status: AlertStatus,
     /// Token name that approved it (two-person rule).
     pub approved_by: Option<String>,
     /// When.
     pub approved_at: Option<String>,
     /// When a `scheduled` alert starts (CAP `<effective>` or `<onset>`).
     pub starts_at: Option<String>,
+}
+
+/// An alert to record.
+#[derive(Debug, Clone)]
+pub struct NewAlert<'a> {
+    /// Id.
+    pub id: &'a str,
+    /// Scope.
+    pub scope: &'a Scope,
+    /// Severity.
+    pub severity: &'a str,
+    /// Text per language.
+    pub text: &'a std::collections::BTreeMap<String, String>,
+    /// Raised at.
+    pub issued_at: DateTime<Utc>,
+    /// Ends by itself at.
+    pub expires_at: DateTime<Utc>,
+    /// Token name that raised it.
+    pub raised_by: &'a str,
+    /// Its status.
+    pub status: AlertStatus,
+    /// When a held alert starts.
+    pub starts_at: Option<DateTime<Utc>>,
 }
 
 /// One display's acknowledgement of an alert.
@@ -64,7 +88,16 @@ fn alert_row(r: &Row<'_>) -> rusqlite::Result<AlertRow> {
         raised_by: r.get(6)?,
         cleared_at: r.get(7)?,
         cleared_by: r.get(8)?,
-        status: r.get(9)?,
+        status: {
+            let s: String = r.get(9)?;
+            AlertStatus::parse(&s).ok_or_else(|| {
+                rusqlite::Error::FromSqlConversionFailure(
+                    9,
+                    rusqlite::types::Type::Text,
+                    format!("unknown alert status {s:?}").into(),
+                )
+            })?
+        },
         approved_by: r.get(10)?,
         approved_at: r.get(11)?,
         starts_at: r.get(12)?,
@@ -75,39 +108,35 @@ const COLUMNS: &str = "id, scope, severity, text, issued_at, expires_at, raised_
      status, approved_by, approved_at, starts_at";
 
 impl Store {
-    /// Records a raised alert.
-    #[allow(clippy::too_many_arguments)]
+    /// Records a raised alert and its audit entry in one transaction; returns the audit log's
+    /// new head.
     pub fn insert_alert(
         &self,
-        id: &str,
-        scope: &Scope,
-        severity: &str,
-        text: &std::collections::BTreeMap<String, String>,
-        issued_at: DateTime<Utc>,
-        expires_at: DateTime<Utc>,
-        raised_by: &str,
-        status: &str,
-        starts_at: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
+        a: &NewAlert<'_>,
+        audit: &super::audit::NewEntry,
+    ) -> Result<(u64, String), StoreError> {
         // The emergency path: written in the disk reserve when the disk is full.
         self.priority(|conn| {
-        conn.execute(
-            &format!(
-                "INSERT INTO alerts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8, NULL, NULL, ?9)"
-            ),
-            params![
-                id,
-                serde_json::to_string(scope).unwrap_or_default(),
-                severity,
-                serde_json::to_string(text).unwrap_or_default(),
-                ts(issued_at),
-                ts(expires_at),
-                raised_by,
-                status,
-                starts_at.map(ts)
-            ],
-        )?;
-        Ok(())
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let head = super::audit::append(&tx, Utc::now(), audit)?;
+            tx.execute(
+                &format!(
+                    "INSERT INTO alerts ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, NULL, ?8, NULL, NULL, ?9)"
+                ),
+                params![
+                    a.id,
+                    serde_json::to_string(a.scope).unwrap_or_default(),
+                    a.severity,
+                    serde_json::to_string(a.text).unwrap_or_default(),
+                    ts(a.issued_at),
+                    ts(a.expires_at),
+                    a.raised_by,
+                    a.status.as_str(),
+                    a.starts_at.map(ts)
+                ],
+            )?;
+            tx.commit()?;
+            Ok(head)
         })
     }
 

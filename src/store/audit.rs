@@ -61,37 +61,69 @@ pub struct AuditBreak {
     pub reason: String,
 }
 
+/// An audit entry to append: who did what to what, with details.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    /// Token name (or `marquee`, `cap-feed`, `cap-start` for the daemon itself).
+    pub actor: String,
+    /// What was done (`alert.raise`, `campaign.create`, …).
+    pub action: String,
+    /// What it was done to (`alert-…`, `campaign:7`, a playlist path).
+    pub target: String,
+    /// Details (JSON).
+    pub detail: serde_json::Value,
+}
+
+impl NewEntry {
+    /// An entry.
+    pub fn new(actor: &str, action: &str, target: &str, detail: serde_json::Value) -> NewEntry {
+        NewEntry {
+            actor: actor.to_owned(),
+            action: action.to_owned(),
+            target: target.to_owned(),
+            detail,
+        }
+    }
+}
+
+/// Appends `e` to the hash chain inside `tx` (which must hold the write lock: an `IMMEDIATE`
+/// transaction, or one that has written already), so a change and its audit entry commit
+/// together. Returns the new head.
+pub(super) fn append(
+    tx: &rusqlite::Transaction<'_>,
+    at: DateTime<Utc>,
+    e: &NewEntry,
+) -> Result<(u64, String), StoreError> {
+    let (last_seq, prev): (u64, String) = tx
+        .query_row(
+            "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )
+        .unwrap_or((0, GENESIS.to_owned()));
+    let seq = last_seq + 1;
+    let at = ts(at);
+    let detail = e.detail.to_string();
+    let hash = entry_hash(&prev, seq, &at, &e.actor, &e.action, &e.target, &detail);
+    tx.execute(
+        "INSERT INTO audit (seq, at, actor, action, target, detail, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        params![
+            seq as i64, at, e.actor, e.action, e.target, detail, prev, hash
+        ],
+    )?;
+    Ok((seq, hash))
+}
+
 impl Store {
     /// Appends an entry; returns the log's new head: its sequence number and hash.
-    pub fn audit(
-        &self,
-        at: DateTime<Utc>,
-        actor: &str,
-        action: &str,
-        target: &str,
-        detail: &serde_json::Value,
-    ) -> Result<(u64, String), StoreError> {
+    pub fn audit(&self, at: DateTime<Utc>, e: &NewEntry) -> Result<(u64, String), StoreError> {
         // The emergency path: written in the disk reserve when the disk is full.
         self.priority(|conn| {
             let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let (last_seq, prev): (u64, String) = tx
-                .query_row(
-                    "SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1",
-                    [],
-                    |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
-                )
-                .unwrap_or((0, GENESIS.to_owned()));
-            let seq = last_seq + 1;
-            let at = ts(at);
-            let detail = detail.to_string();
-            let hash = entry_hash(&prev, seq, &at, actor, action, target, &detail);
-            tx.execute(
-                "INSERT INTO audit (seq, at, actor, action, target, detail, prev_hash, hash)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                params![seq as i64, at, actor, action, target, detail, prev, hash],
-            )?;
+            let head = append(&tx, at, e)?;
             tx.commit()?;
-            Ok((seq, hash))
+            Ok(head)
         })
     }
 
@@ -174,10 +206,7 @@ mod tests {
         for i in 0..5 {
             s.audit(
                 Utc::now(),
-                "office",
-                "playlist.put",
-                &format!("p{i}"),
-                &json!({"i": i}),
+                &NewEntry::new("office", "playlist.put", &format!("p{i}"), json!({"i": i})),
             )
             .unwrap();
         }

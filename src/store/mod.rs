@@ -35,6 +35,9 @@ pub enum StoreError {
         "the data disk of {0} is full: what is left is kept for alerts and the audit ([server] disk_reserve_kib), so this write was refused; free space there (bulk writes resume by themselves)"
     )]
     DiskFull(String),
+    /// The store work's task ended without an answer (it panicked; the panic is logged).
+    #[error("store task failed: {0}")]
+    Task(String),
 }
 
 impl StoreError {
@@ -585,6 +588,18 @@ impl Store {
             read: None,
             reserve: None,
         })
+    }
+
+    /// Runs `f` on tokio's blocking pool: the one way async code reaches the store (SQLite
+    /// calls block; they never run on the async threads).
+    pub async fn call<T: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {

@@ -14,6 +14,7 @@ use serde::Serialize;
 
 use super::fleet::ts;
 use super::{Store, StoreError};
+use crate::domain::campaign::CampaignStatus;
 use crate::domain::delivery::{self, Report, State, Submit};
 
 /// A recipient row to insert with a new campaign.
@@ -60,8 +61,8 @@ pub struct CampaignRow {
     pub id: i64,
     /// Name.
     pub name: String,
-    /// `draft`, `scheduled`, `running`, `paused`, `done`, `cancelled` or `missed`.
-    pub status: String,
+    /// Where it stands.
+    pub status: CampaignStatus,
     /// The specification (texts, sender, gateways, quiet hours, cap) as JSON.
     pub spec: serde_json::Value,
     /// Planned start.
@@ -235,6 +236,18 @@ fn parse_state(s: &str) -> State {
     serde_json::from_value(serde_json::Value::String(s.to_owned())).unwrap_or(State::Unknown)
 }
 
+/// Column `i` as a campaign status; a name this build does not know is an error, not a guess.
+fn campaign_status(r: &Row<'_>, i: usize) -> rusqlite::Result<CampaignStatus> {
+    let s: String = r.get(i)?;
+    CampaignStatus::parse(&s).ok_or_else(|| {
+        rusqlite::Error::FromSqlConversionFailure(
+            i,
+            rusqlite::types::Type::Text,
+            format!("unknown campaign status {s:?}").into(),
+        )
+    })
+}
+
 fn campaign_of(conn: &Connection, id: i64) -> Result<Option<CampaignRow>, StoreError> {
     let row = conn
         .query_row(
@@ -247,7 +260,7 @@ fn campaign_of(conn: &Connection, id: i64) -> Result<Option<CampaignRow>, StoreE
                 Ok(CampaignRow {
                     id: r.get(0)?,
                     name: r.get(1)?,
-                    status: r.get(2)?,
+                    status: campaign_status(r, 2)?,
                     spec: serde_json::from_str(&spec).unwrap_or_default(),
                     start_at: r.get(4)?,
                     created_by: r.get(5)?,
@@ -288,7 +301,7 @@ fn campaign_of(conn: &Connection, id: i64) -> Result<Option<CampaignRow>, StoreE
 fn insert_campaign(
     conn: &rusqlite::Connection,
     c: &NewCampaign<'_>,
-    status: &str,
+    status: CampaignStatus,
     now: DateTime<Utc>,
 ) -> rusqlite::Result<i64> {
     conn.execute(
@@ -296,7 +309,7 @@ fn insert_campaign(
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         params![
             c.name,
-            status,
+            status.as_str(),
             c.spec.to_string(),
             c.start_at.map(ts),
             c.by,
@@ -433,7 +446,7 @@ impl Store {
         self.bulk_ok()?;
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
-        let id = insert_campaign(&tx, c, "draft", now)?;
+        let id = insert_campaign(&tx, c, CampaignStatus::Draft, now)?;
         insert_messages(&tx, id, now, messages)?;
         count_new(&tx, id)?;
         insert_rejects(&tx, id, rejects)?;
@@ -447,7 +460,12 @@ impl Store {
     /// delivery report never waits behind a large import.
     pub fn begin_import(&self, c: &NewCampaign<'_>, now: DateTime<Utc>) -> Result<i64, StoreError> {
         self.bulk_ok()?;
-        Ok(insert_campaign(&self.sms_conn(), c, "importing", now)?)
+        Ok(insert_campaign(
+            &self.sms_conn(),
+            c,
+            CampaignStatus::Importing,
+            now,
+        )?)
     }
 
     /// Adds messages (queued) and rejected rows to an importing campaign, in one transaction.
@@ -474,18 +492,39 @@ impl Store {
         Ok(())
     }
 
-    /// Ends an import: the campaign becomes a `draft` with its final spec and start.
+    /// Ends an import: the campaign gets its final spec, start and `status` (from
+    /// `importing`), and its audit entry, in one transaction. Returns the audit log's new head.
     pub fn finish_import(
         &self,
         id: i64,
         spec: &serde_json::Value,
         start_at: Option<DateTime<Utc>>,
-    ) -> Result<(), StoreError> {
-        self.sms_conn().execute(
-            "UPDATE campaigns SET status = 'draft', spec = ?2, start_at = ?3 WHERE id = ?1 AND status = 'importing'",
-            params![id, spec.to_string(), start_at.map(ts)],
+        status: CampaignStatus,
+        audit: &super::audit::NewEntry,
+        now: DateTime<Utc>,
+    ) -> Result<(u64, String), StoreError> {
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
+            "UPDATE campaigns SET status = ?2, spec = ?3, start_at = ?4,
+                 started_at = CASE WHEN ?2 = 'running' THEN ?5 ELSE started_at END
+             WHERE id = ?1 AND status = 'importing'",
+            params![
+                id,
+                status.as_str(),
+                spec.to_string(),
+                start_at.map(ts),
+                ts(now)
+            ],
         )?;
-        Ok(())
+        if changed == 0 {
+            return Err(StoreError::Task(format!(
+                "campaign {id} is no longer importing"
+            )));
+        }
+        let head = super::audit::append(&tx, now, audit)?;
+        tx.commit()?;
+        Ok(head)
     }
 
     /// Removes importing campaigns (`id`, or all of them after a restart) with their messages,
@@ -543,7 +582,7 @@ impl Store {
     pub fn fire_recurring(
         &self,
         template: i64,
-        status: &str,
+        status: CampaignStatus,
         label: &str,
         fired_at: DateTime<Utc>,
         next: Option<DateTime<Utc>>,
@@ -561,7 +600,7 @@ impl Store {
                     ?4, created_by, ?5, CASE WHEN ?2 = 'running' THEN ?5 END,
                     approved_by, approved_at
              FROM campaigns WHERE id = ?1",
-            params![template, status, label, ts(fired_at), now_s],
+            params![template, status.as_str(), label, ts(fired_at), now_s],
         )?;
         let id = tx.last_insert_rowid();
         tx.execute(
@@ -607,7 +646,7 @@ impl Store {
         &self,
         id: i64,
         by: &str,
-        to: &str,
+        to: CampaignStatus,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let conn = self.sms_conn();
@@ -616,7 +655,7 @@ impl Store {
             "UPDATE campaigns SET status = ?2, approved_by = ?3, approved_at = ?4,
                  started_at = CASE WHEN ?2 = 'running' THEN ?4 ELSE started_at END
              WHERE id = ?1 AND status = 'pending'",
-            params![id, to, by, now],
+            params![id, to.as_str(), by, now],
         )? > 0)
     }
 
@@ -637,13 +676,13 @@ impl Store {
     /// Campaigns in `status`: (id, spec).
     pub fn campaigns_in(
         &self,
-        status: &str,
+        status: CampaignStatus,
     ) -> Result<Vec<(i64, serde_json::Value, Option<String>)>, StoreError> {
         let conn = self.sms_conn();
         let mut stmt = conn.prepare_cached(
             "SELECT id, spec, start_at FROM campaigns WHERE status = ?1 ORDER BY id",
         )?;
-        let rows = stmt.query_map([status], |r| {
+        let rows = stmt.query_map([status.as_str()], |r| {
             let spec: String = r.get(1)?;
             Ok((
                 r.get(0)?,
@@ -660,8 +699,8 @@ impl Store {
     pub fn set_campaign_status(
         &self,
         id: i64,
-        from: &[&str],
-        to: &str,
+        from: &[CampaignStatus],
+        to: CampaignStatus,
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         let mut conn = self.sms_conn();
@@ -671,7 +710,7 @@ impl Store {
                 r.get(0)
             })
             .optional()?;
-        if !current.is_some_and(|c| from.contains(&c.as_str())) {
+        if !current.is_some_and(|c| from.iter().any(|f| f.as_str() == c)) {
             return Ok(false);
         }
         let now_s = ts(now);
@@ -681,9 +720,9 @@ impl Store {
                  finished_at = CASE WHEN ?2 IN ('done', 'cancelled') THEN ?3 ELSE finished_at END,
                  paused_reason = CASE WHEN ?2 = 'paused' THEN paused_reason ELSE NULL END
              WHERE id = ?1",
-            params![id, to, now_s],
+            params![id, to.as_str(), now_s],
         )?;
-        if to == "cancelled" {
+        if to == CampaignStatus::Cancelled {
             move_all(
                 &tx,
                 "UPDATE messages INDEXED BY messages_queued
@@ -1500,7 +1539,7 @@ mod tests {
         let id = store.create_campaign(&c, now(), &msgs, &[]).unwrap();
         assert!(
             store
-                .set_campaign_status(id, &["draft"], "running", now())
+                .set_campaign_status(id, &[CampaignStatus::Draft], CampaignStatus::Running, now())
                 .unwrap()
         );
         id
@@ -1798,7 +1837,7 @@ mod tests {
         // Importing: not startable, nothing claimed even if someone forced it running.
         assert!(
             !store
-                .set_campaign_status(id, &["draft"], "running", now())
+                .set_campaign_status(id, &[CampaignStatus::Draft], CampaignStatus::Running, now())
                 .unwrap()
         );
         assert!(claim(&store, id).is_none());
@@ -1817,11 +1856,35 @@ mod tests {
         // Finished: a draft like any other.
         let id = store.begin_import(&c, now()).unwrap();
         store.import_chunk(id, now(), &chunk(0), &[]).unwrap();
-        store.finish_import(id, &spec, None).unwrap();
+        let entry = super::super::audit::NewEntry::new(
+            "office",
+            "campaign.create",
+            &format!("campaign:{id}"),
+            serde_json::json!({}),
+        );
+        let (seq, _) = store
+            .finish_import(id, &spec, None, CampaignStatus::Draft, &entry, now())
+            .unwrap();
         assert_eq!(store.drop_importing(None).unwrap(), 0);
+        // Its status and its audit entry were written together; finishing twice writes neither.
+        let log = store.audit_entries(0, 10).unwrap();
+        assert_eq!(
+            (log.len(), log[0].seq, log[0].action.as_str()),
+            (1, seq, "campaign.create")
+        );
         assert!(
             store
-                .set_campaign_status(id, &["draft"], "running", now())
+                .finish_import(id, &spec, None, CampaignStatus::Running, &entry, now())
+                .is_err()
+        );
+        assert_eq!(store.audit_entries(0, 10).unwrap().len(), 1);
+        assert_eq!(
+            store.campaign(id).unwrap().unwrap().status,
+            CampaignStatus::Draft
+        );
+        assert!(
+            store
+                .set_campaign_status(id, &[CampaignStatus::Draft], CampaignStatus::Running, now())
                 .unwrap()
         );
         assert!(claim(&store, id).is_some());
@@ -1874,12 +1937,17 @@ mod tests {
         check("opt-out at claim");
         assert!(
             store
-                .set_campaign_status(c, &["running"], "cancelled", now())
+                .set_campaign_status(
+                    c,
+                    &[CampaignStatus::Running],
+                    CampaignStatus::Cancelled,
+                    now()
+                )
                 .unwrap()
         );
         check("cancel");
         let r = store
-            .fire_recurring(c, "running", "again", now(), None, now())
+            .fire_recurring(c, CampaignStatus::Running, "again", now(), None, now())
             .unwrap();
         check("recurring firing");
         let counts = store.campaign(r).unwrap().unwrap().counts;
@@ -1898,14 +1966,19 @@ mod tests {
         claim(&store, c).unwrap();
         assert!(
             store
-                .set_campaign_status(c, &["running"], "cancelled", now())
+                .set_campaign_status(
+                    c,
+                    &[CampaignStatus::Running],
+                    CampaignStatus::Cancelled,
+                    now()
+                )
                 .unwrap()
         );
         let counts = store.campaign(c).unwrap().unwrap().counts;
         assert_eq!((counts["cancelled"], counts["submitting"]), (2, 1));
         assert!(
             !store
-                .set_campaign_status(c, &["running"], "paused", now())
+                .set_campaign_status(c, &[CampaignStatus::Running], CampaignStatus::Paused, now())
                 .unwrap()
         );
     }

@@ -270,10 +270,12 @@ async fn playlists_edited_through_the_api_are_validated_written_audited() {
         store
             .audit(
                 chrono::Utc::now(),
-                "forger",
-                "playlist.put",
-                &format!("x{i}"),
-                &serde_json::json!({}),
+                &marquee::store::audit::NewEntry::new(
+                    "forger",
+                    "playlist.put",
+                    &format!("x{i}"),
+                    serde_json::json!({}),
+                ),
             )
             .unwrap();
     }

@@ -483,7 +483,12 @@ pub fn store(n: usize, batches: &[usize]) -> anyhow::Result<()> {
             alert: None,
         };
         let id = store.create_campaign(&c, now, &msgs, &[])?;
-        store.set_campaign_status(id, &["draft"], "running", now)?;
+        store.set_campaign_status(
+            id,
+            &[marquee::domain::campaign::CampaignStatus::Draft],
+            marquee::domain::campaign::CampaignStatus::Running,
+            now,
+        )?;
         let cpu0 = cpu_secs("self");
         let t0 = Instant::now();
         let (mut done, mut claims) = (0, 0);

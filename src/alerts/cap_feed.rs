@@ -11,7 +11,8 @@ use std::time::Duration;
 use quick_xml::events::Event;
 use tokio_util::sync::CancellationToken;
 
-use super::AppState;
+use crate::app::Ctx;
+use crate::metrics::Metrics;
 
 /// Most documents fetched from one feed read.
 const MAX_ENTRIES: usize = 50;
@@ -268,7 +269,13 @@ async fn fetch(
 /// minutes, or what `Retry-After` asks). An entry already applied (by its link and `<updated>`)
 /// is not fetched again; a document that is not CAP is never marked as seen, so it is tried
 /// again once the server answers properly.
-pub async fn run(state: Arc<AppState>, url: url::Url, every: Duration, cancel: CancellationToken) {
+pub async fn run(
+    state: Arc<Ctx>,
+    metrics: Metrics,
+    url: url::Url,
+    every: Duration,
+    cancel: CancellationToken,
+) {
     let client = match crate::http_client()
         .timeout(Duration::from_secs(30))
         .user_agent(user_agent(state.cfg.cap_contact.as_deref()))
@@ -284,7 +291,7 @@ pub async fn run(state: Arc<AppState>, url: url::Url, every: Duration, cancel: C
     let fail = |f: &Failure| {
         let mut l = feed_label.clone();
         l.push(("kind".to_owned(), f.kind.to_owned()));
-        state.metrics.cap_feed_errors.get_or_create(&l).inc();
+        metrics.cap_feed_errors.get_or_create(&l).inc();
     };
     let mut validators = Validators::default();
     // Entries (link + updated) and documents (CAP identity) already applied or refused as CAP.
@@ -318,8 +325,7 @@ pub async fn run(state: Arc<AppState>, url: url::Url, every: Duration, cancel: C
         wait = match outcome {
             Ok(()) => {
                 failures = 0;
-                state
-                    .metrics
+                metrics
                     .cap_feed_last_success
                     .get_or_create(&feed_label)
                     .set(chrono::Utc::now().timestamp());
@@ -343,7 +349,7 @@ pub async fn run(state: Arc<AppState>, url: url::Url, every: Duration, cancel: C
 
 /// One read of a feed: the feed (conditional), then each new entry's CAP document.
 async fn poll(
-    state: &AppState,
+    state: &Ctx,
     client: &reqwest::Client,
     url: &url::Url,
     validators: &mut Validators,
@@ -432,20 +438,20 @@ async fn poll(
             seen_entries.extend(entry_key);
             continue;
         }
-        match super::alerts::apply_cap(state, ACTOR, &doc).await {
-            Ok((_, v)) => {
-                tracing::info!(entry = %from, action = %v["action"], id = %v["id"], "CAP feed document applied");
+        match super::apply_cap(state, ACTOR, &doc).await {
+            Ok(v) => {
+                tracing::info!(entry = %from, action = v.action, id = v.id.as_deref().unwrap_or(""), "CAP feed document applied");
                 seen.insert(key);
                 seen_entries.extend(entry_key);
             }
-            Err(e) if e.status.is_client_error() => {
-                tracing::warn!(entry = %from, error = %e.message, "CAP feed document refused");
+            Err(e) if e.is_refusal() => {
+                tracing::warn!(entry = %from, error = %e, "CAP feed document refused");
                 seen.insert(key);
                 seen_entries.extend(entry_key);
             }
             Err(e) => {
                 incomplete = true;
-                tracing::error!(entry = %from, error = %e.message, "CAP feed document failed; trying again next poll");
+                tracing::error!(entry = %from, error = %e, "CAP feed document failed; trying again next poll");
             }
         }
     }
