@@ -345,11 +345,10 @@ async fn watch_reserve(store: Arc<Store>, metrics: Metrics, cancel: Cancellation
             _ = cancel.cancelled() => return,
             _ = every.tick() => {}
         }
-        let s = store.clone();
-        let (held, bulk) =
-            tokio::task::spawn_blocking(move || (s.refill_reserve(), s.bulk_ok().is_ok()))
-                .await
-                .unwrap_or((false, false));
+        let (held, bulk) = store
+            .call(|s| Ok((s.refill_reserve(), s.bulk_ok().is_ok())))
+            .await
+            .unwrap_or((false, false));
         metrics.disk_reserve_in_use.set(i64::from(!held));
         metrics.disk_bulk_refused.set(i64::from(!bulk));
     }

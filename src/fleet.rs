@@ -69,19 +69,10 @@ pub async fn run(
     } = rules;
     // Reports have a retention and a size cap: swept a minute after start, then hourly.
     tokio::spawn(sweep(store.clone(), retention, cancel.clone()));
-    let statuses = {
-        let store = store.clone();
-        tokio::task::spawn_blocking(move || store.status_marks())
-            .await
-            .ok()
-            .and_then(|r| {
-                r.map_err(
-                    |e| tracing::error!(error = %e, "cannot read the displays' last statuses"),
-                )
-                .ok()
-            })
-            .unwrap_or_default()
-    };
+    let statuses = store.call(|s| s.status_marks()).await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "cannot read the displays' last statuses");
+        Default::default()
+    });
     let mut intake = Intake {
         registry,
         metrics: metrics.clone(),
@@ -98,7 +89,6 @@ pub async fn run(
         if payload.is_empty() {
             continue;
         }
-        let store = store.clone();
         let res = match intake.read(&prefix, &topic, &payload) {
             Some(Report::Status(s, mark, conflict)) => {
                 agents_hold.report(s.held_max);
@@ -110,14 +100,15 @@ pub async fn run(
                 if let Some(ms) = skew.filter(|ms| ms.abs() > MAX_SKEW_MS) {
                     tracing::warn!(display = %s.display, skew_ms = ms, "display clock is off");
                 }
-                tokio::task::spawn_blocking(move || {
-                    store.record_status(&s, now, skew)?;
-                    if conflict {
-                        store.flag_conflict(&s.display, now)?;
-                    }
-                    store.set_status_mark(&s.display, &mark).map(|()| 0)
-                })
-                .await
+                store
+                    .call(move |store| {
+                        store.record_status(&s, now, skew)?;
+                        if conflict {
+                            store.flag_conflict(&s.display, now)?;
+                        }
+                        store.set_status_mark(&s.display, &mark).map(|()| 0)
+                    })
+                    .await
             }
             Some(Report::Events(b)) => {
                 let (display, upto, outbox) = (b.display, b.upto, b.outbox);
@@ -133,18 +124,17 @@ pub async fn run(
                     );
                     intake.dropped("foreign_id", foreign.len());
                 }
-                let res = tokio::task::spawn_blocking(move || {
-                    store
-                        .record_events(&display, &events, Utc::now())
-                        .map(|n| (n, display))
-                })
-                .await;
-                // Receipt only after the commit.
-                res.map(|r| {
-                    r.map(|(new, display)| {
-                        receipt(&receipts, &prefix, display, outbox, upto);
-                        new
+                let res = store
+                    .call(move |store| {
+                        store
+                            .record_events(&display, &events, Utc::now())
+                            .map(|n| (n, display))
                     })
+                    .await;
+                // Receipt only after the commit.
+                res.map(|(new, display)| {
+                    receipt(&receipts, &prefix, display, outbox, upto);
+                    new
                 })
             }
             Some(Report::Receipt(display, outbox, upto)) => {
@@ -154,16 +144,15 @@ pub async fn run(
             None => continue,
         };
         match res {
-            Ok(Ok(new)) => {
+            Ok(new) => {
                 metrics.events_ingested.inc_by(new as u64);
             }
             // A full disk is logged once by the store; batches go unacknowledged and agents
             // keep them for later.
-            Ok(Err(e)) if e.is_disk_full() => {
+            Err(e) if e.is_disk_full() => {
                 tracing::debug!(topic, error = %e, "agent report not stored")
             }
-            Ok(Err(e)) => tracing::error!(topic, error = %e, "cannot store an agent report"),
-            Err(e) => tracing::error!(topic, error = %e, "agent report task failed"),
+            Err(e) => tracing::error!(topic, error = %e, "cannot store an agent report"),
         };
     }
 }
@@ -179,19 +168,19 @@ async fn sweep(store: Arc<Store>, retention: crate::config::Retention, cancel: C
             _ = cancel.cancelled() => return,
             _ = every.tick() => {}
         }
-        let store = store.clone();
-        match tokio::task::spawn_blocking(move || store.sweep_reports(Utc::now(), &retention)).await
+        match store
+            .call(move |store| store.sweep_reports(Utc::now(), &retention))
+            .await
         {
-            Ok(Ok((0, 0))) => {}
-            Ok(Ok((plays, events))) => {
+            Ok((0, 0)) => {}
+            Ok((plays, events)) => {
                 tracing::info!(
                     plays,
                     events,
                     "deleted reports beyond the retention ([fleet])"
                 )
             }
-            Ok(Err(e)) => tracing::error!(error = %e, "cannot sweep old reports"),
-            Err(e) => tracing::error!(error = %e, "report sweep failed"),
+            Err(e) => tracing::error!(error = %e, "cannot sweep old reports"),
         }
     }
 }

@@ -346,9 +346,11 @@ impl Scheduler {
     }
 
     async fn record(&mut self, p: Published) -> anyhow::Result<()> {
-        let store = self.store.clone();
         let row = p.clone();
-        let stored = tokio::task::spawn_blocking(move || store.record_published(&row)).await??;
+        let stored = self
+            .store
+            .call(move |store| store.record_published(&row))
+            .await?;
         if !stored {
             anyhow::bail!(
                 "store refused version {} of {} (a newer one is stored: is another marquee using this data directory?)",

@@ -29,19 +29,20 @@ pub async fn healthz() -> Json<Value> {
 /// orchestrators, monitoring). `bulk_writes` says when a full data disk refuses the rest.
 #[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, description = "ready: the store takes an alert's writes and the broker is connected (bulk_writes: whether the rest is refused for a full disk)"), (status = 503, description = "not ready: what is wrong")))]
 pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
-    let store = s.store.clone();
     // Ready means an alert can be written and published. A full data disk refuses bulk
     // writes (reports, imports, SMS, playlist saves) and says so, but an instance that can
     // still take an alert stays in rotation: that is what the disk reserve is for.
-    let (store_ok, bulk) = tokio::task::spawn_blocking(move || {
-        let now = chrono::Utc::now();
-        (
-            store.emergency_probe(now).map_err(|e| e.to_string()),
-            store.bulk_ok().map_err(|e| e.to_string()),
-        )
-    })
-    .await
-    .unwrap_or_else(|e| (Err(e.to_string()), Err(e.to_string())));
+    let (store_ok, bulk) = s
+        .store
+        .call(move |store| {
+            let now = chrono::Utc::now();
+            Ok((
+                store.emergency_probe(now).map_err(|e| e.to_string()),
+                store.bulk_ok().map_err(|e| e.to_string()),
+            ))
+        })
+        .await
+        .unwrap_or_else(|e| (Err(e.to_string()), Err(e.to_string())));
     let broker = s.metrics.mqtt_connected.get() == 1;
     let ready = store_ok.is_ok() && broker;
     (
@@ -193,16 +194,6 @@ pub fn parse_length(s: &str) -> Result<chrono::Duration, String> {
         .ok_or_else(|| format!("bad length {s:?}: a duration like 2h or 90m, from 1m to 14days"))
 }
 
-/// Runs a store call on the blocking pool; failures become 500s (507 for a full disk).
-pub(crate) async fn blocking<T: Send + 'static>(
-    f: impl FnOnce() -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, ApiError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .map_err(ApiError::store)
-}
-
 /// A display with the timeline it should hold (its own if published, else its channel's).
 fn display_json(d: &DisplayRow, published: &[Published], prefix: &str) -> Value {
     let own = Topic::DisplayTimeline(d.id.clone()).render(prefix);
@@ -257,8 +248,10 @@ pub async fn list_displays(
     _: Viewer,
     State(s): State<Arc<AppState>>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = s.store.clone();
-    let (rows, published) = blocking(move || Ok((store.displays()?, store.published()?))).await?;
+    let (rows, published) = s
+        .store
+        .call(move |store| Ok((store.displays()?, store.published()?)))
+        .await?;
     let prefix = &s.cfg.mqtt.topic_prefix;
     let list: Vec<Value> = rows
         .iter()
@@ -274,9 +267,11 @@ pub async fn get_display(
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = s.store.clone();
     let key = id.clone();
-    let (row, published) = blocking(move || Ok((store.display(&key)?, store.published()?))).await?;
+    let (row, published) = s
+        .store
+        .call(move |store| Ok((store.display(&key)?, store.published()?)))
+        .await?;
     let row = row.ok_or_else(|| ApiError::not_found(format!("no display {id:?} has reported")))?;
     Ok(Json(display_json(
         &row,
@@ -308,8 +303,10 @@ pub async fn plays(
         return Err(ApiError::bad_field("from", "from must be before until"));
     }
     let display = q.get("display").filter(|d| !d.is_empty()).cloned();
-    let store = s.store.clone();
-    let rows = blocking(move || store.plays(display.as_deref(), from, until, MAX_PLAYS)).await?;
+    let rows = s
+        .store
+        .call(move |store| store.plays(display.as_deref(), from, until, MAX_PLAYS))
+        .await?;
     rows_or_csv(&headers, "plays", &rows, &PLAY_COLUMNS)
 }
 
@@ -371,9 +368,10 @@ pub async fn audit_log(
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000)
         .min(10_000);
-    let store = s.store.clone();
-    let (entries, verified) =
-        blocking(move || Ok((store.audit_entries(after, limit)?, store.verify_audit()?))).await?;
+    let (entries, verified) = s
+        .store
+        .call(move |store| Ok((store.audit_entries(after, limit)?, store.verify_audit()?)))
+        .await?;
     let chain = match verified {
         Ok(n) => json!({"intact": true, "entries": n}),
         Err(b) => json!({"intact": false, "broken_at": b.seq, "reason": b.reason}),

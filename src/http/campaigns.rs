@@ -15,7 +15,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use super::api::blocking;
 use super::auth::{Approver, Auth, Operator, Principal, Viewer};
 use super::error::ApiError;
 use super::{AppState, audit};
@@ -74,8 +73,7 @@ pub async fn approve(
 /// `GET /api/v1/campaigns`.
 #[utoipa::path(get, path = "/api/v1/campaigns", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "campaigns with counts per state"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn list(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let store = s.store.clone();
-    let rows = blocking(move || store.campaigns()).await?;
+    let rows = s.store.call(move |store| store.campaigns()).await?;
     Ok(Json(
         json!({"campaigns": rows.iter().map(campaign_json).collect::<Vec<_>>()}),
     ))
@@ -177,8 +175,10 @@ pub async fn messages(
             .ok_or_else(|| ApiError::bad_field("limit", "1 to 1000000"))?,
         None => 10_000,
     };
-    let store = s.store.clone();
-    let mut rows = blocking(move || store.messages(id, status.as_deref(), after, limit)).await?;
+    let mut rows = s
+        .store
+        .call(move |store| store.messages(id, status.as_deref(), after, limit))
+        .await?;
     if masked(&s, &who) {
         for r in &mut rows {
             r.recipient = crate::domain::phone::mask(&r.recipient);
@@ -311,8 +311,7 @@ pub async fn optouts(
     Auth(who): Viewer,
     State(s): State<Arc<AppState>>,
 ) -> Result<Json<Value>, ApiError> {
-    let store = s.store.clone();
-    let mut rows = blocking(move || store.optouts()).await?;
+    let mut rows = s.store.call(move |store| store.optouts()).await?;
     if masked(&s, &who) {
         for r in &mut rows {
             r.number = crate::domain::phone::mask(&r.number);
@@ -413,9 +412,11 @@ pub async fn add_optouts(
         json!({"numbers": numbers.len(), "reason": reason}),
     )
     .await?;
-    let store = s.store.clone();
     let (ns, by) = (numbers.clone(), who.0.name.clone());
-    let added = blocking(move || store.add_optouts(&ns, &reason, &by, Utc::now())).await?;
+    let added = s
+        .store
+        .call(move |store| store.add_optouts(&ns, &reason, &by, Utc::now()))
+        .await?;
     Ok(Json(
         json!({"added": added, "already": numbers.len() - added, "rejects": rejects}),
     ))
@@ -431,9 +432,8 @@ pub async fn remove_optout(
     let n = crate::domain::phone::normalize(&number, s.cfg.sms.default_region)
         .map_err(|e| ApiError::bad_field("number", e.to_string()))?;
     audit(&s, &who.0.name, "optout.remove", &n, json!({})).await?;
-    let store = s.store.clone();
     let n2 = n.clone();
-    if !blocking(move || store.remove_optout(&n2)).await? {
+    if !s.store.call(move |store| store.remove_optout(&n2)).await? {
         return Err(ApiError::not_found(format!(
             "{n} is not on the opt-out list"
         )));
@@ -471,8 +471,10 @@ pub async fn rejects(
 ) -> Result<Response, ApiError> {
     use axum::response::IntoResponse;
     let c = load(&s, id).await?;
-    let store = s.store.clone();
-    let mut rows = blocking(move || store.campaign_rejects(id)).await?;
+    let mut rows = s
+        .store
+        .call(move |store| store.campaign_rejects(id))
+        .await?;
     if masked(&s, &who) {
         for r in &mut rows {
             for cell in r.cells.iter_mut().filter(|c| **c == r.value) {

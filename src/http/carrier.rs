@@ -363,16 +363,11 @@ pub async fn mo(
             }
         };
         let optout = is_optout(&text, &s.cfg.sms.optout_keywords);
-        let (store, gw, n, t, r) = (
-            s.store.clone(),
-            g.name.clone(),
-            number.clone(),
-            text.clone(),
-            raw.clone(),
-        );
-        let joined =
-            super::api::blocking(move || store.record_reply(&gw, &n, &t, optout, &r, Utc::now()))
-                .await?;
+        let (gw, n, t, r) = (g.name.clone(), number.clone(), text.clone(), raw.clone());
+        let joined = s
+            .store
+            .call(move |store| store.record_reply(&gw, &n, &t, optout, &r, Utc::now()))
+            .await?;
         if joined {
             audit(
                 &s,

@@ -41,8 +41,9 @@ fn file_of(s: &AppState, id: &str) -> Result<std::path::PathBuf, ApiError> {
 
 /// 507 unless the store takes an ordinary write (see `Store::probe_write`).
 async fn store_takes_writes(s: &AppState) -> Result<(), ApiError> {
-    let store = s.store.clone();
-    super::api::blocking(move || store.probe_write(Utc::now())).await
+    Ok(s.store
+        .call(move |store| store.probe_write(Utc::now()))
+        .await?)
 }
 
 fn errors_response(errors: &[crate::domain::playlist::PlaylistError]) -> Response {
@@ -117,23 +118,20 @@ async fn propose(
     impact: serde_json::Value,
 ) -> Result<Response, ApiError> {
     let before = tokio::fs::read_to_string(path).await.ok();
-    let (store, pid, who, imp) = (
-        s.store.clone(),
-        id.to_owned(),
-        author.to_owned(),
-        impact.clone(),
-    );
-    let proposal = super::api::blocking(move || {
-        store.propose(
-            &pid,
-            body.as_deref(),
-            before.as_deref(),
-            &imp,
-            &who,
-            Utc::now(),
-        )
-    })
-    .await?;
+    let (pid, who, imp) = (id.to_owned(), author.to_owned(), impact.clone());
+    let proposal = s
+        .store
+        .call(move |store| {
+            store.propose(
+                &pid,
+                body.as_deref(),
+                before.as_deref(),
+                &imp,
+                &who,
+                Utc::now(),
+            )
+        })
+        .await?;
     super::audit(
         s,
         author,
@@ -158,9 +156,11 @@ pub async fn proposals(
     State(s): State<Arc<AppState>>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let store = s.store.clone();
     let status = q.get("status").cloned();
-    let list = super::api::blocking(move || store.proposals(status.as_deref())).await?;
+    let list = s
+        .store
+        .call(move |store| store.proposals(status.as_deref()))
+        .await?;
     Ok(Json(json!({"proposals": list})))
 }
 
@@ -187,8 +187,9 @@ pub async fn decide(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_field("body", e.to_string()))?
     };
-    let store = s.store.clone();
-    let p = super::api::blocking(move || store.proposal(pid))
+    let p = s
+        .store
+        .call(move |store| store.proposal(pid))
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no proposal {pid}")))?;
     if p.status != "pending" {
@@ -209,10 +210,11 @@ pub async fn decide(
     let decided = |status: &'static str, reason: Option<String>| {
         let (store, by) = (s.store.clone(), who.name.clone());
         async move {
-            let ok = super::api::blocking(move || {
-                store.decide_proposal(pid, status, &by, reason.as_deref(), Utc::now())
-            })
-            .await?;
+            let ok = store
+                .call(move |store| {
+                    store.decide_proposal(pid, status, &by, reason.as_deref(), Utc::now())
+                })
+                .await?;
             if !ok {
                 return Err(ApiError {
                     status: StatusCode::CONFLICT,

@@ -214,8 +214,7 @@ impl Dispatcher {
         &self,
         f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
     ) -> anyhow::Result<T> {
-        let store = self.store.clone();
-        Ok(tokio::task::spawn_blocking(move || f(&store)).await??)
+        Ok(self.store.call(f).await?)
     }
 
     /// Runs until `cancel`; then waits for submits in flight to be answered and stored.

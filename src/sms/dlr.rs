@@ -101,23 +101,16 @@ pub fn intake(
                 }
             }
             let (reports, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
-            let store = store.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                store.record_reports(&reports, chrono::Utc::now())
-            })
-            .await;
+            let result = store
+                .call(move |store| store.record_reports(&reports, chrono::Utc::now()))
+                .await;
             match result {
-                Ok(Ok(results)) => {
+                Ok(results) => {
                     for (reply, r) in replies.into_iter().zip(results) {
                         if r.is_some() {
                             metrics.sms_reports.inc();
                         }
                         let _ = reply.send(Ok(r));
-                    }
-                }
-                Ok(Err(e)) => {
-                    for reply in replies {
-                        let _ = reply.send(Err(e.to_string()));
                     }
                 }
                 Err(e) => {

@@ -74,17 +74,14 @@ impl Reconciler {
             None => now - chrono::Duration::from_std(EVERY / 2).unwrap_or_default(),
         };
         let names: Vec<String> = self.gateways.keys().cloned().collect();
-        let store = self.store.clone();
-        let list = match tokio::task::spawn_blocking(move || {
-            store.unknown_messages(campaign, &names, before, checked_before, PASS)
-        })
-        .await
+        let list = match self
+            .store
+            .call(move |store| {
+                store.unknown_messages(campaign, &names, before, checked_before, PASS)
+            })
+            .await
         {
-            Ok(Ok(l)) => l,
-            Ok(Err(e)) => {
-                out.errors.push(e.to_string());
-                return out;
-            }
+            Ok(l) => l,
             Err(e) => {
                 out.errors.push(e.to_string());
                 return out;
@@ -103,30 +100,30 @@ impl Reconciler {
                         out.errors.push(format!("message {}: {e}", m.id));
                     }
                     // Looked up (and failed): the next ones get their turn first.
-                    let store = self.store.clone();
-                    let _ =
-                        tokio::task::spawn_blocking(move || store.mark_checked(m.id, Utc::now()))
-                            .await;
+                    let _ = self
+                        .store
+                        .call(move |store| store.mark_checked(m.id, Utc::now()))
+                        .await;
                     continue;
                 }
             };
-            let store = self.store.clone();
-            let stored = tokio::task::spawn_blocking(move || match found {
-                // Found: sent (never resent), and its outcome when the provider knows it.
-                Some(f) => store.resolve_unknown(
-                    &m,
-                    f.carrier_id.as_deref(),
-                    &f.code,
-                    f.report,
-                    Utc::now(),
-                ),
-                None => store.mark_checked(m.id, Utc::now()).map(|()| false),
-            })
-            .await;
+            let stored = self
+                .store
+                .call(move |store| match found {
+                    // Found: sent (never resent), and its outcome when the provider knows it.
+                    Some(f) => store.resolve_unknown(
+                        &m,
+                        f.carrier_id.as_deref(),
+                        &f.code,
+                        f.report,
+                        Utc::now(),
+                    ),
+                    None => store.mark_checked(m.id, Utc::now()).map(|()| false),
+                })
+                .await;
             match stored {
-                Ok(Ok(true)) => out.resolved += 1,
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => out.errors.push(e.to_string()),
+                Ok(true) => out.resolved += 1,
+                Ok(false) => {}
                 Err(e) => out.errors.push(e.to_string()),
             }
         }

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::fleet::ts;
+use super::ts;
 use super::{Store, StoreError};
 
 pub use crate::domain::campaign::AlertStatus;

@@ -7,7 +7,7 @@ use rusqlite::params;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::fleet::ts;
+use super::ts;
 use super::{Store, StoreError};
 
 /// The hash before the first entry.

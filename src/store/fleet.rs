@@ -5,13 +5,8 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
-use super::{Store, StoreError};
+use super::{Store, StoreError, ts};
 use crate::wire::agent::{Event, EventKind, Status};
-
-/// Fixed-width UTC times, so that text order is time order.
-pub fn ts(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
 
 /// A display as the daemon knows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -53,6 +53,12 @@ impl StoreError {
     }
 }
 
+/// Fixed-width UTC times (RFC 3339, milliseconds, `Z`), so that text order is time order: the
+/// one way every store module writes a time.
+pub fn ts(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
 const MIGRATIONS: &[&str] = &[
     // 1: what was last published on each retained topic. Versions only grow, across restarts.
     "CREATE TABLE published (

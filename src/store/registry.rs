@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use rusqlite::params;
 use serde::Serialize;
 
-use super::fleet::ts;
+use super::ts;
 use super::{Store, StoreError};
 
 /// A registered display.

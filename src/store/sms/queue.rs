@@ -1,0 +1,429 @@
+//! The message queue: claiming due messages (`queued → submitting`, on disk before a request
+//! leaves), storing the gateways' answers through [`crate::domain::delivery`], recovery after a
+//! crash (`submitting → unknown`, never resent by itself), requeueing unknowns, and reading
+//! messages.
+
+use chrono::{DateTime, Utc};
+use rusqlite::{OptionalExtension, Transaction, params};
+
+use super::super::{Store, StoreError, ts};
+use super::reports::report_from;
+use super::{Claimed, Finish, MESSAGE_COLS, MessageRow, Tally, message_row, move_all, parse_state};
+use crate::domain::delivery::{self, Report, State, Submit};
+
+impl Store {
+    /// After a crash or restart: every message caught mid-submit becomes `unknown`.
+    pub fn recover_submitting(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let to = delivery::on_recovery(State::Submitting);
+        let n = move_all(
+            &tx,
+            "UPDATE messages INDEXED BY messages_submitting
+             SET state = ?1, reason = 'the daemon stopped before the gateway answered', updated_at = ?2
+             WHERE state = 'submitting' RETURNING campaign, parts",
+            params![to.as_str(), ts(now)],
+            State::Submitting,
+            to,
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Claims up to `max` due messages of `campaign` for `gateway` in one transaction (one disk
+    /// sync for the batch): `queued → submitting`, committed before this returns. Nothing is
+    /// claimed unless the campaign is `running`, so a pause or cancel holds from the moment it
+    /// is committed. Opted-out numbers are cancelled on the way; numbers over the daily cap wait
+    /// (`not_before`). `answers` (submit answers not yet stored) go into the same transaction,
+    /// before the claim. While the disk reserve is in use nothing is claimed.
+    pub fn claim_batch(
+        &self,
+        campaign: i64,
+        gateway: &str,
+        daily_cap: Option<u32>,
+        now: DateTime<Utc>,
+        max: usize,
+        answers: &[Finish],
+    ) -> Result<Vec<Claimed>, StoreError> {
+        // A (nearly) full disk: answers are still stored, nothing new is claimed (what is
+        // sent must have room for its reports and replies).
+        let max = if self.bulk_ok().is_err() { 0 } else { max };
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let mut tally = Tally::default();
+        finish_in(&tx, answers, now, &mut tally)?;
+        let now_s = ts(now);
+        let mut claimed = Vec::new();
+        let day_ago = ts(now - chrono::Duration::days(1));
+        let mut select = tx.prepare_cached(
+            "SELECT m.id, m.recipient, m.text, m.parts, m.attempts,
+                    EXISTS (SELECT 1 FROM optouts o WHERE o.number = m.recipient), m.params
+             FROM messages m INDEXED BY messages_queued
+             WHERE m.campaign = ?1 AND m.state = 'queued'
+               AND (m.not_before IS NULL OR m.not_before <= ?2)
+               AND (SELECT status FROM campaigns WHERE id = ?1) = 'running'
+             ORDER BY m.id LIMIT ?3",
+        )?;
+        let mut sent_today = tx.prepare_cached(
+            "SELECT COUNT(*), MIN(submitted_at) FROM messages
+             WHERE recipient = ?1 AND submitted_at > ?2 AND id != ?3",
+        )?;
+        let mut hold = tx.prepare_cached(
+            "UPDATE messages SET not_before = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
+        )?;
+        let mut take = tx.prepare_cached(
+            "UPDATE messages SET state = 'submitting', gateway = ?2, attempts = attempts + 1,
+                 submitted_at = ?3, updated_at = ?3, not_before = NULL
+             WHERE id = ?1",
+        )?;
+        let mut cancel = tx.prepare_cached(
+            "UPDATE messages SET state = 'cancelled', reason = 'opted out (checked at send time)',
+                 updated_at = ?2
+             WHERE id = ?1",
+        )?;
+        while claimed.len() < max {
+            let want = (max - claimed.len()) as i64;
+            let candidates: Vec<(Claimed, bool)> = select
+                .query_map(params![campaign, now_s, want], |r| {
+                    Ok((
+                        Claimed {
+                            id: r.get(0)?,
+                            campaign,
+                            recipient: r.get(1)?,
+                            text: r.get(2)?,
+                            parts: r.get::<_, i64>(3)? as usize,
+                            attempts: r.get::<_, i64>(4)? + 1,
+                            params: r.get(6)?,
+                        },
+                        r.get::<_, bool>(5)?,
+                    ))
+                })?
+                .collect::<Result<_, _>>()?;
+            if candidates.is_empty() {
+                break;
+            }
+            for (m, opted_out) in candidates {
+                if opted_out {
+                    cancel.execute(params![m.id, now_s])?;
+                    tally.moved(campaign, m.parts as i64, State::Queued, State::Cancelled);
+                    continue;
+                }
+                if let Some(cap) = daily_cap {
+                    let (sent, oldest): (i64, Option<String>) = sent_today
+                        .query_row(params![m.recipient, day_ago, m.id], |r| {
+                            Ok((r.get(0)?, r.get(1)?))
+                        })?;
+                    if sent >= i64::from(cap) {
+                        let until = oldest
+                            .and_then(|o| DateTime::parse_from_rfc3339(&o).ok())
+                            .map(|o| o.with_timezone(&Utc) + chrono::Duration::days(1))
+                            .unwrap_or(now + chrono::Duration::days(1));
+                        hold.execute(params![
+                            m.id,
+                            ts(until),
+                            format!("daily cap of {cap} reached for this number"),
+                            now_s
+                        ])?;
+                        continue;
+                    }
+                }
+                take.execute(params![m.id, gateway, now_s])?;
+                tally.moved(campaign, m.parts as i64, State::Queued, State::Submitting);
+                claimed.push(m);
+            }
+        }
+        drop((select, sent_today, hold, take, cancel));
+        tally.write(&tx)?;
+        tx.commit()?;
+        Ok(claimed)
+    }
+
+    /// Holds every queued message of `campaign` until `until` (quiet hours), with `reason`.
+    pub fn defer_campaign(
+        &self,
+        campaign: i64,
+        until: DateTime<Utc>,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<usize, StoreError> {
+        let conn = self.sms_conn();
+        Ok(conn.execute(
+            "UPDATE messages INDEXED BY messages_queued SET not_before = ?2, reason = ?3, updated_at = ?4
+             WHERE campaign = ?1 AND state = 'queued' AND (not_before IS NULL OR not_before < ?2)",
+            params![campaign, ts(until), reason, ts(now)],
+        )?)
+    }
+
+    /// Stores the gateway's answer to a submit. A transient failure requeues the message with
+    /// `retry_at`. Returns the new state.
+    pub fn finish_submit(
+        &self,
+        m: &Claimed,
+        answer: &Submit,
+        carrier_id: Option<&str>,
+        reason: Option<&str>,
+        retry_at: Option<DateTime<Utc>>,
+        now: DateTime<Utc>,
+    ) -> Result<State, StoreError> {
+        let f = Finish {
+            id: m.id,
+            campaign: m.campaign,
+            parts: m.parts,
+            answer: answer.clone(),
+            carrier_id: carrier_id.map(str::to_owned),
+            reason: reason.map(str::to_owned),
+            retry_at,
+            delivered_by: None,
+        };
+        Ok(self
+            .finish_submits(std::slice::from_ref(&f), now)?
+            .pop()
+            .unwrap_or(State::Unknown))
+    }
+
+    /// Stores many submit answers in one transaction; returns each message's new state.
+    /// `delivered_by` (dry-run gateways) also records a delivered report.
+    pub fn finish_submits(
+        &self,
+        items: &[Finish],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<State>, StoreError> {
+        let mut conn = self.sms_conn();
+        // Answers need no disk sync of their own. One lost to a power cut leaves its message
+        // `submitting`, which becomes `unknown` on restart and is never resent; the next claim's
+        // sync (WAL: in order) makes it durable with everything before it. A killed process
+        // loses nothing either way.
+        let relaxed = self.sms.is_some();
+        if relaxed {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        let out = (|| {
+            let tx = conn.transaction()?;
+            let mut tally = Tally::default();
+            let out = finish_in(&tx, items, now, &mut tally)?;
+            tally.write(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        if relaxed {
+            conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        out
+    }
+}
+
+/// Stores submit answers within `tx`; returns each message's new state.
+pub(super) fn finish_in(
+    tx: &Transaction<'_>,
+    items: &[Finish],
+    now: DateTime<Utc>,
+    tally: &mut Tally,
+) -> Result<Vec<State>, StoreError> {
+    let now_s = ts(now);
+    let mut out = Vec::with_capacity(items.len());
+    let mut get = tx.prepare_cached("SELECT state, campaign, parts FROM messages WHERE id = ?1")?;
+    // Writes `next` if the message is in state `?7` (any state when `?7` is NULL); returns
+    // whether it did.
+    let mut set = tx.prepare_cached(
+        "UPDATE messages SET state = ?2, carrier_id = COALESCE(?3, carrier_id),
+             reason = CASE WHEN ?4 IS NULL THEN reason ELSE ?4 END,
+             not_before = ?5, updated_at = ?6
+         WHERE id = ?1 AND (?7 IS NULL OR state = ?7)",
+    )?;
+    // (Not `RETURNING campaign, parts`: SQLite runs it as a trigger, with a statement journal,
+    // which doubled the cost of this statement.)
+    let mut write = |f: &Finish, next: State, only_if: Option<State>| {
+        set.execute(params![
+            f.id,
+            next.as_str(),
+            f.carrier_id,
+            f.reason,
+            f.retry_at.map(ts),
+            now_s,
+            only_if.map(State::as_str)
+        ])
+        .map(|changed| changed == 1)
+    };
+    let mut dlr = tx.prepare_cached(
+        "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, '', ?4)",
+    )?;
+    // A provider's block list: the number joins ours, with the provider's words as the reason.
+    let mut opt_out = tx.prepare_cached(
+        "INSERT OR IGNORE INTO optouts (number, reason, added_by, added_at)
+         SELECT recipient, ?2, 'gateway', ?3 FROM messages WHERE id = ?1",
+    )?;
+    // A campaign the provider refuses as configured: paused, with why, before the list burns.
+    let mut pause = tx.prepare_cached(
+        "UPDATE campaigns SET status = 'paused', paused_reason = ?2 WHERE id = ?1 AND status = 'running'",
+    )?;
+    // Reports that came before the answer that names their message (early reports).
+    let mut early = tx.prepare_cached(
+        "SELECT o.id, o.report, o.code, o.raw, o.gateway FROM orphan_reports o JOIN messages m
+             ON m.id = ?1 AND o.carrier_id = m.carrier_id AND o.gateway = m.gateway
+         WHERE m.carrier_id IS NOT NULL",
+    )?;
+    let mut adopt = tx.prepare_cached(
+        "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut forget = tx.prepare_cached("DELETE FROM orphan_reports WHERE id = ?1")?;
+    // Not a try: a deferral, a paused campaign or a gateway out of rotation does not use up
+    // the message's attempts.
+    let mut untry =
+        tx.prepare_cached("UPDATE messages SET attempts = MAX(attempts - 1, 0) WHERE id = ?1")?;
+    let mut apply = tx.prepare_cached(
+        "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
+    )?;
+    let mut state_of =
+        tx.prepare_cached("SELECT state, campaign, parts FROM messages WHERE id = ?1")?;
+    for f in items {
+        if matches!(f.answer, Submit::Defer | Submit::Config | Submit::Account) {
+            untry.execute([f.id])?;
+        }
+        match f.answer {
+            Submit::OptedOut => {
+                opt_out.execute(params![
+                    f.id,
+                    f.reason.as_deref().unwrap_or("provider block list"),
+                    now_s
+                ])?;
+            }
+            Submit::Config => {
+                pause.execute(params![f.campaign, f.reason])?;
+            }
+            _ => {}
+        }
+        // The usual case: the message is still `submitting`, so its next state is known
+        // without reading it first.
+        if f.delivered_by.is_none() {
+            let next = delivery::on_submit(State::Submitting, &f.answer);
+            if write(f, next, Some(State::Submitting))? {
+                tally.moved(f.campaign, f.parts as i64, State::Submitting, next);
+                out.push(next);
+                continue;
+            }
+        }
+        let current: Option<(String, i64, i64)> = get
+            .query_row([f.id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((current, campaign, parts)) = current else {
+            out.push(State::Unknown);
+            continue;
+        };
+        let current = parse_state(&current);
+        let mut next = delivery::on_submit(current, &f.answer);
+        if let Some(gw) = &f.delivered_by
+            && next == State::Sent
+        {
+            dlr.execute(params![f.id, gw, "dry-run", now_s])?;
+            next = delivery::on_report(next, Report::Delivered);
+        }
+        write(f, next, None)?;
+        tally.moved(campaign, parts, current, next);
+        out.push(next);
+    }
+    for f in items.iter().filter(|f| f.carrier_id.is_some()) {
+        let found: Vec<(i64, Option<String>, String, String, String)> = early
+            .query_map([f.id], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })?
+            .collect::<Result<_, _>>()?;
+        for (orphan, report, code, raw, gateway) in found {
+            adopt.execute(params![f.id, gateway, code, raw, now_s])?;
+            forget.execute([orphan])?;
+            let Some(report) = report.as_deref().and_then(report_from) else {
+                continue;
+            };
+            let Some((current, campaign, parts)) = state_of
+                .query_row([f.id], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, i64>(2)?,
+                    ))
+                })
+                .optional()?
+            else {
+                continue;
+            };
+            let current = parse_state(&current);
+            let next = delivery::on_report(current, report);
+            if next != current {
+                apply.execute(params![
+                    f.id,
+                    next.as_str(),
+                    (!matches!(report, Report::Delivered | Report::Progress))
+                        .then(|| format!("delivery report {code}")),
+                    now_s
+                ])?;
+                tally.moved(campaign, parts, current, next);
+            }
+        }
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// An operator requeues the `unknown` messages of a campaign (accepting possible
+    /// duplicates). Returns how many.
+    pub fn requeue_unknown(&self, campaign: i64, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let to = delivery::requeue(State::Unknown);
+        let n = move_all(
+            &tx,
+            "UPDATE messages SET state = ?2, reason = 'requeued by an operator', not_before = NULL, updated_at = ?3
+             WHERE campaign = ?1 AND state = 'unknown' RETURNING campaign, parts",
+            params![campaign, to.as_str(), ts(now)],
+            State::Unknown,
+            to,
+        )?;
+        tx.commit()?;
+        Ok(n)
+    }
+
+    /// Messages still to send or awaiting a submit answer, and the earliest `not_before` of
+    /// the queued ones.
+    pub fn pending(&self, campaign: i64) -> Result<(i64, i64, Option<String>), StoreError> {
+        let conn = self.sms_conn();
+        Ok(conn.query_row(
+            "SELECT (SELECT COALESCE(SUM(n), 0) FROM message_counts
+                     WHERE campaign = ?1 AND state = 'queued'),
+                    (SELECT COALESCE(SUM(n), 0) FROM message_counts
+                     WHERE campaign = ?1 AND state = 'submitting'),
+                    (SELECT MIN(not_before) FROM messages INDEXED BY messages_queued
+                     WHERE campaign = ?1 AND state = 'queued')",
+            [campaign],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?)
+    }
+
+    /// Messages of a campaign, optionally in one state, after id `after`, at most `limit`.
+    pub fn messages(
+        &self,
+        campaign: i64,
+        state: Option<&str>,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<MessageRow>, StoreError> {
+        let conn = self.read_conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {MESSAGE_COLS} FROM messages
+             WHERE campaign = ?1 AND (?2 IS NULL OR state = ?2) AND id > ?3
+             ORDER BY id LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(params![campaign, state, after, limit as i64], message_row)?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// One message.
+    pub fn message(&self, id: i64) -> Result<Option<MessageRow>, StoreError> {
+        let conn = self.read_conn();
+        Ok(conn
+            .query_row(
+                &format!("SELECT {MESSAGE_COLS} FROM messages WHERE id = ?1"),
+                [id],
+                message_row,
+            )
+            .optional()?)
+    }
+}

@@ -1,0 +1,475 @@
+//! The SMS store's rules, each on a real (in-memory) database.
+
+use chrono::{DateTime, Utc};
+
+use super::super::Store;
+use super::*;
+
+fn now() -> DateTime<Utc> {
+    "2026-11-28T10:00:00Z".parse().unwrap()
+}
+
+fn campaign(store: &Store, n: usize) -> i64 {
+    let msgs: Vec<NewMessage> = (0..n)
+        .map(|i| NewMessage {
+            row: i + 1,
+            recipient: 8613800138000 + i as u64,
+            text: format!("hello {i}").into(),
+            parts: 1,
+            params: None,
+        })
+        .collect();
+    let spec = serde_json::json!({});
+    let c = NewCampaign {
+        name: "t",
+        spec: &spec,
+        start_at: None,
+        by: "op",
+        alert: None,
+    };
+    let id = store.create_campaign(&c, now(), &msgs, &[]).unwrap();
+    assert!(
+        store
+            .set_campaign_status(id, &[CampaignStatus::Draft], CampaignStatus::Running, now())
+            .unwrap()
+    );
+    id
+}
+
+fn claim(store: &Store, c: i64) -> Option<Claimed> {
+    store
+        .claim_batch(c, "gw", None, now(), 1, &[])
+        .unwrap()
+        .pop()
+}
+
+#[test]
+fn claims_in_order_and_each_once() {
+    let store = Store::memory().unwrap();
+    let c = campaign(&store, 3);
+    let ids: Vec<i64> = std::iter::from_fn(|| claim(&store, c).map(|m| m.id)).collect();
+    assert_eq!(ids.len(), 3);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(store.campaign(c).unwrap().unwrap().counts["submitting"], 3);
+}
+
+#[test]
+fn a_claim_stores_the_answers_it_is_given_first() {
+    let store = Store::memory().unwrap();
+    let c = campaign(&store, 3);
+    let first = store.claim_batch(c, "gw", None, now(), 2, &[]).unwrap();
+    let answer = |id, answer, retry_at| Finish {
+        id,
+        campaign: c,
+        parts: 1,
+        answer,
+        carrier_id: Some(format!("c{id}")),
+        reason: None,
+        retry_at,
+        delivered_by: None,
+    };
+    // One accepted, one to retry later: the retry is not claimed again at once.
+    let answers = [
+        answer(first[0].id, Submit::Accepted, None),
+        answer(
+            first[1].id,
+            Submit::Transient,
+            Some(now() + chrono::Duration::minutes(1)),
+        ),
+    ];
+    let next = store
+        .claim_batch(c, "gw", None, now(), 3, &answers)
+        .unwrap();
+    assert_eq!(next.len(), 1);
+    assert!(next[0].id > first[1].id);
+    let counts = store.campaign(c).unwrap().unwrap().counts;
+    assert_eq!(
+        (counts["sent"], counts["queued"], counts["submitting"]),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        store
+            .message(first[0].id)
+            .unwrap()
+            .unwrap()
+            .carrier_id
+            .as_deref(),
+        Some(format!("c{}", first[0].id).as_str())
+    );
+}
+
+#[test]
+fn recovery_turns_submitting_into_unknown_and_unknown_is_never_claimed() {
+    let store = Store::memory().unwrap();
+    let c = campaign(&store, 2);
+    claim(&store, c).unwrap();
+    assert_eq!(store.recover_submitting(now()).unwrap(), 1);
+    let second = claim(&store, c).unwrap();
+    assert!(claim(&store, c).is_none(), "the unknown one is not resent");
+    store
+        .finish_submit(&second, &Submit::Accepted, Some("x"), None, None, now())
+        .unwrap();
+    let counts = store.campaign(c).unwrap().unwrap().counts;
+    assert_eq!((counts["unknown"], counts["sent"]), (1, 1));
+    assert_eq!(store.requeue_unknown(c, now()).unwrap(), 1);
+    assert!(claim(&store, c).is_some());
+}
+
+#[test]
+fn early_final_report_survives_the_late_submit_answer() {
+    let store = Store::memory().unwrap();
+    let c = campaign(&store, 1);
+    let m = claim(&store, c).unwrap();
+    let (from, to) = store
+        .record_report(m.id, "gw", Some(Report::Delivered), "1", "type=1", now())
+        .unwrap()
+        .unwrap();
+    assert_eq!((from, to), (State::Submitting, State::Delivered));
+    let after = store
+        .finish_submit(&m, &Submit::Accepted, Some("abc"), None, None, now())
+        .unwrap();
+    assert_eq!(after, State::Delivered);
+    // A later "buffered" report does not move it back either.
+    store
+        .record_report(m.id, "gw", Some(Report::Progress), "4", "type=4", now())
+        .unwrap();
+    assert_eq!(store.message(m.id).unwrap().unwrap().state, "delivered");
+    assert_eq!(store.reports(m.id).unwrap().len(), 2);
+    // A report naming another gateway is not ours.
+    assert!(
+        store
+            .record_report(m.id, "other", Some(Report::Delivered), "1", "", now())
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn a_report_by_carrier_id_before_the_answer_is_applied_when_the_answer_names_it() {
+    let store = Store::memory().unwrap();
+    let c = campaign(&store, 2);
+    let (a, b) = (claim(&store, c).unwrap(), claim(&store, c).unwrap());
+    let early = |sid: &str, report| ReportIn {
+        id: 0,
+        carrier_id: Some(sid.into()),
+        gateway: "gw".into(),
+        report: Some(report),
+        code: "SUCCESS DELIVRD".into(),
+        raw: format!("{{\"sid\":\"{sid}\"}}"),
+    };
+    // Pushed before the submit answer is stored: kept, not lost.
+    let r = store
+        .record_reports(
+            &[
+                early("S-1", Report::Delivered),
+                early("S-2", Report::Undelivered),
+            ],
+            now(),
+        )
+        .unwrap();
+    assert_eq!(r, [None, None]);
+    let finish = |m: &Claimed, sid: &str| Finish {
+        id: m.id,
+        campaign: m.campaign,
+        parts: m.parts,
+        answer: Submit::Accepted,
+        carrier_id: Some(sid.into()),
+        reason: None,
+        retry_at: None,
+        delivered_by: None,
+    };
+    store
+        .finish_submits(&[finish(&a, "S-1"), finish(&b, "S-2")], now())
+        .unwrap();
+    assert_eq!(store.message(a.id).unwrap().unwrap().state, "delivered");
+    assert_eq!(store.message(b.id).unwrap().unwrap().state, "failed");
+    assert_eq!(store.reports(a.id).unwrap().len(), 1);
+    let counts = store.campaign(c).unwrap().unwrap().counts;
+    assert_eq!(
+        (counts.get("delivered"), counts.get("failed")),
+        (Some(&1), Some(&1))
+    );
+    // The same report pushed again changes nothing and is stored once.
+    let again = store
+        .record_reports(&[early("S-1", Report::Delivered)], now())
+        .unwrap();
+    assert_eq!(again, [Some((State::Delivered, State::Delivered))]);
+    assert_eq!(store.reports(a.id).unwrap().len(), 1);
+}
+
+#[test]
+fn reconciliation_resolves_only_what_is_still_unknown() {
+    let store = Store::memory().unwrap();
+    let c = campaign(&store, 2);
+    claim(&store, c).unwrap();
+    claim(&store, c).unwrap();
+    assert_eq!(store.recover_submitting(now()).unwrap(), 2);
+    let gws = vec!["gw".to_string()];
+    let later = now() + chrono::Duration::hours(1);
+    let unknown = store
+        .unknown_messages(Some(c), &gws, later, later, 10)
+        .unwrap();
+    assert_eq!(unknown.len(), 2);
+    // An operator requeues them meanwhile: nothing is resolved (it goes again).
+    store.requeue_unknown(c, now()).unwrap();
+    assert!(
+        !store
+            .resolve_unknown(&unknown[0], Some("S-9"), "SUCCESS", None, now())
+            .unwrap()
+    );
+    assert_eq!(
+        store.message(unknown[0].id).unwrap().unwrap().state,
+        "queued"
+    );
+    // Another gateway's unknowns are not listed for this one.
+    assert!(
+        store
+            .unknown_messages(Some(c), &["other".to_string()], later, later, 10)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[test]
+fn opted_out_numbers_are_skipped_at_claim_time() {
+    let store = Store::memory().unwrap();
+    let c = campaign(&store, 2);
+    store
+        .add_optouts(&["+8613800138000".into()], "TD", "op", now())
+        .unwrap();
+    let m = claim(&store, c).unwrap();
+    assert_eq!(m.recipient, "+8613800138001");
+    let first = store.messages(c, Some("cancelled"), 0, 10).unwrap();
+    assert_eq!(first.len(), 1);
+    assert!(first[0].reason.as_deref().unwrap().contains("opted out"));
+}
+
+#[test]
+fn daily_cap_defers_the_extra_message() {
+    let store = Store::memory().unwrap();
+    let a = campaign(&store, 1);
+    let b = campaign(&store, 1);
+    assert_eq!(
+        store
+            .claim_batch(a, "gw", Some(1), now(), 1, &[])
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(
+        store
+            .claim_batch(b, "gw", Some(1), now(), 1, &[])
+            .unwrap()
+            .is_empty()
+    );
+    let held = store.messages(b, Some("queued"), 0, 1).unwrap();
+    assert_eq!(
+        held[0].not_before.as_deref(),
+        Some("2026-11-29T10:00:00.000Z")
+    );
+}
+
+/// (campaign, state, messages, parts) rows.
+type Counts = Vec<(i64, String, i64, i64)>;
+
+/// The kept counts of every campaign, and the same counted from the messages.
+fn counts_kept_and_counted(store: &Store) -> (Counts, Counts) {
+    let conn = store.conn();
+    let rows = |sql: &str| -> Counts {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    };
+    (
+        rows("SELECT campaign, state, n, parts FROM message_counts WHERE n > 0 ORDER BY 1, 2"),
+        rows(
+            "SELECT campaign, state, COUNT(*), SUM(parts) FROM messages
+             GROUP BY campaign, state ORDER BY 1, 2",
+        ),
+    )
+}
+
+#[test]
+fn an_import_in_chunks_is_never_sent_until_finished_and_a_cut_off_one_is_removed() {
+    let store = Store::memory().unwrap();
+    let spec = serde_json::json!({});
+    let c = NewCampaign {
+        name: "big",
+        spec: &spec,
+        start_at: None,
+        by: "op",
+        alert: None,
+    };
+    let chunk = |from: usize| -> Vec<NewMessage> {
+        (from..from + 3)
+            .map(|i| NewMessage {
+                row: i + 1,
+                recipient: 8613800138000 + i as u64,
+                text: "hi".into(),
+                parts: 2,
+                params: None,
+            })
+            .collect()
+    };
+    let reject = crate::sms::campaign::Reject {
+        row: 7,
+        value: "12".into(),
+        reason: "not a valid number".into(),
+        cells: vec!["12".into(), "x".into()],
+    };
+    let id = store.begin_import(&c, now()).unwrap();
+    store.import_chunk(id, now(), &chunk(0), &[]).unwrap();
+    store
+        .import_chunk(id, now(), &chunk(3), std::slice::from_ref(&reject))
+        .unwrap();
+    // Importing: not startable, nothing claimed even if someone forced it running.
+    assert!(
+        !store
+            .set_campaign_status(id, &[CampaignStatus::Draft], CampaignStatus::Running, now())
+            .unwrap()
+    );
+    assert!(claim(&store, id).is_none());
+    let (kept, counted) = counts_kept_and_counted(&store);
+    assert_eq!(kept, counted, "chunks keep the counts");
+    assert_eq!(store.campaign(id).unwrap().unwrap().counts["queued"], 6);
+    assert_eq!(store.campaign_rejects(id).unwrap(), vec![reject]);
+    // Cut off (a restart): removed with everything it had.
+    assert_eq!(store.drop_importing(None).unwrap(), 1);
+    assert!(store.campaign(id).unwrap().is_none());
+    let (kept, counted) = counts_kept_and_counted(&store);
+    assert!(
+        kept.is_empty() && counted.is_empty(),
+        "{kept:?} {counted:?}"
+    );
+    // Finished: a draft like any other.
+    let id = store.begin_import(&c, now()).unwrap();
+    store.import_chunk(id, now(), &chunk(0), &[]).unwrap();
+    let entry = super::super::audit::NewEntry::new(
+        "office",
+        "campaign.create",
+        &format!("campaign:{id}"),
+        serde_json::json!({}),
+    );
+    let (seq, _) = store
+        .finish_import(id, &spec, None, CampaignStatus::Draft, &entry, now())
+        .unwrap();
+    assert_eq!(store.drop_importing(None).unwrap(), 0);
+    // Its status and its audit entry were written together; finishing twice writes neither.
+    let log = store.audit_entries(0, 10).unwrap();
+    assert_eq!(
+        (log.len(), log[0].seq, log[0].action.as_str()),
+        (1, seq, "campaign.create")
+    );
+    assert!(
+        store
+            .finish_import(id, &spec, None, CampaignStatus::Running, &entry, now())
+            .is_err()
+    );
+    assert_eq!(store.audit_entries(0, 10).unwrap().len(), 1);
+    assert_eq!(
+        store.campaign(id).unwrap().unwrap().status,
+        CampaignStatus::Draft
+    );
+    assert!(
+        store
+            .set_campaign_status(id, &[CampaignStatus::Draft], CampaignStatus::Running, now())
+            .unwrap()
+    );
+    assert!(claim(&store, id).is_some());
+}
+
+#[test]
+fn kept_counts_follow_every_state_change() {
+    let store = Store::memory().unwrap();
+    let c = campaign(&store, 8);
+    let check = |what: &str| {
+        let (kept, counted) = counts_kept_and_counted(&store);
+        assert_eq!(kept, counted, "after {what}");
+    };
+    check("create");
+    let m: Vec<Claimed> = store.claim_batch(c, "gw", None, now(), 5, &[]).unwrap();
+    check("claim");
+    let fin = |i: usize, answer| Finish {
+        id: m[i].id,
+        campaign: c,
+        parts: 1,
+        answer,
+        carrier_id: None,
+        reason: None,
+        retry_at: None,
+        delivered_by: None,
+    };
+    store
+        .claim_batch(
+            c,
+            "gw",
+            None,
+            now(),
+            0,
+            &[fin(0, Submit::Accepted), fin(1, Submit::Transient)],
+        )
+        .unwrap();
+    check("answers");
+    store
+        .record_report(m[0].id, "gw", Some(Report::Delivered), "1", "", now())
+        .unwrap();
+    check("report");
+    assert_eq!(store.recover_submitting(now()).unwrap(), 3);
+    check("recovery");
+    assert_eq!(store.requeue_unknown(c, now()).unwrap(), 3);
+    check("requeue");
+    store
+        .add_optouts(&[m[3].recipient.clone()], "STOP", "op", now())
+        .unwrap();
+    store.claim_batch(c, "gw", None, now(), 8, &[]).unwrap();
+    check("opt-out at claim");
+    assert!(
+        store
+            .set_campaign_status(
+                c,
+                &[CampaignStatus::Running],
+                CampaignStatus::Cancelled,
+                now()
+            )
+            .unwrap()
+    );
+    check("cancel");
+    let r = store
+        .fire_recurring(c, CampaignStatus::Running, "again", now(), None, now())
+        .unwrap();
+    check("recurring firing");
+    let counts = store.campaign(r).unwrap().unwrap().counts;
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [("queued".to_owned(), 8)]
+    );
+    let (queued, submitting, _) = store.pending(r).unwrap();
+    assert_eq!((queued, submitting), (8, 0));
+}
+
+#[test]
+fn cancel_cancels_what_is_queued_only() {
+    let store = Store::memory().unwrap();
+    let c = campaign(&store, 3);
+    claim(&store, c).unwrap();
+    assert!(
+        store
+            .set_campaign_status(
+                c,
+                &[CampaignStatus::Running],
+                CampaignStatus::Cancelled,
+                now()
+            )
+            .unwrap()
+    );
+    let counts = store.campaign(c).unwrap().unwrap().counts;
+    assert_eq!((counts["cancelled"], counts["submitting"]), (2, 1));
+    assert!(
+        !store
+            .set_campaign_status(c, &[CampaignStatus::Running], CampaignStatus::Paused, now())
+            .unwrap()
+    );
+}
