@@ -360,3 +360,12 @@ pub fn note_oversize(v: &mut Value, o: Option<Oversize>) {
         v["oversize"] = json!({"bytes": o.bytes, "limit": o.limit, "message": o.to_string()});
     }
 }
+
+/// A preview length: a duration between 1 minute and 14 days.
+pub fn parse_length(s: &str) -> Result<chrono::Duration, String> {
+    humantime::parse_duration(s)
+        .ok()
+        .and_then(|d| chrono::Duration::from_std(d).ok())
+        .filter(|d| *d >= chrono::Duration::minutes(1) && *d <= chrono::Duration::days(14))
+        .ok_or_else(|| format!("bad length {s:?}: a duration like 2h or 90m, from 1m to 14days"))
+}

@@ -1,13 +1,121 @@
 //! `marquee campaign …` and `marquee optout …`: the SMS lifecycle against the API.
 
 use std::io::IsTerminal;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
 use serde_json::{Value, json};
 
+use std::process::ExitCode;
+
+use clap::Subcommand;
+
 use super::{ApiClient, table};
+
+/// Arguments of `marquee campaign`.
+pub type Args = super::ApiCommand<Action>;
+
+/// The actions of `marquee campaign`.
+#[derive(Subcommand)]
+pub enum Action {
+    /// Import recipients and create a campaign; prints its id, cost and every rejected row.
+    Create(Box<CreateArgs>),
+    /// Every campaign with its counts.
+    List,
+    /// One campaign as JSON.
+    Show {
+        /// Campaign id.
+        id: i64,
+    },
+    /// Start a draft or scheduled campaign now.
+    Start {
+        /// Campaign id.
+        id: i64,
+        /// Needed when the scheduled start was missed (the daemon was down).
+        #[arg(long = "confirm-late")]
+        confirm_late: bool,
+    },
+    /// Stop sending (messages in flight finish).
+    Pause {
+        /// Campaign id.
+        id: i64,
+    },
+    /// Continue a paused campaign.
+    Resume {
+        /// Campaign id.
+        id: i64,
+    },
+    /// Cancel every message not yet sent.
+    Cancel {
+        /// Campaign id.
+        id: i64,
+    },
+    /// Ask the providers about the messages whose submit answer was lost: those they have
+    /// become sent (or delivered, failed) and are never resent.
+    Reconcile {
+        /// Campaign id.
+        id: i64,
+    },
+    /// Send again the messages whose submit answer was lost (they may arrive twice).
+    RequeueUnknown {
+        /// Campaign id.
+        id: i64,
+    },
+    /// Progress; a live bar in a terminal until the campaign ends.
+    Status {
+        /// Campaign id.
+        id: i64,
+        /// Follow even when not in a terminal.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// The messages of a campaign.
+    Messages {
+        /// Campaign id.
+        id: i64,
+        /// Only this state (queued, sent, delivered, failed, unknown, …).
+        #[arg(long)]
+        status: Option<String>,
+        /// CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
+    },
+    /// The rows the import rejected, with the reason for each.
+    Rejects {
+        /// Campaign id.
+        id: i64,
+        /// Write them to this CSV file (the list's columns plus reason and row), to fix and
+        /// upload again.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// Runs `marquee campaign ACTION`.
+pub fn run(a: Args) -> ExitCode {
+    super::run_api("marquee campaign", a.api, |client| async move {
+        match a.action {
+            Action::Create(args) => create(&client, *args).await,
+            Action::List => list(&client).await,
+            Action::Show { id } => client
+                .get(&format!("/api/v1/campaigns/{id}"))
+                .await
+                .map(|v| serde_json::to_string_pretty(&v).unwrap_or_default() + "\n"),
+            Action::Start { id, confirm_late } => action(&client, id, "start", confirm_late).await,
+            Action::Pause { id } => action(&client, id, "pause", false).await,
+            Action::Resume { id } => action(&client, id, "resume", false).await,
+            Action::Cancel { id } => action(&client, id, "cancel", false).await,
+            Action::Reconcile { id } => action(&client, id, "reconcile", false).await,
+            Action::RequeueUnknown { id } => action(&client, id, "requeue-unknown", false).await,
+            Action::Status { id, follow } => status(&client, id, follow).await,
+            Action::Messages { id, status, csv } => {
+                messages(&client, id, status.as_deref(), csv).await
+            }
+            Action::Rejects { id, out } => rejects(&client, id, out.as_deref()).await,
+        }
+    })
+}
 
 /// `marquee campaign create`.
 #[derive(Debug, Default, clap::Args)]

@@ -175,7 +175,7 @@ fn preview_request(s: &AppState, q: &HashMap<String, String>) -> Result<PreviewR
             )
         })?,
     };
-    let length = parse_length(q.get("for").map(String::as_str).unwrap_or("2h"))
+    let length = crate::preview::parse_length(q.get("for").map(String::as_str).unwrap_or("2h"))
         .map_err(|m| ApiError::bad_field("for", m))?;
     Ok(PreviewRequest {
         channel,
@@ -183,15 +183,6 @@ fn preview_request(s: &AppState, q: &HashMap<String, String>) -> Result<PreviewR
         at,
         length,
     })
-}
-
-/// A preview length: a duration between 1 minute and 14 days.
-pub fn parse_length(s: &str) -> Result<chrono::Duration, String> {
-    humantime::parse_duration(s)
-        .ok()
-        .and_then(|d| chrono::Duration::from_std(d).ok())
-        .filter(|d| *d >= chrono::Duration::minutes(1) && *d <= chrono::Duration::days(14))
-        .ok_or_else(|| format!("bad length {s:?}: a duration like 2h or 90m, from 1m to 14days"))
 }
 
 /// A display with the timeline it should hold (its own if published, else its channel's).
