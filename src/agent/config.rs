@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::player::{Fallback, LanguagePolicy};
-use crate::config::{ConfigError, read_toml};
+use crate::config::common::{ConfigError, RawTls, read_toml};
 use crate::wire::PublicKey;
 
 /// How frames are shown.
@@ -295,12 +295,13 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
     } else {
         crate::mqtt::parse_broker_urls(&raw.mqtt.urls, "mqtt.urls", p)
     };
-    let tls = crate::config::RawTls {
+    let tls = RawTls {
         ca_file: raw.mqtt.ca_file.clone(),
         client_cert_file: raw.mqtt.client_cert_file.clone(),
         client_key_file: raw.mqtt.client_key_file.clone(),
     }
-    .load(tls, p);
+    .load(tls, p)
+    .map(Into::into);
     let credentials = match (
         &raw.mqtt.username,
         &raw.mqtt.password_env,

@@ -14,7 +14,7 @@ use std::time::Duration;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
-use crate::config::{ScheduleConfig, duration, secret};
+use crate::config::common::{duration, secret};
 use crate::wire::valid_name;
 
 #[derive(Debug, Deserialize)]
@@ -1129,10 +1129,11 @@ fn template(
     })
 }
 
-/// Validates `[sms]`; `data_dir` is where a dry-run file goes by default.
+/// Validates `[sms]`; `schedule_timezone` is the default zone, `data_dir` where a dry-run file
+/// goes by default.
 pub fn validate(
     raw: RawSms,
-    schedule: &ScheduleConfig,
+    schedule_timezone: Tz,
     listen: SocketAddr,
     data_dir: &std::path::Path,
     problems: &mut Vec<String>,
@@ -1145,10 +1146,10 @@ pub fn validate(
         phonenumber::country::Id::CN
     });
     let timezone = match &raw.timezone {
-        None => schedule.timezone,
+        None => schedule_timezone,
         Some(z) => Tz::from_str(z).unwrap_or_else(|_| {
             problems.push(format!("sms.timezone: unknown IANA zone {z:?}"));
-            schedule.timezone
+            schedule_timezone
         }),
     };
     if let Some(u) = &raw.callback_url

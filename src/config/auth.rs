@@ -1,0 +1,71 @@
+//! `[auth]` (API tokens and roles) and `[approval]` (the two-person rule).
+
+use std::fmt;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// API roles, each including the rights of the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Reads everything.
+    Viewer,
+    /// Edits playlists.
+    Editor,
+    /// Approves alerts and campaigns raised by someone else (two-person rule).
+    Approver,
+    /// Runs campaigns and alerts.
+    Operator,
+    /// Everything.
+    Admin,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAuth {
+    pub(super) tokens: Vec<RawToken>,
+    pub(super) show_numbers_from: Option<Role>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawToken {
+    pub(super) name: String,
+    pub(super) role: Role,
+    #[serde(default)]
+    pub(super) emergency: bool,
+    pub(super) token_env: Option<String>,
+    pub(super) token_file: Option<PathBuf>,
+}
+
+/// One API token.
+#[derive(Clone)]
+pub struct TokenConfig {
+    /// Who it is (shown in logs and audit).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// The secret.
+    pub secret: String,
+    /// May skip the two-person rule (audited).
+    pub emergency: bool,
+}
+
+impl fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawApproval {
+    pub(super) alerts_above: Option<usize>,
+    pub(super) campaigns_above: Option<usize>,
+    pub(super) playlists: bool,
+}

@@ -1,0 +1,508 @@
+//! Configuration: the raw TOML shape ([`RawConfig`], unknown keys refused) and the validated
+//! [`Config`] the daemon runs on. Every problem is reported at once, each with its place
+//! (`file:line:col` for syntax and unknown keys, `file: section.key` for meaning), and secrets are
+//! read from environment variables or files (`*_env` / `*_file`), never from the TOML itself.
+//!
+//! By area: [`common`] (what every configuration file shares; the SMS and agent configurations
+//! depend on it alone), [`server`], [`mqtt`], [`schedule`], [`auth`] (tokens, roles, the
+//! two-person rule), [`cap`] (CAP and the fleet's report retention); `[sms]` is
+//! [`crate::sms::config`].
+
+pub mod auth;
+pub mod cap;
+pub mod common;
+pub mod mqtt;
+pub mod schedule;
+pub mod server;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use auth::{RawApproval, RawAuth};
+pub use auth::{Role, TokenConfig};
+pub use cap::Retention;
+use cap::{RawCap, RawFleet};
+pub use common::{ConfigError, RawTls, read_toml};
+use common::{duration, parse_toml, secret};
+use mqtt::RawMqtt;
+pub use mqtt::{BrokerConfig, MqttConfig};
+use schedule::RawSchedule;
+pub use schedule::ScheduleConfig;
+pub use server::{LogFormat, ServerTls};
+use server::{RawLog, RawServer, default_max_connections, server_tls};
+
+/// The file as written. See `config/marquee.toml` for every key with its meaning.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    mqtt: RawMqtt,
+    #[serde(default)]
+    schedule: RawSchedule,
+    #[serde(default)]
+    auth: RawAuth,
+    #[serde(default)]
+    cap: RawCap,
+    #[serde(default)]
+    approval: RawApproval,
+    #[serde(default)]
+    fleet: RawFleet,
+    #[serde(default)]
+    sms: crate::sms::config::RawSms,
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (for messages).
+    pub file: String,
+    /// HTTP API + console address.
+    pub listen: SocketAddr,
+    /// At most this many HTTP connections at once; more are closed at accept.
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request header within this is closed.
+    pub header_timeout: Duration,
+    /// HTTPS for the API (`server.tls_cert_file`, `tls_key_file`: PEM); `None` is plain HTTP.
+    pub tls: Option<ServerTls>,
+    /// SQLite, keys and the generated admin token live here.
+    pub data_dir: PathBuf,
+    /// Bytes of the data disk held back for alerts and the audit (`server.disk_reserve_kib`,
+    /// default 16 MiB; 0 keeps none). See `store::Store::keep_reserve`.
+    pub disk_reserve: u64,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// `tracing` filter directives.
+    pub log_filter: String,
+    /// The broker.
+    pub mqtt: MqttConfig,
+    /// The scheduler.
+    pub schedule: ScheduleConfig,
+    /// Configured API tokens (the generated admin token is added at start).
+    pub tokens: Vec<TokenConfig>,
+    /// The lowest role that sees phone numbers whole (`auth.show_numbers_from`, default
+    /// operator); below it, numbers in message lists, rejects and opt-outs are masked.
+    pub show_numbers_from: Role,
+    /// How CAP 1.2 alerts are applied.
+    pub cap: crate::domain::cap::CapRules,
+    /// CAP feeds polled for alerts: each URL with its interval (`cap.feed_url` and
+    /// `[[cap.feeds]]`).
+    pub cap_feeds: Vec<(url::Url, Duration)>,
+    /// Who runs this daemon, for the feed client's `User-Agent` (`cap.contact`: an e-mail
+    /// address or URL, as weather services ask of API clients).
+    pub cap_contact: Option<String>,
+    /// Two-person rule: alerts reaching more than this many known displays need a second
+    /// person's approval (`None`: never).
+    pub approve_alerts_above: Option<usize>,
+    /// Retention of agent reports.
+    pub retention: Retention,
+    /// Two-person rule: campaigns (and alert SMS) to more than this many recipients need a
+    /// second person's approval (`None`: never).
+    pub approve_campaigns_above: Option<usize>,
+    /// Review before publishing (`[approval] playlists`): a playlist saved or deleted through
+    /// the API becomes a proposal that another person (approver or above) publishes.
+    pub approve_playlists: bool,
+    /// SMS gateways and campaign defaults.
+    pub sms: crate::sms::config::SmsConfig,
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let (file, raw) = read_toml(path)?;
+        Config::validated(&file, raw)
+    }
+
+    /// Validates configuration text; `file` names it in messages.
+    pub fn parse(file: &str, src: &str) -> Result<Config, ConfigError> {
+        Config::validated(file, parse_toml(file, src)?)
+    }
+
+    fn validated(file: &str, raw: RawConfig) -> Result<Config, ConfigError> {
+        let mut problems = Vec::new();
+        let config = Config::validate(file, raw, &mut problems);
+        if problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
+                file: file.to_owned(),
+                problems: problems
+                    .into_iter()
+                    .map(|p| format!("{file}: {p}"))
+                    .collect(),
+            })
+        }
+    }
+
+    fn validate(file: &str, raw: RawConfig, problems: &mut Vec<String>) -> Config {
+        let listen = raw.server.listen.parse().unwrap_or_else(|_| {
+            problems.push(format!(
+                "server.listen: {:?} is not an address like 127.0.0.1:8080",
+                raw.server.listen
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 8080))
+        });
+        let log_format = match raw.log.format.as_str() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                problems.push(format!("log.format: {other:?} is not \"text\" or \"json\""));
+                LogFormat::Text
+            }
+        };
+        let mqtt = mqtt::validate(raw.mqtt, problems);
+        let schedule = schedule::validate(raw.schedule, problems);
+        let mut tokens = Vec::new();
+        for (i, t) in raw.auth.tokens.iter().enumerate() {
+            let place = format!("auth.tokens[{i}] ({}): token", t.name);
+            if let Some(secret) = secret(problems, &place, &t.token_env, &t.token_file) {
+                if secret.len() < 16 {
+                    problems.push(format!("{place}: shorter than 16 characters"));
+                }
+                // The same secret twice would make one name answer for both (the last wins),
+                // silently changing what that token may do.
+                if let Some(other) = tokens
+                    .iter()
+                    .find(|o: &&TokenConfig| o.secret.trim() == secret.trim())
+                {
+                    problems.push(format!(
+                        "{place}: the same secret as token {:?}; every token needs its own",
+                        other.name
+                    ));
+                }
+                if t.emergency && t.role < Role::Operator {
+                    problems.push(format!(
+                        "auth.tokens[{i}] ({}): emergency needs role operator or admin",
+                        t.name
+                    ));
+                }
+                tokens.push(TokenConfig {
+                    name: t.name.clone(),
+                    role: t.role,
+                    secret,
+                    emergency: t.emergency,
+                });
+            }
+        }
+        let mut feeds: Vec<(String, String, String)> = raw
+            .cap
+            .feeds
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (format!("cap.feeds[{i}]"), f.url.clone(), f.interval.clone()))
+            .collect();
+        if let Some(u) = &raw.cap.feed_url {
+            feeds.insert(
+                0,
+                (
+                    "cap.feed_url".into(),
+                    u.clone(),
+                    raw.cap.feed_interval.clone(),
+                ),
+            );
+        }
+        let mut cap_feeds = Vec::new();
+        for (place, u, interval) in feeds {
+            match url::Url::parse(&u) {
+                Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                    let every = duration(problems, &format!("{place} interval"), &interval);
+                    if every < Duration::from_millis(100) {
+                        problems.push(format!("{place} interval: at least 100ms"));
+                    }
+                    if cap_feeds
+                        .iter()
+                        .any(|(o, _): &(url::Url, Duration)| *o == url)
+                    {
+                        problems.push(format!("{place}: {u:?} is listed twice"));
+                    }
+                    cap_feeds.push((url, every));
+                }
+                _ => problems.push(format!(
+                    "{place}: {u:?} is not an http(s) URL of a CAP document or feed"
+                )),
+            }
+        }
+        let cap_contact = raw.cap.contact.clone();
+        let cap = cap::validate(raw.cap, &schedule, problems);
+        let sms = crate::sms::config::validate(
+            raw.sms,
+            schedule.timezone,
+            listen,
+            &raw.server.data_dir,
+            problems,
+        );
+        let keep = |key: &str, v: &str, problems: &mut Vec<String>| {
+            chrono::Duration::from_std(duration(problems, key, v))
+                .unwrap_or(chrono::Duration::days(90))
+        };
+        let retention = Retention {
+            keep_plays: keep("fleet.keep_plays", &raw.fleet.keep_plays, problems),
+            keep_events: keep("fleet.keep_events", &raw.fleet.keep_events, problems),
+            max_plays: raw.fleet.max_plays,
+            max_events: raw.fleet.max_events,
+        };
+        let (day, century) = (chrono::Duration::days(1), chrono::Duration::days(36_500));
+        if [retention.keep_plays, retention.keep_events]
+            .iter()
+            .any(|k| *k < day || *k > century)
+        {
+            problems.push("fleet.keep_plays, fleet.keep_events: between 1d and 100 years".into());
+        }
+        if retention.max_plays == 0 || retention.max_events == 0 {
+            problems.push("fleet.max_plays, fleet.max_events: at least 1".into());
+        }
+        Config {
+            cap_feeds,
+            cap_contact,
+            sms,
+            cap,
+            approve_alerts_above: raw.approval.alerts_above,
+            retention,
+            approve_campaigns_above: raw.approval.campaigns_above,
+            approve_playlists: raw.approval.playlists,
+            file: file.to_owned(),
+            listen,
+            max_connections: raw
+                .server
+                .max_connections
+                .unwrap_or_else(default_max_connections)
+                .max(1),
+            header_timeout: duration(
+                problems,
+                "server.header_timeout",
+                &raw.server.header_timeout,
+            ),
+            tls: server_tls(
+                raw.server.tls_cert_file.as_deref(),
+                raw.server.tls_key_file.as_deref(),
+                problems,
+            ),
+            data_dir: raw.server.data_dir,
+            disk_reserve: raw.server.disk_reserve_kib.saturating_mul(1024),
+            log_format,
+            log_filter: raw.log.filter,
+            mqtt,
+            schedule,
+            tokens,
+            show_numbers_from: raw.auth.show_numbers_from.unwrap_or(Role::Operator),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn empty_file_gives_safe_defaults() {
+        let c = Config::parse("m.toml", "").unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.mqtt.broker,
+            BrokerConfig::Embedded {
+                listen: "127.0.0.1:1883".parse().unwrap(),
+                users: BTreeMap::new()
+            }
+        );
+        assert_eq!(c.schedule.horizon, chrono::Duration::hours(48));
+        assert_eq!(c.schedule.channels.len(), 4);
+        assert!(c.tokens.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_located() {
+        let e = Config::parse("m.toml", "[server]\nlisten = \"127.0.0.1:1\"\ncolour = 1\n")
+            .unwrap_err();
+        assert_eq!(e.problems.len(), 1);
+        assert!(
+            e.problems[0].starts_with("m.toml:3:1: unknown field `colour`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tls_files_are_read_for_mqtts_only() {
+        let e = Config::parse("m.toml", "[mqtt]\ncolour = 1\n").unwrap_err();
+        assert!(
+            e.problems[0].starts_with("m.toml:2:1: unknown field `colour`"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "m.toml",
+            "[mqtt]\nembedded = false\nurl = \"mqtt://127.0.0.1:1\"\nca_file = \"/x\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("only used with an mqtts:// url"),
+            "{e}"
+        );
+        let e = Config::parse(
+            "m.toml",
+            "[mqtt]\nembedded = false\nurl = \"mqtts://127.0.0.1:1\"\nca_file = \"/nonexistent/ca.pem\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("mqtt.ca_file: cannot read /nonexistent/ca.pem"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\n").unwrap();
+        let c = Config::parse(
+            "m.toml",
+            &format!(
+                "[mqtt]\nembedded = false\nurl = \"mqtts://127.0.0.1\"\nca_file = {:?}\n",
+                ca.display().to_string()
+            ),
+        )
+        .unwrap();
+        assert!(c.mqtt.tls.is_some());
+        assert!(matches!(
+            c.mqtt.broker,
+            BrokerConfig::External { ref brokers, tls: true } if brokers[0].1 == 8883
+        ));
+    }
+
+    #[test]
+    fn broker_lists_are_checked() {
+        for (text, want) in [
+            (
+                "urls = [\"mqtt://b1:1883\"]\n",
+                "mqtt.urls: set embedded = false",
+            ),
+            (
+                "embedded = false\nurls = [\"mqtt://127.0.0.1:1\", \"mqtts://127.0.0.1:2\"]\n",
+                "mix of TLS and plain brokers",
+            ),
+            (
+                "embedded = false\nurl = \"mqtt://127.0.0.1:1\"\nurls = [\"mqtt://127.0.0.1:2\"]\n",
+                "give url or urls, not both",
+            ),
+            (
+                "embedded = false\nurls = [\"http://x\"]\n",
+                "is not a broker URL",
+            ),
+        ] {
+            let e = Config::parse("m.toml", &format!("[mqtt]\n{text}")).unwrap_err();
+            assert!(e.to_string().contains(want), "{text}: {e}");
+        }
+        let c = Config::parse(
+            "m.toml",
+            "[mqtt]\nembedded = false\nurls = [\"mqtt://127.0.0.1:1\", \"mqtt://127.0.0.1:2\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.mqtt.broker,
+            BrokerConfig::External {
+                brokers: vec![("127.0.0.1".into(), 1), ("127.0.0.1".into(), 2)],
+                tls: false
+            }
+        );
+    }
+
+    #[test]
+    fn embedded_broker_off_loopback_needs_users() {
+        let e = Config::parse("m.toml", "[mqtt]\nlisten = \"0.0.0.0:1883\"\n").unwrap_err();
+        assert!(
+            e.to_string().contains("anonymous clients are refused"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn external_broker_off_loopback_needs_credentials() {
+        let e = Config::parse(
+            "m.toml",
+            "[mqtt]\nembedded = false\nurl = \"mqtt://broker.example:1883\"\n",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("credentials are required"), "{e}");
+        let c = Config::parse(
+            "m.toml",
+            "[mqtt]\nembedded = false\nurl = \"mqtt://127.0.0.1:18830\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.mqtt.broker,
+            BrokerConfig::External {
+                brokers: vec![("127.0.0.1".into(), 18830)],
+                tls: false
+            }
+        );
+    }
+
+    #[test]
+    fn secrets_come_from_env_or_file_and_are_checked() {
+        let e = Config::parse(
+            "m.toml",
+            "[[auth.tokens]]\nname = \"office\"\nrole = \"editor\"\ntoken_env = \"MARQUEE_TEST_SURELY_UNSET\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("auth.tokens[0] (office): token_env: environment variable MARQUEE_TEST_SURELY_UNSET is not set"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("tok");
+        std::fs::write(&f, "0123456789abcdef0123\n").unwrap();
+        let tok = |extra: &str| {
+            format!(
+                "[[auth.tokens]]\nname = \"office\"\nrole = \"editor\"\ntoken_file = {:?}\n{extra}",
+                f.display().to_string()
+            )
+        };
+        // Readable by others: refused, saying what to do.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Config::parse("m.toml", &tok("")).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("readable by group or others: chmod 600"),
+            "{e}"
+        );
+        std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o600)).unwrap();
+        // Two tokens with one secret: refused, naming the other token.
+        let e = Config::parse(
+            "m.toml",
+            &tok(&format!(
+                "[[auth.tokens]]\nname = \"boss\"\nrole = \"admin\"\ntoken_file = {:?}\n",
+                f.display().to_string()
+            )),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("auth.tokens[1] (boss): token: the same secret as token \"office\""),
+            "{e}"
+        );
+        let c = Config::parse(
+            "m.toml",
+            &format!(
+                "[[auth.tokens]]\nname = \"office\"\nrole = \"editor\"\ntoken_file = {:?}\n",
+                f.display().to_string()
+            ),
+        )
+        .unwrap();
+        assert_eq!(c.tokens[0].secret, "0123456789abcdef0123");
+        assert!(!format!("{:?}", c.tokens[0]).contains("0123456789"));
+    }
+
+    #[test]
+    fn all_problems_are_reported_together() {
+        let e = Config::parse(
+            "m.toml",
+            "[schedule]\ntimezone = \"Mars/Base\"\nhorizon = \"1h\"\nchannels = [\"a b\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(e.problems.len(), 3, "{e}");
+    }
+}

@@ -1,0 +1,154 @@
+//! `[server]` (address, data directory, connection cap, header timeout, TLS, disk reserve) and
+//! `[log]`.
+
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawServer {
+    pub(super) listen: String,
+    pub(super) data_dir: PathBuf,
+    pub(super) max_connections: Option<usize>,
+    pub(super) header_timeout: String,
+    pub(super) disk_reserve_kib: u64,
+    pub(super) tls_cert_file: Option<PathBuf>,
+    pub(super) tls_key_file: Option<PathBuf>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: "127.0.0.1:8080".into(),
+            data_dir: "data".into(),
+            max_connections: None,
+            header_timeout: "10s".into(),
+            disk_reserve_kib: 16 * 1024,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
+    }
+}
+
+/// The API's TLS configuration, read from the certificate chain and key files at load (so
+/// `marquee check` names a bad file), for rustls (TLS 1.2 and 1.3, no client certificates).
+#[derive(Clone)]
+pub struct ServerTls {
+    /// The certificate chain file, for messages.
+    pub cert_file: PathBuf,
+    /// What the accept loop hands to `tokio-rustls`.
+    pub config: std::sync::Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("cert_file", &self.cert_file)
+            .finish_non_exhaustive()
+    }
+}
+
+pub(super) fn server_tls(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    problems: &mut Vec<String>,
+) -> Option<ServerTls> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let (cert, key) = match (cert, key) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (c, k),
+        _ => {
+            problems.push("server.tls_cert_file and server.tls_key_file go together".into());
+            return None;
+        }
+    };
+    let chain =
+        match CertificateDer::pem_file_iter(cert).and_then(|i| i.collect::<Result<Vec<_>, _>>()) {
+            Ok(c) if !c.is_empty() => c,
+            Ok(_) => {
+                problems.push(format!(
+                    "server.tls_cert_file: no PEM certificate in {}",
+                    cert.display()
+                ));
+                return None;
+            }
+            Err(e) => {
+                problems.push(format!(
+                    "server.tls_cert_file: cannot read {}: {e}",
+                    cert.display()
+                ));
+                return None;
+            }
+        };
+    let secret = match PrivateKeyDer::from_pem_file(key) {
+        Ok(k) => k,
+        Err(e) => {
+            problems.push(format!(
+                "server.tls_key_file: cannot read a PEM private key from {}: {e}",
+                key.display()
+            ));
+            return None;
+        }
+    };
+    crate::install_crypto_provider();
+    match rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, secret)
+    {
+        Ok(mut c) => {
+            c.alpn_protocols = vec![b"http/1.1".to_vec()];
+            Some(ServerTls {
+                cert_file: cert.to_owned(),
+                config: std::sync::Arc::new(c),
+            })
+        }
+        Err(e) => {
+            problems.push(format!(
+                "server.tls_cert_file / tls_key_file: {} and {} do not make a TLS identity: {e}",
+                cert.display(),
+                key.display()
+            ));
+            None
+        }
+    }
+}
+
+/// The default HTTP connection cap: half the process's open-file limit (the rest stays for the
+/// broker's connections, the database and the logs), between 64 and 10,000.
+pub(super) fn default_max_connections() -> usize {
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            l.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| l.split_whitespace().nth(3)?.parse::<usize>().ok())
+        })
+        .unwrap_or(1024);
+    (soft / 2).clamp(64, 10_000)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLog {
+    pub(super) format: String,
+    pub(super) filter: String,
+}
+
+impl Default for RawLog {
+    fn default() -> Self {
+        RawLog {
+            format: "text".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+/// Log output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
