@@ -8,7 +8,6 @@
 pub mod agent;
 pub mod alerts;
 pub mod app;
-pub mod catalog;
 pub mod cli;
 pub mod config;
 pub mod daemon;

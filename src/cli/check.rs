@@ -4,8 +4,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use super::ConfigArg;
-use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::scheduler::catalog::Catalog;
 
 /// Arguments of `marquee check`.
 #[derive(clap::Args)]

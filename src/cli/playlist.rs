@@ -7,8 +7,8 @@ use anyhow::Context;
 use clap::Subcommand;
 
 use super::ApiClient;
-use crate::catalog::Catalog;
 use crate::config::Config;
+use crate::scheduler::catalog::Catalog;
 
 /// Arguments of `marquee playlist`.
 pub type Args = super::ApiCommand<Action>;

@@ -6,10 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use super::ConfigArg;
-use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::domain::playlist::parse_instant;
 use crate::preview::{Preview, PreviewRequest, parse_length};
+use crate::scheduler::catalog::Catalog;
 
 /// Arguments of `marquee preview`.
 #[derive(clap::Args)]

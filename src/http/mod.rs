@@ -21,8 +21,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
 use crate::metrics::Metrics;
+use crate::scheduler::catalog::Catalog;
 
 /// What handlers share: the use cases' context ([`crate::app::Ctx`], reached through `Deref`)
 /// and what only the web side needs.

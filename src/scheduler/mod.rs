@@ -11,6 +11,10 @@
 //! - re-asserts every retained payload on each (re)connection, and restores a topic at once when
 //!   another client overwrites it.
 
+pub mod catalog;
+pub mod events;
+pub mod files;
+
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -21,11 +25,11 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::domain::{Playlist, TargetRef, resolve};
 use crate::metrics::Metrics;
 use crate::mqtt::{MqttEvent, MqttHandle};
+use crate::scheduler::catalog::Catalog;
 use crate::store::{Published, Store};
 use crate::wire::{KeyPair, Signed, SignedBody, Timeline, Topic, sign};
 
