@@ -17,7 +17,7 @@ use super::error::ApiError;
 use super::{AppState, audit};
 use crate::domain::delivery::Report;
 use crate::sms::config::{GatewayConfig, GatewayKind};
-use crate::sms::{aliyun, tencent};
+use crate::sms::gateway::{aliyun, tencent};
 
 /// The gateway, if `secret` (from the query) is its delivery-report secret.
 pub fn authorised<'a>(

@@ -283,26 +283,10 @@ impl std::fmt::Debug for GatewayConfig {
 /// The driver and its settings.
 #[derive(Clone)]
 pub enum GatewayKind {
-    /// Writes each message as a JSON line to `path` and reports it delivered.
-    DryRun {
-        /// The JSONL file.
-        path: PathBuf,
-    },
+    /// Writes each message as a JSON line to a file and reports it delivered.
+    DryRun(DryRunConfig),
     /// Kannel's `/cgi-bin/sendsms`.
-    Kannel {
-        /// The sendsms URL.
-        url: url::Url,
-        /// sendsms-user.
-        username: String,
-        /// Its password.
-        password: String,
-        /// Route through this SMSC id.
-        smsc: Option<String>,
-        /// Which reports to ask for (default 31: all).
-        dlr_mask: u32,
-        /// POST with `X-Kannel-*` headers instead of GET.
-        post: bool,
-    },
+    Kannel(KannelConfig),
     /// A templated request.
     Http(Box<HttpTemplate>),
     /// Tencent Cloud SMS (API 3.0, `SendSms` 2021-01-11, TC3-HMAC-SHA256).
@@ -311,6 +295,30 @@ pub enum GatewayKind {
     Aliyun(AliyunConfig),
     /// China Mobile 云MAS HTTP (`tmpsubmit`: Base64 JSON body, MD5 `mac`).
     CmccMas(CmccMasConfig),
+}
+
+/// Settings of a `dry-run` gateway.
+#[derive(Clone)]
+pub struct DryRunConfig {
+    /// The JSONL file.
+    pub path: PathBuf,
+}
+
+/// Settings of a `kannel` gateway (Kannel's `/cgi-bin/sendsms`).
+#[derive(Clone)]
+pub struct KannelConfig {
+    /// The sendsms URL.
+    pub url: url::Url,
+    /// sendsms-user.
+    pub username: String,
+    /// Its password.
+    pub password: String,
+    /// Route through this SMSC id.
+    pub smsc: Option<String>,
+    /// Which reports to ask for (default 31: all).
+    pub dlr_mask: u32,
+    /// POST with `X-Kannel-*` headers instead of GET.
+    pub post: bool,
 }
 
 /// Settings of a `cmcc-mas` gateway (DESIGN §7b; CARRIERS.md §2.1).
@@ -370,8 +378,8 @@ impl GatewayKind {
     /// `dry-run`, `kannel` or `http`.
     pub fn name(&self) -> &'static str {
         match self {
-            GatewayKind::DryRun { .. } => "dry-run",
-            GatewayKind::Kannel { .. } => "kannel",
+            GatewayKind::DryRun(_) => "dry-run",
+            GatewayKind::Kannel(_) => "kannel",
             GatewayKind::Http(_) => "http",
             GatewayKind::Tencent(_) => "tencent",
             GatewayKind::Aliyun(_) => "aliyun",
@@ -643,7 +651,7 @@ fn gateway(
             let batch_max = batch(
                 problems,
                 1000,
-                super::cmcc_mas::MAX_NUMBERS,
+                super::gateway::cmcc_mas::MAX_NUMBERS,
                 " (the platform takes at most 5000 numbers)",
             );
             GatewayKind::CmccMas(CmccMasConfig {
@@ -673,8 +681,8 @@ fn gateway(
             );
             let batch_max = batch(
                 problems,
-                super::aliyun::MAX_NUMBERS,
-                super::aliyun::MAX_NUMBERS,
+                super::gateway::aliyun::MAX_NUMBERS,
+                super::gateway::aliyun::MAX_NUMBERS,
                 " (SendSms takes at most 1000 numbers)",
             );
             GatewayKind::Aliyun(AliyunConfig {
@@ -685,12 +693,12 @@ fn gateway(
                 batch_max,
             })
         }
-        "dry-run" => GatewayKind::DryRun {
+        "dry-run" => GatewayKind::DryRun(DryRunConfig {
             path: g
                 .path
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(data_dir_hint).join("sms-dry-run.jsonl")),
-        },
+        }),
         "kannel" => {
             let url = url(problems)?;
             let Some(username) = g.username.clone() else {
@@ -717,14 +725,14 @@ fn gateway(
                     false
                 }
             };
-            GatewayKind::Kannel {
+            GatewayKind::Kannel(KannelConfig {
                 url,
                 username,
                 password,
                 smsc: g.smsc.clone(),
                 dlr_mask,
                 post,
-            }
+            })
         }
         "http" => {
             let u = g.url.clone().unwrap_or_default();
@@ -991,7 +999,7 @@ fn gateway(
         }
     };
     let dlr_secret = match (&kind, &g.dlr_secret_env, &g.dlr_secret_file) {
-        (GatewayKind::DryRun { .. }, None, None) => None,
+        (GatewayKind::DryRun(_), None, None) => None,
         _ => {
             let s = secret(
                 problems,

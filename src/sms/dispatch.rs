@@ -718,7 +718,7 @@ fn finish(
             reason.unwrap_or_default()
         ));
     }
-    let dry_run = matches!(rt.gw.cfg.kind, super::config::GatewayKind::DryRun { .. });
+    let dry_run = matches!(rt.gw.cfg.kind, super::config::GatewayKind::DryRun(_));
     Finish {
         id: m.id,
         campaign: m.campaign,

@@ -27,7 +27,7 @@ pub fn parse(kind: &GatewayKind, fields: &BTreeMap<String, String>) -> Result<In
         .parse::<i64>()
         .map_err(|_| "id is not a message id".to_string())?;
     match kind {
-        GatewayKind::Kannel { .. } => {
+        GatewayKind::Kannel(_) => {
             let code = fields
                 .get("type")
                 .ok_or("no type parameter")?
@@ -59,7 +59,7 @@ pub fn parse(kind: &GatewayKind, fields: &BTreeMap<String, String>) -> Result<In
             };
             Ok(Incoming { id, report, code })
         }
-        GatewayKind::DryRun { .. } => Err("a dry-run gateway takes no reports".into()),
+        GatewayKind::DryRun(_) => Err("a dry-run gateway takes no reports".into()),
         GatewayKind::Tencent(_) | GatewayKind::Aliyun(_) => {
             Err("this provider pushes JSON arrays of reports".into())
         }
@@ -129,14 +129,14 @@ mod tests {
     use super::*;
 
     fn kannel() -> GatewayKind {
-        GatewayKind::Kannel {
+        GatewayKind::Kannel(crate::sms::config::KannelConfig {
             url: "http://127.0.0.1:1/cgi-bin/sendsms".parse().unwrap(),
             username: "u".into(),
             password: "p".into(),
             smsc: None,
             dlr_mask: 31,
             post: false,
-        }
+        })
     }
 
     fn f(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

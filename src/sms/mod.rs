@@ -2,13 +2,10 @@
 //! ([`campaign`]), gateway drivers ([`gateway`]), the dispatcher ([`dispatch`]) and delivery
 //! reports ([`dlr`]). Only this module calls gateways.
 
-pub mod aliyun;
 pub mod campaign;
 pub mod campaigns;
-pub mod cmcc_mas;
 pub mod config;
 pub mod dispatch;
 pub mod dlr;
 pub mod gateway;
 pub mod reconcile;
-pub mod tencent;

@@ -85,7 +85,7 @@ async fn send_sms(
     .iter()
     .map(|k| (k.to_string(), h(k)))
     .collect();
-    let want = marquee::sms::aliyun::authorization(
+    let want = marquee::sms::gateway::aliyun::authorization(
         KEY_ID, KEY_SECRET, "POST", "/", &query, &signed, empty,
     );
     if !h("authorization").contains(&format!("Credential={KEY_ID},")) {

@@ -34,7 +34,7 @@ async fn tmpsubmit(State(book): State<Arc<Mutex<Book>>>, body: String) -> String
     if s("ecName") != "大连市政务服务中心" || s("apId") != "marquee" {
         return answer("InvalidUsrOrPwd", "");
     }
-    let mac = marquee::sms::cmcc_mas::mac(&marquee::sms::cmcc_mas::TmpSubmit {
+    let mac = marquee::sms::gateway::cmcc_mas::mac(&marquee::sms::gateway::cmcc_mas::TmpSubmit {
         ec_name: &s("ecName"),
         ap_id: &s("apId"),
         secret_key: SECRET,

@@ -86,8 +86,14 @@ async fn send_sms(State(book): State<Arc<Mutex<Book>>>, headers: HeaderMap, body
         book.lock().unwrap().auth_failures += 1;
         return error("AuthFailure.SecretIdNotFound", "secret id");
     }
-    let want =
-        marquee::sms::tencent::authorization(SECRET_ID, SECRET_KEY, "sms", &h("host"), ts, &body);
+    let want = marquee::sms::gateway::tencent::authorization(
+        SECRET_ID,
+        SECRET_KEY,
+        "sms",
+        &h("host"),
+        ts,
+        &body,
+    );
     if auth != want || h("content-type") != "application/json; charset=utf-8" {
         book.lock().unwrap().auth_failures += 1;
         return error(

@@ -80,7 +80,7 @@ async fn baseline(url: &str, n: usize, batch: usize, concurrency: usize) -> anyh
                 let numbers: Vec<String> = (from..(from + batch).min(n))
                     .map(|i| format!("+86139{i:08}"))
                     .collect();
-                let body = marquee::sms::tencent::SendSms {
+                let body = marquee::sms::gateway::tencent::SendSms {
                     phone_number_set: numbers.iter().map(String::as_str).collect(),
                     sms_sdk_app_id: APP,
                     template_id: "2000001",
@@ -90,7 +90,7 @@ async fn baseline(url: &str, n: usize, batch: usize, concurrency: usize) -> anyh
                 };
                 let bytes = serde_json::to_vec(&body)?;
                 let mut req = client.post(&url).timeout(Duration::from_secs(30));
-                for (k, v) in marquee::sms::tencent::headers(
+                for (k, v) in marquee::sms::gateway::tencent::headers(
                     "SendSms",
                     SECRET_ID,
                     SECRET_KEY,
@@ -102,7 +102,7 @@ async fn baseline(url: &str, n: usize, batch: usize, concurrency: usize) -> anyh
                     req = req.header(k, v);
                 }
                 let text = req.body(bytes).send().await?.text().await?;
-                let answer = marquee::sms::tencent::read_answer(&text)
+                let answer = marquee::sms::gateway::tencent::read_answer(&text)
                     .map_err(|(c, m)| anyhow::anyhow!("{c}: {m}"))?;
                 if answer.len() != numbers.len() {
                     bail!("answer for {} of {} numbers", answer.len(), numbers.len());

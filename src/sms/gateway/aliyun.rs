@@ -1,4 +1,4 @@
-//! Aliyun SMS (Dysmsapi 2017-05-25), without I/O: the signed `SendSms` request, its answer
+//! Aliyun SMS (Dysmsapi 2017-05-25): the protocol without I/O (the signed `SendSms` request, its answer
 //! classed by `Code`, delivery reports (SmsReport) and replies (SmsUp) as Aliyun pushes them,
 //! and the acknowledgement it expects. Facts and sources: `CARRIERS.md` §2.2.
 //!
@@ -322,6 +322,153 @@ fn elements(body: &[u8]) -> Result<Vec<serde_json::Value>, String> {
         serde_json::Value::Array(a) => Ok(a),
         o @ serde_json::Value::Object(_) => Ok(vec![o]),
         _ => Err("not a JSON array".into()),
+    }
+}
+
+// The driver: requests and answers over HTTP.
+
+use crate::sms::config::AliyunConfig;
+use crate::sms::gateway::{
+    Answer, Driver, Found, Link, Outgoing, campaign_tag, exchange, one_code_for_all, signed_host,
+};
+
+/// A signed Aliyun request for `action` with `params` in the query.
+fn aliyun_request(
+    link: &Link,
+    a: &AliyunConfig,
+    action: &str,
+    params: &[(&str, String)],
+    now: chrono::DateTime<chrono::Utc>,
+) -> reqwest::RequestBuilder {
+    let mut nonce = [0u8; 16];
+    let _ = getrandom::fill(&mut nonce);
+    let (query, headers) = signed(
+        &a.access_key_id,
+        &a.access_key_secret,
+        &signed_host(&a.url),
+        action,
+        params,
+        now,
+        &hex::encode(nonce),
+    );
+    let mut url = a.url.clone();
+    url.set_query(Some(&query));
+    let mut req = link.client.post(url);
+    for (k, v) in headers {
+        req = req.header(k, v);
+    }
+    req
+}
+
+impl Driver for AliyunConfig {
+    async fn send(&self, link: &Link, ms: &[Outgoing<'_>]) -> Vec<Answer> {
+        self.request(link, ms).await
+    }
+
+    /// `QuerySendDetails`, matched by the campaign tag (`OutId`); only a final status counts.
+    async fn find(
+        &self,
+        link: &Link,
+        to: &str,
+        campaign: i64,
+        since: DateTime<Utc>,
+    ) -> Result<Option<Found>, String> {
+        let (a, now, tag) = (self, Utc::now(), campaign_tag(campaign));
+        let text = {
+            let date = since
+                .with_timezone(&chrono_tz::Asia::Shanghai)
+                .format("%Y%m%d")
+                .to_string();
+            let req = aliyun_request(
+                link,
+                a,
+                "QuerySendDetails",
+                &[
+                    ("PhoneNumber", report_number(to)),
+                    ("SendDate", date),
+                    ("PageSize", "50".into()),
+                    ("CurrentPage", "1".into()),
+                ],
+                now,
+            );
+            exchange(req)
+                .await
+                .map_err(|a| a.reason.unwrap_or_default())?
+                .2
+        };
+        // Only a final status resolves it: the details carry no biz id, so a message resolved
+        // while waiting could not be matched by its later report.
+        Ok(read_details(&text)?
+            .into_iter()
+            .find(|(out_id, _, report)| *out_id == tag && report.is_some())
+            .map(|(_, code, report)| Found {
+                carrier_id: None,
+                code,
+                report,
+            }))
+    }
+}
+
+impl AliyunConfig {
+    /// One `SendSms` for `ms` (same template and parameters): one code for all.
+    async fn request(&self, link: &Link, ms: &[Outgoing<'_>]) -> Vec<Answer> {
+        let a = self;
+        let n = ms.len();
+        let Some(first) = ms.first() else {
+            return Vec::new();
+        };
+        let Some(template) = first.template_id else {
+            return link.needs_template(n);
+        };
+        let param: serde_json::Map<String, serde_json::Value> = first
+            .param_names
+            .iter()
+            .zip(first.params)
+            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+            .collect();
+        let now = chrono::Utc::now();
+        let numbers: Vec<&str> = ms.iter().map(|m| m.to).collect();
+        let req = aliyun_request(
+            link,
+            a,
+            "SendSms",
+            &[
+                ("PhoneNumbers", numbers.join(",")),
+                ("SignName", a.sign_name.clone()),
+                ("TemplateCode", template.to_owned()),
+                (
+                    "TemplateParam",
+                    serde_json::Value::Object(param).to_string(),
+                ),
+                ("OutId", campaign_tag(first.campaign)),
+            ],
+            now,
+        );
+        let (status, after, text) = match exchange(req).await {
+            Ok(r) => r,
+            Err(x) => return vec![x; n],
+        };
+        // Business errors come as 200 with a Code; signature and throttling errors as 4xx or
+        // 5xx with a Code too.
+        let read = read_answer(&text);
+        // A batch refused for one of its numbers (nothing of it was sent): each number alone,
+        // so only that one is deferred or rejected.
+        if n > 1
+            && read
+                .as_ref()
+                .is_some_and(|(code, _, _)| about_a_number(code))
+        {
+            let mut out = Vec::with_capacity(n);
+            for m in ms {
+                out.extend(Box::pin(self.request(link, std::slice::from_ref(m))).await);
+            }
+            return out;
+        }
+        let read = read.map(|(code, message, biz)| {
+            let k = classify(&code, &message, now);
+            (k, format!("{code}: {message}"), biz)
+        });
+        one_code_for_all(ms, status, after, &text, read)
     }
 }
 

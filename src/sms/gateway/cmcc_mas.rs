@@ -1,4 +1,4 @@
-//! China Mobile 云MAS HTTP (`/sms/tmpsubmit`), without I/O: the request body (Base64 of a
+//! China Mobile 云MAS HTTP (`/sms/tmpsubmit`): the protocol without I/O (the request body (Base64 of a
 //! JSON object whose `mac` is the MD5 of the fields in a fixed order) and the answer, classed
 //! by `rspcod`. Facts and sources: `CARRIERS.md` §2.1 (SMS4J `MasUtils`, the platform's demo).
 //!
@@ -93,6 +93,72 @@ pub fn classify(code: &str) -> Class {
         _ => Submit::Config,
     };
     Class { submit, wait: None }
+}
+
+// The driver: requests and answers over HTTP.
+
+use crate::sms::config::CmccMasConfig;
+use crate::sms::gateway::{Answer, Driver, Link, Outgoing, exchange, one_code_for_all};
+
+impl Driver for CmccMasConfig {
+    /// One `tmpsubmit` for `ms` (same template and parameters): one `rspcod` for all.
+    async fn send(&self, link: &Link, ms: &[Outgoing<'_>]) -> Vec<Answer> {
+        let c = self;
+        let n = ms.len();
+        let Some(first) = ms.first() else {
+            return Vec::new();
+        };
+        let Some(template_id) = first.template_id else {
+            return link.needs_template(n);
+        };
+        if let Some(m) = ms.iter().find(|m| !m.to.starts_with("+86")) {
+            // Refused at campaign creation; a list changed since cannot mix one in.
+            return vec![
+                Answer::new(
+                    Submit::Permanent,
+                    Some(format!(
+                        "云MAS sends to mainland (+86) numbers only, and {} is not one",
+                        crate::domain::phone::mask(m.to)
+                    )),
+                );
+                n
+            ];
+        }
+        let mobiles: Vec<String> = ms
+            .iter()
+            .map(|m| super::aliyun::report_number(m.to))
+            .collect();
+        let mobiles = mobiles.join(",");
+        let params = if first.params.is_empty() {
+            r#"[""]"#.to_owned()
+        } else {
+            serde_json::to_string(first.params).unwrap_or_default()
+        };
+        let body = body(&TmpSubmit {
+            ec_name: &c.ec_name,
+            ap_id: &c.ap_id,
+            secret_key: &c.secret_key,
+            template_id,
+            mobiles: &mobiles,
+            params: &params,
+            sign: &c.sign,
+            add_serial: &c.add_serial,
+        });
+        let req = link
+            .client
+            .post(c.url.clone())
+            .header("Content-Type", "text/plain")
+            .body(body);
+        let (status, after, text) = match exchange(req).await {
+            Ok(r) => r,
+            Err(x) => return vec![x; n],
+        };
+        let read = read_answer(&text).map(|(code, group)| {
+            let k = classify(&code);
+            (k, code, group)
+        });
+        one_code_for_all(ms, status, after, &text, read)
+    }
 }
 
 #[cfg(test)]

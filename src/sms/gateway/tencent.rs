@@ -1,5 +1,5 @@
-//! Tencent Cloud SMS, API 3.0 (`SendSms`, version 2021-01-11), without I/O: the signed
-//! request, the answer read per number, delivery reports and replies as Tencent pushes them,
+//! Tencent Cloud SMS, API 3.0 (`SendSms`, version 2021-01-11): the protocol without I/O (the
+//! signed request, the answer read per number, delivery reports and replies as Tencent pushes them,
 //! and the acknowledgement it expects. Facts and sources: `CARRIERS.md` §2.3.
 //!
 //! - Signing: TC3-HMAC-SHA256 over the exact body bytes (Tencent "Signature v3"; tested
@@ -403,6 +403,151 @@ pub fn read_reply(body: &[u8]) -> Result<(String, String), String> {
         format!("+{cc}{mobile}")
     };
     Ok((number, text))
+}
+
+// The driver: requests and answers over HTTP.
+
+use crate::sms::config::TencentConfig;
+use crate::sms::gateway::{
+    Answer, Driver, Found, Link, Outgoing, campaign_tag, carrier_status, exchange, signed_host,
+    truncate,
+};
+
+/// A signed Tencent request for `action` with `body`.
+fn tencent_request(
+    client: &reqwest::Client,
+    t: &TencentConfig,
+    action: &'static str,
+    body: Vec<u8>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> reqwest::RequestBuilder {
+    let mut req = client.post(t.url.clone());
+    for (k, v) in headers(
+        action,
+        &t.secret_id,
+        &t.secret_key,
+        &signed_host(&t.url),
+        &t.region,
+        now.timestamp(),
+        &body,
+    ) {
+        req = req.header(k, v);
+    }
+    req.body(body)
+}
+
+impl Driver for TencentConfig {
+    /// One `SendSms` for `ms` (same template and parameters), read per number.
+    async fn send(&self, link: &Link, ms: &[Outgoing<'_>]) -> Vec<Answer> {
+        let t = self;
+        let n = ms.len();
+        let Some(first) = ms.first() else {
+            return Vec::new();
+        };
+        let Some(template_id) = first.template_id else {
+            return link.needs_template(n);
+        };
+        let body = SendSms {
+            phone_number_set: ms.iter().map(|m| m.to).collect(),
+            sms_sdk_app_id: &t.sdk_app_id,
+            template_id,
+            sign_name: &t.sign_name,
+            template_param_set: first.params,
+            session_context: campaign_tag(first.campaign),
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let now = chrono::Utc::now();
+        let req = tencent_request(&link.client, t, "SendSms", bytes, now);
+        let (status, after, text) = match exchange(req).await {
+            Ok(r) => r,
+            Err(a) => return vec![a; n],
+        };
+        if status != 200 {
+            let mut a = Answer::new(
+                carrier_status(status),
+                Some(format!("{status} {}", truncate(text.trim(), 300))),
+            );
+            a.retry_after = after;
+            return vec![a; n];
+        }
+        let results = match read_answer(&text) {
+            Ok(r) => r,
+            // A 200 we cannot read may have sent everything: unknown, never resent blindly.
+            Err((code, msg)) if code == "Marquee.UnreadableAnswer" => {
+                return vec![Answer::new(Submit::Lost, Some(msg)); n];
+            }
+            Err((code, msg)) => {
+                let c = classify_request(&code, now);
+                let mut a = Answer::new(c.submit, Some(format!("{code}: {msg}")));
+                a.retry_after = c.wait.or(after);
+                return vec![a; n];
+            }
+        };
+        let mut results: Vec<Option<NumberResult>> = results.into_iter().map(Some).collect();
+        ms.iter()
+            .map(|m| {
+                let found = results
+                    .iter_mut()
+                    .find(|r| r.as_ref().is_some_and(|r| r.phone == m.to))
+                    .and_then(Option::take);
+                match found {
+                    None => Answer::new(
+                        Submit::Lost,
+                        Some("the answer does not name this number: it may or may not have been sent".into()),
+                    ),
+                    Some(r) => {
+                        let c = classify(&r.code, now);
+                        Answer {
+                            reason: (c.submit != Submit::Accepted)
+                                .then(|| format!("{}: {}", r.code, r.message)),
+                            carrier_id: r.serial,
+                            submit: c.submit,
+                            retry_after: c.wait,
+                        }
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// `PullSmsSendStatusByPhoneNumber`, matched by the campaign tag (`SessionContext`).
+    async fn find(
+        &self,
+        link: &Link,
+        to: &str,
+        campaign: i64,
+        since: DateTime<Utc>,
+    ) -> Result<Option<Found>, String> {
+        let (t, now, tag) = (self, Utc::now(), campaign_tag(campaign));
+        let body = serde_json::json!({
+            "BeginTime": (since - chrono::Duration::minutes(1)).timestamp(),
+            "EndTime": now.timestamp(),
+            "Offset": 0,
+            "Limit": 100,
+            "PhoneNumber": to,
+            "SmsSdkAppId": t.sdk_app_id,
+        });
+        let bytes = serde_json::to_vec(&body).unwrap_or_default();
+        let req = tencent_request(
+            &link.client,
+            t,
+            "PullSmsSendStatusByPhoneNumber",
+            bytes,
+            now,
+        );
+        let text = exchange(req)
+            .await
+            .map_err(|a| a.reason.unwrap_or_default())?
+            .2;
+        Ok(read_pulled(&text)?
+            .into_iter()
+            .find(|p| p.session == tag)
+            .map(|p| Found {
+                carrier_id: Some(p.serial).filter(|s| !s.is_empty()),
+                code: p.code,
+                report: p.report,
+            }))
+    }
 }
 
 #[cfg(test)]
