@@ -72,6 +72,9 @@ pub enum Error {
     /// The store failed (a full disk among others).
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The audit log could not be written (so nothing was changed).
+    #[error("audit log: {0}")]
+    Audit(StoreError),
     /// The daemon itself failed (a task that is not running, a lost reply).
     #[error("{0}")]
     Internal(String),
@@ -109,7 +112,7 @@ impl Error {
 
     /// Whether it failed for want of disk space.
     pub fn is_disk_full(&self) -> bool {
-        matches!(self, Error::Store(e) if e.is_disk_full())
+        matches!(self, Error::Store(e) | Error::Audit(e) if e.is_disk_full())
     }
 }
 
@@ -129,8 +132,8 @@ pub async fn audit(
             anchoring.write(s.audit(chrono::Utc::now(), &entry)?);
             Ok(())
         })
-        .await?;
-    Ok(())
+        .await
+        .map_err(Error::Audit)
 }
 
 impl Ctx {

@@ -60,6 +60,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let (reload_tx, reload_rx) = mpsc::channel(64);
     let (app, publish_rx) = context(&cfg, &store, &signing, &registry);
+    // The rotation is audited before anything else can write to the log or send.
+    if let Some((old, n)) = resigned {
+        finish_rotation(&app, &old, n).await?;
+    }
     let state = start_sms_and_alerts(
         &app,
         &metrics,
@@ -68,9 +72,6 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         &cancel,
         (catalog, tokens, reload_tx.clone()),
     )?;
-    if let Some((old, n)) = resigned {
-        finish_rotation(&app, &old, n).await?;
-    }
     let sched_rx = start_intake_and_http(
         &state,
         (mqtt.clone(), events),

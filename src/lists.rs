@@ -624,26 +624,14 @@ pub mod uploads {
             .then(|| dir(data_dir).join(format!("{id}.list")))
     }
 
-    /// Takes upload `id` for one use and opens it, or says why not (for the request field
-    /// `field`). Taking is a rename, so two requests naming the same upload (a double click, a
-    /// retry) cannot both import it.
-    pub fn open(
-        data_dir: &Path,
-        id: &str,
-        field: &str,
-    ) -> Result<std::fs::File, crate::app::Error> {
-        let p = path(data_dir, id).ok_or_else(|| {
-            crate::app::Error::invalid(field, format!("{id:?} is not an upload id"))
-        })?;
+    /// Takes upload `id` for one use and opens it, or says why not. Taking is a rename, so two
+    /// requests naming the same upload (a double click, a retry) cannot both import it.
+    pub fn open(data_dir: &Path, id: &str) -> Result<std::fs::File, String> {
+        let p = path(data_dir, id).ok_or_else(|| format!("{id:?} is not an upload id"))?;
         let taken = p.with_extension("taken");
         std::fs::rename(&p, &taken)
             .and_then(|()| std::fs::File::open(&taken))
-            .map_err(|_| {
-                crate::app::Error::invalid(
-                    field,
-                    format!("no upload {id} (uploads are used once and kept for an hour)"),
-                )
-            })
+            .map_err(|_| format!("no upload {id} (uploads are used once and kept for an hour)"))
     }
 
     /// Removes upload `id` once it has been used (or its use failed: an upload is used once).

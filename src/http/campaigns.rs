@@ -113,8 +113,8 @@ pub async fn action(
     } else {
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_field("body", e.to_string()))?
     };
+    let c = load(&s, id).await?;
     if action == "reconcile" {
-        let c = load(&s, id).await?;
         audit(
             &s,
             &who.0.name,
@@ -133,9 +133,6 @@ pub async fn action(
         return Ok(Json(json!({"id": id, "reconciled": o, "unknown": left})));
     }
     let act = match Act::parse(&action) {
-        Some(Act::Start { .. }) => Act::Start {
-            confirm_late: opts.confirm_late,
-        },
         Some(a) => a,
         None => {
             return Err(ApiError::not_found(format!(
@@ -143,7 +140,7 @@ pub async fn action(
             )));
         }
     };
-    match campaigns::act(&s, &who.0, id, act).await? {
+    match campaigns::act(&s, &who.0, id, act, opts.confirm_late).await? {
         Acted::Requeued(n) => Ok(Json(json!({"id": id, "requeued": n}))),
         Acted::Moved => Ok(Json(campaign_json(&load(&s, id).await?))),
     }
@@ -294,7 +291,17 @@ pub async fn dlr(
     let result = answer
         .await
         .map_err(|_| ApiError::internal("the report intake stopped"))?
-        .map_err(|e| ApiError::internal(format!("cannot store the report: {e}")))?;
+        // As documented: 503, so the gateway pushes the report again (Kannel retries on any
+        // status but 2xx); a stored report is not applied twice.
+        .map_err(|e| {
+            tracing::error!(gateway = %gateway, error = %e, "cannot store a delivery report");
+            ApiError {
+                status: StatusCode::SERVICE_UNAVAILABLE,
+                code: "unavailable",
+                message: format!("cannot store the report now ({e}); push it again"),
+                field: None,
+            }
+        })?;
     let Some((from, to)) = result else {
         return Err(ApiError::not_found(format!(
             "no message {} was sent through gateway {gateway:?}",
@@ -369,11 +376,10 @@ pub async fn add_optouts(
         }
     }
     let file = match &req.upload {
-        Some(id) => Some(std::io::BufReader::new(crate::lists::uploads::open(
-            &s.cfg.data_dir,
-            id,
-            "upload",
-        )?)),
+        Some(id) => Some(std::io::BufReader::new(
+            crate::lists::uploads::open(&s.cfg.data_dir, id)
+                .map_err(|m| ApiError::bad_field("upload", m))?,
+        )),
         None => None,
     };
     let (csv, sheet) = (req.csv.clone(), req.sheet.clone());

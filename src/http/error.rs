@@ -126,6 +126,8 @@ impl From<crate::app::Error> for ApiError {
             },
             Error::Forbidden(m) => ApiError::forbidden(m),
             Error::Store(e) => ApiError::store(e),
+            Error::Audit(e) if e.is_disk_full() => ApiError::disk_full(format!("audit log: {e}")),
+            Error::Audit(e) => ApiError::internal(format!("audit log: {e}")),
             Error::Internal(m) => ApiError::internal(m),
         }
     }

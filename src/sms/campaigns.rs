@@ -117,11 +117,10 @@ pub async fn create(
     };
     let upload_id = req.recipients_upload.clone();
     let upload = match &upload_id {
-        Some(id) => Some(std::io::BufReader::new(crate::lists::uploads::open(
-            &ctx.cfg.data_dir,
-            id,
-            &field("recipients_upload"),
-        )?)),
+        Some(id) => Some(std::io::BufReader::new(
+            crate::lists::uploads::open(&ctx.cfg.data_dir, id)
+                .map_err(|m| Error::invalid(field("recipients_upload"), m))?,
+        )),
         None => None,
     };
     let plan = Plan {
@@ -282,7 +281,8 @@ fn finish(
                "estimate": p.estimate, "rejected": p.rejected}),
     );
     let spec = serde_json::to_value(&p.spec).unwrap_or_default();
-    let head = store.finish_import(id, &spec, start_at, status, &entry, plan.now)?;
+    // Stamped when the import ends (the audit log's times follow its order).
+    let head = store.finish_import(id, &spec, start_at, status, &entry, Utc::now())?;
     anchoring.write(head);
     Ok(Created {
         id,
@@ -374,10 +374,7 @@ pub async fn approve_and_start(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Act {
     /// Start a draft, a scheduled or a missed campaign (a missed one with `confirm_late`).
-    Start {
-        /// Send a missed start now.
-        confirm_late: bool,
-    },
+    Start,
     /// Pause a running campaign.
     Pause,
     /// Resume a paused one.
@@ -392,9 +389,7 @@ impl Act {
     /// The action as the API's path names it.
     pub fn parse(s: &str) -> Option<Act> {
         Some(match s {
-            "start" => Act::Start {
-                confirm_late: false,
-            },
+            "start" => Act::Start,
             "pause" => Act::Pause,
             "resume" => Act::Resume,
             "cancel" => Act::Cancel,
@@ -413,25 +408,29 @@ pub enum Acted {
     Requeued(usize),
 }
 
-/// Does `act` to campaign `id` for `who` (audited before it takes effect).
-pub async fn act(ctx: &Ctx, who: &Principal, id: i64, act: Act) -> Result<Acted, Error> {
+/// Does `act` to campaign `id` for `who` (audited before it takes effect). `confirm_late`: the
+/// operator confirmed that a missed start may be sent now (recorded with any action).
+pub async fn act(
+    ctx: &Ctx,
+    who: &Principal,
+    id: i64,
+    act: Act,
+    confirm_late: bool,
+) -> Result<Acted, Error> {
     let c = load(ctx, id).await?;
     let target = format!("campaign:{id}");
     if act == Act::RequeueUnknown {
         return requeue_unknown(ctx, who, &c).await;
     }
-    let (action, confirm_late) = match act {
-        Act::Start { confirm_late } => (
-            Action::Start {
-                confirm_late,
-                needs_approval: c.approved_by.is_none()
-                    && needs_approval(ctx, who, c.counts.values().sum::<i64>() as usize),
-            },
+    let action = match act {
+        Act::Start => Action::Start {
             confirm_late,
-        ),
-        Act::Pause => (Action::Pause, false),
-        Act::Resume => (Action::Resume, false),
-        Act::Cancel | Act::RequeueUnknown => (Action::Cancel, false),
+            needs_approval: c.approved_by.is_none()
+                && needs_approval(ctx, who, c.counts.values().sum::<i64>() as usize),
+        },
+        Act::Pause => Action::Pause,
+        Act::Resume => Action::Resume,
+        Act::Cancel | Act::RequeueUnknown => Action::Cancel,
     };
     let to = campaign::next(c.status, action).map_err(|r| refused(id, action, r, &c))?;
     let name = if to == CampaignStatus::Pending {
@@ -466,7 +465,12 @@ async fn requeue_unknown(ctx: &Ctx, who: &Principal, c: &CampaignRow) -> Result<
     let id = c.id;
     // Refused where the table refuses it (a cancelled campaign), whatever the count.
     let probe = Action::RequeueUnknown { requeued: 0 };
-    campaign::next(c.status, probe).map_err(|r| refused(id, probe, r, c))?;
+    if campaign::next(c.status, probe).is_err() {
+        return Err(Error::conflict(
+            "wrong_state",
+            format!("campaign {id} is {}", c.status),
+        ));
+    }
     audit(
         ctx,
         &who.name,

@@ -303,7 +303,13 @@ impl Drop for Tmpfs {
 #[tokio::test]
 async fn a_full_data_disk_still_takes_an_alert_and_refuses_the_playlist_save() {
     let port = free_port();
-    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), "");
+    // A dry-run gateway writes outside the data disk: an alert's SMS part is stored (and
+    // refused) on it, never sent.
+    let sms = format!(
+        "[sms]\nsender = \"12345\"\n[[sms.gateways]]\nname = \"dry\"\nkind = \"dry-run\"\npath = {:?}\n",
+        std::env::temp_dir().join(format!("marquee-full-disk-{port}.jsonl"))
+    );
+    let site = Site::new(&format!("listen = \"127.0.0.1:{port}\""), &sms);
     site.server_keys("disk_reserve_kib = 256");
     // The data directory is a 2 MB disk of its own; the playlists and the agent are elsewhere.
     let disk = Tmpfs::mount(&site.dir.path().join("data"), "2m");
@@ -389,6 +395,30 @@ async fn a_full_data_disk_still_takes_an_alert_and_refuses_the_playlist_save() {
     assert!(out.contains("alert-"), "{out}");
     agent
         .frame("the alert", |v| text_of(v) == "full disk drill")
+        .await;
+    // An alert with an SMS part: the part cannot be stored, the alert still goes out, and the
+    // answer says the SMS was refused for the disk.
+    let (status, raised) = d
+        .send(
+            reqwest::Method::POST,
+            "/api/v1/alerts",
+            Some(&token),
+            Some(
+                serde_json::json!({"text": {"en": "full disk drill 2"}, "expires_in": "10m",
+                "sms": {"recipients": [{"number": "+8613800138000"}]}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{raised}");
+    assert!(
+        raised["sms"]["refused"]
+            .as_str()
+            .unwrap_or("")
+            .contains("disk"),
+        "{raised}"
+    );
+    agent
+        .frame("the second alert", |v| text_of(v) == "full disk drill 2")
         .await;
     // The alert was written in the reserve's space; the store says so: the reserve in use,
     // bulk writes refused, a second save refused as well.
