@@ -1,9 +1,21 @@
 //! Marquee: a publicity daemon. A central scheduler turns playlist files into signed, retained MQTT
 //! timelines for display agents (lobby, subway, bus and public screens).
 //!
-//! The crate is split the way the design asks (see `docs/` and the module docs):
-//! pure protocol code in [`wire`], pure scheduling logic in [`domain`], and the runtime shells
-//! ([`scheduler`], [`mqtt`], [`store`], [`http`], [`daemon`]) that feed `now` in and perform what comes out.
+//! The map, with which part may call which: `docs/architecture.md`. In short:
+//!
+//! - Pure: [`wire`] (the protocol: topics, payloads, signing) and [`domain`] (playlists,
+//!   calendar, resolver, CAP, the SMS delivery and campaign lifecycles, phone numbers, segments).
+//! - Use cases: [`app`] (their context, errors and the audit), [`alerts`] (raise, approve,
+//!   clear, CAP, the feed poller) and [`sms::campaigns`].
+//! - Edges, each the only user of its outside world: [`store`] (SQLite), [`mqtt`] (the broker
+//!   and the client), [`sms::gateway`] (carriers), [`lists`] (list files), [`keys`] (key and
+//!   token files).
+//! - Tasks: [`scheduler`] (the single writer of retained topics, with its file watcher and
+//!   catalog), [`fleet`] (agents' reports), [`sms`] (dispatcher, report intake, reconciler),
+//!   [`registry`] (who may report), [`preview`] (what screens show when), [`metrics`],
+//!   [`logging`].
+//! - Shells: [`http`] (parse, call, answer), [`config`], [`cli`] (one module per subcommand),
+//!   [`daemon`] (wiring), [`agent`] (the display agent).
 
 pub mod agent;
 pub mod alerts;

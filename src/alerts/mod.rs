@@ -562,7 +562,8 @@ pub async fn approve(ctx: &Ctx, who: &Principal, id: &str) -> Result<(), Error> 
     start_alert_sms(ctx, &who.name, id).await
 }
 
-/// Clears alert `id` ([`clear_row`]).
+/// Clears alert `id`: audited, a signed clear published where it is still current, marked
+/// cleared, and what its SMS campaign has not sent cancelled; idempotent.
 pub async fn clear(ctx: &Ctx, by: &str, id: &str) -> Result<(), Error> {
     let row = load(ctx, id).await?;
     clear_row(ctx, by, &row).await

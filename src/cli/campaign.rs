@@ -372,9 +372,10 @@ pub async fn status(api: &ApiClient, id: i64, follow: bool) -> anyhow::Result<St
             rate("failed"),
             count(&c, "unknown"),
         ));
-        let status = c["status"].as_str().unwrap_or("");
-        if matches!(status, "done" | "cancelled" | "draft" | "missed")
-            || (status == "paused" && count(&c, "submitting") == 0)
+        use crate::domain::campaign::CampaignStatus as S;
+        let status = S::parse(c["status"].as_str().unwrap_or(""));
+        if matches!(status, Some(S::Done | S::Cancelled | S::Draft | S::Missed))
+            || (status == Some(S::Paused) && count(&c, "submitting") == 0)
         {
             break;
         }

@@ -532,7 +532,10 @@ struct Running {
     list: Vec<(i64, Spec)>,
 }
 
-/// Where submit tasks send their answers (and then wake the dispatcher).
+/// Where submit tasks send their answers (and then wake the dispatcher). Unbounded on
+/// purpose, and bounded in fact: a message is claimed only with a permit of its gateway's
+/// in-flight window (`in_flight`), so at most the sum of the windows times `MAX_BATCH` answers
+/// wait here; a send never blocks a task holding an answer that must be stored.
 type Recorder = tokio::sync::mpsc::UnboundedSender<Finish>;
 
 /// What a failed store of answers means for their messages.

@@ -241,7 +241,7 @@ async fn wait_done(d: &Daemon, id: i64) -> anyhow::Result<Value> {
     let t0 = Instant::now();
     loop {
         let c = get_json(d, &format!("/api/v1/campaigns/{id}")).await?;
-        if c["status"] == "done" {
+        if c["status"] == marquee::domain::campaign::CampaignStatus::Done.as_str() {
             return Ok(c);
         }
         if t0.elapsed() > Duration::from_secs(120) {

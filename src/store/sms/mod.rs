@@ -6,9 +6,9 @@
 //! other cannot move a message backwards. These calls use the store's SMS connection
 //! (`synchronous = FULL`): a claim (`queued → submitting`) is on disk before the request leaves.
 //!
-//! By area: [`campaigns`] (creating, importing, status), [`queue`] (claiming, storing submit
-//! answers, recovery, requeue), [`reports`] (delivery reports, reconciliation of unknowns) and
-//! [`optouts`] (the opt-out list and replies). The row types and the helpers they share are here.
+//! By area: `campaigns` (creating, importing, status), `queue` (claiming, storing submit
+//! answers, recovery, requeue), `reports` (delivery reports, reconciliation of unknowns) and
+//! `optouts` (the opt-out list and replies). The row types and the helpers they share are here.
 
 mod campaigns;
 mod optouts;
