@@ -69,7 +69,7 @@ impl Default for RawSms {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawGateway {
     name: String,
@@ -139,6 +139,126 @@ struct RawGateway {
     sign: Option<String>,
     add_serial: Option<String>,
     batch_max: Option<usize>,
+}
+
+/// Keys every gateway takes, whatever its kind.
+const COMMON_KEYS: &[&str] = &[
+    "name",
+    "kind",
+    "messages_per_second",
+    "segments_per_second",
+    "in_flight",
+    "timeout",
+    "dlr_secret_env",
+    "dlr_secret_file",
+    "fixed_line",
+];
+
+/// The keys of each kind besides [`COMMON_KEYS`] (what its validation below reads); `None`
+/// for an unknown kind (reported as such).
+fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {
+    Some(match kind {
+        "dry-run" => &["path"],
+        "kannel" => &[
+            "url",
+            "username",
+            "password_env",
+            "password_file",
+            "smsc",
+            "dlr_mask",
+            "method",
+        ],
+        "http" => &[
+            "url",
+            "username",
+            "password_env",
+            "password_file",
+            "method",
+            "body",
+            "fields",
+            "json",
+            "headers",
+            "accept_status",
+            "id_pointer",
+            "dlr_status_field",
+            "dlr_delivered",
+            "dlr_failed",
+            "outcome_pointer",
+            "ok_values",
+            "results_pointer",
+            "result_phone_field",
+            "result_code_field",
+            "result_id_field",
+            "codes",
+            "batch_item_json",
+            "batch_max",
+            "signing",
+            "sign_service",
+            "secret_id_env",
+            "secret_id_file",
+            "secret_key_env",
+            "secret_key_file",
+            "dlr_items_pointer",
+            "dlr_carrier_id_field",
+            "dlr_id_field",
+            "dlr_ack_body",
+            "dlr_ack_content_type",
+        ],
+        "tencent" => &[
+            "url",
+            "region",
+            "sdk_app_id",
+            "sign_name",
+            "secret_id_env",
+            "secret_id_file",
+            "secret_key_env",
+            "secret_key_file",
+            "batch_max",
+        ],
+        "aliyun" => &[
+            "url",
+            "sign_name",
+            "access_key_id_env",
+            "access_key_id_file",
+            "access_key_secret_env",
+            "access_key_secret_file",
+            "batch_max",
+        ],
+        "cmcc-mas" => &[
+            "url",
+            "ec_name",
+            "ap_id",
+            "sign",
+            "secret_key_env",
+            "secret_key_file",
+            "add_serial",
+            "batch_max",
+        ],
+        _ => return None,
+    })
+}
+
+/// The keys a gateway's table sets that its kind does not take: a key left from another kind
+/// (a Tencent `sdk_app_id` under a Kannel gateway) is a mistake worth naming, not something to
+/// ignore. Each set key is found by serializing the table back: what is absent, empty or
+/// `false` was not written (or means nothing).
+fn foreign_keys(g: &RawGateway) -> Vec<String> {
+    let Some(own) = kind_keys(&g.kind) else {
+        return Vec::new();
+    };
+    let Ok(serde_json::Value::Object(set)) = serde_json::to_value(g) else {
+        return Vec::new();
+    };
+    set.into_iter()
+        .filter(|(_, v)| match v {
+            serde_json::Value::Null | serde_json::Value::Bool(false) => false,
+            serde_json::Value::Array(a) => !a.is_empty(),
+            serde_json::Value::Object(o) => !o.is_empty(),
+            _ => true,
+        })
+        .map(|(k, _)| k)
+        .filter(|k| !COMMON_KEYS.contains(&k.as_str()) && !own.contains(&k.as_str()))
+        .collect()
 }
 
 fn ten() -> f64 {
@@ -571,426 +691,31 @@ fn gateway(
     problems: &mut Vec<String>,
 ) -> Option<GatewayConfig> {
     let place = format!("sms.gateways[{i}] ({})", g.name);
+    for key in foreign_keys(&g) {
+        problems.push(format!(
+            "{place}.{key}: not a key of a {:?} gateway (see config/marquee.toml for each kind's keys)",
+            g.kind
+        ));
+    }
     if !valid_name(&g.name) {
         problems.push(format!(
             "{place}.name: must be 1-64 letters, digits, '_', '-' or '.'"
         ));
     }
-    let url = |problems: &mut Vec<String>| -> Option<url::Url> {
-        match g.url.as_deref().map(url::Url::parse) {
-            Some(Ok(u)) if matches!(u.scheme(), "http" | "https") => Some(u),
-            Some(_) => {
-                problems.push(format!(
-                    "{place}.url: {:?} is not an http(s) URL",
-                    g.url.as_deref().unwrap_or("")
-                ));
-                None
-            }
-            None => {
-                problems.push(format!("{place}.url: missing"));
-                None
-            }
-        }
-    };
-    let password = |problems: &mut Vec<String>| {
-        if g.password_env.is_some() || g.password_file.is_some() {
-            secret(
-                problems,
-                &format!("{place}.password"),
-                &g.password_env,
-                &g.password_file,
-            )
-        } else {
-            None
-        }
-    };
-    let need = |problems: &mut Vec<String>, key: &str, v: &Option<String>| {
-        let v = v.clone().filter(|v| !v.trim().is_empty());
-        if v.is_none() {
-            problems.push(format!("{place}.{key}: missing"));
-        }
-        v
-    };
-    // Numbers a request carries: `batch_max`, or the kind's default, within what the provider
-    // takes.
-    let batch = |problems: &mut Vec<String>, default: usize, max: usize, why: &str| {
-        let n = g.batch_max.unwrap_or(default);
-        if !(1..=max).contains(&n) {
-            problems.push(format!("{place}.batch_max: between 1 and {max}{why}"));
-        }
-        n
-    };
-    // A signed cloud API: requests are signed for the root path; another one would fail every
-    // signature.
-    let api_root = |problems: &mut Vec<String>, default: &str| -> Option<url::Url> {
-        let u = match g.url.as_deref() {
-            None => url::Url::parse(default).ok()?,
-            Some(_) => url(problems)?,
-        };
-        if u.path() != "/" {
-            problems.push(format!(
-                "{place}.url: the API is at the root path: {}://{}/",
-                u.scheme(),
-                u.host_str().unwrap_or("")
-            ));
-        }
-        Some(u)
-    };
+    let t = Table { g: &g, place };
+    let place = &t.place;
     let kind = match g.kind.as_str() {
-        "cmcc-mas" => {
-            let url = url(problems)?;
-            let ec_name = need(problems, "ec_name", &g.ec_name);
-            let ap_id = need(problems, "ap_id", &g.ap_id);
-            let sign = need(problems, "sign", &g.sign);
-            let secret_key = secret(
-                problems,
-                &format!("{place}.secret_key"),
-                &g.secret_key_env,
-                &g.secret_key_file,
-            );
-            let batch_max = batch(
-                problems,
-                1000,
-                super::gateway::cmcc_mas::MAX_NUMBERS,
-                " (the platform takes at most 5000 numbers)",
-            );
-            GatewayKind::CmccMas(CmccMasConfig {
-                url,
-                ec_name: ec_name?,
-                ap_id: ap_id?,
-                secret_key: secret_key?.trim().to_owned(),
-                sign: sign?,
-                add_serial: g.add_serial.clone().unwrap_or_default(),
-                batch_max,
-            })
-        }
-        "aliyun" => {
-            let url = api_root(problems, "https://dysmsapi.aliyuncs.com/")?;
-            let sign_name = need(problems, "sign_name", &g.sign_name);
-            let key_id = secret(
-                problems,
-                &format!("{place}.access_key_id"),
-                &g.access_key_id_env,
-                &g.access_key_id_file,
-            );
-            let key_secret = secret(
-                problems,
-                &format!("{place}.access_key_secret"),
-                &g.access_key_secret_env,
-                &g.access_key_secret_file,
-            );
-            let batch_max = batch(
-                problems,
-                super::gateway::aliyun::MAX_NUMBERS,
-                super::gateway::aliyun::MAX_NUMBERS,
-                " (SendSms takes at most 1000 numbers)",
-            );
-            GatewayKind::Aliyun(AliyunConfig {
-                url,
-                sign_name: sign_name?,
-                access_key_id: key_id?.trim().to_owned(),
-                access_key_secret: key_secret?.trim().to_owned(),
-                batch_max,
-            })
-        }
+        "cmcc-mas" => cmcc_mas_kind(&t, problems)?,
+        "aliyun" => aliyun_kind(&t, problems)?,
         "dry-run" => GatewayKind::DryRun(DryRunConfig {
             path: g
                 .path
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(data_dir_hint).join("sms-dry-run.jsonl")),
         }),
-        "kannel" => {
-            let url = url(problems)?;
-            let Some(username) = g.username.clone() else {
-                problems.push(format!("{place}.username: missing (the sendsms-user)"));
-                return None;
-            };
-            let Some(password) = password(problems) else {
-                if g.password_env.is_none() && g.password_file.is_none() {
-                    problems.push(format!(
-                        "{place}.password: missing; give password_env or password_file"
-                    ));
-                }
-                return None;
-            };
-            let dlr_mask = g.dlr_mask.unwrap_or(31);
-            if dlr_mask == 0 || dlr_mask > 63 {
-                problems.push(format!("{place}.dlr_mask: between 1 and 63"));
-            }
-            let post = match g.method.as_deref().unwrap_or("GET") {
-                m if m.eq_ignore_ascii_case("get") => false,
-                m if m.eq_ignore_ascii_case("post") => true,
-                m => {
-                    problems.push(format!("{place}.method: {m:?} is not GET or POST"));
-                    false
-                }
-            };
-            GatewayKind::Kannel(KannelConfig {
-                url,
-                username,
-                password,
-                smsc: g.smsc.clone(),
-                dlr_mask,
-                post,
-            })
-        }
-        "http" => {
-            let u = g.url.clone().unwrap_or_default();
-            if u.is_empty() {
-                problems.push(format!("{place}.url: missing"));
-            }
-            let method = match g.method.as_deref().unwrap_or("POST") {
-                m if m.eq_ignore_ascii_case("get") => reqwest::Method::GET,
-                m if m.eq_ignore_ascii_case("post") => reqwest::Method::POST,
-                m => {
-                    problems.push(format!("{place}.method: {m:?} is not GET or POST"));
-                    reqwest::Method::POST
-                }
-            };
-            let body = match g.body.as_deref().unwrap_or("form") {
-                "none" => HttpBody::None,
-                "form" => HttpBody::Form(g.fields.clone()),
-                "json" => match g.json.as_deref().map(serde_json::from_str) {
-                    Some(Ok(v)) => HttpBody::Json(v),
-                    Some(Err(e)) => {
-                        problems.push(format!("{place}.json: not JSON: {e}"));
-                        HttpBody::None
-                    }
-                    None => {
-                        problems.push(format!(
-                            "{place}.json: body = \"json\" needs the JSON template in json"
-                        ));
-                        HttpBody::None
-                    }
-                },
-                other => {
-                    problems.push(format!(
-                        "{place}.body: {other:?} is not \"form\", \"json\" or \"none\""
-                    ));
-                    HttpBody::None
-                }
-            };
-            let pointer = |problems: &mut Vec<String>, key: &str, v: &Option<String>| {
-                if let Some(p) = v
-                    && !p.is_empty()
-                    && !p.starts_with('/')
-                {
-                    problems.push(format!(
-                        "{place}.{key}: a JSON pointer starts with / (e.g. \"/sid\")"
-                    ));
-                }
-                v.clone()
-            };
-            pointer(problems, "id_pointer", &g.id_pointer);
-            let mut codes = Vec::new();
-            for (code, class) in &g.codes {
-                match class_name(class) {
-                    Some(c) => codes.push((code.clone(), c)),
-                    None => problems.push(format!(
-                        "{place}.codes.{code}: {class:?} is not accepted, retry, defer, opted_out, permanent, config, account or lost"
-                    )),
-                }
-            }
-            // Exact codes before prefixes, longer prefixes first.
-            codes.sort_by_key(|(p, _)| (p.ends_with('*'), std::cmp::Reverse(p.len())));
-            let outcome =
-                (g.outcome_pointer.is_some() || g.results_pointer.is_some()).then(|| BodyOutcome {
-                    outcome_pointer: pointer(problems, "outcome_pointer", &g.outcome_pointer),
-                    ok_values: if g.ok_values.is_empty() {
-                        ["OK", "Ok", "ok", "success", "0"]
-                            .map(String::from)
-                            .to_vec()
-                    } else {
-                        g.ok_values.clone()
-                    },
-                    results_pointer: pointer(problems, "results_pointer", &g.results_pointer),
-                    result_phone: pointer(problems, "result_phone_field", &g.result_phone_field)
-                        .unwrap_or_else(|| "/to".into()),
-                    result_code: pointer(problems, "result_code_field", &g.result_code_field)
-                        .unwrap_or_else(|| "/code".into()),
-                    result_id: pointer(problems, "result_id_field", &g.result_id_field),
-                    codes,
-                });
-            let batch_max = batch(problems, 1, 10_000, "");
-            let batch_item_json = match g.batch_item_json.as_deref().map(serde_json::from_str) {
-                None => serde_json::Value::String("{to}".into()),
-                Some(Ok(v)) => v,
-                Some(Err(e)) => {
-                    problems.push(format!("{place}.batch_item_json: not JSON: {e}"));
-                    serde_json::Value::Null
-                }
-            };
-            let dlr_array = g.dlr_items_pointer.as_ref().map(|items| ArrayReports {
-                items_pointer: pointer(problems, "dlr_items_pointer", &Some(items.clone()))
-                    .unwrap_or_default(),
-                carrier_id: pointer(problems, "dlr_carrier_id_field", &g.dlr_carrier_id_field),
-                our_id: pointer(problems, "dlr_id_field", &g.dlr_id_field),
-                status: pointer(problems, "dlr_status_field", &g.dlr_status_field)
-                    .unwrap_or_else(|| "/status".into()),
-                ack_body: g.dlr_ack_body.clone().unwrap_or_default(),
-                ack_content_type: g
-                    .dlr_ack_content_type
-                    .clone()
-                    .unwrap_or_else(|| "text/plain".into()),
-            });
-            let sign = match g.signing.as_deref() {
-                None => None,
-                Some("tc3-hmac-sha256") => {
-                    if !matches!(body, HttpBody::Json(_)) {
-                        problems.push(format!(
-                            "{place}.signing: tc3-hmac-sha256 signs a JSON body (body = \"json\")"
-                        ));
-                    }
-                    // What is signed: POST to the root path, no query, its own content type.
-                    let parsed = url::Url::parse(&u).ok();
-                    if method != reqwest::Method::POST
-                        || parsed
-                            .as_ref()
-                            .is_some_and(|x| x.path() != "/" || x.query().is_some())
-                    {
-                        problems.push(format!(
-                            "{place}.signing: tc3-hmac-sha256 signs a POST to the root path without a query"
-                        ));
-                    }
-                    if g.headers
-                        .keys()
-                        .any(|k| k.eq_ignore_ascii_case("content-type"))
-                    {
-                        problems.push(format!(
-                            "{place}.headers: Content-Type is set by the signing scheme"
-                        ));
-                    }
-                    let id = secret(
-                        problems,
-                        &format!("{place}.secret_id"),
-                        &g.secret_id_env,
-                        &g.secret_id_file,
-                    );
-                    let key = secret(
-                        problems,
-                        &format!("{place}.secret_key"),
-                        &g.secret_key_env,
-                        &g.secret_key_file,
-                    );
-                    let service = g.sign_service.clone().unwrap_or_else(|| {
-                        url::Url::parse(&u)
-                            .ok()
-                            .and_then(|x| {
-                                x.host_str()
-                                    .map(|h| h.split('.').next().unwrap_or("").to_owned())
-                            })
-                            .unwrap_or_default()
-                    });
-                    match (id, key) {
-                        (Some(i), Some(k)) => Some(HttpSign::Tc3 {
-                            secret_id: i.trim().to_owned(),
-                            secret_key: k.trim().to_owned(),
-                            service,
-                        }),
-                        _ => None,
-                    }
-                }
-                Some(other) => {
-                    problems.push(format!(
-                        "{place}.signing: {other:?} is not a signing scheme this kind knows (\"tc3-hmac-sha256\"; Aliyun and 云MAS have their own kinds)"
-                    ));
-                    None
-                }
-            };
-            // A batch request carries every number: a placeholder of one message would send
-            // to the first alone and mark all sent.
-            if batch_max > 1 {
-                let mut texts: Vec<String> = vec![u.clone()];
-                texts.extend(g.headers.values().cloned());
-                texts.extend(g.fields.values().cloned());
-                texts.extend(g.json.clone());
-                let all = texts.join("\n");
-                if !all.contains("{to_list}") && !all.contains("{to_json}") {
-                    problems.push(format!(
-                        "{place}.batch_max: a batch request needs {{to_list}} or \"{{to_json}}\" for its numbers"
-                    ));
-                }
-                for one in ["{to}", "{to_digits}", "{id}", "{dlr_url}"] {
-                    if all.contains(one) {
-                        problems.push(format!(
-                            "{place}.batch_max: {one} is one message's; in a batch it belongs in batch_item_json"
-                        ));
-                    }
-                }
-                if dlr_array.as_ref().is_some_and(|a| a.our_id.is_none())
-                    && outcome.as_ref().is_none_or(|o| o.result_id.is_none())
-                {
-                    problems.push(format!(
-                        "{place}.result_id_field: a batch's reports are matched by each number's id: give result_id_field (or dlr_id_field)"
-                    ));
-                }
-            }
-            if let Some(a) = &dlr_array
-                && a.carrier_id.is_none()
-                && a.our_id.is_none()
-            {
-                problems.push(format!(
-                    "{place}.dlr_items_pointer: give dlr_carrier_id_field or dlr_id_field, or reports cannot be matched"
-                ));
-            }
-            GatewayKind::Http(Box::new(HttpTemplate {
-                method,
-                url: u,
-                body,
-                headers: g.headers.clone(),
-                username: g.username.clone(),
-                password: password(problems),
-                accept_status: g.accept_status.clone().unwrap_or(vec![200, 201, 202]),
-                id_pointer: g.id_pointer.clone(),
-                dlr_status_field: g
-                    .dlr_status_field
-                    .clone()
-                    .unwrap_or_else(|| "status".into()),
-                dlr_delivered: if g.dlr_delivered.is_empty() {
-                    vec!["delivered".into()]
-                } else {
-                    g.dlr_delivered.clone()
-                },
-                dlr_failed: if g.dlr_failed.is_empty() {
-                    vec!["failed".into(), "undelivered".into()]
-                } else {
-                    g.dlr_failed.clone()
-                },
-                outcome,
-                batch_max,
-                batch_item_json,
-                dlr_array,
-                sign,
-            }))
-        }
-        "tencent" => {
-            let url = api_root(problems, "https://sms.tencentcloudapi.com/")?;
-            let region = need(problems, "region", &g.region);
-            let sdk_app_id = need(problems, "sdk_app_id", &g.sdk_app_id);
-            let sign_name = need(problems, "sign_name", &g.sign_name);
-            let secret_id = secret(
-                problems,
-                &format!("{place}.secret_id"),
-                &g.secret_id_env,
-                &g.secret_id_file,
-            );
-            let secret_key = secret(
-                problems,
-                &format!("{place}.secret_key"),
-                &g.secret_key_env,
-                &g.secret_key_file,
-            );
-            let batch_max = batch(problems, 200, 200, " (SendSms takes at most 200 numbers)");
-            GatewayKind::Tencent(TencentConfig {
-                url,
-                region: region?,
-                sdk_app_id: sdk_app_id?,
-                sign_name: sign_name?,
-                secret_id: secret_id?.trim().to_owned(),
-                secret_key: secret_key?.trim().to_owned(),
-                batch_max,
-            })
-        }
+        "kannel" => kannel_kind(&t, problems)?,
+        "http" => http_kind(&t, problems)?,
+        "tencent" => tencent_kind(&t, problems)?,
         other => {
             problems.push(format!(
                 "{place}.kind: {other:?} is not \"kannel\", \"http\", \"tencent\", \"aliyun\", \"cmcc-mas\" or \"dry-run\""
@@ -1045,6 +770,452 @@ fn gateway(
         dlr_secret,
         fixed_line: g.fixed_line,
     })
+}
+
+/// One `[[sms.gateways]]` table being read: its raw keys and its place in messages
+/// (`sms.gateways[i] (name)`).
+struct Table<'a> {
+    g: &'a RawGateway,
+    place: String,
+}
+
+impl Table<'_> {
+    /// `url`: an http(s) URL.
+    fn url(&self, problems: &mut Vec<String>) -> Option<url::Url> {
+        let place = &self.place;
+        match self.g.url.as_deref().map(url::Url::parse) {
+            Some(Ok(u)) if matches!(u.scheme(), "http" | "https") => Some(u),
+            Some(_) => {
+                problems.push(format!(
+                    "{place}.url: {:?} is not an http(s) URL",
+                    self.g.url.as_deref().unwrap_or("")
+                ));
+                None
+            }
+            None => {
+                problems.push(format!("{place}.url: missing"));
+                None
+            }
+        }
+    }
+
+    /// `password_env` / `password_file`, when either is given.
+    fn password(&self, problems: &mut Vec<String>) -> Option<String> {
+        let g = self.g;
+        if g.password_env.is_some() || g.password_file.is_some() {
+            secret(
+                problems,
+                &format!("{}.password", self.place),
+                &g.password_env,
+                &g.password_file,
+            )
+        } else {
+            None
+        }
+    }
+
+    /// A key that must be given, not blank.
+    fn need(&self, problems: &mut Vec<String>, key: &str, v: &Option<String>) -> Option<String> {
+        let v = v.clone().filter(|v| !v.trim().is_empty());
+        if v.is_none() {
+            problems.push(format!("{}.{key}: missing", self.place));
+        }
+        v
+    }
+
+    /// Numbers a request carries: `batch_max`, or the kind's default, within what the
+    /// provider takes.
+    fn batch(&self, problems: &mut Vec<String>, default: usize, max: usize, why: &str) -> usize {
+        let n = self.g.batch_max.unwrap_or(default);
+        if !(1..=max).contains(&n) {
+            problems.push(format!(
+                "{}.batch_max: between 1 and {max}{why}",
+                self.place
+            ));
+        }
+        n
+    }
+
+    /// A signed cloud API's URL (`default` when not given): requests are signed for the root
+    /// path; another one would fail every signature.
+    fn api_root(&self, problems: &mut Vec<String>, default: &str) -> Option<url::Url> {
+        let u = match self.g.url.as_deref() {
+            None => url::Url::parse(default).ok()?,
+            Some(_) => self.url(problems)?,
+        };
+        if u.path() != "/" {
+            problems.push(format!(
+                "{}.url: the API is at the root path: {}://{}/",
+                self.place,
+                u.scheme(),
+                u.host_str().unwrap_or("")
+            ));
+        }
+        Some(u)
+    }
+}
+
+/// A `cmcc-mas` gateway's keys (China Mobile 云MAS `tmpsubmit`).
+fn cmcc_mas_kind(t: &Table<'_>, problems: &mut Vec<String>) -> Option<GatewayKind> {
+    let (g, place) = (t.g, &t.place);
+    let url = t.url(problems)?;
+    let ec_name = t.need(problems, "ec_name", &g.ec_name);
+    let ap_id = t.need(problems, "ap_id", &g.ap_id);
+    let sign = t.need(problems, "sign", &g.sign);
+    let secret_key = secret(
+        problems,
+        &format!("{place}.secret_key"),
+        &g.secret_key_env,
+        &g.secret_key_file,
+    );
+    let batch_max = t.batch(
+        problems,
+        1000,
+        super::gateway::cmcc_mas::MAX_NUMBERS,
+        " (the platform takes at most 5000 numbers)",
+    );
+    Some(GatewayKind::CmccMas(CmccMasConfig {
+        url,
+        ec_name: ec_name?,
+        ap_id: ap_id?,
+        secret_key: secret_key?.trim().to_owned(),
+        sign: sign?,
+        add_serial: g.add_serial.clone().unwrap_or_default(),
+        batch_max,
+    }))
+}
+
+/// An `aliyun` gateway's keys (Dysmsapi `SendSms`).
+fn aliyun_kind(t: &Table<'_>, problems: &mut Vec<String>) -> Option<GatewayKind> {
+    let (g, place) = (t.g, &t.place);
+    let url = t.api_root(problems, "https://dysmsapi.aliyuncs.com/")?;
+    let sign_name = t.need(problems, "sign_name", &g.sign_name);
+    let key_id = secret(
+        problems,
+        &format!("{place}.access_key_id"),
+        &g.access_key_id_env,
+        &g.access_key_id_file,
+    );
+    let key_secret = secret(
+        problems,
+        &format!("{place}.access_key_secret"),
+        &g.access_key_secret_env,
+        &g.access_key_secret_file,
+    );
+    let batch_max = t.batch(
+        problems,
+        super::gateway::aliyun::MAX_NUMBERS,
+        super::gateway::aliyun::MAX_NUMBERS,
+        " (SendSms takes at most 1000 numbers)",
+    );
+    Some(GatewayKind::Aliyun(AliyunConfig {
+        url,
+        sign_name: sign_name?,
+        access_key_id: key_id?.trim().to_owned(),
+        access_key_secret: key_secret?.trim().to_owned(),
+        batch_max,
+    }))
+}
+
+/// A `kannel` gateway's keys (`/cgi-bin/sendsms`).
+fn kannel_kind(t: &Table<'_>, problems: &mut Vec<String>) -> Option<GatewayKind> {
+    let (g, place) = (t.g, &t.place);
+    let url = t.url(problems)?;
+    let Some(username) = g.username.clone() else {
+        problems.push(format!("{place}.username: missing (the sendsms-user)"));
+        return None;
+    };
+    let Some(password) = t.password(problems) else {
+        if g.password_env.is_none() && g.password_file.is_none() {
+            problems.push(format!(
+                "{place}.password: missing; give password_env or password_file"
+            ));
+        }
+        return None;
+    };
+    let dlr_mask = g.dlr_mask.unwrap_or(31);
+    if dlr_mask == 0 || dlr_mask > 63 {
+        problems.push(format!("{place}.dlr_mask: between 1 and 63"));
+    }
+    let post = match g.method.as_deref().unwrap_or("GET") {
+        m if m.eq_ignore_ascii_case("get") => false,
+        m if m.eq_ignore_ascii_case("post") => true,
+        m => {
+            problems.push(format!("{place}.method: {m:?} is not GET or POST"));
+            false
+        }
+    };
+    Some(GatewayKind::Kannel(KannelConfig {
+        url,
+        username,
+        password,
+        smsc: g.smsc.clone(),
+        dlr_mask,
+        post,
+    }))
+}
+
+/// An `http` gateway's keys: the request template, its answer and its reports.
+fn http_kind(t: &Table<'_>, problems: &mut Vec<String>) -> Option<GatewayKind> {
+    let (g, place) = (t.g, &t.place);
+    let u = g.url.clone().unwrap_or_default();
+    if u.is_empty() {
+        problems.push(format!("{place}.url: missing"));
+    }
+    let method = match g.method.as_deref().unwrap_or("POST") {
+        m if m.eq_ignore_ascii_case("get") => reqwest::Method::GET,
+        m if m.eq_ignore_ascii_case("post") => reqwest::Method::POST,
+        m => {
+            problems.push(format!("{place}.method: {m:?} is not GET or POST"));
+            reqwest::Method::POST
+        }
+    };
+    let body = match g.body.as_deref().unwrap_or("form") {
+        "none" => HttpBody::None,
+        "form" => HttpBody::Form(g.fields.clone()),
+        "json" => match g.json.as_deref().map(serde_json::from_str) {
+            Some(Ok(v)) => HttpBody::Json(v),
+            Some(Err(e)) => {
+                problems.push(format!("{place}.json: not JSON: {e}"));
+                HttpBody::None
+            }
+            None => {
+                problems.push(format!(
+                    "{place}.json: body = \"json\" needs the JSON template in json"
+                ));
+                HttpBody::None
+            }
+        },
+        other => {
+            problems.push(format!(
+                "{place}.body: {other:?} is not \"form\", \"json\" or \"none\""
+            ));
+            HttpBody::None
+        }
+    };
+    let pointer = |problems: &mut Vec<String>, key: &str, v: &Option<String>| {
+        if let Some(p) = v
+            && !p.is_empty()
+            && !p.starts_with('/')
+        {
+            problems.push(format!(
+                "{place}.{key}: a JSON pointer starts with / (e.g. \"/sid\")"
+            ));
+        }
+        v.clone()
+    };
+    pointer(problems, "id_pointer", &g.id_pointer);
+    let mut codes = Vec::new();
+    for (code, class) in &g.codes {
+        match class_name(class) {
+            Some(c) => codes.push((code.clone(), c)),
+            None => problems.push(format!(
+                "{place}.codes.{code}: {class:?} is not accepted, retry, defer, opted_out, permanent, config, account or lost"
+            )),
+        }
+    }
+    // Exact codes before prefixes, longer prefixes first.
+    codes.sort_by_key(|(p, _)| (p.ends_with('*'), std::cmp::Reverse(p.len())));
+    let outcome =
+        (g.outcome_pointer.is_some() || g.results_pointer.is_some()).then(|| BodyOutcome {
+            outcome_pointer: pointer(problems, "outcome_pointer", &g.outcome_pointer),
+            ok_values: if g.ok_values.is_empty() {
+                ["OK", "Ok", "ok", "success", "0"]
+                    .map(String::from)
+                    .to_vec()
+            } else {
+                g.ok_values.clone()
+            },
+            results_pointer: pointer(problems, "results_pointer", &g.results_pointer),
+            result_phone: pointer(problems, "result_phone_field", &g.result_phone_field)
+                .unwrap_or_else(|| "/to".into()),
+            result_code: pointer(problems, "result_code_field", &g.result_code_field)
+                .unwrap_or_else(|| "/code".into()),
+            result_id: pointer(problems, "result_id_field", &g.result_id_field),
+            codes,
+        });
+    let batch_max = t.batch(problems, 1, 10_000, "");
+    let batch_item_json = match g.batch_item_json.as_deref().map(serde_json::from_str) {
+        None => serde_json::Value::String("{to}".into()),
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            problems.push(format!("{place}.batch_item_json: not JSON: {e}"));
+            serde_json::Value::Null
+        }
+    };
+    let dlr_array = g.dlr_items_pointer.as_ref().map(|items| ArrayReports {
+        items_pointer: pointer(problems, "dlr_items_pointer", &Some(items.clone()))
+            .unwrap_or_default(),
+        carrier_id: pointer(problems, "dlr_carrier_id_field", &g.dlr_carrier_id_field),
+        our_id: pointer(problems, "dlr_id_field", &g.dlr_id_field),
+        status: pointer(problems, "dlr_status_field", &g.dlr_status_field)
+            .unwrap_or_else(|| "/status".into()),
+        ack_body: g.dlr_ack_body.clone().unwrap_or_default(),
+        ack_content_type: g
+            .dlr_ack_content_type
+            .clone()
+            .unwrap_or_else(|| "text/plain".into()),
+    });
+    let sign = match g.signing.as_deref() {
+        None => None,
+        Some("tc3-hmac-sha256") => {
+            if !matches!(body, HttpBody::Json(_)) {
+                problems.push(format!(
+                    "{place}.signing: tc3-hmac-sha256 signs a JSON body (body = \"json\")"
+                ));
+            }
+            // What is signed: POST to the root path, no query, its own content type.
+            let parsed = url::Url::parse(&u).ok();
+            if method != reqwest::Method::POST
+                || parsed
+                    .as_ref()
+                    .is_some_and(|x| x.path() != "/" || x.query().is_some())
+            {
+                problems.push(format!(
+                    "{place}.signing: tc3-hmac-sha256 signs a POST to the root path without a query"
+                ));
+            }
+            if g.headers
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case("content-type"))
+            {
+                problems.push(format!(
+                    "{place}.headers: Content-Type is set by the signing scheme"
+                ));
+            }
+            let id = secret(
+                problems,
+                &format!("{place}.secret_id"),
+                &g.secret_id_env,
+                &g.secret_id_file,
+            );
+            let key = secret(
+                problems,
+                &format!("{place}.secret_key"),
+                &g.secret_key_env,
+                &g.secret_key_file,
+            );
+            let service = g.sign_service.clone().unwrap_or_else(|| {
+                url::Url::parse(&u)
+                    .ok()
+                    .and_then(|x| {
+                        x.host_str()
+                            .map(|h| h.split('.').next().unwrap_or("").to_owned())
+                    })
+                    .unwrap_or_default()
+            });
+            match (id, key) {
+                (Some(i), Some(k)) => Some(HttpSign::Tc3 {
+                    secret_id: i.trim().to_owned(),
+                    secret_key: k.trim().to_owned(),
+                    service,
+                }),
+                _ => None,
+            }
+        }
+        Some(other) => {
+            problems.push(format!(
+                "{place}.signing: {other:?} is not a signing scheme this kind knows (\"tc3-hmac-sha256\"; Aliyun and 云MAS have their own kinds)"
+            ));
+            None
+        }
+    };
+    // A batch request carries every number: a placeholder of one message would send
+    // to the first alone and mark all sent.
+    if batch_max > 1 {
+        let mut texts: Vec<String> = vec![u.clone()];
+        texts.extend(g.headers.values().cloned());
+        texts.extend(g.fields.values().cloned());
+        texts.extend(g.json.clone());
+        let all = texts.join("\n");
+        if !all.contains("{to_list}") && !all.contains("{to_json}") {
+            problems.push(format!(
+                "{place}.batch_max: a batch request needs {{to_list}} or \"{{to_json}}\" for its numbers"
+            ));
+        }
+        for one in ["{to}", "{to_digits}", "{id}", "{dlr_url}"] {
+            if all.contains(one) {
+                problems.push(format!(
+                    "{place}.batch_max: {one} is one message's; in a batch it belongs in batch_item_json"
+                ));
+            }
+        }
+        if dlr_array.as_ref().is_some_and(|a| a.our_id.is_none())
+            && outcome.as_ref().is_none_or(|o| o.result_id.is_none())
+        {
+            problems.push(format!(
+                "{place}.result_id_field: a batch's reports are matched by each number's id: give result_id_field (or dlr_id_field)"
+            ));
+        }
+    }
+    if let Some(a) = &dlr_array
+        && a.carrier_id.is_none()
+        && a.our_id.is_none()
+    {
+        problems.push(format!(
+            "{place}.dlr_items_pointer: give dlr_carrier_id_field or dlr_id_field, or reports cannot be matched"
+        ));
+    }
+    Some(GatewayKind::Http(Box::new(HttpTemplate {
+        method,
+        url: u,
+        body,
+        headers: g.headers.clone(),
+        username: g.username.clone(),
+        password: t.password(problems),
+        accept_status: g.accept_status.clone().unwrap_or(vec![200, 201, 202]),
+        id_pointer: g.id_pointer.clone(),
+        dlr_status_field: g
+            .dlr_status_field
+            .clone()
+            .unwrap_or_else(|| "status".into()),
+        dlr_delivered: if g.dlr_delivered.is_empty() {
+            vec!["delivered".into()]
+        } else {
+            g.dlr_delivered.clone()
+        },
+        dlr_failed: if g.dlr_failed.is_empty() {
+            vec!["failed".into(), "undelivered".into()]
+        } else {
+            g.dlr_failed.clone()
+        },
+        outcome,
+        batch_max,
+        batch_item_json,
+        dlr_array,
+        sign,
+    })))
+}
+
+/// A `tencent` gateway's keys (SMS API 3.0 `SendSms`).
+fn tencent_kind(t: &Table<'_>, problems: &mut Vec<String>) -> Option<GatewayKind> {
+    let (g, place) = (t.g, &t.place);
+    let url = t.api_root(problems, "https://sms.tencentcloudapi.com/")?;
+    let region = t.need(problems, "region", &g.region);
+    let sdk_app_id = t.need(problems, "sdk_app_id", &g.sdk_app_id);
+    let sign_name = t.need(problems, "sign_name", &g.sign_name);
+    let secret_id = secret(
+        problems,
+        &format!("{place}.secret_id"),
+        &g.secret_id_env,
+        &g.secret_id_file,
+    );
+    let secret_key = secret(
+        problems,
+        &format!("{place}.secret_key"),
+        &g.secret_key_env,
+        &g.secret_key_file,
+    );
+    let batch_max = t.batch(problems, 200, 200, " (SendSms takes at most 200 numbers)");
+    Some(GatewayKind::Tencent(TencentConfig {
+        url,
+        region: region?,
+        sdk_app_id: sdk_app_id?,
+        sign_name: sign_name?,
+        secret_id: secret_id?.trim().to_owned(),
+        secret_key: secret_key?.trim().to_owned(),
+        batch_max,
+    }))
 }
 
 /// Validates one `[[sms.templates]]` entry against the gateways.
@@ -1278,6 +1449,40 @@ kind = "pigeon"
         for w in want {
             assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
         }
+    }
+
+    #[test]
+    fn a_key_of_another_kind_is_named_not_ignored() {
+        let p = problems(
+            r#"
+[sms]
+[[sms.gateways]]
+name = "k"
+kind = "kannel"
+url = "http://127.0.0.1:13013/cgi-bin/sendsms"
+username = "u"
+sdk_app_id = "1400000000"
+batch_max = 100
+[[sms.gateways]]
+name = "d"
+kind = "dry-run"
+url = "http://x/"
+"#,
+        );
+        let want = [
+            "m.toml: sms.gateways[0] (k).sdk_app_id: not a key of a \"kannel\" gateway (see config/marquee.toml for each kind's keys)",
+            "m.toml: sms.gateways[0] (k).batch_max: not a key of a \"kannel\" gateway (see config/marquee.toml for each kind's keys)",
+            "m.toml: sms.gateways[1] (d).url: not a key of a \"dry-run\" gateway (see config/marquee.toml for each kind's keys)",
+        ];
+        for w in want {
+            assert!(p.iter().any(|x| x == w), "missing {w:?} in {p:#?}");
+        }
+        // The common keys and the kind's own are taken.
+        assert!(
+            !p.iter()
+                .any(|x| x.contains(".url: not a key") && x.contains("(k)")),
+            "{p:#?}"
+        );
     }
 
     #[test]

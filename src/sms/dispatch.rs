@@ -303,21 +303,7 @@ impl Dispatcher {
         // campaign out of messages, and every `DUE_EVERY` while sending. A pause or cancel needs
         // no fresh list: the claim itself checks the status.
         if running.as_ref().is_none_or(|r| r.at.elapsed() >= DUE_EVERY) {
-            let rows = self.blocking(|s| s.campaigns_in(Status::Running)).await?;
-            let mut list = Vec::with_capacity(rows.len());
-            for (id, spec, _) in rows {
-                match serde_json::from_value::<Spec>(spec) {
-                    Ok(spec) => list.push((id, spec)),
-                    Err(e) => {
-                        tracing::error!(campaign = id, error = %e, "unreadable campaign spec; pausing it");
-                        self.moved(id, Status::Running, Action::Pause, now).await?;
-                    }
-                }
-            }
-            *running = Some(Running {
-                at: Instant::now(),
-                list,
-            });
+            *running = Some(self.refresh_running(now).await?);
         }
         let mut wait = IDLE;
         let mut sent = false;
@@ -338,121 +324,21 @@ impl Dispatcher {
                     .await?;
                 continue;
             }
-            let t = Instant::now();
-            let Some(rt) = spec
-                .gateways
-                .iter()
-                .filter_map(|g| self.gateways.get(g))
-                .find(|rt| !rt.cooling(t) && rt.permits.available_permits() > 0)
-            else {
-                wait = wait.min(Duration::from_millis(20));
-                continue;
-            };
-            let slot = rt.slot();
-            if slot > t + Duration::from_millis(1) {
-                wait = wait.min(slot - t);
-                continue;
-            }
-            // As many as the window has room for and the pace allows within the next 10 ms.
-            let gap = 1.0 / rt.gw.cfg.messages_per_second;
-            let due = (((t + Duration::from_millis(10)).saturating_duration_since(slot))
-                .as_secs_f64()
-                / gap) as usize
-                + 1;
-            // The in-flight window counts requests: one message each, or up to `batch_max`
-            // numbers each where the gateway takes several and every message of the campaign
-            // has the same text and parameters (else each would need its own request, and more
-            // would be claimed than the window lets out).
-            let template = spec
-                .template
-                .as_deref()
-                .and_then(|t| self.cfg.sms.template(t));
-            let uniform = match template {
-                Some(t) => t.vars.is_empty(),
-                None => {
-                    spec.texts.is_empty()
-                        && super::campaign::placeholders(&spec.text).is_ok_and(|p| p.is_empty())
+            let rt = match self.pick_gateway(spec) {
+                Ok(rt) => rt,
+                Err(w) => {
+                    wait = wait.min(w);
+                    continue;
                 }
             };
-            let batch = rt.gw.cfg.kind.batch_max();
-            let per_permit = if uniform { batch } else { 1 };
-            let want = due.min(MAX_BATCH);
-            let mut permits = Vec::new();
-            while permits.len() < want.div_ceil(per_permit) {
-                match rt.permits.clone().try_acquire_owned() {
-                    Ok(p) => permits.push(p),
-                    Err(_) => break,
-                }
-            }
-            let n = (permits.len() * per_permit).min(want);
-            let (gw_name, cap) = (rt.gw.cfg.name.clone(), spec.daily_cap);
-            // The answers that came in since the last claim go into the same transaction.
-            let done = answers.take();
             let claimed = self
-                .blocking(move |s| s.claim_batch(id, &gw_name, cap, Utc::now(), n, &done))
-                .await
-                .context(UNSTORED)?;
-            let idle = claimed.is_empty();
-            reread |= idle;
-            let template_id = template.and_then(|t| t.ids.get(&rt.gw.cfg.name).cloned());
-            let names: Arc<[String]> = template.map(|t| t.vars.clone()).unwrap_or_default().into();
-            let failover = spec.gateways.len() > 1;
-            // Messages with the same text and parameters go in one request where the gateway
-            // takes several numbers.
-            let mut groups: Vec<Vec<crate::store::sms::Claimed>> = Vec::new();
-            for m in claimed {
-                rt.take_slot(Instant::now(), m.parts);
-                sent = true;
-                // One request carries one text and parameters, and (Tencent) either mainland or
-                // international numbers.
-                match groups.iter_mut().find(|g| {
-                    batch > 1
-                        && g.len() < batch
-                        && g[0].params == m.params
-                        && g[0].text == m.text
-                        && g[0].recipient.starts_with("+86") == m.recipient.starts_with("+86")
-                }) {
-                    Some(g) => g.push(m),
-                    None => groups.push(vec![m]),
-                }
-            }
-            // Each request holds a slot of the window until it is answered; requests beyond
-            // the slots taken (more parameter groups than expected) wait for one.
-            let mut permits = permits.into_iter();
-            for group in groups {
-                let permit = permits.next();
-                let (rt, record_tx, waker) = (rt.clone(), record_tx.clone(), self.waker.clone());
-                let sender = spec.sender.clone();
-                let (template_id, names) = (template_id.clone(), names.clone());
-                inflight.spawn(async move {
-                    let permit = match permit {
-                        Some(p) => Some(p),
-                        None => rt.permits.clone().acquire_owned().await.ok(),
-                    };
-                    let template = template_id.as_deref().map(|id| (id, &*names));
-                    let done = submit(&rt, &group, &sender, template, failover).await;
-                    drop(permit);
-                    for f in done {
-                        let _ = record_tx.send(f);
-                    }
-                    waker.wake();
-                });
-            }
-            if idle {
-                let (queued, submitting, next) = self.blocking(move |s| s.pending(id)).await?;
-                if queued == 0 && submitting == 0 {
-                    if self
-                        .moved(id, Status::Running, Action::Drained, now)
-                        .await?
-                    {
-                        tracing::info!(campaign = id, "campaign finished");
-                    }
-                } else if let Some(next) = next
-                    .and_then(|n| DateTime::parse_from_rfc3339(&n).ok())
-                    .map(|n| n.with_timezone(&Utc))
-                {
-                    let d = (next - now).to_std().unwrap_or(Duration::from_millis(10));
-                    wait = wait.min(d.max(Duration::from_millis(10)));
+                .claim_and_spawn(id, spec, rt, inflight, record_tx, answers)
+                .await?;
+            sent |= claimed > 0;
+            if claimed == 0 {
+                reread = true;
+                if let Some(w) = self.drained_or_waiting(id, now).await? {
+                    wait = wait.min(w);
                 }
             }
         }
@@ -464,6 +350,154 @@ impl Dispatcher {
             self.store_answers(answers).await?;
         }
         Ok(if sent { None } else { Some(wait) })
+    }
+
+    /// The running campaigns with their specs; one whose spec cannot be read is paused.
+    async fn refresh_running(&self, now: DateTime<Utc>) -> anyhow::Result<Running> {
+        let rows = self.blocking(|s| s.campaigns_in(Status::Running)).await?;
+        let mut list = Vec::with_capacity(rows.len());
+        for (id, spec, _) in rows {
+            match serde_json::from_value::<Spec>(spec) {
+                Ok(spec) => list.push((id, spec)),
+                Err(e) => {
+                    tracing::error!(campaign = id, error = %e, "unreadable campaign spec; pausing it");
+                    self.moved(id, Status::Running, Action::Pause, now).await?;
+                }
+            }
+        }
+        Ok(Running {
+            at: Instant::now(),
+            list,
+        })
+    }
+
+    /// The first of the campaign's gateways (failover order) that is not cooling down, has a
+    /// free slot in its in-flight window and whose pace allows a message within a millisecond;
+    /// else how long to wait before looking again.
+    fn pick_gateway(&self, spec: &Spec) -> Result<Arc<Runtime>, Duration> {
+        let t = Instant::now();
+        let Some(rt) = spec
+            .gateways
+            .iter()
+            .filter_map(|g| self.gateways.get(g))
+            .find(|rt| !rt.cooling(t) && rt.permits.available_permits() > 0)
+        else {
+            return Err(Duration::from_millis(20));
+        };
+        let slot = rt.slot();
+        if slot > t + Duration::from_millis(1) {
+            return Err(slot - t);
+        }
+        Ok(rt.clone())
+    }
+
+    /// Claims what the pace and the in-flight window of `rt` allow for campaign `id` (storing
+    /// the answers that came in, in the same transaction) and spawns its requests: messages
+    /// with the same text and parameters share one where the gateway takes several numbers.
+    /// Returns how many were claimed.
+    async fn claim_and_spawn(
+        &self,
+        id: i64,
+        spec: &Spec,
+        rt: Arc<Runtime>,
+        inflight: &TaskTracker,
+        record_tx: &Recorder,
+        answers: &mut Answers,
+    ) -> anyhow::Result<usize> {
+        let t = Instant::now();
+        let slot = rt.slot();
+        // As many as the window has room for and the pace allows within the next 10 ms.
+        let gap = 1.0 / rt.gw.cfg.messages_per_second;
+        let due = (((t + Duration::from_millis(10)).saturating_duration_since(slot)).as_secs_f64()
+            / gap) as usize
+            + 1;
+        // The in-flight window counts requests: one message each, or up to `batch_max` numbers
+        // each where the gateway takes several and every message of the campaign has the same
+        // text and parameters (else each would need its own request, and more would be claimed
+        // than the window lets out).
+        let template = spec
+            .template
+            .as_deref()
+            .and_then(|t| self.cfg.sms.template(t));
+        let uniform = match template {
+            Some(t) => t.vars.is_empty(),
+            None => {
+                spec.texts.is_empty()
+                    && super::campaign::placeholders(&spec.text).is_ok_and(|p| p.is_empty())
+            }
+        };
+        let batch = rt.gw.cfg.kind.batch_max();
+        let per_permit = if uniform { batch } else { 1 };
+        let want = due.min(MAX_BATCH);
+        let mut permits = Vec::new();
+        while permits.len() < want.div_ceil(per_permit) {
+            match rt.permits.clone().try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let n = (permits.len() * per_permit).min(want);
+        let (gw_name, cap) = (rt.gw.cfg.name.clone(), spec.daily_cap);
+        // The answers that came in since the last claim go into the same transaction.
+        let done = answers.take();
+        let claimed = self
+            .blocking(move |s| s.claim_batch(id, &gw_name, cap, Utc::now(), n, &done))
+            .await
+            .context(UNSTORED)?;
+        let count = claimed.len();
+        let template_id = template.and_then(|t| t.ids.get(&rt.gw.cfg.name).cloned());
+        let names: Arc<[String]> = template.map(|t| t.vars.clone()).unwrap_or_default().into();
+        let failover = spec.gateways.len() > 1;
+        let groups = group_requests(&rt, claimed, batch);
+        // Each request holds a slot of the window until it is answered; requests beyond the
+        // slots taken (more parameter groups than expected) wait for one.
+        let mut permits = permits.into_iter();
+        for group in groups {
+            let permit = permits.next();
+            let (rt, record_tx, waker) = (rt.clone(), record_tx.clone(), self.waker.clone());
+            let sender = spec.sender.clone();
+            let (template_id, names) = (template_id.clone(), names.clone());
+            inflight.spawn(async move {
+                let permit = match permit {
+                    Some(p) => Some(p),
+                    None => rt.permits.clone().acquire_owned().await.ok(),
+                };
+                let template = template_id.as_deref().map(|id| (id, &*names));
+                let done = submit(&rt, &group, &sender, template, failover).await;
+                drop(permit);
+                for f in done {
+                    let _ = record_tx.send(f);
+                }
+                waker.wake();
+            });
+        }
+        Ok(count)
+    }
+
+    /// A campaign that claimed nothing: `done` when nothing is queued or being submitted (no
+    /// wait), else how long until its next message is due.
+    async fn drained_or_waiting(
+        &self,
+        id: i64,
+        now: DateTime<Utc>,
+    ) -> anyhow::Result<Option<Duration>> {
+        let (queued, submitting, next) = self.blocking(move |s| s.pending(id)).await?;
+        if queued == 0 && submitting == 0 {
+            if self
+                .moved(id, Status::Running, Action::Drained, now)
+                .await?
+            {
+                tracing::info!(campaign = id, "campaign finished");
+            }
+            return Ok(None);
+        }
+        Ok(next
+            .and_then(|n| DateTime::parse_from_rfc3339(&n).ok())
+            .map(|n| n.with_timezone(&Utc))
+            .map(|next| {
+                let d = (next - now).to_std().unwrap_or(Duration::from_millis(10));
+                d.max(Duration::from_millis(10))
+            }))
     }
 
     /// Scheduled campaigns whose time has come start; those whose start was missed by more
@@ -524,6 +558,33 @@ impl Dispatcher {
         }
         Ok(())
     }
+}
+
+/// Claimed messages as requests: each slot of the pace taken, and messages with the same text
+/// and parameters grouped (up to `batch` numbers; Tencent: mainland and international numbers
+/// apart) where the gateway takes several.
+fn group_requests(
+    rt: &Runtime,
+    claimed: Vec<crate::store::sms::Claimed>,
+    batch: usize,
+) -> Vec<Vec<crate::store::sms::Claimed>> {
+    let mut groups: Vec<Vec<crate::store::sms::Claimed>> = Vec::new();
+    for m in claimed {
+        rt.take_slot(Instant::now(), m.parts);
+        // One request carries one text and parameters, and (Tencent) either mainland or
+        // international numbers.
+        match groups.iter_mut().find(|g| {
+            batch > 1
+                && g.len() < batch
+                && g[0].params == m.params
+                && g[0].text == m.text
+                && g[0].recipient.starts_with("+86") == m.recipient.starts_with("+86")
+        }) {
+            Some(g) => g.push(m),
+            None => groups.push(vec![m]),
+        }
+    }
+    groups
 }
 
 /// The running campaigns as last read from the store.
