@@ -94,7 +94,7 @@ fn one_hour() -> String {
 }
 
 /// One retained topic an alert (or its clear) was published on.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Publication {
     /// The topic, with the configured prefix.
     pub topic: String,
@@ -107,7 +107,7 @@ pub struct Publication {
 
 /// The SMS part of a raise: the campaign created (pending with the alert), or why it could not
 /// be stored (a full data disk: the alert still goes to the screens).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum SmsPart {
     /// The alert's campaign.
@@ -120,7 +120,7 @@ pub enum SmsPart {
 }
 
 /// What a raise did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum Raised {
     /// On the screens (or stored and signed, waiting for the broker).
@@ -128,6 +128,7 @@ pub enum Raised {
         /// The alert's id.
         id: String,
         /// When it ends by itself.
+        #[schema(value_type = String, format = DateTime)]
         expires_at: DateTime<Utc>,
         /// Where it was published.
         published: Vec<Publication>,
@@ -147,6 +148,7 @@ pub enum Raised {
         /// The alert's id.
         id: String,
         /// Always `pending`.
+        #[schema(value_type = String, example = "pending")]
         status: AlertStatus,
         /// How many known displays it reaches.
         reach: usize,
@@ -588,7 +590,7 @@ async fn clear_row(ctx: &Ctx, by: &str, row: &AlertRow) -> Result<(), Error> {
 }
 
 /// What applying a CAP document did, as the API answers it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct CapOutcome {
     /// Whether an alert was raised or scheduled (the API answers 201; else 200).
     #[serde(skip)]
@@ -604,13 +606,16 @@ pub struct CapOutcome {
     pub id: Option<String>,
     /// When it starts (held until then when ahead).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub starts_at: Option<DateTime<Utc>>,
     /// When it ends by itself.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub expires_at: Option<DateTime<Utc>>,
     /// The alerts its `<references>` ended.
     pub ended: Vec<String>,
     /// Each of them: id, the reference that named it, `Update` or `Cancel`, whether it was on.
+    #[schema(value_type = Vec<Object>)]
     pub ends: Vec<serde_json::Value>,
     /// References to alerts this daemon never had (remembered as ended).
     pub unknown: Vec<String>,

@@ -17,7 +17,7 @@ use super::error::ApiError;
 use crate::alerts::{self, RaiseRequest, Raised};
 
 /// `POST /api/v1/alerts`: published at once on the scope's retained alert topics.
-#[utoipa::path(post, path = "/api/v1/alerts", tag = "alerts", security(("bearer" = [])), request_body = RaiseRequest, responses((status = 201, description = "published on the scope's alert topics (and its SMS started)"), (status = 202, description = "pending: needs a second person's approval"), (status = 400, description = "bad field"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(post, path = "/api/v1/alerts", tag = "alerts", security(("bearer" = [])), request_body = RaiseRequest, responses((status = 201, description = "published on the scope's alert topics (and its SMS started)", body = Raised), (status = 202, description = "pending: needs a second person's approval", body = Raised), (status = 400, description = "bad field", body = super::error::ErrorBody), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn raise(
     Auth(who): Operator,
     State(s): State<Arc<AppState>>,
@@ -35,7 +35,7 @@ pub async fn raise(
 /// `POST /api/v1/alerts/cap`: a CAP 1.2 XML alert (operator role). Alert and Update raise (an
 /// Update ends what it references), Cancel ends, anything the rules keep off screens is answered
 /// with the reason. Invalid XML gets a 400 with its line and column.
-#[utoipa::path(post, path = "/api/v1/alerts/cap", tag = "alerts", security(("bearer" = [])), request_body(content = String, content_type = "application/xml", description = "a CAP 1.2 alert"), responses((status = 201, description = "raised"), (status = 200, description = "ignored or ended, with the reason"), (status = 400, description = "invalid XML, with line and column"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(post, path = "/api/v1/alerts/cap", tag = "alerts", security(("bearer" = [])), request_body(content = String, content_type = "application/xml", description = "a CAP 1.2 alert"), responses((status = 201, description = "raised or scheduled", body = alerts::CapOutcome), (status = 200, description = "ignored or ended, with the reason", body = alerts::CapOutcome), (status = 400, description = "invalid XML, with line and column", body = super::error::ErrorBody), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn cap(
     Auth(who): Operator,
     State(s): State<Arc<AppState>>,

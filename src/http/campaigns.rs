@@ -41,7 +41,7 @@ fn campaign_json(c: &CampaignRow) -> Value {
 /// sent) and answers with the id, the cost estimate and every rejected row. Above
 /// `approval.campaigns_above` recipients a campaign that would start waits as `pending` for a
 /// second person (`POST /api/v1/campaigns/{id}/approve`).
-#[utoipa::path(post, path = "/api/v1/campaigns", tag = "sms", security(("bearer" = [])), request_body = crate::sms::campaign::CreateRequest, responses((status = 201, description = "created: id, estimate, rejected rows"), (status = 202, description = "pending a second person's approval"), (status = 400, description = "bad field"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(post, path = "/api/v1/campaigns", tag = "sms", security(("bearer" = [])), request_body = crate::sms::campaign::CreateRequest, responses((status = 201, description = "created: id, estimate, rejected rows", body = Created), (status = 202, description = "pending a second person's approval", body = Created), (status = 400, description = "bad field", body = super::error::ErrorBody), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn create(
     who: Operator,
     State(s): State<Arc<AppState>>,

@@ -3,7 +3,24 @@
 use axum::Json;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::json;
+
+/// The body of every error answer (documented in OpenAPI as the shape of a 4xx or 5xx).
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// What went wrong.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code (`invalid`, `not_found`, `wrong_state`, `disk_full`, …).
+    pub code: String,
+    /// For people.
+    pub message: String,
+    /// The request field at fault, if one is.
+    pub field: Option<String>,
+}
 
 /// An API error.
 #[derive(Debug, Clone)]
@@ -135,8 +152,14 @@ impl From<crate::app::Error> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            json!({"error": {"code": self.code, "message": self.message, "field": self.field}});
+        // The documented shape, so what is said and what is sent cannot part.
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.to_owned(),
+                message: self.message,
+                field: self.field,
+            },
+        };
         let mut resp = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()

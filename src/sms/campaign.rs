@@ -181,7 +181,7 @@ pub struct Reject {
 }
 
 /// What a campaign costs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Estimate {
     /// Recipients imported.
     pub recipients: usize,

@@ -20,13 +20,15 @@ use crate::store::audit::NewEntry;
 use crate::store::sms::{CampaignRow, NewCampaign, NewMessage};
 
 /// A created campaign, as the API answers it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Created {
     /// Its id.
     pub id: i64,
     /// `draft`, `running`, `scheduled`, `recurring` or `pending` (a second person approves).
+    #[schema(value_type = String, example = "running")]
     pub status: CampaignStatus,
     /// When it starts (scheduled) or first fires (recurring).
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub start_at: Option<DateTime<Utc>>,
     /// What it costs.
     pub estimate: Estimate,

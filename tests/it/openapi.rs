@@ -99,3 +99,253 @@ async fn openapi_document_matches_the_routes_and_every_route_checks_token_and_ro
     }
     assert!(checked >= 30, "{checked}");
 }
+
+/// Whether `v` is what `schema` (OpenAPI 3.1, a JSON Schema subset: `$ref`, `type` (one or a
+/// list), `properties`, `required`, `items`, `oneOf`, `anyOf`, `allOf`, `enum`) allows. Objects
+/// are closed: a key the schema does not name is a difference too, so an answer cannot carry
+/// what its documentation leaves out. `at` names the place in messages.
+fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), String> {
+    if let Some(r) = schema["$ref"].as_str() {
+        let name = r.trim_start_matches("#/components/schemas/");
+        let target = &doc["components"]["schemas"][name];
+        assert!(!target.is_null(), "{at}: no schema {r}");
+        return conforms(doc, target, v, at);
+    }
+    for (key, exactly_one) in [("oneOf", true), ("anyOf", false)] {
+        if let Some(alts) = schema[key].as_array() {
+            let fits: Vec<String> = alts
+                .iter()
+                .filter_map(|s| conforms(doc, s, v, at).err())
+                .collect();
+            let matched = alts.len() - fits.len();
+            return match (matched, exactly_one) {
+                (1, _) => Ok(()),
+                (n, false) if n > 0 => Ok(()),
+                (0, _) => Err(format!("{at}: matches none of {key}: {}", fits.join(" | "))),
+                (n, _) => Err(format!("{at}: matches {n} of oneOf")),
+            };
+        }
+    }
+    if let Some(all) = schema["allOf"].as_array() {
+        for s in all {
+            conforms(doc, s, v, at)?;
+        }
+        return Ok(());
+    }
+    if let Some(values) = schema["enum"].as_array()
+        && !values.contains(v)
+    {
+        return Err(format!("{at}: {v} is not one of {values:?}"));
+    }
+    let kind = match v {
+        Value::Null => "null",
+        Value::Bool(_) => "boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    };
+    let types: Vec<&str> = match &schema["type"] {
+        Value::String(t) => vec![t.as_str()],
+        Value::Array(ts) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    };
+    if !types.is_empty()
+        && !types
+            .iter()
+            .any(|t| *t == kind || (*t == "number" && kind == "integer"))
+    {
+        return Err(format!("{at}: {kind} where the schema says {types:?}"));
+    }
+    match v {
+        Value::Object(o) => {
+            let props = schema["properties"].as_object();
+            for k in schema["required"].as_array().into_iter().flatten() {
+                let k = k.as_str().unwrap();
+                if !o.contains_key(k) {
+                    return Err(format!("{at}: required {k:?} is missing"));
+                }
+            }
+            if let Some(props) = props {
+                for (k, x) in o {
+                    let Some(s) = props.get(k) else {
+                        return Err(format!("{at}: {k:?} is not documented"));
+                    };
+                    conforms(doc, s, x, &format!("{at}.{k}"))?;
+                }
+            }
+            Ok(())
+        }
+        Value::Array(a) => {
+            if schema["items"].is_object() {
+                for (i, x) in a.iter().enumerate() {
+                    conforms(doc, &schema["items"], x, &format!("{at}[{i}]"))?;
+                }
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+#[test]
+fn the_schema_checker_itself_tells_apart() {
+    let doc = serde_json::json!({"components": {"schemas": {
+        "A": {"type": "object", "required": ["id"], "properties": {
+            "id": {"type": "integer"}, "note": {"type": ["string", "null"]},
+            "kind": {"oneOf": [{"type": "object", "required": ["x"], "properties": {"x": {"type": "string"}}},
+                               {"type": "object", "required": ["y"], "properties": {"y": {"type": "string"}}}]}}}}}});
+    let a = serde_json::json!({"$ref": "#/components/schemas/A"});
+    let ok = |v: Value| conforms(&doc, &a, &v, "a");
+    assert!(ok(serde_json::json!({"id": 1, "note": null})).is_ok());
+    assert!(ok(serde_json::json!({"id": 1, "kind": {"y": "z"}})).is_ok());
+    assert!(
+        ok(serde_json::json!({"note": "x"}))
+            .unwrap_err()
+            .contains("required")
+    );
+    assert!(
+        ok(serde_json::json!({"id": "1"}))
+            .unwrap_err()
+            .contains("string where")
+    );
+    assert!(
+        ok(serde_json::json!({"id": 1, "extra": 2}))
+            .unwrap_err()
+            .contains("not documented")
+    );
+    assert!(
+        ok(serde_json::json!({"id": 1, "kind": {"z": 1}}))
+            .unwrap_err()
+            .contains("none of")
+    );
+}
+
+/// Every answer the OpenAPI document gives a body schema is produced here on the real daemon
+/// and checked against that schema; a documented body that this test does not produce fails
+/// it, so a newly typed route comes with its check.
+#[tokio::test]
+async fn typed_answers_match_their_documented_schemas() {
+    let doc: Value =
+        serde_json::from_str(&std::fs::read_to_string(repo().join("docs/openapi.json")).unwrap())
+            .unwrap();
+    let site = Site::new(&format!("listen = \"127.0.0.1:{}\"", free_port()), "");
+    site.append_config(&format!(
+        "[approval]\nalerts_above = 5\ncampaigns_above = 1\n\
+         [sms]\nsender = \"12345\"\n[[sms.gateways]]\nname = \"dry\"\nkind = \"dry-run\"\npath = {:?}\n",
+        site.dir.path().join("sms.jsonl")
+    ));
+    let d = Daemon::start(&site).await;
+    let token = site.admin_token();
+    let cap =
+        |name: &str| std::fs::read_to_string(repo().join("tests/fixtures/cap").join(name)).unwrap();
+    let client = marquee::http_client().build().unwrap();
+    let post_xml = |xml: String| {
+        let req = client
+            .post(format!("{}/api/v1/alerts/cap", d.http))
+            .bearer_auth(&token)
+            .header("content-type", "application/xml")
+            .body(xml);
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let json = |path: &'static str, body: Value| {
+        let d = &d;
+        let token = token.clone();
+        async move {
+            let (s, v) = d
+                .send(reqwest::Method::POST, path, Some(&token), Some(body))
+                .await;
+            (path, s, v)
+        }
+    };
+    let one = serde_json::json!([{"number": "+8613800138000"}]);
+    let two = serde_json::json!([{"number": "+8613800138000"}, {"number": "+8613900139000"}]);
+    let mut answers: Vec<(&str, u16, Value)> = vec![
+        json(
+            "/api/v1/campaigns",
+            serde_json::json!({"name": "one", "text": "hi", "recipients": one, "start": "now"}),
+        )
+        .await,
+        json(
+            "/api/v1/campaigns",
+            serde_json::json!({"name": "two", "text": "hi", "recipients": two, "start": "now"}),
+        )
+        .await,
+        json(
+            "/api/v1/campaigns",
+            serde_json::json!({"name": "", "text": "hi", "recipients": one}),
+        )
+        .await,
+        // One declared display in scope: within the limit, on the screens at once.
+        json(
+            "/api/v1/alerts",
+            serde_json::json!({"text": {"en": "drill"}, "expires_in": "5m",
+            "sms": {"recipients": one}}),
+        )
+        .await,
+        // No known display in scope: the reach is unknown, a second person approves.
+        json(
+            "/api/v1/alerts",
+            serde_json::json!({"text": {"en": "drill"}, "scope": {"displays": ["ghost-1"]}}),
+        )
+        .await,
+        json("/api/v1/alerts", serde_json::json!({"text": {"en": " "}})).await,
+    ];
+    for (xml, _) in [
+        ("alert.xml", 201),
+        ("test-status.xml", 200),
+        ("malformed.xml", 400),
+    ] {
+        let (s, v) = post_xml(cap(xml)).await;
+        answers.push(("/api/v1/alerts/cap", s, v));
+    }
+    answers.push(
+        json(
+            "/api/v1/registry",
+            serde_json::json!({"id": "schema-1", "channel": "lobby"}),
+        )
+        .await,
+    );
+    let upload = client
+        .post(format!("{}/api/v1/uploads", d.http))
+        .bearer_auth(&token)
+        .body("number,name\n+8613800138000,王\n")
+        .send()
+        .await
+        .unwrap();
+    let status = upload.status().as_u16();
+    answers.push(("/api/v1/uploads", status, upload.json().await.unwrap()));
+    let mut seen = std::collections::BTreeSet::new();
+    for (path, status, body) in &answers {
+        let schema = &doc["paths"][*path]["post"]["responses"][status.to_string()]["content"]["application/json"]
+            ["schema"];
+        assert!(
+            !schema.is_null(),
+            "POST {path} answered {status} with a body the document does not describe: {body}"
+        );
+        if let Err(e) = conforms(&doc, schema, body, &format!("POST {path} {status}")) {
+            panic!("{e}\n{body:#}");
+        }
+        seen.insert(format!("post {path} {status}"));
+    }
+    // Every documented body was produced above.
+    let mut documented = Vec::new();
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for (method, op) in ops.as_object().unwrap() {
+            for (status, r) in op["responses"].as_object().into_iter().flatten() {
+                if r["content"]["application/json"]["schema"].is_object() && status != "default" {
+                    documented.push(format!("{method} {path} {status}"));
+                }
+            }
+        }
+    }
+    let unchecked: Vec<&String> = documented.iter().filter(|k| !seen.contains(*k)).collect();
+    assert!(
+        unchecked.is_empty(),
+        "documented answers no test produces: {unchecked:?}"
+    );
+}
