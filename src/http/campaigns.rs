@@ -23,18 +23,114 @@ use crate::sms::campaign::{CreateRequest, Reject, list_numbers};
 use crate::sms::campaigns::{self, Act, Acted, Created, load};
 use crate::store::sms::CampaignRow;
 
-fn campaign_json(c: &CampaignRow) -> Value {
+/// A campaign as the API shows it: its row, its messages per state and its progress.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct CampaignView {
+    /// Its id.
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+    /// `importing`, `draft`, `pending`, `scheduled`, `recurring`, `missed`, `running`,
+    /// `paused`, `done` or `cancelled`.
+    #[schema(value_type = String, example = "running")]
+    pub status: CampaignStatus,
+    /// Texts, sender, gateways, send window, daily cap, template (as created).
+    #[schema(value_type = Object)]
+    pub spec: Value,
+    /// Planned start (RFC 3339).
+    pub start_at: Option<String>,
+    /// The token that created it.
+    pub created_by: String,
+    /// When.
+    pub created_at: String,
+    /// The alert whose SMS part it is.
+    pub alert: Option<String>,
+    /// The token that approved it (two-person rule).
+    pub approved_by: Option<String>,
+    /// When.
+    pub approved_at: Option<String>,
+    /// Why a gateway paused it, until it runs again.
+    pub paused_reason: Option<String>,
+    /// When it (last) started running.
+    pub started_at: Option<String>,
+    /// When it ended.
+    pub finished_at: Option<String>,
+    /// Messages per state (`queued`, `sent`, `delivered`, …).
+    pub counts: BTreeMap<String, i64>,
+    /// SMS parts of every message.
+    pub segments: i64,
+    /// Messages in all, still to send (queued or being submitted), and the rest.
+    pub progress: Progress,
+}
+
+/// How far a campaign is.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Progress {
+    /// Messages in all.
+    pub total: i64,
+    /// Queued or being submitted.
+    pub pending: i64,
+    /// The rest.
+    pub done: i64,
+}
+
+/// `GET /api/v1/campaigns`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct CampaignList {
+    /// Newest first.
+    pub campaigns: Vec<CampaignView>,
+}
+
+/// What `POST /api/v1/campaigns/{id}/{action}` answers.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum ActionAnswer {
+    /// The campaign after `start`, `pause`, `resume` or `cancel`.
+    Campaign(Box<CampaignView>),
+    /// `requeue-unknown`: how many `unknown` messages were queued again.
+    Requeued {
+        /// The campaign.
+        id: i64,
+        /// Messages queued again.
+        requeued: usize,
+    },
+    /// `reconcile`: what the providers were asked and said, and what is still unknown.
+    Reconciled {
+        /// The campaign.
+        id: i64,
+        /// Looked up, found, failed lookups.
+        reconciled: crate::sms::reconcile::Outcome,
+        /// Messages still `unknown`.
+        unknown: i64,
+    },
+}
+
+fn campaign_json(c: CampaignRow) -> CampaignView {
     let total: i64 = c.counts.values().sum();
     let count = |k: &str| c.counts.get(k).copied().unwrap_or(0);
     let pending = count("queued") + count("submitting");
-    json!({
-        "id": c.id, "name": c.name, "status": c.status, "spec": c.spec,
-        "start_at": c.start_at, "created_by": c.created_by, "created_at": c.created_at,
-        "alert": c.alert, "approved_by": c.approved_by, "approved_at": c.approved_at, "paused_reason": c.paused_reason,
-        "started_at": c.started_at, "finished_at": c.finished_at,
-        "counts": c.counts, "segments": c.segments,
-        "progress": {"total": total, "pending": pending, "done": total - pending},
-    })
+    CampaignView {
+        progress: Progress {
+            total,
+            pending,
+            done: total - pending,
+        },
+        id: c.id,
+        name: c.name,
+        status: c.status,
+        spec: c.spec,
+        start_at: c.start_at,
+        created_by: c.created_by,
+        created_at: c.created_at,
+        alert: c.alert,
+        approved_by: c.approved_by,
+        approved_at: c.approved_at,
+        paused_reason: c.paused_reason,
+        started_at: c.started_at,
+        finished_at: c.finished_at,
+        counts: c.counts,
+        segments: c.segments,
+    }
 }
 
 /// `POST /api/v1/campaigns`: imports the recipients (every row written before anything is
@@ -60,33 +156,36 @@ pub async fn create(
 
 /// `POST /api/v1/campaigns/{id}/approve`: the second person (approver role or above, not the
 /// creator) lets a pending campaign go: it runs now, or at its scheduled time.
-#[utoipa::path(post, path = "/api/v1/campaigns/{id}/approve", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id")), responses((status = 200, description = "approved: running or scheduled"), (status = 409, description = "not pending"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/approve", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id")), responses((status = 200, description = "approved: running or scheduled", body = CampaignView), (status = 409, description = "not pending"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn approve(
     Auth(who): Approver,
     State(s): State<Arc<AppState>>,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CampaignView>, ApiError> {
     campaigns::approve(&s, &who, id).await?;
-    Ok(Json(campaign_json(&load(&s, id).await?)))
+    Ok(Json(campaign_json(load(&s, id).await?)))
 }
 
 /// `GET /api/v1/campaigns`.
-#[utoipa::path(get, path = "/api/v1/campaigns", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "campaigns with counts per state"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
-pub async fn list(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/campaigns", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "campaigns with counts per state", body = CampaignList), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+pub async fn list(
+    _: Viewer,
+    State(s): State<Arc<AppState>>,
+) -> Result<Json<CampaignList>, ApiError> {
     let rows = s.store.call(move |store| store.campaigns()).await?;
-    Ok(Json(
-        json!({"campaigns": rows.iter().map(campaign_json).collect::<Vec<_>>()}),
-    ))
+    Ok(Json(CampaignList {
+        campaigns: rows.into_iter().map(campaign_json).collect(),
+    }))
 }
 
 /// `GET /api/v1/campaigns/{id}`: the campaign with its counts per state.
-#[utoipa::path(get, path = "/api/v1/campaigns/{id}", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id")), responses((status = 200, description = "the campaign with counts per state and progress"), (status = 404, description = "no such campaign"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id")), responses((status = 200, description = "the campaign with counts per state and progress", body = CampaignView), (status = 404, description = "no such campaign"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn show(
     _: Viewer,
     State(s): State<Arc<AppState>>,
     Path(id): Path<i64>,
-) -> Result<Json<Value>, ApiError> {
-    Ok(Json(campaign_json(&load(&s, id).await?)))
+) -> Result<Json<CampaignView>, ApiError> {
+    Ok(Json(campaign_json(load(&s, id).await?)))
 }
 
 /// Body of `POST /api/v1/campaigns/{id}/start`.
@@ -101,13 +200,13 @@ pub struct StartBody {
 /// `POST /api/v1/campaigns/{id}/{start|pause|resume|cancel|reconcile|requeue-unknown}`.
 /// `reconcile` asks the providers about the campaign's `unknown` messages (those found become
 /// `sent`, `delivered` or `failed`; never resent); `requeue-unknown` sends them again.
-#[utoipa::path(post, path = "/api/v1/campaigns/{id}/{action}", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id"), ("action" = String, Path, description = "start, pause, resume, cancel, reconcile or requeue-unknown")), request_body(content = Option<StartBody>, description = "for start: confirm_late"), responses((status = 200, description = "the campaign after the change"), (status = 409, description = "wrong state, or a missed start without confirm_late"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(post, path = "/api/v1/campaigns/{id}/{action}", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id"), ("action" = String, Path, description = "start, pause, resume, cancel, reconcile or requeue-unknown")), request_body(content = Option<StartBody>, description = "for start: confirm_late"), responses((status = 200, description = "the campaign after the change; for requeue-unknown and reconcile, what they did", body = ActionAnswer), (status = 409, description = "wrong state, or a missed start without confirm_late"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn action(
     who: Operator,
     State(s): State<Arc<AppState>>,
     Path((id, action)): Path<(i64, String)>,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ActionAnswer>, ApiError> {
     let opts: StartBody = if body.iter().all(u8::is_ascii_whitespace) {
         StartBody::default()
     } else {
@@ -130,7 +229,11 @@ pub async fn action(
             .get("unknown")
             .copied()
             .unwrap_or(0);
-        return Ok(Json(json!({"id": id, "reconciled": o, "unknown": left})));
+        return Ok(Json(ActionAnswer::Reconciled {
+            id,
+            reconciled: o,
+            unknown: left,
+        }));
     }
     let act = match Act::parse(&action) {
         Some(a) => a,
@@ -141,8 +244,10 @@ pub async fn action(
         }
     };
     match campaigns::act(&s, &who.0, id, act, opts.confirm_late).await? {
-        Acted::Requeued(n) => Ok(Json(json!({"id": id, "requeued": n}))),
-        Acted::Moved => Ok(Json(campaign_json(&load(&s, id).await?))),
+        Acted::Requeued(n) => Ok(Json(ActionAnswer::Requeued { id, requeued: n })),
+        Acted::Moved => Ok(Json(ActionAnswer::Campaign(Box::new(campaign_json(
+            load(&s, id).await?,
+        ))))),
     }
 }
 

@@ -26,7 +26,7 @@ pub const SETTLE: Duration = Duration::from_secs(120);
 const PASS: usize = 500;
 
 /// What a pass did.
-#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Outcome {
     /// Unknown messages looked up.
     pub checked: usize,

@@ -232,11 +232,13 @@ async fn typed_answers_match_their_documented_schemas() {
             .unwrap();
     let site = Site::new(&format!("listen = \"127.0.0.1:{}\"", free_port()), "");
     site.append_config(&format!(
-        "[approval]\nalerts_above = 5\ncampaigns_above = 1\n\
+        "[[auth.tokens]]\nname = \"second\"\nrole = \"approver\"\ntoken_env = \"T_APPROVER\"\n\
+         [approval]\nalerts_above = 5\ncampaigns_above = 1\n\
          [sms]\nsender = \"12345\"\n[[sms.gateways]]\nname = \"dry\"\nkind = \"dry-run\"\npath = {:?}\n",
         site.dir.path().join("sms.jsonl")
     ));
-    let d = Daemon::start(&site).await;
+    const APPROVER: &str = "approver-token-0123456789";
+    let d = Daemon::start_with_env(&site, &[("T_APPROVER", APPROVER)]).await;
     let token = site.admin_token();
     let cap =
         |name: &str| std::fs::read_to_string(repo().join("tests/fixtures/cap").join(name)).unwrap();
@@ -280,6 +282,11 @@ async fn typed_answers_match_their_documented_schemas() {
             serde_json::json!({"name": "", "text": "hi", "recipients": one}),
         )
         .await,
+        json(
+            "/api/v1/campaigns",
+            serde_json::json!({"name": "draft", "text": "hi", "recipients": one}),
+        )
+        .await,
         // One declared display in scope: within the limit, on the screens at once.
         json(
             "/api/v1/alerts",
@@ -319,18 +326,73 @@ async fn typed_answers_match_their_documented_schemas() {
         .unwrap();
     let status = upload.status().as_u16();
     answers.push(("/api/v1/uploads", status, upload.json().await.unwrap()));
+    // Reads and actions, by their documented paths (an approver for the pending campaign).
+    let created: Vec<i64> = answers
+        .iter()
+        .filter(|(p, s, _)| *p == "/api/v1/campaigns" && *s != 400)
+        .map(|(_, _, v)| v["id"].as_i64().unwrap())
+        .collect();
+    let (done, pending, draft) = (created[0], created[1], created[2]);
+    let mut more: Vec<(reqwest::Method, &str, String, Option<&str>)> = vec![
+        (
+            reqwest::Method::GET,
+            "/api/v1/campaigns",
+            "/api/v1/campaigns".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/campaigns/{id}",
+            format!("/api/v1/campaigns/{done}"),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/campaigns/{id}/{action}",
+            format!("/api/v1/campaigns/{draft}/cancel"),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/campaigns/{id}/{action}",
+            format!("/api/v1/campaigns/{done}/requeue-unknown"),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/campaigns/{id}/{action}",
+            format!("/api/v1/campaigns/{done}/reconcile"),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/campaigns/{id}/approve",
+            format!("/api/v1/campaigns/{pending}/approve"),
+            Some(APPROVER),
+        ),
+    ];
+    let mut typed: Vec<(String, &str, u16, Value)> = answers
+        .into_iter()
+        .map(|(p, s, v)| ("post".to_owned(), p, s, v))
+        .collect();
+    for (method, template, concrete, who) in more.drain(..) {
+        let (s, v) = d
+            .send(method.clone(), &concrete, Some(who.unwrap_or(&token)), None)
+            .await;
+        typed.push((method.as_str().to_lowercase(), template, s, v));
+    }
     let mut seen = std::collections::BTreeSet::new();
-    for (path, status, body) in &answers {
-        let schema = &doc["paths"][*path]["post"]["responses"][status.to_string()]["content"]["application/json"]
-            ["schema"];
+    for (method, path, status, body) in &typed {
+        let schema = &doc["paths"][*path][method.as_str()]["responses"][status.to_string()]["content"]
+            ["application/json"]["schema"];
         assert!(
             !schema.is_null(),
-            "POST {path} answered {status} with a body the document does not describe: {body}"
+            "{method} {path} answered {status} with a body the document does not describe: {body}"
         );
-        if let Err(e) = conforms(&doc, schema, body, &format!("POST {path} {status}")) {
+        if let Err(e) = conforms(&doc, schema, body, &format!("{method} {path} {status}")) {
             panic!("{e}\n{body:#}");
         }
-        seen.insert(format!("post {path} {status}"));
+        seen.insert(format!("{method} {path} {status}"));
     }
     // Every documented body was produced above.
     let mut documented = Vec::new();
