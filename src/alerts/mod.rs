@@ -39,7 +39,6 @@ pub struct RaiseRequest {
     pub text: BTreeMap<String, String>,
     /// `"all"`, `{"channels": […]}` or `{"displays": […]}`.
     #[serde(default = "all")]
-    #[schema(value_type = Object)]
     pub scope: Scope,
     /// `minor`, `moderate`, `severe` (default) or `extreme`.
     #[serde(default = "severe")]

@@ -30,8 +30,9 @@ pub const NAMESPACE_1_1: &str = "urn:oasis:names:tc:emergency:cap:1.1";
 /// Deepest element nesting accepted (a CAP document needs 4: alert, info, area, geocode).
 pub const MAX_DEPTH: usize = 16;
 
-/// Where an alert goes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// Where an alert goes: `"all"`, `{"channels": […]}` or `{"displays": […]}`. (The schema derive
+/// is metadata for the API's document, no behaviour.)
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Scope {
     /// Every display.

@@ -11,7 +11,7 @@ pub use crate::domain::campaign::AlertStatus;
 pub use crate::domain::cap::Scope;
 
 /// A stored alert.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AlertRow {
     /// Id.
     pub id: String,
@@ -31,7 +31,9 @@ pub struct AlertRow {
     pub cleared_at: Option<String>,
     /// Token name that cleared it.
     pub cleared_by: Option<String>,
-    /// Where it stands (cleared or not: `cleared_at`).
+    /// Where it stands (cleared or not: `cleared_at`): `pending`, `scheduled`, `live` or
+    /// `ended`.
+    #[schema(value_type = String, example = "live")]
     pub status: AlertStatus,
     /// Token name that approved it (two-person rule).
     pub approved_by: Option<String>,
@@ -65,7 +67,7 @@ pub struct NewAlert<'a> {
 }
 
 /// One display's acknowledgement of an alert.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AlertAck {
     /// Display.
     pub display: String,

@@ -333,6 +333,13 @@ async fn typed_answers_match_their_documented_schemas() {
         .map(|(_, _, v)| v["id"].as_i64().unwrap())
         .collect();
     let (done, pending, draft) = (created[0], created[1], created[2]);
+    let alert_ids: Vec<(u16, String)> = answers
+        .iter()
+        .filter(|(p, s, _)| *p == "/api/v1/alerts" && *s != 400)
+        .map(|(_, s, v)| (*s, v["id"].as_str().unwrap().to_owned()))
+        .collect();
+    let live = &alert_ids.iter().find(|(s, _)| *s == 201).unwrap().1;
+    let held = &alert_ids.iter().find(|(s, _)| *s == 202).unwrap().1;
     let mut more: Vec<(reqwest::Method, &str, String, Option<&str>)> = vec![
         (
             reqwest::Method::GET,
@@ -369,6 +376,30 @@ async fn typed_answers_match_their_documented_schemas() {
             "/api/v1/campaigns/{id}/approve",
             format!("/api/v1/campaigns/{pending}/approve"),
             Some(APPROVER),
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/alerts",
+            "/api/v1/alerts".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/alerts/{id}",
+            format!("/api/v1/alerts/{live}"),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/alerts/{id}/approve",
+            format!("/api/v1/alerts/{held}/approve"),
+            Some(APPROVER),
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/api/v1/alerts/{id}",
+            format!("/api/v1/alerts/{live}"),
+            None,
         ),
     ];
     let mut typed: Vec<(String, &str, u16, Value)> = answers
