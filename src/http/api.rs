@@ -19,16 +19,36 @@ use crate::store::fleet::DisplayRow;
 use crate::wire::Topic;
 
 /// `GET /healthz`: open, for load balancers and systemd checks.
-#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "the daemon is up")))]
-pub async fn healthz() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "the daemon is up", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// `GET /healthz`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Health {
+    /// Always `ok`: the process answers.
+    pub status: &'static str,
+}
+
+/// `GET /readyz`: what the daemon can do now.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Readiness {
+    /// Whether an alert can be written and published.
+    pub ready: bool,
+    /// `ok`, or why the store cannot take an alert's write.
+    pub store: String,
+    /// `ok`, or why bulk writes are refused (a full data disk).
+    pub bulk_writes: String,
+    /// `connected` or `not connected`.
+    pub broker: &'static str,
 }
 
 /// `GET /readyz`: open; 200 when the daemon can do its emergency work: the store takes an
 /// alert's write and the broker is connected; 503 naming what is not (for load balancers,
 /// orchestrators, monitoring). `bulk_writes` says when a full data disk refuses the rest.
-#[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, description = "ready: the store takes an alert's writes and the broker is connected (bulk_writes: whether the rest is refused for a full disk)"), (status = 503, description = "not ready: what is wrong")))]
-pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, description = "ready: the store takes an alert's writes and the broker is connected (bulk_writes: whether the rest is refused for a full disk)", body = Readiness), (status = 503, description = "not ready: what is wrong (the same shape, ready false)")))]
+pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Readiness>) {
     // Ready means an alert can be written and published. A full data disk refuses bulk
     // writes (reports, imports, SMS, playlist saves) and says so, but an instance that can
     // still take an alert stays in rotation: that is what the disk reserve is for.
@@ -51,12 +71,12 @@ pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Value>)
         } else {
             StatusCode::SERVICE_UNAVAILABLE
         },
-        Json(json!({
-            "ready": ready,
-            "store": store_ok.err().unwrap_or_else(|| "ok".into()),
-            "bulk_writes": bulk.err().unwrap_or_else(|| "ok".into()),
-            "broker": if broker { "connected" } else { "not connected" },
-        })),
+        Json(Readiness {
+            ready,
+            store: store_ok.err().unwrap_or_else(|| "ok".into()),
+            bulk_writes: bulk.err().unwrap_or_else(|| "ok".into()),
+            broker: if broker { "connected" } else { "not connected" },
+        }),
     )
 }
 

@@ -418,23 +418,48 @@ pub async fn dlr(
 }
 
 /// `GET /api/v1/optouts`.
-#[utoipa::path(get, path = "/api/v1/optouts", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "the opt-out list"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(get, path = "/api/v1/optouts", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "the opt-out list", body = OptOutList), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn optouts(
     Auth(who): Viewer,
     State(s): State<Arc<AppState>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OptOutList>, ApiError> {
     let mut rows = s.store.call(move |store| store.optouts()).await?;
     if masked(&s, &who) {
         for r in &mut rows {
             r.number = crate::domain::phone::mask(&r.number);
         }
     }
-    Ok(Json(json!({"optouts": rows})))
+    Ok(Json(OptOutList { optouts: rows }))
 }
 
 /// Whether `who` sees phone numbers masked (a role below `auth.show_numbers_from`).
 fn masked(s: &AppState, who: &Principal) -> bool {
     who.role < s.cfg.show_numbers_from
+}
+
+/// `GET /api/v1/optouts`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct OptOutList {
+    /// Every number on the list (masked below `auth.show_numbers_from`).
+    pub optouts: Vec<crate::store::sms::OptOut>,
+}
+
+/// What `POST /api/v1/optouts` did.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct OptOutsAdded {
+    /// Numbers newly on the list.
+    pub added: usize,
+    /// Numbers that were on it already.
+    pub already: usize,
+    /// Rows that are not numbers, with the reason.
+    pub rejects: Vec<Reject>,
+}
+
+/// What `DELETE /api/v1/optouts/{number}` removed.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Removed {
+    /// The number, in E.164.
+    pub removed: String,
 }
 
 /// `POST /api/v1/optouts` body: numbers, or a CSV with a number column.
@@ -460,12 +485,12 @@ pub struct OptOutRequest {
 
 /// `POST /api/v1/optouts`: adds numbers (normalised to E.164); returns what was added and
 /// every rejected row. Honoured by running campaigns at their next send.
-#[utoipa::path(post, path = "/api/v1/optouts", tag = "sms", security(("bearer" = [])), request_body = OptOutRequest, responses((status = 200, description = "added, already on the list, rejected rows"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(post, path = "/api/v1/optouts", tag = "sms", security(("bearer" = [])), request_body = OptOutRequest, responses((status = 200, description = "added, already on the list, rejected rows", body = OptOutsAdded), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn add_optouts(
     who: Operator,
     State(s): State<Arc<AppState>>,
     Json(req): Json<OptOutRequest>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<OptOutsAdded>, ApiError> {
     let region = s.cfg.sms.default_region;
     let mut numbers = Vec::new();
     let mut rejects = Vec::new();
@@ -528,18 +553,20 @@ pub async fn add_optouts(
         .store
         .call(move |store| store.add_optouts(&ns, &reason, &by, Utc::now()))
         .await?;
-    Ok(Json(
-        json!({"added": added, "already": numbers.len() - added, "rejects": rejects}),
-    ))
+    Ok(Json(OptOutsAdded {
+        added,
+        already: numbers.len() - added,
+        rejects,
+    }))
 }
 
 /// `DELETE /api/v1/optouts/{number}`.
-#[utoipa::path(delete, path = "/api/v1/optouts/{number}", tag = "sms", security(("bearer" = [])), params(("number" = String, Path, description = "phone number")), responses((status = 200, description = "removed"), (status = 404, description = "not on the list"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(delete, path = "/api/v1/optouts/{number}", tag = "sms", security(("bearer" = [])), params(("number" = String, Path, description = "phone number")), responses((status = 200, description = "removed", body = Removed), (status = 404, description = "not on the list"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn remove_optout(
     who: Operator,
     State(s): State<Arc<AppState>>,
     Path(number): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Removed>, ApiError> {
     let n = crate::domain::phone::normalize(&number, s.cfg.sms.default_region)
         .map_err(|e| ApiError::bad_field("number", e.to_string()))?;
     audit(&s, &who.0.name, "optout.remove", &n, json!({})).await?;
@@ -549,7 +576,7 @@ pub async fn remove_optout(
             "{n} is not on the opt-out list"
         )));
     }
-    Ok(Json(json!({"removed": n})))
+    Ok(Json(Removed { removed: n }))
 }
 
 /// A cell as a spreadsheet may safely open it: a leading `=` `+` `-` `@` (or tab, CR) would make

@@ -241,11 +241,11 @@ pub async fn dlr_array(s: &AppState, g: &GatewayConfig, body: &[u8]) -> Result<R
 
 /// `GET /api/v1/sms/gateways`: each gateway, its kind, and whether it is out of rotation
 /// (an account error: balance, credentials, quota) with the provider's words and until when.
-#[utoipa::path(get, path = "/api/v1/sms/gateways", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "the gateways and their state"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(get, path = "/api/v1/sms/gateways", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "the gateways and their state", body = GatewayList), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn gateways(
     _: super::auth::Viewer,
     State(s): State<Arc<AppState>>,
-) -> axum::Json<serde_json::Value> {
+) -> axum::Json<GatewayList> {
     let list: Vec<_> = s
         .cfg
         .sms
@@ -253,44 +253,94 @@ pub async fn gateways(
         .iter()
         .map(|g| {
             let out = s.sms_health.get(&g.name);
-            json!({
-                "name": g.name,
-                "kind": g.kind.name(),
-                "templates_only": g.kind.templates_only(),
-                "batch_max": g.kind.batch_max(),
-                "messages_per_second": g.messages_per_second,
-                "out_of_rotation": out.is_some(),
-                "reason": out.as_ref().map(|o| o.0.clone()),
-                "until": out.map(|o| o.1),
-            })
+            GatewayView {
+                name: g.name.clone(),
+                kind: g.kind.name(),
+                templates_only: g.kind.templates_only(),
+                batch_max: g.kind.batch_max(),
+                messages_per_second: g.messages_per_second,
+                out_of_rotation: out.is_some(),
+                reason: out.as_ref().map(|o| o.0.clone()),
+                until: out.map(|o| o.1),
+            }
         })
         .collect();
-    axum::Json(json!({"gateways": list}))
+    axum::Json(GatewayList { gateways: list })
+}
+
+/// `GET /api/v1/sms/gateways`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct GatewayList {
+    /// In failover order.
+    pub gateways: Vec<GatewayView>,
+}
+
+/// A gateway and whether it is in rotation.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct GatewayView {
+    /// Its name.
+    pub name: String,
+    /// `kannel`, `http`, `tencent`, `aliyun`, `cmcc-mas` or `dry-run`.
+    pub kind: &'static str,
+    /// Whether it sends only approved templates.
+    pub templates_only: bool,
+    /// Numbers one request carries.
+    pub batch_max: usize,
+    /// Its pace.
+    pub messages_per_second: f64,
+    /// Taken out after an account error (balance, credentials, quota).
+    pub out_of_rotation: bool,
+    /// The provider's words, when out.
+    pub reason: Option<String>,
+    /// Until when (RFC 3339), when out.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// `GET /api/v1/sms/templates`: the approved templates (`[[sms.templates]]`): name, text,
 /// category, variables, and the gateways that have each.
-#[utoipa::path(get, path = "/api/v1/sms/templates", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "the templates"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(get, path = "/api/v1/sms/templates", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "the templates", body = TemplateList), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn templates(
     _: super::auth::Viewer,
     State(s): State<Arc<AppState>>,
-) -> axum::Json<serde_json::Value> {
+) -> axum::Json<TemplateList> {
     let list: Vec<_> = s
         .cfg
         .sms
         .templates
         .iter()
-        .map(|t| {
-            json!({
-                "name": t.name,
-                "text": t.text,
-                "category": t.category,
-                "variables": t.vars,
-                "gateways": t.ids.keys().collect::<Vec<_>>(),
-            })
+        .map(|t| TemplateView {
+            name: t.name.clone(),
+            text: t.text.clone(),
+            category: t.category,
+            variables: t.vars.clone(),
+            gateways: t.ids.keys().cloned().collect(),
         })
         .collect();
-    axum::Json(json!({"templates": list}))
+    axum::Json(TemplateList { templates: list })
+}
+
+/// `GET /api/v1/sms/templates`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TemplateList {
+    /// As configured.
+    pub templates: Vec<TemplateView>,
+}
+
+/// An approved template.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct TemplateView {
+    /// Its local name.
+    pub name: String,
+    /// The approved text with its `{{variables}}`.
+    pub text: String,
+    /// `notification` or `marketing`.
+    #[schema(value_type = String, example = "notification")]
+    pub category: crate::sms::config::Category,
+    /// Its variables, in order.
+    pub variables: Vec<String>,
+    /// The gateways that have its id.
+    pub gateways: Vec<String>,
 }
 
 /// Whether a reply asks to stop: the whole reply, trimmed of spaces and final punctuation,

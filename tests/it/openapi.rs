@@ -406,10 +406,51 @@ async fn typed_answers_match_their_documented_schemas() {
         .into_iter()
         .map(|(p, s, v)| ("post".to_owned(), p, s, v))
         .collect();
+    // Open routes, the SMS side's reads, and the opt-out list.
+    let with_body: Vec<(reqwest::Method, &str, String, Option<Value>)> = vec![
+        (reqwest::Method::GET, "/healthz", "/healthz".into(), None),
+        (reqwest::Method::GET, "/readyz", "/readyz".into(), None),
+        (
+            reqwest::Method::GET,
+            "/api/v1/sms/gateways",
+            "/api/v1/sms/gateways".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/sms/templates",
+            "/api/v1/sms/templates".into(),
+            None,
+        ),
+        (
+            reqwest::Method::POST,
+            "/api/v1/optouts",
+            "/api/v1/optouts".into(),
+            Some(
+                serde_json::json!({"numbers": ["13700137000", "not a number"], "reason": "asked"}),
+            ),
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/optouts",
+            "/api/v1/optouts".into(),
+            None,
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/api/v1/optouts/{number}",
+            "/api/v1/optouts/13700137000".into(),
+            None,
+        ),
+    ];
     for (method, template, concrete, who) in more.drain(..) {
         let (s, v) = d
             .send(method.clone(), &concrete, Some(who.unwrap_or(&token)), None)
             .await;
+        typed.push((method.as_str().to_lowercase(), template, s, v));
+    }
+    for (method, template, concrete, body) in with_body {
+        let (s, v) = d.send(method.clone(), &concrete, Some(&token), body).await;
         typed.push((method.as_str().to_lowercase(), template, s, v));
     }
     let mut seen = std::collections::BTreeSet::new();

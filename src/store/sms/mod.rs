@@ -206,7 +206,7 @@ pub struct Finish {
 }
 
 /// An opted-out number.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct OptOut {
     /// E.164.
     pub number: String,
