@@ -367,12 +367,12 @@ pub fn rows_or_csv<T: serde::Serialize>(
 }
 
 /// `GET /api/v1/audit?after=&limit=`: the audit log, oldest first, with the chain's state.
-#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", security(("bearer" = [])), params(("after" = Option<u64>, Query, description = "entries after this sequence number"), ("limit" = Option<usize>, Query, description = "at most this many")), responses((status = 200, description = "the audit log and whether its hash chain is intact"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(get, path = "/api/v1/audit", tag = "audit", security(("bearer" = [])), params(("after" = Option<u64>, Query, description = "entries after this sequence number"), ("limit" = Option<usize>, Query, description = "at most this many")), responses((status = 200, description = "the audit log and whether its hash chain is intact", body = AuditLog), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn audit_log(
     _: super::auth::Operator,
     State(s): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AuditLog>, ApiError> {
     let after = q.get("after").and_then(|v| v.parse().ok()).unwrap_or(0);
     let limit = q
         .get("limit")
@@ -384,21 +384,86 @@ pub async fn audit_log(
         .call(move |store| Ok((store.audit_entries(after, limit)?, store.verify_audit()?)))
         .await?;
     let chain = match verified {
-        Ok(n) => json!({"intact": true, "entries": n}),
-        Err(b) => json!({"intact": false, "broken_at": b.seq, "reason": b.reason}),
+        Ok(n) => Chain::Intact {
+            intact: true,
+            entries: n,
+        },
+        Err(b) => Chain::Broken {
+            intact: false,
+            broken_at: b.seq,
+            reason: b.reason,
+        },
     };
-    Ok(Json(json!({"entries": entries, "chain": chain})))
+    Ok(Json(AuditLog { entries, chain }))
 }
 
 /// `GET /api/v1/channels`: the configured channels and individually targetable displays.
-#[utoipa::path(get, path = "/api/v1/channels", tag = "playlists", security(("bearer" = [])), responses((status = 200, description = "configured channels and individually targetable displays"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
-pub async fn channels(_: Viewer, State(s): State<Arc<AppState>>) -> Json<Value> {
+#[utoipa::path(get, path = "/api/v1/channels", tag = "playlists", security(("bearer" = [])), responses((status = 200, description = "configured channels and individually targetable displays", body = Channels), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+pub async fn channels(_: Viewer, State(s): State<Arc<AppState>>) -> Json<Channels> {
     let sched = &s.cfg.schedule;
-    Json(json!({
-        "channels": sched.channels,
-        "displays": sched.displays.iter().map(|(id, ch)| json!({"id": id, "channel": ch})).collect::<Vec<_>>(),
-        "timezone": sched.timezone.name(),
-    }))
+    Json(Channels {
+        channels: sched.channels.clone(),
+        displays: sched
+            .displays
+            .iter()
+            .map(|(id, channel)| DeclaredDisplay {
+                id: id.clone(),
+                channel: channel.clone(),
+            })
+            .collect(),
+        timezone: sched.timezone.name(),
+    })
+}
+
+/// `GET /api/v1/channels`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Channels {
+    /// The configured channels.
+    pub channels: Vec<String>,
+    /// Displays declared under `[[schedule.displays]]` (targetable one by one).
+    pub displays: Vec<DeclaredDisplay>,
+    /// The schedule's zone (IANA).
+    pub timezone: &'static str,
+}
+
+/// A declared display.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DeclaredDisplay {
+    /// Its id.
+    pub id: String,
+    /// Its channel.
+    pub channel: String,
+}
+
+/// `GET /api/v1/audit`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct AuditLog {
+    /// Entries after `after`, oldest first.
+    pub entries: Vec<crate::store::audit::AuditEntry>,
+    /// Whether the whole hash chain is intact.
+    pub chain: Chain,
+}
+
+/// The audit log's hash chain.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum Chain {
+    /// Every entry links to the one before.
+    Intact {
+        /// `true`.
+        intact: bool,
+        /// Entries in all.
+        entries: u64,
+    },
+    /// Where it breaks.
+    Broken {
+        /// `false`.
+        intact: bool,
+        /// The first entry that does not link.
+        broken_at: u64,
+        /// What is wrong there.
+        reason: String,
+    },
 }
 
 #[cfg(test)]

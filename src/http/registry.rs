@@ -104,11 +104,20 @@ pub async fn remove(
 
 /// `GET /api/v1/registry`: every registered display (id, channel, public report key, when and
 /// by whom), without secrets.
-#[utoipa::path(get, path = "/api/v1/registry", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "the registered displays"), (status = 401, description = "no or unknown token")))]
-pub async fn list(_: Viewer, State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
-    let store = s.store.clone();
-    let rows = blocking(move || Ok(store.registry()?)).await?;
-    Ok(Json(json!({ "displays": rows })))
+#[utoipa::path(get, path = "/api/v1/registry", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "the registered displays", body = RegistryList), (status = 401, description = "no or unknown token")))]
+pub async fn list(
+    _: Viewer,
+    State(s): State<Arc<AppState>>,
+) -> Result<Json<RegistryList>, ApiError> {
+    let displays = s.store.call(|store| store.registry()).await?;
+    Ok(Json(RegistryList { displays }))
+}
+
+/// `GET /api/v1/registry`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct RegistryList {
+    /// By id; no secrets (the broker password's hash is not shown).
+    pub displays: Vec<crate::store::registry::Registered>,
 }
 
 /// `GET /api/v1/broker/mosquitto`: for Mosquitto, the registered displays' `password_file` lines

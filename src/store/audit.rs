@@ -14,7 +14,7 @@ use super::{Store, StoreError};
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
 /// One audit entry.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     /// Position in the log (1, 2, …, no gaps).
     pub seq: u64,

@@ -9,7 +9,7 @@ use super::ts;
 use super::{Store, StoreError};
 
 /// A registered display.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Registered {
     /// Display id (also its broker user name).
     pub id: String,

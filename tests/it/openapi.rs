@@ -442,6 +442,24 @@ async fn typed_answers_match_their_documented_schemas() {
             "/api/v1/optouts/13700137000".into(),
             None,
         ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/registry",
+            "/api/v1/registry".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/audit",
+            "/api/v1/audit".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/channels",
+            "/api/v1/channels".into(),
+            None,
+        ),
     ];
     for (method, template, concrete, who) in more.drain(..) {
         let (s, v) = d
