@@ -324,15 +324,15 @@ impl Dispatcher {
                     .await?;
                 continue;
             }
-            let rt = match self.pick_gateway(spec) {
-                Ok(rt) => rt,
+            let (rt, t) = match self.pick_gateway(spec) {
+                Ok(picked) => picked,
                 Err(w) => {
                     wait = wait.min(w);
                     continue;
                 }
             };
             let claimed = self
-                .claim_and_spawn(id, spec, rt, inflight, record_tx, answers)
+                .claim_and_spawn(id, spec, (rt, t), inflight, record_tx, answers)
                 .await?;
             sent |= claimed > 0;
             if claimed == 0 {
@@ -373,8 +373,9 @@ impl Dispatcher {
 
     /// The first of the campaign's gateways (failover order) that is not cooling down, has a
     /// free slot in its in-flight window and whose pace allows a message within a millisecond;
-    /// else how long to wait before looking again.
-    fn pick_gateway(&self, spec: &Spec) -> Result<Arc<Runtime>, Duration> {
+    /// else how long to wait before looking again. Returns it with the instant it was judged at
+    /// (the pace is reckoned from that instant).
+    fn pick_gateway(&self, spec: &Spec) -> Result<(Arc<Runtime>, Instant), Duration> {
         let t = Instant::now();
         let Some(rt) = spec
             .gateways
@@ -388,7 +389,7 @@ impl Dispatcher {
         if slot > t + Duration::from_millis(1) {
             return Err(slot - t);
         }
-        Ok(rt.clone())
+        Ok((rt.clone(), t))
     }
 
     /// Claims what the pace and the in-flight window of `rt` allow for campaign `id` (storing
@@ -399,12 +400,11 @@ impl Dispatcher {
         &self,
         id: i64,
         spec: &Spec,
-        rt: Arc<Runtime>,
+        (rt, t): (Arc<Runtime>, Instant),
         inflight: &TaskTracker,
         record_tx: &Recorder,
         answers: &mut Answers,
     ) -> anyhow::Result<usize> {
-        let t = Instant::now();
         let slot = rt.slot();
         // As many as the window has room for and the pace allows within the next 10 ms.
         let gap = 1.0 / rt.gw.cfg.messages_per_second;

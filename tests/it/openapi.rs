@@ -167,12 +167,16 @@ fn conforms(doc: &Value, schema: &Value, v: &Value, at: &str) -> Result<(), Stri
                     return Err(format!("{at}: required {k:?} is missing"));
                 }
             }
-            if let Some(props) = props {
-                for (k, x) in o {
-                    let Some(s) = props.get(k) else {
+            let extra = &schema["additionalProperties"];
+            for (k, x) in o {
+                match props.and_then(|p| p.get(k)) {
+                    Some(s) => conforms(doc, s, x, &format!("{at}.{k}"))?,
+                    // A map: every value against its schema.
+                    None if extra.is_object() => conforms(doc, extra, x, &format!("{at}.{k}"))?,
+                    None if props.is_some() => {
                         return Err(format!("{at}: {k:?} is not documented"));
-                    };
-                    conforms(doc, s, x, &format!("{at}.{k}"))?;
+                    }
+                    None => {}
                 }
             }
             Ok(())
@@ -194,6 +198,7 @@ fn the_schema_checker_itself_tells_apart() {
     let doc = serde_json::json!({"components": {"schemas": {
         "A": {"type": "object", "required": ["id"], "properties": {
             "id": {"type": "integer"}, "note": {"type": ["string", "null"]},
+            "counts": {"type": "object", "additionalProperties": {"type": "integer"}},
             "kind": {"oneOf": [{"type": "object", "required": ["x"], "properties": {"x": {"type": "string"}}},
                                {"type": "object", "required": ["y"], "properties": {"y": {"type": "string"}}}]}}}}}});
     let a = serde_json::json!({"$ref": "#/components/schemas/A"});
@@ -219,6 +224,13 @@ fn the_schema_checker_itself_tells_apart() {
         ok(serde_json::json!({"id": 1, "kind": {"z": 1}}))
             .unwrap_err()
             .contains("none of")
+    );
+    // A map's values are checked against its value schema.
+    assert!(ok(serde_json::json!({"id": 1, "counts": {"sent": 2}})).is_ok());
+    assert!(
+        ok(serde_json::json!({"id": 1, "counts": {"sent": "2"}}))
+            .unwrap_err()
+            .contains("string where")
     );
 }
 
