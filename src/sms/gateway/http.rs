@@ -14,11 +14,23 @@ use crate::sms::config::{HttpBody, HttpSign, HttpTemplate};
 
 impl Driver for HttpTemplate {
     async fn send(&self, link: &Link, ms: &[Outgoing<'_>]) -> Vec<Answer> {
-        let t = self;
-        let Some(m) = ms.first() else {
+        let Some(req) = self.request(link, ms) else {
             return Vec::new();
         };
-        let n = ms.len();
+        match exchange(req).await {
+            Ok((status, after, body)) => self.read(ms, status, after, &body),
+            Err(a) => vec![a; ms.len()],
+        }
+    }
+}
+
+impl HttpTemplate {
+    /// The request for `ms` (one, or a batch with the same text): URL, headers and body from
+    /// the template with the placeholders filled, signed where configured. `None` for no
+    /// message.
+    fn request(&self, link: &Link, ms: &[Outgoing<'_>]) -> Option<reqwest::RequestBuilder> {
+        let t = self;
+        let m = ms.first()?;
         let id = m.id.to_string();
         let dlr_url = link.dlr_url(m.id);
         let to_list = ms.iter().map(|m| m.to).collect::<Vec<_>>().join(",");
@@ -89,12 +101,21 @@ impl Driver for HttpTemplate {
                 }
             }
         };
-        let (status, after, body) = match exchange(req).await {
-            Ok(r) => r,
-            Err(a) => return vec![a; n],
-        };
+        Some(req)
+    }
+
+    /// The answers to a request for `ms`: by status, then by the body's request-level code
+    /// (`outcome_pointer`), then per number (`results_pointer`) where configured.
+    fn read(
+        &self,
+        ms: &[Outgoing<'_>],
+        status: u16,
+        after: Option<std::time::Duration>,
+        body: &str,
+    ) -> Vec<Answer> {
+        let (t, n) = (self, ms.len());
         let by_status = classify(status, |s| t.accept_status.contains(&s));
-        let json: Option<serde_json::Value> = serde_json::from_str(&body).ok();
+        let json: Option<serde_json::Value> = serde_json::from_str(body).ok();
         let at = |ptr: &str| json.as_ref().and_then(|v| v.pointer(ptr)).map(text_of);
         let request_id = (by_status == Submit::Accepted)
             .then(|| t.id_pointer.as_deref().and_then(at))
@@ -105,24 +126,7 @@ impl Driver for HttpTemplate {
             vec![a; n]
         };
         let Some(o) = &t.outcome else {
-            // By status alone: one message a request (a batch is not rejected for good on a
-            // status alone).
-            let by_status = if n > 1 && by_status != Submit::Accepted {
-                carrier_status(status)
-            } else {
-                by_status
-            };
-            let reason = (by_status != Submit::Accepted)
-                .then(|| format!("{status} {}", truncate(body.trim(), 300)));
-            return ms
-                .iter()
-                .map(|x| Answer {
-                    submit: by_status.clone(),
-                    reason: reason.clone(),
-                    carrier_id: carrier_for(request_id.as_deref(), x.to, n),
-                    retry_after: after,
-                })
-                .collect();
+            return by_status_alone(ms, (status, by_status), after, body, request_id.as_deref());
         };
         // A request-level code decides first (business errors often come with 200).
         if let Some(code) = o.outcome_pointer.as_deref().and_then(at) {
@@ -176,8 +180,19 @@ impl Driver for HttpTemplate {
                 })
                 .collect();
         };
-        // One result per number, matched by the number (providers drop or keep the `+` and
-        // the country code).
+        self.per_number(o, ms, results, request_id.as_deref())
+    }
+
+    /// One answer per message from the per-number results, matched by the number (providers
+    /// drop or keep the `+` and the country code); a number the answer does not name is lost.
+    fn per_number(
+        &self,
+        o: &crate::sms::config::BodyOutcome,
+        ms: &[Outgoing<'_>],
+        results: Vec<serde_json::Value>,
+        request_id: Option<&str>,
+    ) -> Vec<Answer> {
+        let n = ms.len();
         let mut results: Vec<Option<serde_json::Value>> = results.into_iter().map(Some).collect();
         ms.iter()
             .map(|x| {
@@ -208,7 +223,7 @@ impl Driver for HttpTemplate {
                                 .as_deref()
                                 .and_then(|p| r.pointer(p))
                                 .map(text_of)
-                                .or_else(|| carrier_for(request_id.as_deref(), x.to, n))
+                                .or_else(|| carrier_for(request_id, x.to, n))
                         })
                         .flatten(),
                     submit: c,
@@ -217,6 +232,33 @@ impl Driver for HttpTemplate {
             })
             .collect()
     }
+}
+
+/// The answers when only the HTTP status speaks: one message a request (a batch is not
+/// rejected for good on a status alone: its status is read as a carrier's without a code).
+fn by_status_alone(
+    ms: &[Outgoing<'_>],
+    (status, by_status): (u16, Submit),
+    after: Option<std::time::Duration>,
+    body: &str,
+    request_id: Option<&str>,
+) -> Vec<Answer> {
+    let n = ms.len();
+    let by_status = if n > 1 && by_status != Submit::Accepted {
+        carrier_status(status)
+    } else {
+        by_status
+    };
+    let reason =
+        (by_status != Submit::Accepted).then(|| format!("{status} {}", truncate(body.trim(), 300)));
+    ms.iter()
+        .map(|x| Answer {
+            submit: by_status.clone(),
+            reason: reason.clone(),
+            carrier_id: carrier_for(request_id, x.to, n),
+            retry_after: after,
+        })
+        .collect()
 }
 
 /// A JSON value as text (strings without their quotes).
