@@ -814,6 +814,20 @@ impl Table<'_> {
         }
     }
 
+    /// A JSON pointer key (`/sid`): refused unless it starts with `/`.
+    fn pointer(&self, problems: &mut Vec<String>, key: &str, v: &Option<String>) -> Option<String> {
+        if let Some(p) = v
+            && !p.is_empty()
+            && !p.starts_with('/')
+        {
+            problems.push(format!(
+                "{}.{key}: a JSON pointer starts with / (e.g. \"/sid\")",
+                self.place
+            ));
+        }
+        v.clone()
+    }
+
     /// A key that must be given, not blank.
     fn need(&self, problems: &mut Vec<String>, key: &str, v: &Option<String>) -> Option<String> {
         let v = v.clone().filter(|v| !v.trim().is_empty());
@@ -970,70 +984,9 @@ fn http_kind(t: &Table<'_>, problems: &mut Vec<String>) -> Option<GatewayKind> {
             reqwest::Method::POST
         }
     };
-    let body = match g.body.as_deref().unwrap_or("form") {
-        "none" => HttpBody::None,
-        "form" => HttpBody::Form(g.fields.clone()),
-        "json" => match g.json.as_deref().map(serde_json::from_str) {
-            Some(Ok(v)) => HttpBody::Json(v),
-            Some(Err(e)) => {
-                problems.push(format!("{place}.json: not JSON: {e}"));
-                HttpBody::None
-            }
-            None => {
-                problems.push(format!(
-                    "{place}.json: body = \"json\" needs the JSON template in json"
-                ));
-                HttpBody::None
-            }
-        },
-        other => {
-            problems.push(format!(
-                "{place}.body: {other:?} is not \"form\", \"json\" or \"none\""
-            ));
-            HttpBody::None
-        }
-    };
-    let pointer = |problems: &mut Vec<String>, key: &str, v: &Option<String>| {
-        if let Some(p) = v
-            && !p.is_empty()
-            && !p.starts_with('/')
-        {
-            problems.push(format!(
-                "{place}.{key}: a JSON pointer starts with / (e.g. \"/sid\")"
-            ));
-        }
-        v.clone()
-    };
-    pointer(problems, "id_pointer", &g.id_pointer);
-    let mut codes = Vec::new();
-    for (code, class) in &g.codes {
-        match class_name(class) {
-            Some(c) => codes.push((code.clone(), c)),
-            None => problems.push(format!(
-                "{place}.codes.{code}: {class:?} is not accepted, retry, defer, opted_out, permanent, config, account or lost"
-            )),
-        }
-    }
-    // Exact codes before prefixes, longer prefixes first.
-    codes.sort_by_key(|(p, _)| (p.ends_with('*'), std::cmp::Reverse(p.len())));
-    let outcome =
-        (g.outcome_pointer.is_some() || g.results_pointer.is_some()).then(|| BodyOutcome {
-            outcome_pointer: pointer(problems, "outcome_pointer", &g.outcome_pointer),
-            ok_values: if g.ok_values.is_empty() {
-                ["OK", "Ok", "ok", "success", "0"]
-                    .map(String::from)
-                    .to_vec()
-            } else {
-                g.ok_values.clone()
-            },
-            results_pointer: pointer(problems, "results_pointer", &g.results_pointer),
-            result_phone: pointer(problems, "result_phone_field", &g.result_phone_field)
-                .unwrap_or_else(|| "/to".into()),
-            result_code: pointer(problems, "result_code_field", &g.result_code_field)
-                .unwrap_or_else(|| "/code".into()),
-            result_id: pointer(problems, "result_id_field", &g.result_id_field),
-            codes,
-        });
+    let body = http_body(t, problems);
+    t.pointer(problems, "id_pointer", &g.id_pointer);
+    let outcome = http_outcome(t, problems);
     let batch_max = t.batch(problems, 1, 10_000, "");
     let batch_item_json = match g.batch_item_json.as_deref().map(serde_json::from_str) {
         None => serde_json::Value::String("{to}".into()),
@@ -1043,110 +996,10 @@ fn http_kind(t: &Table<'_>, problems: &mut Vec<String>) -> Option<GatewayKind> {
             serde_json::Value::Null
         }
     };
-    let dlr_array = g.dlr_items_pointer.as_ref().map(|items| ArrayReports {
-        items_pointer: pointer(problems, "dlr_items_pointer", &Some(items.clone()))
-            .unwrap_or_default(),
-        carrier_id: pointer(problems, "dlr_carrier_id_field", &g.dlr_carrier_id_field),
-        our_id: pointer(problems, "dlr_id_field", &g.dlr_id_field),
-        status: pointer(problems, "dlr_status_field", &g.dlr_status_field)
-            .unwrap_or_else(|| "/status".into()),
-        ack_body: g.dlr_ack_body.clone().unwrap_or_default(),
-        ack_content_type: g
-            .dlr_ack_content_type
-            .clone()
-            .unwrap_or_else(|| "text/plain".into()),
-    });
-    let sign = match g.signing.as_deref() {
-        None => None,
-        Some("tc3-hmac-sha256") => {
-            if !matches!(body, HttpBody::Json(_)) {
-                problems.push(format!(
-                    "{place}.signing: tc3-hmac-sha256 signs a JSON body (body = \"json\")"
-                ));
-            }
-            // What is signed: POST to the root path, no query, its own content type.
-            let parsed = url::Url::parse(&u).ok();
-            if method != reqwest::Method::POST
-                || parsed
-                    .as_ref()
-                    .is_some_and(|x| x.path() != "/" || x.query().is_some())
-            {
-                problems.push(format!(
-                    "{place}.signing: tc3-hmac-sha256 signs a POST to the root path without a query"
-                ));
-            }
-            if g.headers
-                .keys()
-                .any(|k| k.eq_ignore_ascii_case("content-type"))
-            {
-                problems.push(format!(
-                    "{place}.headers: Content-Type is set by the signing scheme"
-                ));
-            }
-            let id = secret(
-                problems,
-                &format!("{place}.secret_id"),
-                &g.secret_id_env,
-                &g.secret_id_file,
-            );
-            let key = secret(
-                problems,
-                &format!("{place}.secret_key"),
-                &g.secret_key_env,
-                &g.secret_key_file,
-            );
-            let service = g.sign_service.clone().unwrap_or_else(|| {
-                url::Url::parse(&u)
-                    .ok()
-                    .and_then(|x| {
-                        x.host_str()
-                            .map(|h| h.split('.').next().unwrap_or("").to_owned())
-                    })
-                    .unwrap_or_default()
-            });
-            match (id, key) {
-                (Some(i), Some(k)) => Some(HttpSign::Tc3 {
-                    secret_id: i.trim().to_owned(),
-                    secret_key: k.trim().to_owned(),
-                    service,
-                }),
-                _ => None,
-            }
-        }
-        Some(other) => {
-            problems.push(format!(
-                "{place}.signing: {other:?} is not a signing scheme this kind knows (\"tc3-hmac-sha256\"; Aliyun and 云MAS have their own kinds)"
-            ));
-            None
-        }
-    };
-    // A batch request carries every number: a placeholder of one message would send
-    // to the first alone and mark all sent.
+    let dlr_array = http_dlr_array(t, problems);
+    let sign = http_sign(t, problems, (&method, &u, &body));
     if batch_max > 1 {
-        let mut texts: Vec<String> = vec![u.clone()];
-        texts.extend(g.headers.values().cloned());
-        texts.extend(g.fields.values().cloned());
-        texts.extend(g.json.clone());
-        let all = texts.join("\n");
-        if !all.contains("{to_list}") && !all.contains("{to_json}") {
-            problems.push(format!(
-                "{place}.batch_max: a batch request needs {{to_list}} or \"{{to_json}}\" for its numbers"
-            ));
-        }
-        for one in ["{to}", "{to_digits}", "{id}", "{dlr_url}"] {
-            if all.contains(one) {
-                problems.push(format!(
-                    "{place}.batch_max: {one} is one message's; in a batch it belongs in batch_item_json"
-                ));
-            }
-        }
-        if dlr_array.as_ref().is_some_and(|a| a.our_id.is_none())
-            && outcome.as_ref().is_none_or(|o| o.result_id.is_none())
-        {
-            problems.push(format!(
-                "{place}.result_id_field: a batch's reports are matched by each number's id: give result_id_field (or dlr_id_field)"
-            ));
-        }
+        http_batch_checks(t, problems, &u, (&dlr_array, &outcome));
     }
     if let Some(a) = &dlr_array
         && a.carrier_id.is_none()
@@ -1185,6 +1038,199 @@ fn http_kind(t: &Table<'_>, problems: &mut Vec<String>) -> Option<GatewayKind> {
         dlr_array,
         sign,
     })))
+}
+
+/// An `http` gateway's body: `form` (its `fields`), `json` (its `json` template) or `none`.
+fn http_body(t: &Table<'_>, problems: &mut Vec<String>) -> HttpBody {
+    let (g, place) = (t.g, &t.place);
+    match g.body.as_deref().unwrap_or("form") {
+        "none" => HttpBody::None,
+        "form" => HttpBody::Form(g.fields.clone()),
+        "json" => match g.json.as_deref().map(serde_json::from_str) {
+            Some(Ok(v)) => HttpBody::Json(v),
+            Some(Err(e)) => {
+                problems.push(format!("{place}.json: not JSON: {e}"));
+                HttpBody::None
+            }
+            None => {
+                problems.push(format!(
+                    "{place}.json: body = \"json\" needs the JSON template in json"
+                ));
+                HttpBody::None
+            }
+        },
+        other => {
+            problems.push(format!(
+                "{place}.body: {other:?} is not \"form\", \"json\" or \"none\""
+            ));
+            HttpBody::None
+        }
+    }
+}
+
+/// An `http` gateway's reading of answer bodies: the request-level code, the per-number
+/// results and the classes of the provider's codes; `None` when it reads statuses only.
+fn http_outcome(t: &Table<'_>, problems: &mut Vec<String>) -> Option<BodyOutcome> {
+    let (g, place) = (t.g, &t.place);
+    let mut codes = Vec::new();
+    for (code, class) in &g.codes {
+        match class_name(class) {
+            Some(c) => codes.push((code.clone(), c)),
+            None => problems.push(format!(
+                "{place}.codes.{code}: {class:?} is not accepted, retry, defer, opted_out, permanent, config, account or lost"
+            )),
+        }
+    }
+    // Exact codes before prefixes, longer prefixes first.
+    codes.sort_by_key(|(p, _)| (p.ends_with('*'), std::cmp::Reverse(p.len())));
+    (g.outcome_pointer.is_some() || g.results_pointer.is_some()).then(|| BodyOutcome {
+        outcome_pointer: t.pointer(problems, "outcome_pointer", &g.outcome_pointer),
+        ok_values: if g.ok_values.is_empty() {
+            ["OK", "Ok", "ok", "success", "0"]
+                .map(String::from)
+                .to_vec()
+        } else {
+            g.ok_values.clone()
+        },
+        results_pointer: t.pointer(problems, "results_pointer", &g.results_pointer),
+        result_phone: t
+            .pointer(problems, "result_phone_field", &g.result_phone_field)
+            .unwrap_or_else(|| "/to".into()),
+        result_code: t
+            .pointer(problems, "result_code_field", &g.result_code_field)
+            .unwrap_or_else(|| "/code".into()),
+        result_id: t.pointer(problems, "result_id_field", &g.result_id_field),
+        codes,
+    })
+}
+
+/// An `http` gateway's array delivery reports (`dlr_items_pointer` and its fields).
+fn http_dlr_array(t: &Table<'_>, problems: &mut Vec<String>) -> Option<ArrayReports> {
+    let g = t.g;
+    g.dlr_items_pointer.as_ref().map(|items| ArrayReports {
+        items_pointer: t
+            .pointer(problems, "dlr_items_pointer", &Some(items.clone()))
+            .unwrap_or_default(),
+        carrier_id: t.pointer(problems, "dlr_carrier_id_field", &g.dlr_carrier_id_field),
+        our_id: t.pointer(problems, "dlr_id_field", &g.dlr_id_field),
+        status: t
+            .pointer(problems, "dlr_status_field", &g.dlr_status_field)
+            .unwrap_or_else(|| "/status".into()),
+        ack_body: g.dlr_ack_body.clone().unwrap_or_default(),
+        ack_content_type: g
+            .dlr_ack_content_type
+            .clone()
+            .unwrap_or_else(|| "text/plain".into()),
+    })
+}
+
+/// An `http` gateway's request signing (`signing = "tc3-hmac-sha256"`: a JSON body POSTed to
+/// the root path, signed with `secret_id` and `secret_key`).
+fn http_sign(
+    t: &Table<'_>,
+    problems: &mut Vec<String>,
+    (method, u, body): (&reqwest::Method, &str, &HttpBody),
+) -> Option<HttpSign> {
+    let (g, place) = (t.g, &t.place);
+    match g.signing.as_deref() {
+        None => None,
+        Some("tc3-hmac-sha256") => {
+            if !matches!(body, HttpBody::Json(_)) {
+                problems.push(format!(
+                    "{place}.signing: tc3-hmac-sha256 signs a JSON body (body = \"json\")"
+                ));
+            }
+            // What is signed: POST to the root path, no query, its own content type.
+            let parsed = url::Url::parse(u).ok();
+            if *method != reqwest::Method::POST
+                || parsed
+                    .as_ref()
+                    .is_some_and(|x| x.path() != "/" || x.query().is_some())
+            {
+                problems.push(format!(
+                    "{place}.signing: tc3-hmac-sha256 signs a POST to the root path without a query"
+                ));
+            }
+            if g.headers
+                .keys()
+                .any(|k| k.eq_ignore_ascii_case("content-type"))
+            {
+                problems.push(format!(
+                    "{place}.headers: Content-Type is set by the signing scheme"
+                ));
+            }
+            let id = secret(
+                problems,
+                &format!("{place}.secret_id"),
+                &g.secret_id_env,
+                &g.secret_id_file,
+            );
+            let key = secret(
+                problems,
+                &format!("{place}.secret_key"),
+                &g.secret_key_env,
+                &g.secret_key_file,
+            );
+            let service = g.sign_service.clone().unwrap_or_else(|| {
+                url::Url::parse(u)
+                    .ok()
+                    .and_then(|x| {
+                        x.host_str()
+                            .map(|h| h.split('.').next().unwrap_or("").to_owned())
+                    })
+                    .unwrap_or_default()
+            });
+            match (id, key) {
+                (Some(i), Some(k)) => Some(HttpSign::Tc3 {
+                    secret_id: i.trim().to_owned(),
+                    secret_key: k.trim().to_owned(),
+                    service,
+                }),
+                _ => None,
+            }
+        }
+        Some(other) => {
+            problems.push(format!(
+                "{place}.signing: {other:?} is not a signing scheme this kind knows (\"tc3-hmac-sha256\"; Aliyun and 云MAS have their own kinds)"
+            ));
+            None
+        }
+    }
+}
+
+/// A batch request carries every number: a placeholder of one message would send to the
+/// first alone and mark all sent; a batch's reports are matched by each number's id.
+fn http_batch_checks(
+    t: &Table<'_>,
+    problems: &mut Vec<String>,
+    u: &str,
+    (dlr_array, outcome): (&Option<ArrayReports>, &Option<BodyOutcome>),
+) {
+    let (g, place) = (t.g, &t.place);
+    let mut texts: Vec<String> = vec![u.to_owned()];
+    texts.extend(g.headers.values().cloned());
+    texts.extend(g.fields.values().cloned());
+    texts.extend(g.json.clone());
+    let all = texts.join("\n");
+    if !all.contains("{to_list}") && !all.contains("{to_json}") {
+        problems.push(format!(
+            "{place}.batch_max: a batch request needs {{to_list}} or \"{{to_json}}\" for its numbers"
+        ));
+    }
+    for one in ["{to}", "{to_digits}", "{id}", "{dlr_url}"] {
+        if all.contains(one) {
+            problems.push(format!(
+                "{place}.batch_max: {one} is one message's; in a batch it belongs in batch_item_json"
+            ));
+        }
+    }
+    if dlr_array.as_ref().is_some_and(|a| a.our_id.is_none())
+        && outcome.as_ref().is_none_or(|o| o.result_id.is_none())
+    {
+        problems.push(format!(
+            "{place}.result_id_field: a batch's reports are matched by each number's id: give result_id_field (or dlr_id_field)"
+        ));
+    }
 }
 
 /// A `tencent` gateway's keys (SMS API 3.0 `SendSms`).
