@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::common::secret;
+
 /// API roles, each including the rights of the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -68,4 +70,42 @@ pub(super) struct RawApproval {
     pub(super) alerts_above: Option<usize>,
     pub(super) campaigns_above: Option<usize>,
     pub(super) playlists: bool,
+}
+
+/// The configured API tokens (`[[auth.tokens]]`): each secret read, long enough, its own, and
+/// `emergency` only with the operator role or above.
+pub(super) fn tokens(auth: &RawAuth, problems: &mut Vec<String>) -> Vec<TokenConfig> {
+    let mut tokens = Vec::new();
+    for (i, t) in auth.tokens.iter().enumerate() {
+        let place = format!("auth.tokens[{i}] ({}): token", t.name);
+        if let Some(secret) = secret(problems, &place, &t.token_env, &t.token_file) {
+            if secret.len() < 16 {
+                problems.push(format!("{place}: shorter than 16 characters"));
+            }
+            // The same secret twice would make one name answer for both (the last wins),
+            // silently changing what that token may do.
+            if let Some(other) = tokens
+                .iter()
+                .find(|o: &&TokenConfig| o.secret.trim() == secret.trim())
+            {
+                problems.push(format!(
+                    "{place}: the same secret as token {:?}; every token needs its own",
+                    other.name
+                ));
+            }
+            if t.emergency && t.role < Role::Operator {
+                problems.push(format!(
+                    "auth.tokens[{i}] ({}): emergency needs role operator or admin",
+                    t.name
+                ));
+            }
+            tokens.push(TokenConfig {
+                name: t.name.clone(),
+                role: t.role,
+                secret,
+                emergency: t.emergency,
+            });
+        }
+    }
+    tokens
 }

@@ -2,7 +2,11 @@
 //! (how long agent reports are kept).
 
 use super::schedule::ScheduleConfig;
+use std::time::Duration;
+
 use serde::Deserialize;
+
+use super::common::duration;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -146,4 +150,67 @@ pub struct Retention {
     pub max_plays: u64,
     /// At most this many events are kept (the oldest go first).
     pub max_events: u64,
+}
+
+/// The CAP feeds (`cap.feed_url` first, then `[[cap.feeds]]`): each an http(s) URL with its
+/// interval (at least 100 ms), none twice.
+pub(super) fn feeds(cap: &RawCap, problems: &mut Vec<String>) -> Vec<(url::Url, Duration)> {
+    let mut feeds: Vec<(String, String, String)> = cap
+        .feeds
+        .iter()
+        .enumerate()
+        .map(|(i, f)| (format!("cap.feeds[{i}]"), f.url.clone(), f.interval.clone()))
+        .collect();
+    if let Some(u) = &cap.feed_url {
+        feeds.insert(
+            0,
+            ("cap.feed_url".into(), u.clone(), cap.feed_interval.clone()),
+        );
+    }
+    let mut cap_feeds = Vec::new();
+    for (place, u, interval) in feeds {
+        match url::Url::parse(&u) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => {
+                let every = duration(problems, &format!("{place} interval"), &interval);
+                if every < Duration::from_millis(100) {
+                    problems.push(format!("{place} interval: at least 100ms"));
+                }
+                if cap_feeds
+                    .iter()
+                    .any(|(o, _): &(url::Url, Duration)| *o == url)
+                {
+                    problems.push(format!("{place}: {u:?} is listed twice"));
+                }
+                cap_feeds.push((url, every));
+            }
+            _ => problems.push(format!(
+                "{place}: {u:?} is not an http(s) URL of a CAP document or feed"
+            )),
+        }
+    }
+    cap_feeds
+}
+
+/// How long, and how many, agent reports are kept (`[fleet]`).
+pub(super) fn retention(fleet: &RawFleet, problems: &mut Vec<String>) -> Retention {
+    let keep = |key: &str, v: &str, problems: &mut Vec<String>| {
+        chrono::Duration::from_std(duration(problems, key, v)).unwrap_or(chrono::Duration::days(90))
+    };
+    let retention = Retention {
+        keep_plays: keep("fleet.keep_plays", &fleet.keep_plays, problems),
+        keep_events: keep("fleet.keep_events", &fleet.keep_events, problems),
+        max_plays: fleet.max_plays,
+        max_events: fleet.max_events,
+    };
+    let (day, century) = (chrono::Duration::days(1), chrono::Duration::days(36_500));
+    if [retention.keep_plays, retention.keep_events]
+        .iter()
+        .any(|k| *k < day || *k > century)
+    {
+        problems.push("fleet.keep_plays, fleet.keep_events: between 1d and 100 years".into());
+    }
+    if retention.max_plays == 0 || retention.max_events == 0 {
+        problems.push("fleet.max_plays, fleet.max_events: at least 1".into());
+    }
+    retention
 }

@@ -26,7 +26,7 @@ pub use auth::{Role, TokenConfig};
 pub use cap::Retention;
 use cap::{RawCap, RawFleet};
 pub use common::{ConfigError, RawTls, read_toml};
-use common::{duration, parse_toml, secret};
+use common::{duration, parse_toml};
 use mqtt::RawMqtt;
 pub use mqtt::{BrokerConfig, MqttConfig};
 use schedule::RawSchedule;
@@ -158,76 +158,8 @@ impl Config {
         };
         let mqtt = mqtt::validate(raw.mqtt, problems);
         let schedule = schedule::validate(raw.schedule, problems);
-        let mut tokens = Vec::new();
-        for (i, t) in raw.auth.tokens.iter().enumerate() {
-            let place = format!("auth.tokens[{i}] ({}): token", t.name);
-            if let Some(secret) = secret(problems, &place, &t.token_env, &t.token_file) {
-                if secret.len() < 16 {
-                    problems.push(format!("{place}: shorter than 16 characters"));
-                }
-                // The same secret twice would make one name answer for both (the last wins),
-                // silently changing what that token may do.
-                if let Some(other) = tokens
-                    .iter()
-                    .find(|o: &&TokenConfig| o.secret.trim() == secret.trim())
-                {
-                    problems.push(format!(
-                        "{place}: the same secret as token {:?}; every token needs its own",
-                        other.name
-                    ));
-                }
-                if t.emergency && t.role < Role::Operator {
-                    problems.push(format!(
-                        "auth.tokens[{i}] ({}): emergency needs role operator or admin",
-                        t.name
-                    ));
-                }
-                tokens.push(TokenConfig {
-                    name: t.name.clone(),
-                    role: t.role,
-                    secret,
-                    emergency: t.emergency,
-                });
-            }
-        }
-        let mut feeds: Vec<(String, String, String)> = raw
-            .cap
-            .feeds
-            .iter()
-            .enumerate()
-            .map(|(i, f)| (format!("cap.feeds[{i}]"), f.url.clone(), f.interval.clone()))
-            .collect();
-        if let Some(u) = &raw.cap.feed_url {
-            feeds.insert(
-                0,
-                (
-                    "cap.feed_url".into(),
-                    u.clone(),
-                    raw.cap.feed_interval.clone(),
-                ),
-            );
-        }
-        let mut cap_feeds = Vec::new();
-        for (place, u, interval) in feeds {
-            match url::Url::parse(&u) {
-                Ok(url) if matches!(url.scheme(), "http" | "https") => {
-                    let every = duration(problems, &format!("{place} interval"), &interval);
-                    if every < Duration::from_millis(100) {
-                        problems.push(format!("{place} interval: at least 100ms"));
-                    }
-                    if cap_feeds
-                        .iter()
-                        .any(|(o, _): &(url::Url, Duration)| *o == url)
-                    {
-                        problems.push(format!("{place}: {u:?} is listed twice"));
-                    }
-                    cap_feeds.push((url, every));
-                }
-                _ => problems.push(format!(
-                    "{place}: {u:?} is not an http(s) URL of a CAP document or feed"
-                )),
-            }
-        }
+        let tokens = auth::tokens(&raw.auth, problems);
+        let cap_feeds = cap::feeds(&raw.cap, problems);
         let cap_contact = raw.cap.contact.clone();
         let cap = cap::validate(raw.cap, &schedule, problems);
         let sms = crate::sms::config::validate(
@@ -237,26 +169,7 @@ impl Config {
             &raw.server.data_dir,
             problems,
         );
-        let keep = |key: &str, v: &str, problems: &mut Vec<String>| {
-            chrono::Duration::from_std(duration(problems, key, v))
-                .unwrap_or(chrono::Duration::days(90))
-        };
-        let retention = Retention {
-            keep_plays: keep("fleet.keep_plays", &raw.fleet.keep_plays, problems),
-            keep_events: keep("fleet.keep_events", &raw.fleet.keep_events, problems),
-            max_plays: raw.fleet.max_plays,
-            max_events: raw.fleet.max_events,
-        };
-        let (day, century) = (chrono::Duration::days(1), chrono::Duration::days(36_500));
-        if [retention.keep_plays, retention.keep_events]
-            .iter()
-            .any(|k| *k < day || *k > century)
-        {
-            problems.push("fleet.keep_plays, fleet.keep_events: between 1d and 100 years".into());
-        }
-        if retention.max_plays == 0 || retention.max_events == 0 {
-            problems.push("fleet.max_plays, fleet.max_events: at least 1".into());
-        }
+        let retention = cap::retention(&raw.fleet, problems);
         Config {
             cap_feeds,
             cap_contact,
