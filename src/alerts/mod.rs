@@ -647,33 +647,7 @@ pub async fn apply_cap(ctx: &Ctx, actor: &str, body: &str) -> Result<CapOutcome,
         unknown: Vec::new(),
         published: None,
     };
-    for e in &decision.ends {
-        match load(ctx, &e.id).await {
-            Ok(row) => {
-                // Already ended (the same message read again, or an earlier one ended it):
-                // named in the answer, not cleared, published or audited a second time.
-                let was_on = row.cleared_at.is_none();
-                if was_on {
-                    clear_row(ctx, actor, &row).await?;
-                }
-                out.ended.push(e.id.clone());
-                out.ends.push(
-                    json!({"id": e.id, "reference": e.reference, "by": e.by, "was_on": was_on}),
-                );
-            }
-            Err(Error::NotFound(_)) => {
-                // Not known (yet): a feed read newest first hands the Cancel before its Alert.
-                // Remembered as ended, so the Alert, when it comes, is not raised.
-                tracing::warn!(reference = %e.reference, by = %e.by, identifier = %doc.identifier, "CAP message references an alert this daemon does not know; remembered as ended");
-                let (id, who) = (e.id.clone(), actor.to_owned());
-                ctx.store
-                    .call(move |s| s.tombstone_alert(&id, now, &who))
-                    .await?;
-                out.unknown.push(e.reference.clone());
-            }
-            Err(other) => return Err(other),
-        }
-    }
+    end_referenced(ctx, actor, &doc.identifier, &decision.ends, &mut out).await?;
     if !decision.ends.is_empty() {
         audit(
             ctx,
@@ -710,56 +684,113 @@ pub async fn apply_cap(ctx: &Ctx, actor: &str, body: &str) -> Result<CapOutcome,
             starts_at,
             expires_at,
         } => {
-            match load(ctx, &id).await {
-                Ok(row) => {
-                    let (action, reason) = if row.status == AlertStatus::Ended {
-                        (
-                            "ended_before",
-                            "an Update or Cancel read earlier already ended this alert",
-                        )
-                    } else {
-                        ("duplicate", "this alert was applied before")
-                    };
-                    out.action = action;
-                    out.reason = Some(reason.into());
-                    out.id = Some(id);
-                    return Ok(out);
-                }
-                Err(Error::NotFound(_)) => {}
-                Err(other) => return Err(other),
-            }
-            let held = starts_at > now;
             let alert = Alert {
-                id: id.clone(),
+                id,
                 severity,
                 text,
                 issued_at: now,
                 expires_at,
-                starts_at: held.then_some(starts_at),
+                starts_at: Some(starts_at),
             };
-            let (action, status) = if held {
-                ("alert.schedule", AlertStatus::Scheduled)
-            } else {
-                ("alert.raise", AlertStatus::Live)
-            };
-            record_alert(ctx, actor, action, &alert, &scope, status).await?;
-            let published = publish_alert(ctx, &alert, &scope).await?;
-            if held {
-                ctx.held_alerts.notify_one();
-            }
-            out.created = true;
-            out.action = match (held, out.ended.is_empty()) {
-                (true, _) => "scheduled",
-                (false, true) => "raised",
-                (false, false) => "updated",
-            };
-            out.id = Some(id);
-            out.starts_at = Some(starts_at);
-            out.expires_at = Some(expires_at);
-            out.published = Some(published);
-            Ok(out)
+            raise_from_cap(ctx, actor, alert, &scope, out).await
         }
     }
+}
+
+/// Ends the alerts a CAP Update or Cancel references (each named in `out` with the reference
+/// that named it); a reference to an alert this daemon never had is remembered as ended (a
+/// feed read newest first hands the Cancel before its Alert) and listed as `unknown`.
+async fn end_referenced(
+    ctx: &Ctx,
+    actor: &str,
+    identifier: &str,
+    ends: &[crate::domain::cap::Ended],
+    out: &mut CapOutcome,
+) -> Result<(), Error> {
+    let now = Utc::now();
+    for e in ends {
+        match load(ctx, &e.id).await {
+            Ok(row) => {
+                // Already ended (the same message read again, or an earlier one ended it):
+                // named in the answer, not cleared, published or audited a second time.
+                let was_on = row.cleared_at.is_none();
+                if was_on {
+                    clear_row(ctx, actor, &row).await?;
+                }
+                out.ended.push(e.id.clone());
+                out.ends.push(
+                    json!({"id": e.id, "reference": e.reference, "by": e.by, "was_on": was_on}),
+                );
+            }
+            Err(Error::NotFound(_)) => {
+                // Not known (yet): a feed read newest first hands the Cancel before its Alert.
+                // Remembered as ended, so the Alert, when it comes, is not raised.
+                tracing::warn!(reference = %e.reference, by = %e.by, identifier = %identifier, "CAP message references an alert this daemon does not know; remembered as ended");
+                let (id, who) = (e.id.clone(), actor.to_owned());
+                ctx.store
+                    .call(move |s| s.tombstone_alert(&id, now, &who))
+                    .await?;
+                out.unknown.push(e.reference.clone());
+            }
+            Err(other) => return Err(other),
+        }
+    }
+    Ok(())
+}
+
+/// A CAP document's own alert: raised, or held until its start (`alert_at` now, `alert` then);
+/// an alert applied before (or ended before it came) is answered as such, not raised again.
+async fn raise_from_cap(
+    ctx: &Ctx,
+    actor: &str,
+    mut alert: Alert,
+    scope: &Scope,
+    mut out: CapOutcome,
+) -> Result<CapOutcome, Error> {
+    let (id, now) = (alert.id.clone(), alert.issued_at);
+    let starts_at = alert.starts_at.unwrap_or(now);
+    let expires_at = alert.expires_at;
+    match load(ctx, &id).await {
+        Ok(row) => {
+            let (action, reason) = if row.status == AlertStatus::Ended {
+                (
+                    "ended_before",
+                    "an Update or Cancel read earlier already ended this alert",
+                )
+            } else {
+                ("duplicate", "this alert was applied before")
+            };
+            out.action = action;
+            out.reason = Some(reason.into());
+            out.id = Some(id);
+            return Ok(out);
+        }
+        Err(Error::NotFound(_)) => {}
+        Err(other) => return Err(other),
+    }
+    let held = starts_at > now;
+    alert.starts_at = held.then_some(starts_at);
+    let (action, status) = if held {
+        ("alert.schedule", AlertStatus::Scheduled)
+    } else {
+        ("alert.raise", AlertStatus::Live)
+    };
+    record_alert(ctx, actor, action, &alert, scope, status).await?;
+    let published = publish_alert(ctx, &alert, scope).await?;
+    if held {
+        ctx.held_alerts.notify_one();
+    }
+    out.created = true;
+    out.action = match (held, out.ended.is_empty()) {
+        (true, _) => "scheduled",
+        (false, true) => "raised",
+        (false, false) => "updated",
+    };
+    out.id = Some(id);
+    out.starts_at = Some(starts_at);
+    out.expires_at = Some(expires_at);
+    out.published = Some(published);
+    Ok(out)
 }
 
 /// Starts held alerts when their time comes: publishes each again as a plain `alert` (for
