@@ -484,23 +484,12 @@ pub async fn raise(ctx: &Ctx, who: &Principal, r: RaiseRequest) -> Result<Raised
                 AlertStatus::Pending,
             )
             .await?;
-            let message = if reach == 0 {
-                format!(
-                    "no registered or declared display is in scope, so its reach is unknown: another person with the approver role must approve it: POST /api/v1/alerts/{}/approve",
-                    alert.id
-                )
-            } else {
-                format!(
-                    "reaches {reach} displays (more than {limit}): another person with the approver role must approve it: POST /api/v1/alerts/{}/approve",
-                    alert.id
-                )
-            };
             return Ok(Raised::Pending {
+                message: why_pending(&alert.id, reach, limit),
                 id: alert.id,
                 status: AlertStatus::Pending,
                 reach,
                 sms,
-                message,
             });
         }
     }
@@ -512,6 +501,19 @@ pub async fn raise(ctx: &Ctx, who: &Principal, r: RaiseRequest) -> Result<Raised
     let published = publish_alert(ctx, &alert, &r.scope).await?;
     start_alert_sms(ctx, &who.name, &alert.id).await?;
     Ok(Raised::published(&alert, published, skipped, sms))
+}
+
+/// What a pending alert's answer tells the person who raised it.
+fn why_pending(id: &str, reach: usize, limit: usize) -> String {
+    if reach == 0 {
+        format!(
+            "no registered or declared display is in scope, so its reach is unknown: another person with the approver role must approve it: POST /api/v1/alerts/{id}/approve"
+        )
+    } else {
+        format!(
+            "reaches {reach} displays (more than {limit}): another person with the approver role must approve it: POST /api/v1/alerts/{id}/approve"
+        )
+    }
 }
 
 /// The second person (approver role or above, not the one who raised it) puts a pending alert

@@ -256,25 +256,10 @@ pub(super) fn finish_in(
     let mut pause = tx.prepare_cached(
         "UPDATE campaigns SET status = 'paused', paused_reason = ?2 WHERE id = ?1 AND status = 'running'",
     )?;
-    // Reports that came before the answer that names their message (early reports).
-    let mut early = tx.prepare_cached(
-        "SELECT o.id, o.report, o.code, o.raw, o.gateway FROM orphan_reports o JOIN messages m
-             ON m.id = ?1 AND o.carrier_id = m.carrier_id AND o.gateway = m.gateway
-         WHERE m.carrier_id IS NOT NULL",
-    )?;
-    let mut adopt = tx.prepare_cached(
-        "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
-    )?;
-    let mut forget = tx.prepare_cached("DELETE FROM orphan_reports WHERE id = ?1")?;
     // Not a try: a deferral, a paused campaign or a gateway out of rotation does not use up
     // the message's attempts.
     let mut untry =
         tx.prepare_cached("UPDATE messages SET attempts = MAX(attempts - 1, 0) WHERE id = ?1")?;
-    let mut apply = tx.prepare_cached(
-        "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
-    )?;
-    let mut state_of =
-        tx.prepare_cached("SELECT state, campaign, parts FROM messages WHERE id = ?1")?;
     for f in items {
         if matches!(f.answer, Submit::Defer | Submit::Config | Submit::Account) {
             untry.execute([f.id])?;
@@ -321,6 +306,33 @@ pub(super) fn finish_in(
         tally.moved(campaign, parts, current, next);
         out.push(next);
     }
+    adopt_early_reports(tx, items, &now_s, tally)?;
+    Ok(out)
+}
+
+/// Applies the reports that came before the answer naming their message (early reports, kept
+/// in `orphan_reports` by carrier id) to the messages `items` just gave a carrier id.
+fn adopt_early_reports(
+    tx: &Transaction<'_>,
+    items: &[Finish],
+    now_s: &str,
+    tally: &mut Tally,
+) -> Result<(), StoreError> {
+    // Reports that came before the answer that names their message (early reports).
+    let mut early = tx.prepare_cached(
+        "SELECT o.id, o.report, o.code, o.raw, o.gateway FROM orphan_reports o JOIN messages m
+             ON m.id = ?1 AND o.carrier_id = m.carrier_id AND o.gateway = m.gateway
+         WHERE m.carrier_id IS NOT NULL",
+    )?;
+    let mut adopt = tx.prepare_cached(
+        "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
+    let mut forget = tx.prepare_cached("DELETE FROM orphan_reports WHERE id = ?1")?;
+    let mut apply = tx.prepare_cached(
+        "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
+    )?;
+    let mut state_of =
+        tx.prepare_cached("SELECT state, campaign, parts FROM messages WHERE id = ?1")?;
     for f in items.iter().filter(|f| f.carrier_id.is_some()) {
         let found: Vec<(i64, Option<String>, String, String, String)> = early
             .query_map([f.id], |r| {
@@ -359,7 +371,7 @@ pub(super) fn finish_in(
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 impl Store {
