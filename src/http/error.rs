@@ -188,3 +188,33 @@ pub async fn json_too_large(resp: Response) -> Response {
     }
     .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::Error;
+    use crate::store::StoreError;
+
+    #[test]
+    fn an_audit_failure_says_so_once_and_a_full_disk_is_507() {
+        let full = ApiError::from(Error::Audit(StoreError::DiskFull("/data".into())));
+        assert_eq!(
+            (full.status, full.code),
+            (StatusCode::INSUFFICIENT_STORAGE, "disk_full")
+        );
+        assert_eq!(
+            full.message.matches("audit log:").count(),
+            1,
+            "{}",
+            full.message
+        );
+        let other = ApiError::from(Error::Audit(StoreError::Task("gone".into())));
+        assert_eq!(other.status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(other.message, "audit log: store task failed: gone");
+        let conflict = ApiError::from(Error::conflict("wrong_state", "campaign 1 is done"));
+        assert_eq!(
+            (conflict.status, conflict.code),
+            (StatusCode::CONFLICT, "wrong_state")
+        );
+    }
+}

@@ -172,12 +172,9 @@ pub async fn audit(
     target: &str,
     detail: serde_json::Value,
 ) -> Result<(), error::ApiError> {
-    crate::app::audit(s, actor, action, target, detail)
-        .await
-        .map_err(|e| match e.is_disk_full() {
-            true => error::ApiError::disk_full(format!("audit log: {e}")),
-            false => error::ApiError::internal(format!("audit log: {e}")),
-        })
+    // One mapping for every use case's error: an audit failure is 507 when the disk is full,
+    // else 500, its message prefixed once with "audit log:".
+    Ok(crate::app::audit(s, actor, action, target, detail).await?)
 }
 
 /// Serves HTTP/1.1 on one connection (plain or TLS) until it ends or the daemon stops.
