@@ -6,7 +6,6 @@ use std::fmt::Write;
 
 use chrono::{DateTime, Duration, Utc};
 use chrono_tz::Tz;
-use serde_json::{Value, json};
 
 use crate::domain::{Playlist, Stretch, TargetRef, explain};
 
@@ -21,6 +20,59 @@ pub struct PreviewRequest {
     pub at: DateTime<Utc>,
     /// Length.
     pub length: Duration,
+}
+
+/// What a channel or display shows over a stretch (`GET /api/v1/preview`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PreviewAnswer {
+    /// The channel (for a display, its channel).
+    pub channel: String,
+    /// The display, when one display was asked for.
+    pub display: Option<String>,
+    /// The zone the times are in (IANA name, `[schedule] timezone`).
+    pub timezone: String,
+    /// Start (RFC 3339).
+    pub from: String,
+    /// End, exclusive (RFC 3339).
+    pub until: String,
+    /// Contiguous stretches of one loop each.
+    pub segments: Vec<PreviewSegment>,
+    /// Set when the timeline would not fit one MQTT packet (the broker would refuse it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oversize: Option<OversizeNote>,
+}
+
+/// One stretch of a preview: who won it and the loop it shows.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PreviewSegment {
+    /// Start, inclusive (RFC 3339).
+    pub from: String,
+    /// End, exclusive (RFC 3339).
+    pub until: String,
+    /// The winning tier (`fallback`, `normal`, `interrupt`, `emergency`); `null`: nothing is
+    /// scheduled and the screen shows its local fallback.
+    #[schema(value_type = Option<String>)]
+    pub tier: Option<crate::wire::Tier>,
+    /// The winning playlists (ids, sorted).
+    pub playlists: Vec<String>,
+    /// Their weights, in the same order.
+    pub weights: Vec<u32>,
+    /// Active playlists of lower tiers that the winners replace.
+    pub replaced: Vec<String>,
+    /// The loop: `{id, playlist, seconds, text: {lang: text}}` per entry.
+    #[schema(value_type = Vec<Object>)]
+    pub items: Vec<crate::wire::Item>,
+}
+
+/// A timeline too large for one MQTT packet.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct OversizeNote {
+    /// The PUBLISH packet it would take, in bytes.
+    pub bytes: usize,
+    /// `mqtt.max_payload`.
+    pub limit: usize,
+    /// For people.
+    pub message: String,
 }
 
 /// A computed preview.
@@ -48,32 +100,35 @@ impl Preview {
         t.with_timezone(&self.tz).to_rfc3339()
     }
 
-    /// `{"channel", "display", "timezone", "from", "until", "segments": [{"from", "until", "tier",
-    /// "playlists", "weights", "replaced", "items"}]}` with RFC 3339 times in the configured zone.
-    pub fn to_json(&self) -> Value {
-        let segments: Vec<Value> = self
+    /// What the preview shows, with RFC 3339 times in the configured zone (the answer of
+    /// `GET /api/v1/preview` and of `marquee preview --json`).
+    pub fn answer(&self, oversize: Option<Oversize>) -> PreviewAnswer {
+        let segments = self
             .stretches
             .iter()
-            .map(|s| {
-                json!({
-                    "from": self.t(s.from),
-                    "until": self.t(s.until),
-                    "tier": s.tier,
-                    "playlists": s.playlists,
-                    "weights": s.weights,
-                    "replaced": s.replaced,
-                    "items": s.items,
-                })
+            .map(|s| PreviewSegment {
+                from: self.t(s.from),
+                until: self.t(s.until),
+                tier: s.tier,
+                playlists: s.playlists.iter().map(|p| p.to_string()).collect(),
+                weights: s.weights.to_vec(),
+                replaced: s.replaced.iter().map(|p| p.to_string()).collect(),
+                items: s.items.to_vec(),
             })
             .collect();
-        json!({
-            "channel": self.req.channel,
-            "display": self.req.display,
-            "timezone": self.tz.name(),
-            "from": self.t(self.req.at),
-            "until": self.t(self.req.at + self.req.length),
-            "segments": segments,
-        })
+        PreviewAnswer {
+            channel: self.req.channel.clone(),
+            display: self.req.display.clone(),
+            timezone: self.tz.name().to_owned(),
+            from: self.t(self.req.at),
+            until: self.t(self.req.at + self.req.length),
+            segments,
+            oversize: oversize.map(|o| OversizeNote {
+                bytes: o.bytes,
+                limit: o.limit,
+                message: o.to_string(),
+            }),
+        }
     }
 
     /// A human-readable rendering.
@@ -197,15 +252,24 @@ pub fn all_targets(sched: &crate::config::ScheduleConfig) -> Vec<TargetRef<'_>> 
         .collect()
 }
 
+/// One target whose screens change, and from when.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Impact {
+    /// `channel lobby` or `display lobby-east-1`.
+    pub target: String,
+    /// The first moment its screens show something else (RFC 3339, `[schedule] timezone`).
+    pub from: String,
+}
+
 /// The change impact of replacing (or, with `None`, removing) playlist `id`, over the horizon
-/// from `now`, as JSON: `[{"target": "channel lobby", "from": "…"}]` (times in `tz`).
+/// from `now`: each target whose screens change and from when (times in `tz`).
 pub fn change_impact(
     sched: &crate::config::ScheduleConfig,
     current: &[Playlist],
     id: &str,
     replacement: Option<Playlist>,
     now: DateTime<Utc>,
-) -> Vec<Value> {
+) -> Vec<Impact> {
     let now = chrono::SubsecRound::trunc_subsecs(now, 0);
     let mut new: Vec<Playlist> = current.iter().filter(|p| p.id != id).cloned().collect();
     new.extend(replacement);
@@ -216,13 +280,16 @@ pub fn change_impact(
                 crate::wire::Target::Channel(c) => format!("channel {c}"),
                 crate::wire::Target::Display(d) => format!("display {d}"),
             };
-            json!({"target": target, "from": at.with_timezone(&sched.timezone).to_rfc3339()})
+            Impact {
+                target,
+                from: at.with_timezone(&sched.timezone).to_rfc3339(),
+            }
         })
         .collect()
 }
 
 /// One line per changed target, or a line saying nothing changes.
-pub fn impact_text(impact: &[Value], horizon: Duration) -> String {
+pub fn impact_text(impact: &[Impact], horizon: Duration) -> String {
     if impact.is_empty() {
         return format!(
             "no change on any screen in the next {}h\n",
@@ -231,13 +298,7 @@ pub fn impact_text(impact: &[Value], horizon: Duration) -> String {
     }
     impact
         .iter()
-        .map(|i| {
-            format!(
-                "changes {} from {}\n",
-                i["target"].as_str().unwrap_or("?"),
-                i["from"].as_str().unwrap_or("?")
-            )
-        })
+        .map(|i| format!("changes {} from {}\n", i.target, i.from))
         .collect()
 }
 
@@ -351,14 +412,6 @@ pub fn oversize_of(
         _ => TargetRef::Channel(channel),
     };
     oversize_among(cfg, playlists, now, vec![target]).pop()
-}
-
-/// Adds `"oversize": {"bytes", "limit", "message"}` to a preview's JSON when its timeline cannot
-/// be published.
-pub fn note_oversize(v: &mut Value, o: Option<Oversize>) {
-    if let Some(o) = o {
-        v["oversize"] = json!({"bytes": o.bytes, "limit": o.limit, "message": o.to_string()});
-    }
 }
 
 /// A preview length: a duration between 1 minute and 14 days.

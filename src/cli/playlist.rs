@@ -102,7 +102,8 @@ pub async fn playlist_push(api: &ApiClient, file: &Path) -> anyhow::Result<Strin
             v["error"]["message"].as_str().unwrap_or("request failed")
         );
     }
-    let impact = v["impact"].as_array().cloned().unwrap_or_default();
+    let impact: Vec<crate::preview::Impact> =
+        serde_json::from_value(v["impact"].clone()).context("the daemon's change impact")?;
     Ok(format!(
         "pushed {id} → {}\n{}",
         v["file"].as_str().unwrap_or("?"),

@@ -106,9 +106,7 @@ pub fn preview(
         sched.timezone,
     );
     Ok(if json {
-        let mut v = p.to_json();
-        crate::preview::note_oversize(&mut v, too_big);
-        serde_json::to_string_pretty(&v)? + "\n"
+        serde_json::to_string_pretty(&p.answer(too_big))? + "\n"
     } else {
         p.to_text()
     })

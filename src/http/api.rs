@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
 use chrono::Utc;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::AppState;
 use super::auth::Viewer;
@@ -97,60 +97,137 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
 }
 
+/// Every playlist file (`GET /api/v1/playlists`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PlaylistList {
+    /// One entry per file in `[schedule] playlists_dir`, live or not.
+    pub playlists: Vec<PlaylistEntry>,
+}
+
+/// One playlist file: what is live from it, and the errors of the file on disk. A file that
+/// never validated has `live` false and only `id` (null), `file` and `errors`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PlaylistEntry {
+    /// The playlist id; `null` when no version of the file ever validated.
+    pub id: Option<String>,
+    /// Its path.
+    pub file: String,
+    /// Its title.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    /// `fallback`, `normal`, `interrupt` or `emergency`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub tier: Option<crate::wire::Tier>,
+    /// Its share of voice among the winners of its tier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u32>,
+    /// The zone its schedule is written in (IANA name).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
+    /// Where it plays.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Targets>,
+    /// Whether a version of it is on the screens' timelines.
+    pub live: bool,
+    /// The errors of the file as it is on disk now (`file:line:column: message`).
+    pub errors: Vec<String>,
+}
+
+/// Where a playlist plays.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Targets {
+    /// Channels.
+    pub channels: Vec<String>,
+    /// Individual displays.
+    pub displays: Vec<String>,
+}
+
 /// `GET /api/v1/playlists`: every playlist file, live or broken.
-#[utoipa::path(get, path = "/api/v1/playlists", tag = "playlists", security(("bearer" = [])), responses((status = 200, description = "every playlist file: live or not, with its errors"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
-pub async fn list_playlists(_: Viewer, State(s): State<Arc<AppState>>) -> Json<Value> {
+#[utoipa::path(get, path = "/api/v1/playlists", tag = "playlists", security(("bearer" = [])), responses((status = 200, description = "every playlist file: live or not, with its errors", body = PlaylistList), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+pub async fn list_playlists(_: Viewer, State(s): State<Arc<AppState>>) -> Json<PlaylistList> {
     let catalog = s.catalog.borrow().clone();
-    let list: Vec<Value> = catalog
+    let playlists = catalog
         .files
         .iter()
         .map(|(path, st)| {
             let errors: Vec<String> = st.errors.iter().map(ToString::to_string).collect();
+            let file = path.display().to_string();
             match &st.good {
-                Some((p, _)) => json!({
-                    "id": p.id, "file": path.display().to_string(), "title": p.title,
-                    "tier": p.tier, "weight": p.weight, "timezone": p.timezone.name(),
-                    "targets": {"channels": p.channels, "displays": p.displays},
-                    "live": true, "errors": errors,
-                }),
-                None => json!({
-                    "id": Value::Null, "file": path.display().to_string(),
-                    "live": false, "errors": errors,
-                }),
+                Some((p, _)) => PlaylistEntry {
+                    id: Some(p.id.clone()),
+                    file,
+                    title: Some(p.title.clone()),
+                    tier: Some(p.tier),
+                    weight: Some(p.weight),
+                    timezone: Some(p.timezone.name().to_owned()),
+                    targets: Some(Targets {
+                        channels: p.channels.clone(),
+                        displays: p.displays.clone(),
+                    }),
+                    live: true,
+                    errors,
+                },
+                None => PlaylistEntry {
+                    id: None,
+                    file,
+                    title: None,
+                    tier: None,
+                    weight: None,
+                    timezone: None,
+                    targets: None,
+                    live: false,
+                    errors,
+                },
             }
         })
         .collect();
-    Json(json!({ "playlists": list }))
+    Json(PlaylistList { playlists })
+}
+
+/// One playlist (`GET /api/v1/playlists/{id}`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct PlaylistView {
+    /// The playlist id.
+    pub id: String,
+    /// Its path.
+    pub file: String,
+    /// The live version, byte for byte as written (`marquee playlist pull` writes it back).
+    pub source: String,
+    /// The live version as JSON (docs/playlist.schema.json); `null` if it is not JSON.
+    #[schema(value_type = Object)]
+    pub playlist: Value,
+    /// The errors of the file on disk now, if it changed since (the live version stays).
+    pub errors: Vec<String>,
 }
 
 /// `GET /api/v1/playlists/{id}`: the live version as written, and any errors of the file on disk.
-#[utoipa::path(get, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id (its file name)")), responses((status = 200, description = "the live version as written, with the current errors of the file"), (status = 404, description = "no such playlist"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(get, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id (its file name)")), responses((status = 200, description = "the live version as written, with the current errors of the file", body = PlaylistView), (status = 404, description = "no such playlist"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn get_playlist(
     _: Viewer,
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PlaylistView>, ApiError> {
     let catalog = s.catalog.borrow().clone();
     let (path, _, src, errors) = catalog
         .get(&id)
         .ok_or_else(|| ApiError::not_found(format!("no live playlist {id:?}")))?;
-    let playlist: Value = serde_json::from_str(src).unwrap_or(Value::Null);
-    Ok(Json(json!({
-        "id": id,
-        "file": path.display().to_string(),
-        "source": src,
-        "playlist": playlist,
-        "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
-    })))
+    Ok(Json(PlaylistView {
+        file: path.display().to_string(),
+        source: src.to_string(),
+        playlist: serde_json::from_str(src).unwrap_or(Value::Null),
+        errors: errors.iter().map(ToString::to_string).collect(),
+        id,
+    }))
 }
 
 /// `GET /api/v1/preview?channel=&display=&at=&for=`.
-#[utoipa::path(get, path = "/api/v1/preview", tag = "playlists", security(("bearer" = [])), params(("channel" = Option<String>, Query, description = "channel"), ("display" = Option<String>, Query, description = "display"), ("at" = Option<String>, Query, description = "start (RFC 3339 or local; default now)"), ("for" = Option<String>, Query, description = "length, e.g. 2h")), responses((status = 200, description = "what the channel or display shows: stretches, winners, the loop"), (status = 400, description = "bad parameter"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(get, path = "/api/v1/preview", tag = "playlists", security(("bearer" = [])), params(("channel" = Option<String>, Query, description = "channel"), ("display" = Option<String>, Query, description = "display"), ("at" = Option<String>, Query, description = "start (RFC 3339 or local; default now)"), ("for" = Option<String>, Query, description = "length, e.g. 2h")), responses((status = 200, description = "what the channel or display shows: stretches, winners, the loop", body = crate::preview::PreviewAnswer), (status = 400, description = "bad parameter"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn preview(
     _: Viewer,
     State(s): State<Arc<AppState>>,
     Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<crate::preview::PreviewAnswer>, ApiError> {
     let req = preview_request(&s, &q)?;
     let playlists = s.catalog.borrow().playlists();
     let too_big = crate::preview::oversize_of(
@@ -160,9 +237,9 @@ pub async fn preview(
         req.display.as_deref(),
         Utc::now(),
     );
-    let mut v = Preview::compute(&playlists, req, s.cfg.schedule.timezone).to_json();
-    crate::preview::note_oversize(&mut v, too_big);
-    Ok(Json(v))
+    Ok(Json(
+        Preview::compute(&playlists, req, s.cfg.schedule.timezone).answer(too_big),
+    ))
 }
 
 fn preview_request(s: &AppState, q: &HashMap<String, String>) -> Result<PreviewRequest, ApiError> {
@@ -205,8 +282,43 @@ fn preview_request(s: &AppState, q: &HashMap<String, String>) -> Result<PreviewR
     })
 }
 
+/// A display as the fleet view shows it: its last report and what is true of it now.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DisplayView {
+    /// Its last report.
+    #[serde(flatten)]
+    pub row: DisplayRow,
+    /// The timeline it should hold: its own if one is published, else its channel's.
+    pub expected_timeline: Option<Expected>,
+    /// Whether it applied exactly that topic and version.
+    pub up_to_date: bool,
+    /// `unknown` (not heard since a restart that lost the broker's state), `offline`, `stale`
+    /// (online but silent too long) or `online`.
+    pub state: String,
+    /// Whether its clock was more than 30 s off ours (`fleet::MAX_SKEW_MS`).
+    pub clock_skew: bool,
+    /// Whether two agent processes took turns reporting for it lately (one id on two screens).
+    pub conflict: bool,
+}
+
+/// A retained timeline topic and its version.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Expected {
+    /// The full topic.
+    pub topic: String,
+    /// Its version.
+    pub version: u64,
+}
+
+/// The fleet (`GET /api/v1/displays`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DisplayList {
+    /// Every display that reported.
+    pub displays: Vec<DisplayView>,
+}
+
 /// A display with the timeline it should hold (its own if published, else its channel's).
-fn display_json(d: &DisplayRow, published: &[Published], prefix: &str) -> Value {
+fn display_view(d: DisplayRow, published: &[Published], prefix: &str) -> DisplayView {
     let own = Topic::DisplayTimeline(d.id.clone()).render(prefix);
     let channel = Topic::ChannelTimeline(d.channel.clone()).render(prefix);
     let expected = published
@@ -217,25 +329,23 @@ fn display_json(d: &DisplayRow, published: &[Published], prefix: &str) -> Value 
         d.timeline_topic.as_deref() == Some(e.topic.as_str())
             && d.timeline_version == Some(e.version)
     });
-    let mut v = serde_json::to_value(d).unwrap_or_default();
-    v["expected_timeline"] = expected.map_or(
-        Value::Null,
-        |e| json!({"topic": e.topic, "version": e.version}),
-    );
-    v["up_to_date"] = Value::Bool(up_to_date);
-    // What is true now: unknown since a restart that lost the broker's state, offline, online
-    // but silent for too long (stale), or online.
-    v["state"] = json!(display_state(d, Utc::now()));
-    v["clock_skew"] = json!(
-        d.clock_skew_ms
-            .is_some_and(|ms| ms.abs() > crate::fleet::MAX_SKEW_MS)
-    );
-    // Two agent processes took turns reporting for it lately (one id on two screens).
-    v["conflict"] = json!(d.conflict_at.as_deref().is_some_and(|at| {
-        chrono::DateTime::parse_from_rfc3339(at)
-            .is_ok_and(|t| Utc::now() - t.with_timezone(&Utc) < crate::fleet::CONFLICT_SHOWN)
-    }));
-    v
+    let now = Utc::now();
+    DisplayView {
+        expected_timeline: expected.map(|e| Expected {
+            topic: e.topic.clone(),
+            version: e.version,
+        }),
+        up_to_date,
+        state: display_state(&d, now).to_owned(),
+        clock_skew: d
+            .clock_skew_ms
+            .is_some_and(|ms| ms.abs() > crate::fleet::MAX_SKEW_MS),
+        conflict: d.conflict_at.as_deref().is_some_and(|at| {
+            chrono::DateTime::parse_from_rfc3339(at)
+                .is_ok_and(|t| now - t.with_timezone(&Utc) < crate::fleet::CONFLICT_SHOWN)
+        }),
+        row: d,
+    }
 }
 
 /// What is true of a display at `now`: `unknown` (not heard since a restart that lost the
@@ -254,38 +364,38 @@ pub fn display_state(d: &DisplayRow, now: chrono::DateTime<Utc>) -> &'static str
 }
 
 /// `GET /api/v1/displays`: the fleet.
-#[utoipa::path(get, path = "/api/v1/displays", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "every display that reported"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(get, path = "/api/v1/displays", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "every display that reported", body = DisplayList), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn list_displays(
     _: Viewer,
     State(s): State<Arc<AppState>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DisplayList>, ApiError> {
     let (rows, published) = s
         .store
         .call(move |store| Ok((store.displays()?, store.published()?)))
         .await?;
     let prefix = &s.cfg.mqtt.topic_prefix;
-    let list: Vec<Value> = rows
-        .iter()
-        .map(|d| display_json(d, &published, prefix))
+    let displays = rows
+        .into_iter()
+        .map(|d| display_view(d, &published, prefix))
         .collect();
-    Ok(Json(json!({ "displays": list })))
+    Ok(Json(DisplayList { displays }))
 }
 
 /// `GET /api/v1/displays/{id}`.
-#[utoipa::path(get, path = "/api/v1/displays/{id}", tag = "displays", security(("bearer" = [])), params(("id" = String, Path, description = "display id")), responses((status = 200, description = "one display"), (status = 404, description = "never reported"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(get, path = "/api/v1/displays/{id}", tag = "displays", security(("bearer" = [])), params(("id" = String, Path, description = "display id")), responses((status = 200, description = "one display", body = DisplayView), (status = 404, description = "never reported"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn get_display(
     _: Viewer,
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DisplayView>, ApiError> {
     let key = id.clone();
     let (row, published) = s
         .store
         .call(move |store| Ok((store.display(&key)?, store.published()?)))
         .await?;
     let row = row.ok_or_else(|| ApiError::not_found(format!("no display {id:?} has reported")))?;
-    Ok(Json(display_json(
-        &row,
+    Ok(Json(display_view(
+        row,
         &published,
         &s.cfg.mqtt.topic_prefix,
     )))
@@ -295,7 +405,7 @@ pub async fn get_display(
 const MAX_PLAYS: usize = 100_000;
 
 /// `GET /api/v1/plays?display=&from=&until=`: proof of play; CSV with `Accept: text/csv`.
-#[utoipa::path(get, path = "/api/v1/plays", tag = "displays", security(("bearer" = [])), params(("display" = Option<String>, Query, description = "display"), ("from" = Option<String>, Query, description = "RFC 3339"), ("until" = Option<String>, Query, description = "RFC 3339")), responses((status = 200, description = "proof of play (JSON, or CSV with Accept: text/csv)"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(get, path = "/api/v1/plays", tag = "displays", security(("bearer" = [])), params(("display" = Option<String>, Query, description = "display"), ("from" = Option<String>, Query, description = "RFC 3339"), ("until" = Option<String>, Query, description = "RFC 3339")), responses((status = 200, description = "proof of play (JSON, or CSV with Accept: text/csv)", content((Plays = "application/json"), (String = "text/csv"))), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn plays(
     _: Viewer,
     State(s): State<Arc<AppState>>,
@@ -318,27 +428,34 @@ pub async fn plays(
         .store
         .call(move |store| store.plays(display.as_deref(), from, until, MAX_PLAYS))
         .await?;
-    rows_or_csv(&headers, "plays", &rows, &PLAY_COLUMNS)
+    rows_or_csv(&headers, rows, &PLAY_COLUMNS, |plays| Plays { plays })
+}
+
+/// Proof of play (`GET /api/v1/plays`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Plays {
+    /// One record per item shown, oldest first (at most 100,000).
+    pub plays: Vec<crate::store::fleet::PlayRow>,
 }
 
 const PLAY_COLUMNS: [&str; 7] = [
     "event_id", "display", "item", "playlist", "lang", "start", "end",
 ];
 
-/// Rows as `{key: [...]}` JSON, or as CSV (with `columns` as header) when the request asks for
-/// `text/csv`.
-pub fn rows_or_csv<T: serde::Serialize>(
+/// Rows as the JSON `wrap` makes of them, or as CSV (with `columns` as header) when the
+/// request asks for `text/csv`.
+pub fn rows_or_csv<T: serde::Serialize, W: serde::Serialize>(
     headers: &HeaderMap,
-    key: &str,
-    rows: &[T],
+    rows: Vec<T>,
     columns: &[&str],
+    wrap: impl FnOnce(Vec<T>) -> W,
 ) -> Result<axum::response::Response, ApiError> {
     let wants_csv = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/csv"));
     if !wants_csv {
-        return Ok(Json(json!({ key: rows })).into_response());
+        return Ok(Json(wrap(rows)).into_response());
     }
     let csv_err = |e: csv::Error| ApiError::internal(e.to_string());
     let mut w = csv::WriterBuilder::new()
@@ -348,7 +465,7 @@ pub fn rows_or_csv<T: serde::Serialize>(
     // Cells that text came into from outside (a playlist item, an SMS text, a carrier's
     // reason) are written formula-safe: a spreadsheet must not run them.
     let mut cells = Vec::with_capacity(columns.len());
-    for r in rows {
+    for r in &rows {
         let v = serde_json::to_value(r).map_err(|e| ApiError::internal(e.to_string()))?;
         cells.clear();
         for c in columns {

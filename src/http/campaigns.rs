@@ -11,7 +11,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
@@ -253,7 +253,7 @@ pub async fn action(
 
 /// `GET /api/v1/campaigns/{id}/messages?status=&after=&limit=`: JSON, or CSV with
 /// `Accept: text/csv`.
-#[utoipa::path(get, path = "/api/v1/campaigns/{id}/messages", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id"), ("status" = Option<String>, Query, description = "only this state"), ("after" = Option<i64>, Query, description = "ids after this"), ("limit" = Option<usize>, Query, description = "at most this many (default 10000)")), responses((status = 200, description = "messages (JSON, or CSV with Accept: text/csv)"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/messages", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id"), ("status" = Option<String>, Query, description = "only this state"), ("after" = Option<i64>, Query, description = "ids after this"), ("limit" = Option<usize>, Query, description = "at most this many (default 10000)")), responses((status = 200, description = "messages (JSON, or CSV with Accept: text/csv)", content((Messages = "application/json"), (String = "text/csv"))), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn messages(
     Auth(who): Viewer,
     State(s): State<Arc<AppState>>,
@@ -286,7 +286,25 @@ pub async fn messages(
             r.recipient = crate::domain::phone::mask(&r.recipient);
         }
     }
-    super::api::rows_or_csv(&headers, "messages", &rows, &MESSAGE_COLUMNS)
+    super::api::rows_or_csv(&headers, rows, &MESSAGE_COLUMNS, |messages| Messages {
+        messages,
+    })
+}
+
+/// A campaign's messages (`GET /api/v1/campaigns/{id}/messages`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Messages {
+    /// In id order; numbers masked for roles below `[auth] show_numbers_from`.
+    pub messages: Vec<crate::store::sms::MessageRow>,
+}
+
+/// A campaign's rejected rows (`GET /api/v1/campaigns/{id}/rejects`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Rejects {
+    /// The list's columns (`number` for a pasted list).
+    pub columns: Vec<String>,
+    /// The rows that were not imported, in row order.
+    pub rejects: Vec<crate::sms::campaign::Reject>,
 }
 
 const MESSAGE_COLUMNS: [&str; 14] = [
@@ -345,7 +363,7 @@ pub(crate) fn callback_fields(
 /// the query, a form body or a JSON object body. Gateways whose provider pushes JSON arrays
 /// to one account URL (Tencent, Aliyun) are matched by the provider's id and acknowledged as
 /// it expects ([`super::carrier::dlr_array`]).
-#[utoipa::path(method(get, post), path = "/api/v1/sms/dlr/{gateway}", tag = "sms", params(("gateway" = String, Path, description = "gateway name"), ("secret" = String, Query, description = "the delivery-report secret of the gateway"), ("id" = Option<i64>, Query, description = "our message id (not for array-pushing providers)")), responses((status = 200, description = "stored; the new state of the message, or the provider's acknowledgement"), (status = 400, description = "not a report"), (status = 403, description = "bad secret"), (status = 404, description = "no such message sent through that gateway"), (status = 503, description = "the store cannot take reports now: push again")))]
+#[utoipa::path(method(get, post), path = "/api/v1/sms/dlr/{gateway}", tag = "sms", params(("gateway" = String, Path, description = "gateway name"), ("secret" = String, Query, description = "the delivery-report secret of the gateway"), ("id" = Option<i64>, Query, description = "our message id (not for array-pushing providers)")), responses((status = 200, description = "stored; the new state of the message, or the provider's acknowledgement", content((super::carrier::CarrierAnswer = "application/json"), (String = "text/plain"))), (status = 400, description = "not a report"), (status = 403, description = "bad secret"), (status = 404, description = "no such message sent through that gateway"), (status = 503, description = "the store cannot take reports now: push again")))]
 pub async fn dlr(
     State(s): State<Arc<AppState>>,
     Path(gateway): Path<String>,
@@ -414,7 +432,13 @@ pub async fn dlr(
         )));
     };
     tracing::debug!(message = id, gateway = %gateway, code = %incoming.code, from = from.as_str(), to = to.as_str(), "delivery report");
-    Ok(Json(json!({"id": id, "state": to.as_str()})).into_response())
+    Ok(Json(super::carrier::CarrierAnswer::Reported(
+        super::carrier::Reported {
+            id,
+            state: to.as_str().to_owned(),
+        },
+    ))
+    .into_response())
 }
 
 /// `GET /api/v1/optouts`.
@@ -600,7 +624,7 @@ pub fn formula_safe(cell: &str) -> std::borrow::Cow<'_, str> {
 /// row as read. With `Accept: text/csv`, a CSV in the list's own columns plus `reason` and `row`
 /// (UTF-8 with a byte-order mark, so Excel and WPS show Chinese text; formula-safe), for the
 /// office to fix and upload again.
-#[utoipa::path(get, path = "/api/v1/campaigns/{id}/rejects", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id")), responses((status = 200, description = "columns and rejected rows (JSON, or CSV with Accept: text/csv)"), (status = 404, description = "no such campaign"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/rejects", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id")), responses((status = 200, description = "columns and rejected rows (JSON, or CSV with Accept: text/csv)", content((Rejects = "application/json"), (String = "text/csv"))), (status = 404, description = "no such campaign"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn rejects(
     Auth(who): Viewer,
     State(s): State<Arc<AppState>>,
@@ -637,7 +661,11 @@ pub async fn rejects(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("text/csv"));
     if !wants_csv {
-        return Ok(Json(json!({"columns": columns, "rejects": rows})).into_response());
+        return Ok(Json(Rejects {
+            columns,
+            rejects: rows,
+        })
+        .into_response());
     }
     let csv_err = |e: csv::Error| ApiError::internal(e.to_string());
     let mut w = csv::WriterBuilder::new()

@@ -41,6 +41,60 @@ pub fn authorised<'a>(
     Ok(g)
 }
 
+/// The answer to a delivery report or a reply on a gateway whose provider expects no
+/// particular acknowledgement.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Acknowledged {
+    /// Always true.
+    pub ok: bool,
+}
+
+/// Tencent Cloud SMS's expected acknowledgement of a pushed report or reply (`tencent::ACK`;
+/// Tencent Cloud SMS callback docs).
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct TencentAck {
+    /// `0`.
+    pub result: i64,
+    /// `OK`.
+    pub errmsg: String,
+}
+
+/// Aliyun SMS's expected acknowledgement of a pushed report or reply (`aliyun::ACK`; Aliyun
+/// SMS HTTP batch push docs).
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct AliyunAck {
+    /// `0`.
+    pub code: i64,
+    /// For people.
+    pub msg: String,
+}
+
+/// What the report and reply intakes answer a carrier with: the acknowledgement its provider
+/// expects (Tencent, Aliyun), `{"ok": true}`, or, for a per-message report, the message's new
+/// state. An `http` gateway with `dlr_array` answers its configured `dlr_ack_body` with its
+/// `dlr_ack_content_type` instead.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum CarrierAnswer {
+    /// A per-message report stored.
+    Reported(Reported),
+    /// Stored.
+    Acknowledged(Acknowledged),
+    /// A Tencent gateway's push stored.
+    Tencent(TencentAck),
+    /// An Aliyun gateway's push stored.
+    Aliyun(AliyunAck),
+}
+
+/// A per-message delivery report stored.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct Reported {
+    /// Our message id.
+    pub id: i64,
+    /// Its state now (`delivered`, `failed`, …).
+    pub state: String,
+}
+
 fn ack(g: &GatewayConfig) -> Response {
     let (body, ctype) = match &g.kind {
         GatewayKind::Tencent(_) => (tencent::ACK.to_owned(), "application/json".to_owned()),
@@ -49,7 +103,10 @@ fn ack(g: &GatewayConfig) -> Response {
             let a = h.dlr_array.as_ref().expect("checked");
             (a.ack_body.clone(), a.ack_content_type.clone())
         }
-        _ => return axum::Json(json!({"ok": true})).into_response(),
+        _ => {
+            return axum::Json(CarrierAnswer::Acknowledged(Acknowledged { ok: true }))
+                .into_response();
+        }
     };
     (StatusCode::OK, [(header::CONTENT_TYPE, ctype)], body).into_response()
 }
@@ -359,7 +416,7 @@ pub fn is_optout(text: &str, keywords: &[String]) -> bool {
 /// form or a JSON object (Kannel's sms-service `get-url` with `from=%p&text=%a`). A reply that
 /// is an opt-out keyword (`sms.optout_keywords`) puts the number on the opt-out list (audited);
 /// every reply is kept. Answered with the provider's acknowledgement.
-#[utoipa::path(post, path = "/api/v1/sms/mo/{gateway}", tag = "sms", params(("gateway" = String, Path, description = "gateway name"), ("secret" = String, Query, description = "the gateway's report secret")), responses((status = 200, description = "stored; the provider's acknowledgement"), (status = 400, description = "not a reply"), (status = 403, description = "bad secret"), (status = 404, description = "no such gateway")))]
+#[utoipa::path(post, path = "/api/v1/sms/mo/{gateway}", tag = "sms", params(("gateway" = String, Path, description = "gateway name"), ("secret" = String, Query, description = "the gateway's report secret")), responses((status = 200, description = "stored; the provider's acknowledgement", content((CarrierAnswer = "application/json"), (String = "text/plain"))), (status = 400, description = "not a reply"), (status = 403, description = "bad secret"), (status = 404, description = "no such gateway")))]
 pub async fn mo(
     State(s): State<Arc<AppState>>,
     Path(gateway): Path<String>,
@@ -436,6 +493,14 @@ pub async fn mo(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_documented_acknowledgements_are_what_the_providers_get() {
+        let t: TencentAck = serde_json::from_str(tencent::ACK).unwrap();
+        assert_eq!((t.result, t.errmsg.as_str()), (0, "OK"));
+        let a: AliyunAck = serde_json::from_str(aliyun::ACK).unwrap();
+        assert_eq!(a.code, 0);
+    }
 
     #[test]
     fn optout_keywords_match_the_whole_reply() {

@@ -12,7 +12,7 @@ pub struct ErrorBody {
 }
 
 /// What went wrong.
-#[derive(serde::Serialize, utoipa::ToSchema)]
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorDetail {
     /// Stable machine-readable code (`invalid`, `not_found`, `wrong_state`, `disk_full`, …).
     pub code: String,

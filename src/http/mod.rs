@@ -61,6 +61,7 @@ impl std::ops::Deref for AppState {
         description = "Publicity scheduler: playlists, displays, emergency alerts (manual and CAP 1.2), SMS campaigns, audit. Every route but /healthz, /readyz and the delivery-report intake needs `Authorization: Bearer <token>`; errors are `{\"error\": {\"code\", \"message\", \"field\"}}`."
     ),
     modifiers(&BearerAuth),
+    components(schemas(error::ErrorBody, error::ErrorDetail)),
     tags(
         (name = "system", description = "health and metrics"),
         (name = "playlists", description = "playlist files, validation and preview"),
@@ -103,7 +104,7 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(campaigns::list, campaigns::create))
         .routes(routes!(campaigns::optouts, campaigns::add_optouts))
         .layer(axum::extract::DefaultBodyLimit::max(256 << 20));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let routes = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(api::healthz))
         .routes(routes!(api::readyz))
         .routes(routes!(api::metrics))
@@ -141,7 +142,38 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(campaigns::rejects))
         .routes(routes!(uploads::upload))
         .merge(bulk)
-        .split_for_parts()
+        .split_for_parts();
+    let (router, mut doc) = routes;
+    document_errors(&mut doc);
+    (router, doc)
+}
+
+/// Every error answer the document lists without a body gets the one error shape
+/// ([`error::ErrorBody`]): the routes answer every refusal through [`ApiError`].
+fn document_errors(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::{Content, Ref, RefOr};
+    for item in doc.paths.paths.values_mut() {
+        let ops = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for op in ops.into_iter().flatten() {
+            for (status, response) in op.responses.responses.iter_mut() {
+                let RefOr::T(response) = response else {
+                    continue;
+                };
+                if status.starts_with(['4', '5']) && response.content.is_empty() {
+                    response.content.insert(
+                        "application/json".into(),
+                        Content::new(Some(Ref::from_schema_name("ErrorBody"))),
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The router: the API, its OpenAPI document at `/api/v1/openapi.json` (viewer role), and the

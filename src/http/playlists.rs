@@ -10,15 +10,16 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use chrono::Utc;
+use serde::Serialize;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use super::AppState;
 use super::auth::{Auth, Editor};
-use super::error::ApiError;
+use super::error::{ApiError, ErrorDetail};
 use crate::domain::Playlist;
 use crate::domain::playlist::source_text;
-use crate::preview::change_impact;
+use crate::preview::{Impact, change_impact};
 use crate::wire::valid_name;
 
 fn file_of(s: &AppState, id: &str) -> Result<std::path::PathBuf, ApiError> {
@@ -46,24 +47,49 @@ async fn store_takes_writes(s: &AppState) -> Result<(), ApiError> {
         .await?)
 }
 
+/// A playlist that does not validate: the first error as the usual error, and all of them
+/// located (`400` of the playlist routes).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PlaylistErrors {
+    /// The first error (`code` `invalid`, `field` `body`).
+    pub error: ErrorDetail,
+    /// Every error, located in the body.
+    pub errors: Vec<Located>,
+}
+
+/// One error in a playlist body.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Located {
+    /// Line, from 1.
+    pub line: usize,
+    /// Column, from 1.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
 fn errors_response(errors: &[crate::domain::playlist::PlaylistError]) -> Response {
-    let list: Vec<_> = errors
-        .iter()
-        .map(|e| json!({"line": e.line, "column": e.column, "message": e.message}))
-        .collect();
-    let first = errors.first().map(ToString::to_string).unwrap_or_default();
-    let body =
-        json!({"error": {"code": "invalid", "message": first, "field": "body"}, "errors": list});
+    let body = PlaylistErrors {
+        error: ErrorDetail {
+            code: "invalid".into(),
+            message: errors.first().map(ToString::to_string).unwrap_or_default(),
+            field: Some("body".into()),
+        },
+        errors: errors
+            .iter()
+            .map(|e| Located {
+                line: e.line,
+                column: e.column,
+                message: e.message.clone(),
+            })
+            .collect(),
+    };
     (StatusCode::BAD_REQUEST, Json(body)).into_response()
 }
 
 /// Validates `body` as playlist `id`: its change impact, or the 400 response listing every
 /// located error.
-fn validate(
-    s: &AppState,
-    id: &str,
-    body: &str,
-) -> Result<Result<serde_json::Value, Response>, ApiError> {
+fn validate(s: &AppState, id: &str, body: &str) -> Result<Result<Vec<Impact>, Response>, ApiError> {
     file_of(s, id)?;
     let label = format!("{id}.json");
     match Playlist::parse(&label, Some(id), body, &s.cfg.schedule.validation_context()) {
@@ -76,20 +102,20 @@ fn validate(
             if let Some(o) = crate::preview::oversize(&s.cfg, &next, Utc::now()).first() {
                 return Err(ApiError::bad_field("items", o.to_string()));
             }
-            Ok(Ok(json!(change_impact(
+            Ok(Ok(change_impact(
                 &s.cfg.schedule,
                 &current,
                 id,
                 Some(p),
-                Utc::now()
-            ))))
+                Utc::now(),
+            )))
         }
         Err(errors) => Ok(Err(errors_response(&errors))),
     }
 }
 
 /// `POST /api/v1/playlists/{id}/check`: validation and change impact; nothing is written (editor).
-#[utoipa::path(post, path = "/api/v1/playlists/{id}/check", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), request_body(content = String, content_type = "application/json", description = "a playlist file (docs/playlist.schema.json)"), responses((status = 200, description = "valid; the change impact"), (status = 400, description = "errors with line and column"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(post, path = "/api/v1/playlists/{id}/check", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), request_body(content = String, content_type = "application/json", description = "a playlist file (docs/playlist.schema.json)"), responses((status = 200, description = "valid; the change impact", body = Checked), (status = 400, description = "errors with line and column", body = PlaylistErrors), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn check(
     _: Editor,
     State(s): State<Arc<AppState>>,
@@ -101,9 +127,41 @@ pub async fn check(
         Err(e) => return Ok(errors_response(&[e])),
     };
     Ok(match validate(&s, &id, body)? {
-        Ok(impact) => Json(json!({"id": id, "valid": true, "impact": impact})).into_response(),
+        Ok(impact) => Json(Checked {
+            id,
+            valid: true,
+            impact,
+        })
+        .into_response(),
         Err(resp) => resp,
     })
+}
+
+/// A playlist that validates (`POST /api/v1/playlists/{id}/check`); nothing was written.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Checked {
+    /// The playlist id.
+    pub id: String,
+    /// Always true (an invalid playlist is a 400).
+    pub valid: bool,
+    /// What saving it would change on the screens.
+    pub impact: Vec<Impact>,
+}
+
+/// A change held for review (`202` of `PUT` and `DELETE /api/v1/playlists/{id}` with
+/// `[approval] playlists`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Proposed {
+    /// The playlist id.
+    pub id: String,
+    /// The proposal's id (`POST /api/v1/proposals/{id}/publish`).
+    pub proposal: i64,
+    /// `pending`.
+    pub status: String,
+    /// What publishing it would change on the screens.
+    pub impact: Vec<Impact>,
+    /// For people: who publishes it and how.
+    pub message: String,
 }
 
 /// Review before publishing: stores what `author` saved (`body`) or deleted (`None`) as a
@@ -115,10 +173,10 @@ async fn propose(
     path: &std::path::Path,
     body: Option<String>,
     sha: String,
-    impact: serde_json::Value,
+    impact: Vec<Impact>,
 ) -> Result<Response, ApiError> {
     let before = tokio::fs::read_to_string(path).await.ok();
-    let (pid, who, imp) = (id.to_owned(), author.to_owned(), impact.clone());
+    let (pid, who, imp) = (id.to_owned(), author.to_owned(), json!(impact));
     let proposal = s
         .store
         .call(move |store| {
@@ -143,25 +201,54 @@ async fn propose(
     tracing::info!(id = %id, by = %author, proposal, "playlist change proposed for review");
     Ok((
         StatusCode::ACCEPTED,
-        Json(json!({"id": id, "proposal": proposal, "status": "pending", "impact": impact,
-            "message": format!("proposed for review: another person with the approver role publishes it (POST /api/v1/proposals/{proposal}/publish)")})),
+        Json(Proposed {
+            id: id.to_owned(),
+            proposal,
+            status: "pending".into(),
+            impact,
+            message: format!(
+                "proposed for review: another person with the approver role publishes it (POST /api/v1/proposals/{proposal}/publish)"
+            ),
+        }),
     )
         .into_response())
 }
 
 /// `GET /api/v1/proposals?status=pending`: playlist changes proposed for review (newest first).
-#[utoipa::path(get, path = "/api/v1/proposals", tag = "playlists", security(("bearer" = [])), params(("status" = Option<String>, Query, description = "pending, published, rejected or superseded")), responses((status = 200, description = "the proposals"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(get, path = "/api/v1/proposals", tag = "playlists", security(("bearer" = [])), params(("status" = Option<String>, Query, description = "pending, published, rejected or superseded")), responses((status = 200, description = "the proposals", body = ProposalList), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn proposals(
     _: super::auth::Viewer,
     State(s): State<Arc<AppState>>,
     axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<ProposalList>, ApiError> {
     let status = q.get("status").cloned();
     let list = s
         .store
         .call(move |store| store.proposals(status.as_deref()))
         .await?;
-    Ok(Json(json!({"proposals": list})))
+    Ok(Json(ProposalList { proposals: list }))
+}
+
+/// Playlist changes proposed for review (`GET /api/v1/proposals`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ProposalList {
+    /// Newest first.
+    pub proposals: Vec<crate::store::proposals::Proposal>,
+}
+
+/// A proposal decided (`POST /api/v1/proposals/{id}/{decision}`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Decided {
+    /// The proposal's id.
+    pub proposal: i64,
+    /// `published` or `rejected`.
+    pub status: String,
+    /// Published: the playlist id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Published: what changes on the screens.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub impact: Option<Vec<Impact>>,
 }
 
 /// The body of a rejection.
@@ -175,13 +262,13 @@ pub struct Decision {
 /// `POST /api/v1/proposals/{id}/{publish|reject}` (approver, not the author): publishing
 /// validates the proposal again against the playlists as they are now and writes the file (or
 /// deletes it); rejecting needs a reason. Both audited.
-#[utoipa::path(post, path = "/api/v1/proposals/{id}/{decision}", tag = "playlists", security(("bearer" = [])), params(("id" = i64, Path, description = "proposal id"), ("decision" = String, Path, description = "publish or reject")), request_body(content = Option<Decision>, description = "reject: a reason"), responses((status = 200, description = "published (the change impact) or rejected"), (status = 400, description = "no reason, or the proposal no longer validates"), (status = 403, description = "the author, or a role below approver"), (status = 404, description = "no such proposal"), (status = 409, description = "no longer pending")))]
+#[utoipa::path(post, path = "/api/v1/proposals/{id}/{decision}", tag = "playlists", security(("bearer" = [])), params(("id" = i64, Path, description = "proposal id"), ("decision" = String, Path, description = "publish or reject")), request_body(content = Option<Decision>, description = "reject: a reason"), responses((status = 200, description = "published (the change impact) or rejected", body = Decided), (status = 400, description = "no reason, or the proposal no longer validates"), (status = 401, description = "no or unknown token"), (status = 403, description = "the author, or a role below approver"), (status = 404, description = "no such proposal"), (status = 409, description = "no longer pending")))]
 pub async fn decide(
     Auth(who): super::auth::Approver,
     State(s): State<Arc<AppState>>,
     Path((pid, decision)): Path<(i64, String)>,
     body: axum::body::Bytes,
-) -> Result<Json<serde_json::Value>, ApiError> {
+) -> Result<Json<Decided>, ApiError> {
     let d: Decision = if body.iter().all(u8::is_ascii_whitespace) {
         Decision::default()
     } else {
@@ -241,7 +328,12 @@ pub async fn decide(
                 json!({"proposal": pid, "author": p.author, "reason": reason}),
             )
             .await?;
-            Ok(Json(json!({"proposal": pid, "status": "rejected"})))
+            Ok(Json(Decided {
+                proposal: pid,
+                status: "rejected".into(),
+                id: None,
+                impact: None,
+            }))
         }
         "publish" => {
             store_takes_writes(&s).await?;
@@ -255,13 +347,13 @@ pub async fn decide(
                         ));
                     }
                 },
-                None => json!(change_impact(
+                None => change_impact(
                     &s.cfg.schedule,
                     &s.catalog.borrow().playlists(),
                     &p.playlist,
                     None,
-                    Utc::now()
-                )),
+                    Utc::now(),
+                ),
             };
             decided("published", None).await?;
             super::audit(
@@ -295,9 +387,12 @@ pub async fn decide(
             }
             let _ = s.reload.try_send(crate::scheduler::Reload::Complete);
             tracing::info!(playlist = %p.playlist, proposal = pid, by = %who.name, "proposal published");
-            Ok(Json(
-                json!({"proposal": pid, "status": "published", "id": p.playlist, "impact": impact}),
-            ))
+            Ok(Json(Decided {
+                proposal: pid,
+                status: "published".into(),
+                id: Some(p.playlist),
+                impact: Some(impact),
+            }))
         }
         other => Err(ApiError::not_found(format!(
             "no decision {other:?} (publish or reject)"
@@ -307,7 +402,7 @@ pub async fn decide(
 
 /// `PUT /api/v1/playlists/{id}` with the playlist JSON as the body (editor role). With
 /// `[approval] playlists = true` the change is proposed for review instead (202).
-#[utoipa::path(put, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), request_body(content = String, content_type = "application/json", description = "a playlist file (docs/playlist.schema.json)"), responses((status = 200, description = "written atomically; the change impact"), (status = 202, description = "proposed for review ([approval] playlists)"), (status = 400, description = "errors with line and column"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low"), (status = 507, description = "the data disk is full: nothing was written")))]
+#[utoipa::path(put, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), request_body(content = String, content_type = "application/json", description = "a playlist file (docs/playlist.schema.json)"), responses((status = 200, description = "written atomically; the change impact", body = Written), (status = 202, description = "proposed for review ([approval] playlists)", body = Proposed), (status = 400, description = "errors with line and column", body = PlaylistErrors), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low"), (status = 507, description = "the data disk is full: nothing was written")))]
 pub async fn put(
     Auth(who): Editor,
     State(s): State<Arc<AppState>>,
@@ -350,16 +445,41 @@ pub async fn put(
         })?;
     let _ = s.reload.try_send(crate::scheduler::Reload::Complete);
     tracing::info!(id = %id, by = %who.name, "playlist written through the API");
-    Ok(
-        Json(
-            json!({"id": id, "file": path.display().to_string(), "sha256": sha, "impact": impact}),
-        )
-        .into_response(),
-    )
+    Ok(Json(Written {
+        id,
+        file: path.display().to_string(),
+        sha256: sha,
+        impact,
+    })
+    .into_response())
+}
+
+/// A playlist written (`PUT /api/v1/playlists/{id}`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Written {
+    /// The playlist id.
+    pub id: String,
+    /// The file written.
+    pub file: String,
+    /// SHA-256 of the bytes written (hex; also in the audit entry).
+    pub sha256: String,
+    /// What changes on the screens.
+    pub impact: Vec<Impact>,
+}
+
+/// A playlist removed (`DELETE /api/v1/playlists/{id}`).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Deleted {
+    /// The playlist id.
+    pub id: String,
+    /// Always true.
+    pub deleted: bool,
+    /// What changes on the screens.
+    pub impact: Vec<Impact>,
 }
 
 /// `DELETE /api/v1/playlists/{id}` (editor role).
-#[utoipa::path(delete, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), responses((status = 200, description = "removed; the change impact"), (status = 404, description = "no such playlist"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(delete, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), responses((status = 200, description = "removed; the change impact", body = Deleted), (status = 202, description = "proposed for review ([approval] playlists)", body = Proposed), (status = 404, description = "no such playlist"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn delete(
     Auth(who): Editor,
     State(s): State<Arc<AppState>>,
@@ -376,16 +496,7 @@ pub async fn delete(
     let current = s.catalog.borrow().playlists();
     let impact = change_impact(&s.cfg.schedule, &current, &id, None, Utc::now());
     if s.cfg.approve_playlists {
-        return propose(
-            &s,
-            &who.name,
-            &id,
-            &path,
-            None,
-            String::new(),
-            json!(impact),
-        )
-        .await;
+        return propose(&s, &who.name, &id, &path, None, String::new(), impact).await;
     }
     super::audit(
         &s,
@@ -400,5 +511,10 @@ pub async fn delete(
         .map_err(|e| ApiError::internal(format!("cannot remove {}: {e}", path.display())))?;
     let _ = s.reload.try_send(crate::scheduler::Reload::Complete);
     tracing::info!(id = %id, by = %who.name, "playlist deleted through the API");
-    Ok(Json(json!({"id": id, "deleted": true, "impact": impact})).into_response())
+    Ok(Json(Deleted {
+        id,
+        deleted: true,
+        impact,
+    })
+    .into_response())
 }

@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::auth::{Admin, Viewer};
 use super::error::ApiError;
@@ -124,8 +124,11 @@ pub struct RegistryList {
 /// and the `acl_file` (each display reads its own topics and writes only its own reports; the
 /// daemon's account, `daemon_user`, has the rest). The daemon's own password line is the
 /// operator's (`mosquitto_passwd`); `marquee broker mosquitto` keeps it. Needs `[mqtt] username`.
-#[utoipa::path(get, path = "/api/v1/broker/mosquitto", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "{daemon_user, password_file, acl_file} as text"), (status = 400, description = "the daemon has no broker account (field mqtt.username)"), (status = 401, description = "no or unknown token"), (status = 403, description = "not an admin")))]
-pub async fn mosquitto(_: Admin, State(s): State<Arc<AppState>>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(get, path = "/api/v1/broker/mosquitto", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "the daemon's broker account and the two files", body = BrokerFiles), (status = 400, description = "the daemon has no broker account (field mqtt.username)"), (status = 401, description = "no or unknown token"), (status = 403, description = "not an admin")))]
+pub async fn mosquitto(
+    _: Admin,
+    State(s): State<Arc<AppState>>,
+) -> Result<Json<BrokerFiles>, ApiError> {
     let Some(user) = s.cfg.mqtt.credentials.as_ref().map(|c| c.0.clone()) else {
         return Err(ApiError::bad_field(
             "mqtt.username",
@@ -134,9 +137,20 @@ pub async fn mosquitto(_: Admin, State(s): State<Arc<AppState>>) -> Result<Json<
     };
     let store = s.store.clone();
     let passwd = blocking(move || Ok(mosquitto_passwd(&store.registry()?))).await?;
-    Ok(Json(json!({
-        "daemon_user": user,
-        "password_file": passwd,
-        "acl_file": mosquitto_acl(&s.cfg.mqtt.topic_prefix, &user),
-    })))
+    Ok(Json(BrokerFiles {
+        acl_file: mosquitto_acl(&s.cfg.mqtt.topic_prefix, &user),
+        daemon_user: user,
+        password_file: passwd,
+    }))
+}
+
+/// Mosquitto's files for the registered displays (`GET /api/v1/broker/mosquitto`).
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct BrokerFiles {
+    /// The daemon's own broker account (`[mqtt] username`).
+    pub daemon_user: String,
+    /// `password_file` lines for the displays (salted SHA-512, `$6$`, which Mosquitto reads).
+    pub password_file: String,
+    /// `acl_file` text: each display its own topics, the daemon its account's.
+    pub acl_file: String,
 }

@@ -9,7 +9,7 @@ use super::{Store, StoreError, ts};
 use crate::wire::agent::{Event, EventKind, Status};
 
 /// A display as the daemon knows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DisplayRow {
     /// Display id.
     pub id: String,
@@ -66,7 +66,7 @@ pub struct StatusMark {
 }
 
 /// One proof-of-play record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PlayRow {
     /// Event id.
     pub event_id: String,

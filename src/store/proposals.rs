@@ -8,7 +8,7 @@ use serde::Serialize;
 use super::{Store, StoreError};
 
 /// A proposal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Proposal {
     /// Id.
     pub id: i64,
@@ -18,7 +18,8 @@ pub struct Proposal {
     pub body: Option<String>,
     /// The file when it was proposed (`None`: there was none).
     pub before: Option<String>,
-    /// The change impact when it was proposed (JSON).
+    /// The change impact when it was proposed.
+    #[schema(value_type = Vec<crate::preview::Impact>)]
     pub impact: serde_json::Value,
     /// Who proposed it.
     pub author: String,

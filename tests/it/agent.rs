@@ -5,6 +5,7 @@ use chrono::{Duration, SecondsFormat, Utc};
 use serde_json::Value;
 
 use crate::harness::*;
+use crate::schema::documented;
 
 const LOBBY: &str = "marquee/v1/channel/lobby/timeline";
 
@@ -96,9 +97,16 @@ async fn agent_plays_edits_reports_and_goes_offline_when_killed() {
     .await;
     assert_eq!(v["channel"], "lobby");
     assert_eq!(v["expected_timeline"]["topic"], LOBBY);
+    documented("get", "/api/v1/displays/{id}", 200, &v);
+    let (status, fleet) = d.get("/api/v1/displays", Some(&token)).await;
+    documented("get", "/api/v1/displays", status, &fleet);
 
     // Proof of play arrives (JSON and CSV).
     let plays = eventually_plays(&d, &token, "lobby-test-1", 3).await;
+    let (status, answer) = d
+        .get("/api/v1/plays?display=lobby-test-1", Some(&token))
+        .await;
+    documented("get", "/api/v1/plays", status, &answer);
     assert!(
         plays.iter().any(|p| p["playlist"] == "test-lobby"),
         "{plays:?}"

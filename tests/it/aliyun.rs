@@ -15,6 +15,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::harness::*;
+use crate::schema::documented;
 use crate::tencent::{messages, optout, until};
 
 const KEY_ID: &str = "LTAIstandin000000000";
@@ -243,5 +244,6 @@ async fn an_aliyun_template_campaign_is_delivered_by_array_reports_and_a_limit_d
     let path = format!("/api/v1/sms/mo/ali?secret={DLR_SECRET}");
     let (status, ack) = d.send(Method::POST, &path, None, Some(reply)).await;
     assert_eq!((status, &ack["code"]), (200, &json!(0)), "{ack}");
+    documented("post", "/api/v1/sms/mo/{gateway}", status, &ack);
     assert!(optout(&d, &token, "+8613800138001").await.is_some());
 }

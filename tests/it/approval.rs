@@ -4,6 +4,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::harness::*;
+use crate::schema::documented;
 
 const OP1: &str = "operator-one-0123456789";
 const OP2: &str = "approver-two-0123456789";
@@ -151,12 +152,14 @@ async fn with_review_a_playlist_goes_live_only_when_another_person_publishes_it(
         )
         .await;
     assert_eq!(status, 202, "{v}");
+    documented("put", "/api/v1/playlists/{id}", 202, &v);
     let proposal = v["proposal"].as_i64().unwrap();
     assert_eq!(std::fs::read_to_string(&file).ok(), before);
     let (_, list) = d
         .get("/api/v1/proposals?status=pending", Some(EDITOR))
         .await;
     assert_eq!(list["proposals"][0]["id"], proposal, "{list}");
+    documented("get", "/api/v1/proposals", 200, &list);
     assert_eq!(list["proposals"][0]["author"], "office");
     // The author cannot publish it; an approver rejects without a reason: 400.
     let publish = format!("/api/v1/proposals/{proposal}/publish");
@@ -175,6 +178,7 @@ async fn with_review_a_playlist_goes_live_only_when_another_person_publishes_it(
     // Another person publishes it: the file is written and the screen plays it.
     let (status, v) = d.send(Method::POST, &publish, Some(OP2), None).await;
     assert_eq!(status, 200, "{v}");
+    documented("post", "/api/v1/proposals/{id}/{decision}", 200, &v);
     agent
         .frame("the published slogan", |v| {
             text_of(v).starts_with("reviewed slogan")
@@ -192,7 +196,7 @@ async fn with_review_a_playlist_goes_live_only_when_another_person_publishes_it(
         )
         .await;
     let second = v["proposal"].as_i64().unwrap();
-    let (status, _) = d
+    let (status, v) = d
         .send(
             Method::POST,
             &format!("/api/v1/proposals/{second}/reject"),
@@ -201,6 +205,7 @@ async fn with_review_a_playlist_goes_live_only_when_another_person_publishes_it(
         )
         .await;
     assert_eq!(status, 200);
+    documented("post", "/api/v1/proposals/{id}/{decision}", 200, &v);
     assert!(
         std::fs::read_to_string(&file)
             .unwrap()

@@ -6,6 +6,7 @@ use rumqttc::QoS;
 use serde_json::{Value, json};
 
 use crate::harness::*;
+use crate::schema::documented;
 use marquee::wire::{KeyPair, Signed};
 
 /// Stored plays of `display`: event ids.
@@ -522,6 +523,9 @@ async fn with_the_generated_mosquitto_files_a_display_account_writes_only_its_ow
         said.contains("acl_file") && !said.contains("not in it yet"),
         "{said}"
     );
+    let (status, files) = d.get("/api/v1/broker/mosquitto", Some(&token)).await;
+    assert_eq!(files["daemon_user"], "marquee-daemon", "{files}");
+    documented("get", "/api/v1/broker/mosquitto", status, &files);
     let written = std::fs::read_to_string(&passwd).unwrap();
     assert!(written.starts_with("marquee-daemon:$7$"), "{written}");
     assert_eq!(written.lines().count(), 3, "{written}");

@@ -17,6 +17,7 @@ mod lists;
 mod mas;
 mod openapi;
 mod ops;
+mod schema;
 mod sms;
 mod systemd;
 mod tencent;

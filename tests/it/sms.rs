@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::harness::{Daemon, Site, eventually_async, free_port};
 use crate::kannel::{self, Kannel};
+use crate::schema::documented;
 
 const SECRET: &str = "dlr-secret-0123456789";
 
@@ -331,6 +332,31 @@ dlr_secret_env = "TEST_DLR_SECRET"
         assert_eq!(mine[0].from, "12345");
     }
     assert_eq!(got.len(), texts.len(), "{got:?}");
+    // The message list, a report pushed again (stored once, answered with the state) and a
+    // reply, each as the document describes them.
+    let (status, list) = d
+        .get(&format!("/api/v1/campaigns/{id}/messages"), Some(&token))
+        .await;
+    documented("get", "/api/v1/campaigns/{id}/messages", status, &list);
+    let first = list["messages"][0]["id"].as_i64().unwrap();
+    let (status, v) = d
+        .get(
+            &format!("/api/v1/sms/dlr/kannel?secret={SECRET}&id={first}&type=1"),
+            None,
+        )
+        .await;
+    assert_eq!((status, &v["state"]), (200, &json!("delivered")), "{v}");
+    documented("get", "/api/v1/sms/dlr/{gateway}", status, &v);
+    let (status, v) = d
+        .send(
+            Method::POST,
+            &format!("/api/v1/sms/mo/kannel?secret={SECRET}"),
+            None,
+            Some(json!({"from": "+8613800138000", "text": "thanks"})),
+        )
+        .await;
+    assert_eq!((status, &v), (200, &json!({"ok": true})));
+    documented("post", "/api/v1/sms/mo/{gateway}", status, &v);
     // Every report was stored; a wrong secret or an unknown id is refused.
     let (status, _) = d
         .get("/api/v1/sms/dlr/kannel?secret=nope&id=1&type=1", None)

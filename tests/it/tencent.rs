@@ -16,6 +16,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::harness::*;
+use crate::schema::documented;
 
 const SECRET_ID: &str = "AKIDstandin0000000000000000000000";
 const SECRET_KEY: &str = "standin-secret-key-0123456789";
@@ -390,18 +391,16 @@ async fn a_template_campaign_is_delivered_by_array_reports_and_replies_opt_out()
     let ack = json!({"result": 0, "errmsg": "OK"});
     let path = format!("/api/v1/sms/dlr/tc?secret={DLR_SECRET}");
     let fixture: Value = serde_json::from_slice(&fixture).unwrap();
-    assert_eq!(
-        d.send(Method::POST, &path, None, Some(fixture)).await,
-        (200, ack.clone())
-    );
+    let answer = d.send(Method::POST, &path, None, Some(fixture)).await;
+    assert_eq!(answer, (200, ack.clone()));
+    documented("post", "/api/v1/sms/dlr/{gateway}", answer.0, &answer.1);
     // A citizen replies TD: the number joins the opt-out list, the reply is acknowledged as
     // Tencent expects, and the audit log says so.
     let reply = json!({"extend": "", "mobile": "13800138000", "nationcode": "86", "sign": "大连政务公开", "text": "TD", "time": 1764460800});
     let path = format!("/api/v1/sms/mo/tc?secret={DLR_SECRET}");
-    assert_eq!(
-        d.send(Method::POST, &path, None, Some(reply)).await,
-        (200, ack)
-    );
+    let answer = d.send(Method::POST, &path, None, Some(reply)).await;
+    assert_eq!(answer, (200, ack));
+    documented("post", "/api/v1/sms/mo/{gateway}", answer.0, &answer.1);
     let replied = optout(&d, &token, "+8613800138000").await.unwrap();
     assert!(
         replied["reason"].as_str().unwrap().contains("TD"),

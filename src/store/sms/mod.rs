@@ -98,7 +98,7 @@ pub struct CampaignRow {
 }
 
 /// A message as stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct MessageRow {
     /// Our id (in the delivery-report URL).
     pub id: i64,
