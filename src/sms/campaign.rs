@@ -9,7 +9,7 @@ use chrono::{DateTime, NaiveTime, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 
-use super::config::SmsConfig;
+use super::config::{SmsConfig, SmsTemplate};
 use crate::domain::phone::normalize_for_sms;
 use crate::domain::quiet::SendWindow;
 use crate::domain::segments::{Encoding, Segments, carrier_cn, segments};
@@ -430,9 +430,109 @@ pub fn prepare_with(
     upload: Option<&mut dyn lists::Source>,
     sink: &mut dyn FnMut(&mut Vec<NewMessage>, &mut Vec<Reject>) -> bool,
 ) -> Result<Prepared, Invalid> {
+    // The checks run in this order, so a request with several faults is told the first.
     if req.name.trim().is_empty() || req.name.chars().count() > 200 {
         return Err(invalid("name", "give a name of 1 to 200 characters"));
     }
+    let sender = sender_of(&req, cfg)?;
+    let (tpl, main_text) = text_of(&req, cfg)?;
+    let gateways = gateways_of(&req, cfg, tpl)?;
+    let send_window = send_window_of(&req, tpl)?;
+    known_gateways(&gateways, cfg)?;
+    window_times(&req)?;
+    if req.daily_cap == Some(0) {
+        return Err(invalid("daily_cap", "at least 1"));
+    }
+    let start = start_of(&req, cfg, now)?;
+    one_source(&req, upload.is_some())?;
+    let mut rows = Rows::new(cfg, opted_out, tpl, &main_text, &req.texts, &gateways);
+    let mut intake = Intake::new(sink);
+    let from_list = |row: usize, cells: Vec<String>, r: Result<RecipientIn, String>| {
+        let outcome = match r {
+            Ok(r) => rows.message(row, r),
+            Err(reason) => Err(Reject {
+                row,
+                value: String::new(),
+                reason,
+                cells: Vec::new(),
+            }),
+        };
+        intake.keep(outcome.map_err(|mut e| {
+            e.cells = cells;
+            e
+        }));
+    };
+    let columns = read_rows(&req, upload, from_list)?;
+    intake.flush();
+    if intake.imported == 0 {
+        return Err(intake.nothing_imported());
+    }
+    let mut estimate = rows.estimate;
+    if let Some(g) = cfg.gateway(&gateways[0]) {
+        estimate.duration_seconds = ((estimate.messages as f64 / g.messages_per_second)
+            .max(estimate.segments as f64 / g.segments_per_second)
+            * 10.0)
+            .round()
+            / 10.0;
+    }
+    Ok(Prepared {
+        spec: Spec {
+            sender,
+            gateways,
+            send_window,
+            daily_cap: req.daily_cap,
+            text: main_text,
+            template: req.template,
+            texts: req.texts,
+            repeat: req.repeat,
+            columns,
+        },
+        messages: Vec::new(),
+        rejects: intake.shown,
+        rejected: intake.rejected,
+        estimate,
+        start,
+    })
+}
+
+/// The send window's times and zone read (a marketing template's were checked before).
+fn window_times(req: &CreateRequest) -> Result<(), Invalid> {
+    if let Some(w) = &req.send_window {
+        hhmm(&w.from).map_err(|e| invalid("send_window", format!("from: {e}")))?;
+        hhmm(&w.until).map_err(|e| invalid("send_window", format!("until: {e}")))?;
+        if let Some(z) = &w.timezone {
+            z.parse::<Tz>()
+                .map_err(|_| invalid("send_window", format!("unknown zone {z:?}")))?;
+        }
+    }
+    Ok(())
+}
+
+/// Hands every recipient row of the request's source to `each`; the list's columns.
+fn read_rows(
+    req: &CreateRequest,
+    upload: Option<&mut dyn lists::Source>,
+    mut each: impl FnMut(usize, Vec<String>, Result<RecipientIn, String>),
+) -> Result<Vec<String>, Invalid> {
+    if let Some(csv) = &req.recipients_csv {
+        list_recipients(
+            std::io::Cursor::new(csv.as_bytes()),
+            req.sheet.clone(),
+            "recipients_csv",
+            each,
+        )
+    } else if let Some(file) = upload {
+        list_recipients(file, req.sheet.clone(), "recipients_upload", each)
+    } else {
+        for (i, r) in req.recipients.iter().enumerate() {
+            each(i + 1, Vec::new(), Ok(r.clone()));
+        }
+        Ok(Vec::new())
+    }
+}
+
+/// The sender id: the request's, else `sms.sender`.
+fn sender_of(req: &CreateRequest, cfg: &SmsConfig) -> Result<String, Invalid> {
     let Some(sender) = req.sender.clone().or_else(|| cfg.sender.clone()) else {
         return Err(invalid(
             "sender",
@@ -447,45 +547,55 @@ pub fn prepare_with(
             ),
         ));
     }
-    let tpl = match &req.template {
-        None => None,
-        Some(name) => {
-            if !req.text.trim().is_empty() || !req.texts.is_empty() {
-                return Err(invalid(
-                    "template",
-                    "give text or template, not both (a template's approved text is what is sent)",
-                ));
-            }
-            Some(cfg.template(name).ok_or_else(|| {
-                invalid(
-                    "template",
-                    format!(
-                        "no template {name:?} in [[sms.templates]] (configured: {})",
-                        cfg.templates
-                            .iter()
-                            .map(|t| t.name.as_str())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    ),
-                )
-            })?)
+    Ok(sender)
+}
+
+/// The template named (if one is) and the main text: the template's approved text, or the
+/// request's, its placeholders checked.
+fn text_of<'c>(
+    req: &CreateRequest,
+    cfg: &'c SmsConfig,
+) -> Result<(Option<&'c SmsTemplate>, String), Invalid> {
+    let Some(name) = &req.template else {
+        if req.text.trim().is_empty() {
+            return Err(invalid("text", "the text is empty"));
         }
-    };
-    let main_text = match tpl {
-        Some(t) => t.text.clone(),
-        None => {
-            if req.text.trim().is_empty() {
-                return Err(invalid("text", "the text is empty"));
-            }
-            placeholders(&req.text).map_err(|e| invalid("text", e))?;
-            for t in req.texts.values() {
-                placeholders(t).map_err(|e| invalid("texts", e))?;
-            }
-            req.text.clone()
+        placeholders(&req.text).map_err(|e| invalid("text", e))?;
+        for t in req.texts.values() {
+            placeholders(t).map_err(|e| invalid("texts", e))?;
         }
+        return Ok((None, req.text.clone()));
     };
-    // Template-only gateways (Tencent, Aliyun, 云MAS) send a template they have an id for;
-    // free text goes only to gateways that send text. The default is every gateway that can.
+    if !req.text.trim().is_empty() || !req.texts.is_empty() {
+        return Err(invalid(
+            "template",
+            "give text or template, not both (a template's approved text is what is sent)",
+        ));
+    }
+    let t = cfg.template(name).ok_or_else(|| {
+        invalid(
+            "template",
+            format!(
+                "no template {name:?} in [[sms.templates]] (configured: {})",
+                cfg.templates
+                    .iter()
+                    .map(|t| t.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )
+    })?;
+    Ok((Some(t), t.text.clone()))
+}
+
+/// The gateways the campaign may use: the request's, else every one that can send it.
+/// Template-only gateways (Tencent, Aliyun, 云MAS) send a template they have an id for; free
+/// text goes only to gateways that send text.
+fn gateways_of(
+    req: &CreateRequest,
+    cfg: &SmsConfig,
+    tpl: Option<&SmsTemplate>,
+) -> Result<Vec<String>, Invalid> {
     let can = |g: &super::config::GatewayConfig| match tpl {
         Some(t) => t.ids.contains_key(&g.name),
         None => !g.kind.templates_only(),
@@ -527,113 +637,116 @@ pub fn prepare_with(
             format!("no configured gateway has an id for template {:?}", t.name),
         ));
     }
-    // Marketing texts go out only 08:00–22:00 (providers and MIIT rules).
-    let send_window = match (tpl.map(|t| t.category), req.send_window.clone()) {
-        (Some(super::config::Category::Marketing), None) => Some(WindowSpec {
-            from: "08:00".into(),
-            until: "22:00".into(),
-            timezone: Some("Asia/Shanghai".into()),
-        }),
-        (Some(super::config::Category::Marketing), Some(w)) => {
-            let (from, until) = (
-                hhmm(&w.from).map_err(|e| invalid("send_window", e))?,
-                hhmm(&w.until).map_err(|e| invalid("send_window", e))?,
-            );
-            let (eight, ten) = (
-                NaiveTime::from_hms_opt(8, 0, 0).unwrap_or_default(),
-                NaiveTime::from_hms_opt(22, 0, 0).unwrap_or_default(),
-            );
-            if from < eight || until > ten || until <= from {
-                return Err(invalid(
-                    "send_window",
-                    "a marketing template is sent only between 08:00 and 22:00",
-                ));
-            }
-            // The hours are Beijing's, whatever zone the office writes them in.
-            if w.timezone.as_deref().is_some_and(|z| z != "Asia/Shanghai") {
-                return Err(invalid(
-                    "send_window",
-                    "a marketing template's window is in Beijing time (timezone Asia/Shanghai)",
-                ));
-            }
-            Some(WindowSpec {
-                timezone: Some("Asia/Shanghai".into()),
-                ..w
-            })
-        }
-        (_, w) => w,
-    };
+    Ok(gateways)
+}
+
+/// Every gateway named is configured, and there is one.
+fn known_gateways(gateways: &[String], cfg: &SmsConfig) -> Result<(), Invalid> {
     if gateways.is_empty() {
         return Err(invalid(
             "gateways",
             "no SMS gateway is configured ([[sms.gateways]] in the configuration)",
         ));
     }
-    for g in &gateways {
-        if cfg.gateway(g).is_none() {
-            return Err(invalid(
-                "gateways",
-                format!(
-                    "unknown gateway {g:?} (configured: {})",
-                    cfg.gateways
-                        .iter()
-                        .map(|g| g.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            ));
-        }
+    match gateways.iter().find(|g| cfg.gateway(g).is_none()) {
+        Some(g) => Err(invalid(
+            "gateways",
+            format!(
+                "unknown gateway {g:?} (configured: {})",
+                cfg.gateways
+                    .iter()
+                    .map(|g| g.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        )),
+        None => Ok(()),
     }
-    if let Some(w) = &req.send_window {
-        hhmm(&w.from).map_err(|e| invalid("send_window", format!("from: {e}")))?;
-        hhmm(&w.until).map_err(|e| invalid("send_window", format!("until: {e}")))?;
-        if let Some(z) = &w.timezone {
-            z.parse::<Tz>()
-                .map_err(|_| invalid("send_window", format!("unknown zone {z:?}")))?;
-        }
+}
+
+/// The send window: the request's; a marketing template's is within 08:00–22:00 Beijing time
+/// (providers' and MIIT rules), and that is its default.
+fn send_window_of(
+    req: &CreateRequest,
+    tpl: Option<&SmsTemplate>,
+) -> Result<Option<WindowSpec>, Invalid> {
+    let marketing = tpl.is_some_and(|t| t.category == super::config::Category::Marketing);
+    let Some(w) = req.send_window.clone() else {
+        return Ok(marketing.then(|| WindowSpec {
+            from: "08:00".into(),
+            until: "22:00".into(),
+            timezone: Some("Asia/Shanghai".into()),
+        }));
+    };
+    if !marketing {
+        return Ok(Some(w));
     }
-    if req.daily_cap == Some(0) {
-        return Err(invalid("daily_cap", "at least 1"));
+    let (from, until) = (
+        hhmm(&w.from).map_err(|e| invalid("send_window", e))?,
+        hhmm(&w.until).map_err(|e| invalid("send_window", e))?,
+    );
+    let (eight, ten) = (
+        NaiveTime::from_hms_opt(8, 0, 0).unwrap_or_default(),
+        NaiveTime::from_hms_opt(22, 0, 0).unwrap_or_default(),
+    );
+    if from < eight || until > ten || until <= from {
+        return Err(invalid(
+            "send_window",
+            "a marketing template is sent only between 08:00 and 22:00",
+        ));
     }
-    let start = match (req.start.as_deref(), req.repeat.as_deref()) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                "repeat",
-                "give start or repeat, not both (a recurring campaign starts at each firing)",
-            ));
-        }
+    // The hours are Beijing's, whatever zone the office writes them in.
+    if w.timezone.as_deref().is_some_and(|z| z != "Asia/Shanghai") {
+        return Err(invalid(
+            "send_window",
+            "a marketing template's window is in Beijing time (timezone Asia/Shanghai)",
+        ));
+    }
+    Ok(Some(WindowSpec {
+        timezone: Some("Asia/Shanghai".into()),
+        ..w
+    }))
+}
+
+/// How the campaign starts: a draft, now, at a time (not before `now` less
+/// `sms.missed_start_margin`), or at the first firing of `repeat`.
+fn start_of(req: &CreateRequest, cfg: &SmsConfig, now: DateTime<Utc>) -> Result<Start, Invalid> {
+    match (req.start.as_deref(), req.repeat.as_deref()) {
+        (Some(_), Some(_)) => Err(invalid(
+            "repeat",
+            "give start or repeat, not both (a recurring campaign starts at each firing)",
+        )),
         (None, Some(line)) => {
             parse_repeat(line).map_err(|e| invalid("repeat", e))?;
-            Start::Repeat(
+            Ok(Start::Repeat(
                 next_fire(line, cfg.timezone, now)
                     .ok_or_else(|| invalid("repeat", format!("{line:?} never fires")))?,
-            )
+            ))
         }
-        (s, None) => match s {
-            None => Start::Draft,
-            Some("now") => Start::Now,
-            Some(t) => {
-                let at = DateTime::parse_from_rfc3339(t)
-                    .map_err(|_| {
-                        invalid(
-                            "start",
-                            format!(
-                                "{t:?} is not \"now\" or a time like 2026-12-01T09:00:00+08:00"
-                            ),
-                        )
-                    })?
-                    .with_timezone(&Utc);
-                if at < now - cfg.missed_start_margin {
-                    return Err(invalid(
+        (None, None) => Ok(Start::Draft),
+        (Some("now"), None) => Ok(Start::Now),
+        (Some(t), None) => {
+            let at = DateTime::parse_from_rfc3339(t)
+                .map_err(|_| {
+                    invalid(
                         "start",
-                        format!("{t} is in the past; use \"now\" to send at once"),
-                    ));
-                }
-                if at <= now { Start::Now } else { Start::At(at) }
+                        format!("{t:?} is not \"now\" or a time like 2026-12-01T09:00:00+08:00"),
+                    )
+                })?
+                .with_timezone(&Utc);
+            if at < now - cfg.missed_start_margin {
+                return Err(invalid(
+                    "start",
+                    format!("{t} is in the past; use \"now\" to send at once"),
+                ));
             }
-        },
-    };
+            Ok(if at <= now { Start::Now } else { Start::At(at) })
+        }
+    }
+}
 
+/// The recipients come from exactly one of the three sources, and a named upload exists.
+fn one_source(req: &CreateRequest, has_upload: bool) -> Result<(), Invalid> {
     let given = usize::from(req.recipients_csv.is_some())
         + usize::from(req.recipients_upload.is_some())
         + usize::from(!req.recipients.is_empty());
@@ -647,118 +760,97 @@ pub fn prepare_with(
             "give one of recipients, recipients_csv or recipients_upload",
         ));
     }
-    if req.recipients_upload.is_some() && upload.is_none() {
+    if req.recipients_upload.is_some() && !has_upload {
         return Err(invalid(
             "recipients_upload",
             "no such upload (upload the file with POST /api/v1/uploads first; an upload is used once)",
         ));
     }
-    // 云MAS reaches mainland numbers only.
-    let mainland_only = gateways.iter().any(|g| {
-        cfg.gateway(g)
-            .is_some_and(|g| matches!(g.kind, super::config::GatewayKind::CmccMas(_)))
-    });
-    // Fixed lines only when every gateway the campaign may fail over to delivers to them.
-    let fixed_line = gateways
-        .iter()
-        .all(|g| cfg.gateway(g).is_some_and(|g| g.fixed_line));
-    // The first rejects for the answer; every reject and message go to the sink in chunks.
-    let mut shown: Vec<Reject> = Vec::new();
-    let mut rejected = 0usize;
-    let mut chunk_rejects: Vec<Reject> = Vec::new();
-    let mut messages: Vec<NewMessage> = Vec::with_capacity(CHUNK);
-    let mut imported = 0usize;
-    let mut sink_ok = true;
-    // E.164 numbers are at most 15 digits: a u64 each (and the row as u32) keeps a
-    // five-million-recipient import's duplicate index near 100 MB.
-    let mut seen: HashMap<u64, u32> = HashMap::new();
-    let mut estimate = Estimate {
-        recipients: 0,
-        messages: 0,
-        segments: 0,
-        carrier_billed: 0,
-        gsm7: 0,
-        ucs2: 0,
-        duration_seconds: 0.0,
-    };
-    // A template without placeholders gives one text for everybody: built and counted once.
-    let mut fixed: HashMap<Option<String>, (Arc<str>, Segments, usize)> = HashMap::new();
-    let mut one = |row: usize, r: RecipientIn| {
+    Ok(())
+}
+
+/// Turns each recipient row into its message or the reason it is rejected, counting the cost.
+struct Rows<'a> {
+    cfg: &'a SmsConfig,
+    opted_out: &'a HashSet<String>,
+    tpl: Option<&'a SmsTemplate>,
+    main_text: &'a str,
+    texts: &'a BTreeMap<String, String>,
+    mainland_only: bool,
+    fixed_line: bool,
+    /// E.164 numbers are at most 15 digits: a u64 each (and the row as u32) keeps a
+    /// five-million-recipient import's duplicate index near 100 MB.
+    seen: HashMap<u64, u32>,
+    estimate: Estimate,
+    /// A text without placeholders is the same for everybody: built and counted once per
+    /// language.
+    fixed: HashMap<Option<String>, (Arc<str>, Segments, usize)>,
+}
+
+impl<'a> Rows<'a> {
+    fn new(
+        cfg: &'a SmsConfig,
+        opted_out: &'a HashSet<String>,
+        tpl: Option<&'a SmsTemplate>,
+        main_text: &'a str,
+        texts: &'a BTreeMap<String, String>,
+        gateways: &[String],
+    ) -> Rows<'a> {
+        let kinds = || gateways.iter().filter_map(|g| cfg.gateway(g));
+        Rows {
+            cfg,
+            opted_out,
+            tpl,
+            main_text,
+            texts,
+            // 云MAS reaches mainland numbers only.
+            mainland_only: kinds()
+                .any(|g| matches!(g.kind, super::config::GatewayKind::CmccMas(_))),
+            // Fixed lines only when every gateway the campaign may fail over to delivers to
+            // them (all are configured: checked before).
+            fixed_line: gateways
+                .iter()
+                .all(|g| cfg.gateway(g).is_some_and(|g| g.fixed_line)),
+            seen: HashMap::new(),
+            estimate: Estimate {
+                recipients: 0,
+                messages: 0,
+                segments: 0,
+                carrier_billed: 0,
+                gsm7: 0,
+                ucs2: 0,
+                duration_seconds: 0.0,
+            },
+            fixed: HashMap::new(),
+        }
+    }
+
+    fn message(&mut self, row: usize, r: RecipientIn) -> Result<NewMessage, Reject> {
         let reject = |reason: String| Reject {
             row,
             value: r.number.clone(),
             reason,
             cells: Vec::new(),
         };
-        let e164 = match normalize_for_sms(&r.number, cfg.default_region, fixed_line) {
-            Ok(n) => n,
-            Err(e) => return Err(reject(e.to_string())),
-        };
-        if mainland_only && !e164.starts_with("+86") {
+        let e164 = normalize_for_sms(&r.number, self.cfg.default_region, self.fixed_line)
+            .map_err(|e| reject(e.to_string()))?;
+        if self.mainland_only && !e164.starts_with("+86") {
             return Err(reject(format!(
                 "{e164}: a gateway of this campaign (云MAS) sends to mainland China (+86) numbers only"
             )));
         }
         let key: u64 = e164[1..].parse().unwrap_or(0);
-        if let Some(first) = seen.get(&key) {
+        if let Some(first) = self.seen.get(&key) {
             return Err(reject(format!("duplicate of row {first} ({e164})")));
         }
-        if opted_out.contains(&e164) {
+        if self.opted_out.contains(&e164) {
             return Err(reject(format!("{e164} is on the opt-out list")));
         }
-        let lang = r.lang.clone().filter(|l| req.texts.contains_key(l));
-        let template = lang.as_ref().map_or(&main_text, |l| &req.texts[l]);
-        // A template's parameters, checked as providers check them (count, no empty value,
-        // length, no links or 【】: CARRIERS.md §2.2, §2.3, §7.5).
-        let params: Option<Arc<str>> = match tpl {
+        let params = match self.tpl {
             None => None,
-            Some(t) => {
-                let mut values = Vec::with_capacity(t.vars.len());
-                for v in &t.vars {
-                    let value = r.vars.get(v).map(|x| x.trim()).unwrap_or("");
-                    if value.is_empty() {
-                        return Err(reject(format!(
-                            "no value for {{{{{v}}}}} (template {})",
-                            t.name
-                        )));
-                    }
-                    if value.chars().count() > t.max_param_chars {
-                        return Err(reject(format!(
-                            "{{{{{v}}}}} is longer than {} characters (template {})",
-                            t.max_param_chars, t.name
-                        )));
-                    }
-                    let lower = value.to_lowercase();
-                    if value.contains('【')
-                        || value.contains('】')
-                        || lower.contains("http")
-                        || lower.contains("www.")
-                    {
-                        return Err(reject(format!(
-                            "{{{{{v}}}}} holds a link or 【】, which providers refuse in parameters"
-                        )));
-                    }
-                    values.push(value.to_owned());
-                }
-                Some(serde_json::to_string(&values).unwrap_or_default().into())
-            }
+            Some(t) => Some(template_params(t, &r.vars).map_err(&reject)?),
         };
-        let (text, seg, billed) = match fixed.get(&lang) {
-            Some(f) => f.clone(),
-            None => {
-                let body = render(template, &r.vars).map_err(&reject)?;
-                let text: Arc<str> = match &cfg.signature {
-                    Some(sig) => format!("{sig}{body}").into(),
-                    None => body.into(),
-                };
-                let seg = segments(&text);
-                let billed = carrier_cn(&text, None);
-                if placeholders(template).is_ok_and(|p| p.is_empty()) {
-                    fixed.insert(lang, (text.clone(), seg, billed));
-                }
-                (text, seg, billed)
-            }
-        };
+        let (text, seg, billed) = self.text(&r).map_err(&reject)?;
         if seg.parts > 10 {
             return Err(reject(format!(
                 "the text takes {} parts; at most 10",
@@ -767,7 +859,9 @@ pub fn prepare_with(
         }
         // Only an imported row makes later ones duplicates: a row rejected for its text
         // leaves the number free for a corrected row further down.
-        seen.insert(key, u32::try_from(row).unwrap_or(u32::MAX));
+        self.seen
+            .insert(key, u32::try_from(row).unwrap_or(u32::MAX));
+        let estimate = &mut self.estimate;
         estimate.recipients += 1;
         estimate.messages += 1;
         estimate.segments += seg.parts;
@@ -783,97 +877,128 @@ pub fn prepare_with(
             parts: seg.parts,
             params,
         })
-    };
-    let mut keep = |outcome: Result<NewMessage, Reject>| {
-        if !sink_ok {
+    }
+
+    /// The recipient's text (in its language when the request has one), signed, with its
+    /// parts and the parts a mainland carrier bills.
+    fn text(&mut self, r: &RecipientIn) -> Result<(Arc<str>, Segments, usize), String> {
+        let lang = r.lang.clone().filter(|l| self.texts.contains_key(l));
+        if let Some(f) = self.fixed.get(&lang) {
+            return Ok(f.clone());
+        }
+        let template = lang.as_ref().map_or(self.main_text, |l| &self.texts[l]);
+        let body = render(template, &r.vars)?;
+        let text: Arc<str> = match &self.cfg.signature {
+            Some(sig) => format!("{sig}{body}").into(),
+            None => body.into(),
+        };
+        let seg = segments(&text);
+        let billed = carrier_cn(&text, None);
+        if placeholders(template).is_ok_and(|p| p.is_empty()) {
+            self.fixed.insert(lang, (text.clone(), seg, billed));
+        }
+        Ok((text, seg, billed))
+    }
+}
+
+/// A template's parameters as JSON, checked as providers check them (count, no empty value,
+/// length, no links or 【】: CARRIERS.md §2.2, §2.3, §7.5).
+fn template_params(t: &SmsTemplate, vars: &BTreeMap<String, String>) -> Result<Arc<str>, String> {
+    let mut values = Vec::with_capacity(t.vars.len());
+    for v in &t.vars {
+        let value = vars.get(v).map(|x| x.trim()).unwrap_or("");
+        if value.is_empty() {
+            return Err(format!("no value for {{{{{v}}}}} (template {})", t.name));
+        }
+        if value.chars().count() > t.max_param_chars {
+            return Err(format!(
+                "{{{{{v}}}}} is longer than {} characters (template {})",
+                t.max_param_chars, t.name
+            ));
+        }
+        let lower = value.to_lowercase();
+        if value.contains('【')
+            || value.contains('】')
+            || lower.contains("http")
+            || lower.contains("www.")
+        {
+            return Err(format!(
+                "{{{{{v}}}}} holds a link or 【】, which providers refuse in parameters"
+            ));
+        }
+        values.push(value.to_owned());
+    }
+    Ok(serde_json::to_string(&values).unwrap_or_default().into())
+}
+
+/// Collects the outcomes of rows: messages and rejects go to the sink in chunks of [`CHUNK`],
+/// the first [`REJECTS_SHOWN`] rejects stay for the answer.
+struct Intake<'s> {
+    shown: Vec<Reject>,
+    rejected: usize,
+    rejects: Vec<Reject>,
+    messages: Vec<NewMessage>,
+    imported: usize,
+    sink_ok: bool,
+    sink: &'s mut dyn FnMut(&mut Vec<NewMessage>, &mut Vec<Reject>) -> bool,
+}
+
+impl<'s> Intake<'s> {
+    fn new(sink: &'s mut dyn FnMut(&mut Vec<NewMessage>, &mut Vec<Reject>) -> bool) -> Self {
+        Intake {
+            shown: Vec::new(),
+            rejected: 0,
+            rejects: Vec::new(),
+            messages: Vec::with_capacity(CHUNK),
+            imported: 0,
+            sink_ok: true,
+            sink,
+        }
+    }
+
+    fn keep(&mut self, outcome: Result<NewMessage, Reject>) {
+        if !self.sink_ok {
             return;
         }
         match outcome {
             Ok(m) => {
-                messages.push(m);
-                imported += 1;
+                self.messages.push(m);
+                self.imported += 1;
             }
             Err(e) => {
-                rejected += 1;
-                if shown.len() < REJECTS_SHOWN {
-                    shown.push(e.clone());
+                self.rejected += 1;
+                if self.shown.len() < REJECTS_SHOWN {
+                    self.shown.push(e.clone());
                 }
-                chunk_rejects.push(e);
+                self.rejects.push(e);
             }
         }
-        if messages.len() >= CHUNK || chunk_rejects.len() >= CHUNK {
-            sink_ok = sink(&mut messages, &mut chunk_rejects);
-        }
-    };
-    let mut columns = Vec::new();
-    let mut from_list = |row: usize, cells: Vec<String>, r: Result<RecipientIn, String>| {
-        let outcome = match r {
-            Ok(r) => one(row, r),
-            Err(reason) => Err(Reject {
-                row,
-                value: String::new(),
-                reason,
-                cells: Vec::new(),
-            }),
-        };
-        keep(outcome.map_err(|mut e| {
-            e.cells = cells;
-            e
-        }));
-    };
-    if let Some(csv) = &req.recipients_csv {
-        columns = list_recipients(
-            std::io::Cursor::new(csv.as_bytes()),
-            req.sheet.clone(),
-            "recipients_csv",
-            &mut from_list,
-        )?;
-    } else if let Some(file) = upload {
-        columns = list_recipients(file, req.sheet.clone(), "recipients_upload", &mut from_list)?;
-    } else {
-        for (i, r) in req.recipients.iter().enumerate() {
-            from_list(i + 1, Vec::new(), Ok(r.clone()));
+        if self.messages.len() >= CHUNK || self.rejects.len() >= CHUNK {
+            self.sink_ok = (self.sink)(&mut self.messages, &mut self.rejects);
         }
     }
-    if sink_ok && (!messages.is_empty() || !chunk_rejects.is_empty()) {
-        sink(&mut messages, &mut chunk_rejects);
-    }
-    if imported == 0 {
-        return Err(invalid(
+
+    /// The error of a list of which no row could be imported.
+    fn nothing_imported(&self) -> Invalid {
+        invalid(
             "recipients",
             format!(
                 "no recipient could be imported ({} rejected{})",
-                rejected,
-                shown
+                self.rejected,
+                self.shown
                     .first()
                     .map(|r| format!("; row {}: {}", r.row, r.reason))
                     .unwrap_or_default()
             ),
-        ));
+        )
     }
-    if let Some(g) = cfg.gateway(&gateways[0]) {
-        estimate.duration_seconds = (estimate.messages as f64 / g.messages_per_second)
-            .max(estimate.segments as f64 / g.segments_per_second);
-        estimate.duration_seconds = (estimate.duration_seconds * 10.0).round() / 10.0;
+
+    /// Hands what is left to the sink (unless it stopped the import).
+    fn flush(&mut self) {
+        if self.sink_ok && (!self.messages.is_empty() || !self.rejects.is_empty()) {
+            (self.sink)(&mut self.messages, &mut self.rejects);
+        }
     }
-    Ok(Prepared {
-        spec: Spec {
-            sender,
-            gateways,
-            send_window,
-            daily_cap: req.daily_cap,
-            text: main_text,
-            template: req.template,
-            texts: req.texts,
-            repeat: req.repeat,
-            columns,
-        },
-        messages: Vec::new(),
-        rejects: shown,
-        rejected,
-        estimate,
-        start,
-    })
 }
 
 #[cfg(test)]
