@@ -224,71 +224,9 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
             ));
         }
     }
-    let public_key = match std::fs::read_to_string(&raw.public_key_file) {
-        Ok(s) => PublicKey::from_hex(&s)
-            .map_err(|e| {
-                p.push(format!(
-                    "public_key_file: {}: {e}",
-                    raw.public_key_file.display()
-                ))
-            })
-            .ok(),
-        Err(e) => {
-            p.push(format!(
-                "public_key_file: cannot read {}: {e} (it is the daemon's data/signing.pub)",
-                raw.public_key_file.display()
-            ));
-            None
-        }
-    };
-    let next_public_key = match &raw.next_public_key_file {
-        None => Some(None),
-        // Gone: the daemon removes it when it has switched (the rotation is over). A screen
-        // must still start: no next key then.
-        Some(path) if !path.exists() => {
-            tracing::warn!(file = %path.display(), "next_public_key_file does not exist: no next key (a finished rotation?)");
-            Some(None)
-        }
-        Some(path) => match std::fs::read_to_string(path)
-            .map_err(|e| e.to_string())
-            .and_then(|s| PublicKey::from_hex(&s).map_err(|e| e.to_string()))
-        {
-            Ok(k) => Some(Some(k)),
-            Err(e) => {
-                p.push(format!(
-                    "next_public_key_file: {}: {e} (it is the daemon's data/signing.next.pub from `marquee keygen --rotate`)",
-                    path.display()
-                ));
-                None
-            }
-        },
-    };
-    let report_key = raw.report_key_file.as_ref().and_then(|path| {
-        if !path.exists() {
-            // Not registered yet: the screen still plays; its reports are dropped (and the agent
-            // says so at start).
-            tracing::warn!(
-                file = %path.display(),
-                "report_key_file does not exist: reports go unsigned (register the display on the daemon's host: `marquee display add {} --channel {} --out DIR`)",
-                raw.id,
-                raw.channel
-            );
-            return None;
-        }
-        crate::keys::read_secret(path)
-            .and_then(|s| Ok(crate::wire::KeyPair::from_hex(&s)?))
-            .map_err(|e| {
-                p.push(format!(
-                    "report_key_file: {}: {e:#} (register the display on the daemon's host: `marquee display add {} --channel {} --out DIR`, then point report_key_file at DIR/{}.report.key)",
-                    path.display(),
-                    raw.id,
-                    raw.channel,
-                    raw.id
-                ))
-            })
-            .ok()
-            .map(std::sync::Arc::new)
-    });
+    let public_key = public_key(&raw.public_key_file, p);
+    let next_public_key = next_public_key(raw.next_public_key_file.as_deref(), p);
+    let report_key = report_key(&raw, p);
     // `urls` (several brokers, failover) or `url` (one).
     let (brokers, tls) = if raw.mqtt.urls.is_empty() {
         crate::mqtt::parse_broker_urls(std::slice::from_ref(&raw.mqtt.url), "mqtt.url", p)
@@ -302,36 +240,7 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
     }
     .load(tls, p)
     .map(Into::into);
-    let credentials = match (
-        &raw.mqtt.username,
-        &raw.mqtt.password_env,
-        &raw.mqtt.password_file,
-    ) {
-        (None, _, _) => None,
-        (Some(u), Some(var), None) => match std::env::var(var) {
-            Ok(v) if !v.is_empty() => Some((u.clone(), v)),
-            _ => {
-                p.push(format!(
-                    "mqtt.password_env: environment variable {var} is not set or empty"
-                ));
-                None
-            }
-        },
-        (Some(u), None, Some(f)) => match std::fs::read_to_string(f) {
-            Ok(v) => Some((u.clone(), v.trim_end_matches(['\n', '\r']).to_owned())),
-            Err(e) => {
-                p.push(format!(
-                    "mqtt.password_file: cannot read {}: {e}",
-                    f.display()
-                ));
-                None
-            }
-        },
-        _ => {
-            p.push("mqtt.password: give password_env or password_file (one of them)".into());
-            None
-        }
-    };
+    let credentials = credentials(&raw.mqtt, p);
     let duration = |p: &mut Vec<String>, key: &str, s: &str| {
         humantime::parse_duration(s).unwrap_or_else(|_| {
             p.push(format!("{key}: bad duration {s:?}"));
@@ -340,28 +249,7 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
     };
     let keep_alive = duration(p, "mqtt.keep_alive", &raw.mqtt.keep_alive);
     let flush_interval = duration(p, "report.flush_interval", &raw.report.flush_interval);
-    let language = match raw.language.policy.as_str() {
-        "alternate" if !raw.language.languages.is_empty() => {
-            LanguagePolicy::Alternate(raw.language.languages)
-        }
-        "fixed" if raw.language.languages.len() == 1 => {
-            LanguagePolicy::Fixed(raw.language.languages[0].clone())
-        }
-        "alternate" => {
-            p.push("language.languages: name at least one language".into());
-            LanguagePolicy::Fixed("zh".into())
-        }
-        "fixed" => {
-            p.push("language.languages: \"fixed\" takes exactly one language".into());
-            LanguagePolicy::Fixed("zh".into())
-        }
-        other => {
-            p.push(format!(
-                "language.policy: {other:?} is not \"alternate\" or \"fixed\""
-            ));
-            LanguagePolicy::Fixed("zh".into())
-        }
-    };
+    let language = language(raw.language, p);
     let web_listen = std::net::SocketAddr::from_str(&raw.web.listen).unwrap_or_else(|_| {
         p.push(format!(
             "web.listen: {:?} is not an address like 127.0.0.1:8090",
@@ -405,4 +293,127 @@ fn validate(raw: RawAgent, p: &mut Vec<String>) -> Option<AgentConfig> {
         max_buffered_events: raw.report.max_buffered_events,
         proof_of_play: raw.report.proof_of_play,
     })
+}
+
+/// The daemon's public key (its `data/signing.pub`).
+fn public_key(path: &Path, p: &mut Vec<String>) -> Option<PublicKey> {
+    match std::fs::read_to_string(path) {
+        Ok(s) => PublicKey::from_hex(&s)
+            .map_err(|e| p.push(format!("public_key_file: {}: {e}", path.display())))
+            .ok(),
+        Err(e) => {
+            p.push(format!(
+                "public_key_file: cannot read {}: {e} (it is the daemon's data/signing.pub)",
+                path.display()
+            ));
+            None
+        }
+    }
+}
+
+/// The key the daemon rotates to, if one is announced; `None` when the file is unreadable.
+fn next_public_key(path: Option<&Path>, p: &mut Vec<String>) -> Option<Option<PublicKey>> {
+    match path {
+        None => Some(None),
+        // Gone: the daemon removes it when it has switched (the rotation is over). A screen
+        // must still start: no next key then.
+        Some(path) if !path.exists() => {
+            tracing::warn!(file = %path.display(), "next_public_key_file does not exist: no next key (a finished rotation?)");
+            Some(None)
+        }
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|s| PublicKey::from_hex(&s).map_err(|e| e.to_string()))
+        {
+            Ok(k) => Some(Some(k)),
+            Err(e) => {
+                p.push(format!(
+                    "next_public_key_file: {}: {e} (it is the daemon's data/signing.next.pub from `marquee keygen --rotate`)",
+                    path.display()
+                ));
+                None
+            }
+        },
+    }
+}
+
+/// The display's own report key, once it is registered.
+fn report_key(raw: &RawAgent, p: &mut Vec<String>) -> Option<std::sync::Arc<crate::wire::KeyPair>> {
+    let path = raw.report_key_file.as_ref()?;
+    if !path.exists() {
+        // Not registered yet: the screen still plays; its reports are dropped (and the agent
+        // says so at start).
+        tracing::warn!(
+            file = %path.display(),
+            "report_key_file does not exist: reports go unsigned (register the display on the daemon's host: `marquee display add {} --channel {} --out DIR`)",
+            raw.id,
+            raw.channel
+        );
+        return None;
+    }
+    crate::keys::read_secret(path)
+        .and_then(|s| Ok(crate::wire::KeyPair::from_hex(&s)?))
+        .map_err(|e| {
+            p.push(format!(
+                "report_key_file: {}: {e:#} (register the display on the daemon's host: `marquee display add {} --channel {} --out DIR`, then point report_key_file at DIR/{}.report.key)",
+                path.display(),
+                raw.id,
+                raw.channel,
+                raw.id
+            ))
+        })
+        .ok()
+        .map(std::sync::Arc::new)
+}
+
+/// The broker account, if `mqtt.username` is set.
+fn credentials(m: &RawMqtt, p: &mut Vec<String>) -> Option<(String, String)> {
+    match (&m.username, &m.password_env, &m.password_file) {
+        (None, _, _) => None,
+        (Some(u), Some(var), None) => match std::env::var(var) {
+            Ok(v) if !v.is_empty() => Some((u.clone(), v)),
+            _ => {
+                p.push(format!(
+                    "mqtt.password_env: environment variable {var} is not set or empty"
+                ));
+                None
+            }
+        },
+        (Some(u), None, Some(f)) => match std::fs::read_to_string(f) {
+            Ok(v) => Some((u.clone(), v.trim_end_matches(['\n', '\r']).to_owned())),
+            Err(e) => {
+                p.push(format!(
+                    "mqtt.password_file: cannot read {}: {e}",
+                    f.display()
+                ));
+                None
+            }
+        },
+        _ => {
+            p.push("mqtt.password: give password_env or password_file (one of them)".into());
+            None
+        }
+    }
+}
+
+/// Which language the screen shows.
+fn language(l: RawLanguage, p: &mut Vec<String>) -> LanguagePolicy {
+    match l.policy.as_str() {
+        "alternate" if !l.languages.is_empty() => LanguagePolicy::Alternate(l.languages),
+        "fixed" if l.languages.len() == 1 => LanguagePolicy::Fixed(l.languages[0].clone()),
+        "alternate" => {
+            p.push("language.languages: name at least one language".into());
+            LanguagePolicy::Fixed("zh".into())
+        }
+        "fixed" => {
+            p.push("language.languages: \"fixed\" takes exactly one language".into());
+            LanguagePolicy::Fixed("zh".into())
+        }
+        other => {
+            p.push(format!(
+                "language.policy: {other:?} is not \"alternate\" or \"fixed\""
+            ));
+            LanguagePolicy::Fixed("zh".into())
+        }
+    }
 }

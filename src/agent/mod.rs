@@ -88,75 +88,12 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     let db = cfg.cache_dir.join("agent.db");
     let store =
         Arc::new(AgentStore::open(&db).with_context(|| format!("cannot open {}", db.display()))?);
-    let p = &cfg.topic_prefix;
-    let topics = Topics {
-        channel: Topic::ChannelTimeline(cfg.channel.clone()).render(p),
-        display: Topic::DisplayTimeline(cfg.id.clone()).render(p),
-        alerts: ["all", cfg.channel.as_str(), cfg.id.as_str()]
-            .iter()
-            .flat_map(|s| {
-                [
-                    Topic::Alert((*s).to_owned()).render(p),
-                    Topic::AlertHeld((*s).to_owned()).render(p),
-                ]
-            })
-            .collect(),
-        status: Topic::AgentStatus(cfg.id.clone()).render(p),
-        events: Topic::AgentEvents(cfg.id.clone()).render(p),
-        ack: Topic::AgentAck(cfg.id.clone()).render(p),
-        daemon: Topic::DaemonStatus.render(p),
-    };
+    let topics = Topics::new(&cfg);
     let cancel = CancellationToken::new();
-    let renderer: Box<dyn Renderer> = match cfg.render {
-        RenderKind::Jsonl => Box::new(render::Jsonl {
-            display: cfg.id.clone(),
-        }),
-        RenderKind::Terminal => Box::new(render::Terminal),
-        RenderKind::Web => {
-            let (web, addr) = web::start(&cfg.id, cfg.web_listen, cancel.clone()).await?;
-            tracing::info!(url = %format!("http://{addr}/"), "web renderer listening; point the kiosk browser at it");
-            Box::new(web)
-        }
-    };
+    let renderer = renderer(&cfg, &cancel).await?;
     let started_at = Utc::now();
-    let offline = Status {
-        display: cfg.id.clone(),
-        online: false,
-        channel: cfg.channel.clone(),
-        timeline: None,
-        alert: None,
-        agent_version: env!("CARGO_PKG_VERSION").into(),
-        started_at,
-        at: started_at,
-        connection: 0,
-        instance: instance_id(),
-        broker: String::new(),
-        held_max: 0,
-    };
-    let offline_instance = offline.instance.clone();
-    // The will of connection n, signed when that connection is made (the broker sends it if the
-    // connection drops): it names the connection, so an old will replayed later is refused.
-    let will = {
-        let (key, topic) = (cfg.report_key.clone(), topics.status.clone());
-        mqtt::WillFn(Arc::new(move |n| {
-            let now = Utc::now();
-            let status = Status {
-                connection: n,
-                at: now,
-                ..offline.clone()
-            };
-            LastWill {
-                topic: topic.clone(),
-                payload: report_bytes(
-                    key.as_deref(),
-                    &topic,
-                    Signed::Status(status),
-                    now,
-                    STATUS_LIFETIME,
-                ),
-            }
-        }))
-    };
+    let instance_id = instance_id();
+    let will = last_will(&cfg, &topics, started_at, &instance_id);
     let mut subscriptions = vec![
         topics.channel.clone(),
         topics.display.clone(),
@@ -194,7 +131,7 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
         ack_wait: ACK_WAIT,
         instance: store.instance()?,
         sent_upto: 0,
-        instance_id: offline_instance,
+        instance_id,
         refusals: HashMap::new(),
     };
     if agent.cfg.report_key.is_none() {
@@ -204,63 +141,159 @@ pub async fn run(cfg: AgentConfig) -> anyhow::Result<()> {
     }
     agent.restore_cache()?;
     tracing::info!(display = %agent.cfg.id, channel = %agent.cfg.channel, brokers = ?agent.cfg.brokers, "agent started");
-
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut flush = tokio::time::interval(agent.cfg.flush_interval);
-    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut heartbeat = tokio::time::interval(STATUS_HEARTBEAT);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let now = Utc::now();
-        agent.render(now);
-        let mut until = agent.current.as_ref().map_or(now, |f| f.until);
-        if let Some(start) = agent.next_alert_start(now) {
-            until = until.min(start);
-        }
-        let wait = (until - now)
-            .to_std()
-            .unwrap_or(Duration::ZERO)
-            .min(Duration::from_secs(60));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            ev = events.recv() => match ev {
-                Some(MqttEvent::Connected) => {
-                    agent.connected = true;
-                    agent.publish_status();
-                    agent.flush();
-                }
-                Some(MqttEvent::Disconnected(_)) => {
-                    agent.connected = false;
-                    agent.in_flight = None;
-                }
-                Some(MqttEvent::Message { topic, payload, .. }) => agent.on_message(&topic, &payload),
-                None => break,
-            },
-            _ = flush.tick() => agent.flush(),
-            _ = heartbeat.tick() => agent.publish_status(),
-            _ = hup.recv() => agent.reload_keys(),
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    // Leave the last frame on screen; record its play; hand over what is buffered; say goodbye.
-    agent.finish_frame(Utc::now());
-    agent.drain(&mut events, Duration::from_secs(3)).await;
-    if agent.connected {
-        let mut status = agent.status();
-        status.online = false;
-        let bytes = agent.report(
-            &agent.topics.status,
-            Signed::Status(status),
-            STATUS_LIFETIME,
-        );
-        let _ = agent.mqtt.publish(&agent.topics.status, bytes, true);
-    }
+    agent.serve(&mut events).await?;
+    agent.goodbye(&mut events).await;
     cancel.cancel();
     tracing::info!("agent stopped");
     Ok(())
+}
+
+impl Topics {
+    fn new(cfg: &AgentConfig) -> Topics {
+        let p = &cfg.topic_prefix;
+        Topics {
+            channel: Topic::ChannelTimeline(cfg.channel.clone()).render(p),
+            display: Topic::DisplayTimeline(cfg.id.clone()).render(p),
+            alerts: ["all", cfg.channel.as_str(), cfg.id.as_str()]
+                .iter()
+                .flat_map(|s| {
+                    [
+                        Topic::Alert((*s).to_owned()).render(p),
+                        Topic::AlertHeld((*s).to_owned()).render(p),
+                    ]
+                })
+                .collect(),
+            status: Topic::AgentStatus(cfg.id.clone()).render(p),
+            events: Topic::AgentEvents(cfg.id.clone()).render(p),
+            ack: Topic::AgentAck(cfg.id.clone()).render(p),
+            daemon: Topic::DaemonStatus.render(p),
+        }
+    }
+}
+
+/// The configured renderer (the web one starts its server here).
+async fn renderer(
+    cfg: &AgentConfig,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Box<dyn Renderer>> {
+    Ok(match cfg.render {
+        RenderKind::Jsonl => Box::new(render::Jsonl {
+            display: cfg.id.clone(),
+        }),
+        RenderKind::Terminal => Box::new(render::Terminal),
+        RenderKind::Web => {
+            let (web, addr) = web::start(&cfg.id, cfg.web_listen, cancel.clone()).await?;
+            tracing::info!(url = %format!("http://{addr}/"), "web renderer listening; point the kiosk browser at it");
+            Box::new(web)
+        }
+    })
+}
+
+/// The will of connection n, signed when that connection is made (the broker sends it if the
+/// connection drops): an offline status that names the connection, so an old will replayed
+/// later is refused.
+fn last_will(
+    cfg: &AgentConfig,
+    topics: &Topics,
+    started_at: DateTime<Utc>,
+    instance: &str,
+) -> mqtt::WillFn {
+    let offline = Status {
+        display: cfg.id.clone(),
+        online: false,
+        channel: cfg.channel.clone(),
+        timeline: None,
+        alert: None,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        started_at,
+        at: started_at,
+        connection: 0,
+        instance: instance.to_owned(),
+        broker: String::new(),
+        held_max: 0,
+    };
+    let (key, topic) = (cfg.report_key.clone(), topics.status.clone());
+    mqtt::WillFn(Arc::new(move |n| {
+        let now = Utc::now();
+        let status = Status {
+            connection: n,
+            at: now,
+            ..offline.clone()
+        };
+        LastWill {
+            topic: topic.clone(),
+            payload: report_bytes(
+                key.as_deref(),
+                &topic,
+                Signed::Status(status),
+                now,
+                STATUS_LIFETIME,
+            ),
+        }
+    }))
+}
+
+impl Agent {
+    /// Plays, takes the broker's messages, reports, until SIGTERM or SIGINT (SIGHUP reloads
+    /// the keys).
+    async fn serve(
+        &mut self,
+        events: &mut tokio::sync::mpsc::Receiver<MqttEvent>,
+    ) -> anyhow::Result<()> {
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut flush = tokio::time::interval(self.cfg.flush_interval);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut heartbeat = tokio::time::interval(STATUS_HEARTBEAT);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let now = Utc::now();
+            self.render(now);
+            let mut until = self.current.as_ref().map_or(now, |f| f.until);
+            if let Some(start) = self.next_alert_start(now) {
+                until = until.min(start);
+            }
+            let wait = (until - now)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .min(Duration::from_secs(60));
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                ev = events.recv() => match ev {
+                    Some(MqttEvent::Connected) => {
+                        self.connected = true;
+                        self.publish_status();
+                        self.flush();
+                    }
+                    Some(MqttEvent::Disconnected(_)) => {
+                        self.connected = false;
+                        self.in_flight = None;
+                    }
+                    Some(MqttEvent::Message { topic, payload, .. }) => self.on_message(&topic, &payload),
+                    None => return Ok(()),
+                },
+                _ = flush.tick() => self.flush(),
+                _ = heartbeat.tick() => self.publish_status(),
+                _ = hup.recv() => self.reload_keys(),
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+            }
+        }
+    }
+
+    /// Leaves the last frame on screen, records its play, hands over what is buffered and
+    /// says goodbye (an offline status).
+    async fn goodbye(&mut self, events: &mut tokio::sync::mpsc::Receiver<MqttEvent>) {
+        self.finish_frame(Utc::now());
+        self.drain(events, Duration::from_secs(3)).await;
+        if self.connected {
+            let mut status = self.status();
+            status.online = false;
+            let bytes = self.report(&self.topics.status, Signed::Status(status), STATUS_LIFETIME);
+            let _ = self.mqtt.publish(&self.topics.status, bytes, true);
+        }
+    }
 }
 
 impl Agent {

@@ -171,6 +171,8 @@ impl Node {
 /// DOCTYPE that declares entities (no expansion, whatever the document says); nesting deeper
 /// than [`MAX_DEPTH`] is refused.
 pub fn parse(xml: &str) -> Result<CapAlert, CapError> {
+    use quick_xml::events::Event;
+    use quick_xml::name::ResolveResult;
     let mut reader = quick_xml::NsReader::from_str(xml);
     reader.config_mut().check_end_names = true;
     let at = |pos: u64, message: String| {
@@ -181,15 +183,14 @@ pub fn parse(xml: &str) -> Result<CapAlert, CapError> {
             message,
         }
     };
-    let mut stack: Vec<Node> = Vec::new();
-    let mut root: Option<Node> = None;
-    let mut version = "1.2";
-    // Depth inside a foreign element being skipped (0: not skipping).
-    let mut foreign = 0usize;
+    let mut tree = Tree {
+        stack: Vec::new(),
+        root: None,
+        version: "1.2",
+        foreign: 0,
+    };
     loop {
         let pos = reader.buffer_position();
-        use quick_xml::events::Event;
-        use quick_xml::name::ResolveResult;
         let (ns_name, event) = match reader.read_resolved_event() {
             Ok((ResolveResult::Bound(n), ev)) => {
                 (Some(String::from_utf8_lossy(n.as_ref()).into_owned()), ev)
@@ -202,117 +203,20 @@ pub fn parse(xml: &str) -> Result<CapAlert, CapError> {
         };
         match event {
             Event::Start(ref e) | Event::Empty(ref e) => {
-                let empty = matches!(event, Event::Empty(_));
                 let local = String::from_utf8_lossy(e.local_name().as_ref()).into_owned();
-                if stack.len() + foreign >= MAX_DEPTH {
-                    return Err(at(
-                        pos,
-                        format!("elements nested deeper than {MAX_DEPTH}: not a CAP alert"),
-                    ));
-                }
-                if root.is_some() {
-                    return Err(at(pos, "content after the <alert> element".into()));
-                }
-                if stack.is_empty() && foreign == 0 {
-                    match ns_name.as_deref() {
-                        Some(NAMESPACE) if local == "alert" => version = "1.2",
-                        Some(NAMESPACE_1_1) if local == "alert" => version = "1.1",
-                        found => {
-                            return Err(at(
-                                pos,
-                                format!(
-                                    "not CAP 1.2: the root element is <{local}> in namespace {} (CAP 1.2 is <alert> in {NAMESPACE}; CAP 1.1 is read too)",
-                                    found.map_or("(none)".to_owned(), |n| format!("{n:?}"))
-                                ),
-                            ));
-                        }
-                    }
-                }
-                let cap_ns = if version == "1.1" {
-                    NAMESPACE_1_1
-                } else {
-                    NAMESPACE
-                };
-                if foreign > 0 || ns_name.as_deref() != Some(cap_ns) {
-                    if !empty {
-                        foreign += 1;
-                    }
-                    continue;
-                }
-                let node = Node {
-                    name: local,
-                    ..Node::default()
-                };
-                if empty {
-                    match stack.last_mut() {
-                        Some(parent) => parent.children.push(node),
-                        None => root = Some(node),
-                    }
-                } else {
-                    stack.push(node);
-                }
+                tree.start(ns_name.as_deref(), local, matches!(event, Event::Empty(_)))
+                    .map_err(|m| at(pos, m))?;
             }
-            Event::End(_) => {
-                if foreign > 0 {
-                    foreign -= 1;
-                    continue;
-                }
-                if let Some(node) = stack.pop() {
-                    match stack.last_mut() {
-                        Some(parent) => parent.children.push(node),
-                        None => root = Some(node),
-                    }
-                }
+            Event::End(_) => tree.end(),
+            Event::Text(t) if tree.takes_text() => {
+                let s = t.decode().map_err(|e| at(pos, format!("bad text: {e}")))?;
+                tree.text(&s);
             }
-            Event::Text(t) => {
-                if foreign == 0
-                    && let Some(n) = stack.last_mut()
-                {
-                    let s = t.decode().map_err(|e| at(pos, format!("bad text: {e}")))?;
-                    n.text.push_str(&s);
-                }
+            Event::CData(t) if tree.takes_text() => {
+                let s = t.decode().map_err(|e| at(pos, format!("bad CDATA: {e}")))?;
+                tree.text(&s);
             }
-            Event::CData(t) => {
-                if foreign == 0
-                    && let Some(n) = stack.last_mut()
-                {
-                    let s = t.decode().map_err(|e| at(pos, format!("bad CDATA: {e}")))?;
-                    n.text.push_str(&s);
-                }
-            }
-            Event::GeneralRef(r) => {
-                let ch = if r.is_char_ref() {
-                    r.resolve_char_ref()
-                        .ok()
-                        .flatten()
-                        .map(String::from)
-                        .ok_or_else(|| at(pos, "bad character reference".into()))?
-                } else {
-                    let name = r
-                        .decode()
-                        .map_err(|e| at(pos, format!("bad entity: {e}")))?;
-                    match name.as_ref() {
-                        "lt" => "<".into(),
-                        "gt" => ">".into(),
-                        "amp" => "&".into(),
-                        "apos" => "'".into(),
-                        "quot" => "\"".into(),
-                        other => {
-                            return Err(at(
-                                pos,
-                                format!(
-                                    "entity &{other}; is not one of XML's five: CAP documents declare no entities"
-                                ),
-                            ));
-                        }
-                    }
-                };
-                if foreign == 0
-                    && let Some(n) = stack.last_mut()
-                {
-                    n.text.push_str(&ch);
-                }
-            }
+            Event::GeneralRef(r) => tree.text(&entity(&r).map_err(|m| at(pos, m))?),
             Event::DocType(d) if String::from_utf8_lossy(d.as_ref()).contains("<!ENTITY") => {
                 return Err(at(
                     pos,
@@ -323,22 +227,134 @@ pub fn parse(xml: &str) -> Result<CapAlert, CapError> {
             _ => {}
         }
     }
-    if !stack.is_empty() {
+    if !tree.stack.is_empty() {
         return Err(at(
             xml.len() as u64,
             "malformed XML: unclosed elements".into(),
         ));
     }
-    let root = root.ok_or_else(|| CapError {
+    let root = tree.root.ok_or_else(|| CapError {
         line: 1,
         column: 1,
         message: format!("not CAP 1.2: no <alert> element in {NAMESPACE}"),
     })?;
-    alert_of(&root, version).map_err(|message| CapError {
+    alert_of(&root, tree.version).map_err(|message| CapError {
         line: 1,
         column: 1,
         message: format!("not a CAP alert: {message}"),
     })
+}
+
+/// The CAP elements of a document as they are read: the open ones, the finished root, the
+/// version its namespace says, and how deep inside a foreign element the reader is (0: not).
+struct Tree {
+    stack: Vec<Node>,
+    root: Option<Node>,
+    version: &'static str,
+    foreign: usize,
+}
+
+impl Tree {
+    /// An element opens (`empty`: and closes).
+    fn start(&mut self, ns: Option<&str>, local: String, empty: bool) -> Result<(), String> {
+        if self.stack.len() + self.foreign >= MAX_DEPTH {
+            return Err(format!(
+                "elements nested deeper than {MAX_DEPTH}: not a CAP alert"
+            ));
+        }
+        if self.root.is_some() {
+            return Err("content after the <alert> element".into());
+        }
+        if self.stack.is_empty() && self.foreign == 0 {
+            self.version = match ns {
+                Some(NAMESPACE) if local == "alert" => "1.2",
+                Some(NAMESPACE_1_1) if local == "alert" => "1.1",
+                found => {
+                    return Err(format!(
+                        "not CAP 1.2: the root element is <{local}> in namespace {} (CAP 1.2 is <alert> in {NAMESPACE}; CAP 1.1 is read too)",
+                        found.map_or("(none)".to_owned(), |n| format!("{n:?}"))
+                    ));
+                }
+            };
+        }
+        let cap_ns = if self.version == "1.1" {
+            NAMESPACE_1_1
+        } else {
+            NAMESPACE
+        };
+        if self.foreign > 0 || ns != Some(cap_ns) {
+            if !empty {
+                self.foreign += 1;
+            }
+            return Ok(());
+        }
+        let node = Node {
+            name: local,
+            ..Node::default()
+        };
+        if empty {
+            self.close(node);
+        } else {
+            self.stack.push(node);
+        }
+        Ok(())
+    }
+
+    /// The innermost open element closes.
+    fn end(&mut self) {
+        if self.foreign > 0 {
+            self.foreign -= 1;
+        } else if let Some(node) = self.stack.pop() {
+            self.close(node);
+        }
+    }
+
+    fn close(&mut self, node: Node) {
+        match self.stack.last_mut() {
+            Some(parent) => parent.children.push(node),
+            None => self.root = Some(node),
+        }
+    }
+
+    /// Whether text now belongs to a CAP element (not outside the root, not in a foreign one).
+    fn takes_text(&self) -> bool {
+        self.foreign == 0 && !self.stack.is_empty()
+    }
+
+    /// Text of the innermost open element (none inside a foreign one).
+    fn text(&mut self, s: &str) {
+        if self.foreign == 0
+            && let Some(n) = self.stack.last_mut()
+        {
+            n.text.push_str(s);
+        }
+    }
+}
+
+/// A character reference, or one of XML's five entities; anything else is refused.
+fn entity(r: &quick_xml::events::BytesRef<'_>) -> Result<String, String> {
+    if r.is_char_ref() {
+        return r
+            .resolve_char_ref()
+            .ok()
+            .flatten()
+            .map(String::from)
+            .ok_or_else(|| "bad character reference".into());
+    }
+    let name = r.decode().map_err(|e| format!("bad entity: {e}"))?;
+    Ok(match name.as_ref() {
+        "lt" => "<",
+        "gt" => ">",
+        "amp" => "&",
+        "apos" => "'",
+        "quot" => "\"",
+        other => {
+            return Err(format!(
+                "entity &{other}; is not one of XML's five: CAP documents declare no entities"
+            ));
+        }
+    }
+    .into())
 }
 
 fn alert_of(root: &Node, version: &'static str) -> Result<CapAlert, String> {
@@ -625,80 +641,15 @@ pub fn decide(a: &CapAlert, rules: &CapRules, now: DateTime<Utc>) -> CapDecision
         );
     }
     // An Update or Cancel ends what it references before its own content is judged.
-    let ends: Vec<Ended> = match a.msg_type.as_str() {
-        "Update" | "Cancel" => referenced(a)
-            .into_iter()
-            .map(|(id, reference)| Ended {
-                id,
-                reference,
-                by: a.msg_type.clone(),
-            })
-            .collect(),
-        _ => Vec::new(),
+    let ends = ends_of(a);
+    let first = match takes_over(a, rules) {
+        Ok(first) => first,
+        Err(reason) => return ignore(ends, reason),
     };
-    match a.msg_type.as_str() {
-        "Cancel" => return ignore(ends, "a Cancel raises nothing".into()),
-        "Ack" | "Error" => return ignore(ends, format!("msgType {} changes nothing", a.msg_type)),
-        _ => {}
-    }
-    if a.info.is_empty() {
-        return ignore(ends, "no <info> block".into());
-    }
-    if a.info
-        .iter()
-        .any(|i| i.response_type.iter().any(|r| r == "AllClear"))
-    {
-        return ignore(ends, "responseType AllClear: the threat is over".into());
-    }
-    let takes_over = |i: &CapInfo| {
-        rules
-            .policy
-            .iter()
-            .find(|r| r.matches(i))
-            .is_some_and(|r| r.action == "takeover")
+    let (starts_at, expires_at) = match window(a, first, rules, now) {
+        Ok(w) => w,
+        Err(reason) => return ignore(ends, reason),
     };
-    let Some(first) = a.info.iter().find(|i| takes_over(i)) else {
-        let i = &a.info[0];
-        return ignore(
-            ends,
-            format!(
-                "policy: urgency {}, severity {}, certainty {} do not take over screens",
-                i.urgency, i.severity, i.certainty
-            ),
-        );
-    };
-    let mut text = BTreeMap::new();
-    for i in &a.info {
-        let head = plain_text(i.headline.as_deref().unwrap_or(&i.event));
-        let body = match i.instruction.as_deref().map(plain_text) {
-            Some(ins) if !ins.is_empty() => format!("{head}: {ins}"),
-            _ => head,
-        };
-        text.entry(lang_key(i.language.as_deref())).or_insert(body);
-    }
-    let sent = time(Some(&a.sent)).unwrap_or(now);
-    let effective = time(first.effective.as_deref()).unwrap_or(sent);
-    let starts_at = if rules.start_at_onset {
-        time(first.onset.as_deref()).unwrap_or(effective)
-    } else {
-        effective
-    };
-    // Without <expires>: an hour from its start (or from now, for one already started).
-    let expires_at = a
-        .info
-        .iter()
-        .filter_map(|i| time(i.expires.as_deref()))
-        .min()
-        .unwrap_or(starts_at.max(now) + Duration::hours(1));
-    if expires_at <= now {
-        return ignore(ends, format!("expired at {expires_at}"));
-    }
-    if starts_at >= expires_at {
-        return ignore(
-            ends,
-            format!("it would start at {starts_at}, not before it expires at {expires_at}"),
-        );
-    }
     let areas: Vec<&CapArea> = a.info.iter().flat_map(|i| &i.area).collect();
     let scope = match scope_of(&areas, rules) {
         Ok(s) => s,
@@ -714,13 +665,108 @@ pub fn decide(a: &CapAlert, rules: &CapRules, now: DateTime<Utc>) -> CapDecision
         ends,
         action: CapAction::Raise {
             id: alert_id(&a.sender, &a.identifier),
-            text,
+            text: texts_of(a),
             severity: severity.into(),
             scope,
             starts_at,
             expires_at,
         },
     }
+}
+
+/// What an Update or Cancel ends: the alerts it references.
+fn ends_of(a: &CapAlert) -> Vec<Ended> {
+    match a.msg_type.as_str() {
+        "Update" | "Cancel" => referenced(a)
+            .into_iter()
+            .map(|(id, reference)| Ended {
+                id,
+                reference,
+                by: a.msg_type.clone(),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The first `<info>` the policy lets take over screens, or why nothing in the document does.
+fn takes_over<'a>(a: &'a CapAlert, rules: &CapRules) -> Result<&'a CapInfo, String> {
+    match a.msg_type.as_str() {
+        "Cancel" => return Err("a Cancel raises nothing".into()),
+        "Ack" | "Error" => return Err(format!("msgType {} changes nothing", a.msg_type)),
+        _ => {}
+    }
+    if a.info.is_empty() {
+        return Err("no <info> block".into());
+    }
+    if a.info
+        .iter()
+        .any(|i| i.response_type.iter().any(|r| r == "AllClear"))
+    {
+        return Err("responseType AllClear: the threat is over".into());
+    }
+    let takeover = |i: &CapInfo| {
+        rules
+            .policy
+            .iter()
+            .find(|r| r.matches(i))
+            .is_some_and(|r| r.action == "takeover")
+    };
+    a.info.iter().find(|i| takeover(i)).ok_or_else(|| {
+        let i = &a.info[0];
+        format!(
+            "policy: urgency {}, severity {}, certainty {} do not take over screens",
+            i.urgency, i.severity, i.certainty
+        )
+    })
+}
+
+/// The text per language: each `<info>`'s headline (or event) and instruction, the first of a
+/// language kept.
+fn texts_of(a: &CapAlert) -> BTreeMap<String, String> {
+    let mut text = BTreeMap::new();
+    for i in &a.info {
+        let head = plain_text(i.headline.as_deref().unwrap_or(&i.event));
+        let body = match i.instruction.as_deref().map(plain_text) {
+            Some(ins) if !ins.is_empty() => format!("{head}: {ins}"),
+            _ => head,
+        };
+        text.entry(lang_key(i.language.as_deref())).or_insert(body);
+    }
+    text
+}
+
+/// When the alert is on screens: from `effective` (or `onset`, with `start_at_onset`) until
+/// the earliest `expires`; or why it is not at all.
+fn window(
+    a: &CapAlert,
+    first: &CapInfo,
+    rules: &CapRules,
+    now: DateTime<Utc>,
+) -> Result<(DateTime<Utc>, DateTime<Utc>), String> {
+    let sent = time(Some(&a.sent)).unwrap_or(now);
+    let effective = time(first.effective.as_deref()).unwrap_or(sent);
+    let starts_at = if rules.start_at_onset {
+        time(first.onset.as_deref()).unwrap_or(effective)
+    } else {
+        effective
+    };
+    // Without <expires>: an hour from its start (or from now, for one already started).
+    let expires_at = a
+        .info
+        .iter()
+        .filter_map(|i| time(i.expires.as_deref()))
+        .min()
+        .unwrap_or(starts_at.max(now) + Duration::hours(1));
+    if expires_at <= now {
+        return Err(format!("expired at {expires_at}"));
+    }
+    if starts_at >= expires_at {
+        return Err(format!(
+            "it would start at {starts_at}, not before it expires at {expires_at}"
+        ));
+    }
+    Ok((starts_at, expires_at))
 }
 
 /// A CAP polygon (`lat,lon lat,lon …`, WGS 84, first = last; CAP 1.2 §3.3.1) as a `geo`
