@@ -68,20 +68,7 @@ pub fn classify(xml: &str) -> Body {
                     }
                     "updated" | "pubDate" if in_entry => in_updated = true,
                     "link" if in_entry => {
-                        let href = e
-                            .attributes()
-                            .flatten()
-                            .find(|a| a.key.local_name().as_ref() == b"href")
-                            .and_then(|a| {
-                                a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
-                                    .ok()
-                                    .map(|v| v.into_owned())
-                            });
-                        let rel = e
-                            .attributes()
-                            .flatten()
-                            .find(|a| a.key.local_name().as_ref() == b"rel")
-                            .map(|a| String::from_utf8_lossy(&a.value).into_owned());
+                        let (href, rel) = href_and_rel(&e);
                         match (href, entry.as_mut()) {
                             // The CAP document: rel alternate (or none); `related`/`self` links
                             // of an entry come second.
@@ -129,6 +116,22 @@ pub fn classify(xml: &str) -> Body {
             other.unwrap_or("")
         )),
     }
+}
+
+/// An Atom `<link>`'s `href` (normalized) and `rel`.
+fn href_and_rel(e: &quick_xml::events::BytesStart<'_>) -> (Option<String>, Option<String>) {
+    let attr = |name: &[u8]| {
+        e.attributes()
+            .flatten()
+            .find(|a| a.key.local_name().as_ref() == name)
+    };
+    let href = attr(b"href").and_then(|a| {
+        a.normalized_value(quick_xml::XmlVersion::Implicit1_0)
+            .ok()
+            .map(|v| v.into_owned())
+    });
+    let rel = attr(b"rel").map(|a| String::from_utf8_lossy(&a.value).into_owned());
+    (href, rel)
 }
 
 /// Largest feed or CAP document read (a CAP alert is a few kB; feeds of a national service
@@ -363,36 +366,10 @@ async fn poll(
     // Something of this read must be tried again: the next read asks for the feed in full
     // (a 304 would hide the entries that failed).
     let mut incomplete = false;
-    let docs: Vec<(String, Option<String>, String)> = match classify(&body) {
+    let docs: Vec<Doc> = match classify(&body) {
         Body::Alert => vec![(url.to_string(), None, body)],
         Body::Feed(entries) => {
-            let mut docs = Vec::new();
-            // The first MAX_ENTRIES entries not yet applied (in an oldest-first feed, the
-            // newest come after: they are reached as the older ones are applied).
-            let fresh: Vec<(url::Url, String)> = entries
-                .into_iter()
-                .filter_map(|entry| match url.join(&entry.link) {
-                    Ok(abs) => Some((abs.clone(), format!("{abs}|{}", entry.updated))),
-                    Err(_) => {
-                        tracing::warn!(feed = %url, link = entry.link, "CAP feed: bad entry link");
-                        None
-                    }
-                })
-                .filter(|(_, key)| !seen_entries.contains(key))
-                .take(MAX_ENTRIES)
-                .collect();
-            for (abs, key) in fresh {
-                match fetch(client, abs.as_str(), None).await {
-                    Ok(Some(d)) => docs.push((abs.to_string(), Some(key), d)),
-                    Ok(None) => {}
-                    Err(f) => {
-                        fail(&f);
-                        incomplete = true;
-                        tracing::warn!(entry = %abs, kind = f.kind, error = %f.message, "CAP feed entry not read; tried again next poll");
-                    }
-                }
-            }
-            docs
+            read_entries(client, url, entries, seen_entries, fail, &mut incomplete).await
         }
         Body::Other(why) => {
             // Validators of an answer that is not a feed are not kept: ask again in full.
@@ -404,8 +381,66 @@ async fn poll(
             });
         }
     };
-    // Each document read once: oldest first by CAP `sent` (a Cancel or Update read in the
-    // same pass as the alert it references, feeds listing newest first, is applied after it).
+    incomplete |= apply_in_order(state, docs, seen_entries, seen, fail).await;
+    if incomplete {
+        *validators = Validators::default();
+    }
+    Ok(())
+}
+
+/// A fetched document: where from, its feed entry's key (none for a feed that is itself a
+/// CAP document), and its text.
+type Doc = (String, Option<String>, String);
+
+/// Reads the first [`MAX_ENTRIES`] entries of a feed not yet applied (in an oldest-first feed,
+/// the newest come after: they are reached as the older ones are applied); an entry that
+/// cannot be read sets `incomplete`.
+async fn read_entries(
+    client: &reqwest::Client,
+    url: &url::Url,
+    entries: Vec<Entry>,
+    seen_entries: &HashSet<String>,
+    fail: &impl Fn(&Failure),
+    incomplete: &mut bool,
+) -> Vec<Doc> {
+    let fresh: Vec<(url::Url, String)> = entries
+        .into_iter()
+        .filter_map(|entry| match url.join(&entry.link) {
+            Ok(abs) => Some((abs.clone(), format!("{abs}|{}", entry.updated))),
+            Err(_) => {
+                tracing::warn!(feed = %url, link = entry.link, "CAP feed: bad entry link");
+                None
+            }
+        })
+        .filter(|(_, key)| !seen_entries.contains(key))
+        .take(MAX_ENTRIES)
+        .collect();
+    let mut docs = Vec::new();
+    for (abs, key) in fresh {
+        match fetch(client, abs.as_str(), None).await {
+            Ok(Some(d)) => docs.push((abs.to_string(), Some(key), d)),
+            Ok(None) => {}
+            Err(f) => {
+                fail(&f);
+                *incomplete = true;
+                tracing::warn!(entry = %abs, kind = f.kind, error = %f.message, "CAP feed entry not read; tried again next poll");
+            }
+        }
+    }
+    docs
+}
+
+/// Applies each document once, oldest first by CAP `sent` (a Cancel or Update read in the same
+/// pass as the alert it references, feeds listing newest first, is applied after it); whether
+/// something must be tried again.
+async fn apply_in_order(
+    state: &Ctx,
+    docs: Vec<Doc>,
+    seen_entries: &mut HashSet<String>,
+    seen: &mut HashSet<String>,
+    fail: &impl Fn(&Failure),
+) -> bool {
+    let mut incomplete = false;
     let mut docs: Vec<_> = docs
         .into_iter()
         .map(|(from, entry_key, doc)| {
@@ -455,10 +490,7 @@ async fn poll(
             }
         }
     }
-    if incomplete {
-        *validators = Validators::default();
-    }
-    Ok(())
+    incomplete
 }
 
 #[cfg(test)]

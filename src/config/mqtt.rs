@@ -121,64 +121,9 @@ pub(super) fn validate(m: RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
         None => None,
     };
     let broker = if m.embedded {
-        if m.url.is_some() || !m.urls.is_empty() {
-            let key = if m.url.is_some() {
-                "mqtt.url"
-            } else {
-                "mqtt.urls"
-            };
-            problems.push(format!(
-                "{key}: set embedded = false to use an external broker"
-            ));
-        }
-        let listen: SocketAddr = m.listen.parse().unwrap_or_else(|_| {
-            problems.push(format!(
-                "mqtt.listen: {:?} is not an address like 127.0.0.1:1883",
-                m.listen
-            ));
-            SocketAddr::from(([127, 0, 0, 1], 1883))
-        });
-        if !listen.ip().is_loopback() && users.is_empty() {
-            problems.push(format!(
-                "mqtt.listen: {listen} is reachable from other machines, so anonymous clients are refused: \
-                 add [[mqtt.users]] with password_env or password_file, or listen on 127.0.0.1"
-            ));
-        }
-        BrokerConfig::Embedded { listen, users }
+        embedded(&m, users, problems)
     } else {
-        let urls: Vec<String> = match (&m.url, m.urls.is_empty()) {
-            (Some(u), true) => vec![u.clone()],
-            (None, false) => m.urls.clone(),
-            (Some(_), false) => {
-                problems.push("mqtt.urls: give url or urls, not both".into());
-                m.urls.clone()
-            }
-            (None, true) => {
-                problems.push(
-                    "mqtt.url: needed when embedded = false (a broker URL like mqtt://127.0.0.1:1883, or urls = [...] for several)"
-                        .into(),
-                );
-                Vec::new()
-            }
-        };
-        let key = if m.urls.is_empty() {
-            "mqtt.url"
-        } else {
-            "mqtt.urls"
-        };
-        let (brokers, tls) = if urls.is_empty() {
-            (Vec::new(), false)
-        } else {
-            crate::mqtt::parse_broker_urls(&urls, key, problems)
-        };
-        if let Some((host, _)) = brokers.iter().find(|(h, _)| !is_loopback_host(h))
-            && credentials.is_none()
-        {
-            problems.push(format!(
-                "{key}: broker {host} is not on loopback, so credentials are required: set mqtt.username and mqtt.password_env or mqtt.password_file"
-            ));
-        }
-        BrokerConfig::External { brokers, tls }
+        external(&m, credentials.is_some(), problems)
     };
     if m.topic_prefix.is_empty()
         || m.topic_prefix.contains(['+', '#'])
@@ -222,4 +167,73 @@ pub(super) fn validate(m: RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
         keep_alive: duration(problems, "mqtt.keep_alive", &m.keep_alive),
         max_payload: m.max_payload,
     }
+}
+
+/// The embedded broker: where it listens, and its accounts (required off loopback).
+fn embedded(
+    m: &RawMqtt,
+    users: BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> BrokerConfig {
+    if m.url.is_some() || !m.urls.is_empty() {
+        let key = if m.url.is_some() {
+            "mqtt.url"
+        } else {
+            "mqtt.urls"
+        };
+        problems.push(format!(
+            "{key}: set embedded = false to use an external broker"
+        ));
+    }
+    let listen: SocketAddr = m.listen.parse().unwrap_or_else(|_| {
+        problems.push(format!(
+            "mqtt.listen: {:?} is not an address like 127.0.0.1:1883",
+            m.listen
+        ));
+        SocketAddr::from(([127, 0, 0, 1], 1883))
+    });
+    if !listen.ip().is_loopback() && users.is_empty() {
+        problems.push(format!(
+            "mqtt.listen: {listen} is reachable from other machines, so anonymous clients are refused: \
+             add [[mqtt.users]] with password_env or password_file, or listen on 127.0.0.1"
+        ));
+    }
+    BrokerConfig::Embedded { listen, users }
+}
+
+/// External brokers: `url` or `urls` (failover), with credentials required off loopback.
+fn external(m: &RawMqtt, has_credentials: bool, problems: &mut Vec<String>) -> BrokerConfig {
+    let urls: Vec<String> = match (&m.url, m.urls.is_empty()) {
+        (Some(u), true) => vec![u.clone()],
+        (None, false) => m.urls.clone(),
+        (Some(_), false) => {
+            problems.push("mqtt.urls: give url or urls, not both".into());
+            m.urls.clone()
+        }
+        (None, true) => {
+            problems.push(
+                "mqtt.url: needed when embedded = false (a broker URL like mqtt://127.0.0.1:1883, or urls = [...] for several)"
+                    .into(),
+            );
+            Vec::new()
+        }
+    };
+    let key = if m.urls.is_empty() {
+        "mqtt.url"
+    } else {
+        "mqtt.urls"
+    };
+    let (brokers, tls) = if urls.is_empty() {
+        (Vec::new(), false)
+    } else {
+        crate::mqtt::parse_broker_urls(&urls, key, problems)
+    };
+    if let Some((host, _)) = brokers.iter().find(|(h, _)| !is_loopback_host(h))
+        && !has_credentials
+    {
+        problems.push(format!(
+            "{key}: broker {host} is not on loopback, so credentials are required: set mqtt.username and mqtt.password_env or mqtt.password_file"
+        ));
+    }
+    BrokerConfig::External { brokers, tls }
 }

@@ -293,111 +293,130 @@ pub async fn decide(
             p.author
         )));
     }
-    let path = file_of(&s, &p.playlist)?;
-    let decided = |status: &'static str, reason: Option<String>| {
-        let (store, by) = (s.store.clone(), who.name.clone());
-        async move {
-            let ok = store
-                .call(move |store| {
-                    store.decide_proposal(pid, status, &by, reason.as_deref(), Utc::now())
-                })
-                .await?;
-            if !ok {
-                return Err(ApiError {
-                    status: StatusCode::CONFLICT,
-                    code: "not_pending",
-                    message: format!("proposal {pid} was decided meanwhile"),
-                    field: None,
-                });
-            }
-            Ok(())
-        }
-    };
     match decision.as_str() {
         "reject" => {
             let reason = d
                 .reason
                 .filter(|r| !r.trim().is_empty())
                 .ok_or_else(|| ApiError::bad_field("reason", "say why it is rejected"))?;
-            decided("rejected", Some(reason.clone())).await?;
-            super::audit(
-                &s,
-                &who.name,
-                "playlist.reject",
-                &p.playlist,
-                json!({"proposal": pid, "author": p.author, "reason": reason}),
-            )
-            .await?;
-            Ok(Json(Decided {
-                proposal: pid,
-                status: "rejected".into(),
-                id: None,
-                impact: None,
-            }))
+            reject(&s, &who.name, p, reason).await
         }
-        "publish" => {
-            store_takes_writes(&s).await?;
-            let impact = match &p.body {
-                Some(body) => match validate(&s, &p.playlist, body)? {
-                    Ok(impact) => impact,
-                    Err(_) => {
-                        return Err(ApiError::bad_field(
-                            "body",
-                            "the proposal no longer validates against the playlists as they are now: reject it and propose again",
-                        ));
-                    }
-                },
-                None => change_impact(
-                    &s.cfg.schedule,
-                    &s.catalog.borrow().playlists(),
-                    &p.playlist,
-                    None,
-                    Utc::now(),
-                ),
-            };
-            decided("published", None).await?;
-            super::audit(
-                &s,
-                &who.name,
-                "playlist.publish",
-                &p.playlist,
-                json!({"proposal": pid, "author": p.author, "impact": impact}),
-            )
-            .await?;
-            match &p.body {
-                Some(body) => {
-                    let (target, bytes) = (path.clone(), body.clone().into_bytes());
-                    tokio::task::spawn_blocking(move || {
-                        crate::keys::write_atomic(&target, &bytes, 0o644)
-                    })
-                    .await
-                    .map_err(|e| ApiError::internal(e.to_string()))?
-                    .map_err(|e| ApiError::internal(format!("{e:#}")))?;
-                }
-                None => {
-                    if let Err(e) = tokio::fs::remove_file(&path).await
-                        && e.kind() != std::io::ErrorKind::NotFound
-                    {
-                        return Err(ApiError::internal(format!(
-                            "cannot remove {}: {e}",
-                            path.display()
-                        )));
-                    }
-                }
-            }
-            let _ = s.reload.try_send(crate::scheduler::Reload::Complete);
-            tracing::info!(playlist = %p.playlist, proposal = pid, by = %who.name, "proposal published");
-            Ok(Json(Decided {
-                proposal: pid,
-                status: "published".into(),
-                id: Some(p.playlist),
-                impact: Some(impact),
-            }))
-        }
+        "publish" => publish(&s, &who.name, p).await,
         other => Err(ApiError::not_found(format!(
             "no decision {other:?} (publish or reject)"
         ))),
     }
+    .map(Json)
+}
+
+/// Marks proposal `pid` decided by `by`; a conflict if it was decided meanwhile.
+async fn mark_decided(
+    s: &AppState,
+    pid: i64,
+    status: &'static str,
+    by: &str,
+    reason: Option<String>,
+) -> Result<(), ApiError> {
+    let by = by.to_owned();
+    let ok = s
+        .store
+        .call(move |store| store.decide_proposal(pid, status, &by, reason.as_deref(), Utc::now()))
+        .await?;
+    if !ok {
+        return Err(ApiError {
+            status: StatusCode::CONFLICT,
+            code: "not_pending",
+            message: format!("proposal {pid} was decided meanwhile"),
+            field: None,
+        });
+    }
+    Ok(())
+}
+
+/// Rejects a pending proposal with `reason` (audited); nothing else changes.
+async fn reject(
+    s: &AppState,
+    who: &str,
+    p: crate::store::proposals::Proposal,
+    reason: String,
+) -> Result<Decided, ApiError> {
+    mark_decided(s, p.id, "rejected", who, Some(reason.clone())).await?;
+    super::audit(
+        s,
+        who,
+        "playlist.reject",
+        &p.playlist,
+        json!({"proposal": p.id, "author": p.author, "reason": reason}),
+    )
+    .await?;
+    Ok(Decided {
+        proposal: p.id,
+        status: "rejected".into(),
+        id: None,
+        impact: None,
+    })
+}
+
+/// Publishes a pending proposal: validated again against the playlists as they are now,
+/// audited, then the file written (or removed) and the scheduler told.
+async fn publish(
+    s: &AppState,
+    who: &str,
+    p: crate::store::proposals::Proposal,
+) -> Result<Decided, ApiError> {
+    let path = file_of(s, &p.playlist)?;
+    store_takes_writes(s).await?;
+    let impact = match &p.body {
+        Some(body) => validate(s, &p.playlist, body)?.map_err(|_| {
+            ApiError::bad_field(
+                "body",
+                "the proposal no longer validates against the playlists as they are now: reject it and propose again",
+            )
+        })?,
+        None => change_impact(
+            &s.cfg.schedule,
+            &s.catalog.borrow().playlists(),
+            &p.playlist,
+            None,
+            Utc::now(),
+        ),
+    };
+    mark_decided(s, p.id, "published", who, None).await?;
+    super::audit(
+        s,
+        who,
+        "playlist.publish",
+        &p.playlist,
+        json!({"proposal": p.id, "author": p.author, "impact": impact}),
+    )
+    .await?;
+    match &p.body {
+        Some(body) => {
+            let (target, bytes) = (path.clone(), body.clone().into_bytes());
+            tokio::task::spawn_blocking(move || crate::keys::write_atomic(&target, &bytes, 0o644))
+                .await
+                .map_err(|e| ApiError::internal(e.to_string()))?
+                .map_err(|e| ApiError::internal(format!("{e:#}")))?;
+        }
+        None => {
+            if let Err(e) = tokio::fs::remove_file(&path).await
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                return Err(ApiError::internal(format!(
+                    "cannot remove {}: {e}",
+                    path.display()
+                )));
+            }
+        }
+    }
+    let _ = s.reload.try_send(crate::scheduler::Reload::Complete);
+    tracing::info!(playlist = %p.playlist, proposal = p.id, by = %who, "proposal published");
+    Ok(Decided {
+        proposal: p.id,
+        status: "published".into(),
+        id: Some(p.playlist),
+        impact: Some(impact),
+    })
 }
 
 /// `PUT /api/v1/playlists/{id}` with the playlist JSON as the body (editor role). With

@@ -249,62 +249,36 @@ fn next_connection(
 
 async fn run(
     client: AsyncClient,
-    mut eventloop: EventLoop,
+    eventloop: EventLoop,
     opts: ClientOptions,
     tx: mpsc::Sender<MqttEvent>,
     handle: MqttHandle,
-    mut broker: usize,
+    broker: usize,
     cancel: CancellationToken,
 ) {
-    let mut backoff = Duration::from_millis(100);
-    let mut connected: Option<std::time::Instant> = None;
-    // The broker refused a subscription on this connection: try the next broker.
-    let mut refused = false;
-    // Filters subscribed on this connection and not yet answered, in order (SUBACKs come in
-    // the order of the SUBSCRIBEs).
-    let mut pending: std::collections::VecDeque<String> = Default::default();
-    let name = |i: usize| {
-        let (h, p) = &opts.brokers[i % opts.brokers.len()];
-        format!("{h}:{p}")
+    let mut c = Session {
+        client,
+        eventloop,
+        opts,
+        tx,
+        handle,
+        broker,
+        backoff: Duration::from_millis(100),
+        connected: None,
+        refused: false,
+        pending: Default::default(),
     };
-    next_connection(&mut eventloop, &opts, &handle.connection);
+    next_connection(&mut c.eventloop, &c.opts, &c.handle.connection);
     loop {
         let polled = tokio::select! {
             _ = cancel.cancelled() => break,
-            p = eventloop.poll() => p,
+            p = c.eventloop.poll() => p,
         };
-        match polled {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                connected = Some(std::time::Instant::now());
-                if let Ok(mut b) = handle.broker.lock() {
-                    *b = name(broker);
-                }
-                pending.clear();
-                for f in &opts.subscriptions {
-                    match client.try_subscribe(f, QoS::AtLeastOnce) {
-                        Ok(()) => pending.push_back(f.clone()),
-                        Err(e) => {
-                            tracing::warn!(filter = %f, error = %e, "MQTT subscribe not queued")
-                        }
-                    }
-                }
-                if tx.send(MqttEvent::Connected).await.is_err() {
-                    break;
-                }
-            }
+        let went_on = match polled {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => c.connected().await,
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                let filter = pending.pop_front().unwrap_or_default();
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
-                    // A client that cannot hear its topics only looks healthy: treat it as a
-                    // failed connection (the broker's ACL, or its limits, refused it).
-                    tracing::warn!(broker = %name(broker), filter = %filter, "the broker refused a subscription; disconnecting and trying again");
-                    refused = true;
-                    let _ = client.try_disconnect();
-                }
+                c.subscribed(&ack);
+                true
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
                 let ev = MqttEvent::Message {
@@ -312,55 +286,122 @@ async fn run(
                     payload: p.payload,
                     retained: p.retain,
                 };
-                if tx.send(ev).await.is_err() {
-                    break;
-                }
+                c.tx.send(ev).await.is_ok()
             }
-            Ok(_) => {}
-            Err(e) => {
-                let reason = e.to_string();
-                let was_connected = connected.is_some();
-                if let Some(since) = connected.take() {
-                    if since.elapsed() >= HELD {
-                        backoff = Duration::from_millis(100);
-                    }
-                    tracing::warn!(broker = %name(broker), error = %reason, held_s = since.elapsed().as_secs(), "MQTT connection lost; reconnecting");
-                    if tx.send(MqttEvent::Disconnected(reason)).await.is_err() {
-                        break;
-                    }
-                } else {
-                    tracing::warn!(broker = %name(broker), error = %reason, "MQTT connect failed");
-                }
-                // A failed connect or a refused subscription: the next broker of the list.
-                let move_on = !was_connected | std::mem::take(&mut refused);
-                if move_on && opts.brokers.len() > 1 {
-                    broker = (broker + 1) % opts.brokers.len();
-                    tracing::info!(broker = %name(broker), "trying the next broker");
-                    let net = eventloop.network_options();
-                    eventloop.mqtt_options = options_for(&opts, broker);
-                    eventloop.set_network_options(net);
-                }
-                let wait = jitter(backoff);
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-                next_connection(&mut eventloop, &opts, &handle.connection);
-                tokio::select! {
-                    _ = cancel.cancelled() => break,
-                    _ = tokio::time::sleep(wait) => {}
-                }
-            }
+            Ok(_) => true,
+            Err(e) => match c.lost(e.to_string()).await {
+                Some(wait) => tokio::select! {
+                    _ = cancel.cancelled() => false,
+                    _ = tokio::time::sleep(wait) => true,
+                },
+                None => false,
+            },
+        };
+        if !went_on {
+            break;
         }
     }
-    // Say goodbye properly (the will is not sent on a clean DISCONNECT), then stop polling: a
-    // further poll would silently reconnect.
-    if connected.is_some() {
-        let _ = client.try_disconnect();
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            while let Ok(ev) = eventloop.poll().await {
-                if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
-                    break;
-                }
+    c.goodbye().await;
+}
+
+/// One client's connection state across reconnects.
+struct Session {
+    client: AsyncClient,
+    eventloop: EventLoop,
+    opts: ClientOptions,
+    tx: mpsc::Sender<MqttEvent>,
+    handle: MqttHandle,
+    /// Index of the broker in use.
+    broker: usize,
+    backoff: Duration,
+    /// Since when the current connection is up.
+    connected: Option<std::time::Instant>,
+    /// The broker refused a subscription on this connection: try the next broker.
+    refused: bool,
+    /// Filters subscribed on this connection and not yet answered, in order (SUBACKs come in
+    /// the order of the SUBSCRIBEs).
+    pending: std::collections::VecDeque<String>,
+}
+
+impl Session {
+    fn name(&self) -> String {
+        let (h, p) = &self.opts.brokers[self.broker % self.opts.brokers.len()];
+        format!("{h}:{p}")
+    }
+
+    /// CONNACK: subscribe, tell the owner; false when the owner is gone.
+    async fn connected(&mut self) -> bool {
+        self.connected = Some(std::time::Instant::now());
+        if let Ok(mut b) = self.handle.broker.lock() {
+            *b = self.name();
+        }
+        self.pending.clear();
+        for f in &self.opts.subscriptions {
+            match self.client.try_subscribe(f, QoS::AtLeastOnce) {
+                Ok(()) => self.pending.push_back(f.clone()),
+                Err(e) => tracing::warn!(filter = %f, error = %e, "MQTT subscribe not queued"),
             }
-        })
-        .await;
+        }
+        self.tx.send(MqttEvent::Connected).await.is_ok()
+    }
+
+    /// SUBACK: a refused filter drops the connection.
+    fn subscribed(&mut self, ack: &rumqttc::SubAck) {
+        let filter = self.pending.pop_front().unwrap_or_default();
+        if ack
+            .return_codes
+            .iter()
+            .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
+        {
+            // A client that cannot hear its topics only looks healthy: treat it as a failed
+            // connection (the broker's ACL, or its limits, refused it).
+            tracing::warn!(broker = %self.name(), filter = %filter, "the broker refused a subscription; disconnecting and trying again");
+            self.refused = true;
+            let _ = self.client.try_disconnect();
+        }
+    }
+
+    /// A lost connection or a failed connect: the wait before the next attempt (on the next
+    /// broker of the list after a failed connect or a refused subscription); `None` when the
+    /// owner is gone.
+    async fn lost(&mut self, reason: String) -> Option<Duration> {
+        let was_connected = self.connected.is_some();
+        if let Some(since) = self.connected.take() {
+            if since.elapsed() >= HELD {
+                self.backoff = Duration::from_millis(100);
+            }
+            tracing::warn!(broker = %self.name(), error = %reason, held_s = since.elapsed().as_secs(), "MQTT connection lost; reconnecting");
+            self.tx.send(MqttEvent::Disconnected(reason)).await.ok()?;
+        } else {
+            tracing::warn!(broker = %self.name(), error = %reason, "MQTT connect failed");
+        }
+        let move_on = !was_connected | std::mem::take(&mut self.refused);
+        if move_on && self.opts.brokers.len() > 1 {
+            self.broker = (self.broker + 1) % self.opts.brokers.len();
+            tracing::info!(broker = %self.name(), "trying the next broker");
+            let net = self.eventloop.network_options();
+            self.eventloop.mqtt_options = options_for(&self.opts, self.broker);
+            self.eventloop.set_network_options(net);
+        }
+        let wait = jitter(self.backoff);
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        next_connection(&mut self.eventloop, &self.opts, &self.handle.connection);
+        Some(wait)
+    }
+
+    /// Says goodbye properly (the will is not sent on a clean DISCONNECT), then stops polling:
+    /// a further poll would silently reconnect.
+    async fn goodbye(&mut self) {
+        if self.connected.is_some() {
+            let _ = self.client.try_disconnect();
+            let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                while let Ok(ev) = self.eventloop.poll().await {
+                    if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                        break;
+                    }
+                }
+            })
+            .await;
+        }
     }
 }
