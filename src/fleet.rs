@@ -92,50 +92,16 @@ pub async fn run(
         let res = match intake.read(&prefix, &topic, &payload) {
             Some(Report::Status(s, mark, conflict)) => {
                 agents_hold.report(s.held_max);
-                tracing::info!(display = %s.display, online = s.online, "display status");
-                let now = Utc::now();
-                // A live status was just written by the agent: its `at` against our clock
-                // is the agent's clock skew (a retained one may be old: no measure).
-                let skew = (!retained).then(|| (s.at - now).num_milliseconds());
-                if let Some(ms) = skew.filter(|ms| ms.abs() > MAX_SKEW_MS) {
-                    tracing::warn!(display = %s.display, skew_ms = ms, "display clock is off");
-                }
-                store
-                    .call(move |store| {
-                        store.record_status(&s, now, skew)?;
-                        if conflict {
-                            store.flag_conflict(&s.display, now)?;
-                        }
-                        store.set_status_mark(&s.display, &mark).map(|()| 0)
-                    })
-                    .await
+                record_status(&store, s, mark, conflict, retained).await
             }
             Some(Report::Events(b)) => {
-                let (display, upto, outbox) = (b.display, b.upto, b.outbox);
-                let own = format!("{display}:{outbox}:");
-                let (events, foreign): (Vec<_>, Vec<_>) =
-                    b.events.into_iter().partition(|e| e.id.starts_with(&own));
-                if !foreign.is_empty() {
-                    tracing::warn!(
-                        topic,
-                        dropped = foreign.len(),
-                        first = %foreign[0].id,
-                        "events whose id belongs to another display or outbox; dropped"
-                    );
-                    intake.dropped("foreign_id", foreign.len());
-                }
-                let res = store
-                    .call(move |store| {
-                        store
-                            .record_events(&display, &events, Utc::now())
-                            .map(|n| (n, display))
-                    })
-                    .await;
+                let (display, upto, outbox) = (b.display.clone(), b.upto, b.outbox.clone());
+                let res = record_events(&store, &mut intake, &topic, b).await;
                 // Receipt only after the commit.
-                res.map(|(new, display)| {
+                if res.is_ok() {
                     receipt(&receipts, &prefix, display, outbox, upto);
-                    new
-                })
+                }
+                res
             }
             Some(Report::Receipt(display, outbox, upto)) => {
                 receipt(&receipts, &prefix, display, outbox, upto);
@@ -155,6 +121,59 @@ pub async fn run(
             Err(e) => tracing::error!(topic, error = %e, "cannot store an agent report"),
         };
     }
+}
+
+/// Stores a display's status (with its clock skew, when it is live) and its mark.
+async fn record_status(
+    store: &Arc<Store>,
+    s: Status,
+    mark: StatusMark,
+    conflict: bool,
+    retained: bool,
+) -> Result<usize, crate::store::StoreError> {
+    tracing::info!(display = %s.display, online = s.online, "display status");
+    let now = Utc::now();
+    // A live status was just written by the agent: its `at` against our clock is the agent's
+    // clock skew (a retained one may be old: no measure).
+    let skew = (!retained).then(|| (s.at - now).num_milliseconds());
+    if let Some(ms) = skew.filter(|ms| ms.abs() > MAX_SKEW_MS) {
+        tracing::warn!(display = %s.display, skew_ms = ms, "display clock is off");
+    }
+    store
+        .call(move |store| {
+            store.record_status(&s, now, skew)?;
+            if conflict {
+                store.flag_conflict(&s.display, now)?;
+            }
+            store.set_status_mark(&s.display, &mark).map(|()| 0)
+        })
+        .await
+}
+
+/// Stores a batch's events whose ids are the display's own (the others are dropped and
+/// counted); how many were new.
+async fn record_events(
+    store: &Arc<Store>,
+    intake: &mut Intake,
+    topic: &str,
+    b: EventBatch,
+) -> Result<usize, crate::store::StoreError> {
+    let own = format!("{}:{}:", b.display, b.outbox);
+    let (events, foreign): (Vec<_>, Vec<_>) =
+        b.events.into_iter().partition(|e| e.id.starts_with(&own));
+    if !foreign.is_empty() {
+        tracing::warn!(
+            topic,
+            dropped = foreign.len(),
+            first = %foreign[0].id,
+            "events whose id belongs to another display or outbox; dropped"
+        );
+        intake.dropped("foreign_id", foreign.len());
+    }
+    let display = b.display;
+    store
+        .call(move |store| store.record_events(&display, &events, Utc::now()))
+        .await
 }
 
 /// Deletes reports beyond the retention, hourly.

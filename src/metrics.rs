@@ -96,6 +96,16 @@ impl Metrics {
     /// Renders the Prometheus text exposition format.
     pub fn render(&self) -> String {
         let mut r = Registry::with_prefix("marquee");
+        self.register_scheduler(&mut r);
+        self.register_fleet(&mut r);
+        self.register_sms(&mut r);
+        let mut out = String::new();
+        encode(&mut out, &r).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// Playlists, timelines, the disk and the broker connection.
+    fn register_scheduler(&self, r: &mut Registry) {
         r.register(
             "timelines_published",
             "New timeline versions published",
@@ -146,6 +156,10 @@ impl Metrics {
             "Timelines not published because they exceed mqtt.max_payload",
             self.timelines_oversize.clone(),
         );
+    }
+
+    /// The displays' reports and the HTTP server.
+    fn register_fleet(&self, r: &mut Registry) {
         r.register(
             "agent_events_ingested",
             "Agent events stored (acks, proof of play); redeliveries not counted",
@@ -176,6 +190,10 @@ impl Metrics {
             "Agent reports dropped (not stored), by reason",
             self.reports_dropped.clone(),
         );
+    }
+
+    /// SMS gateways and reports, and the CAP feeds.
+    fn register_sms(&self, r: &mut Registry) {
         r.register(
             "sms_submits",
             "SMS submits by gateway and answer (accepted, transient, permanent, lost, deferred, opted_out, config, account)",
@@ -201,8 +219,5 @@ impl Metrics {
             "CAP feed failures by feed and kind (unreachable, status, not_cap, too_large)",
             self.cap_feed_errors.clone(),
         );
-        let mut out = String::new();
-        encode(&mut out, &r).expect("writing to a String cannot fail");
-        out
     }
 }

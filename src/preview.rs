@@ -164,73 +164,8 @@ impl Preview {
                         out,
                         "(nothing scheduled: displays show their local fallback)"
                     );
-                    continue;
                 }
-                Some(tier) => {
-                    let names: Vec<String> = s
-                        .playlists
-                        .iter()
-                        .zip(s.weights.iter())
-                        .map(|(id, w)| {
-                            if s.playlists.len() > 1 {
-                                format!("{id} (weight {w})")
-                            } else {
-                                id.to_string()
-                            }
-                        })
-                        .collect();
-                    let _ = write!(out, "{:<9} {}", tier.as_str(), names.join(", "));
-                    if !s.replaced.is_empty() {
-                        let _ = write!(
-                            out,
-                            "   — {} tier wins, replacing {}",
-                            tier.as_str(),
-                            s.replaced.join(", ")
-                        );
-                    }
-                    out.push('\n');
-                }
-            }
-            let loop_secs: u32 = s.items.iter().map(|i| i.seconds).sum();
-            let share: Vec<String> = s
-                .playlists
-                .iter()
-                .map(|id| {
-                    let secs: u32 = s
-                        .items
-                        .iter()
-                        .filter(|i| *i.playlist == **id)
-                        .map(|i| i.seconds)
-                        .sum();
-                    format!("{id} {}%", (secs * 100).checked_div(loop_secs).unwrap_or(0))
-                })
-                .collect();
-            let _ = writeln!(
-                out,
-                "  loop of {} items, {}m{:02}s; airtime: {}",
-                s.items.len(),
-                loop_secs / 60,
-                loop_secs % 60,
-                share.join(", ")
-            );
-            let mut seen = std::collections::BTreeSet::new();
-            for item in s.items.iter() {
-                if !seen.insert((&item.playlist, &item.id)) {
-                    continue;
-                }
-                let texts: Vec<String> = item
-                    .text
-                    .iter()
-                    .map(|(lang, text)| format!("{lang}: {text}"))
-                    .collect();
-                let _ = writeln!(
-                    out,
-                    "  {:>4}s  {}/{}  {}",
-                    item.seconds,
-                    item.playlist,
-                    item.id,
-                    texts.join("  |  ")
-                );
+                Some(tier) => stretch_text(&mut out, s, tier),
             }
         }
         out
@@ -250,6 +185,74 @@ pub fn all_targets(sched: &crate::config::ScheduleConfig) -> Vec<TargetRef<'_>> 
                 .map(|(id, channel)| TargetRef::Display { id, channel }),
         )
         .collect()
+}
+
+/// A stretch someone won: the winners (and whom they replace), the loop with each
+/// playlist's share of airtime, and each distinct item once.
+fn stretch_text(out: &mut String, s: &Stretch, tier: crate::wire::Tier) {
+    let names: Vec<String> = s
+        .playlists
+        .iter()
+        .zip(s.weights.iter())
+        .map(|(id, w)| {
+            if s.playlists.len() > 1 {
+                format!("{id} (weight {w})")
+            } else {
+                id.to_string()
+            }
+        })
+        .collect();
+    let _ = write!(out, "{:<9} {}", tier.as_str(), names.join(", "));
+    if !s.replaced.is_empty() {
+        let _ = write!(
+            out,
+            "   — {} tier wins, replacing {}",
+            tier.as_str(),
+            s.replaced.join(", ")
+        );
+    }
+    out.push('\n');
+    let loop_secs: u32 = s.items.iter().map(|i| i.seconds).sum();
+    let share: Vec<String> = s
+        .playlists
+        .iter()
+        .map(|id| {
+            let secs: u32 = s
+                .items
+                .iter()
+                .filter(|i| *i.playlist == **id)
+                .map(|i| i.seconds)
+                .sum();
+            format!("{id} {}%", (secs * 100).checked_div(loop_secs).unwrap_or(0))
+        })
+        .collect();
+    let _ = writeln!(
+        out,
+        "  loop of {} items, {}m{:02}s; airtime: {}",
+        s.items.len(),
+        loop_secs / 60,
+        loop_secs % 60,
+        share.join(", ")
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    for item in s.items.iter() {
+        if !seen.insert((&item.playlist, &item.id)) {
+            continue;
+        }
+        let texts: Vec<String> = item
+            .text
+            .iter()
+            .map(|(lang, text)| format!("{lang}: {text}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  {:>4}s  {}/{}  {}",
+            item.seconds,
+            item.playlist,
+            item.id,
+            texts.join("  |  ")
+        );
+    }
 }
 
 /// One target whose screens change, and from when.

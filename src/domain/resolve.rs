@@ -97,52 +97,25 @@ pub fn explain(
         .filter(|(_, w)| !w.is_empty())
         .collect();
     candidates.sort_by(|x, y| x.0.id.cmp(&y.0.id));
-    let ids: Vec<Arc<str>> = candidates
-        .iter()
-        .map(|(p, _)| Arc::from(p.id.as_str()))
-        .collect();
-    let mut cuts: Vec<DateTime<Utc>> = vec![from, until];
-    for (_, windows) in &candidates {
-        for (a, b) in windows.iter() {
-            cuts.push(*a);
-            cuts.push(*b);
-        }
-    }
-    cuts.sort_unstable();
-    cuts.dedup();
-
+    let mut memo = Memo {
+        ids: candidates
+            .iter()
+            .map(|(p, _)| Arc::from(p.id.as_str()))
+            .collect(),
+        won: HashMap::new(),
+        lost: HashMap::new(),
+    };
     let mut out: Vec<Stretch> = Vec::new();
     // Each candidate keeps a cursor into its (sorted, disjoint) windows that only moves forward
     // as the cuts ascend.
     let mut cursor = vec![0usize; candidates.len()];
-    // The same winning (and losing) sets recur, every weekday's dayparts: each is built once.
-    let mut won: HashMap<Vec<usize>, Won> = HashMap::new();
-    let mut lost: HashMap<Vec<usize>, Arc<[Arc<str>]>> = HashMap::new();
     // Winners and losers as candidate indices: comparing them with the previous stretch's and
     // looking them up allocates nothing.
     let (mut winners, mut losers) = (Vec::new(), Vec::new());
     let (mut last_winners, mut last_losers) = (Vec::new(), Vec::new());
-    for pair in cuts.windows(2) {
+    for pair in cuts(&candidates, from, until).windows(2) {
         let (a, b) = (pair[0], pair[1]);
-        winners.clear();
-        losers.clear();
-        let mut tier = None;
-        for (k, (p, w)) in candidates.iter().enumerate() {
-            while cursor[k] < w.len() && w[cursor[k]].1 <= a {
-                cursor[k] += 1;
-            }
-            if cursor[k] < w.len() && w[cursor[k]].0 <= a {
-                tier = tier.max(Some(p.tier));
-                winners.push(k);
-            }
-        }
-        winners.retain(|&k| {
-            let win = Some(candidates[k].0.tier) == tier;
-            if !win {
-                losers.push(k);
-            }
-            win
-        });
+        let tier = contest(&candidates, &mut cursor, a, &mut winners, &mut losers);
         if let Some(last) = out.last_mut()
             && last.until == a
             && last.tier == tier
@@ -152,41 +125,106 @@ pub fn explain(
             last.until = b;
             continue;
         }
-        let w = match won.get(winners.as_slice()) {
-            Some(w) => w.clone(),
-            None => {
-                let ps: Vec<&Playlist> = winners.iter().map(|&k| candidates[k].0).collect();
-                let names: Vec<Arc<str>> = winners.iter().map(|&k| ids[k].clone()).collect();
-                let w = Won {
-                    items: build_loop(&ps, &names).into(),
-                    weights: ps.iter().map(|p| p.weight).collect(),
-                    ids: names.into(),
-                };
-                won.insert(winners.clone(), w.clone());
-                w
-            }
-        };
-        let replaced = match lost.get(losers.as_slice()) {
-            Some(r) => r.clone(),
-            None => {
-                let r: Arc<[Arc<str>]> = losers.iter().map(|&k| ids[k].clone()).collect();
-                lost.insert(losers.clone(), r.clone());
-                r
-            }
-        };
+        let w = memo.won(&candidates, &winners);
         out.push(Stretch {
             from: a,
             until: b,
             tier,
             playlists: w.ids,
             weights: w.weights,
-            replaced,
+            replaced: memo.lost(&losers),
             items: w.items,
         });
         last_winners.clone_from(&winners);
         last_losers.clone_from(&losers);
     }
     out
+}
+
+/// Every instant where some candidate's window starts or ends, with `from` and `until`,
+/// sorted and distinct.
+fn cuts(
+    candidates: &[(&Playlist, Arc<[Span]>)],
+    from: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Vec<DateTime<Utc>> {
+    let mut cuts: Vec<DateTime<Utc>> = vec![from, until];
+    for (_, windows) in candidates {
+        for (a, b) in windows.iter() {
+            cuts.push(*a);
+            cuts.push(*b);
+        }
+    }
+    cuts.sort_unstable();
+    cuts.dedup();
+    cuts
+}
+
+/// Who is active at `a` (each candidate's cursor moved up to it): the highest tier among them,
+/// its playlists in `winners`, the active ones of lower tiers in `losers`.
+fn contest(
+    candidates: &[(&Playlist, Arc<[Span]>)],
+    cursor: &mut [usize],
+    a: DateTime<Utc>,
+    winners: &mut Vec<usize>,
+    losers: &mut Vec<usize>,
+) -> Option<Tier> {
+    winners.clear();
+    losers.clear();
+    let mut tier = None;
+    for (k, (p, w)) in candidates.iter().enumerate() {
+        while cursor[k] < w.len() && w[cursor[k]].1 <= a {
+            cursor[k] += 1;
+        }
+        if cursor[k] < w.len() && w[cursor[k]].0 <= a {
+            tier = tier.max(Some(p.tier));
+            winners.push(k);
+        }
+    }
+    winners.retain(|&k| {
+        let win = Some(candidates[k].0.tier) == tier;
+        if !win {
+            losers.push(k);
+        }
+        win
+    });
+    tier
+}
+
+/// The same winning (and losing) sets recur, every weekday's dayparts: each is built once.
+struct Memo {
+    /// Candidates' ids, by index.
+    ids: Vec<Arc<str>>,
+    won: HashMap<Vec<usize>, Won>,
+    lost: HashMap<Vec<usize>, Arc<[Arc<str>]>>,
+}
+
+impl Memo {
+    /// What `winners` show together.
+    fn won(&mut self, candidates: &[(&Playlist, Arc<[Span]>)], winners: &[usize]) -> Won {
+        if let Some(w) = self.won.get(winners) {
+            return w.clone();
+        }
+        let ps: Vec<&Playlist> = winners.iter().map(|&k| candidates[k].0).collect();
+        let names: Vec<Arc<str>> = winners.iter().map(|&k| self.ids[k].clone()).collect();
+        let w = Won {
+            items: build_loop(&ps, &names).into(),
+            weights: ps.iter().map(|p| p.weight).collect(),
+            ids: names.into(),
+        };
+        self.won.insert(winners.to_vec(), w.clone());
+        w
+    }
+
+    /// The ids of `losers`.
+    fn lost(&mut self, losers: &[usize]) -> Arc<[Arc<str>]> {
+        if let Some(r) = self.lost.get(losers) {
+            return r.clone();
+        }
+        let r: Arc<[Arc<str>]> = losers.iter().map(|&k| self.ids[k].clone()).collect();
+        self.lost.insert(losers.to_vec(), r.clone());
+        r
+    }
 }
 
 /// Resolves `target` over `[from, until)` into a wire timeline. `timezone` is the zone's name,

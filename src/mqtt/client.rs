@@ -217,15 +217,19 @@ pub fn connect(
         connection: Default::default(),
         broker: std::sync::Arc::new(std::sync::Mutex::new(format!("{host}:{port}"))),
     };
-    tokio::spawn(run(
+    let session = Session {
         client,
         eventloop,
         opts,
         tx,
-        handle.clone(),
-        first,
-        cancel,
-    ));
+        handle: handle.clone(),
+        broker: first,
+        backoff: Duration::from_millis(100),
+        connected: None,
+        refused: false,
+        pending: Default::default(),
+    };
+    tokio::spawn(run(session, cancel));
     (handle, rx)
 }
 
@@ -247,27 +251,9 @@ fn next_connection(
     }
 }
 
-async fn run(
-    client: AsyncClient,
-    eventloop: EventLoop,
-    opts: ClientOptions,
-    tx: mpsc::Sender<MqttEvent>,
-    handle: MqttHandle,
-    broker: usize,
-    cancel: CancellationToken,
-) {
-    let mut c = Session {
-        client,
-        eventloop,
-        opts,
-        tx,
-        handle,
-        broker,
-        backoff: Duration::from_millis(100),
-        connected: None,
-        refused: false,
-        pending: Default::default(),
-    };
+/// Polls the connection until `cancel`, reconnecting (with back-off, and failover across the
+/// brokers) and handing messages to the owner.
+async fn run(mut c: Session, cancel: CancellationToken) {
     next_connection(&mut c.eventloop, &c.opts, &c.handle.connection);
     loop {
         let polled = tokio::select! {

@@ -690,27 +690,14 @@ fn finish(
     failover: bool,
     first: bool,
 ) -> Finish {
-    let k = match answer.submit {
-        Submit::Accepted => 0,
-        Submit::Transient => 1,
-        Submit::Permanent => 2,
-        Submit::Lost => 3,
-        Submit::Defer => 4,
-        Submit::OptedOut => 5,
-        Submit::Config => 6,
-        Submit::Account => 7,
-    };
-    rt.counters[k].inc();
+    rt.count(&answer.submit);
     let now = Utc::now();
+    let later = |wait: Duration| Some(now + chrono::Duration::from_std(wait).unwrap_or_default());
+    // With another gateway the message goes there soon; alone it waits.
+    let soon = || Duration::from_millis(50).mul_f64(jitter());
     let mut submit_kind = answer.submit.clone();
     let mut reason = answer.reason.clone();
     let mut retry_at = None;
-    let cool = |d: Duration| {
-        let until = Instant::now() + d;
-        let mut c = rt.cool_until.lock().unwrap_or_else(|e| e.into_inner());
-        // A later answer never shortens a cool-down already running.
-        *c = Some(c.map_or(until, |t| t.max(until)));
-    };
     match answer.submit {
         Submit::Accepted => {
             rt.failures.store(0, Ordering::Relaxed);
@@ -718,60 +705,34 @@ fn finish(
             rt.health.back(&rt.gw.cfg.name);
         }
         Submit::Transient | Submit::Lost => {
-            let n = if first {
-                rt.failures.fetch_add(1, Ordering::Relaxed)
-            } else {
-                rt.failures.load(Ordering::Relaxed).saturating_sub(1)
-            };
-            let d = answer.retry_after.unwrap_or_else(|| backoff(n));
-            cool(d);
-            if first {
-                tracing::warn!(gateway = %rt.gw.cfg.name, message = m.id, reason = reason.as_deref().unwrap_or(""), cool_down_ms = d.as_millis() as u64, "gateway failure");
-            }
-            if answer.submit == Submit::Transient {
-                if m.attempts >= MAX_ATTEMPTS {
-                    submit_kind = Submit::Permanent;
-                    reason = Some(format!(
-                        "gave up after {} attempts; last: {}",
-                        m.attempts,
-                        reason.unwrap_or_default()
-                    ));
+            rt.failed(m, &answer, first);
+            if answer.submit == Submit::Transient && m.attempts >= MAX_ATTEMPTS {
+                submit_kind = Submit::Permanent;
+                reason = Some(format!(
+                    "gave up after {} attempts; last: {}",
+                    m.attempts,
+                    reason.unwrap_or_default()
+                ));
+            } else if answer.submit == Submit::Transient {
+                retry_at = later(if failover {
+                    soon()
                 } else {
-                    // With another gateway the message goes there soon; alone it waits.
-                    let wait = if failover {
-                        Duration::from_millis(50).mul_f64(jitter())
-                    } else {
-                        answer
-                            .retry_after
-                            .unwrap_or_else(|| backoff(m.attempts as u32 - 1))
-                    };
-                    retry_at = Some(now + chrono::Duration::from_std(wait).unwrap_or_default());
-                }
+                    answer
+                        .retry_after
+                        .unwrap_or_else(|| backoff(m.attempts as u32 - 1))
+                });
             }
         }
         // The provider's limit for this number: later, and no cool-down (the gateway is fine).
         Submit::Defer => {
-            let wait = answer.retry_after.unwrap_or(Duration::from_secs(3600));
-            retry_at = Some(now + chrono::Duration::from_std(wait).unwrap_or_default());
+            retry_at = later(answer.retry_after.unwrap_or(Duration::from_secs(3600)));
         }
         Submit::Config => {
             tracing::error!(gateway = %rt.gw.cfg.name, campaign = m.campaign, reason = reason.as_deref().unwrap_or(""), "the provider refuses the campaign as configured; it is paused");
         }
         Submit::Account => {
-            cool(ACCOUNT_COOL);
-            rt.out_of_rotation.set(1);
-            rt.health.out(
-                &rt.gw.cfg.name,
-                reason.as_deref().unwrap_or(""),
-                now + chrono::Duration::from_std(ACCOUNT_COOL).unwrap_or_default(),
-            );
-            tracing::error!(gateway = %rt.gw.cfg.name, reason = reason.as_deref().unwrap_or(""), out_for_s = ACCOUNT_COOL.as_secs(), "the gateway's account cannot send: out of rotation");
-            let wait = if failover {
-                Duration::from_millis(50).mul_f64(jitter())
-            } else {
-                ACCOUNT_COOL
-            };
-            retry_at = Some(now + chrono::Duration::from_std(wait).unwrap_or_default());
+            rt.account_out(reason.as_deref().unwrap_or(""), now);
+            retry_at = later(if failover { soon() } else { ACCOUNT_COOL });
         }
         Submit::Permanent | Submit::OptedOut => {}
     }
@@ -792,5 +753,57 @@ fn finish(
         reason,
         retry_at,
         delivered_by: dry_run.then(|| rt.gw.cfg.name.clone()),
+    }
+}
+
+impl Runtime {
+    /// Counts an answer by its kind (`marquee_sms_submits_total`).
+    fn count(&self, submit: &Submit) {
+        let k = match submit {
+            Submit::Accepted => 0,
+            Submit::Transient => 1,
+            Submit::Permanent => 2,
+            Submit::Lost => 3,
+            Submit::Defer => 4,
+            Submit::OptedOut => 5,
+            Submit::Config => 6,
+            Submit::Account => 7,
+        };
+        self.counters[k].inc();
+    }
+
+    /// Rests the gateway for `d`; a later answer never shortens a cool-down already running.
+    fn cool(&self, d: Duration) {
+        let until = Instant::now() + d;
+        let mut c = self.cool_until.lock().unwrap_or_else(|e| e.into_inner());
+        *c = Some(c.map_or(until, |t| t.max(until)));
+    }
+
+    /// A transient failure or a lost answer: the gateway cools down (the provider's
+    /// Retry-After, else a back-off by failures in a row; the first answer of a batch counts).
+    fn failed(&self, m: &crate::store::sms::Claimed, answer: &Answer, first: bool) {
+        let n = if first {
+            self.failures.fetch_add(1, Ordering::Relaxed)
+        } else {
+            self.failures.load(Ordering::Relaxed).saturating_sub(1)
+        };
+        let d = answer.retry_after.unwrap_or_else(|| backoff(n));
+        self.cool(d);
+        if first {
+            tracing::warn!(gateway = %self.gw.cfg.name, message = m.id, reason = answer.reason.as_deref().unwrap_or(""), cool_down_ms = d.as_millis() as u64, "gateway failure");
+        }
+    }
+
+    /// The account cannot send (balance, credentials, quota): out of rotation for
+    /// [`ACCOUNT_COOL`], with the provider's words.
+    fn account_out(&self, reason: &str, now: chrono::DateTime<Utc>) {
+        self.cool(ACCOUNT_COOL);
+        self.out_of_rotation.set(1);
+        self.health.out(
+            &self.gw.cfg.name,
+            reason,
+            now + chrono::Duration::from_std(ACCOUNT_COOL).unwrap_or_default(),
+        );
+        tracing::error!(gateway = %self.gw.cfg.name, reason, out_for_s = ACCOUNT_COOL.as_secs(), "the gateway's account cannot send: out of rotation");
     }
 }
