@@ -178,6 +178,35 @@ fn sniff_delimiter(header: &str) -> u8 {
     }
 }
 
+/// The header line and the delimiter: named by Excel's hint line (`sep=;`, before the
+/// header; whether there was one is the third value), else sniffed from the header.
+fn header_and_delimiter(
+    text: &mut impl BufRead,
+    enc: &'static encoding_rs::Encoding,
+) -> Result<(u8, Vec<u8>, bool), ListError> {
+    let decode = |e: std::io::Error| err(format!("cannot decode as {}: {e}", enc.name()));
+    let mut first = Vec::new();
+    text.read_until(b'\n', &mut first).map_err(decode)?;
+    // Only the line end is taken off: `sep=` followed by a tab names the tab.
+    let hint = std::str::from_utf8(&first)
+        .ok()
+        .map(|l| l.trim_end_matches(['\r', '\n']))
+        .and_then(|l| l.strip_prefix("sep="))
+        .and_then(|d| (d.len() == 1).then(|| d.as_bytes()[0]));
+    Ok(match hint {
+        Some(d) => {
+            let mut h = Vec::new();
+            text.read_until(b'\n', &mut h).map_err(decode)?;
+            (d, h, true)
+        }
+        None => (
+            sniff_delimiter(&String::from_utf8_lossy(&first)),
+            first,
+            false,
+        ),
+    })
+}
+
 fn read_text<R: Read + Seek>(
     mut src: R,
     each: &mut impl FnMut(&Layout, Row),
@@ -189,28 +218,7 @@ fn read_text<R: Read + Seek>(
         .strip_bom(true)
         .build(src);
     let mut text = BufReader::with_capacity(64 * 1024, decoded);
-    let mut first = Vec::new();
-    text.read_until(b'\n', &mut first)
-        .map_err(|e| err(format!("cannot decode as {}: {e}", enc.name())))?;
-    // Excel's hint line, `sep=;`, names the delimiter and comes before the header.
-    // Only the line end is taken off: `sep=` followed by a tab names the tab.
-    let hint = std::str::from_utf8(&first)
-        .ok()
-        .map(|l| l.trim_end_matches(['\r', '\n']))
-        .and_then(|l| l.strip_prefix("sep="))
-        .and_then(|d| (d.len() == 1).then(|| d.as_bytes()[0]));
-    let (delimiter, header_line) = match hint {
-        Some(d) => {
-            let mut h = Vec::new();
-            text.read_until(b'\n', &mut h)
-                .map_err(|e| err(format!("cannot decode as {}: {e}", enc.name())))?;
-            (d, h)
-        }
-        None => (
-            sniff_delimiter(&String::from_utf8_lossy(&first)),
-            first.clone(),
-        ),
-    };
+    let (delimiter, header_line, hint) = header_and_delimiter(&mut text, enc)?;
     let newlines = std::rc::Rc::new(std::cell::RefCell::new(NewlineCount::default()));
     let mut rdr = csv::ReaderBuilder::new()
         .delimiter(delimiter)
@@ -246,7 +254,7 @@ fn read_text<R: Read + Seek>(
     let mut folded = breaks(&header);
     loop {
         let more = rdr.read_record(&mut rec).map_err(|e| {
-            let line = e.position().map_or(0, |p| p.line()) + u64::from(hint.is_some());
+            let line = e.position().map_or(0, |p| p.line()) + u64::from(hint);
             err(format!("line {line}: {e}"))
         })?;
         if !more {
@@ -446,6 +454,21 @@ fn read_workbook<R: Read + Seek>(
     Ok(layout)
 }
 
+/// The sheet asked for, or the first.
+fn pick_sheet(names: &[String], asked: Option<&String>) -> Result<String, ListError> {
+    match asked {
+        Some(s) if names.contains(s) => Ok(s.clone()),
+        Some(s) => Err(err(format!(
+            "no sheet {s:?} (the workbook has {})",
+            names.join(", ")
+        ))),
+        None => names
+            .first()
+            .cloned()
+            .ok_or_else(|| err("the workbook has no sheet")),
+    }
+}
+
 /// Reads the sheet cell by cell (never as one rectangle sized by the positions the file
 /// claims); rows are numbered from the header row as a spreadsheet numbers them.
 fn read_sheet(
@@ -455,20 +478,7 @@ fn read_sheet(
 ) -> Result<Layout, ListError> {
     let mut book: calamine::Xlsx<_> = calamine::Xlsx::new(std::io::Cursor::new(bytes))
         .map_err(|e| err(format!("not a workbook that can be read: {e}")))?;
-    let names = book.sheet_names();
-    let sheet = match &opts.sheet {
-        Some(s) if names.contains(s) => s.clone(),
-        Some(s) => {
-            return Err(err(format!(
-                "no sheet {s:?} (the workbook has {})",
-                names.join(", ")
-            )));
-        }
-        None => names
-            .first()
-            .cloned()
-            .ok_or_else(|| err("the workbook has no sheet"))?,
-    };
+    let sheet = pick_sheet(&book.sheet_names(), opts.sheet.as_ref())?;
     let mut cells = book
         .worksheet_cells_reader(&sheet)
         .map_err(|e| err(format!("sheet {sheet:?}: {e}")))?;

@@ -304,26 +304,7 @@ impl Playlist {
             src,
             list: Vec::new(),
         };
-        let id = Step::Key("id");
-        if !valid_name(&raw.id) {
-            p.at(
-                &[id],
-                format!(
-                    "id {:?} must be 1-64 letters, digits, '_', '-' or '.'",
-                    raw.id
-                ),
-            );
-        } else if let Some(stem) = stem
-            && stem != raw.id
-        {
-            p.at(
-                &[id],
-                format!(
-                    "id {:?} must equal the file name ({stem:?}): rename the file to {}.json or change the id",
-                    raw.id, raw.id
-                ),
-            );
-        }
+        check_id(&mut p, &raw.id, stem);
         if raw.weight == 0 {
             p.at(&[Step::Key("weight")], "weight must be at least 1");
         }
@@ -366,6 +347,25 @@ impl Playlist {
             items,
             windows: Default::default(),
         })
+    }
+}
+
+/// The id: a valid name, equal to the file's name (`stem`) when there is a file.
+fn check_id(p: &mut Problems<'_>, id: &str, stem: Option<&str>) {
+    if !valid_name(id) {
+        p.at(
+            &[Step::Key("id")],
+            format!("id {id:?} must be 1-64 letters, digits, '_', '-' or '.'"),
+        );
+    } else if let Some(stem) = stem
+        && stem != id
+    {
+        p.at(
+            &[Step::Key("id")],
+            format!(
+                "id {id:?} must equal the file name ({stem:?}): rename the file to {id}.json or change the id"
+            ),
+        );
     }
 }
 

@@ -154,6 +154,44 @@ const COMMON_KEYS: &[&str] = &[
     "fixed_line",
 ];
 
+/// The keys of an `http` gateway besides [`COMMON_KEYS`].
+const HTTP_KEYS: &[&str] = &[
+    "url",
+    "username",
+    "password_env",
+    "password_file",
+    "method",
+    "body",
+    "fields",
+    "json",
+    "headers",
+    "accept_status",
+    "id_pointer",
+    "dlr_status_field",
+    "dlr_delivered",
+    "dlr_failed",
+    "outcome_pointer",
+    "ok_values",
+    "results_pointer",
+    "result_phone_field",
+    "result_code_field",
+    "result_id_field",
+    "codes",
+    "batch_item_json",
+    "batch_max",
+    "signing",
+    "sign_service",
+    "secret_id_env",
+    "secret_id_file",
+    "secret_key_env",
+    "secret_key_file",
+    "dlr_items_pointer",
+    "dlr_carrier_id_field",
+    "dlr_id_field",
+    "dlr_ack_body",
+    "dlr_ack_content_type",
+];
+
 /// The keys of each kind besides [`COMMON_KEYS`] (what its validation below reads); `None`
 /// for an unknown kind (reported as such).
 fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {
@@ -168,42 +206,7 @@ fn kind_keys(kind: &str) -> Option<&'static [&'static str]> {
             "dlr_mask",
             "method",
         ],
-        "http" => &[
-            "url",
-            "username",
-            "password_env",
-            "password_file",
-            "method",
-            "body",
-            "fields",
-            "json",
-            "headers",
-            "accept_status",
-            "id_pointer",
-            "dlr_status_field",
-            "dlr_delivered",
-            "dlr_failed",
-            "outcome_pointer",
-            "ok_values",
-            "results_pointer",
-            "result_phone_field",
-            "result_code_field",
-            "result_id_field",
-            "codes",
-            "batch_item_json",
-            "batch_max",
-            "signing",
-            "sign_service",
-            "secret_id_env",
-            "secret_id_file",
-            "secret_key_env",
-            "secret_key_file",
-            "dlr_items_pointer",
-            "dlr_carrier_id_field",
-            "dlr_id_field",
-            "dlr_ack_body",
-            "dlr_ack_content_type",
-        ],
+        "http" => HTTP_KEYS,
         "tencent" => &[
             "url",
             "region",
@@ -723,30 +726,7 @@ fn gateway(
             return None;
         }
     };
-    let dlr_secret = match (&kind, &g.dlr_secret_env, &g.dlr_secret_file) {
-        (GatewayKind::DryRun(_), None, None) => None,
-        _ => {
-            let s = secret(
-                problems,
-                &format!("{place}.dlr_secret"),
-                &g.dlr_secret_env,
-                &g.dlr_secret_file,
-            );
-            if s.as_ref().is_some_and(|s| s.len() < 16) {
-                problems.push(format!("{place}.dlr_secret: shorter than 16 characters"));
-            }
-            // It travels inside the callback URL, which Kannel rewrites (`%` escapes).
-            if s.as_ref().is_some_and(|s| {
-                !s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
-            }) {
-                problems.push(format!(
-                    "{place}.dlr_secret: only letters, digits, '-', '_', '.' and '~' (it is sent inside a URL)"
-                ));
-            }
-            s
-        }
-    };
+    let dlr_secret = dlr_secret(&kind, &g, place, problems);
     if !(g.messages_per_second > 0.0 && g.messages_per_second <= 100_000.0) {
         problems.push(format!("{place}.messages_per_second: between 0 and 100000"));
     }
@@ -770,6 +750,41 @@ fn gateway(
         dlr_secret,
         fixed_line: g.fixed_line,
     })
+}
+
+/// The secret in the gateway's report and reply URLs (none for a dry run): at least 16
+/// characters that need no escaping in a URL.
+fn dlr_secret(
+    kind: &GatewayKind,
+    g: &RawGateway,
+    place: &str,
+    problems: &mut Vec<String>,
+) -> Option<String> {
+    if matches!(kind, GatewayKind::DryRun(_))
+        && g.dlr_secret_env.is_none()
+        && g.dlr_secret_file.is_none()
+    {
+        return None;
+    }
+    let s = secret(
+        problems,
+        &format!("{place}.dlr_secret"),
+        &g.dlr_secret_env,
+        &g.dlr_secret_file,
+    );
+    if s.as_ref().is_some_and(|s| s.len() < 16) {
+        problems.push(format!("{place}.dlr_secret: shorter than 16 characters"));
+    }
+    // It travels inside the callback URL, which Kannel rewrites (`%` escapes).
+    if s.as_ref().is_some_and(|s| {
+        !s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~'))
+    }) {
+        problems.push(format!(
+            "{place}.dlr_secret: only letters, digits, '-', '_', '.' and '~' (it is sent inside a URL)"
+        ));
+    }
+    s
 }
 
 /// One `[[sms.gateways]]` table being read: its raw keys and its place in messages
@@ -1323,12 +1338,33 @@ fn template(
             ));
         }
     }
-    if t.ids.is_empty() {
+    template_ids(&place, &t.ids, gateways, problems);
+    if !(1..=500).contains(&t.max_param_chars) {
+        problems.push(format!("{place}.max_param_chars: between 1 and 500"));
+    }
+    Some(SmsTemplate {
+        name: t.name,
+        text: t.text,
+        category,
+        ids: t.ids,
+        vars,
+        max_param_chars: t.max_param_chars,
+    })
+}
+
+/// A template's ids: one at least, each for a configured gateway that sends templates.
+fn template_ids(
+    place: &str,
+    ids: &BTreeMap<String, String>,
+    gateways: &[GatewayConfig],
+    problems: &mut Vec<String>,
+) {
+    if ids.is_empty() {
         problems.push(format!(
             "{place}.ids: no gateway has this template (ids = {{ gateway = \"template id\" }})"
         ));
     }
-    for (g, id) in &t.ids {
+    for (g, id) in ids {
         match gateways.iter().find(|x| &x.name == g) {
             None => problems.push(format!("{place}.ids: no gateway {g:?}")),
             Some(x) if !x.kind.templates_only() => problems.push(format!(
@@ -1341,17 +1377,6 @@ fn template(
             Some(_) => {}
         }
     }
-    if !(1..=500).contains(&t.max_param_chars) {
-        problems.push(format!("{place}.max_param_chars: between 1 and 500"));
-    }
-    Some(SmsTemplate {
-        name: t.name,
-        text: t.text,
-        category,
-        ids: t.ids,
-        vars,
-        max_param_chars: t.max_param_chars,
-    })
 }
 
 /// Validates `[sms]`; `schedule_timezone` is the default zone, `data_dir` where a dry-run file
@@ -1398,31 +1423,8 @@ pub fn validate(
         "sms.missed_start_margin",
         &raw.missed_start_margin,
     );
-    let mut gateways: Vec<GatewayConfig> = Vec::new();
-    let hint = data_dir.display().to_string();
-    for (i, g) in raw.gateways.into_iter().enumerate() {
-        if let Some(g) = gateway(i, g, &hint, problems) {
-            if gateways.iter().any(|o| o.name == g.name) {
-                problems.push(format!(
-                    "sms.gateways[{i}].name: {:?} is used twice",
-                    g.name
-                ));
-            }
-            gateways.push(g);
-        }
-    }
-    let mut templates: Vec<SmsTemplate> = Vec::new();
-    for (i, t) in raw.templates.into_iter().enumerate() {
-        if let Some(t) = template(i, t, &gateways, problems) {
-            if templates.iter().any(|o| o.name == t.name) {
-                problems.push(format!(
-                    "sms.templates[{i}].name: {:?} is used twice",
-                    t.name
-                ));
-            }
-            templates.push(t);
-        }
-    }
+    let (gateways, templates) =
+        gateways_and_templates(raw.gateways, raw.templates, data_dir, problems);
     let optout_keywords = raw
         .optout_keywords
         .unwrap_or_else(|| OPTOUT_KEYWORDS.iter().map(|k| (*k).to_owned()).collect())
@@ -1442,6 +1444,41 @@ pub fn validate(
         max_upload: raw.max_upload_mib.saturating_mul(1 << 20),
         gateways,
     }
+}
+
+/// The gateways, then the templates (which name gateways); each name used once.
+fn gateways_and_templates(
+    raw_gateways: Vec<RawGateway>,
+    raw_templates: Vec<RawTemplate>,
+    data_dir: &std::path::Path,
+    problems: &mut Vec<String>,
+) -> (Vec<GatewayConfig>, Vec<SmsTemplate>) {
+    let mut gateways: Vec<GatewayConfig> = Vec::new();
+    let hint = data_dir.display().to_string();
+    for (i, g) in raw_gateways.into_iter().enumerate() {
+        if let Some(g) = gateway(i, g, &hint, problems) {
+            if gateways.iter().any(|o| o.name == g.name) {
+                problems.push(format!(
+                    "sms.gateways[{i}].name: {:?} is used twice",
+                    g.name
+                ));
+            }
+            gateways.push(g);
+        }
+    }
+    let mut templates: Vec<SmsTemplate> = Vec::new();
+    for (i, t) in raw_templates.into_iter().enumerate() {
+        if let Some(t) = template(i, t, &gateways, problems) {
+            if templates.iter().any(|o| o.name == t.name) {
+                problems.push(format!(
+                    "sms.templates[{i}].name: {:?} is used twice",
+                    t.name
+                ));
+            }
+            templates.push(t);
+        }
+    }
+    (gateways, templates)
 }
 
 #[cfg(test)]

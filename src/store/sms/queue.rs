@@ -11,6 +11,53 @@ use super::reports::report_from;
 use super::{Claimed, Finish, MESSAGE_COLS, MessageRow, Tally, message_row, move_all, parse_state};
 use crate::domain::delivery::{self, Report, State, Submit};
 
+/// Up to `want` due queued messages of a running `campaign`, each with whether its number
+/// is on the opt-out list.
+fn due(
+    select: &mut rusqlite::CachedStatement<'_>,
+    campaign: i64,
+    now_s: &str,
+    want: i64,
+) -> rusqlite::Result<Vec<(Claimed, bool)>> {
+    select
+        .query_map(params![campaign, now_s, want], |r| {
+            Ok((
+                Claimed {
+                    id: r.get(0)?,
+                    campaign,
+                    recipient: r.get(1)?,
+                    text: r.get(2)?,
+                    parts: r.get::<_, i64>(3)? as usize,
+                    attempts: r.get::<_, i64>(4)? + 1,
+                    params: r.get(6)?,
+                },
+                r.get::<_, bool>(5)?,
+            ))
+        })?
+        .collect()
+}
+
+/// When `m`'s number has had `cap` messages in the last day: the moment it may have another
+/// (a day after the oldest of them).
+fn capped(
+    sent_today: &mut rusqlite::CachedStatement<'_>,
+    m: &Claimed,
+    cap: u32,
+    day_ago: &str,
+    now: DateTime<Utc>,
+) -> rusqlite::Result<Option<DateTime<Utc>>> {
+    let (sent, oldest): (i64, Option<String>) = sent_today
+        .query_row(params![m.recipient, day_ago, m.id], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
+    Ok((sent >= i64::from(cap)).then(|| {
+        oldest
+            .and_then(|o| DateTime::parse_from_rfc3339(&o).ok())
+            .map(|o| o.with_timezone(&Utc) + chrono::Duration::days(1))
+            .unwrap_or(now + chrono::Duration::days(1))
+    }))
+}
+
 impl Store {
     /// After a crash or restart: every message caught mid-submit becomes `unknown`.
     pub fn recover_submitting(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
@@ -83,22 +130,7 @@ impl Store {
         )?;
         while claimed.len() < max {
             let want = (max - claimed.len()) as i64;
-            let candidates: Vec<(Claimed, bool)> = select
-                .query_map(params![campaign, now_s, want], |r| {
-                    Ok((
-                        Claimed {
-                            id: r.get(0)?,
-                            campaign,
-                            recipient: r.get(1)?,
-                            text: r.get(2)?,
-                            parts: r.get::<_, i64>(3)? as usize,
-                            attempts: r.get::<_, i64>(4)? + 1,
-                            params: r.get(6)?,
-                        },
-                        r.get::<_, bool>(5)?,
-                    ))
-                })?
-                .collect::<Result<_, _>>()?;
+            let candidates = due(&mut select, campaign, &now_s, want)?;
             if candidates.is_empty() {
                 break;
             }
@@ -108,24 +140,16 @@ impl Store {
                     tally.moved(campaign, m.parts as i64, State::Queued, State::Cancelled);
                     continue;
                 }
-                if let Some(cap) = daily_cap {
-                    let (sent, oldest): (i64, Option<String>) = sent_today
-                        .query_row(params![m.recipient, day_ago, m.id], |r| {
-                            Ok((r.get(0)?, r.get(1)?))
-                        })?;
-                    if sent >= i64::from(cap) {
-                        let until = oldest
-                            .and_then(|o| DateTime::parse_from_rfc3339(&o).ok())
-                            .map(|o| o.with_timezone(&Utc) + chrono::Duration::days(1))
-                            .unwrap_or(now + chrono::Duration::days(1));
-                        hold.execute(params![
-                            m.id,
-                            ts(until),
-                            format!("daily cap of {cap} reached for this number"),
-                            now_s
-                        ])?;
-                        continue;
-                    }
+                if let Some(cap) = daily_cap
+                    && let Some(until) = capped(&mut sent_today, &m, cap, &day_ago, now)?
+                {
+                    hold.execute(params![
+                        m.id,
+                        ts(until),
+                        format!("daily cap of {cap} reached for this number"),
+                        now_s
+                    ])?;
+                    continue;
                 }
                 take.execute(params![m.id, gateway, now_s])?;
                 tally.moved(campaign, m.parts as i64, State::Queued, State::Submitting);
@@ -247,35 +271,12 @@ pub(super) fn finish_in(
     let mut dlr = tx.prepare_cached(
         "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, '', ?4)",
     )?;
-    // A provider's block list: the number joins ours, with the provider's words as the reason.
-    let mut opt_out = tx.prepare_cached(
-        "INSERT OR IGNORE INTO optouts (number, reason, added_by, added_at)
-         SELECT recipient, ?2, 'gateway', ?3 FROM messages WHERE id = ?1",
-    )?;
-    // A campaign the provider refuses as configured: paused, with why, before the list burns.
-    let mut pause = tx.prepare_cached(
-        "UPDATE campaigns SET status = 'paused', paused_reason = ?2 WHERE id = ?1 AND status = 'running'",
-    )?;
-    // Not a try: a deferral, a paused campaign or a gateway out of rotation does not use up
-    // the message's attempts.
-    let mut untry =
-        tx.prepare_cached("UPDATE messages SET attempts = MAX(attempts - 1, 0) WHERE id = ?1")?;
     for f in items {
-        if matches!(f.answer, Submit::Defer | Submit::Config | Submit::Account) {
-            untry.execute([f.id])?;
-        }
-        match f.answer {
-            Submit::OptedOut => {
-                opt_out.execute(params![
-                    f.id,
-                    f.reason.as_deref().unwrap_or("provider block list"),
-                    now_s
-                ])?;
-            }
-            Submit::Config => {
-                pause.execute(params![f.campaign, f.reason])?;
-            }
-            _ => {}
+        if matches!(
+            f.answer,
+            Submit::Defer | Submit::Config | Submit::Account | Submit::OptedOut
+        ) {
+            answer_effects(tx, f, &now_s)?;
         }
         // The usual case: the message is still `submitting`, so its next state is known
         // without reading it first.
@@ -308,6 +309,39 @@ pub(super) fn finish_in(
     }
     adopt_early_reports(tx, items, &now_s, tally)?;
     Ok(out)
+}
+
+/// What an answer does beyond the message's state: a provider's block list puts the number
+/// on ours; a campaign the provider refuses as configured is paused; a deferral, a paused
+/// campaign or a gateway out of rotation does not use up the message's attempts.
+fn answer_effects(tx: &Transaction<'_>, f: &Finish, now_s: &str) -> Result<(), StoreError> {
+    if matches!(f.answer, Submit::Defer | Submit::Config | Submit::Account) {
+        tx.prepare_cached("UPDATE messages SET attempts = MAX(attempts - 1, 0) WHERE id = ?1")?
+            .execute([f.id])?;
+    }
+    match f.answer {
+        // The provider's words are the reason.
+        Submit::OptedOut => {
+            tx.prepare_cached(
+                "INSERT OR IGNORE INTO optouts (number, reason, added_by, added_at)
+                 SELECT recipient, ?2, 'gateway', ?3 FROM messages WHERE id = ?1",
+            )?
+            .execute(params![
+                f.id,
+                f.reason.as_deref().unwrap_or("provider block list"),
+                now_s
+            ])?;
+        }
+        // Paused, with why, before the list burns.
+        Submit::Config => {
+            tx.prepare_cached(
+                "UPDATE campaigns SET status = 'paused', paused_reason = ?2 WHERE id = ?1 AND status = 'running'",
+            )?
+            .execute(params![f.campaign, f.reason])?;
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Applies the reports that came before the answer naming their message (early reports, kept

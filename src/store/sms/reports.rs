@@ -30,6 +30,31 @@ pub(super) fn report_from(s: &str) -> Option<Report> {
     })
 }
 
+/// A reported message as stored: id, state, gateway of its last submit, campaign, parts.
+type Reported = (i64, String, Option<String>, i64, i64);
+
+/// The message a report is about (by our id, or by the carrier's for providers that push
+/// their own).
+fn reported(
+    by_carrier: &mut rusqlite::CachedStatement<'_>,
+    get: &mut rusqlite::CachedStatement<'_>,
+    r: &ReportIn,
+) -> rusqlite::Result<Option<Reported>> {
+    let id = match &r.carrier_id {
+        Some(c) if r.id == 0 => by_carrier
+            .query_row(params![c, r.gateway], |row| row.get::<_, i64>(0))
+            .optional()?,
+        _ => Some(r.id),
+    };
+    let Some(id) = id else {
+        return Ok(None);
+    };
+    get.query_row([id], |row| {
+        Ok((id, row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+    })
+    .optional()
+}
+
 impl Store {
     /// Persists a delivery report for message `id` (which must have gone through `gateway`)
     /// and applies it. `None` when no such message went through that gateway.
@@ -88,21 +113,9 @@ impl Store {
                 "SELECT 1 FROM dlrs WHERE message = ?1 AND code = ?2 AND raw = ?3",
             )?;
             for r in reports {
-                let id = match &r.carrier_id {
-                    Some(c) if r.id == 0 => by_carrier
-                        .query_row(params![c, r.gateway], |row| row.get::<_, i64>(0))
-                        .optional()?,
-                    _ => Some(r.id),
-                };
-                let current: Option<(String, Option<String>, i64, i64)> = match id {
-                    Some(id) => get
-                        .query_row([id], |row| {
-                            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-                        })
-                        .optional()?,
-                    None => None,
-                };
-                let Some((current, via, campaign, parts)) = current else {
+                let Some((id, current, via, campaign, parts)) =
+                    reported(&mut by_carrier, &mut get, r)?
+                else {
                     // Kept: a report for a message we cannot find (sent before a restore,
                     // or by another system on the same account) is evidence, not noise.
                     if r.carrier_id.is_some() {
@@ -118,7 +131,6 @@ impl Store {
                     out.push(None);
                     continue;
                 };
-                let id = id.unwrap_or(r.id);
                 // The same report pushed again (providers re-push until acknowledged, and say
                 // pushes are not idempotent): stored once.
                 if seen.exists(params![id, r.code, r.raw])? {
