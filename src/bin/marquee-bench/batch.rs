@@ -116,6 +116,84 @@ async fn baseline(url: &str, n: usize, batch: usize, concurrency: usize) -> anyh
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// A daemon with one Tencent gateway at `url` and one template; its admin token.
+fn start(
+    dir: &std::path::Path,
+    url: &str,
+    batch: usize,
+    in_flight: usize,
+) -> anyhow::Result<(super::Daemon, String)> {
+    super::setup_site(dir)?;
+    let mqtt = format!("embedded = true\nlisten = \"127.0.0.1:{}\"", free_port()?);
+    let section = format!(
+        "[sms]\nsender = \"12345\"\n[[sms.templates]]\nname = \"open-day\"\ntext = \"{{{{date}}}}政务开放日欢迎您。\"\nids = {{ tc = \"2000001\" }}\n\
+         [[sms.gateways]]\nname = \"tc\"\nkind = \"tencent\"\nurl = \"{url}\"\nregion = \"ap-guangzhou\"\nsdk_app_id = \"{APP}\"\n\
+         sign_name = \"大连政务公开\"\nsecret_id_env = \"BENCH_TC_ID\"\nsecret_key_env = \"BENCH_TC_KEY\"\n\
+         dlr_secret_env = \"BENCH_DLR\"\nbatch_max = {batch}\nin_flight = {in_flight}\nmessages_per_second = 100000\nsegments_per_second = 1000000\ntimeout = \"30s\"\n"
+    );
+    let d = super::daemon_with(
+        dir,
+        &mqtt,
+        &section,
+        &[
+            ("BENCH_TC_ID", SECRET_ID),
+            ("BENCH_TC_KEY", SECRET_KEY),
+            ("BENCH_DLR", "bench-dlr-secret-0123456789"),
+        ],
+    )?;
+    let token = std::fs::read_to_string(d.data.join("admin.token"))?
+        .trim()
+        .to_owned();
+    Ok((d, token))
+}
+
+/// Starts a campaign of `n` numbers with the template; its id.
+async fn create(
+    client: &reqwest::Client,
+    http: &str,
+    token: &str,
+    n: usize,
+) -> anyhow::Result<i64> {
+    let mut csv = String::from("number,date\n");
+    for i in 0..n {
+        csv.push_str(&format!("138{i:08},5月15日\n"));
+    }
+    let v: Value = client
+        .post(format!("{http}/api/v1/campaigns"))
+        .bearer_auth(token)
+        .json(&json!({"name": "bench", "template": "open-day", "recipients_csv": csv, "start": "now"}))
+        .send()
+        .await?
+        .json()
+        .await?;
+    v["id"].as_i64().context("campaign not created")
+}
+
+/// The campaign once every number's answer is stored (or after a minute).
+async fn all_sent(
+    client: &reqwest::Client,
+    http: &str,
+    token: &str,
+    id: i64,
+    n: usize,
+) -> anyhow::Result<Value> {
+    let t1 = Instant::now();
+    loop {
+        let c: Value = client
+            .get(format!("{http}/api/v1/campaigns/{id}"))
+            .bearer_auth(token)
+            .send()
+            .await?
+            .json()
+            .await?;
+        if c["counts"]["sent"].as_u64() == Some(n as u64) || t1.elapsed() > Duration::from_secs(60)
+        {
+            return Ok(c);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `marquee-bench sms-batch`.
 pub async fn run(n: usize, batch: usize, in_flight: usize, runs: usize) -> anyhow::Result<()> {
     println!(
@@ -128,27 +206,7 @@ pub async fn run(n: usize, batch: usize, in_flight: usize, runs: usize) -> anyho
     for run in 1..=runs.max(1) {
         println!("## run {run}");
         let scratch = Scratch::new()?;
-        super::setup_site(&scratch.0)?;
-        let mqtt = format!("embedded = true\nlisten = \"127.0.0.1:{}\"", free_port()?);
-        let section = format!(
-            "[sms]\nsender = \"12345\"\n[[sms.templates]]\nname = \"open-day\"\ntext = \"{{{{date}}}}政务开放日欢迎您。\"\nids = {{ tc = \"2000001\" }}\n\
-             [[sms.gateways]]\nname = \"tc\"\nkind = \"tencent\"\nurl = \"{url}\"\nregion = \"ap-guangzhou\"\nsdk_app_id = \"{APP}\"\n\
-             sign_name = \"大连政务公开\"\nsecret_id_env = \"BENCH_TC_ID\"\nsecret_key_env = \"BENCH_TC_KEY\"\n\
-             dlr_secret_env = \"BENCH_DLR\"\nbatch_max = {batch}\nin_flight = {in_flight}\nmessages_per_second = 100000\nsegments_per_second = 1000000\ntimeout = \"30s\"\n"
-        );
-        let d = super::daemon_with(
-            &scratch.0,
-            &mqtt,
-            &section,
-            &[
-                ("BENCH_TC_ID", SECRET_ID),
-                ("BENCH_TC_KEY", SECRET_KEY),
-                ("BENCH_DLR", "bench-dlr-secret-0123456789"),
-            ],
-        )?;
-        let token = std::fs::read_to_string(d.data.join("admin.token"))?
-            .trim()
-            .to_owned();
+        let (d, token) = start(&scratch.0, &url, batch, in_flight)?;
         let pid = d.proc.0.id();
         let cpu0 = cpu_secs("self");
         let base = baseline(&url, n, batch, in_flight).await?;
@@ -156,67 +214,19 @@ pub async fn run(n: usize, batch: usize, in_flight: usize, runs: usize) -> anyho
         println!(
             "baseline: plain client, {n} numbers in signed batches of {batch}, {in_flight} at once: {base:.0} numbers/s, {client_us:.2} µs CPU per number"
         );
-        let mut csv = String::from("number,date\n");
-        for i in 0..n {
-            csv.push_str(&format!("138{i:08},5月15日\n"));
-        }
         let before = count().await?;
         let client = marquee::http_client()
             .timeout(Duration::from_secs(600))
             .build()?;
-        let v: Value = client
-            .post(format!("{}/api/v1/campaigns", d.http))
-            .bearer_auth(&token)
-            .json(&json!({"name": "bench", "template": "open-day", "recipients_csv": csv, "start": "now"}))
-            .send()
-            .await?
-            .json()
-            .await?;
-        let id = v["id"].as_i64().context("campaign not created")?;
+        let id = create(&client, &d.http, &token, n).await?;
         let cpu0 = cpu_secs(&pid.to_string());
-        let t0 = Instant::now();
-        let (mut lo, mut hi) = (None::<(Instant, u64)>, None::<(Instant, u64)>);
-        loop {
-            let got = count().await? - before;
-            let now = Instant::now();
-            if lo.is_none() && got as usize >= n / 10 {
-                lo = Some((now, got));
-            }
-            if hi.is_none() && got as usize >= n * 9 / 10 {
-                hi = Some((now, got));
-            }
-            if got as usize >= n {
-                break;
-            }
-            if t0.elapsed() > Duration::from_secs(600) {
-                bail!("only {got} of {n} after 600 s");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let total = t0.elapsed().as_secs_f64();
-        let sustained = match (lo, hi) {
-            (Some((t1, c1)), Some((t2, c2))) if t2 > t1 => {
-                (c2 - c1) as f64 / (t2 - t1).as_secs_f64()
-            }
-            _ => n as f64 / total,
-        };
+        let (sustained, total, _, _) =
+            super::sms::follow(pid, n, Duration::from_secs(600), || async {
+                Ok(count().await? - before)
+            })
+            .await?;
         // Wait until every answer is stored, then read the CPU.
-        let t1 = Instant::now();
-        let c = loop {
-            let c: Value = client
-                .get(format!("{}/api/v1/campaigns/{id}", d.http))
-                .bearer_auth(&token)
-                .send()
-                .await?
-                .json()
-                .await?;
-            if c["counts"]["sent"].as_u64() == Some(n as u64)
-                || t1.elapsed() > Duration::from_secs(60)
-            {
-                break c;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let c = all_sent(&client, &d.http, &token, id, n).await?;
         let daemon_us = (cpu_secs(&pid.to_string()) - cpu0) * 1e6 / n as f64;
         println!(
             "marquee: {n} numbers in {total:.1} s, sustained {sustained:.0} numbers/s (10–90 %), ratio to the baseline {:.2}; daemon CPU {daemon_us:.2} µs per number (store, pacing, signing, HTTP) vs plain client {client_us:.2} µs",

@@ -37,6 +37,31 @@ struct Run {
     alert_ms: Vec<f64>,
 }
 
+/// Raises an alert every half second until `stop`; how long each took to be answered, in ms.
+async fn drills(http: String, token: String, stop: Arc<AtomicBool>) -> Vec<f64> {
+    let Ok(client) = marquee::http_client().build() else {
+        return Vec::new();
+    };
+    let mut ms = Vec::new();
+    let mut i = 0;
+    while !stop.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        i += 1;
+        let t = Instant::now();
+        let ok = client
+            .post(format!("{http}/api/v1/alerts"))
+            .bearer_auth(&token)
+            .json(&json!({"text": {"en": format!("drill {i}")}, "expires_in": "1m"}))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    ms
+}
+
 async fn one(list: &Path, upload: bool, limit_mib: u64) -> anyhow::Result<Run> {
     let scratch = Scratch::new()?;
     let dir = &scratch.0;
@@ -61,28 +86,7 @@ async fn one(list: &Path, upload: bool, limit_mib: u64) -> anyhow::Result<Run> {
     let idle_mb = peak_kb(pid) as f64 / 1024.0;
     // Alerts raised while the import runs, each timed until its answer.
     let done = Arc::new(AtomicBool::new(false));
-    let (http, tok, stop) = (d.http.clone(), token.clone(), done.clone());
-    let alerts = tokio::spawn(async move {
-        let client = marquee::http_client().build().unwrap();
-        let mut ms = Vec::new();
-        let mut i = 0;
-        while !stop.load(Ordering::Relaxed) {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-            i += 1;
-            let t = Instant::now();
-            let ok = client
-                .post(format!("{http}/api/v1/alerts"))
-                .bearer_auth(&tok)
-                .json(&json!({"text": {"en": format!("drill {i}")}, "expires_in": "1m"}))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
-                ms.push(t.elapsed().as_secs_f64() * 1000.0);
-            }
-        }
-        ms
-    });
+    let alerts = tokio::spawn(drills(d.http.clone(), token.clone(), done.clone()));
     let t0 = Instant::now();
     let bytes = std::fs::read(list)?;
     let body = if upload {

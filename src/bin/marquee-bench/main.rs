@@ -85,8 +85,6 @@ enum Scenario {
         #[arg(long, default_value_t = 7)]
         runs: usize,
     },
-    /// SMS campaign through a minimal local gateway (a separate process answering 202 at once);
-    /// baseline: a plain keep-alive HTTP client sending the same requests.
     /// A template campaign through a stand-in that takes Tencent `SendSms` batches, next to a
     /// plain client sending the same signed batches.
     SmsBatch {
@@ -110,6 +108,8 @@ enum Scenario {
         #[arg(long)]
         port: u16,
     },
+    /// SMS campaign through a minimal local gateway (a separate process answering 202 at once);
+    /// baseline: a plain keep-alive HTTP client sending the same requests.
     SmsFake {
         /// Recipients.
         #[arg(long, default_value_t = 1_000_000)]
@@ -510,74 +510,72 @@ enum Kind {
     Baseline { seq: u64 },
 }
 
-/// Connects `n` simulated agents (in waves, as a fleet coming up does).
-async fn fleet(
-    n: usize,
+/// A loopback client of the bench's broker.
+fn bench_client(client_id: String, port: u16, subscriptions: Vec<String>) -> ClientOptions {
+    ClientOptions {
+        client_id,
+        brokers: vec![("127.0.0.1".into(), port)],
+        credentials: None,
+        keep_alive: Duration::from_secs(60),
+        max_packet: 4 << 20,
+        subscriptions,
+        last_will: None,
+        tls: None,
+    }
+}
+
+/// Simulated agent `i`: reads (and verifies, with [`Check::Verify`]) what it gets, and tells
+/// `tx` when.
+fn agent(
+    i: usize,
     port: u16,
     key: PublicKey,
     check: Check,
     cancel: &CancellationToken,
-) -> anyhow::Result<mpsc::Receiver<Seen>> {
-    let (tx, mut rx) = mpsc::channel::<Seen>(1 << 20);
-    let (out_tx, out_rx) = mpsc::channel::<Seen>(1 << 20);
-    for i in 0..n {
-        let (_handle, mut events) = mqtt::connect(
-            ClientOptions {
-                client_id: format!("bench-agent-{i}"),
-                brokers: vec![("127.0.0.1".into(), port)],
-                credentials: None,
-                keep_alive: Duration::from_secs(60),
-                max_packet: 4 << 20,
-                subscriptions: vec![LOBBY.into(), ALERT_ALL.into(), BASELINE.into()],
-                last_will: None,
-                tls: None,
-            },
-            cancel.child_token(),
-        );
-        let tx = tx.clone();
-        let key = key.clone();
-        tokio::spawn(async move {
-            while let Some(ev) = events.recv().await {
-                let at = Instant::now();
-                let at_utc = Utc::now();
-                let kind = match ev {
-                    MqttEvent::Connected => Kind::Connected,
-                    // The baseline carries a copy of the lobby's signed bytes, so an agent does
-                    // the same work for it as for the daemon's own publish.
-                    MqttEvent::Message { topic, payload, .. } if topic == BASELINE => {
-                        match read(check, &key, LOBBY, &payload, at_utc) {
-                            Some(Kind::Timeline { version, .. }) => Kind::Baseline { seq: version },
-                            _ => continue,
-                        }
+    tx: mpsc::Sender<Seen>,
+) {
+    let subscriptions = vec![LOBBY.into(), ALERT_ALL.into(), BASELINE.into()];
+    let (_handle, mut events) = mqtt::connect(
+        bench_client(format!("bench-agent-{i}"), port, subscriptions),
+        cancel.child_token(),
+    );
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            let at = Instant::now();
+            let at_utc = Utc::now();
+            let kind = match ev {
+                MqttEvent::Connected => Kind::Connected,
+                // The baseline carries a copy of the lobby's signed bytes, so an agent does
+                // the same work for it as for the daemon's own publish.
+                MqttEvent::Message { topic, payload, .. } if topic == BASELINE => {
+                    match read(check, &key, LOBBY, &payload, at_utc) {
+                        Some(Kind::Timeline { version, .. }) => Kind::Baseline { seq: version },
+                        _ => continue,
                     }
-                    MqttEvent::Message { topic, payload, .. } if !payload.is_empty() => {
-                        match read(check, &key, &topic, &payload, at_utc) {
-                            Some(k) => k,
-                            None => continue,
-                        }
-                    }
-                    _ => continue,
-                };
-                if tx
-                    .send(Seen {
-                        agent: i,
-                        kind,
-                        at,
-                        at_utc,
-                    })
-                    .await
-                    .is_err()
-                {
-                    return;
                 }
+                MqttEvent::Message { topic, payload, .. } if !payload.is_empty() => {
+                    match read(check, &key, &topic, &payload, at_utc) {
+                        Some(k) => k,
+                        None => continue,
+                    }
+                }
+                _ => continue,
+            };
+            let seen = Seen {
+                agent: i,
+                kind,
+                at,
+                at_utc,
+            };
+            if tx.send(seen).await.is_err() {
+                return;
             }
-        });
-        if i % 200 == 199 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
         }
-    }
-    drop(tx);
-    // Wait for every agent to connect, then pass everything else through.
+    });
+}
+
+/// Waits until each of the `n` agents connected; what they saw meanwhile.
+async fn all_connected(rx: &mut mpsc::Receiver<Seen>, n: usize) -> anyhow::Result<Vec<Seen>> {
     let mut connected = vec![false; n];
     let mut up = 0;
     let deadline = Instant::now() + DEADLINE;
@@ -598,6 +596,28 @@ async fn fleet(
             _ => bail!("only {up} of {n} simulated agents connected within {DEADLINE:?}"),
         }
     }
+    Ok(early)
+}
+
+/// Connects `n` simulated agents (in waves, as a fleet coming up does).
+async fn fleet(
+    n: usize,
+    port: u16,
+    key: PublicKey,
+    check: Check,
+    cancel: &CancellationToken,
+) -> anyhow::Result<mpsc::Receiver<Seen>> {
+    let (tx, mut rx) = mpsc::channel::<Seen>(1 << 20);
+    let (out_tx, out_rx) = mpsc::channel::<Seen>(1 << 20);
+    for i in 0..n {
+        agent(i, port, key.clone(), check, cancel, tx.clone());
+        if i % 200 == 199 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+    }
+    drop(tx);
+    // Wait for every agent to connect, then pass everything else through.
+    let early = all_connected(&mut rx, n).await?;
     for s in early {
         out_tx.send(s).await?;
     }
@@ -726,16 +746,7 @@ async fn fanout(agents: usize, runs: usize, embedded: bool, check: Check) -> any
     until_all(&mut rx, agents, |k| matches!(k, Kind::Timeline { .. })).await?;
     // Publisher for the baseline.
     let (publisher, _pub_events) = mqtt::connect(
-        ClientOptions {
-            client_id: "bench-baseline".into(),
-            brokers: vec![("127.0.0.1".into(), port)],
-            credentials: None,
-            keep_alive: Duration::from_secs(60),
-            max_packet: 4 << 20,
-            subscriptions: vec![],
-            last_will: None,
-            tls: None,
-        },
+        bench_client("bench-baseline".into(), port, Vec::new()),
         cancel.child_token(),
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -744,43 +755,7 @@ async fn fanout(agents: usize, runs: usize, embedded: bool, check: Check) -> any
         "run | edit→all agents p50/p99/max ms | publish→all agents p50/p99/max ms | baseline publish→all p50/p99/max ms"
     );
     for run in 1..=runs {
-        // Edit → new signed timeline at every agent.
-        let held = lobby_published(&d).map_or(0, |(v, _)| v);
-        let t0 = Instant::now();
-        write_playlist(dir, run)?;
-        let got = until_all(
-            &mut rx,
-            agents,
-            |k| matches!(k, Kind::Timeline { version: v, .. } if *v > held),
-        )
-        .await?;
-        let edit = stats(
-            got.iter()
-                .map(|(at, _, _)| at.duration_since(t0).as_secs_f64() * 1000.0)
-                .collect(),
-        );
-        let publ = stats(
-            got.iter()
-                .filter_map(|(_, utc, issued)| {
-                    issued.map(|i| (*utc - i).num_microseconds().unwrap_or(0) as f64 / 1000.0)
-                })
-                .collect(),
-        );
-        // Baseline: the same bytes, retained, published once by a plain client.
-        let (version, payload) = lobby_published(&d).context("the lobby timeline is not stored")?;
-        let t1 = Instant::now();
-        publisher.publish(BASELINE, payload, true)?;
-        let got = until_all(
-            &mut rx,
-            agents,
-            |k| matches!(k, Kind::Baseline { seq } if *seq == version),
-        )
-        .await?;
-        let base = stats(
-            got.iter()
-                .map(|(at, _, _)| at.duration_since(t1).as_secs_f64() * 1000.0)
-                .collect(),
-        );
+        let (edit, publ, base) = fanout_run(&mut rx, agents, &d, dir, run, &publisher).await?;
         println!(
             "{run} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1}",
             edit.p50,
@@ -806,6 +781,54 @@ async fn fanout(agents: usize, runs: usize, embedded: bool, check: Check) -> any
     );
     cancel.cancel();
     Ok(())
+}
+
+/// One fan-out run: an edit to every agent (from the file's write, and from the timeline's
+/// signing), then the same bytes published by a plain client (the baseline); their latencies.
+async fn fanout_run(
+    rx: &mut mpsc::Receiver<Seen>,
+    agents: usize,
+    d: &Daemon,
+    dir: &Path,
+    run: usize,
+    publisher: &mqtt::MqttHandle,
+) -> anyhow::Result<(Stats, Stats, Stats)> {
+    let since = |got: &[Receipt], t0: Instant| {
+        stats(
+            got.iter()
+                .map(|(at, _, _)| at.duration_since(t0).as_secs_f64() * 1000.0)
+                .collect(),
+        )
+    };
+    // Edit → new signed timeline at every agent.
+    let held = lobby_published(d).map_or(0, |(v, _)| v);
+    let t0 = Instant::now();
+    write_playlist(dir, run)?;
+    let got = until_all(
+        rx,
+        agents,
+        |k| matches!(k, Kind::Timeline { version: v, .. } if *v > held),
+    )
+    .await?;
+    let edit = since(&got, t0);
+    let publ = stats(
+        got.iter()
+            .filter_map(|(_, utc, issued)| {
+                issued.map(|i| (*utc - i).num_microseconds().unwrap_or(0) as f64 / 1000.0)
+            })
+            .collect(),
+    );
+    // Baseline: the same bytes, retained, published once by a plain client.
+    let (version, payload) = lobby_published(d).context("the lobby timeline is not stored")?;
+    let t1 = Instant::now();
+    publisher.publish(BASELINE, payload, true)?;
+    let got = until_all(
+        rx,
+        agents,
+        |k| matches!(k, Kind::Baseline { seq } if *seq == version),
+    )
+    .await?;
+    Ok((edit, publ, since(&got, t1)))
 }
 
 /// The lobby timeline as last published: its version and signed bytes.
@@ -871,6 +894,29 @@ async fn emergency(agents: usize, runs: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// An agent configuration for the site in `dir`, on the daemon's embedded broker.
+fn agent_config(dir: &Path, d: &Daemon, port: u16) -> anyhow::Result<PathBuf> {
+    let agent_cfg = dir.join("agent.toml");
+    std::fs::write(
+        &agent_cfg,
+        format!(
+            "id = \"bench-1\"\nchannel = \"lobby\"\npublic_key_file = {:?}\ncache_dir = {:?}\nrender = \"jsonl\"\n\
+             [mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n[fallback]\ntext = {{ en = \"x\" }}\n",
+            d.data.join("signing.pub").display().to_string(),
+            dir.join("agent-cache").display().to_string()
+        ),
+    )?;
+    Ok(agent_cfg)
+}
+
+/// `cmd`'s process 3 s after it starts (connected and playing), and its RSS then in kB.
+async fn settled(cmd: &mut Command) -> anyhow::Result<(Proc, u64)> {
+    let p = Proc(cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let rss = rss_kb(p.0.id());
+    Ok((p, rss))
+}
+
 async fn footprint(runs: usize) -> anyhow::Result<()> {
     println!(
         "# footprint: embedded broker, example playlists, {runs} runs, {}",
@@ -892,16 +938,7 @@ async fn footprint(runs: usize) -> anyhow::Result<()> {
         drop(d);
         let d = daemon(dir, &section)?;
         let r = d.ready_after;
-        let agent_cfg = dir.join("agent.toml");
-        std::fs::write(
-            &agent_cfg,
-            format!(
-                "id = \"bench-1\"\nchannel = \"lobby\"\npublic_key_file = {:?}\ncache_dir = {:?}\nrender = \"jsonl\"\n\
-                 [mqtt]\nurl = \"mqtt://127.0.0.1:{port}\"\n[fallback]\ntext = {{ en = \"x\" }}\n",
-                d.data.join("signing.pub").display().to_string(),
-                dir.join("agent-cache").display().to_string()
-            ),
-        )?;
+        let agent_cfg = agent_config(dir, &d, port)?;
         let slim = std::env::current_exe()?.with_file_name("marquee-agent");
         if !slim.exists() {
             bail!(
@@ -909,28 +946,17 @@ async fn footprint(runs: usize) -> anyhow::Result<()> {
                 slim.display()
             );
         }
-        let agent = Proc(
-            Command::new(&slim)
-                .arg("-c")
-                .arg(&agent_cfg)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        );
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let (dr, ar) = (rss_kb(d.proc.0.id()), rss_kb(agent.0.id()));
+        let (agent, ar) = settled(Command::new(&slim).arg("-c").arg(&agent_cfg)).await?;
+        // The daemon idle with one agent connected.
+        let dr = rss_kb(d.proc.0.id());
         drop(agent);
         // The same agent run as a subcommand of the full binary, for comparison.
-        let full = Proc(
+        let (_full, fr) = settled(
             Command::new(std::env::current_exe()?.with_file_name("marquee"))
                 .args(["agent", "-c"])
-                .arg(&agent_cfg)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()?,
-        );
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        let fr = rss_kb(full.0.id());
+                .arg(&agent_cfg),
+        )
+        .await?;
         println!(
             "{run} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1}",
             f.as_secs_f64() * 1000.0,

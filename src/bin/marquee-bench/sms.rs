@@ -196,7 +196,7 @@ async fn get_json(d: &Daemon, path: &str) -> anyhow::Result<Value> {
 
 /// Follows progress through `progress()` (messages at the gateway so far) until `n`, sampling
 /// the daemon's RSS. Returns (sustained msg/s over 10–90 %, total seconds, RSS min/max MB).
-async fn follow<F, Fut>(
+pub(super) async fn follow<F, Fut>(
     pid: u32,
     n: usize,
     limit: Duration,
@@ -333,19 +333,21 @@ pub async fn fake(
         rates.push(sustained);
         ratios.push(sustained / mean);
     }
+    median_line(rates, ratios);
+    drop(gw);
+    Ok(())
+}
+
+/// The closing line: median rate and ratio over the runs, and each run's ratio.
+fn median_line(rates: Vec<f64>, ratios: Vec<f64>) {
+    let each: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
     println!(
         "median of {} runs: sustained {:.0} msg/s, ratio to the baseline {:.2} (runs: {})",
         ratios.len(),
         super::median(rates),
-        super::median(ratios.clone()),
-        ratios
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        super::median(ratios),
+        each.join(", ")
     );
-    drop(gw);
-    Ok(())
 }
 
 /// `marquee-bench sms-kannel`.
@@ -368,31 +370,8 @@ pub async fn kannel(
         &gateway_section(&k.sendsms, in_flight, dlr_mask),
     )?;
     let dlr = baseline_dlr(&d);
-    // Reads only what fakesmsc appended since the last look (a rescan of a growing log would
-    // slow the machine down as the run goes on).
-    let log = std::sync::Mutex::new((0u64, 0u64, 0u64, Vec::<u8>::new()));
-    let received = |k: &crate::kannel::Kannel, what: &str| -> anyhow::Result<u64> {
-        use std::io::{Read, Seek};
-        let mut g = log.lock().unwrap_or_else(|e| e.into_inner());
-        let (offset, base, gov, rest) = &mut *g;
-        let mut f = std::fs::File::open(k.fakesmsc_log())?;
-        f.seek(std::io::SeekFrom::Start(*offset))?;
-        let mut buf = std::mem::take(rest);
-        let n = f.read_to_end(&mut buf)?;
-        *offset += n as u64;
-        let end = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-        for line in String::from_utf8_lossy(&buf[..end]).lines() {
-            if line.contains("Got message") {
-                if line.contains(" text baseline ") {
-                    *base += 1;
-                } else if line.contains(" text Government") {
-                    *gov += 1;
-                }
-            }
-        }
-        *rest = buf[end..].to_vec();
-        Ok(if what == "baseline" { *base } else { *gov })
-    };
+    let log = FakesmscLog::default();
+    let received = |k: &crate::kannel::Kannel, what: &str| log.count(k, what);
     // Both rates are measured the same way: until fakesmsc has every message (Kannel answers
     // 202 once bearerbox has queued a message, before it reaches the SMSC).
     let t0 = Instant::now();
@@ -427,6 +406,11 @@ pub async fn kannel(
         n as f64 / total,
         n as f64 / total / base
     );
+    exactly_once(&k, n, &c["counts"])
+}
+
+/// Fails unless fakesmsc got the campaign's text once for each of `n` recipients.
+fn exactly_once(k: &crate::kannel::Kannel, n: usize, counts: &Value) -> anyhow::Result<()> {
     let got = k
         .received()
         .into_iter()
@@ -440,14 +424,45 @@ pub async fn kannel(
         );
     let twice = got.values().filter(|&&c| c > 1).count();
     println!(
-        "check: {} distinct recipients at fakesmsc (expected {n}), {twice} received twice; campaign counts {}",
+        "check: {} distinct recipients at fakesmsc (expected {n}), {twice} received twice; campaign counts {counts}",
         got.len(),
-        c["counts"]
     );
     if got.len() != n || twice > 0 {
         bail!("lost or duplicated messages");
     }
     Ok(())
+}
+
+/// fakesmsc's log, read only where it grew since the last look (a rescan of a growing log
+/// would slow the machine down as the run goes on): the offset read to, the baseline's and the
+/// campaign's messages counted, and a partial last line.
+#[derive(Default)]
+struct FakesmscLog(std::sync::Mutex<(u64, u64, u64, Vec<u8>)>);
+
+impl FakesmscLog {
+    /// Messages of `what` (`baseline`, else the campaign) fakesmsc got so far.
+    fn count(&self, k: &crate::kannel::Kannel, what: &str) -> anyhow::Result<u64> {
+        use std::io::{Read, Seek};
+        let mut g = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (offset, base, gov, rest) = &mut *g;
+        let mut f = std::fs::File::open(k.fakesmsc_log())?;
+        f.seek(std::io::SeekFrom::Start(*offset))?;
+        let mut buf = std::mem::take(rest);
+        let n = f.read_to_end(&mut buf)?;
+        *offset += n as u64;
+        let end = buf.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+        for line in String::from_utf8_lossy(&buf[..end]).lines() {
+            if line.contains("Got message") {
+                if line.contains(" text baseline ") {
+                    *base += 1;
+                } else if line.contains(" text Government") {
+                    *gov += 1;
+                }
+            }
+        }
+        *rest = buf[end..].to_vec();
+        Ok(if what == "baseline" { *base } else { *gov })
+    }
 }
 
 /// `marquee-bench sms-store`: the dispatcher's store work alone (no HTTP): a campaign of `n`
