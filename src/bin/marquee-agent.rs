@@ -1,6 +1,8 @@
 //! `marquee-agent`: the display agent alone. The same code as `marquee agent`, in a binary that
 //! carries none of the daemon (broker, HTTP API, SMS, phone-number metadata), so a screen's
 //! player maps and relocates less memory. Exit codes as `marquee`: 0, 1, 2 usage, 78 bad config.
+// Functions stay short enough to read at once (clippy.toml: at most 80 lines; tests aside).
+#![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -97,23 +97,12 @@ fn utf16be(b: &[u8]) -> String {
     String::from_utf16_lossy(&units)
 }
 
-impl Kannel {
-    /// Starts Kannel with its config and logs in `dir`.
-    pub async fn start(dir: &Path) -> Kannel {
-        for bin in [
-            "/usr/sbin/bearerbox",
-            "/usr/sbin/smsbox",
-            "/usr/lib/kannel/test/fakesmsc",
-        ] {
-            assert!(
-                std::path::Path::new(bin).exists(),
-                "{bin} is missing: install the Debian packages kannel and kannel-extras (scripts/test does)"
-            );
-        }
-        let d = dir.display().to_string();
-        let (admin, smsbox, smsc, sendsms) = (free_port(), free_port(), free_port(), free_port());
-        let conf = format!(
-            r#"group = core
+/// Kannel's configuration for one bearerbox, one smsbox, a fake SMSC and our sendsms user, all
+/// on loopback ports, logging into `dir`.
+fn write_config(dir: &Path, admin: u16, smsbox: u16, smsc: u16, sendsms: u16) -> PathBuf {
+    let d = dir.display().to_string();
+    let conf = format!(
+        r#"group = core
 admin-port = {admin}
 admin-interface = 127.0.0.1
 admin-password = adminpass
@@ -150,9 +139,27 @@ user-allow-ip = "127.0.0.1"
 concatenation = true
 max-messages = 10
 "#
-        );
-        let conf_path = dir.join("kannel.conf");
-        std::fs::write(&conf_path, conf).unwrap();
+    );
+    let conf_path = dir.join("kannel.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    conf_path
+}
+
+impl Kannel {
+    /// Starts Kannel with its config and logs in `dir`.
+    pub async fn start(dir: &Path) -> Kannel {
+        for bin in [
+            "/usr/sbin/bearerbox",
+            "/usr/sbin/smsbox",
+            "/usr/lib/kannel/test/fakesmsc",
+        ] {
+            assert!(
+                std::path::Path::new(bin).exists(),
+                "{bin} is missing: install the Debian packages kannel and kannel-extras (scripts/test does)"
+            );
+        }
+        let (admin, smsbox, smsc, sendsms) = (free_port(), free_port(), free_port(), free_port());
+        let conf_path = write_config(dir, admin, smsbox, smsc, sendsms);
         let root = dir.to_path_buf();
         let spawn = |cmd: &mut Command, out: &str| {
             let f = std::fs::File::create(root.join(out)).unwrap();
@@ -215,9 +222,15 @@ max-messages = 10
                 .arg(&conf_path),
             "smsbox.out",
         ));
+        k.wait_online(&client).await;
+        k
+    }
+
+    /// Waits until the fake SMSC is online, smsbox connected and sendsms answering.
+    async fn wait_online(&self, client: &reqwest::Client) {
         wait_for("the fake SMSC online and smsbox connected", || async {
             let s = client
-                .get(&admin_url)
+                .get(&self.admin)
                 .send()
                 .await
                 .ok()?
@@ -227,12 +240,10 @@ max-messages = 10
             (s.contains("(online") && s.contains("smsbox:")).then_some(())
         })
         .await;
-        let sendsms_url = k.sendsms.clone();
         wait_for("sendsms answering", || async {
-            (client.get(&sendsms_url).send().await.ok()?.status() == 403).then_some(())
+            (client.get(&self.sendsms).send().await.ok()?.status() == 403).then_some(())
         })
         .await;
-        k
     }
 
     pub fn fakesmsc_log(&self) -> PathBuf {
