@@ -214,8 +214,52 @@ impl KeyPair {
 
 /// Signs `body` into envelope bytes ready to publish.
 pub fn sign(keys: &KeyPair, body: &SignedBody) -> Vec<u8> {
-    let body_json = serde_json::to_string(body).expect("a signed body always serialises");
-    let raw = RawValue::from_string(body_json).expect("serde_json output is valid JSON");
+    envelope(keys, body)
+}
+
+/// [`sign`] of a [`Signed::Timeline`] whose timeline is already serialised
+/// (`serde_json::to_string(&timeline)`): the same bytes, with the timeline encoded once for
+/// the envelope and the daemon's stored copy.
+pub fn sign_timeline(
+    keys: &KeyPair,
+    topic: &str,
+    version: u64,
+    issued_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    timeline_json: &RawValue,
+) -> Vec<u8> {
+    // The shape serde gives `SignedBody` with `Signed::Timeline` (tag `kind`, content `data`).
+    #[derive(Serialize)]
+    struct Payload<'a> {
+        kind: &'static str,
+        data: &'a RawValue,
+    }
+    #[derive(Serialize)]
+    struct Body<'a> {
+        topic: &'a str,
+        version: u64,
+        issued_at: DateTime<Utc>,
+        expires_at: DateTime<Utc>,
+        payload: Payload<'a>,
+    }
+    let body = Body {
+        topic,
+        version,
+        issued_at,
+        expires_at,
+        payload: Payload {
+            kind: "timeline2",
+            data: timeline_json,
+        },
+    };
+    envelope(keys, &body)
+}
+
+/// The envelope of `body`: serialised once, with the key's id and its signature over exactly
+/// those bytes.
+fn envelope(keys: &KeyPair, body: &impl Serialize) -> Vec<u8> {
+    // Serialised straight into a raw value (not parsed back to check it: serde_json wrote it).
+    let raw = serde_json::value::to_raw_value(body).expect("a signed body always serialises");
     let sig = keys.signing.sign(raw.get().as_bytes());
     serde_json::to_vec(&EnvelopeOut {
         v: 1,
@@ -311,6 +355,42 @@ mod tests {
     }
 
     const T: &str = "marquee/v1/channel/lobby/timeline";
+
+    #[test]
+    fn a_timeline_signed_from_its_json_is_the_same_envelope() {
+        use crate::wire::timeline::{Item, Segment, Tier};
+        let item = |id: &str, text: &str| Item {
+            id: id.into(),
+            playlist: "open-day".into(),
+            seconds: 8,
+            text: std::sync::Arc::new([("zh".to_owned(), text.to_owned())].into()),
+        };
+        let mut b = body(T, 7);
+        let Signed::Timeline(tl) = &mut b.payload else {
+            unreachable!()
+        };
+        tl.segments.push(Segment {
+            from: now(),
+            until: now() + Duration::hours(2),
+            tier: Some(Tier::Interrupt),
+            playlists: vec!["open-day".into()].into(),
+            items: vec![
+                item("a", "欢迎 \"开放日\""),
+                item("b", "二"),
+                item("a", "欢迎 \"开放日\""),
+            ]
+            .into(),
+        });
+        let json = serde_json::to_string(tl).unwrap();
+        let raw = RawValue::from_string(json).unwrap();
+        let k = keys(1);
+        assert_eq!(
+            sign_timeline(&k, T, 7, b.issued_at, b.expires_at, &raw),
+            sign(&k, &b)
+        );
+        let read = verify(k.public(), T, &sign(&k, &b), None, now()).unwrap();
+        assert_eq!(read, b);
+    }
 
     #[test]
     fn signed_payload_verifies() {

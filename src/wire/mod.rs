@@ -10,6 +10,8 @@ pub mod envelope;
 pub mod timeline;
 pub mod topic;
 
-pub use envelope::{KeyPair, PublicKey, Signed, SignedBody, WireError, sign, verify};
+pub use envelope::{
+    KeyPair, PublicKey, Signed, SignedBody, WireError, sign, sign_timeline, verify,
+};
 pub use timeline::{Item, Segment, Target, Tier, Timeline};
 pub use topic::{Topic, valid_name};

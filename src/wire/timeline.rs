@@ -147,20 +147,42 @@ struct SegmentWire {
 
 impl From<Timeline> for TimelineWire {
     fn from(t: Timeline) -> TimelineWire {
+        // Loop entries of one item share its `Arc`s: looked up by those pointers first (cheap to
+        // hash), an item is hashed by value once per distinct set of pointers, not once per loop
+        // entry. Equal items behind other pointers still get one table entry.
+        let mut by_ptr: std::collections::HashMap<(usize, usize, usize, u32), u32> =
+            std::collections::HashMap::new();
         let mut index: std::collections::HashMap<&Item, u32> = std::collections::HashMap::new();
         let mut items: Vec<Item> = Vec::new();
         let mut loops: Vec<Vec<u32>> = Vec::with_capacity(t.segments.len());
+        // Segments won by the same playlists share one loop (`Arc<[Item]>`): indexed once.
+        let mut by_loop: std::collections::HashMap<(usize, usize), Vec<u32>> =
+            std::collections::HashMap::new();
         for seg in &t.segments {
-            let looped = seg
+            let key = (seg.items.as_ptr() as usize, seg.items.len());
+            if let Some(looped) = by_loop.get(&key) {
+                loops.push(looped.clone());
+                continue;
+            }
+            let looped: Vec<u32> = seg
                 .items
                 .iter()
                 .map(|it| {
-                    *index.entry(it).or_insert_with(|| {
-                        items.push(it.clone());
-                        (items.len() - 1) as u32
+                    let ptrs = (
+                        Arc::as_ptr(&it.id) as *const u8 as usize,
+                        Arc::as_ptr(&it.playlist) as *const u8 as usize,
+                        Arc::as_ptr(&it.text) as usize,
+                        it.seconds,
+                    );
+                    *by_ptr.entry(ptrs).or_insert_with(|| {
+                        *index.entry(it).or_insert_with(|| {
+                            items.push(it.clone());
+                            (items.len() - 1) as u32
+                        })
                     })
                 })
                 .collect();
+            by_loop.insert(key, looped.clone());
             loops.push(looped);
         }
         let segments = t
