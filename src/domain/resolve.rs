@@ -36,7 +36,8 @@ pub enum TargetRef<'a> {
 }
 
 impl TargetRef<'_> {
-    fn matches(&self, p: &Playlist) -> bool {
+    /// Whether `p` plays on this target: the only playlists its resolution reads.
+    pub fn matches(&self, p: &Playlist) -> bool {
         match *self {
             TargetRef::Channel(c) => p.channels.iter().any(|x| x == c),
             TargetRef::Display { id, channel } => {

@@ -15,7 +15,7 @@ pub mod catalog;
 pub mod events;
 pub mod files;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,8 +61,10 @@ const RESTORE_INTERVAL: Duration = Duration::from_secs(1);
 const CLEAR_LIFETIME: chrono::Duration = chrono::Duration::days(365);
 
 /// Quiet time after a complete change (a file closed after writing or renamed into place, an
-/// API save, SIGHUP): long enough to take a multi-file checkout in one reload.
-const SETTLE: Duration = Duration::from_millis(20);
+/// API save, SIGHUP): long enough to take a multi-file checkout in one reload (`git` writes a
+/// checkout's files back to back, well under a millisecond apart), short beside the 50 ms an
+/// edit may take to reach the screens' broker.
+const SETTLE: Duration = Duration::from_millis(10);
 
 /// A directory that keeps changing is reloaded after this many debounces at the latest.
 const MAX_HOLD_DEBOUNCES: u32 = 10;
@@ -85,6 +87,10 @@ pub struct Scheduler {
     metrics: Metrics,
     catalog_tx: watch::Sender<Arc<Catalog>>,
     published: BTreeMap<String, Published>,
+    /// The timeline last published on a topic, as published (what `published` holds as JSON),
+    /// so deciding whether a new one differs does not decode it again; dropped when anything
+    /// else is recorded on the topic.
+    held: HashMap<String, Timeline>,
     recent: HashMap<String, VecDeque<(Instant, [u8; 32])>>,
     /// Per topic: when it was last restored, and whether another restore is waiting.
     restores: HashMap<String, (Instant, bool)>,
@@ -132,10 +138,74 @@ const MAX_ADOPTED_JUMP: u64 = 1_000_000_000;
 /// The file of the version high-water mark.
 pub const HIGH_WATER_FILE: &str = "versions.hwm";
 
+/// The targets a publishing pass resolves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every target: at start, on (re)connection and on the periodic pass.
+    All,
+    /// The targets that some playlists (the versions before and after a reload of the files
+    /// that changed) can affect: their channels, every display on those channels, and the
+    /// displays they name. A target's timeline is resolved from the playlists that match it
+    /// (`TargetRef::matches`) and nothing else, so no other target's timeline can differ from
+    /// the one it holds; what time alone changes there, the periodic pass publishes.
+    Touched {
+        /// Channels named by a changed playlist.
+        channels: BTreeSet<String>,
+        /// Displays named by a changed playlist.
+        displays: BTreeSet<String>,
+    },
+}
+
+impl Scope {
+    /// The scope of a reload that changed `playlists` (old and new versions).
+    pub fn touched<'a>(playlists: impl Iterator<Item = &'a Playlist>) -> Scope {
+        let (mut channels, mut displays) = (BTreeSet::new(), BTreeSet::new());
+        for p in playlists {
+            channels.extend(p.channels.iter().cloned());
+            displays.extend(p.displays.iter().cloned());
+        }
+        Scope::Touched { channels, displays }
+    }
+
+    fn includes(&self, t: &Target) -> bool {
+        match self {
+            Scope::All => true,
+            Scope::Touched { channels, displays } => {
+                channels.contains(&t.channel)
+                    || matches!(&t.topic, Topic::DisplayTimeline(d) if displays.contains(d))
+            }
+        }
+    }
+}
+
 /// A target with its topic.
 struct Target {
     topic: Topic,
     channel: String,
+}
+
+impl Target {
+    fn as_ref(&self) -> TargetRef<'_> {
+        match &self.topic {
+            Topic::DisplayTimeline(d) => TargetRef::Display {
+                id: d,
+                channel: &self.channel,
+            },
+            _ => TargetRef::Channel(&self.channel),
+        }
+    }
+}
+
+/// The playlists that match one of `targets` (what resolving them reads), copied: each copy
+/// computes its windows anew. Every live playlist for [`Scope::All`].
+fn matching<'a>(
+    live: impl Iterator<Item = &'a Playlist>,
+    targets: &[&Target],
+    scope: &Scope,
+) -> Vec<Playlist> {
+    live.filter(|p| *scope == Scope::All || targets.iter().any(|t| t.as_ref().matches(p)))
+        .cloned()
+        .collect()
 }
 
 impl Scheduler {
@@ -180,6 +250,7 @@ impl Scheduler {
             metrics,
             catalog_tx,
             published,
+            held: HashMap::new(),
             recent: HashMap::new(),
             restores: HashMap::new(),
             oversize: HashMap::new(),
@@ -197,40 +268,75 @@ impl Scheduler {
         &self.cfg.schedule.playlists_dir
     }
 
-    /// Re-reads the playlists directory.
-    pub fn reload(&mut self) {
+    /// Re-reads the playlists directory (parsing only the files whose bytes changed); the
+    /// files that changed and the targets they can affect.
+    pub fn reload(&mut self) -> (BTreeSet<PathBuf>, Scope) {
         let previous = self.catalog_tx.borrow().clone();
         let ctx = self.cfg.schedule.validation_context();
-        match Catalog::load(self.playlists_dir(), &ctx, Some(&previous)) {
-            Ok(catalog) => {
-                let mut broken = 0;
-                for (path, state) in &catalog.files {
-                    for e in &state.errors {
-                        tracing::error!("{e}");
-                    }
-                    if !state.errors.is_empty() {
-                        broken += 1;
-                        if state.good.is_some() {
-                            tracing::warn!(file = %path.display(), "keeping the last good version of this playlist live");
-                        }
-                    }
-                }
-                let live = catalog.playlists().len();
-                self.metrics.reloads.inc();
-                self.metrics.playlists_live.set(live as i64);
-                self.metrics.playlist_errors.set(broken);
-                tracing::info!(live, broken, dir = %self.playlists_dir().display(), "playlists loaded");
-                self.catalog_tx.send_replace(Arc::new(catalog));
+        let catalog = match Catalog::load(self.playlists_dir(), &ctx, Some(&previous)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(
+                    dir = %self.playlists_dir().display(),
+                    error = %e,
+                    "cannot read the playlists directory; keeping every playlist as it was"
+                );
+                return (BTreeSet::new(), Scope::touched(std::iter::empty()));
             }
-            Err(e) => tracing::error!(
-                dir = %self.playlists_dir().display(),
-                error = %e,
-                "cannot read the playlists directory; keeping every playlist as it was"
-            ),
+        };
+        let changed = catalog.changed(&previous);
+        let mut broken = 0;
+        for (path, state) in &catalog.files {
+            if !state.errors.is_empty() {
+                broken += 1;
+            }
+            if !changed.contains(path) {
+                continue;
+            }
+            for e in &state.errors {
+                tracing::error!("{e}");
+            }
+            if !state.errors.is_empty() && state.good.is_some() {
+                tracing::warn!(file = %path.display(), "keeping the last good version of this playlist live");
+            }
         }
+        let live = catalog.live().count();
+        self.metrics.reloads.inc();
+        self.metrics.playlists_live.set(live as i64);
+        self.metrics.playlist_errors.set(broken);
+        tracing::info!(live, broken, changed = changed.len(), dir = %self.playlists_dir().display(), "playlists loaded");
+        let good = |c: &Catalog, path: &PathBuf| {
+            c.files
+                .get(path)
+                .and_then(|s| s.good.as_ref().map(|(p, _)| p.clone()))
+        };
+        let touched: Vec<Playlist> = changed
+            .iter()
+            .flat_map(|path| [good(&previous, path), good(&catalog, path)])
+            .flatten()
+            .collect();
+        self.catalog_tx.send_replace(Arc::new(catalog));
+        (changed, Scope::touched(touched.iter()))
     }
 
-    /// Stores the live sources (if they changed) for the next start.
+    /// Stores the live sources of the files a reload changed, for the next start.
+    fn persist_changed(&self, changed: &BTreeSet<PathBuf>) -> anyhow::Result<()> {
+        let catalog = self.catalog_tx.borrow().clone();
+        let (mut set, mut removed) = (Vec::new(), Vec::new());
+        for path in changed {
+            let key = path.display().to_string();
+            match catalog.files.get(path).and_then(|s| s.good.as_ref()) {
+                Some((_, src)) => set.push((key, src.clone())),
+                None => removed.push(key),
+            }
+        }
+        if !set.is_empty() || !removed.is_empty() {
+            self.store.update_good_playlists(&set, &removed)?;
+        }
+        Ok(())
+    }
+
+    /// Stores the live sources (if they differ from the stored ones) for the next start.
     fn persist_good(&self) -> anyhow::Result<()> {
         let good = self.catalog_tx.borrow().good_sources();
         if self.store.good_playlists()? != good {
@@ -239,7 +345,7 @@ impl Scheduler {
         Ok(())
     }
 
-    fn targets(&self, playlists: &[Playlist]) -> Vec<Target> {
+    fn targets<'a>(&self, playlists: impl Iterator<Item = &'a Playlist> + Clone) -> Vec<Target> {
         let mut out: Vec<Target> = self
             .cfg
             .schedule
@@ -251,7 +357,7 @@ impl Scheduler {
             })
             .collect();
         for (display, channel) in &self.cfg.schedule.displays {
-            if playlists.iter().any(|p| p.displays.contains(display)) {
+            if playlists.clone().any(|p| p.displays.contains(display)) {
                 out.push(Target {
                     topic: Topic::DisplayTimeline(display.clone()),
                     channel: channel.clone(),
@@ -261,28 +367,29 @@ impl Scheduler {
         out
     }
 
-    /// Resolves every target at `now` and publishes what changed. Returns how many new versions
-    /// were published.
-    pub async fn publish_due(&mut self, issued: DateTime<Utc>) -> anyhow::Result<usize> {
+    /// Resolves the targets in `scope` at `now` and publishes what changed; clears display
+    /// timelines no longer targeted. Returns how many new versions were published.
+    pub async fn publish_due(
+        &mut self,
+        issued: DateTime<Utc>,
+        scope: &Scope,
+    ) -> anyhow::Result<usize> {
         // Timelines start on a whole second (readable); the signing time stays precise, since
         // agents measure their apply latency from it.
         let now = issued.trunc_subsecs(0);
-        let playlists = self.catalog_tx.borrow().playlists();
+        let catalog = self.catalog_tx.borrow().clone();
         let horizon = self.cfg.schedule.horizon;
         let prefix = self.cfg.mqtt.topic_prefix.clone();
         let mut count = 0;
-        let targets = self.targets(&playlists);
-        for t in &targets {
-            let target = match &t.topic {
-                Topic::DisplayTimeline(d) => TargetRef::Display {
-                    id: d,
-                    channel: &t.channel,
-                },
-                _ => TargetRef::Channel(&t.channel),
-            };
+        // Which targets exist depends on every playlist; a scoped pass resolves its targets
+        // from the playlists that can match them (a copy each: its windows are computed anew).
+        let targets = self.targets(catalog.live());
+        let chosen: Vec<&Target> = targets.iter().filter(|t| scope.includes(t)).collect();
+        let playlists = matching(catalog.live(), &chosen, scope);
+        for t in chosen {
             let tl = resolve(
                 &playlists,
-                target,
+                t.as_ref(),
                 now,
                 now + horizon,
                 self.cfg.schedule.timezone.name(),
@@ -318,12 +425,11 @@ impl Scheduler {
     }
 
     fn needs_publish(&self, topic: &str, tl: &Timeline, now: DateTime<Utc>) -> bool {
-        needs_publish(
-            self.published.get(topic),
-            tl,
-            now,
-            self.cfg.schedule.horizon,
-        )
+        let horizon = self.cfg.schedule.horizon;
+        match (self.published.get(topic), self.held.get(topic)) {
+            (Some(prev), Some(old)) => differs(old, prev.issued_at, tl, now, horizon),
+            (prev, _) => needs_publish(prev, tl, now, horizon),
+        }
     }
 
     /// The next version of `topic`: above what is stored for it and above the floor.
@@ -366,6 +472,7 @@ impl Scheduler {
         if self.connected {
             self.send(&p.topic, p.payload.clone());
         }
+        self.held.remove(&p.topic);
         self.published.insert(p.topic.clone(), p);
         Ok(())
     }
@@ -377,14 +484,9 @@ impl Scheduler {
         now: DateTime<Utc>,
     ) -> anyhow::Result<()> {
         let version = self.next_version(&topic);
-        let body = SignedBody {
-            topic: topic.clone(),
-            version,
-            issued_at: now,
-            expires_at: tl.until,
-            payload: Signed::Timeline(tl.clone()),
-        };
-        let payload = sign(&self.keys, &body);
+        // Encoded once: the signed payload carries these bytes, the store keeps them.
+        let json = serde_json::value::to_raw_value(&tl)?;
+        let payload = crate::wire::sign_timeline(&self.keys, &topic, version, now, tl.until, &json);
         let size = crate::preview::publish_size(&topic, payload.len());
         if size > self.cfg.mqtt.max_payload {
             // Never sent: one packet over the broker's limit would cost the connection (and
@@ -415,13 +517,14 @@ impl Scheduler {
             "publishing timeline"
         );
         self.record(Published {
-            topic,
+            topic: topic.clone(),
             version,
             payload,
-            body: Some(serde_json::to_string(&tl)?),
+            body: Some(json.get().to_owned()),
             issued_at: now,
         })
         .await?;
+        self.held.insert(topic, tl);
         self.metrics.timelines_published.inc();
         Ok(())
     }
@@ -780,11 +883,13 @@ impl Scheduler {
                 }
                 Some(first) = reloads.recv() => {
                     self.settle(first, &mut reloads).await;
-                    self.reload();
-                    if let Err(e) = tokio::task::block_in_place(|| self.persist_good()) {
+                    let (changed, scope) = self.reload();
+                    let published = self.step_in(&scope).await;
+                    // After publishing (the files are the source of truth; this copy only keeps
+                    // a file that breaks later on its last good version across a restart).
+                    if let Err(e) = tokio::task::block_in_place(|| self.persist_changed(&changed)) {
                         tracing::error!(error = %format!("{e:#}"), "cannot store the live playlists");
                     }
-                    let published = self.step().await;
                     tracing::info!(published, "reload applied");
                 }
                 _ = tokio::time::sleep_until(restore_at.unwrap_or_else(Instant::now).into()), if restore_at.is_some() => {
@@ -823,9 +928,14 @@ impl Scheduler {
         }
     }
 
-    /// Publishes what is due; returns how many new versions went out.
+    /// Publishes what is due on every target; returns how many new versions went out.
     async fn step(&mut self) -> usize {
-        match self.publish_due(Utc::now()).await {
+        self.step_in(&Scope::All).await
+    }
+
+    /// Publishes what is due on the targets of `scope`.
+    async fn step_in(&mut self, scope: &Scope) -> usize {
+        match self.publish_due(Utc::now(), scope).await {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "publishing timelines failed; will retry");
@@ -854,7 +964,18 @@ pub fn needs_publish(
     else {
         return true;
     };
-    let half_used = now >= prev.issued_at + horizon / 2;
+    differs(&old, prev.issued_at, tl, now, horizon)
+}
+
+/// [`needs_publish`] over `old`, the timeline published at `issued_at`.
+fn differs(
+    old: &Timeline,
+    issued_at: DateTime<Utc>,
+    tl: &Timeline,
+    now: DateTime<Utc>,
+    horizon: chrono::Duration,
+) -> bool {
+    let half_used = now >= issued_at + horizon / 2;
     half_used || old.until <= now || old.clipped(now, old.until) != tl.clipped(now, old.until)
 }
 
@@ -903,6 +1024,124 @@ mod tests {
             body: Some(serde_json::to_string(tl).unwrap()),
             issued_at: issued,
         }
+    }
+
+    /// A generated playlist: `seed` picks its tier, channels, displays, window and text.
+    fn generated(id: usize, seed: u64, text: &str) -> Playlist {
+        let tiers = ["fallback", "normal", "normal", "interrupt", "emergency"];
+        let channels: Vec<String> = (0..1 + seed % 3)
+            .map(|k| format!("\"c{}\"", (seed / 3 + k * 7) % 8))
+            .collect();
+        let displays: Vec<String> = (0..seed % 2)
+            .map(|k| format!("\"d{}\"", (seed / 5 + k) % 6))
+            .collect();
+        let start = seed % 20;
+        let src = format!(
+            r#"{{"id": "p{id}", "tier": "{}", "weight": {}, "targets": {{"channels": [{}], "displays": [{}]}},
+                "schedule": [{{"start": "{start:02}:00", "end": "{:02}:30"}}],
+                "items": [{{"id": "a", "text": {{"en": "{text}"}}, "seconds": {}}}]}}"#,
+            tiers[(seed % 5) as usize],
+            1 + seed % 3,
+            channels.join(", "),
+            displays.join(", "),
+            (start + 1 + seed % 4) % 24,
+            5 + seed % 10
+        );
+        let ctx = ValidationContext {
+            channels: (0..8).map(|c| format!("c{c}")).collect(),
+            displays: (0..6)
+                .map(|d| (format!("d{d}"), format!("c{}", d % 8)))
+                .collect(),
+            timezone: chrono_tz::UTC,
+        };
+        Playlist::parse("p.json", None, &src, &ctx).unwrap()
+    }
+
+    /// What a reload's scope leaves out cannot change: over many generated catalogs and edits
+    /// (text, tier and targets changed, a playlist removed or added), every channel and display
+    /// whose resolved timeline differs after the edit is in the scope of the old and new
+    /// versions of the edited playlist.
+    #[test]
+    fn a_reload_resolves_every_target_its_change_can_affect() {
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let now = at(30);
+        let targets: Vec<Target> = (0..8)
+            .map(|c| Target {
+                topic: Topic::ChannelTimeline(format!("c{c}")),
+                channel: format!("c{c}"),
+            })
+            .chain((0..6).map(|d| Target {
+                topic: Topic::DisplayTimeline(format!("d{d}")),
+                channel: format!("c{}", d % 8),
+            }))
+            .collect();
+        let timelines = |set: &[Playlist]| -> Vec<Timeline> {
+            targets
+                .iter()
+                .map(|t| resolve(set, t.as_ref(), now, now + D::hours(48), "UTC"))
+                .collect()
+        };
+        let (mut checked, mut outside, mut changed) = (0, 0, 0);
+        for _ in 0..300 {
+            let before: Vec<Playlist> = (0..12).map(|i| generated(i, next(), "old")).collect();
+            let k = (next() % 13) as usize;
+            let mut after = before.clone();
+            let mut touched: Vec<Playlist> = Vec::new();
+            match next() % 3 {
+                // Removed (or, for k = 12, nothing to remove: an added one below).
+                0 if k < 12 => {
+                    touched.push(after.remove(k));
+                }
+                _ if k == 12 => {
+                    let new = generated(12, next(), "added");
+                    touched.push(new.clone());
+                    after.push(new);
+                }
+                // Edited: a new seed changes its tier, targets, window and text.
+                _ => {
+                    let new = generated(k, next(), "edited");
+                    touched.push(before[k].clone());
+                    touched.push(new.clone());
+                    after[k] = new;
+                }
+            }
+            let scope = Scope::touched(touched.iter());
+            let (old, new) = (timelines(&before), timelines(&after));
+            // The pass resolves its targets from the playlists that match them only.
+            let chosen: Vec<&Target> = targets.iter().filter(|t| scope.includes(t)).collect();
+            let subset = matching(after.iter(), &chosen, &scope);
+            for (i, t) in targets.iter().enumerate() {
+                if scope.includes(t) {
+                    checked += 1;
+                    changed += usize::from(old[i] != new[i]);
+                    let from_subset = resolve(&subset, t.as_ref(), now, now + D::hours(48), "UTC");
+                    assert_eq!(
+                        from_subset, new[i],
+                        "{:?} resolved from too few playlists",
+                        t.topic
+                    );
+                } else {
+                    outside += 1;
+                    assert_eq!(
+                        old[i], new[i],
+                        "{:?} changed outside the reload's scope {scope:?}",
+                        t.topic
+                    );
+                }
+            }
+        }
+        // Both sides were exercised: most targets are left out, some are resolved, and many
+        // of those did change.
+        assert!(
+            checked > 300 && outside > 1000 && changed > 100,
+            "{checked} {outside} {changed}"
+        );
     }
 
     #[test]

@@ -702,6 +702,29 @@ impl Store {
         tx.commit()?;
         Ok(())
     }
+
+    /// Changes the stored good playlist sources in place: `set` written (by path), `removed`
+    /// deleted; one transaction. A reload that touched one file writes one row.
+    pub fn update_good_playlists(
+        &self,
+        set: &[(String, String)],
+        removed: &[String],
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for (path, source) in set {
+            tx.execute(
+                "INSERT INTO good_playlists (path, source) VALUES (?1, ?2)
+                 ON CONFLICT (path) DO UPDATE SET source = excluded.source",
+                params![path, source],
+            )?;
+        }
+        for path in removed {
+            tx.execute("DELETE FROM good_playlists WHERE path = ?1", params![path])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -765,6 +788,18 @@ mod tests {
             .unwrap();
         s.set_good_playlists(&[("b".into(), "3".into())]).unwrap();
         assert_eq!(s.good_playlists().unwrap(), vec![("b".into(), "3".into())]);
+        // In place: one row set, one added, one removed; the others untouched.
+        s.set_good_playlists(&[("a".into(), "1".into()), ("b".into(), "2".into())])
+            .unwrap();
+        s.update_good_playlists(
+            &[("b".into(), "4".into()), ("c".into(), "5".into())],
+            &["a".into()],
+        )
+        .unwrap();
+        assert_eq!(
+            s.good_playlists().unwrap(),
+            vec![("b".into(), "4".into()), ("c".into(), "5".into())]
+        );
     }
 
     #[test]

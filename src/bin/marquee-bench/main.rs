@@ -10,6 +10,7 @@
 //! target/release/marquee-bench emergency --agents 2000 --runs 5
 //! target/release/marquee-bench footprint --runs 5
 //! target/release/marquee-bench resolver --playlists 1000 --channels 100
+//! target/release/marquee-bench catalog --playlists 1000 --channels 100
 //! target/release/marquee-bench sms-fake
 //! target/release/marquee-bench sms-store
 //! target/release/marquee-bench sms-kannel
@@ -19,6 +20,7 @@
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 mod batch;
+mod catalog;
 #[path = "../../../tests/it/kannel.rs"]
 mod kannel;
 mod lists;
@@ -73,6 +75,19 @@ enum Scenario {
         agents: usize,
         /// Measured runs.
         #[arg(long, default_value_t = 5)]
+        runs: usize,
+    },
+    /// One playlist edited in a big catalog: the file written → the new timelines of its
+    /// channels at a subscriber of the broker; baseline: one same-size retained publish to it.
+    Catalog {
+        /// Playlists.
+        #[arg(long, default_value_t = 1000)]
+        playlists: usize,
+        /// Channels.
+        #[arg(long, default_value_t = 100)]
+        channels: usize,
+        /// Measured edits.
+        #[arg(long, default_value_t = 30)]
         runs: usize,
     },
     /// The resolver alone: 48 h timelines of every channel from many playlists.
@@ -230,6 +245,11 @@ fn main() -> anyhow::Result<()> {
                 channels,
                 runs,
             } => resolver(playlists, channels, runs),
+            Scenario::Catalog {
+                playlists,
+                channels,
+                runs,
+            } => catalog::run(playlists, channels, runs).await,
         }
     })
 }
@@ -410,6 +430,11 @@ fn daemon_with(
             dir.join("playlists").display().to_string()
         ),
     )?;
+    spawn_daemon(&cfg, dir.join("data"), env)
+}
+
+/// Starts `marquee serve -c cfg` and waits for READY; `data` is its data directory.
+fn spawn_daemon(cfg: &Path, data: PathBuf, env: &[(&str, &str)]) -> anyhow::Result<Daemon> {
     let bin = std::env::current_exe()?.with_file_name("marquee");
     if !bin.exists() {
         bail!(
@@ -420,7 +445,7 @@ fn daemon_with(
     let t0 = Instant::now();
     let mut child = Command::new(&bin)
         .args(["--log-format", "json", "serve", "-c"])
-        .arg(&cfg)
+        .arg(cfg)
         .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -443,7 +468,7 @@ fn daemon_with(
         proc: Proc(child),
         ready_after: t0.elapsed(),
         http: format!("http://{http}"),
-        data: dir.join("data"),
+        data,
     })
 }
 

@@ -22,7 +22,7 @@ pub fn generate(n: usize, channels: usize) -> anyhow::Result<(Vec<Playlist>, Vec
 
 /// Weekday dayparts, cron starts every 1–4 h lasting 15–105 min, 5-day ranges; four zones,
 /// four tiers, weights 1–3; each playlist on 5 channels.
-fn generated_playlist(i: usize, channels: usize) -> String {
+pub fn generated_playlist(i: usize, channels: usize) -> String {
     let zones = ["Asia/Shanghai", "Europe/Berlin", "America/New_York", "UTC"];
     let tiers = ["normal", "normal", "normal", "interrupt", "fallback"];
     let targets: Vec<String> = (0..5)
