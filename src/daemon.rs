@@ -464,7 +464,7 @@ async fn until_signal(
             }
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading playlists");
-                let _ = r.reload.try_send(Reload::Complete);
+                let _ = r.reload.try_send(Reload::Everything);
             }
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),

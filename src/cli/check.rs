@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use super::ConfigArg;
 use crate::config::Config;
-use crate::scheduler::catalog::Catalog;
+use crate::scheduler::catalog::{Catalog, Trust};
 
 /// Arguments of `marquee check`.
 #[derive(clap::Args)]
@@ -37,7 +37,7 @@ pub fn check(config_path: &Path) -> usize {
     };
     let ctx = cfg.schedule.validation_context();
     let dir = &cfg.schedule.playlists_dir;
-    let catalog = match Catalog::load(dir, &ctx, None) {
+    let catalog = match Catalog::load(dir, &ctx, None, Trust::Nothing) {
         Ok(c) => c,
         Err(e) => {
             eprintln!(

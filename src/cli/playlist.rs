@@ -8,7 +8,7 @@ use clap::Subcommand;
 
 use super::ApiClient;
 use crate::config::Config;
-use crate::scheduler::catalog::Catalog;
+use crate::scheduler::catalog::{Catalog, Trust};
 
 /// Arguments of `marquee playlist`.
 pub type Args = super::ApiCommand<Action>;
@@ -143,7 +143,7 @@ pub fn playlist_diff(config: &Path, file: &Path) -> anyhow::Result<String> {
                 .join("\n")
         )
     })?;
-    let catalog = Catalog::load(&sched.playlists_dir, &ctx, None)
+    let catalog = Catalog::load(&sched.playlists_dir, &ctx, None, Trust::Nothing)
         .with_context(|| format!("cannot read {}", sched.playlists_dir.display()))?;
     let impact = crate::preview::change_impact(
         sched,

@@ -9,7 +9,7 @@ use super::ConfigArg;
 use crate::config::Config;
 use crate::domain::playlist::parse_instant;
 use crate::preview::{Preview, PreviewRequest, parse_length};
-use crate::scheduler::catalog::Catalog;
+use crate::scheduler::catalog::{Catalog, Trust};
 
 /// Arguments of `marquee preview`.
 #[derive(clap::Args)]
@@ -80,8 +80,13 @@ pub fn preview(
             .with_context(|| format!("--at {at:?}: use RFC 3339, e.g. 2021-05-15T09:00:00+08:00"))?
     };
     let length = parse_length(length).map_err(|m| anyhow::anyhow!("--for: {m}"))?;
-    let catalog = Catalog::load(&sched.playlists_dir, &sched.validation_context(), None)
-        .with_context(|| format!("cannot read {}", sched.playlists_dir.display()))?;
+    let catalog = Catalog::load(
+        &sched.playlists_dir,
+        &sched.validation_context(),
+        None,
+        Trust::Nothing,
+    )
+    .with_context(|| format!("cannot read {}", sched.playlists_dir.display()))?;
     for e in catalog.errors() {
         eprintln!("warning: skipped: {e}");
     }

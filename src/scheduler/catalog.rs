@@ -78,7 +78,10 @@ impl Catalog {
         dir: &Path,
         ctx: &ValidationContext,
         previous: Option<&Catalog>,
+        trust: Trust,
     ) -> Result<Catalog, std::io::Error> {
+        // Before the scan: a file's age is measured against when it was looked at, at most.
+        let now = SystemTime::now();
         // Each file looked at once (`stat`, relative to the directory; a symbolic link is
         // followed), for what it is and for its stamp.
         let mut entries: Vec<(std::ffi::OsString, PathBuf, std::fs::Metadata)> =
@@ -98,23 +101,31 @@ impl Catalog {
         // One directory: by file name is the paths' order.
         entries.sort_by(|a, b| a.0.cmp(&b.0));
         let before = previous.map(Catalog::by_name).unwrap_or_default();
-        let now = SystemTime::now();
         let files = entries
             .into_iter()
             .map(|(name, path, meta)| {
-                let prev = before.get(name.as_os_str()).copied();
-                let state = read_file(&path, settled_stamp(&meta, now), ctx, prev);
+                // The same file: the same name in the same directory (a stored seed from
+                // another playlists_dir is not it).
+                let prev = before
+                    .get(name.as_os_str())
+                    .filter(|(p, _)| *p == path.as_path())
+                    .map(|(_, s)| *s);
+                let stamp = match trust {
+                    Trust::Stamps => settled_stamp(&meta, now),
+                    Trust::Nothing => None,
+                };
+                let state = read_file(&path, stamp, ctx, prev);
                 (path, state)
             })
             .collect();
         Ok(Catalog { files })
     }
 
-    /// The files by name (they are all in one directory).
-    fn by_name(&self) -> HashMap<&OsStr, &Arc<FileState>> {
+    /// The files by name (they are all in one directory), with their paths.
+    fn by_name(&self) -> HashMap<&OsStr, (&Path, &Arc<FileState>)> {
         self.files
             .iter()
-            .filter_map(|(p, s)| p.file_name().map(|n| (n, s)))
+            .filter_map(|(p, s)| p.file_name().map(|n| (n, (p.as_path(), s))))
             .collect()
     }
 
@@ -122,10 +133,13 @@ impl Catalog {
     /// with other bytes (or unreadable on one side only).
     pub fn changed(&self, before: &Catalog) -> BTreeSet<PathBuf> {
         let (mine, theirs) = (self.by_name(), before.by_name());
-        let differs =
-            |name: &OsStr, state: &Arc<FileState>, other: &HashMap<&OsStr, &Arc<FileState>>| {
-                other.get(name).is_none_or(|o| o.digest != state.digest)
-            };
+        let differs = |name: &OsStr,
+                       state: &Arc<FileState>,
+                       other: &HashMap<&OsStr, (&Path, &Arc<FileState>)>| {
+            other
+                .get(name)
+                .is_none_or(|(_, o)| o.digest != state.digest)
+        };
         self.files
             .iter()
             .filter(|(p, s)| p.file_name().is_none_or(|n| differs(n, s, &theirs)))
@@ -204,6 +218,15 @@ impl Catalog {
                 .map(|(p, src)| (path.as_path(), p, src.as_str(), s.errors.as_slice()))
         })
     }
+}
+
+/// Which files a load may take as unchanged without reading them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// Those whose settled stamp is the one they were read with.
+    Stamps,
+    /// None: every file is read (SIGHUP; a network file system may serve old attributes).
+    Nothing,
 }
 
 /// `path`'s state: `before`'s when its stamp or bytes are the same, else read and parsed.
@@ -329,10 +352,10 @@ mod tests {
         for id in ["a", "b", "c"] {
             std::fs::write(file(id), source(id, "one")).unwrap();
         }
-        let first = Catalog::load(dir.path(), &ctx(), None).unwrap();
+        let first = Catalog::load(dir.path(), &ctx(), None, Trust::Stamps).unwrap();
         assert_eq!(first.changed(&Catalog::default()).len(), 3);
         // Nothing written: every state is the one read before (not parsed again).
-        let again = Catalog::load(dir.path(), &ctx(), Some(&first)).unwrap();
+        let again = Catalog::load(dir.path(), &ctx(), Some(&first), Trust::Stamps).unwrap();
         assert!(again.changed(&first).is_empty());
         assert!(
             again
@@ -345,7 +368,7 @@ mod tests {
         std::fs::write(file("b"), source("b", "two")).unwrap();
         std::fs::remove_file(file("c")).unwrap();
         std::fs::write(file("d"), source("d", "one")).unwrap();
-        let next = Catalog::load(dir.path(), &ctx(), Some(&again)).unwrap();
+        let next = Catalog::load(dir.path(), &ctx(), Some(&again), Trust::Stamps).unwrap();
         let changed: Vec<PathBuf> = next.changed(&again).into_iter().collect();
         assert_eq!(changed, vec![file("b"), file("c"), file("d")]);
         assert!(Arc::ptr_eq(
@@ -354,15 +377,32 @@ mod tests {
         ));
         // A broken save changes the file's state (its errors) and keeps its good version live.
         std::fs::write(file("b"), "{").unwrap();
-        let broken = Catalog::load(dir.path(), &ctx(), Some(&next)).unwrap();
+        let broken = Catalog::load(dir.path(), &ctx(), Some(&next), Trust::Stamps).unwrap();
         assert_eq!(broken.changed(&next).len(), 1);
         let b = &broken.files[&file("b")];
         assert!(!b.errors.is_empty());
         assert_eq!(b.good.as_ref().unwrap().1, source("b", "two"));
         // Seeded from stored sources: a file holding exactly that source is not parsed again.
         let seed = Catalog::from_sources(&next.good_sources(), &ctx());
-        let start = Catalog::load(dir.path(), &ctx(), Some(&seed)).unwrap();
+        let start = Catalog::load(dir.path(), &ctx(), Some(&seed), Trust::Stamps).unwrap();
         let changed: Vec<PathBuf> = start.changed(&seed).into_iter().collect();
         assert_eq!(changed, vec![file("b")], "only the broken one differs");
+        // A seed stored for another playlists directory is not these files' past: a broken
+        // file here does not take the other directory's version.
+        let other = tempfile::tempdir().unwrap();
+        let elsewhere: Vec<(String, String)> = next
+            .good_sources()
+            .into_iter()
+            .map(|(p, src)| {
+                let name = PathBuf::from(&p).file_name().unwrap().to_owned();
+                (other.path().join(name).display().to_string(), src)
+            })
+            .collect();
+        let foreign = Catalog::from_sources(&elsewhere, &ctx());
+        let here = Catalog::load(dir.path(), &ctx(), Some(&foreign), Trust::Stamps).unwrap();
+        assert!(here.files[&file("b")].good.is_none());
+        // SIGHUP trusts no stamp: every file is read (the same bytes keep their state).
+        let all = Catalog::load(dir.path(), &ctx(), Some(&broken), Trust::Nothing).unwrap();
+        assert!(all.changed(&broken).is_empty());
     }
 }

@@ -29,7 +29,7 @@ use crate::config::Config;
 use crate::domain::{Playlist, TargetRef, resolve};
 use crate::metrics::Metrics;
 use crate::mqtt::{MqttEvent, MqttHandle};
-use crate::scheduler::catalog::Catalog;
+use crate::scheduler::catalog::{Catalog, Trust};
 use crate::store::{Published, Store};
 use crate::wire::{KeyPair, Signed, SignedBody, Timeline, Topic, sign};
 
@@ -76,6 +76,9 @@ pub enum Reload {
     Complete,
     /// A file is still being written: reload after `schedule.debounce` of quiet.
     Writing,
+    /// SIGHUP: as `Complete`, but every file is read again (no stamp is trusted: a network
+    /// file system may serve old attributes) and every target resolved.
+    Everything,
 }
 
 /// The scheduler's state. Built by [`Scheduler::new`], driven by [`Scheduler::run`].
@@ -87,6 +90,10 @@ pub struct Scheduler {
     metrics: Metrics,
     catalog_tx: watch::Sender<Arc<Catalog>>,
     published: BTreeMap<String, Published>,
+    /// A publishing pass failed: the next one resolves every target.
+    retry_all: bool,
+    /// Storing the good sources failed: the next reload compares and stores them all.
+    persist_all: bool,
     /// The timeline last published on a topic, as published (what `published` holds as JSON),
     /// so deciding whether a new one differs does not decode it again; dropped when anything
     /// else is recorded on the topic.
@@ -251,6 +258,8 @@ impl Scheduler {
             catalog_tx,
             published,
             held: HashMap::new(),
+            retry_all: false,
+            persist_all: false,
             recent: HashMap::new(),
             restores: HashMap::new(),
             oversize: HashMap::new(),
@@ -259,7 +268,7 @@ impl Scheduler {
             floor,
             agents_hold: AgentsHold::default(),
         };
-        s.reload();
+        s.reload(false);
         s.persist_good()?;
         Ok((s, catalog_rx))
     }
@@ -270,10 +279,15 @@ impl Scheduler {
 
     /// Re-reads the playlists directory (parsing only the files whose bytes changed); the
     /// files that changed and the targets they can affect.
-    pub fn reload(&mut self) -> (BTreeSet<PathBuf>, Scope) {
+    pub fn reload(&mut self, everything: bool) -> (BTreeSet<PathBuf>, Scope) {
         let previous = self.catalog_tx.borrow().clone();
         let ctx = self.cfg.schedule.validation_context();
-        let catalog = match Catalog::load(self.playlists_dir(), &ctx, Some(&previous)) {
+        let trust = if everything {
+            Trust::Nothing
+        } else {
+            Trust::Stamps
+        };
+        let catalog = match Catalog::load(self.playlists_dir(), &ctx, Some(&previous), trust) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(
@@ -284,6 +298,7 @@ impl Scheduler {
                 return (BTreeSet::new(), Scope::touched(std::iter::empty()));
             }
         };
+
         let changed = catalog.changed(&previous);
         let mut broken = 0;
         for (path, state) in &catalog.files {
@@ -316,7 +331,30 @@ impl Scheduler {
             .flatten()
             .collect();
         self.catalog_tx.send_replace(Arc::new(catalog));
-        (changed, Scope::touched(touched.iter()))
+        let scope = if everything {
+            Scope::All
+        } else {
+            Scope::touched(touched.iter())
+        };
+        (changed, scope)
+    }
+
+    /// After a reload's pass (the files are the source of truth; this copy only keeps a file
+    /// that breaks later on its last good version across a restart): the changed files' good
+    /// sources, or all of them compared when an earlier store failed.
+    fn persist(&mut self, changed: &BTreeSet<PathBuf>) {
+        let all = std::mem::take(&mut self.persist_all);
+        let res = tokio::task::block_in_place(|| {
+            if all {
+                self.persist_good()
+            } else {
+                self.persist_changed(changed)
+            }
+        });
+        if let Err(e) = res {
+            self.persist_all = true;
+            tracing::error!(error = %format!("{e:#}"), "cannot store the live playlists; trying again on the next reload");
+        }
     }
 
     /// Stores the live sources of the files a reload changed, for the next start.
@@ -851,11 +889,14 @@ impl Scheduler {
     ) {
         let tick = watchdog.map_or(Duration::from_secs(30), |w| w / 2);
         let raised = self.agents_hold.raised.clone();
+        // The full pass runs a tick after the last one at the latest, however often other
+        // work (reloads, the echo of every publish) wakes the loop.
+        let mut last_full = Instant::now();
         loop {
             let due = (self.next_due() - Utc::now())
                 .to_std()
                 .unwrap_or(Duration::ZERO)
-                .min(tick);
+                .min(tick.saturating_sub(last_full.elapsed()));
             let restore_at = self.next_restore();
             tokio::select! {
                 _ = cancel.cancelled() => break,
@@ -866,6 +907,7 @@ impl Scheduler {
                         self.metrics.mqtt_connects.inc();
                         self.reassert();
                         let _ = self.step().await;
+                        last_full = Instant::now();
                         if let Some(r) = ready.take() {
                             let _ = r.send(());
                         }
@@ -882,14 +924,15 @@ impl Scheduler {
                     let _ = req.reply.send(res.map(|v| (v, self.connected)));
                 }
                 Some(first) = reloads.recv() => {
-                    self.settle(first, &mut reloads).await;
-                    let (changed, scope) = self.reload();
+                    let everything = self.settle(first, &mut reloads).await;
+                    let (changed, scope) = self.reload(everything);
+                    // A pass that failed left targets behind: this one does them all.
+                    let scope = if std::mem::take(&mut self.retry_all) { Scope::All } else { scope };
                     let published = self.step_in(&scope).await;
-                    // After publishing (the files are the source of truth; this copy only keeps
-                    // a file that breaks later on its last good version across a restart).
-                    if let Err(e) = tokio::task::block_in_place(|| self.persist_changed(&changed)) {
-                        tracing::error!(error = %format!("{e:#}"), "cannot store the live playlists");
+                    if scope == Scope::All {
+                        last_full = Instant::now();
                     }
+                    self.persist(&changed);
                     tracing::info!(published, "reload applied");
                 }
                 _ = tokio::time::sleep_until(restore_at.unwrap_or_else(Instant::now).into()), if restore_at.is_some() => {
@@ -897,6 +940,7 @@ impl Scheduler {
                 }
                 _ = tokio::time::sleep(due) => {
                     let _ = self.step().await;
+                    last_full = Instant::now();
                 }
                 _ = raised.notified() => {
                     self.adopt_agents_versions().await;
@@ -911,19 +955,24 @@ impl Scheduler {
     /// Waits for the playlists directory to go quiet after `first`: `SETTLE` after a complete
     /// change, `schedule.debounce` while a file is still being written, and never longer than
     /// `MAX_HOLD_DEBOUNCES` debounces in all (a directory that never stops changing is still read).
-    async fn settle(&self, first: Reload, reloads: &mut mpsc::Receiver<Reload>) {
+    /// Whether a [`Reload::Everything`] was among the requests.
+    async fn settle(&self, first: Reload, reloads: &mut mpsc::Receiver<Reload>) -> bool {
         let debounce = self.cfg.schedule.debounce;
         let until = tokio::time::Instant::now() + debounce * MAX_HOLD_DEBOUNCES;
         let mut last = first;
+        let mut everything = first == Reload::Everything;
         loop {
             let quiet = match last {
-                Reload::Complete => SETTLE.min(debounce),
+                Reload::Complete | Reload::Everything => SETTLE.min(debounce),
                 Reload::Writing => debounce,
             };
             let wait = quiet.min(until.saturating_duration_since(tokio::time::Instant::now()));
             match tokio::time::timeout(wait, reloads.recv()).await {
-                Ok(Some(r)) => last = r,
-                _ => return,
+                Ok(Some(r)) => {
+                    everything |= r == Reload::Everything;
+                    last = r;
+                }
+                _ => return everything,
             }
         }
     }
@@ -938,7 +987,8 @@ impl Scheduler {
         match self.publish_due(Utc::now(), scope).await {
             Ok(n) => n,
             Err(e) => {
-                tracing::error!(error = %format!("{e:#}"), "publishing timelines failed; will retry");
+                self.retry_all = true;
+                tracing::error!(error = %format!("{e:#}"), "publishing timelines failed; the next pass (a reload, or the periodic one) resolves every target");
                 0
             }
         }
