@@ -148,8 +148,13 @@ pub const HIGH_WATER_FILE: &str = "versions.hwm";
 /// The targets a publishing pass resolves.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
-    /// Every target: at start, on (re)connection and on the periodic pass.
+    /// Every target: at start, on (re)connection, on SIGHUP and after a failed pass.
     All,
+    /// The periodic pass: the targets with no timeline yet, or whose timeline has used half
+    /// its horizon. No other target can need a new one: nothing it plays changed (a change
+    /// comes with a reload, which publishes what it touches), and over what it holds its
+    /// timeline resolves the same (`needs_publish`).
+    Due,
     /// The targets that some playlists (the versions before and after a reload of the files
     /// that changed) can affect: their channels, every display on those channels, and the
     /// displays they name. A target's timeline is resolved from the playlists that match it
@@ -176,7 +181,7 @@ impl Scope {
 
     fn includes(&self, t: &Target) -> bool {
         match self {
-            Scope::All => true,
+            Scope::All | Scope::Due => true,
             Scope::Touched { channels, displays } => {
                 channels.contains(&t.channel)
                     || matches!(&t.topic, Topic::DisplayTimeline(d) if displays.contains(d))
@@ -422,7 +427,13 @@ impl Scheduler {
         // Which targets exist depends on every playlist; a scoped pass resolves its targets
         // from the playlists that can match them (a copy each: its windows are computed anew).
         let targets = self.targets(catalog.live());
-        let chosen: Vec<&Target> = targets.iter().filter(|t| scope.includes(t)).collect();
+        let chosen: Vec<&Target> = targets
+            .iter()
+            .filter(|t| match scope {
+                Scope::Due => self.is_due(&t.topic.render(&prefix), now),
+                _ => scope.includes(t),
+            })
+            .collect();
         let playlists = matching(catalog.live(), &chosen, scope);
         for t in chosen {
             let tl = resolve(
@@ -468,6 +479,14 @@ impl Scheduler {
             (Some(prev), Some(old)) => differs(old, prev.issued_at, tl, now, horizon),
             (prev, _) => needs_publish(prev, tl, now, horizon),
         }
+    }
+
+    /// Whether `topic` has no timeline yet, or its timeline has used half its horizon (what
+    /// the periodic pass resolves).
+    fn is_due(&self, topic: &str, now: DateTime<Utc>) -> bool {
+        self.published
+            .get(topic)
+            .is_none_or(|p| p.body.is_none() || now >= p.issued_at + self.cfg.schedule.horizon / 2)
     }
 
     /// The next version of `topic`: above what is stored for it and above the floor.
@@ -939,7 +958,8 @@ impl Scheduler {
                     self.restore_due();
                 }
                 _ = tokio::time::sleep(due) => {
-                    let _ = self.step().await;
+                    let scope = if std::mem::take(&mut self.retry_all) { Scope::All } else { Scope::Due };
+                    let _ = self.step_in(&scope).await;
                     last_full = Instant::now();
                 }
                 _ = raised.notified() => {
