@@ -42,7 +42,7 @@ pub async fn start(
     let addr = listener.local_addr()?;
     let frame_rx = rx.clone();
     let app = Router::new()
-        .route("/", get(|| async { Html(PAGE) }))
+        .route("/", get(page))
         .route(
             "/frame",
             get(move || {
@@ -66,6 +66,14 @@ pub async fn start(
     ))
 }
 
+async fn page() -> impl IntoResponse {
+    let csp = crate::http::headers::screen_csp("'none'");
+    (
+        [(axum::http::header::CONTENT_SECURITY_POLICY, csp)],
+        Html(PAGE),
+    )
+}
+
 async fn events(
     rx: watch::Receiver<serde_json::Value>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
@@ -82,44 +90,5 @@ async fn events(
     Sse::new(s).keep_alive(KeepAlive::default())
 }
 
-const PAGE: &str = r#"<!doctype html>
-<html lang="zh">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Marquee</title>
-<style>
-  html, body { margin: 0; height: 100%; background: #0b1f3a; color: #fff; overflow: hidden; }
-  body { display: flex; align-items: center; justify-content: center; text-align: center;
-         font-family: "Noto Sans CJK SC", "Source Han Sans SC", "WenQuanYi Micro Hei", "PingFang SC",
-                      "Microsoft YaHei", "Noto Sans", "Helvetica Neue", Arial, sans-serif; }
-  #text { font-size: 7vw; line-height: 1.25; font-weight: 700; padding: 4vw; }
-  body.alert { background: #b00020; }
-  body.alert #text::before { content: "⚠ "; }
-  body.fallback { background: #1d2b3a; color: #cfd8e3; }
-  body.interrupt { background: #7a4b00; }
-  #meta { position: fixed; bottom: 1vh; right: 2vw; font-size: 1.2vw; opacity: .45; }
-</style>
-</head>
-<body class="timeline" data-updates="0">
-<div id="text"></div>
-<div id="meta"></div>
-<script>
-function show(f) {
-  if (!f || !f.text) return;
-  document.getElementById('text').textContent = f.text;
-  document.documentElement.lang = f.lang || 'zh';
-  document.body.className = f.kind + (f.tier === 'interrupt' ? ' interrupt' : '');
-  document.body.dataset.item = f.item;
-  document.getElementById('meta').textContent = f.display + (f.timeline_version ? ' · v' + f.timeline_version : '');
-}
-fetch('/frame').then(r => r.json()).then(show).catch(() => {});
-const es = new EventSource('/events');
-es.addEventListener('frame', e => {
-  document.body.dataset.updates = String(Number(document.body.dataset.updates) + 1);
-  show(JSON.parse(e.data));
-});
-</script>
-</body>
-</html>
-"#;
+/// The page: also served by the daemon to the console's slogan previews (the same HTML and CSS).
+const PAGE: &str = include_str!("screen.html");

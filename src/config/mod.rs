@@ -30,7 +30,7 @@ use common::{duration, parse_toml};
 use mqtt::RawMqtt;
 pub use mqtt::{BrokerConfig, MqttConfig};
 use schedule::RawSchedule;
-pub use schedule::ScheduleConfig;
+pub use schedule::{ScheduleConfig, Screen};
 pub use server::{LogFormat, ServerTls};
 use server::{RawLog, RawServer, default_max_connections, server_tls};
 
@@ -417,5 +417,31 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.problems.len(), 3, "{e}");
+    }
+
+    #[test]
+    fn screen_sizes_default_and_are_checked() {
+        let c = Config::parse(
+            "m.toml",
+            "[schedule.screens]\nsubway = \"1080x1920\"\nbus = \" 800 × 480 \"\n",
+        )
+        .unwrap();
+        let s = &c.schedule.screens;
+        assert_eq!((s["subway"].width, s["subway"].height), (1080, 1920));
+        assert_eq!((s["bus"].width, s["bus"].height), (800, 480));
+        assert_eq!((s["lobby"].width, s["lobby"].height), (1920, 1080));
+        assert_eq!(s.len(), 4, "every channel has a size");
+        let e = Config::parse(
+            "m.toml",
+            "[schedule.screens]\nmetro = \"1920x1080\"\nlobby = \"1920\"\nbus = \"100x100\"\n",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("schedule.screens.metro: unknown channel"), "{e}");
+        assert!(
+            e.contains("schedule.screens.lobby: \"1920\" is not a size"),
+            "{e}"
+        );
+        assert!(e.contains("schedule.screens.bus: \"100x100\""), "{e}");
     }
 }

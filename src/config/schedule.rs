@@ -21,6 +21,7 @@ pub(super) struct RawSchedule {
     pub(super) watch: bool,
     pub(super) channels: Vec<String>,
     pub(super) displays: Vec<RawDisplay>,
+    pub(super) screens: BTreeMap<String, String>,
 }
 
 impl Default for RawSchedule {
@@ -35,6 +36,7 @@ impl Default for RawSchedule {
                 .map(String::from)
                 .to_vec(),
             displays: Vec::new(),
+            screens: BTreeMap::new(),
         }
     }
 }
@@ -69,6 +71,65 @@ pub struct ScheduleConfig {
     /// Displays with a location (WGS 84 latitude and longitude in degrees), for CAP `<polygon>`
     /// and `<circle>` areas.
     pub locations: BTreeMap<String, (f64, f64)>,
+    /// Each channel's screen size in CSS pixels (`[schedule.screens]`, default 1920×1080): the
+    /// console previews slogans at this size.
+    pub screens: BTreeMap<String, Screen>,
+}
+
+/// A screen's size in CSS pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Screen {
+    /// Width, pixels.
+    pub width: u32,
+    /// Height, pixels.
+    pub height: u32,
+}
+
+impl Default for Screen {
+    fn default() -> Self {
+        Screen {
+            width: 1920,
+            height: 1080,
+        }
+    }
+}
+
+/// Reads `WIDTHxHEIGHT` (`1080x1920`), each from 120 to 16384 pixels.
+fn screen_size(s: &str) -> Option<Screen> {
+    let (w, h) = s.trim().split_once(['x', 'X', '×'])?;
+    let px = |v: &str| {
+        v.trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|n| (120..=16384).contains(n))
+    };
+    Some(Screen {
+        width: px(w)?,
+        height: px(h)?,
+    })
+}
+
+/// `[schedule.screens]`: every channel gets a size, the default unless the table names it.
+fn screens(s: &RawSchedule, problems: &mut Vec<String>) -> BTreeMap<String, Screen> {
+    for c in s.screens.keys() {
+        if !s.channels.contains(c) {
+            problems.push(format!("schedule.screens.{c}: unknown channel {c:?}"));
+        }
+    }
+    s.channels
+        .iter()
+        .map(|c| {
+            let size = s.screens.get(c).map_or(Screen::default(), |v| {
+                screen_size(v).unwrap_or_else(|| {
+                    problems.push(format!(
+                        "schedule.screens.{c}: {v:?} is not a size like \"1920x1080\" (width x height in pixels, each 120-16384)"
+                    ));
+                    Screen::default()
+                })
+            });
+            (c.clone(), size)
+        })
+        .collect()
 }
 
 impl ScheduleConfig {
@@ -146,7 +207,9 @@ pub(super) fn validate(s: RawSchedule, problems: &mut Vec<String>) -> ScheduleCo
             ));
         }
     }
+    let screens = screens(&s, problems);
     ScheduleConfig {
+        screens,
         timezone,
         playlists_dir: s.playlists_dir,
         horizon: chrono::Duration::from_std(horizon).unwrap_or(chrono::Duration::hours(48)),

@@ -24,6 +24,16 @@ pub fn locate(src: &str, path: &[Step<'_>]) -> (usize, usize) {
     line_col(src, pos)
 }
 
+/// `path` as a JSON Pointer (RFC 6901 §3: `~` is written `~0` and `/` is written `~1`).
+pub fn pointer(path: &[Step<'_>]) -> String {
+    path.iter()
+        .map(|s| match s {
+            Step::Key(k) => format!("/{}", k.replace('~', "~0").replace('/', "~1")),
+            Step::Index(i) => format!("/{i}"),
+        })
+        .collect()
+}
+
 /// Line and column (1-based, column counted in characters) of byte offset `pos`.
 pub fn line_col(src: &str, pos: usize) -> (usize, usize) {
     let before = &src[..pos.min(src.len())];
@@ -135,6 +145,18 @@ mod tests {
     use super::*;
 
     const SRC: &str = "{\n  \"id\": \"x\",\n  \"list\": [1, {\"a\": \"b\\\"}\"}, [3]],\n  \"k\\u0065y\": \"深\",\n  \"z\": true\n}";
+
+    #[test]
+    fn pointers_escape_as_rfc_6901_says() {
+        // RFC 6901 §5's examples: "/a~1b" names "a/b", "/m~0n" names "m~n".
+        assert_eq!(pointer(&[Step::Key("a/b")]), "/a~1b");
+        assert_eq!(pointer(&[Step::Key("m~n")]), "/m~0n");
+        assert_eq!(
+            pointer(&[Step::Key("items"), Step::Index(2), Step::Key("seconds")]),
+            "/items/2/seconds"
+        );
+        assert_eq!(pointer(&[]), "");
+    }
 
     #[test]
     fn finds_members_and_elements() {

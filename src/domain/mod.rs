@@ -11,6 +11,7 @@
 pub mod calendar;
 pub mod campaign;
 pub mod cap;
+pub mod cron;
 pub mod delivery;
 pub mod locate;
 pub mod phone;

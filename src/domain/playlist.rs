@@ -10,7 +10,6 @@ use std::str::FromStr;
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, NaiveTime, Utc, Weekday};
 use chrono_tz::Tz;
 use croner::Cron;
-use croner::parser::{CronParser, Seconds};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
@@ -122,6 +121,9 @@ pub struct PlaylistError {
     pub column: usize,
     /// What is wrong and, where it helps, what to do.
     pub message: String,
+    /// The member it names, as a JSON Pointer (RFC 6901, e.g. `/items/2/seconds`); `None` for
+    /// errors of the text itself (syntax, encoding, an unknown field).
+    pub pointer: Option<String>,
 }
 
 impl fmt::Display for PlaylistError {
@@ -227,6 +229,7 @@ impl Problems<'_> {
             line,
             column,
             message: message.into(),
+            pointer: Some(super::locate::pointer(path)),
         });
     }
 }
@@ -241,6 +244,7 @@ pub fn source_text<'a>(file: &str, bytes: &'a [u8]) -> Result<&'a str, PlaylistE
         line,
         column,
         message,
+        pointer: None,
     };
     let utf16 = match bytes {
         [0xff, 0xfe, ..] => Some("UTF-16 LE (it starts with the byte-order mark FF FE)"),
@@ -297,6 +301,7 @@ impl Playlist {
                     .next()
                     .unwrap_or("")
                     .to_owned(),
+                pointer: None,
             }]
         })?;
         let mut p = Problems {
@@ -435,14 +440,10 @@ fn window(p: &mut Problems<'_>, i: usize, e: &ScheduleFile, tz: Tz) -> Option<Wi
             p.at(&base, "a cron entry needs both \"cron\" and \"for\"");
             return None;
         };
-        let parsed = CronParser::builder()
-            .seconds(Seconds::Disallowed)
-            .build()
-            .parse(line);
-        let parsed = match parsed {
+        let parsed = match super::cron::parse(line) {
             Ok(c) => Some(c),
             Err(err) => {
-                p.at(&at("cron"), format!("bad cron line {line:?}: {err} (5 fields: minute hour day-of-month month day-of-week)"));
+                p.at(&at("cron"), err);
                 None
             }
         };

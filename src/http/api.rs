@@ -363,23 +363,45 @@ pub fn display_state(d: &DisplayRow, now: chrono::DateTime<Utc>) -> &'static str
     }
 }
 
-/// `GET /api/v1/displays`: the fleet.
-#[utoipa::path(get, path = "/api/v1/displays", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "every display that reported", body = DisplayList), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+/// `GET /api/v1/displays`: the fleet; CSV with `Accept: text/csv` (the console's export).
+#[utoipa::path(get, path = "/api/v1/displays", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "every display that reported (JSON, or CSV with Accept: text/csv)", content((DisplayList = "application/json"), (String = "text/csv"))), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn list_displays(
     _: Viewer,
     State(s): State<Arc<AppState>>,
-) -> Result<Json<DisplayList>, ApiError> {
+    headers: HeaderMap,
+) -> Result<axum::response::Response, ApiError> {
     let (rows, published) = s
         .store
         .call(move |store| Ok((store.displays()?, store.published()?)))
         .await?;
     let prefix = &s.cfg.mqtt.topic_prefix;
-    let displays = rows
+    let displays: Vec<DisplayView> = rows
         .into_iter()
         .map(|d| display_view(d, &published, prefix))
         .collect();
-    Ok(Json(DisplayList { displays }))
+    rows_or_csv(&headers, displays, &DISPLAY_COLUMNS, |displays| {
+        DisplayList { displays }
+    })
 }
+
+/// The fleet's CSV columns.
+const DISPLAY_COLUMNS: [&str; 15] = [
+    "id",
+    "channel",
+    "state",
+    "online",
+    "since",
+    "last_seen",
+    "agent_version",
+    "timeline_topic",
+    "timeline_version",
+    "up_to_date",
+    "clock_skew",
+    "clock_skew_ms",
+    "conflict",
+    "last_alert_ack",
+    "last_alert_latency_ms",
+];
 
 /// `GET /api/v1/displays/{id}`.
 #[utoipa::path(get, path = "/api/v1/displays/{id}", tag = "displays", security(("bearer" = [])), params(("id" = String, Path, description = "display id")), responses((status = 200, description = "one display", body = DisplayView), (status = 404, description = "never reported"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
@@ -526,9 +548,12 @@ pub async fn channels(_: Viewer, State(s): State<Arc<AppState>>) -> Json<Channel
             .map(|(id, channel)| DeclaredDisplay {
                 id: id.clone(),
                 channel: channel.clone(),
+                lat: sched.locations.get(id).map(|l| l.0),
+                lon: sched.locations.get(id).map(|l| l.1),
             })
             .collect(),
         timezone: sched.timezone.name(),
+        screens: sched.screens.clone(),
     })
 }
 
@@ -541,6 +566,8 @@ pub struct Channels {
     pub displays: Vec<DeclaredDisplay>,
     /// The schedule's zone (IANA).
     pub timezone: &'static str,
+    /// Each channel's screen size (`[schedule.screens]`), for previews drawn at that size.
+    pub screens: std::collections::BTreeMap<String, crate::config::Screen>,
 }
 
 /// A declared display.
@@ -550,6 +577,10 @@ pub struct DeclaredDisplay {
     pub id: String,
     /// Its channel.
     pub channel: String,
+    /// Where it stands (WGS 84 degrees), when declared.
+    pub lat: Option<f64>,
+    /// Longitude, with `lat`.
+    pub lon: Option<f64>,
 }
 
 /// `GET /api/v1/audit`.

@@ -291,6 +291,26 @@ pub async fn messages(
     })
 }
 
+/// `GET /api/v1/campaigns/{id}/progress`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PerMinute {
+    /// Minutes with any activity, oldest first.
+    pub minutes: Vec<crate::store::sms::Minute>,
+}
+
+/// `GET /api/v1/campaigns/{id}/progress`: sent, delivered and failed per minute (the console's
+/// live chart).
+#[utoipa::path(get, path = "/api/v1/campaigns/{id}/progress", tag = "sms", security(("bearer" = [])), params(("id" = i64, Path, description = "campaign id")), responses((status = 200, description = "per-minute counts", body = PerMinute), (status = 404, description = "no such campaign"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+pub async fn progress(
+    _: Viewer,
+    State(s): State<Arc<AppState>>,
+    Path(id): Path<i64>,
+) -> Result<Json<PerMinute>, ApiError> {
+    load(&s, id).await?;
+    let minutes = s.store.call(move |store| store.progress(id)).await?;
+    Ok(Json(PerMinute { minutes }))
+}
+
 /// A campaign's messages (`GET /api/v1/campaigns/{id}/messages`).
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Messages {

@@ -7,7 +7,9 @@ pub mod api;
 pub mod auth;
 pub mod campaigns;
 pub mod carrier;
+pub mod console;
 pub mod error;
+pub mod frame;
 pub mod headers;
 pub mod playlists;
 pub mod registry;
@@ -115,6 +117,7 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
             playlists::delete
         ))
         .routes(routes!(playlists::check))
+        .routes(routes!(playlists::cron))
         .routes(routes!(playlists::proposals))
         .routes(routes!(playlists::decide))
         .routes(routes!(api::preview))
@@ -122,6 +125,7 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::list_displays))
         .routes(routes!(api::get_display))
         .routes(routes!(api::plays))
+        .routes(routes!(frame::frame))
         .routes(routes!(registry::list, registry::add))
         .routes(routes!(registry::remove))
         .routes(routes!(registry::mosquitto))
@@ -132,6 +136,7 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(api::audit_log))
         .routes(routes!(campaigns::show))
         .routes(routes!(campaigns::messages))
+        .routes(routes!(campaigns::progress))
         .routes(routes!(campaigns::approve))
         .routes(routes!(campaigns::action))
         .routes(routes!(campaigns::dlr))
@@ -181,7 +186,8 @@ fn document_errors(doc: &mut utoipa::openapi::OpenApi) {
 pub fn router(state: Arc<AppState>) -> Router {
     let (api, doc) = api();
     let doc = Arc::new(doc);
-    api.route("/", get(console))
+    api.route("/", get(console::index))
+        .route("/console/{file}", get(console::asset))
         .route(
             "/api/v1/openapi.json",
             get(move |_: auth::Viewer| {
@@ -233,12 +239,6 @@ async fn serve_connection<I>(
             let _ = conn.await;
         }
     }
-}
-
-/// `GET /`: the web console, a static page (open; everything it shows comes from the API with
-/// the token the user logs in with).
-async fn console() -> axum::response::Html<&'static str> {
-    axum::response::Html(include_str!("console.html"))
 }
 
 /// Serves until `cancel`, then finishes in-flight requests.

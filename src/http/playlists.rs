@@ -66,6 +66,11 @@ pub struct Located {
     pub column: usize,
     /// What is wrong.
     pub message: String,
+    /// The member it names (JSON Pointer, RFC 6901, e.g. `/items/2/seconds`); absent for errors
+    /// of the text itself (syntax, encoding, an unknown field). The console shows the error beside
+    /// that member's field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pointer: Option<String>,
 }
 
 fn errors_response(errors: &[crate::domain::playlist::PlaylistError]) -> Response {
@@ -81,6 +86,7 @@ fn errors_response(errors: &[crate::domain::playlist::PlaylistError]) -> Respons
                 line: e.line,
                 column: e.column,
                 message: e.message.clone(),
+                pointer: e.pointer.clone(),
             })
             .collect(),
     };
@@ -536,4 +542,49 @@ pub async fn delete(
         impact,
     })
     .into_response())
+}
+
+/// `GET /api/v1/schedule/cron`: a cron line explained.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CronExplained {
+    /// The line as given.
+    pub cron: String,
+    /// The zone its starts are in (IANA).
+    pub timezone: String,
+    /// In plain words, English.
+    pub en: String,
+    /// In plain words, Chinese.
+    pub zh: String,
+    /// Its next five starts after now.
+    pub next: Vec<crate::domain::cron::Start>,
+}
+
+/// `GET /api/v1/schedule/cron?cron=&timezone=`: what a playlist's cron line means and when it
+/// next starts (for the console's schedule builder; the same parser as playlist validation).
+#[utoipa::path(get, path = "/api/v1/schedule/cron", tag = "playlists", security(("bearer" = [])), params(("cron" = String, Query, description = "5-field cron line, e.g. `30 9 * * 1-5`"), ("timezone" = Option<String>, Query, description = "IANA zone (default: `[schedule] timezone`)")), responses((status = 200, description = "the line in words and its next five starts, daylight-saving days marked", body = CronExplained), (status = 400, description = "bad cron line or zone"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+pub async fn cron(
+    _: super::auth::Viewer,
+    State(s): State<Arc<AppState>>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Result<Json<CronExplained>, ApiError> {
+    let line = q
+        .get("cron")
+        .ok_or_else(|| ApiError::bad_field("cron", "give cron, e.g. 30 9 * * 1-5"))?;
+    let cron = crate::domain::cron::parse(line).map_err(|m| ApiError::bad_field("cron", m))?;
+    let tz = match q.get("timezone").filter(|z| !z.is_empty()) {
+        None => s.cfg.schedule.timezone,
+        Some(z) => z.parse().map_err(|_| {
+            ApiError::bad_field(
+                "timezone",
+                format!("unknown IANA time zone {z:?} (e.g. \"Asia/Shanghai\")"),
+            )
+        })?,
+    };
+    Ok(Json(CronExplained {
+        cron: line.clone(),
+        timezone: tz.name().to_owned(),
+        en: crate::domain::cron::describe(&cron, "en"),
+        zh: crate::domain::cron::describe(&cron, "zh"),
+        next: crate::domain::cron::next_starts(&cron, tz, Utc::now(), 5),
+    }))
 }

@@ -261,6 +261,7 @@ fn read_file(
                 line: 1,
                 column: 1,
                 message: format!("cannot read: {e}"),
+                pointer: None,
             }],
             digest: None,
             stamp: None,

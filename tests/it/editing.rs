@@ -370,7 +370,7 @@ async fn security_headers_and_oversized_bodies() {
     let d = Daemon::start(&site).await;
     let admin = site.admin_token();
     let client = marquee::http_client().build().unwrap();
-    for path in ["/", "/api/v1/playlists", "/healthz"] {
+    for path in ["/", "/console/app.js", "/api/v1/playlists", "/healthz"] {
         let r = client
             .get(format!("{}{path}", d.http))
             .bearer_auth(&admin)
@@ -388,6 +388,41 @@ async fn security_headers_and_oversized_bodies() {
         assert_eq!(h["x-frame-options"], "DENY", "{path}");
         assert_eq!(h["x-content-type-options"], "nosniff", "{path}");
     }
+    // The console's scripts are its own files (no inline script); the screen page, which the
+    // console frames for its previews, may be framed by its own origin only.
+    let r = client
+        .get(format!("{}/console/app.js", d.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert!(
+        r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self';")
+    );
+    let r = client
+        .get(format!("{}/console/screen.html", d.http))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("frame-ancestors 'self'")
+    );
+    assert_eq!(r.headers()["x-frame-options"], "SAMEORIGIN");
+    let r = client
+        .get(format!("{}/console/nope.js", d.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404);
     let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(3 << 20));
     let r = client
         .put(format!("{}/api/v1/playlists/big", d.http))

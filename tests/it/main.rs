@@ -8,6 +8,7 @@ mod approval;
 mod bus;
 mod cap;
 mod cli;
+mod console;
 mod core;
 mod editing;
 mod generic;

@@ -449,6 +449,36 @@ async fn typed_answers_match_their_documented_schemas() {
             format!("/api/v1/campaigns/{draft}/rejects"),
             None,
         ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/campaigns/{id}/progress",
+            format!("/api/v1/campaigns/{draft}/progress"),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/schedule/cron",
+            "/api/v1/schedule/cron?cron=30%209%20*%20*%201-5&timezone=Europe/Berlin".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/schedule/cron",
+            "/api/v1/schedule/cron?cron=30%209%20*%20*".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/frame",
+            "/api/v1/frame?display=lobby-east-1".into(),
+            None,
+        ),
+        (
+            reqwest::Method::GET,
+            "/api/v1/frame",
+            "/api/v1/frame?channel=nowhere".into(),
+            None,
+        ),
     ];
     for (method, template, concrete, body) in calls {
         let (s, v) = d.send(method.clone(), &concrete, Some(&token), body).await;

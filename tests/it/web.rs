@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use crate::harness::*;
 
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     base: String,
     session: String,
@@ -18,7 +18,7 @@ struct Driver {
 }
 
 impl Driver {
-    async fn start() -> Driver {
+    pub(crate) async fn start() -> Driver {
         let port = free_port();
         // Its own process group, so that dropping the driver also ends the browsers it started.
         let child = Command::new("chromedriver")
@@ -63,7 +63,7 @@ impl Driver {
         }
     }
 
-    async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
+    pub(crate) async fn call(&self, method: reqwest::Method, path: &str, body: Value) -> Value {
         let url = format!("{}/session/{}{path}", self.base, self.session);
         let mut req = marquee::http_client()
             .build()
@@ -76,13 +76,13 @@ impl Driver {
         v["value"].clone()
     }
 
-    async fn go(&self, url: &str) {
+    pub(crate) async fn go(&self, url: &str) {
         self.call(reqwest::Method::POST, "/url", json!({"url": url}))
             .await;
     }
 
     /// Chooses `path` in the file input `css` (as a person picking a file does).
-    async fn choose_file(&self, css: &str, path: &std::path::Path) {
+    pub(crate) async fn choose_file(&self, css: &str, path: &std::path::Path) {
         let el = self
             .call(
                 reqwest::Method::POST,
@@ -104,7 +104,7 @@ impl Driver {
         .await;
     }
 
-    async fn eval(&self, script: &str) -> Value {
+    pub(crate) async fn eval(&self, script: &str) -> Value {
         self.call(
             reqwest::Method::POST,
             "/execute/sync",
@@ -114,7 +114,7 @@ impl Driver {
     }
 
     /// Polls the page state until `pred` holds.
-    async fn wait(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn wait(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let start = std::time::Instant::now();
         loop {
             let v = self
@@ -132,7 +132,12 @@ impl Driver {
     }
 
     /// Polls `script` (which returns a value) until `pred` holds.
-    async fn until(&self, what: &str, script: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    pub(crate) async fn until(
+        &self,
+        what: &str,
+        script: &str,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let start = std::time::Instant::now();
         loop {
             let v = self.eval(script).await;
@@ -147,8 +152,33 @@ impl Driver {
         }
     }
 
+    /// Opens the console at `base` afresh and logs in with `token`.
+    pub(crate) async fn log_in(&self, base: &str, token: &str) {
+        self.go(&format!("{base}/")).await;
+        self.eval(&format!(
+            "sessionStorage.clear(); document.getElementById('token').value = '{token}'; document.getElementById('do-login').click();"
+        ))
+        .await;
+        self.until(
+            "the console",
+            "return getComputedStyle(document.getElementById('app')).display",
+            |v| v == "block",
+        )
+        .await;
+    }
+
+    /// Sets the browser window's size (CSS pixels), e.g. a phone's width.
+    pub(crate) async fn resize(&self, width: u32, height: u32) {
+        self.call(
+            reqwest::Method::POST,
+            "/window/rect",
+            json!({"width": width, "height": height}),
+        )
+        .await;
+    }
+
     /// Saves a screenshot as a test artifact under target/test-artifacts/.
-    async fn screenshot(&self, name: &str) {
+    pub(crate) async fn screenshot(&self, name: &str) {
         let b64 = self
             .call(reqwest::Method::GET, "/screenshot", Value::Null)
             .await;
@@ -265,7 +295,7 @@ async fn web_renderer_in_chromium_follows_the_agent_and_shows_alerts() {
     driver.screenshot("web-renderer-alert.png").await;
 }
 
-fn contains(needle: &'static str) -> impl Fn(&Value) -> bool {
+pub(crate) fn contains(needle: &'static str) -> impl Fn(&Value) -> bool {
     move |v| v.as_str().is_some_and(|s| s.contains(needle))
 }
 
@@ -473,6 +503,40 @@ async fn web_console_logs_in_edits_a_playlist_previews_and_handles_alerts() {
         .await;
     assert_eq!(button, "下载被拒绝的行（CSV）");
     driver.screenshot("console-sms-upload.png").await;
+    // Started, it finishes; its detail shows the states and a per-minute chart.
+    driver.resize(1280, 1800).await;
+    driver
+        .eval("document.querySelector('[data-act=start]').click();")
+        .await;
+    driver
+        .until(
+            "the workbook's campaign done",
+            "return [...document.querySelectorAll('#campaigns tr')].filter(r => r.textContent.includes('名单文件') && r.textContent.includes('done') && r.textContent.includes('0 / 1 / 0')).length",
+            |v| v == 1,
+        )
+        .await;
+    driver
+        .until(
+            "its per-minute chart",
+            "return document.querySelector('#campaign-chart')?.dataset.minutes",
+            |v| {
+                v.as_str()
+                    .is_some_and(|n| n.parse::<u32>().is_ok_and(|n| n >= 1))
+            },
+        )
+        .await;
+    let delivered = driver
+        .eval("return document.querySelector('#campaign-detail .card[data-state=delivered] b')?.textContent")
+        .await;
+    assert_eq!(delivered, "1");
+    driver.screenshot("console-sms-progress.png").await;
+    assert_eq!(
+        std::fs::read_to_string(site.dir.path().join("data/sms.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
 }
 
 #[tokio::test]
@@ -488,20 +552,7 @@ async fn web_console_proposes_a_playlist_and_a_second_person_publishes_it() {
     );
     let d = Daemon::start_with_env(&site, &[("IT_WEB_ED", EDITOR), ("IT_WEB_AP", APPROVER)]).await;
     let driver = Driver::start().await;
-    let login = |token: &'static str| {
-        format!(
-            "sessionStorage.clear(); document.getElementById('token').value = '{token}'; document.getElementById('do-login').click();"
-        )
-    };
-    driver.go(&format!("{}/", d.http)).await;
-    driver.eval(&login(EDITOR)).await;
-    driver
-        .until(
-            "the console",
-            "return getComputedStyle(document.getElementById('app')).display",
-            |v| v == "block",
-        )
-        .await;
+    driver.log_in(&d.http, EDITOR).await;
     // The editor saves a change: it is proposed, not written.
     driver.eval("document.querySelector('[data-tab=playlists]').click(); const s = document.getElementById('playlist'); s.value = 'hotline-12345'; s.dispatchEvent(new Event('change'));").await;
     driver
@@ -534,16 +585,7 @@ async fn web_console_proposes_a_playlist_and_a_second_person_publishes_it() {
             .contains("审核后发布")
     );
     // The approver logs in (a fresh page, no token kept) and publishes it from the list.
-    driver.eval("sessionStorage.clear();").await;
-    driver.go(&format!("{}/", d.http)).await;
-    driver.eval(&login(APPROVER)).await;
-    driver
-        .until(
-            "the console",
-            "return getComputedStyle(document.getElementById('app')).display",
-            |v| v == "block",
-        )
-        .await;
+    driver.log_in(&d.http, APPROVER).await;
     driver
         .eval("document.querySelector('[data-tab=playlists]').click();")
         .await;

@@ -13,6 +13,7 @@
 mod campaigns;
 mod optouts;
 mod queue;
+pub use queue::Minute;
 mod reports;
 
 use std::collections::BTreeMap;

@@ -472,4 +472,43 @@ impl Store {
             )
             .optional()?)
     }
+
+    /// A campaign's progress per minute (UTC): messages handed to a gateway (by when they were
+    /// submitted) and final reports (by when they arrived), oldest first.
+    pub fn progress(&self, campaign: i64) -> Result<Vec<Minute>, StoreError> {
+        let conn = self.read_conn();
+        let mut stmt = conn.prepare(
+            "SELECT m, SUM(s), SUM(d), SUM(f) FROM (
+                 SELECT substr(submitted_at, 1, 16) AS m, 1 AS s, 0 AS d, 0 AS f
+                   FROM messages WHERE campaign = ?1 AND submitted_at IS NOT NULL
+                 UNION ALL
+                 SELECT substr(updated_at, 1, 16), 0, state = 'delivered',
+                        state IN ('failed', 'rejected', 'expired')
+                   FROM messages
+                  WHERE campaign = ?1 AND state IN ('delivered', 'failed', 'rejected', 'expired')
+             ) GROUP BY m ORDER BY m",
+        )?;
+        let rows = stmt.query_map([campaign], |r| {
+            Ok(Minute {
+                minute: format!("{}:00Z", r.get::<_, String>(0)?),
+                sent: r.get(1)?,
+                delivered: r.get(2)?,
+                failed: r.get(3)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+}
+
+/// One minute of a campaign's progress.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct Minute {
+    /// Its start (RFC 3339, UTC).
+    pub minute: String,
+    /// Messages submitted to a gateway in it.
+    pub sent: i64,
+    /// Delivery reports `delivered` received in it.
+    pub delivered: i64,
+    /// Final failures in it (`failed`, `rejected`, `expired`).
+    pub failed: i64,
 }

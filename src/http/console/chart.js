@@ -1,0 +1,80 @@
+// Zone arithmetic and small SVG charts (no library: a few lines each).
+import {esc} from "./api.js";
+
+const fmt = {};
+function parts(ms, tz) {
+  fmt[tz] ??= new Intl.DateTimeFormat("en-US", {timeZone: tz, hourCycle: "h23", year: "numeric",
+    month: "2-digit", day: "2-digit", hour: "2-digit", minute: "2-digit", second: "2-digit"});
+  const p = {};
+  for (const x of fmt[tz].formatToParts(new Date(ms))) p[x.type] = x.value;
+  return {y: +p.year, m: +p.month, d: +p.day, h: +p.hour, mi: +p.minute, s: +p.second};
+}
+
+// The zone's UTC offset at instant `ms`, in milliseconds.
+export function offsetAt(ms, tz) {
+  const p = parts(ms, tz);
+  return Date.UTC(p.y, p.m - 1, p.d, p.h, p.mi, p.s) - Math.floor(ms / 1000) * 1000;
+}
+
+// The instant of local wall-clock time y-m-d hh:mm in `tz` (the earlier one when repeated).
+export function instantOf(y, m, d, hh, mm, tz) {
+  const guess = Date.UTC(y, m - 1, d, hh, mm);
+  let t = guess - offsetAt(guess, tz);
+  t = guess - offsetAt(t, tz);
+  return t;
+}
+
+// Wall-clock date (y, m, d) of instant `ms` in `tz`.
+export function dateIn(ms, tz) { const p = parts(ms, tz); return {y: p.y, m: p.m, d: p.d}; }
+
+// "HH:MM" of instant `ms` in `tz`.
+export function hhmm(ms, tz) { const p = parts(ms, tz); return String(p.h).padStart(2, "0") + ":" + String(p.mi).padStart(2, "0"); }
+
+// An RFC 3339 instant as "YYYY-MM-DD HH:MM:SS" wall-clock time in `tz` ("-" when absent).
+export function local(iso, tz) {
+  if (!iso) return "-";
+  const ms = Date.parse(iso);
+  if (Number.isNaN(ms)) return iso;
+  const p = parts(ms, tz), two = n => String(n).padStart(2, "0");
+  return `${p.y}-${two(p.m)}-${two(p.d)} ${two(p.h)}:${two(p.mi)}:${two(p.s)}`;
+}
+
+// "YYYY-MM-DD" of a wall-clock date.
+export const ymd = ({y, m, d}) => `${y}-${String(m).padStart(2, "0")}-${String(d).padStart(2, "0")}`;
+
+// The next calendar day.
+export function nextDay({y, m, d}) {
+  const t = new Date(Date.UTC(y, m - 1, d + 1));
+  return {y: t.getUTCFullYear(), m: t.getUTCMonth() + 1, d: t.getUTCDate()};
+}
+
+const palette = ["#0b5cad", "#c77700", "#1b7f3b", "#8a3ffc", "#b00020", "#007d79", "#6f6f6f", "#d12771"];
+export const colour = i => palette[i % palette.length];
+
+// Stacked bars: `labels` along x, `series` [{name, values}] stacked; answers SVG text.
+export function stackedBars(labels, series, {height = 180, title = ""} = {}) {
+  const w = Math.max(900, labels.length * 26), h = height, pad = 28;
+  const totals = labels.map((_, i) => series.reduce((s, x) => s + (x.values[i] || 0), 0));
+  const max = Math.max(1, ...totals);
+  const bw = (w - pad - 4) / Math.max(1, labels.length);
+  const rows = Math.ceil(series.length / 4);
+  let out = `<svg viewBox="0 0 ${w} ${h + 26 + rows * 14}" role="img" aria-label="${esc(title)}"><title>${esc(title)}</title>`;
+  out += `<text x="2" y="12" font-size="10">${max}</text><line x1="${pad}" y1="${h}" x2="${w}" y2="${h}" stroke="#999"/>`;
+  labels.forEach((label, i) => {
+    let y = h;
+    series.forEach((s, k) => {
+      const v = s.values[i] || 0;
+      if (!v) return;
+      const bh = (v / max) * (h - 16);
+      y -= bh;
+      out += `<rect x="${pad + i * bw + 1}" y="${y}" width="${Math.max(1, bw - 2)}" height="${bh}" fill="${colour(k)}"><title>${esc(label)} ${esc(s.name)}: ${v}</title></rect>`;
+    });
+    if (labels.length <= 24 || i % Math.ceil(labels.length / 24) === 0)
+      out += `<text x="${pad + i * bw + bw / 2}" y="${h + 12}" font-size="9" text-anchor="middle">${esc(label)}</text>`;
+  });
+  series.forEach((s, k) => {
+    const x = pad + (k % 4) * 150, y = h + 20 + Math.floor(k / 4) * 14;
+    out += `<rect x="${x}" y="${y}" width="9" height="9" fill="${colour(k)}"/><text x="${x + 12}" y="${y + 8}" font-size="10">${esc(s.name)}</text>`;
+  });
+  return out + "</svg>";
+}

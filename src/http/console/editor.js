@@ -1,0 +1,385 @@
+// The playlist editor: forms over the playlist file (items, schedule, targets, tier and weight),
+// each slogan previewed as every target channel's screens draw it, a live check with the change
+// impact, errors beside the field they name (the server's JSON Pointer), the JSON one click away
+// (both views edit the same text), and the review list (proposals) with its badge.
+import {$, api, esc, errorOf, debounce, site} from "./api.js";
+import {t, has} from "./i18n.js";
+import * as schedule from "./schedule.js";
+import {screen} from "./screens.js";
+
+let doc = null;       // the playlist as an object; the form shows it
+let isNew = false;    // not saved yet: its id is editable
+let selected = 0;     // the item previewed
+let mode = "form";
+let written = "";     // the text last written into the JSON view from the form
+
+export async function init() {
+  $("playlist").onchange = () => open($("playlist").value);
+  $("new-playlist").onclick = create;
+  $("check").onclick = () => check("valid");
+  $("save").onclick = save;
+  $("view-form").onclick = () => view("form");
+  $("view-json").onclick = () => view("json");
+  const form = $("form");
+  form.addEventListener("input", input);
+  form.addEventListener("change", change);
+  form.addEventListener("click", click);
+  form.addEventListener("focusin", e => {
+    const it = e.target.closest(".item");
+    if (it && Number(it.dataset.index) !== selected) { selected = Number(it.dataset.index); markSelected(); previewItem(); }
+  });
+  dragAndDrop(form);
+  await show();
+}
+
+export async function show() {
+  const r = await api("GET", "/api/v1/playlists");
+  // Read after the list came: the user may have picked one meanwhile.
+  const keep = $("playlist").value || doc?.id;
+  const ids = (r.data.playlists || []).filter(p => p.id).map(p => p.id);
+  $("playlist").innerHTML = (isNew ? `<option value="">${esc(t("new_playlist"))}</option>` : "")
+    + ids.map(id => `<option ${id === keep ? "selected" : ""}>${esc(id)}</option>`).join("");
+  if (!doc && !isNew && !opening && $("playlist").value) await open($("playlist").value);
+  else if (doc && !opening) render();
+  proposals();
+}
+
+let opening = null;  // the id being loaded
+async function open(id) {
+  if (!id) return;
+  isNew = false;
+  opening = id;
+  const r = await api("GET", "/api/v1/playlists/" + encodeURIComponent(id));
+  if (opening !== id) return;  // another was picked meanwhile
+  opening = null;
+  $("check-out").innerHTML = "";
+  selected = 0;
+  fromText(r.data.source ?? "");
+}
+
+function create() {
+  isNew = true;
+  selected = 0;
+  doc = {id: "", title: "", tier: "normal", weight: 1,
+    targets: {channels: site.channels.slice(0, 1)}, schedule: [schedule.fresh("daypart")],
+    items: [{id: "slogan-1", seconds: 10, text: {zh: "", en: ""}}]};
+  $("playlist").insertAdjacentHTML("afterbegin", `<option value="" selected>${esc(t("new_playlist"))}</option>`);
+  $("check-out").innerHTML = "";
+  toText(); view("form");
+  document.querySelector('#form [data-bind="/id"]')?.focus();
+}
+
+// The JSON view's text → the form. A text that is not JSON keeps the JSON view open.
+function fromText(text) {
+  $("source").value = text;
+  written = text;
+  try { doc = JSON.parse(text); render(); return true; } catch (e) {
+    doc = null;
+    $("form").innerHTML = `<p class="err">${esc(t("not_json"))}: ${esc(e.message)}</p>`;
+    return false;
+  }
+}
+
+// The form → the JSON view's text (after every edit), then a check soon.
+function toText() {
+  // A language left empty is not written (the file format has no empty texts).
+  const clean = {...doc, items: doc.items?.map(it => ({...it,
+    text: Object.fromEntries(Object.entries(it.text || {}).filter(([, v]) => v !== ""))}))};
+  if (!doc.items) delete clean.items;
+  written = JSON.stringify(clean, null, 2) + "\n";
+  $("source").value = written;
+  autoCheck();
+}
+
+// The text the JSON view holds may have been edited there: read it back first.
+function sync() {
+  if ($("source").value !== written) return fromText($("source").value);
+  return true;
+}
+
+function view(m) {
+  if (m === "form" && !sync()) m = "json";
+  mode = m;
+  $("form").hidden = m !== "form";
+  $("source").hidden = m !== "json";
+  $("view-form").classList.toggle("on", m === "form");
+  $("view-json").classList.toggle("on", m === "json");
+}
+
+// JSON Pointer (RFC 6901) get and set; `undefined` deletes.
+const keys = p => p.split("/").slice(1).map(k => k.replace(/~1/g, "/").replace(/~0/g, "~"));
+function setAt(ptr, value) {
+  const ks = keys(ptr);
+  let o = doc;
+  for (const k of ks.slice(0, -1)) { if (o[k] === undefined || o[k] === null) o[k] = {}; o = o[k]; }
+  if (value === undefined) delete o[ks.at(-1)]; else o[ks.at(-1)] = value;
+}
+
+// ---- rendering ----------------------------------------------------------------------------
+
+function render() {
+  if (!doc) return;
+  const f = $("form");
+  f.innerHTML = `<div class="editor"><div>${general()}${targets()}${schedule.render(doc)}${items()}</div>
+    <aside class="preview-pane"><h3>${esc(t("screen_preview"))}</h3><p class="muted" id="preview-caption"></p><div id="item-preview" class="screens"></div></aside></div>`;
+  schedule.explainAll(doc, f);
+  markSelected();
+  previewItem();
+}
+
+function general() {
+  const tiers = ["fallback", "normal", "interrupt", "emergency"].map(x => `<option value="${x}" ${doc.tier === x ? "selected" : ""}>${esc(t("tier_" + x))}</option>`).join("");
+  return `<fieldset><legend>${esc(t("general"))}</legend>
+    <div class="row"><label>${esc(t("id"))} <input data-bind="/id" value="${esc(doc.id)}" size="28" ${isNew ? "" : "readonly"}></label>
+      <label class="grow">${esc(t("title_field"))} <input data-bind="/title" value="${esc(doc.title ?? "")}" size="40"></label></div>
+    <div class="row"><label>${esc(t("tier"))} <select data-bind="/tier">${tiers}</select></label>
+      <span class="muted" id="tier-help">${esc(t("tier_help_" + (doc.tier || "normal")))}</span></div>
+    <div class="row"><label>${esc(t("weight"))} <input type="number" min="1" max="1000" data-bind="/weight" data-type="int" value="${esc(doc.weight ?? 1)}" size="4"></label>
+      <span class="muted" id="weight-help">${esc(t("weight_help").replaceAll("{n}", doc.weight ?? 1))}</span></div>
+    <div class="row"><label>${esc(t("timezone"))} <input data-bind="/timezone" value="${esc(doc.timezone ?? "")}" placeholder="${esc(site.timezone)}" size="20"></label></div>
+  </fieldset>`;
+}
+
+function targets() {
+  const tg = doc.targets || {};
+  const chans = [...new Set([...site.channels, ...(tg.channels || [])])];
+  const disps = [...new Set([...site.displays.map(d => d.id), ...(tg.displays || [])])];
+  const box = (kind, v) => {
+    const i = (tg[kind] || []).indexOf(v);
+    const known = kind === "channels" ? site.channels.includes(v) : site.displays.some(d => d.id === v);
+    const chan = site.displays.find(d => d.id === v)?.channel;
+    return `<label class="check" ${i >= 0 ? `data-ptr="/targets/${kind}/${i}"` : ""}><input type="checkbox" data-target="${kind}" value="${esc(v)}" ${i >= 0 ? "checked" : ""}>
+      ${esc(v)}${chan ? ` <span class="muted">(${esc(chan)})</span>` : ""}${known ? "" : ` <span class="err">${esc(t("unknown"))}</span>`}</label>`;
+  };
+  return `<fieldset data-ptr="/targets"><legend>${esc(t("targets"))}</legend>
+    <div><b>${esc(t("channels"))}</b> ${chans.map(c => box("channels", c)).join("")}</div>
+    ${disps.length ? `<div><b>${esc(t("fleet"))}</b> ${disps.map(d => box("displays", d)).join("")}</div><p class="muted">${esc(t("display_target_help"))}</p>` : ""}
+  </fieldset>`;
+}
+
+const LANGS = ["zh", "en"];
+const count = s => Array.from(s || "").length;
+
+function items() {
+  const list = (doc.items || []).map((it, i) => {
+    const p = `/items/${i}`;
+    const langs = [...new Set([...LANGS, ...Object.keys(it.text || {})])];
+    return `<div class="item" data-index="${i}" draggable="true" data-ptr="${p}">
+      <div class="head"><span class="handle" aria-hidden="true">⠿</span><b>${i + 1}</b>
+        <label>${esc(t("item_id"))} <input data-bind="${p}/id" value="${esc(it.id)}" size="16"></label>
+        <label>${esc(t("seconds"))} <input type="number" min="1" max="3600" data-bind="${p}/seconds" data-type="int" value="${esc(it.seconds ?? 10)}" size="4"></label>
+        <span class="grow"></span>
+        <button type="button" class="small" data-act="up" data-i="${i}" aria-label="${esc(t("move_up"))}" ${i === 0 ? "disabled" : ""}>↑</button>
+        <button type="button" class="small" data-act="down" data-i="${i}" aria-label="${esc(t("move_down"))}" ${i === doc.items.length - 1 ? "disabled" : ""}>↓</button>
+        <button type="button" class="small" data-act="dup" data-i="${i}" >${esc(t("duplicate"))}</button>
+        <button type="button" class="small" data-act="del" data-i="${i}" aria-label="${esc(t("delete"))}">✕</button></div>
+      <div class="texts">${langs.map(l => `<label>${esc(has("text_" + l) ? t("text_" + l) : l)} <span class="muted" data-count="${p}/text/${l}">${count(it.text?.[l])} ${esc(t("chars"))}</span>
+        <textarea class="text" data-bind="${p}/text/${l}" data-lang="${l}" data-optional="1" lang="${l}">${esc(it.text?.[l] ?? "")}</textarea></label>`).join("")}</div>
+    </div>`;
+  }).join("");
+  return `<fieldset data-ptr="/items"><legend>${esc(t("items"))}</legend>${list}
+    <button type="button" data-act="add">+ ${esc(t("add_item"))}</button></fieldset>`;
+}
+
+function markSelected() {
+  document.querySelectorAll("#form .item").forEach(x => x.classList.toggle("on", Number(x.dataset.index) === selected));
+}
+
+// The selected slogan on a screen of every target channel, in each of its languages.
+function previewItem() {
+  const box = $("item-preview");
+  if (!box || !doc) return;
+  const it = doc.items?.[selected];
+  box.innerHTML = "";
+  if (!it) return;
+  const tg = doc.targets || {};
+  const chans = [...new Set([...(tg.channels || []), ...(tg.displays || []).map(d => site.displays.find(x => x.id === d)?.channel).filter(Boolean)])]
+    .filter(c => site.channels.includes(c));
+  $("preview-caption").textContent = `${selected + 1}. ${it.id} · ${it.seconds ?? 10} s`;
+  for (const c of chans) for (const l of Object.keys(it.text || {})) {
+    if (!it.text[l]) continue;
+    box.appendChild(screen(c, `${c} · ${l}`, {text: it.text[l], lang: l, tier: doc.tier, item: it.id, display: c}));
+  }
+  if (!box.children.length) box.innerHTML = `<p class="muted">${esc(t("preview_needs"))}</p>`;
+}
+
+// ---- editing ------------------------------------------------------------------------------
+
+function input(e) {
+  const el = e.target, ptr = el.dataset.bind;
+  if (!ptr || !doc) return;
+  let v = el.value;
+  if (el.dataset.type === "int") v = v === "" ? undefined : Number(v);
+  else if (v === "" && (el.dataset.optional || ptr === "/timezone")) v = undefined;
+  setAt(ptr, v);
+  const counter = document.querySelector(`[data-count="${ptr}"]`);
+  if (counter) counter.textContent = `${count(el.value)} ${t("chars")}`;
+  if (ptr === "/weight") $("weight-help").textContent = t("weight_help").replaceAll("{n}", el.value);
+  if (ptr.startsWith("/items/")) previewItem();
+  const m = ptr.match(/^\/schedule\/(\d+)\/(cron|for)$/);
+  if (m) schedule.explainSoon(doc, $("form"), Number(m[1]));
+  toText();
+}
+
+function change(e) {
+  const el = e.target;
+  if (el.dataset.bind === "/tier") { $("tier-help").textContent = t("tier_help_" + el.value); previewItem(); return; }
+  if (el.dataset.bind === "/timezone") { schedule.explainAll(doc, $("form")); return; }
+  if (el.dataset.target) {
+    doc.targets ??= {};
+    const k = el.dataset.target;
+    const set = new Set(doc.targets[k] || []);
+    el.checked ? set.add(el.value) : set.delete(el.value);
+    const order = k === "channels" ? site.channels : site.displays.map(d => d.id);
+    doc.targets[k] = [...set].sort((a, b) => order.indexOf(a) - order.indexOf(b));
+    if (!doc.targets[k].length) delete doc.targets[k];
+    toText(); render();
+    return;
+  }
+  if (el.dataset.kind !== undefined) {
+    doc.schedule[Number(el.dataset.kind)] = schedule.fresh(el.value);
+    toText(); render();
+  }
+}
+
+function click(e) {
+  const b = e.target.closest("button");
+  if (!b || !doc) return;
+  const i = Number(b.dataset.i);
+  const list = doc.items;
+  switch (b.dataset.act) {
+    case "up": [list[i - 1], list[i]] = [list[i], list[i - 1]]; selected = i - 1; break;
+    case "down": [list[i + 1], list[i]] = [list[i], list[i + 1]]; selected = i + 1; break;
+    case "dup": list.splice(i + 1, 0, {...structuredClone(list[i]), id: freshId(list[i].id)}); selected = i + 1; break;
+    case "del": list.splice(i, 1); selected = Math.max(0, Math.min(selected, list.length - 1)); break;
+    case "add": list.push({id: freshId("slogan"), seconds: 10, text: {zh: "", en: ""}}); selected = list.length - 1; break;
+    case "add-entry": (doc.schedule ??= []).push(schedule.fresh(b.dataset.kindNew)); break;
+    case "del-entry": doc.schedule.splice(i, 1); break;
+    default:
+      if (b.dataset.day) { schedule.toggleDay(doc, Number(b.dataset.entry), b.dataset.day); break; }
+      return;
+  }
+  toText(); render();
+  // Keep the keyboard where it was: on the same button of the moved item, or the item.
+  const again = document.querySelector(`#form button[data-act="${b.dataset.act}"][data-i="${selected}"]`)
+    || document.querySelector(`#form [data-day="${b.dataset.day}"][data-entry="${b.dataset.entry}"]`)
+    || document.querySelector(`#form .item[data-index="${selected}"] input`);
+  again?.focus();
+}
+
+function freshId(base) {
+  const stem = String(base).replace(/-\d+$/, "");
+  for (let n = 2; ; n++) if (!doc.items.some(x => x.id === `${stem}-${n}`)) return `${stem}-${n}`;
+}
+
+function dragAndDrop(form) {
+  let from = null;
+  form.addEventListener("dragstart", e => {
+    const it = e.target.closest?.(".item");
+    if (!it) return;
+    from = Number(it.dataset.index); it.classList.add("drag");
+    e.dataTransfer.effectAllowed = "move";
+  });
+  form.addEventListener("dragover", e => { if (from !== null && e.target.closest(".item")) e.preventDefault(); });
+  form.addEventListener("drop", e => {
+    const it = e.target.closest(".item");
+    if (from === null || !it) return;
+    e.preventDefault();
+    const to = Number(it.dataset.index);
+    const [moved] = doc.items.splice(from, 1);
+    doc.items.splice(to, 0, moved);
+    selected = to; from = null;
+    toText(); render();
+  });
+  form.addEventListener("dragend", () => { from = null; form.querySelectorAll(".drag").forEach(x => x.classList.remove("drag")); });
+}
+
+// ---- check, save, review ------------------------------------------------------------------
+
+const idNow = () => (mode === "json" || !doc) ? (tryId() ?? $("playlist").value) : (doc.id || $("playlist").value);
+function tryId() { try { return JSON.parse($("source").value).id; } catch { return null; } }
+
+const autoCheck = debounce(() => { if (idNow()) check("valid", true); }, 500);
+
+async function check(doneKey, quiet) {
+  if (!quiet && mode === "form") sync();
+  const id = idNow();
+  if (!id) { $("check-out").innerHTML = `<div class="err">${esc(t("id_needed"))}</div>`; return; }
+  showCheck(await api("POST", `/api/v1/playlists/${encodeURIComponent(id)}/check`, $("source").value, true), doneKey);
+}
+
+async function save() {
+  if (mode === "form") sync();
+  const id = idNow();
+  if (!id) { $("check-out").innerHTML = `<div class="err">${esc(t("id_needed"))}</div>`; return; }
+  const r = await api("PUT", `/api/v1/playlists/${encodeURIComponent(id)}`, $("source").value, true);
+  showCheck(r, r.status === 202 ? "proposed" : "saved");
+  if (r.ok && isNew) { isNew = false; await show(); $("playlist").value = id; }
+  proposals();
+}
+
+// The answer of a check or save: errors beside their fields (and all of them listed), or the
+// change impact.
+function showCheck(r, doneKey) {
+  document.querySelectorAll("#form .fielderr").forEach(x => x.remove());
+  document.querySelectorAll("#form .invalid").forEach(x => x.classList.remove("invalid"));
+  if (r.status === 400 && r.data.errors) {
+    $("check-out").innerHTML = r.data.errors.map(e => `<div class="err">${e.line}:${e.column}: ${esc(e.message)}</div>`).join("");
+    for (const e of r.data.errors) if (e.pointer !== undefined) beside(e.pointer, e.message);
+    return;
+  }
+  if (!r.ok) { $("check-out").innerHTML = `<div class="err">${esc(errorOf(r))}</div>`; return; }
+  const impact = r.data.impact || [];
+  $("check-out").innerHTML = `<div class="ok">${t(doneKey)}</div>` + (impact.length
+    ? impact.map(i => `<div>${t("changes")} ${esc(i.target)} ${t("from")} ${esc(i.from.replace("T", " ").slice(0, 16))}</div>`).join("")
+    : `<div class="muted">${t("no_change")}</div>`);
+}
+
+// Puts `message` beside the field at `pointer`, or the nearest enclosing part of the form.
+function beside(pointer, message) {
+  let p = pointer;
+  for (;;) {
+    const el = document.querySelector(`#form [data-bind="${CSS.escape(p)}"]`) || document.querySelector(`#form [data-ptr="${CSS.escape(p)}"]`);
+    if (el) {
+      el.classList.add("invalid");
+      const note = document.createElement("div");
+      note.className = "fielderr"; note.dataset.for = pointer; note.textContent = message;
+      (el.closest("label") || el).insertAdjacentElement("afterend", note);
+      return;
+    }
+    if (!p) return;
+    p = p.slice(0, p.lastIndexOf("/"));
+  }
+}
+
+export async function badge() {
+  const r = await api("GET", "/api/v1/proposals?status=pending");
+  $("pending-badge").textContent = (r.data.proposals || []).length ? String(r.data.proposals.length) : "";
+  return r.data.proposals || [];
+}
+
+async function proposals() {
+  const list = await badge();
+  $("proposals").innerHTML = list.map(p => `<tr><td>${p.id}</td><td>${esc(p.playlist)}${p.body == null ? ` (${esc(t("delete"))})` : ""}</td><td>${esc(p.author)}</td>
+    <td>${(p.impact || []).map(i => esc(i.target)).join(", ")}</td>
+    <td><button data-proposal="${p.id}" data-decision="publish">${t("publish")}</button> <button data-proposal="${p.id}" data-decision="reject">${t("reject")}</button></td></tr>`).join("");
+}
+
+async function decide(id, decision) {
+  let body;
+  if (decision === "reject") {
+    const why = prompt(t("reject_why"));
+    if (why === null) return;
+    body = {reason: why};
+  }
+  const r = await api("POST", `/api/v1/proposals/${id}/${decision}`, body);
+  if (!r.ok) $("check-out").innerHTML = `<div class="err">${esc(errorOf(r))}</div>`;
+  await proposals();
+  if (!isNew && $("playlist").value) open($("playlist").value);
+}
+
+document.addEventListener("click", e => {
+  const b = e.target.closest("button[data-proposal]");
+  if (b) decide(b.dataset.proposal, b.dataset.decision);
+});
+
