@@ -295,6 +295,25 @@ async fn console_builds_a_playlist_in_forms_reviews_it_and_an_agent_plays_it() {
             contains("open-day-form"),
         )
         .await;
+    // The approver sees what changes (a new file: every line added), and a rejection needs
+    // a reason.
+    driver.eval(&click("[data-decision=diff]")).await;
+    driver
+        .until(
+            "the proposal's diff",
+            "return [...document.querySelectorAll('#proposal-diff .dadd')].map(e => e.textContent).join('\\n')",
+            contains("\"zh\": \"开放日表单标语\""),
+        )
+        .await;
+    driver.screenshot("console-review-diff.png").await;
+    driver.eval(&click("[data-decision=reject]")).await;
+    driver
+        .until(
+            "the reason asked for",
+            "return document.getElementById('check-out').textContent",
+            contains("Write why"),
+        )
+        .await;
     driver.eval(&click("[data-decision=publish]")).await;
     agent
         .frame("the form's slogan on the real agent", |f| {
@@ -368,7 +387,7 @@ async fn console_builds_a_playlist_in_forms_reviews_it_and_an_agent_plays_it() {
     driver
         .until(
             "plays in the chart",
-            "document.querySelector('#fleet tr[data-id=\"lobby-west-2\"]')?.click(); return document.querySelectorAll('#plays-chart rect[fill]').length",
+            "document.querySelector('#fleet tr[data-id=\"lobby-west-2\"]')?.click(); return document.querySelectorAll('#plays-chart rect.datum').length",
             |v| v.as_u64().is_some_and(|n| n >= 1),
         )
         .await;
@@ -459,4 +478,71 @@ async fn console_builds_a_playlist_in_forms_reviews_it_and_an_agent_plays_it() {
         "the page scrolls sideways at phone width: {width}"
     );
     driver.screenshot("console-phone.png").await;
+}
+
+/// The week in a zone with daylight saving: the lanes of the change days are 23 and 25 hours
+/// long and marked, and a stretch keeps its wall-clock place on them (Europe/Berlin changes on
+/// the last Sundays of March and October, EU Directive 2000/84/EC).
+#[tokio::test]
+async fn console_week_draws_daylight_saving_days() {
+    let port = free_port();
+    let site = Site::new(
+        &format!("listen = \"127.0.0.1:{port}\""),
+        "timezone = \"Europe/Berlin\"",
+    );
+    let d = Daemon::start(&site).await;
+    let driver = Driver::start().await;
+    driver.log_in(&d.http, &site.admin_token()).await;
+    let lanes = |from: &str| {
+        format!(
+            "{} {} return [...document.querySelectorAll('#week .day')].map(d => d.dataset.day + '=' + d.dataset.hours)",
+            set("#week-from", from),
+            click("#week-show")
+        )
+    };
+    let spring = driver
+        .until("the spring week", &lanes("2026-03-26"), |v| {
+            v.as_array()
+                .is_some_and(|a| a.len() == 7 && a[0] == "2026-03-26=24")
+        })
+        .await;
+    assert_eq!(spring[3], "2026-03-29=23", "{spring}");
+    assert_eq!(
+        spring
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|d| d.as_str().unwrap().ends_with("=24"))
+            .count(),
+        6
+    );
+    // The lanes are wall-clock time: the hotline's 06:00 lines up on the short day too, and
+    // the skipped hour 02:00-03:00 is a band.
+    let left = "return [...document.querySelectorAll('#week .day')].map(d => { const s = [...d.querySelectorAll('.stretch')].find(b => b.title.includes('hotline-12345')); return s ? parseFloat(s.style.left).toFixed(2) : null; })";
+    let lefts = driver.eval(left).await;
+    assert_eq!(lefts[3], "25.00", "{lefts}");
+    assert_eq!(lefts[2], "25.00", "{lefts}");
+    let band = driver
+        .eval("const b = document.querySelector('#week .day[data-day=\"2026-03-29\"] .dstband'); return b && [parseFloat(b.style.left).toFixed(2), parseFloat(b.style.width).toFixed(2), b.title]")
+        .await;
+    assert_eq!(band[0], "8.33", "{band}");
+    assert_eq!(band[1], "4.17", "{band}");
+    assert!(band[2].as_str().unwrap().contains("skipped"), "{band}");
+    let mark = driver
+        .eval("return document.querySelector('#week .day[data-day=\"2026-03-29\"] .dst')?.textContent")
+        .await;
+    assert_eq!(mark, "23 h");
+    driver.screenshot("console-week-dst.png").await;
+    let autumn = driver
+        .until("the autumn week", &lanes("2026-10-22"), |v| {
+            v.as_array()
+                .is_some_and(|a| a.len() == 7 && a[0] == "2026-10-22=24")
+        })
+        .await;
+    assert_eq!(autumn[3], "2026-10-25=25", "{autumn}");
+    let band = driver
+        .eval("const b = document.querySelector('#week .day[data-day=\"2026-10-25\"] .dstband'); return b && [parseFloat(b.style.left).toFixed(2), b.title]")
+        .await;
+    assert_eq!(band[0], "8.33", "{band}");
+    assert!(band[1].as_str().unwrap().contains("twice"), "{band}");
 }

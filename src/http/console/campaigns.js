@@ -9,6 +9,7 @@ import {site} from "./api.js";
 
 let timer = null;
 let templates = null;
+let gateways = [];
 let picked = null;
 
 export function init() {
@@ -30,10 +31,16 @@ export function init() {
 // Characters, and the encoding the text needs (GSM 03.38 fits 160 a part; else UCS-2, 70).
 function count() {
   const tpl = templates?.find(x => x.name === $("c-template").value);
+  $("c-text").disabled = $("c-text-en").disabled = Boolean(tpl);
   const text = tpl ? tpl.text : $("c-text").value;
   const n = Array.from(text).length;
   const gsm = /^[A-Za-z0-9 @£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ!"#¤%&'()*+,\-./:;<=>?¡ÄÖÑÜ§¿äöñüà^{}\\[~\]|€]*$/.test(text);
-  $("c-count").textContent = `${n} ${t("chars")} · ${gsm ? "GSM-7" : "UCS-2"}${tpl ? ` · ${t("template_of")} ${tpl.gateways.join(", ")}` : ""}`;
+  // Which gateways carry it: a template goes through those that have it; free text through
+  // those that do not send templates only (Chinese carriers send approved templates only).
+  const via = tpl ? tpl.gateways : gateways.filter(g => !g.templates_only).map(g => g.name);
+  $("c-count").textContent = `${n} ${t("chars")} · ${gsm ? "GSM-7" : "UCS-2"} · `
+    + (via.length ? `${t("goes_through")} ${via.join(", ")}` : t("no_gateway_for_text"));
+  $("c-count").className = via.length ? "muted" : "err";
 }
 
 async function setup() {
@@ -47,9 +54,12 @@ async function setup() {
     }
   }
   const g = await api("GET", "/api/v1/sms/gateways");
-  $("c-gateways").innerHTML = (g.data.gateways || []).map(x => x.out_of_rotation
-    ? `<span class="err">${esc(x.name)} (${esc(x.kind)}): ${t("c_out")}: ${esc(x.reason || "")}</span>`
-    : `${esc(x.name)} (${esc(x.kind)})`).join(" · ");
+  gateways = g.data.gateways || [];
+  $("c-gateways").innerHTML = gateways.map(x => {
+    const what = `${esc(x.name)} (${esc(x.kind)}${x.templates_only ? ", " + esc(t("templates_only")) : ""})`;
+    return x.out_of_rotation ? `<span class="err">${what}: ${t("c_out")}: ${esc(x.reason || "")}</span>` : what;
+  }).join(" · ");
+  count();
 }
 
 export async function show() {
@@ -80,7 +90,7 @@ async function detail(c) {
   const chart = stackedBars(labels, [
     {name: t("sent"), values: minutes.map(m => m.sent)},
     {name: t("delivered"), values: minutes.map(m => m.delivered)},
-    {name: t("failed"), values: minutes.map(m => m.failed)}], {title: t("per_minute")});
+    {name: t("failed"), values: minutes.map(m => m.failed)}], {title: t("per_minute"), grouped: true});
   const states = Object.entries(c.counts).map(([k, v]) => `<div class="card" data-state="${esc(k)}"><b>${v}</b>${esc(t("st_" + k))}</div>`).join("");
   $("campaign-detail").innerHTML = `<h3>#${c.id} ${esc(c.name)} · ${esc(c.status)}${c.approved_by ? ` · ${esc(t("approved_by"))} ${esc(c.approved_by)}` : ""}</h3>
     <div class="cards">${states}</div><h4>${esc(t("per_minute"))}</h4><div class="chart" id="campaign-chart" data-minutes="${minutes.length}">${chart}</div>`;

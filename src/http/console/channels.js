@@ -4,7 +4,7 @@
 // does display X show at T" (GET /api/v1/frame) and the old list view (GET /api/v1/preview).
 import {$, api, esc, errorOf, site} from "./api.js";
 import {t, lang, textOf} from "./i18n.js";
-import {instantOf, dateIn, hhmm, ymd, nextDay} from "./chart.js";
+import {instantOf, dateIn, hhmm, ymd, nextDay, wallHours, offsetChange} from "./chart.js";
 import {screen} from "./screens.js";
 
 let week = null;
@@ -33,7 +33,8 @@ export async function show() {
   if (!inited) return;
   const tiers = ["emergency", "interrupt", "normal", "fallback", "none"];
   $("week-legend").innerHTML = tiers.map(x => `<span><i class="t-${x}"></i>${esc(t("tier_" + x))}</span>`).join("")
-    + `<span><i style="background:var(--bad)"></i>${esc(t("alert_band"))}</span>`;
+    + `<span><i style="background:var(--bad)"></i>${esc(t("alert_band"))}</span>`
+    + `<span><i class="dstband" style="position:static;display:inline-block"></i>${esc(t("dst_day"))}</span>`;
   const [y, m, d] = $("week-from").value.split("-").map(Number);
   const tz = site.timezone;
   const from = instantOf(y, m, d, 0, 0, tz);
@@ -70,25 +71,41 @@ function covers(a) {
   return false;
 }
 
+// One local day: positions are wall-clock time (06:00 lines up on every day). On a
+// daylight-saving day the skipped or repeated hour is a hatched band, and the day's real
+// length (23 or 25 h) is marked.
 function lane(day, a, b, alerts) {
-  const span = b - a, hours = Math.round(span / 36e5);
+  const tz = site.timezone, hours = Math.round((b - a) / 36e5);
+  const x = ms => ms >= b ? 24 : wallHours(ms, tz);
+  const place = (f, u) => {
+    let w = x(u) - x(f);
+    if (w <= 0) w = (u - f) / 36e5;  // inside a repeated hour
+    return `left:${(100 * x(f)) / 24}%;width:${(100 * w) / 24}%`;
+  };
   const weekday = new Date(Date.UTC(day.y, day.m - 1, day.d)).getUTCDay();
   const dst = hours !== 24 ? ` <span class="dst" title="${esc(t("dst_day"))}">${hours} h</span>` : "";
   let html = `<div class="day" data-day="${ymd(day)}" data-hours="${hours}"><div class="label">${ymd(day).slice(5)} ${esc(t("wd" + weekday))}${dst}</div><div class="lane">`;
   week.segments.forEach((s, i) => {
     const f = Math.max(Date.parse(s.from), a), u = Math.min(Date.parse(s.until), b);
     if (u <= f) return;
-    const left = (100 * (f - a)) / span, width = (100 * (u - f)) / span;
-    const total = s.weights.reduce((x, y) => x + y, 0) || 1;
+    const total = s.weights.reduce((p, q) => p + q, 0) || 1;
     const parts = s.playlists.map((p, k) => `<span class="shade${k % 4}" style="flex-grow:${s.weights[k] || 1}" title="${esc(p)} ${Math.round((100 * (s.weights[k] || 1)) / total)}%"></span>`).join("");
-    html += `<button class="stretch t-${s.tier || "none"}" data-seg="${i}" style="left:${left}%;width:${width}%"
-      title="${esc(hhmm(f, site.timezone))}–${esc(hhmm(u, site.timezone))} ${esc(share(s))}" aria-label="${esc(hhmm(f, site.timezone))}–${esc(hhmm(u, site.timezone))} ${esc(t("tier_" + (s.tier || "none")))} ${esc(share(s))}">${parts}</button>`;
+    const label = `${hhmm(f, tz)}–${u >= b ? "24:00" : hhmm(u, tz)}`;
+    html += `<button class="stretch t-${s.tier || "none"}" data-seg="${i}" style="${place(f, u)}"
+      title="${esc(label)} ${esc(share(s))}" aria-label="${esc(label)} ${esc(t("tier_" + (s.tier || "none")))} ${esc(share(s))}">${parts}</button>`;
   });
+  const change = hours !== 24 ? offsetChange(a, b, tz) : null;
+  if (change !== null) {
+    const before = wallHours(change[0], tz), after = wallHours(change[1], tz);
+    const [lo, hi] = [Math.min(before, after), Math.max(before, after)];
+    const what = after > before ? t("hour_skipped") : t("hour_repeated");
+    html += `<div class="dstband" style="left:${(100 * lo) / 24}%;width:${(100 * (hi - lo)) / 24}%" title="${esc(what)}"></div>`;
+  }
   for (const al of alerts) {
     const f = Math.max(Date.parse(al.starts_at || al.issued_at), a);
     const u = Math.min(Date.parse(al.cleared_at || al.expires_at), b);
     if (u <= f) continue;
-    html += `<div class="alertband" style="left:${(100 * (f - a)) / span}%;width:${(100 * (u - f)) / span}%" title="${esc(textOf(al.text))}"></div>`;
+    html += `<div class="alertband" style="${place(f, u)}" title="${esc(textOf(al.text))}"></div>`;
   }
   return html + "</div></div>";
 }

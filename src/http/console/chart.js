@@ -27,6 +27,20 @@ export function instantOf(y, m, d, hh, mm, tz) {
 // Wall-clock date (y, m, d) of instant `ms` in `tz`.
 export function dateIn(ms, tz) { const p = parts(ms, tz); return {y: p.y, m: p.m, d: p.d}; }
 
+// Wall-clock hours since local midnight of instant `ms` in `tz` (e.g. 6.5 at 06:30).
+export function wallHours(ms, tz) { const p = parts(ms, tz); return p.h + p.mi / 60 + p.s / 3600; }
+
+// The last second before and the first second after the zone's offset changes in [a, b), or null.
+export function offsetChange(a, b, tz) {
+  let lo = a, hi = b - 1;
+  if (offsetAt(lo, tz) === offsetAt(hi, tz)) return null;
+  while (hi - lo > 1000) {
+    const mid = lo + Math.floor((hi - lo) / 2);
+    if (offsetAt(mid, tz) === offsetAt(lo, tz)) lo = mid; else hi = mid;
+  }
+  return [lo, hi];
+}
+
 // "HH:MM" of instant `ms` in `tz`.
 export function hhmm(ms, tz) { const p = parts(ms, tz); return String(p.h).padStart(2, "0") + ":" + String(p.mi).padStart(2, "0"); }
 
@@ -51,12 +65,15 @@ export function nextDay({y, m, d}) {
 const palette = ["#0b5cad", "#c77700", "#1b7f3b", "#8a3ffc", "#b00020", "#007d79", "#6f6f6f", "#d12771"];
 export const colour = i => palette[i % palette.length];
 
-// Stacked bars: `labels` along x, `series` [{name, values}] stacked; answers SVG text.
-export function stackedBars(labels, series, {height = 180, title = ""} = {}) {
+// Bars: `labels` along x, `series` [{name, values}] stacked (`grouped`: side by side);
+// answers SVG text. A bar is at most 48 units wide, so a short series does not fill the chart.
+export function stackedBars(labels, series, {height = 180, title = "", grouped = false} = {}) {
   const w = Math.max(900, labels.length * 26), h = height, pad = 28;
-  const totals = labels.map((_, i) => series.reduce((s, x) => s + (x.values[i] || 0), 0));
-  const max = Math.max(1, ...totals);
-  const bw = (w - pad - 4) / Math.max(1, labels.length);
+  const tops = labels.map((_, i) => grouped ? Math.max(0, ...series.map(x => x.values[i] || 0))
+    : series.reduce((s, x) => s + (x.values[i] || 0), 0));
+  const max = Math.max(1, ...tops);
+  const slot = Math.min(48 * (grouped ? series.length : 1) + 8, (w - pad - 4) / Math.max(1, labels.length));
+  const bw = grouped ? (slot - 4) / Math.max(1, series.length) : slot - 4;
   const rows = Math.ceil(series.length / 4);
   let out = `<svg viewBox="0 0 ${w} ${h + 26 + rows * 14}" role="img" aria-label="${esc(title)}"><title>${esc(title)}</title>`;
   out += `<text x="2" y="12" font-size="10">${max}</text><line x1="${pad}" y1="${h}" x2="${w}" y2="${h}" stroke="#999"/>`;
@@ -66,11 +83,12 @@ export function stackedBars(labels, series, {height = 180, title = ""} = {}) {
       const v = s.values[i] || 0;
       if (!v) return;
       const bh = (v / max) * (h - 16);
-      y -= bh;
-      out += `<rect x="${pad + i * bw + 1}" y="${y}" width="${Math.max(1, bw - 2)}" height="${bh}" fill="${colour(k)}"><title>${esc(label)} ${esc(s.name)}: ${v}</title></rect>`;
+      const x = pad + i * slot + 2 + (grouped ? k * bw : 0);
+      const top = grouped ? h - bh : (y -= bh);
+      out += `<rect class="datum" x="${x}" y="${top}" width="${Math.max(1, bw - (grouped ? 1 : 0))}" height="${bh}" fill="${colour(k)}"><title>${esc(label)} ${esc(s.name)}: ${v}</title></rect>`;
     });
     if (labels.length <= 24 || i % Math.ceil(labels.length / 24) === 0)
-      out += `<text x="${pad + i * bw + bw / 2}" y="${h + 12}" font-size="9" text-anchor="middle">${esc(label)}</text>`;
+      out += `<text x="${pad + i * slot + slot / 2}" y="${h + 12}" font-size="9" text-anchor="middle">${esc(label)}</text>`;
   });
   series.forEach((s, k) => {
     const x = pad + (k % 4) * 150, y = h + 20 + Math.floor(k / 4) * 14;
