@@ -402,12 +402,12 @@ async fn console_builds_a_playlist_in_forms_reviews_it_and_an_agent_plays_it() {
             |v| v == 2,
         )
         .await;
+    // Chosen with the keyboard: focus the point on the map, press Enter.
+    driver.eval(&set("#alert-zh", "控制台演练")).await;
     driver
-        .eval(&format!(
-            "document.querySelector('#alert-map circle[data-v=\"lobby-west-2\"]').dispatchEvent(new MouseEvent('click', {{bubbles: true}})); {}",
-            set("#alert-zh", "控制台演练")
-        ))
+        .eval("document.querySelector('#alert-map circle[data-v=\"lobby-west-2\"]').focus();")
         .await;
+    driver.keys("\u{E007}").await;
     driver
         .until(
             "the display chosen",
@@ -433,6 +433,19 @@ async fn console_builds_a_playlist_in_forms_reviews_it_and_an_agent_plays_it() {
     );
     driver.screenshot("console-alert-acks.png").await;
     driver.eval(&click("[data-clear]")).await;
+
+    // The tabs answer the arrow keys (WAI-ARIA tabs): from Alerts, right goes to SMS.
+    driver
+        .eval("document.querySelector('[data-tab=alerts]').focus();")
+        .await;
+    driver.keys("\u{E014}").await;
+    driver
+        .until(
+            "the SMS tab by the arrow key",
+            "return document.getElementById('tab-campaigns').classList.contains('on') && document.activeElement.dataset.tab",
+            |v| v == "campaigns",
+        )
+        .await;
 
     // Both languages complete; every tab in Chinese.
     driver.eval(&click("#lang")).await;

@@ -723,4 +723,36 @@ async fn the_console_sends_a_template_campaign_from_a_workbook() {
     driver.screenshot("console-sms-template.png").await;
     let sent: Vec<String> = a.book().sent.iter().map(|s| s.0.clone()).collect();
     assert_eq!(sent.len(), 2, "{sent:?}");
+
+    // An alert with an SMS part: the template, to the same workbook; its delivery is reported
+    // with the alert.
+    driver
+        .eval("document.querySelector('[data-tab=alerts]').click(); document.getElementById('alert-zh').value = '暴雨预警演练';")
+        .await;
+    driver
+        .until(
+            "the alert's template list",
+            "return [...document.getElementById('alert-template').options].map(o => o.value)",
+            |v| {
+                v.as_array()
+                    .is_some_and(|a| a.iter().any(|o| o == "open-day"))
+            },
+        )
+        .await;
+    driver
+        .eval("document.getElementById('alert-template').value = 'open-day';")
+        .await;
+    driver.choose_file("#alert-sms-file", &xlsx).await;
+    driver
+        .eval("document.getElementById('raise').click();")
+        .await;
+    driver
+        .until(
+            "the alert's SMS delivered",
+            "return document.getElementById('alert-detail').textContent",
+            crate::web::contains("2/2 delivered"),
+        )
+        .await;
+    driver.screenshot("console-alert-sms.png").await;
+    assert_eq!(a.book().sent.len(), 4);
 }

@@ -167,6 +167,22 @@ impl Driver {
         .await;
     }
 
+    /// Presses keys on the real keyboard (WebDriver actions): `\u{E007}` is Enter, `\u{E014}`
+    /// the right arrow key, `\u{E004}` Tab (WebDriver §17.4.2).
+    pub(crate) async fn keys(&self, keys: &str) {
+        let mut acts = Vec::new();
+        for k in keys.chars() {
+            acts.push(json!({"type": "keyDown", "value": k.to_string()}));
+            acts.push(json!({"type": "keyUp", "value": k.to_string()}));
+        }
+        self.call(
+            reqwest::Method::POST,
+            "/actions",
+            json!({"actions": [{"type": "key", "id": "keyboard", "actions": acts}]}),
+        )
+        .await;
+    }
+
     /// Sets the browser window's size (CSS pixels), e.g. a phone's width.
     pub(crate) async fn resize(&self, width: u32, height: u32) {
         self.call(

@@ -68,7 +68,10 @@ function pick(e) {
   const kind = b.dataset.scope, other = kind === "channels" ? "displays" : "channels";
   chosen[other].clear();
   chosen[kind].has(b.dataset.v) ? chosen[kind].delete(b.dataset.v) : chosen[kind].add(b.dataset.v);
+  const where = b.closest("#alert-map") ? "#alert-map" : b.closest(".chips") ? "#" + b.closest(".chips").id : null;
   drawScope();
+  // Keep the keyboard on the control that was used.
+  if (where) document.querySelector(`${where} [data-scope="${kind}"][data-v="${CSS.escape(b.dataset.v)}"]`)?.focus();
 }
 
 let templates = null;

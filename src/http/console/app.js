@@ -46,6 +46,15 @@ document.querySelector("nav").addEventListener("keydown", e => {
   const next = all[(i + (e.key === "ArrowRight" ? 1 : all.length - 1)) % all.length];
   next.focus(); tab(next.dataset.tab);
 });
+// Enter or Space on a focusable element that acts as a button (a count card, a map point, a
+// table row) does what a click does.
+document.addEventListener("keydown", e => {
+  if (e.key !== "Enter" && e.key !== " ") return;
+  const el = e.target.closest?.('[role="button"]:not(button), tr[tabindex]');
+  if (!el) return;
+  e.preventDefault();
+  el.dispatchEvent(new MouseEvent("click", {bubbles: true}));
+});
 $("do-login").onclick = login;
 $("token").onkeydown = e => { if (e.key === "Enter") login(); };
 $("logout").onclick = () => { sessionStorage.removeItem("marquee-token"); location.reload(); };

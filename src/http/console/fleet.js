@@ -33,7 +33,6 @@ export function init() {
     draw();
   });
   $("fleet").addEventListener("click", e => { const r = e.target.closest("tr[data-id]"); if (r) detail(r.dataset.id); });
-  $("fleet").addEventListener("keydown", e => { const r = e.target.closest("tr[data-id]"); if (r && e.key === "Enter") detail(r.dataset.id); });
 }
 
 export async function show() {
