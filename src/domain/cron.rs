@@ -60,18 +60,23 @@ pub fn next_starts(cron: &Cron, tz: Tz, after: DateTime<Utc>, n: usize) -> Vec<S
         .collect()
 }
 
-/// `+01:00 → +02:00` when the offset at the local day's start differs from that at its end.
+/// `+01:00 → +02:00` when the local day is not 24 hours long (a daylight-saving day): the offset
+/// just before the day begins, then at the next day's start. A day whose midnight is skipped
+/// (America/Santiago) begins at the first instant after the gap.
 fn offset_change(tz: Tz, day: chrono::NaiveDate) -> Option<String> {
-    let at = |d: chrono::NaiveDate| {
-        let noon_before = d.and_hms_opt(0, 0, 0)?;
-        tz.from_local_datetime(&noon_before).earliest().or_else(|| {
-            tz.from_local_datetime(&(noon_before + Duration::hours(1)))
-                .earliest()
-        })
+    let start = |d: chrono::NaiveDate| {
+        let midnight = d.and_hms_opt(0, 0, 0)?;
+        Some(crate::domain::calendar::local_to_utc(tz, midnight))
     };
-    let (a, b) = (at(day)?, at(day.succ_opt()?)?);
-    let (oa, ob) = (a.offset().fix(), b.offset().fix());
-    (oa != ob).then(|| format!("{oa} → {ob}"))
+    let (a, b) = (start(day)?, start(day.succ_opt()?)?);
+    if b - a == Duration::hours(24) {
+        return None;
+    }
+    let before = tz
+        .offset_from_utc_datetime(&(a - Duration::seconds(1)).naive_utc())
+        .fix();
+    let after = tz.offset_from_utc_datetime(&b.naive_utc()).fix();
+    Some(format!("{before} → {after}"))
 }
 
 /// croner's describer with Chinese phrases (`describe_lang`).
@@ -238,6 +243,20 @@ mod tests {
         assert_eq!(s[0].offset_change, None);
         assert_eq!(s[1].offset_change.as_deref(), Some("+01:00 → +02:00"));
         assert_eq!(s[1].at, "2026-03-29T09:00:00+02:00");
+        assert_eq!(s[2].offset_change, None);
+    }
+
+    #[test]
+    fn a_skipped_midnight_marks_its_own_day() {
+        // America/Santiago moves from -04:00 to -03:00 at 00:00 local on 2026-09-06 (Chile's
+        // rule: the first Sunday of September); that day has 23 hours, the day before 24.
+        let tz: Tz = "America/Santiago".parse().unwrap();
+        let c = parse("0 9 * * *").unwrap();
+        let s = next_starts(&c, tz, utc("2026-09-04T14:00:00Z"), 3);
+        assert_eq!(s[0].local, "2026-09-05 09:00");
+        assert_eq!(s[0].offset_change, None);
+        assert_eq!(s[1].local, "2026-09-06 09:00");
+        assert_eq!(s[1].offset_change.as_deref(), Some("-04:00 → -03:00"));
         assert_eq!(s[2].offset_change, None);
     }
 

@@ -1,6 +1,7 @@
 //! `GET /api/v1/frame`: what a display shows at an instant, computed the way its agent computes
-//! it (`agent::player::frame_at`) from the timeline it should hold: its own if one is published
-//! and covers the instant, else its channel's. The console's "show me display X at time T".
+//! it (`agent::player::frame_at`): an alert that reaches it and is on screens then comes first;
+//! else the timeline it should hold: its own if one is published and covers the instant, else its
+//! channel's. The console's "show me display X at time T".
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,11 +25,14 @@ pub struct FrameAnswer {
     pub channel: String,
     /// The instant (RFC 3339, the schedule's zone).
     pub at: String,
-    /// The timeline topic it comes from, and that timeline's version (`null`: none published).
+    /// The timeline topic it comes from, and that timeline's version (`null`: none published
+    /// that covers the instant: before the first publication or beyond the horizon).
     pub topic: Option<String>,
     /// Version of that timeline.
     pub version: Option<u64>,
-    /// The frame: `kind` (`timeline`, or `fallback` when nothing is scheduled: the screen shows
+    /// The alert on screen then, if any (its id).
+    pub alert: Option<String>,
+    /// The frame: `kind` (`alert`, `timeline`, or `fallback` when nothing is scheduled: the screen shows
     /// its own local fallback text, empty here), `item`, `playlist`, `lang`, `text`, `tier`,
     /// `start` and `until` (RFC 3339).
     #[schema(value_type = Object)]
@@ -71,7 +75,11 @@ pub async fn frame(
     if let Some(d) = &display {
         topics.insert(0, Topic::DisplayTimeline(d.clone()).render(prefix));
     }
-    let published = s.store.call(|store| store.published()).await?;
+    let (published, alerts) = s
+        .store
+        .call(|store| Ok((store.published()?, store.alerts()?)))
+        .await?;
+    let alert = alert_at(&alerts, display.as_deref(), &channel, at);
     // The first topic whose timeline covers the instant (a display's own supersedes its
     // channel's while valid, as on the agent).
     let held = topics.iter().find_map(|topic| {
@@ -83,13 +91,68 @@ pub async fn frame(
         text: Default::default(),
         seconds: 10,
     };
-    let frame = frame_at(held.as_ref().map(|h| &h.2), None, &nothing, &policy, at);
+    let frame = frame_at(
+        held.as_ref().map(|h| &h.2),
+        alert.as_ref(),
+        &nothing,
+        &policy,
+        at,
+    );
     Ok(Json(FrameAnswer {
         display,
         channel,
         at: at.with_timezone(&sched.timezone).to_rfc3339(),
         topic: held.as_ref().map(|h| h.0.clone()),
         version: held.map(|h| h.1),
+        alert: alert.map(|a| a.id),
         frame,
     }))
+}
+
+/// The newest alert that reaches `display` (or, without one, `channel`) and is on screens at
+/// `at`: not waiting for approval, started, neither expired nor cleared by then.
+fn alert_at(
+    rows: &[crate::store::alerts::AlertRow],
+    display: Option<&str>,
+    channel: &str,
+    at: chrono::DateTime<Utc>,
+) -> Option<crate::wire::alert::Alert> {
+    use crate::store::alerts::{AlertStatus, Scope};
+    let time = |s: &str| {
+        chrono::DateTime::parse_from_rfc3339(s)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    };
+    rows.iter()
+        .filter(|a| a.status != AlertStatus::Pending)
+        .filter(|a| match &a.scope {
+            Scope::All => true,
+            Scope::Channels(c) => c.iter().any(|c| c == channel),
+            Scope::Displays(d) => display.is_some_and(|id| d.iter().any(|x| x == id)),
+        })
+        .filter(|a| {
+            a.cleared_at
+                .as_deref()
+                .and_then(time)
+                .is_none_or(|c| at < c)
+        })
+        .filter_map(|a| {
+            let shown = a
+                .approved_at
+                .as_deref()
+                .and_then(time)
+                .into_iter()
+                .chain(time(&a.issued_at))
+                .max()?;
+            Some(crate::wire::alert::Alert {
+                id: a.id.clone(),
+                severity: a.severity.clone(),
+                text: a.text.clone(),
+                issued_at: shown,
+                expires_at: time(&a.expires_at)?,
+                starts_at: a.starts_at.as_deref().and_then(time),
+            })
+        })
+        .filter(|a| a.issued_at <= at && a.showing(at))
+        .max_by_key(|a| a.issued_at)
 }

@@ -432,6 +432,15 @@ async fn console_builds_a_playlist_in_forms_reviews_it_and_an_agent_plays_it() {
         serde_json::json!({"displays": ["lobby-west-2"]})
     );
     driver.screenshot("console-alert-acks.png").await;
+    // The frame at this moment is the alert on that display, not on the rest of its channel.
+    let (_, on) = d
+        .get("/api/v1/frame?display=lobby-west-2", Some(EDITOR))
+        .await;
+    assert_eq!(on["frame"]["kind"], "alert", "{on}");
+    assert_eq!(on["frame"]["text"], "控制台演练", "{on}");
+    assert_eq!(on["alert"], list["alerts"][0]["id"]);
+    let (_, channel) = d.get("/api/v1/frame?channel=lobby", Some(EDITOR)).await;
+    assert_eq!(channel["frame"]["kind"], "timeline", "{channel}");
     driver.eval(&click("[data-clear]")).await;
 
     // The tabs answer the arrow keys (WAI-ARIA tabs): from Alerts, right goes to SMS.

@@ -427,7 +427,7 @@ async fn web_console_logs_in_edits_a_playlist_previews_and_handles_alerts() {
         .until(
             "the cleared alert",
             "return document.getElementById('alerts').textContent",
-            contains("cleared"),
+            contains("已撤销"),
         )
         .await;
     let (_, list) = d.get("/api/v1/alerts", Some(&token)).await;
@@ -458,7 +458,7 @@ async fn web_console_logs_in_edits_a_playlist_previews_and_handles_alerts() {
         .until(
             "the draft in the list",
             "return document.getElementById('campaigns').textContent",
-            contains("draft"),
+            contains("草稿"),
         )
         .await;
     driver
@@ -470,7 +470,7 @@ async fn web_console_logs_in_edits_a_playlist_previews_and_handles_alerts() {
             "return document.getElementById('campaigns').textContent",
             |v| {
                 v.as_str()
-                    .is_some_and(|s| s.contains("done") && s.contains("0 / 2 / 0"))
+                    .is_some_and(|s| s.contains("已完成") && s.contains("0 / 2 / 0"))
             },
         )
         .await;
@@ -527,7 +527,7 @@ async fn web_console_logs_in_edits_a_playlist_previews_and_handles_alerts() {
     driver
         .until(
             "the workbook's campaign done",
-            "return [...document.querySelectorAll('#campaigns tr')].filter(r => r.textContent.includes('名单文件') && r.textContent.includes('done') && r.textContent.includes('0 / 1 / 0')).length",
+            "return [...document.querySelectorAll('#campaigns tr')].filter(r => r.textContent.includes('名单文件') && r.dataset.status === 'done' && r.textContent.includes('0 / 1 / 0')).length",
             |v| v == 1,
         )
         .await;

@@ -25,7 +25,7 @@ export async function show() {
     const state = a.cleared_at ? "cleared" : a.status;
     const acts = (a.cleared_at ? "" : (a.status === "pending" ? `<button data-approve="${esc(a.id)}">${t("approve")}</button> ` : "") + `<button data-clear="${esc(a.id)}">${t("clear")}</button> `)
       + `<button data-acks="${esc(a.id)}">${t("acks")}</button>`;
-    return `<tr><td>${esc(a.id)}</td><td>${esc(textOf(a.text))}<div class="muted">${esc(scopeText(a.scope))}</div></td><td>${esc(state)}</td><td data-ackcount="${esc(a.id)}"></td><td>${acts}</td></tr>`;
+    return `<tr data-status="${esc(state)}"><td>${esc(a.id)}</td><td>${esc(textOf(a.text))}<div class="muted">${esc(scopeText(a.scope))}</div></td><td>${esc(t("as_" + state))}</td><td data-ackcount="${esc(a.id)}"></td><td>${acts}</td></tr>`;
   }).join("");
   await Promise.all(list.map(async a => {
     const d = (await api("GET", "/api/v1/alerts/" + a.id)).data;
@@ -76,13 +76,14 @@ function pick(e) {
 
 let templates = null;
 async function smsTemplates() {
-  if (templates) return;
-  const r = await api("GET", "/api/v1/sms/templates");
-  templates = r.data.templates || [];
+  if (!templates) templates = (await api("GET", "/api/v1/sms/templates")).data.templates || [];
+  const was = $("alert-template").value;
   $("alert-template").innerHTML = `<option value="">${esc(t("no_sms"))}</option><option value="-">${esc(t("sms_alert_text"))}</option>`
     + templates.map(x => `<option value="${esc(x.name)}">${esc(x.name)}: ${esc(x.text)}</option>`).join("");
+  $("alert-template").value = was;
   if (!$("alert-sms-file")) $("alert-template").insertAdjacentHTML("afterend",
-    `<label>${esc(t("c_file"))} <input id="alert-sms-file" type="file" accept=".csv,.txt,.tsv,.xlsx,text/csv,text/plain"></label>`);
+    `<label><span id="alert-sms-label"></span> <input id="alert-sms-file" type="file" accept=".csv,.txt,.tsv,.xlsx,text/csv,text/plain"></label>`);
+  $("alert-sms-label").textContent = t("c_file");
 }
 
 async function raise() {
@@ -122,7 +123,7 @@ async function acks(id) {
   const r = await api("GET", "/api/v1/alerts/" + encodeURIComponent(id));
   if (!r.ok) { $("alert-detail").innerHTML = ""; return; }
   const d = r.data;
-  const sms = d.sms ? `<p>${esc(t("campaigns"))} #${d.sms.campaign}: ${esc(d.sms.status)} · ${d.sms.delivered}/${d.sms.recipients} ${esc(t("delivered"))} · ${d.sms.failed} ${esc(t("failed"))}</p>` : "";
+  const sms = d.sms ? `<p>${esc(t("campaigns"))} #${d.sms.campaign}: ${esc(t("cs_" + d.sms.status))} · ${d.sms.delivered}/${d.sms.recipients} ${esc(t("delivered"))} · ${d.sms.failed} ${esc(t("failed"))}</p>` : "";
   $("alert-detail").innerHTML = `<h3>${esc(id)}: ${esc(textOf(d.alert.text))}</h3>${sms}
     <div class="cards"><div class="card ok"><b id="acked-count">${d.acks.length}</b>${esc(t("acknowledged"))}</div><div class="card ${d.not_acknowledged.length ? "bad" : ""}"><b id="unacked-count">${d.not_acknowledged.length}</b>${esc(t("not_acknowledged"))}</div></div>
     <div class="scroll"><table><tbody id="alert-acks">${d.acks.map(a => `<tr><td class="ok">✓ ${esc(a.display)}</td><td>${esc(local(a.displayed_at, site.timezone))}</td><td>${a.latency_ms ?? "-"} ms</td></tr>`).join("")}

@@ -25,20 +25,25 @@ export async function upload(file, sheet) {
 }
 
 // Fetches `path` as CSV and saves it as `name`.
+// Answers the error message when the daemon refused.
 export async function download(path, name) {
   const r = await fetch(path, {headers: {...auth(), Accept: "text/csv"}});
+  if (!r.ok) return (await r.json().catch(() => ({})))?.error?.message ?? String(r.status);
   const a = document.createElement("a");
   a.href = URL.createObjectURL(await r.blob()); a.download = name; a.click();
   setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+  return null;
 }
 
 // The error message of a failed call.
 export const errorOf = r => r.data?.error?.message ?? String(r.status);
 
-// Calls `f` once `ms` after the last call.
+// Calls `f` once `ms` after the last call; `.cancel()` drops a pending call.
 export function debounce(f, ms) {
   let timer = null;
-  return (...args) => { clearTimeout(timer); timer = setTimeout(() => f(...args), ms); };
+  const d = (...args) => { clearTimeout(timer); timer = setTimeout(() => f(...args), ms); };
+  d.cancel = () => clearTimeout(timer);
+  return d;
 }
 
 // What the whole console knows of the configuration (GET /api/v1/channels), loaded at login.

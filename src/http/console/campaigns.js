@@ -28,6 +28,25 @@ export function init() {
   });
 }
 
+// Minutes from the first to the last with activity, quiet ones as zeros; a long campaign in
+// wider steps (at most 360 bars).
+function perMinute(minutes) {
+  const out = {labels: [], sent: [], delivered: [], failed: []};
+  if (!minutes.length) return out;
+  const first = Date.parse(minutes[0].minute), last = Date.parse(minutes.at(-1).minute);
+  const step = 60e3 * Math.max(1, Math.ceil((last - first) / 60e3 / 360));
+  const at = new Map(minutes.map(m => [Date.parse(m.minute), m]));
+  for (let t0 = first; t0 <= last; t0 += step) {
+    let s = 0, d = 0, f = 0;
+    for (let t1 = t0; t1 < t0 + step; t1 += 60e3) {
+      const m = at.get(t1);
+      if (m) { s += m.sent; d += m.delivered; f += m.failed; }
+    }
+    out.labels.push(hhmm(t0, site.timezone)); out.sent.push(s); out.delivered.push(d); out.failed.push(f);
+  }
+  return out;
+}
+
 // Characters, and the encoding the text needs (GSM 03.38 fits 160 a part; else UCS-2, 70).
 function count() {
   const tpl = templates?.find(x => x.name === $("c-template").value);
@@ -74,25 +93,34 @@ export async function show() {
     const acts = ({draft: act("start", "start"), missed: act("start", "start"), pending: act("approve", "approve"),
       running: act("pause", "pause"), paused: act("resume", "resume")}[c.status] || "")
       + (["draft", "pending", "scheduled", "missed", "running", "paused"].includes(c.status) ? act("cancel", "cancel") : "");
-    return `<tr class="pick ${c.id === picked ? "on" : ""}" data-id="${c.id}" tabindex="0"><td>${c.id}</td><td>${esc(c.name)}</td><td>${esc(c.status)}${c.paused_reason ? `<br><span class="err">${esc(c.paused_reason)}</span>` : ""}</td>
+    return `<tr class="pick ${c.id === picked ? "on" : ""}" data-id="${c.id}" data-status="${esc(c.status)}" tabindex="0"><td>${c.id}</td><td>${esc(c.name)}</td><td>${esc(t("cs_" + c.status))}${c.paused_reason ? `<br><span class="err">${esc(c.paused_reason)}</span>` : ""}</td>
       <td><div class="bar"><div style="width:${pct}%"></div></div><span class="muted">${c.progress.done}/${c.progress.total}</span></td>
-      <td>${n(c, "sent")} / ${n(c, "delivered")} / ${n(c, "failed") + n(c, "rejected") + n(c, "expired")}${n(c, "unknown") ? ` <span class="err">(${n(c, "unknown")} unknown)</span>` : ""}</td><td>${acts}</td></tr>`;
+      <td>${n(c, "sent")} / ${n(c, "delivered")} / ${n(c, "failed") + n(c, "rejected") + n(c, "expired")}${n(c, "unknown") ? ` <span class="err">(${n(c, "unknown")} ${esc(t("st_unknown"))})</span>` : ""}</td><td>${acts}</td></tr>`;
   }).join("");
   const c = list.find(x => x.id === picked);
   if (c) await detail(c);
   if ($("tab-campaigns").classList.contains("on")) timer = setTimeout(show, 1000);
 }
 
+let progress = null;  // the picked campaign's per-minute counts and when they were read
+
+// The per-minute counts are read when a campaign is picked and when its counts change, at most
+// every 5 s while it sends: reading them scans the campaign's messages.
 async function detail(c) {
-  const r = await api("GET", `/api/v1/campaigns/${c.id}/progress`);
-  const minutes = r.data.minutes || [];
-  const labels = minutes.map(m => hhmm(Date.parse(m.minute), site.timezone));
+  const now = Date.now();
+  const live = ["running", "paused"].includes(c.status);
+  const seen = c.status + JSON.stringify(c.counts);
+  if (!progress || progress.id !== c.id || (progress.seen !== seen && (!live || now - progress.at > 5000))) {
+    const r = await api("GET", `/api/v1/campaigns/${c.id}/progress`);
+    progress = {id: c.id, seen, at: now, minutes: r.data.minutes || []};
+  }
+  const {labels, sent, delivered, failed} = perMinute(progress.minutes);
   const chart = stackedBars(labels, [
-    {name: t("sent"), values: minutes.map(m => m.sent)},
-    {name: t("delivered"), values: minutes.map(m => m.delivered)},
-    {name: t("failed"), values: minutes.map(m => m.failed)}], {title: t("per_minute"), grouped: true});
+    {name: t("sent"), values: sent}, {name: t("delivered"), values: delivered}, {name: t("failed"), values: failed}],
+    {title: t("per_minute"), grouped: true});
+  const minutes = progress.minutes;
   const states = Object.entries(c.counts).map(([k, v]) => `<div class="card" data-state="${esc(k)}"><b>${v}</b>${esc(t("st_" + k))}</div>`).join("");
-  $("campaign-detail").innerHTML = `<h3>#${c.id} ${esc(c.name)} · ${esc(c.status)}${c.approved_by ? ` · ${esc(t("approved_by"))} ${esc(c.approved_by)}` : ""}</h3>
+  $("campaign-detail").innerHTML = `<h3>#${c.id} ${esc(c.name)} · ${esc(t("cs_" + c.status))}${c.approved_by ? ` · ${esc(t("approved_by"))} ${esc(c.approved_by)}` : ""}</h3>
     <div class="cards">${states}</div><h4>${esc(t("per_minute"))}</h4><div class="chart" id="campaign-chart" data-minutes="${minutes.length}">${chart}</div>`;
 }
 

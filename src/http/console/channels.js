@@ -31,6 +31,7 @@ function fillDisplays() {
 
 export async function show() {
   if (!inited) return;
+  fillDisplays();
   const tiers = ["emergency", "interrupt", "normal", "fallback", "none"];
   $("week-legend").innerHTML = tiers.map(x => `<span><i class="t-${x}"></i>${esc(t("tier_" + x))}</span>`).join("")
     + `<span><i style="background:var(--bad)"></i>${esc(t("alert_band"))}</span>`
@@ -61,8 +62,9 @@ function target() {
   return d ? "display=" + encodeURIComponent(d) : "channel=" + encodeURIComponent($("channel").value);
 }
 
-// Whether alert `a` reaches what the week shows.
+// Whether alert `a` reached (or will reach) what the week shows: approved, and in scope.
 function covers(a) {
+  if (a.status === "pending") return false;
   if (a.scope === "all") return true;
   const d = $("week-display").value, c = $("channel").value;
   if (a.scope.channels) return a.scope.channels.includes(c);
@@ -75,7 +77,8 @@ function covers(a) {
 // daylight-saving day the skipped or repeated hour is a hatched band, and the day's real
 // length (23 or 25 h) is marked.
 function lane(day, a, b, alerts) {
-  const tz = site.timezone, hours = Math.round((b - a) / 36e5);
+  // The day's real length: 23, 25, or 23.5 hours (Lord Howe) on a daylight-saving day.
+  const tz = site.timezone, hours = Math.round((b - a) / 6e4) / 60;
   const x = ms => ms >= b ? 24 : wallHours(ms, tz);
   const place = (f, u) => {
     let w = x(u) - x(f);
@@ -102,7 +105,8 @@ function lane(day, a, b, alerts) {
     html += `<div class="dstband" style="left:${(100 * lo) / 24}%;width:${(100 * (hi - lo)) / 24}%" title="${esc(what)}"></div>`;
   }
   for (const al of alerts) {
-    const f = Math.max(Date.parse(al.starts_at || al.issued_at), a);
+    // On screens from its start (or its approval, under the two-person rule).
+    const f = Math.max(Date.parse(al.starts_at || al.issued_at), al.approved_at ? Date.parse(al.approved_at) : 0, a);
     const u = Math.min(Date.parse(al.cleared_at || al.expires_at), b);
     if (u <= f) continue;
     html += `<div class="alertband" style="${place(f, u)}" title="${esc(textOf(al.text))}"></div>`;
@@ -162,7 +166,7 @@ async function preview() {
   $("preview-out").innerHTML = r.data.segments.map(s => {
     const seen = new Set();
     const items = s.items.filter(i => !seen.has(i.playlist + i.id) && seen.add(i.playlist + i.id));
-    return `<div class="seg ${esc(s.tier)}"><b>${time(s.from)}–${time(s.until)}</b> ${esc(s.tier ?? "")} ${esc(s.playlists.join(", "))}
+    return `<div class="seg ${esc(s.tier)}"><b>${time(s.from)}–${time(s.until)}</b> ${esc(t("tier_" + (s.tier || "none")))} ${esc(s.playlists.join(", "))}
       ${s.replaced.length ? `<span class="muted">(${t("replaces")} ${esc(s.replaced.join(", "))})</span>` : ""}
       ${s.tier ? items.map(i => `<div>${esc(i.text[lang()] ?? Object.values(i.text)[0])} <span class="muted">${i.seconds}s · ${esc(i.playlist)}/${esc(i.id)}</span></div>`).join("") : `<div class="muted">${t("nothing")}</div>`}</div>`;
   }).join("");

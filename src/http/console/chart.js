@@ -16,12 +16,16 @@ export function offsetAt(ms, tz) {
   return Date.UTC(p.y, p.m - 1, p.d, p.h, p.mi, p.s) - Math.floor(ms / 1000) * 1000;
 }
 
-// The instant of local wall-clock time y-m-d hh:mm in `tz` (the earlier one when repeated).
+// The instant of local wall-clock time y-m-d hh:mm in `tz`: the earlier one when the time
+// happens twice (clocks go back), the first instant after the gap when it is skipped (clocks go
+// forward, as the daemon's calendar::local_to_utc does).
 export function instantOf(y, m, d, hh, mm, tz) {
-  const guess = Date.UTC(y, m - 1, d, hh, mm);
-  let t = guess - offsetAt(guess, tz);
-  t = guess - offsetAt(t, tz);
-  return t;
+  const wall = Date.UTC(y, m - 1, d, hh, mm);
+  const before = wall - offsetAt(wall - 864e5, tz), after = wall - offsetAt(wall + 864e5, tz);
+  const fits = [before, after].filter(t => t + offsetAt(t, tz) === wall).sort((a, b) => a - b);
+  if (fits.length) return fits[0];
+  const change = offsetChange(Math.min(before, after), Math.max(before, after) + 1, tz);
+  return change ? change[1] : before;
 }
 
 // Wall-clock date (y, m, d) of instant `ms` in `tz`.
@@ -40,6 +44,9 @@ export function offsetChange(a, b, tz) {
   }
   return [lo, hi];
 }
+
+// The start of the local hour that instant `ms` is in (for zones offset by half hours too).
+export function hourStart(ms, tz) { const p = parts(ms, tz); return Math.floor(ms / 1000) * 1000 - (p.mi * 60 + p.s) * 1000; }
 
 // "HH:MM" of instant `ms` in `tz`.
 export function hhmm(ms, tz) { const p = parts(ms, tz); return String(p.h).padStart(2, "0") + ":" + String(p.mi).padStart(2, "0"); }
@@ -68,7 +75,7 @@ export const colour = i => palette[i % palette.length];
 // Bars: `labels` along x, `series` [{name, values}] stacked (`grouped`: side by side);
 // answers SVG text. A bar is at most 48 units wide, so a short series does not fill the chart.
 export function stackedBars(labels, series, {height = 180, title = "", grouped = false} = {}) {
-  const w = Math.max(900, labels.length * 26), h = height, pad = 28;
+  const w = Math.max(600, labels.length * 26), h = height, pad = 28;
   const tops = labels.map((_, i) => grouped ? Math.max(0, ...series.map(x => x.values[i] || 0))
     : series.reduce((s, x) => s + (x.values[i] || 0), 0));
   const max = Math.max(1, ...tops);

@@ -5,17 +5,27 @@
 import {$, api, esc, errorOf, debounce, site} from "./api.js";
 import {t, has} from "./i18n.js";
 import * as schedule from "./schedule.js";
-import {screen} from "./screens.js";
+import {screen, update} from "./screens.js";
 
 let doc = null;       // the playlist as an object; the form shows it
 let isNew = false;    // not saved yet: its id is editable
 let selected = 0;     // the item previewed
 let mode = "form";
 let written = "";     // the text last written into the JSON view from the form
+let loaded = "";      // the text as last loaded or saved (edits since make the editor dirty)
+let ids = [];         // the playlists that exist
+let checks = 0;       // numbers each check, so that only the answer to the latest is shown
+const stash = {};     // entries replaced by a change of kind, to come back when switched back
+
+const dirty = () => $("source").value !== loaded;
+const mayLeave = () => !dirty() || confirm(t("discard_edits"));
 
 export async function init() {
-  $("playlist").onchange = () => open($("playlist").value);
-  $("new-playlist").onclick = create;
+  $("playlist").onchange = () => {
+    if (mayLeave()) open($("playlist").value);
+    else $("playlist").value = isNew ? "" : doc?.id ?? "";
+  };
+  $("new-playlist").onclick = () => { if (mayLeave()) create(); };
   $("check").onclick = () => check("valid");
   $("save").onclick = save;
   $("view-form").onclick = () => view("form");
@@ -35,10 +45,10 @@ export async function init() {
 export async function show() {
   const r = await api("GET", "/api/v1/playlists");
   // Read after the list came: the user may have picked one meanwhile.
-  const keep = $("playlist").value || doc?.id;
-  const ids = (r.data.playlists || []).filter(p => p.id).map(p => p.id);
+  const current = $("playlist").value || doc?.id;
+  ids = (r.data.playlists || []).filter(p => p.id).map(p => p.id);
   $("playlist").innerHTML = (isNew ? `<option value="">${esc(t("new_playlist"))}</option>` : "")
-    + ids.map(id => `<option ${id === keep ? "selected" : ""}>${esc(id)}</option>`).join("");
+    + ids.map(id => `<option ${id === current ? "selected" : ""}>${esc(id)}</option>`).join("");
   if (!doc && !isNew && !opening && $("playlist").value) await open($("playlist").value);
   else if (doc && !opening) render();
   proposals();
@@ -55,17 +65,19 @@ async function open(id) {
   $("check-out").innerHTML = "";
   selected = 0;
   fromText(r.data.source ?? "");
+  loaded = $("source").value;
 }
 
 function create() {
   isNew = true;
+  opening = null;
   selected = 0;
   doc = {id: "", title: "", tier: "normal", weight: 1,
     targets: {channels: site.channels.slice(0, 1)}, schedule: [schedule.fresh("daypart")],
     items: [{id: "slogan-1", seconds: 10, text: {zh: "", en: ""}}]};
   $("playlist").insertAdjacentHTML("afterbegin", `<option value="" selected>${esc(t("new_playlist"))}</option>`);
   $("check-out").innerHTML = "";
-  toText(); view("form");
+  toText(); loaded = $("source").value; view("form");
   document.querySelector('#form [data-bind="/id"]')?.focus();
 }
 
@@ -117,14 +129,28 @@ function setAt(ptr, value) {
 
 // ---- rendering ----------------------------------------------------------------------------
 
-function render() {
+// What identifies a form control across a redraw (a CSS selector), or null.
+const KEYS = ["bind", "kind", "target", "act", "i", "day", "entry", "kindNew"];
+function keyOf(el) {
+  if (!el?.closest?.("#form")) return null;
+  const parts = KEYS.filter(k => el.dataset[k] !== undefined)
+    .map(k => `[data-${k.replace(/[A-Z]/g, c => "-" + c.toLowerCase())}="${CSS.escape(el.dataset[k])}"]`);
+  if (!parts.length) return null;
+  if (el.dataset.target) parts.push(`[value="${CSS.escape(el.value)}"]`);
+  return parts.join("");
+}
+
+// Redraws the form; the keyboard stays on the control it was on (or on `focus`, a selector).
+function render(focus) {
   if (!doc) return;
+  const was = focus ?? keyOf(document.activeElement);
   const f = $("form");
   f.innerHTML = `<div class="editor"><div>${general()}${targets()}${schedule.render(doc)}${items()}</div>
     <aside class="preview-pane"><h3>${esc(t("screen_preview"))}</h3><p class="muted" id="preview-caption"></p><div id="item-preview" class="screens"></div></aside></div>`;
   schedule.explainAll(doc, f);
   markSelected();
   previewItem();
+  if (was) (f.querySelector(was) || null)?.focus();
 }
 
 function general() {
@@ -158,6 +184,8 @@ function targets() {
 }
 
 const LANGS = ["zh", "en"];
+// One JSON Pointer segment (RFC 6901 §3).
+const seg = k => String(k).replace(/~/g, "~0").replace(/\//g, "~1");
 const count = s => Array.from(s || "").length;
 
 function items() {
@@ -173,8 +201,8 @@ function items() {
         <button type="button" class="small" data-act="down" data-i="${i}" aria-label="${esc(t("move_down"))}" ${i === doc.items.length - 1 ? "disabled" : ""}>↓</button>
         <button type="button" class="small" data-act="dup" data-i="${i}" >${esc(t("duplicate"))}</button>
         <button type="button" class="small" data-act="del" data-i="${i}" aria-label="${esc(t("delete"))}">✕</button></div>
-      <div class="texts">${langs.map(l => `<label>${esc(has("text_" + l) ? t("text_" + l) : l)} <span class="muted" data-count="${p}/text/${l}">${count(it.text?.[l])} ${esc(t("chars"))}</span>
-        <textarea class="text" data-bind="${p}/text/${l}" data-lang="${l}" data-optional="1" lang="${l}">${esc(it.text?.[l] ?? "")}</textarea></label>`).join("")}</div>
+      <div class="texts">${langs.map(l => `<label>${esc(has("text_" + l) ? t("text_" + l) : l)} <span class="muted" data-count="${esc(`${p}/text/${seg(l)}`)}">${count(it.text?.[l])} ${esc(t("chars"))}</span>
+        <textarea class="text" data-bind="${esc(`${p}/text/${seg(l)}`)}" data-optional="1" lang="${esc(l)}">${esc(it.text?.[l] ?? "")}</textarea></label>`).join("")}</div>
     </div>`;
   }).join("");
   return `<fieldset data-ptr="/items"><legend>${esc(t("items"))}</legend>${list}
@@ -190,17 +218,23 @@ function previewItem() {
   const box = $("item-preview");
   if (!box || !doc) return;
   const it = doc.items?.[selected];
-  box.innerHTML = "";
-  if (!it) return;
+  if (!it) { box.innerHTML = ""; box.dataset.screens = ""; return; }
   const tg = doc.targets || {};
   const chans = [...new Set([...(tg.channels || []), ...(tg.displays || []).map(d => site.displays.find(x => x.id === d)?.channel).filter(Boolean)])]
     .filter(c => site.channels.includes(c));
   $("preview-caption").textContent = `${selected + 1}. ${it.id} · ${it.seconds ?? 10} s`;
-  for (const c of chans) for (const l of Object.keys(it.text || {})) {
-    if (!it.text[l]) continue;
-    box.appendChild(screen(c, `${c} · ${l}`, {text: it.text[l], lang: l, tier: doc.tier, item: it.id, display: c}));
+  const shown = chans.flatMap(c => Object.keys(it.text || {}).filter(l => it.text[l]).map(l => [c, l]));
+  const frame = (c, l) => ({text: it.text[l], lang: l, tier: doc.tier, item: it.id, display: c});
+  // The same screens as before: only their frames change (no reload while typing).
+  const key = shown.map(x => x.join(":")).join(",");
+  if (box.dataset.screens === key && key) {
+    [...box.querySelectorAll(".screen")].forEach((w, k) => update(w, frame(...shown[k])));
+    return;
   }
-  if (!box.children.length) box.innerHTML = `<p class="muted">${esc(t("preview_needs"))}</p>`;
+  box.innerHTML = "";
+  box.dataset.screens = key;
+  for (const [c, l] of shown) box.appendChild(screen(c, `${c} · ${l}`, frame(c, l)));
+  if (!shown.length) box.innerHTML = `<p class="muted">${esc(t("preview_needs"))}</p>`;
 }
 
 // ---- editing ------------------------------------------------------------------------------
@@ -212,7 +246,7 @@ function input(e) {
   if (el.dataset.type === "int") v = v === "" ? undefined : Number(v);
   else if (v === "" && (el.dataset.optional || ptr === "/timezone")) v = undefined;
   setAt(ptr, v);
-  const counter = document.querySelector(`[data-count="${ptr}"]`);
+  const counter = document.querySelector(`[data-count="${CSS.escape(ptr)}"]`);
   if (counter) counter.textContent = `${count(el.value)} ${t("chars")}`;
   if (ptr === "/weight") $("weight-help").textContent = t("weight_help").replaceAll("{n}", el.value);
   if (ptr.startsWith("/items/")) previewItem();
@@ -237,7 +271,10 @@ function change(e) {
     return;
   }
   if (el.dataset.kind !== undefined) {
-    doc.schedule[Number(el.dataset.kind)] = schedule.fresh(el.value);
+    // The entry as it was is kept: switching back brings it back.
+    const i = Number(el.dataset.kind), old = doc.schedule[i];
+    stash[`${i}:${schedule.kindOf(old)}`] = old;
+    doc.schedule[i] = stash[`${i}:${el.value}`] ?? schedule.fresh(el.value);
     toText(); render();
   }
 }
@@ -259,12 +296,18 @@ function click(e) {
       if (b.dataset.day) { schedule.toggleDay(doc, Number(b.dataset.entry), b.dataset.day); break; }
       return;
   }
-  toText(); render();
-  // Keep the keyboard where it was: on the same button of the moved item, or the item.
-  const again = document.querySelector(`#form button[data-act="${b.dataset.act}"][data-i="${selected}"]`)
-    || document.querySelector(`#form [data-day="${b.dataset.day}"][data-entry="${b.dataset.entry}"]`)
-    || document.querySelector(`#form .item[data-index="${selected}"] input`);
-  again?.focus();
+  toText();
+  // Where the keyboard goes: the same control of the moved item, the new item or entry, the
+  // next one after a deletion.
+  const n = (doc.schedule || []).length;
+  const focus = {
+    up: `[data-act="up"][data-i="${selected}"]`, down: `[data-act="down"][data-i="${selected}"]`,
+    dup: `[data-bind="/items/${selected}/id"]`, add: `[data-bind="/items/${selected}/id"]`,
+    del: list.length ? `[data-act="del"][data-i="${selected}"]` : `[data-act="add"]`,
+    "add-entry": `[data-kind="${n - 1}"]`,
+    "del-entry": n ? `[data-act="del-entry"][data-i="${Math.min(i, n - 1)}"]` : `[data-act="add-entry"]`,
+  }[b.dataset.act];
+  render(focus);
 }
 
 function freshId(base) {
@@ -305,16 +348,30 @@ async function check(doneKey, quiet) {
   if (!quiet && mode === "form") sync();
   const id = idNow();
   if (!id) { $("check-out").innerHTML = `<div class="err">${esc(t("id_needed"))}</div>`; return; }
-  showCheck(await api("POST", `/api/v1/playlists/${encodeURIComponent(id)}/check`, $("source").value, true), doneKey);
+  const n = ++checks;
+  const r = await api("POST", `/api/v1/playlists/${encodeURIComponent(id)}/check`, $("source").value, true);
+  if (n === checks) showCheck(r, doneKey);  // an older answer is not shown over a newer one
 }
 
 async function save() {
+  autoCheck.cancel();
+  checks++;  // a check still on its way is older than this save
   if (mode === "form") sync();
   const id = idNow();
   if (!id) { $("check-out").innerHTML = `<div class="err">${esc(t("id_needed"))}</div>`; return; }
-  const r = await api("PUT", `/api/v1/playlists/${encodeURIComponent(id)}`, $("source").value, true);
+  // A new playlist must not take the name of one that exists (the save would replace it).
+  if ((isNew || id !== doc?.id && id !== $("playlist").value) && ids.includes(id)) {
+    $("check-out").innerHTML = `<div class="err">${esc(t("id_taken").replace("{id}", id))}</div>`;
+    beside("/id", t("id_taken").replace("{id}", id));
+    return;
+  }
+  const text = $("source").value;
+  const r = await api("PUT", `/api/v1/playlists/${encodeURIComponent(id)}`, text, true);
   showCheck(r, r.status === 202 ? "proposed" : "saved");
-  if (r.ok && isNew) { isNew = false; await show(); $("playlist").value = id; }
+  if (r.ok) {
+    loaded = text;
+    if (isNew && r.status !== 202) { isNew = false; await show(); $("playlist").value = id; }
+  }
   proposals();
 }
 
@@ -405,9 +462,11 @@ async function decide(id, decision) {
     body = {reason: why};
   }
   const r = await api("POST", `/api/v1/proposals/${id}/${decision}`, body);
-  if (!r.ok) $("check-out").innerHTML = `<div class="err">${esc(errorOf(r))}</div>`;
   await proposals();
-  if (!isNew && $("playlist").value) open($("playlist").value);
+  // The open playlist is read again when it is the one decided, unless it has edits.
+  if (r.ok && decision === "publish" && !isNew && p?.playlist === $("playlist").value && !dirty()) await open(p.playlist);
+  $("check-out").innerHTML = r.ok ? `<div class="ok">${esc(t(decision === "publish" ? "published" : "rejected_done"))}: #${id} ${esc(p?.playlist ?? "")}</div>`
+    : `<div class="err">${esc(errorOf(r))}</div>`;
 }
 
 document.addEventListener("click", e => {

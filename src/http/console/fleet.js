@@ -3,11 +3,12 @@
 // its proof of play over the last 24 hours as plays per hour per playlist, its recent plays.
 import {$, api, esc, download, site} from "./api.js";
 import {t} from "./i18n.js";
-import {hhmm, local, stackedBars} from "./chart.js";
+import {hhmm, hourStart, local, stackedBars} from "./chart.js";
 
 let all = [];
 let picked = null;
 let timer = null;
+let cache = null;  // the picked display's plays, fetched at most once a minute
 
 // The states a display can be in, each a count card and a filter.
 const KINDS = {
@@ -19,13 +20,22 @@ const KINDS = {
   clock_skew: d => d.clock_skew,
 };
 
+// The filters, in the current language (kept as chosen).
+function filters() {
+  const c = $("fleet-channel").value, k = $("fleet-state").value;
+  $("fleet-channel").innerHTML = `<option value="">${esc(t("all_channels"))}</option>` + site.channels.map(x => `<option>${esc(x)}</option>`).join("");
+  $("fleet-state").innerHTML = `<option value="">${esc(t("all_states"))}</option>` + Object.keys(KINDS).map(x => `<option value="${x}">${esc(t("fs_" + x))}</option>`).join("");
+  $("fleet-channel").value = c; $("fleet-state").value = k;
+}
+
 export function init() {
-  $("fleet-channel").innerHTML = `<option value="">${esc(t("all_channels"))}</option>` + site.channels.map(c => `<option>${esc(c)}</option>`).join("");
-  $("fleet-state").innerHTML = `<option value="">${esc(t("all_states"))}</option>` + Object.keys(KINDS).map(k => `<option value="${k}">${esc(t("fs_" + k))}</option>`).join("");
   $("fleet-channel").onchange = draw;
   $("fleet-state").onchange = draw;
   $("refresh-fleet").onclick = show;
-  $("fleet-csv").onclick = () => download("/api/v1/displays", "displays.csv");
+  $("fleet-csv").onclick = async () => {
+    const err = await download("/api/v1/displays", "displays.csv");
+    if (err) $("display-detail").innerHTML = `<p class="err">${esc(err)}</p>`;
+  };
   $("fleet-counts").addEventListener("click", e => {
     const c = e.target.closest(".card");
     if (!c) return;
@@ -37,6 +47,7 @@ export function init() {
 
 export async function show() {
   clearTimeout(timer);
+  filters();
   const r = await api("GET", "/api/v1/displays");
   all = r.data.displays || [];
   draw();
@@ -68,20 +79,21 @@ async function detail(id, quiet) {
   document.querySelectorAll("#fleet tr").forEach(r => r.classList.toggle("on", r.dataset.id === id));
   const d = all.find(x => x.id === id);
   if (!d) return;
-  const since = new Date(Date.now() - 24 * 3600e3);
-  const r = await api("GET", `/api/v1/plays?display=${encodeURIComponent(id)}&from=${encodeURIComponent(since.toISOString())}`);
-  const plays = r.data.plays || [];
-  // Plays per local hour and playlist.
-  const hours = [], index = {};
-  for (let i = 0; i < 24; i++) {
-    const at = since.getTime() + (i + 1) * 3600e3;
-    const label = hhmm(at - (at % 3600e3), site.timezone).slice(0, 2) + "h";
-    hours.push(label); index[Math.floor(at / 3600e3)] = i;
+  // The last 24 local hours (the current one included), by the zone's own hour boundaries.
+  const now = Date.now(), tz = site.timezone;
+  const starts = Array.from({length: 24}, (_, k) => hourStart(now - (23 - k) * 3600e3, tz));
+  if (!quiet || !cache || cache.id !== id || now - cache.at > 60e3) {
+    const r = await api("GET", `/api/v1/plays?display=${encodeURIComponent(id)}&from=${encodeURIComponent(new Date(starts[0]).toISOString())}`);
+    cache = {id, at: now, plays: r.data.plays || []};
   }
+  const plays = cache.plays;
+  const hours = starts.map(s => hhmm(s, tz).slice(0, 2) + "h");
   const series = {};
   for (const p of plays) {
-    const h = index[Math.floor(Date.parse(p.start) / 3600e3)];
-    if (h === undefined) continue;
+    const at = Date.parse(p.start);
+    let h = starts.length - 1;
+    while (h > 0 && at < starts[h]) h--;
+    if (at < starts[0]) continue;
     (series[p.playlist] ??= new Array(24).fill(0))[h] += 1;
   }
   const chart = stackedBars(hours, Object.entries(series).map(([name, values]) => ({name, values})), {title: t("plays_per_hour")});

@@ -69,12 +69,16 @@ export function explainAll(doc, root) {
 
 export const explainSoon = debounce(explainOne, 300);
 
+const asked = {};  // the latest question per entry: an older answer is dropped
+
 async function explainOne(doc, root, i) {
-  const box = root.querySelector(`[data-explain="${i}"]`);
   const e = doc.schedule?.[i];
-  if (!box || !e?.cron) return;
+  if (!root.querySelector(`[data-explain="${i}"]`) || !e?.cron) return;
   const q = `cron=${encodeURIComponent(e.cron)}&timezone=${encodeURIComponent(doc.timezone || "")}`;
+  asked[i] = q;
   const r = await api("GET", "/api/v1/schedule/cron?" + q);
+  const box = root.querySelector(`[data-explain="${i}"]`);
+  if (asked[i] !== q || !box) return;
   if (!r.ok) { box.innerHTML = `<span class="err">${esc(errorOf(r))}</span>`; return; }
   const starts = r.data.next.map(s => `<li>${esc(s.local)}${s.offset_change ? ` <b class="dst">${esc(t("dst_day"))}: ${esc(s.offset_change)}</b>` : ""}</li>`).join("");
   box.innerHTML = `<b>${esc(lang() === "zh" ? r.data.zh : r.data.en)}</b> <span>(${esc(r.data.timezone)}${e.for ? `, ${esc(t("each_lasts"))} ${esc(e.for)}` : ""})</span>
