@@ -193,6 +193,7 @@ fn start_intake_and_http(
         metrics.clone(),
         cancel.clone(),
     ));
+    tracker.spawn(checkpoints(store.clone(), cancel.clone()));
     tracker.spawn(crate::fleet::run(
         store.clone(),
         cfg.mqtt.topic_prefix.clone(),
@@ -469,6 +470,20 @@ async fn until_signal(
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = cancel.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Every second: the write-ahead log checkpointed off the writers' path ([`Store::checkpoint`]).
+async fn checkpoints(store: Arc<Store>, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(e) = store.call(|s| s.checkpoint()).await {
+            tracing::warn!(error = %e, "checkpoint of the write-ahead log failed; writers checkpoint past the backstop");
         }
     }
 }

@@ -64,7 +64,7 @@ const CLEAR_LIFETIME: chrono::Duration = chrono::Duration::days(365);
 /// API save, SIGHUP): long enough to take a multi-file checkout in one reload (`git` writes a
 /// checkout's files back to back, well under a millisecond apart), short beside the 50 ms an
 /// edit may take to reach the screens' broker.
-const SETTLE: Duration = Duration::from_millis(10);
+const SETTLE: Duration = Duration::from_millis(5);
 
 /// A directory that keeps changing is reloaded after this many debounces at the latest.
 const MAX_HOLD_DEBOUNCES: u32 = 10;
@@ -191,6 +191,7 @@ impl Scope {
 }
 
 /// A target with its topic.
+#[derive(Clone)]
 struct Target {
     topic: Topic,
     channel: String,
@@ -423,9 +424,9 @@ impl Scheduler {
         let catalog = self.catalog_tx.borrow().clone();
         let horizon = self.cfg.schedule.horizon;
         let prefix = self.cfg.mqtt.topic_prefix.clone();
-        let mut count = 0;
         // Which targets exist depends on every playlist; a scoped pass resolves its targets
-        // from the playlists that can match them (a copy each: its windows are computed anew).
+        // from the playlists that can match them (a copy each: its windows are computed anew),
+        // spread over the cores.
         let targets = self.targets(catalog.live());
         let chosen: Vec<&Target> = targets
             .iter()
@@ -434,24 +435,22 @@ impl Scheduler {
                 _ => scope.includes(t),
             })
             .collect();
-        let playlists = matching(catalog.live(), &chosen, scope);
-        for t in chosen {
-            let tl = resolve(
-                &playlists,
-                t.as_ref(),
-                now,
-                now + horizon,
-                self.cfg.schedule.timezone.name(),
-            );
-            let topic = t.topic.render(&prefix);
-            if !self.needs_publish(&topic, &tl, now) {
-                continue;
-            }
-            self.publish_timeline(topic, tl, issued).await?;
-            count += 1;
-        }
+        let playlists = Arc::new(matching(catalog.live(), &chosen, scope));
+        let chosen: Vec<Target> = chosen.into_iter().cloned().collect();
+        let tz = self.cfg.schedule.timezone.name();
+        let resolved = in_parallel(chosen, move |t: Target| {
+            let tl = resolve(&playlists, t.as_ref(), now, now + horizon, tz);
+            (t.topic.render(&prefix), tl)
+        })
+        .await?;
+        let batch = resolved
+            .into_iter()
+            .filter(|(topic, tl)| self.needs_publish(topic, tl, now))
+            .collect();
+        let count = self.publish_timelines(batch, issued).await?;
         // Display timelines no longer targeted are cleared, so those displays follow their channel.
-        let wanted: Vec<String> = targets.iter().map(|t| t.topic.render(&prefix)).collect();
+        let prefix = &self.cfg.mqtt.topic_prefix;
+        let wanted: Vec<String> = targets.iter().map(|t| t.topic.render(prefix)).collect();
         let stale: Vec<String> = self
             .published
             .iter()
@@ -461,7 +460,7 @@ impl Scheduler {
             })
             .filter(|(topic, _)| {
                 matches!(
-                    Topic::parse(&prefix, topic),
+                    Topic::parse(prefix, topic),
                     Some(Topic::DisplayTimeline(_) | Topic::ChannelTimeline(_))
                 )
             })
@@ -499,6 +498,8 @@ impl Scheduler {
     }
 
     /// Keeps the high-water mark at `version` or above (a failure is logged: publishing goes on).
+    /// Written once per pass (the highest version of its batch), however many channels it
+    /// publishes.
     fn raise_high_water(&mut self, version: u64) {
         if version <= self.high_water {
             return;
@@ -513,42 +514,100 @@ impl Scheduler {
     }
 
     async fn record(&mut self, p: Published) -> anyhow::Result<()> {
-        let row = p.clone();
-        let stored = self
+        self.record_all(vec![p]).await
+    }
+
+    /// Stores `rows` in one transaction, then sends each (stored before sent: a version on the
+    /// broker is always one the store knows).
+    async fn record_all(&mut self, rows: Vec<Published>) -> anyhow::Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let (rows, refused) = self
             .store
-            .call(move |store| store.record_published(&row))
+            .call(move |store| {
+                let refused = store.record_published_all(&rows)?;
+                Ok((rows, refused))
+            })
             .await?;
-        if !stored {
+        if let Some(p) = refused.map(|i| &rows[i]) {
             anyhow::bail!(
                 "store refused version {} of {} (a newer one is stored: is another marquee using this data directory?)",
                 p.version,
                 p.topic
             );
         }
-        self.raise_high_water(p.version);
-        if self.connected {
-            self.send(&p.topic, p.payload.clone());
+        if let Some(top) = rows.iter().map(|p| p.version).max() {
+            self.raise_high_water(top);
         }
-        self.held.remove(&p.topic);
-        self.published.insert(p.topic.clone(), p);
+        for p in rows {
+            if self.connected {
+                self.send(&p.topic, p.payload.clone());
+            }
+            self.held.remove(&p.topic);
+            self.published.insert(p.topic.clone(), p);
+        }
         Ok(())
     }
 
-    async fn publish_timeline(
+    /// Publishes `batch` (topic, timeline): each encoded once and signed (Ed25519 hashes the
+    /// ~100 kB body twice) on the blocking pool, the batch split over the cores; then all stored
+    /// in one commit and sent. Answers how many were published.
+    async fn publish_timelines(
         &mut self,
-        topic: String,
-        tl: Timeline,
+        batch: Vec<(String, Timeline)>,
         now: DateTime<Utc>,
-    ) -> anyhow::Result<()> {
-        let version = self.next_version(&topic);
-        // Encoded once: the signed payload carries these bytes, the store keeps them.
-        let json = serde_json::value::to_raw_value(&tl)?;
-        let payload = crate::wire::sign_timeline(&self.keys, &topic, version, now, tl.until, &json);
-        let size = crate::preview::publish_size(&topic, payload.len());
-        if size > self.cfg.mqtt.max_payload {
-            // Never sent: one packet over the broker's limit would cost the connection (and
-            // every other topic with it). The last good version stays retained.
-            if self.oversize.insert(topic.clone(), size) != Some(size) {
+    ) -> anyhow::Result<usize> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let work: Vec<(String, u64, Timeline)> = batch
+            .into_iter()
+            .map(|(topic, tl)| {
+                let version = self.next_version(&topic);
+                (topic, version, tl)
+            })
+            .collect();
+        let keys = self.keys.clone();
+        let signed = in_parallel(work, move |(topic, version, tl)| {
+            sign_one(&keys, topic, version, tl, now)
+        })
+        .await?;
+        let mut rows = Vec::new();
+        let mut timelines = Vec::new();
+        for one in signed {
+            let (topic, version, tl, body, payload) = one?;
+            if self.too_big(&topic, payload.len()) {
+                continue;
+            }
+            tracing::info!(topic = %topic, version, segments = tl.segments.len(), bytes = payload.len(), "publishing timeline");
+            rows.push(Published {
+                topic: topic.clone(),
+                version,
+                payload,
+                body: Some(body),
+                issued_at: now,
+            });
+            timelines.push((topic, tl));
+        }
+        let n = rows.len();
+        self.record_all(rows).await?;
+        for (topic, tl) in timelines {
+            self.held.insert(topic, tl);
+        }
+        self.metrics.timelines_published.inc_by(n as u64);
+        Ok(n)
+    }
+
+    /// Whether a payload of `len` bytes on `topic` is over the broker's packet limit (then it is
+    /// never sent: one packet over the limit would cost the connection, and every other topic
+    /// with it; the last good version stays retained). Logged once per size.
+    fn too_big(&mut self, topic: &str, len: usize) -> bool {
+        let size = crate::preview::publish_size(topic, len);
+        let over = size > self.cfg.mqtt.max_payload;
+        let changed = if over {
+            let new = self.oversize.insert(topic.to_owned(), size) != Some(size);
+            if new {
                 tracing::error!(
                     topic = %topic,
                     bytes = size,
@@ -556,34 +615,16 @@ impl Scheduler {
                     "timeline too large for mqtt.max_payload; not published, the last good version stays (see `marquee check`)"
                 );
             }
+            new
+        } else {
+            self.oversize.remove(topic).is_some()
+        };
+        if changed {
             self.metrics
                 .timelines_oversize
                 .set(self.oversize.len() as i64);
-            return Ok(());
         }
-        if self.oversize.remove(&topic).is_some() {
-            self.metrics
-                .timelines_oversize
-                .set(self.oversize.len() as i64);
-        }
-        tracing::info!(
-            topic = %topic,
-            version,
-            segments = tl.segments.len(),
-            bytes = payload.len(),
-            "publishing timeline"
-        );
-        self.record(Published {
-            topic: topic.clone(),
-            version,
-            payload,
-            body: Some(json.get().to_owned()),
-            issued_at: now,
-        })
-        .await?;
-        self.held.insert(topic, tl);
-        self.metrics.timelines_published.inc();
-        Ok(())
+        over
     }
 
     /// Ends the timeline on `topic` with a signed clear (retained, so a display that connects
@@ -943,16 +984,28 @@ impl Scheduler {
                     let _ = req.reply.send(res.map(|v| (v, self.connected)));
                 }
                 Some(first) = reloads.recv() => {
+                    let t0 = Instant::now();
                     let everything = self.settle(first, &mut reloads).await;
+                    let t1 = Instant::now();
                     let (changed, scope) = self.reload(everything);
+                    let t2 = Instant::now();
                     // A pass that failed left targets behind: this one does them all.
                     let scope = if std::mem::take(&mut self.retry_all) { Scope::All } else { scope };
                     let published = self.step_in(&scope).await;
+                    let t3 = Instant::now();
                     if scope == Scope::All {
                         last_full = Instant::now();
                     }
                     self.persist(&changed);
-                    tracing::info!(published, "reload applied");
+                    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+                    tracing::info!(
+                        published,
+                        settle_ms = ms(t0, t1),
+                        load_ms = ms(t1, t2),
+                        publish_ms = ms(t2, t3),
+                        persist_ms = ms(t3, Instant::now()),
+                        "reload applied"
+                    );
                 }
                 _ = tokio::time::sleep_until(restore_at.unwrap_or_else(Instant::now).into()), if restore_at.is_some() => {
                     self.restore_due();
@@ -1015,9 +1068,54 @@ impl Scheduler {
     }
 }
 
-/// Whether `tl` (resolved at `now`) must be published over `prev`: when nothing was published,
-/// when `prev` was cleared or is unreadable, when half its horizon is used up, or when what it
-/// shows from `now` to its end differs from what `tl` shows over the same window.
+/// A signed timeline ready to store: topic, version, the timeline, its JSON, the payload.
+type Signed1 = (String, u64, Timeline, String, Vec<u8>);
+
+/// Encodes a timeline once and signs it.
+fn sign_one(
+    keys: &KeyPair,
+    topic: String,
+    version: u64,
+    tl: Timeline,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Signed1> {
+    let json = serde_json::value::to_raw_value(&tl)?;
+    let payload = crate::wire::sign_timeline(keys, &topic, version, now, tl.until, &json);
+    Ok((topic, version, tl, json.get().to_owned(), payload))
+}
+
+/// `f` over `items` on the blocking pool, the items split into one run per core; the answers
+/// in the items' order.
+async fn in_parallel<T, R>(
+    items: Vec<T>,
+    f: impl Fn(T) -> R + Send + Sync + 'static,
+) -> anyhow::Result<Vec<R>>
+where
+    T: Send + 'static,
+    R: Send + 'static,
+{
+    if items.is_empty() {
+        return Ok(Vec::new());
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = items.len().div_ceil(cores.min(items.len()));
+    let f = Arc::new(f);
+    let mut runs = Vec::new();
+    let mut items = items.into_iter().peekable();
+    while items.peek().is_some() {
+        let chunk: Vec<T> = items.by_ref().take(per).collect();
+        let f = f.clone();
+        runs.push(tokio::task::spawn_blocking(move || {
+            chunk.into_iter().map(|x| f(x)).collect::<Vec<R>>()
+        }));
+    }
+    let mut out = Vec::new();
+    for run in runs {
+        out.extend(run.await?);
+    }
+    Ok(out)
+}
+
 pub fn needs_publish(
     prev: Option<&Published>,
     tl: &Timeline,

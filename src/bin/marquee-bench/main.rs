@@ -27,7 +27,7 @@ mod lists;
 mod playlist_set;
 mod sms;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -452,8 +452,14 @@ fn spawn_daemon(cfg: &Path, data: PathBuf, env: &[(&str, &str)]) -> anyhow::Resu
         .spawn()?;
     let stderr = child.stderr.take().context("no stderr")?;
     let (tx, rx) = std::sync::mpsc::channel();
+    // MARQUEE_BENCH_DAEMON_LOG=FILE keeps the daemon's log (e.g. its reload timings).
+    let mut keep =
+        std::env::var_os("MARQUEE_BENCH_DAEMON_LOG").and_then(|p| std::fs::File::create(p).ok());
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(f) = keep.as_mut() {
+                let _ = writeln!(f, "{line}");
+            }
             if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line)
                 && v["message"] == "marquee ready"
             {
