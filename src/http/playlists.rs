@@ -426,15 +426,31 @@ async fn publish(
 }
 
 /// `PUT /api/v1/playlists/{id}` with the playlist JSON as the body (editor role). With
-/// `[approval] playlists = true` the change is proposed for review instead (202).
-#[utoipa::path(put, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), request_body(content = String, content_type = "application/json", description = "a playlist file (docs/playlist.schema.json)"), responses((status = 200, description = "written atomically; the change impact", body = Written), (status = 202, description = "proposed for review ([approval] playlists)", body = Proposed), (status = 400, description = "errors with line and column", body = PlaylistErrors), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low"), (status = 507, description = "the data disk is full: nothing was written")))]
+/// `[approval] playlists = true` the change is proposed for review instead (202). With
+/// `If-None-Match: *` it only creates: 412 when the playlist exists.
+#[utoipa::path(put, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), request_body(content = String, content_type = "application/json", description = "a playlist file (docs/playlist.schema.json)"), responses((status = 200, description = "written atomically; the change impact", body = Written), (status = 202, description = "proposed for review ([approval] playlists)", body = Proposed), (status = 400, description = "errors with line and column", body = PlaylistErrors), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low"), (status = 412, description = "If-None-Match: * and the playlist exists: nothing was written"), (status = 507, description = "the data disk is full: nothing was written")))]
 pub async fn put(
     Auth(who): Editor,
     State(s): State<Arc<AppState>>,
     Path(id): Path<String>,
+    headers: axum::http::HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
     let path = file_of(&s, &id)?;
+    // `If-None-Match: *` (RFC 9110 §13.1.2): create only, never replace (the console's "new
+    // playlist"). Checked when the request arrives.
+    let create_only = headers
+        .get(axum::http::header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() == "*");
+    if create_only && path.exists() {
+        return Err(ApiError {
+            status: StatusCode::PRECONDITION_FAILED,
+            code: "exists",
+            message: format!("a playlist {id:?} exists already (If-None-Match: * creates only)"),
+            field: Some("id".into()),
+        });
+    }
     // A full data disk: a save now could not be published (the reserve is for alerts). A
     // real write, not a look at the reserve: the disk may be full with the reserve still held.
     store_takes_writes(&s).await?;

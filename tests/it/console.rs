@@ -82,6 +82,21 @@ async fn console_builds_a_playlist_in_forms_reviews_it_and_an_agent_plays_it() {
             |v| v == false,
         )
         .await;
+    // A new playlist may not take an existing one's id (its save would replace that file).
+    driver
+        .eval(&format!(
+            "{} {}",
+            set("#form [data-bind='/id']", "hotline-12345"),
+            click("#save")
+        ))
+        .await;
+    driver
+        .until(
+            "the id refused",
+            "return document.getElementById('check-out').textContent",
+            contains("exists already"),
+        )
+        .await;
     let tz: chrono_tz::Tz = "Asia/Shanghai".parse().unwrap();
     let local = |h: i64| {
         (chrono::Utc::now() + chrono::Duration::hours(h))

@@ -436,3 +436,51 @@ async fn security_headers_and_oversized_bodies() {
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"]["code"], "too_large", "{v}");
 }
+
+/// `If-None-Match: *` creates a playlist and never replaces one (RFC 9110 §13.1.2): the
+/// console's "new playlist" cannot overwrite an existing file by taking its id.
+#[tokio::test]
+async fn create_only_never_replaces_an_existing_playlist() {
+    let site = Site::new(
+        &format!("embedded = true\nlisten = \"127.0.0.1:{}\"", free_port()),
+        "",
+    );
+    let d = Daemon::start(&site).await;
+    let admin = site.admin_token();
+    let put = |id: &'static str, body: String| {
+        let http = d.http.clone();
+        let admin = admin.clone();
+        async move {
+            let r = marquee::http_client()
+                .build()
+                .unwrap()
+                .put(format!("{http}/api/v1/playlists/{id}"))
+                .bearer_auth(admin)
+                .header("if-none-match", "*")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let before = std::fs::read_to_string(site.playlist("hotline-12345")).unwrap();
+    let (s, e) = put(
+        "hotline-12345",
+        playlist("taken").replace("api-lobby", "hotline-12345"),
+    )
+    .await;
+    assert_eq!(s, 412, "{e}");
+    assert_eq!(e["error"]["code"], "exists");
+    crate::schema::documented("put", "/api/v1/playlists/{id}", 412, &e);
+    assert_eq!(
+        std::fs::read_to_string(site.playlist("hotline-12345")).unwrap(),
+        before
+    );
+    let (s, e) = put("api-lobby", playlist("new")).await;
+    assert_eq!(s, 200, "{e}");
+    assert!(site.playlist("api-lobby").exists());
+}

@@ -7,9 +7,10 @@ export const esc = s => String(s ?? "").replace(/[&<>"']/g,
 
 const auth = () => ({Authorization: "Bearer " + sessionStorage.getItem("marquee-token")});
 
-// One API call. `body` is sent as JSON, or as it is when `raw`. Answers {ok, status, data}.
-export async function api(method, path, body, raw) {
-  const headers = auth();
+// One API call. `body` is sent as JSON, or as it is when `raw`; `extra` headers. Answers
+// {ok, status, data}.
+export async function api(method, path, body, raw, extra) {
+  const headers = {...auth(), ...extra};
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const r = await fetch(path, {method, headers, body: body === undefined ? undefined : (raw ? body : JSON.stringify(body))});
   const data = await r.json().catch(() => ({}));

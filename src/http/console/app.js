@@ -8,6 +8,7 @@ import * as editor from "./editor.js";
 import * as fleet from "./fleet.js";
 import * as alerts from "./alerts.js";
 import * as campaigns from "./campaigns.js";
+import {badge} from "./review.js";
 
 const tabs = {channels, fleet, playlists: editor, alerts, campaigns};
 let current = "channels";
@@ -19,7 +20,7 @@ async function login() {
   Object.assign(site, r.data);
   $("login").style.display = "none"; $("app").style.display = "block";
   for (const m of Object.values(tabs)) await m.init?.();
-  editor.badge();
+  badge();
   tab(current);
 }
 

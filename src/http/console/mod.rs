@@ -26,6 +26,7 @@ const ASSETS: &[(&str, &str, &str)] = &[
     ("screens.js", JS, include_str!("screens.js")),
     ("channels.js", JS, include_str!("channels.js")),
     ("editor.js", JS, include_str!("editor.js")),
+    ("review.js", JS, include_str!("review.js")),
     ("schedule.js", JS, include_str!("schedule.js")),
     ("fleet.js", JS, include_str!("fleet.js")),
     ("alerts.js", JS, include_str!("alerts.js")),
