@@ -21,6 +21,7 @@
 
 mod batch;
 mod catalog;
+mod fleet;
 #[path = "../../../tests/it/kannel.rs"]
 mod kannel;
 mod lists;
@@ -67,6 +68,9 @@ enum Scenario {
         /// Agents only parse what they get instead of verifying it (transport-only comparison).
         #[arg(long)]
         no_verify: bool,
+        /// Run the simulated agents in this many processes of their own (0: in the bench's).
+        #[arg(long, default_value_t = 0)]
+        fleet_procs: usize,
     },
     /// `POST /api/v1/alerts` → every simulated agent holds the verified alert.
     Emergency {
@@ -76,6 +80,26 @@ enum Scenario {
         /// Measured runs.
         #[arg(long, default_value_t = 5)]
         runs: usize,
+        /// Agents only parse the alert instead of verifying it (transport-only comparison).
+        #[arg(long)]
+        no_verify: bool,
+        /// Run the simulated agents in this many processes of their own (0: in the bench's).
+        #[arg(long, default_value_t = 0)]
+        fleet_procs: usize,
+    },
+    /// (Internal) a share of the simulated fleet, reporting on stdout.
+    #[command(hide = true)]
+    FleetProc {
+        #[arg(long)]
+        port: u16,
+        #[arg(long)]
+        from: usize,
+        #[arg(long)]
+        count: usize,
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        no_verify: bool,
     },
     /// One playlist edited in a big catalog: the file written → the new timelines of its
     /// channels at a subscriber of the broker; baseline: one same-size retained publish to it.
@@ -208,15 +232,21 @@ fn main() -> anyhow::Result<()> {
                 runs,
                 embedded,
                 no_verify,
-            } => {
-                let check = if no_verify {
-                    Check::Parse
-                } else {
-                    Check::Verify
-                };
-                fanout(agents, runs, embedded, check).await
-            }
-            Scenario::Emergency { agents, runs } => emergency(agents, runs).await,
+                fleet_procs,
+            } => fanout(agents, runs, embedded, Check::of(no_verify), fleet_procs).await,
+            Scenario::Emergency {
+                agents,
+                runs,
+                no_verify,
+                fleet_procs,
+            } => emergency(agents, runs, Check::of(no_verify), fleet_procs).await,
+            Scenario::FleetProc {
+                port,
+                from,
+                count,
+                key,
+                no_verify,
+            } => fleet::child(port, from, count, &key, !no_verify).await,
             Scenario::Footprint { runs } => footprint(runs).await,
             Scenario::ListImport { rows, no_baseline } => lists::import(rows, !no_baseline).await,
             Scenario::SmsFake {
@@ -495,6 +525,16 @@ enum Check {
     Parse,
 }
 
+impl Check {
+    fn of(no_verify: bool) -> Check {
+        if no_verify {
+            Check::Parse
+        } else {
+            Check::Verify
+        }
+    }
+}
+
 /// The part of an envelope `Check::Parse` reads.
 #[derive(serde::Deserialize)]
 struct Peek {
@@ -505,6 +545,22 @@ struct Peek {
 struct PeekBody {
     version: u64,
     issued_at: DateTime<Utc>,
+    /// `{"kind": …, "data": …}`: only an alert's id is read.
+    #[serde(default)]
+    payload: Option<PeekPayload>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekPayload {
+    kind: String,
+    #[serde(default)]
+    data: Option<PeekData>,
+}
+
+#[derive(serde::Deserialize)]
+struct PeekData {
+    #[serde(default)]
+    id: Option<String>,
 }
 
 /// Reads an envelope as `check` says; `bound` is the topic its signature must name.
@@ -516,12 +572,18 @@ fn read(
     now: DateTime<Utc>,
 ) -> Option<Kind> {
     match check {
-        Check::Parse => serde_json::from_slice::<Peek>(payload)
-            .ok()
-            .map(|p| Kind::Timeline {
-                version: p.body.version,
-                issued: p.body.issued_at,
-            }),
+        Check::Parse => {
+            let p = serde_json::from_slice::<Peek>(payload).ok()?;
+            match p.body.payload {
+                Some(PeekPayload { kind, data }) if kind == "alert" => {
+                    Some(Kind::Alert { id: data?.id? })
+                }
+                _ => Some(Kind::Timeline {
+                    version: p.body.version,
+                    issued: p.body.issued_at,
+                }),
+            }
+        }
         Check::Verify => {
             let b = verify(key, bound, payload, None, now).ok()?;
             match b.payload {
@@ -632,16 +694,63 @@ async fn all_connected(rx: &mut mpsc::Receiver<Seen>, n: usize) -> anyhow::Resul
     Ok(early)
 }
 
-/// Connects `n` simulated agents (in waves, as a fleet coming up does).
-async fn fleet(
+/// The simulated fleet: its reports, and its processes when it has its own (else the bench's).
+struct Fleet {
+    rx: mpsc::Receiver<Seen>,
+    procs: Vec<Proc>,
+}
+
+impl Fleet {
+    /// CPU seconds the fleet has used so far (the bench's own when it runs in it).
+    fn cpu(&self) -> f64 {
+        if self.procs.is_empty() {
+            cpu_secs("self")
+        } else {
+            fleet::cpu(&self.procs)
+        }
+    }
+
+    /// How the fleet runs, for the report's header.
+    fn how(&self) -> String {
+        match self.procs.len() {
+            0 => "in the bench's process".into(),
+            n => format!("in {n} processes of its own"),
+        }
+    }
+}
+
+/// Connects `n` simulated agents (in waves, as a fleet coming up does), in `procs` processes
+/// of their own (0: in this one).
+async fn start_fleet(
+    n: usize,
+    port: u16,
+    key: PublicKey,
+    check: Check,
+    procs: usize,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Fleet> {
+    if procs > 0 {
+        let (rx, procs) = fleet::spawn(n, procs, port, &key, check)?;
+        return Ok(Fleet {
+            rx: forward_once_connected(rx, n).await?,
+            procs,
+        });
+    }
+    Ok(Fleet {
+        rx: fleet_here(n, port, key, check, cancel).await?,
+        procs: Vec::new(),
+    })
+}
+
+/// The fleet in this process.
+async fn fleet_here(
     n: usize,
     port: u16,
     key: PublicKey,
     check: Check,
     cancel: &CancellationToken,
 ) -> anyhow::Result<mpsc::Receiver<Seen>> {
-    let (tx, mut rx) = mpsc::channel::<Seen>(1 << 20);
-    let (out_tx, out_rx) = mpsc::channel::<Seen>(1 << 20);
+    let (tx, rx) = mpsc::channel::<Seen>(1 << 20);
     for i in 0..n {
         agent(i, port, key.clone(), check, cancel, tx.clone());
         if i % 200 == 199 {
@@ -649,6 +758,15 @@ async fn fleet(
         }
     }
     drop(tx);
+    forward_once_connected(rx, n).await
+}
+
+/// Waits until all `n` agents connected, then passes every other report through.
+async fn forward_once_connected(
+    mut rx: mpsc::Receiver<Seen>,
+    n: usize,
+) -> anyhow::Result<mpsc::Receiver<Seen>> {
+    let (out_tx, out_rx) = mpsc::channel::<Seen>(1 << 20);
     // Wait for every agent to connect, then pass everything else through.
     let early = all_connected(&mut rx, n).await?;
     for s in early {
@@ -741,42 +859,62 @@ fn setup_site(dir: &Path) -> anyhow::Result<()> {
     write_playlist(dir, 0)
 }
 
-async fn fanout(agents: usize, runs: usize, embedded: bool, check: Check) -> anyhow::Result<()> {
+/// Mosquitto (or a port for the daemon's embedded broker): its process, port, and the daemon's
+/// `[mqtt]` section for it.
+fn broker_for(dir: &Path, embedded: bool) -> anyhow::Result<(Option<Proc>, u16, String)> {
+    if embedded {
+        let port = free_port()?;
+        return Ok((
+            None,
+            port,
+            format!("embedded = true\nlisten = \"127.0.0.1:{port}\""),
+        ));
+    }
+    let (m, port) = mosquitto(dir)?;
+    Ok((
+        Some(m),
+        port,
+        format!("embedded = false\nurl = \"mqtt://127.0.0.1:{port}\""),
+    ))
+}
+
+async fn fanout(
+    agents: usize,
+    runs: usize,
+    embedded: bool,
+    check: Check,
+    procs: usize,
+) -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     let dir = &scratch.0;
     setup_site(dir)?;
-    let (_mq, port) = if embedded {
-        let p = free_port()?;
-        (None, p)
-    } else {
-        let (m, p) = mosquitto(dir)?;
-        (Some(m), p)
-    };
-    let section = if embedded {
-        format!("embedded = true\nlisten = \"127.0.0.1:{port}\"")
-    } else {
-        format!("embedded = false\nurl = \"mqtt://127.0.0.1:{port}\"")
-    };
+    let (_mq, port, section) = broker_for(dir, embedded)?;
     let d = daemon(dir, &section)?;
     let key = PublicKey::from_hex(&std::fs::read_to_string(d.data.join("signing.pub"))?)?;
     let cancel = CancellationToken::new();
     let t = Instant::now();
-    let mut rx = fleet(agents, port, key, check, &cancel).await?;
+    let mut fleet = start_fleet(agents, port, key, check, procs, &cancel).await?;
+    let checks = match check {
+        Check::Verify => "each verifies every message",
+        Check::Parse => "each only parses every message",
+    };
     println!(
-        "# fanout: {} broker, {agents} simulated agents ({}; connected in {:.2} s), {runs} runs, {}",
+        "# fanout: {} broker, {agents} simulated agents {} ({checks}; connected in {:.2} s), {runs} runs, {}",
         if embedded {
             "embedded (rumqttd)"
         } else {
             "Mosquitto"
         },
-        match check {
-            Check::Verify => "each verifies every message",
-            Check::Parse => "each only parses every message",
-        },
+        fleet.how(),
         t.elapsed().as_secs_f64(),
         machine()
     );
-    until_all(&mut rx, agents, |k| matches!(k, Kind::Timeline { .. })).await?;
+    until_all(&mut fleet.rx, agents, |k| {
+        matches!(k, Kind::Timeline { .. })
+    })
+    .await?;
+    let broker_pid = _mq.as_ref().map(|m| m.0.id().to_string());
+    let daemon_pid = d.proc.0.id().to_string();
     // Publisher for the baseline.
     let (publisher, _pub_events) = mqtt::connect(
         bench_client("bench-baseline".into(), port, Vec::new()),
@@ -785,21 +923,29 @@ async fn fanout(agents: usize, runs: usize, embedded: bool, check: Check) -> any
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (mut edit_p99, mut pub_p99, mut base_p99) = (Vec::new(), Vec::new(), Vec::new());
     println!(
-        "run | edit→all agents p50/p99/max ms | publish→all agents p50/p99/max ms | baseline publish→all p50/p99/max ms"
+        "run | edit→all agents p50/p99/max ms | publish→all agents p50/p99/max ms | baseline publish→all p50/p99/max ms | CPU ms of the run: broker / daemon / fleet"
     );
     for run in 1..=runs {
-        let (edit, publ, base) = fanout_run(&mut rx, agents, &d, dir, run, &publisher).await?;
+        let cpu = |f: &Fleet| {
+            (
+                broker_pid.as_deref().map_or(0.0, cpu_secs),
+                cpu_secs(&daemon_pid),
+                f.cpu(),
+            )
+        };
+        let before = cpu(&fleet);
+        let (edit, publ, base) =
+            fanout_run(&mut fleet.rx, agents, &d, dir, run, &publisher).await?;
+        let after = cpu(&fleet);
+        let ms = |s: &Stats| format!("{:.1} / {:.1} / {:.1}", s.p50, s.p99, s.max);
         println!(
-            "{run} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1} | {:.1} / {:.1} / {:.1}",
-            edit.p50,
-            edit.p99,
-            edit.max,
-            publ.p50,
-            publ.p99,
-            publ.max,
-            base.p50,
-            base.p99,
-            base.max
+            "{run} | {} | {} | {} | {:.0} / {:.0} / {:.0}",
+            ms(&edit),
+            ms(&publ),
+            ms(&base),
+            (after.0 - before.0) * 1e3,
+            (after.1 - before.1) * 1e3,
+            (after.2 - before.2) * 1e3,
         );
         edit_p99.push(edit.p99);
         pub_p99.push(publ.p99);
@@ -874,11 +1020,11 @@ fn lobby_published(d: &Daemon) -> Option<(u64, Vec<u8>)> {
         .map(|p| (p.version, p.payload))
 }
 
-async fn emergency(agents: usize, runs: usize) -> anyhow::Result<()> {
+async fn emergency(agents: usize, runs: usize, check: Check, procs: usize) -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     let dir = &scratch.0;
     setup_site(dir)?;
-    let (_mq, port) = mosquitto(dir)?;
+    let (mq, port) = mosquitto(dir)?;
     let d = daemon(
         dir,
         &format!("embedded = false\nurl = \"mqtt://127.0.0.1:{port}\""),
@@ -888,15 +1034,25 @@ async fn emergency(agents: usize, runs: usize) -> anyhow::Result<()> {
         .trim()
         .to_owned();
     let cancel = CancellationToken::new();
-    let mut rx = fleet(agents, port, key, Check::Verify, &cancel).await?;
+    let mut fleet = start_fleet(agents, port, key, check, procs, &cancel).await?;
     println!(
-        "# emergency: Mosquitto, {agents} simulated agents, {runs} runs, {}",
+        "# emergency: Mosquitto, {agents} simulated agents {} ({}), {runs} runs, {}",
+        fleet.how(),
+        match check {
+            Check::Verify => "each verifies the alert",
+            Check::Parse => "each only parses the alert",
+        },
         machine()
     );
-    println!("run | POST /api/v1/alerts → every agent holds the verified alert: p50/p99/max ms");
+    println!(
+        "run | POST /api/v1/alerts → every agent holds the alert: p50/p99/max ms | CPU ms of the run: broker / daemon / fleet"
+    );
+    let (broker_pid, daemon_pid) = (mq.0.id().to_string(), d.proc.0.id().to_string());
+    let cpu = |f: &Fleet| (cpu_secs(&broker_pid), cpu_secs(&daemon_pid), f.cpu());
     let http = marquee::http_client().build()?;
     let mut p99s = Vec::new();
     for run in 1..=runs {
+        let before = cpu(&fleet);
         let t0 = Instant::now();
         let resp: serde_json::Value = http
             .post(format!("{}/api/v1/alerts", d.http))
@@ -908,17 +1064,26 @@ async fn emergency(agents: usize, runs: usize) -> anyhow::Result<()> {
             .await?;
         let id = resp["id"].as_str().context("no alert id")?.to_owned();
         let got = until_all(
-            &mut rx,
+            &mut fleet.rx,
             agents,
             |k| matches!(k, Kind::Alert { id: a } if *a == id),
         )
         .await?;
+        let after = cpu(&fleet);
         let s = stats(
             got.iter()
                 .map(|(at, _, _)| at.duration_since(t0).as_secs_f64() * 1000.0)
                 .collect(),
         );
-        println!("{run} | {:.1} / {:.1} / {:.1}", s.p50, s.p99, s.max);
+        println!(
+            "{run} | {:.1} / {:.1} / {:.1} | {:.0} / {:.0} / {:.0}",
+            s.p50,
+            s.p99,
+            s.max,
+            (after.0 - before.0) * 1e3,
+            (after.1 - before.1) * 1e3,
+            (after.2 - before.2) * 1e3
+        );
         p99s.push(s.p99);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
