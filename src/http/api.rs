@@ -243,6 +243,23 @@ pub async fn preview(
 }
 
 fn preview_request(s: &AppState, q: &HashMap<String, String>) -> Result<PreviewRequest, ApiError> {
+    let (channel, display) = target_of(s, q)?;
+    let at = instant_of(s, q)?;
+    let length = crate::preview::parse_length(q.get("for").map(String::as_str).unwrap_or("2h"))
+        .map_err(|m| ApiError::bad_field("for", m))?;
+    Ok(PreviewRequest {
+        channel,
+        display,
+        at,
+        length,
+    })
+}
+
+/// The query's `display` (a declared one) or `channel`: the channel, and the display if any.
+pub fn target_of(
+    s: &AppState,
+    q: &HashMap<String, String>,
+) -> Result<(String, Option<String>), ApiError> {
     let sched = &s.cfg.schedule;
     let display = q.get("display").filter(|d| !d.is_empty()).cloned();
     let channel = match (&display, q.get("channel").filter(|c| !c.is_empty())) {
@@ -263,23 +280,25 @@ fn preview_request(s: &AppState, q: &HashMap<String, String>) -> Result<PreviewR
         }
         (None, None) => return Err(ApiError::bad_field("channel", "give channel or display")),
     };
-    let at = match q.get("at") {
-        None => Utc::now(),
-        Some(t) => crate::domain::playlist::parse_instant(t, sched.timezone).ok_or_else(|| {
-            ApiError::bad_field(
-                "at",
-                format!("bad time {t:?}: use RFC 3339, e.g. 2021-05-15T09:00:00+08:00"),
-            )
-        })?,
-    };
-    let length = crate::preview::parse_length(q.get("for").map(String::as_str).unwrap_or("2h"))
-        .map_err(|m| ApiError::bad_field("for", m))?;
-    Ok(PreviewRequest {
-        channel,
-        display,
-        at,
-        length,
-    })
+    Ok((channel, display))
+}
+
+/// The query's `at` (RFC 3339, or local time in the schedule's zone); now when absent.
+pub fn instant_of(
+    s: &AppState,
+    q: &HashMap<String, String>,
+) -> Result<chrono::DateTime<Utc>, ApiError> {
+    match q.get("at").filter(|t| !t.is_empty()) {
+        None => Ok(Utc::now()),
+        Some(t) => {
+            crate::domain::playlist::parse_instant(t, s.cfg.schedule.timezone).ok_or_else(|| {
+                ApiError::bad_field(
+                    "at",
+                    format!("bad time {t:?}: use RFC 3339, e.g. 2021-05-15T09:00:00+08:00"),
+                )
+            })
+        }
+    }
 }
 
 /// A display as the fleet view shows it: its last report and what is true of it now.

@@ -47,25 +47,8 @@ pub async fn frame(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<FrameAnswer>, ApiError> {
     let sched = &s.cfg.schedule;
-    let display = q.get("display").filter(|d| !d.is_empty()).cloned();
-    let channel = match (&display, q.get("channel").filter(|c| !c.is_empty())) {
-        (Some(d), _) => sched.displays.get(d).cloned().ok_or_else(|| {
-            ApiError::bad_field("display", format!("unknown display {d:?} (not declared)"))
-        })?,
-        (None, Some(c)) if sched.channels.contains(c) => c.clone(),
-        (None, Some(c)) => {
-            return Err(ApiError::bad_field(
-                "channel",
-                format!("unknown channel {c:?}"),
-            ));
-        }
-        (None, None) => return Err(ApiError::bad_field("display", "give display or channel")),
-    };
-    let at = match q.get("at").filter(|t| !t.is_empty()) {
-        None => Utc::now(),
-        Some(t) => crate::domain::playlist::parse_instant(t, sched.timezone)
-            .ok_or_else(|| ApiError::bad_field("at", format!("bad time {t:?}: use RFC 3339")))?,
-    };
+    let (channel, display) = super::api::target_of(&s, &q)?;
+    let at = super::api::instant_of(&s, &q)?;
     let policy = match q.get("lang").filter(|l| !l.is_empty()) {
         Some(l) => LanguagePolicy::Fixed(l.clone()),
         None => LanguagePolicy::Alternate(vec!["zh".into(), "en".into()]),
@@ -117,7 +100,7 @@ fn alert_at(
     channel: &str,
     at: chrono::DateTime<Utc>,
 ) -> Option<crate::wire::alert::Alert> {
-    use crate::store::alerts::{AlertStatus, Scope};
+    use crate::store::alerts::AlertStatus;
     let time = |s: &str| {
         chrono::DateTime::parse_from_rfc3339(s)
             .ok()
@@ -125,11 +108,8 @@ fn alert_at(
     };
     rows.iter()
         .filter(|a| a.status != AlertStatus::Pending)
-        .filter(|a| match &a.scope {
-            Scope::All => true,
-            Scope::Channels(c) => c.iter().any(|c| c == channel),
-            Scope::Displays(d) => display.is_some_and(|id| d.iter().any(|x| x == id)),
-        })
+        // Without a display, only what reaches the whole channel (no display id is empty).
+        .filter(|a| crate::alerts::in_scope(&a.scope, display.unwrap_or(""), channel))
         .filter(|a| {
             a.cleared_at
                 .as_deref()

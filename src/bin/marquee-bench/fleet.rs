@@ -5,7 +5,7 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -13,7 +13,7 @@ use marquee::wire::PublicKey;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Check, Kind, Proc, Seen, agent};
+use super::{Check, Kind, Proc, Seen};
 
 /// One child's part: agents `from..from + count`, each line `agent kind value at_ns`.
 pub async fn child(
@@ -27,13 +27,7 @@ pub async fn child(
     let check = if verify { Check::Verify } else { Check::Parse };
     let cancel = CancellationToken::new();
     let (tx, mut rx) = mpsc::channel::<Seen>(1 << 16);
-    for i in from..from + count {
-        agent(i, port, key.clone(), check, &cancel, tx.clone());
-        if (i - from) % 200 == 199 {
-            tokio::time::sleep(Duration::from_millis(150)).await;
-        }
-    }
-    drop(tx);
+    super::agents_in_waves(from..from + count, port, &key, check, &cancel, tx).await;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     while let Some(s) = rx.recv().await {
         let (kind, value) = match s.kind {

@@ -751,14 +751,26 @@ async fn fleet_here(
     cancel: &CancellationToken,
 ) -> anyhow::Result<mpsc::Receiver<Seen>> {
     let (tx, rx) = mpsc::channel::<Seen>(1 << 20);
-    for i in 0..n {
+    agents_in_waves(0..n, port, &key, check, cancel, tx).await;
+    forward_once_connected(rx, n).await
+}
+
+/// Starts agents `range`, 200 at a time 150 ms apart (as a fleet coming up does).
+async fn agents_in_waves(
+    range: std::ops::Range<usize>,
+    port: u16,
+    key: &PublicKey,
+    check: Check,
+    cancel: &CancellationToken,
+    tx: mpsc::Sender<Seen>,
+) {
+    let first = range.start;
+    for i in range {
         agent(i, port, key.clone(), check, cancel, tx.clone());
-        if i % 200 == 199 {
+        if (i - first) % 200 == 199 {
             tokio::time::sleep(Duration::from_millis(150)).await;
         }
     }
-    drop(tx);
-    forward_once_connected(rx, n).await
 }
 
 /// Waits until all `n` agents connected, then passes every other report through.
