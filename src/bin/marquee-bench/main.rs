@@ -9,6 +9,7 @@
 //! target/release/marquee-bench fanout --agents 300 --embedded
 //! target/release/marquee-bench emergency --agents 2000 --runs 5
 //! target/release/marquee-bench footprint --runs 5
+//! target/release/marquee-bench broker-memory --agents 10000
 //! target/release/marquee-bench resolver --playlists 1000 --channels 100
 //! target/release/marquee-bench catalog --playlists 1000 --channels 100
 //! target/release/marquee-bench sms-fake
@@ -20,6 +21,7 @@
 #![cfg_attr(not(test), warn(clippy::too_many_lines))]
 
 mod batch;
+mod broker_mem;
 mod catalog;
 mod fleet;
 #[path = "../../../tests/it/kannel.rs"]
@@ -208,6 +210,13 @@ enum Scenario {
         #[arg(long)]
         no_baseline: bool,
     },
+    /// The broker's RSS per idle agent connection (embedded broker: the daemon's), agents
+    /// subscribed as real ones are; baseline: Mosquitto with the same fleet.
+    BrokerMemory {
+        /// Simulated idle agents.
+        #[arg(long, default_value_t = 10_000)]
+        agents: usize,
+    },
     /// Start-up to READY, idle daemon RSS with the example set, one agent's RSS.
     Footprint {
         /// Measured runs.
@@ -248,6 +257,7 @@ fn main() -> anyhow::Result<()> {
                 no_verify,
             } => fleet::child(port, from, count, &key, !no_verify).await,
             Scenario::Footprint { runs } => footprint(runs).await,
+            Scenario::BrokerMemory { agents } => broker_mem::run(agents).await,
             Scenario::ListImport { rows, no_baseline } => lists::import(rows, !no_baseline).await,
             Scenario::SmsFake {
                 messages,
