@@ -328,7 +328,7 @@ pub fn dump(log: &Arc<Mutex<Vec<Value>>>) -> String {
         .join("\n")
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -474,6 +474,11 @@ impl Mosquitto {
             "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{extra}\n"
         );
         Mosquitto::start_with(port, tempfile::tempdir().unwrap(), &conf).await
+    }
+
+    /// A Mosquitto on `port` with the whole config `conf_text` (its listener on `port`).
+    pub async fn start_config(port: u16, conf_text: &str) -> Mosquitto {
+        Mosquitto::start_with(port, tempfile::tempdir().unwrap(), conf_text).await
     }
 
     async fn start_on(port: u16, dir: tempfile::TempDir) -> Mosquitto {

@@ -5,6 +5,7 @@ mod agent;
 mod alerts;
 mod aliyun;
 mod approval;
+mod brokers;
 mod bus;
 mod cap;
 mod cli;
