@@ -24,13 +24,19 @@ const BASELINE: &str = "bench/catalog/baseline";
 /// What the subscriber got: topic, version (0 for a baseline copy), when.
 type Got = (String, u64, Instant);
 
+/// The date-range playlists of the live catalog run from yesterday for five days, so the
+/// daemon (whose `now` is today) sees the same share of them active whatever day it runs.
+fn range_from() -> chrono::NaiveDate {
+    chrono::Utc::now().date_naive() - chrono::Days::new(1)
+}
+
 /// `marquee-bench catalog`.
 pub async fn run(n: usize, channels: usize, runs: usize) -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     let dir = &scratch.0;
     let names: Vec<String> = (0..channels).map(|c| format!("c{c:03}")).collect();
     for i in 0..n {
-        let src = playlist_set::generated_playlist(i, channels);
+        let src = playlist_set::generated_playlist(i, channels, range_from());
         std::fs::write(dir.join(format!("playlists/p{i}.json")), src)?;
     }
     let (_mq, port) = mosquitto(dir)?;
@@ -106,7 +112,7 @@ async fn edit(
     channels: usize,
 ) -> anyhow::Result<(f64, f64)> {
     let mut v: serde_json::Value =
-        serde_json::from_str(&playlist_set::generated_playlist(k, channels))?;
+        serde_json::from_str(&playlist_set::generated_playlist(k, channels, range_from()))?;
     v["tier"] = "emergency".into();
     for item in v["items"].as_array_mut().context("no items")? {
         let text = &mut item["text"]["en"];

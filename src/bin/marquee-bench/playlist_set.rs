@@ -1,7 +1,14 @@
 //! The resolver benchmark's playlists, generated deterministically; shared by
 //! `marquee-bench resolver` and the criterion bench (`benches/resolver.rs`).
 
+use chrono::NaiveDate;
 use marquee::domain::{Playlist, ValidationContext};
+
+/// The first day of the date-range playlists of the resolver's set: fixed, so every run of
+/// `resolver` resolves the same timelines (its start is 2026-11-28).
+pub fn resolver_range_start() -> NaiveDate {
+    NaiveDate::from_ymd_opt(2026, 11, 27).expect("a date")
+}
 
 /// `n` playlists over `channels` channels (named `c000`…), and the channel names.
 pub fn generate(n: usize, channels: usize) -> anyhow::Result<(Vec<Playlist>, Vec<String>)> {
@@ -13,16 +20,16 @@ pub fn generate(n: usize, channels: usize) -> anyhow::Result<(Vec<Playlist>, Vec
     };
     let playlists = (0..n)
         .map(|i| {
-            Playlist::parse("bench.json", None, &generated_playlist(i, channels), &ctx)
-                .map_err(|e| anyhow::anyhow!("{}", e[0]))
+            let src = generated_playlist(i, channels, resolver_range_start());
+            Playlist::parse("bench.json", None, &src, &ctx).map_err(|e| anyhow::anyhow!("{}", e[0]))
         })
         .collect::<anyhow::Result<_>>()?;
     Ok((playlists, names))
 }
 
-/// Weekday dayparts, cron starts every 1–4 h lasting 15–105 min, 5-day ranges; four zones,
-/// four tiers, weights 1–3; each playlist on 5 channels.
-pub fn generated_playlist(i: usize, channels: usize) -> String {
+/// Weekday dayparts, cron starts every 1–4 h lasting 15–105 min, 5-day ranges from
+/// `range_from`; four zones, four tiers, weights 1–3; each playlist on 5 channels.
+pub fn generated_playlist(i: usize, channels: usize, range_from: NaiveDate) -> String {
     let zones = ["Asia/Shanghai", "Europe/Berlin", "America/New_York", "UTC"];
     let tiers = ["normal", "normal", "normal", "interrupt", "fallback"];
     let targets: Vec<String> = (0..5)
@@ -40,7 +47,11 @@ pub fn generated_playlist(i: usize, channels: usize) -> String {
             1 + i % 4,
             15 + i % 90
         ),
-        _ => r#"{"from": "2026-11-27T00:00", "until": "2026-12-02T00:00"}"#.to_owned(),
+        _ => format!(
+            r#"{{"from": "{}T00:00", "until": "{}T00:00"}}"#,
+            range_from,
+            range_from + chrono::Days::new(5)
+        ),
     };
     let items: Vec<String> = (0..3)
         .map(|k| format!(r#"{{"id": "i{k}", "text": {{"zh": "标语 {i}-{k}", "en": "slogan {i}-{k}"}}, "seconds": {}}}"#, 5 + (i + k) % 20))
