@@ -14,6 +14,7 @@ use crate::harness::*;
 const DAEMON_PW: &str = "it-daemon-secret-4711";
 const BRIDGE_PW: &str = "it-bridge-secret-4712";
 const AGENT_PW: &str = "it-agent-secret-4713";
+const WATCH_PW: &str = "it-watch-secret-4714";
 
 /// A shipped broker config.
 fn shipped(name: &str) -> String {
@@ -155,16 +156,47 @@ fn mosquitto_conf(name: &str, port: u16, files: [(&str, &Path); 3]) -> String {
     c + run_as()
 }
 
-/// The shipped core config for this test: port, account files and data directory in `dir`.
-fn core_conf(dir: &Path, port: u16) -> String {
+/// The core's ACL as `mosquitto-core.conf` documents it, with the bridge account of each of
+/// `sites` (`bridge-{site}`), and a read-only account for the test.
+fn documented_core_acl(sites: &[&str]) -> String {
+    let text = shipped("mosquitto-core.conf");
+    let block: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("# and core.acl"))
+        .skip(1)
+        .take_while(|l| l.starts_with("#   "))
+        .map(|l| &l[4..])
+        .collect();
+    let start = block
+        .iter()
+        .position(|l| *l == "user bridge-site-1a")
+        .expect("the documented ACL has a bridge account");
+    let end = start
+        + 1
+        + block[start + 1..]
+            .iter()
+            .position(|l| l.starts_with("user "))
+            .unwrap_or(block.len() - start - 1);
+    let bridge = block[start..end].join("\n");
+    let mut acl = block[..start].join("\n") + "\n";
+    for site in sites {
+        acl += &bridge.replace("bridge-site-1a", &format!("bridge-{site}"));
+        acl.push('\n');
+    }
+    acl += &block[end..].join("\n");
+    acl + "\nuser it-watch\ntopic read marquee/v1/#\n"
+}
+
+/// The shipped core config for this test: port, accounts (the daemon's, one per site's bridge,
+/// and `it-watch`) with the documented ACL, and a data directory in `dir`.
+fn core_conf(dir: &Path, port: u16, sites: &[&str]) -> String {
     let (pw, acl) = (dir.join("core.passwd"), dir.join("core.acl"));
     mosquitto_account(&pw, "marquee-daemon", DAEMON_PW);
-    mosquitto_account(&pw, "marquee-bridge", BRIDGE_PW);
-    std::fs::write(
-        &acl,
-        "user marquee-daemon\ntopic readwrite marquee/v1/#\nuser marquee-bridge\ntopic readwrite marquee/v1/#\n",
-    )
-    .unwrap();
+    for site in sites {
+        mosquitto_account(&pw, &format!("bridge-{site}"), BRIDGE_PW);
+    }
+    mosquitto_account(&pw, "it-watch", WATCH_PW);
+    std::fs::write(&acl, documented_core_acl(sites)).unwrap();
     let data = dir.join("core-data");
     std::fs::create_dir_all(&data).unwrap();
     mosquitto_conf(
@@ -197,13 +229,18 @@ fn site_conf(dir: &Path, name: &str, port: u16, accounts: &Path, core: u16) -> S
     );
     c = set(
         &c,
-        "address core-1.example.net:1883 core-2.example.net:1883",
+        "address core.example.net:1883",
         &format!("address 127.0.0.1:{core}"),
     );
     c = set(
         &c,
-        "remote_clientid marquee-bridge-site-1a",
-        &format!("remote_clientid marquee-bridge-{name}"),
+        "remote_username bridge-site-1a",
+        &format!("remote_username bridge-{name}"),
+    );
+    c = set(
+        &c,
+        "remote_clientid bridge-site-1a",
+        &format!("remote_clientid bridge-{name}"),
     );
     set(
         &c,
@@ -233,7 +270,8 @@ fn run_as() -> &'static str {
 async fn screens_on_bridged_site_brokers_get_timelines_and_alerts_and_survive_losing_theirs() {
     let dir = tempfile::tempdir().unwrap();
     let core_port = free_port();
-    let _core = Mosquitto::start_config(core_port, &core_conf(dir.path(), core_port)).await;
+    let _core =
+        Mosquitto::start_config(core_port, &core_conf(dir.path(), core_port, &["a", "b"])).await;
     let (site, d) = daemon_on(core_port).await;
     let token = site.admin_token();
     let (p1, p2) = (free_port(), free_port());
@@ -263,8 +301,20 @@ async fn screens_on_bridged_site_brokers_get_timelines_and_alerts_and_survive_lo
         Mosquitto::start_config(p2, &site_conf(dir.path(), "b", p2, &accounts, core_port)).await,
     ];
 
-    // Two hops down (retained through the bridge), status and events two hops up.
+    // Published on the core before the screen starts: it gets the timeline retained, from
+    // its site broker's copy.
+    let mut watch = Sub::connect_as(
+        core_port,
+        "marquee/v1/channel/lobby/timeline",
+        Some(("it-watch", WATCH_PW)),
+    )
+    .await;
     edit(&site, "via the bridge");
+    watch
+        .wait("the edit on the core", |m| {
+            String::from_utf8_lossy(&m.payload).contains("via the bridge")
+        })
+        .await;
     let mut agent = AgentProc::start(&cfg, &[]);
     plays(&mut agent, "via the bridge").await;
     // The agent picks one of its two at random.
@@ -297,9 +347,13 @@ impl Drop for NatsNode {
 /// `config/brokers/nats-node.conf` and its environment.
 async fn nats_cluster(dir: &Path) -> Vec<NatsNode> {
     let conf = repo().join("config/brokers/nats-node.conf");
-    let ports: Vec<(u16, u16, u16)> = (0..3)
-        .map(|_| (free_port(), free_port(), free_port()))
-        .collect();
+    // Nine distinct ports (a port just released can be handed out again).
+    let mut free = std::collections::BTreeSet::new();
+    while free.len() < 9 {
+        free.insert(free_port());
+    }
+    let free: Vec<u16> = free.into_iter().collect();
+    let ports: Vec<(u16, u16, u16)> = free.chunks(3).map(|c| (c[0], c[1], c[2])).collect();
     let mut nodes = Vec::new();
     for (i, (client, cluster, mqtt)) in ports.iter().enumerate() {
         let mut cmd = Command::new(nats_bin());

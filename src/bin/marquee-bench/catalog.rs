@@ -26,8 +26,10 @@ type Got = (String, u64, Instant);
 
 /// The date-range playlists of the live catalog run from yesterday for five days, so the
 /// daemon (whose `now` is today) sees the same share of them active whatever day it runs.
+/// Taken once per process: a run crossing midnight (UTC) edits the same playlists it wrote.
 fn range_from() -> chrono::NaiveDate {
-    chrono::Utc::now().date_naive() - chrono::Days::new(1)
+    static FROM: std::sync::OnceLock<chrono::NaiveDate> = std::sync::OnceLock::new();
+    *FROM.get_or_init(|| chrono::Utc::now().date_naive() - chrono::Days::new(1))
 }
 
 /// `marquee-bench catalog`.
