@@ -373,8 +373,19 @@ fn settle(conn: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// A connection that writes starts every transaction `IMMEDIATE`: it takes the write lock at
+/// `BEGIN`, waiting for it under the busy timeout. A `DEFERRED` transaction that reads first
+/// and then writes cannot wait: when the other writer (the SMS connection, or the main one)
+/// committed after its read, SQLite refuses the upgrade at once with `SQLITE_BUSY` ("database
+/// is locked"), whatever the busy timeout (sqlite.org/lang_transaction.html; isolation.html).
+/// That failed an alert raised while a campaign was sending.
+fn writer(conn: &mut Connection) {
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+}
+
 /// Sets WAL mode and applies the migrations not yet applied (tracked in `user_version`).
 fn migrate(mut conn: Connection, migrations: &[&str]) -> Result<Connection, StoreError> {
+    writer(&mut conn);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     settle(&conn)?;
@@ -580,9 +591,10 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let conn = Connection::open(path)?;
         let mut store = Store::init(conn)?;
-        let sms = Connection::open(path)?;
+        let mut sms = Connection::open(path)?;
         sms.pragma_update(None, "synchronous", "FULL")?;
         settle(&sms)?;
+        writer(&mut sms);
         store.sms = Some(Mutex::new(sms));
         let read = Connection::open(path)?;
         read.pragma_update(None, "query_only", true)?;
@@ -785,6 +797,31 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Both writers begin their transactions by taking the write lock, so a transaction that
+    /// reads and then writes waits for the other writer instead of failing with "database is
+    /// locked": while one holds a transaction, nobody else can even begin a write.
+    #[test]
+    fn writers_take_the_write_lock_at_begin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.db");
+        let store = Store::open(&path).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.busy_timeout(std::time::Duration::ZERO).unwrap();
+        for conn in [&store.conn, store.sms.as_ref().unwrap()] {
+            let mut c = conn.lock().unwrap();
+            let tx = c.transaction().unwrap();
+            let begun = other.execute_batch("BEGIN IMMEDIATE; COMMIT;");
+            assert!(
+                begun.is_err_and(
+                    |e| e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy)
+                ),
+                "a second writer began while a transaction was open"
+            );
+            drop(tx);
+        }
+        other.execute_batch("BEGIN IMMEDIATE; COMMIT;").unwrap();
+    }
 
     fn p(version: u64, payload: &[u8]) -> Published {
         Published {
