@@ -197,15 +197,11 @@ pub(super) fn transport_error(e: reqwest::Error) -> Answer {
     )
 }
 
-pub(super) fn retry_after(resp: &reqwest::Response) -> Option<Duration> {
-    resp.headers()
-        .get(reqwest::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(|s| Duration::from_secs(s.min(3600)))
+/// A gateway's `Retry-After`, in seconds or as an HTTP date (RFC 9110 §10.2.3; the CAP feed's
+/// parser), at most an hour.
+pub(super) fn retry_after(headers: &hyper::HeaderMap) -> Option<Duration> {
+    let v = headers.get(hyper::header::RETRY_AFTER)?.to_str().ok()?;
+    crate::alerts::cap_feed::retry_after(v, Utc::now()).map(|d| d.min(Duration::from_secs(3600)))
 }
 
 /// Sends a request and reads the whole answer: status, `Retry-After`, body. A transport
@@ -255,12 +251,7 @@ pub(super) async fn get_plain(
             }
         })?;
         let status = resp.status().as_u16();
-        let after = resp
-            .headers()
-            .get(hyper::header::RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| Duration::from_secs(s.min(3600)));
+        let after = retry_after(resp.headers());
         let mut body = resp.into_body();
         let mut got = Vec::new();
         while got.len() < PLAIN_BODY_MAX {
@@ -287,7 +278,7 @@ pub(super) async fn exchange(
 ) -> Result<(u16, Option<Duration>, String), Answer> {
     let resp = req.send().await.map_err(transport_error)?;
     let status = resp.status().as_u16();
-    let after = retry_after(&resp);
+    let after = retry_after(resp.headers());
     let body = resp.text().await.map_err(transport_error)?;
     Ok((status, after, body))
 }
