@@ -352,11 +352,15 @@ async fn console_builds_a_playlist_in_forms_reviews_it_and_an_agent_plays_it() {
             |v| v.as_u64().is_some_and(|n| n >= 1),
         )
         .await;
-    driver.eval(&click("#week .stretch.t-interrupt")).await;
+    // Clicked again on each poll: the week may still be redrawn by the last 'show' above, and a
+    // click on the stretch it replaced opens nothing.
     driver
         .until(
             "the stretch's loop",
-            "return document.getElementById('week-detail').textContent",
+            &format!(
+                "{} return document.getElementById('week-detail').textContent",
+                click("#week .stretch.t-interrupt")
+            ),
             contains("open-day-form"),
         )
         .await;
