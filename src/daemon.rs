@@ -266,12 +266,20 @@ fn api_tokens(cfg: &Config) -> anyhow::Result<Tokens> {
 /// The store (with its disk reserve; imports cut off by a restart removed) and the display
 /// registry read from it.
 fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, Arc<crate::registry::Registry>)> {
-    let db = cfg.data_dir.join("marquee.db");
-    let store = Arc::new(
-        Store::open(&db)
-            .with_context(|| format!("cannot open {}", db.display()))?
-            .keep_reserve(&cfg.data_dir, cfg.disk_reserve),
-    );
+    let (store, db) = match &cfg.store {
+        crate::config::StoreConfig::Sqlite => {
+            let db = cfg.data_dir.join("marquee.db");
+            let store = Store::open(&db)
+                .with_context(|| format!("cannot open {}", db.display()))?
+                .keep_reserve(&cfg.data_dir, cfg.disk_reserve);
+            (Arc::new(store), db.display().to_string())
+        }
+        crate::config::StoreConfig::Postgres { url, password } => {
+            let store = Store::connect(url, password.as_deref())
+                .with_context(|| format!("cannot open the PostgreSQL store {url}"))?;
+            (Arc::new(store), url.clone())
+        }
+    };
     // A list import cut off by a crash or restart left an `importing` campaign: never sent.
     match store.drop_importing(None) {
         Ok(0) => {}
@@ -282,7 +290,7 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, Arc<crate::registry::
         Err(e) => tracing::error!(error = %e, "cannot remove cut-off imports"),
     }
     let registry = crate::registry::Registry::load(&store)
-        .with_context(|| format!("cannot read the display registry in {}", db.display()))?;
+        .with_context(|| format!("cannot read the display registry in {db}"))?;
     for (id, channel) in &cfg.schedule.displays {
         if registry.get(id).is_none() {
             tracing::warn!(

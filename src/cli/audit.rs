@@ -49,34 +49,39 @@ pub fn run(a: Args) -> ExitCode {
 /// message and whether the chain is intact.
 pub fn audit_verify(config: &Path, data_dir: Option<&Path>) -> anyhow::Result<(String, bool)> {
     let cfg = Config::load(config)?;
-    let db = data_dir.unwrap_or(&cfg.data_dir).join("marquee.db");
-    if !db.exists() {
-        anyhow::bail!(
-            "{} does not exist (has the daemon run with this config?)",
-            db.display()
-        );
-    }
-    let store =
-        crate::store::Store::open(&db).with_context(|| format!("cannot open {}", db.display()))?;
+    let (store, name) = match (&cfg.store, data_dir) {
+        (crate::config::StoreConfig::Postgres { url, password }, None) => (
+            crate::store::Store::connect(url, password.as_deref())
+                .with_context(|| format!("cannot open the PostgreSQL store {url}"))?,
+            url.clone(),
+        ),
+        _ => {
+            let db = data_dir.unwrap_or(&cfg.data_dir).join("marquee.db");
+            if !db.exists() {
+                anyhow::bail!(
+                    "{} does not exist (has the daemon run with this config?)",
+                    db.display()
+                );
+            }
+            let store = crate::store::Store::open(&db)
+                .with_context(|| format!("cannot open {}", db.display()))?;
+            (store, db.display().to_string())
+        }
+    };
     let dir = data_dir.unwrap_or(&cfg.data_dir);
     Ok(match store.verify_audit()? {
         Ok(n) => match anchored(&store, dir, n)? {
             Ok(note) => (
                 format!(
                     "ok: the audit log of {} is intact ({n} entries){note}\n",
-                    db.display()
+                    name
                 ),
                 true,
             ),
-            Err(why) => (format!("TAMPERED: {}: {why}\n", db.display()), false),
+            Err(why) => (format!("TAMPERED: {}: {why}\n", name), false),
         },
         Err(b) => (
-            format!(
-                "TAMPERED: {}: audit entry {}: {}\n",
-                db.display(),
-                b.seq,
-                b.reason
-            ),
+            format!("TAMPERED: {}: audit entry {}: {}\n", name, b.seq, b.reason),
             false,
         ),
     })

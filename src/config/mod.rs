@@ -31,7 +31,7 @@ use mqtt::RawMqtt;
 pub use mqtt::{BrokerConfig, MqttConfig};
 use schedule::RawSchedule;
 pub use schedule::{ScheduleConfig, Screen};
-pub use server::{LogFormat, ServerTls};
+pub use server::{LogFormat, ServerTls, StoreConfig};
 use server::{RawLog, RawServer, default_max_connections, server_tls};
 
 /// The file as written. See `config/marquee.toml` for every key with its meaning.
@@ -56,6 +56,8 @@ pub struct RawConfig {
     fleet: RawFleet,
     #[serde(default)]
     sms: crate::sms::config::RawSms,
+    #[serde(default)]
+    store: server::RawStore,
 }
 
 /// Validated configuration.
@@ -110,6 +112,8 @@ pub struct Config {
     pub approve_playlists: bool,
     /// SMS gateways and campaign defaults.
     pub sms: crate::sms::config::SmsConfig,
+    /// The database (`[store]`): SQLite in `data_dir` unless a PostgreSQL URL is given.
+    pub store: StoreConfig,
 }
 
 impl Config {
@@ -170,7 +174,9 @@ impl Config {
             problems,
         );
         let retention = cap::retention(&raw.fleet, problems);
+        let store = server::store(raw.store, problems);
         Config {
+            store,
             cap_feeds,
             cap_contact,
             sms,
@@ -227,6 +233,50 @@ mod tests {
         assert_eq!(c.schedule.horizon, chrono::Duration::hours(48));
         assert_eq!(c.schedule.channels.len(), 4);
         assert!(c.tokens.is_empty());
+    }
+
+    #[test]
+    fn the_store_is_sqlite_unless_a_safe_postgres_url_is_given() {
+        assert_eq!(
+            Config::parse("m.toml", "").unwrap().store,
+            StoreConfig::Sqlite
+        );
+        let c = Config::parse(
+            "m.toml",
+            "[store]\nurl = \"postgres://marquee@127.0.0.1:5432/marquee\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.store,
+            StoreConfig::Postgres {
+                url: "postgres://marquee@127.0.0.1:5432/marquee".into(),
+                password: None
+            }
+        );
+        let bad = |toml: &str, says: &str| {
+            let e = Config::parse("m.toml", toml).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        };
+        bad(
+            "[store]\nurl = \"postgres://marquee:secret@127.0.0.1/marquee\"\n",
+            "store.url: holds a password",
+        );
+        bad(
+            "[store]\nurl = \"postgres://marquee@db.example.org/marquee\"\n",
+            "host db.example.org is not on loopback",
+        );
+        bad(
+            "[store]\nurl = \"mysql://x@127.0.0.1/m\"\n",
+            "is not a PostgreSQL URL",
+        );
+        bad(
+            "[store]\npassword_env = \"X\"\n",
+            "password_env/password_file without store.url",
+        );
+        bad(
+            "[store]\nurl = \"postgres://marquee@127.0.0.1/m\"\npassword_env = \"MARQUEE_TEST_SURELY_UNSET\"\n",
+            "store.password_env: environment variable MARQUEE_TEST_SURELY_UNSET is not set",
+        );
     }
 
     #[test]

@@ -152,3 +152,83 @@ pub enum LogFormat {
     /// One JSON object per line.
     Json,
 }
+
+/// `[store]`: where the daemon keeps its state.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawStore {
+    pub(super) url: Option<String>,
+    pub(super) password_env: Option<String>,
+    pub(super) password_file: Option<PathBuf>,
+}
+
+/// The daemon's database.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// SQLite in `data_dir` (`marquee.db`): the default, nothing to set up.
+    Sqlite,
+    /// PostgreSQL (`[store] url`, a `postgres://user@host:port/database` URL without a
+    /// password; the password from `password_env` or `password_file`, or none for a server
+    /// that trusts the connection).
+    Postgres {
+        /// The URL as configured.
+        url: String,
+        /// The password, when one was given.
+        password: Option<String>,
+    },
+}
+
+impl std::fmt::Debug for StoreConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreConfig::Sqlite => f.write_str("Sqlite"),
+            StoreConfig::Postgres { url, password } => f
+                .debug_struct("Postgres")
+                .field("url", url)
+                .field("password", &password.as_ref().map(|_| "<redacted>"))
+                .finish(),
+        }
+    }
+}
+
+/// Checks `[store]`. The URL must parse, must not hold a password (it belongs out of the
+/// config file), and must reach the server over loopback or a Unix socket: the connection is
+/// not encrypted, so a server elsewhere is reached through a tunnel.
+pub(super) fn store(raw: RawStore, problems: &mut Vec<String>) -> StoreConfig {
+    let Some(url) = raw.url else {
+        if raw.password_env.is_some() || raw.password_file.is_some() {
+            problems.push("store: password_env/password_file without store.url".into());
+        }
+        return StoreConfig::Sqlite;
+    };
+    match url.parse::<tokio_postgres::Config>() {
+        Err(e) => problems.push(format!(
+            "store.url: {url:?} is not a PostgreSQL URL (postgres://user@127.0.0.1:5432/marquee): {e}"
+        )),
+        Ok(c) => {
+            if c.get_password().is_some() {
+                problems.push(
+                    "store.url: holds a password; put it in store.password_env or store.password_file"
+                        .into(),
+                );
+            }
+            if c.get_user().is_none() {
+                problems.push("store.url: names no user (postgres://marquee@…)".into());
+            }
+            for h in c.get_hosts() {
+                if let tokio_postgres::config::Host::Tcp(host) = h {
+                    if !super::common::is_loopback_host(host) {
+                        problems.push(format!(
+                            "store.url: host {host} is not on loopback; the connection to PostgreSQL is not encrypted, so reach a remote server through a tunnel (ssh -L, stunnel) on 127.0.0.1"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    let password = match (&raw.password_env, &raw.password_file) {
+        (None, None) => None,
+        (env, file) => super::common::secret(problems, "store.password", env, file),
+    };
+    StoreConfig::Postgres { url, password }
+}

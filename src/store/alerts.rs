@@ -1,7 +1,7 @@
 //! Emergency alerts raised through the API, and which displays acknowledged them.
 
+use crate::store::db::{OptionalExtension, Row, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
 use super::ts;
@@ -77,7 +77,7 @@ pub struct AlertAck {
     pub latency_ms: Option<i64>,
 }
 
-fn alert_row(r: &Row<'_>) -> rusqlite::Result<AlertRow> {
+fn alert_row(r: &Row<'_>) -> crate::store::db::Result<AlertRow> {
     let scope: String = r.get(1)?;
     let text: String = r.get(3)?;
     Ok(AlertRow {
@@ -93,11 +93,7 @@ fn alert_row(r: &Row<'_>) -> rusqlite::Result<AlertRow> {
         status: {
             let s: String = r.get(9)?;
             AlertStatus::parse(&s).ok_or_else(|| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    9,
-                    rusqlite::types::Type::Text,
-                    format!("unknown alert status {s:?}").into(),
-                )
+                crate::store::db::Error::Conversion(9, format!("unknown alert status {s:?}"))
             })?
         },
         approved_by: r.get(10)?,
@@ -119,7 +115,7 @@ impl Store {
     ) -> Result<(u64, String), StoreError> {
         // The emergency path: written in the disk reserve when the disk is full.
         self.priority(|conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = conn.transaction()?;
             let head = super::audit::append(&tx, Utc::now(), audit)?;
             tx.execute(
                 &format!(
@@ -149,7 +145,7 @@ impl Store {
         self.priority(|conn| {
             conn.execute(
                 &format!(
-                    "INSERT OR IGNORE INTO alerts ({COLUMNS}) VALUES (?1, '\"all\"', 'minor', '{{}}', ?2, ?2, ?3, ?2, ?3, 'ended', NULL, NULL, NULL)"
+                    "INSERT INTO alerts ({COLUMNS}) VALUES (?1, '\"all\"', 'minor', '{{}}', ?2, ?2, ?3, ?2, ?3, 'ended', NULL, NULL, NULL) ON CONFLICT DO NOTHING"
                 ),
                 params![id, ts(at), by],
             )?;
@@ -234,11 +230,17 @@ impl Store {
     /// The displays that reported showing alert `id`, first report per display.
     pub fn alert_acks(&self, id: &str) -> Result<Vec<AlertAck>, StoreError> {
         let conn = self.conn();
-        let mut stmt = conn.prepare(
+        // SQLite takes the bare column from the row with the smallest `at`; PostgreSQL says so.
+        let mut stmt = conn.prepare(if conn.is_pg() {
+            "SELECT DISTINCT ON (display) display, at, CAST(body::jsonb ->> 'latency_ms' AS BIGINT)
+             FROM events
+             WHERE kind = 'alert_displayed' AND body::jsonb ->> 'alert' = ?1
+             ORDER BY display, at"
+        } else {
             "SELECT display, MIN(at), json_extract(body, '$.latency_ms') FROM events
              WHERE kind = 'alert_displayed' AND json_extract(body, '$.alert') = ?1
-             GROUP BY display ORDER BY display",
-        )?;
+             GROUP BY display ORDER BY display"
+        })?;
         let rows = stmt.query_map([id], |r| {
             Ok(AlertAck {
                 display: r.get(0)?,

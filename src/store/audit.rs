@@ -2,8 +2,8 @@
 //! fields and the previous entry's hash, so changing, removing or reordering any stored entry
 //! breaks the chain from there on; [`Store::verify_audit`] finds the first broken entry.
 
+use crate::store::db::params;
 use chrono::{DateTime, Utc};
-use rusqlite::params;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -90,7 +90,7 @@ impl NewEntry {
 /// transaction, or one that has written already), so a change and its audit entry commit
 /// together. Returns the new head.
 pub(super) fn append(
-    tx: &rusqlite::Transaction<'_>,
+    tx: &crate::store::db::Transaction<'_>,
     at: DateTime<Utc>,
     e: &NewEntry,
 ) -> Result<(u64, String), StoreError> {
@@ -120,7 +120,7 @@ impl Store {
     pub fn audit(&self, at: DateTime<Utc>, e: &NewEntry) -> Result<(u64, String), StoreError> {
         // The emergency path: written in the disk reserve when the disk is full.
         self.priority(|conn| {
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let tx = conn.transaction()?;
             let head = append(&tx, at, e)?;
             tx.commit()?;
             Ok(head)
@@ -129,7 +129,7 @@ impl Store {
 
     /// The hash of entry `seq`, if it exists.
     pub fn audit_hash(&self, seq: u64) -> Result<Option<String>, StoreError> {
-        use rusqlite::OptionalExtension;
+        use crate::store::db::OptionalExtension;
         Ok(self
             .conn()
             .query_row("SELECT hash FROM audit WHERE seq = ?1", [seq as i64], |r| {

@@ -1,8 +1,8 @@
 //! The fleet in the daemon's database: each display's last status, its events (stored once per
 //! event id, however often an agent redelivers them) and proof of play.
 
+use crate::store::db::{OptionalExtension, Row, params};
 use chrono::{DateTime, SecondsFormat, Utc};
-use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
 use super::{Store, StoreError, ts};
@@ -84,7 +84,7 @@ pub struct PlayRow {
     pub end: String,
 }
 
-fn display_row(r: &Row<'_>) -> rusqlite::Result<DisplayRow> {
+fn display_row(r: &Row<'_>) -> crate::store::db::Result<DisplayRow> {
     Ok(DisplayRow {
         id: r.get(0)?,
         online: r.get(1)?,
@@ -140,15 +140,15 @@ impl Store {
                                    started_at, since, last_seen, clock_skew_ms, instance, broker)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?11, ?12, ?13)
              ON CONFLICT(id) DO UPDATE SET online = excluded.online, channel = excluded.channel,
-                 timeline_topic = COALESCE(excluded.timeline_topic, timeline_topic),
-                 timeline_version = COALESCE(excluded.timeline_version, timeline_version),
+                 timeline_topic = COALESCE(excluded.timeline_topic, displays.timeline_topic),
+                 timeline_version = COALESCE(excluded.timeline_version, displays.timeline_version),
                  alert = excluded.alert, agent_version = excluded.agent_version,
                  started_at = excluded.started_at,
-                 since = CASE WHEN ?10 THEN excluded.since ELSE since END,
+                 since = CASE WHEN ?10 THEN excluded.since ELSE displays.since END,
                  last_seen = excluded.last_seen, known = 1,
-                 clock_skew_ms = COALESCE(?11, clock_skew_ms),
+                 clock_skew_ms = COALESCE(?11, displays.clock_skew_ms),
                  instance = excluded.instance,
-                 broker = COALESCE(NULLIF(excluded.broker, ''), broker)",
+                 broker = COALESCE(NULLIF(excluded.broker, ''), displays.broker)",
             params![
                 s.display,
                 s.online,
@@ -188,7 +188,7 @@ impl Store {
             };
             let body = serde_json::to_string(e).unwrap_or_default();
             let inserted = tx.execute(
-                "INSERT OR IGNORE INTO events (id, display, kind, at, body, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO events (id, display, kind, at, body, received_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
                 params![e.id, display, kind, ts(e.at), body, ts(now)],
             )?;
             if inserted == 0 {
@@ -204,8 +204,8 @@ impl Store {
                     end,
                 } => {
                     tx.execute(
-                        "INSERT OR IGNORE INTO plays (event_id, display, item, playlist, lang, start, end)
-                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                        "INSERT INTO plays (event_id, display, item, playlist, lang, start, \"end\")
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO NOTHING",
                         params![e.id, display, item, playlist, lang, ts(*start), ts(*end)],
                     )?;
                 }
@@ -236,7 +236,7 @@ impl Store {
         r: &crate::config::Retention,
     ) -> Result<(usize, usize), StoreError> {
         const BATCH: i64 = 10_000;
-        let batches = |sql: &str, arg: &dyn rusqlite::ToSql| -> Result<usize, StoreError> {
+        let batches = |sql: &str, arg: &dyn crate::store::db::ToSql| -> Result<usize, StoreError> {
             let mut total = 0;
             loop {
                 let n = self.conn().execute(sql, params![arg, BATCH])?;
@@ -253,13 +253,19 @@ impl Store {
                     row.get(0)
                 })?)
         };
+        // Each engine's own row address: SQLite's rowid, PostgreSQL's ctid.
+        let rowid = if self.conn().is_pg() { "ctid" } else { "rowid" };
         // By start (indexed), not end: an age sweep must not scan the whole table.
         let mut plays = batches(
-            "DELETE FROM plays WHERE rowid IN (SELECT rowid FROM plays WHERE start < ?1 LIMIT ?2)",
+            &format!(
+                "DELETE FROM plays WHERE {rowid} IN (SELECT {rowid} FROM plays WHERE start < ?1 LIMIT ?2)"
+            ),
             &ts(now - r.keep_plays),
         )?;
         let mut events = batches(
-            "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events WHERE received_at < ?1 LIMIT ?2)",
+            &format!(
+                "DELETE FROM events WHERE {rowid} IN (SELECT {rowid} FROM events WHERE received_at < ?1 LIMIT ?2)"
+            ),
             &ts(now - r.keep_events),
         )?;
         // Beyond the counts: the oldest, also in batches.
@@ -269,7 +275,7 @@ impl Store {
             while over > 0 {
                 let n = self.conn().execute(
                     &format!(
-                        "DELETE FROM {table} WHERE rowid IN (SELECT rowid FROM {table} ORDER BY {order} LIMIT ?1)"
+                        "DELETE FROM {table} WHERE {rowid} IN (SELECT {rowid} FROM {table} ORDER BY {order} LIMIT ?1)"
                     ),
                     [over.min(BATCH)],
                 )?;
@@ -306,17 +312,11 @@ impl Store {
              WHERE status_issued_at IS NOT NULL AND status_started_at IS NOT NULL",
         )?;
         let rows = stmt.query_map([], |r| {
-            let time = |i: usize| -> rusqlite::Result<DateTime<Utc>> {
+            let time = |i: usize| -> crate::store::db::Result<DateTime<Utc>> {
                 let s: String = r.get(i)?;
                 DateTime::parse_from_rfc3339(&s)
                     .map(|t| t.with_timezone(&Utc))
-                    .map_err(|e| {
-                        rusqlite::Error::FromSqlConversionFailure(
-                            i,
-                            rusqlite::types::Type::Text,
-                            Box::new(e),
-                        )
-                    })
+                    .map_err(|e| crate::store::db::Error::Conversion(i, e.to_string()))
             };
             Ok((
                 r.get::<_, String>(0)?,
@@ -381,8 +381,8 @@ impl Store {
     ) -> Result<Vec<PlayRow>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT event_id, display, item, playlist, lang, start, end FROM plays
-             WHERE (?1 IS NULL OR display = ?1) AND start < ?3 AND end > ?2
+            "SELECT event_id, display, item, playlist, lang, start, \"end\" FROM plays
+             WHERE (display = ?1 OR ?1 IS NULL) AND start < ?3 AND \"end\" > ?2
              ORDER BY start, display LIMIT ?4",
         )?;
         let rows = stmt.query_map(params![display, ts(from), ts(until), limit as i64], |r| {

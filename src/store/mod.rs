@@ -1,5 +1,7 @@
-//! The store: the only place that writes SQL. SQLite in WAL mode under the data directory.
-//! Schema changes are numbered migrations applied in order (tracked in `PRAGMA user_version`).
+//! The store: the only place that writes SQL. SQLite in WAL mode under the data directory (the
+//! default), or PostgreSQL (`[store] url`), through one interface ([`db`]). Schema changes are
+//! numbered migrations applied in order (tracked in SQLite's `PRAGMA user_version`, in
+//! PostgreSQL's `marquee_schema` table).
 //!
 //! Calls are synchronous; async callers run them on the blocking pool (`spawn_blocking`).
 
@@ -7,6 +9,7 @@ pub mod agent;
 pub mod alerts;
 pub mod anchor;
 pub mod audit;
+pub mod db;
 pub mod fleet;
 pub mod proposals;
 pub mod registry;
@@ -17,14 +20,20 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
+use db::{Connection, OptionalExtension, params};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// SQLite said no.
+    /// SQLite said no (the agent's own store).
     #[error("database: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// The daemon's database (SQLite or PostgreSQL) said no.
+    #[error("database: {0}")]
+    Db(#[from] db::Error),
+    /// The PostgreSQL settings cannot be used.
+    #[error("[store]: {0}")]
+    Config(String),
     /// The database is newer than this binary.
     #[error(
         "database schema version {0} is newer than this marquee understands ({1}); upgrade marquee"
@@ -48,6 +57,7 @@ impl StoreError {
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(e, _)) => {
                 e.code == rusqlite::ErrorCode::DiskFull
             }
+            StoreError::Db(e) => e.is_disk_full(),
             _ => false,
         }
     }
@@ -364,7 +374,7 @@ pub struct Published {
 /// the latter SQLite prepares a statement again whenever a new value is bound to a parameter
 /// its plan looked at: the claim's `LIMIT ?` was prepared afresh on every claim (11 % of the
 /// store's time).
-fn settle(conn: &Connection) -> rusqlite::Result<()> {
+fn settle(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
@@ -379,13 +389,18 @@ fn settle(conn: &Connection) -> rusqlite::Result<()> {
 /// committed after its read, SQLite refuses the upgrade at once with `SQLITE_BUSY` ("database
 /// is locked"), whatever the busy timeout (sqlite.org/lang_transaction.html; isolation.html).
 /// That failed an alert raised while a campaign was sending.
-fn writer(conn: &mut Connection) {
-    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
+fn writer(conn: rusqlite::Connection) -> Connection {
+    let mut conn = Connection::lite(conn);
+    conn.set_writer();
+    conn
 }
 
 /// Sets WAL mode and applies the migrations not yet applied (tracked in `user_version`).
-fn migrate(mut conn: Connection, migrations: &[&str]) -> Result<Connection, StoreError> {
-    writer(&mut conn);
+fn migrate(
+    mut conn: rusqlite::Connection,
+    migrations: &[&str],
+) -> Result<rusqlite::Connection, StoreError> {
+    conn.set_transaction_behavior(rusqlite::TransactionBehavior::Immediate);
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     settle(&conn)?;
@@ -403,7 +418,105 @@ fn migrate(mut conn: Connection, migrations: &[&str]) -> Result<Connection, Stor
     Ok(conn)
 }
 
-/// The daemon's SQLite database.
+/// A connection of the store, connected again first if PostgreSQL closed it. A panic while
+/// holding the lock cannot leave the database half-written (transactions roll back).
+fn lock(c: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
+    let guard = c.lock().unwrap_or_else(|e| e.into_inner());
+    guard.reconnect_if_closed();
+    guard
+}
+
+/// The lock a PostgreSQL migration holds, so that daemons starting together migrate once.
+const MIGRATE_LOCK: i64 = 0x4d41_524d;
+
+/// The SQLite migration the PostgreSQL schema (`postgres.sql`) starts at.
+const PG_BASE: usize = 21;
+
+/// PostgreSQL's migrations after [`PG_BASE`]: entry `i` is SQLite's migration `PG_BASE + i + 1`
+/// in PostgreSQL's dialect (a test holds the two lists to the same length).
+const PG_MIGRATIONS: &[&str] = &[];
+
+/// Creates the schema on a new PostgreSQL database, or applies the migrations it lacks, under
+/// a session advisory lock. The version is the one row of `marquee_schema`.
+fn migrate_pg(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(&format!("SELECT pg_advisory_lock({MIGRATE_LOCK})"))?;
+    let done = (|| {
+        conn.execute_batch("CREATE TABLE IF NOT EXISTS marquee_schema (version BIGINT NOT NULL)")?;
+        let current: Option<i64> =
+            conn.query_row("SELECT MAX(version) FROM marquee_schema", [], |r| r.get(0))?;
+        let current = current.unwrap_or(0) as usize;
+        let latest = PG_BASE + PG_MIGRATIONS.len();
+        if current > latest {
+            return Err(StoreError::TooNew(current as i64, latest as i64));
+        }
+        if current == 0 {
+            conn.execute_batch(&format!(
+                "BEGIN; {} INSERT INTO marquee_schema (version) VALUES ({PG_BASE}); COMMIT;",
+                include_str!("postgres.sql")
+            ))?;
+        }
+        for (i, sql) in PG_MIGRATIONS.iter().enumerate() {
+            let version = PG_BASE + i + 1;
+            if version > current.max(PG_BASE) {
+                conn.execute_batch(&format!(
+                    "BEGIN; {sql}; UPDATE marquee_schema SET version = {version}; COMMIT;"
+                ))?;
+            }
+        }
+        Ok(())
+    })();
+    if done.is_err() {
+        let _ = conn.execute_batch("ROLLBACK");
+    }
+    conn.execute_batch(&format!("SELECT pg_advisory_unlock({MIGRATE_LOCK})"))?;
+    done
+}
+
+/// The driver's settings for `url` with `password`. A password in the URL is refused: it
+/// belongs in `password_env` or `password_file`, out of the config file.
+fn pg_target(url: &str, password: Option<&str>) -> Result<db::PgTarget, StoreError> {
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Config(format!("url {url:?} is not a PostgreSQL URL: {e}")))?;
+    if config.get_password().is_some() {
+        return Err(StoreError::Config(
+            "the url holds a password: put it in password_env or password_file instead".into(),
+        ));
+    }
+    if let Some(p) = password {
+        config.password(p);
+    }
+    if config.get_application_name().is_none() {
+        config.application_name("marquee");
+    }
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    Ok(db::PgTarget {
+        config,
+        setup: String::new(),
+    })
+}
+
+/// A fresh schema on the test server at `url` (unit tests on PostgreSQL): the URL to use it.
+#[cfg(test)]
+fn test_schema(url: &str, password: Option<&str>) -> Result<String, StoreError> {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    let name = format!(
+        "unit_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::SeqCst)
+    );
+    let conn = Connection::pg(pg_target(url, password)?)?;
+    conn.execute_batch(&format!(
+        "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
+    ))?;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    Ok(format!("{url}{sep}options=-csearch_path%3D{name}"))
+}
+
+/// The daemon's database.
 pub struct Store {
     conn: Mutex<Connection>,
     /// A second connection for SMS dispatch with `synchronous = FULL`: a claimed message is
@@ -418,7 +531,7 @@ pub struct Store {
     /// A fourth connection that moves the write-ahead log into the database
     /// ([`Store::checkpoint`], every second from the daemon), so that writers do not do it
     /// inside their commits. `None` in memory.
-    ckpt: Option<Mutex<Connection>>,
+    ckpt: Option<Mutex<rusqlite::Connection>>,
 }
 
 /// WAL pages after which a writer still checkpoints inside its commit (SQLite's
@@ -566,7 +679,8 @@ impl Store {
     pub fn emergency_probe(&self, now: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
         self.priority(|conn| {
             conn.execute(
-                "INSERT OR REPLACE INTO readiness (id, at) VALUES (1, ?1)",
+                "INSERT INTO readiness (id, at) VALUES (1, ?1)
+                 ON CONFLICT (id) DO UPDATE SET at = excluded.at",
                 [now.to_rfc3339()],
             )?;
             Ok(())
@@ -589,17 +703,16 @@ impl Store {
 
     /// Opens (creating if needed) and migrates the database at `path`.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let conn = Connection::open(path)?;
+        let conn = rusqlite::Connection::open(path)?;
         let mut store = Store::init(conn)?;
-        let mut sms = Connection::open(path)?;
+        let sms = rusqlite::Connection::open(path)?;
         sms.pragma_update(None, "synchronous", "FULL")?;
         settle(&sms)?;
-        writer(&mut sms);
-        store.sms = Some(Mutex::new(sms));
-        let read = Connection::open(path)?;
+        store.sms = Some(Mutex::new(writer(sms)));
+        let read = rusqlite::Connection::open(path)?;
         read.pragma_update(None, "query_only", true)?;
         settle(&read)?;
-        store.read = Some(Mutex::new(read));
+        store.read = Some(Mutex::new(Connection::lite(read)));
         // Checkpoints leave the writers' commits (a publication's took up to 13 ms): the
         // daemon runs them every second on their own connection; the writers only past the
         // backstop.
@@ -607,13 +720,11 @@ impl Store {
             .into_iter()
             .flatten()
         {
-            c.lock().unwrap_or_else(|e| e.into_inner()).pragma_update(
-                None,
-                "wal_autocheckpoint",
-                BACKSTOP_PAGES,
-            )?;
+            if let Some(c) = c.lock().unwrap_or_else(|e| e.into_inner()).sqlite() {
+                c.pragma_update(None, "wal_autocheckpoint", BACKSTOP_PAGES)?;
+            }
         }
-        let ckpt = Connection::open(path)?;
+        let ckpt = rusqlite::Connection::open(path)?;
         settle(&ckpt)?;
         // It copies pages through; its own page cache would only hold memory (default 2 MB).
         ckpt.pragma_update(None, "cache_size", -64)?;
@@ -621,9 +732,38 @@ impl Store {
         Ok(store)
     }
 
+    /// Connects to the PostgreSQL database `url` (a `postgres://` URL without a password;
+    /// `password` from `[store] password_env` or `password_file`) and applies the migrations
+    /// it lacks. Three connections, as on SQLite: the main writer, the SMS dispatcher's and a
+    /// read-only one for what operators read. No disk reserve: the disk is the server's.
+    pub fn connect(url: &str, password: Option<&str>) -> Result<Store, StoreError> {
+        let target = pg_target(url, password)?;
+        let mut conn = Connection::pg(target.clone())?;
+        conn.set_writer();
+        migrate_pg(&conn)?;
+        let mut sms = Connection::pg(target.clone())?;
+        sms.set_writer();
+        let read = Connection::pg(db::PgTarget {
+            setup: "SET default_transaction_read_only = on".into(),
+            ..target
+        })?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            sms: Some(Mutex::new(sms)),
+            read: Some(Mutex::new(read)),
+            reserve: None,
+            ckpt: None,
+        })
+    }
+
+    /// Whether this store is on PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        self.conn().is_pg()
+    }
+
     /// Copies what the write-ahead log holds into the database as far as readers allow
     /// (`PRAGMA wal_checkpoint(PASSIVE)`: it never waits for a reader or a writer). Nothing in
-    /// memory.
+    /// memory or on PostgreSQL.
     pub fn checkpoint(&self) -> Result<(), StoreError> {
         if let Some(c) = &self.ckpt {
             c.lock().unwrap_or_else(|e| e.into_inner()).query_row(
@@ -635,14 +775,23 @@ impl Store {
         Ok(())
     }
 
-    /// An in-memory database (tests).
+    /// An in-memory SQLite database (tests). With `MARQUEE_TEST_POSTGRES` set (a URL), unit
+    /// tests get a fresh schema on that server instead, so the store's tests run on both.
     pub fn memory() -> Result<Store, StoreError> {
-        Store::init(Connection::open_in_memory()?)
+        #[cfg(test)]
+        if let Ok(url) = std::env::var("MARQUEE_TEST_POSTGRES") {
+            let password = std::env::var("MARQUEE_TEST_POSTGRES_PASSWORD").ok();
+            return Store::connect(
+                &test_schema(&url, password.as_deref())?,
+                password.as_deref(),
+            );
+        }
+        Store::init(rusqlite::Connection::open_in_memory()?)
     }
 
-    fn init(conn: Connection) -> Result<Store, StoreError> {
+    fn init(conn: rusqlite::Connection) -> Result<Store, StoreError> {
         Ok(Store {
-            conn: Mutex::new(migrate(conn, MIGRATIONS)?),
+            conn: Mutex::new(writer(migrate(conn, MIGRATIONS)?)),
             sms: None,
             read: None,
             reserve: None,
@@ -663,20 +812,19 @@ impl Store {
     }
 
     fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
-        // A panic while holding the lock cannot leave SQLite half-written (transactions roll back).
-        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.conn)
     }
 
     fn read_conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         match &self.read {
-            Some(c) => c.lock().unwrap_or_else(|e| e.into_inner()),
+            Some(c) => lock(c),
             None => self.conn(),
         }
     }
 
     fn sms_conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         match &self.sms {
-            Some(c) => c.lock().unwrap_or_else(|e| e.into_inner()),
+            Some(c) => lock(c),
             None => self.conn(),
         }
     }
@@ -806,7 +954,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("m.db");
         let store = Store::open(&path).unwrap();
-        let other = Connection::open(&path).unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
         other.busy_timeout(std::time::Duration::ZERO).unwrap();
         for conn in [&store.conn, store.sms.as_ref().unwrap()] {
             let mut c = conn.lock().unwrap();
@@ -821,6 +969,50 @@ mod tests {
             drop(tx);
         }
         other.execute_batch("BEGIN IMMEDIATE; COMMIT;").unwrap();
+    }
+
+    /// Every SQLite migration has its PostgreSQL counterpart: a new one added to one list only
+    /// fails here.
+    #[test]
+    fn both_engines_have_every_migration() {
+        assert_eq!(PG_BASE + PG_MIGRATIONS.len(), MIGRATIONS.len());
+    }
+
+    /// On PostgreSQL (the suite's second pass), a writer's transaction holds the write lock
+    /// from its `BEGIN`, as on SQLite: nobody else can take it until it ends.
+    #[test]
+    fn postgres_writers_take_the_write_lock_at_begin() {
+        let s = Store::memory().unwrap();
+        if !s.is_postgres() {
+            return;
+        }
+        let other = s.read.as_ref().unwrap();
+        let free = || -> bool {
+            let c = lock(other);
+            let tx_free: bool = c
+                .query_row(
+                    &format!("SELECT pg_try_advisory_xact_lock({})", db::WRITE_LOCK),
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            // Let go of it at once (autocommit: it ended with the statement).
+            tx_free
+        };
+        assert!(free());
+        for conn in [&s.conn, s.sms.as_ref().unwrap()] {
+            let mut c = conn.lock().unwrap();
+            let tx = c.transaction().unwrap();
+            assert!(
+                !free(),
+                "a second writer could begin while a transaction was open"
+            );
+            drop(tx);
+        }
+        assert!(free());
+        // Versions still only grow there.
+        assert!(s.record_published(&p(3, b"a")).unwrap());
+        assert!(!s.record_published(&p(3, b"b")).unwrap());
     }
 
     fn p(version: u64, payload: &[u8]) -> Published {
@@ -908,7 +1100,11 @@ mod tests {
 
     #[test]
     fn upgrading_counts_the_messages_already_there() {
-        let conn = migrate(Connection::open_in_memory().unwrap(), &MIGRATIONS[..9]).unwrap();
+        let conn = migrate(
+            rusqlite::Connection::open_in_memory().unwrap(),
+            &MIGRATIONS[..9],
+        )
+        .unwrap();
         conn.execute_batch(
             "INSERT INTO campaigns (id, name, status, spec, created_by, created_at)
                  VALUES (1, 'c', 'running', '{}', 'op', 'now');
@@ -918,7 +1114,7 @@ mod tests {
         )
         .unwrap();
         let s = Store {
-            conn: Mutex::new(migrate(conn, MIGRATIONS).unwrap()),
+            conn: Mutex::new(writer(migrate(conn, MIGRATIONS).unwrap())),
             sms: None,
             read: None,
             reserve: None,

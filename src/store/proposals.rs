@@ -1,8 +1,8 @@
 //! Playlist proposals (review before publishing): what an editor saved or deleted through the
 //! API, waiting for another person to publish or reject it.
 
+use crate::store::db::{OptionalExtension, Row, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, Row, params};
 use serde::Serialize;
 
 use super::{Store, StoreError};
@@ -35,7 +35,7 @@ pub struct Proposal {
     pub reason: Option<String>,
 }
 
-fn row(r: &Row<'_>) -> rusqlite::Result<Proposal> {
+fn row(r: &Row<'_>) -> crate::store::db::Result<Proposal> {
     let impact: String = r.get(4)?;
     Ok(Proposal {
         id: r.get(0)?,
@@ -75,12 +75,12 @@ impl Store {
              WHERE playlist = ?1 AND status = 'pending'",
             params![playlist, now],
         )?;
-        tx.execute(
+        let id: i64 = tx.query_row(
             "INSERT INTO proposals (playlist, body, before, impact, author, created_at, status)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending')",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'pending') RETURNING id",
             params![playlist, body, before, impact.to_string(), author, now],
+            |r| r.get(0),
         )?;
-        let id = tx.last_insert_rowid();
         tx.commit()?;
         Ok(id)
     }
@@ -89,7 +89,7 @@ impl Store {
     pub fn proposals(&self, status: Option<&str>) -> Result<Vec<Proposal>, StoreError> {
         let conn = self.conn();
         let mut st = conn.prepare(&format!(
-            "SELECT {COLUMNS} FROM proposals WHERE ?1 IS NULL OR status = ?1 ORDER BY id DESC LIMIT 500"
+            "SELECT {COLUMNS} FROM proposals WHERE (status = ?1 OR ?1 IS NULL) ORDER BY id DESC LIMIT 500"
         ))?;
         let rows = st.query_map([status], row)?;
         Ok(rows.collect::<Result<_, _>>()?)

@@ -1,8 +1,8 @@
 //! The display registry's rows: one per display allowed to report, with the public key its
 //! reports are signed with and its broker password as a Mosquitto `$6$` hash.
 
+use crate::store::db::params;
 use chrono::{DateTime, Utc};
-use rusqlite::params;
 use serde::Serialize;
 
 use super::ts;
@@ -30,9 +30,16 @@ impl Store {
     /// Registers `r`; `Ok(false)` when the id is already registered (nothing changes).
     pub fn register_display(&self, r: &Registered) -> Result<bool, StoreError> {
         let n = self.conn().execute(
-            "INSERT OR IGNORE INTO registry (id, channel, report_key, password_hash, added_at, added_by)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![r.id, r.channel, r.report_key, r.password_hash, r.added_at, r.added_by],
+            "INSERT INTO registry (id, channel, report_key, password_hash, added_at, added_by)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
+            params![
+                r.id,
+                r.channel,
+                r.report_key,
+                r.password_hash,
+                r.added_at,
+                r.added_by
+            ],
         )?;
         Ok(n == 1)
     }

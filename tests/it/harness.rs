@@ -48,6 +48,49 @@ pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 /// Like [`eventually`] for an async check.
 pub use crate::kannel::wait_for as eventually_async;
 
+/// Whether this run keeps the daemons' state in PostgreSQL (`MARQUEE_TEST_POSTGRES`, set by
+/// `scripts/test` for its second pass over the suite).
+pub fn on_postgres() -> bool {
+    std::env::var_os("MARQUEE_TEST_POSTGRES").is_some()
+}
+
+/// On PostgreSQL, the `[store]` section for the site at `dir`: a schema of its own on the test
+/// server (created here), the password from the environment as an operator would give it.
+/// Empty on SQLite.
+fn postgres_store(dir: &Path) -> String {
+    let Ok(url) = std::env::var("MARQUEE_TEST_POSTGRES") else {
+        return String::new();
+    };
+    let name = dir.file_name().unwrap().to_string_lossy().to_lowercase();
+    let schema: String = format!("it_{name}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let mut cfg: tokio_postgres::Config = url.parse().unwrap();
+    if let Ok(p) = std::env::var("MARQUEE_TEST_POSTGRES_PASSWORD") {
+        cfg.password(p);
+    }
+    // On a runtime of its own: this is called from sync code inside the tests' runtimes.
+    let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            client.batch_execute(&create).await
+        })
+        .expect("the test PostgreSQL server")
+    })
+    .join()
+    .unwrap();
+    format!(
+        "\n[store]\nurl = \"{url}?options=-csearch_path%3D{schema}\"\npassword_env = \"MARQUEE_TEST_POSTGRES_PASSWORD\"\n"
+    )
+}
+
 /// A temp directory laid out like a site: `marquee.toml`, `playlists/`, `data/`.
 pub struct Site {
     pub dir: tempfile::TempDir,
@@ -72,9 +115,10 @@ impl Site {
         let d = self.dir.path();
         let cfg = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ndata_dir = {:?}\n\n[mqtt]\n{mqtt_section}\n\n[schedule]\nplaylists_dir = {:?}\n{extra}\n\
-             [[schedule.displays]]\nid = \"lobby-east-1\"\nchannel = \"lobby\"\n",
+             [[schedule.displays]]\nid = \"lobby-east-1\"\nchannel = \"lobby\"\n{}",
             d.join("data").display().to_string(),
             d.join("playlists").display().to_string(),
+            postgres_store(d),
         );
         std::fs::write(self.config(), cfg).unwrap();
     }

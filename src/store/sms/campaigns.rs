@@ -1,8 +1,8 @@
 //! Campaigns: created whole or imported in chunks, read with their counts, moved from status to
 //! status (compare-and-set), fired when recurring.
 
+use crate::store::db::{OptionalExtension, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
 
 use super::super::{Store, StoreError, ts};
 use super::{
@@ -61,7 +61,8 @@ impl Store {
         if !messages.is_empty() {
             tx.execute(
                 "INSERT INTO message_counts (campaign, state, n, parts) VALUES (?1, 'queued', ?2, ?3)
-                 ON CONFLICT (campaign, state) DO UPDATE SET n = n + excluded.n, parts = parts + excluded.parts",
+                 ON CONFLICT (campaign, state) DO UPDATE
+                     SET n = message_counts.n + excluded.n, parts = message_counts.parts + excluded.parts",
                 params![id, messages.len() as i64, parts],
             )?;
         }
@@ -82,7 +83,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<(u64, String), StoreError> {
         let mut conn = self.sms_conn();
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let tx = conn.transaction()?;
         let changed = tx.execute(
             "UPDATE campaigns SET status = ?2, spec = ?3, start_at = ?4,
                  started_at = CASE WHEN ?2 = 'running' THEN ?5 ELSE started_at END
@@ -112,7 +113,7 @@ impl Store {
         let tx = conn.transaction()?;
         let ids: Vec<i64> = {
             let mut st = tx.prepare(
-                "SELECT id FROM campaigns WHERE status = 'importing' AND (?1 IS NULL OR id = ?1)",
+                "SELECT id FROM campaigns WHERE status = 'importing' AND (id = ?1 OR ?1 IS NULL)",
             )?;
             st.query_map(params![id], |r| r.get(0))?
                 .collect::<Result<_, _>>()?
@@ -170,20 +171,28 @@ impl Store {
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let now_s = ts(now);
-        tx.execute(
-            "INSERT INTO campaigns (name, status, spec, start_at, created_by, created_at,
-                                    started_at, approved_by, approved_at)
-             SELECT name || ' (' || ?3 || ')', ?2,
-                    json_set(json_remove(spec, '$.repeat'), '$.recurring', ?1),
-                    ?4, created_by, ?5, CASE WHEN ?2 = 'running' THEN ?5 END,
-                    approved_by, approved_at
-             FROM campaigns WHERE id = ?1",
+        // The template's spec without its repeat, marked with the template it came from.
+        let spec = if tx.is_pg() {
+            "((spec::jsonb - 'repeat') || jsonb_build_object('recurring', ?1::bigint))::text"
+        } else {
+            "json_set(json_remove(spec, '$.repeat'), '$.recurring', ?1)"
+        };
+        let id: i64 = tx.query_row(
+            &format!(
+                "INSERT INTO campaigns (name, status, spec, start_at, created_by, created_at,
+                                        started_at, approved_by, approved_at)
+                 SELECT name || ' (' || ?3 || ')', ?2, {spec},
+                        ?4, created_by, ?5, CASE WHEN ?2 = 'running' THEN ?5 END,
+                        approved_by, approved_at
+                 FROM campaigns WHERE id = ?1
+                 RETURNING id"
+            ),
             params![template, status.as_str(), label, ts(fired_at), now_s],
+            |r| r.get(0),
         )?;
-        let id = tx.last_insert_rowid();
         tx.execute(
             "INSERT INTO messages (campaign, row, recipient, text, parts, state, updated_at, params)
-             SELECT ?2, row, recipient, text, parts, 'queued', ?3, params FROM messages
+             SELECT CAST(?2 AS BIGINT), row, recipient, text, parts, 'queued', ?3, params FROM messages
              WHERE campaign = ?1 ORDER BY id",
             params![template, id, now_s],
         )?;

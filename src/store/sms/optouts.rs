@@ -1,8 +1,8 @@
 //! The opt-out list: numbers added by operators or imports, and replies (MO) with an opt-out
 //! keyword, which are written even on a full disk.
 
+use crate::store::db::{Connection, OptionalExtension, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{Connection, OptionalExtension, params};
 
 use super::super::{Store, StoreError, ts};
 use super::OptOut;
@@ -22,7 +22,7 @@ impl Store {
         let mut n = 0;
         {
             let mut ins = tx.prepare(
-                "INSERT OR IGNORE INTO optouts (number, reason, added_by, added_at) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO optouts (number, reason, added_by, added_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
             )?;
             let now = ts(now);
             for number in numbers {
@@ -66,7 +66,7 @@ impl Store {
             }
             let joined = optout
                 && tx.execute(
-                    "INSERT OR IGNORE INTO optouts (number, reason, added_by, added_at) VALUES (?1, ?2, ?3, ?4)",
+                    "INSERT INTO optouts (number, reason, added_by, added_at) VALUES (?1, ?2, ?3, ?4) ON CONFLICT DO NOTHING",
                     params![
                         number,
                         format!("replied {text:?} (via gateway {gateway})"),

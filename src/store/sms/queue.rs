@@ -3,8 +3,8 @@
 //! crash (`submitting → unknown`, never resent by itself), requeueing unknowns, and reading
 //! messages.
 
+use crate::store::db::{OptionalExtension, Transaction, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, Transaction, params};
 
 use super::super::{Store, StoreError, ts};
 use super::reports::report_from;
@@ -14,11 +14,11 @@ use crate::domain::delivery::{self, Report, State, Submit};
 /// Up to `want` due queued messages of a running `campaign`, each with whether its number
 /// is on the opt-out list.
 fn due(
-    select: &mut rusqlite::CachedStatement<'_>,
+    select: &mut crate::store::db::CachedStatement<'_>,
     campaign: i64,
     now_s: &str,
     want: i64,
-) -> rusqlite::Result<Vec<(Claimed, bool)>> {
+) -> crate::store::db::Result<Vec<(Claimed, bool)>> {
     select
         .query_map(params![campaign, now_s, want], |r| {
             Ok((
@@ -40,12 +40,12 @@ fn due(
 /// When `m`'s number has had `cap` messages in the last day: the moment it may have another
 /// (a day after the oldest of them).
 fn capped(
-    sent_today: &mut rusqlite::CachedStatement<'_>,
+    sent_today: &mut crate::store::db::CachedStatement<'_>,
     m: &Claimed,
     cap: u32,
     day_ago: &str,
     now: DateTime<Utc>,
-) -> rusqlite::Result<Option<DateTime<Utc>>> {
+) -> crate::store::db::Result<Option<DateTime<Utc>>> {
     let (sent, oldest): (i64, Option<String>) = sent_today
         .query_row(params![m.recipient, day_ago, m.id], |r| {
             Ok((r.get(0)?, r.get(1)?))
@@ -219,7 +219,9 @@ impl Store {
         // loses nothing either way.
         let relaxed = self.sms.is_some();
         if relaxed {
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            if let Some(c) = conn.sqlite() {
+                c.pragma_update(None, "synchronous", "NORMAL")?;
+            }
         }
         let out = (|| {
             let tx = conn.transaction()?;
@@ -230,7 +232,9 @@ impl Store {
             Ok(out)
         })();
         if relaxed {
-            conn.pragma_update(None, "synchronous", "FULL")?;
+            if let Some(c) = conn.sqlite() {
+                c.pragma_update(None, "synchronous", "FULL")?;
+            }
         }
         out
     }
@@ -250,9 +254,9 @@ pub(super) fn finish_in(
     // whether it did.
     let mut set = tx.prepare_cached(
         "UPDATE messages SET state = ?2, carrier_id = COALESCE(?3, carrier_id),
-             reason = CASE WHEN ?4 IS NULL THEN reason ELSE ?4 END,
+             reason = COALESCE(?4, reason),
              not_before = ?5, updated_at = ?6
-         WHERE id = ?1 AND (?7 IS NULL OR state = ?7)",
+         WHERE id = ?1 AND (state = ?7 OR ?7 IS NULL)",
     )?;
     // (Not `RETURNING campaign, parts`: SQLite runs it as a trigger, with a statement journal,
     // which doubled the cost of this statement.)
@@ -316,15 +320,15 @@ pub(super) fn finish_in(
 /// campaign or a gateway out of rotation does not use up the message's attempts.
 fn answer_effects(tx: &Transaction<'_>, f: &Finish, now_s: &str) -> Result<(), StoreError> {
     if matches!(f.answer, Submit::Defer | Submit::Config | Submit::Account) {
-        tx.prepare_cached("UPDATE messages SET attempts = MAX(attempts - 1, 0) WHERE id = ?1")?
+        tx.prepare_cached("UPDATE messages SET attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END WHERE id = ?1")?
             .execute([f.id])?;
     }
     match f.answer {
         // The provider's words are the reason.
         Submit::OptedOut => {
             tx.prepare_cached(
-                "INSERT OR IGNORE INTO optouts (number, reason, added_by, added_at)
-                 SELECT recipient, ?2, 'gateway', ?3 FROM messages WHERE id = ?1",
+                "INSERT INTO optouts (number, reason, added_by, added_at)
+                 SELECT recipient, ?2, 'gateway', ?3 FROM messages WHERE id = ?1 ON CONFLICT DO NOTHING",
             )?
             .execute(params![
                 f.id,
@@ -432,9 +436,9 @@ impl Store {
     pub fn pending(&self, campaign: i64) -> Result<(i64, i64, Option<String>), StoreError> {
         let conn = self.sms_conn();
         Ok(conn.query_row(
-            "SELECT (SELECT COALESCE(SUM(n), 0) FROM message_counts
+            "SELECT (SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM message_counts
                      WHERE campaign = ?1 AND state = 'queued'),
-                    (SELECT COALESCE(SUM(n), 0) FROM message_counts
+                    (SELECT CAST(COALESCE(SUM(n), 0) AS BIGINT) FROM message_counts
                      WHERE campaign = ?1 AND state = 'submitting'),
                     (SELECT MIN(not_before) FROM messages INDEXED BY messages_queued
                      WHERE campaign = ?1 AND state = 'queued')",
@@ -454,7 +458,7 @@ impl Store {
         let conn = self.read_conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT {MESSAGE_COLS} FROM messages
-             WHERE campaign = ?1 AND (?2 IS NULL OR state = ?2) AND id > ?3
+             WHERE campaign = ?1 AND (state = ?2 OR ?2 IS NULL) AND id > ?3
              ORDER BY id LIMIT ?4"
         ))?;
         let rows = stmt.query_map(params![campaign, state, after, limit as i64], message_row)?;
@@ -478,15 +482,17 @@ impl Store {
     pub fn progress(&self, campaign: i64) -> Result<Vec<Minute>, StoreError> {
         let conn = self.read_conn();
         let mut stmt = conn.prepare(
-            "SELECT m, SUM(s), SUM(d), SUM(f) FROM (
+            "SELECT m, CAST(SUM(s) AS BIGINT), CAST(SUM(d) AS BIGINT), CAST(SUM(f) AS BIGINT)
+             FROM (
                  SELECT substr(submitted_at, 1, 16) AS m, 1 AS s, 0 AS d, 0 AS f
                    FROM messages WHERE campaign = ?1 AND submitted_at IS NOT NULL
                  UNION ALL
-                 SELECT substr(updated_at, 1, 16), 0, state = 'delivered',
-                        state IN ('failed', 'rejected', 'expired')
+                 SELECT substr(updated_at, 1, 16), 0,
+                        CASE WHEN state = 'delivered' THEN 1 ELSE 0 END,
+                        CASE WHEN state IN ('failed', 'rejected', 'expired') THEN 1 ELSE 0 END
                    FROM messages
                   WHERE campaign = ?1 AND state IN ('delivered', 'failed', 'rejected', 'expired')
-             ) GROUP BY m ORDER BY m",
+             ) AS minutes GROUP BY m ORDER BY m",
         )?;
         let rows = stmt.query_map([campaign], |r| {
             Ok(Minute {

@@ -1,8 +1,8 @@
 //! Delivery reports (one or many per transaction, early reports kept until the submit answer
 //! names them) and the reconciliation of `unknown` messages.
 
+use crate::store::db::{OptionalExtension, params};
 use chrono::{DateTime, Utc};
-use rusqlite::{OptionalExtension, params};
 
 use super::super::{Store, StoreError, ts};
 use super::{ReportIn, Tally, UnknownMessage, parse_state};
@@ -36,10 +36,10 @@ type Reported = (i64, String, Option<String>, i64, i64);
 /// The message a report is about (by our id, or by the carrier's for providers that push
 /// their own).
 fn reported(
-    by_carrier: &mut rusqlite::CachedStatement<'_>,
-    get: &mut rusqlite::CachedStatement<'_>,
+    by_carrier: &mut crate::store::db::CachedStatement<'_>,
+    get: &mut crate::store::db::CachedStatement<'_>,
     r: &ReportIn,
-) -> rusqlite::Result<Option<Reported>> {
+) -> crate::store::db::Result<Option<Reported>> {
     let id = match &r.carrier_id {
         Some(c) if r.id == 0 => by_carrier
             .query_row(params![c, r.gateway], |row| row.get::<_, i64>(0))
@@ -185,14 +185,20 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<UnknownMessage>, StoreError> {
         let conn = self.read_conn();
-        let mut st = conn.prepare_cached(
+        // The gateways' names as a JSON array, opened by each engine's own function.
+        let names_of = if conn.is_pg() {
+            "SELECT value FROM jsonb_array_elements_text(?2::jsonb) AS value"
+        } else {
+            "SELECT value FROM json_each(?2)"
+        };
+        let mut st = conn.prepare_cached(&format!(
             "SELECT id, campaign, parts, recipient, gateway, submitted_at FROM messages INDEXED BY messages_unknown
-             WHERE state = 'unknown' AND (?1 IS NULL OR campaign = ?1)
-               AND gateway IN (SELECT value FROM json_each(?2))
+             WHERE state = 'unknown' AND (campaign = ?1 OR ?1 IS NULL)
+               AND gateway IN ({names_of})
                AND (submitted_at IS NULL OR submitted_at <= ?3)
                AND (checked_at IS NULL OR checked_at <= ?4)
-             ORDER BY checked_at IS NOT NULL, checked_at, id LIMIT ?5",
-        )?;
+             ORDER BY checked_at IS NOT NULL, checked_at, id LIMIT ?5"
+        ))?;
         let names = serde_json::to_string(gateways).unwrap_or_default();
         let rows = st.query_map(
             params![

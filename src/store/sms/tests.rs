@@ -286,7 +286,7 @@ fn counts_kept_and_counted(store: &Store) -> (Counts, Counts) {
     (
         rows("SELECT campaign, state, n, parts FROM message_counts WHERE n > 0 ORDER BY 1, 2"),
         rows(
-            "SELECT campaign, state, COUNT(*), SUM(parts) FROM messages
+            "SELECT campaign, state, COUNT(*), CAST(SUM(parts) AS BIGINT) FROM messages
              GROUP BY campaign, state ORDER BY 1, 2",
         ),
     )
