@@ -34,12 +34,14 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     keys::ensure_data_dir(&cfg.data_dir)?;
     let (signing, origin) = signing_key(&cfg)?;
     let tokens = api_tokens(&cfg)?;
-    let (store, registry) = open_store(&cfg)?;
+    let (store, db) = open_store(&cfg)?;
     let (metrics, cancel, tracker) = (
         Metrics::default(),
         CancellationToken::new(),
         TaskTracker::new(),
     );
+    let lease = lead(&cfg, &store, &tracker, &cancel).await?;
+    let registry = load_registry(&cfg, &store, &db)?;
     let (brokers, credentials, _broker) = start_broker(&cfg, &store).await?;
     let (listener, http_addr, api_url) = bind_http(&cfg).await?;
     let (mqtt, events) = connect_mqtt(&cfg, brokers.clone(), credentials, &cancel)?;
@@ -105,6 +107,9 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     until_signal(&cfg, running, &cancel).await?;
     shutdown(&cancel, &tracker, &mqtt).await;
+    if let Some((node, epoch)) = lease {
+        crate::leader::resign(&store, &node, epoch).await;
+    }
     Ok(())
 }
 
@@ -263,9 +268,8 @@ fn api_tokens(cfg: &Config) -> anyhow::Result<Tokens> {
     Ok(tokens)
 }
 
-/// The store (with its disk reserve; imports cut off by a restart removed) and the display
-/// registry read from it.
-fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, Arc<crate::registry::Registry>)> {
+/// The store (SQLite with its disk reserve, or PostgreSQL) and its name for messages.
+fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, String)> {
     let (store, db) = match &cfg.store {
         crate::config::StoreConfig::Sqlite => {
             let db = cfg.data_dir.join("marquee.db");
@@ -274,22 +278,25 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, Arc<crate::registry::
                 .keep_reserve(&cfg.data_dir, cfg.disk_reserve);
             (Arc::new(store), db.display().to_string())
         }
-        crate::config::StoreConfig::Postgres { url, password } => {
+        crate::config::StoreConfig::Postgres { url, password, .. } => {
             let store = Store::connect(url, password.as_deref())
                 .with_context(|| format!("cannot open the PostgreSQL store {url}"))?;
             (Arc::new(store), url.clone())
         }
     };
-    // A list import cut off by a crash or restart left an `importing` campaign: never sent.
-    match store.drop_importing(None) {
-        Ok(0) => {}
-        Ok(n) => tracing::warn!(
-            campaigns = n,
-            "removed campaigns whose list import was cut off"
-        ),
-        Err(e) => tracing::error!(error = %e, "cannot remove cut-off imports"),
-    }
-    let registry = crate::registry::Registry::load(&store)
+    Ok((store, db))
+}
+
+/// The display registry as stored, once imports cut off by a crash are removed (both only once
+/// leading: a standby's registry would be out of date, and it would remove the leader's imports
+/// in progress).
+fn load_registry(
+    cfg: &Config,
+    store: &Store,
+    db: &str,
+) -> anyhow::Result<Arc<crate::registry::Registry>> {
+    drop_cut_off_imports(store);
+    let registry = crate::registry::Registry::load(store)
         .with_context(|| format!("cannot read the display registry in {db}"))?;
     for (id, channel) in &cfg.schedule.displays {
         if registry.get(id).is_none() {
@@ -299,7 +306,42 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, Arc<crate::registry::
             );
         }
     }
-    Ok((store, registry))
+    Ok(registry)
+}
+
+/// Sharing a PostgreSQL store: waits to lead before anything the fleet must see once, then keeps
+/// the lease (`crate::leader`). Answers the node and epoch; `None` on SQLite (one daemon).
+async fn lead(
+    cfg: &Config,
+    store: &Arc<Store>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) -> anyhow::Result<Option<(String, i64)>> {
+    let crate::config::StoreConfig::Postgres { node, lease, .. } = &cfg.store else {
+        return Ok(None);
+    };
+    let epoch = crate::leader::acquire(store, node, *lease).await?;
+    tracker.spawn(crate::leader::keep(
+        store.clone(),
+        node.clone(),
+        epoch,
+        *lease,
+        cancel.clone(),
+    ));
+    Ok(Some((node.clone(), epoch)))
+}
+
+/// A list import cut off by a crash or restart left an `importing` campaign: never sent. (Run
+/// by the leader only: a standby would remove the leader's imports in progress.)
+fn drop_cut_off_imports(store: &Store) {
+    match store.drop_importing(None) {
+        Ok(0) => {}
+        Ok(n) => tracing::warn!(
+            campaigns = n,
+            "removed campaigns whose list import was cut off"
+        ),
+        Err(e) => tracing::error!(error = %e, "cannot remove cut-off imports"),
+    }
 }
 
 /// Starts the embedded broker when configured; returns the brokers to connect to, the daemon's

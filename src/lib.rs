@@ -29,6 +29,7 @@ pub mod domain;
 pub mod fleet;
 pub mod http;
 pub mod keys;
+pub mod leader;
 pub mod lists;
 pub mod logging;
 pub mod metrics;

@@ -50,7 +50,7 @@ pub fn run(a: Args) -> ExitCode {
 pub fn audit_verify(config: &Path, data_dir: Option<&Path>) -> anyhow::Result<(String, bool)> {
     let cfg = Config::load(config)?;
     let (store, name) = match (&cfg.store, data_dir) {
-        (crate::config::StoreConfig::Postgres { url, password }, None) => (
+        (crate::config::StoreConfig::Postgres { url, password, .. }, None) => (
             crate::store::Store::connect(url, password.as_deref())
                 .with_context(|| format!("cannot open the PostgreSQL store {url}"))?,
             url.clone(),

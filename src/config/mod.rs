@@ -250,7 +250,9 @@ mod tests {
             c.store,
             StoreConfig::Postgres {
                 url: "postgres://marquee@127.0.0.1:5432/marquee".into(),
-                password: None
+                password: None,
+                node: crate::host_name(),
+                lease: std::time::Duration::from_secs(10),
             }
         );
         let bad = |toml: &str, says: &str| {
@@ -276,6 +278,14 @@ mod tests {
         bad(
             "[store]\nurl = \"postgres://marquee@127.0.0.1/m\"\npassword_env = \"MARQUEE_TEST_SURELY_UNSET\"\n",
             "store.password_env: environment variable MARQUEE_TEST_SURELY_UNSET is not set",
+        );
+        bad(
+            "[store]\nurl = \"postgres://marquee@127.0.0.1/m\"\nlease = \"100ms\"\n",
+            "store.lease: 100ms is outside 1s to 10m",
+        );
+        bad(
+            "[store]\nnode = \"a\"\n",
+            "node and lease are for daemons sharing",
         );
     }
 

@@ -160,6 +160,8 @@ pub(super) struct RawStore {
     pub(super) url: Option<String>,
     pub(super) password_env: Option<String>,
     pub(super) password_file: Option<PathBuf>,
+    pub(super) node: Option<String>,
+    pub(super) lease: Option<String>,
 }
 
 /// The daemon's database.
@@ -175,6 +177,12 @@ pub enum StoreConfig {
         url: String,
         /// The password, when one was given.
         password: Option<String>,
+        /// This daemon's name among those sharing the database (`node`; default: the host
+        /// name), for the leader lease (`crate::leader`).
+        node: String,
+        /// How long a leader's lease lasts without renewal (`lease`, default 10s): a standby
+        /// takes over at most about this long after the leader died.
+        lease: std::time::Duration,
     },
 }
 
@@ -182,10 +190,17 @@ impl std::fmt::Debug for StoreConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StoreConfig::Sqlite => f.write_str("Sqlite"),
-            StoreConfig::Postgres { url, password } => f
+            StoreConfig::Postgres {
+                url,
+                password,
+                node,
+                lease,
+            } => f
                 .debug_struct("Postgres")
                 .field("url", url)
                 .field("password", &password.as_ref().map(|_| "<redacted>"))
+                .field("node", node)
+                .field("lease", lease)
                 .finish(),
         }
     }
@@ -198,6 +213,12 @@ pub(super) fn store(raw: RawStore, problems: &mut Vec<String>) -> StoreConfig {
     let Some(url) = raw.url else {
         if raw.password_env.is_some() || raw.password_file.is_some() {
             problems.push("store: password_env/password_file without store.url".into());
+        }
+        if raw.node.is_some() || raw.lease.is_some() {
+            problems.push(
+                "store: node and lease are for daemons sharing a PostgreSQL store (store.url)"
+                    .into(),
+            );
         }
         return StoreConfig::Sqlite;
     };
@@ -230,5 +251,27 @@ pub(super) fn store(raw: RawStore, problems: &mut Vec<String>) -> StoreConfig {
         (None, None) => None,
         (env, file) => super::common::secret(problems, "store.password", env, file),
     };
-    StoreConfig::Postgres { url, password }
+    let node = raw.node.unwrap_or_else(crate::host_name);
+    if node.is_empty() || node.len() > 64 || node.chars().any(|c| c.is_control()) {
+        problems.push(format!(
+            "store.node: {node:?} is not a name (1 to 64 printable characters)"
+        ));
+    }
+    let lease = super::common::duration(
+        problems,
+        "store.lease",
+        raw.lease.as_deref().unwrap_or("10s"),
+    );
+    if lease < std::time::Duration::from_secs(1) || lease > std::time::Duration::from_secs(600) {
+        problems.push(format!(
+            "store.lease: {} is outside 1s to 10m",
+            humantime::format_duration(lease)
+        ));
+    }
+    StoreConfig::Postgres {
+        url,
+        password,
+        node,
+        lease,
+    }
 }

@@ -652,6 +652,10 @@ impl Scheduler {
     }
 
     fn send(&mut self, topic: &str, payload: Vec<u8>) {
+        if !crate::leader::may_act() {
+            tracing::warn!(topic, "not sent: this node's leader lease has ended");
+            return;
+        }
         let digest: [u8; 32] = Sha256::digest(&payload).into();
         let recent = self.recent.entry(topic.to_owned()).or_default();
         recent.push_back((Instant::now(), digest));

@@ -599,6 +599,9 @@ pub struct Connection {
     writer: bool,
     /// In a transaction (so `Drop` of a [`Transaction`] knows to roll back).
     in_tx: Cell<bool>,
+    /// What a writer's transaction checks after taking the write lock (the leader lease,
+    /// `store::leader`).
+    fence: Option<String>,
 }
 
 impl Connection {
@@ -608,6 +611,7 @@ impl Connection {
             engine: Engine::Lite(conn),
             writer: false,
             in_tx: Cell::new(false),
+            fence: None,
         }
     }
 
@@ -622,12 +626,19 @@ impl Connection {
             })),
             writer: false,
             in_tx: Cell::new(false),
+            fence: None,
         })
     }
 
     /// Makes this a writer: its transactions take the write lock when they begin.
     pub fn set_writer(&mut self) {
         self.writer = true;
+    }
+
+    /// Sets (or clears) the check a writer's transaction makes after taking the write lock;
+    /// a transaction whose check fails does not begin.
+    pub fn set_fence(&mut self, fence: Option<String>) {
+        self.fence = fence;
     }
 
     /// Whether this is PostgreSQL.
@@ -715,10 +726,16 @@ impl Connection {
         let begin = match (&self.engine, self.writer) {
             (Engine::Lite(_), true) => "BEGIN IMMEDIATE".to_owned(),
             (Engine::Lite(_), false) => "BEGIN DEFERRED".to_owned(),
-            (Engine::Pg(_), true) => format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"),
+            (Engine::Pg(_), true) => format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK}); {}",
+                self.fence.as_deref().unwrap_or_default()
+            ),
             (Engine::Pg(_), false) => "BEGIN".to_owned(),
         };
-        self.execute_batch(&begin)?;
+        if let Err(e) = self.execute_batch(&begin) {
+            let _ = self.execute_batch("ROLLBACK");
+            return Err(e);
+        }
         self.in_tx.set(true);
         Ok(Transaction { conn: self })
     }

@@ -11,6 +11,7 @@ pub mod anchor;
 pub mod audit;
 pub mod db;
 pub mod fleet;
+pub mod leader;
 pub mod proposals;
 pub mod registry;
 pub mod sms;
@@ -353,6 +354,14 @@ const MIGRATIONS: &[&str] = &[
         reason      TEXT
     );
     CREATE INDEX proposals_pending ON proposals (playlist) WHERE status = 'pending';",
+    // 22: the leader lease (`store::leader`). Used on PostgreSQL only, where several daemons
+    // can share one database; here so that both engines keep one numbering.
+    "CREATE TABLE leader (
+        id          INTEGER PRIMARY KEY,
+        node        TEXT NOT NULL,
+        epoch       INTEGER NOT NULL,
+        expires_at  TEXT NOT NULL
+    );",
 ];
 
 /// The last payload published on a retained topic.
@@ -434,7 +443,15 @@ const PG_BASE: usize = 21;
 
 /// PostgreSQL's migrations after [`PG_BASE`]: entry `i` is SQLite's migration `PG_BASE + i + 1`
 /// in PostgreSQL's dialect (a test holds the two lists to the same length).
-const PG_MIGRATIONS: &[&str] = &[];
+const PG_MIGRATIONS: &[&str] = &[
+    // 22: the leader lease, by the server's clock.
+    "CREATE TABLE leader (
+        id          BIGINT PRIMARY KEY CHECK (id = 1),
+        node        TEXT NOT NULL,
+        epoch       BIGINT NOT NULL,
+        expires_at  TIMESTAMPTZ NOT NULL
+    )",
+];
 
 /// Creates the schema on a new PostgreSQL database, or applies the migrations it lacks, under
 /// a session advisory lock. The version is the one row of `marquee_schema`.
@@ -532,6 +549,12 @@ pub struct Store {
     /// ([`Store::checkpoint`], every second from the daemon), so that writers do not do it
     /// inside their commits. `None` in memory.
     ckpt: Option<Mutex<rusqlite::Connection>>,
+    /// PostgreSQL: a connection of its own for the leader lease, so that renewing it never
+    /// waits behind the writers.
+    lease: Option<Mutex<Connection>>,
+    /// PostgreSQL: the URL and password it was opened with (tests open it again).
+    #[cfg_attr(not(test), allow(dead_code))]
+    pg: Option<(String, Option<String>)>,
 }
 
 /// WAL pages after which a writer still checkpoints inside its commit (SQLite's
@@ -743,6 +766,7 @@ impl Store {
         migrate_pg(&conn)?;
         let mut sms = Connection::pg(target.clone())?;
         sms.set_writer();
+        let lease = Connection::pg(target.clone())?;
         let read = Connection::pg(db::PgTarget {
             setup: "SET default_transaction_read_only = on".into(),
             ..target
@@ -753,7 +777,16 @@ impl Store {
             read: Some(Mutex::new(read)),
             reserve: None,
             ckpt: None,
+            lease: Some(Mutex::new(lease)),
+            pg: Some((url.to_owned(), password.map(str::to_owned))),
         })
+    }
+
+    /// Another store on the same PostgreSQL database (tests: a second node).
+    #[cfg(test)]
+    pub fn same_database(&self) -> Result<Store, StoreError> {
+        let (url, password) = self.pg.clone().expect("a PostgreSQL store");
+        Store::connect(&url, password.as_deref())
     }
 
     /// Whether this store is on PostgreSQL.
@@ -796,6 +829,8 @@ impl Store {
             read: None,
             reserve: None,
             ckpt: None,
+            lease: None,
+            pg: None,
         })
     }
 
@@ -1119,6 +1154,8 @@ mod tests {
             read: None,
             reserve: None,
             ckpt: None,
+            lease: None,
+            pg: None,
         };
         let c = s.campaign(1).unwrap().unwrap();
         assert_eq!(

@@ -141,6 +141,47 @@ impl Site {
         std::fs::write(self.config(), cfg).unwrap();
     }
 
+    /// Adds `lines` (keys) to the `[store]` section (PostgreSQL runs only).
+    pub fn store_keys(&self, lines: &str) {
+        let cfg = std::fs::read_to_string(self.config()).unwrap();
+        assert!(
+            cfg.contains("[store]\n"),
+            "no [store] section: not a PostgreSQL run"
+        );
+        let cfg = cfg.replacen("[store]\n", &format!("[store]\n{lines}\n"), 1);
+        std::fs::write(self.config(), cfg).unwrap();
+    }
+
+    /// Points this site's daemon at `other`'s database (PostgreSQL runs only), with its
+    /// signing key: two nodes of one fleet.
+    pub fn share_store_and_key_of(&self, other: &Site) {
+        let schema = |s: &Site| {
+            let name = s
+                .dir
+                .path()
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .to_lowercase();
+            format!("it_{name}")
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect::<String>()
+        };
+        let cfg = std::fs::read_to_string(self.config())
+            .unwrap()
+            .replace(&schema(self), &schema(other));
+        std::fs::write(self.config(), cfg).unwrap();
+        let data = self.dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        for f in ["signing.key", "signing.pub", "versions.hwm"] {
+            let from = other.dir.path().join("data").join(f);
+            if from.exists() {
+                std::fs::copy(&from, data.join(f)).unwrap();
+            }
+        }
+    }
+
     pub fn config(&self) -> PathBuf {
         self.dir.path().join("marquee.toml")
     }
@@ -199,7 +240,40 @@ impl Daemon {
         Daemon::spawn(cmd, site, &[]).await
     }
 
-    async fn spawn(mut cmd: Command, site: &Site, env: &[(&str, &str)]) -> Daemon {
+    async fn spawn(cmd: Command, site: &Site, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::launch(cmd, site, env);
+        d.wait_ready().await;
+        d
+    }
+
+    /// Starts a daemon that shares a PostgreSQL store with a running leader: returns once it
+    /// says it is a standby.
+    pub async fn start_standby(site: &Site, env: &[(&str, &str)]) -> Daemon {
+        let mut d = Daemon::launch(Command::new(bin()), site, env);
+        d.wait_log("standby", |v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("standby:"))
+        })
+        .await;
+        d
+    }
+
+    /// Waits for "marquee ready" (a standby: once it leads) and takes the API's address.
+    pub async fn wait_ready(&mut self) {
+        let ready = self
+            .wait_log("marquee ready", |v| v["message"] == "marquee ready")
+            .await;
+        self.http = ready["api"].as_str().unwrap().to_owned();
+    }
+
+    /// Waits for the process to end on its own; returns its exit code.
+    pub async fn wait_exit(&mut self, what: &str) -> Option<i32> {
+        let child = &mut self.child;
+        eventually(what, || child.try_wait().unwrap()).await.code()
+    }
+
+    fn launch(mut cmd: Command, site: &Site, env: &[(&str, &str)]) -> Daemon {
         let mut child = cmd
             .args(["--log-format", "json", "serve", "-c"])
             .arg(site.config())
@@ -218,16 +292,11 @@ impl Daemon {
                 sink.lock().unwrap().push(v);
             }
         });
-        let mut d = Daemon {
+        Daemon {
             child,
             log,
             http: String::new(),
-        };
-        let ready = d
-            .wait_log("marquee ready", |v| v["message"] == "marquee ready")
-            .await;
-        d.http = ready["api"].as_str().unwrap().to_owned();
-        d
+        }
     }
 
     /// Waits for a log line matching `pred`.

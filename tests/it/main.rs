@@ -15,6 +15,7 @@ mod editing;
 mod generic;
 mod harness;
 mod kannel;
+mod leader;
 mod lists;
 mod mas;
 mod openapi;

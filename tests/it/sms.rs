@@ -16,7 +16,7 @@ use crate::harness::{Daemon, Site, eventually_async, free_port};
 use crate::kannel::{self, Kannel};
 use crate::schema::documented;
 
-const SECRET: &str = "dlr-secret-0123456789";
+pub(crate) const SECRET: &str = "dlr-secret-0123456789";
 
 fn site() -> Site {
     Site::new(
@@ -31,7 +31,7 @@ async fn start(site: &Site) -> Daemon {
 
 /// How the fake carrier treats a number.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Rule {
+pub(crate) enum Rule {
     /// 200 with an id; a delivered report shortly after.
     Ok,
     /// 429 the first time, then as `Ok`.
@@ -51,7 +51,7 @@ enum Rule {
 }
 
 #[derive(Clone)]
-struct Fake {
+pub(crate) struct Fake {
     url: String,
     /// (gateway, to, text) of every request, in arrival order.
     log: Arc<Mutex<Vec<(String, String, String)>>>,
@@ -136,7 +136,7 @@ async fn carrier(
 }
 
 impl Fake {
-    async fn start(delay: Duration) -> Fake {
+    pub(crate) async fn start(delay: Duration) -> Fake {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let fake = Fake {
             url: format!("http://{}", listener.local_addr().unwrap()),
@@ -156,15 +156,15 @@ impl Fake {
         fake
     }
 
-    fn rule(&self, to: &str, rule: Rule) {
+    pub(crate) fn rule(&self, to: &str, rule: Rule) {
         self.rules.lock().unwrap().insert(to.to_owned(), rule);
     }
 
-    fn requests(&self) -> usize {
+    pub(crate) fn requests(&self) -> usize {
         self.log.lock().unwrap().len()
     }
 
-    fn requests_for(&self) -> HashMap<String, usize> {
+    pub(crate) fn requests_for(&self) -> HashMap<String, usize> {
         let mut m = HashMap::new();
         for (_, to, _) in self.log.lock().unwrap().iter() {
             *m.entry(to.clone()).or_default() += 1;
@@ -172,12 +172,12 @@ impl Fake {
         m
     }
 
-    fn release(&self) {
+    pub(crate) fn release(&self) {
         self.released.notify_waiters();
     }
 
     /// A `[[sms.gateways]]` of kind `http` pointing at `/{name}`.
-    fn gateway(&self, name: &str, rate: u32, in_flight: u32, timeout: &str) -> String {
+    pub(crate) fn gateway(&self, name: &str, rate: u32, in_flight: u32, timeout: &str) -> String {
         format!(
             r#"
 [[sms.gateways]]
@@ -198,11 +198,11 @@ dlr_secret_env = "TEST_DLR_SECRET"
     }
 }
 
-fn number(i: usize) -> String {
+pub(crate) fn number(i: usize) -> String {
     format!("+86138{i:08}")
 }
 
-async fn create(d: &Daemon, token: &str, body: Value) -> Value {
+pub(crate) async fn create(d: &Daemon, token: &str, body: Value) -> Value {
     let (status, v) = d
         .send(Method::POST, "/api/v1/campaigns", Some(token), Some(body))
         .await;
@@ -220,13 +220,13 @@ async fn post(d: &Daemon, token: &str, id: i64, action: &str, body: Option<Value
     .await
 }
 
-async fn campaign(d: &Daemon, token: &str, id: i64) -> Value {
+pub(crate) async fn campaign(d: &Daemon, token: &str, id: i64) -> Value {
     let (status, v) = d.get(&format!("/api/v1/campaigns/{id}"), Some(token)).await;
     assert_eq!(status, 200, "{v}");
     v
 }
 
-async fn messages(d: &Daemon, token: &str, id: i64) -> Vec<Value> {
+pub(crate) async fn messages(d: &Daemon, token: &str, id: i64) -> Vec<Value> {
     let (status, v) = d
         .get(&format!("/api/v1/campaigns/{id}/messages"), Some(token))
         .await;
@@ -241,7 +241,7 @@ fn by_recipient(ms: &[Value]) -> HashMap<String, Value> {
 }
 
 /// Waits until `pred` holds for the campaign.
-async fn until(
+pub(crate) async fn until(
     d: &Daemon,
     token: &str,
     id: i64,
@@ -255,7 +255,7 @@ async fn until(
     .await
 }
 
-fn count(c: &Value, state: &str) -> i64 {
+pub(crate) fn count(c: &Value, state: &str) -> i64 {
     c["counts"][state].as_i64().unwrap_or(0)
 }
 

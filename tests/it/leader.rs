@@ -1,0 +1,201 @@
+//! Two daemons on one PostgreSQL database and one Mosquitto: one leads, the other waits as a
+//! standby; kill -9 and SIGSTOP of the leader mid-campaign, a real agent, the fake carrier.
+//! PostgreSQL runs only (`scripts/test`'s second pass): on SQLite there is one daemon.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::harness::*;
+use crate::sms::{Fake, Rule, SECRET, campaign, count, create, messages, number, until};
+
+/// A node of the fleet: the broker's section, its name, a short lease, the fake gateway.
+fn node(mosquitto: &Mosquitto, fake: &Fake, name: &str, leader: Option<&Site>) -> Site {
+    let site = Site::new(&mosquitto.section(), "");
+    if let Some(other) = leader {
+        site.share_store_and_key_of(other);
+    }
+    site.store_keys(&format!("node = \"{name}\"\nlease = \"2s\""));
+    site.append_config(&format!(
+        "[sms]\nsender = \"12345\"\n{}",
+        fake.gateway("alpha", 200, 4, "5s")
+    ));
+    site
+}
+
+fn refused(agent: &AgentProc) -> Vec<Value> {
+    agent
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("refused payload"))
+        })
+        .cloned()
+        .collect()
+}
+
+async fn alert(d: &Daemon, token: &str, text: &str) {
+    let (status, v) = d
+        .send(
+            Method::POST,
+            "/api/v1/alerts",
+            Some(token),
+            Some(
+                json!({"text": {"en": text}, "scope": {"channels": ["lobby"]},
+                        "severity": "extreme", "expires_in": "10m"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_a_killed_or_frozen_leader_and_nothing_is_sent_twice() {
+    if !on_postgres() {
+        // One daemon per SQLite file: there is no standby to test.
+        return;
+    }
+    let env = [("TEST_DLR_SECRET", SECRET)];
+    let mosquitto = Mosquitto::start().await;
+    let fake = Fake::start(Duration::from_millis(5)).await;
+    let a = node(&mosquitto, &fake, "a", None);
+    let da = Daemon::start_with_env(&a, &env).await;
+    let b = node(&mosquitto, &fake, "b", Some(&a));
+    let mut db = Daemon::start_standby(&b, &env).await;
+    let mut agent = AgentProc::start(
+        &agent_config(&da, &a, "lobby-east-1", "lobby", mosquitto.port),
+        &[],
+    );
+    agent
+        .frame("a timeline from the leader", |v| v["kind"] == "timeline")
+        .await;
+
+    // A campaign on the leader; one number held by the carrier when the leader dies.
+    let total = 200;
+    let held = number(90);
+    fake.rule(&held, Rule::Hold);
+    let token_a = a.admin_token();
+    let csv: String = std::iter::once("number".to_owned())
+        .chain((0..total).map(number))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let id = create(
+        &da,
+        &token_a,
+        json!({"name": "failover", "text": "Open Day", "recipients_csv": csv}),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let (status, v) = da
+        .send(
+            Method::POST,
+            &format!("/api/v1/campaigns/{id}/start"),
+            Some(&token_a),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    eventually_async("the held number to be submitted", || async {
+        fake.requests_for().contains_key(&held).then_some(())
+    })
+    .await;
+
+    // 1. kill -9 of the leader: the standby takes over and finishes the campaign.
+    da.signal("KILL");
+    let killed = Instant::now();
+    fake.release();
+    fake.rule(&held, Rule::Ok);
+    db.wait_ready().await;
+    eprintln!(
+        "failover after kill -9: ready {:?} after the kill",
+        killed.elapsed()
+    );
+    let token_b = b.admin_token();
+    let c = until(
+        &db,
+        &token_b,
+        id,
+        "the standby to finish the campaign",
+        |c| c["status"] == "done",
+    )
+    .await;
+    let ms = messages(&db, &token_b, id).await;
+    assert_eq!(ms.len(), total, "no recipient lost");
+    let seen = fake.requests_for();
+    for m in &ms {
+        let n = seen
+            .get(m["recipient"].as_str().unwrap())
+            .copied()
+            .unwrap_or(0);
+        match m["state"].as_str().unwrap() {
+            "sent" | "delivered" => assert_eq!(n, 1, "{m}"),
+            // Caught mid-submit by the kill: flagged, never resent.
+            "unknown" => assert!(n <= 1, "{m} sent {n} times"),
+            other => panic!("ended {other}: {m}"),
+        }
+    }
+    let held_row = ms.iter().find(|m| m["recipient"] == held.as_str()).unwrap();
+    assert_eq!(held_row["state"], "unknown", "{held_row}");
+    assert!((1..=20).contains(&count(&c, "unknown")), "{c}");
+    // The new leader reaches the screen: an alert raised through it is shown.
+    alert(&db, &token_b, "after the kill").await;
+    agent
+        .frame("the alert through the new leader", |v| {
+            text_of(v).contains("after the kill")
+        })
+        .await;
+
+    // 2. The old node comes back as a standby; the leader is frozen (SIGSTOP).
+    let mut da = Daemon::start_standby(&a, &env).await;
+    let sent_before = fake.requests();
+    db.signal("STOP");
+    let stopped = Instant::now();
+    let lines_before_stop = db.log.lock().unwrap().len();
+    da.wait_ready().await;
+    eprintln!(
+        "failover after SIGSTOP: ready {:?} after the stop",
+        stopped.elapsed()
+    );
+    alert(&da, &token_a, "while b is frozen").await;
+    agent
+        .frame("the alert through the newest leader", |v| {
+            text_of(v).contains("while b is frozen")
+        })
+        .await;
+    // The frozen leader wakes up: it stops without publishing or sending anything.
+    db.signal("CONT");
+    assert_eq!(
+        db.wait_exit("the woken leader to stop").await,
+        Some(marquee::leader::LOST)
+    );
+    let woken: Vec<Value> = db.log.lock().unwrap()[lines_before_stop..].to_vec();
+    assert!(
+        woken.iter().any(|v| v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("lost the leader lease"))),
+        "{woken:?}"
+    );
+    assert!(
+        !woken.iter().any(|v| v["message"] == "publishing timeline"),
+        "the woken leader published: {woken:?}"
+    );
+    assert_eq!(
+        fake.requests(),
+        sent_before,
+        "nothing sent after the freeze"
+    );
+    let c2 = campaign(&da, &token_a, id).await;
+    assert_eq!(c2["counts"], c["counts"], "{c} then {c2}");
+    // The screen never refused anything: no leader published below another.
+    alert(&da, &token_a, "last word").await;
+    agent
+        .frame("the last alert", |v| text_of(v).contains("last word"))
+        .await;
+    assert_eq!(refused(&agent), Vec::<Value>::new());
+}
