@@ -8,7 +8,9 @@ use reqwest::Method;
 use serde_json::{Value, json};
 
 use crate::harness::*;
-use crate::sms::{Fake, Rule, SECRET, campaign, count, create, messages, number, until};
+use crate::sms::{
+    Fake, Rule, SECRET, campaign, count, create, messages, number, start_until_held, until,
+};
 
 /// A node of the fleet: the broker's section, its name, a short lease, the fake gateway.
 fn node(mosquitto: &Mosquitto, fake: &Fake, name: &str, leader: Option<&Site>) -> Site {
@@ -92,19 +94,7 @@ async fn a_standby_takes_over_a_killed_or_frozen_leader_and_nothing_is_sent_twic
     .await["id"]
         .as_i64()
         .unwrap();
-    let (status, v) = da
-        .send(
-            Method::POST,
-            &format!("/api/v1/campaigns/{id}/start"),
-            Some(&token_a),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
-    eventually_async("the held number to be submitted", || async {
-        fake.requests_for().contains_key(&held).then_some(())
-    })
-    .await;
+    start_until_held(&da, &token_a, id, &fake, &held).await;
 
     // 1. kill -9 of the leader: the standby takes over and finishes the campaign.
     da.signal("KILL");

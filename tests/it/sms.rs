@@ -240,6 +240,23 @@ fn by_recipient(ms: &[Value]) -> HashMap<String, Value> {
         .collect()
 }
 
+/// Starts campaign `id` and waits until the carrier holds `held`'s request.
+pub(crate) async fn start_until_held(d: &Daemon, token: &str, id: i64, fake: &Fake, held: &str) {
+    let (status, v) = d
+        .send(
+            Method::POST,
+            &format!("/api/v1/campaigns/{id}/start"),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    eventually_async("the held number to be submitted", || async {
+        fake.requests_for().contains_key(held).then_some(())
+    })
+    .await;
+}
+
 /// Waits until `pred` holds for the campaign.
 pub(crate) async fn until(
     d: &Daemon,
@@ -534,20 +551,8 @@ async fn kill_9_during_a_campaign_loses_nothing_and_sends_nothing_twice() {
     d.signal("KILL");
     drop(d);
     d = start(&site).await;
-    let (status, v) = d
-        .send(
-            Method::POST,
-            &format!("/api/v1/campaigns/{id}/start"),
-            Some(&token),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{v}");
     // 2: killed while submits are in flight, one of them held by the carrier.
-    eventually_async("the held number to be submitted", || async {
-        fake.requests_for().contains_key(&held).then_some(())
-    })
-    .await;
+    start_until_held(&d, &token, id, &fake, &held).await;
     d.signal("KILL");
     drop(d);
     fake.release();
