@@ -40,7 +40,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         CancellationToken::new(),
         TaskTracker::new(),
     );
-    let lease = lead(&cfg, &store, &tracker, &cancel).await?;
+    let lease = lead(&cfg, &store).await?;
     let registry = load_registry(&cfg, &store, &db)?;
     let (brokers, credentials, _broker) = start_broker(&cfg, &store).await?;
     let (listener, http_addr, api_url) = bind_http(&cfg).await?;
@@ -107,9 +107,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     until_signal(&cfg, running, &cancel).await?;
     shutdown(&cancel, &tracker, &mqtt).await;
-    if let Some((node, epoch)) = lease {
-        crate::leader::resign(&store, &node, epoch).await;
-    }
+    step_down(&store, lease).await;
     Ok(())
 }
 
@@ -278,8 +276,13 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, String)> {
                 .keep_reserve(&cfg.data_dir, cfg.disk_reserve);
             (Arc::new(store), db.display().to_string())
         }
-        crate::config::StoreConfig::Postgres { url, password, .. } => {
-            let store = Store::connect(url, password.as_deref())
+        crate::config::StoreConfig::Postgres {
+            url,
+            password,
+            lease,
+            ..
+        } => {
+            let store = Store::connect_with_lease(url, password.as_deref(), *lease)
                 .with_context(|| format!("cannot open the PostgreSQL store {url}"))?;
             (Arc::new(store), url.clone())
         }
@@ -310,26 +313,36 @@ fn load_registry(
 }
 
 /// Sharing a PostgreSQL store: waits to lead before anything the fleet must see once, then keeps
-/// the lease (`crate::leader`). Answers the node and epoch; `None` on SQLite (one daemon).
-async fn lead(
-    cfg: &Config,
-    store: &Arc<Store>,
-    tracker: &TaskTracker,
-    cancel: &CancellationToken,
-) -> anyhow::Result<Option<(String, i64)>> {
+/// the lease (`crate::leader`) until its token is cancelled. Answers the node, the epoch, that
+/// token and the keeping task; `None` on SQLite (one daemon).
+async fn lead(cfg: &Config, store: &Arc<Store>) -> anyhow::Result<Option<Led>> {
     let crate::config::StoreConfig::Postgres { node, lease, .. } = &cfg.store else {
         return Ok(None);
     };
     let epoch = crate::leader::acquire(store, node, *lease).await?;
-    tracker.spawn(crate::leader::keep(
+    let keep = CancellationToken::new();
+    let kept = tokio::spawn(crate::leader::keep(
         store.clone(),
         node.clone(),
         epoch,
         *lease,
-        cancel.clone(),
+        keep.clone(),
     ));
-    Ok(Some((node.clone(), epoch)))
+    Ok(Some((node.clone(), epoch, keep, kept)))
 }
+
+/// After the drain (answers in flight were stored as the leader's), stops keeping the lease
+/// and gives it back.
+async fn step_down(store: &Arc<Store>, lease: Option<Led>) {
+    if let Some((node, epoch, keep, kept)) = lease {
+        keep.cancel();
+        let _ = kept.await;
+        crate::leader::resign(store, &node, epoch).await;
+    }
+}
+
+/// What [`lead`] answers.
+type Led = (String, i64, CancellationToken, tokio::task::JoinHandle<()>);
 
 /// A list import cut off by a crash or restart left an `importing` campaign: never sent. (Run
 /// by the leader only: a standby would remove the leader's imports in progress.)

@@ -431,6 +431,9 @@ fn receipt(r: &Receipts, prefix: &str, display: String, outbox: String, upto: u6
             upto,
         }),
     };
+    if !crate::leader::may_act() {
+        return;
+    }
     if let Err(e) = r.mqtt.publish(&topic, sign(&r.keys, &body), false) {
         tracing::warn!(topic, error = %e, "receipt not sent; the agent will resend its events");
     }

@@ -91,7 +91,16 @@ pub async fn acquire(store: &Arc<Store>, node: &str, lease: Duration) -> anyhow:
                 tracing::warn!(node, error = %e, "standby: cannot reach the store to take the lease")
             }
         }
-        tokio::time::sleep(lease / 4).await;
+        // Under systemd (Type=notify) a standby is still starting: it asks for more time on
+        // every look, so its start timeout does not kill it while another node leads.
+        let wait = lease / 4;
+        let _ = sd_notify::notify(&[
+            sd_notify::NotifyState::Status("standby: waiting for the leader lease"),
+            sd_notify::NotifyState::ExtendTimeoutUsec(
+                u32::try_from((wait * 4).as_micros()).unwrap_or(u32::MAX),
+            ),
+        ]);
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -49,13 +49,14 @@ pub fn run(a: Args) -> ExitCode {
 /// message and whether the chain is intact.
 pub fn audit_verify(config: &Path, data_dir: Option<&Path>) -> anyhow::Result<(String, bool)> {
     let cfg = Config::load(config)?;
-    let (store, name) = match (&cfg.store, data_dir) {
-        (crate::config::StoreConfig::Postgres { url, password, .. }, None) => (
+    // The engine is the config's; the data directory only holds the anchor and the keys.
+    let (store, name) = match &cfg.store {
+        crate::config::StoreConfig::Postgres { url, password, .. } => (
             crate::store::Store::connect(url, password.as_deref())
                 .with_context(|| format!("cannot open the PostgreSQL store {url}"))?,
             url.clone(),
         ),
-        _ => {
+        crate::config::StoreConfig::Sqlite => {
             let db = data_dir.unwrap_or(&cfg.data_dir).join("marquee.db");
             if !db.exists() {
                 anyhow::bail!(

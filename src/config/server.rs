@@ -223,8 +223,9 @@ pub(super) fn store(raw: RawStore, problems: &mut Vec<String>) -> StoreConfig {
         return StoreConfig::Sqlite;
     };
     match url.parse::<tokio_postgres::Config>() {
+        // Not echoed: a URL that does not parse may still hold a password.
         Err(e) => problems.push(format!(
-            "store.url: {url:?} is not a PostgreSQL URL (postgres://user@127.0.0.1:5432/marquee): {e}"
+            "store.url: is not a PostgreSQL URL (postgres://user@127.0.0.1:5432/marquee): {e}"
         )),
         Ok(c) => {
             if c.get_password().is_some() {
@@ -235,6 +236,13 @@ pub(super) fn store(raw: RawStore, problems: &mut Vec<String>) -> StoreConfig {
             }
             if c.get_user().is_none() {
                 problems.push("store.url: names no user (postgres://marquee@…)".into());
+            }
+            for a in c.get_hostaddrs() {
+                if !a.is_loopback() {
+                    problems.push(format!(
+                        "store.url: hostaddr {a} is not on loopback; the connection to PostgreSQL is not encrypted, so reach a remote server through a tunnel (ssh -L, stunnel) on 127.0.0.1"
+                    ));
+                }
             }
             for h in c.get_hosts() {
                 if let tokio_postgres::config::Host::Tcp(host) = h {
@@ -252,9 +260,9 @@ pub(super) fn store(raw: RawStore, problems: &mut Vec<String>) -> StoreConfig {
         (env, file) => super::common::secret(problems, "store.password", env, file),
     };
     let node = raw.node.unwrap_or_else(crate::host_name);
-    if node.is_empty() || node.len() > 64 || node.chars().any(|c| c.is_control()) {
+    if !crate::store::leader::valid_node(&node) {
         problems.push(format!(
-            "store.node: {node:?} is not a name (1 to 64 printable characters)"
+            "store.node: {node:?} is not a name (1 to 64 letters, digits, '.', '_', '-'; set it when the host name is not one)"
         ));
     }
     let lease = super::common::duration(

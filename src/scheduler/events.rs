@@ -20,6 +20,7 @@ pub async fn route_events(
     let online = serde_json::to_vec(&DaemonStatus { online: true }).unwrap_or_default();
     while let Some(ev) = events.recv().await {
         if matches!(ev, MqttEvent::Connected)
+            && crate::leader::may_act()
             && let Err(e) = mqtt.publish(&Topic::DaemonStatus.render(&prefix), online.clone(), true)
         {
             tracing::warn!(error = %e, "daemon status not published");

@@ -462,6 +462,15 @@ impl Dispatcher {
                     Some(p) => Some(p),
                     None => rt.permits.clone().acquire_owned().await.ok(),
                 };
+                // A leader woken past its lease sends nothing: what it had claimed becomes
+                // `unknown` under the new leader, flagged and never resent (at most once).
+                if !crate::leader::may_act() {
+                    tracing::warn!(
+                        messages = group.len(),
+                        "not sent: this node's leader lease has ended"
+                    );
+                    return;
+                }
                 let template = template_id.as_deref().map(|id| (id, &*names));
                 let done = submit(&rt, &group, &sender, template, failover).await;
                 drop(permit);

@@ -78,6 +78,11 @@ impl Error {
         }
     }
 
+    /// Whether PostgreSQL gave up waiting for a lock (`lock_timeout`, `55P03`).
+    pub fn is_lock_timeout(&self) -> bool {
+        matches!(self, Error::Postgres(e) if e.code() == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE))
+    }
+
     /// Whether SQLite reported the database busy (another writer held it past the timeout).
     pub fn is_busy(&self) -> bool {
         matches!(self, Error::Sqlite(e) if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy))
@@ -124,9 +129,20 @@ impl PgToSql for Value {
         ty: &Type,
         out: &mut bytes::BytesMut,
     ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
-        let text = |t: &str, out: &mut bytes::BytesMut| {
-            if *ty == Type::JSONB {
-                out.extend_from_slice(&[1]);
+        // Text goes as text only where the binary format of the type is its text (the others,
+        // NUMERIC, timestamps, UUID, ..., are refused rather than sent garbled).
+        let text = |t: &str,
+                    out: &mut bytes::BytesMut|
+         -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+            match *ty {
+                Type::JSONB => out.extend_from_slice(&[1]),
+                Type::TEXT
+                | Type::VARCHAR
+                | Type::BPCHAR
+                | Type::NAME
+                | Type::UNKNOWN
+                | Type::JSON => {}
+                _ => return Err(format!("a value for a {ty} parameter: cast it in the SQL").into()),
             }
             out.extend_from_slice(t.as_bytes());
             Ok(IsNull::No)
@@ -682,7 +698,30 @@ impl Connection {
             Engine::Lite(c) => {
                 Ok(c.execute(sql, rusqlite::params_from_iter(lite_params(&params)?))?)
             }
-            Engine::Pg(pg) => pg.execute(&pg.statement(sql)?, &params),
+            Engine::Pg(pg) => self.fenced(sql, || pg.execute(&pg.statement(sql)?, &params)),
+        }
+    }
+
+    /// Runs `f`, a write `sql` outside a transaction, in a transaction of its own when this
+    /// writer is fenced (`set_fence`): a single statement is checked like a transaction.
+    fn fenced<T>(&self, sql: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let first = sql.split_whitespace().next().unwrap_or("");
+        let writes = ["INSERT", "UPDATE", "DELETE", "WITH"]
+            .iter()
+            .any(|w| first.eq_ignore_ascii_case(w));
+        if self.fence.is_none() || self.in_tx.get() || !writes {
+            return f();
+        }
+        self.begin()?;
+        match f() {
+            Ok(v) => {
+                self.end("COMMIT")?;
+                Ok(v)
+            }
+            Err(e) => {
+                let _ = self.end("ROLLBACK");
+                Err(e)
+            }
         }
     }
 
@@ -701,7 +740,7 @@ impl Connection {
         params: P,
         f: impl FnOnce(&Row<'_>) -> Result<T>,
     ) -> Result<T> {
-        self.prepare_cached(sql)?.query_row(params, f)
+        self.fenced(sql, || self.prepare_cached(sql)?.query_row(params, f))
     }
 
     /// A statement prepared for this call.
@@ -720,9 +759,14 @@ impl Connection {
         }))
     }
 
-    /// Begins a transaction (a writer's takes the write lock first); it rolls back unless
-    /// committed.
+    /// Begins a transaction (a writer's takes the write lock first, then makes its fence's
+    /// check); it rolls back unless committed.
     pub fn transaction(&mut self) -> Result<Transaction<'_>> {
+        self.begin()?;
+        Ok(Transaction { conn: self })
+    }
+
+    fn begin(&self) -> Result<()> {
         let begin = match (&self.engine, self.writer) {
             (Engine::Lite(_), true) => "BEGIN IMMEDIATE".to_owned(),
             (Engine::Lite(_), false) => "BEGIN DEFERRED".to_owned(),
@@ -737,7 +781,18 @@ impl Connection {
             return Err(e);
         }
         self.in_tx.set(true);
-        Ok(Transaction { conn: self })
+        Ok(())
+    }
+
+    /// Ends the transaction with `COMMIT` or `ROLLBACK`. A failed `COMMIT` is rolled back, so
+    /// the connection is never left inside a transaction nobody owns.
+    fn end(&self, how: &str) -> Result<()> {
+        let r = self.execute_batch(how);
+        if r.is_err() {
+            let _ = self.execute_batch("ROLLBACK");
+        }
+        self.in_tx.set(false);
+        r
     }
 }
 
@@ -752,11 +807,9 @@ pub struct Transaction<'c> {
 }
 
 impl Transaction<'_> {
-    /// Commits it.
+    /// Commits it (a failed commit is rolled back).
     pub fn commit(self) -> Result<()> {
-        let r = self.conn.execute_batch("COMMIT");
-        self.conn.in_tx.set(false);
-        r
+        self.conn.end("COMMIT")
     }
 }
 

@@ -1,9 +1,11 @@
-//! The leader lease (PostgreSQL only): one row holding which node leads, its epoch and when its
-//! lease ends, by the database server's clock. A node takes the lease only once it has ended
-//! (each taking raises the epoch), renews it while it leads, and gives it back when it stops.
-//! While a node leads, every transaction of its writer connections first checks that the lease
-//! is still its own ([`Store::lead`]), holding the row so that no other node can take it before
-//! that transaction ends: a leader frozen past its lease writes nothing when it wakes up.
+//! The leader lease (PostgreSQL only): which node leads at which epoch (`leader`), and when
+//! its lease ends by the database server's clock (`leader_expiry`, a row of its own so that
+//! renewing never waits for the leader's writers). A node takes the lease only once it has
+//! ended (each taking raises the epoch), renews it while it leads, and gives it back when it
+//! stops. While a node leads, every write of its writer connections first checks that the
+//! lease is still its own ([`Store::lead`]) and holds the `leader` row (`FOR SHARE`) until it
+//! commits; taking the lease locks that row (`FOR UPDATE`), so no node takes over while the old
+//! leader's write is under way, and a leader frozen past its lease writes nothing when it wakes.
 
 use super::db::Connection;
 use super::{Store, StoreError, lock};
@@ -20,14 +22,27 @@ pub struct Holder {
     pub remaining_s: f64,
 }
 
-/// The check each transaction of a leading node's writers begins with (a `DO` block, so that it
+/// Whether `node` is a name the lease takes: letters, digits, `.`, `_`, `-` (it is written
+/// into the fence's SQL).
+pub fn valid_node(node: &str) -> bool {
+    !node.is_empty()
+        && node.len() <= 64
+        && node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+}
+
+/// The check each write of a leading node's writers begins with (a `DO` block, so that it
 /// rides in the same round trip as `BEGIN`).
 fn fence_sql(node: &str, epoch: i64) -> String {
-    let node = node.replace('\'', "''");
+    debug_assert!(valid_node(node));
     format!(
         "DO $fence$ BEGIN
-            PERFORM 1 FROM leader WHERE id = 1 AND node = '{node}' AND epoch = {epoch}
-                AND expires_at > now() FOR SHARE;
+            PERFORM 1 FROM leader WHERE id = 1 AND node = '{node}' AND epoch = {epoch} FOR SHARE;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'not the leader: node {node} epoch {epoch} was succeeded';
+            END IF;
+            PERFORM 1 FROM leader_expiry WHERE id = 1 AND expires_at > clock_timestamp();
             IF NOT FOUND THEN
                 RAISE EXCEPTION 'not the leader: the lease of node {node} epoch {epoch} has ended';
             END IF;
@@ -46,25 +61,53 @@ impl Store {
     }
 
     /// Takes the lease for `node` for `ttl` when nobody holds it or its holder's lease has
-    /// ended; answers the new epoch, or `None` while another node's lease runs.
+    /// ended; answers the new epoch, or `None` while another node's lease runs (or while the
+    /// old leader's write still holds the lease row: the lease connection's `lock_timeout`).
     pub fn try_lead(
         &self,
         node: &str,
         ttl: std::time::Duration,
     ) -> Result<Option<i64>, StoreError> {
-        let conn = self.lease_conn()?;
-        Ok(conn
-            .query_row(
-                "INSERT INTO leader (id, node, epoch, expires_at)
-                 VALUES (1, ?1, 1, now() + make_interval(secs => ?2))
-                 ON CONFLICT (id) DO UPDATE SET node = excluded.node, epoch = leader.epoch + 1,
-                     expires_at = excluded.expires_at
-                 WHERE leader.expires_at <= now()
-                 RETURNING epoch",
-                params![node, ttl.as_secs_f64()],
-                |r| r.get(0),
-            )
-            .optional()?)
+        if !valid_node(node) {
+            return Err(StoreError::Config(format!(
+                "node {node:?} is not a valid name"
+            )));
+        }
+        let mut conn = self.lease_conn()?;
+        conn.execute_batch(
+            "INSERT INTO leader (id, node, epoch) VALUES (1, '', 0) ON CONFLICT DO NOTHING;
+             INSERT INTO leader_expiry (id, expires_at) VALUES (1, '-infinity') ON CONFLICT DO NOTHING",
+        )?;
+        let tx = conn.transaction()?;
+        // The lease row first: waits for the old leader's writes in flight (FOR SHARE).
+        let epoch: i64 = match tx.query_row(
+            "SELECT epoch FROM leader WHERE id = 1 FOR UPDATE",
+            [],
+            |r| r.get(0),
+        ) {
+            Ok(e) => e,
+            Err(e) if e.is_lock_timeout() => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let ended: bool = tx.query_row(
+            "SELECT expires_at <= clock_timestamp() FROM leader_expiry WHERE id = 1 FOR UPDATE",
+            [],
+            |r| r.get(0),
+        )?;
+        if !ended {
+            return Ok(None);
+        }
+        tx.execute(
+            "UPDATE leader SET node = ?1, epoch = ?2 WHERE id = 1",
+            params![node, epoch + 1],
+        )?;
+        tx.execute(
+            "UPDATE leader_expiry SET expires_at = clock_timestamp() + make_interval(secs => ?1)
+             WHERE id = 1",
+            params![ttl.as_secs_f64()],
+        )?;
+        tx.commit()?;
+        Ok(Some(epoch + 1))
     }
 
     /// Extends the lease of `node` at `epoch` to `ttl` from now; `false` when it is no longer
@@ -77,8 +120,9 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let conn = self.lease_conn()?;
         Ok(conn.execute(
-            "UPDATE leader SET expires_at = now() + make_interval(secs => ?3)
-             WHERE id = 1 AND node = ?1 AND epoch = ?2 AND expires_at > now()",
+            "UPDATE leader_expiry SET expires_at = clock_timestamp() + make_interval(secs => ?3)
+             WHERE id = 1 AND expires_at > clock_timestamp()
+               AND EXISTS (SELECT 1 FROM leader WHERE id = 1 AND node = ?1 AND epoch = ?2)",
             params![node, epoch, ttl.as_secs_f64()],
         )? == 1)
     }
@@ -87,7 +131,8 @@ impl Store {
     pub fn resign_lead(&self, node: &str, epoch: i64) -> Result<(), StoreError> {
         let conn = self.lease_conn()?;
         conn.execute(
-            "UPDATE leader SET expires_at = now() WHERE id = 1 AND node = ?1 AND epoch = ?2",
+            "UPDATE leader_expiry SET expires_at = clock_timestamp()
+             WHERE id = 1 AND EXISTS (SELECT 1 FROM leader WHERE id = 1 AND node = ?1 AND epoch = ?2)",
             params![node, epoch],
         )?;
         Ok(())
@@ -98,8 +143,9 @@ impl Store {
         let conn = self.lease_conn()?;
         Ok(conn
             .query_row(
-                "SELECT node, epoch, CAST(EXTRACT(EPOCH FROM expires_at - now()) AS DOUBLE PRECISION)
-                 FROM leader WHERE id = 1",
+                "SELECT node, epoch,
+                        CAST(EXTRACT(EPOCH FROM e.expires_at - clock_timestamp()) AS DOUBLE PRECISION)
+                 FROM leader, leader_expiry e WHERE leader.id = 1 AND e.id = 1 AND epoch > 0",
                 [],
                 |r| {
                     Ok(Holder {
@@ -115,6 +161,9 @@ impl Store {
     /// From now on every transaction of this store's writers checks that `node` still holds
     /// the lease at `epoch`, and fails ("not the leader") when it does not.
     pub fn lead(&self, node: &str, epoch: i64) {
+        if !valid_node(node) {
+            return;
+        }
         let fence = fence_sql(node, epoch);
         for c in [Some(&self.conn), self.sms.as_ref()].into_iter().flatten() {
             lock(c).set_fence(Some(fence.clone()));
@@ -153,6 +202,9 @@ mod tests {
         let e = a
             .set_good_playlists(&[("p".into(), "2".into())])
             .unwrap_err();
+        assert!(e.to_string().contains("not the leader"), "{e}");
+        // A single statement is fenced as a transaction is.
+        let e = a.emergency_probe(chrono::Utc::now()).unwrap_err();
         assert!(e.to_string().contains("not the leader"), "{e}");
         assert_eq!(b.good_playlists().unwrap(), vec![("p".into(), "1".into())]);
         let holder = b.leader().unwrap().unwrap();

@@ -354,12 +354,17 @@ const MIGRATIONS: &[&str] = &[
         reason      TEXT
     );
     CREATE INDEX proposals_pending ON proposals (playlist) WHERE status = 'pending';",
-    // 22: the leader lease (`store::leader`). Used on PostgreSQL only, where several daemons
-    // can share one database; here so that both engines keep one numbering.
+    // 22: the leader lease (`store::leader`): who leads at which epoch, and apart from it
+    // (renewals must not wait for the leader's writers, which hold the first row) when the
+    // lease ends. Used on PostgreSQL only, where several daemons can share one database; here
+    // so that both engines keep one numbering.
     "CREATE TABLE leader (
+        id     INTEGER PRIMARY KEY,
+        node   TEXT NOT NULL,
+        epoch  INTEGER NOT NULL
+    );
+    CREATE TABLE leader_expiry (
         id          INTEGER PRIMARY KEY,
-        node        TEXT NOT NULL,
-        epoch       INTEGER NOT NULL,
         expires_at  TEXT NOT NULL
     );",
 ];
@@ -385,6 +390,9 @@ pub struct Published {
 /// store's time).
 fn settle(conn: &rusqlite::Connection) -> rusqlite::Result<()> {
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Room for every statement of the dispatch loop and its neighbours (the default, 16, is
+    // fewer than the SMS connection cycles through: each eviction is a prepare again).
+    conn.set_prepared_statement_cache_capacity(64);
     conn.set_db_config(
         rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
         true,
@@ -446,9 +454,12 @@ const PG_BASE: usize = 21;
 const PG_MIGRATIONS: &[&str] = &[
     // 22: the leader lease, by the server's clock.
     "CREATE TABLE leader (
+        id     BIGINT PRIMARY KEY CHECK (id = 1),
+        node   TEXT COLLATE \"C\" NOT NULL,
+        epoch  BIGINT NOT NULL
+    );
+    CREATE TABLE leader_expiry (
         id          BIGINT PRIMARY KEY CHECK (id = 1),
-        node        TEXT NOT NULL,
-        epoch       BIGINT NOT NULL,
         expires_at  TIMESTAMPTZ NOT NULL
     )",
 ];
@@ -494,7 +505,7 @@ fn migrate_pg(conn: &Connection) -> Result<(), StoreError> {
 fn pg_target(url: &str, password: Option<&str>) -> Result<db::PgTarget, StoreError> {
     let mut config: tokio_postgres::Config = url
         .parse()
-        .map_err(|e| StoreError::Config(format!("url {url:?} is not a PostgreSQL URL: {e}")))?;
+        .map_err(|e| StoreError::Config(format!("url is not a PostgreSQL URL: {e}")))?;
     if config.get_password().is_some() {
         return Err(StoreError::Config(
             "the url holds a password: put it in password_env or password_file instead".into(),
@@ -760,13 +771,47 @@ impl Store {
     /// it lacks. Three connections, as on SQLite: the main writer, the SMS dispatcher's and a
     /// read-only one for what operators read. No disk reserve: the disk is the server's.
     pub fn connect(url: &str, password: Option<&str>) -> Result<Store, StoreError> {
-        let target = pg_target(url, password)?;
-        let mut conn = Connection::pg(target.clone())?;
+        Store::connect_with_lease(url, password, std::time::Duration::from_secs(10))
+    }
+
+    /// [`Store::connect`] for a node whose leader lease lasts `lease`. Its sessions are bounded
+    /// by it, so that a node frozen or cut off mid-write cannot hold the locks a standby waits
+    /// for: a writer's transaction left idle is ended by the server after half a lease; the
+    /// lease connection waits at most a quarter of a lease for a lock; a connection the network
+    /// dropped is noticed after half a lease (TCP keepalives and user timeout).
+    pub fn connect_with_lease(
+        url: &str,
+        password: Option<&str>,
+        lease: std::time::Duration,
+    ) -> Result<Store, StoreError> {
+        let mut target = pg_target(url, password)?;
+        let half = (lease / 2).max(std::time::Duration::from_millis(500));
+        let quarter = (lease / 4).max(std::time::Duration::from_millis(250));
+        target
+            .config
+            .keepalives(true)
+            .keepalives_idle(half)
+            .tcp_user_timeout(half);
+        let writer_target = db::PgTarget {
+            setup: format!(
+                "SET idle_in_transaction_session_timeout = {}",
+                half.as_millis()
+            ),
+            ..target.clone()
+        };
+        let mut conn = Connection::pg(writer_target.clone())?;
         conn.set_writer();
         migrate_pg(&conn)?;
-        let mut sms = Connection::pg(target.clone())?;
+        let mut sms = Connection::pg(writer_target)?;
         sms.set_writer();
-        let lease = Connection::pg(target.clone())?;
+        let lease = Connection::pg(db::PgTarget {
+            setup: format!(
+                "SET lock_timeout = {}; SET statement_timeout = {}",
+                quarter.as_millis(),
+                half.as_millis()
+            ),
+            ..target.clone()
+        })?;
         let read = Connection::pg(db::PgTarget {
             setup: "SET default_transaction_read_only = on".into(),
             ..target

@@ -2,90 +2,92 @@
 -- PostgreSQL database is created at that version in one step, and every later migration is
 -- written for both engines (`store::PG_MIGRATIONS`). Integers are BIGINT (the store reads and
 -- writes i64), times are fixed-width RFC 3339 text as on SQLite (text order is time order),
--- booleans are 0/1 as on SQLite. `end` is a reserved word here: it is always quoted.
+-- booleans are 0/1 as on SQLite. Text compares byte by byte (COLLATE "C"), as on SQLite, whatever
+-- the database's locale: ids, topics and times sort the same on both engines. `end` is a
+-- reserved word here: it is always quoted.
 
 CREATE TABLE published (
-    topic      TEXT PRIMARY KEY,
+    topic      TEXT COLLATE "C" PRIMARY KEY,
     version    BIGINT NOT NULL,
     payload    BYTEA NOT NULL,
-    body       TEXT,
-    issued_at  TEXT NOT NULL
+    body       TEXT COLLATE "C",
+    issued_at  TEXT COLLATE "C" NOT NULL
 );
 CREATE TABLE good_playlists (
-    path    TEXT PRIMARY KEY,
-    source  TEXT NOT NULL
+    path    TEXT COLLATE "C" PRIMARY KEY,
+    source  TEXT COLLATE "C" NOT NULL
 );
 CREATE TABLE displays (
-    id                    TEXT PRIMARY KEY,
+    id                    TEXT COLLATE "C" PRIMARY KEY,
     online                BIGINT NOT NULL,
-    channel               TEXT NOT NULL,
-    timeline_topic        TEXT,
+    channel               TEXT COLLATE "C" NOT NULL,
+    timeline_topic        TEXT COLLATE "C",
     timeline_version      BIGINT,
-    alert                 TEXT,
-    agent_version         TEXT NOT NULL,
-    started_at            TEXT NOT NULL,
-    since                 TEXT NOT NULL,
-    last_seen             TEXT NOT NULL,
-    last_alert_ack        TEXT,
-    last_alert_ack_at     TEXT,
+    alert                 TEXT COLLATE "C",
+    agent_version         TEXT COLLATE "C" NOT NULL,
+    started_at            TEXT COLLATE "C" NOT NULL,
+    since                 TEXT COLLATE "C" NOT NULL,
+    last_seen             TEXT COLLATE "C" NOT NULL,
+    last_alert_ack        TEXT COLLATE "C",
+    last_alert_ack_at     TEXT COLLATE "C",
     last_alert_latency_ms BIGINT,
     known                 BIGINT NOT NULL DEFAULT 1,
     clock_skew_ms         BIGINT,
-    status_issued_at      TEXT,
-    status_started_at     TEXT,
+    status_issued_at      TEXT COLLATE "C",
+    status_started_at     TEXT COLLATE "C",
     status_connection     BIGINT NOT NULL DEFAULT 0,
     will_taken            BIGINT NOT NULL DEFAULT 0,
-    instance              TEXT,
-    broker                TEXT,
-    conflict_at           TEXT
+    instance              TEXT COLLATE "C",
+    broker                TEXT COLLATE "C",
+    conflict_at           TEXT COLLATE "C"
 );
 CREATE TABLE events (
-    id           TEXT NOT NULL,
-    display      TEXT NOT NULL,
-    kind         TEXT NOT NULL,
-    at           TEXT NOT NULL,
-    body         TEXT NOT NULL,
-    received_at  TEXT NOT NULL,
+    id           TEXT COLLATE "C" NOT NULL,
+    display      TEXT COLLATE "C" NOT NULL,
+    kind         TEXT COLLATE "C" NOT NULL,
+    at           TEXT COLLATE "C" NOT NULL,
+    body         TEXT COLLATE "C" NOT NULL,
+    received_at  TEXT COLLATE "C" NOT NULL,
     PRIMARY KEY (display, id)
 );
 CREATE INDEX events_by_received ON events (received_at);
 CREATE INDEX events_alert_acks ON events (kind, display);
 CREATE TABLE plays (
-    event_id  TEXT NOT NULL,
-    display   TEXT NOT NULL,
-    item      TEXT NOT NULL,
-    playlist  TEXT NOT NULL,
-    lang      TEXT NOT NULL,
-    start     TEXT NOT NULL,
-    "end"     TEXT NOT NULL,
+    event_id  TEXT COLLATE "C" NOT NULL,
+    display   TEXT COLLATE "C" NOT NULL,
+    item      TEXT COLLATE "C" NOT NULL,
+    playlist  TEXT COLLATE "C" NOT NULL,
+    lang      TEXT COLLATE "C" NOT NULL,
+    start     TEXT COLLATE "C" NOT NULL,
+    "end"     TEXT COLLATE "C" NOT NULL,
     PRIMARY KEY (display, event_id)
 );
 CREATE INDEX plays_by_display_start ON plays (display, start);
 CREATE INDEX plays_by_start ON plays (start);
 CREATE TABLE alerts (
-    id          TEXT PRIMARY KEY,
-    scope       TEXT NOT NULL,
-    severity    TEXT NOT NULL,
-    text        TEXT NOT NULL,
-    issued_at   TEXT NOT NULL,
-    expires_at  TEXT NOT NULL,
-    raised_by   TEXT NOT NULL,
-    cleared_at  TEXT,
-    cleared_by  TEXT,
-    status      TEXT NOT NULL DEFAULT 'live',
-    approved_by TEXT,
-    approved_at TEXT,
-    starts_at   TEXT
+    id          TEXT COLLATE "C" PRIMARY KEY,
+    scope       TEXT COLLATE "C" NOT NULL,
+    severity    TEXT COLLATE "C" NOT NULL,
+    text        TEXT COLLATE "C" NOT NULL,
+    issued_at   TEXT COLLATE "C" NOT NULL,
+    expires_at  TEXT COLLATE "C" NOT NULL,
+    raised_by   TEXT COLLATE "C" NOT NULL,
+    cleared_at  TEXT COLLATE "C",
+    cleared_by  TEXT COLLATE "C",
+    status      TEXT COLLATE "C" NOT NULL DEFAULT 'live',
+    approved_by TEXT COLLATE "C",
+    approved_at TEXT COLLATE "C",
+    starts_at   TEXT COLLATE "C"
 );
 CREATE TABLE audit (
     seq        BIGINT PRIMARY KEY,
-    at         TEXT NOT NULL,
-    actor      TEXT NOT NULL,
-    action     TEXT NOT NULL,
-    target     TEXT NOT NULL,
-    detail     TEXT NOT NULL,
-    prev_hash  TEXT NOT NULL,
-    hash       TEXT NOT NULL
+    at         TEXT COLLATE "C" NOT NULL,
+    actor      TEXT COLLATE "C" NOT NULL,
+    action     TEXT COLLATE "C" NOT NULL,
+    target     TEXT COLLATE "C" NOT NULL,
+    detail     TEXT COLLATE "C" NOT NULL,
+    prev_hash  TEXT COLLATE "C" NOT NULL,
+    hash       TEXT COLLATE "C" NOT NULL
 );
 CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
@@ -98,37 +100,37 @@ CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
     FOR EACH STATEMENT EXECUTE FUNCTION audit_append_only();
 CREATE TABLE campaigns (
     id            BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-    name          TEXT NOT NULL,
-    status        TEXT NOT NULL,
-    spec          TEXT NOT NULL,
-    start_at      TEXT,
-    created_by    TEXT NOT NULL,
-    created_at    TEXT NOT NULL,
-    started_at    TEXT,
-    finished_at   TEXT,
-    alert         TEXT,
-    approved_by   TEXT,
-    approved_at   TEXT,
-    paused_reason TEXT
+    name          TEXT COLLATE "C" NOT NULL,
+    status        TEXT COLLATE "C" NOT NULL,
+    spec          TEXT COLLATE "C" NOT NULL,
+    start_at      TEXT COLLATE "C",
+    created_by    TEXT COLLATE "C" NOT NULL,
+    created_at    TEXT COLLATE "C" NOT NULL,
+    started_at    TEXT COLLATE "C",
+    finished_at   TEXT COLLATE "C",
+    alert         TEXT COLLATE "C",
+    approved_by   TEXT COLLATE "C",
+    approved_at   TEXT COLLATE "C",
+    paused_reason TEXT COLLATE "C"
 );
 CREATE INDEX campaigns_by_alert ON campaigns (alert);
 CREATE TABLE messages (
     id            BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
     campaign      BIGINT NOT NULL REFERENCES campaigns (id),
     row           BIGINT NOT NULL,
-    recipient     TEXT NOT NULL,
-    text          TEXT NOT NULL,
+    recipient     TEXT COLLATE "C" NOT NULL,
+    text          TEXT COLLATE "C" NOT NULL,
     parts         BIGINT NOT NULL,
-    state         TEXT NOT NULL,
-    gateway       TEXT,
+    state         TEXT COLLATE "C" NOT NULL,
+    gateway       TEXT COLLATE "C",
     attempts      BIGINT NOT NULL DEFAULT 0,
-    not_before    TEXT,
-    carrier_id    TEXT,
-    reason        TEXT,
-    submitted_at  TEXT,
-    updated_at    TEXT NOT NULL,
-    params        TEXT,
-    checked_at    TEXT,
+    not_before    TEXT COLLATE "C",
+    carrier_id    TEXT COLLATE "C",
+    reason        TEXT COLLATE "C",
+    submitted_at  TEXT COLLATE "C",
+    updated_at    TEXT COLLATE "C" NOT NULL,
+    params        TEXT COLLATE "C",
+    checked_at    TEXT COLLATE "C",
     UNIQUE (campaign, recipient)
 );
 CREATE INDEX messages_by_recipient ON messages (recipient);
@@ -139,7 +141,7 @@ CREATE INDEX messages_unknown ON messages (id) WHERE state = 'unknown';
 CREATE INDEX messages_by_carrier_id ON messages (carrier_id) WHERE carrier_id IS NOT NULL;
 CREATE TABLE message_counts (
     campaign  BIGINT NOT NULL,
-    state     TEXT NOT NULL,
+    state     TEXT COLLATE "C" NOT NULL,
     n         BIGINT NOT NULL,
     parts     BIGINT NOT NULL,
     PRIMARY KEY (campaign, state)
@@ -147,66 +149,66 @@ CREATE TABLE message_counts (
 CREATE TABLE dlrs (
     id           BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
     message      BIGINT NOT NULL,
-    gateway      TEXT NOT NULL,
-    code         TEXT NOT NULL,
-    raw          TEXT NOT NULL,
-    received_at  TEXT NOT NULL
+    gateway      TEXT COLLATE "C" NOT NULL,
+    code         TEXT COLLATE "C" NOT NULL,
+    raw          TEXT COLLATE "C" NOT NULL,
+    received_at  TEXT COLLATE "C" NOT NULL
 );
 CREATE INDEX dlrs_by_message ON dlrs (message);
 CREATE TABLE optouts (
-    number    TEXT PRIMARY KEY,
-    reason    TEXT NOT NULL,
-    added_by  TEXT NOT NULL,
-    added_at  TEXT NOT NULL
+    number    TEXT COLLATE "C" PRIMARY KEY,
+    reason    TEXT COLLATE "C" NOT NULL,
+    added_by  TEXT COLLATE "C" NOT NULL,
+    added_at  TEXT COLLATE "C" NOT NULL
 );
 CREATE TABLE campaign_rejects (
     campaign  BIGINT NOT NULL,
     row       BIGINT NOT NULL,
-    value     TEXT NOT NULL,
-    reason    TEXT NOT NULL,
-    cells     TEXT NOT NULL,
+    value     TEXT COLLATE "C" NOT NULL,
+    reason    TEXT COLLATE "C" NOT NULL,
+    cells     TEXT COLLATE "C" NOT NULL,
     PRIMARY KEY (campaign, row)
 );
-CREATE TABLE readiness (id BIGINT PRIMARY KEY, at TEXT NOT NULL);
+CREATE TABLE readiness (id BIGINT PRIMARY KEY, at TEXT COLLATE "C" NOT NULL);
 CREATE TABLE registry (
-    id             TEXT PRIMARY KEY,
-    channel        TEXT NOT NULL,
-    report_key     TEXT NOT NULL,
-    password_hash  TEXT NOT NULL,
-    added_at       TEXT NOT NULL,
-    added_by       TEXT NOT NULL
+    id             TEXT COLLATE "C" PRIMARY KEY,
+    channel        TEXT COLLATE "C" NOT NULL,
+    report_key     TEXT COLLATE "C" NOT NULL,
+    password_hash  TEXT COLLATE "C" NOT NULL,
+    added_at       TEXT COLLATE "C" NOT NULL,
+    added_by       TEXT COLLATE "C" NOT NULL
 );
 CREATE TABLE orphan_reports (
     id           BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-    gateway      TEXT NOT NULL,
-    carrier_id   TEXT,
-    code         TEXT NOT NULL,
-    raw          TEXT NOT NULL,
-    received_at  TEXT NOT NULL,
-    report       TEXT
+    gateway      TEXT COLLATE "C" NOT NULL,
+    carrier_id   TEXT COLLATE "C",
+    code         TEXT COLLATE "C" NOT NULL,
+    raw          TEXT COLLATE "C" NOT NULL,
+    received_at  TEXT COLLATE "C" NOT NULL,
+    report       TEXT COLLATE "C"
 );
 CREATE INDEX orphan_reports_by_carrier_id ON orphan_reports (carrier_id);
 CREATE TABLE replies (
     id           BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-    gateway      TEXT NOT NULL,
-    number       TEXT NOT NULL,
-    text         TEXT NOT NULL,
+    gateway      TEXT COLLATE "C" NOT NULL,
+    number       TEXT COLLATE "C" NOT NULL,
+    text         TEXT COLLATE "C" NOT NULL,
     optout       BIGINT NOT NULL,
-    raw          TEXT NOT NULL,
-    received_at  TEXT NOT NULL
+    raw          TEXT COLLATE "C" NOT NULL,
+    received_at  TEXT COLLATE "C" NOT NULL
 );
 CREATE INDEX replies_by_number ON replies (number, gateway);
 CREATE TABLE proposals (
     id          BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
-    playlist    TEXT NOT NULL,
-    body        TEXT,
-    before      TEXT,
-    impact      TEXT NOT NULL,
-    author      TEXT NOT NULL,
-    created_at  TEXT NOT NULL,
-    status      TEXT NOT NULL,
-    decided_by  TEXT,
-    decided_at  TEXT,
-    reason      TEXT
+    playlist    TEXT COLLATE "C" NOT NULL,
+    body        TEXT COLLATE "C",
+    before      TEXT COLLATE "C",
+    impact      TEXT COLLATE "C" NOT NULL,
+    author      TEXT COLLATE "C" NOT NULL,
+    created_at  TEXT COLLATE "C" NOT NULL,
+    status      TEXT COLLATE "C" NOT NULL,
+    decided_by  TEXT COLLATE "C",
+    decided_at  TEXT COLLATE "C",
+    reason      TEXT COLLATE "C"
 );
 CREATE INDEX proposals_pending ON proposals (playlist) WHERE status = 'pending';
