@@ -166,6 +166,10 @@ enum Scenario {
         /// Runs, each with a fresh daemon and store (the median is the figure).
         #[arg(long, default_value_t = 3)]
         runs: usize,
+        /// Keep the daemon's state in PostgreSQL at this URL (a fresh schema per run; the
+        /// password from MARQUEE_BENCH_PG_PASSWORD), instead of SQLite.
+        #[arg(long)]
+        postgres: Option<String>,
     },
     /// The dispatcher's store work alone (claim and answer of every message, no HTTP) at
     /// several claim sizes.
@@ -264,7 +268,8 @@ fn main() -> anyhow::Result<()> {
                 in_flight,
                 baseline,
                 runs,
-            } => sms::fake(messages, in_flight, baseline, runs).await,
+                postgres,
+            } => sms::fake(messages, in_flight, baseline, runs, postgres.as_deref()).await,
             Scenario::SmsStore { messages, batch } => sms::store(messages, &batch),
             Scenario::SmsBatch {
                 messages,

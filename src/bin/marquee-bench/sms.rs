@@ -270,9 +270,15 @@ pub async fn fake(
     in_flight: usize,
     baseline_n: usize,
     runs: usize,
+    postgres: Option<&str>,
 ) -> anyhow::Result<()> {
     println!(
-        "# sms-fake: {n} recipients, in-flight {in_flight}, gateway = separate process answering 202 at once, {runs} runs, {}",
+        "# sms-fake: {n} recipients, in-flight {in_flight}, gateway = separate process answering 202 at once, {runs} runs, store {}, {}",
+        if postgres.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
         machine()
     );
     let (gw, base) = super::counting_gateway("gateway").await?;
@@ -282,7 +288,13 @@ pub async fn fake(
     for run in 1..=runs.max(1) {
         println!("## run {run}");
         let scratch = Scratch::new()?;
-        let d = start_daemon(&scratch.0, &gateway_section(&url, in_flight, 31))?;
+        let mut section = gateway_section(&url, in_flight, 31);
+        if let Some(pg) = postgres {
+            section.push_str(
+                &postgres_section(pg, &format!("bench_{}_{run}", std::process::id())).await?,
+            );
+        }
+        let d = start_daemon(&scratch.0, &section)?;
         let dlr = baseline_dlr(&d);
         let cpu0 = cpu_secs("self");
         let base = baseline(&url, baseline_n, in_flight, &dlr, 31, Some(TEXT)).await?;
@@ -336,6 +348,32 @@ pub async fn fake(
     median_line(rates, ratios);
     drop(gw);
     Ok(())
+}
+
+/// A `[store]` section keeping the daemon's state in a fresh `schema` at `url` (created here;
+/// the password from `MARQUEE_BENCH_PG_PASSWORD`).
+async fn postgres_section(url: &str, schema: &str) -> anyhow::Result<String> {
+    const PASSWORD: &str = "MARQUEE_BENCH_PG_PASSWORD";
+    let mut cfg: tokio_postgres::Config = url.parse()?;
+    if let Ok(p) = std::env::var(PASSWORD) {
+        cfg.password(p);
+    }
+    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+    tokio::spawn(conn);
+    client
+        .batch_execute(&format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
+        ))
+        .await?;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let password = if std::env::var_os(PASSWORD).is_some() {
+        format!("password_env = \"{PASSWORD}\"\n")
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        "\n[store]\nurl = \"{url}{sep}options=-csearch_path%3D{schema}\"\n{password}"
+    ))
 }
 
 /// The closing line: median rate and ratio over the runs, and each run's ratio.
