@@ -337,7 +337,12 @@ dlr_secret_env = "TEST_DLR_SECRET"
         count(c, "delivered") == texts.len() as i64 && c["status"] == "done"
     })
     .await;
-    let got = k.received();
+    // fakesmsc writes its log on its own schedule: the last lines may land after the reports.
+    let got = crate::harness::eventually("fakesmsc to log every message", || {
+        let got = k.received();
+        (got.len() >= texts.len()).then_some(got)
+    })
+    .await;
     for (i, t) in texts.iter().enumerate() {
         let to = number(i);
         let mine: Vec<_> = got

@@ -37,6 +37,27 @@ fn due(
         .collect()
 }
 
+/// Moves the messages `ids` (emptied) to `submitting` for `gateway` in one statement
+/// (PostgreSQL: one round trip for a claim's round).
+fn take_all(
+    tx: &Transaction<'_>,
+    ids: &mut Vec<i64>,
+    gateway: &str,
+    now_s: &str,
+) -> crate::store::db::Result<()> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = ids.drain(..).map(|id| id.to_string()).collect();
+    tx.prepare_cached(
+        "UPDATE messages SET state = 'submitting', gateway = ?2, attempts = attempts + 1,
+             submitted_at = ?3, updated_at = ?3, not_before = NULL
+         WHERE id = ANY (CAST(string_to_array(?1, ',') AS BIGINT[]))",
+    )?
+    .execute(params![list.join(","), gateway, now_s])?;
+    Ok(())
+}
+
 /// When `m`'s number has had `cap` messages in the last day: the moment it may have another
 /// (a day after the oldest of them).
 fn capped(
@@ -128,6 +149,10 @@ impl Store {
                  updated_at = ?2
              WHERE id = ?1",
         )?;
+        // PostgreSQL: the messages taken are moved in one statement per round (one round trip
+        // to the server for the batch instead of one per message).
+        let batch_take = tx.is_pg();
+        let mut taken: Vec<i64> = Vec::new();
         while claimed.len() < max {
             let want = (max - claimed.len()) as i64;
             let candidates = due(&mut select, campaign, &now_s, want)?;
@@ -151,10 +176,15 @@ impl Store {
                     ])?;
                     continue;
                 }
-                take.execute(params![m.id, gateway, now_s])?;
+                if batch_take {
+                    taken.push(m.id);
+                } else {
+                    take.execute(params![m.id, gateway, now_s])?;
+                }
                 tally.moved(campaign, m.parts as i64, State::Queued, State::Submitting);
                 claimed.push(m);
             }
+            take_all(&tx, &mut taken, gateway, &now_s)?;
         }
         drop((select, sent_today, hold, take, cancel));
         tally.write(&tx)?;
