@@ -280,10 +280,12 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, String)> {
             url,
             password,
             lease,
+            tls_ca,
             ..
         } => {
-            let store = Store::connect_with_lease(url, password.as_deref(), *lease)
-                .with_context(|| format!("cannot open the PostgreSQL store {url}"))?;
+            let store =
+                Store::connect_with_lease(url, password.as_deref(), *lease, tls_ca.as_deref())
+                    .with_context(|| format!("cannot open the PostgreSQL store {url}"))?;
             (Arc::new(store), url.clone())
         }
     };

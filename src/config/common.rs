@@ -150,7 +150,7 @@ pub struct TlsFiles {
 }
 
 /// Where the system's trusted CA certificates are (Debian's ca-certificates).
-const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
+pub(crate) const SYSTEM_CA: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 impl RawTls {
     /// Reads the files for a `mqtts://` connection (`tls` true) or checks none is set.

@@ -253,6 +253,7 @@ mod tests {
                 password: None,
                 node: crate::host_name(),
                 lease: std::time::Duration::from_secs(10),
+                tls_ca: None,
             }
         );
         let bad = |toml: &str, says: &str| {
@@ -265,7 +266,19 @@ mod tests {
         );
         bad(
             "[store]\nurl = \"postgres://marquee@db.example.org/marquee\"\n",
-            "host db.example.org is not on loopback",
+            "db.example.org is not on loopback: add ?sslmode=require",
+        );
+        bad(
+            "[store]\nurl = \"postgres://marquee@localhost/m?hostaddr=203.0.113.5\"\n",
+            "203.0.113.5 is not on loopback",
+        );
+        bad(
+            "[store]\nurl = \"postgres://marquee@db.example.org/m?sslmode=require\"\nca_file = \"/nonexistent/ca.pem\"\n",
+            "store.ca_file: cannot read /nonexistent/ca.pem",
+        );
+        bad(
+            "[store]\nurl = \"postgres://marquee@127.0.0.1/m\"\nca_file = \"/etc/hosts\"\n",
+            "store.ca_file: only used with sslmode=require",
         );
         bad(
             "[store]\nurl = \"mysql://x@127.0.0.1/m\"\n",
@@ -285,7 +298,7 @@ mod tests {
         );
         bad(
             "[store]\nnode = \"a\"\n",
-            "node and lease are for daemons sharing",
+            "node, lease and ca_file are for a PostgreSQL store",
         );
     }
 

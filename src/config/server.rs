@@ -162,6 +162,7 @@ pub(super) struct RawStore {
     pub(super) password_file: Option<PathBuf>,
     pub(super) node: Option<String>,
     pub(super) lease: Option<String>,
+    pub(super) ca_file: Option<PathBuf>,
 }
 
 /// The daemon's database.
@@ -183,6 +184,9 @@ pub enum StoreConfig {
         /// How long a leader's lease lasts without renewal (`lease`, default 10s): a standby
         /// takes over at most about this long after the leader died.
         lease: std::time::Duration,
+        /// TLS (the URL's `sslmode=require`): the CA certificates (PEM) the server's
+        /// certificate must chain to (`ca_file`; default: the system's). `None`: no TLS.
+        tls_ca: Option<Vec<u8>>,
     },
 }
 
@@ -195,66 +199,54 @@ impl std::fmt::Debug for StoreConfig {
                 password,
                 node,
                 lease,
+                tls_ca,
             } => f
                 .debug_struct("Postgres")
                 .field("url", url)
                 .field("password", &password.as_ref().map(|_| "<redacted>"))
                 .field("node", node)
                 .field("lease", lease)
+                .field("tls", &tls_ca.is_some())
                 .finish(),
         }
     }
 }
 
-/// Checks `[store]`. The URL must parse, must not hold a password (it belongs out of the
-/// config file), and must reach the server over loopback or a Unix socket: the connection is
-/// not encrypted, so a server elsewhere is reached through a tunnel.
+/// Checks `[store]`. The URL must parse and must not hold a password (it belongs out of the
+/// config file). A server off loopback is reached over TLS only (`sslmode=require` in the URL:
+/// the server's certificate is verified against `ca_file` or the system's CAs, and its name
+/// against the URL's host); without it, the connection would cross the network in clear.
 pub(super) fn store(raw: RawStore, problems: &mut Vec<String>) -> StoreConfig {
     let Some(url) = raw.url else {
         if raw.password_env.is_some() || raw.password_file.is_some() {
             problems.push("store: password_env/password_file without store.url".into());
         }
-        if raw.node.is_some() || raw.lease.is_some() {
+        if raw.node.is_some() || raw.lease.is_some() || raw.ca_file.is_some() {
             problems.push(
-                "store: node and lease are for daemons sharing a PostgreSQL store (store.url)"
-                    .into(),
+                "store: node, lease and ca_file are for a PostgreSQL store (store.url)".into(),
             );
         }
         return StoreConfig::Sqlite;
     };
-    match url.parse::<tokio_postgres::Config>() {
-        // Not echoed: a URL that does not parse may still hold a password.
-        Err(e) => problems.push(format!(
-            "store.url: is not a PostgreSQL URL (postgres://user@127.0.0.1:5432/marquee): {e}"
-        )),
-        Ok(c) => {
-            if c.get_password().is_some() {
-                problems.push(
-                    "store.url: holds a password; put it in store.password_env or store.password_file"
-                        .into(),
-                );
-            }
-            if c.get_user().is_none() {
-                problems.push("store.url: names no user (postgres://marquee@…)".into());
-            }
-            for a in c.get_hostaddrs() {
-                if !a.is_loopback() {
-                    problems.push(format!(
-                        "store.url: hostaddr {a} is not on loopback; the connection to PostgreSQL is not encrypted, so reach a remote server through a tunnel (ssh -L, stunnel) on 127.0.0.1"
-                    ));
-                }
-            }
-            for h in c.get_hosts() {
-                if let tokio_postgres::config::Host::Tcp(host) = h {
-                    if !super::common::is_loopback_host(host) {
-                        problems.push(format!(
-                            "store.url: host {host} is not on loopback; the connection to PostgreSQL is not encrypted, so reach a remote server through a tunnel (ssh -L, stunnel) on 127.0.0.1"
-                        ));
-                    }
-                }
+    let tls = check_url(&url, raw.ca_file.is_some(), problems);
+    let tls_ca = if tls {
+        let path = raw
+            .ca_file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(super::common::SYSTEM_CA));
+        match std::fs::read(&path) {
+            Ok(pem) => Some(pem),
+            Err(e) => {
+                problems.push(format!(
+                    "store.ca_file: cannot read {}: {e}",
+                    path.display()
+                ));
+                None
             }
         }
-    }
+    } else {
+        None
+    };
     let password = match (&raw.password_env, &raw.password_file) {
         (None, None) => None,
         (env, file) => super::common::secret(problems, "store.password", env, file),
@@ -281,5 +273,52 @@ pub(super) fn store(raw: RawStore, problems: &mut Vec<String>) -> StoreConfig {
         password,
         node,
         lease,
+        tls_ca,
     }
+}
+
+/// Checks `[store] url` (see [`store`]); answers whether it asks for TLS (`sslmode=require`).
+fn check_url(url: &str, ca_file: bool, problems: &mut Vec<String>) -> bool {
+    let mut tls = false;
+    match url.parse::<tokio_postgres::Config>() {
+        // Not echoed: a URL that does not parse may still hold a password.
+        Err(e) => problems.push(format!(
+            "store.url: is not a PostgreSQL URL (postgres://user@127.0.0.1:5432/marquee): {e}"
+        )),
+        Ok(c) => {
+            if c.get_password().is_some() {
+                problems.push(
+                    "store.url: holds a password; put it in store.password_env or store.password_file"
+                        .into(),
+                );
+            }
+            if c.get_user().is_none() {
+                problems.push("store.url: names no user (postgres://marquee@…)".into());
+            }
+            tls = c.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+            let mut remote: Vec<String> = c
+                .get_hostaddrs()
+                .iter()
+                .filter(|a| !a.is_loopback())
+                .map(|a| a.to_string())
+                .collect();
+            for h in c.get_hosts() {
+                if let tokio_postgres::config::Host::Tcp(host) = h
+                    && !super::common::is_loopback_host(host)
+                {
+                    remote.push(host.clone());
+                }
+            }
+            if !tls && !remote.is_empty() {
+                problems.push(format!(
+                    "store.url: {} is not on loopback: add ?sslmode=require (TLS, the server's certificate checked against store.ca_file or the system's CAs), or reach the server through a tunnel on 127.0.0.1",
+                    remote.join(", ")
+                ));
+            }
+            if !tls && ca_file {
+                problems.push("store.ca_file: only used with sslmode=require in store.url".into());
+            }
+        }
+    }
+    tls
 }

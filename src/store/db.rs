@@ -519,18 +519,61 @@ pub struct PgTarget {
     pub config: tokio_postgres::Config,
     /// Statements run on every new connection (the role's settings).
     pub setup: String,
+    /// TLS: the client's rustls settings (the server's certificate is verified against their
+    /// roots and its name against the URL's host); `None`: no TLS.
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Logs the end of a connection's task.
+async fn run_connection<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(
+    connection: F,
+) {
+    if let Err(e) = connection.await {
+        tracing::warn!(error = %e, "the connection to PostgreSQL ended");
+    }
+}
+
+/// rustls settings that trust the CA certificates in `pem` (TLS 1.2 and 1.3, ring).
+pub fn tls_config(pem: &[u8]) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let cert = cert.map_err(|e| format!("not PEM certificates: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("a CA certificate is unusable: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no CA certificate in it".into());
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 impl PgTarget {
     fn connect(&self) -> Result<Arc<tokio_postgres::Client>> {
         let target = self.clone();
         pg_run(async move {
-            let (client, connection) = target.config.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(async move {
-                if let Err(e) = connection.await {
-                    tracing::warn!(error = %e, "the connection to PostgreSQL ended");
+            let client = match &target.tls {
+                Some(tls) => {
+                    let make = tokio_postgres_rustls::MakeRustlsConnect::new((**tls).clone());
+                    let (client, connection) = target.config.connect(make).await?;
+                    tokio::spawn(run_connection(connection));
+                    client
                 }
-            });
+                None => {
+                    let (client, connection) = target.config.connect(tokio_postgres::NoTls).await?;
+                    tokio::spawn(run_connection(connection));
+                    client
+                }
+            };
             if !target.setup.is_empty() {
                 client.batch_execute(&target.setup).await?;
             }

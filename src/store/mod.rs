@@ -523,12 +523,21 @@ fn pg_target(url: &str, password: Option<&str>) -> Result<db::PgTarget, StoreErr
     Ok(db::PgTarget {
         config,
         setup: String::new(),
+        tls: None,
     })
+}
+
+/// The test cluster's CA (`MARQUEE_TEST_POSTGRES_CA`): its connections are TLS only.
+#[cfg(test)]
+fn test_ca() -> Option<Vec<u8>> {
+    std::env::var("MARQUEE_TEST_POSTGRES_CA")
+        .ok()
+        .map(|p| std::fs::read(p).expect("the test cluster's CA"))
 }
 
 /// A fresh schema on the test server at `url` (unit tests on PostgreSQL): the URL to use it.
 #[cfg(test)]
-fn test_schema(url: &str, password: Option<&str>) -> Result<String, StoreError> {
+fn test_schema(url: &str, password: Option<&str>, ca: Option<&[u8]>) -> Result<String, StoreError> {
     use std::sync::atomic::AtomicU64;
     static N: AtomicU64 = AtomicU64::new(0);
     let name = format!(
@@ -536,7 +545,9 @@ fn test_schema(url: &str, password: Option<&str>) -> Result<String, StoreError> 
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     );
-    let conn = Connection::pg(pg_target(url, password)?)?;
+    let mut target = pg_target(url, password)?;
+    target.tls = ca.map(|pem| db::tls_config(pem).expect("the test cluster's CA"));
+    let conn = Connection::pg(target)?;
     conn.execute_batch(&format!(
         "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
     ))?;
@@ -771,7 +782,7 @@ impl Store {
     /// it lacks. Three connections, as on SQLite: the main writer, the SMS dispatcher's and a
     /// read-only one for what operators read. No disk reserve: the disk is the server's.
     pub fn connect(url: &str, password: Option<&str>) -> Result<Store, StoreError> {
-        Store::connect_with_lease(url, password, std::time::Duration::from_secs(10))
+        Store::connect_with_lease(url, password, std::time::Duration::from_secs(10), None)
     }
 
     /// [`Store::connect`] for a node whose leader lease lasts `lease`. Its sessions are bounded
@@ -783,8 +794,13 @@ impl Store {
         url: &str,
         password: Option<&str>,
         lease: std::time::Duration,
+        tls_ca: Option<&[u8]>,
     ) -> Result<Store, StoreError> {
         let mut target = pg_target(url, password)?;
+        if let Some(pem) = tls_ca {
+            target.tls =
+                Some(db::tls_config(pem).map_err(|e| StoreError::Config(format!("ca_file: {e}")))?);
+        }
         let half = (lease / 2).max(std::time::Duration::from_millis(500));
         let quarter = (lease / 4).max(std::time::Duration::from_millis(250));
         target
@@ -831,7 +847,12 @@ impl Store {
     #[cfg(test)]
     pub fn same_database(&self) -> Result<Store, StoreError> {
         let (url, password) = self.pg.clone().expect("a PostgreSQL store");
-        Store::connect(&url, password.as_deref())
+        Store::connect_with_lease(
+            &url,
+            password.as_deref(),
+            std::time::Duration::from_secs(10),
+            test_ca().as_deref(),
+        )
     }
 
     /// Whether this store is on PostgreSQL.
@@ -859,9 +880,13 @@ impl Store {
         #[cfg(test)]
         if let Ok(url) = std::env::var("MARQUEE_TEST_POSTGRES") {
             let password = std::env::var("MARQUEE_TEST_POSTGRES_PASSWORD").ok();
-            return Store::connect(
-                &test_schema(&url, password.as_deref())?,
+            let ca = test_ca();
+            let url = test_schema(&url, password.as_deref(), ca.as_deref())?;
+            return Store::connect_with_lease(
+                &url,
                 password.as_deref(),
+                std::time::Duration::from_secs(10),
+                ca.as_deref(),
             );
         }
         Store::init(rusqlite::Connection::open_in_memory()?)

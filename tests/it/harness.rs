@@ -70,6 +70,11 @@ fn postgres_store(dir: &Path) -> String {
     if let Ok(p) = std::env::var("MARQUEE_TEST_POSTGRES_PASSWORD") {
         cfg.password(p);
     }
+    // The test cluster takes TCP connections over TLS only.
+    let ca = std::env::var("MARQUEE_TEST_POSTGRES_CA").ok();
+    let tls = ca.as_ref().map(|p| {
+        marquee::store::db::tls_config(&std::fs::read(p).unwrap()).expect("the test cluster's CA")
+    });
     // On a runtime of its own: this is called from sync code inside the tests' runtimes.
     let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
     std::thread::spawn(move || {
@@ -78,16 +83,29 @@ fn postgres_store(dir: &Path) -> String {
             .build()
             .unwrap();
         rt.block_on(async {
-            let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
+            let client = match tls {
+                Some(tls) => {
+                    let make = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
+                    let (client, conn) = cfg.connect(make).await?;
+                    tokio::spawn(conn);
+                    client
+                }
+                None => {
+                    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+                    tokio::spawn(conn);
+                    client
+                }
+            };
             client.batch_execute(&create).await
         })
         .expect("the test PostgreSQL server")
     })
     .join()
     .unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let ca_file = ca.map_or(String::new(), |p| format!("ca_file = {p:?}\n"));
     format!(
-        "\n[store]\nurl = \"{url}?options=-csearch_path%3D{schema}\"\npassword_env = \"MARQUEE_TEST_POSTGRES_PASSWORD\"\n"
+        "\n[store]\nurl = \"{url}{sep}options=-csearch_path%3D{schema}\"\npassword_env = \"MARQUEE_TEST_POSTGRES_PASSWORD\"\n{ca_file}"
     )
 }
 
