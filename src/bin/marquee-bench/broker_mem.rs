@@ -58,9 +58,14 @@ async fn one(agents: usize, embedded: bool) -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     let dir = &scratch.0;
     setup_site(dir)?;
-    let (mq, port, section) = broker_for(dir, embedded)?;
+    let broker = if embedded {
+        super::Broker::Embedded
+    } else {
+        super::Broker::Mosquitto
+    };
+    let (mq, port, section) = broker_for(dir, broker)?;
     let d = daemon(dir, &section)?;
-    let pid = match &mq {
+    let pid = match mq.first() {
         Some(m) => m.0.id(),
         None => d.proc.0.id(),
     };

@@ -73,6 +73,10 @@ enum Scenario {
         /// Run the simulated agents in this many processes of their own (0: in the bench's).
         #[arg(long, default_value_t = 0)]
         fleet_procs: usize,
+        /// The daemon on a core Mosquitto, the agents on a site Mosquitto bridged to it (the
+        /// per-site topology of docs/brokers.md); the baseline is published at the core too.
+        #[arg(long, conflicts_with = "embedded")]
+        bridged: bool,
     },
     /// `POST /api/v1/alerts` → every simulated agent holds the verified alert.
     Emergency {
@@ -246,7 +250,15 @@ fn main() -> anyhow::Result<()> {
                 embedded,
                 no_verify,
                 fleet_procs,
-            } => fanout(agents, runs, embedded, Check::of(no_verify), fleet_procs).await,
+                bridged,
+            } => {
+                let broker = match (embedded, bridged) {
+                    (true, _) => Broker::Embedded,
+                    (false, true) => Broker::Bridged,
+                    (false, false) => Broker::Mosquitto,
+                };
+                fanout(agents, runs, broker, Check::of(no_verify), fleet_procs).await
+            }
             Scenario::Emergency {
                 agents,
                 runs,
@@ -383,12 +395,17 @@ fn cpu_secs(pid: &str) -> f64 {
 }
 
 fn mosquitto(dir: &Path) -> anyhow::Result<(Proc, u16)> {
+    mosquitto_with(dir, "mosquitto.conf", "")
+}
+
+/// A Mosquitto on a free port with `extra` configuration, its file named `name` in `dir`.
+fn mosquitto_with(dir: &Path, name: &str, extra: &str) -> anyhow::Result<(Proc, u16)> {
     let port = free_port()?;
-    let conf = dir.join("mosquitto.conf");
+    let conf = dir.join(name);
     std::fs::write(
         &conf,
         format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 10000\n"
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 10000\n{extra}"
         ),
     )?;
     let bin = ["/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto"]
@@ -888,34 +905,74 @@ fn setup_site(dir: &Path) -> anyhow::Result<()> {
 
 /// Mosquitto (or a port for the daemon's embedded broker): its process, port, and the daemon's
 /// `[mqtt]` section for it.
-fn broker_for(dir: &Path, embedded: bool) -> anyhow::Result<(Option<Proc>, u16, String)> {
-    if embedded {
-        let port = free_port()?;
-        return Ok((
-            None,
-            port,
-            format!("embedded = true\nlisten = \"127.0.0.1:{port}\""),
-        ));
+/// Where the fan-out's daemon and agents meet.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Broker {
+    /// The daemon's embedded broker.
+    Embedded,
+    /// One Mosquitto.
+    Mosquitto,
+    /// The daemon on a core Mosquitto, the agents on a site Mosquitto bridged to it.
+    Bridged,
+}
+
+impl Broker {
+    fn name(self) -> &'static str {
+        match self {
+            Broker::Embedded => "embedded (rumqttd)",
+            Broker::Mosquitto => "Mosquitto",
+            Broker::Bridged => {
+                "bridged Mosquitto (daemon and baseline on the core, agents on a site)"
+            }
+        }
     }
-    let (m, port) = mosquitto(dir)?;
-    Ok((
-        Some(m),
-        port,
-        format!("embedded = false\nurl = \"mqtt://127.0.0.1:{port}\""),
-    ))
+}
+
+/// The brokers of `broker` (kept alive by the caller), the port the agents connect to, and
+/// the daemon's `[mqtt]` section.
+fn broker_for(dir: &Path, broker: Broker) -> anyhow::Result<(Vec<Proc>, u16, String)> {
+    let section = |port: u16| format!("embedded = false\nurl = \"mqtt://127.0.0.1:{port}\"");
+    match broker {
+        Broker::Embedded => {
+            let port = free_port()?;
+            Ok((
+                Vec::new(),
+                port,
+                format!("embedded = true\nlisten = \"127.0.0.1:{port}\""),
+            ))
+        }
+        Broker::Mosquitto => {
+            let (m, port) = mosquitto(dir)?;
+            Ok((vec![m], port, section(port)))
+        }
+        Broker::Bridged => {
+            let (core, core_port) = mosquitto(dir)?;
+            // As config/brokers/mosquitto-site.conf bridges, plus the baseline's topic.
+            let bridge = format!(
+                "connection core\naddress 127.0.0.1:{core_port}\nbridge_protocol_version mqttv311\n\
+                 try_private true\ncleansession true\nrestart_timeout 1 10\n\
+                 topic marquee/v1/channel/# in 1\ntopic marquee/v1/display/# in 1\n\
+                 topic marquee/v1/alert/# in 1\ntopic marquee/v1/daemon/# in 1\n\
+                 topic marquee/v1/agent/+/ack in 1\ntopic marquee/v1/agent/+/status out 1\n\
+                 topic marquee/v1/agent/+/events out 1\ntopic {BASELINE} in 1\n"
+            );
+            let (site, site_port) = mosquitto_with(dir, "site.conf", &bridge)?;
+            Ok((vec![core, site], site_port, section(core_port)))
+        }
+    }
 }
 
 async fn fanout(
     agents: usize,
     runs: usize,
-    embedded: bool,
+    broker: Broker,
     check: Check,
     procs: usize,
 ) -> anyhow::Result<()> {
     let scratch = Scratch::new()?;
     let dir = &scratch.0;
     setup_site(dir)?;
-    let (_mq, port, section) = broker_for(dir, embedded)?;
+    let (brokers, port, section) = broker_for(dir, broker)?;
     let d = daemon(dir, &section)?;
     let key = PublicKey::from_hex(&std::fs::read_to_string(d.data.join("signing.pub"))?)?;
     let cancel = CancellationToken::new();
@@ -927,11 +984,7 @@ async fn fanout(
     };
     println!(
         "# fanout: {} broker, {agents} simulated agents {} ({checks}; connected in {:.2} s), {runs} runs, {}",
-        if embedded {
-            "embedded (rumqttd)"
-        } else {
-            "Mosquitto"
-        },
+        broker.name(),
         fleet.how(),
         t.elapsed().as_secs_f64(),
         machine()
@@ -940,11 +993,16 @@ async fn fanout(
         matches!(k, Kind::Timeline { .. })
     })
     .await?;
-    let broker_pid = _mq.as_ref().map(|m| m.0.id().to_string());
+    let broker_pids: Vec<String> = brokers.iter().map(|m| m.0.id().to_string()).collect();
     let daemon_pid = d.proc.0.id().to_string();
-    // Publisher for the baseline.
+    // Publisher for the baseline, where the daemon publishes (the core when bridged).
+    let publish_port = section
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim_end_matches('"').parse().ok())
+        .unwrap_or(port);
     let (publisher, _pub_events) = mqtt::connect(
-        bench_client("bench-baseline".into(), port, Vec::new()),
+        bench_client("bench-baseline".into(), publish_port, Vec::new()),
         cancel.child_token(),
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -955,7 +1013,7 @@ async fn fanout(
     for run in 1..=runs {
         let cpu = |f: &Fleet| {
             (
-                broker_pid.as_deref().map_or(0.0, cpu_secs),
+                broker_pids.iter().map(|p| cpu_secs(p)).sum::<f64>(),
                 cpu_secs(&daemon_pid),
                 f.cpu(),
             )
