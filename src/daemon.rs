@@ -276,16 +276,9 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, String)> {
                 .keep_reserve(&cfg.data_dir, cfg.disk_reserve);
             (Arc::new(store), db.display().to_string())
         }
-        crate::config::StoreConfig::Postgres {
-            url,
-            password,
-            lease,
-            tls_ca,
-            ..
-        } => {
-            let store =
-                Store::connect_with_lease(url, password.as_deref(), *lease, tls_ca.as_deref())
-                    .with_context(|| format!("cannot open the PostgreSQL store {url}"))?;
+        crate::config::StoreConfig::Postgres { url, .. } => {
+            let store = Store::connect_configured(&cfg.store)
+                .with_context(|| format!("cannot open the PostgreSQL store {url}"))?;
             (Arc::new(store), url.clone())
         }
     };

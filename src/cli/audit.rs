@@ -51,20 +51,9 @@ pub fn audit_verify(config: &Path, data_dir: Option<&Path>) -> anyhow::Result<(S
     let cfg = Config::load(config)?;
     // The engine is the config's; the data directory only holds the anchor and the keys.
     let (store, name) = match &cfg.store {
-        crate::config::StoreConfig::Postgres {
-            url,
-            password,
-            lease,
-            tls_ca,
-            ..
-        } => (
-            crate::store::Store::connect_with_lease(
-                url,
-                password.as_deref(),
-                *lease,
-                tls_ca.as_deref(),
-            )
-            .with_context(|| format!("cannot open the PostgreSQL store {url}"))?,
+        crate::config::StoreConfig::Postgres { url, .. } => (
+            crate::store::Store::connect_configured(&cfg.store)
+                .with_context(|| format!("cannot open the PostgreSQL store {url}"))?,
             url.clone(),
         ),
         crate::config::StoreConfig::Sqlite => {

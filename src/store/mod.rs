@@ -545,14 +545,7 @@ fn test_schema(url: &str, password: Option<&str>, ca: Option<&[u8]>) -> Result<S
         std::process::id(),
         N.fetch_add(1, Ordering::SeqCst)
     );
-    let mut target = pg_target(url, password)?;
-    target.tls = ca.map(|pem| db::tls_config(pem).expect("the test cluster's CA"));
-    let conn = Connection::pg(target)?;
-    conn.execute_batch(&format!(
-        "DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"
-    ))?;
-    let sep = if url.contains('?') { '&' } else { '?' };
-    Ok(format!("{url}{sep}options=-csearch_path%3D{name}"))
+    Store::schema_url(url, password, ca, &name)
 }
 
 /// The daemon's database.
@@ -778,18 +771,15 @@ impl Store {
     }
 
     /// Connects to the PostgreSQL database `url` (a `postgres://` URL without a password;
-    /// `password` from `[store] password_env` or `password_file`) and applies the migrations
-    /// it lacks. Three connections, as on SQLite: the main writer, the SMS dispatcher's and a
-    /// read-only one for what operators read. No disk reserve: the disk is the server's.
-    pub fn connect(url: &str, password: Option<&str>) -> Result<Store, StoreError> {
-        Store::connect_with_lease(url, password, std::time::Duration::from_secs(10), None)
-    }
-
-    /// [`Store::connect`] for a node whose leader lease lasts `lease`. Its sessions are bounded
-    /// by it, so that a node frozen or cut off mid-write cannot hold the locks a standby waits
-    /// for: a writer's transaction left idle is ended by the server after half a lease; the
-    /// lease connection waits at most a quarter of a lease for a lock; a connection the network
-    /// dropped is noticed after half a lease (TCP keepalives and user timeout).
+    /// `password` from `[store] password_env` or `password_file`; TLS trusting the CA
+    /// certificates `tls_ca` when given) and applies the migrations it lacks. Three
+    /// connections, as on SQLite: the main writer, the SMS dispatcher's and a read-only one for
+    /// what operators read, plus one for the leader lease. No disk reserve: the disk is the
+    /// server's. Its sessions are bounded by the node's `lease`, so that a node frozen or cut
+    /// off mid-write cannot hold the locks a standby waits for: a writer's transaction left
+    /// idle is ended by the server after half a lease; the lease connection waits at most a
+    /// quarter of a lease for a lock; a connection the network dropped is noticed after half a
+    /// lease (TCP keepalives and user timeout).
     pub fn connect_with_lease(
         url: &str,
         password: Option<&str>,
@@ -853,6 +843,50 @@ impl Store {
             std::time::Duration::from_secs(10),
             test_ca().as_deref(),
         )
+    }
+
+    /// Connects to the PostgreSQL store `[store]` names (URL, password, lease, TLS); an error
+    /// for SQLite, which is opened by its path ([`Store::open`]).
+    pub fn connect_configured(c: &crate::config::StoreConfig) -> Result<Store, StoreError> {
+        match c {
+            crate::config::StoreConfig::Postgres {
+                url,
+                password,
+                lease,
+                tls_ca,
+                ..
+            } => Store::connect_with_lease(url, password.as_deref(), *lease, tls_ca.as_deref()),
+            crate::config::StoreConfig::Sqlite => Err(StoreError::Config(
+                "not a PostgreSQL store: SQLite is opened by its path".into(),
+            )),
+        }
+    }
+
+    /// Creates `schema` (when missing) on the PostgreSQL server at `url` and answers the URL
+    /// whose connections use it (`search_path`): how the tests and benchmarks give each daemon
+    /// a database of its own on one server. `schema` is letters, digits and `_`.
+    pub fn schema_url(
+        url: &str,
+        password: Option<&str>,
+        tls_ca: Option<&[u8]>,
+        schema: &str,
+    ) -> Result<String, StoreError> {
+        if schema.is_empty()
+            || !schema
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        {
+            return Err(StoreError::Config(format!(
+                "{schema:?} is not a schema name"
+            )));
+        }
+        let mut target = pg_target(url, password)?;
+        if let Some(pem) = tls_ca {
+            target.tls = Some(db::tls_config(pem).map_err(StoreError::Config)?);
+        }
+        Connection::pg(target)?.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
+        let sep = if url.contains('?') { '&' } else { '?' };
+        Ok(format!("{url}{sep}options=-csearch_path%3D{schema}"))
     }
 
     /// Whether this store is on PostgreSQL.

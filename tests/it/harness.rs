@@ -61,52 +61,30 @@ fn postgres_store(dir: &Path) -> String {
     let Ok(url) = std::env::var("MARQUEE_TEST_POSTGRES") else {
         return String::new();
     };
-    let name = dir.file_name().unwrap().to_string_lossy().to_lowercase();
-    let schema: String = format!("it_{name}")
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let mut cfg: tokio_postgres::Config = url.parse().unwrap();
-    if let Ok(p) = std::env::var("MARQUEE_TEST_POSTGRES_PASSWORD") {
-        cfg.password(p);
-    }
+    let password = std::env::var("MARQUEE_TEST_POSTGRES_PASSWORD").ok();
     // The test cluster takes TCP connections over TLS only.
     let ca = std::env::var("MARQUEE_TEST_POSTGRES_CA").ok();
-    let tls = ca.as_ref().map(|p| {
-        marquee::store::db::tls_config(&std::fs::read(p).unwrap()).expect("the test cluster's CA")
-    });
-    // On a runtime of its own: this is called from sync code inside the tests' runtimes.
-    let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let client = match tls {
-                Some(tls) => {
-                    let make = tokio_postgres_rustls::MakeRustlsConnect::new((*tls).clone());
-                    let (client, conn) = cfg.connect(make).await?;
-                    tokio::spawn(conn);
-                    client
-                }
-                None => {
-                    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-                    tokio::spawn(conn);
-                    client
-                }
-            };
-            client.batch_execute(&create).await
-        })
-        .expect("the test PostgreSQL server")
-    })
-    .join()
-    .unwrap();
-    let sep = if url.contains('?') { '&' } else { '?' };
+    let pem = ca.as_ref().map(|p| std::fs::read(p).unwrap());
+    let url = marquee::store::Store::schema_url(
+        &url,
+        password.as_deref(),
+        pem.as_deref(),
+        &schema_of(dir),
+    )
+    .expect("the test PostgreSQL server");
     let ca_file = ca.map_or(String::new(), |p| format!("ca_file = {p:?}\n"));
     format!(
-        "\n[store]\nurl = \"{url}{sep}options=-csearch_path%3D{schema}\"\npassword_env = \"MARQUEE_TEST_POSTGRES_PASSWORD\"\n{ca_file}"
+        "\n[store]\nurl = \"{url}\"\npassword_env = \"MARQUEE_TEST_POSTGRES_PASSWORD\"\n{ca_file}"
     )
+}
+
+/// The PostgreSQL schema of the site at `dir`.
+fn schema_of(dir: &Path) -> String {
+    let name = dir.file_name().unwrap().to_string_lossy().to_lowercase();
+    format!("it_{name}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
 }
 
 /// A temp directory laid out like a site: `marquee.toml`, `playlists/`, `data/`.
@@ -173,22 +151,9 @@ impl Site {
     /// Points this site's daemon at `other`'s database (PostgreSQL runs only), with its
     /// signing key: two nodes of one fleet.
     pub fn share_store_and_key_of(&self, other: &Site) {
-        let schema = |s: &Site| {
-            let name = s
-                .dir
-                .path()
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-                .to_lowercase();
-            format!("it_{name}")
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                .collect::<String>()
-        };
         let cfg = std::fs::read_to_string(self.config())
             .unwrap()
-            .replace(&schema(self), &schema(other));
+            .replace(&schema_of(self.dir.path()), &schema_of(other.dir.path()));
         std::fs::write(self.config(), cfg).unwrap();
         let data = self.dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();

@@ -290,9 +290,10 @@ pub async fn fake(
         let scratch = Scratch::new()?;
         let mut section = gateway_section(&url, in_flight, 31);
         if let Some(pg) = postgres {
-            section.push_str(
-                &postgres_section(pg, &format!("bench_{}_{run}", std::process::id())).await?,
-            );
+            section.push_str(&postgres_section(
+                pg,
+                &format!("bench_{}_{run}", std::process::id()),
+            )?);
         }
         let d = start_daemon(&scratch.0, &section)?;
         let dlr = baseline_dlr(&d);
@@ -350,30 +351,16 @@ pub async fn fake(
     Ok(())
 }
 
-/// A `[store]` section keeping the daemon's state in a fresh `schema` at `url` (created here;
-/// the password from `MARQUEE_BENCH_PG_PASSWORD`).
-async fn postgres_section(url: &str, schema: &str) -> anyhow::Result<String> {
+/// A `[store]` section keeping the daemon's state in a new `schema` at `url` (the password
+/// from `MARQUEE_BENCH_PG_PASSWORD`).
+fn postgres_section(url: &str, schema: &str) -> anyhow::Result<String> {
     const PASSWORD: &str = "MARQUEE_BENCH_PG_PASSWORD";
-    let mut cfg: tokio_postgres::Config = url.parse()?;
-    if let Ok(p) = std::env::var(PASSWORD) {
-        cfg.password(p);
-    }
-    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-    tokio::spawn(conn);
-    client
-        .batch_execute(&format!(
-            "DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}"
-        ))
-        .await?;
-    let sep = if url.contains('?') { '&' } else { '?' };
-    let password = if std::env::var_os(PASSWORD).is_some() {
+    let password = std::env::var(PASSWORD).ok();
+    let url = marquee::store::Store::schema_url(url, password.as_deref(), None, schema)?;
+    let password = password.map_or(String::new(), |_| {
         format!("password_env = \"{PASSWORD}\"\n")
-    } else {
-        String::new()
-    };
-    Ok(format!(
-        "\n[store]\nurl = \"{url}{sep}options=-csearch_path%3D{schema}\"\n{password}"
-    ))
+    });
+    Ok(format!("\n[store]\nurl = \"{url}\"\n{password}"))
 }
 
 /// The closing line: median rate and ratio over the runs, and each run's ratio.
