@@ -144,7 +144,17 @@ async fn a_mas_template_campaign_is_sent_with_the_mac_the_platform_checks() {
         assert!(start.elapsed() < DEADLINE, "{}", dump(&d.log));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let m = messages(&d, &token, id).await;
+    // The answer that took the gateway out is stored after the metric moved (answers are
+    // stored in batches): wait for it, then every message is back in the queue.
+    let start = std::time::Instant::now();
+    let m = loop {
+        let m = messages(&d, &token, id).await;
+        if m.iter().all(|m| m["state"] != "submitting") {
+            break m;
+        }
+        assert!(start.elapsed() < DEADLINE, "{m:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     assert!(m.iter().all(|m| m["state"] == "queued"), "{m:?}");
     assert!(
         m[0]["reason"].as_str().unwrap_or("").contains("IllegalMac"),
