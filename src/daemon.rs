@@ -29,56 +29,54 @@ use crate::wire::topic::Filter;
 const GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the daemon until a termination signal.
+///
+/// On a shared (PostgreSQL) store the node serves the API at once, as a standby: what it is
+/// asked to publish is handed to the leader (`crate::handoff`). Only once it holds the leader
+/// lease does it connect to the broker and start what a fleet must see once: the scheduler,
+/// the fleet intake, SMS dispatch, held alerts and CAP feeds.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
     keys::ensure_data_dir(&cfg.data_dir)?;
     let (signing, origin) = signing_key(&cfg)?;
     let tokens = api_tokens(&cfg)?;
-    let (store, db) = open_store(&cfg)?;
+    let (store, db, node) = open_store(&cfg)?;
     let (metrics, cancel, tracker) = (
         Metrics::default(),
         CancellationToken::new(),
         TaskTracker::new(),
     );
-    let lease = lead(&cfg, &store).await?;
     let registry = load_registry(&cfg, &store, &db)?;
-    let (brokers, credentials, _broker) = start_broker(&cfg, &store).await?;
-    let (listener, http_addr, api_url) = bind_http(&cfg).await?;
-    let (mqtt, events) = connect_mqtt(&cfg, brokers.clone(), credentials, &cancel)?;
     let signing = Arc::new(signing);
-    let parts = (
-        signing.clone(),
-        store.clone(),
-        mqtt.clone(),
-        metrics.clone(),
-    );
-    let (mut scheduler, catalog) = Scheduler::new(cfg.clone(), parts.0, parts.1, parts.2, parts.3)?;
-    let agents_hold = scheduler.agents_hold();
-    // After a key rotation: everything current is signed again with the new key (audited
-    // once the store's context exists, below).
-    let resigned = match &origin {
-        keys::KeyOrigin::Rotated(old) => Some((old.id().to_owned(), scheduler.resign(old).await?)),
-        _ => None,
-    };
+    let catalog_tx = Scheduler::seed_catalog(&cfg, &store)?;
     let (reload_tx, reload_rx) = mpsc::channel(64);
     let (app, publish_rx) = context(&cfg, &store, &signing, &registry);
-    // The rotation is audited before anything else can write to the log or send.
-    if let Some((old, n)) = resigned {
-        finish_rotation(&app, &old, n).await?;
-    }
-    let state = start_sms_and_alerts(
+    let (listener, http_addr, api_url) = bind_http(&cfg).await?;
+    tracing::info!(api = %api_url, "API listening");
+    let (state, sms) = sms_and_api(
         &app,
         &metrics,
         http_addr,
         &tracker,
         &cancel,
-        (catalog, tokens, reload_tx.clone()),
+        (catalog_tx.subscribe(), tokens, reload_tx.clone()),
     )?;
-    let sched_rx = start_intake_and_http(
+    start_store_upkeep(&state, listener, &tracker, &cancel);
+    let publishing = CancellationToken::new();
+    let publishes = Publishes::start(node, &app, publish_rx, &publishing, (&tracker, &cancel));
+    let Some(lease) = lead_unless_stopped(&cfg, &store, &cancel, &tracker).await? else {
+        return Ok(());
+    };
+    drop_cut_off_imports(&store);
+    let (brokers, credentials, _broker) = start_broker(&cfg, &store).await?;
+    let (mqtt, events) = connect_mqtt(&cfg, brokers.clone(), credentials, &cancel)?;
+    let scheduler = scheduler(&app, &mqtt, &metrics, catalog_tx, &origin).await?;
+    let agents_hold = scheduler.agents_hold();
+    let publish_rx = publishes.here().await?;
+    start_leading(&state, sms, &tracker, &cancel);
+    let sched_rx = start_intake(
         &state,
         (mqtt.clone(), events),
         agents_hold,
-        listener,
         &tracker,
         &cancel,
     );
@@ -97,6 +95,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         watchdog,
         cancel.clone(),
     ));
+    publishing.cancel();
     let broker = brokers.iter().map(|(h, p)| format!("{h}:{p}"));
     let running = Running {
         ready: ready_rx,
@@ -106,13 +105,116 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         api_url,
     };
     until_signal(&cfg, running, &cancel).await?;
-    shutdown(&cancel, &tracker, &mqtt).await;
+    shutdown(&cancel, &tracker, Some(&mqtt)).await;
     step_down(&store, lease).await;
     Ok(())
 }
 
+/// The leader's scheduler; after a key rotation, everything current signed again with the new
+/// key, and audited.
+async fn scheduler(
+    app: &Arc<crate::app::Ctx>,
+    mqtt: &mqtt::MqttHandle,
+    metrics: &Metrics,
+    catalog_tx: tokio::sync::watch::Sender<Arc<crate::scheduler::catalog::Catalog>>,
+    origin: &keys::KeyOrigin,
+) -> anyhow::Result<Scheduler> {
+    let mut scheduler = Scheduler::new(
+        app.cfg.clone(),
+        app.signing.clone(),
+        app.store.clone(),
+        mqtt.clone(),
+        metrics.clone(),
+        catalog_tx,
+    )?;
+    if let keys::KeyOrigin::Rotated(old) = origin {
+        let n = scheduler.resign(old).await?;
+        finish_rotation(app, old.id(), n).await?;
+    }
+    Ok(scheduler)
+}
+
+/// Where the API's requests to publish go: to this node's scheduler, or (a standby) to the
+/// leader through the store until this node leads.
+enum Publishes {
+    Here(mpsc::Receiver<crate::scheduler::PublishRequest>),
+    HandedOff(
+        CancellationToken,
+        tokio::task::JoinHandle<mpsc::Receiver<crate::scheduler::PublishRequest>>,
+    ),
+}
+
+impl Publishes {
+    /// On a shared store (`node`): hands requests to the leader until this node leads, and
+    /// follows the other nodes (`crate::handoff::follow`; it publishes what they handed over
+    /// once `publishing` is cancelled). Alone: to this node's scheduler.
+    fn start(
+        node: Option<String>,
+        app: &Arc<crate::app::Ctx>,
+        requests: mpsc::Receiver<crate::scheduler::PublishRequest>,
+        publishing: &CancellationToken,
+        (tracker, cancel): (&TaskTracker, &CancellationToken),
+    ) -> Publishes {
+        let Some(node) = node else {
+            return Publishes::Here(requests);
+        };
+        tracker.spawn(crate::handoff::follow(
+            app.clone(),
+            publishing.clone(),
+            cancel.clone(),
+        ));
+        let leading = CancellationToken::new();
+        let handing = tokio::spawn(crate::handoff::hand_off(
+            app.store.clone(),
+            node,
+            app.cfg.mqtt.topic_prefix.clone(),
+            requests,
+            leading.clone(),
+        ));
+        Publishes::HandedOff(leading, handing)
+    }
+
+    /// This node leads: the requests from now on, for its scheduler.
+    async fn here(self) -> anyhow::Result<mpsc::Receiver<crate::scheduler::PublishRequest>> {
+        match self {
+            Publishes::Here(rx) => Ok(rx),
+            Publishes::HandedOff(leading, handing) => {
+                leading.cancel();
+                Ok(handing.await?)
+            }
+        }
+    }
+}
+
+/// Waits for the leader lease on a shared store ([`lead`]); `Ok(None)` when a termination
+/// signal came first (the standby's tasks are stopped then).
+async fn lead_unless_stopped(
+    cfg: &Config,
+    store: &Arc<Store>,
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+) -> anyhow::Result<Option<Option<Led>>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        led = lead(cfg, store) => Ok(Some(led?)),
+        _ = term.recv() => {
+            shutdown(cancel, tracker, None).await;
+            Ok(None)
+        }
+        _ = int.recv() => {
+            shutdown(cancel, tracker, None).await;
+            Ok(None)
+        }
+    }
+}
+
 /// Stops every task (each drains within [`GRACE`]), then leaves the broker.
-async fn shutdown(cancel: &CancellationToken, tracker: &TaskTracker, mqtt: &mqtt::MqttHandle) {
+async fn shutdown(
+    cancel: &CancellationToken,
+    tracker: &TaskTracker,
+    mqtt: Option<&mqtt::MqttHandle>,
+) {
     tracing::info!("shutting down");
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
     cancel.cancel();
@@ -120,7 +222,9 @@ async fn shutdown(cancel: &CancellationToken, tracker: &TaskTracker, mqtt: &mqtt
     if tokio::time::timeout(GRACE, tracker.wait()).await.is_err() {
         tracing::warn!("tasks did not finish within {GRACE:?}; exiting anyway");
     }
-    mqtt.disconnect().await;
+    if let Some(mqtt) = mqtt {
+        mqtt.disconnect().await;
+    }
     tracing::info!("stopped");
 }
 
@@ -167,20 +271,40 @@ async fn finish_rotation(app: &crate::app::Ctx, old: &str, n: usize) -> anyhow::
     keys::finish_rotation(&app.cfg.data_dir)
 }
 
-/// Starts the routing of the broker's events (agents' reports to the fleet intake, the rest to
-/// the scheduler: returned), the fleet intake, the disk-reserve watch and the HTTP server.
-fn start_intake_and_http(
+/// Every node: the disk-reserve watch, the checkpoints and the HTTP server.
+fn start_store_upkeep(
+    state: &Arc<AppState>,
+    listener: tokio::net::TcpListener,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let (store, metrics) = (&state.store, &state.metrics);
+    tracker.spawn(watch_reserve(
+        store.clone(),
+        metrics.clone(),
+        cancel.clone(),
+    ));
+    tracker.spawn(checkpoints(store.clone(), cancel.clone()));
+    let state = state.clone();
+    let cancel = cancel.clone();
+    tracker.spawn(async move {
+        if let Err(e) = http::serve(listener, state, cancel.clone()).await {
+            tracing::error!(error = %e, "HTTP server failed");
+            cancel.cancel();
+        }
+    });
+}
+
+/// The leader: routes the broker's events (agents' reports to the fleet intake, the rest to
+/// the scheduler: returned) and runs the fleet intake.
+fn start_intake(
     state: &Arc<AppState>,
     (mqtt, events): (mqtt::MqttHandle, mpsc::Receiver<mqtt::MqttEvent>),
     agents_hold: crate::scheduler::AgentsHold,
-    listener: tokio::net::TcpListener,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) -> mpsc::Receiver<mqtt::MqttEvent> {
     let (cfg, store, metrics) = (&state.cfg, &state.store, &state.metrics);
-    let signing = state.signing.clone();
-    let registry = state.registry.clone();
-    let state = state.clone();
     // Agents' reports go to the fleet intake; everything else to the scheduler.
     let (sched_tx, sched_rx) = mpsc::channel(1024);
     let (fleet_tx, fleet_rx) = mpsc::channel(4096);
@@ -191,37 +315,22 @@ fn start_intake_and_http(
         sched_tx,
         fleet_tx,
     ));
-    tracker.spawn(watch_reserve(
-        store.clone(),
-        metrics.clone(),
-        cancel.clone(),
-    ));
-    tracker.spawn(checkpoints(store.clone(), cancel.clone()));
     tracker.spawn(crate::fleet::run(
         store.clone(),
         cfg.mqtt.topic_prefix.clone(),
         fleet_rx,
         metrics.clone(),
         crate::fleet::Receipts {
-            keys: signing.clone(),
-            mqtt: mqtt.clone(),
+            keys: state.signing.clone(),
+            mqtt,
         },
         crate::fleet::Rules {
-            registry,
+            registry: state.registry.clone(),
             agents_hold,
             retention: cfg.retention,
         },
         cancel.clone(),
     ));
-    {
-        let cancel = cancel.clone();
-        tracker.spawn(async move {
-            if let Err(e) = http::serve(listener, state, cancel.clone()).await {
-                tracing::error!(error = %e, "HTTP server failed");
-                cancel.cancel();
-            }
-        });
-    }
     sched_rx
 }
 
@@ -266,34 +375,34 @@ fn api_tokens(cfg: &Config) -> anyhow::Result<Tokens> {
     Ok(tokens)
 }
 
-/// The store (SQLite with its disk reserve, or PostgreSQL) and its name for messages.
-fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, String)> {
-    let (store, db) = match &cfg.store {
+/// The store (SQLite with its disk reserve, or PostgreSQL) and its name for messages; on a
+/// shared (PostgreSQL) store, this node's name, and the node is a standby until it leads.
+fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, String, Option<String>)> {
+    let store = match &cfg.store {
         crate::config::StoreConfig::Sqlite => {
             let db = cfg.data_dir.join("marquee.db");
             let store = Store::open(&db)
                 .with_context(|| format!("cannot open {}", db.display()))?
                 .keep_reserve(&cfg.data_dir, cfg.disk_reserve);
-            (Arc::new(store), db.display().to_string())
+            (Arc::new(store), db.display().to_string(), None)
         }
-        crate::config::StoreConfig::Postgres { url, .. } => {
+        crate::config::StoreConfig::Postgres { url, node, .. } => {
             let store = Store::connect_configured(&cfg.store)
                 .with_context(|| format!("cannot open the PostgreSQL store {url}"))?;
-            (Arc::new(store), url.clone())
+            crate::leader::standby();
+            (Arc::new(store), url.clone(), Some(node.clone()))
         }
     };
-    Ok((store, db))
+    Ok(store)
 }
 
-/// The display registry as stored, once imports cut off by a crash are removed (both only once
-/// leading: a standby's registry would be out of date, and it would remove the leader's imports
-/// in progress).
+/// The display registry as stored (on a shared store, every node reads it again when another
+/// changes it: `crate::handoff::follow`).
 fn load_registry(
     cfg: &Config,
     store: &Store,
     db: &str,
 ) -> anyhow::Result<Arc<crate::registry::Registry>> {
-    drop_cut_off_imports(store);
     let registry = crate::registry::Registry::load(store)
         .with_context(|| format!("cannot read the display registry in {db}"))?;
     for (id, channel) in &cfg.schedule.displays {
@@ -426,10 +535,10 @@ fn connect_mqtt(
     ))
 }
 
-/// Starts the SMS side (report intake, dispatcher, reconciler), the held-alert starter and the
-/// CAP feeds; returns the web server's state. `web`: the catalog view, the tokens and the
-/// reload sender the API needs.
-fn start_sms_and_alerts(
+/// Every node: the delivery-report intake, and the web server's state (the dispatcher and the
+/// reconciler are built, to be started by [`start_leading`]). `web`: the catalog view, the
+/// tokens and the reload sender the API needs.
+fn sms_and_api(
     app: &Arc<crate::app::Ctx>,
     metrics: &Metrics,
     http_addr: std::net::SocketAddr,
@@ -440,7 +549,7 @@ fn start_sms_and_alerts(
         Tokens,
         mpsc::Sender<Reload>,
     ),
-) -> anyhow::Result<Arc<AppState>> {
+) -> anyhow::Result<(Arc<AppState>, crate::sms::dispatch::Dispatcher)> {
     let (catalog, tokens, reload) = web;
     let (cfg, store) = (&app.cfg, &app.store);
     let sms_health = crate::sms::dispatch::Health::default();
@@ -459,23 +568,7 @@ fn start_sms_and_alerts(
         dispatcher.gateways(),
         store.clone(),
     ));
-    tracker.spawn(reconciler.clone().run(cancel.clone()));
-    tracker.spawn(dispatcher.run(cancel.clone()));
-    tracker.spawn(crate::alerts::start_held_alerts(
-        app.clone(),
-        cancel.clone(),
-    ));
-    for (url, every) in cfg.cap_feeds.clone() {
-        tracing::info!(feed = %url, every = ?every, "polling the CAP feed");
-        tracker.spawn(crate::alerts::cap_feed::run(
-            app.clone(),
-            metrics.clone(),
-            url,
-            every,
-            cancel.clone(),
-        ));
-    }
-    Ok(Arc::new(AppState {
+    let state = Arc::new(AppState {
         app: app.clone(),
         catalog,
         metrics: metrics.clone(),
@@ -484,7 +577,34 @@ fn start_sms_and_alerts(
         reports,
         reconciler,
         sms_health,
-    }))
+    });
+    Ok((state, dispatcher))
+}
+
+/// The leader: SMS dispatch and reconciliation, the held-alert starter and the CAP feeds.
+fn start_leading(
+    state: &Arc<AppState>,
+    dispatcher: crate::sms::dispatch::Dispatcher,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let app = &state.app;
+    tracker.spawn(state.reconciler.clone().run(cancel.clone()));
+    tracker.spawn(dispatcher.run(cancel.clone()));
+    tracker.spawn(crate::alerts::start_held_alerts(
+        app.clone(),
+        cancel.clone(),
+    ));
+    for (url, every) in app.cfg.cap_feeds.clone() {
+        tracing::info!(feed = %url, every = ?every, "polling the CAP feed");
+        tracker.spawn(crate::alerts::cap_feed::run(
+            app.clone(),
+            state.metrics.clone(),
+            url,
+            every,
+            cancel.clone(),
+        ));
+    }
 }
 
 /// What the main loop watches once everything runs.

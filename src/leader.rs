@@ -54,6 +54,34 @@ pub fn may_act() -> bool {
     until == u64::MAX || ms(Instant::now()) < until
 }
 
+/// What this process is to the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// No lease in use (SQLite): the one daemon.
+    Single,
+    /// Holds the lease.
+    Leader,
+    /// Shares the store and waits for the lease: answers the API, publishes and sends nothing.
+    Standby,
+}
+
+/// Marks this process a standby until [`acquire`] takes the lease (a shared store): from now
+/// on [`may_act`] refuses until it leads.
+pub fn standby() {
+    let _ = origin();
+    UNTIL_MS.store(0, Ordering::SeqCst);
+}
+
+/// What this process is now.
+pub fn role() -> Role {
+    match UNTIL_MS.load(Ordering::SeqCst) {
+        u64::MAX => Role::Single,
+        _ if may_act() => Role::Leader,
+        _ => Role::Standby,
+    }
+}
+
 /// How long the local hold lasts after a renewal was sent.
 fn hold(lease: Duration) -> Duration {
     lease * 9 / 10

@@ -27,6 +27,7 @@ pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod fleet;
+pub mod handoff;
 pub mod http;
 pub mod keys;
 pub mod leader;

@@ -101,6 +101,20 @@ pub struct Registry {
 impl Registry {
     /// Loads the registry from the store (a row whose key does not parse is skipped and logged).
     pub fn load(store: &Store) -> Result<Arc<Registry>, StoreError> {
+        Ok(Arc::new(Registry {
+            entries: RwLock::new(Self::read_store(store)?),
+        }))
+    }
+
+    /// Reads the registry again from the store (another node changed it: its generation in
+    /// `store::handoff` moved).
+    pub fn refresh(&self, store: &Store) -> Result<(), StoreError> {
+        let entries = Self::read_store(store)?;
+        *self.write() = entries;
+        Ok(())
+    }
+
+    fn read_store(store: &Store) -> Result<BTreeMap<String, Entry>, StoreError> {
         let mut entries = BTreeMap::new();
         for r in store.registry()? {
             match PublicKey::from_hex(&r.report_key) {
@@ -118,9 +132,7 @@ impl Registry {
                 }
             }
         }
-        Ok(Arc::new(Registry {
-            entries: RwLock::new(entries),
-        }))
+        Ok(entries)
     }
 
     /// The entry of `display`, if registered.

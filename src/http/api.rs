@@ -40,12 +40,16 @@ pub struct Readiness {
     pub store: String,
     /// `ok`, or why bulk writes are refused (a full data disk).
     pub bulk_writes: String,
-    /// `connected` or `not connected`.
-    pub broker: &'static str,
+    /// `connected` or `not connected`; on a standby, whether a node leads (`standby: node
+    /// a leads`, `standby: no node leads`).
+    pub broker: String,
+    /// `single` (its own store), `leader` or `standby` (a shared store).
+    pub role: crate::leader::Role,
 }
 
 /// `GET /readyz`: open; 200 when the daemon can do its emergency work: the store takes an
-/// alert's write and the broker is connected; 503 naming what is not (for load balancers,
+/// alert's write and the broker is connected (a standby: a node leads, to publish what it
+/// hands over); 503 naming what is not (for load balancers,
 /// orchestrators, monitoring). `bulk_writes` says when a full data disk refuses the rest.
 #[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, description = "ready: the store takes an alert's writes and the broker is connected (bulk_writes: whether the rest is refused for a full disk)", body = Readiness), (status = 503, description = "not ready: what is wrong (the same shape, ready false)")))]
 pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Readiness>) {
@@ -63,7 +67,18 @@ pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Readine
         })
         .await
         .unwrap_or_else(|e| (Err(e.to_string()), Err(e.to_string())));
-    let broker = s.metrics.mqtt_connected.get() == 1;
+    let role = crate::leader::role();
+    // A standby takes an alert's write and hands it to the leader: ready while one leads.
+    let (broker, broker_says) = if role == crate::leader::Role::Standby {
+        match s.store.call(|st| st.leader()).await.ok().flatten() {
+            Some(h) if h.remaining_s > 0.0 => (true, format!("standby: node {} leads", h.node)),
+            _ => (false, "standby: no node leads".to_owned()),
+        }
+    } else if s.metrics.mqtt_connected.get() == 1 {
+        (true, "connected".to_owned())
+    } else {
+        (false, "not connected".to_owned())
+    };
     let ready = store_ok.is_ok() && broker;
     (
         if ready {
@@ -75,7 +90,8 @@ pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Readine
             ready,
             store: store_ok.err().unwrap_or_else(|| "ok".into()),
             bulk_writes: bulk.err().unwrap_or_else(|| "ok".into()),
-            broker: if broker { "connected" } else { "not connected" },
+            broker: broker_says,
+            role,
         }),
     )
 }

@@ -100,6 +100,16 @@ impl ApiError {
         }
     }
 
+    /// 503 `standby`: this node shares its store with a leader and leaves this to it.
+    pub fn standby(message: impl Into<String>) -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "standby",
+            message: message.into(),
+            field: None,
+        }
+    }
+
     /// 401.
     pub fn unauthenticated(message: impl Into<String>) -> ApiError {
         ApiError {

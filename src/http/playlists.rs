@@ -40,6 +40,23 @@ fn file_of(s: &AppState, id: &str) -> Result<std::path::PathBuf, ApiError> {
     Ok(s.cfg.schedule.playlists_dir.join(format!("{id}.json")))
 }
 
+/// 503 `standby` on a standby of a shared store: playlist files live in the leader's
+/// `playlists_dir` and its scheduler reloads them, so they are written there (the answer names
+/// the leader).
+async fn on_the_leader(s: &AppState) -> Result<(), ApiError> {
+    if crate::leader::role() != crate::leader::Role::Standby {
+        return Ok(());
+    }
+    let leader = s.store.call(|st| st.leader()).await.ok().flatten();
+    Err(ApiError::standby(match leader {
+        Some(h) if h.remaining_s > 0.0 => format!(
+            "this node is a standby: playlists are written on the leader, node {:?}; send this request there",
+            h.node
+        ),
+        _ => "this node is a standby and no node leads now: playlists are written on the leader; try again once one leads".to_owned(),
+    }))
+}
+
 /// 507 unless the store takes an ordinary write (see `Store::probe_write`).
 async fn store_takes_writes(s: &AppState) -> Result<(), ApiError> {
     Ok(s.store
@@ -268,7 +285,7 @@ pub struct Decision {
 /// `POST /api/v1/proposals/{id}/{publish|reject}` (approver, not the author): publishing
 /// validates the proposal again against the playlists as they are now and writes the file (or
 /// deletes it); rejecting needs a reason. Both audited.
-#[utoipa::path(post, path = "/api/v1/proposals/{id}/{decision}", tag = "playlists", security(("bearer" = [])), params(("id" = i64, Path, description = "proposal id"), ("decision" = String, Path, description = "publish or reject")), request_body(content = Option<Decision>, description = "reject: a reason"), responses((status = 200, description = "published (the change impact) or rejected", body = Decided), (status = 400, description = "no reason, or the proposal no longer validates"), (status = 401, description = "no or unknown token"), (status = 403, description = "the author, or a role below approver"), (status = 404, description = "no such proposal"), (status = 409, description = "no longer pending")))]
+#[utoipa::path(post, path = "/api/v1/proposals/{id}/{decision}", tag = "playlists", security(("bearer" = [])), params(("id" = i64, Path, description = "proposal id"), ("decision" = String, Path, description = "publish or reject")), request_body(content = Option<Decision>, description = "reject: a reason"), responses((status = 200, description = "published (the change impact) or rejected", body = Decided), (status = 400, description = "no reason, or the proposal no longer validates"), (status = 401, description = "no or unknown token"), (status = 403, description = "the author, or a role below approver"), (status = 404, description = "no such proposal"), (status = 409, description = "no longer pending"), (status = 503, description = "standby: this node shares its store with a leader; write playlists there")))]
 pub async fn decide(
     Auth(who): super::auth::Approver,
     State(s): State<Arc<AppState>>,
@@ -371,6 +388,7 @@ async fn publish(
     p: crate::store::proposals::Proposal,
 ) -> Result<Decided, ApiError> {
     let path = file_of(s, &p.playlist)?;
+    on_the_leader(s).await?;
     store_takes_writes(s).await?;
     let impact = match &p.body {
         Some(body) => validate(s, &p.playlist, body)?.map_err(|_| {
@@ -428,7 +446,7 @@ async fn publish(
 /// `PUT /api/v1/playlists/{id}` with the playlist JSON as the body (editor role). With
 /// `[approval] playlists = true` the change is proposed for review instead (202). With
 /// `If-None-Match: *` it only creates: 412 when the playlist exists.
-#[utoipa::path(put, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), request_body(content = String, content_type = "application/json", description = "a playlist file (docs/playlist.schema.json)"), responses((status = 200, description = "written atomically; the change impact", body = Written), (status = 202, description = "proposed for review ([approval] playlists)", body = Proposed), (status = 400, description = "errors with line and column", body = PlaylistErrors), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low"), (status = 412, description = "If-None-Match: * and the playlist exists: nothing was written"), (status = 507, description = "the data disk is full: nothing was written")))]
+#[utoipa::path(put, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), request_body(content = String, content_type = "application/json", description = "a playlist file (docs/playlist.schema.json)"), responses((status = 200, description = "written atomically; the change impact", body = Written), (status = 202, description = "proposed for review ([approval] playlists)", body = Proposed), (status = 400, description = "errors with line and column", body = PlaylistErrors), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low"), (status = 412, description = "If-None-Match: * and the playlist exists: nothing was written"), (status = 503, description = "standby: this node shares its store with a leader; write playlists there"), (status = 507, description = "the data disk is full: nothing was written")))]
 pub async fn put(
     Auth(who): Editor,
     State(s): State<Arc<AppState>>,
@@ -467,6 +485,7 @@ pub async fn put(
     if s.cfg.approve_playlists {
         return propose(&s, &who.name, &id, &path, Some(body), sha, impact).await;
     }
+    on_the_leader(&s).await?;
     super::audit(
         &s,
         &who.name,
@@ -520,7 +539,7 @@ pub struct Deleted {
 }
 
 /// `DELETE /api/v1/playlists/{id}` (editor role).
-#[utoipa::path(delete, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), responses((status = 200, description = "removed; the change impact", body = Deleted), (status = 202, description = "proposed for review ([approval] playlists)", body = Proposed), (status = 404, description = "no such playlist"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
+#[utoipa::path(delete, path = "/api/v1/playlists/{id}", tag = "playlists", security(("bearer" = [])), params(("id" = String, Path, description = "playlist id")), responses((status = 200, description = "removed; the change impact", body = Deleted), (status = 202, description = "proposed for review ([approval] playlists)", body = Proposed), (status = 404, description = "no such playlist"), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low"), (status = 503, description = "standby: this node shares its store with a leader; write playlists there")))]
 pub async fn delete(
     Auth(who): Editor,
     State(s): State<Arc<AppState>>,
@@ -539,6 +558,7 @@ pub async fn delete(
     if s.cfg.approve_playlists {
         return propose(&s, &who.name, &id, &path, None, String::new(), impact).await;
     }
+    on_the_leader(&s).await?;
     super::audit(
         &s,
         &who.name,

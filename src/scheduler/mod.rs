@@ -229,7 +229,8 @@ impl Scheduler {
         store: Arc<Store>,
         mqtt: MqttHandle,
         metrics: Metrics,
-    ) -> anyhow::Result<(Scheduler, watch::Receiver<Arc<Catalog>>)> {
+        catalog_tx: watch::Sender<Arc<Catalog>>,
+    ) -> anyhow::Result<Scheduler> {
         let published: BTreeMap<String, Published> = store
             .published()?
             .into_iter()
@@ -250,11 +251,6 @@ impl Scheduler {
         } else {
             0
         };
-        // Seed with the last good sources from before a restart, so a file that is broken now
-        // keeps the version that was live.
-        let ctx = cfg.schedule.validation_context();
-        let seed = Catalog::from_sources(&store.good_playlists()?, &ctx);
-        let (catalog_tx, catalog_rx) = watch::channel(Arc::new(seed));
         let mut s = Scheduler {
             cfg,
             keys,
@@ -276,7 +272,19 @@ impl Scheduler {
         };
         s.reload(false);
         s.persist_good()?;
-        Ok((s, catalog_rx))
+        Ok(s)
+    }
+
+    /// The catalog as last published (the last good sources before a restart, or the leader's
+    /// on a standby), for [`Scheduler::new`] and the API: a file that is broken now keeps the
+    /// version that was live.
+    pub fn seed_catalog(
+        cfg: &Config,
+        store: &Store,
+    ) -> anyhow::Result<watch::Sender<Arc<Catalog>>> {
+        let ctx = cfg.schedule.validation_context();
+        let seed = Catalog::from_sources(&store.good_playlists()?, &ctx);
+        Ok(watch::Sender::new(Arc::new(seed)))
     }
 
     fn playlists_dir(&self) -> &PathBuf {

@@ -11,6 +11,7 @@ pub mod anchor;
 pub mod audit;
 pub mod db;
 pub mod fleet;
+pub mod handoff;
 pub mod leader;
 pub mod proposals;
 pub mod registry;
@@ -367,6 +368,23 @@ const MIGRATIONS: &[&str] = &[
         id          INTEGER PRIMARY KEY,
         expires_at  TEXT NOT NULL
     );",
+    // 23: what a standby hands to the leader (`store::handoff`): payloads to publish, in
+    // order, and a generation per table other nodes keep a copy of in memory (the registry).
+    // Used on PostgreSQL only; here so that both engines keep one numbering.
+    "CREATE TABLE handoff (
+        id                INTEGER PRIMARY KEY AUTOINCREMENT,
+        topic             TEXT NOT NULL,
+        payload           TEXT NOT NULL,
+        expires_at        TEXT NOT NULL,
+        if_current_alert  TEXT,
+        node              TEXT NOT NULL,
+        handed_at         TEXT NOT NULL
+    );
+    CREATE TABLE generations (
+        name  TEXT PRIMARY KEY,
+        n     INTEGER NOT NULL
+    );
+    INSERT INTO generations (name, n) VALUES ('registry', 0);",
 ];
 
 /// The last payload published on a retained topic.
@@ -462,6 +480,21 @@ const PG_MIGRATIONS: &[&str] = &[
         id          BIGINT PRIMARY KEY CHECK (id = 1),
         expires_at  TIMESTAMPTZ NOT NULL
     )",
+    // 23: what a standby hands to the leader.
+    "CREATE TABLE handoff (
+        id                BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        topic             TEXT COLLATE \"C\" NOT NULL,
+        payload           TEXT COLLATE \"C\" NOT NULL,
+        expires_at        TEXT COLLATE \"C\" NOT NULL,
+        if_current_alert  TEXT COLLATE \"C\",
+        node              TEXT COLLATE \"C\" NOT NULL,
+        handed_at         TEXT COLLATE \"C\" NOT NULL
+    );
+    CREATE TABLE generations (
+        name  TEXT COLLATE \"C\" PRIMARY KEY,
+        n     BIGINT NOT NULL
+    );
+    INSERT INTO generations (name, n) VALUES ('registry', 0)",
 ];
 
 /// Creates the schema on a new PostgreSQL database, or applies the migrations it lacks, under

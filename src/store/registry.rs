@@ -27,9 +27,12 @@ pub struct Registered {
 }
 
 impl Store {
-    /// Registers `r`; `Ok(false)` when the id is already registered (nothing changes).
+    /// Registers `r`; `Ok(false)` when the id is already registered (nothing changes). A change
+    /// moves the registry's generation (`store::handoff`).
     pub fn register_display(&self, r: &Registered) -> Result<bool, StoreError> {
-        let n = self.conn().execute(
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let n = tx.execute(
             "INSERT INTO registry (id, channel, report_key, password_hash, added_at, added_by)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO NOTHING",
             params![
@@ -41,15 +44,23 @@ impl Store {
                 r.added_by
             ],
         )?;
+        if n == 1 {
+            super::handoff::bump(&tx, super::handoff::REGISTRY)?;
+        }
+        tx.commit()?;
         Ok(n == 1)
     }
 
     /// Removes display `id` from the registry (its fleet rows stay); `Ok(false)` when unknown.
     pub fn unregister_display(&self, id: &str) -> Result<bool, StoreError> {
-        Ok(self
-            .conn()
-            .execute("DELETE FROM registry WHERE id = ?1", [id])?
-            == 1)
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let gone = tx.execute("DELETE FROM registry WHERE id = ?1", [id])? == 1;
+        if gone {
+            super::handoff::bump(&tx, super::handoff::REGISTRY)?;
+        }
+        tx.commit()?;
+        Ok(gone)
     }
 
     /// Every registered display, by id.

@@ -230,7 +230,7 @@ impl Daemon {
     }
 
     /// Starts a daemon that shares a PostgreSQL store with a running leader: returns once it
-    /// says it is a standby.
+    /// says it is a standby, with its API's address (a standby answers the API).
     pub async fn start_standby(site: &Site, env: &[(&str, &str)]) -> Daemon {
         let mut d = Daemon::launch(Command::new(bin()), site, env);
         d.wait_log("standby", |v| {
@@ -239,6 +239,10 @@ impl Daemon {
                 .is_some_and(|m| m.starts_with("standby:"))
         })
         .await;
+        let listening = d
+            .wait_log("API listening", |v| v["message"] == "API listening")
+            .await;
+        d.http = listening["api"].as_str().unwrap().to_owned();
         d
     }
 

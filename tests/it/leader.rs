@@ -1,5 +1,6 @@
-//! Two daemons on one PostgreSQL database and one Mosquitto: one leads, the other waits as a
-//! standby; kill -9 and SIGSTOP of the leader mid-campaign, a real agent, the fake carrier.
+//! Two daemons on one PostgreSQL database and one Mosquitto: one leads, the other serves the
+//! API as a standby; kill -9 and SIGSTOP of the leader mid-campaign, alerts raised on the
+//! standby (during the failover too), a real agent, the fake carrier.
 //! PostgreSQL runs only (`scripts/test`'s second pass): on SQLite there is one daemon.
 
 use std::time::{Duration, Instant};
@@ -41,7 +42,7 @@ fn refused(agent: &AgentProc) -> Vec<Value> {
         .collect()
 }
 
-async fn alert(d: &Daemon, token: &str, text: &str) {
+async fn alert(d: &Daemon, token: &str, text: &str) -> Value {
     let (status, v) = d
         .send(
             Method::POST,
@@ -54,6 +55,7 @@ async fn alert(d: &Daemon, token: &str, text: &str) {
         )
         .await;
     assert_eq!(status, 201, "{v}");
+    v
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,6 +71,33 @@ async fn a_standby_takes_over_a_killed_or_frozen_leader_and_nothing_is_sent_twic
     let da = Daemon::start_with_env(&a, &env).await;
     let b = node(&mosquitto, &fake, "b", Some(&a));
     let mut db = Daemon::start_standby(&b, &env).await;
+    let token_b = b.admin_token();
+    // The standby answers the API: ready while a node leads; playlist files are written on
+    // the leader, and the answer names it.
+    let (status, r) = db.get("/readyz", None).await;
+    assert_eq!(
+        (status, r["role"].as_str(), r["broker"].as_str()),
+        (200, Some("standby"), Some("standby: node a leads")),
+        "{r}"
+    );
+    let playlist = std::fs::read_to_string(b.playlist("hotline-12345")).unwrap();
+    let (status, r) = db
+        .send(
+            Method::PUT,
+            "/api/v1/playlists/hotline-12345",
+            Some(&token_b),
+            Some(serde_json::from_str(&playlist).unwrap()),
+        )
+        .await;
+    assert_eq!(
+        (status, r["error"]["code"].as_str()),
+        (503, Some("standby")),
+        "{r}"
+    );
+    assert!(
+        r["error"]["message"].as_str().unwrap().contains("\"a\""),
+        "{r}"
+    );
     let mut agent = AgentProc::start(
         &agent_config(&da, &a, "lobby-east-1", "lobby", mosquitto.port),
         &[],
@@ -101,12 +130,20 @@ async fn a_standby_takes_over_a_killed_or_frozen_leader_and_nothing_is_sent_twic
     let killed = Instant::now();
     fake.release();
     fake.rule(&held, Rule::Ok);
+    // An alert raised on the standby's API while no node publishes: stored and handed over,
+    // it reaches the screen once the standby leads.
+    let v = alert(&db, &token_b, "during the failover").await;
+    assert_eq!(v["published"][0]["broker"], "queued", "{v}");
     db.wait_ready().await;
     eprintln!(
         "failover after kill -9: ready {:?} after the kill",
         killed.elapsed()
     );
-    let token_b = b.admin_token();
+    agent
+        .frame("the alert raised on the standby during the failover", |v| {
+            text_of(v).contains("during the failover")
+        })
+        .await;
     let c = until(
         &db,
         &token_b,
@@ -143,6 +180,32 @@ async fn a_standby_takes_over_a_killed_or_frozen_leader_and_nothing_is_sent_twic
 
     // 2. The old node comes back as a standby; the leader is frozen (SIGSTOP).
     let mut da = Daemon::start_standby(&a, &env).await;
+    // An alert raised on a standby while a node leads: the leader publishes it.
+    alert(&da, &token_a, "through the standby").await;
+    agent
+        .frame("the alert raised on the standby", |v| {
+            text_of(v).contains("through the standby")
+        })
+        .await;
+    // A delivery report pushed to a standby is stored: the leader's API shows it (the held
+    // message, `unknown` since the kill, was delivered after all).
+    let reported = held_row;
+    let (status, v) = da
+        .send(
+            Method::POST,
+            &format!(
+                "/api/v1/sms/dlr/alpha?secret={SECRET}&id={}",
+                reported["id"]
+            ),
+            None,
+            Some(json!({"status": "delivered"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let now = messages(&db, &token_b, id).await;
+    let row = now.iter().find(|m| m["id"] == reported["id"]).unwrap();
+    assert_eq!(row["state"], "delivered", "{row}");
+    let c = campaign(&db, &token_b, id).await;
     let sent_before = fake.requests();
     db.signal("STOP");
     let stopped = Instant::now();
