@@ -30,7 +30,7 @@ use crate::domain::campaign::{self, Action, CampaignStatus as Status};
 use crate::domain::delivery::Submit;
 use crate::metrics::Metrics;
 use crate::store::Store;
-use crate::store::sms::Finish;
+use crate::store::sms::{Finish, Firing};
 
 /// Transient failures of one message before it is given up (`rejected`).
 const MAX_ATTEMPTS: i64 = 8;
@@ -515,6 +515,7 @@ impl Dispatcher {
         let margin = self.cfg.sms.missed_start_margin;
         let tz = self.cfg.sms.timezone;
         for (id, spec, next) in self.blocking(|s| s.campaigns_in(Status::Recurring)).await? {
+            let seen = next.clone().unwrap_or_default();
             let (Some(at), Some(repeat)) = (
                 next.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                     .map(|t| t.with_timezone(&Utc)),
@@ -533,9 +534,26 @@ impl Dispatcher {
                 .with_timezone(&tz)
                 .format("%Y-%m-%d %H:%M:%S")
                 .to_string();
-            let new = self
-                .blocking(move |s| s.fire_recurring(id, status, &label, at, after, now))
-                .await?;
+            let firing = move |s: &Store| {
+                s.fire_recurring(
+                    id,
+                    &Firing {
+                        status,
+                        label: &label,
+                        seen: &seen,
+                        at,
+                        next: after,
+                    },
+                    now,
+                )
+            };
+            let Some(new) = self.blocking(firing).await? else {
+                tracing::info!(
+                    campaign = id,
+                    "recurring campaign fired already (its next firing changed since it was read)"
+                );
+                continue;
+            };
             tracing::info!(
                 campaign = id,
                 run = new,

@@ -157,20 +157,42 @@ impl Store {
 
     /// A recurring campaign fires: a new campaign (`status`: running, or missed when the
     /// daemon was down at the firing) with the template's recipients and texts, named after
-    /// the firing `label`; the template's next firing becomes `next`. Returns the new id.
+    /// the firing `label`; the template's next firing becomes `next`. Returns the new id, or
+    /// `None` when the template's next firing is no longer `seen` (its stored `start_at`): it
+    /// fired already, or was changed. That compare-and-set is the gate of each firing, so a
+    /// firing happens once however many dispatchers look (`SCALE-OUT.md` §3).
     pub fn fire_recurring(
         &self,
         template: i64,
-        status: CampaignStatus,
-        label: &str,
-        fired_at: DateTime<Utc>,
-        next: Option<DateTime<Utc>>,
+        firing: &Firing<'_>,
         now: DateTime<Utc>,
-    ) -> Result<i64, StoreError> {
+    ) -> Result<Option<i64>, StoreError> {
+        let Firing {
+            status,
+            label,
+            seen,
+            at: fired_at,
+            next,
+        } = *firing;
         self.bulk_ok()?;
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let now_s = ts(now);
+        let gate = match next {
+            Some(n) => tx.execute(
+                "UPDATE campaigns SET start_at = ?2
+                 WHERE id = ?1 AND status = 'recurring' AND start_at = ?3",
+                params![template, ts(n), seen],
+            )?,
+            None => tx.execute(
+                "UPDATE campaigns SET status = 'done', finished_at = ?2
+                 WHERE id = ?1 AND status = 'recurring' AND start_at = ?3",
+                params![template, now_s, seen],
+            )?,
+        };
+        if gate == 0 {
+            return Ok(None);
+        }
         // The template's spec without its repeat, marked with the template it came from.
         let spec = if tx.is_pg() {
             "((spec::jsonb - 'repeat') || jsonb_build_object('recurring', ?1::bigint))::text"
@@ -197,18 +219,8 @@ impl Store {
             params![template, id, now_s],
         )?;
         count_new(&tx, id)?;
-        match next {
-            Some(n) => tx.execute(
-                "UPDATE campaigns SET start_at = ?2 WHERE id = ?1",
-                params![template, ts(n)],
-            )?,
-            None => tx.execute(
-                "UPDATE campaigns SET status = 'done', finished_at = ?2 WHERE id = ?1",
-                params![template, now_s],
-            )?,
-        };
         tx.commit()?;
-        Ok(id)
+        Ok(Some(id))
     }
 
     /// The campaign an alert started, if any.
@@ -323,4 +335,19 @@ impl Store {
         tx.commit()?;
         Ok(true)
     }
+}
+
+/// One firing of a recurring campaign ([`Store::fire_recurring`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Firing<'a> {
+    /// The new campaign's status: running, or missed (the daemon was down at the firing).
+    pub status: CampaignStatus,
+    /// Names the new campaign after the firing (its local time).
+    pub label: &'a str,
+    /// The template's `start_at` as read: the firing happens only while it is still that.
+    pub seen: &'a str,
+    /// When it was due.
+    pub at: DateTime<Utc>,
+    /// The template's next firing; `None` ends it (`done`).
+    pub next: Option<DateTime<Utc>>,
 }

@@ -13,6 +13,7 @@
 mod campaigns;
 mod optouts;
 mod queue;
+pub use campaigns::Firing;
 pub use queue::Minute;
 mod reports;
 

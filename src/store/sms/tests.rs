@@ -437,8 +437,11 @@ fn kept_counts_follow_every_state_change() {
             .unwrap()
     );
     check("cancel");
+    let seen = ts(now());
+    make_recurring(&store, c, &seen);
     let r = store
-        .fire_recurring(c, CampaignStatus::Running, "again", now(), None, now())
+        .fire_recurring(c, &firing(&seen, None), now())
+        .unwrap()
         .unwrap();
     check("recurring firing");
     let counts = store.campaign(r).unwrap().unwrap().counts;
@@ -472,4 +475,58 @@ fn cancel_cancels_what_is_queued_only() {
             .set_campaign_status(c, &[CampaignStatus::Running], CampaignStatus::Paused, now())
             .unwrap()
     );
+}
+
+/// Campaign `c` becomes a recurring template whose next firing is `seen`.
+fn make_recurring(store: &Store, c: i64, seen: &str) {
+    store
+        .conn()
+        .execute(
+            "UPDATE campaigns SET status = 'recurring', start_at = ?2 WHERE id = ?1",
+            params![c, seen],
+        )
+        .unwrap();
+}
+
+fn firing<'a>(seen: &'a str, next: Option<DateTime<Utc>>) -> Firing<'a> {
+    Firing {
+        status: CampaignStatus::Running,
+        label: "again",
+        seen,
+        at: now(),
+        next,
+    }
+}
+
+/// Each firing of a recurring campaign is gated by its `start_at` as read: a second firing
+/// from the same reading (another dispatcher, a retry) makes no campaign and sends nothing.
+#[test]
+fn a_recurring_firing_happens_once_per_reading() {
+    let store = Store::memory().unwrap();
+    let c = campaign(&store, 3);
+    let seen = ts(now());
+    make_recurring(&store, c, &seen);
+    let next = now() + chrono::Duration::days(1);
+    let first = store.fire_recurring(c, &firing(&seen, Some(next)), now());
+    assert!(first.unwrap().is_some());
+    let again = store.fire_recurring(c, &firing(&seen, Some(next)), now());
+    assert_eq!(again.unwrap(), None);
+    let template = store.campaign(c).unwrap().unwrap();
+    assert_eq!(template.start_at.as_deref(), Some(ts(next).as_str()));
+    // Fired from the new reading, it fires again.
+    let third = store.fire_recurring(c, &firing(&ts(next), None), now());
+    assert!(third.unwrap().is_some());
+    assert_eq!(
+        store.campaign(c).unwrap().unwrap().status,
+        CampaignStatus::Done
+    );
+    let runs = store
+        .conn()
+        .query_row(
+            "SELECT COUNT(*) FROM campaigns WHERE id <> ?1",
+            params![c],
+            |r| r.get::<_, i64>(0),
+        )
+        .unwrap();
+    assert_eq!(runs, 2);
 }
