@@ -1,8 +1,10 @@
 //! `marquee serve`: wires the parts together and runs them until SIGTERM/SIGINT.
 //!
-//! Start order: data directory and secrets → store → embedded broker (if configured) → HTTP
-//! listener → MQTT connection → scheduler. `READY=1` goes to systemd only once the broker is
-//! connected and every timeline is published. Shutdown: one cancellation token stops every task;
+//! Start order: signals → data directory and secrets → store → HTTP listener bound (a standby
+//! on a shared store serves it now and waits for the leader lease) → embedded broker (if
+//! configured) → MQTT connection → scheduler (the API served now when alone) → fleet intake,
+//! SMS dispatch, feeds. `READY=1` goes to systemd only once the broker is connected and every
+//! timeline is published. Shutdown: one cancellation token stops every task;
 //! they drain within a grace period.
 
 use std::collections::BTreeMap;
@@ -30,16 +32,19 @@ const GRACE: Duration = Duration::from_secs(10);
 
 /// Runs the daemon until a termination signal.
 ///
-/// On a shared (PostgreSQL) store the node serves the API at once, as a standby: what it is
-/// asked to publish is handed to the leader (`crate::handoff`). Only once it holds the leader
-/// lease does it connect to the broker and start what a fleet must see once: the scheduler,
-/// the fleet intake, SMS dispatch, held alerts and CAP feeds.
+/// On a shared (PostgreSQL) store the node serves the API at once, as a standby; every request
+/// to publish goes through the store to the leader (`crate::handoff`). Only once it holds the
+/// leader lease does it connect to the broker and start what a fleet must see once: the
+/// scheduler, the fleet intake, SMS dispatch, held alerts and CAP feeds. Alone (SQLite), the API
+/// opens once the scheduler exists and a key rotation is audited.
 pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     let cfg = Arc::new(cfg);
+    let mut signals = Signals::new()?;
     keys::ensure_data_dir(&cfg.data_dir)?;
     let (signing, origin) = signing_key(&cfg)?;
     let tokens = api_tokens(&cfg)?;
     let (store, db, node) = open_store(&cfg)?;
+    drop_cut_off_imports(&store);
     let (metrics, cancel, tracker) = (
         Metrics::default(),
         CancellationToken::new(),
@@ -47,39 +52,45 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     );
     let registry = load_registry(&cfg, &store, &db)?;
     let signing = Arc::new(signing);
-    let catalog_tx = Scheduler::seed_catalog(&cfg, &store)?;
+    let catalog_tx = tokio::sync::watch::Sender::new(Scheduler::last_published(&cfg, &store)?);
     let (reload_tx, reload_rx) = mpsc::channel(64);
     let (app, publish_rx) = context(&cfg, &store, &signing, &registry);
     let (listener, http_addr, api_url) = bind_http(&cfg).await?;
-    tracing::info!(api = %api_url, "API listening");
-    let (state, sms) = sms_and_api(
-        &app,
-        &metrics,
-        http_addr,
-        &tracker,
-        &cancel,
-        (catalog_tx.subscribe(), tokens, reload_tx.clone()),
-    )?;
-    start_store_upkeep(&state, listener, &tracker, &cancel);
+    let web = (catalog_tx.subscribe(), tokens, reload_tx.clone());
+    let (state, sms) = sms_and_api(&app, &metrics, http_addr, &tracker, &cancel, web)?;
+    start_store_upkeep(&store, &metrics, &tracker, &cancel);
+    let mut listener = Some((listener, api_url.clone()));
     let publishing = CancellationToken::new();
-    let publishes = Publishes::start(node, &app, publish_rx, &publishing, (&tracker, &cancel));
-    let Some(lease) = lead_unless_stopped(&cfg, &store, &cancel, &tracker).await? else {
+    let publish_rx = match &node {
+        Some(node) => {
+            serve_http(&state, listener.take(), &tracker, &cancel);
+            let (to_scheduler, rx) = mpsc::channel(64);
+            tracker.spawn(crate::handoff::sequence(
+                app.clone(),
+                node.clone(),
+                publish_rx,
+                to_scheduler,
+                publishing.clone(),
+                cancel.clone(),
+            ));
+            rx
+        }
+        None => publish_rx,
+    };
+    let Some(lease) = lead_unless_stopped(&cfg, &store, &mut signals, (&cancel, &tracker)).await?
+    else {
         return Ok(());
     };
-    drop_cut_off_imports(&store);
+    // What the last leader published (a standby may have waited for weeks).
+    catalog_tx.send_replace(Scheduler::last_published(&cfg, &store)?);
     let (brokers, credentials, _broker) = start_broker(&cfg, &store).await?;
     let (mqtt, events) = connect_mqtt(&cfg, brokers.clone(), credentials, &cancel)?;
     let scheduler = scheduler(&app, &mqtt, &metrics, catalog_tx, &origin).await?;
+    serve_http(&state, listener.take(), &tracker, &cancel);
     let agents_hold = scheduler.agents_hold();
-    let publish_rx = publishes.here().await?;
     start_leading(&state, sms, &tracker, &cancel);
-    let sched_rx = start_intake(
-        &state,
-        (mqtt.clone(), events),
-        agents_hold,
-        &tracker,
-        &cancel,
-    );
+    let intake = (mqtt.clone(), events);
+    let sched_rx = start_intake(&state, intake, agents_hold, &tracker, &cancel);
     let _watcher = if cfg.schedule.watch {
         crate::scheduler::files::watch_playlists(&cfg, reload_tx.clone())
     } else {
@@ -87,14 +98,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     };
     let (ready_tx, ready_rx) = oneshot::channel();
     let watchdog = sd_notify::watchdog_enabled();
-    tracker.spawn(scheduler.run(
-        sched_rx,
-        reload_rx,
-        publish_rx,
-        Some(ready_tx),
-        watchdog,
-        cancel.clone(),
-    ));
+    let rx = (sched_rx, reload_rx, publish_rx);
+    tracker.spawn(scheduler.run(rx.0, rx.1, rx.2, Some(ready_tx), watchdog, cancel.clone()));
     publishing.cancel();
     let broker = brokers.iter().map(|(h, p)| format!("{h}:{p}"));
     let running = Running {
@@ -104,10 +109,49 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
         http_addr,
         api_url,
     };
-    until_signal(&cfg, running, &cancel).await?;
+    until_signal(&cfg, running, &mut signals, &cancel).await;
     shutdown(&cancel, &tracker, Some(&mqtt)).await;
     step_down(&store, lease).await;
     Ok(())
+}
+
+/// The signals the daemon handles, listened to from the start: one that comes while a standby
+/// takes over is not lost, and SIGHUP never ends the process.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+}
+
+/// Serves the API on `listener` (once: `None` when it already runs).
+fn serve_http(
+    state: &Arc<AppState>,
+    listener: Option<(tokio::net::TcpListener, String)>,
+    tracker: &TaskTracker,
+    cancel: &CancellationToken,
+) {
+    let Some((listener, api)) = listener else {
+        return;
+    };
+    tracing::info!(api, role = ?crate::leader::role(), "API listening");
+    let state = state.clone();
+    let cancel = cancel.clone();
+    tracker.spawn(async move {
+        if let Err(e) = http::serve(listener, state, cancel.clone()).await {
+            tracing::error!(error = %e, "HTTP server failed");
+            cancel.cancel();
+        }
+    });
 }
 
 /// The leader's scheduler; after a key rotation, everything current signed again with the new
@@ -134,79 +178,34 @@ async fn scheduler(
     Ok(scheduler)
 }
 
-/// Where the API's requests to publish go: to this node's scheduler, or (a standby) to the
-/// leader through the store until this node leads.
-enum Publishes {
-    Here(mpsc::Receiver<crate::scheduler::PublishRequest>),
-    HandedOff(
-        CancellationToken,
-        tokio::task::JoinHandle<mpsc::Receiver<crate::scheduler::PublishRequest>>,
-    ),
-}
-
-impl Publishes {
-    /// On a shared store (`node`): hands requests to the leader until this node leads, and
-    /// follows the other nodes (`crate::handoff::follow`; it publishes what they handed over
-    /// once `publishing` is cancelled). Alone: to this node's scheduler.
-    fn start(
-        node: Option<String>,
-        app: &Arc<crate::app::Ctx>,
-        requests: mpsc::Receiver<crate::scheduler::PublishRequest>,
-        publishing: &CancellationToken,
-        (tracker, cancel): (&TaskTracker, &CancellationToken),
-    ) -> Publishes {
-        let Some(node) = node else {
-            return Publishes::Here(requests);
-        };
-        tracker.spawn(crate::handoff::follow(
-            app.clone(),
-            publishing.clone(),
-            cancel.clone(),
-        ));
-        let leading = CancellationToken::new();
-        let handing = tokio::spawn(crate::handoff::hand_off(
-            app.store.clone(),
-            node,
-            app.cfg.mqtt.topic_prefix.clone(),
-            requests,
-            leading.clone(),
-        ));
-        Publishes::HandedOff(leading, handing)
-    }
-
-    /// This node leads: the requests from now on, for its scheduler.
-    async fn here(self) -> anyhow::Result<mpsc::Receiver<crate::scheduler::PublishRequest>> {
-        match self {
-            Publishes::Here(rx) => Ok(rx),
-            Publishes::HandedOff(leading, handing) => {
-                leading.cancel();
-                Ok(handing.await?)
-            }
-        }
-    }
-}
-
 /// Waits for the leader lease on a shared store ([`lead`]); `Ok(None)` when a termination
-/// signal came first (the standby's tasks are stopped then).
+/// signal came first: the standby's tasks are stopped, and a lease taken meanwhile is given
+/// back.
 async fn lead_unless_stopped(
     cfg: &Config,
     store: &Arc<Store>,
-    cancel: &CancellationToken,
-    tracker: &TaskTracker,
+    signals: &mut Signals,
+    (cancel, tracker): (&CancellationToken, &TaskTracker),
 ) -> anyhow::Result<Option<Option<Led>>> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        led = lead(cfg, store) => Ok(Some(led?)),
-        _ = term.recv() => {
-            shutdown(cancel, tracker, None).await;
-            Ok(None)
-        }
-        _ = int.recv() => {
-            shutdown(cancel, tracker, None).await;
-            Ok(None)
+    let lead = lead(cfg, store);
+    tokio::pin!(lead);
+    loop {
+        tokio::select! {
+            led = &mut lead => return Ok(Some(led?)),
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.hup.recv() => {
+                tracing::info!("SIGHUP: nothing to reload on a standby (its scheduler reads the playlists when it leads)");
+            }
         }
     }
+    shutdown(cancel, tracker, None).await;
+    if let Some(node) = store.node().map(str::to_owned)
+        && let Err(e) = store.call(move |s| s.resign_node(&node)).await
+    {
+        tracing::warn!(error = %e, "cannot give the leader lease back; it ends by itself");
+    }
+    Ok(None)
 }
 
 /// Stops every task (each drains within [`GRACE`]), then leaves the broker.
@@ -271,28 +270,19 @@ async fn finish_rotation(app: &crate::app::Ctx, old: &str, n: usize) -> anyhow::
     keys::finish_rotation(&app.cfg.data_dir)
 }
 
-/// Every node: the disk-reserve watch, the checkpoints and the HTTP server.
+/// Every node: the disk-reserve watch and the checkpoints.
 fn start_store_upkeep(
-    state: &Arc<AppState>,
-    listener: tokio::net::TcpListener,
+    store: &Arc<Store>,
+    metrics: &Metrics,
     tracker: &TaskTracker,
     cancel: &CancellationToken,
 ) {
-    let (store, metrics) = (&state.store, &state.metrics);
     tracker.spawn(watch_reserve(
         store.clone(),
         metrics.clone(),
         cancel.clone(),
     ));
     tracker.spawn(checkpoints(store.clone(), cancel.clone()));
-    let state = state.clone();
-    let cancel = cancel.clone();
-    tracker.spawn(async move {
-        if let Err(e) = http::serve(listener, state, cancel.clone()).await {
-            tracing::error!(error = %e, "HTTP server failed");
-            cancel.cancel();
-        }
-    });
 }
 
 /// The leader: routes the broker's events (agents' reports to the fleet intake, the rest to
@@ -389,6 +379,7 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, String, Option<String
         crate::config::StoreConfig::Postgres { url, node, .. } => {
             let store = Store::connect_configured(&cfg.store)
                 .with_context(|| format!("cannot open the PostgreSQL store {url}"))?;
+            store.set_node(node);
             crate::leader::standby();
             (Arc::new(store), url.clone(), Some(node.clone()))
         }
@@ -448,8 +439,8 @@ async fn step_down(store: &Arc<Store>, lease: Option<Led>) {
 /// What [`lead`] answers.
 type Led = (String, i64, CancellationToken, tokio::task::JoinHandle<()>);
 
-/// A list import cut off by a crash or restart left an `importing` campaign: never sent. (Run
-/// by the leader only: a standby would remove the leader's imports in progress.)
+/// A list import cut off by a crash or restart left an `importing` campaign: never sent. (On a
+/// shared store, only this node's: another node's import may be under way.)
 fn drop_cut_off_imports(store: &Store) {
     match store.drop_importing(None) {
         Ok(0) => {}
@@ -621,11 +612,9 @@ struct Running {
 async fn until_signal(
     cfg: &Config,
     mut r: Running,
+    signals: &mut Signals,
     cancel: &CancellationToken,
-) -> anyhow::Result<()> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
+) {
     let mut waiting = tokio::time::interval(Duration::from_secs(5));
     waiting.tick().await;
     let mut ready = false;
@@ -641,13 +630,13 @@ async fn until_signal(
             _ = waiting.tick(), if !ready => {
                 tracing::warn!(mqtt = %r.broker, "still waiting for the MQTT broker");
             }
-            _ = hup.recv() => {
+            _ = signals.hup.recv() => {
                 tracing::info!("SIGHUP: reloading playlists");
                 let _ = r.reload.try_send(Reload::Everything);
             }
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = cancel.cancelled() => return Ok(()),
+            _ = signals.term.recv() => return,
+            _ = signals.int.recv() => return,
+            _ = cancel.cancelled() => return,
         }
     }
 }

@@ -641,7 +641,7 @@ pub mod uploads {
         let taken = p.with_extension("taken");
         std::fs::rename(&p, &taken)
             .and_then(|()| std::fs::File::open(&taken))
-            .map_err(|_| format!("no upload {id} (uploads are used once and kept for an hour)"))
+            .map_err(|_| format!("no upload {id} (uploads are used once, kept for an hour, and kept by the node that took them: on a shared store, send the upload and its use to the same node)"))
     }
 
     /// Removes upload `id` once it has been used (or its use failed: an upload is used once).

@@ -97,10 +97,12 @@ fn one_hour() -> String {
 pub struct Publication {
     /// The topic, with the configured prefix.
     pub topic: String,
-    /// The version it carries (none when the scheduler skipped it: not the current alert).
+    /// The version it carries (none when the scheduler skipped it: not the current alert; or
+    /// while it waits for the leader).
     pub version: Option<u64>,
-    /// `sent`, or `queued` when the broker connection was down (stored and signed either
-    /// way; it goes out on reconnect).
+    /// `sent`; `queued` when the broker connection was down (stored and signed, it goes out on
+    /// reconnect); `handed_off` on a standby of a shared store (stored, the leader publishes
+    /// it, or during a failover the next leader).
     pub broker: &'static str,
 }
 
@@ -166,16 +168,27 @@ impl Raised {
         sms: Option<SmsPart>,
     ) -> Raised {
         let queued = published.iter().any(|p| p.broker == "queued");
+        let handed = published.iter().any(|p| p.broker == "handed_off");
         Raised::Published {
             id: alert.id.clone(),
             expires_at: alert.expires_at,
             published,
             approval,
             sms,
-            status: if queued { "queued" } else { "published" },
-            message: queued.then_some(
-                "the broker is not connected: the alert is stored and signed, and goes out when the connection is back",
-            ),
+            status: if queued || handed {
+                "queued"
+            } else {
+                "published"
+            },
+            message: if handed {
+                Some(
+                    "this node is a standby: the alert is stored, and the leader publishes it (during a failover, the next leader)",
+                )
+            } else {
+                queued.then_some(
+                    "the broker is not connected: the alert is stored and signed, and goes out when the connection is back",
+                )
+            },
         }
     }
 }
@@ -393,7 +406,13 @@ async fn publish_alert(ctx: &Ctx, alert: &Alert, scope: &Scope) -> Result<Vec<Pu
         published.push(Publication {
             topic: topic.render(&ctx.cfg.mqtt.topic_prefix),
             version,
-            broker: if connected { "sent" } else { "queued" },
+            broker: if connected {
+                "sent"
+            } else if version.is_none() && crate::leader::role() == crate::leader::Role::Standby {
+                "handed_off"
+            } else {
+                "queued"
+            },
         });
     }
     tracing::warn!(id = %alert.id, severity = %alert.severity, "alert published");

@@ -40,18 +40,20 @@ pub struct Readiness {
     pub store: String,
     /// `ok`, or why bulk writes are refused (a full data disk).
     pub bulk_writes: String,
-    /// `connected` or `not connected`; on a standby, whether a node leads (`standby: node
-    /// a leads`, `standby: no node leads`).
-    pub broker: String,
+    /// `connected` or `not connected` (a standby is never connected: the leader publishes).
+    pub broker: &'static str,
     /// `single` (its own store), `leader` or `standby` (a shared store).
     pub role: crate::leader::Role,
+    /// On a shared store, the node whose lease runs now (`null`: none, a failover is under
+    /// way, or alone).
+    pub leader: Option<String>,
 }
 
 /// `GET /readyz`: open; 200 when the daemon can do its emergency work: the store takes an
-/// alert's write and the broker is connected (a standby: a node leads, to publish what it
-/// hands over); 503 naming what is not (for load balancers,
+/// alert's write and the broker is connected (a standby: the store takes it, and the leader,
+/// or during a failover the next one, publishes it); 503 naming what is not (for load balancers,
 /// orchestrators, monitoring). `bulk_writes` says when a full data disk refuses the rest.
-#[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, description = "ready: the store takes an alert's writes and the broker is connected (bulk_writes: whether the rest is refused for a full disk)", body = Readiness), (status = 503, description = "not ready: what is wrong (the same shape, ready false)")))]
+#[utoipa::path(get, path = "/readyz", tag = "system", responses((status = 200, description = "ready: the store takes an alert's writes and the broker is connected, or this node is a standby (bulk_writes: whether the rest is refused for a full disk)", body = Readiness), (status = 503, description = "not ready: what is wrong (the same shape, ready false)")))]
 pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Readiness>) {
     // Ready means an alert can be written and published. A full data disk refuses bulk
     // writes (reports, imports, SMS, playlist saves) and says so, but an instance that can
@@ -68,18 +70,21 @@ pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Readine
         .await
         .unwrap_or_else(|e| (Err(e.to_string()), Err(e.to_string())));
     let role = crate::leader::role();
-    // A standby takes an alert's write and hands it to the leader: ready while one leads.
-    let (broker, broker_says) = if role == crate::leader::Role::Standby {
-        match s.store.call(|st| st.leader()).await.ok().flatten() {
-            Some(h) if h.remaining_s > 0.0 => (true, format!("standby: node {} leads", h.node)),
-            _ => (false, "standby: no node leads".to_owned()),
-        }
-    } else if s.metrics.mqtt_connected.get() == 1 {
-        (true, "connected".to_owned())
-    } else {
-        (false, "not connected".to_owned())
+    let leader = match role {
+        crate::leader::Role::Single => None,
+        _ => s
+            .store
+            .call(|st| st.leader())
+            .await
+            .ok()
+            .flatten()
+            .filter(|h| h.remaining_s > 0.0)
+            .map(|h| h.node),
     };
-    let ready = store_ok.is_ok() && broker;
+    let broker = s.metrics.mqtt_connected.get() == 1;
+    // A standby's alert is durable once stored, and goes out when a node leads (during a
+    // failover, when the next one does): ready when the store takes it.
+    let ready = store_ok.is_ok() && (broker || role == crate::leader::Role::Standby);
     (
         if ready {
             StatusCode::OK
@@ -90,8 +95,9 @@ pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Readine
             ready,
             store: store_ok.err().unwrap_or_else(|| "ok".into()),
             bulk_writes: bulk.err().unwrap_or_else(|| "ok".into()),
-            broker: broker_says,
+            broker: if broker { "connected" } else { "not connected" },
             role,
+            leader,
         }),
     )
 }

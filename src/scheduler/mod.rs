@@ -275,16 +275,15 @@ impl Scheduler {
         Ok(s)
     }
 
-    /// The catalog as last published (the last good sources before a restart, or the leader's
-    /// on a standby), for [`Scheduler::new`] and the API: a file that is broken now keeps the
-    /// version that was live.
-    pub fn seed_catalog(
-        cfg: &Config,
-        store: &Store,
-    ) -> anyhow::Result<watch::Sender<Arc<Catalog>>> {
+    /// The catalog as last published (the last good sources stored by the last leader, or by
+    /// this daemon before a restart), to seed [`Scheduler::new`] and the API: a file that is
+    /// broken now keeps the version that was live.
+    pub fn last_published(cfg: &Config, store: &Store) -> anyhow::Result<Arc<Catalog>> {
         let ctx = cfg.schedule.validation_context();
-        let seed = Catalog::from_sources(&store.good_playlists()?, &ctx);
-        Ok(watch::Sender::new(Arc::new(seed)))
+        Ok(Arc::new(Catalog::from_sources(
+            &store.good_playlists()?,
+            &ctx,
+        )))
     }
 
     fn playlists_dir(&self) -> &PathBuf {

@@ -33,11 +33,15 @@ pub struct Handoff {
 pub const REGISTRY: &str = "registry";
 
 impl Store {
-    /// Stores a payload for the leader to publish (`h.id` is ignored: the store gives the next).
-    pub fn hand_off(&self, h: &Handoff) -> Result<(), StoreError> {
-        self.conn().execute(
+    /// Stores a payload to publish (`h.id` is ignored); answers its place in the order. A
+    /// writer's transaction: hand-offs from every node commit one at a time, so their ids are
+    /// their commit order and a reader never sees a later one before an earlier one.
+    pub fn hand_off(&self, h: &Handoff) -> Result<i64, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        let id = tx.query_row(
             "INSERT INTO handoff (topic, payload, expires_at, if_current_alert, node, handed_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6) RETURNING id",
             params![
                 h.topic,
                 h.payload,
@@ -46,18 +50,20 @@ impl Store {
                 h.node,
                 ts(Utc::now())
             ],
+            |r| r.get(0),
         )?;
-        Ok(())
+        tx.commit()?;
+        Ok(id)
     }
 
-    /// The first `limit` payloads handed over, oldest first.
-    pub fn handoffs(&self, limit: i64) -> Result<Vec<Handoff>, StoreError> {
+    /// The first `limit` payloads handed over after `after`, oldest first.
+    pub fn handoffs(&self, after: i64, limit: i64) -> Result<Vec<Handoff>, StoreError> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
             "SELECT id, topic, payload, expires_at, if_current_alert, node FROM handoff
-             ORDER BY id LIMIT ?1",
+             WHERE id > ?1 ORDER BY id LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![limit], |r| {
+        let rows = stmt.query_map(params![after, limit], |r| {
             let at: String = r.get(3)?;
             Ok(Handoff {
                 id: r.get(0)?,
@@ -109,17 +115,18 @@ mod tests {
     fn handoffs_keep_their_order_and_registry_changes_count() {
         let s = Store::memory().unwrap();
         for n in 0..3 {
-            s.hand_off(&Handoff {
-                id: 0,
-                topic: format!("marquee/alerts/{n}"),
-                payload: "{}".into(),
-                expires_at: Utc::now(),
-                if_current_alert: (n == 1).then(|| "alert-1".to_owned()),
-                node: "b".into(),
-            })
-            .unwrap();
+            let _ = s
+                .hand_off(&Handoff {
+                    id: 0,
+                    topic: format!("marquee/alerts/{n}"),
+                    payload: "{}".into(),
+                    expires_at: Utc::now(),
+                    if_current_alert: (n == 1).then(|| "alert-1".to_owned()),
+                    node: "b".into(),
+                })
+                .unwrap();
         }
-        let all = s.handoffs(10).unwrap();
+        let all = s.handoffs(0, 10).unwrap();
         let topics: Vec<_> = all.iter().map(|h| h.topic.as_str()).collect();
         assert_eq!(
             topics,
@@ -127,7 +134,8 @@ mod tests {
         );
         assert_eq!(all[1].if_current_alert.as_deref(), Some("alert-1"));
         s.drop_handoff(all[0].id).unwrap();
-        assert_eq!(s.handoffs(1).unwrap()[0].topic, "marquee/alerts/1");
+        assert_eq!(s.handoffs(0, 1).unwrap()[0].topic, "marquee/alerts/1");
+        assert_eq!(s.handoffs(all[1].id, 5).unwrap().len(), 1);
         let g = s.generation(REGISTRY).unwrap();
         s.register_display(&crate::store::registry::Registered {
             id: "d1".into(),

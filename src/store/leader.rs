@@ -138,6 +138,19 @@ impl Store {
         Ok(())
     }
 
+    /// Ends the lease now if `node` holds it, at whatever epoch (a standby stopped while it
+    /// may just have taken it).
+    pub fn resign_node(&self, node: &str) -> Result<(), StoreError> {
+        let conn = self.lease_conn()?;
+        conn.execute(
+            "UPDATE leader_expiry SET expires_at = clock_timestamp()
+             WHERE id = 1 AND expires_at > clock_timestamp()
+               AND EXISTS (SELECT 1 FROM leader WHERE id = 1 AND node = ?1)",
+            params![node],
+        )?;
+        Ok(())
+    }
+
     /// Who holds (or last held) the lease.
     pub fn leader(&self) -> Result<Option<Holder>, StoreError> {
         let conn = self.lease_conn()?;

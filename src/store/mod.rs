@@ -369,8 +369,9 @@ const MIGRATIONS: &[&str] = &[
         expires_at  TEXT NOT NULL
     );",
     // 23: what a standby hands to the leader (`store::handoff`): payloads to publish, in
-    // order, and a generation per table other nodes keep a copy of in memory (the registry).
-    // Used on PostgreSQL only; here so that both engines keep one numbering.
+    // order, and a generation per table other nodes keep a copy of in memory (the registry);
+    // the node whose list import a campaign is (each node removes only its own cut-off
+    // imports). Used on PostgreSQL only; here so that both engines keep one numbering.
     "CREATE TABLE handoff (
         id                INTEGER PRIMARY KEY AUTOINCREMENT,
         topic             TEXT NOT NULL,
@@ -384,7 +385,8 @@ const MIGRATIONS: &[&str] = &[
         name  TEXT PRIMARY KEY,
         n     INTEGER NOT NULL
     );
-    INSERT INTO generations (name, n) VALUES ('registry', 0);",
+    INSERT INTO generations (name, n) VALUES ('registry', 0);
+    ALTER TABLE campaigns ADD COLUMN node TEXT;",
 ];
 
 /// The last payload published on a retained topic.
@@ -494,7 +496,8 @@ const PG_MIGRATIONS: &[&str] = &[
         name  TEXT COLLATE \"C\" PRIMARY KEY,
         n     BIGINT NOT NULL
     );
-    INSERT INTO generations (name, n) VALUES ('registry', 0)",
+    INSERT INTO generations (name, n) VALUES ('registry', 0);
+    ALTER TABLE campaigns ADD COLUMN node TEXT COLLATE \"C\"",
 ];
 
 /// Creates the schema on a new PostgreSQL database, or applies the migrations it lacks, under
@@ -603,6 +606,9 @@ pub struct Store {
     /// PostgreSQL: the URL and password it was opened with (tests open it again).
     #[cfg_attr(not(test), allow(dead_code))]
     pg: Option<(String, Option<String>)>,
+    /// On a shared store, this daemon's node name (`[store] node`): its list imports carry it,
+    /// so that each node removes only its own cut-off imports.
+    node: std::sync::OnceLock<String>,
 }
 
 /// WAL pages after which a writer still checkpoints inside its commit (SQLite's
@@ -863,6 +869,7 @@ impl Store {
             ckpt: None,
             lease: Some(Mutex::new(lease)),
             pg: Some((url.to_owned(), password.map(str::to_owned))),
+            node: std::sync::OnceLock::new(),
         })
     }
 
@@ -922,6 +929,16 @@ impl Store {
         Ok(format!("{url}{sep}options=-csearch_path%3D{schema}"))
     }
 
+    /// Names this daemon on a shared store (once; later calls are ignored).
+    pub fn set_node(&self, node: &str) {
+        let _ = self.node.set(node.to_owned());
+    }
+
+    /// This daemon's node name on a shared store, if set.
+    pub fn node(&self) -> Option<&str> {
+        self.node.get().map(String::as_str)
+    }
+
     /// Whether this store is on PostgreSQL.
     pub fn is_postgres(&self) -> bool {
         self.conn().is_pg()
@@ -968,6 +985,7 @@ impl Store {
             ckpt: None,
             lease: None,
             pg: None,
+            node: std::sync::OnceLock::new(),
         })
     }
 
@@ -1293,6 +1311,7 @@ mod tests {
             ckpt: None,
             lease: None,
             pg: None,
+            node: std::sync::OnceLock::new(),
         };
         let c = s.campaign(1).unwrap().unwrap();
         assert_eq!(

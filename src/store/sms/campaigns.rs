@@ -38,12 +38,15 @@ impl Store {
     /// delivery report never waits behind a large import.
     pub fn begin_import(&self, c: &NewCampaign<'_>, now: DateTime<Utc>) -> Result<i64, StoreError> {
         self.bulk_ok()?;
-        Ok(insert_campaign(
-            &self.sms_conn(),
-            c,
-            CampaignStatus::Importing,
-            now,
-        )?)
+        let conn = self.sms_conn();
+        let id = insert_campaign(&conn, c, CampaignStatus::Importing, now)?;
+        if let Some(node) = self.node() {
+            conn.execute(
+                "UPDATE campaigns SET node = ?2 WHERE id = ?1",
+                params![id, node],
+            )?;
+        }
+        Ok(id)
     }
 
     /// Adds messages (queued) and rejected rows to an importing campaign, in one transaction.
@@ -106,16 +109,18 @@ impl Store {
         Ok(head)
     }
 
-    /// Removes importing campaigns (`id`, or all of them after a restart) with their messages,
+    /// Removes importing campaigns (`id`, or after a restart all of this node's: on a shared
+    /// store another node's import may be under way) with their messages,
     /// counts and rejects. Returns how many.
     pub fn drop_importing(&self, id: Option<i64>) -> Result<usize, StoreError> {
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let ids: Vec<i64> = {
             let mut st = tx.prepare(
-                "SELECT id FROM campaigns WHERE status = 'importing' AND (id = ?1 OR ?1 IS NULL)",
+                "SELECT id FROM campaigns WHERE status = 'importing'
+                 AND (id = ?1 OR (?1 IS NULL AND COALESCE(node, '') = ?2))",
             )?;
-            st.query_map(params![id], |r| r.get(0))?
+            st.query_map(params![id, self.node().unwrap_or_default()], |r| r.get(0))?
                 .collect::<Result<_, _>>()?
         };
         for c in &ids {

@@ -20,20 +20,26 @@ fn campaign(store: &Store, n: usize) -> i64 {
         })
         .collect();
     let spec = serde_json::json!({});
-    let c = NewCampaign {
-        name: "t",
-        spec: &spec,
-        start_at: None,
-        by: "op",
-        alert: None,
-    };
-    let id = store.create_campaign(&c, now(), &msgs, &[]).unwrap();
+    let id = store
+        .create_campaign(&plain(&spec), now(), &msgs, &[])
+        .unwrap();
     assert!(
         store
             .set_campaign_status(id, &[CampaignStatus::Draft], CampaignStatus::Running, now())
             .unwrap()
     );
     id
+}
+
+/// A campaign named `t`, starting when told, by `op`.
+fn plain(spec: &serde_json::Value) -> NewCampaign<'_> {
+    NewCampaign {
+        name: "t",
+        spec,
+        start_at: None,
+        by: "op",
+        alert: None,
+    }
 }
 
 fn claim(store: &Store, c: i64) -> Option<Claimed> {
@@ -529,4 +535,24 @@ fn a_recurring_firing_happens_once_per_reading() {
         )
         .unwrap();
     assert_eq!(runs, 2);
+}
+
+/// On a shared store each node removes only its own cut-off imports at start: another node's
+/// may be under way. (PostgreSQL only: on SQLite there is one daemon, and it removes all.)
+#[test]
+fn each_node_removes_only_its_own_cut_off_imports() {
+    let a = Store::memory().unwrap();
+    if !a.is_postgres() {
+        return;
+    }
+    let b = a.same_database().unwrap();
+    a.set_node("a");
+    b.set_node("b");
+    let spec = serde_json::json!({});
+    let c = plain(&spec);
+    let of_a = a.begin_import(&c, now()).unwrap();
+    let of_b = b.begin_import(&c, now()).unwrap();
+    assert_eq!(b.drop_importing(None).unwrap(), 1);
+    assert!(a.campaign(of_a).unwrap().is_some());
+    assert!(a.campaign(of_b).unwrap().is_none());
 }
