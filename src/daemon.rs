@@ -61,6 +61,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     start_store_upkeep(&store, &metrics, &tracker, &cancel);
     let mut listener = Some((listener, api_url.clone()));
     let publishing = CancellationToken::new();
+    let intake = share_intake(&state, node.as_deref(), &tracker).await;
     let publish_rx = match &node {
         Some(node) => {
             serve_http(&state, listener.take(), &tracker, &cancel);
@@ -84,7 +85,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     // What the last leader published (a standby may have waited for weeks).
     catalog_tx.send_replace(Scheduler::last_published(&cfg, &store)?);
     let (brokers, credentials, _broker) = start_broker(&cfg, &store).await?;
-    let (mqtt, events) = connect_mqtt(&cfg, brokers.clone(), credentials, &cancel)?;
+    let shared = Intake::close(intake).await;
+    let (mqtt, events) = connect_mqtt(&cfg, brokers.clone(), credentials, shared, &cancel)?;
     let scheduler = scheduler(&app, &mqtt, &metrics, catalog_tx, &origin).await?;
     serve_http(&state, listener.take(), &tracker, &cancel);
     let agents_hold = scheduler.agents_hold();
@@ -317,11 +319,109 @@ fn start_intake(
         crate::fleet::Rules {
             registry: state.registry.clone(),
             agents_hold,
-            retention: cfg.retention,
+            retention: Some(cfg.retention),
         },
         cancel.clone(),
     ));
     sched_rx
+}
+
+/// The shared subscription group of the nodes' event intake.
+const SHARE: &str = "$share/marquee";
+
+/// A standby's share of the agents' event intake ([`share_intake`]).
+struct Intake {
+    stop: CancellationToken,
+    connection: tokio::task::JoinHandle<()>,
+}
+
+impl Intake {
+    /// This node leads: its intake connection closes (its main connection takes the node's
+    /// share from now on; both would use the node's broker account, whose client id the
+    /// broker may take from the account name, `use_username_as_clientid`). Whether events are
+    /// shared.
+    async fn close(intake: Option<Intake>) -> bool {
+        let Some(intake) = intake else {
+            return false;
+        };
+        intake.stop.cancel();
+        let _ = intake.connection.await;
+        true
+    }
+}
+
+/// On a shared store with an external broker that delivers through shared subscriptions
+/// (probed at start, [`mqtt::probe_shared`]): every node takes a share of the agents' event
+/// batches ([`SHARE`]`/…/agent/+/events`), stores them and sends their receipts. A standby does
+/// so on a connection of its own (client id `{client_id}-intake-{node}`), returned here, which it
+/// closes when it leads; the leader on its main connection. `None` when nothing is shared: the
+/// leader takes every event alone. Statuses stay with the leader: they are retained, and a
+/// shared subscription is not sent retained messages.
+async fn share_intake(
+    state: &Arc<AppState>,
+    node: Option<&str>,
+    tracker: &TaskTracker,
+) -> Option<Intake> {
+    let cfg = &state.cfg;
+    let (Some(node), BrokerConfig::External { brokers, .. }) = (node, &cfg.mqtt.broker) else {
+        return None;
+    };
+    let prefix = cfg.mqtt.topic_prefix.clone();
+    let opts = ClientOptions {
+        client_id: format!("{}-intake-{node}", cfg.mqtt.client_id),
+        brokers: brokers.clone(),
+        credentials: cfg.mqtt.credentials.clone(),
+        keep_alive: cfg.mqtt.keep_alive,
+        max_packet: cfg.mqtt.max_payload,
+        subscriptions: vec![format!("{SHARE}/{}", Filter::AgentEvents.render(&prefix))],
+        tls: cfg.mqtt.tls.clone(),
+        last_will: None,
+    };
+    let probe = format!("{prefix}/v1/probe/{node}");
+    if !mqtt::probe_shared(&opts, &probe, Duration::from_secs(3)).await {
+        tracing::info!(
+            "the broker does not deliver through shared subscriptions ($share): the leader alone takes the agents' events"
+        );
+        return None;
+    }
+    let stop = CancellationToken::new();
+    let (handle, mut events) = mqtt::connect(opts, stop.clone());
+    let (tx, rx) = mpsc::channel(4096);
+    // Ends once the connection has said goodbye (its task then drops the event channel).
+    let connection = tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            if let mqtt::MqttEvent::Message {
+                topic,
+                payload,
+                retained,
+            } = ev
+                && tx.send((topic, payload, retained)).await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    tracker.spawn(crate::fleet::run(
+        state.store.clone(),
+        prefix,
+        rx,
+        state.metrics.clone(),
+        crate::fleet::Receipts {
+            keys: state.signing.clone(),
+            mqtt: handle,
+        },
+        crate::fleet::Rules {
+            registry: state.registry.clone(),
+            agents_hold: crate::scheduler::AgentsHold::default(),
+            retention: None,
+        },
+        stop.clone(),
+    ));
+    tracing::info!(
+        node,
+        "sharing the agents' event intake with the other nodes"
+    );
+    Some(Intake { stop, connection })
 }
 
 /// The signing key (created, loaded, or the prepared next one switched to), logged.
@@ -493,14 +593,29 @@ async fn bind_http(
 }
 
 /// The daemon's broker connection: its subscriptions (the retained topics it owns, for their
-/// echo, and the agents' reports) and its last will (`offline`).
+/// echo, and the agents' reports: their events as a member of the nodes' [`SHARE`] group when
+/// the broker shares, [`share_intake`]) and its last will (`offline`).
 fn connect_mqtt(
     cfg: &Config,
     brokers: Vec<(String, u16)>,
     credentials: Option<(String, String)>,
+    shared_intake: bool,
     cancel: &CancellationToken,
 ) -> anyhow::Result<(mqtt::MqttHandle, mpsc::Receiver<mqtt::MqttEvent>)> {
     let prefix = &cfg.mqtt.topic_prefix;
+    let events = Filter::AgentEvents.render(prefix);
+    let subscriptions = vec![
+        Filter::ChannelTimelines.render(prefix),
+        Filter::DisplayTimelines.render(prefix),
+        Filter::AgentStatus.render(prefix),
+        if shared_intake {
+            format!("{SHARE}/{events}")
+        } else {
+            events
+        },
+        Filter::Alerts.render(prefix),
+        Filter::HeldAlerts.render(prefix),
+    ];
     Ok(mqtt::connect(
         ClientOptions {
             client_id: cfg.mqtt.client_id.clone(),
@@ -508,14 +623,7 @@ fn connect_mqtt(
             credentials,
             keep_alive: cfg.mqtt.keep_alive,
             max_packet: cfg.mqtt.max_payload,
-            subscriptions: vec![
-                Filter::ChannelTimelines.render(prefix),
-                Filter::DisplayTimelines.render(prefix),
-                Filter::AgentStatus.render(prefix),
-                Filter::AgentEvents.render(prefix),
-                Filter::Alerts.render(prefix),
-                Filter::HeldAlerts.render(prefix),
-            ],
+            subscriptions,
             tls: cfg.mqtt.tls.clone(),
             last_will: Some(mqtt::WillFn::fixed(mqtt::LastWill {
                 topic: Topic::DaemonStatus.render(prefix),

@@ -48,8 +48,8 @@ pub struct Rules {
     pub registry: Arc<Registry>,
     /// Where the versions displays hold are reported to the scheduler.
     pub agents_hold: crate::scheduler::AgentsHold,
-    /// Retention of reports (`[fleet]`).
-    pub retention: crate::config::Retention,
+    /// Retention of reports (`[fleet]`); `None` when another intake of this process sweeps.
+    pub retention: Option<crate::config::Retention>,
 }
 
 /// Runs until `cancel` or until `rx` closes.
@@ -68,7 +68,9 @@ pub async fn run(
         retention,
     } = rules;
     // Reports have a retention and a size cap: swept a minute after start, then hourly.
-    tokio::spawn(sweep(store.clone(), retention, cancel.clone()));
+    if let Some(retention) = retention {
+        tokio::spawn(sweep(store.clone(), retention, cancel.clone()));
+    }
     let statuses = store.call(|s| s.status_marks()).await.unwrap_or_else(|e| {
         tracing::error!(error = %e, "cannot read the displays' last statuses");
         Default::default()
@@ -431,7 +433,9 @@ fn receipt(r: &Receipts, prefix: &str, display: String, outbox: String, upto: u6
             upto,
         }),
     };
-    if !crate::leader::may_act() {
+    // A leader woken past its lease sends nothing (its store refused the batch anyway); a
+    // standby sharing the intake acknowledges what it stored.
+    if crate::leader::role() == crate::leader::Role::Lost {
         return;
     }
     if let Err(e) = r.mqtt.publish(&topic, sign(&r.keys, &body), false) {

@@ -64,7 +64,13 @@ pub enum Role {
     Leader,
     /// Shares the store and waits for the lease: answers the API, publishes and sends nothing.
     Standby,
+    /// Led, and its lease has ended (a frozen leader woken): stopping, acts on nothing.
+    Lost,
 }
+
+/// Whether this process has taken the lease (it never goes back to being a standby: a leader
+/// that loses the lease stops).
+static LED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 /// Marks this process a standby until [`acquire`] takes the lease (a shared store): from now
 /// on [`may_act`] refuses until it leads.
@@ -78,6 +84,7 @@ pub fn role() -> Role {
     match UNTIL_MS.load(Ordering::SeqCst) {
         u64::MAX => Role::Single,
         _ if may_act() => Role::Leader,
+        _ if LED.load(Ordering::SeqCst) => Role::Lost,
         _ => Role::Standby,
     }
 }
@@ -96,6 +103,7 @@ pub async fn acquire(store: &Arc<Store>, node: &str, lease: Duration) -> anyhow:
         let n = node.to_owned();
         match store.call(move |s| s.try_lead(&n, lease)).await {
             Ok(Some(epoch)) => {
+                LED.store(true, Ordering::SeqCst);
                 hold_until(sent + hold(lease));
                 store.lead(node, epoch);
                 tracing::info!(

@@ -159,6 +159,39 @@ impl MqttHandle {
     }
 }
 
+/// Whether the broker delivers through a shared subscription (`$share/{group}/{filter}`, MQTT
+/// 5.0 §4.8.2; Mosquitto takes it from 3.1.1 clients too): on a connection of its own (client id
+/// `{base}-probe`), subscribes `$share/marquee-probe/{topic}`, publishes one message on `topic`
+/// and waits up to `within` for it. A broker that refuses the filter, or takes `$share/…` for
+/// an ordinary topic, never delivers it: `false`.
+pub async fn probe_shared(base: &ClientOptions, topic: &str, within: Duration) -> bool {
+    let cancel = CancellationToken::new();
+    let opts = ClientOptions {
+        client_id: format!("{}-probe", base.client_id),
+        subscriptions: vec![format!("$share/marquee-probe/{topic}")],
+        last_will: None,
+        ..base.clone()
+    };
+    let (handle, mut events) = connect(opts, cancel.clone());
+    let delivered = tokio::time::timeout(within, async {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                // After the SUBSCRIBE on the wire: the broker takes them in order.
+                MqttEvent::Connected => {
+                    let _ = handle.publish(topic, b"probe".to_vec(), false);
+                }
+                MqttEvent::Message { topic: t, .. } if t == topic => return true,
+                _ => {}
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    cancel.cancel();
+    delivered
+}
+
 fn jitter(max: Duration) -> Duration {
     let mut b = [0u8; 2];
     let _ = getrandom::fill(&mut b);

@@ -6,7 +6,9 @@
 pub mod broker;
 pub mod client;
 
-pub use client::{ClientOptions, LastWill, MqttEvent, MqttHandle, Tls, WillFn, connect};
+pub use client::{
+    ClientOptions, LastWill, MqttEvent, MqttHandle, Tls, WillFn, connect, probe_shared,
+};
 
 /// Parses broker URLs (`mqtt://host:port`, `tcp://`, or `mqtts://` / `ssl://` for TLS; default
 /// ports 1883 and 8883) into (host, port) pairs and whether they use TLS. Every problem is

@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::json;
@@ -437,4 +438,59 @@ async fn screens_on_another_nats_node_get_timelines_and_alerts() {
     alert_reaches(&d, &token, &mut agent, "nats alert one").await;
 
     // Losing a node is not tested here: with NATS 2.9.10 it leaves screens deaf (docs/brokers.md).
+}
+
+/// The start-up probe that decides whether the nodes of a shared store split the agents' event
+/// intake (`$share/…`): Mosquitto delivers through a shared subscription; NATS (MQTT 3.1.1)
+/// does not, and the leader then takes every event alone (`docs/operations.md`).
+#[tokio::test]
+async fn the_shared_subscription_probe_says_which_broker_shares() {
+    let opts = |port: u16, credentials: Option<(String, String)>| marquee::mqtt::ClientOptions {
+        client_id: format!("it-probe-{port}"),
+        brokers: vec![("127.0.0.1".into(), port)],
+        credentials,
+        keep_alive: Duration::from_secs(30),
+        max_packet: 64 * 1024,
+        subscriptions: Vec::new(),
+        last_will: None,
+        tls: None,
+    };
+    let within = Duration::from_secs(3);
+    let mosquitto = Mosquitto::start().await;
+    let on_mosquitto = opts(mosquitto.port, None);
+    let shares = marquee::mqtt::probe_shared(&on_mosquitto, "it/v1/probe/a", within).await;
+    assert!(shares, "Mosquitto delivers through $share");
+    let dir = tempfile::tempdir().unwrap();
+    let nodes = nats_cluster(dir.path()).await;
+    let daemon = Some(("marquee-daemon".to_owned(), DAEMON_PW.to_owned()));
+    let on_nats = opts(nodes[0].mqtt, daemon);
+    // The same account hears an ordinary subscription on that node (so `false` below is the
+    // broker's answer, not a failed connection).
+    let plain = marquee::mqtt::ClientOptions {
+        subscriptions: vec!["it/v1/probe/b".into()],
+        ..on_nats.clone()
+    };
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let (handle, mut events) = marquee::mqtt::connect(plain, cancel.clone());
+    let heard = tokio::time::timeout(DEADLINE, async {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                marquee::mqtt::MqttEvent::Connected => {
+                    handle
+                        .publish("it/v1/probe/b", b"x".to_vec(), false)
+                        .unwrap();
+                }
+                marquee::mqtt::MqttEvent::Message { topic, .. } if topic == "it/v1/probe/b" => {
+                    return true;
+                }
+                _ => {}
+            }
+        }
+        false
+    })
+    .await;
+    cancel.cancel();
+    assert_eq!(heard, Ok(true), "the daemon's account on NATS");
+    let shares = marquee::mqtt::probe_shared(&on_nats, "it/v1/probe/a", within).await;
+    assert!(!shares, "NATS 2 takes $share/… for an ordinary topic");
 }

@@ -247,6 +247,28 @@ async fn a_standby_takes_over_a_killed_or_frozen_leader_and_nothing_is_sent_twic
                 Ok(marquee::wire::Signed::AlertClear(c)) if c.id == x)
         })
         .await;
+    // Both nodes take a share of the agent's event batches (Mosquitto delivers a shared
+    // subscription to its members in turn), store them and send their receipts.
+    let ingested = "marquee_agent_events_ingested_total";
+    for (d, what) in [(&mut da, "the standby's"), (&mut db, "the leader's")] {
+        d.wait_log(&format!("{what} share of the event intake"), |v| {
+            v["message"] == "sharing the agents' event intake with the other nodes"
+        })
+        .await;
+    }
+    let mut n = 0;
+    while da.metric(&token_a, ingested).await == 0.0 || db.metric(&token_b, ingested).await == 0.0 {
+        // Each alert shown is an event batch from the agent.
+        n += 1;
+        assert!(n <= 20, "no share of the events reached both nodes");
+        alert(&db, &token_b, &format!("event {n}")).await;
+        agent
+            .frame("the alert that makes an event", |v| {
+                text_of(v) == format!("event {n}")
+            })
+            .await;
+    }
+    eprintln!("both nodes stored event batches after {n} extra alerts");
     let sent_before = fake.requests();
     db.signal("STOP");
     let stopped = Instant::now();
