@@ -78,6 +78,25 @@ fn postgres_store(dir: &Path) -> String {
     )
 }
 
+/// Runs PostgreSQL's client `tool` (Debian's, as `scripts/test` installs it) on the test
+/// server at `url` with `args`; panics with its error output when it fails.
+fn pg_tool(tool: &str, url: &str, args: &[&str]) {
+    let out = Command::new(tool)
+        .args(args)
+        .arg(url)
+        .env(
+            "PGPASSWORD",
+            std::env::var("MARQUEE_TEST_POSTGRES_PASSWORD").unwrap_or_default(),
+        )
+        .output()
+        .unwrap_or_else(|e| panic!("{tool}: {e} (run the README's test command)"));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// The PostgreSQL schema of the site at `dir`.
 fn schema_of(dir: &Path) -> String {
     let name = dir.file_name().unwrap().to_string_lossy().to_lowercase();
@@ -176,6 +195,39 @@ impl Site {
     pub fn public_key(&self) -> PublicKey {
         let hex = std::fs::read_to_string(self.dir.path().join("data/signing.pub")).unwrap();
         PublicKey::from_hex(&hex).unwrap()
+    }
+
+    /// A copy of the site's store, taken with its daemon stopped: SQLite's file, or on
+    /// PostgreSQL a `pg_dump` of the site's schema (plain SQL).
+    pub fn backup_store(&self, to: &Path) {
+        let Ok(url) = std::env::var("MARQUEE_TEST_POSTGRES") else {
+            std::fs::copy(self.dir.path().join("data/marquee.db"), to).unwrap();
+            return;
+        };
+        pg_tool(
+            "pg_dump",
+            &url,
+            &[
+                "--no-owner",
+                "--schema",
+                &schema_of(self.dir.path()),
+                "--file",
+                &to.display().to_string(),
+            ],
+        );
+    }
+
+    /// Puts back what [`Site::backup_store`] took (the daemon stopped): the SQLite file, or the
+    /// site's PostgreSQL schema dropped and loaded again from the dump.
+    pub fn restore_store(&self, from: &Path) {
+        let Ok(url) = std::env::var("MARQUEE_TEST_POSTGRES") else {
+            std::fs::copy(from, self.dir.path().join("data/marquee.db")).unwrap();
+            return;
+        };
+        let drop = format!("DROP SCHEMA {} CASCADE", schema_of(self.dir.path()));
+        pg_tool("psql", &url, &["-v", "ON_ERROR_STOP=1", "-q", "-c", &drop]);
+        let file = from.display().to_string();
+        pg_tool("psql", &url, &["-v", "ON_ERROR_STOP=1", "-q", "-f", &file]);
     }
 
     pub fn admin_token(&self) -> String {
