@@ -29,6 +29,12 @@ impl KannelConfig {
             dlr_mask,
             post,
         } = self;
+        if !*post && url.scheme() == "http" {
+            // A plain-HTTP gateway (Kannel is usually on the same host or LAN): hyper's pool
+            // directly, with the URL built from cached encodings.
+            let full = self.get_url(m, *dlr_mask, link.dlr_halves(m.id));
+            return self.answer(get_plain(link, full).await);
+        }
         let ucs2 = encoding(m.text) == Encoding::Ucs2;
         let dlr_url = link.dlr_url(m.id);
         let mask = dlr_mask.to_string();
@@ -52,44 +58,52 @@ impl KannelConfig {
             }
             r
         } else {
-            let full = self.get_url(m, ucs2, &mask, &dlr_url);
-            if url.scheme() == "http" {
-                // A plain-HTTP gateway (Kannel is usually on the same host or LAN): hyper's
-                // pool directly.
-                return self.answer(get_plain(link, full).await);
-            }
-            link.client.get(full)
+            link.client
+                .get(self.get_url(m, *dlr_mask, link.dlr_halves(m.id)))
         };
         self.answer(exchange(req).await)
     }
 
     /// The sendsms GET URL for `m`: the configured URL (its query kept, a fragment dropped)
-    /// with the parameters in Kannel's order, form-encoded as `Url::query_pairs_mut` would.
-    fn get_url(&self, m: &Outgoing<'_>, ucs2: bool, mask: &str, dlr_url: &str) -> String {
+    /// with the parameters in Kannel's order, form-encoded as `Url::query_pairs_mut` would
+    /// (`application/x-www-form-urlencoded`: WHATWG URL §5.2). `dlr`: the report URL around
+    /// the message's id ([`Link::dlr_halves`]). What repeats from one message to the next (the
+    /// account, the sender, the text, the report URL's halves) is encoded once per thread and
+    /// reused ([`Encoded`]): a campaign's messages mostly share them.
+    fn get_url(&self, m: &Outgoing<'_>, mask: u32, dlr: (&str, i64, &str)) -> String {
         let base = self.url[..url::Position::AfterQuery].trim_end_matches(['?', '&']);
         let sep = if self.url.query().is_some_and(|q| !q.is_empty()) {
             '&'
         } else {
             '?'
         };
-        let mut out =
-            String::with_capacity(base.len() + m.text.len() * 3 + dlr_url.len() * 2 + 128);
+        let mut out = String::with_capacity(base.len() + m.text.len() * 3 + dlr.0.len() * 3 + 160);
         out.push_str(base);
         out.push(sep);
-        let mut q = form_urlencoded::Serializer::for_suffix(out, base.len() + 1);
-        q.append_pair("username", &self.username)
-            .append_pair("password", &self.password)
-            .append_pair("from", m.from)
-            .append_pair("to", m.to)
-            .append_pair("text", m.text)
-            .append_pair("charset", "UTF-8")
-            .append_pair("coding", if ucs2 { "2" } else { "0" })
-            .append_pair("dlr-mask", mask)
-            .append_pair("dlr-url", dlr_url);
-        if let Some(s) = &self.smsc {
-            q.append_pair("smsc", s);
-        }
-        q.finish()
+        ENCODED.with_borrow_mut(|cache| {
+            out.push_str("username=");
+            cache.push(&mut out, &self.username);
+            out.push_str("&password=");
+            cache.push(&mut out, &self.password);
+            out.push_str("&from=");
+            cache.push(&mut out, m.from);
+            out.push_str("&to=");
+            out.extend(form_urlencoded::byte_serialize(m.to.as_bytes()));
+            out.push_str("&text=");
+            let ucs2 = cache.push_text(&mut out, m.text);
+            out.push_str("&charset=UTF-8&coding=");
+            out.push_str(if ucs2 { "2" } else { "0" });
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("&dlr-mask={mask}&dlr-url="));
+            cache.push(&mut out, dlr.0);
+            // Digits are never escaped.
+            let _ = std::fmt::Write::write_fmt(&mut out, format_args!("{}", dlr.1));
+            cache.push(&mut out, dlr.2);
+            if let Some(s) = &self.smsc {
+                out.push_str("&smsc=");
+                cache.push(&mut out, s);
+            }
+        });
+        out
     }
 
     /// Kannel's answer to one sendsms request.
@@ -112,9 +126,96 @@ impl KannelConfig {
     }
 }
 
+/// Form encodings kept on this thread: the hot path of a campaign encodes the same account,
+/// sender and report URL for every message (`values`, the last [`ENCODED_KEPT`]), and mostly
+/// the same text (`text`, the last one, with whether it needs UCS-2). Buffers are reused: a
+/// miss allocates nothing once they have grown.
+struct Encoded {
+    values: Vec<(String, String)>,
+    next: usize,
+    text: (String, String, bool),
+}
+
+/// How many values other than the text [`Encoded`] keeps (one gateway uses up to 6).
+const ENCODED_KEPT: usize = 16;
+
+thread_local! {
+    static ENCODED: std::cell::RefCell<Encoded> = const {
+        std::cell::RefCell::new(Encoded {
+            values: Vec::new(),
+            next: 0,
+            text: (String::new(), String::new(), false),
+        })
+    };
+}
+
+impl Encoded {
+    /// Appends the form encoding of `raw` to `out`.
+    fn push(&mut self, out: &mut String, raw: &str) {
+        if let Some((_, enc)) = self.values.iter().find(|(r, _)| r == raw) {
+            out.push_str(enc);
+            return;
+        }
+        if self.values.len() < ENCODED_KEPT {
+            self.values.push((String::new(), String::new()));
+        }
+        let i = self.next % self.values.len();
+        self.next = i + 1;
+        let (r, enc) = &mut self.values[i];
+        fill(r, enc, raw);
+        out.push_str(enc);
+    }
+
+    /// Appends the form encoding of the text `raw` to `out`; answers whether it needs UCS-2.
+    fn push_text(&mut self, out: &mut String, raw: &str) -> bool {
+        let (r, enc, ucs2) = &mut self.text;
+        if r != raw {
+            fill(r, enc, raw);
+            *ucs2 = encoding(raw) == Encoding::Ucs2;
+        }
+        out.push_str(enc);
+        *ucs2
+    }
+}
+
+/// `raw` and its form encoding into the two buffers.
+fn fill(r: &mut String, enc: &mut String, raw: &str) {
+    r.clear();
+    r.push_str(raw);
+    enc.clear();
+    enc.extend(form_urlencoded::byte_serialize(raw.as_bytes()));
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// More values than the cache keeps, twice over, and texts that change: every encoding is
+    /// still the one `form_urlencoded` gives.
+    #[test]
+    fn the_encoding_cache_evicts_and_stays_right() {
+        let mut cache = Encoded {
+            values: Vec::new(),
+            next: 0,
+            text: (String::new(), String::new(), false),
+        };
+        for _ in 0..2 {
+            for n in 0..(ENCODED_KEPT * 2 + 3) {
+                let raw = format!("a b&{n}=政");
+                let mut out = String::new();
+                cache.push(&mut out, &raw);
+                let want: String = form_urlencoded::byte_serialize(raw.as_bytes()).collect();
+                assert_eq!(out, want);
+                let mut out = String::new();
+                let ucs2 = cache.push_text(&mut out, &raw[..raw.len() - 3]);
+                assert_eq!(
+                    (out.as_str(), ucs2),
+                    (want.trim_end_matches("%E6%94%BF"), false)
+                );
+            }
+        }
+        assert_eq!(cache.values.len(), ENCODED_KEPT);
+    }
 
     /// The URL `one` sends: built as `Url::query_pairs_mut` builds it (the driver did so
     /// before it called hyper directly), whatever query the configured URL already has.
@@ -134,32 +235,46 @@ mod tests {
                 dlr_mask: 31,
                 post: false,
             };
-            let m = Outgoing {
-                id: 7,
-                campaign: 1,
-                to: "+8613800138000",
-                from: "10086",
-                text: "政务开放日 Open Day: 9:00 & 10% off?",
-                template_id: None,
-                params: &[],
-                param_names: &[],
-            };
-            let dlr = "http://127.0.0.1:8080/api/v1/sms/dlr/k?secret=s&id=7&type=%d";
-            let ours = cfg.get_url(&m, true, "31", dlr);
-            let mut want = cfg.url.clone();
-            want.set_fragment(None);
-            want.query_pairs_mut()
-                .append_pair("username", "u s&r")
-                .append_pair("password", "p=w+d")
-                .append_pair("from", m.from)
-                .append_pair("to", m.to)
-                .append_pair("text", m.text)
-                .append_pair("charset", "UTF-8")
-                .append_pair("coding", "2")
-                .append_pair("dlr-mask", "31")
-                .append_pair("dlr-url", dlr)
-                .append_pair("smsc", "cm 1");
-            assert_eq!(ours, want.as_str(), "{base}");
+            // Each twice: the second time from the thread's cache of encodings.
+            for text in [
+                "政务开放日 Open Day: 9:00 & 10% off?",
+                "Open Day: 9:00 & 10% off? a+b=c",
+                "政务开放日 Open Day: 9:00 & 10% off?",
+                "Open Day: 9:00 & 10% off? a+b=c",
+            ] {
+                let m = Outgoing {
+                    id: 7,
+                    campaign: 1,
+                    to: "+8613800138000",
+                    from: "10086",
+                    text,
+                    template_id: None,
+                    params: &[],
+                    param_names: &[],
+                };
+                let halves = (
+                    "http://127.0.0.1:8080/api/v1/sms/dlr/k?secret=s&id=",
+                    7,
+                    "&type=%d",
+                );
+                let ours = cfg.get_url(&m, 31, halves);
+                let dlr = "http://127.0.0.1:8080/api/v1/sms/dlr/k?secret=s&id=7&type=%d";
+                let ucs2 = text.starts_with('政');
+                let mut want = cfg.url.clone();
+                want.set_fragment(None);
+                want.query_pairs_mut()
+                    .append_pair("username", "u s&r")
+                    .append_pair("password", "p=w+d")
+                    .append_pair("from", m.from)
+                    .append_pair("to", m.to)
+                    .append_pair("text", m.text)
+                    .append_pair("charset", "UTF-8")
+                    .append_pair("coding", if ucs2 { "2" } else { "0" })
+                    .append_pair("dlr-mask", "31")
+                    .append_pair("dlr-url", dlr)
+                    .append_pair("smsc", "cm 1");
+                assert_eq!(ours, want.as_str(), "{base}");
+            }
         }
     }
 }

@@ -106,8 +106,14 @@ pub struct Link {
 }
 
 impl Link {
-    /// The URL this gateway calls back with a report for message `id`. Kannel fills in its
-    /// `%` escapes: `%d` report type, `%A` SMSC answer, `%F` carrier id, `%T` time.
+    /// The URL this gateway calls back with a report for message `id`, as what comes before
+    /// the id, the id and what comes after it. Kannel fills in its `%` escapes: `%d` report
+    /// type, `%A` SMSC answer, `%F` carrier id, `%T` time.
+    pub fn dlr_halves(&self, id: i64) -> (&str, i64, &str) {
+        (&self.dlr.0, id, self.dlr.1)
+    }
+
+    /// The report URL for message `id` ([`Link::dlr_halves`] put together).
     pub fn dlr_url(&self, id: i64) -> String {
         let (before, after) = (&self.dlr.0, self.dlr.1);
         let mut url = String::with_capacity(before.len() + 20 + after.len());
