@@ -61,7 +61,7 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     start_store_upkeep(&store, &metrics, &tracker, &cancel);
     let mut listener = Some((listener, api_url.clone()));
     let publishing = CancellationToken::new();
-    let intake = share_intake(&state, node.as_deref(), &tracker).await;
+    let intake = share_intake(&state, node.as_deref(), &tracker, &cancel).await;
     let publish_rx = match &node {
         Some(node) => {
             serve_http(&state, listener.take(), &tracker, &cancel);
@@ -350,8 +350,8 @@ impl Intake {
     }
 }
 
-/// On a shared store with an external broker that delivers through shared subscriptions
-/// (probed at start, [`mqtt::probe_shared`]): every node takes a share of the agents' event
+/// On a shared store with `share_events` and an external broker that delivers through shared
+/// subscriptions (probed at start, [`mqtt::probe_shared`]): every node takes a share of the agents' event
 /// batches ([`SHARE`]`/…/agent/+/events`), stores them and sends their receipts. A standby does
 /// so on a connection of its own (client id `{client_id}-intake-{node}`), returned here, which it
 /// closes when it leads; the leader on its main connection. `None` when nothing is shared: the
@@ -361,9 +361,19 @@ async fn share_intake(
     state: &Arc<AppState>,
     node: Option<&str>,
     tracker: &TaskTracker,
+    cancel: &CancellationToken,
 ) -> Option<Intake> {
     let cfg = &state.cfg;
-    let (Some(node), BrokerConfig::External { brokers, .. }) = (node, &cfg.mqtt.broker) else {
+    let shared = matches!(
+        cfg.store,
+        crate::config::StoreConfig::Postgres {
+            share_events: true,
+            ..
+        }
+    );
+    let (Some(node), BrokerConfig::External { brokers, .. }, true) =
+        (node, &cfg.mqtt.broker, shared)
+    else {
         return None;
     };
     let prefix = cfg.mqtt.topic_prefix.clone();
@@ -378,13 +388,14 @@ async fn share_intake(
         last_will: None,
     };
     let probe = format!("{prefix}/v1/probe/{node}");
-    if !mqtt::probe_shared(&opts, &probe, Duration::from_secs(3)).await {
+    // Longer than one connect attempt (5 s), so a dead first broker is not a "no".
+    if !mqtt::probe_shared(&opts, &probe, Duration::from_secs(8)).await {
         tracing::info!(
             "the broker does not deliver through shared subscriptions ($share): the leader alone takes the agents' events"
         );
         return None;
     }
-    let stop = CancellationToken::new();
+    let stop = cancel.child_token();
     let (handle, mut events) = mqtt::connect(opts, stop.clone());
     let (tx, rx) = mpsc::channel(4096);
     // Ends once the connection has said goodbye (its task then drops the event channel).

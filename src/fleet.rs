@@ -99,9 +99,12 @@ pub async fn run(
             Some(Report::Events(b)) => {
                 let (display, upto, outbox) = (b.display.clone(), b.upto, b.outbox.clone());
                 let res = record_events(&store, &mut intake, &topic, b).await;
-                // Receipt only after the commit.
+                // Receipt only after the commit; a batch not stored is not "stored already"
+                // when the agent sends it again.
                 if res.is_ok() {
                     receipt(&receipts, &prefix, display, outbox, upto);
+                } else {
+                    intake.batches.remove(&display);
                 }
                 res
             }

@@ -143,6 +143,17 @@ async fn publish_handed(
             let Some(req) = request(ctx, &h) else {
                 continue;
             };
+            if cleared_since(ctx, &req.0.payload).await {
+                // Cleared after it was stored and before this row was: its clear (an earlier
+                // row) found it not yet on the topic and was skipped, so it must not go out.
+                tracing::info!(topic = %h.topic, "not published: the alert was cleared meanwhile");
+                let id = h.id;
+                if let Err(e) = ctx.store.call(move |s| s.drop_handoff(id)).await {
+                    tracing::warn!(error = %e, "cannot remove a hand-off");
+                    break 'pass;
+                }
+                continue;
+            }
             let (req, rx) = req;
             if scheduler.send(req).await.is_err() {
                 break 'pass;
@@ -178,6 +189,19 @@ async fn publish_handed(
         // A held alert handed over: the leader's starter looks at the store again.
         ctx.held_alerts.notify_one();
     }
+}
+
+/// Whether `payload` is an alert (live or held) that the store says was cleared: its clear was
+/// decided on one node while its publication was being handed over on another.
+async fn cleared_since(ctx: &Ctx, payload: &Signed) -> bool {
+    let (Signed::Alert(a) | Signed::AlertAt(a)) = payload else {
+        return false;
+    };
+    let id = a.id.clone();
+    matches!(
+        ctx.store.call(move |s| s.alert(&id)).await,
+        Ok(Some(row)) if row.cleared_at.is_some()
+    )
 }
 
 /// The scheduler's request for row `h`, or `None` (logged) when this version cannot read it.

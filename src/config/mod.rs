@@ -254,6 +254,7 @@ mod tests {
                 node: crate::host_name(),
                 lease: std::time::Duration::from_secs(10),
                 tls_ca: None,
+                share_events: false,
             }
         );
         let bad = |toml: &str, says: &str| {
@@ -289,6 +290,10 @@ mod tests {
             "password_env/password_file without store.url",
         );
         bad(
+            "[store]\nshare_events = true\n",
+            "share_events are for a PostgreSQL store",
+        );
+        bad(
             "[store]\nurl = \"postgres://marquee@127.0.0.1/m\"\npassword_env = \"MARQUEE_TEST_SURELY_UNSET\"\n",
             "store.password_env: environment variable MARQUEE_TEST_SURELY_UNSET is not set",
         );
@@ -298,7 +303,7 @@ mod tests {
         );
         bad(
             "[store]\nnode = \"a\"\n",
-            "node, lease and ca_file are for a PostgreSQL store",
+            "node, lease, ca_file and share_events are for a PostgreSQL store",
         );
     }
 

@@ -163,6 +163,7 @@ pub(super) struct RawStore {
     pub(super) node: Option<String>,
     pub(super) lease: Option<String>,
     pub(super) ca_file: Option<PathBuf>,
+    pub(super) share_events: Option<bool>,
 }
 
 /// The daemon's database.
@@ -187,6 +188,10 @@ pub enum StoreConfig {
         /// TLS (the URL's `sslmode=require`): the CA certificates (PEM) the server's
         /// certificate must chain to (`ca_file`; default: the system's). `None`: no TLS.
         tls_ca: Option<Vec<u8>>,
+        /// Whether the nodes split the agents' event intake through an MQTT shared
+        /// subscription where the broker delivers through one (`share_events`, default
+        /// false; each node then needs a broker account of its own: docs/operations.md).
+        share_events: bool,
     },
 }
 
@@ -200,6 +205,7 @@ impl std::fmt::Debug for StoreConfig {
                 node,
                 lease,
                 tls_ca,
+                share_events,
             } => f
                 .debug_struct("Postgres")
                 .field("url", url)
@@ -207,6 +213,7 @@ impl std::fmt::Debug for StoreConfig {
                 .field("node", node)
                 .field("lease", lease)
                 .field("tls", &tls_ca.is_some())
+                .field("share_events", share_events)
                 .finish(),
         }
     }
@@ -221,9 +228,14 @@ pub(super) fn store(raw: RawStore, problems: &mut Vec<String>) -> StoreConfig {
         if raw.password_env.is_some() || raw.password_file.is_some() {
             problems.push("store: password_env/password_file without store.url".into());
         }
-        if raw.node.is_some() || raw.lease.is_some() || raw.ca_file.is_some() {
+        if raw.node.is_some()
+            || raw.lease.is_some()
+            || raw.ca_file.is_some()
+            || raw.share_events.is_some()
+        {
             problems.push(
-                "store: node, lease and ca_file are for a PostgreSQL store (store.url)".into(),
+                "store: node, lease, ca_file and share_events are for a PostgreSQL store (store.url)"
+                    .into(),
             );
         }
         return StoreConfig::Sqlite;
@@ -274,6 +286,7 @@ pub(super) fn store(raw: RawStore, problems: &mut Vec<String>) -> StoreConfig {
         node,
         lease,
         tls_ca,
+        share_events: raw.share_events.unwrap_or(false),
     }
 }
 

@@ -19,7 +19,9 @@ fn node(mosquitto: &Mosquitto, fake: &Fake, name: &str, leader: Option<&Site>) -
     if let Some(other) = leader {
         site.share_store_and_key_of(other);
     }
-    site.store_keys(&format!("node = \"{name}\"\nlease = \"2s\""));
+    site.store_keys(&format!(
+        "node = \"{name}\"\nlease = \"2s\"\nshare_events = true"
+    ));
     site.append_config(&format!(
         "[sms]\nsender = \"12345\"\n{}",
         fake.gateway("alpha", 200, 4, "5s")

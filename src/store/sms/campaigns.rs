@@ -38,14 +38,16 @@ impl Store {
     /// delivery report never waits behind a large import.
     pub fn begin_import(&self, c: &NewCampaign<'_>, now: DateTime<Utc>) -> Result<i64, StoreError> {
         self.bulk_ok()?;
-        let conn = self.sms_conn();
-        let id = insert_campaign(&conn, c, CampaignStatus::Importing, now)?;
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        let id = insert_campaign(&tx, c, CampaignStatus::Importing, now)?;
         if let Some(node) = self.node() {
-            conn.execute(
+            tx.execute(
                 "UPDATE campaigns SET node = ?2 WHERE id = ?1",
                 params![id, node],
             )?;
         }
+        tx.commit()?;
         Ok(id)
     }
 
