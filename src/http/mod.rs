@@ -185,14 +185,16 @@ fn document_errors(doc: &mut utoipa::openapi::OpenApi) {
 /// console.
 pub fn router(state: Arc<AppState>) -> Router {
     let (api, doc) = api();
-    let doc = Arc::new(doc);
+    // Kept as its compact JSON (about 100 kB), not as the document's tree of strings and maps,
+    // which is several times that and would be cloned for every request.
+    let doc = bytes::Bytes::from(serde_json::to_vec(&doc).unwrap_or_default());
     api.route("/", get(console::index))
         .route("/console/{file}", get(console::asset))
         .route(
             "/api/v1/openapi.json",
             get(move |_: auth::Viewer| {
                 let doc = doc.clone();
-                async move { axum::Json(doc.as_ref().clone()) }
+                async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], doc) }
             }),
         )
         .fallback(api::not_found)
