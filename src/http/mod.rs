@@ -194,7 +194,12 @@ pub fn router(state: Arc<AppState>) -> Router {
             "/api/v1/openapi.json",
             get(move |_: auth::Viewer| {
                 let doc = doc.clone();
-                async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], doc) }
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        doc,
+                    )
+                }
             }),
         )
         .fallback(api::not_found)
