@@ -69,8 +69,8 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
             tracker.spawn(crate::handoff::sequence(
                 app.clone(),
                 node.clone(),
-                publish_rx,
-                to_scheduler,
+                (publish_rx, to_scheduler),
+                catalog_tx.clone(),
                 publishing.clone(),
                 cancel.clone(),
             ));

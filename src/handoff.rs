@@ -13,17 +13,18 @@
 //!
 //! Every node also reads the display registry again when another node changed it (its
 //! generation moved), so that reports of a display registered through a standby are taken and
-//! an alert's reach counts it.
+//! an alert's reach counts it; a standby also shows the playlists the leader last published.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::Ctx;
 use crate::scheduler::PublishRequest;
-use crate::store::handoff::{Handoff, REGISTRY};
+use crate::scheduler::catalog::Catalog;
+use crate::store::handoff::{Handoff, PLAYLISTS, REGISTRY};
 use crate::wire::{Signed, Topic};
 
 /// How often the leader looks for payloads handed over, and every node for registry changes.
@@ -46,12 +47,13 @@ type Outcome = anyhow::Result<(Option<u64>, bool)>;
 pub async fn sequence(
     ctx: Arc<Ctx>,
     node: String,
-    mut requests: mpsc::Receiver<PublishRequest>,
-    scheduler: mpsc::Sender<PublishRequest>,
+    (mut requests, scheduler): (mpsc::Receiver<PublishRequest>, mpsc::Sender<PublishRequest>),
+    catalog: watch::Sender<Arc<Catalog>>,
     publishing: CancellationToken,
     cancel: CancellationToken,
 ) {
     let mut registry_seen = None;
+    let mut playlists_seen = None;
     let mut every = tokio::time::interval(EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -64,6 +66,7 @@ pub async fn sequence(
             },
             _ = every.tick() => {
                 follow_registry(&ctx, &mut registry_seen).await;
+                follow_playlists(&ctx, &catalog, &mut playlists_seen).await;
                 if publishing.is_cancelled() {
                     publish_handed(&ctx, &scheduler, None).await;
                 }
@@ -223,6 +226,49 @@ fn request(ctx: &Ctx, h: &Handoff) -> Option<(PublishRequest, oneshot::Receiver<
         },
         rx,
     ))
+}
+
+/// On a standby: shows the playlists the leader last published (the API's catalog) again when
+/// their generation is not the one last read. A leader's scheduler owns the catalog: the swap
+/// happens only while this node is a standby, checked under the catalog's lock (the role turns
+/// to leader before the scheduler is made).
+async fn follow_playlists(
+    ctx: &Ctx,
+    catalog: &watch::Sender<Arc<Catalog>>,
+    seen: &mut Option<i64>,
+) {
+    if crate::leader::role() != crate::leader::Role::Standby {
+        return;
+    }
+    let g = match ctx.store.call(|s| s.generation(PLAYLISTS)).await {
+        Ok(g) if Some(g) != *seen => g,
+        Ok(_) => return,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the playlists' generation");
+            return;
+        }
+    };
+    let cfg = ctx.cfg.clone();
+    let read = ctx
+        .store
+        .call(move |s| {
+            crate::scheduler::Scheduler::last_published(&cfg, s)
+                .map_err(|e| crate::store::StoreError::Config(format!("{e:#}")))
+        })
+        .await;
+    match read {
+        Ok(last) => {
+            catalog.send_if_modified(|c| {
+                let standby = crate::leader::role() == crate::leader::Role::Standby;
+                if standby {
+                    *c = last;
+                }
+                standby
+            });
+            *seen = Some(g);
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the last published playlists"),
+    }
 }
 
 /// Reads the registry again when its generation is not the one last read (`seen`; `None`:

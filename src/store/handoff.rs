@@ -4,8 +4,8 @@
 //! topic (an alert, its clear) is stored here, in order, and the leader publishes it through its
 //! scheduler (signed, versioned, stored and re-asserted as its own) and then removes it. A row
 //! survives the leader's death: the next leader publishes it. `generations` counts the changes
-//! of what every node keeps a copy of in memory (the display registry): a node that sees the
-//! count move reads the table again.
+//! of what every node keeps a copy of in memory (the display registry, the last good playlist
+//! sources): a node that sees the count move reads the table again.
 
 use chrono::{DateTime, Utc};
 
@@ -96,10 +96,14 @@ impl Store {
     }
 }
 
+/// The generation of the last good playlist sources (what the leader published).
+pub const PLAYLISTS: &str = "playlists";
+
 /// Counts a change of `name` (inside the transaction that makes it).
 pub(super) fn bump(conn: &super::db::Connection, name: &str) -> Result<(), StoreError> {
     conn.execute(
-        "UPDATE generations SET n = n + 1 WHERE name = ?1",
+        "INSERT INTO generations (name, n) VALUES (?1, 1)
+         ON CONFLICT (name) DO UPDATE SET n = generations.n + 1",
         params![name],
     )?;
     Ok(())

@@ -1093,7 +1093,7 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Replaces the stored good playlist sources.
+    /// Replaces the stored good playlist sources (their generation moves: standbys show them).
     pub fn set_good_playlists(&self, good: &[(String, String)]) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
@@ -1104,6 +1104,7 @@ impl Store {
                 params![path, source],
             )?;
         }
+        handoff::bump(&tx, handoff::PLAYLISTS)?;
         tx.commit()?;
         Ok(())
     }
@@ -1126,6 +1127,9 @@ impl Store {
         }
         for path in removed {
             tx.execute("DELETE FROM good_playlists WHERE path = ?1", params![path])?;
+        }
+        if !set.is_empty() || !removed.is_empty() {
+            handoff::bump(&tx, handoff::PLAYLISTS)?;
         }
         tx.commit()?;
         Ok(())

@@ -223,6 +223,20 @@ async fn a_standby_takes_over_a_killed_or_frozen_leader_and_nothing_is_sent_twic
         v["message"] == "read the display registry again"
     })
     .await;
+    // A playlist the leader publishes shows on the standby's API.
+    let new = std::fs::read_to_string(b.playlist("hotline-12345"))
+        .unwrap()
+        .replace("\"id\": \"hotline-12345\"", "\"id\": \"it-standby-sees\"");
+    std::fs::write(b.playlist("it-standby-sees"), new).unwrap();
+    eventually_async("the standby to show the leader's new playlist", || async {
+        let (_, v) = da.get("/api/v1/playlists", Some(&token_a)).await;
+        v["playlists"]
+            .as_array()?
+            .iter()
+            .any(|p| p["id"] == "it-standby-sees")
+            .then_some(())
+    })
+    .await;
     // Raised on a standby and cleared at once on the leader: the clear goes out after the
     // alert, and is not skipped for an alert not yet published.
     let mut topic = Sub::connect(mosquitto.port, "marquee/v1/alert/lobby").await;
