@@ -82,8 +82,10 @@ pub async fn serve(cfg: Config) -> anyhow::Result<()> {
     else {
         return Ok(());
     };
-    // What the last leader published (a standby may have waited for weeks).
-    catalog_tx.send_replace(Scheduler::last_published(&cfg, &store)?);
+    if node.is_some() {
+        // What the last leader published (a standby may have waited for weeks).
+        catalog_tx.send_replace(Scheduler::last_published(&cfg, &store)?);
+    }
     let (brokers, credentials, _broker) = start_broker(&cfg, &store).await?;
     let shared = Intake::close(intake).await;
     let (mqtt, events) = connect_mqtt(&cfg, brokers.clone(), credentials, shared, &cancel)?;

@@ -240,23 +240,15 @@ async fn follow_playlists(
     if crate::leader::role() != crate::leader::Role::Standby {
         return;
     }
-    let g = match ctx.store.call(|s| s.generation(PLAYLISTS)).await {
-        Ok(g) if Some(g) != *seen => g,
-        Ok(_) => return,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read the playlists' generation");
-            return;
-        }
+    let Some(g) = moved(ctx, PLAYLISTS, *seen).await else {
+        return;
     };
     let cfg = ctx.cfg.clone();
-    let read = ctx
+    match ctx
         .store
-        .call(move |s| {
-            crate::scheduler::Scheduler::last_published(&cfg, s)
-                .map_err(|e| crate::store::StoreError::Config(format!("{e:#}")))
-        })
-        .await;
-    match read {
+        .call(move |s| crate::scheduler::Scheduler::last_published(&cfg, s))
+        .await
+    {
         Ok(last) => {
             catalog.send_if_modified(|c| {
                 let standby = crate::leader::role() == crate::leader::Role::Standby;
@@ -274,20 +266,28 @@ async fn follow_playlists(
 /// Reads the registry again when its generation is not the one last read (`seen`; `None`:
 /// never read since start, read it).
 async fn follow_registry(ctx: &Ctx, seen: &mut Option<i64>) {
-    match ctx.store.call(|s| s.generation(REGISTRY)).await {
-        Ok(g) if Some(g) != *seen => {
-            let registry = ctx.registry.clone();
-            match ctx.store.call(move |s| registry.refresh(s)).await {
-                Ok(()) => {
-                    if seen.is_some() {
-                        tracing::info!(generation = g, "read the display registry again");
-                    }
-                    *seen = Some(g);
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot read the display registry"),
+    let Some(g) = moved(ctx, REGISTRY, *seen).await else {
+        return;
+    };
+    let registry = ctx.registry.clone();
+    match ctx.store.call(move |s| registry.refresh(s)).await {
+        Ok(()) => {
+            if seen.is_some() {
+                tracing::info!(generation = g, "read the display registry again");
             }
+            *seen = Some(g);
         }
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot read the registry's generation"),
+        Err(e) => tracing::warn!(error = %e, "cannot read the display registry"),
+    }
+}
+
+/// The generation of `name` when it is not `seen` (`None`: unchanged, or unreadable: logged).
+async fn moved(ctx: &Ctx, name: &'static str, seen: Option<i64>) -> Option<i64> {
+    match ctx.store.call(move |s| s.generation(name)).await {
+        Ok(g) => (Some(g) != seen).then_some(g),
+        Err(e) => {
+            tracing::warn!(name, error = %e, "cannot read a generation in the store");
+            None
+        }
     }
 }

@@ -278,7 +278,10 @@ impl Scheduler {
     /// The catalog as last published (the last good sources stored by the last leader, or by
     /// this daemon before a restart), to seed [`Scheduler::new`] and the API: a file that is
     /// broken now keeps the version that was live.
-    pub fn last_published(cfg: &Config, store: &Store) -> anyhow::Result<Arc<Catalog>> {
+    pub fn last_published(
+        cfg: &Config,
+        store: &Store,
+    ) -> Result<Arc<Catalog>, crate::store::StoreError> {
         let ctx = cfg.schedule.validation_context();
         Ok(Arc::new(Catalog::from_sources(
             &store.good_playlists()?,
