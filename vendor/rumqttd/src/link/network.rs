@@ -53,7 +53,7 @@ impl<P: Protocol> Network<P> {
     ) -> Network<P> {
         Network {
             socket,
-            read: BytesMut::with_capacity(1024),
+            read: BytesMut::new(),
             write: BytesMut::new(),
             max_incoming_size,
             max_connection_buffer_len,
@@ -74,7 +74,15 @@ impl<P: Protocol> Network<P> {
     async fn read_bytes(&mut self, required: usize) -> io::Result<usize> {
         // TODO: Fix this cancellation bug and write unit test
         let mut total_read = 0;
+        // A connection waiting with nothing buffered holds no read buffer; room for what the
+        // frame needs is reserved when bytes arrive (patched for Marquee: memory per connection).
+        if self.read.is_empty() && self.read.capacity() > 0 {
+            self.read = BytesMut::new();
+        }
         loop {
+            if self.read.capacity() == self.read.len() {
+                self.read.reserve(required.clamp(64, 16 * 1024));
+            }
             let read = self.socket.read_buf(&mut self.read).await?;
             if 0 == read {
                 let error = if self.read.is_empty() {

@@ -133,23 +133,36 @@ impl<P: Protocol> RemoteLink<P> {
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
         loop {
-            select! {
-                o = self.network.read() => {
-                    let packet = o?;
-                    let len = {
+            // Which side is ready is decided, and what was read handed to the router's buffer,
+            // in a block of its own; the answer is awaited after it. So the waiting futures and
+            // the packet read take no room while the answer is sent, and the other way round
+            // (patched for Marquee: memory per connection).
+            let read = {
+                let read = select! {
+                    o = self.network.read() => Some(o?),
+                    // Receive from router when previous when state isn't in collision
+                    // due to previously received data request
+                    o = self.link_rx.exchange(&mut self.notifications) => {
+                        o?;
+                        None
+                    }
+                };
+                match read {
+                    Some(packet) => {
                         let mut buffer = self.link_tx.buffer();
                         buffer.push_back(packet);
                         self.network.readv(&mut buffer)?;
-                        buffer.len()
-                    };
-
+                        Some(buffer.len())
+                    }
+                    None => None,
+                }
+            };
+            match read {
+                Some(len) => {
                     trace!("Packets read from network, count = {}", len);
                     self.link_tx.notify().await?;
                 }
-                // Receive from router when previous when state isn't in collision
-                // due to previously received data request
-                o = self.link_rx.exchange(&mut self.notifications) => {
-                    o?;
+                None => {
                     let mut packets = VecDeque::new();
                     let mut unscheduled = false;
 
@@ -161,7 +174,6 @@ impl<P: Protocol> RemoteLink<P> {
                         } else {
                             unscheduled = true;
                         }
-
                     }
                     self.network.writev(packets).await?;
                     if unscheduled {

@@ -1,3 +1,5 @@
+// Modified for Marquee (2026): buffers start empty and are released after use, so an idle
+// connection holds little memory. See MARQUEE-PATCH.md and marquee.patch at the crate root.
 use std::{
     collections::{HashMap, HashSet, VecDeque},
     fmt,
@@ -39,11 +41,13 @@ pub(crate) type FilterIdx = usize;
 // TODO: Fix this
 #[allow(clippy::large_enum_variant)]
 pub enum Event {
-    /// Client id and connection handle
+    /// Client id and connection handle. Boxed: every event sent to the router, and every
+    /// connection's pending send, is as large as the largest variant (patched for Marquee:
+    /// memory per connection).
     Connect {
-        connection: connection::Connection,
-        incoming: iobufs::Incoming,
-        outgoing: iobufs::Outgoing,
+        connection: Box<connection::Connection>,
+        incoming: Box<iobufs::Incoming>,
+        outgoing: Box<iobufs::Outgoing>,
     },
     /// New meter link
     NewMeter(flume::Sender<Vec<Meter>>),

@@ -242,7 +242,7 @@ impl Router {
                 connection,
                 incoming,
                 outgoing,
-            } => self.handle_new_connection(connection, incoming, outgoing),
+            } => self.handle_new_connection(*connection, *incoming, *outgoing),
             Event::NewMeter(tx) => self.handle_new_meter(tx),
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
@@ -882,9 +882,9 @@ impl Router {
             }
         }
 
-        // The cache rotates through every connection's incoming buffer: keep it small
-        // (patched for Marquee: memory per connection).
-        if packets.capacity() > 4 {
+        // The cache rotates through every connection's incoming buffer: hand back an empty one,
+        // so an idle connection holds none (patched for Marquee: memory per connection).
+        if packets.capacity() > 0 {
             packets = VecDeque::new();
         }
         self.cache = Some(packets);
@@ -1396,7 +1396,7 @@ fn ack_device_data(ackslog: &mut AckLog, outgoing: &mut Outgoing) -> bool {
         count += 1;
     }
     // Idle connections keep no ack buffer (patched for Marquee: memory per connection).
-    if acks.capacity() > 4 {
+    if acks.capacity() > 0 {
         *acks = VecDeque::new();
     }
 

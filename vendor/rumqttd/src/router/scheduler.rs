@@ -1,3 +1,5 @@
+// Modified for Marquee (2026): buffers start empty and are released after use, so an idle
+// connection holds little memory. See MARQUEE-PATCH.md and marquee.patch at the crate root.
 use std::collections::{HashSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
@@ -35,8 +37,9 @@ impl Scheduler {
         let id = self.readyqueue.pop_front()?;
         let tracker = self.trackers.get_mut(id)?;
 
-        // drain will clear all DataRequest but will keep the allocated memory of our VecDeque.
-        let data_requests = tracker.data_requests.drain(..).collect();
+        // Taken, not drained: the tracker of a connection whose requests are all parked then
+        // holds no buffer (patched for Marquee: memory per connection).
+        let data_requests = std::mem::take(&mut tracker.data_requests);
 
         // Implicitly reschedule the connection. Router will take care of explicitly pausing if
         // required (it has the state necessary to determine if pausing is required)
@@ -56,7 +59,15 @@ impl Scheduler {
 
     pub fn trackv(&mut self, id: ConnectionId, requests: VecDeque<DataRequest>) {
         let tracker = self.trackers.get_mut(id).unwrap();
-        tracker.data_requests.extend(requests);
+        if tracker.data_requests.is_empty() {
+            // Moved back rather than copied; an empty one holds no buffer (patched for Marquee).
+            tracker.data_requests = requests;
+            if tracker.data_requests.is_empty() {
+                tracker.data_requests = VecDeque::new();
+            }
+        } else {
+            tracker.data_requests.extend(requests);
+        }
     }
 
     pub fn reschedule(&mut self, id: ConnectionId, reason: ScheduleReason) {
@@ -118,7 +129,8 @@ pub enum PauseReason {
 
 impl Tracker {
     pub fn new(client_id: String) -> Tracker {
-        let requests = VecDeque::with_capacity(2);
+        // Starts empty (was 2; patched for Marquee: memory per connection).
+        let requests = VecDeque::new();
         Tracker {
             id: client_id,
             data_requests: requests,

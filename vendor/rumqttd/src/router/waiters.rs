@@ -1,3 +1,5 @@
+// Modified for Marquee (2026): buffers start empty and are released after use, so an idle
+// connection holds little memory. See MARQUEE-PATCH.md and marquee.patch at the crate root.
 use crate::ConnectionId;
 use std::collections::VecDeque;
 
@@ -25,6 +27,11 @@ impl<T> Waiters<T> {
     /// Pushes a request to current wait queue
     pub fn register(&mut self, id: ConnectionId, request: T) {
         let request = (id, request);
+        // Most filters have one subscriber (a display's own topics): the first waiter gets a
+        // queue of one, not of four (patched for Marquee: memory per connection).
+        if self.current.capacity() == 0 {
+            self.current.reserve_exact(1);
+        }
         self.current.push_back(request);
     }
 

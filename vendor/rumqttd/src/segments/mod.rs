@@ -1,3 +1,5 @@
+// Modified for Marquee (2026): buffers start empty and are released after use, so an idle
+// connection holds little memory. See MARQUEE-PATCH.md and marquee.patch at the crate root.
 use crate::Offset;
 use std::{collections::VecDeque, io};
 
@@ -71,7 +73,9 @@ where
             panic!("at least 1 segment needs to exist in memory else what's the point of log");
         }
 
-        let mut segments = VecDeque::with_capacity(max_mem_segments);
+        // Room for the active segment only; more as the log grows past it (was
+        // `max_mem_segments`; patched for Marquee: memory per subscription filter).
+        let mut segments = VecDeque::with_capacity(1);
         segments.push_back(Segment::new());
 
         Ok(Self {

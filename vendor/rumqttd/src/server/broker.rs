@@ -1,3 +1,5 @@
+// Modified for Marquee (2026): buffers start empty and are released after use, so an idle
+// connection holds little memory. See MARQUEE-PATCH.md and marquee.patch at the crate root.
 use crate::link::alerts::{self};
 use crate::link::console::ConsoleLink;
 use crate::link::network::{self, Network, N};
@@ -497,110 +499,125 @@ async fn remote<P: Protocol>(
     protocol: P,
     will_handlers: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
 ) {
-    let mut network = Network::new(
-        stream,
-        config.max_payload_size,
-        config.max_inflight_count,
-        protocol,
-    );
+    // The connect phase is a block of its own, so its locals (the CONNECT packet above all)
+    // take no room in the task while the link runs (patched for Marquee: memory per
+    // connection).
+    let (new_link, client_id, will_rx) = {
+        let mut network = Network::new(
+            stream,
+            config.max_payload_size,
+            config.max_inflight_count,
+            protocol,
+        );
 
-    let dynamic_filters = config.dynamic_filters;
+        let dynamic_filters = config.dynamic_filters;
 
-    let connect_packet = match mqtt_connect(config, &mut network).await {
-        Ok(p) => p,
-        Err(e) => {
-            error!(error=?e, "Error while handling MQTT connect packet");
-            return;
-        }
-    };
-
-    let (mut client_id, clean_session) = match &connect_packet {
-        Packet::Connect(ref connect, _, _, _, _) => {
-            (connect.client_id.clone(), connect.clean_session)
-        }
-        _ => unreachable!(),
-    };
-
-    let mut assigned_client_id = None;
-    if client_id.is_empty() {
-        let uuid = Uuid::new_v4().simple();
-        client_id = format!("rumqtt-{uuid}");
-        assigned_client_id = Some(client_id.clone());
-    }
-
-    if let Some(tenant_id) = &tenant_id {
-        // client_id is set to "tenant_id.client_id"
-        // this is to make sure we are consistent,
-        // as Connection uses this format of client_id
-        client_id = format!("{tenant_id}.{client_id}");
-    }
-
-    if let Some(sender) = will_handlers.lock().unwrap().remove(&client_id) {
-        let awaiting_will = if clean_session {
-            AwaitingWill::Fire
-        } else {
-            AwaitingWill::Cancel
+        // The steps of a connection's life are boxed, so the task of an idle connection holds only
+        // the state of the step it is in, not room for the largest of them (patched for Marquee:
+        // memory per connection).
+        let connect_packet = match Box::pin(mqtt_connect(config, &mut network)).await {
+            Ok(p) => p,
+            Err(e) => {
+                error!(error=?e, "Error while handling MQTT connect packet");
+                return;
+            }
         };
-        sender.try_send(awaiting_will).unwrap();
-    }
 
-    let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
-    will_handlers
-        .lock()
-        .unwrap()
-        .insert(client_id.clone(), will_tx);
+        let (mut client_id, clean_session) = match &connect_packet {
+            Packet::Connect(ref connect, _, _, _, _) => {
+                (connect.client_id.clone(), connect.clean_session)
+            }
+            _ => unreachable!(),
+        };
 
-    // Start the link
-    let mut link = match RemoteLink::new(
-        router_tx.clone(),
-        tenant_id.clone(),
-        network,
-        connect_packet,
-        dynamic_filters,
-        assigned_client_id,
-    )
-    .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            error!(error=?e, "Remote link error");
-            return;
+        let mut assigned_client_id = None;
+        if client_id.is_empty() {
+            let uuid = Uuid::new_v4().simple();
+            client_id = format!("rumqtt-{uuid}");
+            assigned_client_id = Some(client_id.clone());
         }
+
+        if let Some(tenant_id) = &tenant_id {
+            // client_id is set to "tenant_id.client_id"
+            // this is to make sure we are consistent,
+            // as Connection uses this format of client_id
+            client_id = format!("{tenant_id}.{client_id}");
+        }
+
+        if let Some(sender) = will_handlers.lock().unwrap().remove(&client_id) {
+            let awaiting_will = if clean_session {
+                AwaitingWill::Fire
+            } else {
+                AwaitingWill::Cancel
+            };
+            sender.try_send(awaiting_will).unwrap();
+        }
+
+        let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
+        will_handlers
+            .lock()
+            .unwrap()
+            .insert(client_id.clone(), will_tx);
+
+        // Start the link
+        let new_link = Box::pin(RemoteLink::new(
+            router_tx.clone(),
+            tenant_id.clone(),
+            network,
+            connect_packet,
+            dynamic_filters,
+            assigned_client_id,
+        ));
+        (new_link, client_id, will_rx)
     };
+    // The link is awaited outside that block: a moved-from local keeps its room in the task
+    // until its scope ends, and the CONNECT packet is large. The link then lives in a block of
+    // its own: once it ends, its room is free for the wait on the last will (patched for
+    // Marquee: memory per connection).
+    let (connection_id, will_delay_interval) = {
+        let mut link = match new_link.await {
+            Ok(l) => l,
+            Err(e) => {
+                error!(error=?e, "Remote link error");
+                return;
+            }
+        };
 
-    let connection_id = link.connection_id;
-    let will_delay_interval = link.will_delay_interval;
-    let mut send_disconnect = true;
+        let connection_id = link.connection_id;
+        let will_delay_interval = link.will_delay_interval;
+        let mut send_disconnect = true;
 
-    match link.start().await {
-        // Connection got closed. This shouldn't usually happen.
-        Ok(_) => error!("connection-stop"),
-        // No need to send a disconnect message when disconnection
-        // originated internally in the router.
-        Err(remote::Error::Link(e)) => {
-            error!(error=?e, "router-drop");
-            send_disconnect = false;
+        match Box::pin(link.start()).await {
+            // Connection got closed. This shouldn't usually happen.
+            Ok(_) => error!("connection-stop"),
+            // No need to send a disconnect message when disconnection
+            // originated internally in the router.
+            Err(remote::Error::Link(e)) => {
+                error!(error=?e, "router-drop");
+                send_disconnect = false;
+            }
+            // Connection was closed by peer
+            Err(remote::Error::Network(network::Error::Io(err)) | remote::Error::Io(err))
+                if err.kind() == io::ErrorKind::ConnectionAborted =>
+            {
+                info!(error=?err, "disconnected");
+            }
+            // Any other error
+            Err(e) => {
+                error!(error=?e, "disconnected");
+            }
+        };
+
+        if send_disconnect {
+            let disconnect = Event::Disconnect;
+            let message = (connection_id, disconnect);
+            router_tx.send(message).ok();
         }
-        // Connection was closed by peer
-        Err(remote::Error::Network(network::Error::Io(err)) | remote::Error::Io(err))
-            if err.kind() == io::ErrorKind::ConnectionAborted =>
-        {
-            info!(error=?err, "disconnected");
-        }
-        // Any other error
-        Err(e) => {
-            error!(error=?e, "disconnected");
-        }
+
+        // this is important to stop the connection
+        drop(link);
+        (connection_id, will_delay_interval)
     };
-
-    if send_disconnect {
-        let disconnect = Event::Disconnect;
-        let message = (connection_id, disconnect);
-        router_tx.send(message).ok();
-    }
-
-    // this is important to stop the connection
-    drop(link);
 
     let publish_will = match tokio::time::timeout(
         Duration::from_secs(will_delay_interval as u64),
