@@ -24,6 +24,11 @@ pub enum Error {
     KeepAlive(#[from] Elapsed),
 }
 
+/// The first room a connection reads into after it was idle.
+const MIN_READ: usize = 64;
+/// The most a read buffer grows by at once while reads keep filling it.
+const MAX_READ_GROWTH: usize = 16 * 1024;
+
 /// Network transforms packets <-> frames efficiently. It takes
 /// advantage of pre-allocation, buffering and vectorization when
 /// appropriate to achieve performance
@@ -34,6 +39,8 @@ pub struct Network<P> {
     read: BytesMut,
     /// Buffered writes
     write: BytesMut,
+    /// Whether the last read filled all the room it had (more is likely waiting).
+    read_filled: bool,
     /// Maximum packet size
     max_incoming_size: usize,
     /// Maximum connection buffer count. TODO: Change this to use bytes for deterministicness
@@ -55,6 +62,7 @@ impl<P: Protocol> Network<P> {
             socket,
             read: BytesMut::new(),
             write: BytesMut::new(),
+            read_filled: false,
             max_incoming_size,
             max_connection_buffer_len,
             // Overwritten by keepalive value in connect packet, otherwise we
@@ -74,16 +82,23 @@ impl<P: Protocol> Network<P> {
     async fn read_bytes(&mut self, required: usize) -> io::Result<usize> {
         // TODO: Fix this cancellation bug and write unit test
         let mut total_read = 0;
-        // A connection waiting with nothing buffered holds no read buffer; room for what the
-        // frame needs is reserved when bytes arrive (patched for Marquee: memory per connection).
-        if self.read.is_empty() && self.read.capacity() > 0 {
+        // A connection that drained its socket and has nothing buffered holds no read buffer
+        // while it waits: an idle screen costs none. One whose last read filled the buffer
+        // (more was waiting) keeps it, and the buffer doubles while reads keep filling it, so
+        // back-to-back packets still come in few reads and router events. A frame's buffer
+        // grows with the bytes that arrive, never by what its header claims (patched for
+        // Marquee: memory per connection).
+        if self.read.is_empty() && !self.read_filled && self.read.capacity() > 0 {
             self.read = BytesMut::new();
         }
         loop {
             if self.read.capacity() == self.read.len() {
-                self.read.reserve(required.clamp(64, 16 * 1024));
+                self.read
+                    .reserve(self.read.capacity().clamp(MIN_READ, MAX_READ_GROWTH));
             }
+            let room = self.read.capacity() - self.read.len();
             let read = self.socket.read_buf(&mut self.read).await?;
+            self.read_filled = read == room;
             if 0 == read {
                 let error = if self.read.is_empty() {
                     io::Error::new(ErrorKind::ConnectionAborted, "connection closed by peer")

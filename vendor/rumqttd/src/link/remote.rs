@@ -95,6 +95,7 @@ impl<P: Protocol> RemoteLink<P> {
         // the Will Delay Interval has passed or the Session ends, whichever happens first
         let will_delay_interval = min(session_expiry, delay_interval);
 
+        let router = router_tx.clone();
         let (link_tx, link_rx, notification) = LinkBuilder::new(client_id, router_tx)
             .tenant_id(tenant_id)
             .clean_session(clean_session)
@@ -112,7 +113,12 @@ impl<P: Protocol> RemoteLink<P> {
                 let mut new_props = props.clone().unwrap_or_default();
                 new_props.assigned_client_identifier = assigned_client_id;
                 *props = Some(new_props);
-                network.write(packet).await?;
+                if let Err(e) = network.write(packet).await {
+                    // The router holds the connection already: release its slot, as a link
+                    // that fails later does (patched for Marquee).
+                    router.send((id, Event::Disconnect)).ok();
+                    return Err(e.into());
+                }
             }
         }
 

@@ -550,7 +550,10 @@ async fn remote<P: Protocol>(
             } else {
                 AwaitingWill::Cancel
             };
-            sender.try_send(awaiting_will).unwrap();
+            // A handler whose connection never got its link up has no receiver: nothing to
+            // cancel. Unwrapping here panicked with the handlers' lock held, which poisoned it
+            // and made every later connection panic (patched for Marquee).
+            sender.try_send(awaiting_will).ok();
         }
 
         let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
