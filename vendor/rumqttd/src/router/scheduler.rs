@@ -60,11 +60,13 @@ impl Scheduler {
     pub fn trackv(&mut self, id: ConnectionId, requests: VecDeque<DataRequest>) {
         let tracker = self.trackers.get_mut(id).unwrap();
         if tracker.data_requests.is_empty() {
-            // Moved back rather than copied; an empty one holds no buffer (patched for Marquee).
-            tracker.data_requests = requests;
-            if tracker.data_requests.is_empty() {
-                tracker.data_requests = VecDeque::new();
-            }
+            // Moved back rather than copied, and an empty one dropped with its buffer (patched
+            // for Marquee: memory per connection).
+            tracker.data_requests = if requests.is_empty() {
+                VecDeque::new()
+            } else {
+                requests
+            };
         } else {
             tracker.data_requests.extend(requests);
         }
