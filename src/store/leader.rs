@@ -181,6 +181,8 @@ impl Store {
         for c in [Some(&self.conn), self.sms.as_ref()].into_iter().flatten() {
             lock(c).set_fence(Some(fence.clone()));
         }
+        self.epoch
+            .store(epoch, std::sync::atomic::Ordering::Release);
     }
 }
 

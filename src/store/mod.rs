@@ -387,6 +387,11 @@ const MIGRATIONS: &[&str] = &[
     );
     INSERT INTO generations (name, n) VALUES ('registry', 0);
     ALTER TABLE campaigns ADD COLUMN node TEXT;",
+    // 24: who claimed a message being submitted: the node and its lease's epoch
+    // (`store::sms::queue`). Recovery after a restart or a failover moves to `unknown` only
+    // what an owner whose lease has ended left in flight. Empty on SQLite's one node.
+    "ALTER TABLE messages ADD COLUMN claimed_by TEXT;
+    ALTER TABLE messages ADD COLUMN claim_epoch INTEGER;",
 ];
 
 /// The last payload published on a retained topic.
@@ -498,6 +503,9 @@ const PG_MIGRATIONS: &[&str] = &[
     );
     INSERT INTO generations (name, n) VALUES ('registry', 0);
     ALTER TABLE campaigns ADD COLUMN node TEXT COLLATE \"C\"",
+    // 24: who claimed a message being submitted (node, lease epoch).
+    "ALTER TABLE messages ADD COLUMN claimed_by TEXT COLLATE \"C\";
+    ALTER TABLE messages ADD COLUMN claim_epoch BIGINT",
 ];
 
 /// Creates the schema on a new PostgreSQL database, or applies the migrations it lacks, under
@@ -609,6 +617,9 @@ pub struct Store {
     /// On a shared store, this daemon's node name (`[store] node`): its list imports carry it,
     /// so that each node removes only its own cut-off imports.
     node: std::sync::OnceLock<String>,
+    /// The epoch of the lease this node leads at ([`Store::lead`]; 0 when it does not, and
+    /// always on SQLite): the claims it makes carry it.
+    epoch: std::sync::atomic::AtomicI64,
 }
 
 /// WAL pages after which a writer still checkpoints inside its commit (SQLite's
@@ -870,6 +881,7 @@ impl Store {
             lease: Some(Mutex::new(lease)),
             pg: Some((url.to_owned(), password.map(str::to_owned))),
             node: std::sync::OnceLock::new(),
+            epoch: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -939,6 +951,11 @@ impl Store {
         self.node.get().map(String::as_str)
     }
 
+    /// The epoch of the lease this node leads at (0: it does not lead, or SQLite).
+    pub fn lead_epoch(&self) -> i64 {
+        self.epoch.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Whether this store is on PostgreSQL.
     pub fn is_postgres(&self) -> bool {
         self.conn().is_pg()
@@ -986,6 +1003,7 @@ impl Store {
             lease: None,
             pg: None,
             node: std::sync::OnceLock::new(),
+            epoch: std::sync::atomic::AtomicI64::new(0),
         })
     }
 
@@ -1316,6 +1334,7 @@ mod tests {
             lease: None,
             pg: None,
             node: std::sync::OnceLock::new(),
+            epoch: std::sync::atomic::AtomicI64::new(0),
         };
         let c = s.campaign(1).unwrap().unwrap();
         assert_eq!(

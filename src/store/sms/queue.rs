@@ -5,6 +5,7 @@
 
 use crate::store::db::{OptionalExtension, Transaction, params};
 use chrono::{DateTime, Utc};
+use std::collections::HashSet;
 
 use super::super::{Store, StoreError, ts};
 use super::reports::report_from;
@@ -37,13 +38,18 @@ fn due(
         .collect()
 }
 
-/// Moves the messages `ids` (emptied) to `submitting` for `gateway` in one statement
-/// (PostgreSQL: one round trip for a claim's round).
+/// Who claims: this node's name and the epoch of the lease it leads at (`None`s on a store
+/// with no lease).
+type Owner<'a> = (Option<&'a str>, Option<i64>);
+
+/// Moves the messages `ids` (emptied) to `submitting` for `gateway`, owned by `owner`, in one
+/// statement (PostgreSQL: one round trip for a claim's round).
 fn take_all(
     tx: &Transaction<'_>,
     ids: &mut Vec<i64>,
     gateway: &str,
     now_s: &str,
+    owner: Owner<'_>,
 ) -> crate::store::db::Result<()> {
     if ids.is_empty() {
         return Ok(());
@@ -51,10 +57,11 @@ fn take_all(
     let list: Vec<String> = ids.drain(..).map(|id| id.to_string()).collect();
     tx.prepare_cached(
         "UPDATE messages SET state = 'submitting', gateway = ?2, attempts = attempts + 1,
-             submitted_at = ?3, updated_at = ?3, not_before = NULL
+             submitted_at = ?3, updated_at = ?3, not_before = NULL,
+             claimed_by = ?4, claim_epoch = ?5
          WHERE id = ANY (CAST(string_to_array(?1, ',') AS BIGINT[]))",
     )?
-    .execute(params![list.join(","), gateway, now_s])?;
+    .execute(params![list.join(","), gateway, now_s, owner.0, owner.1])?;
     Ok(())
 }
 
@@ -80,8 +87,12 @@ fn capped(
 }
 
 impl Store {
-    /// After a crash or restart: every message caught mid-submit becomes `unknown`.
+    /// After a crash, a restart or a failover: a message caught mid-submit becomes `unknown`
+    /// (never resent by itself) when its owner's lease has ended: on a node that leads at
+    /// epoch *e*, those claimed at an epoch below *e* (each taking of the lease raises it, so
+    /// their owner was succeeded and is fenced); without a lease (SQLite's one node), all.
     pub fn recover_submitting(&self, now: DateTime<Utc>) -> Result<usize, StoreError> {
+        let epoch = self.lead_epoch();
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let to = delivery::on_recovery(State::Submitting);
@@ -89,8 +100,10 @@ impl Store {
             &tx,
             "UPDATE messages INDEXED BY messages_submitting
              SET state = ?1, reason = 'the daemon stopped before the gateway answered', updated_at = ?2
-             WHERE state = 'submitting' RETURNING campaign, parts",
-            params![to.as_str(), ts(now)],
+             WHERE state = 'submitting'
+               AND (?3 = 0 OR claim_epoch IS NULL OR claim_epoch < ?3)
+             RETURNING campaign, parts",
+            params![to.as_str(), ts(now), epoch],
             State::Submitting,
             to,
         )?;
@@ -116,6 +129,8 @@ impl Store {
         // A (nearly) full disk: answers are still stored, nothing new is claimed (what is
         // sent must have room for its reports and replies).
         let max = if self.bulk_ok().is_err() { 0 } else { max };
+        let epoch = self.lead_epoch();
+        let owner: Owner<'_> = (self.node(), (epoch > 0).then_some(epoch));
         let mut conn = self.sms_conn();
         let tx = conn.transaction()?;
         let mut tally = Tally::default();
@@ -123,15 +138,21 @@ impl Store {
         let now_s = ts(now);
         let mut claimed = Vec::new();
         let day_ago = ts(now - chrono::Duration::days(1));
-        let mut select = tx.prepare_cached(
-            "SELECT m.id, m.recipient, m.text, m.parts, m.attempts,
+        // PostgreSQL: the rows are locked as they are read, and rows another transaction
+        // holds are passed over (`SKIP LOCKED`), so that two claimers never wait for each other
+        // or take the same message (SQLite has one writer at a time).
+        const DUE: &str = "SELECT m.id, m.recipient, m.text, m.parts, m.attempts,
                     EXISTS (SELECT 1 FROM optouts o WHERE o.number = m.recipient), m.params
              FROM messages m INDEXED BY messages_queued
              WHERE m.campaign = ?1 AND m.state = 'queued'
                AND (m.not_before IS NULL OR m.not_before <= ?2)
                AND (SELECT status FROM campaigns WHERE id = ?1) = 'running'
-             ORDER BY m.id LIMIT ?3",
-        )?;
+             ORDER BY m.id LIMIT ?3";
+        let mut select = if tx.is_pg() {
+            tx.prepare_cached(&format!("{DUE} FOR UPDATE OF m SKIP LOCKED"))?
+        } else {
+            tx.prepare_cached(DUE)?
+        };
         let mut sent_today = tx.prepare_cached(
             "SELECT COUNT(*), MIN(submitted_at) FROM messages
              WHERE recipient = ?1 AND submitted_at > ?2 AND id != ?3",
@@ -141,7 +162,8 @@ impl Store {
         )?;
         let mut take = tx.prepare_cached(
             "UPDATE messages SET state = 'submitting', gateway = ?2, attempts = attempts + 1,
-                 submitted_at = ?3, updated_at = ?3, not_before = NULL
+                 submitted_at = ?3, updated_at = ?3, not_before = NULL,
+                 claimed_by = ?4, claim_epoch = ?5
              WHERE id = ?1",
         )?;
         let mut cancel = tx.prepare_cached(
@@ -179,12 +201,12 @@ impl Store {
                 if batch_take {
                     taken.push(m.id);
                 } else {
-                    take.execute(params![m.id, gateway, now_s])?;
+                    take.execute(params![m.id, gateway, now_s, owner.0, owner.1])?;
                 }
                 tally.moved(campaign, m.parts as i64, State::Queued, State::Submitting);
                 claimed.push(m);
             }
-            take_all(&tx, &mut taken, gateway, &now_s)?;
+            take_all(&tx, &mut taken, gateway, &now_s, owner)?;
         }
         drop((select, sent_today, hold, take, cancel));
         tally.write(&tx)?;
@@ -305,6 +327,14 @@ pub(super) fn finish_in(
     let mut dlr = tx.prepare_cached(
         "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, '', ?4)",
     )?;
+    // PostgreSQL: the usual answers in one statement (one round trip for the batch, not one
+    // per message); the messages it did not move go the way below.
+    let pg = tx.is_pg();
+    let mut moved = if pg {
+        write_usual(tx, items, &now_s)?
+    } else {
+        HashSet::new()
+    };
     for f in items {
         if matches!(
             f.answer,
@@ -316,7 +346,12 @@ pub(super) fn finish_in(
         // without reading it first.
         if f.delivered_by.is_none() {
             let next = delivery::on_submit(State::Submitting, &f.answer);
-            if write(f, next, Some(State::Submitting))? {
+            let done = if pg {
+                moved.remove(&f.id)
+            } else {
+                write(f, next, Some(State::Submitting))?
+            };
+            if done {
                 tally.moved(f.campaign, f.parts as i64, State::Submitting, next);
                 out.push(next);
                 continue;
@@ -343,6 +378,47 @@ pub(super) fn finish_in(
     }
     adopt_early_reports(tx, items, &now_s, tally)?;
     Ok(out)
+}
+
+/// The answers of `items` without a dry-run report, each moving its message from `submitting`
+/// to [`delivery::on_submit`]'s state in one statement (PostgreSQL); answers the ids it moved.
+/// A message named twice is in it once (its second answer is read against the first's state,
+/// as one by one).
+fn write_usual(
+    tx: &Transaction<'_>,
+    items: &[Finish],
+    now_s: &str,
+) -> Result<HashSet<i64>, StoreError> {
+    let mut seen = HashSet::new();
+    let rows: Vec<serde_json::Value> = items
+        .iter()
+        .filter(|f| f.delivered_by.is_none() && seen.insert(f.id))
+        .map(|f| {
+            serde_json::json!({
+                "id": f.id,
+                "state": delivery::on_submit(State::Submitting, &f.answer).as_str(),
+                "carrier_id": f.carrier_id,
+                "reason": f.reason,
+                "not_before": f.retry_at.map(ts),
+            })
+        })
+        .collect();
+    if rows.is_empty() {
+        return Ok(HashSet::new());
+    }
+    let rows = serde_json::Value::Array(rows).to_string();
+    let mut st = tx.prepare_cached(
+        "UPDATE messages m SET state = v.state, carrier_id = COALESCE(v.carrier_id, m.carrier_id),
+             reason = COALESCE(v.reason, m.reason), not_before = v.not_before, updated_at = ?2
+         FROM jsonb_to_recordset(CAST(?1 AS jsonb))
+             AS v(id BIGINT, state TEXT, carrier_id TEXT, reason TEXT, not_before TEXT)
+         WHERE m.id = v.id AND m.state = 'submitting'
+         RETURNING m.id",
+    )?;
+    let moved = st
+        .query_map(params![rows, now_s], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    Ok(moved)
 }
 
 /// What an answer does beyond the message's state: a provider's block list puts the number
@@ -378,6 +454,62 @@ fn answer_effects(tx: &Transaction<'_>, f: &Finish, now_s: &str) -> Result<(), S
     Ok(())
 }
 
+/// An early report: (message, its `orphan_reports` id, report, code, raw, gateway).
+type Early = (i64, i64, Option<String>, String, String, String);
+
+/// The early reports waiting for the messages of `items` that now have a carrier id, in the
+/// order they came.
+fn early_reports(tx: &Transaction<'_>, items: &[Finish]) -> Result<Vec<Early>, StoreError> {
+    let row = |r: &crate::store::db::Row<'_>| -> crate::store::db::Result<Early> {
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            r.get(4)?,
+            r.get(5)?,
+        ))
+    };
+    // Reports that came before the answer that names their message (early reports), in the
+    // order they came: PostgreSQL looks for the whole batch's at once (one round trip).
+    let ids: Vec<i64> = items
+        .iter()
+        .filter(|f| f.carrier_id.is_some())
+        .map(|f| f.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(if tx.is_pg() {
+        tx.prepare_cached(
+            "SELECT m.id, o.id, o.report, o.code, o.raw, o.gateway FROM messages m
+                 JOIN orphan_reports o ON o.carrier_id = m.carrier_id AND o.gateway = m.gateway
+             WHERE m.id = ANY (CAST(string_to_array(?1, ',') AS BIGINT[]))
+               AND m.carrier_id IS NOT NULL
+             ORDER BY o.id",
+        )?
+        .query_map(
+            [ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",")],
+            row,
+        )?
+        .collect::<Result<_, _>>()?
+    } else {
+        let mut early = tx.prepare_cached(
+            "SELECT m.id, o.id, o.report, o.code, o.raw, o.gateway FROM orphan_reports o
+                 JOIN messages m ON m.id = ?1 AND o.carrier_id = m.carrier_id AND o.gateway = m.gateway
+             WHERE m.carrier_id IS NOT NULL
+             ORDER BY o.id",
+        )?;
+        let mut found = Vec::new();
+        for id in &ids {
+            for r in early.query_map([*id], row)? {
+                found.push(r?);
+            }
+        }
+        found
+    })
+}
+
 /// Applies the reports that came before the answer naming their message (early reports, kept
 /// in `orphan_reports` by carrier id) to the messages `items` just gave a carrier id.
 fn adopt_early_reports(
@@ -386,12 +518,10 @@ fn adopt_early_reports(
     now_s: &str,
     tally: &mut Tally,
 ) -> Result<(), StoreError> {
-    // Reports that came before the answer that names their message (early reports).
-    let mut early = tx.prepare_cached(
-        "SELECT o.id, o.report, o.code, o.raw, o.gateway FROM orphan_reports o JOIN messages m
-             ON m.id = ?1 AND o.carrier_id = m.carrier_id AND o.gateway = m.gateway
-         WHERE m.carrier_id IS NOT NULL",
-    )?;
+    let found = early_reports(tx, items)?;
+    if found.is_empty() {
+        return Ok(());
+    }
     let mut adopt = tx.prepare_cached(
         "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
     )?;
@@ -401,42 +531,35 @@ fn adopt_early_reports(
     )?;
     let mut state_of =
         tx.prepare_cached("SELECT state, campaign, parts FROM messages WHERE id = ?1")?;
-    for f in items.iter().filter(|f| f.carrier_id.is_some()) {
-        let found: Vec<(i64, Option<String>, String, String, String)> = early
-            .query_map([f.id], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-            })?
-            .collect::<Result<_, _>>()?;
-        for (orphan, report, code, raw, gateway) in found {
-            adopt.execute(params![f.id, gateway, code, raw, now_s])?;
-            forget.execute([orphan])?;
-            let Some(report) = report.as_deref().and_then(report_from) else {
-                continue;
-            };
-            let Some((current, campaign, parts)) = state_of
-                .query_row([f.id], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, i64>(2)?,
-                    ))
-                })
-                .optional()?
-            else {
-                continue;
-            };
-            let current = parse_state(&current);
-            let next = delivery::on_report(current, report);
-            if next != current {
-                apply.execute(params![
-                    f.id,
-                    next.as_str(),
-                    (!matches!(report, Report::Delivered | Report::Progress))
-                        .then(|| format!("delivery report {code}")),
-                    now_s
-                ])?;
-                tally.moved(campaign, parts, current, next);
-            }
+    for (message, orphan, report, code, raw, gateway) in found {
+        adopt.execute(params![message, gateway, code, raw, now_s])?;
+        forget.execute([orphan])?;
+        let Some(report) = report.as_deref().and_then(report_from) else {
+            continue;
+        };
+        let Some((current, campaign, parts)) = state_of
+            .query_row([message], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            })
+            .optional()?
+        else {
+            continue;
+        };
+        let current = parse_state(&current);
+        let next = delivery::on_report(current, report);
+        if next != current {
+            apply.execute(params![
+                message,
+                next.as_str(),
+                (!matches!(report, Report::Delivered | Report::Progress))
+                    .then(|| format!("delivery report {code}")),
+                now_s
+            ])?;
+            tally.moved(campaign, parts, current, next);
         }
     }
     Ok(())

@@ -49,6 +49,20 @@ fn claim(store: &Store, c: i64) -> Option<Claimed> {
         .pop()
 }
 
+/// The gateway's `answer` to message `id` of campaign `c` (one part), with carrier id `c{id}`.
+fn answered(c: i64, id: i64, answer: Submit, retry_at: Option<DateTime<Utc>>) -> Finish {
+    Finish {
+        id,
+        campaign: c,
+        parts: 1,
+        answer,
+        carrier_id: Some(format!("c{id}")),
+        reason: None,
+        retry_at,
+        delivered_by: None,
+    }
+}
+
 #[test]
 fn claims_in_order_and_each_once() {
     let store = Store::memory().unwrap();
@@ -64,16 +78,7 @@ fn a_claim_stores_the_answers_it_is_given_first() {
     let store = Store::memory().unwrap();
     let c = campaign(&store, 3);
     let first = store.claim_batch(c, "gw", None, now(), 2, &[]).unwrap();
-    let answer = |id, answer, retry_at| Finish {
-        id,
-        campaign: c,
-        parts: 1,
-        answer,
-        carrier_id: Some(format!("c{id}")),
-        reason: None,
-        retry_at,
-        delivered_by: None,
-    };
+    let answer = |id, answer, retry_at| answered(c, id, answer, retry_at);
     // One accepted, one to retry later: the retry is not claimed again at once.
     let answers = [
         answer(first[0].id, Submit::Accepted, None),
@@ -537,17 +542,25 @@ fn a_recurring_firing_happens_once_per_reading() {
     assert_eq!(runs, 2);
 }
 
-/// On a shared store each node removes only its own cut-off imports at start: another node's
-/// may be under way. (PostgreSQL only: on SQLite there is one daemon, and it removes all.)
-#[test]
-fn each_node_removes_only_its_own_cut_off_imports() {
+/// Two nodes `a` and `b` on one PostgreSQL database (`None` on SQLite: one daemon).
+fn two_nodes() -> Option<(Store, Store)> {
     let a = Store::memory().unwrap();
     if !a.is_postgres() {
-        return;
+        return None;
     }
     let b = a.same_database().unwrap();
     a.set_node("a");
     b.set_node("b");
+    Some((a, b))
+}
+
+/// On a shared store each node removes only its own cut-off imports at start: another node's
+/// may be under way. (PostgreSQL only: on SQLite there is one daemon, and it removes all.)
+#[test]
+fn each_node_removes_only_its_own_cut_off_imports() {
+    let Some((a, b)) = two_nodes() else {
+        return;
+    };
     let spec = serde_json::json!({});
     let c = plain(&spec);
     let of_a = a.begin_import(&c, now()).unwrap();
@@ -555,4 +568,77 @@ fn each_node_removes_only_its_own_cut_off_imports() {
     assert_eq!(b.drop_importing(None).unwrap(), 1);
     assert!(a.campaign(of_a).unwrap().is_some());
     assert!(a.campaign(of_b).unwrap().is_none());
+}
+
+/// Two answers for one message in one batch (a retried request answered twice): the second is
+/// read against the state the first left, and the counts move once.
+#[test]
+fn a_message_answered_twice_in_one_batch_moves_once() {
+    let store = Store::memory().unwrap();
+    let c = campaign(&store, 2);
+    let m = store.claim_batch(c, "gw", None, now(), 2, &[]).unwrap();
+    let answer = |id, answer| answered(c, id, answer, None);
+    let states = store
+        .finish_submits(
+            &[
+                answer(m[0].id, Submit::Accepted),
+                answer(m[0].id, Submit::Accepted),
+                answer(m[1].id, Submit::Permanent),
+            ],
+            now(),
+        )
+        .unwrap();
+    assert_eq!(states, [State::Sent, State::Sent, State::Rejected]);
+    let counts = store.campaign(c).unwrap().unwrap().counts;
+    assert_eq!((counts["sent"], counts["rejected"]), (1, 1));
+    assert_eq!(counts.get("submitting").copied().unwrap_or(0), 0);
+    let (kept, counted) = counts_kept_and_counted(&store);
+    assert_eq!(kept, counted);
+}
+
+/// On PostgreSQL (the suite's second pass): a claim carries its node and lease epoch, and a
+/// new leader's recovery turns into `unknown` only what a succeeded owner left in flight, not
+/// its own claims.
+#[test]
+fn recovery_takes_only_what_an_ended_lease_left_in_flight() {
+    use std::time::Duration;
+    let Some((a, b)) = two_nodes() else {
+        return;
+    };
+    let e1 = a
+        .try_lead("a", Duration::from_millis(300))
+        .unwrap()
+        .unwrap();
+    a.lead("a", e1);
+    let c = campaign(&a, 3);
+    let left = a.claim_batch(c, "gw", None, now(), 1, &[]).unwrap();
+    assert_eq!(left.len(), 1);
+    let owner = |id: i64| -> (Option<String>, Option<i64>) {
+        b.conn()
+            .query_row(
+                "SELECT claimed_by, claim_epoch FROM messages WHERE id = ?1",
+                [id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap()
+    };
+    assert_eq!(owner(left[0].id), (Some("a".into()), Some(e1)));
+    // A's lease ends (as if it froze); B leads at a higher epoch.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let e2 = loop {
+        if let Some(e) = b.try_lead("b", Duration::from_secs(30)).unwrap() {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "b never led");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    b.lead("b", e2);
+    let own = b.claim_batch(c, "gw", None, now(), 1, &[]).unwrap();
+    assert_eq!(owner(own[0].id), (Some("b".into()), Some(e2)));
+    assert_eq!(b.recover_submitting(now()).unwrap(), 1, "only A's claim");
+    let state = |id| b.message(id).unwrap().unwrap().state;
+    assert_eq!(state(left[0].id), "unknown");
+    assert_eq!(state(own[0].id), "submitting");
+    // The old leader can claim nothing more.
+    assert!(a.claim_batch(c, "gw", None, now(), 1, &[]).is_err());
 }
