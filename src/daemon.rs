@@ -493,6 +493,12 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, String, Option<String
             let store = Store::connect_configured(&cfg.store)
                 .with_context(|| format!("cannot open the PostgreSQL store {url}"))?;
             store.set_node(node);
+            // Its broker account goes into the generated Mosquitto ACL next to the other
+            // nodes' (`marquee broker mosquitto`).
+            let user = cfg.mqtt.credentials.as_ref().map(|c| c.0.as_str());
+            store
+                .record_node(node, user, chrono::Utc::now())
+                .with_context(|| format!("cannot record node {node} in the store"))?;
             crate::leader::standby();
             (Arc::new(store), url.clone(), Some(node.clone()))
         }

@@ -31,21 +31,42 @@ pub fn run(a: Args) -> ExitCode {
 }
 
 /// `marquee broker mosquitto --out DIR`: writes `passwd` (mode 0600) and `acl` for Mosquitto
-/// from the registry, keeping the daemon's own line of an existing `DIR/passwd` (the operator
-/// makes it with `mosquitto_passwd`), and says how to use them.
+/// from the registry, keeping the daemons' own lines of an existing `DIR/passwd` (every node's
+/// on a shared store; the operator makes them with `mosquitto_passwd`), and says how to use
+/// them and which daemon accounts still lack a line.
 pub async fn broker_mosquitto(api: &ApiClient, out: &Path) -> anyhow::Result<String> {
     std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
     let body = api.get("/api/v1/broker/mosquitto").await?;
     let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
-    let daemon = text("daemon_user");
+    // Every node's account (`daemon_users`); a daemon older than that field names its own.
+    let mut daemons: Vec<String> = body["daemon_users"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    if daemons.is_empty() {
+        daemons.push(text("daemon_user"));
+    }
     let passwd = out.join("passwd");
     let acl = out.join("acl");
-    let kept = std::fs::read_to_string(&passwd).ok().and_then(|old| {
-        old.lines()
+    let old = std::fs::read_to_string(&passwd).unwrap_or_default();
+    let mut content = String::new();
+    let mut missing = Vec::new();
+    for daemon in &daemons {
+        match old
+            .lines()
             .find(|l| l.split(':').next() == Some(daemon.as_str()))
-            .map(|l| format!("{l}\n"))
-    });
-    let mut content = kept.clone().unwrap_or_default();
+        {
+            Some(line) => {
+                content.push_str(line);
+                content.push('\n');
+            }
+            None => missing.push(daemon.as_str()),
+        }
+    }
     content.push_str(&text("password_file"));
     // Files Mosquitto already reads keep their owner and mode (it drops to its own user, so a
     // file rewritten as root, 0600, would lock every client out at its next reload).
@@ -68,11 +89,15 @@ pub async fn broker_mosquitto(api: &ApiClient, out: &Path) -> anyhow::Result<Str
         text("password_file").lines().count(),
         acl.display()
     );
-    if kept.is_none() {
+    for daemon in &missing {
         said.push_str(&format!(
-            "the daemon's account is not in it yet: mosquitto_passwd {} {daemon} (it asks for the password)\n\
-             then make both files readable by Mosquitto's user (e.g. chown mosquitto {} {}); later runs keep owner and mode\n",
+            "the daemon account {daemon} is not in it yet: mosquitto_passwd {} {daemon} (it asks for the password)\n",
             passwd.display(),
+        ));
+    }
+    if !missing.is_empty() {
+        said.push_str(&format!(
+            "then make both files readable by Mosquitto's user (e.g. chown mosquitto {} {}); later runs keep owner and mode\n",
             passwd.display(),
             acl.display()
         ));

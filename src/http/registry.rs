@@ -64,6 +64,7 @@ pub async fn add(
     let by = who.name.clone();
     let (id, channel) = (req.id.clone(), req.channel.clone());
     let creds = blocking(move || {
+        let daemons = daemon_accounts(&cfg, &store)?;
         registry.add(
             &store,
             &id,
@@ -71,7 +72,7 @@ pub async fn add(
             &crate::registry::Site {
                 channels: &cfg.schedule.channels,
                 declared: &cfg.schedule.displays,
-                daemon_user: cfg.mqtt.credentials.as_ref().map(|c| c.0.as_str()),
+                daemon_users: &daemons,
             },
             &by,
         )
@@ -120,10 +121,24 @@ pub struct RegistryList {
     pub displays: Vec<crate::store::registry::Registered>,
 }
 
+/// The broker accounts of the daemons: this node's (`[mqtt] username`) and, on a shared store,
+/// every other node's as it recorded at its start (`nodes`); each once, sorted.
+fn daemon_accounts(
+    cfg: &crate::config::Config,
+    store: &crate::store::Store,
+) -> Result<Vec<String>, crate::store::StoreError> {
+    let mut users = store.node_accounts()?;
+    users.extend(cfg.mqtt.credentials.as_ref().map(|c| c.0.clone()));
+    users.sort();
+    users.dedup();
+    Ok(users)
+}
+
 /// `GET /api/v1/broker/mosquitto`: for Mosquitto, the registered displays' `password_file` lines
 /// and the `acl_file` (each display reads its own topics and writes only its own reports; the
-/// daemon's account, `daemon_user`, has the rest). The daemon's own password line is the
-/// operator's (`mosquitto_passwd`); `marquee broker mosquitto` keeps it. Needs `[mqtt] username`.
+/// daemons' accounts, `daemon_users`, have the rest: on a shared store every node's, as each
+/// recorded at its start). The daemons' own password lines are the operator's
+/// (`mosquitto_passwd`); `marquee broker mosquitto` keeps them. Needs `[mqtt] username`.
 #[utoipa::path(get, path = "/api/v1/broker/mosquitto", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "the daemon's broker account and the two files", body = BrokerFiles), (status = 400, description = "the daemon has no broker account (field mqtt.username)"), (status = 401, description = "no or unknown token"), (status = 403, description = "not an admin")))]
 pub async fn mosquitto(
     _: Admin,
@@ -135,11 +150,18 @@ pub async fn mosquitto(
             "the daemon has no broker account: set [mqtt] username and password_env or password_file in its config (the ACL gives that account the daemon's topics)",
         ));
     };
-    let store = s.store.clone();
-    let passwd = blocking(move || Ok(mosquitto_passwd(&store.registry()?))).await?;
+    let (store, cfg) = (s.store.clone(), s.cfg.clone());
+    let (passwd, daemons) = blocking(move || {
+        Ok((
+            mosquitto_passwd(&store.registry()?),
+            daemon_accounts(&cfg, &store)?,
+        ))
+    })
+    .await?;
     Ok(Json(BrokerFiles {
-        acl_file: mosquitto_acl(&s.cfg.mqtt.topic_prefix, &user),
+        acl_file: mosquitto_acl(&s.cfg.mqtt.topic_prefix, &daemons),
         daemon_user: user,
+        daemon_users: daemons,
         password_file: passwd,
     }))
 }
@@ -147,8 +169,11 @@ pub async fn mosquitto(
 /// Mosquitto's files for the registered displays (`GET /api/v1/broker/mosquitto`).
 #[derive(Debug, serde::Serialize, utoipa::ToSchema)]
 pub struct BrokerFiles {
-    /// The daemon's own broker account (`[mqtt] username`).
+    /// This daemon's own broker account (`[mqtt] username`).
     pub daemon_user: String,
+    /// Every daemon's broker account the ACL gives the daemon's topics: this one's and, on a
+    /// shared store, every other node's (`[mqtt] username` as each recorded at its start).
+    pub daemon_users: Vec<String>,
     /// `password_file` lines for the displays (salted SHA-512, `$6$`, which Mosquitto reads).
     pub password_file: String,
     /// `acl_file` text: each display its own topics, the daemon its account's.

@@ -392,6 +392,15 @@ const MIGRATIONS: &[&str] = &[
     // what an owner whose lease has ended left in flight. Empty on SQLite's one node.
     "ALTER TABLE messages ADD COLUMN claimed_by TEXT;
     ALTER TABLE messages ADD COLUMN claim_epoch INTEGER;",
+    // 25: the nodes on a shared store and each one's broker account (`[mqtt] username`), so
+    // that the generated Mosquitto ACL gives every node's account the daemon's topics
+    // (`store::registry`). Used on PostgreSQL only; here so that both engines keep one
+    // numbering.
+    "CREATE TABLE nodes (
+        name       TEXT PRIMARY KEY,
+        mqtt_user  TEXT,
+        seen_at    TEXT NOT NULL
+    );",
 ];
 
 /// The last payload published on a retained topic.
@@ -506,6 +515,12 @@ const PG_MIGRATIONS: &[&str] = &[
     // 24: who claimed a message being submitted (node, lease epoch).
     "ALTER TABLE messages ADD COLUMN claimed_by TEXT COLLATE \"C\";
     ALTER TABLE messages ADD COLUMN claim_epoch BIGINT",
+    // 25: the nodes and their broker accounts.
+    "CREATE TABLE nodes (
+        name       TEXT COLLATE \"C\" PRIMARY KEY,
+        mqtt_user  TEXT COLLATE \"C\",
+        seen_at    TEXT COLLATE \"C\" NOT NULL
+    )",
 ];
 
 /// Creates the schema on a new PostgreSQL database, or applies the migrations it lacks, under

@@ -27,6 +27,34 @@ pub struct Registered {
 }
 
 impl Store {
+    /// Records that node `name` runs on this store with the broker account `mqtt_user` (`None`:
+    /// it connects without one), at `now`. Each daemon on a shared store does so at start.
+    pub fn record_node(
+        &self,
+        name: &str,
+        mqtt_user: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        self.conn().execute(
+            "INSERT INTO nodes (name, mqtt_user, seen_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (name) DO UPDATE SET mqtt_user = excluded.mqtt_user, seen_at = excluded.seen_at",
+            params![name, mqtt_user, ts(now)],
+        )?;
+        Ok(())
+    }
+
+    /// The broker accounts of the nodes recorded on this store (each once, in order). A node
+    /// taken out of service keeps its row: its account stays in the generated ACL, where it
+    /// admits nobody once its line is taken out of Mosquitto's password file.
+    pub fn node_accounts(&self) -> Result<Vec<String>, StoreError> {
+        let conn = self.conn();
+        let mut st = conn.prepare(
+            "SELECT DISTINCT mqtt_user FROM nodes WHERE mqtt_user IS NOT NULL ORDER BY mqtt_user",
+        )?;
+        let users = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+        Ok(users)
+    }
+
     /// Registers `r`; `Ok(false)` when the id is already registered (nothing changes). A change
     /// moves the registry's generation (`store::handoff`).
     pub fn register_display(&self, r: &Registered) -> Result<bool, StoreError> {

@@ -37,20 +37,6 @@ fn set(text: &str, from: &str, to: &str) -> String {
     out
 }
 
-/// Adds (or creates the file with) a Mosquitto account.
-fn mosquitto_account(file: &Path, user: &str, pw: &str) {
-    let mut cmd = Command::new("mosquitto_passwd");
-    if !file.exists() {
-        cmd.arg("-c");
-    }
-    let out = cmd.arg("-b").arg(file).args([user, pw]).output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Waits until the daemon shows `display` online on one of `ports` (its status came through
 /// the tier), for at most `deadline`; returns that port.
 async fn online_on(

@@ -511,6 +511,20 @@ impl Msg {
     }
 }
 
+/// Adds (or creates the file with) a Mosquitto account.
+pub fn mosquitto_account(file: &Path, user: &str, pw: &str) {
+    let mut cmd = Command::new("mosquitto_passwd");
+    if !file.exists() {
+        cmd.arg("-c");
+    }
+    let out = cmd.arg("-b").arg(file).args([user, pw]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// An MQTT subscriber that records everything it receives.
 pub struct Sub {
     pub client: AsyncClient,

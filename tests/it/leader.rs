@@ -15,7 +15,12 @@ use crate::sms::{
 
 /// A node of the fleet: the broker's section, its name, a short lease, the fake gateway.
 fn node(mosquitto: &Mosquitto, fake: &Fake, name: &str, leader: Option<&Site>) -> Site {
-    let site = Site::new(&mosquitto.section(), "");
+    node_on(&mosquitto.section(), fake, name, leader)
+}
+
+/// A node on the broker of `mqtt_section`.
+fn node_on(mqtt_section: &str, fake: &Fake, name: &str, leader: Option<&Site>) -> Site {
+    let site = Site::new(mqtt_section, "");
     if let Some(other) = leader {
         site.share_store_and_key_of(other);
     }
@@ -330,4 +335,106 @@ async fn a_standby_takes_over_a_killed_or_frozen_leader_and_nothing_is_sent_twic
         .frame("the last alert", |v| text_of(v).contains("last word"))
         .await;
     assert_eq!(refused(&agent), Vec::<Value>::new());
+}
+
+/// Each node records its broker account on the shared store: the Mosquitto files generated on
+/// either node give every node's account the daemon's topics and keep every node's password
+/// line, a display may not take a node's account, and a real Mosquitto with those files admits
+/// both nodes' accounts to the daemon's topics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_mosquitto_files_carry_every_nodes_broker_account() {
+    if !on_postgres() {
+        // One daemon per SQLite file: its own account is the only one.
+        return;
+    }
+    const PW: [&str; 2] = ["hall-a-secret-0123456789", "hall-b-secret-0123456789"];
+    // The nodes run on an anonymous broker (it takes any account); the files are for another.
+    let mosquitto = Mosquitto::start().await;
+    let fake = Fake::start(Duration::from_millis(5)).await;
+    let account = |user: &str| {
+        format!(
+            "{}\nusername = \"{user}\"\npassword_env = \"IT_MQ_PW\"",
+            mosquitto.section()
+        )
+    };
+    let a = node_on(&account("hall-a"), &fake, "a", None);
+    let da = Daemon::start_with_env(&a, &[("IT_MQ_PW", PW[0]), ("TEST_DLR_SECRET", SECRET)]).await;
+    let b = node_on(&account("hall-b"), &fake, "b", Some(&a));
+    let db = Daemon::start_standby(&b, &[("IT_MQ_PW", PW[1]), ("TEST_DLR_SECRET", SECRET)]).await;
+    let (token_a, token_b) = (a.admin_token(), b.admin_token());
+
+    // The leader's answer names the standby's account too, and the standby's the leader's.
+    for (d, token) in [(&da, &token_a), (&db, &token_b)] {
+        let (status, files) = d.get("/api/v1/broker/mosquitto", Some(token)).await;
+        assert_eq!(status, 200, "{files}");
+        assert_eq!(
+            files["daemon_users"],
+            json!(["hall-a", "hall-b"]),
+            "{files}"
+        );
+    }
+    // Neither node's account can be taken by a display.
+    let (status, v) = da
+        .send(
+            Method::POST,
+            "/api/v1/registry",
+            Some(&token_a),
+            Some(json!({"id": "hall-b", "channel": "lobby"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("broker user name"), "{v}");
+
+    // The operator's start: both daemon accounts, made with mosquitto_passwd.
+    let dir = tempfile::tempdir().unwrap();
+    let (passwd, acl) = (dir.path().join("passwd"), dir.path().join("acl"));
+    mosquitto_account(&passwd, "hall-a", PW[0]);
+    mosquitto_account(&passwd, "hall-b", PW[1]);
+    let said = db.cli(
+        &token_b,
+        &[
+            "broker",
+            "mosquitto",
+            "--out",
+            &dir.path().display().to_string(),
+        ],
+    );
+    assert!(!said.contains("not in it yet"), "{said}");
+    let written = std::fs::read_to_string(&passwd).unwrap();
+    for user in ["hall-a:$7$", "hall-b:$7$"] {
+        assert!(written.lines().any(|l| l.starts_with(user)), "{written}");
+    }
+    let rules = std::fs::read_to_string(&acl).unwrap();
+    for user in ["hall-a", "hall-b"] {
+        assert!(
+            rules.contains(&format!("user {user}\ntopic readwrite marquee/v1/#\n")),
+            "{rules}"
+        );
+    }
+
+    // A real Mosquitto with the generated files: what one node's account writes on the
+    // daemon's topics, the other's reads.
+    let secured = Mosquitto::start_secured(&passwd, &acl).await;
+    let mut reader = Sub::connect_as(
+        secured.port,
+        "marquee/v1/daemon/status",
+        Some(("hall-b", PW[1])),
+    )
+    .await;
+    let writer = Sub::connect_as(secured.port, "marquee/v1/none", Some(("hall-a", PW[0]))).await;
+    writer
+        .client
+        .publish(
+            "marquee/v1/daemon/status",
+            rumqttc::QoS::AtLeastOnce,
+            true,
+            &br#"{"online":true,"by":"hall-a"}"#[..],
+        )
+        .await
+        .unwrap();
+    reader
+        .wait("hall-a's status, read by hall-b", |m| {
+            m.payload == br#"{"online":true,"by":"hall-a"}"#
+        })
+        .await;
 }
