@@ -297,19 +297,40 @@ pub async fn dlr_array(s: &AppState, g: &GatewayConfig, body: &[u8]) -> Result<R
 }
 
 /// `GET /api/v1/sms/gateways`: each gateway, its kind, and whether it is out of rotation
-/// (an account error: balance, credentials, quota) with the provider's words and until when.
+/// (an account error: balance, credentials, quota) with the provider's words and until when
+/// (on a standby: as the leader last stored it).
 #[utoipa::path(get, path = "/api/v1/sms/gateways", tag = "sms", security(("bearer" = [])), responses((status = 200, description = "the gateways and their state", body = GatewayList), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn gateways(
     _: super::auth::Viewer,
     State(s): State<Arc<AppState>>,
-) -> axum::Json<GatewayList> {
+) -> Result<axum::Json<GatewayList>, ApiError> {
+    // A standby dispatches nothing: it shows what the leader stored.
+    let stored = if crate::leader::role() == crate::leader::Role::Standby {
+        let store = s.store.clone();
+        let now = chrono::Utc::now();
+        let rows = tokio::task::spawn_blocking(move || store.gateway_outages())
+            .await
+            .map_err(|e| ApiError::internal(e.to_string()))?
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        Some(
+            rows.into_iter()
+                .filter(|(_, _, until)| *until > now)
+                .map(|(g, reason, until)| (g, (reason, until)))
+                .collect::<std::collections::BTreeMap<_, _>>(),
+        )
+    } else {
+        None
+    };
     let list: Vec<_> = s
         .cfg
         .sms
         .gateways
         .iter()
         .map(|g| {
-            let out = s.sms_health.get(&g.name);
+            let out = match &stored {
+                Some(m) => m.get(&g.name).cloned(),
+                None => s.sms_health.get(&g.name),
+            };
             GatewayView {
                 name: g.name.clone(),
                 kind: g.kind.name(),
@@ -322,7 +343,7 @@ pub async fn gateways(
             }
         })
         .collect();
-    axum::Json(GatewayList { gateways: list })
+    Ok(axum::Json(GatewayList { gateways: list }))
 }
 
 /// `GET /api/v1/sms/gateways`.

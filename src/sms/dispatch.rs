@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -97,9 +97,11 @@ fn backoff(n: u32) -> Duration {
 }
 
 /// Gateways out of rotation for an account error: why, and until when (what
-/// `GET /api/v1/sms/gateways` and the console show).
+/// `GET /api/v1/sms/gateways` and the console show). The dispatcher keeps a copy in the store
+/// (`gateway_outages`), so that a restart or a new leader keeps a gateway out, and a standby
+/// shows it.
 #[derive(Clone, Default)]
-pub struct Health(Arc<std::sync::Mutex<Outages>>);
+pub struct Health(Arc<std::sync::Mutex<Outages>>, Arc<AtomicBool>);
 
 /// Gateway name → (the provider's words, out of rotation until).
 type Outages = BTreeMap<String, (String, DateTime<Utc>)>;
@@ -110,13 +112,31 @@ impl Health {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(gateway.to_owned(), (reason.to_owned(), until));
+        self.1.store(true, Ordering::Release);
     }
 
     fn back(&self, gateway: &str) {
-        self.0
+        if self
+            .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(gateway);
+            .remove(gateway)
+            .is_some()
+        {
+            self.1.store(true, Ordering::Release);
+        }
+    }
+
+    /// The outages, when they changed since the last call.
+    fn changed(&self) -> Option<Vec<(String, String, DateTime<Utc>)>> {
+        self.1.swap(false, Ordering::AcqRel).then(|| {
+            self.0
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(g, (reason, until))| (g.clone(), reason.clone(), *until))
+                .collect()
+        })
     }
 
     /// Why `gateway` is out of rotation and until when, if it is.
@@ -147,6 +167,7 @@ pub struct Dispatcher {
     store: Arc<Store>,
     gateways: BTreeMap<String, Arc<Runtime>>,
     waker: Waker,
+    health: Health,
 }
 
 impl Dispatcher {
@@ -187,6 +208,7 @@ impl Dispatcher {
             store,
             gateways,
             waker,
+            health,
         })
     }
 
@@ -230,6 +252,7 @@ impl Dispatcher {
             ),
             Err(e) => tracing::error!(error = %e, "SMS recovery failed"),
         }
+        self.resume_outages().await;
         let mut due_checked = None;
         let mut running = None;
         loop {
@@ -265,6 +288,41 @@ impl Dispatcher {
         if let Err(e) = self.store_answers(&mut answers).await {
             tracing::error!(error = %e, "storing the last submit answers failed");
         }
+    }
+
+    /// Gateways a previous run (this node's, or the leader before it) took out of rotation stay
+    /// out until their time ends.
+    async fn resume_outages(&self) {
+        let now = Utc::now();
+        let stored = match self.blocking(|s| s.gateway_outages()).await {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "cannot read the gateways out of rotation");
+                return;
+            }
+        };
+        for (name, reason, until) in stored {
+            let (Some(rt), Ok(left)) = (self.gateways.get(&name), (until - now).to_std()) else {
+                continue;
+            };
+            rt.cool(left);
+            rt.out_of_rotation.set(1);
+            rt.health.out(&name, &reason, until);
+            tracing::warn!(gateway = %name, reason, out_for_s = left.as_secs(), "the gateway is still out of rotation for an account error");
+        }
+    }
+
+    /// Stores the gateways out of rotation when that changed.
+    async fn store_outages(&self) -> anyhow::Result<()> {
+        if let Some(now) = self.health.changed() {
+            let keep = now.clone();
+            if let Err(e) = self.blocking(move |s| s.set_gateway_outages(&keep)).await {
+                // Written again at the next round.
+                self.health.1.store(true, Ordering::Release);
+                return Err(e);
+            }
+        }
+        Ok(())
     }
 
     /// Stores the answers waiting (on their own: a round that claims stores them with its claim).
@@ -304,6 +362,9 @@ impl Dispatcher {
         // no fresh list: the claim itself checks the status.
         if running.as_ref().is_none_or(|r| r.at.elapsed() >= DUE_EVERY) {
             *running = Some(self.refresh_running(now).await?);
+        }
+        if let Err(e) = self.store_outages().await {
+            tracing::warn!(error = %format!("{e:#}"), "cannot store the gateways out of rotation now");
         }
         let mut wait = IDLE;
         let mut sent = false;

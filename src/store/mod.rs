@@ -401,6 +401,14 @@ const MIGRATIONS: &[&str] = &[
         mqtt_user  TEXT,
         seen_at    TEXT NOT NULL
     );",
+    // 26: gateways out of rotation for an account error, with the provider's words and until
+    // when (`sms::dispatch::Health`): a restart or a new leader keeps them out, a standby
+    // shows them.
+    "CREATE TABLE gateway_outages (
+        gateway  TEXT PRIMARY KEY,
+        reason   TEXT NOT NULL,
+        until    TEXT NOT NULL
+    );",
 ];
 
 /// The last payload published on a retained topic.
@@ -520,6 +528,12 @@ const PG_MIGRATIONS: &[&str] = &[
         name       TEXT COLLATE \"C\" PRIMARY KEY,
         mqtt_user  TEXT COLLATE \"C\",
         seen_at    TEXT COLLATE \"C\" NOT NULL
+    )",
+    // 26: gateways out of rotation.
+    "CREATE TABLE gateway_outages (
+        gateway  TEXT COLLATE \"C\" PRIMARY KEY,
+        reason   TEXT COLLATE \"C\" NOT NULL,
+        until    TEXT COLLATE \"C\" NOT NULL
     )",
 ];
 

@@ -65,19 +65,27 @@ async fn alert(d: &Daemon, token: &str, text: &str) -> Value {
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_standby_takes_over_a_killed_or_frozen_leader_and_nothing_is_sent_twice() {
-    if !on_postgres() {
-        // One daemon per SQLite file: there is no standby to test.
-        return;
-    }
+/// A broker, the fake carrier, node `a` leading and node `b` its standby (each a site and its
+/// daemon).
+async fn leader_and_standby() -> (Mosquitto, Fake, (Site, Daemon), (Site, Daemon)) {
     let env = [("TEST_DLR_SECRET", SECRET)];
     let mosquitto = Mosquitto::start().await;
     let fake = Fake::start(Duration::from_millis(5)).await;
     let a = node(&mosquitto, &fake, "a", None);
     let da = Daemon::start_with_env(&a, &env).await;
     let b = node(&mosquitto, &fake, "b", Some(&a));
-    let mut db = Daemon::start_standby(&b, &env).await;
+    let db = Daemon::start_standby(&b, &env).await;
+    (mosquitto, fake, (a, da), (b, db))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_a_killed_or_frozen_leader_and_nothing_is_sent_twice() {
+    if !on_postgres() {
+        // One daemon per SQLite file: there is no standby to test.
+        return;
+    }
+    let (mosquitto, fake, (a, da), (b, mut db)) = leader_and_standby().await;
+    let env = [("TEST_DLR_SECRET", SECRET)];
     let token_b = b.admin_token();
     // The standby answers the API: ready while a node leads; playlist files are written on
     // the leader, and the answer names it.
@@ -437,4 +445,65 @@ async fn the_generated_mosquitto_files_carry_every_nodes_broker_account() {
             m.payload == br#"{"online":true,"by":"hall-a"}"#
         })
         .await;
+}
+
+/// A gateway the leader took out of rotation for an account error is shown out on the
+/// standby's API, and stays out when the standby takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_out_of_rotation_is_out_on_every_node_and_after_a_failover() {
+    if !on_postgres() {
+        // One daemon per SQLite file (its restart: tests/it/tencent.rs).
+        return;
+    }
+    let (_mosquitto, fake, (a, da), (b, mut db)) = leader_and_standby().await;
+    let (token_a, token_b) = (a.admin_token(), b.admin_token());
+    let to = number(1);
+    fake.rule(&to, Rule::AlphaAccount);
+    let id = create(
+        &da,
+        &token_a,
+        json!({"name": "balance", "text": "Open Day", "recipients_csv": format!("number\n{to}")}),
+    )
+    .await["id"]
+        .as_i64()
+        .unwrap();
+    let (status, v) = da
+        .send(
+            Method::POST,
+            &format!("/api/v1/campaigns/{id}/start"),
+            Some(&token_a),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let out = |v: &Value| v["gateways"][0]["out_of_rotation"] == true;
+    let shown = eventually_async("the standby to show alpha out of rotation", || async {
+        let (_, v) = db.get("/api/v1/sms/gateways", Some(&token_b)).await;
+        out(&v).then_some(v)
+    })
+    .await;
+    assert!(
+        shown["gateways"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("balance"),
+        "{shown}"
+    );
+
+    // The leader dies; the standby leads and keeps the gateway out.
+    da.signal("KILL");
+    db.wait_ready().await;
+    eventually_async("the new leader to keep alpha out", || async {
+        (db.metric(
+            &token_b,
+            "marquee_sms_gateway_out_of_rotation{gateway=\"alpha\"}",
+        )
+        .await
+            == 1.0)
+            .then_some(())
+    })
+    .await;
+    let (_, v) = db.get("/api/v1/sms/gateways", Some(&token_b)).await;
+    assert!(out(&v), "{v}");
+    assert_eq!(fake.requests(), 1, "alpha was asked again");
 }

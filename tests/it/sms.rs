@@ -48,6 +48,8 @@ pub(crate) enum Rule {
     DupReports,
     /// Answers only once released (see `Fake::release`).
     Hold,
+    /// 401 from gateway `alpha` (an account the provider refuses), `Ok` from any other.
+    AlphaAccount,
 }
 
 #[derive(Clone)]
@@ -111,6 +113,9 @@ async fn carrier(
         }
         Rule::AlphaDown if gw == "alpha" => {
             return (StatusCode::SERVICE_UNAVAILABLE, "maintenance").into_response();
+        }
+        Rule::AlphaAccount if gw == "alpha" => {
+            return (StatusCode::UNAUTHORIZED, "insufficient balance").into_response();
         }
         Rule::BadNumber => {
             return (StatusCode::BAD_REQUEST, "invalid destination address").into_response();

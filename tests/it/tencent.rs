@@ -488,6 +488,42 @@ async fn an_unapproved_template_pauses_the_campaign_and_a_wrong_key_takes_the_ga
         "{msgs:?}"
     );
     assert!(a.book().sent.is_empty());
+
+    // Restarted, the daemon keeps the gateway out (from the store), without asking the
+    // provider again, and says why.
+    d.stop().await;
+    let failures = a.book().auth_failures;
+    let d = self::start(&site, "not-the-secret-key").await;
+    let began = std::time::Instant::now();
+    let shown = loop {
+        let (status, v) = d.get("/api/v1/sms/gateways", Some(&token)).await;
+        assert_eq!(status, 200, "{v}");
+        if v["gateways"][0]["out_of_rotation"] == true {
+            break v;
+        }
+        assert!(began.elapsed() < DEADLINE, "{v}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        shown["gateways"][0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("AuthFailure"),
+        "{shown}"
+    );
+    assert_eq!(
+        a.book().auth_failures,
+        failures,
+        "the provider was asked again"
+    );
+    assert_eq!(
+        d.metric(
+            &token,
+            "marquee_sms_gateway_out_of_rotation{gateway=\"tc\"}"
+        )
+        .await,
+        1.0
+    );
 }
 
 // Multi-threaded: the stand-in keeps answering while the test waits on the CLI.

@@ -115,7 +115,13 @@ impl KannelConfig {
         let body = body.trim();
         // Kannel: "0: Accepted for delivery", "3: Queued for later delivery", or
         // (older, immediate reply) "Sent.".
-        let submit = classify(status, |s| (200..300).contains(&s));
+        // Kannel's smsbox answers 403 both for the account ("Authorization failed for
+        // sendsms") and for one number its white or black list denies ("Number(s) has/have
+        // been denied by white- and/or black-lists."): only the first is the account.
+        let submit = match classify(status, |s| (200..300).contains(&s)) {
+            Submit::Account if !body.starts_with("Authorization failed") => Submit::Permanent,
+            other => other,
+        };
         Answer {
             reason: (submit != Submit::Accepted || !body.starts_with("0:"))
                 .then(|| format!("{status} {}", truncate(body, 300))),
@@ -215,6 +221,38 @@ mod tests {
             }
         }
         assert_eq!(cache.values.len(), ENCODED_KEPT);
+    }
+
+    /// Kannel's two 403s (smsbox.c): wrong credentials take the gateway out of rotation; a
+    /// number its white or black list denies is rejected alone.
+    #[test]
+    fn a_403_is_the_account_only_when_kannel_says_authorization_failed() {
+        let cfg = KannelConfig {
+            url: "http://127.0.0.1:13013/cgi-bin/sendsms".parse().unwrap(),
+            username: "u".into(),
+            password: "p".into(),
+            smsc: None,
+            dlr_mask: 31,
+            post: false,
+        };
+        let answer = |status: u16, body: &str| cfg.answer(Ok((status, None, body.into()))).submit;
+        assert_eq!(answer(202, "0: Accepted for delivery"), Submit::Accepted);
+        assert_eq!(
+            answer(403, "Authorization failed for sendsms"),
+            Submit::Account
+        );
+        assert_eq!(
+            answer(
+                403,
+                "Number(s) has/have been denied by white- and/or black-lists."
+            ),
+            Submit::Permanent
+        );
+        assert_eq!(
+            answer(400, "Wrong sendsms args, rejected"),
+            Submit::Permanent
+        );
+        assert_eq!(answer(503, ""), Submit::Transient);
     }
 
     /// The URL `one` sends: built as `Url::query_pairs_mut` builds it (the driver did so

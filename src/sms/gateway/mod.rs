@@ -371,12 +371,17 @@ pub(super) fn signed_host(url: &url::Url) -> String {
     }
 }
 
-/// The classification of an HTTP status (accepted statuses given).
+/// The classification of an HTTP status (accepted statuses given). 401 and 403 are about the
+/// request's credentials, not its number (RFC 9110 §15.5.2, §15.5.4): the account, so a wrong
+/// password takes the gateway out of rotation instead of rejecting the whole list one number
+/// at a time.
 pub(super) fn classify(status: u16, accepted: impl Fn(u16) -> bool) -> Submit {
     if accepted(status) {
         Submit::Accepted
     } else if status == 429 || status >= 500 {
         Submit::Transient
+    } else if matches!(status, 401 | 403) {
+        Submit::Account
     } else {
         Submit::Permanent
     }
@@ -540,7 +545,9 @@ mod tests {
         assert_eq!(classify(429, ok), Submit::Transient);
         assert_eq!(classify(503, ok), Submit::Transient);
         assert_eq!(classify(400, ok), Submit::Permanent);
-        assert_eq!(classify(403, ok), Submit::Permanent);
+        assert_eq!(classify(404, ok), Submit::Permanent);
+        assert_eq!(classify(401, ok), Submit::Account);
+        assert_eq!(classify(403, ok), Submit::Account);
     }
 
     /// A closed loopback port (nothing listens on it).

@@ -500,5 +500,45 @@ pub(super) fn move_all(
     Ok(n)
 }
 
+/// A gateway out of rotation: its name, the provider's words, until when.
+pub type Outage = (String, String, DateTime<Utc>);
+
+impl super::Store {
+    /// Replaces the gateways out of rotation with `outages` (the dispatcher's, on the leader).
+    pub fn set_gateway_outages(&self, outages: &[Outage]) -> Result<(), StoreError> {
+        let mut conn = self.sms_conn();
+        let tx = conn.transaction()?;
+        tx.execute("DELETE FROM gateway_outages", [])?;
+        let mut add = tx.prepare_cached(
+            "INSERT INTO gateway_outages (gateway, reason, until) VALUES (?1, ?2, ?3)",
+        )?;
+        for (gateway, reason, until) in outages {
+            add.execute(params![gateway, reason, ts(*until)])?;
+        }
+        drop(add);
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The gateways out of rotation as last stored (a time may have ended since).
+    pub fn gateway_outages(&self) -> Result<Vec<Outage>, StoreError> {
+        let conn = self.read_conn();
+        let mut st =
+            conn.prepare("SELECT gateway, reason, until FROM gateway_outages ORDER BY gateway")?;
+        let rows: Vec<(String, String, String)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(g, reason, until)| {
+                let until = DateTime::parse_from_rfc3339(&until)
+                    .ok()?
+                    .with_timezone(&Utc);
+                Some((g, reason, until))
+            })
+            .collect())
+    }
+}
+
 #[cfg(test)]
 mod tests;
