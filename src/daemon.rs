@@ -503,6 +503,16 @@ fn open_store(cfg: &Config) -> anyhow::Result<(Arc<Store>, String, Option<String
             (Arc::new(store), url.clone(), Some(node.clone()))
         }
     };
+    // The daemon's broker account gets every topic in the generated ACL: a display registered
+    // under that name would get them too (registration refuses it; this is the other order).
+    if let Some((user, _)) = &cfg.mqtt.credentials
+        && store.0.registry()?.iter().any(|d| d.id == *user)
+    {
+        anyhow::bail!(
+            "{}: mqtt.username: {user:?} is a registered display's id; give the daemon another broker account (or remove the display: marquee display remove {user})",
+            cfg.file
+        );
+    }
     Ok(store)
 }
 

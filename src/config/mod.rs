@@ -307,6 +307,37 @@ mod tests {
         );
     }
 
+    /// Broker account names and the topic prefix go into Mosquitto's files line by line.
+    #[test]
+    fn broker_names_that_would_write_lines_of_their_own_are_refused() {
+        for (toml, problem) in [
+            (
+                "[mqtt]\nembedded = false\nurl = \"mqtt://127.0.0.1:1\"\nusername = \"x\\npattern readwrite #\"\npassword_env = \"HOME\"\n",
+                "mqtt.username: \"x\\npattern readwrite #\" must be",
+            ),
+            (
+                "[mqtt]\nembedded = false\nurl = \"mqtt://127.0.0.1:1\"\nusername = \"\"\npassword_env = \"HOME\"\n",
+                "mqtt.username: \"\" must be",
+            ),
+            (
+                "[mqtt]\nembedded = false\nurl = \"mqtt://127.0.0.1:1\"\nusername = \"a:b\"\npassword_env = \"HOME\"\n",
+                "mqtt.username: \"a:b\" must be",
+            ),
+            (
+                "[mqtt]\ntopic_prefix = \"m\\ntopic readwrite #\"\n",
+                "mqtt.topic_prefix",
+            ),
+        ] {
+            let e = Config::parse("m.toml", toml).unwrap_err();
+            assert!(e.to_string().contains(problem), "{toml}: {e}");
+        }
+        let ok = Config::parse(
+            "m.toml",
+            "[mqtt]\nembedded = false\nurl = \"mqtt://127.0.0.1:1\"\nusername = \"hall-a@city.gov\"\npassword_env = \"HOME\"\n",
+        );
+        assert!(ok.is_ok(), "{:?}", ok.err());
+    }
+
     #[test]
     fn unknown_key_is_located() {
         let e = Config::parse("m.toml", "[server]\nlisten = \"127.0.0.1:1\"\ncolour = 1\n")

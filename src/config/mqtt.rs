@@ -106,10 +106,32 @@ impl From<TlsFiles> for crate::mqtt::Tls {
     }
 }
 
+/// Whether `name` can be a broker account: 1-64 characters, none of them whitespace, a control
+/// character or `:`. It is written into Mosquitto's password file (`name:hash`, one per line)
+/// and ACL (`user name`, one per line) by `marquee broker mosquitto`, so a line break or a
+/// colon would write lines of the name's choosing.
+pub fn valid_account(name: &str) -> bool {
+    (1..=64).contains(&name.chars().count())
+        && !name
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || c == ':')
+}
+
 /// Validates `[mqtt]`.
 pub(super) fn validate(m: RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
     let mut users = BTreeMap::new();
+    let account = |field: String, name: &str, problems: &mut Vec<String>| {
+        if !valid_account(name) {
+            problems.push(format!(
+                "{field}: {name:?} must be 1-64 characters without spaces, control characters or ':'"
+            ));
+        }
+    };
+    if let Some(user) = &m.username {
+        account("mqtt.username".into(), user, problems);
+    }
     for (i, u) in m.users.iter().enumerate() {
+        account(format!("mqtt.users[{i}].username"), &u.username, problems);
         let place = format!("mqtt.users[{i}] ({}): password", u.username);
         if let Some(p) = secret(problems, &place, &u.password_env, &u.password_file) {
             users.insert(u.username.clone(), p);
@@ -125,13 +147,17 @@ pub(super) fn validate(m: RawMqtt, problems: &mut Vec<String>) -> MqttConfig {
     } else {
         external(&m, credentials.is_some(), problems)
     };
+    // Also written into Mosquitto's ACL, one rule per line.
     if m.topic_prefix.is_empty()
         || m.topic_prefix.contains(['+', '#'])
+        || m.topic_prefix
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control())
         || m.topic_prefix.starts_with('/')
         || m.topic_prefix.ends_with('/')
     {
         problems.push(format!(
-            "mqtt.topic_prefix: {:?} must be non-empty, without + or #, and not start or end with /",
+            "mqtt.topic_prefix: {:?} must be non-empty, without + or #, spaces or control characters, and not start or end with /",
             m.topic_prefix
         ));
     }

@@ -151,13 +151,23 @@ pub async fn mosquitto(
         ));
     };
     let (store, cfg) = (s.store.clone(), s.cfg.clone());
-    let (passwd, daemons) = blocking(move || {
-        Ok((
-            mosquitto_passwd(&store.registry()?),
-            daemon_accounts(&cfg, &store)?,
-        ))
-    })
-    .await?;
+    let (displays, daemons) =
+        blocking(move || Ok((store.registry()?, daemon_accounts(&cfg, &store)?))).await?;
+    // Every line of the two files is a name's: refuse a daemon account that would write lines
+    // of its own or share a display's name (each node checks its own at start; another node's
+    // row is checked here again).
+    if let Some(bad) = daemons
+        .iter()
+        .find(|u| !crate::config::mqtt::valid_account(u) || displays.iter().any(|d| d.id == **u))
+    {
+        return Err(ApiError::bad_field(
+            "mqtt.username",
+            format!(
+                "the daemon broker account {bad:?} (of this or another node) is a registered display's id or not a valid account name: no files written"
+            ),
+        ));
+    }
+    let passwd = mosquitto_passwd(&displays);
     Ok(Json(BrokerFiles {
         acl_file: mosquitto_acl(&s.cfg.mqtt.topic_prefix, &daemons),
         daemon_user: user,

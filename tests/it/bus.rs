@@ -554,6 +554,31 @@ async fn with_the_generated_mosquitto_files_a_display_account_writes_only_its_ow
         }
     };
     assert!(refused, "a wrong password was accepted");
+
+    // The other order: a daemon given a registered display's id as its broker account refuses
+    // to start (the generated ACL would give that display every topic).
+    d.stop().await;
+    let cfg = std::fs::read_to_string(site.config()).unwrap();
+    std::fs::write(
+        site.config(),
+        cfg.replace(
+            "username = \"marquee-daemon\"",
+            "username = \"lobby-acl-a\"",
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["serve", "-c"])
+        .arg(site.config())
+        .env("IT_MQ_PW", daemon_pw)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("mqtt.username: \"lobby-acl-a\" is a registered display's id"),
+        "{err}"
+    );
 }
 
 #[tokio::test]

@@ -101,7 +101,7 @@ impl Store {
             "UPDATE messages INDEXED BY messages_submitting
              SET state = ?1, reason = 'the daemon stopped before the gateway answered', updated_at = ?2
              WHERE state = 'submitting'
-               AND (?3 = 0 OR claim_epoch IS NULL OR claim_epoch < ?3)
+               AND (CAST(?3 AS BIGINT) = 0 OR claim_epoch IS NULL OR claim_epoch < ?3)
              RETURNING campaign, parts",
             params![to.as_str(), ts(now), epoch],
             State::Submitting,
@@ -472,11 +472,14 @@ fn early_reports(tx: &Transaction<'_>, items: &[Finish]) -> Result<Vec<Early>, S
     };
     // Reports that came before the answer that names their message (early reports), in the
     // order they came: PostgreSQL looks for the whole batch's at once (one round trip).
-    let ids: Vec<i64> = items
+    // Each message once (one answered twice in the batch has its early reports once).
+    let mut ids: Vec<i64> = items
         .iter()
         .filter(|f| f.carrier_id.is_some())
         .map(|f| f.id)
         .collect();
+    ids.sort_unstable();
+    ids.dedup();
     if ids.is_empty() {
         return Ok(Vec::new());
     }

@@ -578,6 +578,16 @@ fn a_message_answered_twice_in_one_batch_moves_once() {
     let c = campaign(&store, 2);
     let m = store.claim_batch(c, "gw", None, now(), 2, &[]).unwrap();
     let answer = |id, answer| answered(c, id, answer, None);
+    // Its delivery report came first (kept by carrier id until an answer names it).
+    let early = ReportIn {
+        id: 0,
+        carrier_id: Some(format!("c{}", m[0].id)),
+        gateway: "gw".into(),
+        report: Some(Report::Delivered),
+        code: "DELIVRD".into(),
+        raw: "{}".into(),
+    };
+    assert_eq!(store.record_reports(&[early], now()).unwrap(), [None]);
     let states = store
         .finish_submits(
             &[
@@ -589,8 +599,11 @@ fn a_message_answered_twice_in_one_batch_moves_once() {
         )
         .unwrap();
     assert_eq!(states, [State::Sent, State::Sent, State::Rejected]);
+    // The early report is taken once.
+    assert_eq!(store.reports(m[0].id).unwrap().len(), 1);
+    assert_eq!(store.message(m[0].id).unwrap().unwrap().state, "delivered");
     let counts = store.campaign(c).unwrap().unwrap().counts;
-    assert_eq!((counts["sent"], counts["rejected"]), (1, 1));
+    assert_eq!((counts["delivered"], counts["rejected"]), (1, 1));
     assert_eq!(counts.get("submitting").copied().unwrap_or(0), 0);
     let (kept, counted) = counts_kept_and_counted(&store);
     assert_eq!(kept, counted);
