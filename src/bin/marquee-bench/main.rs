@@ -184,6 +184,14 @@ enum Scenario {
         /// Messages per claim, one run each.
         #[arg(long, value_delimiter = ',', default_value = "8,24,64,256")]
         batch: Vec<usize>,
+        /// Claimers working at once, one run each (threads, each on store connections of its
+        /// own, as dispatching nodes would be; more than one needs --postgres).
+        #[arg(long, value_delimiter = ',', default_value = "1")]
+        claimers: Vec<usize>,
+        /// Keep the state in PostgreSQL at this URL (a fresh schema per run; the password from
+        /// MARQUEE_BENCH_PG_PASSWORD), instead of SQLite.
+        #[arg(long)]
+        postgres: Option<String>,
     },
     /// SMS campaign through a real Kannel (bearerbox + smsbox + fakesmsc); baseline: a plain
     /// keep-alive HTTP client against the same Kannel.
@@ -282,7 +290,12 @@ fn main() -> anyhow::Result<()> {
                 runs,
                 postgres,
             } => sms::fake(messages, in_flight, baseline, runs, postgres.as_deref()).await,
-            Scenario::SmsStore { messages, batch } => sms::store(messages, &batch),
+            Scenario::SmsStore {
+                messages,
+                batch,
+                claimers,
+                postgres,
+            } => sms::store(messages, &batch, &claimers, postgres.as_deref()),
             Scenario::SmsBatch {
                 messages,
                 batch,

@@ -490,83 +490,147 @@ impl FakesmscLog {
     }
 }
 
-/// `marquee-bench sms-store`: the dispatcher's store work alone (no HTTP): a campaign of `n`
-/// messages claimed `batch` at a time, each claim also storing the answers to the previous one,
-/// as the dispatcher does. On disk, `synchronous = FULL`, like the daemon.
-pub fn store(n: usize, batches: &[usize]) -> anyhow::Result<()> {
-    use marquee::domain::delivery::Submit;
-    use marquee::store::sms::{Finish, NewCampaign, NewMessage};
+/// `marquee-bench sms-store`: the dispatcher's store work alone (claim and answer of every
+/// message, no HTTP) at each claim size in `batches`, with each number of claimers in
+/// `claimers` (threads, each on a store connection of its own, as dispatching nodes would be;
+/// more than one needs `postgres`). Fails unless every message was claimed exactly once.
+pub fn store(
+    n: usize,
+    batches: &[usize],
+    claimers: &[usize],
+    postgres: Option<&str>,
+) -> anyhow::Result<()> {
+    use marquee::store::Store;
     println!(
-        "# sms-store: {n} messages per run, claim + answer of each in the dispatcher's transactions, {}",
+        "# sms-store: {n} messages per run, claim + answer of each in the dispatcher's transactions, store {}, {}",
+        if postgres.is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
         machine()
     );
-    for &batch in batches {
-        let scratch = Scratch::new()?;
-        let store = marquee::store::Store::open(&scratch.0.join("marquee.db"))?;
-        let text: std::sync::Arc<str> = TEXT.into();
-        let msgs: Vec<NewMessage> = (0..n)
-            .map(|i| NewMessage {
-                row: i + 1,
-                recipient: 8613800000000 + i as u64,
-                text: text.clone(),
-                parts: 1,
-                params: None,
-            })
-            .collect();
-        let spec = json!({});
-        let now = chrono::Utc::now();
-        let c = NewCampaign {
-            name: "bench",
-            spec: &spec,
-            start_at: None,
-            by: "bench",
-            alert: None,
-        };
-        let id = store.create_campaign(&c, now, &msgs, &[])?;
-        store.set_campaign_status(
-            id,
-            &[marquee::domain::campaign::CampaignStatus::Draft],
-            marquee::domain::campaign::CampaignStatus::Running,
-            now,
-        )?;
-        let cpu0 = cpu_secs("self");
-        let t0 = Instant::now();
-        let (mut done, mut claims) = (0, 0);
-        let mut answers = Vec::new();
-        loop {
-            let claimed =
-                store.claim_batch(id, "bench", None, chrono::Utc::now(), batch, &answers)?;
-            claims += 1;
-            if claimed.is_empty() {
-                break;
-            }
-            done += claimed.len();
-            answers = claimed
-                .iter()
-                .map(|m| Finish {
-                    id: m.id,
-                    campaign: m.campaign,
-                    parts: m.parts,
-                    answer: Submit::Accepted,
-                    carrier_id: None,
-                    reason: None,
-                    retry_at: None,
-                    delivered_by: None,
+    for &k in claimers {
+        if k > 1 && postgres.is_none() {
+            bail!("{k} claimers need --postgres (SQLite has one writer)");
+        }
+        for &batch in batches {
+            let scratch = Scratch::new()?;
+            // Each run in a schema of its own; every claimer on connections of its own.
+            let open = || -> anyhow::Result<Store> {
+                Ok(match postgres {
+                    Some(url) => {
+                        let password = std::env::var("MARQUEE_BENCH_PG_PASSWORD").ok();
+                        let schema = format!("bench_store_{}_{k}_{batch}", std::process::id());
+                        let url = Store::schema_url(url, password.as_deref(), None, &schema)?;
+                        Store::connect_with_lease(
+                            &url,
+                            password.as_deref(),
+                            Duration::from_secs(2),
+                            None,
+                        )?
+                    }
+                    None => Store::open(&scratch.0.join("marquee.db"))?,
                 })
-                .collect();
+            };
+            let store = open()?;
+            let id = running_campaign(&store, n)?;
+            let stores = (1..k).map(|_| open()).collect::<anyhow::Result<Vec<_>>>()?;
+            let cpu0 = cpu_secs("self");
+            let t0 = Instant::now();
+            let (done, claims) = std::thread::scope(|scope| -> anyhow::Result<(usize, usize)> {
+                let runs: Vec<_> = std::iter::once(&store)
+                    .chain(stores.iter())
+                    .map(|s| scope.spawn(move || claim_all(s, id, batch)))
+                    .collect();
+                let mut total = (0, 0);
+                for r in runs {
+                    let (d, c) = r
+                        .join()
+                        .map_err(|_| anyhow::anyhow!("a claimer panicked"))??;
+                    total = (total.0 + d, total.1 + c);
+                }
+                Ok(total)
+            })?;
+            let wall = t0.elapsed().as_secs_f64();
+            let cpu = cpu_secs("self") - cpu0;
+            let sent = store.campaign(id)?.context("campaign gone")?.counts["sent"];
+            // A message claimed twice would be counted twice in `done`.
+            if sent as usize != n || done != n {
+                bail!("claimed {done}, sent {sent}, expected {n}");
+            }
+            println!(
+                "claimers {k}, batch {batch:>4}: {:.1} µs CPU and {:.1} µs wall per message ({claims} transactions, {:.0} messages/s)",
+                cpu * 1e6 / n as f64,
+                wall * 1e6 / n as f64,
+                n as f64 / wall
+            );
         }
-        let wall = t0.elapsed().as_secs_f64();
-        let cpu = cpu_secs("self") - cpu0;
-        let sent = store.campaign(id)?.context("campaign gone")?.counts["sent"];
-        if sent as usize != n || done != n {
-            bail!("claimed {done}, sent {sent}, expected {n}");
-        }
-        println!(
-            "batch {batch:>4}: {:.1} µs CPU and {:.1} µs wall per message ({claims} transactions, {:.0} messages/s)",
-            cpu * 1e6 / n as f64,
-            wall * 1e6 / n as f64,
-            n as f64 / wall
-        );
     }
     Ok(())
+}
+
+/// A running campaign of `n` one-part messages in `store`; answers its id.
+fn running_campaign(store: &marquee::store::Store, n: usize) -> anyhow::Result<i64> {
+    use marquee::domain::campaign::CampaignStatus;
+    use marquee::store::sms::{NewCampaign, NewMessage};
+    let text: std::sync::Arc<str> = TEXT.into();
+    let msgs: Vec<NewMessage> = (0..n)
+        .map(|i| NewMessage {
+            row: i + 1,
+            recipient: 8613800000000 + i as u64,
+            text: text.clone(),
+            parts: 1,
+            params: None,
+        })
+        .collect();
+    let spec = json!({});
+    let now = chrono::Utc::now();
+    let c = NewCampaign {
+        name: "bench",
+        spec: &spec,
+        start_at: None,
+        by: "bench",
+        alert: None,
+    };
+    let id = store.create_campaign(&c, now, &msgs, &[])?;
+    store.set_campaign_status(id, &[CampaignStatus::Draft], CampaignStatus::Running, now)?;
+    Ok(id)
+}
+
+/// Claims campaign `id` by `batch` until nothing is left, answering each claim's messages
+/// (accepted) in the next claim, as the dispatcher does; answers (messages, transactions).
+fn claim_all(
+    store: &marquee::store::Store,
+    id: i64,
+    batch: usize,
+) -> anyhow::Result<(usize, usize)> {
+    use marquee::domain::delivery::Submit;
+    use marquee::store::sms::Finish;
+    let (mut done, mut claims) = (0, 0);
+    let mut answers = Vec::new();
+    loop {
+        let claimed = store.claim_batch(id, "bench", None, chrono::Utc::now(), batch, &answers)?;
+        claims += 1;
+        if claimed.is_empty() {
+            if !answers.is_empty() {
+                store.finish_submits(&answers, chrono::Utc::now())?;
+            }
+            return Ok((done, claims));
+        }
+        done += claimed.len();
+        answers = claimed
+            .iter()
+            .map(|m| Finish {
+                id: m.id,
+                campaign: m.campaign,
+                parts: m.parts,
+                answer: Submit::Accepted,
+                carrier_id: None,
+                reason: None,
+                retry_at: None,
+                delivered_by: None,
+            })
+            .collect();
+    }
 }
