@@ -20,13 +20,33 @@ pub enum Action {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Forget a node of a shared store taken out of service: its broker account leaves the
+    /// files `marquee broker mosquitto` writes next.
+    ForgetNode {
+        /// Its name (`[store] node`).
+        name: String,
+    },
 }
 
 /// Runs `marquee broker ACTION`.
 pub fn run(a: Args) -> ExitCode {
-    let Action::Mosquitto { out } = a.action;
+    let action = a.action;
     super::run_api("marquee broker", a.api, |client| async move {
-        broker_mosquitto(&client, &out).await
+        match action {
+            Action::Mosquitto { out } => broker_mosquitto(&client, &out).await,
+            Action::ForgetNode { name } => {
+                client
+                    .call(
+                        reqwest::Method::DELETE,
+                        &format!("/api/v1/nodes/{name}"),
+                        None,
+                    )
+                    .await?;
+                Ok(format!(
+                    "forgot node {name}: run marquee broker mosquitto again to drop its account\n"
+                ))
+            }
+        }
     })
 }
 

@@ -129,6 +129,7 @@ pub fn api() -> (Router<Arc<AppState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(registry::list, registry::add))
         .routes(routes!(registry::remove))
         .routes(routes!(registry::mosquitto))
+        .routes(routes!(registry::forget_node))
         .routes(routes!(alerts::list, alerts::raise))
         .routes(routes!(alerts::cap))
         .routes(routes!(alerts::approve))

@@ -103,6 +103,31 @@ pub async fn remove(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `DELETE /api/v1/nodes/{name}`: forgets a node of a shared store taken out of service, so its
+/// broker account leaves the files `marquee broker mosquitto` writes (each node records itself
+/// at its start, so a node that runs again comes back). Not this node itself.
+#[utoipa::path(delete, path = "/api/v1/nodes/{name}", tag = "displays", security(("bearer" = [])), params(("name" = String, Path, description = "node name ([store] node)")), responses((status = 204, description = "forgotten"), (status = 400, description = "this node itself (field name)"), (status = 404, description = "no such node"), (status = 401, description = "no or unknown token"), (status = 403, description = "not an admin")))]
+pub async fn forget_node(
+    super::auth::Auth(who): Admin,
+    State(s): State<Arc<AppState>>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    if s.store.node() == Some(name.as_str()) {
+        return Err(ApiError::bad_field(
+            "name",
+            format!("{name:?} is this node: forget it from another node, once it is stopped"),
+        ));
+    }
+    let (store, key) = (s.store.clone(), name.clone());
+    if !blocking(move || Ok(store.forget_node(&key)?)).await? {
+        return Err(ApiError::not_found(format!(
+            "no node {name:?} on this store"
+        )));
+    }
+    audit(&s, &who.name, "node.forget", &name, json!({})).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `GET /api/v1/registry`: every registered display (id, channel, public report key, when and
 /// by whom), without secrets.
 #[utoipa::path(get, path = "/api/v1/registry", tag = "displays", security(("bearer" = [])), responses((status = 200, description = "the registered displays", body = RegistryList), (status = 401, description = "no or unknown token")))]

@@ -43,9 +43,17 @@ impl Store {
         Ok(())
     }
 
+    /// Removes node `name`'s row (a node taken out of service: its account leaves the generated
+    /// files); whether it was there. A node that runs again records itself again.
+    pub fn forget_node(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .execute("DELETE FROM nodes WHERE name = ?1", [name])?
+            == 1)
+    }
+
     /// The broker accounts of the nodes recorded on this store (each once, in order). A node
-    /// taken out of service keeps its row: its account stays in the generated ACL, where it
-    /// admits nobody once its line is taken out of Mosquitto's password file.
+    /// taken out of service keeps its row until [`Store::forget_node`].
     pub fn node_accounts(&self) -> Result<Vec<String>, StoreError> {
         let conn = self.conn();
         let mut st = conn.prepare(

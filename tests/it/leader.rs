@@ -445,6 +445,29 @@ async fn the_generated_mosquitto_files_carry_every_nodes_broker_account() {
             m.payload == br#"{"online":true,"by":"hall-a"}"#
         })
         .await;
+
+    // Node b is taken out of service: forgotten, its account leaves the files; a node cannot
+    // forget itself, nor one the store never had.
+    db.stop().await;
+    let said = da.cli(&token_a, &["broker", "forget-node", "b"]);
+    assert!(said.contains("forgot node b"), "{said}");
+    let (_, files) = da.get("/api/v1/broker/mosquitto", Some(&token_a)).await;
+    assert_eq!(files["daemon_users"], json!(["hall-a"]), "{files}");
+    assert!(
+        !files["acl_file"].as_str().unwrap().contains("hall-b"),
+        "{files}"
+    );
+    for (name, status) in [("a", 400), ("b", 404)] {
+        let (s, v) = da
+            .send(
+                Method::DELETE,
+                &format!("/api/v1/nodes/{name}"),
+                Some(&token_a),
+                None,
+            )
+            .await;
+        assert_eq!(s, status, "{name}: {v}");
+    }
 }
 
 /// A gateway the leader took out of rotation for an account error is shown out on the
