@@ -73,13 +73,13 @@ pub fn run(a: Args) -> ExitCode {
             Action::Clear { id } => client
                 .call(
                     reqwest::Method::DELETE,
-                    &format!("/api/v1/alerts/{id}"),
+                    &format!("/api/v1/alerts/{}", super::client::segment(&id)),
                     None,
                 )
                 .await
                 .map(pretty),
             Action::Show { id } => client
-                .get(&format!("/api/v1/alerts/{id}"))
+                .get(&format!("/api/v1/alerts/{}", super::client::segment(&id)))
                 .await
                 .map(pretty),
             Action::List => client.get("/api/v1/alerts").await.map(pretty),

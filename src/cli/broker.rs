@@ -38,7 +38,7 @@ pub fn run(a: Args) -> ExitCode {
                 client
                     .call(
                         reqwest::Method::DELETE,
-                        &format!("/api/v1/nodes/{name}"),
+                        &format!("/api/v1/nodes/{}", super::client::segment(&name)),
                         None,
                     )
                     .await?;

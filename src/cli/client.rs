@@ -8,6 +8,12 @@ use anyhow::Context;
 use crate::config::Config;
 
 /// Where the API is and how to authenticate, for the API-client subcommands.
+/// `s` as one path segment of a URL: percent-encoded, so that an argument holding `/`, `..`, `?`
+/// or `#` cannot name another route (`../registry/x` stays one segment).
+pub fn segment(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
 pub struct ApiClient {
     /// Base URL, e.g. `http://127.0.0.1:8080`.
     pub url: String,

@@ -117,7 +117,7 @@ pub async fn display_list(api: &ApiClient) -> anyhow::Result<String> {
 pub async fn display_remove(api: &ApiClient, id: &str) -> anyhow::Result<String> {
     api.call(
         reqwest::Method::DELETE,
-        &format!("/api/v1/registry/{id}"),
+        &format!("/api/v1/registry/{}", super::client::segment(id)),
         None,
     )
     .await?;

@@ -70,7 +70,11 @@ pub async fn playlist_push(api: &ApiClient, file: &Path) -> anyhow::Result<Strin
     let body = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let resp = api
         .http()?
-        .put(format!("{}/api/v1/playlists/{id}", api.url))
+        .put(format!(
+            "{}/api/v1/playlists/{}",
+            api.url,
+            super::client::segment(&id)
+        ))
         .bearer_auth(&api.token)
         .header("content-type", "application/json")
         .body(body)
@@ -113,7 +117,9 @@ pub async fn playlist_push(api: &ApiClient, file: &Path) -> anyhow::Result<Strin
 
 /// `marquee playlist pull ID`: the live version as written.
 pub async fn playlist_pull(api: &ApiClient, id: &str) -> anyhow::Result<String> {
-    let v = api.get(&format!("/api/v1/playlists/{id}")).await?;
+    let v = api
+        .get(&format!("/api/v1/playlists/{}", super::client::segment(id)))
+        .await?;
     let src = v["source"].as_str().context("the daemon sent no source")?;
     Ok(if src.ends_with('\n') {
         src.to_owned()

@@ -105,8 +105,8 @@ pub async fn remove(
 
 /// `DELETE /api/v1/nodes/{name}`: forgets a node of a shared store taken out of service, so its
 /// broker account leaves the files `marquee broker mosquitto` writes (each node records itself
-/// at its start, so a node that runs again comes back). Not this node itself.
-#[utoipa::path(delete, path = "/api/v1/nodes/{name}", tag = "displays", security(("bearer" = [])), params(("name" = String, Path, description = "node name ([store] node)")), responses((status = 204, description = "forgotten"), (status = 400, description = "this node itself (field name)"), (status = 404, description = "no such node"), (status = 401, description = "no or unknown token"), (status = 403, description = "not an admin")))]
+/// at its start, so a node that runs again comes back). Not this node itself, nor the leader.
+#[utoipa::path(delete, path = "/api/v1/nodes/{name}", tag = "displays", security(("bearer" = [])), params(("name" = String, Path, description = "node name ([store] node)")), responses((status = 204, description = "forgotten"), (status = 400, description = "this node itself, or the leader (field name)"), (status = 404, description = "no such node"), (status = 401, description = "no or unknown token"), (status = 403, description = "not an admin")))]
 pub async fn forget_node(
     super::auth::Auth(who): Admin,
     State(s): State<Arc<AppState>>,
@@ -117,6 +117,17 @@ pub async fn forget_node(
             "name",
             format!("{name:?} is this node: forget it from another node, once it is stopped"),
         ));
+    }
+    // The leader is running: forgetting it would drop its account from the next files.
+    if s.store.is_postgres() {
+        let store = s.store.clone();
+        let holder = blocking(move || Ok(store.leader()?)).await?;
+        if holder.is_some_and(|h| h.node == name && h.remaining_s > 0.0) {
+            return Err(ApiError::bad_field(
+                "name",
+                format!("{name:?} leads now: stop it (another node takes over), then forget it"),
+            ));
+        }
     }
     let (store, key) = (s.store.clone(), name.clone());
     if !blocking(move || Ok(store.forget_node(&key)?)).await? {

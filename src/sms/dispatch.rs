@@ -115,16 +115,18 @@ impl Health {
         self.1.store(true, Ordering::Release);
     }
 
-    fn back(&self, gateway: &str) {
-        if self
+    /// The gateway accepted a message: back in rotation. Whether it was out.
+    fn back(&self, gateway: &str) -> bool {
+        let was_out = self
             .0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(gateway)
-            .is_some()
-        {
+            .is_some();
+        if was_out {
             self.1.store(true, Ordering::Release);
         }
+        was_out
     }
 
     /// The outages, when they changed since the last call.
@@ -288,10 +290,15 @@ impl Dispatcher {
         if let Err(e) = self.store_answers(&mut answers).await {
             tracing::error!(error = %e, "storing the last submit answers failed");
         }
+        if let Err(e) = self.store_outages().await {
+            tracing::error!(error = %format!("{e:#}"), "storing the gateways out of rotation failed");
+        }
     }
 
-    /// Gateways a previous run (this node's, or the leader before it) took out of rotation stay
-    /// out until their time ends.
+    /// Gateways a previous run (this node's, or the leader before it) took out of rotation are
+    /// shown out until their time ends; each is tried again after at most [`RESUME_PROBE`]
+    /// (one request: an operator may have fixed the account and restarted for it), and is out
+    /// again at once if the account still fails.
     async fn resume_outages(&self) {
         let now = Utc::now();
         let stored = match self.blocking(|s| s.gateway_outages()).await {
@@ -305,7 +312,7 @@ impl Dispatcher {
             let (Some(rt), Ok(left)) = (self.gateways.get(&name), (until - now).to_std()) else {
                 continue;
             };
-            rt.cool(left);
+            rt.cool(left.min(RESUME_PROBE));
             rt.out_of_rotation.set(1);
             rt.health.out(&name, &reason, until);
             tracing::warn!(gateway = %name, reason, out_for_s = left.as_secs(), "the gateway is still out of rotation for an account error");
@@ -708,6 +715,9 @@ impl Answers {
 /// How long a gateway stays out of rotation after an account error (balance, credentials,
 /// quota): long enough not to hammer it, short enough to notice when it is fixed.
 const ACCOUNT_COOL: Duration = Duration::from_secs(600);
+/// How long a restarted dispatcher (or a new leader) waits before it tries a gateway a stored
+/// outage names.
+const RESUME_PROBE: Duration = Duration::from_secs(30);
 
 /// Submits claimed messages that share their text and parameters (one request where the
 /// gateway takes several numbers) and classifies each answer (stored later, in a batch).
@@ -790,7 +800,11 @@ fn finish(
         Submit::Accepted => {
             rt.failures.store(0, Ordering::Relaxed);
             rt.out_of_rotation.set(0);
-            rt.health.back(&rt.gw.cfg.name);
+            // An account that sends is fine: its outage (and the rest it imposed) ends, so
+            // that what is shown is what is done.
+            if rt.health.back(&rt.gw.cfg.name) {
+                *rt.cool_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+            }
         }
         Submit::Transient | Submit::Lost => {
             rt.failed(m, &answer, first);

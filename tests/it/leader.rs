@@ -447,7 +447,11 @@ async fn the_generated_mosquitto_files_carry_every_nodes_broker_account() {
         .await;
 
     // Node b is taken out of service: forgotten, its account leaves the files; a node cannot
-    // forget itself, nor one the store never had.
+    // forget itself, the leader, nor one the store never had.
+    let (s, v) = db
+        .send(Method::DELETE, "/api/v1/nodes/a", Some(&token_b), None)
+        .await;
+    assert_eq!(s, 400, "the leader was forgotten: {v}");
     db.stop().await;
     let said = da.cli(&token_a, &["broker", "forget-node", "b"]);
     assert!(said.contains("forgot node b"), "{said}");

@@ -115,12 +115,13 @@ impl KannelConfig {
         let body = body.trim();
         // Kannel: "0: Accepted for delivery", "3: Queued for later delivery", or
         // (older, immediate reply) "Sent.".
-        // Kannel's smsbox answers 403 both for the account ("Authorization failed for
-        // sendsms") and for one number its white or black list denies ("Number(s) has/have
-        // been denied by white- and/or black-lists."): only the first is the account.
-        let submit = match classify(status, |s| (200..300).contains(&s)) {
-            Submit::Account if !body.starts_with("Authorization failed") => Submit::Permanent,
-            other => other,
+        // Kannel's smsbox answers 403 only for the account ("Authorization failed for
+        // sendsms": a wrong user or password, or a client address not allowed); a number its
+        // white or black list denies is a 400 ("Number(s) has/have been denied by white-
+        // and/or black-lists.").
+        let submit = match status {
+            403 => Submit::Account,
+            _ => classify(status, |s| (200..300).contains(&s)),
         };
         Answer {
             reason: (submit != Submit::Accepted || !body.starts_with("0:"))
@@ -223,10 +224,10 @@ mod tests {
         assert_eq!(cache.values.len(), ENCODED_KEPT);
     }
 
-    /// Kannel's two 403s (smsbox.c): wrong credentials take the gateway out of rotation; a
-    /// number its white or black list denies is rejected alone.
+    /// Kannel's answers (smsbox.c): its 403 (wrong credentials) takes the gateway out of
+    /// rotation; a number its white or black list denies (400) is rejected alone.
     #[test]
-    fn a_403_is_the_account_only_when_kannel_says_authorization_failed() {
+    fn kannels_403_is_the_account_and_a_denied_number_is_rejected_alone() {
         let cfg = KannelConfig {
             url: "http://127.0.0.1:13013/cgi-bin/sendsms".parse().unwrap(),
             username: "u".into(),
@@ -243,7 +244,7 @@ mod tests {
         );
         assert_eq!(
             answer(
-                403,
+                400,
                 "Number(s) has/have been denied by white- and/or black-lists."
             ),
             Submit::Permanent

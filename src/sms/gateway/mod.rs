@@ -371,16 +371,18 @@ pub(super) fn signed_host(url: &url::Url) -> String {
     }
 }
 
-/// The classification of an HTTP status (accepted statuses given). 401 and 403 are about the
-/// request's credentials, not its number (RFC 9110 §15.5.2, §15.5.4): the account, so a wrong
-/// password takes the gateway out of rotation instead of rejecting the whole list one number
-/// at a time.
+/// The classification of an HTTP status (accepted statuses given). 401 says the request's
+/// credentials are missing or wrong (RFC 9110 §15.5.2): the account, so a wrong password takes
+/// the gateway out of rotation instead of rejecting the whole list one number at a time. 403
+/// stays permanent: providers use it for one destination too (a country not enabled, a
+/// number refused), and as the account it would requeue that number, and hold the gateway,
+/// for ever. Kannel, whose only 403 is the account, refines this.
 pub(super) fn classify(status: u16, accepted: impl Fn(u16) -> bool) -> Submit {
     if accepted(status) {
         Submit::Accepted
     } else if status == 429 || status >= 500 {
         Submit::Transient
-    } else if matches!(status, 401 | 403) {
+    } else if status == 401 {
         Submit::Account
     } else {
         Submit::Permanent
@@ -547,7 +549,7 @@ mod tests {
         assert_eq!(classify(400, ok), Submit::Permanent);
         assert_eq!(classify(404, ok), Submit::Permanent);
         assert_eq!(classify(401, ok), Submit::Account);
-        assert_eq!(classify(403, ok), Submit::Account);
+        assert_eq!(classify(403, ok), Submit::Permanent);
     }
 
     /// A closed loopback port (nothing listens on it).
