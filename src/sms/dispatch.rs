@@ -373,6 +373,13 @@ impl Dispatcher {
         if let Err(e) = self.store_outages().await {
             tracing::warn!(error = %format!("{e:#}"), "cannot store the gateways out of rotation now");
         }
+        // An outage whose time has ended is over for the gauge too (not only at the next
+        // accepted answer).
+        for rt in self.gateways.values() {
+            if rt.out_of_rotation.get() == 1 && rt.health.get(&rt.gw.cfg.name).is_none() {
+                rt.out_of_rotation.set(0);
+            }
+        }
         let mut wait = IDLE;
         let mut sent = false;
         let mut reread = false;
