@@ -621,6 +621,30 @@ fn test_schema(url: &str, password: Option<&str>, ca: Option<&[u8]>) -> Result<S
     Store::schema_url(url, password, ca, &name)
 }
 
+/// A connection to `url` for creating or dropping `schema`, once its name is checked (it is
+/// written into the SQL).
+fn schema_admin(
+    url: &str,
+    password: Option<&str>,
+    tls_ca: Option<&[u8]>,
+    schema: &str,
+) -> Result<Connection, StoreError> {
+    if schema.is_empty()
+        || !schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+    {
+        return Err(StoreError::Config(format!(
+            "{schema:?} is not a schema name"
+        )));
+    }
+    let mut target = pg_target(url, password)?;
+    if let Some(pem) = tls_ca {
+        target.tls = Some(db::tls_config(pem).map_err(StoreError::Config)?);
+    }
+    Ok(Connection::pg(target)?)
+}
+
 /// The daemon's database.
 pub struct Store {
     conn: Mutex<Connection>,
@@ -952,22 +976,23 @@ impl Store {
         tls_ca: Option<&[u8]>,
         schema: &str,
     ) -> Result<String, StoreError> {
-        if schema.is_empty()
-            || !schema
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        {
-            return Err(StoreError::Config(format!(
-                "{schema:?} is not a schema name"
-            )));
-        }
-        let mut target = pg_target(url, password)?;
-        if let Some(pem) = tls_ca {
-            target.tls = Some(db::tls_config(pem).map_err(StoreError::Config)?);
-        }
-        Connection::pg(target)?.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
+        schema_admin(url, password, tls_ca, schema)?
+            .execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))?;
         let sep = if url.contains('?') { '&' } else { '?' };
         Ok(format!("{url}{sep}options=-csearch_path%3D{schema}"))
+    }
+
+    /// Drops `schema` at `url` and everything in it (what [`Store::schema_url`] made for a
+    /// benchmark's run).
+    pub fn drop_schema(
+        url: &str,
+        password: Option<&str>,
+        tls_ca: Option<&[u8]>,
+        schema: &str,
+    ) -> Result<(), StoreError> {
+        schema_admin(url, password, tls_ca, schema)?
+            .execute_batch(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
+        Ok(())
     }
 
     /// Names this daemon on a shared store (once; later calls are ignored).

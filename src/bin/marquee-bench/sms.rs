@@ -289,11 +289,9 @@ pub async fn fake(
         println!("## run {run}");
         let scratch = Scratch::new()?;
         let mut section = gateway_section(&url, in_flight, 31);
+        let schema = format!("bench_{}_{run}", std::process::id());
         if let Some(pg) = postgres {
-            section.push_str(&postgres_section(
-                pg,
-                &format!("bench_{}_{run}", std::process::id()),
-            )?);
+            section.push_str(&postgres_section(pg, &schema)?);
         }
         let d = start_daemon(&scratch.0, &section)?;
         let dlr = baseline_dlr(&d);
@@ -343,6 +341,10 @@ pub async fn fake(
         if got as usize != n || sent as usize != n {
             bail!("lost or duplicated messages: gateway {got}, sent {sent}, expected {n}");
         }
+        drop(d);
+        if let Some(pg) = postgres {
+            drop_schema(pg, &schema)?;
+        }
         rates.push(sustained);
         ratios.push(sustained / mean);
     }
@@ -361,6 +363,13 @@ fn postgres_section(url: &str, schema: &str) -> anyhow::Result<String> {
         format!("password_env = \"{PASSWORD}\"\n")
     });
     Ok(format!("\n[store]\nurl = \"{url}\"\n{password}"))
+}
+
+/// Drops a run's `schema` at `url` (the password from `MARQUEE_BENCH_PG_PASSWORD`).
+fn drop_schema(url: &str, schema: &str) -> anyhow::Result<()> {
+    let password = std::env::var("MARQUEE_BENCH_PG_PASSWORD").ok();
+    marquee::store::Store::drop_schema(url, password.as_deref(), None, schema)?;
+    Ok(())
 }
 
 /// The closing line: median rate and ratio over the runs, and each run's ratio.
@@ -516,12 +525,12 @@ pub fn store(
         }
         for &batch in batches {
             let scratch = Scratch::new()?;
+            let schema = format!("bench_store_{}_{k}_{batch}", std::process::id());
             // Each run in a schema of its own; every claimer on connections of its own.
             let open = || -> anyhow::Result<Store> {
                 Ok(match postgres {
                     Some(url) => {
                         let password = std::env::var("MARQUEE_BENCH_PG_PASSWORD").ok();
-                        let schema = format!("bench_store_{}_{k}_{batch}", std::process::id());
                         let url = Store::schema_url(url, password.as_deref(), None, &schema)?;
                         Store::connect_with_lease(
                             &url,
@@ -565,6 +574,10 @@ pub fn store(
                 wall * 1e6 / n as f64,
                 n as f64 / wall
             );
+            drop((store, stores));
+            if let Some(pg) = postgres {
+                drop_schema(pg, &schema)?;
+            }
         }
     }
     Ok(())
