@@ -306,12 +306,8 @@ pub async fn gateways(
 ) -> Result<axum::Json<GatewayList>, ApiError> {
     // A standby dispatches nothing: it shows what the leader stored.
     let stored = if crate::leader::role() == crate::leader::Role::Standby {
-        let store = s.store.clone();
         let now = chrono::Utc::now();
-        let rows = tokio::task::spawn_blocking(move || store.gateway_outages())
-            .await
-            .map_err(|e| ApiError::internal(e.to_string()))?
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let rows = s.store.call(|st| st.gateway_outages()).await?;
         Some(
             rows.into_iter()
                 .filter(|(_, _, until)| *until > now)

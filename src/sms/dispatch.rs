@@ -112,6 +112,11 @@ impl Health {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .insert(gateway.to_owned(), (reason.to_owned(), until));
+        self.mark_changed();
+    }
+
+    /// The outages are to be stored again.
+    fn mark_changed(&self) {
         self.1.store(true, Ordering::Release);
     }
 
@@ -124,7 +129,7 @@ impl Health {
             .remove(gateway)
             .is_some();
         if was_out {
-            self.1.store(true, Ordering::Release);
+            self.mark_changed();
         }
         was_out
     }
@@ -321,13 +326,12 @@ impl Dispatcher {
 
     /// Stores the gateways out of rotation when that changed.
     async fn store_outages(&self) -> anyhow::Result<()> {
-        if let Some(now) = self.health.changed() {
-            let keep = now.clone();
-            if let Err(e) = self.blocking(move |s| s.set_gateway_outages(&keep)).await {
-                // Written again at the next round.
-                self.health.1.store(true, Ordering::Release);
-                return Err(e);
-            }
+        if let Some(now) = self.health.changed()
+            && let Err(e) = self.blocking(move |s| s.set_gateway_outages(&now)).await
+        {
+            // Written again at the next round.
+            self.health.mark_changed();
+            return Err(e);
         }
         Ok(())
     }
