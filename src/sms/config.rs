@@ -100,6 +100,7 @@ struct RawGateway {
     segments_per_second: Option<f64>,
     #[serde(default = "eight")]
     in_flight: usize,
+    claim_ahead: Option<usize>,
     #[serde(default = "ten_s")]
     timeout: String,
     dlr_secret_env: Option<String>,
@@ -148,6 +149,7 @@ const COMMON_KEYS: &[&str] = &[
     "messages_per_second",
     "segments_per_second",
     "in_flight",
+    "claim_ahead",
     "timeout",
     "dlr_secret_env",
     "dlr_secret_file",
@@ -381,6 +383,11 @@ pub struct GatewayConfig {
     pub segments_per_second: f64,
     /// Submits awaiting an answer at most.
     pub in_flight: usize,
+    /// Requests claimed beyond the in-flight window, ready to leave the moment a slot frees
+    /// (default half the window). Claims are committed before a request leaves, so a claim's
+    /// disk sync would otherwise keep freed slots empty; the cost: a crash or a pause may catch
+    /// up to `in_flight + claim_ahead` requests claimed and not answered.
+    pub claim_ahead: usize,
     /// A submit without an answer after this is `unknown`.
     pub timeout: Duration,
     /// Shared secret in the delivery-report URL (none for dry-run).
@@ -398,6 +405,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("messages_per_second", &self.messages_per_second)
             .field("segments_per_second", &self.segments_per_second)
             .field("in_flight", &self.in_flight)
+            .field("claim_ahead", &self.claim_ahead)
             .field("timeout", &self.timeout)
             .finish()
     }
@@ -739,6 +747,13 @@ fn gateway(
     if !(1..=10_000).contains(&g.in_flight) {
         problems.push(format!("{place}.in_flight: between 1 and 10000"));
     }
+    let claim_ahead = g.claim_ahead.unwrap_or(g.in_flight / 2);
+    if claim_ahead > g.in_flight.max(1) {
+        problems.push(format!(
+            "{place}.claim_ahead: at most in_flight ({})",
+            g.in_flight
+        ));
+    }
     let timeout = duration(problems, &format!("{place}.timeout"), &g.timeout);
     Some(GatewayConfig {
         name: g.name,
@@ -746,6 +761,7 @@ fn gateway(
         messages_per_second: g.messages_per_second,
         segments_per_second,
         in_flight: g.in_flight,
+        claim_ahead,
         timeout,
         dlr_secret,
         fixed_line: g.fixed_line,
@@ -1496,6 +1512,26 @@ mod tests {
     }
 
     #[test]
+    fn claims_run_half_a_window_ahead_unless_told() {
+        let gateways = |extra: &str| {
+            let c = Config::parse(
+                "m.toml",
+                &format!(
+                    "[schedule]\nchannels = [\"lobby\"]\n[sms]\n[[sms.gateways]]\nname = \"d\"\nkind = \"dry-run\"\npath = \"x.jsonl\"\n{extra}"
+                ),
+            )
+            .unwrap();
+            let g = &c.sms.gateways[0];
+            (g.in_flight, g.claim_ahead)
+        };
+        assert_eq!(gateways(""), (8, 4));
+        assert_eq!(gateways("in_flight = 65"), (65, 32));
+        assert_eq!(gateways("in_flight = 1"), (1, 0));
+        assert_eq!(gateways("in_flight = 64\nclaim_ahead = 0"), (64, 0));
+        assert_eq!(gateways("in_flight = 64\nclaim_ahead = 64"), (64, 64));
+    }
+
+    #[test]
     fn every_gateway_problem_is_named_with_its_place() {
         let p = problems(
             r#"
@@ -1517,11 +1553,18 @@ dlr_secret_env = "MARQUEE_TEST_UNSET_VARIABLE"
 [[sms.gateways]]
 name = "d"
 kind = "pigeon"
+[[sms.gateways]]
+name = "c"
+kind = "dry-run"
+path = "c.jsonl"
+in_flight = 4
+claim_ahead = 5
 "#,
         );
         let want = [
             "m.toml: sms.default_region: \"XX\" is not an ISO 3166 region like \"CN\"",
             "m.toml: sms.gateways[0] (k).url: \"ftp://x\" is not an http(s) URL",
+            "m.toml: sms.gateways[3] (c).claim_ahead: at most in_flight (4)",
             "m.toml: sms.gateways[1] (h).json: body = \"json\" needs the JSON template in json",
             "m.toml: sms.gateways[1] (h).dlr_secret_env: environment variable MARQUEE_TEST_UNSET_VARIABLE is not set or empty",
             "m.toml: sms.gateways[1] (h).messages_per_second: between 0 and 100000",

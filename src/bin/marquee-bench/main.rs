@@ -164,6 +164,9 @@ enum Scenario {
         /// In-flight window (and baseline connections).
         #[arg(long, default_value_t = 64)]
         in_flight: usize,
+        /// The gateway's `claim_ahead` (default: the daemon's, half the window).
+        #[arg(long)]
+        claim_ahead: Option<usize>,
         /// Baseline requests.
         #[arg(long, default_value_t = 200_000)]
         baseline: usize,
@@ -286,10 +289,14 @@ fn main() -> anyhow::Result<()> {
             Scenario::SmsFake {
                 messages,
                 in_flight,
+                claim_ahead,
                 baseline,
                 runs,
                 postgres,
-            } => sms::fake(messages, in_flight, baseline, runs, postgres.as_deref()).await,
+            } => {
+                let window = (in_flight, claim_ahead);
+                sms::fake(messages, window, baseline, runs, postgres.as_deref()).await
+            }
             Scenario::SmsStore {
                 messages,
                 batch,

@@ -267,18 +267,15 @@ fn baseline_dlr(d: &Daemon) -> String {
 /// and after its campaign; the median ratio is the figure.
 pub async fn fake(
     n: usize,
-    in_flight: usize,
+    (in_flight, claim_ahead): (usize, Option<usize>),
     baseline_n: usize,
     runs: usize,
     postgres: Option<&str>,
 ) -> anyhow::Result<()> {
     println!(
-        "# sms-fake: {n} recipients, in-flight {in_flight}, gateway = separate process answering 202 at once, {runs} runs, store {}, {}",
-        if postgres.is_some() {
-            "PostgreSQL"
-        } else {
-            "SQLite"
-        },
+        "# sms-fake: {n} recipients, in-flight {in_flight}, claim-ahead {}, gateway = separate process answering 202 at once, {runs} runs, store {}, {}",
+        claim_ahead.map_or_else(|| "default".to_owned(), |a| a.to_string()),
+        postgres.map_or("SQLite", |_| "PostgreSQL"),
         machine()
     );
     let (gw, base) = super::counting_gateway("gateway").await?;
@@ -289,6 +286,9 @@ pub async fn fake(
         println!("## run {run}");
         let scratch = Scratch::new()?;
         let mut section = gateway_section(&url, in_flight, 31);
+        if let Some(a) = claim_ahead {
+            section.push_str(&format!("claim_ahead = {a}\n"));
+        }
         let schema = format!("bench_{}_{run}", std::process::id());
         if let Some(pg) = postgres {
             section.push_str(&postgres_section(pg, &schema)?);
