@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -55,6 +55,19 @@ struct Runtime {
     permits: Arc<Semaphore>,
     /// Requests awaiting an answer: the in-flight window.
     window: Arc<Semaphore>,
+    /// Requests of alerts' campaigns waiting for a slot of the window; requests of other
+    /// campaigns let them go first.
+    urgent_waiting: AtomicUsize,
+    /// Signalled when no alert's request waits any more.
+    urgent_clear: Notify,
+    /// When it last answered, in microseconds since `born` (0: not yet).
+    answered: AtomicU64,
+    /// How long its requests take to be answered, in microseconds (a moving average).
+    latency: AtomicU64,
+    born: Instant,
+    /// The earliest instant the next request may leave (the pace again at send time: requests
+    /// claimed ahead may wait for a slot, and must not then leave in a burst).
+    send_at: std::sync::Mutex<Instant>,
     /// The earliest instant the next message may go.
     next_slot: std::sync::Mutex<Instant>,
     /// No submits before this (transient failures).
@@ -88,14 +101,88 @@ impl Runtime {
     }
 
     fn take_slot(&self, now: Instant, parts: usize) {
-        let c = &self.gw.cfg;
-        let gap = (1.0 / c.messages_per_second).max(parts as f64 / c.segments_per_second);
-        let mut s = self.next_slot.lock().unwrap_or_else(|e| e.into_inner());
-        // A gateway idle for a while may send a small burst (a tenth of a second's worth),
-        // no more.
-        let floor = now.checked_sub(Duration::from_millis(100)).unwrap_or(now);
-        *s = (*s).max(floor) + Duration::from_secs_f64(gap);
+        pace(&self.next_slot, now, self.gap(parts));
     }
+
+    /// The time one message of `parts` segments takes at the gateway's pace.
+    fn gap(&self, parts: usize) -> Duration {
+        let c = &self.gw.cfg;
+        Duration::from_secs_f64(
+            (1.0 / c.messages_per_second).max(parts as f64 / c.segments_per_second),
+        )
+    }
+
+    /// When the request of `group` may leave: the pace kept again at send time, so that
+    /// requests claimed ahead, which waited for a slot, do not leave in a burst.
+    fn send_turn(&self, group: &[crate::store::sms::Claimed]) -> Instant {
+        let gap = group.iter().map(|m| self.gap(m.parts)).sum();
+        pace(&self.send_at, Instant::now(), gap)
+    }
+
+    /// An answer came to a request sent at `sent`.
+    fn answered_after(&self, sent: Instant) {
+        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
+        self.answered
+            .store(micros(self.born.elapsed()), Ordering::Relaxed);
+        let took = micros(sent.elapsed());
+        let old = self.latency.load(Ordering::Relaxed);
+        let avg = if old == 0 {
+            took
+        } else {
+            old - old / 8 + took / 8
+        };
+        self.latency.store(avg, Ordering::Relaxed);
+    }
+
+    /// Whether its window moves: an answer came within four of its usual answer times (and
+    /// 20 ms). Claims ahead of a full window are made only where it does.
+    fn moving(&self) -> bool {
+        let since = self
+            .born
+            .elapsed()
+            .as_micros()
+            .saturating_sub(u128::from(self.answered.load(Ordering::Relaxed)));
+        let usual = u128::from(self.latency.load(Ordering::Relaxed));
+        self.answered.load(Ordering::Relaxed) > 0 && since <= 4 * usual + 20_000
+    }
+
+    /// A slot of the in-flight window. Requests of alerts' campaigns (`urgent`) go first:
+    /// another request that is given a slot while one of theirs waits hands it on.
+    async fn window_slot(&self, urgent: bool) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if urgent {
+            self.urgent_waiting.fetch_add(1, Ordering::SeqCst);
+            let slot = self.window.clone().acquire_owned().await.ok();
+            if self.urgent_waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+                self.urgent_clear.notify_waiters();
+            }
+            return slot;
+        }
+        loop {
+            let clear = self.urgent_clear.notified();
+            tokio::pin!(clear);
+            // Registered before the count is read: a notification in between is not missed.
+            clear.as_mut().enable();
+            if self.urgent_waiting.load(Ordering::SeqCst) > 0 {
+                clear.await;
+                continue;
+            }
+            let slot = self.window.clone().acquire_owned().await.ok()?;
+            if self.urgent_waiting.load(Ordering::SeqCst) == 0 {
+                return Some(slot);
+            }
+        }
+    }
+}
+
+/// Takes the next turn of a pace and returns when it starts: where the previous turn ended, or
+/// a tenth of a second before `now` if that is later (a gateway idle for a while may send a
+/// small burst, a tenth of a second's worth, no more). The pace moves on by `gap`.
+fn pace(next: &std::sync::Mutex<Instant>, now: Instant, gap: Duration) -> Instant {
+    let mut s = next.lock().unwrap_or_else(|e| e.into_inner());
+    let floor = now.checked_sub(Duration::from_millis(100)).unwrap_or(now);
+    let turn = (*s).max(floor);
+    *s = turn + gap;
+    turn
 }
 
 /// A random fraction in [0.5, 1.5) for jitter.
@@ -215,6 +302,12 @@ impl Dispatcher {
                 Arc::new(Runtime {
                     permits: Arc::new(Semaphore::new(g.in_flight + g.claim_ahead)),
                     window: Arc::new(Semaphore::new(g.in_flight)),
+                    urgent_waiting: AtomicUsize::new(0),
+                    urgent_clear: Notify::new(),
+                    send_at: std::sync::Mutex::new(Instant::now()),
+                    answered: AtomicU64::new(0),
+                    latency: AtomicU64::new(0),
+                    born: Instant::now(),
                     gw,
                     next_slot: std::sync::Mutex::new(Instant::now()),
                     cool_until: std::sync::Mutex::new(None),
@@ -403,8 +496,11 @@ impl Dispatcher {
         let mut sent = false;
         let mut reread = false;
         let list = running.as_ref().map_or(&[][..], |r| &r.list[..]);
-        for (id, spec) in list {
-            let id = *id;
+        // While an alert's campaign sends, bulk campaigns claim no further than the window:
+        // what they would claim ahead would wait in front of the alert's requests.
+        let alerting = list.iter().any(|c| c.2);
+        for (id, spec, urgent) in list {
+            let (id, urgent) = (*id, *urgent);
             if let Some((window, tz)) = spec.window(self.cfg.sms.timezone)
                 && !window.allows(now, tz)
             {
@@ -418,7 +514,7 @@ impl Dispatcher {
                     .await?;
                 continue;
             }
-            let (rt, t) = match self.pick_gateway(spec) {
+            let picked = match self.pick_gateway(spec, urgent || !alerting) {
                 Ok(picked) => picked,
                 Err(w) => {
                     wait = wait.min(w);
@@ -426,7 +522,7 @@ impl Dispatcher {
                 }
             };
             let claimed = self
-                .claim_and_spawn(id, spec, (rt, t), inflight, record_tx, answers)
+                .claim_and_spawn((id, urgent), spec, picked, inflight, record_tx, answers)
                 .await?;
             sent |= claimed > 0;
             if claimed == 0 {
@@ -446,13 +542,14 @@ impl Dispatcher {
         Ok(if sent { None } else { Some(wait) })
     }
 
-    /// The running campaigns with their specs; one whose spec cannot be read is paused.
+    /// The running campaigns with their specs, those an alert started first; one whose spec
+    /// cannot be read is paused.
     async fn refresh_running(&self, now: DateTime<Utc>) -> anyhow::Result<Running> {
-        let rows = self.blocking(|s| s.campaigns_in(Status::Running)).await?;
+        let rows = self.blocking(|s| s.running_campaigns()).await?;
         let mut list = Vec::with_capacity(rows.len());
-        for (id, spec, _) in rows {
+        for (id, spec, urgent) in rows {
             match serde_json::from_value::<Spec>(spec) {
-                Ok(spec) => list.push((id, spec)),
+                Ok(spec) => list.push((id, spec, urgent)),
                 Err(e) => {
                     tracing::error!(campaign = id, error = %e, "unreadable campaign spec; pausing it");
                     self.moved(id, Status::Running, Action::Pause, now).await?;
@@ -465,25 +562,42 @@ impl Dispatcher {
         })
     }
 
-    /// The first of the campaign's gateways (failover order) that is not cooling down, has a
-    /// free slot in its in-flight window and whose pace allows a message within a millisecond;
-    /// else how long to wait before looking again. Returns it with the instant it was judged at
-    /// (the pace is reckoned from that instant).
-    fn pick_gateway(&self, spec: &Spec) -> Result<(Arc<Runtime>, Instant), Duration> {
+    /// The first of the campaign's gateways (failover order) that is not cooling down and has
+    /// a free slot in its in-flight window; else, where `ahead` allows, the first with room to
+    /// claim ahead of its window (so a gateway whose window is stuck does not take what another
+    /// could send now). Its pace must allow a message within a millisecond; else how long to
+    /// wait before looking again. Returns it with the instant it was judged at (the pace is
+    /// reckoned from that instant) and how many requests it may claim.
+    fn pick_gateway(&self, spec: &Spec, ahead: bool) -> Result<Picked, Duration> {
         let t = Instant::now();
-        let Some(rt) = spec
-            .gateways
-            .iter()
-            .filter_map(|g| self.gateways.get(g))
-            .find(|rt| !rt.cooling(t) && rt.permits.available_permits() > 0)
-        else {
+        let gateways = || {
+            spec.gateways
+                .iter()
+                .filter_map(|g| self.gateways.get(g))
+                .filter(|rt| !rt.cooling(t))
+        };
+        let free = |rt: &Runtime| {
+            let room = rt.permits.available_permits();
+            (room.saturating_sub(rt.gw.cfg.claim_ahead), room)
+        };
+        let picked = gateways()
+            .find(|rt| free(rt).0 > 0)
+            .map(|rt| (rt, if ahead { free(rt).1 } else { free(rt).0 }))
+            .or_else(|| {
+                // Ahead of a full window, only one that moves: waiting behind a stuck one
+                // (until its timeout) is worse than waiting for a slot elsewhere.
+                gateways()
+                    .find(|rt| ahead && free(rt).1 > 0 && rt.moving())
+                    .map(|rt| (rt, free(rt).1))
+            });
+        let Some((rt, room)) = picked else {
             return Err(Duration::from_millis(20));
         };
         let slot = rt.slot();
         if slot > t + Duration::from_millis(1) {
             return Err(slot - t);
         }
-        Ok((rt.clone(), t))
+        Ok((rt.clone(), t, room))
     }
 
     /// Claims what the pace and the in-flight window of `rt` allow for campaign `id` (storing
@@ -492,9 +606,9 @@ impl Dispatcher {
     /// Returns how many were claimed.
     async fn claim_and_spawn(
         &self,
-        id: i64,
+        (id, urgent): (i64, bool),
         spec: &Spec,
-        (rt, t): (Arc<Runtime>, Instant),
+        (rt, t, room): Picked,
         inflight: &TaskTracker,
         record_tx: &Recorder,
         answers: &mut Answers,
@@ -524,7 +638,7 @@ impl Dispatcher {
         let per_permit = if uniform { batch } else { 1 };
         let want = due.min(MAX_BATCH);
         let mut permits = Vec::new();
-        while permits.len() < want.div_ceil(per_permit) {
+        while permits.len() < want.div_ceil(per_permit).min(room) {
             match rt.permits.clone().try_acquire_owned() {
                 Ok(p) => permits.push(p),
                 Err(_) => break,
@@ -556,8 +670,10 @@ impl Dispatcher {
                     Some(p) => Some(p),
                     None => rt.permits.clone().acquire_owned().await.ok(),
                 };
-                // Claimed ahead: it leaves when a slot of the window frees.
-                let slot = rt.window.clone().acquire_owned().await.ok();
+                // Claimed ahead: it leaves when a slot of the window frees (an alert's
+                // first), and not before its turn at the gateway's pace.
+                let slot = rt.window_slot(urgent).await;
+                tokio::time::sleep_until(rt.send_turn(&group)).await;
                 // A leader woken past its lease sends nothing: what it had claimed becomes
                 // `unknown` under the new leader, flagged and never resent (at most once).
                 if !crate::leader::may_act() {
@@ -576,7 +692,10 @@ impl Dispatcher {
                         .collect()
                 } else {
                     let template = template_id.as_deref().map(|id| (id, &*names));
-                    submit(&rt, &group, &sender, template, failover).await
+                    let sent = Instant::now();
+                    let done = submit(&rt, &group, &sender, template, failover).await;
+                    rt.answered_after(sent);
+                    done
                 };
                 drop((slot, permit));
                 for f in done {
@@ -722,8 +841,13 @@ fn group_requests(
 /// The running campaigns as last read from the store.
 struct Running {
     at: Instant,
-    list: Vec<(i64, Spec)>,
+    /// Campaign, spec, whether an alert started it (those first).
+    list: Vec<(i64, Spec, bool)>,
 }
+
+/// A gateway picked for a claim: it, the instant it was judged at, how many requests it may
+/// claim.
+type Picked = (Arc<Runtime>, Instant, usize);
 
 /// Where submit tasks send their answers (and then wake the dispatcher). Unbounded on
 /// purpose, and bounded in fact: a message is claimed only with a permit of its gateway's
@@ -968,5 +1092,30 @@ impl Runtime {
             now + chrono::Duration::from_std(ACCOUNT_COOL).unwrap_or_default(),
         );
         tracing::error!(gateway = %self.gw.cfg.name, reason, out_for_s = ACCOUNT_COOL.as_secs(), "the gateway's account cannot send: out of rotation");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pace_spaces_its_turns_and_allows_a_tenth_of_a_second_of_burst() {
+        let gap = Duration::from_millis(10);
+        let t0 = Instant::now() + Duration::from_secs(10);
+        let next = std::sync::Mutex::new(t0 - Duration::from_secs(5));
+        // Idle for a long time: the first turn is a tenth of a second back, so ten go at once
+        // and the eleventh waits for its turn.
+        let turns: Vec<Instant> = (0..12).map(|_| pace(&next, t0, gap)).collect();
+        assert_eq!(turns[0], t0 - Duration::from_millis(100));
+        for w in turns.windows(2) {
+            assert_eq!(w[1] - w[0], gap);
+        }
+        assert!(turns[9] < t0 && turns[10] == t0 && turns[11] > t0);
+        // Turns already taken are not taken again after a pause in the calls.
+        assert_eq!(
+            pace(&next, t0 + Duration::from_millis(1), gap),
+            t0 + gap * 2
+        );
     }
 }

@@ -583,6 +583,131 @@ async fn a_message_claimed_ahead_is_not_sent_to_a_gateway_that_began_to_rest() {
     }
 }
 
+/// An alert's SMS goes out before the bulk campaign already sending through the same gateway:
+/// its campaign claims first, the bulk one claims nothing ahead of the window meanwhile, and
+/// its requests take the window's next slots. Behind it at most what was claimed before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_alerts_sms_goes_before_the_bulk_campaign_on_its_gateway() {
+    let fake = Fake::start(Duration::ZERO).await;
+    let site = site();
+    site.append_config(&format!(
+        "[sms]\nsender = \"12345\"\n{}",
+        fake.gateway("alpha", 50, 2, "5s")
+    ));
+    let d = start(&site).await;
+    let token = site.admin_token();
+    let bulk: Vec<Value> = (0..300).map(|i| json!({"number": number(i)})).collect();
+    let v = create(
+        &d,
+        &token,
+        json!({"name": "open day", "text": "Open Day", "recipients": bulk, "start": "now"}),
+    )
+    .await;
+    let bulk_id = v["id"].as_i64().unwrap();
+    eventually_async("the bulk campaign sending", || async {
+        (fake.requests() >= 10).then_some(())
+    })
+    .await;
+    let at_alert = fake.requests();
+    let urgent = [number(1000), number(1001)];
+    let (status, v) = d
+        .send(
+            Method::POST,
+            "/api/v1/alerts",
+            Some(&token),
+            Some(
+                json!({"text": {"zh": "台风红色预警，请留在室内"}, "expires_in": "10m",
+                        "sms": {"recipients": [{"number": urgent[0]}, {"number": urgent[1]}]}}),
+            ),
+        )
+        .await;
+    assert_eq!(status, 201, "{v}");
+    let log = eventually_async("the alert's SMS sent", || async {
+        let log = fake.log.lock().unwrap().clone();
+        let sent = urgent.iter().all(|u| log.iter().any(|(_, to, _)| to == u));
+        sent.then_some(log)
+    })
+    .await;
+    // Before the alert's two: the window (2) and the one claimed ahead, at most, as they stood
+    // when it was raised, and the requests of the round that ran meanwhile (one at this pace).
+    for u in &urgent {
+        let at = log.iter().position(|(_, to, _)| to == u).unwrap();
+        assert!(
+            at < at_alert + 2 + 1 + 1 + 2,
+            "{u} was request {at}; {at_alert} had gone when the alert was raised"
+        );
+    }
+    let c = campaign(&d, &token, bulk_id).await;
+    assert!(
+        count(&c, "queued") > 100,
+        "the bulk campaign was still sending: {c}"
+    );
+}
+
+/// A gateway whose window is stuck (every slot waits for an answer) takes no further claim
+/// another gateway of the campaign could send at once: the next messages go through the next
+/// gateway at once, not after the stuck one's timeout. (What it had claimed ahead before the
+/// stall, at most `claim_ahead` requests, waits for it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_window_sends_the_next_messages_to_the_next_gateway() {
+    let fake = Fake::start(Duration::ZERO).await;
+    let site = site();
+    site.append_config(&format!(
+        "[sms]\nsender = \"12345\"\n{}claim_ahead = 1\n{}",
+        fake.gateway("alpha", 50, 1, "20s"),
+        fake.gateway("beta", 50, 1, "20s")
+    ));
+    let d = start(&site).await;
+    let token = site.admin_token();
+    let body = |name: &str, numbers: std::ops::Range<usize>, gateways: &[&str]| {
+        let recipients: Vec<Value> = numbers.map(|i| json!({"number": number(i)})).collect();
+        json!({"name": name, "text": "Open Day", "gateways": gateways,
+               "recipients": recipients, "start": "now"})
+    };
+    // Beta has answered once.
+    let first = create(&d, &token, body("first", 10..11, &["beta"])).await["id"]
+        .as_i64()
+        .unwrap();
+    until(&d, &token, first, "one through beta", |c| {
+        c["status"] == "done"
+    })
+    .await;
+    // A campaign's one number is held by the carrier: alpha's one slot waits.
+    fake.rule(&number(0), Rule::Hold);
+    let held = create(&d, &token, body("held", 0..1, &["alpha", "beta"])).await["id"]
+        .as_i64()
+        .unwrap();
+    until(&d, &token, held, "the first one at alpha", |c| {
+        count(c, "submitting") == 1
+    })
+    .await;
+    // Alpha still has room to claim one ahead, but its window does not move (beta's does):
+    // the next campaign goes through beta at once, well within alpha's 20 s timeout.
+    let id = create(&d, &token, body("next", 1..6, &["alpha", "beta"])).await["id"]
+        .as_i64()
+        .unwrap();
+    until(
+        &d,
+        &token,
+        id,
+        "numbers 1-5 delivered while 0 is held",
+        |c| count(c, "delivered") == 5,
+    )
+    .await;
+    let ms = by_recipient(&messages(&d, &token, id).await);
+    for i in 1..6 {
+        assert_eq!(ms[&number(i)]["gateway"], "beta", "{}", ms[&number(i)]);
+    }
+    // Still held: the five did not wait for alpha's timeout.
+    let c = campaign(&d, &token, held).await;
+    assert_eq!(count(&c, "submitting"), 1, "{c}");
+    fake.release();
+    until(&d, &token, held, "the held one answered", |c| {
+        c["status"] == "done"
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_a_campaign_loses_nothing_and_sends_nothing_twice() {
     let fake = Fake::start(Duration::from_millis(5)).await;

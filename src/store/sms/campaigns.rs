@@ -299,6 +299,27 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The running campaigns with their specs, those an alert started first (the dispatcher
+    /// claims in this order, so an alert's SMS never waits behind bulk work), each with whether
+    /// an alert started it.
+    pub fn running_campaigns(&self) -> Result<Vec<(i64, serde_json::Value, bool)>, StoreError> {
+        let conn = self.sms_conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT id, spec, CASE WHEN alert IS NULL THEN 0 ELSE 1 END AS urgent FROM campaigns
+             WHERE status = 'running' ORDER BY urgent DESC, id",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            let spec: String = r.get(1)?;
+            let urgent: i64 = r.get(2)?;
+            Ok((
+                r.get(0)?,
+                serde_json::from_str(&spec).unwrap_or_default(),
+                urgent == 1,
+            ))
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// Moves a campaign from one of `from` to `to`; `false` if it was in none of them.
     /// Starting records `started_at`; ending records `finished_at`; cancelling also cancels
     /// every queued message (in the same transaction).

@@ -5,11 +5,14 @@
 
 use crate::store::db::{OptionalExtension, Transaction, params};
 use chrono::{DateTime, Utc};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::super::{Store, StoreError, ts};
 use super::reports::report_from;
-use super::{Claimed, Finish, MESSAGE_COLS, MessageRow, Tally, message_row, move_all, parse_state};
+use super::{
+    CampaignStatus, Claimed, Finish, MESSAGE_COLS, MessageRow, Tally, message_row, move_all,
+    parse_state,
+};
 use crate::domain::delivery::{self, Report, State, Submit};
 
 /// Up to `want` due queued messages of a running `campaign`, each with whether its number
@@ -376,8 +379,46 @@ pub(super) fn finish_in(
         tally.moved(campaign, parts, current, next);
         out.push(next);
     }
+    cancel_requeued(tx, items, &out, &now_s, tally)?;
     adopt_early_reports(tx, items, &now_s, tally)?;
     Ok(out)
+}
+
+/// Messages of `items` queued again (a transient failure, a deferral, an account error) whose
+/// campaign was cancelled meanwhile are cancelled too: cancelling moved only the messages
+/// queued at that time, and a queued message of a cancelled campaign would wait forever.
+fn cancel_requeued(
+    tx: &Transaction<'_>,
+    items: &[Finish],
+    out: &[State],
+    now_s: &str,
+    tally: &mut Tally,
+) -> Result<(), StoreError> {
+    let mut status = tx.prepare_cached("SELECT status FROM campaigns WHERE id = ?1")?;
+    let mut cancel = tx.prepare_cached(
+        "UPDATE messages SET state = 'cancelled', reason = 'campaign cancelled', not_before = NULL,
+             updated_at = ?2
+         WHERE id = ?1 AND state = 'queued'",
+    )?;
+    let mut cancelled: HashMap<i64, bool> = HashMap::new();
+    for (f, state) in items.iter().zip(out) {
+        if *state != State::Queued {
+            continue;
+        }
+        let is = match cancelled.get(&f.campaign) {
+            Some(is) => *is,
+            None => {
+                let st: Option<String> = status.query_row([f.campaign], |r| r.get(0)).optional()?;
+                let is = st.as_deref() == Some(CampaignStatus::Cancelled.as_str());
+                cancelled.insert(f.campaign, is);
+                is
+            }
+        };
+        if is && cancel.execute(params![f.id, now_s])? == 1 {
+            tally.moved(f.campaign, f.parts as i64, State::Queued, State::Cancelled);
+        }
+    }
+    Ok(())
 }
 
 /// The answers of `items` without a dry-run report, each moving its message from `submitting`

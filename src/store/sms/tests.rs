@@ -488,6 +488,40 @@ fn cancel_cancels_what_is_queued_only() {
     );
 }
 
+#[test]
+fn a_message_queued_again_after_its_campaign_was_cancelled_is_cancelled() {
+    let store = Store::memory().unwrap();
+    let c = campaign(&store, 4);
+    let m: Vec<Claimed> = store.claim_batch(c, "gw", None, now(), 3, &[]).unwrap();
+    assert!(
+        store
+            .set_campaign_status(
+                c,
+                &[CampaignStatus::Running],
+                CampaignStatus::Cancelled,
+                now()
+            )
+            .unwrap()
+    );
+    // The answers come in after the cancel: one accepted, one to retry, one not sent (a
+    // gateway that began to rest).
+    let later = Some(now() + chrono::Duration::seconds(5));
+    let answers = [
+        answered(c, m[0].id, Submit::Accepted, None),
+        answered(c, m[1].id, Submit::Transient, later),
+        answered(c, m[2].id, Submit::Defer, later),
+    ];
+    store.finish_submits(&answers, now()).unwrap();
+    let counts = store.campaign(c).unwrap().unwrap().counts;
+    assert_eq!(
+        (counts["sent"], counts["cancelled"], counts.get("queued")),
+        (1, 3, None),
+        "{counts:?}"
+    );
+    let (kept, counted) = counts_kept_and_counted(&store);
+    assert_eq!(kept, counted);
+}
+
 /// Campaign `c` becomes a recurring template whose next firing is `seen`.
 fn make_recurring(store: &Store, c: i64, seen: &str) {
     store
