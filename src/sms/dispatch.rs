@@ -13,10 +13,10 @@
 //!
 //! Claims run ahead of the window by `claim_ahead` requests: a claim is committed (synced to
 //! disk) before its request leaves, and without a few claimed in reserve the slots freed during
-//! that commit would stay empty until the next one. `marquee-bench sms-fake` measured 36,000
-//! msg/s with none and 39,000-41,000 with half a window (BENCHMARKS.md).
+//! that commit would stay empty until the next one. `marquee-bench sms-fake` measured 33,000
+//! msg/s with none and 42,000-44,000 with half a window (BENCHMARKS.md).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -150,12 +150,19 @@ impl Runtime {
     /// another request that is given a slot while one of theirs waits hands it on.
     async fn window_slot(&self, urgent: bool) -> Option<tokio::sync::OwnedSemaphorePermit> {
         if urgent {
-            self.urgent_waiting.fetch_add(1, Ordering::SeqCst);
-            let slot = self.window.clone().acquire_owned().await.ok();
-            if self.urgent_waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
-                self.urgent_clear.notify_waiters();
+            /// Counts an alert's request as waiting while it exists (also if its task were
+            /// dropped mid-wait).
+            struct Waiting<'a>(&'a Runtime);
+            impl Drop for Waiting<'_> {
+                fn drop(&mut self) {
+                    if self.0.urgent_waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+                        self.0.urgent_clear.notify_waiters();
+                    }
+                }
             }
-            return slot;
+            self.urgent_waiting.fetch_add(1, Ordering::SeqCst);
+            let _waiting = Waiting(self);
+            return self.window.clone().acquire_owned().await.ok();
         }
         loop {
             let clear = self.urgent_clear.notified();
@@ -260,12 +267,24 @@ impl Health {
 
 /// Handle to wake the dispatcher (campaign started, resumed, requeued).
 #[derive(Clone, Default)]
-pub struct Waker(Arc<Notify>);
+pub struct Waker(Arc<Notify>, Arc<AtomicBool>);
 
 impl Waker {
-    /// Look at the store now.
+    /// Look at the store now: the running campaigns may have changed (read again at once, so
+    /// that an alert's campaign started now is claimed for in the next round).
     pub fn wake(&self) {
+        self.1.store(true, Ordering::SeqCst);
         self.0.notify_one();
+    }
+
+    /// A submit was answered: a slot is free.
+    fn answered(&self) {
+        self.0.notify_one();
+    }
+
+    /// Whether [`Waker::wake`] was called since the last look.
+    fn campaigns_changed(&self) -> bool {
+        self.1.swap(false, Ordering::SeqCst)
     }
 }
 
@@ -479,7 +498,9 @@ impl Dispatcher {
         // The running campaigns are read again after a round that sent nothing or found a
         // campaign out of messages, and every `DUE_EVERY` while sending. A pause or cancel needs
         // no fresh list: the claim itself checks the status.
-        if running.as_ref().is_none_or(|r| r.at.elapsed() >= DUE_EVERY) {
+        if self.waker.campaigns_changed()
+            || running.as_ref().is_none_or(|r| r.at.elapsed() >= DUE_EVERY)
+        {
             *running = Some(self.refresh_running(now).await?);
         }
         if let Err(e) = self.store_outages().await {
@@ -496,11 +517,16 @@ impl Dispatcher {
         let mut sent = false;
         let mut reread = false;
         let list = running.as_ref().map_or(&[][..], |r| &r.list[..]);
-        // While an alert's campaign sends, bulk campaigns claim no further than the window:
-        // what they would claim ahead would wait in front of the alert's requests.
-        let alerting = list.iter().any(|c| c.2);
+        // While an alert's campaign sends, other campaigns claim nothing ahead of the window of
+        // a gateway it uses: what they would claim ahead would wait in front of its requests.
+        let alerts_on: BTreeSet<&str> = list
+            .iter()
+            .filter(|c| c.2)
+            .flat_map(|c| c.1.gateways.iter().map(String::as_str))
+            .collect();
         for (id, spec, urgent) in list {
             let (id, urgent) = (*id, *urgent);
+            let alerting = spec.gateways.iter().any(|g| alerts_on.contains(g.as_str()));
             if let Some((window, tz)) = spec.window(self.cfg.sms.timezone)
                 && !window.allows(now, tz)
             {
@@ -673,7 +699,10 @@ impl Dispatcher {
                 // Claimed ahead: it leaves when a slot of the window frees (an alert's
                 // first), and not before its turn at the gateway's pace.
                 let slot = rt.window_slot(urgent).await;
-                tokio::time::sleep_until(rt.send_turn(&group)).await;
+                let turn = rt.send_turn(&group);
+                if turn > Instant::now() {
+                    tokio::time::sleep_until(turn).await;
+                }
                 // A leader woken past its lease sends nothing: what it had claimed becomes
                 // `unknown` under the new leader, flagged and never resent (at most once).
                 if !crate::leader::may_act() {
@@ -683,25 +712,13 @@ impl Dispatcher {
                     );
                     return;
                 }
-                let done = if let Some(until) = rt.resting(Instant::now()) {
-                    // The gateway began to rest after this was claimed (a failure, an
-                    // account error): not sent, back in the queue without using an attempt.
-                    group
-                        .iter()
-                        .map(|m| unsent(&rt, m, until, failover))
-                        .collect()
-                } else {
-                    let template = template_id.as_deref().map(|id| (id, &*names));
-                    let sent = Instant::now();
-                    let done = submit(&rt, &group, &sender, template, failover).await;
-                    rt.answered_after(sent);
-                    done
-                };
+                let template = template_id.as_deref().map(|id| (id, &*names));
+                let done = send_now(&rt, &group, &sender, template, failover).await;
                 drop((slot, permit));
                 for f in done {
                     let _ = record_tx.send(f);
                 }
-                waker.wake();
+                waker.answered();
             });
         }
         Ok(count)
@@ -1017,6 +1034,30 @@ fn finish(
         retry_at,
         delivered_by: dry_run.then(|| rt.gw.cfg.name.clone()),
     }
+}
+
+/// Sends `group` now, unless its gateway began to rest after it was claimed (a failure, an
+/// account error): then it is not sent but queued again without using an attempt.
+async fn send_now(
+    rt: &Runtime,
+    group: &[crate::store::sms::Claimed],
+    sender: &str,
+    template: Option<(&str, &[String])>,
+    failover: bool,
+) -> Vec<Finish> {
+    if let Some(until) = rt.resting(Instant::now()) {
+        return group
+            .iter()
+            .map(|m| unsent(rt, m, until, failover))
+            .collect();
+    }
+    let sent = Instant::now();
+    let done = submit(rt, group, sender, template, failover).await;
+    // A request that timed out is no sign of a moving window.
+    if done.iter().any(|f| f.answer != Submit::Lost) {
+        rt.answered_after(sent);
+    }
+    done
 }
 
 /// A message claimed ahead that was not sent because its gateway began to rest: queued again

@@ -608,7 +608,6 @@ async fn an_alerts_sms_goes_before_the_bulk_campaign_on_its_gateway() {
         (fake.requests() >= 10).then_some(())
     })
     .await;
-    let at_alert = fake.requests();
     let urgent = [number(1000), number(1001)];
     let (status, v) = d
         .send(
@@ -622,14 +621,17 @@ async fn an_alerts_sms_goes_before_the_bulk_campaign_on_its_gateway() {
         )
         .await;
     assert_eq!(status, 201, "{v}");
+    // The alert's campaign is running from here on.
+    let at_alert = fake.requests();
     let log = eventually_async("the alert's SMS sent", || async {
         let log = fake.log.lock().unwrap().clone();
         let sent = urgent.iter().all(|u| log.iter().any(|(_, to, _)| to == u));
         sent.then_some(log)
     })
     .await;
-    // Before the alert's two: the window (2) and the one claimed ahead, at most, as they stood
-    // when it was raised, and the requests of the round that ran meanwhile (one at this pace).
+    // Before the alert's two, at most: the window (2) and the one claimed ahead, as they stood
+    // when its campaign started, and the requests of the round that ran meanwhile (one at this
+    // pace). Without the alert first, it came after all 300.
     for u in &urgent {
         let at = log.iter().position(|(_, to, _)| to == u).unwrap();
         assert!(
@@ -664,15 +666,15 @@ async fn a_stuck_window_sends_the_next_messages_to_the_next_gateway() {
         json!({"name": name, "text": "Open Day", "gateways": gateways,
                "recipients": recipients, "start": "now"})
     };
-    // Beta has answered once.
-    let first = create(&d, &token, body("first", 10..11, &["beta"])).await["id"]
+    // Alpha answers at first (so it has a usual answer time, a millisecond or two)...
+    let first = create(&d, &token, body("first", 10..13, &["alpha"])).await["id"]
         .as_i64()
         .unwrap();
-    until(&d, &token, first, "one through beta", |c| {
+    until(&d, &token, first, "three through alpha", |c| {
         c["status"] == "done"
     })
     .await;
-    // A campaign's one number is held by the carrier: alpha's one slot waits.
+    // ...then a campaign's one number is held by the carrier: alpha's one slot waits.
     fake.rule(&number(0), Rule::Hold);
     let held = create(&d, &token, body("held", 0..1, &["alpha", "beta"])).await["id"]
         .as_i64()
@@ -681,8 +683,11 @@ async fn a_stuck_window_sends_the_next_messages_to_the_next_gateway() {
         count(c, "submitting") == 1
     })
     .await;
-    // Alpha still has room to claim one ahead, but its window does not move (beta's does):
-    // the next campaign goes through beta at once, well within alpha's 20 s timeout.
+    // The condition under test is time itself: alpha silent for far longer than four of its
+    // answer times and 20 ms. (Not a wait for an event; nothing else is pending.)
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Alpha still has room to claim one ahead, but its window does not move: the next
+    // campaign goes through beta at once, well within alpha's 20 s timeout.
     let id = create(&d, &token, body("next", 1..6, &["alpha", "beta"])).await["id"]
         .as_i64()
         .unwrap();
