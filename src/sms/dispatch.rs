@@ -121,29 +121,20 @@ impl Runtime {
 
     /// An answer came to a request sent at `sent`.
     fn answered_after(&self, sent: Instant) {
-        let micros = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1);
         self.answered
             .store(micros(self.born.elapsed()), Ordering::Relaxed);
-        let took = micros(sent.elapsed());
-        let old = self.latency.load(Ordering::Relaxed);
-        let avg = if old == 0 {
-            took
-        } else {
-            old - old / 8 + took / 8
-        };
+        let avg = usual(self.latency.load(Ordering::Relaxed), micros(sent.elapsed()));
         self.latency.store(avg, Ordering::Relaxed);
     }
 
     /// Whether its window moves: an answer came within four of its usual answer times (and
     /// 20 ms). Claims ahead of a full window are made only where it does.
     fn moving(&self) -> bool {
-        let since = self
-            .born
-            .elapsed()
-            .as_micros()
-            .saturating_sub(u128::from(self.answered.load(Ordering::Relaxed)));
-        let usual = u128::from(self.latency.load(Ordering::Relaxed));
-        self.answered.load(Ordering::Relaxed) > 0 && since <= 4 * usual + 20_000
+        moving(
+            self.answered.load(Ordering::Relaxed),
+            self.latency.load(Ordering::Relaxed),
+            micros(self.born.elapsed()),
+        )
     }
 
     /// A slot of the in-flight window. Requests of alerts' campaigns (`urgent`) go first:
@@ -179,6 +170,27 @@ impl Runtime {
             }
         }
     }
+}
+
+/// `d` in whole microseconds, at least 1 (0 means "never" where it is stored).
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
+}
+
+/// The usual answer time after one that took `took` µs: a moving average over about the last
+/// eight (`old` 0: the first answer).
+fn usual(old: u64, took: u64) -> u64 {
+    if old == 0 {
+        took
+    } else {
+        old - old / 8 + took / 8
+    }
+}
+
+/// Whether a window moves at `now`: an answer came (at `answered`, 0: never) within four of
+/// the usual answer times (`usual`) and 20 ms. All in µs since the same instant.
+fn moving(answered: u64, usual: u64, now: u64) -> bool {
+    answered > 0 && now.saturating_sub(answered) <= usual.saturating_mul(4).saturating_add(20_000)
 }
 
 /// Takes the next turn of a pace and returns when it starts: where the previous turn ended, or
@@ -498,10 +510,18 @@ impl Dispatcher {
         // The running campaigns are read again after a round that sent nothing or found a
         // campaign out of messages, and every `DUE_EVERY` while sending. A pause or cancel needs
         // no fresh list: the claim itself checks the status.
-        if self.waker.campaigns_changed()
-            || running.as_ref().is_none_or(|r| r.at.elapsed() >= DUE_EVERY)
-        {
-            *running = Some(self.refresh_running(now).await?);
+        let changed = self.waker.campaigns_changed();
+        if changed || running.as_ref().is_none_or(|r| r.at.elapsed() >= DUE_EVERY) {
+            match self.refresh_running(now).await {
+                Ok(r) => *running = Some(r),
+                Err(e) => {
+                    if changed {
+                        // Read again at the next round.
+                        self.waker.1.store(true, Ordering::SeqCst);
+                    }
+                    return Err(e);
+                }
+            }
         }
         if let Err(e) = self.store_outages().await {
             tracing::warn!(error = %format!("{e:#}"), "cannot store the gateways out of rotation now");
@@ -1053,7 +1073,8 @@ async fn send_now(
     }
     let sent = Instant::now();
     let done = submit(rt, group, sender, template, failover).await;
-    // A request that timed out is no sign of a moving window.
+    // A request lost (no answer in time, a broken connection, a server error) is no sign of
+    // a moving window.
     if done.iter().any(|f| f.answer != Submit::Lost) {
         rt.answered_after(sent);
     }
@@ -1139,6 +1160,28 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_window_moves_while_answers_come_within_four_usual_answer_times() {
+        // Never answered: not moving, whatever the time.
+        assert!(!moving(0, 0, 1));
+        // Usual answer time 2 ms: moving up to 4 × 2 + 20 = 28 ms after the last answer.
+        assert!(moving(1_000_000, 2_000, 1_028_000));
+        assert!(!moving(1_000_000, 2_000, 1_028_001));
+        // A slow gateway (usual 500 ms) may be silent for 2.02 s.
+        assert!(moving(1_000_000, 500_000, 3_020_000));
+        assert!(!moving(1_000_000, 500_000, 3_020_001));
+        // The usual time follows the last eight or so answers; the first answer sets it.
+        assert_eq!(usual(0, 1_600), 1_600);
+        assert_eq!(usual(1_600, 800), 1_600 - 200 + 100);
+        let mut u = 100_000;
+        for _ in 0..80 {
+            u = usual(u, 2_000);
+        }
+        assert!((2_000..2_010).contains(&u), "{u}");
+        // Never overflows.
+        assert!(moving(1, u64::MAX, u64::MAX));
+    }
 
     #[test]
     fn a_pace_spaces_its_turns_and_allows_a_tenth_of_a_second_of_burst() {
