@@ -298,6 +298,11 @@ impl Waker {
     fn campaigns_changed(&self) -> bool {
         self.1.swap(false, Ordering::SeqCst)
     }
+
+    /// The running campaigns could not be read after a change: read them at the next look.
+    fn still_changed(&self) {
+        self.1.store(true, Ordering::SeqCst);
+    }
 }
 
 /// The SMS dispatcher.
@@ -516,8 +521,7 @@ impl Dispatcher {
                 Ok(r) => *running = Some(r),
                 Err(e) => {
                     if changed {
-                        // Read again at the next round.
-                        self.waker.1.store(true, Ordering::SeqCst);
+                        self.waker.still_changed();
                     }
                     return Err(e);
                 }
@@ -591,9 +595,9 @@ impl Dispatcher {
     /// The running campaigns with their specs, those an alert started first; one whose spec
     /// cannot be read is paused.
     async fn refresh_running(&self, now: DateTime<Utc>) -> anyhow::Result<Running> {
-        let rows = self.blocking(|s| s.running_campaigns()).await?;
+        let rows = self.blocking(|s| s.campaigns_in(Status::Running)).await?;
         let mut list = Vec::with_capacity(rows.len());
-        for (id, spec, urgent) in rows {
+        for (id, spec, _, urgent) in rows {
             match serde_json::from_value::<Spec>(spec) {
                 Ok(spec) => list.push((id, spec, urgent)),
                 Err(e) => {
@@ -627,14 +631,16 @@ impl Dispatcher {
             (room.saturating_sub(rt.gw.cfg.claim_ahead), room)
         };
         let picked = gateways()
-            .find(|rt| free(rt).0 > 0)
-            .map(|rt| (rt, if ahead { free(rt).1 } else { free(rt).0 }))
+            .map(|rt| (rt, free(rt)))
+            .find(|(_, (now, _))| *now > 0)
+            .map(|(rt, (now, all))| (rt, if ahead { all } else { now }))
             .or_else(|| {
                 // Ahead of a full window, only one that moves: waiting behind a stuck one
                 // (until its timeout) is worse than waiting for a slot elsewhere.
                 gateways()
-                    .find(|rt| ahead && free(rt).1 > 0 && rt.moving())
+                    .filter(|_| ahead)
                     .map(|rt| (rt, free(rt).1))
+                    .find(|(rt, all)| *all > 0 && rt.moving())
             });
         let Some((rt, room)) = picked else {
             return Err(Duration::from_millis(20));
@@ -775,7 +781,7 @@ impl Dispatcher {
     async fn start_due(&self, now: DateTime<Utc>) -> anyhow::Result<()> {
         let margin = self.cfg.sms.missed_start_margin;
         let tz = self.cfg.sms.timezone;
-        for (id, spec, next) in self.blocking(|s| s.campaigns_in(Status::Recurring)).await? {
+        for (id, spec, next, _) in self.blocking(|s| s.campaigns_in(Status::Recurring)).await? {
             let seen = next.clone().unwrap_or_default();
             let (Some(at), Some(repeat)) = (
                 next.and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
@@ -822,7 +828,7 @@ impl Dispatcher {
                 "recurring campaign fired"
             );
         }
-        for (id, _, start_at) in self.blocking(|s| s.campaigns_in(Status::Scheduled)).await? {
+        for (id, _, start_at, _) in self.blocking(|s| s.campaigns_in(Status::Scheduled)).await? {
             let Some(at) = start_at
                 .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
                 .map(|t| t.with_timezone(&Utc))

@@ -12,6 +12,10 @@ use super::{
 use crate::domain::campaign::CampaignStatus;
 use crate::domain::delivery::State;
 
+/// A campaign as [`Store::campaigns_in`] lists it: id, spec, start time or next firing, whether
+/// an alert started it.
+pub type CampaignIn = (i64, serde_json::Value, Option<String>, bool);
+
 impl Store {
     /// Creates a campaign (a draft) with every recipient row, in one transaction.
     pub fn create_campaign(
@@ -279,41 +283,22 @@ impl Store {
         Ok(out)
     }
 
-    /// Campaigns in `status`: (id, spec).
-    pub fn campaigns_in(
-        &self,
-        status: CampaignStatus,
-    ) -> Result<Vec<(i64, serde_json::Value, Option<String>)>, StoreError> {
+    /// Campaigns in `status`: (id, spec, start time or next firing, whether an alert started
+    /// it), those an alert started first (the dispatcher claims in this order, so an alert's
+    /// SMS never waits behind bulk work), then by id.
+    pub fn campaigns_in(&self, status: CampaignStatus) -> Result<Vec<CampaignIn>, StoreError> {
         let conn = self.sms_conn();
         let mut stmt = conn.prepare_cached(
-            "SELECT id, spec, start_at FROM campaigns WHERE status = ?1 ORDER BY id",
+            "SELECT id, spec, start_at, CASE WHEN alert IS NULL THEN 0 ELSE 1 END AS urgent
+             FROM campaigns WHERE status = ?1 ORDER BY urgent DESC, id",
         )?;
         let rows = stmt.query_map([status.as_str()], |r| {
             let spec: String = r.get(1)?;
+            let urgent: i64 = r.get(3)?;
             Ok((
                 r.get(0)?,
                 serde_json::from_str(&spec).unwrap_or_default(),
                 r.get(2)?,
-            ))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// The running campaigns with their specs, those an alert started first (the dispatcher
-    /// claims in this order, so an alert's SMS never waits behind bulk work), each with whether
-    /// an alert started it.
-    pub fn running_campaigns(&self) -> Result<Vec<(i64, serde_json::Value, bool)>, StoreError> {
-        let conn = self.sms_conn();
-        let mut stmt = conn.prepare_cached(
-            "SELECT id, spec, CASE WHEN alert IS NULL THEN 0 ELSE 1 END AS urgent FROM campaigns
-             WHERE status = 'running' ORDER BY urgent DESC, id",
-        )?;
-        let rows = stmt.query_map([], |r| {
-            let spec: String = r.get(1)?;
-            let urgent: i64 = r.get(2)?;
-            Ok((
-                r.get(0)?,
-                serde_json::from_str(&spec).unwrap_or_default(),
                 urgent == 1,
             ))
         })?;

@@ -49,6 +49,20 @@ fn claim(store: &Store, c: i64) -> Option<Claimed> {
         .pop()
 }
 
+/// Cancels running campaign `c`.
+fn cancel(store: &Store, c: i64) {
+    assert!(
+        store
+            .set_campaign_status(
+                c,
+                &[CampaignStatus::Running],
+                CampaignStatus::Cancelled,
+                now()
+            )
+            .unwrap()
+    );
+}
+
 /// The gateway's `answer` to message `id` of campaign `c` (one part), with carrier id `c{id}`.
 fn answered(c: i64, id: i64, answer: Submit, retry_at: Option<DateTime<Utc>>) -> Finish {
     Finish {
@@ -437,16 +451,7 @@ fn kept_counts_follow_every_state_change() {
         .unwrap();
     store.claim_batch(c, "gw", None, now(), 8, &[]).unwrap();
     check("opt-out at claim");
-    assert!(
-        store
-            .set_campaign_status(
-                c,
-                &[CampaignStatus::Running],
-                CampaignStatus::Cancelled,
-                now()
-            )
-            .unwrap()
-    );
+    cancel(&store, c);
     check("cancel");
     let seen = ts(now());
     make_recurring(&store, c, &seen);
@@ -469,16 +474,7 @@ fn cancel_cancels_what_is_queued_only() {
     let store = Store::memory().unwrap();
     let c = campaign(&store, 3);
     claim(&store, c).unwrap();
-    assert!(
-        store
-            .set_campaign_status(
-                c,
-                &[CampaignStatus::Running],
-                CampaignStatus::Cancelled,
-                now()
-            )
-            .unwrap()
-    );
+    cancel(&store, c);
     let counts = store.campaign(c).unwrap().unwrap().counts;
     assert_eq!((counts["cancelled"], counts["submitting"]), (2, 1));
     assert!(
@@ -493,16 +489,7 @@ fn a_message_queued_again_after_its_campaign_was_cancelled_is_cancelled() {
     let store = Store::memory().unwrap();
     let c = campaign(&store, 4);
     let m: Vec<Claimed> = store.claim_batch(c, "gw", None, now(), 3, &[]).unwrap();
-    assert!(
-        store
-            .set_campaign_status(
-                c,
-                &[CampaignStatus::Running],
-                CampaignStatus::Cancelled,
-                now()
-            )
-            .unwrap()
-    );
+    cancel(&store, c);
     // The answers come in after the cancel: one accepted, one to retry, one not sent (a
     // gateway that began to rest).
     let later = Some(now() + chrono::Duration::seconds(5));
