@@ -273,10 +273,8 @@ impl Store {
         // sync (WAL: in order) makes it durable with everything before it. A killed process
         // loses nothing either way.
         let relaxed = self.sms.is_some();
-        if relaxed {
-            if let Some(c) = conn.sqlite() {
-                c.pragma_update(None, "synchronous", "NORMAL")?;
-            }
+        if relaxed && let Some(c) = conn.sqlite() {
+            c.pragma_update(None, "synchronous", "NORMAL")?;
         }
         let out = (|| {
             let tx = conn.transaction()?;
@@ -286,10 +284,8 @@ impl Store {
             tx.commit()?;
             Ok(out)
         })();
-        if relaxed {
-            if let Some(c) = conn.sqlite() {
-                c.pragma_update(None, "synchronous", "FULL")?;
-            }
+        if relaxed && let Some(c) = conn.sqlite() {
+            c.pragma_update(None, "synchronous", "FULL")?;
         }
         out
     }
