@@ -60,7 +60,7 @@ fn take_all(
     let list: Vec<String> = ids.drain(..).map(|id| id.to_string()).collect();
     tx.prepare_cached(
         "UPDATE messages SET state = 'submitting', gateway = ?2, attempts = attempts + 1,
-             submitted_at = ?3, updated_at = ?3, not_before = NULL,
+             submitted_at = ?3, updated_at = ?3, not_before = NULL, reason = NULL,
              claimed_by = ?4, claim_epoch = ?5
          WHERE id = ANY (CAST(string_to_array(?1, ',') AS BIGINT[]))",
     )?
@@ -156,16 +156,20 @@ impl Store {
         } else {
             tx.prepare_cached(DUE)?
         };
+        // What counts against the cap is what went (or may have gone) to the network: not a
+        // message queued again after a transient failure or a deferral (its `submitted_at` is
+        // the failed attempt's), nor one the gateway refused or that was cancelled.
         let mut sent_today = tx.prepare_cached(
             "SELECT COUNT(*), MIN(submitted_at) FROM messages
-             WHERE recipient = ?1 AND submitted_at > ?2 AND id != ?3",
+             WHERE recipient = ?1 AND submitted_at > ?2 AND id != ?3
+               AND state IN ('submitting', 'sent', 'delivered', 'failed', 'expired', 'unknown')",
         )?;
         let mut hold = tx.prepare_cached(
             "UPDATE messages SET not_before = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
         )?;
         let mut take = tx.prepare_cached(
             "UPDATE messages SET state = 'submitting', gateway = ?2, attempts = attempts + 1,
-                 submitted_at = ?3, updated_at = ?3, not_before = NULL,
+                 submitted_at = ?3, updated_at = ?3, not_before = NULL, reason = NULL,
                  claimed_by = ?4, claim_epoch = ?5
              WHERE id = ?1",
         )?;

@@ -294,6 +294,69 @@ fn daily_cap_defers_the_extra_message() {
     );
 }
 
+#[test]
+fn only_what_went_to_the_network_counts_against_the_daily_cap() {
+    let store = Store::memory().unwrap();
+    let later = now() + chrono::Duration::seconds(5);
+    // To one number: queued again after a transient failure, refused by the gateway, queued
+    // again after a deferral. None of these reached the number.
+    for (answer, retry_at) in [
+        (Submit::Transient, Some(later)),
+        (Submit::Permanent, None),
+        (Submit::Defer, None),
+    ] {
+        let a = campaign(&store, 1);
+        let m = claim(&store, a).unwrap();
+        store
+            .finish_submits(&[answered(a, m.id, answer, retry_at)], now())
+            .unwrap();
+    }
+    // So they hold nothing: the next message to it goes.
+    let b = campaign(&store, 1);
+    let sent = store.claim_batch(b, "gw", Some(1), later, 1, &[]).unwrap();
+    assert_eq!(
+        sent.len(),
+        1,
+        "held by attempts that never reached the number"
+    );
+    store
+        .finish_submits(&[answered(b, sent[0].id, Submit::Accepted, None)], later)
+        .unwrap();
+    // That one did: the one after it waits a day.
+    let c = campaign(&store, 1);
+    assert!(
+        store
+            .claim_batch(c, "gw", Some(1), later, 1, &[])
+            .unwrap()
+            .is_empty(),
+        "an accepted message counts against the daily cap"
+    );
+}
+
+#[test]
+fn a_message_sent_after_a_failed_attempt_keeps_no_reason_from_that_attempt() {
+    let store = Store::memory().unwrap();
+    let c = campaign(&store, 1);
+    let m = claim(&store, c).unwrap();
+    let mut failed = answered(c, m.id, Submit::Defer, None);
+    failed.reason = Some("not sent: the gateway began to rest".into());
+    store.finish_submits(&[failed], now()).unwrap();
+    let queued = store.messages(c, Some("queued"), 0, 1).unwrap();
+    assert_eq!(
+        queued[0].reason.as_deref(),
+        Some("not sent: the gateway began to rest")
+    );
+    let m = claim(&store, c).unwrap();
+    store
+        .finish_submits(&[answered(c, m.id, Submit::Accepted, None)], now())
+        .unwrap();
+    let sent = store.messages(c, Some("sent"), 0, 1).unwrap();
+    assert_eq!(
+        sent[0].reason, None,
+        "a sent message shows no earlier failure"
+    );
+}
+
 /// (campaign, state, messages, parts) rows.
 type Counts = Vec<(i64, String, i64, i64)>;
 
