@@ -60,7 +60,7 @@ fn take_all(
     let list: Vec<String> = ids.drain(..).map(|id| id.to_string()).collect();
     tx.prepare_cached(
         "UPDATE messages SET state = 'submitting', gateway = ?2, attempts = attempts + 1,
-             submitted_at = ?3, updated_at = ?3, not_before = NULL, reason = NULL,
+             submitted_at = ?3, updated_at = ?3, not_before = NULL,
              claimed_by = ?4, claim_epoch = ?5
          WHERE id = ANY (CAST(string_to_array(?1, ',') AS BIGINT[]))",
     )?
@@ -69,7 +69,8 @@ fn take_all(
 }
 
 /// When `m`'s number has had `cap` messages in the last day: the moment it may have another
-/// (a day after the oldest of them).
+/// (a day after the oldest of them). When the cap is reached only by counting messages still
+/// being submitted, [`IN_FLIGHT_HOLD`] (their attempt may fail and then not count).
 fn capped(
     sent_today: &mut crate::store::db::CachedStatement<'_>,
     m: &Claimed,
@@ -77,17 +78,44 @@ fn capped(
     day_ago: &str,
     now: DateTime<Utc>,
 ) -> crate::store::db::Result<Option<DateTime<Utc>>> {
-    let (sent, oldest): (i64, Option<String>) = sent_today
+    let (sent, oldest, in_flight): (i64, Option<String>, i64) = sent_today
         .query_row(params![m.recipient, day_ago, m.id], |r| {
-            Ok((r.get(0)?, r.get(1)?))
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
-    Ok((sent >= i64::from(cap)).then(|| {
+    let cap = i64::from(cap);
+    if sent < cap {
+        return Ok(None);
+    }
+    if sent - in_flight < cap {
+        return Ok(Some(now + IN_FLIGHT_HOLD));
+    }
+    Ok(Some(
         oldest
             .and_then(|o| DateTime::parse_from_rfc3339(&o).ok())
             .map(|o| o.with_timezone(&Utc) + chrono::Duration::days(1))
-            .unwrap_or(now + chrono::Duration::days(1))
-    }))
+            .unwrap_or(now + chrono::Duration::days(1)),
+    ))
 }
+
+/// The messages to number `?1` that count against its daily cap since `?2` (other than `?3`):
+/// how many, the oldest `submitted_at`, how many are still `submitting`. What counts is what
+/// was handed to the network, or may have been: a message queued again after an attempt that
+/// surely failed has no `submitted_at` (see `finish_in`); one requeued by an operator after an
+/// `unknown` outcome keeps it. Not what the gateway or the network refused, nor what was
+/// cancelled.
+const SENT_TODAY: &str = "SELECT COUNT(*), MIN(submitted_at),
+        COALESCE(SUM(CASE WHEN state = 'submitting' THEN 1 ELSE 0 END), 0)
+    FROM messages
+    WHERE recipient = ?1 AND submitted_at > ?2 AND id != ?3
+      AND state NOT IN ('rejected', 'cancelled')";
+
+/// How long a message waits when its number's daily cap is reached only by counting messages
+/// still being submitted; then the cap is checked again.
+const IN_FLIGHT_HOLD: chrono::Duration = chrono::Duration::minutes(1);
+
+/// The reason an operator's requeue of an `unknown` message leaves: the sign of a possible
+/// duplicate, kept when a later attempt is accepted.
+pub(super) const REQUEUED: &str = "requeued by an operator";
 
 impl Store {
     /// After a crash, a restart or a failover: a message caught mid-submit becomes `unknown`
@@ -156,20 +184,13 @@ impl Store {
         } else {
             tx.prepare_cached(DUE)?
         };
-        // What counts against the cap is what went (or may have gone) to the network: not a
-        // message queued again after a transient failure or a deferral (its `submitted_at` is
-        // the failed attempt's), nor one the gateway refused or that was cancelled.
-        let mut sent_today = tx.prepare_cached(
-            "SELECT COUNT(*), MIN(submitted_at) FROM messages
-             WHERE recipient = ?1 AND submitted_at > ?2 AND id != ?3
-               AND state IN ('submitting', 'sent', 'delivered', 'failed', 'expired', 'unknown')",
-        )?;
+        let mut sent_today = tx.prepare_cached(SENT_TODAY)?;
         let mut hold = tx.prepare_cached(
             "UPDATE messages SET not_before = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
         )?;
         let mut take = tx.prepare_cached(
             "UPDATE messages SET state = 'submitting', gateway = ?2, attempts = attempts + 1,
-                 submitted_at = ?3, updated_at = ?3, not_before = NULL, reason = NULL,
+                 submitted_at = ?3, updated_at = ?3, not_before = NULL,
                  claimed_by = ?4, claim_epoch = ?5
              WHERE id = ?1",
         )?;
@@ -307,12 +328,18 @@ pub(super) fn finish_in(
     let mut get = tx.prepare_cached("SELECT state, campaign, parts FROM messages WHERE id = ?1")?;
     // Writes `next` if the message is in state `?7` (any state when `?7` is NULL); returns
     // whether it did.
-    let mut set = tx.prepare_cached(
+    // An accepted attempt clears what earlier attempts left in `reason` ("not sent: …", a
+    // 429), except an operator's requeue mark; an attempt that surely failed and is queued
+    // again clears `submitted_at`, so it does not count against the daily cap.
+    let mut set = tx.prepare_cached(&format!(
         "UPDATE messages SET state = ?2, carrier_id = COALESCE(?3, carrier_id),
-             reason = COALESCE(?4, reason),
+             reason = CASE WHEN CAST(?4 AS TEXT) IS NOT NULL THEN ?4
+                           WHEN ?2 IN ('sent', 'delivered') AND COALESCE(reason, '') <> '{REQUEUED}'
+                           THEN NULL ELSE reason END,
+             submitted_at = CASE WHEN ?2 = 'queued' THEN NULL ELSE submitted_at END,
              not_before = ?5, updated_at = ?6
-         WHERE id = ?1 AND (state = ?7 OR ?7 IS NULL)",
-    )?;
+         WHERE id = ?1 AND (state = ?7 OR ?7 IS NULL)"
+    ))?;
     // (Not `RETURNING campaign, parts`: SQLite runs it as a trigger, with a statement journal,
     // which doubled the cost of this statement.)
     let mut write = |f: &Finish, next: State, only_if: Option<State>| {
@@ -448,14 +475,18 @@ fn write_usual(
         return Ok(HashSet::new());
     }
     let rows = serde_json::Value::Array(rows).to_string();
-    let mut st = tx.prepare_cached(
+    let mut st = tx.prepare_cached(&format!(
         "UPDATE messages m SET state = v.state, carrier_id = COALESCE(v.carrier_id, m.carrier_id),
-             reason = COALESCE(v.reason, m.reason), not_before = v.not_before, updated_at = ?2
+             reason = CASE WHEN v.reason IS NOT NULL THEN v.reason
+                           WHEN v.state IN ('sent', 'delivered') AND COALESCE(m.reason, '') <> '{REQUEUED}'
+                           THEN NULL ELSE m.reason END,
+             submitted_at = CASE WHEN v.state = 'queued' THEN NULL ELSE m.submitted_at END,
+             not_before = v.not_before, updated_at = ?2
          FROM jsonb_to_recordset(CAST(?1 AS jsonb))
              AS v(id BIGINT, state TEXT, carrier_id TEXT, reason TEXT, not_before TEXT)
          WHERE m.id = v.id AND m.state = 'submitting'
-         RETURNING m.id",
-    )?;
+         RETURNING m.id"
+    ))?;
     let moved = st
         .query_map(params![rows, now_s], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
@@ -618,8 +649,10 @@ impl Store {
         let to = delivery::requeue(State::Unknown);
         let n = move_all(
             &tx,
-            "UPDATE messages SET state = ?2, reason = 'requeued by an operator', not_before = NULL, updated_at = ?3
-             WHERE campaign = ?1 AND state = 'unknown' RETURNING campaign, parts",
+            &format!(
+                "UPDATE messages SET state = ?2, reason = '{REQUEUED}', not_before = NULL, updated_at = ?3
+                 WHERE campaign = ?1 AND state = 'unknown' RETURNING campaign, parts"
+            ),
             params![campaign, to.as_str(), ts(now)],
             State::Unknown,
             to,

@@ -274,13 +274,11 @@ fn daily_cap_defers_the_extra_message() {
     let store = Store::memory().unwrap();
     let a = campaign(&store, 1);
     let b = campaign(&store, 1);
-    assert_eq!(
-        store
-            .claim_batch(a, "gw", Some(1), now(), 1, &[])
-            .unwrap()
-            .len(),
-        1
-    );
+    let sent = store.claim_batch(a, "gw", Some(1), now(), 1, &[]).unwrap();
+    assert_eq!(sent.len(), 1);
+    store
+        .finish_submits(&[answered(a, sent[0].id, Submit::Accepted, None)], now())
+        .unwrap();
     assert!(
         store
             .claim_batch(b, "gw", Some(1), now(), 1, &[])
@@ -319,42 +317,91 @@ fn only_what_went_to_the_network_counts_against_the_daily_cap() {
         1,
         "held by attempts that never reached the number"
     );
-    store
-        .finish_submits(&[answered(b, sent[0].id, Submit::Accepted, None)], later)
-        .unwrap();
-    // That one did: the one after it waits a day.
+    // While it is being submitted, the next one waits a minute, not a day: the attempt may
+    // still fail.
     let c = campaign(&store, 1);
     assert!(
         store
             .claim_batch(c, "gw", Some(1), later, 1, &[])
             .unwrap()
+            .is_empty()
+    );
+    let held = store.messages(c, Some("queued"), 0, 1).unwrap();
+    assert_eq!(
+        held[0].not_before.as_deref(),
+        Some("2026-11-28T10:01:05.000Z")
+    );
+    // Accepted: it counts, and the next one waits a day from it.
+    store
+        .finish_submits(&[answered(b, sent[0].id, Submit::Accepted, None)], later)
+        .unwrap();
+    let after = later + chrono::Duration::minutes(2);
+    assert!(
+        store
+            .claim_batch(c, "gw", Some(1), after, 1, &[])
+            .unwrap()
             .is_empty(),
         "an accepted message counts against the daily cap"
+    );
+    let held = store.messages(c, Some("queued"), 0, 1).unwrap();
+    assert_eq!(
+        held[0].not_before.as_deref(),
+        Some("2026-11-29T10:00:05.000Z")
+    );
+}
+
+#[test]
+fn an_unknown_message_requeued_by_an_operator_still_counts_against_the_daily_cap() {
+    let store = Store::memory().unwrap();
+    let a = campaign(&store, 1);
+    let m = claim(&store, a).unwrap();
+    store
+        .finish_submits(&[answered(a, m.id, Submit::Lost, None)], now())
+        .unwrap();
+    assert_eq!(store.requeue_unknown(a, now()).unwrap(), 1);
+    // It may have reached the number: the next message to it waits.
+    let b = campaign(&store, 1);
+    assert!(
+        store
+            .claim_batch(b, "gw", Some(1), now(), 1, &[])
+            .unwrap()
+            .is_empty()
     );
 }
 
 #[test]
 fn a_message_sent_after_a_failed_attempt_keeps_no_reason_from_that_attempt() {
     let store = Store::memory().unwrap();
-    let c = campaign(&store, 1);
+    let c = campaign(&store, 2);
     let m = claim(&store, c).unwrap();
     let mut failed = answered(c, m.id, Submit::Defer, None);
     failed.reason = Some("not sent: the gateway began to rest".into());
     store.finish_submits(&[failed], now()).unwrap();
-    let queued = store.messages(c, Some("queued"), 0, 1).unwrap();
+    let queued = store.message(m.id).unwrap().unwrap();
     assert_eq!(
-        queued[0].reason.as_deref(),
+        queued.reason.as_deref(),
         Some("not sent: the gateway began to rest")
     );
     let m = claim(&store, c).unwrap();
     store
         .finish_submits(&[answered(c, m.id, Submit::Accepted, None)], now())
         .unwrap();
-    let sent = store.messages(c, Some("sent"), 0, 1).unwrap();
-    assert_eq!(
-        sent[0].reason, None,
-        "a sent message shows no earlier failure"
-    );
+    let sent = store.message(m.id).unwrap().unwrap();
+    assert_eq!(sent.state, "sent");
+    assert_eq!(sent.reason, None, "a sent message shows no earlier failure");
+    // An operator's requeue after an unknown outcome stays shown: it may be a duplicate.
+    let m = claim(&store, c).unwrap();
+    store
+        .finish_submits(&[answered(c, m.id, Submit::Lost, None)], now())
+        .unwrap();
+    assert_eq!(store.requeue_unknown(c, now()).unwrap(), 1);
+    let m = claim(&store, c).unwrap();
+    store
+        .finish_submits(&[answered(c, m.id, Submit::Accepted, None)], now())
+        .unwrap();
+    let resent = store.message(m.id).unwrap().unwrap();
+    assert_eq!(resent.state, "sent");
+    assert_eq!(resent.reason.as_deref(), Some(super::queue::REQUEUED));
 }
 
 /// (campaign, state, messages, parts) rows.
