@@ -384,7 +384,7 @@ pub struct GatewayConfig {
     /// Submits awaiting an answer at most.
     pub in_flight: usize,
     /// Requests claimed beyond the in-flight window, ready to leave the moment a slot frees
-    /// (default half the window). Claims are committed before a request leaves, so a claim's
+    /// (default a whole window: `in_flight`). Claims are committed before a request leaves, so a claim's
     /// disk sync would otherwise keep freed slots empty; the cost: a crash or a pause may catch
     /// up to `in_flight + claim_ahead` requests claimed and not answered.
     pub claim_ahead: usize,
@@ -747,7 +747,7 @@ fn gateway(
     if !(1..=10_000).contains(&g.in_flight) {
         problems.push(format!("{place}.in_flight: between 1 and 10000"));
     }
-    let claim_ahead = g.claim_ahead.unwrap_or(g.in_flight / 2);
+    let claim_ahead = g.claim_ahead.unwrap_or(g.in_flight);
     if claim_ahead > g.in_flight.max(1) {
         problems.push(format!(
             "{place}.claim_ahead: at most in_flight ({})",
@@ -1512,7 +1512,7 @@ mod tests {
     }
 
     #[test]
-    fn claims_run_half_a_window_ahead_unless_told() {
+    fn claims_run_a_window_ahead_unless_told() {
         let gateways = |extra: &str| {
             let c = Config::parse(
                 "m.toml",
@@ -1524,9 +1524,10 @@ mod tests {
             let g = &c.sms.gateways[0];
             (g.in_flight, g.claim_ahead)
         };
-        assert_eq!(gateways(""), (8, 4));
-        assert_eq!(gateways("in_flight = 65"), (65, 32));
-        assert_eq!(gateways("in_flight = 1"), (1, 0));
+        assert_eq!(gateways(""), (8, 8));
+        assert_eq!(gateways("in_flight = 65"), (65, 65));
+        assert_eq!(gateways("in_flight = 1"), (1, 1));
+        assert_eq!(gateways("in_flight = 64\nclaim_ahead = 32"), (64, 32));
         assert_eq!(gateways("in_flight = 64\nclaim_ahead = 0"), (64, 0));
         assert_eq!(gateways("in_flight = 64\nclaim_ahead = 64"), (64, 64));
     }

@@ -13,8 +13,10 @@
 //!
 //! Claims run ahead of the window by `claim_ahead` requests: a claim is committed (synced to
 //! disk) before its request leaves, and without a few claimed in reserve the slots freed during
-//! that commit would stay empty until the next one. `marquee-bench sms-fake` measured 33,000
-//! msg/s with none and 42,000-44,000 with half a window (BENCHMARKS.md).
+//! that commit would stay empty until the next one, and while one claim commits the requests
+//! of the one before still wait to enter the window. `marquee-bench sms-fake` measured 33,000
+//! msg/s with none, 37,000-42,500 with half a window and 43,000-48,800 with a whole window,
+//! the default (BENCHMARKS.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
