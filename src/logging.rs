@@ -16,8 +16,10 @@ pub fn init(format: LogFormat, filter: &str) {
         eprintln!("bad log filter {directives:?} ({e}); using \"info\"");
         EnvFilter::new("info,rumqttd=off")
     });
+    // Colours only for a terminal: a log file or the journal gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

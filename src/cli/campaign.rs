@@ -441,6 +441,7 @@ pub async fn messages(
             "STATE",
             "GATEWAY",
             "TRIES",
+            "NOT BEFORE",
             "REASON",
         ]
         .map(String::from)
@@ -455,6 +456,8 @@ pub async fn messages(
             s("state"),
             s("gateway"),
             m["attempts"].to_string(),
+            // When a held message may go (daily cap, sending window, a retry's backoff).
+            s("not_before"),
             s("reason"),
         ]);
     }

@@ -73,7 +73,10 @@ pub struct CreateRequest {
 
 /// One recipient in a list.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(
+    deny_unknown_fields,
+    expecting = r#"a recipient: {"number": "+8613800138000", "lang": "en", "vars": {…}}"#
+)]
 pub struct RecipientIn {
     /// The number as written.
     pub number: String,

@@ -1235,6 +1235,32 @@ async fn recurring_campaign_fires_on_its_cron_until_cancelled() {
         (400, Some("repeat")),
         "{e}"
     );
+    // A mistake in the request's shape names its field, and what was expected.
+    for (body, field, says) in [
+        (
+            json!({"name": "bad", "text": "x", "recipients": [{"number": "13800138000"}], "daily_cap": "1"}),
+            "daily_cap",
+            "expected u32",
+        ),
+        (
+            json!({"name": "bad", "text": "x", "recipients": ["13800138000"]}),
+            "recipients[0]",
+            r#"{"number": "#,
+        ),
+    ] {
+        let (status, e) = d
+            .send(Method::POST, "/api/v1/campaigns", Some(&token), Some(body))
+            .await;
+        assert_eq!(
+            (status, e["error"]["field"].as_str()),
+            (400, Some(field)),
+            "{e}"
+        );
+        assert!(
+            e["error"]["message"].as_str().unwrap().contains(says),
+            "{e}"
+        );
+    }
     // Every second (a leading seconds field), to two numbers.
     let v = create(
         &d,
