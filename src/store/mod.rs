@@ -409,6 +409,14 @@ const MIGRATIONS: &[&str] = &[
         reason   TEXT NOT NULL,
         until    TEXT NOT NULL
     );",
+    // 27: when a message last reached the network or may have (an accepted or `unknown`
+    // outcome; never cleared): what a number's daily cap counts. `submitted_at` is only the
+    // last claim, also of attempts that surely failed. Earlier rows: from their state.
+    "ALTER TABLE messages ADD COLUMN reached_at TEXT;
+    UPDATE messages SET reached_at = submitted_at
+     WHERE submitted_at IS NOT NULL
+       AND (state IN ('sent', 'delivered', 'failed', 'expired', 'unknown')
+            OR (state = 'queued' AND reason = 'requeued by an operator'));",
 ];
 
 /// The last payload published on a retained topic.
@@ -535,6 +543,12 @@ const PG_MIGRATIONS: &[&str] = &[
         reason   TEXT COLLATE \"C\" NOT NULL,
         until    TEXT COLLATE \"C\" NOT NULL
     )",
+    // 27: when a message last reached the network or may have (the daily cap).
+    "ALTER TABLE messages ADD COLUMN reached_at TEXT COLLATE \"C\";
+    UPDATE messages SET reached_at = submitted_at
+     WHERE submitted_at IS NOT NULL
+       AND (state IN ('sent', 'delivered', 'failed', 'expired', 'unknown')
+            OR (state = 'queued' AND reason = 'requeued by an operator'))",
 ];
 
 /// Creates the schema on a new PostgreSQL database, or applies the migrations it lacks, under
@@ -1395,5 +1409,37 @@ mod tests {
             (c.counts["sent"], c.counts["queued"], c.segments),
             (2, 1, 4)
         );
+    }
+
+    #[test]
+    fn upgrading_marks_what_reached_the_network_for_the_daily_cap() {
+        let conn = migrate(
+            rusqlite::Connection::open_in_memory().unwrap(),
+            &MIGRATIONS[..26],
+        )
+        .unwrap();
+        conn.execute_batch(
+            "INSERT INTO campaigns (id, name, status, spec, created_by, created_at)
+                 VALUES (1, 'c', 'running', '{}', 'op', 'now');
+             INSERT INTO messages (campaign, row, recipient, text, parts, state, reason,
+                                   submitted_at, updated_at)
+                 VALUES (1, 1, '+1', 't', 1, 'delivered', NULL, 'T1', 'now'),
+                        (1, 2, '+2', 't', 1, 'unknown', NULL, 'T2', 'now'),
+                        (1, 3, '+3', 't', 1, 'queued', '429 Too Many Requests', 'T3', 'now'),
+                        (1, 4, '+4', 't', 1, 'queued', 'requeued by an operator', 'T4', 'now'),
+                        (1, 5, '+5', 't', 1, 'rejected', '400 bad number', 'T5', 'now'),
+                        (1, 6, '+6', 't', 1, 'queued', NULL, NULL, 'now');",
+        )
+        .unwrap();
+        let conn = migrate(conn, MIGRATIONS).unwrap();
+        let reached: Vec<Option<String>> = conn
+            .prepare("SELECT reached_at FROM messages ORDER BY row")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let t = |s: &str| Some(s.to_owned());
+        assert_eq!(reached, [t("T1"), t("T2"), None, t("T4"), None, None]);
     }
 }

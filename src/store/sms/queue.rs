@@ -78,15 +78,15 @@ fn capped(
     day_ago: &str,
     now: DateTime<Utc>,
 ) -> crate::store::db::Result<Option<DateTime<Utc>>> {
-    let (sent, oldest, in_flight): (i64, Option<String>, i64) = sent_today
+    let (reached, oldest, in_flight): (i64, Option<String>, i64) = sent_today
         .query_row(params![m.recipient, day_ago, m.id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
     let cap = i64::from(cap);
-    if sent < cap {
+    if reached + in_flight < cap {
         return Ok(None);
     }
-    if sent - in_flight < cap {
+    if reached < cap {
         return Ok(Some(now + IN_FLIGHT_HOLD));
     }
     Ok(Some(
@@ -98,16 +98,17 @@ fn capped(
 }
 
 /// The messages to number `?1` that count against its daily cap since `?2` (other than `?3`):
-/// how many, the oldest `submitted_at`, how many are still `submitting`. What counts is what
-/// was handed to the network, or may have been: a message queued again after an attempt that
-/// surely failed has no `submitted_at` (see `finish_in`); one requeued by an operator after an
-/// `unknown` outcome keeps it. Not what the gateway or the network refused, nor what was
-/// cancelled.
-const SENT_TODAY: &str = "SELECT COUNT(*), MIN(submitted_at),
-        COALESCE(SUM(CASE WHEN state = 'submitting' THEN 1 ELSE 0 END), 0)
+/// how many reached the network or may have (`reached_at`: an accepted or `unknown` outcome,
+/// never cleared, so an `unknown` message requeued by an operator keeps counting), the oldest of
+/// those, and how many others are being submitted now. An attempt that surely failed (a
+/// transient failure, a deferral, a refusal) never sets `reached_at`.
+const SENT_TODAY: &str = "SELECT
+        COALESCE(SUM(CASE WHEN reached_at > ?2 THEN 1 ELSE 0 END), 0),
+        MIN(CASE WHEN reached_at > ?2 THEN reached_at END),
+        COALESCE(SUM(CASE WHEN state = 'submitting' AND NOT (COALESCE(reached_at, '') > ?2)
+                          THEN 1 ELSE 0 END), 0)
     FROM messages
-    WHERE recipient = ?1 AND submitted_at > ?2 AND id != ?3
-      AND state NOT IN ('rejected', 'cancelled')";
+    WHERE recipient = ?1 AND id != ?3 AND (reached_at > ?2 OR state = 'submitting')";
 
 /// How long a message waits when its number's daily cap is reached only by counting messages
 /// still being submitted; then the cap is checked again.
@@ -130,7 +131,8 @@ impl Store {
         let n = move_all(
             &tx,
             "UPDATE messages INDEXED BY messages_submitting
-             SET state = ?1, reason = 'the daemon stopped before the gateway answered', updated_at = ?2
+             SET state = ?1, reason = 'the daemon stopped before the gateway answered', updated_at = ?2,
+                 reached_at = COALESCE(submitted_at, ?2)
              WHERE state = 'submitting'
                AND (CAST(?3 AS BIGINT) = 0 OR claim_epoch IS NULL OR claim_epoch < ?3)
              RETURNING campaign, parts",
@@ -329,14 +331,14 @@ pub(super) fn finish_in(
     // Writes `next` if the message is in state `?7` (any state when `?7` is NULL); returns
     // whether it did.
     // An accepted attempt clears what earlier attempts left in `reason` ("not sent: …", a
-    // 429), except an operator's requeue mark; an attempt that surely failed and is queued
-    // again clears `submitted_at`, so it does not count against the daily cap.
+    // 429), except an operator's requeue mark. An accepted or lost attempt sets `reached_at`
+    // (it reached the network, or may have: what the daily cap counts); nothing clears it.
     let mut set = tx.prepare_cached(&format!(
         "UPDATE messages SET state = ?2, carrier_id = COALESCE(?3, carrier_id),
              reason = CASE WHEN CAST(?4 AS TEXT) IS NOT NULL THEN ?4
                            WHEN ?2 IN ('sent', 'delivered') AND COALESCE(reason, '') <> '{REQUEUED}'
                            THEN NULL ELSE reason END,
-             submitted_at = CASE WHEN ?2 = 'queued' THEN NULL ELSE submitted_at END,
+             reached_at = CASE WHEN ?2 IN ('sent', 'delivered', 'unknown') THEN ?6 ELSE reached_at END,
              not_before = ?5, updated_at = ?6
          WHERE id = ?1 AND (state = ?7 OR ?7 IS NULL)"
     ))?;
@@ -480,7 +482,8 @@ fn write_usual(
              reason = CASE WHEN v.reason IS NOT NULL THEN v.reason
                            WHEN v.state IN ('sent', 'delivered') AND COALESCE(m.reason, '') <> '{REQUEUED}'
                            THEN NULL ELSE m.reason END,
-             submitted_at = CASE WHEN v.state = 'queued' THEN NULL ELSE m.submitted_at END,
+             reached_at = CASE WHEN v.state IN ('sent', 'delivered', 'unknown') THEN ?2
+                               ELSE m.reached_at END,
              not_before = v.not_before, updated_at = ?2
          FROM jsonb_to_recordset(CAST(?1 AS jsonb))
              AS v(id BIGINT, state TEXT, carrier_id TEXT, reason TEXT, not_before TEXT)
@@ -602,7 +605,9 @@ fn adopt_early_reports(
     )?;
     let mut forget = tx.prepare_cached("DELETE FROM orphan_reports WHERE id = ?1")?;
     let mut apply = tx.prepare_cached(
-        "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
+        "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4,
+             reached_at = COALESCE(reached_at, ?4)
+         WHERE id = ?1",
     )?;
     let mut state_of =
         tx.prepare_cached("SELECT state, campaign, parts FROM messages WHERE id = ?1")?;

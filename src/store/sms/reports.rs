@@ -101,8 +101,11 @@ impl Store {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
+            // A report came from the network: the message reached it (the daily cap counts it).
             let mut set = tx.prepare_cached(
-                "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4 WHERE id = ?1",
+                "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4,
+                     reached_at = COALESCE(reached_at, ?4)
+                 WHERE id = ?1",
             )?;
             let mut by_carrier = tx
                 .prepare_cached("SELECT id FROM messages WHERE carrier_id = ?1 AND gateway = ?2")?;

@@ -359,13 +359,23 @@ fn an_unknown_message_requeued_by_an_operator_still_counts_against_the_daily_cap
         .finish_submits(&[answered(a, m.id, Submit::Lost, None)], now())
         .unwrap();
     assert_eq!(store.requeue_unknown(a, now()).unwrap(), 1);
-    // It may have reached the number: the next message to it waits.
+    // It may have reached the number: the next message to it waits, also after the retry
+    // failed for sure.
+    let retry = claim(&store, a).unwrap();
+    store
+        .finish_submits(&[answered(a, retry.id, Submit::Transient, None)], now())
+        .unwrap();
     let b = campaign(&store, 1);
     assert!(
         store
             .claim_batch(b, "gw", Some(1), now(), 1, &[])
             .unwrap()
             .is_empty()
+    );
+    let held = store.messages(b, Some("queued"), 0, 1).unwrap();
+    assert_eq!(
+        held[0].not_before.as_deref(),
+        Some("2026-11-29T10:00:00.000Z")
     );
 }
 
