@@ -14,9 +14,10 @@
 //! Claims run ahead of the window by `claim_ahead` requests: a claim is committed (synced to
 //! disk) before its request leaves, and without a few claimed in reserve the slots freed during
 //! that commit would stay empty until the next one, and while one claim commits the requests
-//! of the one before still wait to enter the window. `marquee-bench sms-fake` measured 33,000
-//! msg/s with none, 37,000-42,500 with half a window and 43,000-48,800 with a whole window,
-//! the default (BENCHMARKS.md).
+//! of the one before still wait to enter the window. The default is what the gateway's pace
+//! lets out in 4 ms (`sms::config::default_claim_ahead`). `marquee-bench sms-fake` measured
+//! 33,000 msg/s with none, pooled medians of 40,600 with half a window and 44,600 with a whole
+//! one (BENCHMARKS.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
