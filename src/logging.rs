@@ -16,10 +16,13 @@ pub fn init(format: LogFormat, filter: &str) {
         eprintln!("bad log filter {directives:?} ({e}); using \"info\"");
         EnvFilter::new("info,rumqttd=off")
     });
-    // Colours only for a terminal: a log file or the journal gets plain text.
+    // Colours only for a terminal, and not where NO_COLOR is set (no-color.org): a log file
+    // or the journal gets plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -144,13 +144,15 @@ pub async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Created>), ApiError> {
     // The field a mistake is in is named (`daily_cap`, `recipients[2].number`), not the body.
-    let req: CreateRequest =
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
-            .map_err(|e| {
-                let path = e.path().to_string();
-                let field = if path == "." { "body".to_owned() } else { path };
-                ApiError::bad_field(&field, format!("not a campaign request: {}", e.inner()))
-            })?;
+    let mut de = serde_json::Deserializer::from_slice(&body);
+    let req: CreateRequest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let field = if path == "." { "body".to_owned() } else { path };
+        ApiError::bad_field(&field, format!("not a campaign request: {}", e.inner()))
+    })?;
+    // Nothing may follow the request (as `serde_json::from_slice` checks).
+    de.end()
+        .map_err(|e| ApiError::bad_field("body", format!("not a campaign request: {e}")))?;
     let created = campaigns::create(&s, &who.0, req, None).await?;
     let code = if created.status == CampaignStatus::Pending {
         StatusCode::ACCEPTED

@@ -411,12 +411,13 @@ const MIGRATIONS: &[&str] = &[
     );",
     // 27: when a message last reached the network or may have (an accepted or `unknown`
     // outcome; never cleared): what a number's daily cap counts. `submitted_at` is only the
-    // last claim, also of attempts that surely failed. Earlier rows: from their state.
+    // last claim, also of attempts that surely failed. Rows of the last day (all the cap looks
+    // at) get it from their state; a queued one with a claim counted before, and still does
+    // (it may be an `unknown` one requeued).
     "ALTER TABLE messages ADD COLUMN reached_at TEXT;
     UPDATE messages SET reached_at = submitted_at
-     WHERE submitted_at IS NOT NULL
-       AND (state IN ('sent', 'delivered', 'failed', 'expired', 'unknown')
-            OR (state = 'queued' AND reason = 'requeued by an operator'));",
+     WHERE submitted_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 day')
+       AND state IN ('sent', 'delivered', 'failed', 'expired', 'unknown', 'queued');",
 ];
 
 /// The last payload published on a retained topic.
@@ -546,9 +547,9 @@ const PG_MIGRATIONS: &[&str] = &[
     // 27: when a message last reached the network or may have (the daily cap).
     "ALTER TABLE messages ADD COLUMN reached_at TEXT COLLATE \"C\";
     UPDATE messages SET reached_at = submitted_at
-     WHERE submitted_at IS NOT NULL
-       AND (state IN ('sent', 'delivered', 'failed', 'expired', 'unknown')
-            OR (state = 'queued' AND reason = 'requeued by an operator'))",
+     WHERE submitted_at > to_char(now() AT TIME ZONE 'UTC' - interval '1 day',
+                                  'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')
+       AND state IN ('sent', 'delivered', 'failed', 'expired', 'unknown', 'queued')",
 ];
 
 /// Creates the schema on a new PostgreSQL database, or applies the migrations it lacks, under
@@ -1418,28 +1419,32 @@ mod tests {
             &MIGRATIONS[..26],
         )
         .unwrap();
-        conn.execute_batch(
+        let hour_ago = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour')";
+        let two_days_ago = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 days')";
+        conn.execute_batch(&format!(
             "INSERT INTO campaigns (id, name, status, spec, created_by, created_at)
-                 VALUES (1, 'c', 'running', '{}', 'op', 'now');
-             INSERT INTO messages (campaign, row, recipient, text, parts, state, reason,
-                                   submitted_at, updated_at)
-                 VALUES (1, 1, '+1', 't', 1, 'delivered', NULL, 'T1', 'now'),
-                        (1, 2, '+2', 't', 1, 'unknown', NULL, 'T2', 'now'),
-                        (1, 3, '+3', 't', 1, 'queued', '429 Too Many Requests', 'T3', 'now'),
-                        (1, 4, '+4', 't', 1, 'queued', 'requeued by an operator', 'T4', 'now'),
-                        (1, 5, '+5', 't', 1, 'rejected', '400 bad number', 'T5', 'now'),
-                        (1, 6, '+6', 't', 1, 'queued', NULL, NULL, 'now');",
-        )
+                 VALUES (1, 'c', 'running', '{{}}', 'op', 'now');
+             INSERT INTO messages (campaign, row, recipient, text, parts, state, submitted_at,
+                                   updated_at)
+                 VALUES (1, 1, '+1', 't', 1, 'delivered', {hour_ago}, 'now'),
+                        (1, 2, '+2', 't', 1, 'unknown', {hour_ago}, 'now'),
+                        (1, 3, '+3', 't', 1, 'queued', {hour_ago}, 'now'),
+                        (1, 4, '+4', 't', 1, 'rejected', {hour_ago}, 'now'),
+                        (1, 5, '+5', 't', 1, 'queued', NULL, 'now'),
+                        (1, 6, '+6', 't', 1, 'delivered', {two_days_ago}, 'now');"
+        ))
         .unwrap();
         let conn = migrate(conn, MIGRATIONS).unwrap();
-        let reached: Vec<Option<String>> = conn
-            .prepare("SELECT reached_at FROM messages ORDER BY row")
+        let marked: Vec<bool> = conn
+            .prepare("SELECT reached_at IS NOT NULL AND reached_at = submitted_at FROM messages ORDER BY row")
             .unwrap()
             .query_map([], |r| r.get(0))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        let t = |s: &str| Some(s.to_owned());
-        assert_eq!(reached, [t("T1"), t("T2"), None, t("T4"), None, None]);
+        // The last day's delivered, unknown and claimed-then-queued rows (as the cap counted
+        // them before); not the refused one, the never-claimed one, nor what is too old to
+        // matter.
+        assert_eq!(marked, [true, true, true, false, false, false]);
     }
 }

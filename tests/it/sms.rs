@@ -801,7 +801,7 @@ async fn kill_9_during_a_campaign_loses_nothing_and_sends_nothing_twice() {
     let held_row = ms.iter().find(|m| m["recipient"] == held.as_str()).unwrap();
     assert_eq!(held_row["state"], "unknown", "{held_row}");
     // In doubt after each kill: the claimed requests not yet sent or answered (at most the
-    // in-flight window of 4 plus the 1 claimed ahead of it at 50 msg/s), plus answers received but not yet
+    // in-flight window of 4 plus the 2 claimed ahead of it at 400 msg/s), plus answers received but not yet
     // committed (group commit: a few milliseconds of traffic at 400/s).
     let unknown = count(&c, "unknown");
     assert!((1..=30).contains(&unknown), "{c}");
@@ -810,7 +810,7 @@ async fn kill_9_during_a_campaign_loses_nothing_and_sends_nothing_twice() {
         .filter(|m| m["state"] == "unknown" && !seen.contains_key(m["recipient"].as_str().unwrap()))
         .count();
     assert!(
-        never_sent <= 2 * (4 + 1),
+        never_sent <= 2 * (4 + 2),
         "{never_sent} claimed but never sent: {c}"
     );
     assert_eq!(

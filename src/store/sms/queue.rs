@@ -338,7 +338,9 @@ pub(super) fn finish_in(
              reason = CASE WHEN CAST(?4 AS TEXT) IS NOT NULL THEN ?4
                            WHEN ?2 IN ('sent', 'delivered') AND COALESCE(reason, '') <> '{REQUEUED}'
                            THEN NULL ELSE reason END,
-             reached_at = CASE WHEN ?2 IN ('sent', 'delivered', 'unknown') THEN ?6 ELSE reached_at END,
+             reached_at = CASE WHEN ?2 NOT IN ('sent', 'delivered', 'unknown') THEN reached_at
+                               WHEN state = 'submitting' THEN ?6
+                               ELSE COALESCE(reached_at, ?6) END,
              not_before = ?5, updated_at = ?6
          WHERE id = ?1 AND (state = ?7 OR ?7 IS NULL)"
     ))?;

@@ -101,11 +101,14 @@ impl Store {
             let mut ins = tx.prepare_cached(
                 "INSERT INTO dlrs (message, gateway, code, raw, received_at) VALUES (?1, ?2, ?3, ?4, ?5)",
             )?;
-            // A report came from the network: the message reached it (the daily cap counts it).
             let mut set = tx.prepare_cached(
-                "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4,
-                     reached_at = COALESCE(reached_at, ?4)
+                "UPDATE messages SET state = ?2, reason = COALESCE(?3, reason), updated_at = ?4
                  WHERE id = ?1",
+            )?;
+            // A report came from the network: the message reached it, whatever the report
+            // says or does to its state (the daily cap counts it).
+            let mut reached = tx.prepare_cached(
+                "UPDATE messages SET reached_at = ?2 WHERE id = ?1 AND reached_at IS NULL",
             )?;
             let mut by_carrier = tx
                 .prepare_cached("SELECT id FROM messages WHERE carrier_id = ?1 AND gateway = ?2")?;
@@ -146,6 +149,7 @@ impl Store {
                     continue;
                 }
                 ins.execute(params![id, r.gateway, r.code, r.raw, now_s])?;
+                reached.execute(params![id, now_s])?;
                 let current = parse_state(&current);
                 let next = match r.report {
                     Some(rep) => delivery::on_report(current, rep),
