@@ -699,6 +699,7 @@ pub fn default_claim_ahead(in_flight: usize, messages_per_second: f64) -> usize 
         (pace as usize).max(1)
     }
 }
+
 /// A class name of `codes` as an outcome.
 fn class_name(name: &str) -> Option<crate::domain::delivery::Submit> {
     use crate::domain::delivery::Submit;

@@ -1379,17 +1379,26 @@ mod tests {
         assert_eq!(s.published().unwrap()[0].version, 5);
     }
 
-    #[test]
-    fn upgrading_counts_the_messages_already_there() {
+    /// A database at schema `version` holding campaign 1 (running).
+    fn database_at(version: usize) -> rusqlite::Connection {
         let conn = migrate(
             rusqlite::Connection::open_in_memory().unwrap(),
-            &MIGRATIONS[..9],
+            &MIGRATIONS[..version],
         )
         .unwrap();
         conn.execute_batch(
             "INSERT INTO campaigns (id, name, status, spec, created_by, created_at)
-                 VALUES (1, 'c', 'running', '{}', 'op', 'now');
-             INSERT INTO messages (campaign, row, recipient, text, parts, state, updated_at)
+                 VALUES (1, 'c', 'running', '{}', 'op', 'now');",
+        )
+        .unwrap();
+        conn
+    }
+
+    #[test]
+    fn upgrading_counts_the_messages_already_there() {
+        let conn = database_at(9);
+        conn.execute_batch(
+            "INSERT INTO messages (campaign, row, recipient, text, parts, state, updated_at)
                  VALUES (1, 1, '+1', 't', 2, 'sent', 'now'), (1, 2, '+2', 't', 1, 'sent', 'now'),
                         (1, 3, '+3', 't', 1, 'queued', 'now');",
         )
@@ -1414,17 +1423,11 @@ mod tests {
 
     #[test]
     fn upgrading_marks_what_reached_the_network_for_the_daily_cap() {
-        let conn = migrate(
-            rusqlite::Connection::open_in_memory().unwrap(),
-            &MIGRATIONS[..26],
-        )
-        .unwrap();
+        let conn = database_at(26);
         let hour_ago = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 hour')";
         let two_days_ago = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-2 days')";
         conn.execute_batch(&format!(
-            "INSERT INTO campaigns (id, name, status, spec, created_by, created_at)
-                 VALUES (1, 'c', 'running', '{{}}', 'op', 'now');
-             INSERT INTO messages (campaign, row, recipient, text, parts, state, submitted_at,
+            "INSERT INTO messages (campaign, row, recipient, text, parts, state, submitted_at,
                                    updated_at)
                  VALUES (1, 1, '+1', 't', 1, 'delivered', {hour_ago}, 'now'),
                         (1, 2, '+2', 't', 1, 'unknown', {hour_ago}, 'now'),

@@ -106,7 +106,7 @@ impl Store {
                  WHERE id = ?1",
             )?;
             // A report came from the network: the message reached it, whatever the report
-            // says or does to its state (the daily cap counts it).
+            // says (the daily cap counts it); see `reached_already`.
             let mut reached = tx.prepare_cached(
                 "UPDATE messages SET reached_at = ?2 WHERE id = ?1 AND reached_at IS NULL",
             )?;
@@ -149,8 +149,10 @@ impl Store {
                     continue;
                 }
                 ins.execute(params![id, r.gateway, r.code, r.raw, now_s])?;
-                reached.execute(params![id, now_s])?;
                 let current = parse_state(&current);
+                if !reached_already(current) {
+                    reached.execute(params![id, now_s])?;
+                }
                 let next = match r.report {
                     Some(rep) => delivery::on_report(current, rep),
                     None => current,
@@ -283,4 +285,14 @@ impl Store {
         tx.commit()?;
         Ok(true)
     }
+}
+
+/// Whether a message in state `s` has its `reached_at` already: an accepted or `unknown`
+/// outcome, or an earlier report, set it. So the usual report, to a `sent` message, writes
+/// nothing more.
+fn reached_already(s: State) -> bool {
+    matches!(
+        s,
+        State::Sent | State::Delivered | State::Unknown | State::Failed | State::Expired
+    )
 }

@@ -292,6 +292,28 @@ fn daily_cap_defers_the_extra_message() {
     );
 }
 
+/// Claims the next message of `c` and stores the gateway's `answer` to it; returns its id.
+fn attempt(store: &Store, c: i64, answer: Submit, retry_at: Option<DateTime<Utc>>) -> i64 {
+    let m = claim(store, c).unwrap();
+    store
+        .finish_submits(&[answered(c, m.id, answer, retry_at)], now())
+        .unwrap();
+    m.id
+}
+
+/// Campaign `c`'s next message, claimed at `at` under a daily cap of 1, is held: until when.
+fn held_by_the_cap(store: &Store, c: i64, at: DateTime<Utc>) -> String {
+    assert!(
+        store
+            .claim_batch(c, "gw", Some(1), at, 1, &[])
+            .unwrap()
+            .is_empty(),
+        "not held by the daily cap"
+    );
+    let held = store.messages(c, Some("queued"), 0, 1).unwrap();
+    held[0].not_before.clone().unwrap()
+}
+
 #[test]
 fn only_what_went_to_the_network_counts_against_the_daily_cap() {
     let store = Store::memory().unwrap();
@@ -303,11 +325,7 @@ fn only_what_went_to_the_network_counts_against_the_daily_cap() {
         (Submit::Permanent, None),
         (Submit::Defer, None),
     ] {
-        let a = campaign(&store, 1);
-        let m = claim(&store, a).unwrap();
-        store
-            .finish_submits(&[answered(a, m.id, answer, retry_at)], now())
-            .unwrap();
+        attempt(&store, campaign(&store, 1), answer, retry_at);
     }
     // So they hold nothing: the next message to it goes.
     let b = campaign(&store, 1);
@@ -320,33 +338,19 @@ fn only_what_went_to_the_network_counts_against_the_daily_cap() {
     // While it is being submitted, the next one waits a minute, not a day: the attempt may
     // still fail.
     let c = campaign(&store, 1);
-    assert!(
-        store
-            .claim_batch(c, "gw", Some(1), later, 1, &[])
-            .unwrap()
-            .is_empty()
-    );
-    let held = store.messages(c, Some("queued"), 0, 1).unwrap();
     assert_eq!(
-        held[0].not_before.as_deref(),
-        Some("2026-11-28T10:01:05.000Z")
+        held_by_the_cap(&store, c, later),
+        "2026-11-28T10:01:05.000Z"
     );
     // Accepted: it counts, and the next one waits a day from it.
     store
         .finish_submits(&[answered(b, sent[0].id, Submit::Accepted, None)], later)
         .unwrap();
     let after = later + chrono::Duration::minutes(2);
-    assert!(
-        store
-            .claim_batch(c, "gw", Some(1), after, 1, &[])
-            .unwrap()
-            .is_empty(),
-        "an accepted message counts against the daily cap"
-    );
-    let held = store.messages(c, Some("queued"), 0, 1).unwrap();
     assert_eq!(
-        held[0].not_before.as_deref(),
-        Some("2026-11-29T10:00:05.000Z")
+        held_by_the_cap(&store, c, after),
+        "2026-11-29T10:00:05.000Z",
+        "an accepted message counts against the daily cap"
     );
 }
 
@@ -354,28 +358,31 @@ fn only_what_went_to_the_network_counts_against_the_daily_cap() {
 fn an_unknown_message_requeued_by_an_operator_still_counts_against_the_daily_cap() {
     let store = Store::memory().unwrap();
     let a = campaign(&store, 1);
-    let m = claim(&store, a).unwrap();
-    store
-        .finish_submits(&[answered(a, m.id, Submit::Lost, None)], now())
-        .unwrap();
+    attempt(&store, a, Submit::Lost, None);
     assert_eq!(store.requeue_unknown(a, now()).unwrap(), 1);
     // It may have reached the number: the next message to it waits, also after the retry
     // failed for sure.
-    let retry = claim(&store, a).unwrap();
+    attempt(&store, a, Submit::Transient, None);
+    let b = campaign(&store, 1);
+    assert_eq!(
+        held_by_the_cap(&store, b, now()),
+        "2026-11-29T10:00:00.000Z"
+    );
+}
+
+#[test]
+fn a_delivery_report_counts_against_the_daily_cap_whatever_the_submit_answer_said() {
+    let store = Store::memory().unwrap();
+    // A 503, yet the network reports the message: it reached the number.
+    let a = campaign(&store, 1);
+    let id = attempt(&store, a, Submit::Transient, Some(now()));
     store
-        .finish_submits(&[answered(a, retry.id, Submit::Transient, None)], now())
+        .record_report(id, "gw", Some(Report::Undelivered), "UNDELIV", "", now())
         .unwrap();
     let b = campaign(&store, 1);
-    assert!(
-        store
-            .claim_batch(b, "gw", Some(1), now(), 1, &[])
-            .unwrap()
-            .is_empty()
-    );
-    let held = store.messages(b, Some("queued"), 0, 1).unwrap();
     assert_eq!(
-        held[0].not_before.as_deref(),
-        Some("2026-11-29T10:00:00.000Z")
+        held_by_the_cap(&store, b, now()),
+        "2026-11-29T10:00:00.000Z"
     );
 }
 
@@ -392,24 +399,19 @@ fn a_message_sent_after_a_failed_attempt_keeps_no_reason_from_that_attempt() {
         queued.reason.as_deref(),
         Some("not sent: the gateway began to rest")
     );
-    let m = claim(&store, c).unwrap();
-    store
-        .finish_submits(&[answered(c, m.id, Submit::Accepted, None)], now())
+    let sent = store
+        .message(attempt(&store, c, Submit::Accepted, None))
+        .unwrap()
         .unwrap();
-    let sent = store.message(m.id).unwrap().unwrap();
     assert_eq!(sent.state, "sent");
     assert_eq!(sent.reason, None, "a sent message shows no earlier failure");
     // An operator's requeue after an unknown outcome stays shown: it may be a duplicate.
-    let m = claim(&store, c).unwrap();
-    store
-        .finish_submits(&[answered(c, m.id, Submit::Lost, None)], now())
-        .unwrap();
+    attempt(&store, c, Submit::Lost, None);
     assert_eq!(store.requeue_unknown(c, now()).unwrap(), 1);
-    let m = claim(&store, c).unwrap();
-    store
-        .finish_submits(&[answered(c, m.id, Submit::Accepted, None)], now())
+    let resent = store
+        .message(attempt(&store, c, Submit::Accepted, None))
+        .unwrap()
         .unwrap();
-    let resent = store.message(m.id).unwrap().unwrap();
     assert_eq!(resent.state, "sent");
     assert_eq!(resent.reason.as_deref(), Some(super::queue::REQUEUED));
 }
