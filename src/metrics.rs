@@ -54,6 +54,10 @@ pub struct Metrics {
     pub sms_submits: Family<Vec<(String, String)>, Counter>,
     /// 1 while a gateway is out of rotation for an account error, by gateway.
     pub sms_gateway_out: Family<Vec<(String, String)>, Gauge>,
+    /// SMS claims (transactions taking queued messages for a gateway) and the messages they
+    /// took, by gateway.
+    pub sms_claims: Family<Vec<(String, String)>, Counter>,
+    pub sms_claimed: Family<Vec<(String, String)>, Counter>,
     /// SMS delivery reports stored.
     pub sms_reports: Counter,
     /// Unix time of each CAP feed's last successful read, by feed URL.
@@ -84,6 +88,15 @@ impl Metrics {
                 ])
                 .clone()
         })
+    }
+
+    /// The counters of `gateway`'s claims that took messages, and of the messages they took.
+    pub fn sms_claim_counters(&self, gateway: &str) -> (Counter, Counter) {
+        let label = vec![("gateway".to_owned(), gateway.to_owned())];
+        (
+            self.sms_claims.get_or_create(&label).clone(),
+            self.sms_claimed.get_or_create(&label).clone(),
+        )
     }
 
     /// The gauge saying whether `gateway` is out of rotation (an account error).
@@ -203,6 +216,16 @@ impl Metrics {
             "sms_gateway_out_of_rotation",
             "1 while the gateway is out of rotation because its account cannot send (balance, credentials, quota)",
             self.sms_gateway_out.clone(),
+        );
+        r.register(
+            "sms_claims",
+            "SMS claims that took messages for a gateway (one transaction and disk sync each)",
+            self.sms_claims.clone(),
+        );
+        r.register(
+            "sms_claimed_messages",
+            "SMS messages taken by claims for a gateway",
+            self.sms_claimed.clone(),
         );
         r.register(
             "sms_reports",

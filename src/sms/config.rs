@@ -684,10 +684,11 @@ pub struct ArrayReports {
 /// its pace (`messages_per_second`) lets out in 4 ms, rounded up, at most twice the window. A
 /// claim's commit with its disk sync takes 0.7–0.8 ms on SQLite (a round about 3 ms on
 /// PostgreSQL), and the requests of the claim before are still entering the window meanwhile,
-/// so a fast gateway needs a reserve; the dispatcher claims ahead once half of it is free
-/// (`sms::dispatch`), so the other half keeps the window full while a claim commits, and the
-/// claims are larger (fewer commits: `marquee-bench sms-store`, 10.7 µs of CPU per message in
-/// claims of 32, 7.2 µs in claims of 128). A paced gateway gains nothing from more, and each
+/// so a fast gateway needs a reserve. Beyond the window's size, the dispatcher claims ahead once
+/// what is claimed beyond one window's worth is free (`sms::dispatch`): a window's worth keeps
+/// the window full while a claim commits, and the claims are larger (fewer commits:
+/// `marquee-bench sms-store`, BENCHMARKS.md, about a third less CPU per message in claims of
+/// 128 than of 32). A paced gateway gains nothing from more, and each
 /// one claimed ahead may be caught by a crash (`unknown`). A window of one stays strict:
 /// nothing claimed ahead.
 pub fn default_claim_ahead(in_flight: usize, messages_per_second: f64) -> usize {

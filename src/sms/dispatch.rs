@@ -16,8 +16,8 @@
 //! that commit would stay empty until the next one, and while one claim commits the requests
 //! of the one before still wait to enter the window. The default is what the gateway's pace
 //! lets out in 4 ms, at most twice the window (`sms::config::default_claim_ahead`). Ahead of a
-//! full window, a claim waits for half of `claim_ahead` to be free ([`fill_wait`]): fewer,
-//! larger claims, while the other half keeps the window full. `marquee-bench sms-fake`
+//! full window, a claim waits until what is claimed beyond one window's worth is free
+//! ([`fill_wait`]): fewer, larger claims, while a window's worth keeps the window full. `marquee-bench sms-fake`
 //! measured 33,000 msg/s with none, pooled medians of 40,600 with half a window and 44,600
 //! with a whole one, and NEW with twice the window claimed in halves (BENCHMARKS.md).
 
@@ -87,13 +87,19 @@ struct Runtime {
     counters: [prometheus_client::metrics::counter::Counter; 8],
     /// 1 while the gateway is out of rotation for an account error.
     out_of_rotation: prometheus_client::metrics::gauge::Gauge,
+    /// Claims that took messages, and the messages they took.
+    claims: (
+        prometheus_client::metrics::counter::Counter,
+        prometheus_client::metrics::counter::Counter,
+    ),
     /// Why it is out, for the API and the console.
     health: Health,
     /// When it last claimed, in microseconds since `born`.
     claimed_at: AtomicU64,
-    /// The dispatcher waits for [`Runtime::fill_at`] free permits before it claims ahead:
-    /// answers wake it only once they are free (else each answer would wake it for nothing).
-    filling: AtomicBool,
+    /// While the dispatcher waits for this many free permits before it claims ahead (0: it
+    /// does not): answers wake it only once they are free (else each answer would wake it for
+    /// nothing).
+    filling: AtomicUsize,
 }
 
 impl Runtime {
@@ -150,27 +156,31 @@ impl Runtime {
         )
     }
 
-    /// How many free permits a claim ahead of a full, moving window waits for (half of
-    /// `claim_ahead`, at least one): fewer, larger claims, each one commit and disk sync
-    /// (`marquee-bench sms-store`: 10.7 µs of CPU per message in claims of 32, 7.2 µs in claims
-    /// of 128). The other half, already claimed, keeps the window full meanwhile.
+    /// How many free permits a claim ahead of a full, moving window waits for: what is claimed
+    /// beyond one window's worth (`claim_ahead - in_flight`, at least one, so a gateway whose
+    /// `claim_ahead` is at most its window never waits). A window's worth stays claimed and
+    /// keeps the window full while the claim commits; the claims are larger and fewer, each one
+    /// commit and disk sync (`marquee-bench sms-store`, BENCHMARKS.md: about a third less CPU
+    /// per message in claims of 128 than of 32).
     fn fill_at(&self) -> usize {
-        (self.gw.cfg.claim_ahead / 2).max(1)
+        let c = &self.gw.cfg;
+        c.claim_ahead.saturating_sub(c.in_flight).max(1)
     }
 
     /// With `free` permits free ahead of its full window: `None` to claim now, else how long a
-    /// claim may still wait for more ([`fill_wait`]).
-    fn fill_wait(&self, free: usize, urgent: bool) -> Option<Duration> {
+    /// claim may still wait for `fill_at` ([`fill_wait`]).
+    fn fill_wait(&self, free: usize, fill_at: usize, urgent: bool) -> Option<Duration> {
         let since = Duration::from_micros(
             micros(self.born.elapsed()).saturating_sub(self.claimed_at.load(Ordering::Relaxed)),
         );
-        fill_wait(free, self.fill_at(), urgent, since)
+        fill_wait(free, fill_at, urgent, since)
     }
 
     /// A request was answered and its permit given back: whether the dispatcher should look
     /// now (always, unless it waits to fill and the permits free are still fewer than that).
     fn worth_a_look(&self) -> bool {
-        !self.filling.load(Ordering::SeqCst) || self.permits.available_permits() >= self.fill_at()
+        let waits_for = self.filling.load(Ordering::SeqCst);
+        waits_for == 0 || self.permits.available_permits() >= waits_for
     }
 
     /// A slot of the in-flight window. Requests of alerts' campaigns (`urgent`) go first:
@@ -397,9 +407,10 @@ impl Dispatcher {
                     failures: AtomicU32::new(0),
                     counters: metrics.sms_submit_counters(&g.name),
                     out_of_rotation: metrics.sms_gateway_out_of_rotation(&g.name),
+                    claims: metrics.sms_claim_counters(&g.name),
                     health: health.clone(),
                     claimed_at: AtomicU64::new(0),
-                    filling: AtomicBool::new(false),
+                    filling: AtomicUsize::new(0),
                 }),
             );
         }
@@ -643,7 +654,7 @@ impl Dispatcher {
             tracing::warn!(error = %format!("{e:#}"), "cannot store the gateways out of rotation now");
         }
         for rt in self.gateways.values() {
-            rt.filling.store(false, Ordering::SeqCst);
+            rt.filling.store(0, Ordering::SeqCst);
             if rt.out_of_rotation.get() == 1 && rt.health.get(&rt.gw.cfg.name).is_none() {
                 rt.out_of_rotation.set(0);
             }
@@ -689,39 +700,38 @@ impl Dispatcher {
             let room = rt.permits.available_permits();
             (room.saturating_sub(rt.gw.cfg.claim_ahead), room)
         };
-        let mut filling: Option<Duration> = None;
+        // (the gateway, how many it may claim, whether only ahead of its full window)
         let picked = gateways()
             .map(|rt| (rt, free(rt)))
             .find(|(_, (now, _))| *now > 0)
-            .map(|(rt, (now, all))| (rt, if ahead { all } else { now }))
+            .map(|(rt, (now, all))| (rt, if ahead { all } else { now }, false))
             .or_else(|| {
                 // Ahead of a full window, only one that moves: waiting behind a stuck one
                 // (until its timeout) is worse than waiting for a slot elsewhere.
                 gateways()
                     .filter(|_| ahead)
-                    .map(|rt| (rt, free(rt).1))
-                    .filter(|(rt, all)| *all > 0 && rt.moving())
-                    .find(|(rt, all)| {
-                        let Some(left) = rt.fill_wait(*all, urgent) else {
-                            return true;
-                        };
-                        rt.filling.store(true, Ordering::SeqCst);
-                        filling = Some(filling.map_or(left, |f| f.min(left)));
-                        false
-                    })
+                    .map(|rt| (rt, free(rt).1, true))
+                    .find(|(rt, all, _)| *all > 0 && rt.moving())
             });
-        let Some((rt, room)) = picked else {
-            return Err(match filling {
-                Some(left) => Wait {
-                    after: left,
-                    filling: true,
-                },
-                None => Wait {
-                    after: Duration::from_millis(20),
-                    filling: false,
-                },
+        let Some((rt, room, full)) = picked else {
+            return Err(Wait {
+                after: Duration::from_millis(20),
+                filling: false,
             });
         };
+        // Ahead of a full window, the claim may wait for more to be free, on this gateway (not
+        // on the next one: the order is the campaign's preference).
+        if full {
+            let at_most = self.claim_size(spec, rt, t);
+            let fill_at = rt.fill_at().min(at_most.0.div_ceil(at_most.1)).max(1);
+            if let Some(left) = rt.fill_wait(room, fill_at, urgent) {
+                rt.filling.store(fill_at, Ordering::SeqCst);
+                return Err(Wait {
+                    after: left,
+                    filling: true,
+                });
+            }
+        }
         let slot = rt.slot();
         if slot > t + Duration::from_millis(1) {
             return Err(Wait {
@@ -730,6 +740,37 @@ impl Dispatcher {
             });
         }
         Ok((rt.clone(), t, room))
+    }
+
+    /// The most one claim of `spec`'s campaign on `rt` takes at `t`, in messages (what the pace
+    /// allows within the next 10 ms, at most [`MAX_BATCH`]), and how many messages a permit
+    /// carries. The in-flight window counts requests: one message each, or up to `batch_max`
+    /// numbers each where the gateway takes several and every message of the campaign has the
+    /// same text and parameters (else each would need its own request, and more would be
+    /// claimed than the window lets out).
+    fn claim_size(&self, spec: &Spec, rt: &Runtime, t: Instant) -> (usize, usize) {
+        let gap = 1.0 / rt.gw.cfg.messages_per_second;
+        let due = (((t + Duration::from_millis(10)).saturating_duration_since(rt.slot()))
+            .as_secs_f64()
+            / gap) as usize
+            + 1;
+        let uniform = match spec
+            .template
+            .as_deref()
+            .and_then(|t| self.cfg.sms.template(t))
+        {
+            Some(t) => t.vars.is_empty(),
+            None => {
+                spec.texts.is_empty()
+                    && super::campaign::placeholders(&spec.text).is_ok_and(|p| p.is_empty())
+            }
+        };
+        let per_permit = if uniform {
+            rt.gw.cfg.kind.batch_max()
+        } else {
+            1
+        };
+        (due.min(MAX_BATCH), per_permit.max(1))
     }
 
     /// Claims what the pace and the in-flight window of `rt` allow for campaign `id` (storing
@@ -745,30 +786,12 @@ impl Dispatcher {
         record_tx: &Recorder,
         answers: &mut Answers,
     ) -> anyhow::Result<usize> {
-        let slot = rt.slot();
-        // As many as the window has room for and the pace allows within the next 10 ms.
-        let gap = 1.0 / rt.gw.cfg.messages_per_second;
-        let due = (((t + Duration::from_millis(10)).saturating_duration_since(slot)).as_secs_f64()
-            / gap) as usize
-            + 1;
-        // The in-flight window counts requests: one message each, or up to `batch_max` numbers
-        // each where the gateway takes several and every message of the campaign has the same
-        // text and parameters (else each would need its own request, and more would be claimed
-        // than the window lets out).
         let template = spec
             .template
             .as_deref()
             .and_then(|t| self.cfg.sms.template(t));
-        let uniform = match template {
-            Some(t) => t.vars.is_empty(),
-            None => {
-                spec.texts.is_empty()
-                    && super::campaign::placeholders(&spec.text).is_ok_and(|p| p.is_empty())
-            }
-        };
         let batch = rt.gw.cfg.kind.batch_max();
-        let per_permit = if uniform { batch } else { 1 };
-        let want = due.min(MAX_BATCH);
+        let (want, per_permit) = self.claim_size(spec, &rt, t);
         let mut permits = Vec::new();
         while permits.len() < want.div_ceil(per_permit).min(room) {
             match rt.permits.clone().try_acquire_owned() {
@@ -777,9 +800,6 @@ impl Dispatcher {
             }
         }
         let n = (permits.len() * per_permit).min(want);
-        rt.filling.store(false, Ordering::SeqCst);
-        rt.claimed_at
-            .store(micros(rt.born.elapsed()), Ordering::Relaxed);
         let (gw_name, cap) = (rt.gw.cfg.name.clone(), spec.daily_cap);
         // The answers that came in since the last claim go into the same transaction.
         let done = answers.take();
@@ -788,6 +808,14 @@ impl Dispatcher {
             .await
             .context(UNSTORED)?;
         let count = claimed.len();
+        if count > 0 {
+            rt.claims.0.inc();
+            rt.claims.1.inc_by(count as u64);
+            // A claim that took nothing (nothing due, a paused campaign) does not restart the
+            // gateway's wait to fill.
+            rt.claimed_at
+                .store(micros(rt.born.elapsed()), Ordering::Relaxed);
+        }
         let template_id = template.and_then(|t| t.ids.get(&rt.gw.cfg.name).cloned());
         let names: Arc<[String]> = template.map(|t| t.vars.clone()).unwrap_or_default().into();
         let failover = spec.gateways.len() > 1;

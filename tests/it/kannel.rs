@@ -37,6 +37,9 @@ where
 
 pub const USER: &str = "marquee";
 pub const PASS: &str = "kannelpass";
+/// Numbers the only SMSC refuses (its `denied-prefix`): bearerbox finds no route, and smsbox
+/// answers 403 "Not routable. Do not try again.".
+pub const UNROUTABLE: &str = "+86199";
 
 pub struct Kannel {
     pub dir: PathBuf,
@@ -123,6 +126,7 @@ smsc-id = fake
 our-host = 127.0.0.1
 port = {smsc}
 connect-allow-ip = "127.0.0.1"
+denied-prefix = "{UNROUTABLE}"
 
 group = smsbox
 bearerbox-host = 127.0.0.1

@@ -164,7 +164,7 @@ enum Scenario {
         /// In-flight window (and baseline connections).
         #[arg(long, default_value_t = 64)]
         in_flight: usize,
-        /// The gateway's `claim_ahead` (default: the daemon's; at the bench's pace, the whole window).
+        /// The gateway's `claim_ahead` (default: the daemon's; at the bench's pace, twice the window).
         #[arg(long)]
         claim_ahead: Option<usize>,
         /// Baseline requests.

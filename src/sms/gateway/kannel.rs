@@ -115,11 +115,15 @@ impl KannelConfig {
         let body = body.trim();
         // Kannel: "0: Accepted for delivery", "3: Queued for later delivery", or
         // (older, immediate reply) "Sent.".
-        // Kannel's smsbox answers 403 only for the account ("Authorization failed for
-        // sendsms": a wrong user or password, or a client address not allowed); a number its
-        // white or black list denies is a 400 ("Number(s) has/have been denied by white-
-        // and/or black-lists.").
+        // Kannel's smsbox (gw/smsbox.c) answers 403 for two things. "Authorization failed for
+        // sendsms": a wrong user or password, or a client address not allowed (the account).
+        // "Not routable. Do not try again.": bearerbox took the message and found no SMSC for
+        // its number (an smsc group's `allowed-prefix`/`denied-prefix`), or its validity had
+        // expired: this message only. A number its white or black list denies is a 400
+        // ("Number(s) has/have been denied by white- and/or black-lists."); a queue that is
+        // full a 503 ("Temporal failure, try again later.").
         let submit = match status {
+            403 if body.starts_with("Not routable") => Submit::Permanent,
             403 => Submit::Account,
             _ => classify(status, |s| (200..300).contains(&s)),
         };
@@ -254,6 +258,19 @@ mod tests {
             Submit::Permanent
         );
         assert_eq!(answer(503, ""), Submit::Transient);
+        assert_eq!(
+            answer(503, "Temporal failure, try again later."),
+            Submit::Transient
+        );
+        // No SMSC for this number: this message fails, the gateway is fine.
+        assert_eq!(
+            answer(403, "Not routable. Do not try again."),
+            Submit::Permanent
+        );
+        // Kannel never answers 502 or 504: a proxy in front of it, which may have passed the
+        // request on.
+        assert_eq!(answer(502, "Bad Gateway"), Submit::Lost);
+        assert_eq!(answer(504, ""), Submit::Lost);
     }
 
     /// The URL `one` sends: built as `Url::query_pairs_mut` builds it (the driver did so

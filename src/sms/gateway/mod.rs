@@ -371,17 +371,24 @@ pub(super) fn signed_host(url: &url::Url) -> String {
     }
 }
 
-/// The classification of an HTTP status (accepted statuses given). 401 says the request's
-/// credentials are missing or wrong (RFC 9110 §15.5.2): the account, so a wrong password takes
-/// the gateway out of rotation instead of rejecting the whole list one number at a time. 403
-/// stays permanent: providers use it for one destination too (a country not enabled, a
-/// number refused), and as the account it would requeue that number, and hold the gateway,
-/// for ever. Kannel, whose only 403 is the account, refines this.
+/// The classification of an HTTP status (accepted statuses given). 429 and 503 say the server
+/// would not take the request now (RFC 9110 §15.6.4, RFC 6585 §4): nothing was sent, try later.
+/// Any other 5xx may have come after the message went: a 500 from a server that failed while
+/// handling it, a 502 or 504 from a proxy whose upstream got the request and answered wrongly
+/// or too late (RFC 9110 §15.6.3, §15.6.5); retrying those could send it twice, so it is
+/// `unknown` (lost), never resent on its own. 401 says the request's credentials are missing
+/// or wrong (RFC 9110 §15.5.2): the account, so a wrong password takes the gateway out of
+/// rotation instead of rejecting the whole list one number at a time. 403 stays permanent:
+/// providers use it for one destination too (a country not enabled, a number refused), and as
+/// the account it would requeue that number, and hold the gateway, for ever. Kannel refines
+/// this by the body of its 403s.
 pub(super) fn classify(status: u16, accepted: impl Fn(u16) -> bool) -> Submit {
     if accepted(status) {
         Submit::Accepted
-    } else if status == 429 || status >= 500 {
+    } else if status == 429 || status == 503 {
         Submit::Transient
+    } else if status >= 500 {
+        Submit::Lost
     } else if status == 401 {
         Submit::Account
     } else {
@@ -546,6 +553,10 @@ mod tests {
         assert_eq!(classify(202, ok), Submit::Accepted);
         assert_eq!(classify(429, ok), Submit::Transient);
         assert_eq!(classify(503, ok), Submit::Transient);
+        // It may have been sent before the server failed, or behind a proxy.
+        assert_eq!(classify(500, ok), Submit::Lost);
+        assert_eq!(classify(502, ok), Submit::Lost);
+        assert_eq!(classify(504, ok), Submit::Lost);
         assert_eq!(classify(400, ok), Submit::Permanent);
         assert_eq!(classify(404, ok), Submit::Permanent);
         assert_eq!(classify(401, ok), Submit::Account);
