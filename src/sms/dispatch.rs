@@ -156,17 +156,6 @@ impl Runtime {
         )
     }
 
-    /// How many free permits a claim ahead of a full, moving window waits for: what is claimed
-    /// beyond one window's worth (`claim_ahead - in_flight`, at least one, so a gateway whose
-    /// `claim_ahead` is at most its window never waits). A window's worth stays claimed and
-    /// keeps the window full while the claim commits; the claims are larger and fewer, each one
-    /// commit and disk sync (`marquee-bench sms-store`, BENCHMARKS.md: about a third less CPU
-    /// per message in claims of 128 than of 32).
-    fn fill_at(&self) -> usize {
-        let c = &self.gw.cfg;
-        c.claim_ahead.saturating_sub(c.in_flight).max(1)
-    }
-
     /// With `free` permits free ahead of its full window: `None` to claim now, else how long a
     /// claim may still wait for `fill_at` ([`fill_wait`]).
     fn fill_wait(&self, free: usize, fill_at: usize, urgent: bool) -> Option<Duration> {
@@ -216,6 +205,20 @@ impl Runtime {
             }
         }
     }
+}
+
+/// How many free permits a claim ahead of a full, moving window waits for: what is claimed
+/// beyond one window's worth (`claim_ahead - in_flight`, at least one, so a gateway whose
+/// `claim_ahead` is at most its window never waits), at most what one claim can take (`want`
+/// messages, `per_permit` to a request: a batch gateway's claim may need few permits). A
+/// window's worth stays claimed and keeps the window full while the claim commits; the claims
+/// are larger and fewer, each one commit and disk sync (`marquee-bench sms-store`,
+/// BENCHMARKS.md: about a third less CPU per message in claims of 128 than of 32).
+fn fill_at(claim_ahead: usize, in_flight: usize, want: usize, per_permit: usize) -> usize {
+    claim_ahead
+        .saturating_sub(in_flight)
+        .min(want.div_ceil(per_permit.max(1)))
+        .max(1)
 }
 
 /// Whether a claim ahead of a full, moving window waits for more free permits: not for an
@@ -480,6 +483,10 @@ impl Dispatcher {
                 Ok(w) => w,
                 Err(e) => {
                     tracing::error!(error = %e, "SMS dispatch round failed");
+                    // Answers wake it again (no claim waits to fill now).
+                    for rt in self.gateways.values() {
+                        rt.filling.store(0, Ordering::SeqCst);
+                    }
                     Some(IDLE)
                 }
             };
@@ -698,6 +705,13 @@ impl Dispatcher {
         };
         let free = |rt: &Runtime| {
             let room = rt.permits.available_permits();
+            if rt.failures.load(Ordering::Relaxed) > 0 {
+                // After a failure, one request at a time until one is answered (half-open): a
+                // gateway that keeps failing (a 502 storm behind a proxy, each message then
+                // `unknown`) costs one message a cool-down, not a window.
+                let idle = room >= rt.gw.cfg.in_flight + rt.gw.cfg.claim_ahead;
+                return (usize::from(idle), usize::from(idle));
+            }
             (room.saturating_sub(rt.gw.cfg.claim_ahead), room)
         };
         // (the gateway, how many it may claim, whether only ahead of its full window)
@@ -722,10 +736,16 @@ impl Dispatcher {
         // Ahead of a full window, the claim may wait for more to be free, on this gateway (not
         // on the next one: the order is the campaign's preference).
         if full {
-            let at_most = self.claim_size(spec, rt, t);
-            let fill_at = rt.fill_at().min(at_most.0.div_ceil(at_most.1)).max(1);
+            let (want, per_permit) = self.claim_size(spec, rt, t);
+            let c = &rt.gw.cfg;
+            let fill_at = fill_at(c.claim_ahead, c.in_flight, want, per_permit);
             if let Some(left) = rt.fill_wait(room, fill_at, urgent) {
-                rt.filling.store(fill_at, Ordering::SeqCst);
+                // The least any campaign waits for wakes the dispatcher.
+                let _ = rt
+                    .filling
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |w| {
+                        Some(if w == 0 { fill_at } else { w.min(fill_at) })
+                    });
                 return Err(Wait {
                     after: left,
                     filling: true,
@@ -1151,16 +1171,19 @@ fn finish(
         }
         // The provider's limit for this number: later, and no cool-down (the gateway is fine).
         Submit::Defer => {
+            rt.failures.store(0, Ordering::Relaxed);
             retry_at = later(answer.retry_after.unwrap_or(Duration::from_secs(3600)));
         }
         Submit::Config => {
+            rt.failures.store(0, Ordering::Relaxed);
             tracing::error!(gateway = %rt.gw.cfg.name, campaign = m.campaign, reason = reason.as_deref().unwrap_or(""), "the provider refuses the campaign as configured; it is paused");
         }
         Submit::Account => {
             rt.account_out(reason.as_deref().unwrap_or(""), now);
             retry_at = later(if failover { soon() } else { ACCOUNT_COOL });
         }
-        Submit::Permanent | Submit::OptedOut => {}
+        // The gateway answered for the message: it works (no longer one request at a time).
+        Submit::Permanent | Submit::OptedOut => rt.failures.store(0, Ordering::Relaxed),
     }
     if submit_kind == Submit::OptedOut {
         reason = Some(format!(
@@ -1322,6 +1345,22 @@ mod tests {
         assert_eq!(fill_wait(10, 64, false, ms(60)), None);
         // An alert's campaign never waits.
         assert_eq!(fill_wait(1, 64, true, ms(0)), None);
+    }
+
+    #[test]
+    fn a_claim_ahead_waits_for_what_is_claimed_beyond_a_window_and_one_claim_can_take() {
+        // Beyond one window's worth.
+        assert_eq!(fill_at(128, 64, 512, 1), 64);
+        assert_eq!(fill_at(16, 8, 512, 1), 8);
+        assert_eq!(fill_at(12, 8, 512, 1), 4);
+        // A claim_ahead of at most the window never waits.
+        assert_eq!(fill_at(64, 64, 512, 1), 1);
+        assert_eq!(fill_at(8, 64, 512, 1), 1);
+        assert_eq!(fill_at(0, 1, 512, 1), 1);
+        // A batch gateway's claim takes few permits; a paced one few messages.
+        assert_eq!(fill_at(128, 64, 512, 1000), 1);
+        assert_eq!(fill_at(128, 64, 512, 200), 3);
+        assert_eq!(fill_at(128, 64, 5, 1), 5);
     }
 
     #[test]

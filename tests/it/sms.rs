@@ -2,6 +2,7 @@
 //! carrier that fails on purpose, kill -9 in the middle of a campaign, and the controls.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,6 +51,18 @@ pub(crate) enum Rule {
     Hold,
     /// 401 from gateway `alpha` (an account the provider refuses), `Ok` from any other.
     AlphaAccount,
+    /// 502 from gateway `alpha` after 30 ms (a proxy whose upstream may have sent it), `Ok`
+    /// from any other; `Fake::alpha_502` counts how many were open at once after the first.
+    AlphaBadGateway,
+}
+
+/// Gateway `alpha`'s 502s: requests open now, whether one was answered, and the most open at
+/// once among the requests that came after the first answer.
+#[derive(Default)]
+pub(crate) struct Alpha502 {
+    open: AtomicUsize,
+    answered: AtomicBool,
+    most_after: AtomicUsize,
 }
 
 #[derive(Clone)]
@@ -61,6 +74,7 @@ pub(crate) struct Fake {
     released: Arc<tokio::sync::Notify>,
     delay: Duration,
     client: reqwest::Client,
+    alpha_502: Arc<Alpha502>,
 }
 
 async fn report(client: &reqwest::Client, url: &str, status: &str) -> u16 {
@@ -117,6 +131,17 @@ async fn carrier(
         Rule::AlphaAccount if gw == "alpha" => {
             return (StatusCode::UNAUTHORIZED, "insufficient balance").into_response();
         }
+        Rule::AlphaBadGateway if gw == "alpha" => {
+            let a = &f.alpha_502;
+            let open = a.open.fetch_add(1, Ordering::SeqCst) + 1;
+            if a.answered.load(Ordering::SeqCst) {
+                a.most_after.fetch_max(open, Ordering::SeqCst);
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            a.open.fetch_sub(1, Ordering::SeqCst);
+            a.answered.store(true, Ordering::SeqCst);
+            return (StatusCode::BAD_GATEWAY, "upstream reset").into_response();
+        }
         Rule::BadNumber => {
             return (StatusCode::BAD_REQUEST, "invalid destination address").into_response();
         }
@@ -148,6 +173,7 @@ impl Fake {
             log: Default::default(),
             rules: Default::default(),
             released: Default::default(),
+            alpha_502: Default::default(),
             delay,
             client: marquee::http_client()
                 .timeout(Duration::from_secs(5))
@@ -562,6 +588,54 @@ async fn fake_carrier_failures_backoff_failover_unknown_and_reports() {
         actions.contains(&"campaign.create") && actions.contains(&"campaign.requeue_unknown"),
         "{actions:?}"
     );
+}
+
+/// A gateway that failed takes one request at a time until one is answered (half-open): a 502
+/// from a proxy makes its message `unknown` (it may have been sent, so it is never resent on its
+/// own), and a gateway that keeps answering 502 costs one message per cool-down, not a window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_gateway_takes_one_request_at_a_time_and_a_502_is_unknown() {
+    let fake = Fake::start(Duration::ZERO).await;
+    let site = site();
+    site.append_config(&format!(
+        "[sms]\nsender = \"12345\"\n{}",
+        fake.gateway("alpha", 200, 2, "5s"),
+    ));
+    let d = start(&site).await;
+    let token = site.admin_token();
+    let n = 12;
+    for i in 0..n {
+        fake.rule(&number(i), Rule::AlphaBadGateway);
+    }
+    let recipients: Vec<Value> = (0..n).map(|i| json!({"number": number(i)})).collect();
+    let v = create(
+        &d,
+        &token,
+        json!({"name": "502", "text": "Open Day", "recipients": recipients, "start": "now"}),
+    )
+    .await;
+    let id = v["id"].as_i64().unwrap();
+    // The first window (2), then requests after cool-downs.
+    until(&d, &token, id, "four messages unknown", |c| {
+        count(c, "unknown") >= 4
+    })
+    .await;
+    assert_eq!(
+        fake.alpha_502.most_after.load(Ordering::SeqCst),
+        1,
+        "after the first 502, one request at a time"
+    );
+    let ms = messages(&d, &token, id).await;
+    let unknown: Vec<&Value> = ms.iter().filter(|m| m["state"] == "unknown").collect();
+    assert!(
+        unknown.iter().all(|m| m["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("502 upstream reset"))
+            && m["attempts"] == 1),
+        "{unknown:?}"
+    );
+    // Never resent on its own.
+    assert!(fake.requests_for().values().all(|k| *k == 1));
 }
 
 /// Ahead of a full window that moves, a claim waits until what is claimed beyond one window's

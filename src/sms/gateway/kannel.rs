@@ -2,6 +2,8 @@
 //! with `X-Kannel-*` headers), one message per request, the delivery report URL with Kannel's
 //! `%` escapes. Kannel answers `0: Accepted for delivery` or `3: Queued for later delivery`.
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use url::form_urlencoded;
 
 use super::{Answer, Driver, Link, Outgoing, classify, exchange, get_plain, truncate};
@@ -33,7 +35,7 @@ impl KannelConfig {
             // A plain-HTTP gateway (Kannel is usually on the same host or LAN): hyper's pool
             // directly, with the URL built from cached encodings.
             let full = self.get_url(m, *dlr_mask, link.dlr_halves(m.id));
-            return self.answer(get_plain(link, full).await);
+            return self.answer(&link.unroutable, get_plain(link, full).await);
         }
         let ucs2 = encoding(m.text) == Encoding::Ucs2;
         let dlr_url = link.dlr_url(m.id);
@@ -61,7 +63,7 @@ impl KannelConfig {
             link.client
                 .get(self.get_url(m, *dlr_mask, link.dlr_halves(m.id)))
         };
-        self.answer(exchange(req).await)
+        self.answer(&link.unroutable, exchange(req).await)
     }
 
     /// The sendsms GET URL for `m`: the configured URL (its query kept, a fragment dropped)
@@ -106,8 +108,13 @@ impl KannelConfig {
         out
     }
 
-    /// Kannel's answer to one sendsms request.
-    fn answer(&self, got: Result<(u16, Option<std::time::Duration>, String), Answer>) -> Answer {
+    /// Kannel's answer to one sendsms request. `unroutable`: the gateway's "Not routable"
+    /// answers in a row (see [`UNROUTABLE_RUN`]).
+    fn answer(
+        &self,
+        unroutable: &AtomicU32,
+        got: Result<(u16, Option<std::time::Duration>, String), Answer>,
+    ) -> Answer {
         let (status, after, body) = match got {
             Ok(r) => r,
             Err(a) => return a,
@@ -117,25 +124,55 @@ impl KannelConfig {
         // (older, immediate reply) "Sent.".
         // Kannel's smsbox (gw/smsbox.c) answers 403 for two things. "Authorization failed for
         // sendsms": a wrong user or password, or a client address not allowed (the account).
-        // "Not routable. Do not try again.": bearerbox took the message and found no SMSC for
-        // its number (an smsc group's `allowed-prefix`/`denied-prefix`), or its validity had
-        // expired: this message only. A number its white or black list denies is a 400
-        // ("Number(s) has/have been denied by white- and/or black-lists."); a queue that is
-        // full a 503 ("Temporal failure, try again later.").
+        // "Not routable. Do not try again.": bearerbox took the message and routed it nowhere
+        // (gw/bb_smscconn.c `smsc2_rout`): no SMSC takes its number (an smsc group's
+        // `allowed-prefix`/`denied-prefix`), or its validity expired; but also no SMSC at all
+        // (each stopped or removed by an admin, none configured) or `smsc` naming no SMSC's
+        // `smsc-id`, where every message gets it. A number its white or black list denies is
+        // a 400 ("Number(s) has/have been denied by white- and/or black-lists."); a full queue
+        // a 503 ("Temporal failure, try again later."); a message smsbox could not hand to
+        // bearerbox a 500 ("Sending failed.": nothing was sent, later).
+        let mut reason = None;
         let submit = match status {
-            403 if body.starts_with("Not routable") => Submit::Permanent,
+            403 if body.starts_with("Not routable") => {
+                let run = unroutable.fetch_add(1, Ordering::Relaxed) + 1;
+                if run > UNROUTABLE_RUN {
+                    reason = Some(format!(
+                        "{status} {} (Kannel routed none of the last {run} messages: are its SMSCs stopped, or does `smsc` name no SMSC's smsc-id?)",
+                        truncate(body, 200)
+                    ));
+                    Submit::Account
+                } else {
+                    Submit::Permanent
+                }
+            }
             403 => Submit::Account,
+            500 if body.starts_with("Sending failed") => Submit::Transient,
             _ => classify(status, |s| (200..300).contains(&s)),
         };
+        if submit == Submit::Accepted {
+            unroutable.store(0, Ordering::Relaxed);
+        }
         Answer {
-            reason: (submit != Submit::Accepted || !body.starts_with("0:"))
-                .then(|| format!("{status} {}", truncate(body, 300))),
+            reason: reason.or_else(|| {
+                (submit != Submit::Accepted || !body.starts_with("0:"))
+                    .then(|| format!("{status} {}", truncate(body, 300)))
+            }),
             submit,
             carrier_id: None,
             retry_after: after,
         }
     }
 }
+
+/// How many "Not routable" answers in a row (none accepted between) Kannel may give before the
+/// next ones are read as Kannel routing nothing at all: those are the gateway's, not their
+/// numbers', so they take it out of rotation (queued again, on another gateway if the
+/// campaign has one) instead of each being rejected. The first ones are rejected: a number no
+/// SMSC takes looks the same. A list with more numbers in a row that Kannel cannot route (a
+/// block of one foreign prefix) takes the gateway out of rotation too; sort such numbers out
+/// or send them apart.
+pub const UNROUTABLE_RUN: u32 = 10;
 
 /// Form encodings kept on this thread: the hot path of a campaign encodes the same account,
 /// sender and report URL for every message (`values`, the last [`ENCODED_KEPT`]), and mostly
@@ -240,7 +277,9 @@ mod tests {
             dlr_mask: 31,
             post: false,
         };
-        let answer = |status: u16, body: &str| cfg.answer(Ok((status, None, body.into()))).submit;
+        let run = AtomicU32::new(0);
+        let answer =
+            |status: u16, body: &str| cfg.answer(&run, Ok((status, None, body.into()))).submit;
         assert_eq!(answer(202, "0: Accepted for delivery"), Submit::Accepted);
         assert_eq!(
             answer(403, "Authorization failed for sendsms"),
@@ -271,6 +310,38 @@ mod tests {
         // request on.
         assert_eq!(answer(502, "Bad Gateway"), Submit::Lost);
         assert_eq!(answer(504, ""), Submit::Lost);
+        // smsbox could not hand it to bearerbox: nothing sent.
+        assert_eq!(answer(500, "Sending failed."), Submit::Transient);
+        assert_eq!(answer(500, ""), Submit::Lost);
+    }
+
+    /// One "Not routable" is its number's; a run of them with none accepted is Kannel routing
+    /// nothing (its SMSCs stopped, a wrong `smsc`): the gateway's, until one is accepted.
+    #[test]
+    fn a_run_of_not_routable_answers_is_the_gateways() {
+        let cfg = KannelConfig {
+            url: "http://127.0.0.1:13013/cgi-bin/sendsms".parse().unwrap(),
+            username: "u".into(),
+            password: "p".into(),
+            smsc: None,
+            dlr_mask: 31,
+            post: false,
+        };
+        let run = AtomicU32::new(0);
+        let answer = |status: u16, body: &str| cfg.answer(&run, Ok((status, None, body.into())));
+        let unroutable = || answer(403, "Not routable. Do not try again.");
+        for _ in 0..UNROUTABLE_RUN {
+            assert_eq!(unroutable().submit, Submit::Permanent);
+        }
+        let a = unroutable();
+        assert_eq!(a.submit, Submit::Account);
+        assert!(a.reason.unwrap().contains("routed none of the last 11"));
+        // One accepted: the next is its number's again.
+        assert_eq!(
+            answer(202, "0: Accepted for delivery").submit,
+            Submit::Accepted
+        );
+        assert_eq!(unroutable().submit, Submit::Permanent);
     }
 
     /// The URL `one` sends: built as `Url::query_pairs_mut` builds it (the driver did so

@@ -5,11 +5,13 @@
 //! carriers. A new kind is a config struct in `sms::config`, a file here implementing
 //! [`Driver`], and one arm in [`Gateway::submit_many`] and [`Gateway::find`].
 //!
-//! Classification, the same for every driver: an answer in the accepted set is `Accepted`;
-//! 429 and 5xx are `Transient` (back off, fail over); any other answer is `Permanent` (the
-//! carrier's text is kept as the reason). A connection that could not be made is `Transient`
-//! (nothing left this machine); a request that went out but got no answer in time, or whose
-//! connection broke, is `Lost`: the message becomes `unknown` and is never resent on its own.
+//! Classification by HTTP status ([`classify`], for the `kannel` and `http` kinds; template
+//! carriers read their codes first): an answer in the accepted set is `Accepted`; 429 and 503
+//! are `Transient` (back off, fail over); 500, 502 and 504 are `Lost` (it may have been sent);
+//! 401 is the account; any other answer is `Permanent` (the carrier's text is kept as the
+//! reason). A connection that could not be made is `Transient` (nothing left this machine); a
+//! request that went out but got no answer in time, or whose connection broke, is `Lost`: the
+//! message becomes `unknown` and is never resent on its own.
 
 pub mod aliyun;
 pub mod cmcc_mas;
@@ -103,6 +105,9 @@ pub struct Link {
     /// The report URL around a message's id: what comes before and after it.
     dlr: (String, &'static str),
     dry_run: Option<Mutex<std::fs::File>>,
+    /// Kannel: its "Not routable" answers in a row, none accepted between
+    /// (`kannel::UNROUTABLE_RUN`).
+    pub unroutable: std::sync::atomic::AtomicU32,
 }
 
 impl Link {
@@ -373,10 +378,13 @@ pub(super) fn signed_host(url: &url::Url) -> String {
 
 /// The classification of an HTTP status (accepted statuses given). 429 and 503 say the server
 /// would not take the request now (RFC 9110 §15.6.4, RFC 6585 §4): nothing was sent, try later.
-/// Any other 5xx may have come after the message went: a 500 from a server that failed while
-/// handling it, a 502 or 504 from a proxy whose upstream got the request and answered wrongly
-/// or too late (RFC 9110 §15.6.3, §15.6.5); retrying those could send it twice, so it is
-/// `unknown` (lost), never resent on its own. 401 says the request's credentials are missing
+/// 500, 502 and 504 may have come after the message went: a server that failed while handling
+/// it, a proxy whose upstream got the request and answered wrongly or too late (RFC 9110
+/// §15.6.1, §15.6.3, §15.6.5; Cloudflare's 520 and 524 likewise); retrying those could send it
+/// twice, so it is `unknown` (lost), never resent on its own. 501 and 505 say the request's
+/// method or version is not served (§15.6.2, §15.6.6): the gateway is configured wrong, the
+/// campaign waits for an operator. Any other 5xx (a proxy that reached no upstream: 521–523)
+/// is transient. 401 says the request's credentials are missing
 /// or wrong (RFC 9110 §15.5.2): the account, so a wrong password takes the gateway out of
 /// rotation instead of rejecting the whole list one number at a time. 403 stays permanent:
 /// providers use it for one destination too (a country not enabled, a number refused), and as
@@ -385,10 +393,12 @@ pub(super) fn signed_host(url: &url::Url) -> String {
 pub(super) fn classify(status: u16, accepted: impl Fn(u16) -> bool) -> Submit {
     if accepted(status) {
         Submit::Accepted
-    } else if status == 429 || status == 503 {
-        Submit::Transient
-    } else if status >= 500 {
+    } else if matches!(status, 500 | 502 | 504 | 520 | 524) {
         Submit::Lost
+    } else if matches!(status, 501 | 505) {
+        Submit::Config
+    } else if status == 429 || status >= 500 {
+        Submit::Transient
     } else if status == 401 {
         Submit::Account
     } else {
@@ -493,6 +503,7 @@ impl Gateway {
             timeout: cfg.timeout,
             dlr,
             dry_run,
+            unroutable: std::sync::atomic::AtomicU32::new(0),
         };
         Ok(Gateway { cfg, link })
     }
@@ -557,6 +568,9 @@ mod tests {
         assert_eq!(classify(500, ok), Submit::Lost);
         assert_eq!(classify(502, ok), Submit::Lost);
         assert_eq!(classify(504, ok), Submit::Lost);
+        // The method is not served: configured wrong. A proxy that reached nothing: later.
+        assert_eq!(classify(501, ok), Submit::Config);
+        assert_eq!(classify(521, ok), Submit::Transient);
         assert_eq!(classify(400, ok), Submit::Permanent);
         assert_eq!(classify(404, ok), Submit::Permanent);
         assert_eq!(classify(401, ok), Submit::Account);
