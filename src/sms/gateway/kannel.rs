@@ -265,18 +265,23 @@ mod tests {
         assert_eq!(cache.values.len(), ENCODED_KEPT);
     }
 
-    /// Kannel's answers (smsbox.c): its 403 (wrong credentials) takes the gateway out of
-    /// rotation; a number its white or black list denies (400) is rejected alone.
-    #[test]
-    fn kannels_403_is_the_account_and_a_denied_number_is_rejected_alone() {
-        let cfg = KannelConfig {
+    /// A sendsms account on a local Kannel.
+    fn local() -> KannelConfig {
+        KannelConfig {
             url: "http://127.0.0.1:13013/cgi-bin/sendsms".parse().unwrap(),
             username: "u".into(),
             password: "p".into(),
             smsc: None,
             dlr_mask: 31,
             post: false,
-        };
+        }
+    }
+
+    /// Kannel's answers (smsbox.c): its 403 (wrong credentials) takes the gateway out of
+    /// rotation; a number its white or black list denies (400) is rejected alone.
+    #[test]
+    fn kannels_403_is_the_account_and_a_denied_number_is_rejected_alone() {
+        let cfg = local();
         let run = AtomicU32::new(0);
         let answer =
             |status: u16, body: &str| cfg.answer(&run, Ok((status, None, body.into()))).submit;
@@ -319,14 +324,7 @@ mod tests {
     /// nothing (its SMSCs stopped, a wrong `smsc`): the gateway's, until one is accepted.
     #[test]
     fn a_run_of_not_routable_answers_is_the_gateways() {
-        let cfg = KannelConfig {
-            url: "http://127.0.0.1:13013/cgi-bin/sendsms".parse().unwrap(),
-            username: "u".into(),
-            password: "p".into(),
-            smsc: None,
-            dlr_mask: 31,
-            post: false,
-        };
+        let cfg = local();
         let run = AtomicU32::new(0);
         let answer = |status: u16, body: &str| cfg.answer(&run, Ok((status, None, body.into())));
         let unroutable = || answer(403, "Not routable. Do not try again.");
