@@ -17,9 +17,11 @@
 //! of the one before still wait to enter the window. The default is what the gateway's pace
 //! lets out in 4 ms, at most twice the window (`sms::config::default_claim_ahead`). Ahead of a
 //! full window, a claim waits until what is claimed beyond one window's worth is free
-//! ([`fill_wait`]): fewer, larger claims, while a window's worth keeps the window full. `marquee-bench sms-fake`
-//! measured 33,000 msg/s with none, pooled medians of 40,600 with half a window and 44,600
-//! with a whole one, and NEW with twice the window claimed in halves (BENCHMARKS.md).
+//! ([`fill_wait`]): fewer, larger claims, while a window's worth keeps the window full.
+//! `marquee-bench sms-fake` measured 33,000 msg/s with none, pooled medians of 40,600 with half
+//! a window and 44,600 with a whole one (session 11); in session 12, taking turns in the same
+//! hour, 42,800 with twice the window claimed as described against 39,200 with a whole one
+//! (BENCHMARKS.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
