@@ -4,8 +4,11 @@
 //! segments/s), claim it (`queued → submitting`, on disk), submit, store the answer. A
 //! transient failure (429, 503, refused connection) puts the gateway in a jittered, growing
 //! cool-down and requeues the message, which the next gateway of the campaign picks up
-//! (failover) or which waits out its own backoff. A lost answer (timeout, broken connection)
-//! makes the message `unknown`: never resent unless an operator asks.
+//! (failover) or which waits out its own backoff. A lost answer (timeout, broken connection,
+//! a 502) makes the message `unknown`: never resent unless an operator asks. After either, the
+//! gateway takes one request of one message at a time (half-open) until one is answered for
+//! its message (accepted, refused, deferred), so a gateway that keeps failing costs one
+//! message per cool-down; the campaigns sharing it take turns at those requests.
 //!
 //! Pause and cancel are checked inside the claim itself, so no message is claimed after the
 //! change is committed; requests already claimed (at most the in-flight window plus
@@ -25,7 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -55,7 +58,7 @@ const MAX_BATCH: usize = 512;
 const DUE_EVERY: Duration = Duration::from_millis(200);
 /// How often the dispatcher looks at the store when nothing wakes it.
 const IDLE: Duration = Duration::from_millis(500);
-/// The longest a claim ahead waits for [`Runtime::fill_at`] free permits after the gateway's
+/// The longest a claim ahead waits for [`fill_at`] free permits after the gateway's
 /// last claim; then it claims what is free.
 const FILL_WAIT: Duration = Duration::from_millis(5);
 
@@ -98,6 +101,9 @@ struct Runtime {
     health: Health,
     /// When it last claimed, in microseconds since `born`.
     claimed_at: AtomicU64,
+    /// The campaign whose request was the last one of the gateway taken one at a time after a
+    /// failure (0: none).
+    probed: AtomicI64,
     /// While the dispatcher waits for this many free permits before it claims ahead (0: it
     /// does not): answers wake it only once they are free (else each answer would wake it for
     /// nothing).
@@ -107,6 +113,12 @@ struct Runtime {
 impl Runtime {
     fn cooling(&self, now: Instant) -> bool {
         self.resting(now).is_some()
+    }
+
+    /// Whether it failed and takes one request (of one message) at a time until one is
+    /// answered (half-open).
+    fn probing(&self) -> bool {
+        self.failures.load(Ordering::Relaxed) > 0
     }
 
     /// Until when the gateway rests (transient failures, an account error), if it does now.
@@ -415,6 +427,7 @@ impl Dispatcher {
                     claims: metrics.sms_claim_counters(&g.name),
                     health: health.clone(),
                     claimed_at: AtomicU64::new(0),
+                    probed: AtomicI64::new(0),
                     filling: AtomicUsize::new(0),
                 }),
             );
@@ -531,6 +544,8 @@ impl Dispatcher {
                 continue;
             };
             rt.cool(left.min(RESUME_PROBE));
+            // Then one request, not a window.
+            rt.failures.fetch_max(1, Ordering::Relaxed);
             rt.out_of_rotation.set(1);
             rt.health.out(&name, &reason, until);
             tracing::warn!(gateway = %name, reason, out_for_s = left.as_secs(), "the gateway is still out of rotation for an account error");
@@ -603,13 +618,7 @@ impl Dispatcher {
         // A claim ahead waits for more free permits: the list stays, the answers go with it.
         let mut filling = false;
         let list = running.as_ref().map_or(&[][..], |r| &r.list[..]);
-        // While an alert's campaign sends, other campaigns claim nothing ahead of the window of
-        // a gateway it uses: what they would claim ahead would wait in front of its requests.
-        let alerts_on: BTreeSet<&str> = list
-            .iter()
-            .filter(|c| c.2)
-            .flat_map(|c| c.1.gateways.iter().map(String::as_str))
-            .collect();
+        let (alerts_on, users) = gateway_users(list);
         for (id, spec, urgent) in list {
             let (id, urgent) = (*id, *urgent);
             let alerting = spec.gateways.iter().any(|g| alerts_on.contains(g.as_str()));
@@ -626,14 +635,17 @@ impl Dispatcher {
                     .await?;
                 continue;
             }
-            let picked = match self.pick_gateway(spec, urgent || !alerting, urgent) {
-                Ok(picked) => picked,
-                Err(w) => {
-                    wait = wait.min(w.after);
-                    filling |= w.filling;
-                    continue;
-                }
-            };
+            let picked =
+                match self.pick_gateway((id, spec), urgent || !alerting, urgent, &|g: &str| {
+                    users.get(g).is_some_and(|n| *n > 1)
+                }) {
+                    Ok(picked) => picked,
+                    Err(w) => {
+                        wait = wait.min(w.after);
+                        filling |= w.filling;
+                        continue;
+                    }
+                };
             let claimed = self
                 .claim_and_spawn((id, urgent), spec, picked, inflight, record_tx, answers)
                 .await?;
@@ -693,26 +705,46 @@ impl Dispatcher {
     /// The first of the campaign's gateways (failover order) that is not cooling down and has
     /// a free slot in its in-flight window; else, where `ahead` allows, the first with room to
     /// claim ahead of its window (so a gateway whose window is stuck does not take what another
-    /// could send now), once [`Runtime::fill_at`] permits are free unless `urgent` or the last
+    /// could send now), once [`fill_at`] permits are free unless `urgent` or the last
     /// claim was [`FILL_WAIT`] ago. Its pace must allow a message within a millisecond; else how
     /// long to wait before looking again. Returns it with the instant it was judged at (the pace
     /// is reckoned from that instant) and how many requests it may claim.
-    fn pick_gateway(&self, spec: &Spec, ahead: bool, urgent: bool) -> Result<Picked, Wait> {
+    fn pick_gateway(
+        &self,
+        (id, spec): (i64, &Spec),
+        ahead: bool,
+        urgent: bool,
+        shared: &dyn Fn(&str) -> bool,
+    ) -> Result<Picked, Wait> {
         let t = Instant::now();
-        let gateways = || {
-            spec.gateways
-                .iter()
-                .filter_map(|g| self.gateways.get(g))
-                .filter(|rt| !rt.cooling(t))
-        };
+        let mut order: Vec<&Arc<Runtime>> = spec
+            .gateways
+            .iter()
+            .filter_map(|g| self.gateways.get(g))
+            .filter(|rt| !rt.cooling(t))
+            .collect();
+        if urgent {
+            // An alert's campaign goes to a gateway that works before one that failed (which
+            // takes one request at a time), whatever the campaign's order.
+            order.sort_by_key(|rt| rt.probing());
+        }
+        let gateways = || order.iter().copied();
         let free = |rt: &Runtime| {
             let room = rt.permits.available_permits();
-            if rt.failures.load(Ordering::Relaxed) > 0 {
+            if rt.probing() {
                 // After a failure, one request at a time until one is answered (half-open): a
                 // gateway that keeps failing (a 502 storm behind a proxy, each message then
-                // `unknown`) costs one message a cool-down, not a window.
+                // `unknown`) costs one message a cool-down, not a window. The campaign that
+                // had the last one lets another campaign of the gateway have the next, once
+                // (a campaign whose own messages fail must not keep the gateway from the
+                // others, whose answers would end the failures).
                 let idle = room >= rt.gw.cfg.in_flight + rt.gw.cfg.claim_ahead;
-                return (usize::from(idle), usize::from(idle));
+                let turn = rt.probed.load(Ordering::Relaxed) != id || !shared(&rt.gw.cfg.name);
+                if idle && !turn {
+                    rt.probed.store(0, Ordering::Relaxed);
+                }
+                let room = usize::from(idle && turn);
+                return (room, room);
             }
             (room.saturating_sub(rt.gw.cfg.claim_ahead), room)
         };
@@ -814,6 +846,12 @@ impl Dispatcher {
             .and_then(|t| self.cfg.sms.template(t));
         let batch = rt.gw.cfg.kind.batch_max();
         let (want, per_permit) = self.claim_size(spec, &rt, t);
+        // Taken one at a time after a failure: one message, even where a request takes many.
+        let probing = rt.probing();
+        let want = if probing { 1 } else { want };
+        if probing {
+            rt.probed.store(id, Ordering::Relaxed);
+        }
         let mut permits = Vec::new();
         while permits.len() < want.div_ceil(per_permit).min(room) {
             match rt.permits.clone().try_acquire_owned() {
@@ -987,6 +1025,22 @@ impl Dispatcher {
         }
         Ok(())
     }
+}
+
+/// The gateways of `list`'s campaigns: those an alert's campaign uses (while it sends, other
+/// campaigns claim nothing ahead of their windows: what they would claim ahead would wait in
+/// front of its requests), and how many campaigns use each.
+fn gateway_users(list: &[(i64, Spec, bool)]) -> (BTreeSet<&str>, BTreeMap<&str, usize>) {
+    let alerts_on = list
+        .iter()
+        .filter(|c| c.2)
+        .flat_map(|c| c.1.gateways.iter().map(String::as_str))
+        .collect();
+    let mut users: BTreeMap<&str, usize> = BTreeMap::new();
+    for g in list.iter().flat_map(|c| c.1.gateways.iter()) {
+        *users.entry(g.as_str()).or_default() += 1;
+    }
+    (alerts_on, users)
 }
 
 /// Claimed messages as requests: each slot of the pace taken, and messages with the same text
@@ -1222,6 +1276,12 @@ async fn send_now(
             .map(|m| unsent(rt, m, until, failover))
             .collect();
     }
+    // Claimed ahead before the gateway failed: after its rest it takes one request at a time,
+    // so this one goes only if no other of the gateway's is out (it holds its own slot).
+    if rt.probing() && rt.window.available_permits() + 1 < rt.gw.cfg.in_flight {
+        let now = Instant::now();
+        return group.iter().map(|m| unsent(rt, m, now, failover)).collect();
+    }
     let sent = Instant::now();
     let done = submit(rt, group, sender, template, failover).await;
     // A request lost (no answer in time, a broken connection, a server error) is no sign of
@@ -1298,6 +1358,8 @@ impl Runtime {
     /// [`ACCOUNT_COOL`], with the provider's words.
     fn account_out(&self, reason: &str, now: chrono::DateTime<Utc>) {
         self.cool(ACCOUNT_COOL);
+        // Back in rotation with one request, not a window.
+        self.failures.fetch_max(1, Ordering::Relaxed);
         self.out_of_rotation.set(1);
         self.health.out(
             &self.gw.cfg.name,

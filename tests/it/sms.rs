@@ -638,6 +638,47 @@ async fn a_failing_gateway_takes_one_request_at_a_time_and_a_502_is_unknown() {
     assert!(fake.requests_for().values().all(|k| *k == 1));
 }
 
+/// A campaign whose own messages fail (every one 502) makes the gateway take one request at a
+/// time; the next one goes to another campaign of the gateway, whose answers end that, so
+/// the other campaign is not held back behind the failing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_campaign_whose_messages_fail_does_not_hold_back_another_on_its_gateway() {
+    let fake = Fake::start(Duration::ZERO).await;
+    let site = site();
+    site.append_config(&format!(
+        "[sms]\nsender = \"12345\"\n{}",
+        fake.gateway("alpha", 200, 2, "5s"),
+    ));
+    let d = start(&site).await;
+    let token = site.admin_token();
+    let failing: Vec<Value> = (0..40)
+        .map(|i| {
+            fake.rule(&number(i), Rule::AlphaBadGateway);
+            json!({"number": number(i)})
+        })
+        .collect();
+    let fine: Vec<Value> = (100..104).map(|i| json!({"number": number(i)})).collect();
+    let a = create(
+        &d,
+        &token,
+        json!({"name": "failing", "text": "Open Day", "recipients": failing, "start": "now"}),
+    )
+    .await;
+    let b = create(
+        &d,
+        &token,
+        json!({"name": "fine", "text": "Open Day", "recipients": fine, "start": "now"}),
+    )
+    .await;
+    let (a, b) = (a["id"].as_i64().unwrap(), b["id"].as_i64().unwrap());
+    until(&d, &token, b, "the other campaign delivered", |c| {
+        c["status"] == "done" && count(c, "delivered") == 4
+    })
+    .await;
+    let c = campaign(&d, &token, a).await;
+    assert!(count(&c, "unknown") >= 1, "{c}");
+}
+
 /// Ahead of a full window that moves, a claim waits until what is claimed beyond one window's
 /// worth is free (`claim_ahead - in_flight`), so claims are fewer and larger; every message
 /// still goes once, and every answer is stored.

@@ -2,7 +2,8 @@
 //! with `X-Kannel-*` headers), one message per request, the delivery report URL with Kannel's
 //! `%` escapes. Kannel answers `0: Accepted for delivery` or `3: Queued for later delivery`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use url::form_urlencoded;
 
@@ -112,7 +113,7 @@ impl KannelConfig {
     /// answers in a row (see [`UNROUTABLE_RUN`]).
     fn answer(
         &self,
-        unroutable: &AtomicU32,
+        unroutable: &Run,
         got: Result<(u16, Option<std::time::Duration>, String), Answer>,
     ) -> Answer {
         let (status, after, body) = match got {
@@ -135,7 +136,7 @@ impl KannelConfig {
         let mut reason = None;
         let submit = match status {
             403 if body.starts_with("Not routable") => {
-                let run = unroutable.fetch_add(1, Ordering::Relaxed) + 1;
+                let run = unroutable.next(Instant::now());
                 if run > UNROUTABLE_RUN {
                     reason = Some(format!(
                         "{status} {} (Kannel routed none of the last {run} messages: are its SMSCs stopped, or does `smsc` name no SMSC's smsc-id?)",
@@ -151,7 +152,7 @@ impl KannelConfig {
             _ => classify(status, |s| (200..300).contains(&s)),
         };
         if submit == Submit::Accepted {
-            unroutable.store(0, Ordering::Relaxed);
+            unroutable.clear();
         }
         Answer {
             reason: reason.or_else(|| {
@@ -173,6 +174,34 @@ impl KannelConfig {
 /// block of one foreign prefix) takes the gateway out of rotation too; sort such numbers out
 /// or send them apart.
 pub const UNROUTABLE_RUN: u32 = 10;
+
+/// A "Not routable" more than this after the one before starts a new run: after the gateway's
+/// outage (10 minutes) or a restart, up to [`UNROUTABLE_RUN`] are read as their numbers' again,
+/// so a block of numbers Kannel cannot route drains (that many an outage) instead of holding
+/// the gateway out for ever.
+const UNROUTABLE_GAP: Duration = Duration::from_secs(60);
+
+/// Kannel's "Not routable" answers in a row and when the last came.
+#[derive(Default)]
+pub struct Run(Mutex<Option<(u32, Instant)>>);
+
+impl Run {
+    /// Another "Not routable" at `now`: how many in the run it is.
+    fn next(&self, now: Instant) -> u32 {
+        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = match *r {
+            Some((n, last)) if now.saturating_duration_since(last) <= UNROUTABLE_GAP => n + 1,
+            _ => 1,
+        };
+        *r = Some((n, now));
+        n
+    }
+
+    /// An accepted answer: the run is over.
+    fn clear(&self) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
 
 /// Form encodings kept on this thread: the hot path of a campaign encodes the same account,
 /// sender and report URL for every message (`values`, the last [`ENCODED_KEPT`]), and mostly
@@ -282,7 +311,7 @@ mod tests {
     #[test]
     fn kannels_403_is_the_account_and_a_denied_number_is_rejected_alone() {
         let cfg = local();
-        let run = AtomicU32::new(0);
+        let run = Run::default();
         let answer =
             |status: u16, body: &str| cfg.answer(&run, Ok((status, None, body.into()))).submit;
         assert_eq!(answer(202, "0: Accepted for delivery"), Submit::Accepted);
@@ -325,7 +354,7 @@ mod tests {
     #[test]
     fn a_run_of_not_routable_answers_is_the_gateways() {
         let cfg = local();
-        let run = AtomicU32::new(0);
+        let run = Run::default();
         let answer = |status: u16, body: &str| cfg.answer(&run, Ok((status, None, body.into())));
         let unroutable = || answer(403, "Not routable. Do not try again.");
         for _ in 0..UNROUTABLE_RUN {

@@ -6,10 +6,11 @@
 //! [`Driver`], and one arm in [`Gateway::submit_many`] and [`Gateway::find`].
 //!
 //! Classification by HTTP status ([`classify`], for the `kannel` and `http` kinds; template
-//! carriers read their codes first): an answer in the accepted set is `Accepted`; 429 and 503
-//! are `Transient` (back off, fail over); 500, 502 and 504 are `Lost` (it may have been sent);
-//! 401 is the account; any other answer is `Permanent` (the carrier's text is kept as the
-//! reason). A connection that could not be made is `Transient` (nothing left this machine); a
+//! carriers read their codes first, then [`carrier_status`]): an answer in the accepted set is
+//! `Accepted`; 429 and 5xx as [`server_error`] reads them (429, 503 and most 5xx `Transient`:
+//! back off, fail over; 500, 502, 504 `Lost`: it may have been sent; 501, 505 the campaign's
+//! configuration); 401 is the account; any other answer is `Permanent` (the carrier's text is
+//! kept as the reason; Kannel reads its 403s by their body). A connection that could not be made is `Transient` (nothing left this machine); a
 //! request that went out but got no answer in time, or whose connection broke, is `Lost`: the
 //! message becomes `unknown` and is never resent on its own.
 
@@ -105,9 +106,9 @@ pub struct Link {
     /// The report URL around a message's id: what comes before and after it.
     dlr: (String, &'static str),
     dry_run: Option<Mutex<std::fs::File>>,
-    /// Kannel: its "Not routable" answers in a row, none accepted between
-    /// (`kannel::UNROUTABLE_RUN`).
-    pub unroutable: std::sync::atomic::AtomicU32,
+    /// Kannel: its "Not routable" answers in a row, none accepted between, and when the last
+    /// came (`kannel::UNROUTABLE_RUN`).
+    pub unroutable: kannel::Run,
 }
 
 impl Link {
@@ -337,16 +338,36 @@ pub(super) fn one_code_for_all(
 }
 
 /// A template carrier's answer that carries no code of the provider's (a proxy, a wrong
-/// URL): 429 and 503 were refused before sending (later); 500, 502 and 504 may have been
-/// sent behind the proxy (unknown); 401 and 403 are the account; any other status means the
-/// gateway is configured wrong: the campaign waits for an operator, nothing is rejected.
+/// URL): 429 and the 5xx as [`server_error`] reads them; 401 and 403 are the account; any
+/// other status means the gateway is configured wrong: the campaign waits for an operator,
+/// nothing is rejected.
 pub(super) fn carrier_status(status: u16) -> Submit {
+    if let Some(s) = server_error(status) {
+        return s;
+    }
     match status {
-        429 | 503 => Submit::Transient,
-        500..=599 => Submit::Lost,
         401 | 403 => Submit::Account,
         _ => Submit::Config,
     }
+}
+
+/// 429 and the 5xx, the same for every kind. 429 and 503 say the server would not take the
+/// request now (RFC 6585 §4, RFC 9110 §15.6.4): nothing was sent, try later. 500, 502 and 504
+/// may have come after the message went: a server that failed while handling it, a proxy
+/// whose upstream got the request and answered wrongly or too late (RFC 9110 §15.6.1, §15.6.3,
+/// §15.6.5; Cloudflare's 520 and 524 likewise); retrying those could send it twice, so it is
+/// `unknown` (lost), never resent on its own. 501 and 505 say the request's method or version
+/// is not served (§15.6.2, §15.6.6): the gateway is configured wrong, the campaign waits for
+/// an operator. Any other 5xx (a proxy that reached no upstream: Cloudflare's 521–523) is
+/// transient. `None` for any other status.
+pub(super) fn server_error(status: u16) -> Option<Submit> {
+    Some(match status {
+        429 | 503 => Submit::Transient,
+        500 | 502 | 504 | 520 | 524 => Submit::Lost,
+        501 | 505 => Submit::Config,
+        500..=599 => Submit::Transient,
+        _ => return None,
+    })
 }
 
 /// What a provider knows of a message whose submit answer was lost.
@@ -376,15 +397,8 @@ pub(super) fn signed_host(url: &url::Url) -> String {
     }
 }
 
-/// The classification of an HTTP status (accepted statuses given). 429 and 503 say the server
-/// would not take the request now (RFC 9110 §15.6.4, RFC 6585 §4): nothing was sent, try later.
-/// 500, 502 and 504 may have come after the message went: a server that failed while handling
-/// it, a proxy whose upstream got the request and answered wrongly or too late (RFC 9110
-/// §15.6.1, §15.6.3, §15.6.5; Cloudflare's 520 and 524 likewise); retrying those could send it
-/// twice, so it is `unknown` (lost), never resent on its own. 501 and 505 say the request's
-/// method or version is not served (§15.6.2, §15.6.6): the gateway is configured wrong, the
-/// campaign waits for an operator. Any other 5xx (a proxy that reached no upstream: 521–523)
-/// is transient. 401 says the request's credentials are missing
+/// The classification of an HTTP status (accepted statuses given): 429 and 5xx as
+/// [`server_error`] reads them. 401 says the request's credentials are missing
 /// or wrong (RFC 9110 §15.5.2): the account, so a wrong password takes the gateway out of
 /// rotation instead of rejecting the whole list one number at a time. 403 stays permanent:
 /// providers use it for one destination too (a country not enabled, a number refused), and as
@@ -393,12 +407,8 @@ pub(super) fn signed_host(url: &url::Url) -> String {
 pub(super) fn classify(status: u16, accepted: impl Fn(u16) -> bool) -> Submit {
     if accepted(status) {
         Submit::Accepted
-    } else if matches!(status, 500 | 502 | 504 | 520 | 524) {
-        Submit::Lost
-    } else if matches!(status, 501 | 505) {
-        Submit::Config
-    } else if status == 429 || status >= 500 {
-        Submit::Transient
+    } else if let Some(s) = server_error(status) {
+        s
     } else if status == 401 {
         Submit::Account
     } else {
@@ -503,7 +513,7 @@ impl Gateway {
             timeout: cfg.timeout,
             dlr,
             dry_run,
-            unroutable: std::sync::atomic::AtomicU32::new(0),
+            unroutable: kannel::Run::default(),
         };
         Ok(Gateway { cfg, link })
     }
