@@ -590,11 +590,8 @@ async fn fake_carrier_failures_backoff_failover_unknown_and_reports() {
     );
 }
 
-/// A gateway that failed takes one request at a time until one is answered (half-open): a 502
-/// from a proxy makes its message `unknown` (it may have been sent, so it is never resent on its
-/// own), and a gateway that keeps answering 502 costs one message per cool-down, not a window.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_gateway_takes_one_request_at_a_time_and_a_502_is_unknown() {
+/// A daemon whose one gateway `alpha` (200 msg/s, a window of 2) is the fake carrier.
+async fn alpha_of_two() -> (Fake, Site, Daemon, String) {
     let fake = Fake::start(Duration::ZERO).await;
     let site = site();
     site.append_config(&format!(
@@ -603,6 +600,15 @@ async fn a_failing_gateway_takes_one_request_at_a_time_and_a_502_is_unknown() {
     ));
     let d = start(&site).await;
     let token = site.admin_token();
+    (fake, site, d, token)
+}
+
+/// A gateway that failed takes one request at a time until one is answered (half-open): a 502
+/// from a proxy makes its message `unknown` (it may have been sent, so it is never resent on its
+/// own), and a gateway that keeps answering 502 costs one message per cool-down, not a window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_gateway_takes_one_request_at_a_time_and_a_502_is_unknown() {
+    let (fake, _site, d, token) = alpha_of_two().await;
     let n = 12;
     for i in 0..n {
         fake.rule(&number(i), Rule::AlphaBadGateway);
@@ -643,14 +649,7 @@ async fn a_failing_gateway_takes_one_request_at_a_time_and_a_502_is_unknown() {
 /// the other campaign is not held back behind the failing one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_campaign_whose_messages_fail_does_not_hold_back_another_on_its_gateway() {
-    let fake = Fake::start(Duration::ZERO).await;
-    let site = site();
-    site.append_config(&format!(
-        "[sms]\nsender = \"12345\"\n{}",
-        fake.gateway("alpha", 200, 2, "5s"),
-    ));
-    let d = start(&site).await;
-    let token = site.admin_token();
+    let (fake, _site, d, token) = alpha_of_two().await;
     let failing: Vec<Value> = (0..40)
         .map(|i| {
             fake.rule(&number(i), Rule::AlphaBadGateway);
