@@ -726,40 +726,49 @@ impl Dispatcher {
         if urgent {
             // An alert's campaign goes to a gateway that works before one that failed (which
             // takes one request at a time), whatever the campaign's order.
-            order.sort_by_key(|rt| rt.probing());
+            let mut keyed: Vec<(bool, &Arc<Runtime>)> =
+                order.iter().map(|rt| (rt.probing(), *rt)).collect();
+            keyed.sort_by_key(|k| k.0);
+            order = keyed.into_iter().map(|k| k.1).collect();
         }
-        let gateways = || order.iter().copied();
-        let free = |rt: &Runtime| {
-            let room = rt.permits.available_permits();
-            if rt.probing() {
+        // Each gateway's room, judged once: (now, in its window; all, with what is claimed
+        // ahead).
+        let rooms: Vec<(&Arc<Runtime>, usize, usize)> = order
+            .iter()
+            .map(|rt| {
+                let room = rt.permits.available_permits();
+                if !rt.probing() {
+                    return (*rt, room.saturating_sub(rt.gw.cfg.claim_ahead), room);
+                }
                 // After a failure, one request at a time until one is answered (half-open): a
                 // gateway that keeps failing (a 502 storm behind a proxy, each message then
                 // `unknown`) costs one message a cool-down, not a window. The campaign that
                 // had the last one lets another campaign of the gateway have the next, once
                 // (a campaign whose own messages fail must not keep the gateway from the
-                // others, whose answers would end the failures).
+                // others, whose answers would end the failures); an alert's never does.
                 let idle = room >= rt.gw.cfg.in_flight + rt.gw.cfg.claim_ahead;
-                let turn = rt.probed.load(Ordering::Relaxed) != id || !shared(&rt.gw.cfg.name);
+                let turn =
+                    urgent || rt.probed.load(Ordering::Relaxed) != id || !shared(&rt.gw.cfg.name);
                 if idle && !turn {
                     rt.probed.store(0, Ordering::Relaxed);
                 }
-                let room = usize::from(idle && turn);
-                return (room, room);
-            }
-            (room.saturating_sub(rt.gw.cfg.claim_ahead), room)
-        };
+                let one = usize::from(idle && turn);
+                (*rt, one, one)
+            })
+            .collect();
         // (the gateway, how many it may claim, whether only ahead of its full window)
-        let picked = gateways()
-            .map(|rt| (rt, free(rt)))
-            .find(|(_, (now, _))| *now > 0)
-            .map(|(rt, (now, all))| (rt, if ahead { all } else { now }, false))
+        let picked = rooms
+            .iter()
+            .find(|(_, now, _)| *now > 0)
+            .map(|&(rt, now, all)| (rt, if ahead { all } else { now }, false))
             .or_else(|| {
                 // Ahead of a full window, only one that moves: waiting behind a stuck one
                 // (until its timeout) is worse than waiting for a slot elsewhere.
-                gateways()
+                rooms
+                    .iter()
                     .filter(|_| ahead)
-                    .map(|rt| (rt, free(rt).1, true))
-                    .find(|(rt, all, _)| *all > 0 && rt.moving())
+                    .find(|(rt, _, all)| *all > 0 && rt.moving())
+                    .map(|&(rt, _, all)| (rt, all, true))
             });
         let Some((rt, room, full)) = picked else {
             return Err(Wait {
@@ -1271,19 +1280,35 @@ async fn send_now(
     failover: bool,
 ) -> Vec<Finish> {
     if let Some(until) = rt.resting(Instant::now()) {
+        let why = format!("gateway {} began to rest after a failure", rt.gw.cfg.name);
         return group
             .iter()
-            .map(|m| unsent(rt, m, until, failover))
+            .map(|m| unsent(m, until, failover, &why))
             .collect();
     }
-    // Claimed ahead before the gateway failed: after its rest it takes one request at a time,
-    // so this one goes only if no other of the gateway's is out (it holds its own slot).
-    if rt.probing() && rt.window.available_permits() + 1 < rt.gw.cfg.in_flight {
+    // Claimed before the gateway failed: after its rest it takes one message at a time, so
+    // only this request's first, and only if no other request of the gateway's is out (this
+    // one holds its own slot); the rest are queued again.
+    let mut held = Vec::new();
+    let group = if rt.probing() {
+        let alone = rt.window.available_permits() + 1 >= rt.gw.cfg.in_flight;
+        let go = usize::from(alone).min(group.len());
+        let why = format!(
+            "gateway {} takes one message at a time after a failure",
+            rt.gw.cfg.name
+        );
         let now = Instant::now();
-        return group.iter().map(|m| unsent(rt, m, now, failover)).collect();
+        held.extend(group[go..].iter().map(|m| unsent(m, now, failover, &why)));
+        &group[..go]
+    } else {
+        group
+    };
+    if group.is_empty() {
+        return held;
     }
     let sent = Instant::now();
-    let done = submit(rt, group, sender, template, failover).await;
+    let mut done = submit(rt, group, sender, template, failover).await;
+    done.append(&mut held);
     // A request lost (no answer in time, a broken connection, a server error) is no sign of
     // a moving window.
     if done.iter().any(|f| f.answer != Submit::Lost) {
@@ -1295,7 +1320,7 @@ async fn send_now(
 /// A message claimed ahead that was not sent because its gateway began to rest: queued again
 /// (at once where another gateway can take it, else when the rest ends), its attempt given
 /// back (a deferral).
-fn unsent(rt: &Runtime, m: &crate::store::sms::Claimed, until: Instant, failover: bool) -> Finish {
+fn unsent(m: &crate::store::sms::Claimed, until: Instant, failover: bool, why: &str) -> Finish {
     let wait = if failover {
         Duration::ZERO
     } else {
@@ -1307,10 +1332,7 @@ fn unsent(rt: &Runtime, m: &crate::store::sms::Claimed, until: Instant, failover
         parts: m.parts,
         answer: Submit::Defer,
         carrier_id: None,
-        reason: Some(format!(
-            "not sent: gateway {} began to rest after a failure",
-            rt.gw.cfg.name
-        )),
+        reason: Some(format!("not sent: {why}")),
         retry_at: Some(Utc::now() + chrono::Duration::from_std(wait).unwrap_or_default()),
         delivered_by: None,
     }

@@ -2,8 +2,7 @@
 //! with `X-Kannel-*` headers), one message per request, the delivery report URL with Kannel's
 //! `%` escapes. Kannel answers `0: Accepted for delivery` or `3: Queued for later delivery`.
 
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use url::form_urlencoded;
 
@@ -136,7 +135,7 @@ impl KannelConfig {
         let mut reason = None;
         let submit = match status {
             403 if body.starts_with("Not routable") => {
-                let run = unroutable.next(Instant::now());
+                let run = unroutable.next();
                 if run > UNROUTABLE_RUN {
                     reason = Some(format!(
                         "{status} {} (Kannel routed none of the last {run} messages: are its SMSCs stopped, or does `smsc` name no SMSC's smsc-id?)",
@@ -170,36 +169,27 @@ impl KannelConfig {
 /// next ones are read as Kannel routing nothing at all: those are the gateway's, not their
 /// numbers', so they take it out of rotation (queued again, on another gateway if the
 /// campaign has one) instead of each being rejected. The first ones are rejected: a number no
-/// SMSC takes looks the same. A list with more numbers in a row that Kannel cannot route (a
-/// block of one foreign prefix) takes the gateway out of rotation too; sort such numbers out
-/// or send them apart.
+/// SMSC takes looks the same. Back in rotation the gateway takes one request; a "Not routable"
+/// again takes it out again. So a list with more numbers in a row that Kannel cannot route (a
+/// block of one foreign prefix) holds the gateway out until an operator cancels that campaign:
+/// send such numbers apart.
 pub const UNROUTABLE_RUN: u32 = 10;
 
-/// A "Not routable" more than this after the one before starts a new run: after the gateway's
-/// outage (10 minutes) or a restart, up to [`UNROUTABLE_RUN`] are read as their numbers' again,
-/// so a block of numbers Kannel cannot route drains (that many an outage) instead of holding
-/// the gateway out for ever.
-const UNROUTABLE_GAP: Duration = Duration::from_secs(60);
-
-/// Kannel's "Not routable" answers in a row and when the last came.
+/// Kannel's "Not routable" answers in a row. Only an accepted answer ends a run, not time nor
+/// an outage: otherwise each outage of a Kannel that routes nothing would reject
+/// [`UNROUTABLE_RUN`] more good messages for good. (A restarted daemon starts at none.)
 #[derive(Default)]
-pub struct Run(Mutex<Option<(u32, Instant)>>);
+pub struct Run(AtomicU32);
 
 impl Run {
-    /// Another "Not routable" at `now`: how many in the run it is.
-    fn next(&self, now: Instant) -> u32 {
-        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let n = match *r {
-            Some((n, last)) if now.saturating_duration_since(last) <= UNROUTABLE_GAP => n + 1,
-            _ => 1,
-        };
-        *r = Some((n, now));
-        n
+    /// Another "Not routable": how many in the run it is.
+    fn next(&self) -> u32 {
+        self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1)
     }
 
     /// An accepted answer: the run is over.
     fn clear(&self) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.0.store(0, Ordering::Relaxed);
     }
 }
 

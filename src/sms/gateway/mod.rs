@@ -7,9 +7,10 @@
 //!
 //! Classification by HTTP status ([`classify`], for the `kannel` and `http` kinds; template
 //! carriers read their codes first, then [`carrier_status`]): an answer in the accepted set is
-//! `Accepted`; 429 and 5xx as [`server_error`] reads them (429, 503 and most 5xx `Transient`:
-//! back off, fail over; 500, 502, 504 `Lost`: it may have been sent; 501, 505 the campaign's
-//! configuration); 401 is the account; any other answer is `Permanent` (the carrier's text is
+//! `Accepted`; 429 and 5xx as [`server_error`] reads them (429, 503 and a proxy that reached
+//! nothing `Transient`: back off, fail over; 500, 502, 504 and any 5xx not known to mean
+//! nothing was sent `Lost`: it may have been sent; 501, 505 the campaign's configuration); 401
+//! is the account; any other answer is `Permanent` (the carrier's text is
 //! kept as the reason; Kannel reads its 403s by their body). A connection that could not be made is `Transient` (nothing left this machine); a
 //! request that went out but got no answer in time, or whose connection broke, is `Lost`: the
 //! message becomes `unknown` and is never resent on its own.
@@ -356,16 +357,17 @@ pub(super) fn carrier_status(status: u16) -> Submit {
 /// may have come after the message went: a server that failed while handling it, a proxy
 /// whose upstream got the request and answered wrongly or too late (RFC 9110 §15.6.1, §15.6.3,
 /// §15.6.5; Cloudflare's 520 and 524 likewise); retrying those could send it twice, so it is
-/// `unknown` (lost), never resent on its own. 501 and 505 say the request's method or version
-/// is not served (§15.6.2, §15.6.6): the gateway is configured wrong, the campaign waits for
-/// an operator. Any other 5xx (a proxy that reached no upstream: Cloudflare's 521–523) is
-/// transient. `None` for any other status.
+/// `unknown` (lost), never resent on its own; so is any 5xx not named here (its meaning is
+/// not known). 501 and 505 say the request's method or version is not served (§15.6.2,
+/// §15.6.6): the gateway is configured wrong, the campaign waits for an operator. 511 (a
+/// captive network's login, RFC 6585 §6) and Cloudflare's 521–523, 525 and 526 (the origin
+/// down, unreachable, or its TLS refused) say nothing reached the gateway: transient. `None`
+/// for any other status.
 pub(super) fn server_error(status: u16) -> Option<Submit> {
     Some(match status {
-        429 | 503 => Submit::Transient,
-        500 | 502 | 504 | 520 | 524 => Submit::Lost,
+        429 | 503 | 511 | 521..=523 | 525 | 526 => Submit::Transient,
         501 | 505 => Submit::Config,
-        500..=599 => Submit::Transient,
+        500..=599 => Submit::Lost,
         _ => return None,
     })
 }
@@ -581,6 +583,8 @@ mod tests {
         // The method is not served: configured wrong. A proxy that reached nothing: later.
         assert_eq!(classify(501, ok), Submit::Config);
         assert_eq!(classify(521, ok), Submit::Transient);
+        // A 5xx of unknown meaning may have been sent.
+        assert_eq!(classify(599, ok), Submit::Lost);
         assert_eq!(classify(400, ok), Submit::Permanent);
         assert_eq!(classify(404, ok), Submit::Permanent);
         assert_eq!(classify(401, ok), Submit::Account);
