@@ -733,12 +733,13 @@ impl Dispatcher {
         }
         // Each gateway's room, judged once: (now, in its window; all, with what is claimed
         // ahead).
-        let rooms: Vec<(&Arc<Runtime>, usize, usize)> = order
+        // (the gateway, now, all, whether it was offered and this campaign gave up its turn)
+        let rooms: Vec<(&Arc<Runtime>, usize, usize, bool)> = order
             .iter()
             .map(|rt| {
                 let room = rt.permits.available_permits();
                 if !rt.probing() {
-                    return (*rt, room.saturating_sub(rt.gw.cfg.claim_ahead), room);
+                    return (*rt, room.saturating_sub(rt.gw.cfg.claim_ahead), room, false);
                 }
                 // After a failure, one request at a time until one is answered (half-open): a
                 // gateway that keeps failing (a 502 storm behind a proxy, each message then
@@ -749,27 +750,35 @@ impl Dispatcher {
                 let idle = room >= rt.gw.cfg.in_flight + rt.gw.cfg.claim_ahead;
                 let turn =
                     urgent || rt.probed.load(Ordering::Relaxed) != id || !shared(&rt.gw.cfg.name);
-                if idle && !turn {
-                    rt.probed.store(0, Ordering::Relaxed);
-                }
                 let one = usize::from(idle && turn);
-                (*rt, one, one)
+                (*rt, one, one, idle && !turn)
             })
             .collect();
         // (the gateway, how many it may claim, whether only ahead of its full window)
         let picked = rooms
             .iter()
-            .find(|(_, now, _)| *now > 0)
-            .map(|&(rt, now, all)| (rt, if ahead { all } else { now }, false))
+            .position(|(_, now, _, _)| *now > 0)
+            .map(|i| (i, false))
             .or_else(|| {
                 // Ahead of a full window, only one that moves: waiting behind a stuck one
                 // (until its timeout) is worse than waiting for a slot elsewhere.
                 rooms
                     .iter()
-                    .filter(|_| ahead)
-                    .find(|(rt, _, all)| *all > 0 && rt.moving())
-                    .map(|&(rt, _, all)| (rt, all, true))
+                    .position(|(rt, _, all, _)| ahead && *all > 0 && rt.moving())
+                    .map(|i| (i, true))
             });
+        // The turns given up at gateways this campaign would have taken before the one picked
+        // are used; those after it are kept for the next look.
+        let before = picked.map_or(rooms.len(), |(i, _)| i);
+        for (rt, _, _, gave_up) in &rooms[..before] {
+            if *gave_up {
+                rt.probed.store(0, Ordering::Relaxed);
+            }
+        }
+        let picked = picked.map(|(i, full)| {
+            let (rt, now, all, _) = rooms[i];
+            (rt, if full || ahead { all } else { now }, full)
+        });
         let Some((rt, room, full)) = picked else {
             return Err(Wait {
                 after: Duration::from_millis(20),
@@ -1308,12 +1317,12 @@ async fn send_now(
     }
     let sent = Instant::now();
     let mut done = submit(rt, group, sender, template, failover).await;
-    done.append(&mut held);
     // A request lost (no answer in time, a broken connection, a server error) is no sign of
-    // a moving window.
+    // a moving window (nor are the messages held back).
     if done.iter().any(|f| f.answer != Submit::Lost) {
         rt.answered_after(sent);
     }
+    done.append(&mut held);
     done
 }
 

@@ -2,7 +2,8 @@
 //! with `X-Kannel-*` headers), one message per request, the delivery report URL with Kannel's
 //! `%` escapes. Kannel answers `0: Accepted for delivery` or `3: Queued for later delivery`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use url::form_urlencoded;
 
@@ -135,7 +136,7 @@ impl KannelConfig {
         let mut reason = None;
         let submit = match status {
             403 if body.starts_with("Not routable") => {
-                let run = unroutable.next();
+                let run = unroutable.next(Instant::now());
                 if run > UNROUTABLE_RUN {
                     reason = Some(format!(
                         "{status} {} (Kannel routed none of the last {run} messages: are its SMSCs stopped, or does `smsc` name no SMSC's smsc-id?)",
@@ -175,21 +176,34 @@ impl KannelConfig {
 /// send such numbers apart.
 pub const UNROUTABLE_RUN: u32 = 10;
 
-/// Kannel's "Not routable" answers in a row. Only an accepted answer ends a run, not time nor
-/// an outage: otherwise each outage of a Kannel that routes nothing would reject
+/// A "Not routable" more than this after the one before starts a new run: a count left from
+/// hours ago (a finished campaign's last numbers) must not take the gateway out for one more.
+/// Longer than the gateway's outage (10 minutes), so the requests it takes back in rotation
+/// keep a run going: otherwise each outage of a Kannel that routes nothing would reject
 /// [`UNROUTABLE_RUN`] more good messages for good. (A restarted daemon starts at none.)
+const UNROUTABLE_GAP: Duration = Duration::from_secs(3600);
+
+/// Kannel's "Not routable" answers in a row and when the last came.
 #[derive(Default)]
-pub struct Run(AtomicU32);
+pub struct Run(Mutex<Option<(u32, Instant)>>);
 
 impl Run {
-    /// Another "Not routable": how many in the run it is.
-    fn next(&self) -> u32 {
-        self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+    /// Another "Not routable" at `now`: how many in the run it is.
+    fn next(&self, now: Instant) -> u32 {
+        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = match *r {
+            Some((n, last)) if now.saturating_duration_since(last) <= UNROUTABLE_GAP => {
+                n.saturating_add(1)
+            }
+            _ => 1,
+        };
+        *r = Some((n, now));
+        n
     }
 
     /// An accepted answer: the run is over.
     fn clear(&self) {
-        self.0.store(0, Ordering::Relaxed);
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 
@@ -359,6 +373,14 @@ mod tests {
             Submit::Accepted
         );
         assert_eq!(unroutable().submit, Submit::Permanent);
+        // A run outlives an outage (10 minutes) but not an hour's silence.
+        let r = Run::default();
+        let t = Instant::now();
+        for i in 1..=UNROUTABLE_RUN {
+            assert_eq!(r.next(t), i);
+        }
+        assert_eq!(r.next(t + Duration::from_secs(601)), UNROUTABLE_RUN + 1);
+        assert_eq!(r.next(t + Duration::from_secs(601) + UNROUTABLE_GAP * 2), 1);
     }
 
     /// The URL `one` sends: built as `Url::query_pairs_mut` builds it (the driver did so

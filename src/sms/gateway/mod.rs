@@ -107,8 +107,8 @@ pub struct Link {
     /// The report URL around a message's id: what comes before and after it.
     dlr: (String, &'static str),
     dry_run: Option<Mutex<std::fs::File>>,
-    /// Kannel: its "Not routable" answers in a row, none accepted between, and when the last
-    /// came (`kannel::UNROUTABLE_RUN`).
+    /// Kannel: its "Not routable" answers in a row, none accepted between (within an hour of
+    /// each other), and when the last came (`kannel::UNROUTABLE_RUN`).
     pub unroutable: kannel::Run,
 }
 
