@@ -726,14 +726,10 @@ impl Dispatcher {
         if urgent {
             // An alert's campaign goes to a gateway that works before one that failed (which
             // takes one request at a time), whatever the campaign's order.
-            let mut keyed: Vec<(bool, &Arc<Runtime>)> =
-                order.iter().map(|rt| (rt.probing(), *rt)).collect();
-            keyed.sort_by_key(|k| k.0);
-            order = keyed.into_iter().map(|k| k.1).collect();
+            order.sort_by_cached_key(|rt| rt.probing());
         }
-        // Each gateway's room, judged once: (now, in its window; all, with what is claimed
-        // ahead).
-        // (the gateway, now, all, whether it was offered and this campaign gave up its turn)
+        // Each gateway's room, judged once: (the gateway; now, in its window; all, with what is
+        // claimed ahead; whether it was offered and this campaign gave up its turn).
         let rooms: Vec<(&Arc<Runtime>, usize, usize, bool)> = order
             .iter()
             .map(|rt| {
@@ -1214,9 +1210,17 @@ fn finish(
     let mut submit_kind = answer.submit.clone();
     let mut reason = answer.reason.clone();
     let mut retry_at = None;
+    // The gateway answered for the message (accepted, refused, deferred, opted out, the
+    // campaign's configuration): it works, its failures in a row end (and with them one
+    // request at a time).
+    if !matches!(
+        answer.submit,
+        Submit::Transient | Submit::Lost | Submit::Account
+    ) {
+        rt.failures.store(0, Ordering::Relaxed);
+    }
     match answer.submit {
         Submit::Accepted => {
-            rt.failures.store(0, Ordering::Relaxed);
             rt.out_of_rotation.set(0);
             // An account that sends is fine: its outage (and the rest it imposed) ends, so
             // that what is shown is what is done.
@@ -1245,19 +1249,16 @@ fn finish(
         }
         // The provider's limit for this number: later, and no cool-down (the gateway is fine).
         Submit::Defer => {
-            rt.failures.store(0, Ordering::Relaxed);
             retry_at = later(answer.retry_after.unwrap_or(Duration::from_secs(3600)));
         }
         Submit::Config => {
-            rt.failures.store(0, Ordering::Relaxed);
             tracing::error!(gateway = %rt.gw.cfg.name, campaign = m.campaign, reason = reason.as_deref().unwrap_or(""), "the provider refuses the campaign as configured; it is paused");
         }
         Submit::Account => {
             rt.account_out(reason.as_deref().unwrap_or(""), now);
             retry_at = later(if failover { soon() } else { ACCOUNT_COOL });
         }
-        // The gateway answered for the message: it works (no longer one request at a time).
-        Submit::Permanent | Submit::OptedOut => rt.failures.store(0, Ordering::Relaxed),
+        Submit::Permanent | Submit::OptedOut => {}
     }
     if submit_kind == Submit::OptedOut {
         reason = Some(format!(
@@ -1430,7 +1431,7 @@ mod tests {
     #[test]
     fn a_claim_ahead_waits_to_fill_only_for_bulk_and_at_most_five_milliseconds_after_the_last() {
         let ms = Duration::from_millis;
-        // Half of a claim_ahead of 128 free: claim now.
+        // The 64 a claim waits for are free: claim now.
         assert_eq!(fill_wait(64, 64, false, ms(0)), None);
         assert_eq!(fill_wait(100, 64, false, ms(0)), None);
         // Fewer: wait, at most until 5 ms after the last claim.
