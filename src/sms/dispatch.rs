@@ -7,7 +7,8 @@
 //! (failover) or which waits out its own backoff. A lost answer (timeout, broken connection,
 //! a 502) makes the message `unknown`: never resent unless an operator asks. After either, the
 //! gateway takes one request of one message at a time (half-open) until one is answered for
-//! its message (accepted, refused, deferred), so a gateway that keeps failing costs one
+//! its message (accepted, refused, deferred, opted out, the campaign's configuration: anything
+//! but another failure or an account error), so a gateway that keeps failing costs one
 //! message per cool-down; the campaigns sharing it take turns at those requests.
 //!
 //! Pause and cancel are checked inside the claim itself, so no message is claimed after the
@@ -409,27 +410,7 @@ impl Dispatcher {
                 .map_err(|e| anyhow::anyhow!("{}: sms.gateways ({}): {e}", cfg.file, g.name))?;
             gateways.insert(
                 g.name.clone(),
-                Arc::new(Runtime {
-                    permits: Arc::new(Semaphore::new(g.in_flight + g.claim_ahead)),
-                    window: Arc::new(Semaphore::new(g.in_flight)),
-                    urgent_waiting: AtomicUsize::new(0),
-                    urgent_clear: Notify::new(),
-                    send_at: std::sync::Mutex::new(Instant::now()),
-                    answered: AtomicU64::new(0),
-                    latency: AtomicU64::new(0),
-                    born: Instant::now(),
-                    gw,
-                    next_slot: std::sync::Mutex::new(Instant::now()),
-                    cool_until: std::sync::Mutex::new(None),
-                    failures: AtomicU32::new(0),
-                    counters: metrics.sms_submit_counters(&g.name),
-                    out_of_rotation: metrics.sms_gateway_out_of_rotation(&g.name),
-                    claims: metrics.sms_claim_counters(&g.name),
-                    health: health.clone(),
-                    claimed_at: AtomicU64::new(0),
-                    probed: AtomicI64::new(0),
-                    filling: AtomicUsize::new(0),
-                }),
+                Arc::new(Runtime::new(gw, &metrics, &health)),
             );
         }
         Ok(Dispatcher {
@@ -546,6 +527,7 @@ impl Dispatcher {
             rt.cool(left.min(RESUME_PROBE));
             // Then one request, not a window.
             rt.failures.fetch_max(1, Ordering::Relaxed);
+            rt.gw.resume_outage(&reason);
             rt.out_of_rotation.set(1);
             rt.health.out(&name, &reason, until);
             tracing::warn!(gateway = %name, reason, out_for_s = left.as_secs(), "the gateway is still out of rotation for an account error");
@@ -1212,22 +1194,19 @@ fn finish(
     let mut retry_at = None;
     // The gateway answered for the message (accepted, refused, deferred, opted out, the
     // campaign's configuration): it works, its failures in a row end (and with them one
-    // request at a time).
+    // request at a time), and so does an account outage (and the rest it imposed), so that
+    // what is shown is what is done.
     if !matches!(
         answer.submit,
         Submit::Transient | Submit::Lost | Submit::Account
     ) {
         rt.failures.store(0, Ordering::Relaxed);
+        rt.out_of_rotation.set(0);
+        if rt.health.back(&rt.gw.cfg.name) {
+            *rt.cool_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
     }
     match answer.submit {
-        Submit::Accepted => {
-            rt.out_of_rotation.set(0);
-            // An account that sends is fine: its outage (and the rest it imposed) ends, so
-            // that what is shown is what is done.
-            if rt.health.back(&rt.gw.cfg.name) {
-                *rt.cool_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            }
-        }
         Submit::Transient | Submit::Lost => {
             rt.failed(m, &answer, first);
             if answer.submit == Submit::Transient && m.attempts >= MAX_ATTEMPTS {
@@ -1254,11 +1233,18 @@ fn finish(
         Submit::Config => {
             tracing::error!(gateway = %rt.gw.cfg.name, campaign = m.campaign, reason = reason.as_deref().unwrap_or(""), "the provider refuses the campaign as configured; it is paused");
         }
+        // Alone, the message waits out the outage, or longer where the gateway says so
+        // (Kannel: one of its numbers met a run of "Not routable", and the request the
+        // gateway takes back must carry another).
         Submit::Account => {
             rt.account_out(reason.as_deref().unwrap_or(""), now);
-            retry_at = later(if failover { soon() } else { ACCOUNT_COOL });
+            retry_at = later(if failover {
+                soon()
+            } else {
+                answer.retry_after.unwrap_or_default().max(ACCOUNT_COOL)
+            });
         }
-        Submit::Permanent | Submit::OptedOut => {}
+        Submit::Accepted | Submit::Permanent | Submit::OptedOut => {}
     }
     if submit_kind == Submit::OptedOut {
         reason = Some(format!(
@@ -1349,6 +1335,32 @@ fn unsent(m: &crate::store::sms::Claimed, until: Instant, failover: bool, why: &
 }
 
 impl Runtime {
+    /// The dispatcher's state of gateway `gw`: nothing claimed, nothing failed.
+    fn new(gw: Arc<Gateway>, metrics: &Metrics, health: &Health) -> Runtime {
+        let g = &gw.cfg;
+        Runtime {
+            permits: Arc::new(Semaphore::new(g.in_flight + g.claim_ahead)),
+            window: Arc::new(Semaphore::new(g.in_flight)),
+            urgent_waiting: AtomicUsize::new(0),
+            urgent_clear: Notify::new(),
+            send_at: std::sync::Mutex::new(Instant::now()),
+            answered: AtomicU64::new(0),
+            latency: AtomicU64::new(0),
+            born: Instant::now(),
+            next_slot: std::sync::Mutex::new(Instant::now()),
+            cool_until: std::sync::Mutex::new(None),
+            failures: AtomicU32::new(0),
+            counters: metrics.sms_submit_counters(&g.name),
+            out_of_rotation: metrics.sms_gateway_out_of_rotation(&g.name),
+            claims: metrics.sms_claim_counters(&g.name),
+            health: health.clone(),
+            claimed_at: AtomicU64::new(0),
+            probed: AtomicI64::new(0),
+            filling: AtomicUsize::new(0),
+            gw,
+        }
+    }
+
     /// Counts an answer by its kind (`marquee_sms_submits_total`).
     fn count(&self, submit: &Submit) {
         let k = match submit {
@@ -1405,6 +1417,72 @@ impl Runtime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Any answer for its message ends a gateway's failures in a row and its account outage
+    /// (it works); another failure (also the last attempt's, which gives up on the message)
+    /// and an account error do not.
+    #[test]
+    fn a_gateways_failures_end_on_any_answer_for_its_message_but_a_failure_or_the_account() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = crate::config::Config::parse(
+            "m.toml",
+            &format!(
+                "[schedule]\nchannels = [\"lobby\"]\n[sms]\n[[sms.gateways]]\nname = \"d\"\nkind = \"dry-run\"\npath = \"{}\"\n",
+                dir.path().join("d.jsonl").display()
+            ),
+        )
+        .unwrap();
+        let gw = Arc::new(Gateway::new(cfg.sms.gateways[0].clone(), "http://127.0.0.1:1").unwrap());
+        let rt = Runtime::new(gw, &Metrics::default(), &Health::default());
+        let m = crate::store::sms::Claimed {
+            id: 1,
+            campaign: 1,
+            recipient: "+8613800000000".into(),
+            text: "t".into(),
+            parts: 1,
+            attempts: MAX_ATTEMPTS,
+            params: None,
+        };
+        let answer = |submit| Answer {
+            submit,
+            carrier_id: None,
+            reason: Some("why".into()),
+            retry_after: None,
+        };
+        let out = |rt: &Runtime| {
+            (
+                rt.failures.load(Ordering::Relaxed) > 0,
+                rt.out_of_rotation.get() == 1,
+                rt.health.get("d").is_some(),
+            )
+        };
+        rt.failures.store(2, Ordering::Relaxed);
+        let f = finish(&rt, &m, answer(Submit::Transient), false, true);
+        assert_eq!(f.answer, Submit::Permanent, "the last attempt gives up");
+        assert!(out(&rt).0, "a failure, though the message is given up");
+        let f = finish(&rt, &m, answer(Submit::Account), false, true);
+        assert!(f.retry_at.is_some());
+        assert_eq!(out(&rt), (true, true, true));
+        for (kind, failure) in [
+            (Submit::Lost, true),
+            (Submit::Permanent, false),
+            (Submit::Account, true),
+            (Submit::Defer, false),
+            (Submit::Account, true),
+            (Submit::OptedOut, false),
+            (Submit::Account, true),
+            (Submit::Config, false),
+            (Submit::Account, true),
+            (Submit::Accepted, false),
+        ] {
+            finish(&rt, &m, answer(kind.clone()), false, true);
+            if failure {
+                assert!(out(&rt).0, "{kind:?}");
+            } else {
+                assert_eq!(out(&rt), (false, false, false), "{kind:?}");
+            }
+        }
+    }
 
     #[test]
     fn a_window_moves_while_answers_come_within_four_usual_answer_times() {

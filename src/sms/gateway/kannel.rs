@@ -134,14 +134,16 @@ impl KannelConfig {
         // a 503 ("Temporal failure, try again later."); a message smsbox could not hand to
         // bearerbox a 500 ("Sending failed.": nothing was sent, later).
         let mut reason = None;
+        let mut hold = None;
         let submit = match status {
             403 if body.starts_with("Not routable") => {
                 let run = unroutable.next(Instant::now());
                 if run > UNROUTABLE_RUN {
                     reason = Some(format!(
-                        "{status} {} (Kannel routed none of the last {run} messages: are its SMSCs stopped, or does `smsc` name no SMSC's smsc-id?)",
+                        "{status} {} ({ROUTED_NONE} {run} messages: are its SMSCs stopped, or does `smsc` name no SMSC's smsc-id?)",
                         truncate(body, 200)
                     ));
+                    hold = Some(UNROUTABLE_HOLD);
                     Submit::Account
                 } else {
                     Submit::Permanent
@@ -161,7 +163,7 @@ impl KannelConfig {
             }),
             submit,
             carrier_id: None,
-            retry_after: after,
+            retry_after: hold.or(after),
         }
     }
 }
@@ -171,17 +173,29 @@ impl KannelConfig {
 /// numbers', so they take it out of rotation (queued again, on another gateway if the
 /// campaign has one) instead of each being rejected. The first ones are rejected: a number no
 /// SMSC takes looks the same. Back in rotation the gateway takes one request; a "Not routable"
-/// again takes it out again. So a list with more numbers in a row that Kannel cannot route (a
-/// block of one foreign prefix) holds the gateway out until an operator cancels that campaign:
-/// send such numbers apart.
+/// again takes it out again, and that message waits [`UNROUTABLE_HOLD`], so the next request
+/// carries another number: one Kannel cannot route does not hold the gateway out, while a
+/// Kannel that routes nothing rejects no more. A list with more numbers in a row that Kannel
+/// cannot route than the gateway's requests in one outage still holds it out until an operator
+/// cancels that campaign: send such numbers apart.
 pub const UNROUTABLE_RUN: u32 = 10;
 
-/// A "Not routable" more than this after the one before starts a new run: a count left from
-/// hours ago (a finished campaign's last numbers) must not take the gateway out for one more.
-/// Longer than the gateway's outage (10 minutes), so the requests it takes back in rotation
-/// keep a run going: otherwise each outage of a Kannel that routes nothing would reject
-/// [`UNROUTABLE_RUN`] more good messages for good. (A restarted daemon starts at none.)
+/// A "Not routable" more than this after the one before starts a new run, while the run has
+/// not yet taken the gateway out: a count left from hours ago (a finished campaign's last
+/// numbers) must not take the gateway out for one more. A run past [`UNROUTABLE_RUN`] ends only
+/// on an accepted answer, however long nothing was sent (a night outside the sending window):
+/// else each quiet hour of a Kannel that routes nothing would reject [`UNROUTABLE_RUN`] more
+/// good messages for good.
 const UNROUTABLE_GAP: Duration = Duration::from_secs(3600);
+
+/// How long a message whose "Not routable" was read as the gateway's waits before it is sent
+/// again: longer than the gateway's outage (10 minutes), so that the request it takes back in
+/// rotation carries the next number, not this one again.
+pub const UNROUTABLE_HOLD: Duration = Duration::from_secs(1200);
+
+/// What the reason of an outage of the gateway's that a run of "Not routable" answers began
+/// says (a restarted daemon that finds such an outage stored resumes the run).
+pub const ROUTED_NONE: &str = "Kannel routed none of the last";
 
 /// Kannel's "Not routable" answers in a row and when the last came.
 #[derive(Default)]
@@ -192,7 +206,9 @@ impl Run {
     fn next(&self, now: Instant) -> u32 {
         let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let n = match *r {
-            Some((n, last)) if now.saturating_duration_since(last) <= UNROUTABLE_GAP => {
+            Some((n, last))
+                if n > UNROUTABLE_RUN || now.saturating_duration_since(last) <= UNROUTABLE_GAP =>
+            {
                 n.saturating_add(1)
             }
             _ => 1,
@@ -204,6 +220,15 @@ impl Run {
     /// An accepted answer: the run is over.
     fn clear(&self) {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The gateway is out of rotation for a run that a daemon before this one counted (its
+    /// stored outage says so): the next "Not routable" is the gateway's again.
+    pub fn resume(&self) {
+        let mut r = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if r.is_none_or(|(n, _)| n <= UNROUTABLE_RUN) {
+            *r = Some((UNROUTABLE_RUN, Instant::now()));
+        }
     }
 }
 
@@ -373,14 +398,34 @@ mod tests {
             Submit::Accepted
         );
         assert_eq!(unroutable().submit, Submit::Permanent);
-        // A run outlives an outage (10 minutes) but not an hour's silence.
+        // The message that met the gateway's run waits past the outage: the request the
+        // gateway takes back in rotation carries another number.
+        let run_out = Run(Mutex::new(Some((UNROUTABLE_RUN, Instant::now()))));
+        let a = cfg.answer(&run_out, Ok((403, None, "Not routable.".into())));
+        assert_eq!(
+            (a.submit, a.retry_after),
+            (Submit::Account, Some(UNROUTABLE_HOLD))
+        );
+        // A run short of the gateway's ends after an hour's silence (a finished campaign's last
+        // numbers); one past it outlives any silence (a night outside the sending window), and
+        // ends only on an accepted answer.
         let r = Run::default();
         let t = Instant::now();
-        for i in 1..=UNROUTABLE_RUN {
+        for i in 1..UNROUTABLE_RUN {
             assert_eq!(r.next(t), i);
         }
-        assert_eq!(r.next(t + Duration::from_secs(601)), UNROUTABLE_RUN + 1);
-        assert_eq!(r.next(t + Duration::from_secs(601) + UNROUTABLE_GAP * 2), 1);
+        assert_eq!(r.next(t + UNROUTABLE_GAP * 2), 1);
+        for i in 2..=UNROUTABLE_RUN + 1 {
+            assert_eq!(r.next(t + UNROUTABLE_GAP * 2), i);
+        }
+        assert_eq!(r.next(t + UNROUTABLE_GAP * 20), UNROUTABLE_RUN + 2);
+        // A restarted daemon that finds such an outage stored: the next is the gateway's.
+        let r = Run::default();
+        r.resume();
+        assert_eq!(r.next(t), UNROUTABLE_RUN + 1);
+        // (Resuming never shortens a run.)
+        r.resume();
+        assert_eq!(r.next(t), UNROUTABLE_RUN + 2);
     }
 
     /// The URL `one` sends: built as `Url::query_pairs_mut` builds it (the driver did so

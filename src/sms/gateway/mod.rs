@@ -107,8 +107,8 @@ pub struct Link {
     /// The report URL around a message's id: what comes before and after it.
     dlr: (String, &'static str),
     dry_run: Option<Mutex<std::fs::File>>,
-    /// Kannel: its "Not routable" answers in a row, none accepted between (within an hour of
-    /// each other), and when the last came (`kannel::UNROUTABLE_RUN`).
+    /// Kannel: its "Not routable" answers in a row, none accepted between, and when the last
+    /// came (`kannel::UNROUTABLE_RUN`).
     pub unroutable: kannel::Run,
 }
 
@@ -467,6 +467,14 @@ pub(super) fn fill_json(v: &serde_json::Value, vars: &[(&str, &str)]) -> serde_j
 }
 
 impl Gateway {
+    /// It is out of rotation for a reason a daemon before this one stored (`reason`): a Kannel
+    /// out for a run of "Not routable" answers resumes the run (`kannel::Run::resume`).
+    pub fn resume_outage(&self, reason: &str) {
+        if matches!(self.cfg.kind, GatewayKind::Kannel(_)) && reason.contains(kannel::ROUTED_NONE) {
+            self.link.unroutable.resume();
+        }
+    }
+
     /// Prepares a gateway; `callback_url` is the daemon's base URL for delivery reports.
     pub fn new(cfg: GatewayConfig, callback_url: &str) -> std::io::Result<Gateway> {
         let dry_run = match &cfg.kind {
