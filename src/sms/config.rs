@@ -682,7 +682,7 @@ pub struct ArrayReports {
 
 /// How many requests a gateway claims ahead of its window unless told (`claim_ahead`): what
 /// its pace (`messages_per_second`) lets out in 4 ms, rounded up, at most twice the window. A
-/// claim's commit with its disk sync takes 0.7–0.8 ms on SQLite (a round about 3 ms on
+/// claim's commit and its disk sync take 1–2 ms on SQLite (a round about 3 ms on
 /// PostgreSQL), and the requests of the claim before are still entering the window meanwhile,
 /// so a fast gateway needs a reserve. Beyond the window's size, the dispatcher claims ahead once
 /// what is claimed beyond one window's worth is free (`sms::dispatch`): a window's worth keeps

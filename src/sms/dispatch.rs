@@ -859,8 +859,8 @@ impl Dispatcher {
         let (gw_name, cap) = (rt.gw.cfg.name.clone(), spec.daily_cap);
         // The answers that came in since the last claim go into the same transaction.
         let done = answers.take();
-        let claimed = self
-            .blocking(move |s| s.claim_batch(id, &gw_name, cap, Utc::now(), n, &done))
+        let (claimed, ticket) = self
+            .blocking(move |s| s.claim_unsynced(id, &gw_name, cap, Utc::now(), n, &done))
             .await
             .context(UNSTORED)?;
         let count = claimed.len();
@@ -872,49 +872,38 @@ impl Dispatcher {
             rt.claimed_at
                 .store(micros(rt.born.elapsed()), Ordering::Relaxed);
         }
-        let template_id = template.and_then(|t| t.ids.get(&rt.gw.cfg.name).cloned());
-        let names: Arc<[String]> = template.map(|t| t.vars.clone()).unwrap_or_default().into();
-        let failover = spec.gateways.len() > 1;
-        let groups = group_requests(&rt, claimed, batch);
+        let requests = Arc::new(Requests {
+            rt: rt.clone(),
+            record_tx: record_tx.clone(),
+            waker: self.waker.clone(),
+            sender: spec.sender.clone(),
+            template_id: template.and_then(|t| t.ids.get(&rt.gw.cfg.name).cloned()),
+            names: template.map(|t| t.vars.clone()).unwrap_or_default().into(),
+            failover: spec.gateways.len() > 1,
+            urgent,
+        });
         // Each request holds a slot of the window until it is answered; requests beyond the
         // slots taken (more parameter groups than expected) wait for one.
         let mut permits = permits.into_iter();
-        for group in groups {
-            let permit = permits.next();
-            let (rt, record_tx, waker) = (rt.clone(), record_tx.clone(), self.waker.clone());
-            let sender = spec.sender.clone();
-            let (template_id, names) = (template_id.clone(), names.clone());
-            inflight.spawn(async move {
-                let permit = match permit {
-                    Some(p) => Some(p),
-                    None => rt.permits.clone().acquire_owned().await.ok(),
-                };
-                // Claimed ahead: it leaves when a slot of the window frees (an alert's
-                // first), and not before its turn at the gateway's pace.
-                let slot = rt.window_slot(urgent).await;
-                let turn = rt.send_turn(&group);
-                if turn > Instant::now() {
-                    tokio::time::sleep_until(turn).await;
-                }
-                // A leader woken past its lease sends nothing: what it had claimed becomes
-                // `unknown` under the new leader, flagged and never resent (at most once).
-                if !crate::leader::may_act() {
-                    tracing::warn!(
-                        messages = group.len(),
-                        "not sent: this node's leader lease has ended"
-                    );
-                    return;
-                }
-                let template = template_id.as_deref().map(|id| (id, &*names));
-                let done = send_now(&rt, &group, &sender, template, failover).await;
-                drop((slot, permit));
-                for f in done {
-                    let _ = record_tx.send(f);
-                }
-                if rt.worth_a_look() {
-                    waker.answered();
-                }
-            });
+        let groups: Vec<_> = group_requests(&rt, claimed, batch)
+            .into_iter()
+            .map(|g| (g, permits.next()))
+            .collect();
+        // They leave once the claim is on disk: at once where the commit synced it, else
+        // when the log's own thread has (the dispatcher claims on meanwhile).
+        match self.store.claims_synced().filter(|_| ticket > 0) {
+            None => requests.spawn(inflight, groups),
+            Some(mut synced) => {
+                let tracker = inflight.clone();
+                inflight.spawn(async move {
+                    let on_disk = synced.wait_for(|s| s.of(ticket).is_some()).await;
+                    if matches!(on_disk.map(|s| s.of(ticket)), Ok(Some(true))) {
+                        requests.spawn(&tracker, groups);
+                    } else {
+                        requests.not_synced(groups);
+                    }
+                });
+            }
         }
         Ok(count)
     }
@@ -1076,6 +1065,89 @@ struct Running {
 /// A gateway picked for a claim: it, the instant it was judged at, how many requests it may
 /// claim.
 type Picked = (Arc<Runtime>, Instant, usize);
+
+/// What the requests of one claim share.
+struct Requests {
+    rt: Arc<Runtime>,
+    record_tx: Recorder,
+    waker: Waker,
+    sender: String,
+    /// The gateway's id of the campaign's template, and the template's variables.
+    template_id: Option<String>,
+    names: Arc<[String]>,
+    failover: bool,
+    urgent: bool,
+}
+
+/// A claim's requests: each a group of messages, with a permit of the gateway's claims where
+/// one was taken.
+type Groups = Vec<(
+    Vec<crate::store::sms::Claimed>,
+    Option<tokio::sync::OwnedSemaphorePermit>,
+)>;
+
+/// How long the messages of a claim that could not be synced to disk wait before they are
+/// claimed again (a failing disk is not hammered).
+const NOT_SYNCED_WAIT: Duration = Duration::from_secs(5);
+
+impl Requests {
+    /// Spawns a task for each request of `groups` (their claim is on disk).
+    fn spawn(self: &Arc<Self>, inflight: &TaskTracker, groups: Groups) {
+        for (group, permit) in groups {
+            let r = self.clone();
+            inflight.spawn(async move {
+                let rt = &r.rt;
+                let permit = match permit {
+                    Some(p) => Some(p),
+                    None => rt.permits.clone().acquire_owned().await.ok(),
+                };
+                // Claimed ahead: it leaves when a slot of the window frees (an alert's
+                // first), and not before its turn at the gateway's pace.
+                let slot = rt.window_slot(r.urgent).await;
+                let turn = rt.send_turn(&group);
+                if turn > Instant::now() {
+                    tokio::time::sleep_until(turn).await;
+                }
+                // A leader woken past its lease sends nothing: what it had claimed becomes
+                // `unknown` under the new leader, flagged and never resent (at most once).
+                if !crate::leader::may_act() {
+                    tracing::warn!(
+                        messages = group.len(),
+                        "not sent: this node's leader lease has ended"
+                    );
+                    return;
+                }
+                let template = r.template_id.as_deref().map(|id| (id, &*r.names));
+                let done = send_now(rt, &group, &r.sender, template, r.failover).await;
+                drop((slot, permit));
+                for f in done {
+                    let _ = r.record_tx.send(f);
+                }
+                if rt.worth_a_look() {
+                    r.waker.answered();
+                }
+            });
+        }
+    }
+
+    /// The claim of `groups` could not be synced to disk (the log's thread logged why): none
+    /// is sent; each message is queued again, its attempt given back.
+    fn not_synced(&self, groups: Groups) {
+        let until = Instant::now() + NOT_SYNCED_WAIT;
+        for (group, permit) in groups {
+            for m in &group {
+                let _ = self.record_tx.send(unsent(
+                    m,
+                    until,
+                    false,
+                    "its claim could not be synced to disk",
+                ));
+            }
+            drop(permit);
+        }
+        self.waker.answered();
+    }
+}
 
 /// No gateway of a campaign can take a claim now: look again after `after` (or when woken);
 /// `filling`: a moving window's answers are coming in, and the next claim will store them.

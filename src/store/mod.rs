@@ -16,6 +16,7 @@ pub mod leader;
 pub mod proposals;
 pub mod registry;
 pub mod sms;
+pub mod walsync;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -49,6 +50,10 @@ pub enum StoreError {
     /// The store work's task ended without an answer (it panicked; the panic is logged).
     #[error("store task failed: {0}")]
     Task(String),
+    /// A file of the store could not be opened or synced (the write-ahead log behind the SMS
+    /// claims: [`walsync`]).
+    #[error("database file: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl StoreError {
@@ -663,8 +668,8 @@ fn schema_admin(
 /// The daemon's database.
 pub struct Store {
     conn: Mutex<Connection>,
-    /// A second connection for SMS dispatch with `synchronous = FULL`: a claimed message is
-    /// on disk before its request leaves, even across a power cut. `None` in memory.
+    /// A second connection for SMS dispatch: a claimed message is on disk before its request
+    /// leaves, even across a power cut (its commit synced by `wal`'s thread). `None` in memory.
     sms: Option<Mutex<Connection>>,
     /// A third connection for what operators read about campaigns (progress counts, message
     /// lists, exports), so that counting a million rows never holds up the dispatcher's claims.
@@ -676,6 +681,9 @@ pub struct Store {
     /// ([`Store::checkpoint`], every second from the daemon), so that writers do not do it
     /// inside their commits. `None` in memory.
     ckpt: Option<Mutex<rusqlite::Connection>>,
+    /// SQLite on disk: the thread that syncs the write-ahead log behind the SMS claims, which
+    /// commit without a sync of their own (group commit, [`walsync`]).
+    wal: Option<std::sync::Arc<walsync::WalSync>>,
     /// PostgreSQL: a connection of its own for the leader lease, so that renewing it never
     /// waits behind the writers.
     lease: Option<Mutex<Connection>>,
@@ -688,6 +696,14 @@ pub struct Store {
     /// The epoch of the lease this node leads at ([`Store::lead`]; 0 when it does not, and
     /// always on SQLite): the claims it makes carry it.
     epoch: std::sync::atomic::AtomicI64,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if let Some(w) = &self.wal {
+            w.stop();
+        }
+    }
 }
 
 /// WAL pages after which a writer still checkpoints inside its commit (SQLite's
@@ -862,7 +878,9 @@ impl Store {
         let conn = rusqlite::Connection::open(path)?;
         let mut store = Store::init(conn)?;
         let sms = rusqlite::Connection::open(path)?;
-        sms.pragma_update(None, "synchronous", "FULL")?;
+        // A claim is on disk before its request leaves: synced by the log's own thread
+        // (`wal`), not inside the commit.
+        sms.pragma_update(None, "synchronous", "NORMAL")?;
         settle(&sms)?;
         store.sms = Some(Mutex::new(writer(sms)));
         let read = rusqlite::Connection::open(path)?;
@@ -885,6 +903,9 @@ impl Store {
         // It copies pages through; its own page cache would only hold memory (default 2 MB).
         ckpt.pragma_update(None, "cache_size", -64)?;
         store.ckpt = Some(Mutex::new(ckpt));
+        let mut wal = path.as_os_str().to_owned();
+        wal.push("-wal");
+        store.wal = Some(walsync::WalSync::start(wal.into())?);
         Ok(store)
     }
 
@@ -946,6 +967,7 @@ impl Store {
             read: Some(Mutex::new(read)),
             reserve: None,
             ckpt: None,
+            wal: None,
             lease: Some(Mutex::new(lease)),
             pg: Some((url.to_owned(), password.map(str::to_owned))),
             node: std::sync::OnceLock::new(),
@@ -1069,11 +1091,36 @@ impl Store {
             read: None,
             reserve: None,
             ckpt: None,
+            wal: None,
             lease: None,
             pg: None,
             node: std::sync::OnceLock::new(),
             epoch: std::sync::atomic::AtomicI64::new(0),
         })
+    }
+
+    /// A claim of `n` messages just committed on the SMS connection (still held): what it
+    /// waits for to be on disk (0: it is already, as on PostgreSQL or in memory, or it took
+    /// nothing).
+    fn claim_ticket(&self, n: usize) -> u64 {
+        match &self.wal {
+            Some(w) if n > 0 => w.committed(),
+            _ => 0,
+        }
+    }
+
+    /// Blocks until the claim of `ticket` ([`Store::claim_ticket`]) is on disk.
+    pub fn wait_claimed(&self, ticket: u64) -> Result<(), StoreError> {
+        match &self.wal {
+            Some(w) if ticket > 0 => Ok(w.wait(ticket)?),
+            _ => Ok(()),
+        }
+    }
+
+    /// Where the SMS claims' disk syncs stand, for async waiters (`None`: every claim is on
+    /// disk when it returns).
+    pub fn claims_synced(&self) -> Option<tokio::sync::watch::Receiver<walsync::Synced>> {
+        self.wal.as_ref().map(|w| w.watch())
     }
 
     /// Runs `f` on tokio's blocking pool: the one way async code reaches the store (SQLite
@@ -1409,6 +1456,7 @@ mod tests {
             read: None,
             reserve: None,
             ckpt: None,
+            wal: None,
             lease: None,
             pg: None,
             node: std::sync::OnceLock::new(),

@@ -3,8 +3,9 @@
 //!
 //! Every state change of a message goes through [`crate::domain::delivery`], inside one
 //! transaction that reads the current state first, so a report and a submit answer racing each
-//! other cannot move a message backwards. These calls use the store's SMS connection
-//! (`synchronous = FULL`): a claim (`queued → submitting`) is on disk before the request leaves.
+//! other cannot move a message backwards. These calls use the store's SMS connection: a claim
+//! (`queued → submitting`) is on disk before its request leaves (on SQLite its commit is
+//! synced by the log's own thread, [`crate::store::walsync`], and the request waits for it).
 //!
 //! By area: `campaigns` (creating, importing, status), `queue` (claiming, storing submit
 //! answers, recovery, requeue), `reports` (delivery reports, reconciliation of unknowns) and

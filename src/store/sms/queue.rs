@@ -144,12 +144,9 @@ impl Store {
         Ok(n)
     }
 
-    /// Claims up to `max` due messages of `campaign` for `gateway` in one transaction (one disk
-    /// sync for the batch): `queued → submitting`, committed before this returns. Nothing is
-    /// claimed unless the campaign is `running`, so a pause or cancel holds from the moment it
-    /// is committed. Opted-out numbers are cancelled on the way; numbers over the daily cap wait
-    /// (`not_before`). `answers` (submit answers not yet stored) go into the same transaction,
-    /// before the claim. While the disk reserve is in use nothing is claimed.
+    /// Claims up to `max` due messages of `campaign` for `gateway` in one transaction:
+    /// `queued → submitting`, on disk before this returns ([`Store::claim_unsynced`], then its
+    /// sync awaited).
     pub fn claim_batch(
         &self,
         campaign: i64,
@@ -159,6 +156,30 @@ impl Store {
         max: usize,
         answers: &[Finish],
     ) -> Result<Vec<Claimed>, StoreError> {
+        let (claimed, ticket) =
+            self.claim_unsynced(campaign, gateway, daily_cap, now, max, answers)?;
+        self.wait_claimed(ticket)?;
+        Ok(claimed)
+    }
+
+    /// Claims up to `max` due messages of `campaign` for `gateway` in one transaction:
+    /// `queued → submitting`, committed before this returns, and on disk once the ticket
+    /// returned is ([`Store::wait_claimed`], [`Store::claims_synced`]; SQLite syncs the log
+    /// behind the commit, one sync for every claim before it: [`crate::store::walsync`]). No
+    /// request of a claim may leave before that. Nothing is claimed unless the campaign is
+    /// `running`, so a pause or cancel holds from the moment it is committed. Opted-out numbers
+    /// are cancelled on the way; numbers over the daily cap wait (`not_before`). `answers`
+    /// (submit answers not yet stored) go into the same transaction, before the claim. While
+    /// the disk reserve is in use nothing is claimed.
+    pub fn claim_unsynced(
+        &self,
+        campaign: i64,
+        gateway: &str,
+        daily_cap: Option<u32>,
+        now: DateTime<Utc>,
+        max: usize,
+        answers: &[Finish],
+    ) -> Result<(Vec<Claimed>, u64), StoreError> {
         // A (nearly) full disk: answers are still stored, nothing new is claimed (what is
         // sent must have room for its reports and replies).
         let max = if self.bulk_ok().is_err() { 0 } else { max };
@@ -241,7 +262,9 @@ impl Store {
         drop((select, sent_today, hold, take, cancel));
         tally.write(&tx)?;
         tx.commit()?;
-        Ok(claimed)
+        // Taken while the connection is held (`conn`): tickets follow the commits.
+        let ticket = self.claim_ticket(claimed.len());
+        Ok((claimed, ticket))
     }
 
     /// Holds every queued message of `campaign` until `until` (quiet hours), with `reason`.
@@ -295,26 +318,16 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<State>, StoreError> {
         let mut conn = self.sms_conn();
-        // Answers need no disk sync of their own. One lost to a power cut leaves its message
-        // `submitting`, which becomes `unknown` on restart and is never resent; the next claim's
-        // sync (WAL: in order) makes it durable with everything before it. A killed process
-        // loses nothing either way.
-        let relaxed = self.sms.is_some();
-        if relaxed && let Some(c) = conn.sqlite() {
-            c.pragma_update(None, "synchronous", "NORMAL")?;
-        }
-        let out = (|| {
-            let tx = conn.transaction()?;
-            let mut tally = Tally::default();
-            let out = finish_in(&tx, items, now, &mut tally)?;
-            tally.write(&tx)?;
-            tx.commit()?;
-            Ok(out)
-        })();
-        if relaxed && let Some(c) = conn.sqlite() {
-            c.pragma_update(None, "synchronous", "FULL")?;
-        }
-        out
+        // Answers need no disk sync of their own (the SMS connection commits without one). One
+        // lost to a power cut leaves its message `submitting`, which becomes `unknown` on
+        // restart and is never resent; the next claim's sync (WAL: in order) makes it durable
+        // with everything before it. A killed process loses nothing either way.
+        let tx = conn.transaction()?;
+        let mut tally = Tally::default();
+        let out = finish_in(&tx, items, now, &mut tally)?;
+        tally.write(&tx)?;
+        tx.commit()?;
+        Ok(out)
     }
 }
 

@@ -1,0 +1,226 @@
+//! Group commit for SMS claims on SQLite: a claim commits without a disk sync of its own
+//! (`synchronous = NORMAL`), and a thread of its own syncs the write-ahead log (`fdatasync`)
+//! behind it; the claim's requests leave only once the log is synced past its commit.
+//!
+//! Why: the sync took about 0.5 ms of each claim's 1.6 ms, during which the dispatcher could
+//! claim nothing (SQLite has one writer, and a `FULL` commit holds the write lock through its
+//! sync). Now the next claim's statements run while the last one's sync is under way, and one
+//! sync covers every commit before it (the log is written in order).
+//!
+//! Why this is as durable as `synchronous = FULL` for what it guards: in WAL mode a commit is
+//! its frames appended to the log, the last one marked as a commit (sqlite.org/wal.html,
+//! "WAL file format"); `FULL` syncs the log after writing them, `NORMAL` leaves that to the
+//! next checkpoint, and a power cut before it may lose the transaction but never corrupts the
+//! database (sqlite.org/pragma.html#pragma_synchronous). Syncing the same file ourselves
+//! after the commit is that same sync, done later and on another descriptor (`fdatasync`
+//! works on the file, not the descriptor: man 2 fsync). Nothing is sent before it returns,
+//! so a claim a power cut loses was never sent. The log's directory is synced once when the
+//! file is first opened here, so that the log itself survives (SQLite syncs it at its own
+//! first sync of a new log, which under `NORMAL` may come later).
+//!
+//! A failed sync fails every claim it covered, and every earlier one still waiting: their
+//! messages are not sent but queued again (the dispatcher's `unsent`), never counted durable
+//! on a later sync's word (after an `fdatasync` error the kernel may have dropped the pages
+//! and a later sync succeed without them).
+
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex};
+
+/// Where the log stands: the last claim committed, the last synced, the last whose sync
+/// failed (tickets count claims from 1; 0 is "nothing").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Synced {
+    pub synced: u64,
+    pub failed: u64,
+}
+
+impl Synced {
+    /// `Some(true)`: `ticket` is on disk; `Some(false)`: its sync failed; `None`: not yet.
+    pub fn of(&self, ticket: u64) -> Option<bool> {
+        if ticket <= self.failed {
+            Some(false)
+        } else if ticket <= self.synced {
+            Some(true)
+        } else {
+            None
+        }
+    }
+}
+
+struct State {
+    /// The last ticket handed out (its claim committed).
+    committed: u64,
+    at: Synced,
+    stop: bool,
+}
+
+/// The log of one SQLite database and the thread that syncs it.
+pub struct WalSync {
+    state: Mutex<State>,
+    /// Wakes the thread (a new commit, stop) and the blocking waiters (a sync done).
+    cv: Condvar,
+    /// Where async waiters learn of syncs.
+    tx: tokio::sync::watch::Sender<Synced>,
+}
+
+impl WalSync {
+    /// Starts the thread that syncs `wal` (the database's `-wal` file) whenever a claim waits.
+    pub fn start(wal: PathBuf) -> std::io::Result<Arc<WalSync>> {
+        let w = Arc::new(WalSync {
+            state: Mutex::new(State {
+                committed: 0,
+                at: Synced::default(),
+                stop: false,
+            }),
+            cv: Condvar::new(),
+            tx: tokio::sync::watch::channel(Synced::default()).0,
+        });
+        let me = w.clone();
+        std::thread::Builder::new()
+            .name("marquee-walsync".into())
+            .spawn(move || me.run(&wal))?;
+        Ok(w)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A claim just committed (called with the SMS connection still held, so that tickets
+    /// follow the commits' order): its ticket.
+    pub fn committed(&self) -> u64 {
+        let mut s = self.lock();
+        s.committed += 1;
+        let t = s.committed;
+        drop(s);
+        self.cv.notify_all();
+        t
+    }
+
+    /// Where the log stands, for async waiters.
+    pub fn watch(&self) -> tokio::sync::watch::Receiver<Synced> {
+        self.tx.subscribe()
+    }
+
+    /// Blocks until `ticket` is on disk (`Ok`) or its sync failed (`Err`).
+    pub fn wait(&self, ticket: u64) -> std::io::Result<()> {
+        let mut s = self.lock();
+        loop {
+            match s.at.of(ticket) {
+                Some(true) => return Ok(()),
+                Some(false) => return Err(failed()),
+                None if s.stop => return Err(std::io::Error::other("the store is closing")),
+                None => s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner()),
+            }
+        }
+    }
+
+    /// Stops the thread (the store is dropped); waiters not yet served get an error.
+    pub fn stop(&self) {
+        self.lock().stop = true;
+        self.cv.notify_all();
+    }
+
+    fn run(&self, wal: &std::path::Path) {
+        let mut file: Option<std::fs::File> = None;
+        loop {
+            let target = {
+                let mut s = self.lock();
+                while !s.stop && s.committed == s.at.synced.max(s.at.failed) {
+                    s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
+                }
+                if s.stop {
+                    return;
+                }
+                s.committed
+            };
+            let r = sync(&mut file, wal);
+            let mut s = self.lock();
+            match r {
+                Ok(()) => s.at.synced = target,
+                Err(e) => {
+                    tracing::error!(file = %wal.display(), error = %e, "cannot sync the SMS claims to disk; their messages are not sent but queued again");
+                    // A failed sync may have lost what it covered: the next opens the file
+                    // afresh.
+                    file = None;
+                    s.at.failed = target;
+                }
+            }
+            let at = s.at;
+            drop(s);
+            self.tx.send_replace(at);
+            self.cv.notify_all();
+        }
+    }
+}
+
+/// What a claim whose sync failed answers.
+pub fn failed() -> std::io::Error {
+    std::io::Error::other("the write-ahead log could not be synced to disk")
+}
+
+/// `fdatasync` of the log, opening it (and syncing its directory) first when needed.
+fn sync(file: &mut Option<std::fs::File>, wal: &std::path::Path) -> std::io::Result<()> {
+    if file.is_none() {
+        let f = std::fs::File::open(wal)?;
+        if let Some(dir) = wal.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::File::open(dir)?.sync_all()?;
+        }
+        *file = Some(f);
+    }
+    file.as_ref().map_or(Ok(()), std::fs::File::sync_data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ticket is on disk once a sync past it is done, failed when a sync covering it failed
+    /// (even if a later one succeeded), else not yet.
+    #[test]
+    fn a_ticket_is_durable_after_its_sync_and_never_after_a_failed_one() {
+        let at = Synced {
+            synced: 7,
+            failed: 4,
+        };
+        assert_eq!(at.of(3), Some(false));
+        assert_eq!(at.of(4), Some(false));
+        assert_eq!(at.of(5), Some(true));
+        assert_eq!(at.of(7), Some(true));
+        assert_eq!(at.of(8), None);
+        assert_eq!(Synced::default().of(1), None);
+    }
+
+    /// The thread syncs what was committed, waiters are served in any order, and a log that
+    /// cannot be opened fails the tickets waiting.
+    #[test]
+    fn claims_wait_for_the_thread_to_sync_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join("db-wal");
+        std::fs::write(&wal, b"frames").unwrap();
+        let w = WalSync::start(wal.clone()).unwrap();
+        let (a, b) = (w.committed(), w.committed());
+        assert_eq!((a, b), (1, 2));
+        w.wait(b).unwrap();
+        w.wait(a).unwrap();
+        let mut rx = w.watch();
+        assert!(rx.borrow_and_update().synced >= 2);
+        std::fs::remove_file(&wal).unwrap();
+        // The file is open already: still synced.
+        let c = w.committed();
+        w.wait(c).unwrap();
+        w.stop();
+        assert!(w.wait(c + 1).is_err());
+
+        let gone = WalSync::start(dir.path().join("none-wal")).unwrap();
+        let t = gone.committed();
+        assert!(gone.wait(t).is_err());
+        assert_eq!(gone.watch().borrow().of(t), Some(false));
+        gone.stop();
+    }
+}
