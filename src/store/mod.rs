@@ -668,8 +668,10 @@ fn schema_admin(
 /// The daemon's database.
 pub struct Store {
     conn: Mutex<Connection>,
-    /// A second connection for SMS dispatch: a claimed message is on disk before its request
-    /// leaves, even across a power cut (its commit synced by `wal`'s thread). `None` in memory.
+    /// A second connection for SMS dispatch with `synchronous = FULL`, but for the claims,
+    /// which commit without a sync and are synced by `wal`'s thread before their requests
+    /// leave (and the answers, which need no sync): a claimed message is on disk before its
+    /// request leaves, even across a power cut. `None` in memory.
     sms: Option<Mutex<Connection>>,
     /// A third connection for what operators read about campaigns (progress counts, message
     /// lists, exports), so that counting a million rows never holds up the dispatcher's claims.
@@ -681,9 +683,13 @@ pub struct Store {
     /// ([`Store::checkpoint`], every second from the daemon), so that writers do not do it
     /// inside their commits. `None` in memory.
     ckpt: Option<Mutex<rusqlite::Connection>>,
-    /// SQLite on disk: the thread that syncs the write-ahead log behind the SMS claims, which
-    /// commit without a sync of their own (group commit, [`walsync`]).
-    wal: Option<std::sync::Arc<walsync::WalSync>>,
+    /// SQLite on disk: the write-ahead log's path, and the thread that syncs it behind the SMS
+    /// claims, which commit without a sync of their own (group commit, [`walsync`]); started
+    /// at the first claim (an idle daemon, a command-line tool, has no such thread).
+    wal: Option<(
+        PathBuf,
+        std::sync::OnceLock<std::sync::Arc<walsync::WalSync>>,
+    )>,
     /// PostgreSQL: a connection of its own for the leader lease, so that renewing it never
     /// waits behind the writers.
     lease: Option<Mutex<Connection>>,
@@ -700,7 +706,7 @@ pub struct Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        if let Some(w) = &self.wal {
+        if let Some(w) = self.wal.as_ref().and_then(|(_, w)| w.get()) {
             w.stop();
         }
     }
@@ -839,7 +845,7 @@ impl Store {
         }
     }
 
-    /// Writes (and syncs) the readiness row: fails when the store cannot take writes (disk full,
+    /// Writes the readiness row: fails when the store cannot take writes (disk full,
     /// read-only file system, database locked for longer than the busy timeout).
     pub fn probe_write(&self, now: chrono::DateTime<chrono::Utc>) -> Result<(), StoreError> {
         self.bulk_ok()?;
@@ -878,9 +884,16 @@ impl Store {
         let conn = rusqlite::Connection::open(path)?;
         let mut store = Store::init(conn)?;
         let sms = rusqlite::Connection::open(path)?;
-        // A claim is on disk before its request leaves: synced by the log's own thread
-        // (`wal`), not inside the commit.
-        sms.pragma_update(None, "synchronous", "NORMAL")?;
+        // Every write of this connection is synced in its commit, but the claims, whose log the
+        // thread of `wal` syncs behind them (and the answers, which need no sync).
+        sms.pragma_update(None, "synchronous", "FULL")?;
+        // The log SQLite writes: named after the database file it resolved (a symbolic link's
+        // target), not after the path it was given.
+        let mut wal = sms
+            .path()
+            .filter(|p| !p.is_empty())
+            .map_or_else(|| path.as_os_str().to_owned(), std::ffi::OsString::from);
+        wal.push("-wal");
         settle(&sms)?;
         store.sms = Some(Mutex::new(writer(sms)));
         let read = rusqlite::Connection::open(path)?;
@@ -903,9 +916,7 @@ impl Store {
         // It copies pages through; its own page cache would only hold memory (default 2 MB).
         ckpt.pragma_update(None, "cache_size", -64)?;
         store.ckpt = Some(Mutex::new(ckpt));
-        let mut wal = path.as_os_str().to_owned();
-        wal.push("-wal");
-        store.wal = Some(walsync::WalSync::start(wal.into())?);
+        store.wal = Some((wal.into(), std::sync::OnceLock::new()));
         Ok(store)
     }
 
@@ -1099,28 +1110,54 @@ impl Store {
         })
     }
 
+    /// The thread that syncs the write-ahead log behind the SMS claims, started at the first
+    /// claim (`None`: PostgreSQL or in memory, where a commit is on disk when it returns).
+    fn wal_sync(&self) -> Result<Option<&std::sync::Arc<walsync::WalSync>>, StoreError> {
+        let Some((path, w)) = &self.wal else {
+            return Ok(None);
+        };
+        if let Some(w) = w.get() {
+            return Ok(Some(w));
+        }
+        // Under the SMS connection's lock (the one caller): started once.
+        let started = walsync::WalSync::start(path.clone())?;
+        Ok(Some(w.get_or_init(|| started)))
+    }
+
+    /// Whether a sync of the log behind the claims failed: nothing more is claimed until the
+    /// daemon is restarted ([`walsync`]).
+    fn wal_broken(&self) -> bool {
+        self.wal
+            .as_ref()
+            .and_then(|(_, w)| w.get())
+            .is_some_and(|w| w.broken())
+    }
+
     /// A claim of `n` messages just committed on the SMS connection (still held): what it
     /// waits for to be on disk (0: it is already, as on PostgreSQL or in memory, or it took
-    /// nothing).
-    fn claim_ticket(&self, n: usize) -> u64 {
-        match &self.wal {
+    /// nothing). `wal`: [`Store::wal_sync`], taken before the claim.
+    fn claim_ticket(wal: Option<&walsync::WalSync>, n: usize) -> u64 {
+        match wal {
             Some(w) if n > 0 => w.committed(),
             _ => 0,
         }
     }
 
-    /// Blocks until the claim of `ticket` ([`Store::claim_ticket`]) is on disk.
+    /// Blocks until the claim of `ticket` ([`Store::claim_unsynced`]) is on disk.
     pub fn wait_claimed(&self, ticket: u64) -> Result<(), StoreError> {
-        match &self.wal {
+        match self.wal.as_ref().and_then(|(_, w)| w.get()) {
             Some(w) if ticket > 0 => Ok(w.wait(ticket)?),
             _ => Ok(()),
         }
     }
 
-    /// Where the SMS claims' disk syncs stand, for async waiters (`None`: every claim is on
-    /// disk when it returns).
+    /// Where the SMS claims' disk syncs stand, for async waiters (`None`: no claim waits, as
+    /// on PostgreSQL or in memory).
     pub fn claims_synced(&self) -> Option<tokio::sync::watch::Receiver<walsync::Synced>> {
-        self.wal.as_ref().map(|w| w.watch())
+        self.wal
+            .as_ref()
+            .and_then(|(_, w)| w.get())
+            .map(|w| w.watch())
     }
 
     /// Runs `f` on tokio's blocking pool: the one way async code reaches the store (SQLite

@@ -1,6 +1,7 @@
 //! Group commit for SMS claims on SQLite: a claim commits without a disk sync of its own
-//! (`synchronous = NORMAL`), and a thread of its own syncs the write-ahead log (`fdatasync`)
-//! behind it; the claim's requests leave only once the log is synced past its commit.
+//! (`synchronous = NORMAL` for its transaction; every other write of the SMS connection keeps
+//! `FULL`), and a thread of its own syncs the write-ahead log (`fdatasync`) behind it; the
+//! claim's requests leave only once the log is synced past its commit.
 //!
 //! Why: the sync took about 0.5 ms of each claim's 1.6 ms, during which the dispatcher could
 //! claim nothing (SQLite has one writer, and a `FULL` commit holds the write lock through its
@@ -13,15 +14,22 @@
 //! next checkpoint, and a power cut before it may lose the transaction but never corrupts the
 //! database (sqlite.org/pragma.html#pragma_synchronous). Syncing the same file ourselves
 //! after the commit is that same sync, done later and on another descriptor (`fdatasync`
-//! works on the file, not the descriptor: man 2 fsync). Nothing is sent before it returns,
-//! so a claim a power cut loses was never sent. The log's directory is synced once when the
-//! file is first opened here, so that the log itself survives (SQLite syncs it at its own
-//! first sync of a new log, which under `NORMAL` may come later).
+//! flushes the file, whichever descriptor asks: man 2 fsync). Nothing is sent before it
+//! returns, so a claim a power cut loses was never sent. The log is the file SQLite writes:
+//! named after the database file it resolved (`sqlite3_db_filename`, a symbolic link's
+//! target), and checked before each sync to be the file this thread opened (same device and
+//! inode). Its directory is synced once when the file is first opened here, so that the log
+//! itself survives (SQLite syncs it at its own first sync of a new log, which under `NORMAL`
+//! may come later). Checkpoints need nothing more: one syncs the log before it copies frames
+//! into the database and the database before the log may restart (sqlite.org/wal.html).
 //!
-//! A failed sync fails every claim it covered, and every earlier one still waiting: their
-//! messages are not sent but queued again (the dispatcher's `unsent`), never counted durable
-//! on a later sync's word (after an `fdatasync` error the kernel may have dropped the pages
-//! and a later sync succeed without them).
+//! A failed sync is for good: an `fdatasync` error is reported once, the kernel may have
+//! dropped the pages it could not write, and a later sync on another descriptor can succeed
+//! without them (man 2 fsync, "errors"; PostgreSQL stops on it for the same reason). So every
+//! claim waiting fails (its messages are not sent but queued again: the dispatcher's
+//! `unsent`), the thread ends, and nothing more is claimed ([`WalSync::broken`]) until the
+//! daemon is restarted (after the disk is looked at); SQLite's own recovery then reads the log
+//! as far as its checksums hold.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
@@ -121,7 +129,27 @@ impl WalSync {
         self.cv.notify_all();
     }
 
+    /// Whether a sync failed (or the thread ended): nothing is on disk on this thread's word
+    /// any more.
+    pub fn broken(&self) -> bool {
+        self.lock().at.failed == u64::MAX
+    }
+
     fn run(&self, wal: &std::path::Path) {
+        /// However the thread ends (a failed sync, stop, a panic), every waiter is answered:
+        /// none is on disk on its word any more.
+        struct Ended<'a>(&'a WalSync);
+        impl Drop for Ended<'_> {
+            fn drop(&mut self) {
+                let mut s = self.0.lock();
+                s.at.failed = u64::MAX;
+                let at = s.at;
+                drop(s);
+                self.0.tx.send_replace(at);
+                self.0.cv.notify_all();
+            }
+        }
+        let _ended = Ended(self);
         let mut file: Option<std::fs::File> = None;
         loop {
             let target = {
@@ -134,18 +162,12 @@ impl WalSync {
                 }
                 s.committed
             };
-            let r = sync(&mut file, wal);
-            let mut s = self.lock();
-            match r {
-                Ok(()) => s.at.synced = target,
-                Err(e) => {
-                    tracing::error!(file = %wal.display(), error = %e, "cannot sync the SMS claims to disk; their messages are not sent but queued again");
-                    // A failed sync may have lost what it covered: the next opens the file
-                    // afresh.
-                    file = None;
-                    s.at.failed = target;
-                }
+            if let Err(e) = sync(&mut file, wal) {
+                tracing::error!(file = %wal.display(), error = %e, "cannot sync the SMS claims to disk: none of their messages is sent (they are queued again), and no more are claimed until the daemon is restarted; look at the disk");
+                return;
             }
+            let mut s = self.lock();
+            s.at.synced = target;
             let at = s.at;
             drop(s);
             self.tx.send_replace(at);
@@ -159,9 +181,26 @@ pub fn failed() -> std::io::Error {
     std::io::Error::other("the write-ahead log could not be synced to disk")
 }
 
-/// `fdatasync` of the log, opening it (and syncing its directory) first when needed.
+/// What a claim answers once a sync has failed ([`WalSync::broken`]).
+pub fn broken() -> std::io::Error {
+    std::io::Error::other(
+        "a sync of the write-ahead log to disk failed earlier: no SMS is claimed until the daemon is restarted (look at the disk first)",
+    )
+}
+
+/// `fdatasync` of the log, opening it (and syncing its directory) first when needed; fails
+/// when the log at `wal` is no longer the file opened (then what was synced is not SQLite's).
 fn sync(file: &mut Option<std::fs::File>, wal: &std::path::Path) -> std::io::Result<()> {
-    if file.is_none() {
+    if let Some(f) = file {
+        use std::os::unix::fs::MetadataExt;
+        let (now, open) = (std::fs::metadata(wal)?, f.metadata()?);
+        if (now.dev(), now.ino()) != (open.dev(), open.ino()) {
+            return Err(std::io::Error::other(format!(
+                "{} was replaced by another file",
+                wal.display()
+            )));
+        }
+    } else {
         let f = std::fs::File::open(wal)?;
         if let Some(dir) = wal.parent() {
             let dir = if dir.as_os_str().is_empty() {
@@ -196,8 +235,8 @@ mod tests {
         assert_eq!(Synced::default().of(1), None);
     }
 
-    /// The thread syncs what was committed, waiters are served in any order, and a log that
-    /// cannot be opened fails the tickets waiting.
+    /// The thread syncs what was committed, waiters are served in any order; a log replaced
+    /// by another file (or missing) fails the tickets waiting and every later one, for good.
     #[test]
     fn claims_wait_for_the_thread_to_sync_the_log() {
         let dir = tempfile::tempdir().unwrap();
@@ -210,17 +249,27 @@ mod tests {
         w.wait(a).unwrap();
         let mut rx = w.watch();
         assert!(rx.borrow_and_update().synced >= 2);
-        std::fs::remove_file(&wal).unwrap();
-        // The file is open already: still synced.
+        assert!(!w.broken());
+        // Another file at the log's name (renamed over it: the old one is still open here, so
+        // its inode is not reused).
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"frames").unwrap();
+        std::fs::rename(&other, &wal).unwrap();
         let c = w.committed();
-        w.wait(c).unwrap();
-        w.stop();
-        assert!(w.wait(c + 1).is_err());
+        assert!(w.wait(c).is_err());
+        assert!(w.broken());
+        assert_eq!(rx.borrow_and_update().of(c), Some(false));
+        let d = w.committed();
+        assert!(w.wait(d).is_err(), "a failure is for good");
 
         let gone = WalSync::start(dir.path().join("none-wal")).unwrap();
         let t = gone.committed();
         assert!(gone.wait(t).is_err());
-        assert_eq!(gone.watch().borrow().of(t), Some(false));
-        gone.stop();
+        assert!(gone.broken());
+
+        let stopped = WalSync::start(wal).unwrap();
+        stopped.stop();
+        let t = stopped.committed();
+        assert!(stopped.wait(t).is_err());
     }
 }

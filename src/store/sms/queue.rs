@@ -3,7 +3,8 @@
 //! crash (`submitting → unknown`, never resent by itself), requeueing unknowns, and reading
 //! messages.
 
-use crate::store::db::{OptionalExtension, Transaction, params};
+use crate::store::db::{Connection, OptionalExtension, Transaction, params};
+use crate::store::walsync;
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet};
 
@@ -146,7 +147,8 @@ impl Store {
 
     /// Claims up to `max` due messages of `campaign` for `gateway` in one transaction:
     /// `queued → submitting`, on disk before this returns ([`Store::claim_unsynced`], then its
-    /// sync awaited).
+    /// sync awaited). When that sync fails the messages stay `submitting` (`unknown` after a
+    /// restart): for tests and benchmarks; the dispatcher requeues them unsent.
     pub fn claim_batch(
         &self,
         campaign: i64,
@@ -180,93 +182,133 @@ impl Store {
         max: usize,
         answers: &[Finish],
     ) -> Result<(Vec<Claimed>, u64), StoreError> {
+        // A log that could not be synced: nothing more is claimed until the daemon is
+        // restarted (walsync: a later sync's success proves nothing); the answers are stored.
+        if self.wal_broken() {
+            self.finish_submits(answers, now)?;
+            return Err(walsync::broken().into());
+        }
         // A (nearly) full disk: answers are still stored, nothing new is claimed (what is
         // sent must have room for its reports and replies).
         let max = if self.bulk_ok().is_err() { 0 } else { max };
         let epoch = self.lead_epoch();
         let owner: Owner<'_> = (self.node(), (epoch > 0).then_some(epoch));
         let mut conn = self.sms_conn();
-        let tx = conn.transaction()?;
-        let mut tally = Tally::default();
-        finish_in(&tx, answers, now, &mut tally)?;
-        let now_s = ts(now);
-        let mut claimed = Vec::new();
-        let day_ago = ts(now - chrono::Duration::days(1));
-        // PostgreSQL: the rows are locked as they are read, and rows another transaction
-        // holds are passed over (`SKIP LOCKED`), so that two claimers never wait for each other
-        // or take the same message (SQLite has one writer at a time).
-        const DUE: &str = "SELECT m.id, m.recipient, m.text, m.parts, m.attempts,
+        let wal = self.wal_sync()?;
+        // The claim alone commits without a sync of its own (the log's thread syncs it behind);
+        // every other write of the connection keeps its sync.
+        let relaxed = |conn: &Connection, on: bool| match (wal, conn.sqlite()) {
+            (Some(_), Some(c)) => {
+                c.pragma_update(None, "synchronous", if on { "NORMAL" } else { "FULL" })
+            }
+            _ => Ok(()),
+        };
+        relaxed(&conn, true)?;
+        let claimed = claim_in(
+            &mut conn,
+            (campaign, gateway, daily_cap),
+            now,
+            max,
+            answers,
+            owner,
+        );
+        relaxed(&conn, false)?;
+        // Taken while the connection is held (`conn`): tickets follow the commits.
+        let ticket = Store::claim_ticket(wal.map(|w| &**w), claimed.as_ref().map_or(0, Vec::len));
+        Ok((claimed?, ticket))
+    }
+}
+
+/// The claim's transaction ([`Store::claim_unsynced`]): the answers, then up to `max` due
+/// messages of `campaign` taken for `gateway` by `owner`.
+fn claim_in(
+    conn: &mut Connection,
+    (campaign, gateway, daily_cap): (i64, &str, Option<u32>),
+    now: DateTime<Utc>,
+    max: usize,
+    answers: &[Finish],
+    owner: Owner<'_>,
+) -> Result<Vec<Claimed>, StoreError> {
+    let tx = conn.transaction()?;
+    let mut tally = Tally::default();
+    finish_in(&tx, answers, now, &mut tally)?;
+    let now_s = ts(now);
+    let mut claimed = Vec::new();
+    let day_ago = ts(now - chrono::Duration::days(1));
+    // PostgreSQL: the rows are locked as they are read, and rows another transaction
+    // holds are passed over (`SKIP LOCKED`), so that two claimers never wait for each other
+    // or take the same message (SQLite has one writer at a time).
+    const DUE: &str = "SELECT m.id, m.recipient, m.text, m.parts, m.attempts,
                     EXISTS (SELECT 1 FROM optouts o WHERE o.number = m.recipient), m.params
              FROM messages m INDEXED BY messages_queued
              WHERE m.campaign = ?1 AND m.state = 'queued'
                AND (m.not_before IS NULL OR m.not_before <= ?2)
                AND (SELECT status FROM campaigns WHERE id = ?1) = 'running'
              ORDER BY m.id LIMIT ?3";
-        let mut select = if tx.is_pg() {
-            tx.prepare_cached(&format!("{DUE} FOR UPDATE OF m SKIP LOCKED"))?
-        } else {
-            tx.prepare_cached(DUE)?
-        };
-        let mut sent_today = tx.prepare_cached(SENT_TODAY)?;
-        let mut hold = tx.prepare_cached(
-            "UPDATE messages SET not_before = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
-        )?;
-        let mut take = tx.prepare_cached(
-            "UPDATE messages SET state = 'submitting', gateway = ?2, attempts = attempts + 1,
+    let mut select = if tx.is_pg() {
+        tx.prepare_cached(&format!("{DUE} FOR UPDATE OF m SKIP LOCKED"))?
+    } else {
+        tx.prepare_cached(DUE)?
+    };
+    let mut sent_today = tx.prepare_cached(SENT_TODAY)?;
+    let mut hold = tx.prepare_cached(
+        "UPDATE messages SET not_before = ?2, reason = ?3, updated_at = ?4 WHERE id = ?1",
+    )?;
+    let mut take = tx.prepare_cached(
+        "UPDATE messages SET state = 'submitting', gateway = ?2, attempts = attempts + 1,
                  submitted_at = ?3, updated_at = ?3, not_before = NULL,
                  claimed_by = ?4, claim_epoch = ?5
              WHERE id = ?1",
-        )?;
-        let mut cancel = tx.prepare_cached(
-            "UPDATE messages SET state = 'cancelled', reason = 'opted out (checked at send time)',
+    )?;
+    let mut cancel = tx.prepare_cached(
+        "UPDATE messages SET state = 'cancelled', reason = 'opted out (checked at send time)',
                  updated_at = ?2
              WHERE id = ?1",
-        )?;
-        // PostgreSQL: the messages taken are moved in one statement per round (one round trip
-        // to the server for the batch instead of one per message).
-        let batch_take = tx.is_pg();
-        let mut taken: Vec<i64> = Vec::new();
-        while claimed.len() < max {
-            let want = (max - claimed.len()) as i64;
-            let candidates = due(&mut select, campaign, &now_s, want)?;
-            if candidates.is_empty() {
-                break;
-            }
-            for (m, opted_out) in candidates {
-                if opted_out {
-                    cancel.execute(params![m.id, now_s])?;
-                    tally.moved(campaign, m.parts as i64, State::Queued, State::Cancelled);
-                    continue;
-                }
-                if let Some(cap) = daily_cap
-                    && let Some(until) = capped(&mut sent_today, &m, cap, &day_ago, now)?
-                {
-                    hold.execute(params![
-                        m.id,
-                        ts(until),
-                        format!("daily cap of {cap} reached for this number"),
-                        now_s
-                    ])?;
-                    continue;
-                }
-                if batch_take {
-                    taken.push(m.id);
-                } else {
-                    take.execute(params![m.id, gateway, now_s, owner.0, owner.1])?;
-                }
-                tally.moved(campaign, m.parts as i64, State::Queued, State::Submitting);
-                claimed.push(m);
-            }
-            take_all(&tx, &mut taken, gateway, &now_s, owner)?;
+    )?;
+    // PostgreSQL: the messages taken are moved in one statement per round (one round trip
+    // to the server for the batch instead of one per message).
+    let batch_take = tx.is_pg();
+    let mut taken: Vec<i64> = Vec::new();
+    while claimed.len() < max {
+        let want = (max - claimed.len()) as i64;
+        let candidates = due(&mut select, campaign, &now_s, want)?;
+        if candidates.is_empty() {
+            break;
         }
-        drop((select, sent_today, hold, take, cancel));
-        tally.write(&tx)?;
-        tx.commit()?;
-        // Taken while the connection is held (`conn`): tickets follow the commits.
-        let ticket = self.claim_ticket(claimed.len());
-        Ok((claimed, ticket))
+        for (m, opted_out) in candidates {
+            if opted_out {
+                cancel.execute(params![m.id, now_s])?;
+                tally.moved(campaign, m.parts as i64, State::Queued, State::Cancelled);
+                continue;
+            }
+            if let Some(cap) = daily_cap
+                && let Some(until) = capped(&mut sent_today, &m, cap, &day_ago, now)?
+            {
+                hold.execute(params![
+                    m.id,
+                    ts(until),
+                    format!("daily cap of {cap} reached for this number"),
+                    now_s
+                ])?;
+                continue;
+            }
+            if batch_take {
+                taken.push(m.id);
+            } else {
+                take.execute(params![m.id, gateway, now_s, owner.0, owner.1])?;
+            }
+            tally.moved(campaign, m.parts as i64, State::Queued, State::Submitting);
+            claimed.push(m);
+        }
+        take_all(&tx, &mut taken, gateway, &now_s, owner)?;
     }
+    drop((select, sent_today, hold, take, cancel));
+    tally.write(&tx)?;
+    tx.commit()?;
+    Ok(claimed)
+}
 
+impl Store {
     /// Holds every queued message of `campaign` until `until` (quiet hours), with `reason`.
     pub fn defer_campaign(
         &self,
@@ -318,16 +360,26 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<Vec<State>, StoreError> {
         let mut conn = self.sms_conn();
-        // Answers need no disk sync of their own (the SMS connection commits without one). One
-        // lost to a power cut leaves its message `submitting`, which becomes `unknown` on
-        // restart and is never resent; the next claim's sync (WAL: in order) makes it durable
-        // with everything before it. A killed process loses nothing either way.
-        let tx = conn.transaction()?;
-        let mut tally = Tally::default();
-        let out = finish_in(&tx, items, now, &mut tally)?;
-        tally.write(&tx)?;
-        tx.commit()?;
-        Ok(out)
+        // Answers need no disk sync of their own. One lost to a power cut leaves its message
+        // `submitting`, which becomes `unknown` on restart and is never resent; the next claim's
+        // sync (WAL: in order) makes it durable with everything before it. A killed process
+        // loses nothing either way.
+        let relaxed = self.sms.is_some();
+        if relaxed && let Some(c) = conn.sqlite() {
+            c.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        let out = (|| {
+            let tx = conn.transaction()?;
+            let mut tally = Tally::default();
+            let out = finish_in(&tx, items, now, &mut tally)?;
+            tally.write(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        if relaxed && let Some(c) = conn.sqlite() {
+            c.pragma_update(None, "synchronous", "FULL")?;
+        }
+        out
     }
 }
 
