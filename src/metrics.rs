@@ -54,6 +54,8 @@ pub struct Metrics {
     pub sms_submits: Family<Vec<(String, String)>, Counter>,
     /// 1 while a gateway is out of rotation for an account error, by gateway.
     pub sms_gateway_out: Family<Vec<(String, String)>, Gauge>,
+    /// 1 while a gateway takes one request of one message at a time after a failure.
+    pub sms_gateway_half_open: Family<Vec<(String, String)>, Gauge>,
     /// SMS claims (transactions taking queued messages for a gateway) and the messages they
     /// took, by gateway.
     pub sms_claims: Family<Vec<(String, String)>, Counter>,
@@ -102,6 +104,14 @@ impl Metrics {
     /// The gauge saying whether `gateway` is out of rotation (an account error).
     pub fn sms_gateway_out_of_rotation(&self, gateway: &str) -> Gauge {
         self.sms_gateway_out
+            .get_or_create(&vec![("gateway".to_owned(), gateway.to_owned())])
+            .clone()
+    }
+
+    /// The gauge saying whether `gateway` takes one request of one message at a time after a
+    /// failure (half-open).
+    pub fn sms_gateway_half_open(&self, gateway: &str) -> Gauge {
+        self.sms_gateway_half_open
             .get_or_create(&vec![("gateway".to_owned(), gateway.to_owned())])
             .clone()
     }
@@ -218,8 +228,13 @@ impl Metrics {
             self.sms_gateway_out.clone(),
         );
         r.register(
+            "sms_gateway_half_open",
+            "1 while the gateway takes one request of one message at a time after a failure (half-open), until one is answered for its message",
+            self.sms_gateway_half_open.clone(),
+        );
+        r.register(
             "sms_claims",
-            "SMS claims that took messages for a gateway (one transaction and disk sync each)",
+            "SMS claims that took messages for a gateway (one transaction each; one disk sync covers every claim committed before it)",
             self.sms_claims.clone(),
         );
         r.register(

@@ -334,6 +334,7 @@ pub async fn gateways(
                 batch_max: g.kind.batch_max(),
                 messages_per_second: g.messages_per_second,
                 out_of_rotation: out.is_some(),
+                half_open: stored.is_none() && s.sms_health.half_open(&g.name),
                 reason: out.as_ref().map(|o| o.0.clone()),
                 until: out.map(|o| o.1),
             }
@@ -364,6 +365,10 @@ pub struct GatewayView {
     pub messages_per_second: f64,
     /// Taken out after an account error (balance, credentials, quota).
     pub out_of_rotation: bool,
+    /// After a failure (or back from an account outage) it takes one request of one message
+    /// at a time until one is answered for its message (half-open, as a circuit breaker).
+    /// Always `false` on a standby, which dispatches nothing.
+    pub half_open: bool,
     /// The provider's words, when out.
     pub reason: Option<String>,
     /// Until when (RFC 3339), when out.

@@ -93,6 +93,8 @@ struct Runtime {
     counters: [prometheus_client::metrics::counter::Counter; 8],
     /// 1 while the gateway is out of rotation for an account error.
     out_of_rotation: prometheus_client::metrics::gauge::Gauge,
+    /// 1 while it takes one request of one message at a time after a failure.
+    half_open: prometheus_client::metrics::gauge::Gauge,
     /// Claims that took messages, and the messages they took.
     claims: (
         prometheus_client::metrics::counter::Counter,
@@ -227,7 +229,7 @@ impl Runtime {
 /// `claim_ahead` is at most its window never waits), at most what one claim can take (`want`
 /// messages, `per_permit` to a request: a batch gateway's claim may need few permits). A
 /// window's worth stays claimed and keeps the window full while the claim commits; the claims
-/// are larger and fewer, each one commit and disk sync (`marquee-bench sms-store`,
+/// are larger and fewer, each one commit (`marquee-bench sms-store`,
 /// BENCHMARKS.md: about a third less CPU per message in claims of 128 than of 32).
 fn fill_at(claim_ahead: usize, in_flight: usize, want: usize, per_permit: usize) -> usize {
     claim_ahead
@@ -296,7 +298,12 @@ fn backoff(n: u32) -> Duration {
 /// (`gateway_outages`), so that a restart or a new leader keeps a gateway out, and a standby
 /// shows it.
 #[derive(Clone, Default)]
-pub struct Health(Arc<std::sync::Mutex<Outages>>, Arc<AtomicBool>);
+pub struct Health(
+    Arc<std::sync::Mutex<Outages>>,
+    Arc<AtomicBool>,
+    /// The gateways that take one request of one message at a time after a failure.
+    Arc<std::sync::Mutex<BTreeSet<String>>>,
+);
 
 /// Gateway name → (the provider's words, out of rotation until).
 type Outages = BTreeMap<String, (String, DateTime<Utc>)>;
@@ -339,6 +346,26 @@ impl Health {
                 .map(|(g, (reason, until))| (g.clone(), reason.clone(), *until))
                 .collect()
         })
+    }
+
+    /// Whether `gateway` takes one request of one message at a time after a failure (half-open,
+    /// as a circuit breaker), until one is answered for its message.
+    pub fn half_open(&self, gateway: &str) -> bool {
+        self.2
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(gateway)
+    }
+
+    /// Sets whether `gateway` is half-open to what `now` says, read under the lock: of
+    /// answers racing each other, the last to get here shows the last state.
+    fn set_half_open(&self, gateway: &str, now: impl FnOnce() -> bool) {
+        let mut s = self.2.lock().unwrap_or_else(|e| e.into_inner());
+        if now() {
+            s.insert(gateway.to_owned());
+        } else {
+            s.remove(gateway);
+        }
     }
 
     /// Why `gateway` is out of rotation and until when, if it is.
@@ -527,6 +554,7 @@ impl Dispatcher {
             rt.cool(left.min(RESUME_PROBE));
             // Then one request, not a window.
             rt.failures.fetch_max(1, Ordering::Relaxed);
+            rt.shown_half_open();
             rt.gw.resume_outage(&reason);
             rt.out_of_rotation.set(1);
             rt.health.out(&name, &reason, until);
@@ -1272,7 +1300,9 @@ fn finish(
         answer.submit,
         Submit::Transient | Submit::Lost | Submit::Account
     ) {
-        rt.failures.store(0, Ordering::Relaxed);
+        if rt.failures.swap(0, Ordering::Relaxed) > 0 {
+            rt.shown_half_open();
+        }
         rt.out_of_rotation.set(0);
         if rt.health.back(&rt.gw.cfg.name) {
             *rt.cool_until.lock().unwrap_or_else(|e| e.into_inner()) = None;
@@ -1424,6 +1454,7 @@ impl Runtime {
             failures: AtomicU32::new(0),
             counters: metrics.sms_submit_counters(&g.name),
             out_of_rotation: metrics.sms_gateway_out_of_rotation(&g.name),
+            half_open: metrics.sms_gateway_half_open(&g.name),
             claims: metrics.sms_claim_counters(&g.name),
             health: health.clone(),
             claimed_at: AtomicU64::new(0),
@@ -1431,6 +1462,16 @@ impl Runtime {
             filling: AtomicUsize::new(0),
             gw,
         }
+    }
+
+    /// Shows whether it takes one request at a time after a failure (the gauge
+    /// `marquee_sms_gateway_half_open` and `GET /api/v1/sms/gateways`).
+    fn shown_half_open(&self) {
+        self.health.set_half_open(&self.gw.cfg.name, || {
+            let on = self.failures.load(Ordering::SeqCst) > 0;
+            self.half_open.set(i64::from(on));
+            on
+        });
     }
 
     /// Counts an answer by its kind (`marquee_sms_submits_total`).
@@ -1459,7 +1500,9 @@ impl Runtime {
     /// Retry-After, else a back-off by failures in a row; the first answer of a batch counts).
     fn failed(&self, m: &crate::store::sms::Claimed, answer: &Answer, first: bool) {
         let n = if first {
-            self.failures.fetch_add(1, Ordering::Relaxed)
+            let n = self.failures.fetch_add(1, Ordering::Relaxed);
+            self.shown_half_open();
+            n
         } else {
             self.failures.load(Ordering::Relaxed).saturating_sub(1)
         };
@@ -1476,6 +1519,7 @@ impl Runtime {
         self.cool(ACCOUNT_COOL);
         // Back in rotation with one request, not a window.
         self.failures.fetch_max(1, Ordering::Relaxed);
+        self.shown_half_open();
         self.out_of_rotation.set(1);
         self.health.out(
             &self.gw.cfg.name,
@@ -1522,13 +1566,18 @@ mod tests {
             retry_after: None,
         };
         let out = |rt: &Runtime| {
+            let failing = rt.failures.load(Ordering::Relaxed) > 0;
+            // What is shown is what is done.
+            assert_eq!(rt.half_open.get() == 1, failing);
+            assert_eq!(rt.health.half_open("d"), failing);
             (
-                rt.failures.load(Ordering::Relaxed) > 0,
+                failing,
                 rt.out_of_rotation.get() == 1,
                 rt.health.get("d").is_some(),
             )
         };
         rt.failures.store(2, Ordering::Relaxed);
+        rt.shown_half_open();
         let f = finish(&rt, &m, answer(Submit::Transient), false, true);
         assert_eq!(f.answer, Submit::Permanent, "the last attempt gives up");
         assert!(out(&rt).0, "a failure, though the message is given up");

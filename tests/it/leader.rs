@@ -516,6 +516,8 @@ async fn a_gateway_out_of_rotation_is_out_on_every_node_and_after_a_failover() {
             .contains("balance"),
         "{shown}"
     );
+    // A standby dispatches nothing: nothing of its own to show half-open.
+    assert_eq!(shown["gateways"][0]["half_open"], false, "{shown}");
 
     // The leader dies; the standby leads and keeps the gateway out.
     da.signal("KILL");
@@ -532,5 +534,7 @@ async fn a_gateway_out_of_rotation_is_out_on_every_node_and_after_a_failover() {
     .await;
     let (_, v) = db.get("/api/v1/sms/gateways", Some(&token_b)).await;
     assert!(out(&v), "{v}");
+    // Back in rotation it takes one request, not a window.
+    assert_eq!(v["gateways"][0]["half_open"], true, "{v}");
     assert_eq!(fake.requests(), 1, "alpha was asked again");
 }

@@ -394,6 +394,8 @@ dlr_secret_env = "TEST_DLR_SECRET"
     let (status, gws) = d.get("/api/v1/sms/gateways", Some(&token)).await;
     assert_eq!(status, 200, "{gws}");
     assert_eq!(gws["gateways"][0]["out_of_rotation"], false, "{gws}");
+    // The number Kannel cannot route was its own: the gateway takes whole windows.
+    assert_eq!(gws["gateways"][0]["half_open"], false, "{gws}");
     // fakesmsc writes its log on its own schedule: the last lines may land after the reports.
     let got = crate::harness::eventually("fakesmsc to log every message", || {
         let got = k.received();
@@ -642,6 +644,23 @@ async fn a_failing_gateway_takes_one_request_at_a_time_and_a_502_is_unknown() {
     );
     // Never resent on its own.
     assert!(fake.requests_for().values().all(|k| *k == 1));
+    // What is shown is what is done: in rotation, one message at a time.
+    let (_, gws) = d.get("/api/v1/sms/gateways", Some(&token)).await;
+    let alpha = &gws["gateways"][0];
+    assert_eq!(
+        (
+            alpha["name"].as_str(),
+            &alpha["out_of_rotation"],
+            &alpha["half_open"]
+        ),
+        (Some("alpha"), &json!(false), &json!(true)),
+        "{gws}"
+    );
+    assert_eq!(
+        d.metric(&token, "marquee_sms_gateway_half_open{gateway=\"alpha\"}")
+            .await,
+        1.0
+    );
 }
 
 /// A campaign whose own messages fail (every one 502) makes the gateway take one request at a

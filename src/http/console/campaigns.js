@@ -76,7 +76,8 @@ async function setup() {
   gateways = g.data.gateways || [];
   $("c-gateways").innerHTML = gateways.map(x => {
     const what = `${esc(x.name)} (${esc(x.kind)}${x.templates_only ? ", " + esc(t("templates_only")) : ""})`;
-    return x.out_of_rotation ? `<span class="err">${what}: ${t("c_out")}: ${esc(x.reason || "")}</span>` : what;
+    if (x.out_of_rotation) return `<span class="err">${what}: ${t("c_out")}: ${esc(x.reason || "")}</span>`;
+    return x.half_open ? `<span class="err">${what}: ${t("c_half_open")}</span>` : what;
   }).join(" · ");
   count();
 }
