@@ -467,7 +467,7 @@ pub async fn raise(ctx: &Ctx, who: &Principal, r: RaiseRequest) -> Result<Raised
     // list fails the request before anything reaches a screen.
     // On a full data disk the SMS part cannot be stored: the alert still goes to the screens
     // (the disk reserve is for it) and the answer says the SMS was refused.
-    let sms = match &r.sms {
+    let mut sms = match &r.sms {
         Some(sms) => match crate::sms::campaigns::create(
             ctx,
             who,
@@ -519,6 +519,13 @@ pub async fn raise(ctx: &Ctx, who: &Principal, r: RaiseRequest) -> Result<Raised
     record_alert(ctx, &who.name, action, &alert, &r.scope, AlertStatus::Live).await?;
     let published = publish_alert(ctx, &alert, &r.scope).await?;
     start_alert_sms(ctx, &who.name, &alert.id).await?;
+    // The answer shows the SMS part as it is now (started with the alert), not as it was
+    // created (pending, for the alert's approval).
+    if let Some(SmsPart::Created(c)) = sms.as_mut()
+        && let Ok(row) = crate::sms::campaigns::load(ctx, c.id).await
+    {
+        c.status = row.status;
+    }
     Ok(Raised::published(&alert, published, skipped, sms))
 }
 

@@ -1356,6 +1356,11 @@ async fn two_person_rule_for_campaigns_and_one_alert_to_screens_and_phones() {
     assert_eq!(status, 201, "{v}");
     let alert = v["id"].as_str().unwrap().to_owned();
     assert_eq!(v["sms"]["estimate"]["recipients"], 2, "{v}");
+    // Started with the alert (it may have finished already), not pending.
+    assert!(
+        ["running", "done"].contains(&v["sms"]["status"].as_str().unwrap_or("")),
+        "{v}"
+    );
     let report = eventually_async("the alert's SMS delivered", || async {
         let (_, r) = d
             .get(&format!("/api/v1/alerts/{alert}"), Some(OPERATOR))
