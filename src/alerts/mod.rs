@@ -521,10 +521,13 @@ pub async fn raise(ctx: &Ctx, who: &Principal, r: RaiseRequest) -> Result<Raised
     start_alert_sms(ctx, &who.name, &alert.id).await?;
     // The answer shows the SMS part as it is now (started with the alert), not as it was
     // created (pending, for the alert's approval).
-    if let Some(SmsPart::Created(c)) = sms.as_mut()
-        && let Ok(row) = crate::sms::campaigns::load(ctx, c.id).await
-    {
-        c.status = row.status;
+    if let Some(SmsPart::Created(c)) = sms.as_mut() {
+        match crate::sms::campaigns::load(ctx, c.id).await {
+            Ok(row) => c.status = row.status,
+            Err(e) => {
+                tracing::warn!(alert = %alert.id, campaign = c.id, error = %e, "cannot read the alert's SMS campaign again: the answer shows it as created");
+            }
+        }
     }
     Ok(Raised::published(&alert, published, skipped, sms))
 }

@@ -365,9 +365,10 @@ pub struct GatewayView {
     pub messages_per_second: f64,
     /// Taken out after an account error (balance, credentials, quota).
     pub out_of_rotation: bool,
-    /// After a failure (or back from an account outage) it takes one request of one message
-    /// at a time until one is answered for its message (half-open, as a circuit breaker).
-    /// Always `false` on a standby, which dispatches nothing.
+    /// After a failure it takes one request of one message at a time until one is answered
+    /// for its message (half-open, as a circuit breaker); also while out of rotation for an
+    /// account error (it takes one request when back). Always `false` on a standby, which
+    /// dispatches nothing.
     pub half_open: bool,
     /// The provider's words, when out.
     pub reason: Option<String>,

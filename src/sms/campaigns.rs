@@ -24,7 +24,9 @@ use crate::store::sms::{CampaignRow, NewCampaign, NewMessage};
 pub struct Created {
     /// Its id.
     pub id: i64,
-    /// `draft`, `running`, `scheduled`, `recurring` or `pending` (a second person approves).
+    /// `draft`, `running`, `scheduled`, `recurring` or `pending` (a second person approves);
+    /// an alert's, as it is once started with the alert (`running`, or already `done`,
+    /// `paused` or `cancelled`).
     #[schema(value_type = String, example = "running")]
     pub status: CampaignStatus,
     /// When it starts (scheduled) or first fires (recurring).

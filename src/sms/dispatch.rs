@@ -492,6 +492,8 @@ impl Dispatcher {
         self.resume_outages().await;
         let mut due_checked = None;
         let mut running = None;
+        // The last error a round failed with, and when it was logged.
+        let mut failed: Option<(String, std::time::Instant)> = None;
         loop {
             let wait = match self
                 .round(
@@ -505,7 +507,14 @@ impl Dispatcher {
             {
                 Ok(w) => w,
                 Err(e) => {
-                    tracing::error!(error = %e, "SMS dispatch round failed");
+                    // The same error again is logged once a minute, not at every round.
+                    let said = format!("{e:#}");
+                    if failed.as_ref().is_none_or(|(last, at)| {
+                        *last != said || at.elapsed() >= Duration::from_secs(60)
+                    }) {
+                        tracing::error!(error = %e, "SMS dispatch round failed (the same error is logged again at most once a minute)");
+                        failed = Some((said, std::time::Instant::now()));
+                    }
                     // Answers wake it again (no claim waits to fill now).
                     for rt in self.gateways.values() {
                         rt.filling.store(0, Ordering::SeqCst);
@@ -887,10 +896,15 @@ impl Dispatcher {
         let (gw_name, cap) = (rt.gw.cfg.name.clone(), spec.daily_cap);
         // The answers that came in since the last claim go into the same transaction.
         let done = answers.take();
-        let (claimed, ticket) = self
+        let (claimed, ticket) = match self
             .blocking(move |s| s.claim_unsynced(id, &gw_name, cap, Utc::now(), n, &done))
             .await
-            .context(UNSTORED)?;
+        {
+            Ok(c) => c,
+            // The answers were stored; only the claims stop (the error says why).
+            Err(e) if self.store.claims_broken() => return Err(e),
+            Err(e) => return Err(e.context(UNSTORED)),
+        };
         let count = claimed.len();
         if count > 0 {
             rt.claims.0.inc();

@@ -702,6 +702,9 @@ pub struct Store {
     /// The epoch of the lease this node leads at ([`Store::lead`]; 0 when it does not, and
     /// always on SQLite): the claims it makes carry it.
     epoch: std::sync::atomic::AtomicI64,
+    /// The SMS connection was left at `synchronous = NORMAL` (putting `FULL` back failed after
+    /// a claim or answers had committed): put back before its next use ([`Store::sms_conn`]).
+    sms_unsynced: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Store {
@@ -983,6 +986,7 @@ impl Store {
             pg: Some((url.to_owned(), password.map(str::to_owned))),
             node: std::sync::OnceLock::new(),
             epoch: std::sync::atomic::AtomicI64::new(0),
+            sms_unsynced: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -1107,6 +1111,7 @@ impl Store {
             pg: None,
             node: std::sync::OnceLock::new(),
             epoch: std::sync::atomic::AtomicI64::new(0),
+            sms_unsynced: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -1126,7 +1131,7 @@ impl Store {
 
     /// Whether a sync of the log behind the claims failed: nothing more is claimed until the
     /// daemon is restarted ([`walsync`]).
-    fn wal_broken(&self) -> bool {
+    pub fn claims_broken(&self) -> bool {
         self.wal
             .as_ref()
             .and_then(|(_, w)| w.get())
@@ -1185,8 +1190,42 @@ impl Store {
 
     fn sms_conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         match &self.sms {
-            Some(c) => lock(c),
+            Some(c) => {
+                let conn = lock(c);
+                // A write after a failed put-back must not go unsynced.
+                if self
+                    .sms_unsynced
+                    .swap(false, std::sync::atomic::Ordering::AcqRel)
+                {
+                    self.sms_sync_on(&conn);
+                }
+                conn
+            }
             None => self.conn(),
+        }
+    }
+
+    /// The SMS connection's next commits do not sync (`synchronous = NORMAL`): the claims,
+    /// whose log is synced behind them, and the answers, which need no sync. Nothing is
+    /// written yet, so a failure fails the call.
+    fn sms_sync_off(&self, conn: &Connection) -> Result<(), StoreError> {
+        match conn.sqlite().filter(|_| self.sms.is_some()) {
+            Some(c) => Ok(c.pragma_update(None, "synchronous", "NORMAL")?),
+            None => Ok(()),
+        }
+    }
+
+    /// The SMS connection's commits sync again (`synchronous = FULL`). What was committed
+    /// meanwhile stands: a failure is logged, and the sync put back before the connection's
+    /// next use ([`Store::sms_conn`]).
+    fn sms_sync_on(&self, conn: &Connection) {
+        let Some(c) = conn.sqlite().filter(|_| self.sms.is_some()) else {
+            return;
+        };
+        if let Err(e) = c.pragma_update(None, "synchronous", "FULL") {
+            tracing::error!(error = %e, "cannot put the SMS connection's disk sync back; tried again before its next write");
+            self.sms_unsynced
+                .store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -1498,6 +1537,7 @@ mod tests {
             pg: None,
             node: std::sync::OnceLock::new(),
             epoch: std::sync::atomic::AtomicI64::new(0),
+            sms_unsynced: std::sync::atomic::AtomicBool::new(false),
         };
         let c = s.campaign(1).unwrap().unwrap();
         assert_eq!(

@@ -184,7 +184,7 @@ impl Store {
     ) -> Result<(Vec<Claimed>, u64), StoreError> {
         // A log that could not be synced: nothing more is claimed until the daemon is
         // restarted (walsync: a later sync's success proves nothing); the answers are stored.
-        if self.wal_broken() {
+        if self.claims_broken() {
             self.finish_submits(answers, now)?;
             return Err(walsync::broken().into());
         }
@@ -197,13 +197,9 @@ impl Store {
         let wal = self.wal_sync()?;
         // The claim alone commits without a sync of its own (the log's thread syncs it behind);
         // every other write of the connection keeps its sync.
-        let relaxed = |conn: &Connection, on: bool| match (wal, conn.sqlite()) {
-            (Some(_), Some(c)) => {
-                c.pragma_update(None, "synchronous", if on { "NORMAL" } else { "FULL" })
-            }
-            _ => Ok(()),
-        };
-        relaxed(&conn, true)?;
+        if wal.is_some() {
+            self.sms_sync_off(&conn)?;
+        }
         let claimed = claim_in(
             &mut conn,
             (campaign, gateway, daily_cap),
@@ -212,9 +208,11 @@ impl Store {
             answers,
             owner,
         );
-        relaxed(&conn, false)?;
         // Taken while the connection is held (`conn`): tickets follow the commits.
         let ticket = Store::claim_ticket(wal.map(|w| &**w), claimed.as_ref().map_or(0, Vec::len));
+        if wal.is_some() {
+            self.sms_sync_on(&conn);
+        }
         Ok((claimed?, ticket))
     }
 }
@@ -364,10 +362,7 @@ impl Store {
         // `submitting`, which becomes `unknown` on restart and is never resent; the next claim's
         // sync (WAL: in order) makes it durable with everything before it. A killed process
         // loses nothing either way.
-        let relaxed = self.sms.is_some();
-        if relaxed && let Some(c) = conn.sqlite() {
-            c.pragma_update(None, "synchronous", "NORMAL")?;
-        }
+        self.sms_sync_off(&conn)?;
         let out = (|| {
             let tx = conn.transaction()?;
             let mut tally = Tally::default();
@@ -376,9 +371,7 @@ impl Store {
             tx.commit()?;
             Ok(out)
         })();
-        if relaxed && let Some(c) = conn.sqlite() {
-            c.pragma_update(None, "synchronous", "FULL")?;
-        }
+        self.sms_sync_on(&conn);
         out
     }
 }
