@@ -40,6 +40,9 @@ pub struct Readiness {
     pub store: String,
     /// `ok`, or why bulk writes are refused (a full data disk).
     pub bulk_writes: String,
+    /// `ok`, or why no SMS is claimed any more (a sync of the write-ahead log behind the claims
+    /// failed: until the daemon is restarted). Alerts still go to the screens.
+    pub sms_claims: String,
     /// `connected` or `not connected` (a standby is never connected: the leader publishes).
     pub broker: &'static str,
     /// `single` (its own store), `leader` or `standby` (a shared store).
@@ -69,6 +72,11 @@ pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Readine
         })
         .await
         .unwrap_or_else(|e| (Err(e.to_string()), Err(e.to_string())));
+    let sms_claims = if s.store.claims_broken() {
+        crate::store::walsync::broken().to_string()
+    } else {
+        "ok".into()
+    };
     let role = crate::leader::role();
     let leader = match role {
         crate::leader::Role::Single => None,
@@ -95,6 +103,7 @@ pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Readine
             ready,
             store: store_ok.err().unwrap_or_else(|| "ok".into()),
             bulk_writes: bulk.err().unwrap_or_else(|| "ok".into()),
+            sms_claims,
             broker: if broker { "connected" } else { "not connected" },
             role,
             leader,

@@ -438,6 +438,8 @@ async fn a_full_data_disk_still_takes_an_alert_and_refuses_the_playlist_save() {
         ready["bulk_writes"].as_str().unwrap().contains("disk"),
         "{ready}"
     );
+    // A full disk is not a failed sync: the claims wait, they have not stopped.
+    assert_eq!(ready["sms_claims"], "ok", "{ready}");
     let start = std::time::Instant::now();
     while d.metric(&token, "marquee_disk_reserve_in_use").await != 1.0 {
         assert!(
