@@ -559,9 +559,12 @@ async fn kill_9_during_a_batch_sends_no_number_twice() {
     for n in requests.iter().flatten() {
         assert!(seen.insert(n.clone()), "{n} submitted twice: {requests:?}");
     }
-    assert_eq!(seen.len(), 20, "{requests:?}");
     let unknown = c["counts"]["unknown"].as_u64().unwrap_or(0) as usize;
     assert!(unknown >= held && held >= 1, "{c} held {held}");
+    // A second claim committed before the kill but whose request had not left (it waits for
+    // the log's sync) is `unknown` too, and never sent.
+    let unsent = unknown - held;
+    assert_eq!(seen.len(), 20 - unsent, "{requests:?}");
     assert_eq!(
         unknown + c["counts"]["sent"].as_u64().unwrap_or(0) as usize,
         20,
@@ -585,7 +588,7 @@ async fn kill_9_during_a_batch_sends_no_number_twice() {
     );
     assert_eq!(
         a.book().requests.iter().flatten().count(),
-        20,
+        20 - unsent,
         "nothing was resent"
     );
 }
