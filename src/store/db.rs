@@ -25,8 +25,14 @@ use std::sync::Arc;
 use rusqlite::types::ToSqlOutput;
 use tokio_postgres::types::{FromSql as PgFromSql, IsNull, ToSql as PgToSql, Type, to_sql_checked};
 
-/// The advisory lock key every writer's PostgreSQL transaction holds ("MARQ").
-pub const WRITE_LOCK: i64 = 0x4d41_5251;
+/// The advisory lock every writer's PostgreSQL transaction holds, as the arguments of
+/// `pg_advisory_xact_lock`: "MARQ" and the hash of the schema the connection works in
+/// (`current_schema()`, from its `search_path`). Advisory locks are database-wide, so a key of
+/// its own per schema keeps the deployments in other schemas of the same database (and the
+/// test suite's daemons, one schema each) from waiting for each other's writes; every node of
+/// one deployment shares its schema, hence the lock. The two-key form has a key space of its
+/// own (PostgreSQL manual, "Advisory Lock Functions").
+pub const WRITE_LOCK: &str = "1296126545, hashtext(COALESCE(current_schema(), ''))";
 
 /// A failure of either engine.
 #[derive(Debug, thiserror::Error)]

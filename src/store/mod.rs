@@ -499,8 +499,10 @@ fn lock(c: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
     guard
 }
 
-/// The lock a PostgreSQL migration holds, so that daemons starting together migrate once.
-const MIGRATE_LOCK: i64 = 0x4d41_524d;
+/// The lock a PostgreSQL migration holds, so that daemons starting together migrate once:
+/// "MARM" and the schema's hash, the arguments of `pg_advisory_lock` (one per schema, as
+/// [`db::WRITE_LOCK`]).
+const MIGRATE_LOCK: &str = "1296126541, hashtext(COALESCE(current_schema(), ''))";
 
 /// The SQLite migration the PostgreSQL schema (`postgres.sql`) starts at.
 const PG_BASE: usize = 21;
@@ -1414,6 +1416,26 @@ mod tests {
             drop(tx);
         }
         assert!(free());
+        // Another deployment's schema in the same database (here another test's) has a lock of
+        // its own: a writer here does not hold it up.
+        let elsewhere = Store::memory().unwrap();
+        {
+            let mut c = s.conn.lock().unwrap();
+            let _tx = c.transaction().unwrap();
+            assert!(!free());
+            let c = lock(elsewhere.read.as_ref().unwrap());
+            let its_own: bool = c
+                .query_row(
+                    &format!("SELECT pg_try_advisory_xact_lock({})", db::WRITE_LOCK),
+                    [],
+                    |r| r.get(0),
+                )
+                .unwrap();
+            assert!(
+                its_own,
+                "a writer in one schema held up another schema's writers"
+            );
+        }
         // Versions still only grow there.
         assert!(s.record_published(&p(3, b"a")).unwrap());
         assert!(!s.record_published(&p(3, b"b")).unwrap());
