@@ -339,19 +339,27 @@ impl Daemon {
     }
 
     /// Waits for a log line matching `pred`.
+    /// Times out (with the log so far) after [`DEADLINE`].
     pub async fn wait_log(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let log = self.log.clone();
-        let child = &mut self.child;
-        eventually(what, || {
-            if let Ok(Some(status)) = child.try_wait() {
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(
                     "daemon exited ({status}) while waiting for {what}; log:\n{}",
                     dump(&log)
                 );
             }
-            log.lock().unwrap().iter().find(|v| pred(v)).cloned()
-        })
-        .await
+            if let Some(v) = log.lock().unwrap().iter().find(|v| pred(v)).cloned() {
+                return v;
+            }
+            assert!(
+                start.elapsed() < DEADLINE,
+                "timed out waiting for {what}; log:\n{}",
+                dump(&log)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Waits for the `n`-th (1-based) "reload applied" line and returns how many versions it published.
