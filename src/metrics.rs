@@ -60,6 +60,9 @@ pub struct Metrics {
     /// took, by gateway.
     pub sms_claims: Family<Vec<(String, String)>, Counter>,
     pub sms_claimed: Family<Vec<(String, String)>, Counter>,
+    /// 1 once a failed disk sync of the SMS claims' log stopped the claims (until a restart);
+    /// set when scraped, from the store.
+    pub sms_claims_stopped: Gauge,
     /// SMS delivery reports stored.
     pub sms_reports: Counter,
     /// Unix time of each CAP feed's last successful read, by feed URL.
@@ -231,6 +234,11 @@ impl Metrics {
             "sms_gateway_half_open",
             "1 while the gateway takes one request of one message at a time after a failure (half-open), until one is answered for its message",
             self.sms_gateway_half_open.clone(),
+        );
+        r.register(
+            "sms_claims_stopped",
+            "1 once a failed disk sync of the SMS claims' write-ahead log stopped the claims: nothing more is sent until the daemon is restarted (look at the disk first)",
+            self.sms_claims_stopped.clone(),
         );
         r.register(
             "sms_claims",

@@ -114,6 +114,9 @@ pub async fn readyz(State(s): State<Arc<AppState>>) -> (StatusCode, Json<Readine
 /// `GET /metrics`: Prometheus text.
 #[utoipa::path(get, path = "/metrics", tag = "system", security(("bearer" = [])), responses((status = 200, description = "Prometheus text exposition (version 0.0.4)", content_type = "text/plain", body = String), (status = 401, description = "no or unknown token"), (status = 403, description = "role too low")))]
 pub async fn metrics(_: Viewer, State(s): State<Arc<AppState>>) -> impl IntoResponse {
+    s.metrics
+        .sms_claims_stopped
+        .set(i64::from(s.store.claims_broken()));
     (
         [(
             header::CONTENT_TYPE,

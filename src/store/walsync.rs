@@ -34,21 +34,23 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 
-/// Where the log stands: the last claim committed, the last synced, the last whose sync
-/// failed (tickets count claims from 1; 0 is "nothing").
+/// Where the log stands: the last claim synced (tickets count claims from 1; 0 is
+/// "nothing"), and whether a sync failed or the thread ended (for good: no later ticket will
+/// be synced).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Synced {
     pub synced: u64,
-    pub failed: u64,
+    pub broken: bool,
 }
 
 impl Synced {
-    /// `Some(true)`: `ticket` is on disk; `Some(false)`: its sync failed; `None`: not yet.
+    /// `Some(true)`: `ticket` is on disk (a sync past it succeeded, before any failure);
+    /// `Some(false)`: it never will be; `None`: not yet.
     pub fn of(&self, ticket: u64) -> Option<bool> {
-        if ticket <= self.failed {
-            Some(false)
-        } else if ticket <= self.synced {
+        if ticket <= self.synced {
             Some(true)
+        } else if self.broken {
+            Some(false)
         } else {
             None
         }
@@ -132,7 +134,7 @@ impl WalSync {
     /// Whether a sync failed (or the thread ended): nothing is on disk on this thread's word
     /// any more.
     pub fn broken(&self) -> bool {
-        self.lock().at.failed == u64::MAX
+        self.lock().at.broken
     }
 
     fn run(&self, wal: &std::path::Path) {
@@ -142,7 +144,7 @@ impl WalSync {
         impl Drop for Ended<'_> {
             fn drop(&mut self) {
                 let mut s = self.0.lock();
-                s.at.failed = u64::MAX;
+                s.at.broken = true;
                 let at = s.at;
                 drop(s);
                 self.0.tx.send_replace(at);
@@ -154,7 +156,7 @@ impl WalSync {
         loop {
             let target = {
                 let mut s = self.lock();
-                while !s.stop && s.committed == s.at.synced.max(s.at.failed) {
+                while !s.stop && s.committed == s.at.synced {
                     s = self.cv.wait(s).unwrap_or_else(|e| e.into_inner());
                 }
                 if s.stop {
@@ -219,19 +221,24 @@ fn sync(file: &mut Option<std::fs::File>, wal: &std::path::Path) -> std::io::Res
 mod tests {
     use super::*;
 
-    /// A ticket is on disk once a sync past it is done, failed when a sync covering it failed
-    /// (even if a later one succeeded), else not yet.
+    /// A ticket is on disk once a sync past it is done; past the last sync, it never will be
+    /// once a sync failed, else not yet.
     #[test]
     fn a_ticket_is_durable_after_its_sync_and_never_after_a_failed_one() {
-        let at = Synced {
+        let ok = Synced {
             synced: 7,
-            failed: 4,
+            broken: false,
         };
-        assert_eq!(at.of(3), Some(false));
-        assert_eq!(at.of(4), Some(false));
-        assert_eq!(at.of(5), Some(true));
-        assert_eq!(at.of(7), Some(true));
-        assert_eq!(at.of(8), None);
+        assert_eq!(ok.of(3), Some(true));
+        assert_eq!(ok.of(7), Some(true));
+        assert_eq!(ok.of(8), None);
+        let broken = Synced {
+            synced: 7,
+            broken: true,
+        };
+        assert_eq!(broken.of(7), Some(true));
+        assert_eq!(broken.of(8), Some(false));
+        assert_eq!(broken.of(100), Some(false));
         assert_eq!(Synced::default().of(1), None);
     }
 

@@ -13,7 +13,7 @@ use axum::response::IntoResponse;
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::harness::{Daemon, Site, eventually_async, free_port};
+use crate::harness::{Daemon, Site, eventually, eventually_async, free_port, on_postgres};
 use crate::kannel::{self, Kannel};
 use crate::schema::documented;
 
@@ -1548,4 +1548,82 @@ async fn recurring_campaign_fires_on_its_cron_until_cancelled() {
         "{seen:?}"
     );
     assert_eq!(seen[&number(0)], seen[&number(1)]);
+}
+
+/// The SMS claims' write-ahead log cannot be synced (here: another file was put at its name,
+/// which the sync thread tells by its inode; a failing disk does the same through
+/// `fdatasync`): the claim waiting for it is not sent but queued again, no more are claimed,
+/// and the log, `GET /readyz` and the gauge `marquee_sms_claims_stopped` say so, while the
+/// daemon stays ready. Nothing is sent twice. (SQLite only: PostgreSQL syncs its own log.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claims_log_that_cannot_be_synced_stops_the_claims_and_says_so() {
+    if on_postgres() {
+        return;
+    }
+    let fake = Fake::start(Duration::ZERO).await;
+    let site = site();
+    // Slow enough that the campaign is still sending when the log is replaced.
+    site.append_config(&format!(
+        "[sms]\nsender = \"12345\"\n{}",
+        fake.gateway("alpha", 20, 1, "5s")
+    ));
+    let mut d = start(&site).await;
+    let token = site.admin_token();
+    assert_eq!(d.metric(&token, "marquee_sms_claims_stopped").await, 0.0);
+    let n = 40;
+    let recipients: Vec<Value> = (0..n).map(|i| json!({"number": number(i)})).collect();
+    let v = create(
+        &d,
+        &token,
+        json!({"name": "sync", "text": "Open Day", "recipients": recipients, "start": "now"}),
+    )
+    .await;
+    let id = v["id"].as_i64().unwrap();
+    eventually("a few requests", || (fake.requests() >= 2).then_some(())).await;
+    // Another file at the log's name (renamed over it: the daemon keeps writing the old one,
+    // which the sync thread no longer reaches by name).
+    let data = site.dir.path().join("data");
+    std::fs::write(data.join("other"), b"not the log").unwrap();
+    std::fs::rename(data.join("other"), data.join("marquee.db-wal")).unwrap();
+    d.wait_log("the failed sync", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("cannot sync the SMS claims to disk"))
+    })
+    .await;
+    // A later round's claim is refused, and says why.
+    d.wait_log("a claim refused", |v| {
+        v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("SMS dispatch round failed"))
+            && v["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("until the daemon is restarted"))
+    })
+    .await;
+    let (status, ready) = d.get("/readyz", None).await;
+    assert_eq!((status, &ready["ready"]), (200, &json!(true)), "{ready}");
+    assert!(
+        ready["sms_claims"]
+            .as_str()
+            .unwrap()
+            .contains("until the daemon is restarted"),
+        "{ready}"
+    );
+    assert_eq!(d.metric(&token, "marquee_sms_claims_stopped").await, 1.0);
+    // What was claimed and not synced went back to the queue; what left was answered once.
+    let c = until(&d, &token, id, "nothing being submitted", |c| {
+        count(c, "submitting") == 0
+    })
+    .await;
+    let sent = fake.requests_for();
+    assert!(sent.values().all(|k| *k == 1), "{sent:?}");
+    let left = count(&c, "queued");
+    assert_eq!(
+        left + count(&c, "sent") + count(&c, "delivered"),
+        n as i64,
+        "{c}"
+    );
+    assert_eq!(left, (n - sent.len()) as i64, "{c} {sent:?}");
+    assert!(left >= (n / 2) as i64, "the claims did not stop: {c}");
 }
