@@ -384,7 +384,7 @@ pub struct GatewayConfig {
     /// Submits awaiting an answer at most.
     pub in_flight: usize,
     /// Requests claimed beyond the in-flight window, ready to leave the moment a slot frees
-    /// (default: what the pace lets out in 4 ms, at most twice the window; see
+    /// (default: what the pace lets out in 4 ms, at most three times the window; see
     /// [`default_claim_ahead`]). Claims are committed before a request leaves, so a claim's
     /// disk sync would otherwise keep freed slots empty; the cost: a crash or a pause may catch
     /// up to `in_flight + claim_ahead` requests claimed and not answered.
@@ -681,14 +681,17 @@ pub struct ArrayReports {
 }
 
 /// How many requests a gateway claims ahead of its window unless told (`claim_ahead`): what
-/// its pace (`messages_per_second`) lets out in 4 ms, rounded up, at most twice the window. A
-/// claim's commit and its disk sync take 1–2 ms on SQLite (a round about 3 ms on
+/// its pace (`messages_per_second`) lets out in 4 ms, rounded up, at most three times the
+/// window. A claim's commit and its disk sync take 1–2.5 ms on SQLite (a round about 3 ms on
 /// PostgreSQL), and the requests of the claim before are still entering the window meanwhile,
 /// so a fast gateway needs a reserve. Beyond the window's size, the dispatcher claims ahead once
-/// what is claimed beyond one window's worth is free (`sms::dispatch`): a window's worth keeps
-/// the window full while a claim commits, and the claims are larger (fewer commits:
-/// `marquee-bench sms-store`, BENCHMARKS.md, about a third less CPU per message in claims of
-/// 128 than of 32). A paced gateway gains nothing from more, and each
+/// what is claimed beyond one window's worth is free, at most a window's worth
+/// (`sms::dispatch`): claims of up to a window (fewer commits than small ones:
+/// `marquee-bench sms-store`, BENCHMARKS.md), with up to two windows' worth in reserve while
+/// one commits and syncs (session 14: a reserve of one window let the window run dry while a
+/// claim and its sync took longer than the window took to drain; two sent 2–14 % more
+/// messages a second in four runs out of four, with less CPU a message). A paced gateway
+/// gains nothing from more, and each
 /// one claimed ahead may be caught by a crash (`unknown`). A window of one stays strict:
 /// nothing claimed ahead.
 pub fn default_claim_ahead(in_flight: usize, messages_per_second: f64) -> usize {
@@ -696,8 +699,8 @@ pub fn default_claim_ahead(in_flight: usize, messages_per_second: f64) -> usize 
         return 0;
     }
     let pace = (messages_per_second * 0.004).ceil();
-    if pace >= 2.0 * in_flight as f64 {
-        2 * in_flight
+    if pace >= 3.0 * in_flight as f64 {
+        3 * in_flight
     } else {
         (pace as usize).max(1)
     }
@@ -774,10 +777,10 @@ fn gateway(
     let claim_ahead = g
         .claim_ahead
         .unwrap_or_else(|| default_claim_ahead(g.in_flight, g.messages_per_second));
-    if claim_ahead > 2 * g.in_flight.max(1) {
+    if claim_ahead > 3 * g.in_flight.max(1) {
         problems.push(format!(
-            "{place}.claim_ahead: at most twice in_flight ({})",
-            2 * g.in_flight
+            "{place}.claim_ahead: at most three times in_flight ({})",
+            3 * g.in_flight
         ));
     }
     let timeout = duration(problems, &format!("{place}.timeout"), &g.timeout);
@@ -1558,7 +1561,11 @@ mod tests {
         );
         assert_eq!(
             gateways("in_flight = 64\nmessages_per_second = 100000"),
-            (64, 128)
+            (64, 192)
+        );
+        assert_eq!(
+            gateways("in_flight = 200\nmessages_per_second = 100000"),
+            (200, 400)
         );
         assert_eq!(
             gateways("in_flight = 64\nmessages_per_second = 20000"),
@@ -1571,6 +1578,7 @@ mod tests {
         assert_eq!(gateways("in_flight = 64\nclaim_ahead = 32"), (64, 32));
         assert_eq!(gateways("in_flight = 64\nclaim_ahead = 0"), (64, 0));
         assert_eq!(gateways("in_flight = 64\nclaim_ahead = 128"), (64, 128));
+        assert_eq!(gateways("in_flight = 64\nclaim_ahead = 192"), (64, 192));
     }
 
     #[test]
@@ -1600,13 +1608,13 @@ name = "c"
 kind = "dry-run"
 path = "c.jsonl"
 in_flight = 4
-claim_ahead = 9
+claim_ahead = 13
 "#,
         );
         let want = [
             "m.toml: sms.default_region: \"XX\" is not an ISO 3166 region like \"CN\"",
             "m.toml: sms.gateways[0] (k).url: \"ftp://x\" is not an http(s) URL",
-            "m.toml: sms.gateways[3] (c).claim_ahead: at most twice in_flight (8)",
+            "m.toml: sms.gateways[3] (c).claim_ahead: at most three times in_flight (12)",
             "m.toml: sms.gateways[1] (h).json: body = \"json\" needs the JSON template in json",
             "m.toml: sms.gateways[1] (h).dlr_secret_env: environment variable MARQUEE_TEST_UNSET_VARIABLE is not set or empty",
             "m.toml: sms.gateways[1] (h).messages_per_second: between 0 and 100000",

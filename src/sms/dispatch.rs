@@ -19,13 +19,15 @@
 //! disk) before its request leaves, and without a few claimed in reserve the slots freed during
 //! that commit would stay empty until the next one, and while one claim commits the requests
 //! of the one before still wait to enter the window. The default is what the gateway's pace
-//! lets out in 4 ms, at most twice the window (`sms::config::default_claim_ahead`). Ahead of a
-//! full window, a claim waits until what is claimed beyond one window's worth is free
-//! ([`fill_wait`]): fewer, larger claims, while a window's worth keeps the window full.
+//! lets out in 4 ms, at most three times the window (`sms::config::default_claim_ahead`).
+//! Ahead of a full window, a claim waits until what is claimed beyond one window's worth is
+//! free, at most a window's worth ([`fill_wait`]): fewer, larger claims, while what stays
+//! claimed keeps the window full.
 //! `marquee-bench sms-fake` measured 33,000 msg/s with none, pooled medians of 40,600 with half
 //! a window and 44,600 with a whole one (session 11); in session 12, taking turns in the same
-//! hour, 42,800 with twice the window claimed as described against 39,200 with a whole one
-//! (BENCHMARKS.md).
+//! hour, 42,800 with twice the window claimed as described against 39,200 with a whole one;
+//! in session 14, in four pairs of runs taking turns, three windows ahead (claims of one
+//! window) sent 38,400–40,900 against 33,200–39,100 with two (BENCHMARKS.md).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -226,14 +228,17 @@ impl Runtime {
 
 /// How many free permits a claim ahead of a full, moving window waits for: what is claimed
 /// beyond one window's worth (`claim_ahead - in_flight`, at least one, so a gateway whose
-/// `claim_ahead` is at most its window never waits), at most what one claim can take (`want`
-/// messages, `per_permit` to a request: a batch gateway's claim may need few permits). A
-/// window's worth stays claimed and keeps the window full while the claim commits; the claims
-/// are larger and fewer, each one commit (`marquee-bench sms-store`,
-/// BENCHMARKS.md: about a third less CPU per message in claims of 128 than of 32).
+/// `claim_ahead` is at most its window never waits), at most a window's worth and what one
+/// claim can take (`want` messages, `per_permit` to a request: a batch gateway's claim may
+/// need few permits). What stays claimed keeps the window full while the claim commits and
+/// syncs; the claims are larger and fewer, each one commit (`marquee-bench sms-store`,
+/// BENCHMARKS.md: about a third less CPU per message in claims of 128 than of 32). With
+/// `claim_ahead` at three windows, claims of a window leave two in reserve (session 14: with
+/// one, the window ran dry while a claim and its sync outlasted it).
 fn fill_at(claim_ahead: usize, in_flight: usize, want: usize, per_permit: usize) -> usize {
     claim_ahead
         .saturating_sub(in_flight)
+        .min(in_flight)
         .min(want.div_ceil(per_permit.max(1)))
         .max(1)
 }
@@ -1658,8 +1663,10 @@ mod tests {
 
     #[test]
     fn a_claim_ahead_waits_for_what_is_claimed_beyond_a_window_and_one_claim_can_take() {
-        // Beyond one window's worth.
+        // Beyond one window's worth, at most a window's worth.
+        assert_eq!(fill_at(192, 64, 512, 1), 64);
         assert_eq!(fill_at(128, 64, 512, 1), 64);
+        assert_eq!(fill_at(100, 64, 512, 1), 36);
         assert_eq!(fill_at(16, 8, 512, 1), 8);
         assert_eq!(fill_at(12, 8, 512, 1), 4);
         // A claim_ahead of at most the window never waits.
