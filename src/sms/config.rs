@@ -777,10 +777,10 @@ fn gateway(
     let claim_ahead = g
         .claim_ahead
         .unwrap_or_else(|| default_claim_ahead(g.in_flight, g.messages_per_second));
-    if claim_ahead > 3 * g.in_flight.max(1) {
+    if claim_ahead > g.in_flight.max(1).saturating_mul(3) {
         problems.push(format!(
             "{place}.claim_ahead: at most three times in_flight ({})",
-            3 * g.in_flight
+            g.in_flight.saturating_mul(3)
         ));
     }
     let timeout = duration(problems, &format!("{place}.timeout"), &g.timeout);

@@ -500,9 +500,9 @@ fn lock(c: &Mutex<Connection>) -> std::sync::MutexGuard<'_, Connection> {
 }
 
 /// The lock a PostgreSQL migration holds, so that daemons starting together migrate once:
-/// "MARM" and the schema's hash, the arguments of `pg_advisory_lock` (one per schema, as
-/// [`db::WRITE_LOCK`]).
-const MIGRATE_LOCK: &str = "1296126541, hashtext(COALESCE(current_schema(), ''))";
+/// "MARM" and the schema's hash (one per schema, as [`db::WRITE_LOCK`]; read once, so that
+/// the unlock names the key the lock took).
+const MIGRATE_LOCK: i32 = 0x4d41_524d;
 
 /// The SQLite migration the PostgreSQL schema (`postgres.sql`) starts at.
 const PG_BASE: usize = 21;
@@ -562,7 +562,13 @@ const PG_MIGRATIONS: &[&str] = &[
 /// Creates the schema on a new PostgreSQL database, or applies the migrations it lacks, under
 /// a session advisory lock. The version is the one row of `marquee_schema`.
 fn migrate_pg(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(&format!("SELECT pg_advisory_lock({MIGRATE_LOCK})"))?;
+    let schema: i32 =
+        conn.query_row("SELECT hashtext(COALESCE(current_schema(), ''))", [], |r| {
+            r.get(0)
+        })?;
+    conn.execute_batch(&format!(
+        "SELECT pg_advisory_lock({MIGRATE_LOCK}, {schema})"
+    ))?;
     let done = (|| {
         conn.execute_batch("CREATE TABLE IF NOT EXISTS marquee_schema (version BIGINT NOT NULL)")?;
         let current: Option<i64> =
@@ -591,7 +597,9 @@ fn migrate_pg(conn: &Connection) -> Result<(), StoreError> {
     if done.is_err() {
         let _ = conn.execute_batch("ROLLBACK");
     }
-    conn.execute_batch(&format!("SELECT pg_advisory_unlock({MIGRATE_LOCK})"))?;
+    conn.execute_batch(&format!(
+        "SELECT pg_advisory_unlock({MIGRATE_LOCK}, {schema})"
+    ))?;
     done
 }
 
