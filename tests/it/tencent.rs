@@ -570,7 +570,10 @@ async fn kill_9_during_a_batch_sends_no_number_twice() {
     // one; only the first claim, into an empty window, takes the pace's burst). Everything
     // else was sent after the restart.
     let unsent = unknown - held;
-    assert!(unsent <= 60, "{unsent} claimed and never sent: {c} held {held}");
+    assert!(
+        unsent <= 60,
+        "{unsent} claimed and never sent: {c} held {held}"
+    );
     assert_eq!(seen.len(), 300 - unsent, "{requests:?}");
     assert_eq!(
         unknown + c["counts"]["sent"].as_u64().unwrap_or(0) as usize,
