@@ -222,6 +222,9 @@ pub const CHUNK: usize = 10_000;
 /// Rejected rows kept for the answer (every one goes to the store and its report).
 pub const REJECTS_SHOWN: usize = 1_000;
 
+/// Rejected rows named in the error when no row could be imported.
+const NOTHING_SHOWN: usize = 10;
+
 /// A campaign ready to store.
 #[derive(Debug, Clone)]
 pub struct Prepared {
@@ -982,16 +985,25 @@ impl<'s> Intake<'s> {
     }
 
     /// The error of a list of which no row could be imported.
+    /// The error when every row was rejected: how many, and the first [`NOTHING_SHOWN`] rows
+    /// with their reasons (no campaign is created, so there is no report to download).
     fn nothing_imported(&self) -> Invalid {
+        let mut rows: Vec<String> = self
+            .shown
+            .iter()
+            .take(NOTHING_SHOWN)
+            .map(|r| format!("row {}: {}", r.row, r.reason))
+            .collect();
+        if self.rejected > rows.len() && !rows.is_empty() {
+            rows.push(format!("and {} more", self.rejected - rows.len()));
+        }
         invalid(
             "recipients",
             format!(
-                "no recipient could be imported ({} rejected{})",
+                "no recipient could be imported ({} rejected{}{})",
                 self.rejected,
-                self.shown
-                    .first()
-                    .map(|r| format!("; row {}: {}", r.row, r.reason))
-                    .unwrap_or_default()
+                if rows.is_empty() { "" } else { "; " },
+                rows.join("; ")
             ),
         )
     }
@@ -1244,6 +1256,35 @@ kind = "dry-run"
         assert_eq!(p.estimate.segments, 3);
         assert_eq!(p.spec.gateways, ["dry"]);
         assert_eq!(p.start, Start::Draft);
+    }
+
+    /// No row imported: no campaign, so the error itself names the first ten rows and their
+    /// reasons, and how many more.
+    #[test]
+    fn a_list_with_no_good_row_names_its_first_rejected_rows() {
+        let mut csv = String::from("phone,name\n");
+        for i in 0..12 {
+            csv.push_str(&format!("12{i},bad\n"));
+        }
+        let e = prepare(req(&csv), &cfg(), now(), &HashSet::new(), None).unwrap_err();
+        assert_eq!(e.field, "recipients");
+        assert!(
+            e.message
+                .starts_with("no recipient could be imported (12 rejected; row 1: "),
+            "{}",
+            e.message
+        );
+        assert!(e.message.contains("; row 10: "), "{}", e.message);
+        assert!(!e.message.contains("row 11:"), "{}", e.message);
+        assert!(e.message.ends_with("; and 2 more)"), "{}", e.message);
+        let one = prepare(req("phone\n12\n"), &cfg(), now(), &HashSet::new(), None).unwrap_err();
+        assert!(
+            one.message
+                .starts_with("no recipient could be imported (1 rejected; row 1: ")
+                && !one.message.contains("more"),
+            "{}",
+            one.message
+        );
     }
 
     #[test]
