@@ -719,7 +719,7 @@ pub struct Store {
 
 impl Drop for Store {
     fn drop(&mut self) {
-        if let Some(w) = self.wal.as_ref().and_then(|(_, w)| w.get()) {
+        if let Some(w) = self.wal_started() {
             w.stop();
         }
     }
@@ -1142,10 +1142,12 @@ impl Store {
     /// Whether a sync of the log behind the claims failed: nothing more is claimed until the
     /// daemon is restarted ([`walsync`]).
     pub fn claims_broken(&self) -> bool {
-        self.wal
-            .as_ref()
-            .and_then(|(_, w)| w.get())
-            .is_some_and(|w| w.broken())
+        self.wal_started().is_some_and(|w| w.broken())
+    }
+
+    /// The log's thread, if a claim started it.
+    fn wal_started(&self) -> Option<&std::sync::Arc<walsync::WalSync>> {
+        self.wal.as_ref().and_then(|(_, w)| w.get())
     }
 
     /// A claim of `n` messages just committed on the SMS connection (still held): what it
@@ -1160,7 +1162,7 @@ impl Store {
 
     /// Blocks until the claim of `ticket` ([`Store::claim_unsynced`]) is on disk.
     pub fn wait_claimed(&self, ticket: u64) -> Result<(), StoreError> {
-        match self.wal.as_ref().and_then(|(_, w)| w.get()) {
+        match self.wal_started() {
             Some(w) if ticket > 0 => Ok(w.wait(ticket)?),
             _ => Ok(()),
         }
@@ -1169,10 +1171,7 @@ impl Store {
     /// Where the SMS claims' disk syncs stand, for async waiters (`None`: no claim waits, as
     /// on PostgreSQL or in memory).
     pub fn claims_synced(&self) -> Option<tokio::sync::watch::Receiver<walsync::Synced>> {
-        self.wal
-            .as_ref()
-            .and_then(|(_, w)| w.get())
-            .map(|w| w.watch())
+        self.wal_started().map(|w| w.watch())
     }
 
     /// Runs `f` on tokio's blocking pool: the one way async code reaches the store (SQLite

@@ -34,13 +34,26 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `f` until it returns `Some`, or panics after `DEADLINE` saying `what`.
-pub async fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub async fn eventually<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    eventually_with(what, String::new, f).await
+}
+
+/// Like [`eventually`]; a timeout also prints `detail()` (what was seen meanwhile).
+pub async fn eventually_with<T>(
+    what: &str,
+    detail: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < DEADLINE, "timed out waiting for {what}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out waiting for {what}{}",
+            detail()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -342,24 +355,21 @@ impl Daemon {
     /// Times out (with the log so far) after [`DEADLINE`].
     pub async fn wait_log(&mut self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         let log = self.log.clone();
-        let start = Instant::now();
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "daemon exited ({status}) while waiting for {what}; log:\n{}",
-                    dump(&log)
-                );
-            }
-            if let Some(v) = log.lock().unwrap().iter().find(|v| pred(v)).cloned() {
-                return v;
-            }
-            assert!(
-                start.elapsed() < DEADLINE,
-                "timed out waiting for {what}; log:\n{}",
-                dump(&log)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = &mut self.child;
+        eventually_with(
+            what,
+            || format!("; log:\n{}", dump(&log)),
+            || {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!(
+                        "daemon exited ({status}) while waiting for {what}; log:\n{}",
+                        dump(&log)
+                    );
+                }
+                log.lock().unwrap().iter().find(|v| pred(v)).cloned()
+            },
+        )
+        .await
     }
 
     /// Waits for the `n`-th (1-based) "reload applied" line and returns how many versions it published.
@@ -932,15 +942,19 @@ impl AgentProc {
         let frames = self.frames.clone();
         let log = self.log.clone();
         let child = &mut self.child;
-        eventually(what, || {
-            if let Ok(Some(s)) = child.try_wait() {
-                panic!(
-                    "agent exited ({s}) waiting for {what}; log:\n{}",
-                    dump(&log)
-                );
-            }
-            frames.lock().unwrap().iter().find(|v| pred(v)).cloned()
-        })
+        eventually_with(
+            what,
+            || format!("; agent log:\n{}", dump(&log)),
+            || {
+                if let Ok(Some(s)) = child.try_wait() {
+                    panic!(
+                        "agent exited ({s}) waiting for {what}; log:\n{}",
+                        dump(&log)
+                    );
+                }
+                frames.lock().unwrap().iter().find(|v| pred(v)).cloned()
+            },
+        )
         .await
     }
 
